@@ -1,0 +1,391 @@
+"""Majority-vote ensembles of classifier runs (Method A's ensembles (1)-(3)).
+
+An ensemble reads its members' predictions files (``results/<ds>/predictions/<run>.h5``, written
+by ``featbench classify``: ``/frames``, ``/labels``, ``/scores``, ``/decisions``, ``/fold`` and
+the attrs ``aus``, ``thresholds``...) and votes per AU and frame.
+
+The vote, stated once
+---------------------
+Per AU and frame the ensemble says *present* when more than half of its members do. With an even
+number of members a tie (as many present as absent votes) is broken by the members' scores: each
+member's margin ``score - threshold`` is divided by the standard deviation of that member's scores
+for that AU over the test frames (so an SVM's decision values and an LDA's are on one scale), and
+the ensemble says *present* when the mean of these standardised margins is > 0.
+
+The ensemble's continuous score is ``(present votes - absent votes) + tanh(mean standardised
+margin)``: its sign is the decision (its threshold is 0), it orders frames first by votes and then
+by how confident the members are, and it gives the ensemble a ROC-AUC like any other run.
+
+Presets (paper section "ensembles"; one member per network family, the family's SVM run)
+----------------------------------------------------------------------------------------------
+``fe``
+    frozen-code (feature extraction) runs: for each network family, the first model of
+    :data:`FAMILY_PREFERENCE` whose ``<model>__full__svm`` run exists. Families are the extract
+    registry's ``spec.family``. The quick pipeline gives ``hog__full__svm``,
+    ``dlib_face__full__svm``, ``alexnet__full__svm`` and ``cnn_f__full__svm``.
+``fe+region``
+    ``fe`` plus the region-based SVM runs (``<model>__auto__svm``) of the same families.
+``fe+ft``
+    ``fe`` with the fine-tuned CNN-F run in place of the AlexNet member (the paper's weakest
+    member), plus the SVM on the fine-tuned net's codes when it exists.
+``fe+ft+region``
+    ``fe+ft`` plus the region-based runs (frozen-code SVMs and fine-tuned nets on regions).
+"""
+
+import hashlib
+import json
+
+import numpy as np
+
+from .errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+
+PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
+
+#: within a family, which model represents it in a preset (first with a run wins): the paper's
+#: strongest frozen-code nets first, so a full run takes VGG-Face over VGG-16, ResNet-152 over -50
+FAMILY_PREFERENCE = ("vgg_face", "resnet152", "resnet50", "vgg16", "cnn_s", "cnn_m", "cnn_f",
+                     "googlenet", "zfnet", "alexnet", "dlib_face", "hog")
+
+#: the classifier a preset member uses (the paper's ensembles are built from SVM runs)
+PRESET_CLF = "svm"
+
+
+def majority_vote(decisions, scores, thresholds):
+    """Combine members' per-AU binary decisions by majority, ties broken by standardised margins.
+
+    Parameters
+    ----------
+    decisions : array of shape (m, n, k)
+        Member ``i``'s decision (1 present, 0 absent) for frame ``j`` and AU ``a``.
+    scores : array of shape (m, n, k)
+        The members' continuous scores (decision function; higher = more likely present).
+    thresholds : array of shape (m, k)
+        The score above which member ``i`` says present for AU ``a``.
+
+    Returns
+    -------
+    decisions : ndarray of int8, shape (n, k)
+        1 where more than half the members say present; on a tie (even ``m``), 1 where the mean
+        over members of ``(score - threshold) / std(member's scores for that AU)`` is > 0.
+    scores : ndarray of float32, shape (n, k)
+        ``(present votes - absent votes) + tanh(mean standardised margin)``; ``scores > 0``
+        equals ``decisions`` (the ensemble's threshold is 0).
+    """
+    d = np.asarray(decisions)
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    if d.ndim != 3 or s.shape != d.shape or t.shape != (d.shape[0], d.shape[2]):
+        raise UsageError(f"majority_vote: decisions {d.shape} and scores {s.shape} must be "
+                         f"(members, frames, aus) and thresholds {t.shape} (members, aus)")
+    m = d.shape[0]
+    yes = (d == 1).sum(axis=0)
+    lead = 2 * yes - m  # present minus absent votes
+    std = s.std(axis=1, keepdims=True)  # (m, 1, k): one scale per member and AU
+    std[~(std > 0)] = 1.0  # a constant scorer keeps its raw margin rather than dividing by 0
+    margin = ((s - t[:, None, :]) / std).mean(axis=0)
+    tie_break = np.tanh(margin)
+    out_scores = lead + tie_break
+    # a tie with a margin of exactly 0 stays absent: "present" needs evidence
+    out = (lead > 0) | ((lead == 0) & (margin > 0))
+    return out.astype(np.int8), out_scores.astype(np.float32)
+
+
+# predictions files -----------------------------------------------------------------------------
+PREDICTION_FIELDS = ("frames", "labels", "scores", "decisions", "fold")
+
+
+def read_predictions(path):
+    """Read a predictions file (team contract 3) into a dict of arrays and attrs.
+
+    Returns
+    -------
+    dict
+        ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
+        ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
+        (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
+        ``protocol``, ``dataset``) as str.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
+            attrs = dict(f.attrs)
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable predictions file ({exc})") from None
+    missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
+    if missing or "aus" not in attrs:
+        raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
+                         "rerun the classifier run that made it")
+    out.setdefault("fold", np.zeros(len(out["frames"]), dtype=np.int8))
+    aus = attrs.pop("aus")
+    out["aus"] = list(json.loads(aus) if isinstance(aus, (str, bytes)) else aus)
+    out["thresholds"] = np.asarray(attrs.pop("thresholds", np.zeros(len(out["aus"]))), dtype=float)
+    for key, value in attrs.items():
+        out[key] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
+def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thresholds, **attrs):
+    """Write a predictions file (team contract 3) through a temporary file.
+
+    Parameters
+    ----------
+    path : Path
+    frames : array of shape (n,), KEY_DTYPE
+    labels, scores, decisions : arrays of shape (n, k)
+    fold : array of shape (n,)
+    aus : list of k str
+    thresholds : array of shape (k,)
+    **attrs
+        ``run``, ``model``, ``region``, ``clf``, ``weights``, ``protocol``, ``dataset``...
+        (lists and dicts are stored as json).
+    """
+    import os
+
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f["frames"] = frames
+        f["labels"] = np.asarray(labels, dtype=np.int8)
+        f["scores"] = np.asarray(scores, dtype=np.float32)
+        f["decisions"] = np.asarray(decisions, dtype=np.int8)
+        f["fold"] = np.asarray(fold, dtype=np.int8)
+        f.attrs["aus"] = json.dumps(list(aus))
+        f.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+    os.replace(tmp, path)
+
+
+# members ---------------------------------------------------------------------------------------
+def command_for_run(run):
+    """Return the featbench command that makes classifier run ``run`` (for error messages)."""
+    parts = run.split("__")
+    if len(parts) < 3:
+        return "featbench classify ... (see featbench classify --help)"
+    model, region, clf = parts[:3]
+    if clf == "vote":
+        return f"featbench ensemble --name {model} --members ..."
+    if clf in ("finetune", "ft"):
+        return f"featbench finetune --model {model} --region {region}"
+    return f"featbench classify --clf {clf} --model {model} --region {region}"
+
+
+def _families():
+    """Return {model: family} from the extract registry (the model's own name when it has none)."""
+    try:
+        from extract.registry import REGISTRY
+    except ImportError:  # registry not importable: each model is its own family
+        return {}
+    out = {}
+    for name, spec in REGISTRY.items():
+        out[name] = getattr(spec, "family", None) or name
+    return out
+
+
+def _existing_runs(workspace, dataset):
+    pred_dir = workspace.results_dir(dataset) / "predictions"
+    if not pred_dir.is_dir():
+        return set()
+    return {p.stem for p in pred_dir.glob("*.h5") if not p.name.startswith(".")}
+
+
+def _is_finetuned(run):
+    parts = run.split("__")
+    return len(parts) >= 3 and (parts[2] in ("finetune", "ft") or "ft" in parts[3:]
+                                or parts[0].endswith("-ft"))
+
+
+def resolve_preset(workspace, dataset, preset):
+    """Return the member runs of ``preset`` (see the module docstring), in family order.
+
+    Raises
+    ------
+    UsageError
+        Unknown preset.
+    FeatbenchError
+        ``fe+ft*`` before any fine-tuning run exists.
+    MissingRunError
+        Fewer than two members: names the runs and commands that would make them.
+    """
+    if preset not in PRESETS:
+        raise UsageError(did_you_mean(preset, PRESETS, what="ensemble preset"))
+    runs = _existing_runs(workspace, dataset)
+    families = _families()
+    order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
+
+    def per_family(region):
+        chosen, seen = [], set()
+        for model in order:
+            fam = families.get(model, model)
+            run = f"{model}__{region}__{PRESET_CLF}"
+            if fam not in seen and run in runs:
+                chosen.append(run)
+                seen.add(fam)
+        return chosen
+
+    members = per_family("full")
+    if "ft" in preset:
+        ft = sorted(r for r in runs if _is_finetuned(r))
+        ft_full = [r for r in ft if r.split("__")[1] == "full"]
+        if not ft_full:
+            raise FeatbenchError(
+                f"preset {preset!r} needs fine-tuned runs, and none exist yet in "
+                f"{workspace.results_dir(dataset) / 'predictions'}; use --preset fe or fe+region "
+                "(or make one with: featbench finetune --model cnn_f)")
+        # the paper: the fine-tuned CNN-F replaces the weakest member, AlexNet-SVM
+        members = [r for r in members if not r.startswith("alexnet__")] + ft_full
+    if "region" in preset:
+        members += per_family("auto")
+        if "ft" in preset:
+            members += [r for r in ft if r.split("__")[1] != "full" and r not in members]
+    if len(members) < 2:
+        want = [f"{m}__full__{PRESET_CLF}" for m in ("hog", "dlib_face", "alexnet", "cnn_f")]
+        lacking = [r for r in want if r not in runs]
+        raise MissingRunError(
+            f"preset {preset!r} needs at least 2 member runs, found {len(members)} "
+            f"({', '.join(members) or 'none'}); missing e.g. {lacking[0]}: make it with "
+            f"{command_for_run(lacking[0])}" if lacking else
+            f"preset {preset!r} found fewer than 2 member runs")
+    return members
+
+
+def _key_list(frames):
+    return [tuple(row) for row in frames.tolist()]
+
+
+def _align_members(preds, names):
+    """Restrict every member to the frames and AUs they all have; return notes on what was dropped."""
+    notes = []
+    keys = [_key_list(p["frames"]) for p in preds]
+    common = set(keys[0]).intersection(*keys[1:])
+    first = [i for i, k in enumerate(keys[0]) if k in common]
+    if not first:
+        raise StoreError("the members share no test frame (" + ", ".join(names) +
+                         "): were they run on different data sets or protocols?")
+    dropped = max(len(k) for k in keys) - len(first)
+    if dropped:
+        notes.append(f"{dropped} frames not scored by every member were dropped "
+                     f"({len(first)} kept)")
+    aus = [a for a in preds[0]["aus"] if all(a in p["aus"] for p in preds[1:])]
+    all_aus = sorted({a for p in preds for a in p["aus"]})
+    if not aus:
+        raise StoreError("the members share no AU (" + ", ".join(names) + ")")
+    if len(aus) < len(all_aus):
+        notes.append("AUs not scored by every member were left out: " +
+                     ", ".join(a for a in all_aus if a not in aus))
+    order = [keys[0][i] for i in first]
+    out = []
+    for p, k in zip(preds, keys):
+        pos = {key: i for i, key in enumerate(k)}
+        rows = np.array([pos[key] for key in order], dtype=np.int64)
+        cols = np.array([p["aus"].index(a) for a in aus], dtype=np.int64)
+        out.append({
+            "frames": p["frames"][rows], "labels": p["labels"][rows][:, cols],
+            "scores": p["scores"][rows][:, cols], "decisions": p["decisions"][rows][:, cols],
+            "fold": p["fold"][rows], "thresholds": p["thresholds"][cols],
+        })
+    labels = out[0]["labels"]
+    for p, name in zip(out[1:], names[1:]):
+        if not np.array_equal(p["labels"], labels):
+            raise StoreError(f"member {name} has other labels than {names[0]} on the same frames "
+                             "(another --threshold or data set?); rerun it")
+    return out, aus, notes
+
+
+def _per_au_rows(labels, decisions, scores, fold, aus):
+    """Per-AU metric rows for write_run, with the spread of F1 over folds when there are several."""
+    from .metrics import au_metrics
+
+    folds = np.unique(fold)
+    rows = []
+    for a, au in enumerate(aus):
+        m = au_metrics(labels[:, a], decisions[:, a], scores[:, a])
+        row = {"au": au, **{k: m[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
+               "threshold": 0.0, "auc": m["auc"], "frames": m["frames"]}
+        if folds.size > 1:
+            f1s = [au_metrics(labels[fold == k, a], decisions[fold == k, a])["f1"] for k in folds]
+            row["f1_std"] = float(np.nanstd(f1s)) if not np.all(np.isnan(f1s)) else float("nan")
+        rows.append(row)
+    return rows
+
+
+def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None):
+    """Vote the members' decisions and write the ensemble like a classifier run (``clf = vote``).
+
+    Parameters
+    ----------
+    workspace : Workspace
+    dataset : str
+    members : list of str, optional
+        Run names (``alexnet__full__svm`` ...) whose predictions files exist.
+    preset : str, optional
+        One of :data:`PRESETS` (default ``fe`` when ``members`` is not given).
+    name : str, optional
+        The ensemble's name, its ``model`` column; default ``ensemble-<preset>``, or
+        ``vote-<8 hex of the member list>`` for ``members``.
+
+    Returns
+    -------
+    dict
+        ``run``, ``csv`` (Path), ``predictions`` (Path), ``members`` (list), ``aus``,
+        ``frames`` (int), ``mean_f1``, ``mean_accuracy``, ``notes`` (list of str: what was dropped).
+
+    Raises
+    ------
+    MissingRunError
+        A member's predictions file does not exist (names it and the command that makes it).
+    StoreError
+        Members that share no frame or AU, or disagree on labels.
+    """
+    from .results import write_run
+    from .workspace import run_name, safe_name
+
+    if members and preset:
+        raise UsageError("give either --members or --preset, not both")
+    if not members:
+        preset = preset or "fe"
+        members = resolve_preset(workspace, dataset, preset)
+    members = list(dict.fromkeys(m.strip() for m in members if m.strip()))
+    if len(members) < 2:
+        raise UsageError(f"an ensemble needs at least 2 members, got {len(members)}: {members}")
+    for run in members:
+        if not workspace.predictions_path(dataset, run).exists():
+            raise MissingRunError(
+                f"member run {run!r} has no predictions "
+                f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
+    preds = [read_predictions(workspace.predictions_path(dataset, r)) for r in members]
+    aligned, aus, notes = _align_members(preds, members)
+
+    decisions, scores = majority_vote(np.stack([p["decisions"] for p in aligned]),
+                                      np.stack([p["scores"] for p in aligned]),
+                                      np.stack([p["thresholds"] for p in aligned]))
+    labels, fold = aligned[0]["labels"], aligned[0]["fold"]
+
+    regions = {p.get("region", r.split("__")[1] if "__" in r else "") for p, r in zip(preds, members)}
+    region = regions.pop() if len(regions) == 1 else "mixed"
+    if name is None:
+        name = (f"ensemble-{preset}" if preset else
+                "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
+    run = run_name(safe_name(name), region, "vote")
+    weights = "; ".join(f"{p.get('model', r.split('__')[0])}={p.get('weights', '?')}"
+                        for p, r in zip(preds, members))
+    protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
+    meta = {"model": name, "region": region, "clf": "vote", "weights": weights,
+            "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members)}
+
+    rows = _per_au_rows(labels, decisions, scores, fold, aus)
+    pred_path = workspace.predictions_path(dataset, run)
+    write_predictions(pred_path, frames=aligned[0]["frames"], labels=labels, scores=scores,
+                      decisions=decisions, fold=fold, aus=aus, thresholds=np.zeros(len(aus)),
+                      run=run, **{k: v for k, v in meta.items() if k != "members"},
+                      members=members)
+    csv = write_run(workspace, dataset, run, rows, meta=meta)
+    from .metrics import nanmean
+
+    return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
+            "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),
+            "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes}

@@ -1,0 +1,161 @@
+"""Majority vote on hand-made decisions, and ensemble_run on tiny hand-made predictions files."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from featbench.cli import main
+from featbench.ensemble import (ensemble_run, majority_vote, read_predictions, resolve_preset,
+                                write_predictions)
+from featbench.errors import FeatbenchError, MissingRunError
+from featbench.frames import KEY_DTYPE
+from featbench.workspace import Workspace
+
+
+def _vote(dec, scores=None, thr=None):
+    dec = np.asarray(dec, dtype=np.int8)[:, :, None]  # (m, n, 1)
+    scores = dec.astype(float) - 0.5 if scores is None else np.asarray(scores, float)[:, :, None]
+    thr = np.zeros((dec.shape[0], 1)) if thr is None else np.asarray(thr, float)[:, None]
+    d, s = majority_vote(dec, scores, thr)
+    return d[:, 0], s[:, 0]
+
+
+def test_odd_members_take_the_majority():
+    d, s = _vote([[1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 0]])
+    assert d.tolist() == [1, 1, 1, 0]
+    assert ((s > 0) == (d == 1)).all()
+
+
+def test_all_agree():
+    d, _ = _vote([[1, 0, 1], [1, 0, 1], [1, 0, 1], [1, 0, 1]])
+    assert d.tolist() == [1, 0, 1]
+
+
+def test_even_members_tie_broken_by_standardised_margin():
+    # 2 members, frame 0..2 are ties (one yes, one no). Member A's scores have std 10,
+    # member B's std ~1, so B's margins weigh more per unit of score.
+    dec = [[1, 1, 0, 1], [0, 0, 1, 1]]
+    a = [5.0, 1.0, -20.0, 14.0]
+    b = [-0.1, -2.0, 0.5, 1.5]
+    d, s = _vote(dec, [a, b])
+    za = (np.array(a)) / np.std(a)
+    zb = (np.array(b)) / np.std(b)
+    mean = (za + zb) / 2
+    assert d[3] == 1  # both agree
+    for j in range(3):  # the ties follow the sign of the mean standardised margin
+        assert d[j] == int(mean[j] > 0)
+    assert ((s > 0) == (d == 1)).all()
+
+
+def test_tie_uses_member_thresholds():
+    # scores identical, thresholds differ: margins are score - threshold
+    dec = [[1], [0]]
+    d, _ = _vote(dec, [[0.5], [0.5]], thr=[0.0, 2.0])  # margins +0.5 and -1.5: absent
+    assert d.tolist() == [0]
+
+
+def test_shape_errors_are_usage_errors():
+    with pytest.raises(FeatbenchError):
+        majority_vote(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2))
+
+
+# ensemble_run ----------------------------------------------------------------------------------
+AUS = ["AU01", "AU02", "AU04"]
+
+
+def _keys(n, start=0):
+    k = np.empty(n, dtype=KEY_DTYPE)
+    k["subject"] = [b"SN003" if i % 2 else b"SN004" for i in range(start, start + n)]
+    k["video"] = b"v"
+    k["frame"] = np.arange(start, start + n)
+    return k
+
+
+def _member(ws, run, labels, noise, *, seed, n_skip=0, aus=AUS, weights="random:0"):
+    rng = np.random.default_rng(seed)
+    scores = labels * 2.0 - 1 + noise * rng.standard_normal(labels.shape)
+    model, region, clf = run.split("__")
+    write_predictions(ws.predictions_path("synth", run), frames=_keys(len(labels))[n_skip:],
+                      labels=labels[n_skip:], scores=scores[n_skip:],
+                      decisions=(scores[n_skip:] > 0).astype(np.int8),
+                      fold=np.zeros(len(labels) - n_skip, np.int8), aus=aus,
+                      thresholds=np.zeros(len(aus)), run=run, model=model, region=region,
+                      clf=clf, weights=weights, protocol="paper", dataset="synth")
+
+
+@pytest.fixture
+def members(tmp_path):
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 3)) < 0.4).astype(np.int8)
+    _member(ws, "hog__full__svm", labels, 1.0, seed=1, weights="none")
+    _member(ws, "alexnet__full__svm", labels, 1.0, seed=2)
+    _member(ws, "cnn_f__full__svm", labels, 1.0, seed=3)
+    _member(ws, "cnn_f__auto__svm", labels, 1.0, seed=4, n_skip=5)
+    return ws, labels
+
+
+def test_ensemble_run_writes_contract_shapes(members):
+    ws, labels = members
+    out = ensemble_run(ws, "synth", members=["hog__full__svm", "alexnet__full__svm",
+                                             "cnn_f__full__svm"], name="trio")
+    assert out["run"] == "trio__full__vote"
+    with open(out["csv"]) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:7] == ["au", "f1", "accuracy", "precision", "recall", "support",
+                                 "threshold"]
+    assert [r["au"] for r in rows] == AUS + ["mean"]
+    with open(ws.summary_csv("synth")) as fh:
+        summary = {r["run"]: r for r in csv.DictReader(fh)}
+    row = summary["trio__full__vote"]
+    assert (row["model"], row["region"], row["clf"]) == ("trio", "full", "vote")
+    assert "alexnet=random:0" in row["weights"] and "hog=none" in row["weights"]
+    assert {"f1_AU01", "f1_AU02", "f1_AU04"} <= set(row)
+    # three noisy members: the vote beats the average member
+    pred = read_predictions(out["predictions"])
+    assert pred["clf"] == "vote" and pred["aus"] == AUS
+    assert np.array_equal(pred["labels"], labels)
+    assert ((pred["scores"] > 0) == (pred["decisions"] == 1)).all()
+
+
+def test_ensemble_run_intersects_frames_and_aus(members):
+    ws, labels = members
+    _member(ws, "dlib_face__full__svm", labels[:, :2], 1.0, seed=5, aus=AUS[:2])
+    out = ensemble_run(ws, "synth", members=["cnn_f__auto__svm", "alexnet__full__svm",
+                                             "dlib_face__full__svm"])
+    assert out["run"].startswith("vote-") and out["run"].endswith("__mixed__vote")
+    assert out["frames"] == 55 and out["aus"] == AUS[:2]
+    assert any("5 frames" in n for n in out["notes"])
+    assert any("AU04" in n for n in out["notes"])
+
+
+def test_presets_pick_one_run_per_family(members):
+    ws, _ = members
+    fe = resolve_preset(ws, "synth", "fe")
+    assert set(fe) >= {"hog__full__svm", "cnn_f__full__svm"}
+    region = resolve_preset(ws, "synth", "fe+region")
+    assert "cnn_f__auto__svm" in region and set(fe) < set(region)
+    with pytest.raises(FeatbenchError, match="fine-tun"):
+        resolve_preset(ws, "synth", "fe+ft")
+    out = ensemble_run(ws, "synth", preset="fe+region")
+    assert out["run"] == "ensemble-fe+region__mixed__vote"
+
+
+def test_missing_member_names_the_command(members, capsys):
+    ws, _ = members
+    with pytest.raises(MissingRunError, match="featbench classify --clf lda --model vgg16"):
+        ensemble_run(ws, "synth", members=["hog__full__svm", "vgg16__full__lda"])
+    status = main(["--workspace", str(ws.root), "ensemble",
+                   "--members", "hog__full__svm,alexnet__upper__svm"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "alexnet__upper__svm" in err
+    assert "featbench classify --clf svm --model alexnet --region upper" in err
+
+
+def test_cli_ensemble_prints_summary(members, capsys):
+    ws, _ = members
+    status = main(["--workspace", str(ws.root), "ensemble", "--preset", "fe"])
+    assert status == 0
+    assert "ensemble-fe__full__vote" in capsys.readouterr().out
