@@ -1,0 +1,11 @@
+"""featbench: facial action unit recognition by transfer learning.
+
+Pretrained CNNs are run over aligned faces and their upper / middle / lower regions, their
+fc-layer codes are stored in HDF5, per-AU classifiers are trained on them and combined by
+majority vote. See README.md for the command line and DESIGN.md for the architecture.
+
+Importing this package is cheap: torch, timm and dlib are imported only by the functions
+that need them.
+"""
+
+__version__ = "0.1.0"
