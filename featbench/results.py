@@ -1,0 +1,174 @@
+"""Result tables: the per-run CSV and the ``summary.csv`` of a data set (DESIGN.md contract).
+
+``results/<dataset>/<run>.csv``
+    one row per AU (``AU01`` ...), then a row ``mean``; columns
+    ``au,f1,accuracy,precision,recall,support,threshold`` first, then extras (``auc``,
+    ``frames``, per-fold spread ``f1_std``...).
+``results/<dataset>/summary.csv``
+    one row per run; columns ``run,model,region,clf,mean_f1,mean_accuracy``, then one
+    ``f1_AUnn`` column per AU, then provenance (``weights``, ``protocol``, ``dataset``,
+    ``mean_auc``, ``created``, ``error``...). Writing a run replaces that run's row and keeps
+    every other row; a failed run is a row with its ``error``, never silently dropped.
+
+Both files are written through a temporary file and renamed, and the summary is updated under
+a lock, so parallel runs never lose each other's rows.
+"""
+
+import contextlib
+import datetime as _dt
+import fcntl
+import math
+import os
+
+from .errors import MissingRunError
+from .metrics import nanmean
+from .workspace import atomic_write_text
+
+RUN_COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
+SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
+#: the mean row averages these over AUs (nan ignored); support is summed
+_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def _csv_text(columns, rows):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_fmt(r.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def run_table(rows):
+    """Return the per-AU rows followed by the ``mean`` row, and the column order.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per AU with at least ``au`` and the metrics of :data:`RUN_COLUMNS`.
+    """
+    extras = []
+    for r in rows:
+        extras += [k for k in r if k not in RUN_COLUMNS and k not in extras]
+    mean = {"au": "mean"}
+    for key in RUN_COLUMNS[1:] + tuple(extras):
+        vals = [r.get(key) for r in rows]
+        if key in ("support", "frames"):
+            mean[key] = int(sum(v for v in vals if v is not None))
+        elif key in _MEANED:
+            mean[key] = nanmean(float(v) for v in vals if v is not None)
+    return list(rows) + [mean], list(RUN_COLUMNS) + extras
+
+
+@contextlib.contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def write_run(workspace, dataset, run, rows, *, meta):
+    """Write ``results/<dataset>/<run>.csv`` and upsert the run's row in ``summary.csv``.
+
+    Parameters
+    ----------
+    workspace : Workspace
+    dataset : str
+    run : str
+        The run's name (``featbench.workspace.run_name``).
+    rows : list of dict
+        Per-AU metrics: ``au``, ``f1``, ``accuracy``, ``precision``, ``recall``,
+        ``support``, ``threshold``, and any extras (``auc``...).
+    meta : dict
+        ``model``, ``region``, ``clf`` (required), and provenance such as ``weights``,
+        ``protocol``: written to the summary row.
+
+    Returns
+    -------
+    Path
+        The per-run CSV.
+    """
+    table, columns = run_table(rows)
+    path = workspace.run_csv(dataset, run)
+    atomic_write_text(path, _csv_text(columns, table))
+    mean = table[-1]
+    row = {"run": run, **{k: meta.get(k) for k in ("model", "region", "clf")},
+           "mean_f1": mean["f1"], "mean_accuracy": mean["accuracy"]}
+    for r in rows:
+        row[f"f1_{r['au']}"] = r["f1"]
+    row["mean_auc"] = mean.get("auc", float("nan"))
+    row.update({k: v for k, v in meta.items() if k not in row})
+    row.setdefault("dataset", dataset)
+    row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
+    row["error"] = ""
+    upsert_summary(workspace, dataset, row)
+    return path
+
+
+def record_failure(workspace, dataset, run, error, *, meta):
+    """Record a failed run as a summary row carrying its ``error`` (metrics nan)."""
+    row = {"run": run, **{k: meta.get(k) for k in ("model", "region", "clf")},
+           "mean_f1": float("nan"), "mean_accuracy": float("nan")}
+    row.update({k: v for k, v in meta.items() if k not in row})
+    row.setdefault("dataset", dataset)
+    row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
+    row["error"] = str(error).replace("\n", " ")
+    upsert_summary(workspace, dataset, row)
+
+
+def upsert_summary(workspace, dataset, row):
+    """Replace (or add) ``row["run"]``'s row in ``summary.csv``, keeping every other row."""
+    import csv
+
+    path = workspace.summary_csv(dataset)
+    with _locked(path):
+        rows = []
+        if path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("run") != row["run"]]
+        rows.append({k: v for k, v in row.items()})
+        f1_cols = sorted({k for r in rows for k in r if k.startswith("f1_AU")})
+        extra = []
+        for r in rows:
+            extra += [k for k in r if k not in SUMMARY_COLUMNS and k not in f1_cols and k not in extra]
+        rows.sort(key=lambda r: r["run"])
+        atomic_write_text(path, _csv_text(list(SUMMARY_COLUMNS) + f1_cols + extra, rows))
+
+
+def read_summary(workspace, dataset):
+    """Return ``summary.csv`` as a pandas DataFrame.
+
+    Raises
+    ------
+    MissingRunError
+        When no run has been recorded for ``dataset`` yet.
+    """
+    import pandas as pd
+
+    path = workspace.summary_csv(dataset)
+    if not path.exists():
+        raise MissingRunError(f"{path}: no results yet for {dataset} (run featbench classify first)")
+    return pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN"])
+
+
+def read_run(workspace, dataset, run):
+    """Return the per-run CSV of ``run`` as a DataFrame (MissingRunError naming the command if absent)."""
+    import pandas as pd
+
+    path = workspace.run_csv(dataset, run)
+    if not os.path.exists(path):
+        raise MissingRunError(f"{path}: run {run!r} not found (make it with featbench classify)")
+    return pd.read_csv(path, na_values=["nan"])
