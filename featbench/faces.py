@@ -6,15 +6,17 @@ translation; no shear, so a face keeps its proportions) maps a frame's stable la
 for the forehead above the brows and for the chin. Region crops are cut from the *aligned*
 landmarks (PROTOCOL.md, Method A):
 
-========= =========================================== =================================
-region    extent                                      AUs (``featbench.aus.AU_REGION``)
-========= =========================================== =================================
-upper     top of the face to halfway between the       1, 2, 4, 5, 6 (7)
-          eyes' lower lids and the nose tip
-middle    the eyes' lower lids to halfway between      9 (10)
-          the nose base and the upper lip
-lower     the nose base to below the chin              12, 15, 17, 20, 23-26
-========= =========================================== =================================
+========= ===================================================================
+region    extent
+========= ===================================================================
+upper     brows and eyes: the top of the frame (forehead) down to halfway
+          between the eyes' lower lids and the nose tip
+middle    the nose: the eyes' lower lids down to halfway between the nose base
+          and the upper lip
+lower     mouth and chin: the nose base down to below the chin
+========= ===================================================================
+
+Which AU is judged on which region is ``featbench.aus.AU_REGION`` (the one table of it).
 
 Landmarks follow iBUG's 68-point scheme (``featbench.landmarks``); points are ``(x, y)`` in
 pixels, x to the right, y down. Pixels are RGB ``uint8`` everywhere.

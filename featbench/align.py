@@ -1,0 +1,536 @@
+"""The aligned-face cache: every frame aligned once per data set, read fast by every network.
+
+``data/<dataset>/aligned/faces.h5`` (``Workspace.aligned_path``) holds, in the frame table's
+row order:
+
+============== ====================== ======================================================
+dataset        shape, dtype           meaning
+============== ====================== ======================================================
+/frames        (n,) KEY_DTYPE         subject, video, frame of each row
+/valid         (n,) bool              False: no face (no landmarks, none detected, unreadable)
+/faces         (n, S, S, 3) uint8     aligned RGB faces, S = ``faces.CANONICAL_SIZE``; black
+                                      where not valid; chunked by rows, lzf-compressed
+/landmarks     (n, 68, 2) float32     landmarks in aligned coordinates, NaN where unknown
+/boxes         (n, 3, 4) int16        upper / middle / lower region boxes x0, y0, x1, y1
+/transforms    (n, 2, 3) float32      the similarity frame -> aligned face (NaN: not valid)
+/skip_reason   (n,) int8              0 aligned, else an index into attrs ``skip_reasons``
+============== ====================== ======================================================
+
+Attributes: ``format_version``, ``fingerprint`` (the table's fingerprint and the alignment
+settings, hashed), ``settings`` (json), ``size``, ``skipped`` (json: reason -> frames),
+``skip_reasons`` (json list), ``aligned`` (frames with a face), ``seconds``, ``created``.
+
+A cache whose fingerprint matches is used as it is; a stale one is deleted and rebuilt,
+never mixed. Building writes ``faces.h5.partial`` and renames it when complete, so a crash
+never leaves a file that looks valid; rerunning resumes a partial file with the same
+fingerprint.
+
+Frames come from the data set's own landmarks (``featbench.datasets.load_landmarks``) when
+it has them, from dlib's detector otherwise; already-aligned crops (ABAW's
+``cropped_aligned``) pass through, resized to S, with the template's region boxes.
+"""
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .aus import REGIONS
+from .errors import StoreError, UsageError, did_you_mean
+
+FORMAT_VERSION = 1
+#: rows per HDF5 chunk of /faces: ~2.4 MB, a batch-sized read decompresses few extra rows
+CHUNK_ROWS = 16
+#: rows aligned between two writes (and the resume granularity)
+BLOCK_ROWS = 128
+COMPRESSION = "lzf"
+#: why a frame has no face; index = /skip_reason value
+SKIP_REASONS = ("", "no landmarks", "no face detected", "frame unreadable")
+_NO_LANDMARKS, _NO_FACE, _UNREADABLE = 1, 2, 3
+
+
+@dataclass
+class AlignReport:
+    """What :func:`align_dataset` did.
+
+    Attributes
+    ----------
+    path : Path
+        The cache file.
+    built : bool
+        False when the cache was already up to date (nothing was computed).
+    frames : int
+        Rows in the cache.
+    aligned : int
+        Rows with a face.
+    processed : int
+        Frames computed by this call (0 when up to date; fewer than ``frames`` on resume).
+    skipped : dict of str -> int
+        Rows without a face, by reason.
+    seconds : float
+        Time this call spent.
+    """
+
+    path: Path
+    built: bool
+    frames: int
+    aligned: int
+    processed: int = 0
+    skipped: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self):
+        """Return the one-line summary the CLI prints."""
+        if not self.built:
+            return (f"cache up to date: {self.path} ({self.aligned} of {self.frames} frames "
+                    f"with a face)")
+        skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
+        rate = self.processed / self.seconds if self.seconds > 0 else float("nan")
+        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}) -> "
+                f"{self.path} in {self.seconds:.1f} s ({rate:.0f} frames/s)")
+
+
+def alignment_settings(table, *, size=None):
+    """Return the settings that decide the cache's content (saved with it, part of its hash)."""
+    from . import faces
+
+    size = int(size or faces.CANONICAL_SIZE)
+    if table.pre_aligned:
+        source = "pre_aligned"
+    elif table.landmark_points > 0:
+        source = f"landmarks{table.landmark_points}"
+    else:
+        source = "dlib68"
+    return {
+        "format_version": FORMAT_VERSION,
+        "size": size,
+        "template_version": faces.TEMPLATE_VERSION,
+        "stable_points": faces.STABLE_POINTS.tolist(),
+        "landmarks": source,
+        "interpolation": "linear",
+        "compression": COMPRESSION,
+    }
+
+
+def cache_fingerprint(table, settings):
+    """Return the sha256 of the table's fingerprint and the alignment settings."""
+    h = hashlib.sha256(table.fingerprint().encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def read_cache_info(path):
+    """Return the attrs of a complete cache file as a dict, or None if absent or unreadable."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except (OSError, KeyError):
+        return None
+    return attrs if attrs.get("complete") else None
+
+
+def ensure_aligned(table, workspace, *, progress=True):
+    """Build the data set's aligned-face cache unless an up-to-date one exists.
+
+    Parameters
+    ----------
+    table : FrameTable
+    workspace : Workspace
+    progress : bool
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    Path
+        ``workspace.aligned_path(table.dataset)``.
+    """
+    return align_dataset(table, workspace.aligned_path(table.dataset), progress=progress).path
+
+
+def align_dataset(table, path, *, progress=True, force=False, size=None):
+    """Align every frame of ``table`` into the cache file ``path`` (see the module docstring).
+
+    Parameters
+    ----------
+    table : FrameTable
+    path : str or Path
+        The cache file, e.g. ``Workspace.aligned_path(dataset)``.
+    progress : bool
+        Show a tqdm progress bar (frames/s) on stderr.
+    force : bool
+        Rebuild even when the cache is up to date.
+    size : int, optional
+        Side of the aligned faces (default ``faces.CANONICAL_SIZE``).
+
+    Returns
+    -------
+    AlignReport
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    settings = alignment_settings(table, size=size)
+    fingerprint = cache_fingerprint(table, settings)
+    info = read_cache_info(path) if path.exists() else None
+    if info is not None and info.get("fingerprint") == fingerprint and not force:
+        skipped = json.loads(info.get("skipped", "{}"))
+        return AlignReport(path, False, len(table), int(info.get("aligned", 0)), 0, skipped,
+                           time.perf_counter() - t0)
+    if path.exists():
+        path.unlink()  # stale: never mixed with the new frames
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    processed = _build(table, partial, settings, fingerprint, progress=progress)
+    with _h5(partial, "r+") as f:
+        reasons = f["skip_reason"][:]
+        aligned = int((reasons == 0).sum())
+        skipped = {r: int((reasons == k).sum()) for k, r in enumerate(SKIP_REASONS) if k}
+        seconds = time.perf_counter() - t0
+        f.attrs.update({"skipped": json.dumps(skipped), "aligned": aligned, "seconds": seconds,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True})
+        del f["done"]
+    os.replace(partial, path)
+    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds)
+
+
+def _h5(path, mode):
+    import h5py
+
+    return h5py.File(path, mode)
+
+
+def _open_partial(table, partial, settings, fingerprint):
+    """Return an open partial file to resume, or a fresh one with every dataset created."""
+    n, s = len(table), settings["size"]
+    if partial.exists():
+        try:
+            f = _h5(partial, "r+")
+            if f.attrs.get("fingerprint") == fingerprint and "done" in f:
+                return f
+            f.close()
+        except OSError:
+            pass  # a partial file damaged by a crash: start over
+        partial.unlink()
+    f = _h5(partial, "w")
+    f.attrs.update({"format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+                    "settings": json.dumps(settings), "size": s,
+                    "skip_reasons": json.dumps(list(SKIP_REASONS)), "complete": False})
+    f.create_dataset("frames", data=table.keys())
+    f.create_dataset("valid", shape=(n,), dtype=bool, fillvalue=False)
+    f.create_dataset("faces", shape=(n, s, s, 3), dtype=np.uint8, fillvalue=0,
+                     chunks=(max(1, min(CHUNK_ROWS, n)), s, s, 3), compression=COMPRESSION)
+    f.create_dataset("landmarks", shape=(n, 68, 2), dtype=np.float32, fillvalue=np.nan)
+    f.create_dataset("boxes", shape=(n, 3, 4), dtype=np.int16)
+    f.create_dataset("transforms", shape=(n, 2, 3), dtype=np.float32, fillvalue=np.nan)
+    f.create_dataset("skip_reason", shape=(n,), dtype=np.int8, fillvalue=0)
+    f.create_dataset("done", shape=(n,), dtype=bool, fillvalue=False)
+    return f
+
+
+def _build(table, partial, settings, fingerprint, *, progress):
+    """Fill ``partial`` with every row not done yet; return how many rows were computed."""
+    from tqdm import tqdm
+
+    from . import faces
+
+    size = settings["size"]
+    template_boxes = faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)
+    with _open_partial(table, partial, settings, fingerprint) as f:
+        todo = np.flatnonzero(~f["done"][:])
+        landmarks = None
+        if not table.pre_aligned and table.landmark_points > 0:
+            from . import datasets
+
+            landmarks = datasets.load_landmarks(table)
+        bar = tqdm(total=len(todo), desc=f"align {table.dataset}", unit="frame",
+                   disable=not progress or None, dynamic_ncols=True)
+        block = _Block(f, size, template_boxes)
+        for row, image, reason, lm in _frames_to_align(table, todo, landmarks):
+            block.add(row, _align_one(image, reason, lm, table.pre_aligned, size, faces))
+            if len(block) >= BLOCK_ROWS:
+                bar.update(block.write())
+        bar.update(block.write())
+        bar.close()
+    return len(todo)
+
+
+def _frames_to_align(table, rows, landmarks):
+    """Yield ``(row, image or None, skip reason, landmarks or None)`` in reading order.
+
+    Decoding runs in a second thread (OpenCV releases the GIL), so that it overlaps the
+    warping and the HDF5 writes of the main thread: the two CPU cores each do half.
+    """
+    from . import faces
+
+    if landmarks is not None:
+        stable = np.isfinite(landmarks[:, faces.STABLE_POINTS]).all(axis=(1, 2))
+        for row in rows[~stable[rows]]:
+            yield int(row), None, _NO_LANDMARKS, None  # no need to decode these
+        rows = rows[stable[rows]]
+    q = queue.Queue(maxsize=64)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for row, image in faces.iter_frames(table, rows, missing="none"):
+                if stop.is_set():
+                    return
+                q.put((row, image))
+            q.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    worker = threading.Thread(target=produce, name="featbench-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            row, image = item
+            if image is None:
+                yield row, None, _UNREADABLE, None
+            else:
+                yield row, image, 0, None if landmarks is None else landmarks[row]
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
+
+
+def _align_one(image, reason, lm, pre_aligned, size, faces):
+    """Return ``(face, aligned landmarks, M, reason)`` for one frame (face None if skipped)."""
+    if reason:
+        return None, None, None, reason
+    if pre_aligned:
+        import cv2
+
+        h, w = image.shape[:2]
+        interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
+        face = cv2.resize(image, (size, size), interpolation=interp)
+        M = np.array([[size / w, 0, 0], [0, size / h, 0]])
+        return face, None, M, 0
+    if lm is None:
+        lm = faces.detect_landmarks(image)
+        if lm is None:
+            return None, None, None, _NO_FACE
+    face, M = faces.align_face(image, lm, size=size)
+    return face, faces.transform_points(lm, M), M, 0
+
+
+class _Block:
+    """Rows aligned since the last write, written together (a slice when contiguous)."""
+
+    def __init__(self, f, size, template_boxes):
+        self.f, self.size, self.template_boxes = f, size, template_boxes
+        self.rows, self.results = [], []
+
+    def __len__(self):
+        return len(self.rows)
+
+    def add(self, row, result):
+        self.rows.append(row)
+        self.results.append(result)
+
+    def write(self):
+        from . import faces
+
+        k = len(self.rows)
+        if not k:
+            return 0
+        order = np.argsort(self.rows, kind="stable")
+        rows = np.asarray(self.rows)[order]
+        s = self.size
+        face = np.zeros((k, s, s, 3), np.uint8)
+        lms = np.full((k, 68, 2), np.nan, np.float32)
+        boxes = np.repeat(self.template_boxes[None], k, axis=0)
+        mats = np.full((k, 2, 3), np.nan, np.float32)
+        reasons = np.zeros(k, np.int8)
+        for j, i in enumerate(order):
+            img, lm, M, reason = self.results[i]
+            reasons[j] = reason
+            if img is None:
+                continue
+            face[j] = img
+            mats[j] = M
+            if lm is not None:
+                lms[j] = lm
+                boxes[j] = faces.region_boxes(lm, image_size=s)
+        contiguous = rows[-1] - rows[0] == k - 1
+        sel = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
+        f = self.f
+        f["faces"][sel] = face
+        f["landmarks"][sel] = lms
+        f["boxes"][sel] = boxes
+        f["transforms"][sel] = mats
+        f["skip_reason"][sel] = reasons
+        f["valid"][sel] = reasons == 0
+        # mark done last and flush: a crash after this point loses nothing already written
+        f["done"][sel] = True
+        f.flush()
+        self.rows, self.results = [], []
+        return k
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+class AlignedFaces:
+    """Read the aligned-face cache: whole faces or region crops, by row.
+
+    Cheap to create and to pickle: the HDF5 file is opened on first read in each process
+    (and re-opened after a fork), so DataLoader workers can share one instance.
+
+    Parameters
+    ----------
+    path : str or Path
+        A cache built by :func:`ensure_aligned`.
+
+    Raises
+    ------
+    StoreError
+        The file is missing, incomplete, or of another format version.
+    """
+
+    #: HDF5 chunk cache per open file: holds a few dozen decompressed chunks
+    CACHE_BYTES = 64 * 2 ** 20
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no aligned-face cache (run featbench align)")
+        try:
+            with _h5(self.path, "r") as f:
+                attrs = dict(f.attrs)
+                version = int(attrs.get("format_version", -1))
+                if version != FORMAT_VERSION or not attrs.get("complete"):
+                    raise StoreError(
+                        f"{self.path}: aligned-face cache of format {version}, complete="
+                        f"{bool(attrs.get('complete'))}; featbench reads format {FORMAT_VERSION} "
+                        "(rerun featbench align to rebuild it)")
+                self.keys = f["frames"][:]
+                self.valid = f["valid"][:]
+                self.boxes = f["boxes"][:].astype(np.int64)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        self.size = int(attrs["size"])
+        self.settings = json.loads(attrs.get("settings", "{}"))
+        self.skipped = json.loads(attrs.get("skipped", "{}"))
+        self.fingerprint = attrs.get("fingerprint")
+        self._file, self._pid = None, None
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __repr__(self):
+        return f"AlignedFaces({str(self.path)!r}: {len(self)} frames, {int(self.valid.sum())} valid)"
+
+    def _h5(self):
+        if self._file is None or self._pid != os.getpid():
+            import h5py
+
+            # after a fork the parent's handle must not be used (HDF5 is not fork-safe)
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=self.CACHE_BYTES, rdcc_nslots=1009)
+            self._pid = os.getpid()
+        return self._file
+
+    @property
+    def landmarks(self):
+        """Aligned landmarks of every row, (n, 68, 2) float32, NaN where unknown."""
+        return self._h5()["landmarks"][:]
+
+    def read_faces(self, indices):
+        """Return the stored faces of ``indices``, (k, S, S, 3) uint8, in the order given.
+
+        Runs of consecutive rows are read as one slice each (what a DataLoader's sorted
+        batches are), never row by row.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), self.size, self.size, 3), np.uint8)
+        if not len(idx):
+            return out
+        if idx.min() < 0 or idx.max() >= len(self):
+            raise IndexError(f"row index out of range 0..{len(self) - 1}")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        starts = np.flatnonzero(np.diff(uniq, prepend=uniq[0] - 2) != 1)
+        ends = np.append(starts[1:], len(uniq))
+        ds = self._h5()["faces"]
+        data = np.empty((len(uniq), self.size, self.size, 3), np.uint8)
+        for a, b in zip(starts, ends):
+            ds.read_direct(data, np.s_[uniq[a]:uniq[b - 1] + 1], np.s_[a:b])
+        out[:] = data[inverse]
+        return out
+
+    def read(self, indices, region="full", size=None):
+        """Return faces or region crops of rows ``indices``.
+
+        Parameters
+        ----------
+        indices : array_like of int
+            Row numbers (the table's row order).
+        region : {"full", "upper", "middle", "lower"}
+        size : int or (h, w), optional
+            Output size. None: the stored face for ``full``; for a region, the size of that
+            region's box on the template (so every crop in a batch has one shape).
+
+        Returns
+        -------
+        ndarray, shape (k, H, W, 3), uint8 RGB
+        """
+        from . import faces
+
+        if region != "full" and region not in REGIONS:
+            raise UsageError(did_you_mean(region, ("full",) + REGIONS, what="region"))
+        imgs = self.read_faces(indices)
+        if region == "full":
+            if size is None or _hw(size) == (self.size, self.size):
+                return imgs
+            return np.stack([faces.crop_region(im, (0, 0, self.size, self.size), _hw(size))
+                             for im in imgs]) if len(imgs) else _empty(size)
+        r = REGIONS.index(region)
+        if size is None:
+            x0, y0, x1, y1 = faces.region_boxes(faces.template(self.size), image_size=self.size)[r]
+            size = (int(y1 - y0), int(x1 - x0))
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(idx):
+            return _empty(size)
+        return np.stack([faces.crop_region(im, self.boxes[i, r], _hw(size))
+                         for im, i in zip(imgs, idx)])
+
+    def close(self):
+        """Close this process's file handle (reopened on the next read)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, None  # a handle does not travel to a worker
+        return state
+
+
+def _hw(size):
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def _empty(size):
+    h, w = _hw(size)
+    return np.empty((0, h, w, 3), np.uint8)
