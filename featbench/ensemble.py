@@ -175,15 +175,12 @@ def command_for_run(run):
 
 
 def _families():
-    """Return {model: family} from the extract registry (the model's own name when it has none)."""
+    """Return {model: family} from the extract registry (a model not in it is its own family)."""
     try:
-        from extract.registry import REGISTRY
-    except ImportError:  # registry not importable: each model is its own family
+        from extract.registry import list_specs
+    except ImportError:  # extract not installed: each model is its own family
         return {}
-    out = {}
-    for name, spec in REGISTRY.items():
-        out[name] = getattr(spec, "family", None) or name
-    return out
+    return {spec.name: spec.family for spec in list_specs()}
 
 
 def _existing_runs(workspace, dataset):

@@ -46,9 +46,10 @@ def describe_weights(weights):
         return f"{w} — **{RANDOM_FLAG}**"
     if w == "imagenet":
         return "imagenet (pretrained)"
-    if len(w) >= 40 and all(c in "0123456789abcdef" for c in w.lower()):
-        return f"file sha256:{w[:12]}…"
-    return w
+    if w.startswith("sha256:"):
+        return f"file {w[:19]}…"
+    return {"vggface": "vggface (pretrained on faces)", "dlib": "dlib (pretrained, shipped)",
+            "none": "none (hand-crafted)"}.get(w, w)
 
 
 def is_random(weights):

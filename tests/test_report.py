@@ -70,7 +70,7 @@ def test_describe_weights():
     assert describe_weights("imagenet") == "imagenet (pretrained)"
     assert "random init" in describe_weights("a=random:0; b=imagenet")
     assert "random" not in describe_weights("a=imagenet; b=none")
-    assert describe_weights("ab" * 32).startswith("file sha256:abab")
+    assert describe_weights("sha256:" + "ab" * 32).startswith("file sha256:abab")
 
 
 def test_cli_report_prints_path_and_top_rows(ws, capsys):
