@@ -59,14 +59,16 @@ def majority_vote(decisions, scores, thresholds):
         Member ``i``'s decision (1 present, 0 absent) for frame ``j`` and AU ``a``.
     scores : array of shape (m, n, k)
         The members' continuous scores (decision function; higher = more likely present).
-    thresholds : array of shape (m, k)
-        The score above which member ``i`` says present for AU ``a``.
+    thresholds : array of shape (m, k) or (m, n, k)
+        The score above which member ``i`` says present for AU ``a`` (per frame when the
+        threshold differs between cross-validation folds).
 
     Returns
     -------
     decisions : ndarray of int8, shape (n, k)
         1 where more than half the members say present; on a tie (even ``m``), 1 where the mean
-        over members of ``(score - threshold) / std(member's scores for that AU)`` is > 0.
+        over members of ``(score - threshold) / std(member's scores for that AU)`` is > 0
+        (nan scores, from a member whose fit failed for that AU, add no margin).
     scores : ndarray of float32, shape (n, k)
         ``(present votes - absent votes) + tanh(mean standardised margin)``; ``scores > 0``
         equals ``decisions`` (the ensemble's threshold is 0).
@@ -74,17 +76,26 @@ def majority_vote(decisions, scores, thresholds):
     d = np.asarray(decisions)
     s = np.asarray(scores, dtype=np.float64)
     t = np.asarray(thresholds, dtype=np.float64)
-    if d.ndim != 3 or s.shape != d.shape or t.shape != (d.shape[0], d.shape[2]):
+    if t.ndim == 2:
+        t = t[:, None, :]
+    if d.ndim != 3 or s.shape != d.shape or t.shape not in ((d.shape[0], 1, d.shape[2]), d.shape):
         raise UsageError(f"majority_vote: decisions {d.shape} and scores {s.shape} must be "
-                         f"(members, frames, aus) and thresholds {t.shape} (members, aus)")
+                         f"(members, frames, aus) and thresholds {t.shape} (members, aus) or "
+                         "(members, frames, aus)")
     m = d.shape[0]
     yes = (d == 1).sum(axis=0)
     lead = 2 * yes - m  # present minus absent votes
-    std = s.std(axis=1, keepdims=True)  # (m, 1, k): one scale per member and AU
-    std[~(std > 0)] = 1.0  # a constant scorer keeps its raw margin rather than dividing by 0
-    margin = ((s - t[:, None, :]) / std).mean(axis=0)
-    tie_break = np.tanh(margin)
-    out_scores = lead + tie_break
+    import warnings
+
+    with warnings.catch_warnings():
+        # a member whose fit failed for an AU has nan scores there: it still votes (absent)
+        # but adds no margin; an AU where every margin is nan gets margin 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(s, axis=1, keepdims=True)  # (m, 1, k): one scale per member and AU
+        std[~(std > 0)] = 1.0  # a constant scorer keeps its raw margin rather than dividing by 0
+        margin = np.nanmean((s - t) / std, axis=0)
+    margin = np.nan_to_num(margin, nan=0.0)
+    out_scores = lead + np.tanh(margin)
     # a tie with a margin of exactly 0 stays absent: "present" needs evidence
     out = (lead > 0) | ((lead == 0) & (margin > 0))
     return out.astype(np.int8), out_scores.astype(np.float32)
@@ -103,13 +114,16 @@ def read_predictions(path):
         ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
         ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
         (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
-        ``protocol``, ``dataset``) as str.
+        ``protocol``, ``dataset``) as str; ``fold_thresholds`` (folds, k) when the file has
+        the per-fold thresholds dataset.
     """
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
+            if "thresholds" in f:  # (folds, k): the threshold each fold used
+                out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
             attrs = dict(f.attrs)
     except OSError as exc:
         raise StoreError(f"{path}: not a readable predictions file ({exc})") from None
@@ -196,8 +210,11 @@ def _is_finetuned(run):
                                 or parts[0].endswith("-ft"))
 
 
-def resolve_preset(workspace, dataset, preset):
+def resolve_preset(workspace, dataset, preset, *, tag=None):
     """Return the member runs of ``preset`` (see the module docstring), in family order.
+
+    ``tag`` selects runs of a non-default setting (``literature`` for that protocol...): the
+    members are then ``<model>__<region>__svm__<tag>``.
 
     Raises
     ------
@@ -210,6 +227,8 @@ def resolve_preset(workspace, dataset, preset):
     """
     if preset not in PRESETS:
         raise UsageError(did_you_mean(preset, PRESETS, what="ensemble preset"))
+    from .workspace import run_name
+
     runs = _existing_runs(workspace, dataset)
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
@@ -218,7 +237,7 @@ def resolve_preset(workspace, dataset, preset):
         chosen, seen = [], set()
         for model in order:
             fam = families.get(model, model)
-            run = f"{model}__{region}__{PRESET_CLF}"
+            run = run_name(model, region, PRESET_CLF, tag=tag)
             if fam not in seen and run in runs:
                 chosen.append(run)
                 seen.add(fam)
@@ -226,7 +245,8 @@ def resolve_preset(workspace, dataset, preset):
 
     members = per_family("full")
     if "ft" in preset:
-        ft = sorted(r for r in runs if _is_finetuned(r))
+        ft = sorted(r for r in runs if _is_finetuned(r)
+                    and (r.split("__")[3:4] == [tag] if tag else len(r.split("__")) == 3))
         ft_full = [r for r in ft if r.split("__")[1] == "full"]
         if not ft_full:
             raise FeatbenchError(
@@ -240,7 +260,8 @@ def resolve_preset(workspace, dataset, preset):
         if "ft" in preset:
             members += [r for r in ft if r.split("__")[1] != "full" and r not in members]
     if len(members) < 2:
-        want = [f"{m}__full__{PRESET_CLF}" for m in ("hog", "dlib_face", "alexnet", "cnn_f")]
+        want = [run_name(m, "full", PRESET_CLF, tag=tag)
+                for m in ("hog", "dlib_face", "alexnet", "cnn_f")]
         lacking = [r for r in want if r not in runs]
         raise MissingRunError(
             f"preset {preset!r} needs at least 2 member runs, found {len(members)} "
@@ -248,6 +269,16 @@ def resolve_preset(workspace, dataset, preset):
             f"{command_for_run(lacking[0])}" if lacking else
             f"preset {preset!r} found fewer than 2 member runs")
     return members
+
+
+def _row_thresholds(pred, rows):
+    """Return the (len(rows), k) threshold each row was decided with (per fold when stored)."""
+    ft = pred.get("fold_thresholds")
+    fold = pred["fold"][rows].astype(int)
+    if ft is not None and ft.ndim == 2 and ft.shape[1] == len(pred["aus"]) and \
+            fold.size and fold.max() < ft.shape[0]:
+        return ft[fold]
+    return np.broadcast_to(pred["thresholds"], (len(rows), len(pred["aus"])))
 
 
 def _key_list(frames):
@@ -283,7 +314,7 @@ def _align_members(preds, names):
         out.append({
             "frames": p["frames"][rows], "labels": p["labels"][rows][:, cols],
             "scores": p["scores"][rows][:, cols], "decisions": p["decisions"][rows][:, cols],
-            "fold": p["fold"][rows], "thresholds": p["thresholds"][cols],
+            "fold": p["fold"][rows], "thresholds": _row_thresholds(p, rows)[:, cols],
         })
     labels = out[0]["labels"]
     for p, name in zip(out[1:], names[1:]):
@@ -310,7 +341,7 @@ def _per_au_rows(labels, decisions, scores, fold, aus):
     return rows
 
 
-def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None):
+def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, tag=None):
     """Vote the members' decisions and write the ensemble like a classifier run (``clf = vote``).
 
     Parameters
@@ -324,6 +355,9 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None):
     name : str, optional
         The ensemble's name, its ``model`` column; default ``ensemble-<preset>``, or
         ``vote-<8 hex of the member list>`` for ``members``.
+    tag : str, optional
+        With ``preset``: take the members run with this non-default setting (their names end
+        in ``__<tag>``, e.g. ``literature`` for that protocol); the ensemble's name carries it.
 
     Returns
     -------
@@ -345,7 +379,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None):
         raise UsageError("give either --members or --preset, not both")
     if not members:
         preset = preset or "fe"
-        members = resolve_preset(workspace, dataset, preset)
+        members = resolve_preset(workspace, dataset, preset, tag=tag)
     members = list(dict.fromkeys(m.strip() for m in members if m.strip()))
     if len(members) < 2:
         raise UsageError(f"an ensemble needs at least 2 members, got {len(members)}: {members}")
@@ -367,7 +401,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None):
     if name is None:
         name = (f"ensemble-{preset}" if preset else
                 "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
-    run = run_name(safe_name(name), region, "vote")
+    run = run_name(safe_name(name), region, "vote", tag=tag)
     weights = "; ".join(f"{p.get('model', r.split('__')[0])}={p.get('weights', '?')}"
                         for p, r in zip(preds, members))
     protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})

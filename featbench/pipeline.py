@@ -186,6 +186,9 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
     failed = []
     wplan = resolve_weights(spec, weights)  # before any long work: missing files fail fast
     runs = plan_runs(spec)
+    from classify.run import classify_run, run_tag
+
+    tag = run_tag(protocol=protocol or "paper")  # runs of another protocol carry its tag
     stages = 6
 
     def stage(i, name, detail=""):
@@ -226,7 +229,7 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
             _say(progress, f"  failed: {exc}")
             for m, r, c in runs:
                 if m == model:
-                    name = run_name(m, r, c)
+                    name = run_name(m, r, c, tag=tag)
                     record_failure(workspace, dataset, name, f"extract {model}: {exc}",
                                    meta={"model": m, "region": r, "clf": c, "weights": w})
                     failed.append((name, str(exc)))
@@ -234,11 +237,9 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
 
     # 4. classify --------------------------------------------------------------------------
     t = stage(4, "classify", f"{len(runs)} runs")
-    from classify import classify_run
-
     done = []
     for model, region, clf in runs:
-        name = run_name(model, region, clf)
+        name = run_name(model, region, clf, tag=tag)
         if any(name == f for f, _ in failed):
             continue
         features = workspace.features_path(dataset, model)
@@ -248,9 +249,8 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
             continue
         tm = time.perf_counter()
         try:
-            kwargs = {"protocol": protocol} if protocol else {}
             out = classify_run(workspace, dataset, model=model, clf=clf, region=region,
-                               root=root, progress=progress, **kwargs)
+                               protocol=protocol or "paper", table=table, progress=progress)
         except FeatbenchError as exc:
             _say(progress, f"- {name}: failed: {exc}")
             record_failure(workspace, dataset, name, exc,
@@ -259,9 +259,8 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
             failed.append((name, str(exc)))
             continue
         seconds[f"classify {name}"] = time.perf_counter() - tm
-        f1 = out.get("mean_f1") if isinstance(out, dict) else None
-        _say(progress, f"- {name}: mean F1 {f1:.3f} ({seconds[f'classify {name}']:.0f}s)"
-             if isinstance(f1, float) else f"- {name}: done")
+        f1 = out.get("mean", {}).get("f1", float("nan"))
+        _say(progress, f"- {name}: mean F1 {f1:.3f} ({seconds[f'classify {name}']:.0f}s)")
         done.append(name)
     seconds["classify"] = time.perf_counter() - t
 
@@ -271,9 +270,9 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
 
     for ens in spec.ensembles:
         try:
-            out = ensemble_run(workspace, dataset, preset=ens)
+            out = ensemble_run(workspace, dataset, preset=ens, tag=tag)
         except FeatbenchError as exc:
-            name = run_name(f"ensemble-{ens}", "mixed", "vote")
+            name = run_name(f"ensemble-{ens}", "mixed", "vote", tag=tag)
             _say(progress, f"- ensemble {ens}: failed: {exc}")
             record_failure(workspace, dataset, name, exc,
                            meta={"model": f"ensemble-{ens}", "region": "mixed", "clf": "vote"})

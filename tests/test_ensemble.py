@@ -55,6 +55,14 @@ def test_tie_uses_member_thresholds():
     assert d.tolist() == [0]
 
 
+def test_per_frame_thresholds_and_nan_scores():
+    dec = np.array([[1, 1], [0, 0]], np.int8)[:, :, None]
+    scores = np.array([[1.0, 1.0], [np.nan, np.nan]])[:, :, None]  # member 2's fit failed
+    thr = np.array([[0.0, 2.0], [0.0, 0.0]])[:, :, None]  # fold thresholds per frame
+    d, s = majority_vote(dec, scores, thr)
+    assert d[:, 0].tolist() == [1, 0] and np.isfinite(s).all()
+
+
 def test_shape_errors_are_usage_errors():
     with pytest.raises(FeatbenchError):
         majority_vote(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2))

@@ -73,7 +73,7 @@ def fake_stages(no_cache, monkeypatch):
 
     import numpy as np
 
-    import classify
+    import classify.run
     import featbench.align
     import featbench.datasets
     from featbench.ensemble import write_predictions
@@ -91,7 +91,7 @@ def fake_stages(no_cache, monkeypatch):
             path.write_bytes(b"")
         return path
 
-    def classify_run(workspace, dataset, *, model, clf, region, root=None, progress=True):
+    def classify_run(workspace, dataset, *, model, clf, region, protocol, table, progress=True):
         calls["classify"].append((model, region, clf))
         run = f"{model}__{region}__{clf}"
         rng = np.random.default_rng(len(calls["classify"]))
@@ -107,13 +107,13 @@ def fake_stages(no_cache, monkeypatch):
                  "support": 10, "threshold": 0.0} for a in _Table.aus]
         write_run(workspace, dataset, run, rows,
                   meta={"model": model, "region": region, "clf": clf, "weights": "random:0"})
-        return {"run": run, "mean_f1": 0.5}
+        return {"run": run, "mean": {"f1": 0.5}}
 
     monkeypatch.setattr(featbench.datasets, "load_dataset", lambda *a, **k: _Table())
     monkeypatch.setattr(featbench.align, "ensure_aligned", lambda *a, **k: ws.aligned_path("synth"))
     monkeypatch.setitem(sys.modules, "extract.extractor",
                         types.SimpleNamespace(extract_features=extract_features))
-    monkeypatch.setattr(classify, "classify_run", classify_run, raising=False)
+    monkeypatch.setattr(classify.run, "classify_run", classify_run)
     return ws, calls
 
 

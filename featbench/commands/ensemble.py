@@ -33,6 +33,9 @@ def add_parser(subparsers):
     p.add_argument("--name", default=None,
                    help="the ensemble's name (its model column); default ensemble-<preset> or "
                         "vote-<hash of the members>")
+    p.add_argument("--protocol", default="paper", metavar="P",
+                   help="with --preset: vote the members run under this split protocol (paper, "
+                        "literature, kfold:K; default paper)")
     add_dataset_args(p)
     p.set_defaults(func=_run)
 
@@ -41,8 +44,13 @@ def _run(args):
     from ..ensemble import ensemble_run
 
     members = args.members.split(",") if args.members else None
+    tag = None
+    if args.protocol != "paper":
+        from classify.run import run_tag
+
+        tag = run_tag(protocol=args.protocol)
     out = ensemble_run(workspace_of(args), args.dataset, members=members, preset=args.preset,
-                       name=args.name)
+                       name=args.name, tag=tag)
     for note in out["notes"]:
         print(f"note: {note}")
     print(f"{out['run']}: {len(out['members'])} members ({', '.join(out['members'])}), "
