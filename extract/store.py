@@ -1,0 +1,256 @@
+"""The HDF5 feature file: one network's codes of every frame with a face (DESIGN.md contract).
+
+``data/features/<dataset>/<model>.h5``:
+
+==================== ===================== =================================================
+dataset              shape, dtype          meaning
+==================== ===================== =================================================
+/frames              (n,) KEY_DTYPE        subject, video, frame of each row: the frames with
+                                           a valid aligned face, in the frame table's order
+/<region>/codes      (n, dims) float32     codes of ``full``, ``upper``, ``middle``, ``lower``
+                     (or float16)          in /frames' row order, chunked by rows
+==================== ===================== =================================================
+
+File attributes: ``model``, ``layer``, ``weights`` (``imagenet`` | ``random:<seed>`` |
+``sha256:<hex>`` | ``vggface`` | ``dlib`` | ``none``), ``input_size``, ``dims``, ``dtype``,
+``preprocessing`` (json: mean, std, pixel scale), ``frames_sha256``, ``dataset``, ``created``,
+``featbench_version``, ``format_version``. Each region group carries ``rows_done``: rows are
+written in order, so a run that stopped resumes at ``rows_done`` and ends with the same file an
+uninterrupted run writes.
+
+A file made with other weights, another frame list, another layer or input size, or another
+dtype is refused with a :class:`StoreError` that says what differs and how to replace it
+(``--overwrite``); it is never silently mixed.
+"""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featbench.errors import MissingRunError, StoreError
+
+FORMAT_VERSION = 1
+#: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
+CHUNK_BYTES = 1 << 20
+#: attributes that must match for a file to be resumed or extended with another region
+IDENTITY_ATTRS = ("model", "layer", "weights", "input_size", "dims", "dtype", "frames_sha256")
+
+
+def keys_sha256(keys):
+    """Return the sha256 of a structured array of frame keys (the frame list's identity)."""
+    return hashlib.sha256(np.ascontiguousarray(keys).tobytes()).hexdigest()
+
+
+def _h5(path, mode):
+    import h5py
+
+    return h5py.File(path, mode)
+
+
+class FeatureWriter:
+    """Write (or resume writing) a feature file, region by region, batch by batch.
+
+    Use :func:`open_store`; close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, f, path):
+        self.f, self.path = f, Path(path)
+        self.n = int(f["frames"].shape[0])
+        self.dims = int(f.attrs["dims"])
+        self.dtype = np.dtype(str(f.attrs["dtype"]))
+
+    def rows_done(self, region):
+        """Rows of ``region`` already written (0 when the region is new)."""
+        g = self.f.get(region)
+        return int(g.attrs.get("rows_done", 0)) if g is not None else 0
+
+    def codes(self, region):
+        """Return the (n, dims) dataset of ``region``, created chunked by rows if new."""
+        if region not in self.f:
+            g = self.f.create_group(region)
+            rows = max(1, min(self.n, CHUNK_BYTES // (self.dims * self.dtype.itemsize)))
+            g.create_dataset("codes", shape=(self.n, self.dims), dtype=self.dtype,
+                             chunks=(rows, self.dims) if self.n else None)
+            g.attrs["rows_done"] = 0
+        return self.f[region]["codes"]
+
+    def write(self, region, start, codes):
+        """Write rows ``start:start+len(codes)`` of ``region`` and record the progress.
+
+        Rows are written in order: ``start`` must equal :meth:`rows_done`, so that the
+        progress mark always means "every row before it is final".
+        """
+        done = self.rows_done(region)
+        if start != done:
+            raise StoreError(f"{self.path}: {region} rows must be written in order "
+                             f"(at {done}, got {start})")
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.dims:
+            raise StoreError(f"{self.path}: codes of shape {codes.shape}, the file holds "
+                             f"{self.dims}-d codes")
+        ds = self.codes(region)
+        end = start + len(codes)
+        ds[start:end] = codes.astype(self.dtype, copy=False)
+        # the mark moves only after the rows are in the file: a crash between the two
+        # rewrites those rows on resume, never skips them
+        self.f[region].attrs["rows_done"] = end
+        self.f.flush()
+
+    def close(self):
+        if self.f:
+            self.f.close()
+            self.f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="float32",
+               overwrite=False, extra_attrs=None):
+    """Open the feature file ``path`` for writing: new, resumed, or refused.
+
+    Parameters
+    ----------
+    path : str or Path
+    keys : ndarray of KEY_DTYPE
+        The frames (rows) of the file.
+    model, layer, weights : str
+        Registry name, code layer, weights identity.
+    input_size, dims : int
+    dtype : {"float32", "float16"}
+    overwrite : bool
+        Replace an existing file that does not match instead of refusing.
+    extra_attrs : dict, optional
+        More attributes stored on a new file (dataset, preprocessing).
+
+    Returns
+    -------
+    FeatureWriter
+
+    Raises
+    ------
+    StoreError
+        The existing file was made differently (what differs, and ``--overwrite``), or is not
+        a readable feature file.
+    """
+    from featbench import __version__
+
+    path = Path(path)
+    want = {"model": model, "layer": layer, "weights": weights, "input_size": int(input_size),
+            "dims": int(dims), "dtype": str(np.dtype(dtype)), "frames_sha256": keys_sha256(keys)}
+    if path.exists() and not overwrite:
+        f = _open_existing(path)
+        problem = _difference(f, want, keys)
+        if problem is None:
+            return FeatureWriter(f, path)
+        f.close()
+        raise StoreError(f"{path}: {problem}; pass --overwrite to replace it (its codes are "
+                         "lost), or move it away")
+    if path.exists():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = _h5(path, "w")
+    f.attrs.update(want)
+    f.attrs.update({"format_version": FORMAT_VERSION, "featbench_version": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    for k, v in (extra_attrs or {}).items():
+        f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+    f.create_dataset("frames", data=np.asarray(keys))
+    f.flush()
+    return FeatureWriter(f, path)
+
+
+def _open_existing(path):
+    try:
+        f = _h5(path, "r+")
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 file ({exc}); pass --overwrite to "
+                         "replace it") from None
+    version = f.attrs.get("format_version")
+    if version != FORMAT_VERSION or "frames" not in f:
+        f.close()
+        raise StoreError(f"{path}: not a featbench feature file of format {FORMAT_VERSION} "
+                         f"(format_version={version}); pass --overwrite to replace it")
+    return f
+
+
+def _difference(f, want, keys):
+    """Return what differs between the open file and the asked identity, or None."""
+    have = {k: f.attrs.get(k) for k in IDENTITY_ATTRS}
+    have["input_size"] = int(have["input_size"]) if have["input_size"] is not None else None
+    have["dims"] = int(have["dims"]) if have["dims"] is not None else None
+    if have["weights"] != want["weights"]:
+        return (f"made with weights {have['weights']}, asked for {want['weights']} "
+                "(codes of different weights are never mixed)")
+    if have["frames_sha256"] != want["frames_sha256"]:
+        n = int(f["frames"].shape[0])
+        return (f"made from another frame list ({n} frames, asked {len(keys)}; the data set "
+                "or its alignment changed)")
+    for k in ("model", "layer", "input_size", "dims", "dtype"):
+        if have[k] != want[k]:
+            return f"made with {k} {have[k]}, asked for {want[k]}"
+    return None
+
+
+def read_codes(path, region="full"):
+    """Read one region's codes from a feature file.
+
+    Parameters
+    ----------
+    path : str or Path
+    region : {"full", "upper", "middle", "lower"}
+
+    Returns
+    -------
+    keys : ndarray of KEY_DTYPE, shape (n,)
+    codes : ndarray, shape (n, dims), float32
+    attrs : dict
+        The file's attributes (model, layer, weights, ...).
+
+    Raises
+    ------
+    MissingRunError
+        No such file, or the region was never extracted.
+    StoreError
+        Not a feature file, or the region is incomplete (an interrupted run).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingRunError(f"{path}: no feature file (run featbench extract --model "
+                              f"{path.stem} first)")
+    try:
+        f = _h5(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
+        if f.attrs.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: feature file of format {f.attrs.get('format_version')}, "
+                             f"featbench reads {FORMAT_VERSION} (re-extract with --overwrite)")
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        if region not in f:
+            have = sorted(k for k in f if k != "frames") or ["none"]
+            raise MissingRunError(f"{path}: no {region} codes (regions here: {', '.join(have)}; "
+                                  f"run featbench extract --model {attrs.get('model')} "
+                                  f"--region {region})")
+        n = int(f["frames"].shape[0])
+        done = int(f[region].attrs.get("rows_done", 0))
+        if done < n:
+            raise StoreError(f"{path}: {region} codes incomplete ({done} of {n} rows; rerun "
+                             f"featbench extract --model {attrs.get('model')} --region {region} "
+                             "to finish)")
+        keys = f["frames"][:]
+        codes = f[region]["codes"][:].astype(np.float32, copy=False)
+    return keys, codes, attrs
+
+
+def store_info(path):
+    """Return ``{"attrs": {...}, "frames": n, "regions": {region: rows_done}}`` of a feature file."""
+    with _h5(path, "r") as f:
+        return {"attrs": dict(f.attrs), "frames": int(f["frames"].shape[0]),
+                "regions": {k: int(f[k].attrs.get("rows_done", 0)) for k in f if k != "frames"}}
