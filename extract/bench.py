@@ -32,7 +32,7 @@ import numpy as np
 LOOP_BATCH = 32
 
 
-def bench_extract(table, model, *, frames=256, batch_size=64, weights="random:0", device="auto",
+def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, device="auto",
                   workers=None, repeat=1, progress=False):
     """Measure featbench's extraction, the forward pass alone and a hand-written loop.
 
@@ -46,8 +46,9 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights="random:0"
         How many frames (the first ones with landmarks, in table order).
     batch_size : int
         featbench's and the forward's batch size (the loop uses 32).
-    weights : str
-        Weights do not change speed; ``random:0`` needs no files.
+    weights : str, optional
+        Weights do not change speed; default ``random:0`` for CNNs (needs no files), the
+        network's own for HOG and dlib.
     device : str
     workers : int, optional
         featbench's reader threads (default: the extractor's).
@@ -70,7 +71,11 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights="random:0"
     from .encoders import create_encoder
     from .extractor import default_workers, extract_aligned
 
+    from .registry import get_spec
+
     t_start = time.perf_counter()
+    if weights is None and get_spec(model).kind == "torch":
+        weights = "random:0"
     encoder = create_encoder(model, weights=weights, device=device)
     landmarks = load_landmarks(table)
     ok = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))[:int(frames)]

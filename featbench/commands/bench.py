@@ -23,8 +23,8 @@ def add_parser(subparsers):
                    help="frames to process in each measurement (default: 256)")
     e.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="featbench's and the forward's batch size (default: 64; the loop uses 32)")
-    e.add_argument("--weights", default="random:0", metavar="W",
-                   help="weights (speed does not depend on them; default: random:0)")
+    e.add_argument("--weights", default=None, metavar="W",
+                   help="weights (speed does not depend on them; default: random:0 for CNNs)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the network runs (default: auto)")
     e.add_argument("--workers", type=int, default=None, metavar="N",
