@@ -1,0 +1,237 @@
+"""Per-AU binary classifiers on CNN codes, following the scikit-learn estimator contract.
+
+Every estimator is a ``Pipeline([("scale", StandardScaler()), ("clf", ...)])``, so the z-scoring
+of PROTOCOL.md ("z-score each feature with the training set's mean and std") is fit on the
+rows given to ``fit`` — the training subjects' — and only applied to validation and test rows.
+
+``lda``
+    ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")``: Ledoit-Wolf shrinkage keeps
+    the covariance of 4096-d codes invertible when there are fewer training frames than
+    dimensions. ``class_weight="balanced"`` becomes equal class priors (LDA has no weights).
+``svm``
+    A linear SVM (liblinear's ``LinearSVC``, squared hinge). Its ``C`` is chosen from
+    :data:`C_GRID` by F1 on the validation subjects (:func:`fit_au`); the model kept is the one
+    fit on the training rows with the best ``C``.
+
+Conventions, stated once: labels are 1 (present) / 0 (absent); scores are
+``decision_function`` values; a frame is called positive when its score is *greater* than the
+threshold, whose default is 0 (the classifier's own decision). A tuned threshold
+(:func:`best_threshold`) is chosen on validation scores, never on test.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featbench.errors import UsageError, did_you_mean
+from featbench.metrics import au_metrics
+
+CLASSIFIERS = ("lda", "svm")
+#: the SVM's C grid, log-spaced; chosen per AU on the validation subjects
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: C used when the validation subjects cannot score the grid (no positive there)
+DEFAULT_C = 1e-2
+DEFAULT_THRESHOLD = 0.0
+
+
+def check_clf(clf):
+    """Raise :class:`UsageError` unless ``clf`` is a classifier this module builds."""
+    if clf == "lstm":
+        raise UsageError("the LSTM classifier is not built yet (tracked separately); use --clf svm or lda")
+    if clf not in CLASSIFIERS:
+        raise UsageError(did_you_mean(str(clf), CLASSIFIERS + ("lstm",), what="classifier"))
+
+
+def make_estimator(clf, *, C=DEFAULT_C, class_weight=None, shrinkage="auto", seed=0,
+                   n_samples=None, n_features=None):
+    """Return an unfitted ``Pipeline(StandardScaler, classifier)`` for one AU.
+
+    Parameters
+    ----------
+    clf : {"lda", "svm"}
+    C : float
+        SVM regularisation (ignored by LDA).
+    class_weight : {None, "balanced"}
+        SVM class weights; for LDA ``"balanced"`` means equal priors.
+    shrinkage : "auto", float or None
+        LDA covariance shrinkage (``"auto"``: Ledoit-Wolf).
+    seed : int
+        Seeds liblinear's coordinate order.
+    n_samples, n_features : int, optional
+        The training matrix's shape: picks liblinear's dual solver unless there are far more
+        frames than dimensions (the primal Newton solver was 40x slower at 5000 x 4096).
+    """
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    check_clf(clf)
+    if clf == "lda":
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        priors = (0.5, 0.5) if class_weight == "balanced" else None
+        est = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors)
+    else:
+        from sklearn.svm import LinearSVC
+
+        dual = True
+        if n_samples is not None and n_features is not None:
+            dual = n_samples < 50 * n_features
+        est = LinearSVC(C=C, dual=dual, class_weight=class_weight, max_iter=2000, random_state=seed)
+    return Pipeline([("scale", StandardScaler()), ("clf", est)])
+
+
+def balance_indices(y, rng):
+    """Return the indices of all positives and as many randomly drawn negatives, sorted.
+
+    Parameters
+    ----------
+    y : array of shape (n,)
+        1 present, 0 absent (unlabelled frames already removed).
+    rng : numpy.random.Generator
+        Seeded by the caller, so a run is reproducible.
+
+    Returns
+    -------
+    array of shape (m,) int
+        When there are fewer negatives than positives, every frame is kept.
+    """
+    y = np.asarray(y)
+    pos = np.flatnonzero(y == 1)
+    neg = np.flatnonzero(y != 1)
+    if neg.size > pos.size:
+        neg = rng.choice(neg, size=pos.size, replace=False)
+    return np.sort(np.concatenate([pos, neg]))
+
+
+def decide(scores, threshold=DEFAULT_THRESHOLD):
+    """Return int8 decisions (1 present) of ``scores > threshold``; nan scores give 0."""
+    with np.errstate(invalid="ignore"):
+        return (np.asarray(scores) > threshold).astype(np.int8)
+
+
+def best_threshold(y, scores):
+    """Return the threshold that maximises F1 of ``scores > threshold`` against ``y``.
+
+    Candidates lie halfway between consecutive distinct scores (and just below the lowest),
+    so the choice does not sit on a frame's score. Among thresholds with the same F1, the one
+    closest to the default 0 wins.
+
+    Parameters
+    ----------
+    y : array of shape (n,)
+        1 present, 0 absent: the validation subjects' labels.
+    scores : array of shape (n,)
+        The validation subjects' decision scores.
+
+    Returns
+    -------
+    float
+        :data:`DEFAULT_THRESHOLD` when ``y`` has no positive (F1 is undefined).
+    """
+    t = np.asarray(y) == 1
+    s = np.asarray(scores, dtype=np.float64)
+    if not t.any() or s.size == 0:
+        return DEFAULT_THRESHOLD
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    tp = np.cumsum(t)
+    fp = np.cumsum(~t)
+    f1 = 2 * tp / (tp + fp + t.sum())  # 2TP / (2TP + FP + FN) with FN = P - TP
+    cut = np.r_[s[1:] != s[:-1], True]  # only between distinct scores
+    below = np.r_[s[1:], s[-1] - max(1e-6, abs(s[-1]) * 1e-6)]  # last: every frame positive
+    cand = (s + below) / 2
+    f1 = np.where(cut, f1, -1.0)
+    best = f1.max()
+    ties = np.flatnonzero(f1 >= best - 1e-12)
+    return float(cand[ties[np.argmin(np.abs(cand[ties] - DEFAULT_THRESHOLD))]])
+
+
+@dataclass
+class AUFit:
+    """A fitted AU: the pipeline and what was chosen on the validation subjects."""
+
+    model: object
+    C: float = float("nan")
+    threshold: float = DEFAULT_THRESHOLD
+    val_f1: float = float("nan")
+    grid: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def _val_f1(y_val, scores, threshold=DEFAULT_THRESHOLD):
+    return au_metrics(y_val, decide(scores, threshold))["f1"] if len(y_val) else float("nan")
+
+
+def fit_au(clf, X_train, y_train, X_val, y_val, *, c_grid=C_GRID, class_weight=None,
+           tune_threshold=False, shrinkage="auto", seed=0):
+    """Fit one AU's classifier on the training rows; choose C and the threshold on validation.
+
+    Parameters
+    ----------
+    clf : {"lda", "svm"}
+    X_train : array of shape (n_train, dims)
+    y_train : array of shape (n_train,)
+        1 / 0; both classes must be present (the caller reports an AU without positives).
+    X_val : array of shape (n_val, dims)
+    y_val : array of shape (n_val,)
+    c_grid : sequence of float
+        SVM only: each C is fit on the training rows and scored by F1 on validation; the best
+        (ties: the smaller C, the more regularised) is kept.
+    class_weight : {None, "balanced"}
+    tune_threshold : bool
+        Choose the threshold maximising F1 on the validation rows (else 0).
+    shrinkage : "auto", float or None
+        LDA only.
+    seed : int
+
+    Returns
+    -------
+    AUFit
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import Pipeline
+
+    y_train = np.asarray(y_train, dtype=np.int8)
+    y_val = np.asarray(y_val, dtype=np.int8)
+    shape = dict(n_samples=X_train.shape[0], n_features=X_train.shape[1])
+    out = AUFit(model=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        if clf == "svm":
+            template = make_estimator("svm", class_weight=class_weight, seed=seed, **shape)
+            scaler = template.named_steps["scale"].fit(X_train)
+            # liblinear wants float64; convert the scaled rows once for the whole grid
+            Xt = np.ascontiguousarray(scaler.transform(X_train), dtype=np.float64)
+            Xv = scaler.transform(X_val) if len(y_val) else None
+            fits = {}
+            for C in c_grid:
+                svc = make_estimator("svm", C=C, class_weight=class_weight, seed=seed,
+                                     **shape).named_steps["clf"].fit(Xt, y_train)
+                fits[C] = svc
+                out.grid[C] = _val_f1(y_val, svc.decision_function(Xv)) if Xv is not None else float("nan")
+            scored = {C: f for C, f in out.grid.items() if not np.isnan(f)}
+            if scored:
+                out.C = float(max(scored, key=lambda C: (scored[C], -C)))
+            else:
+                out.C = float(DEFAULT_C if DEFAULT_C in fits else c_grid[len(c_grid) // 2])
+                out.notes.append(f"no positive in validation: C={out.C:g} not chosen on data")
+                if out.C not in fits:
+                    fits[out.C] = make_estimator("svm", C=out.C, class_weight=class_weight, seed=seed,
+                                                 **shape).named_steps["clf"].fit(Xt, y_train)
+            # the grid's fit with the best C *is* the refit on the training rows
+            out.model = Pipeline([("scale", scaler), ("clf", fits[out.C])])
+        else:
+            out.model = make_estimator("lda", class_weight=class_weight, shrinkage=shrinkage,
+                                       seed=seed, **shape).fit(X_train, y_train)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        out.notes.append("liblinear did not fully converge for some C (max_iter=2000)")
+    if len(y_val):
+        val_scores = out.model.decision_function(X_val)
+        if tune_threshold:
+            if (y_val == 1).any():
+                out.threshold = best_threshold(y_val, val_scores)
+            else:
+                out.notes.append("no positive in validation: threshold left at 0")
+        out.val_f1 = _val_f1(y_val, val_scores, out.threshold)
+    return out

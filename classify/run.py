@@ -1,0 +1,494 @@
+"""One classifier run of the protocol: stored codes + frame table -> metrics, predictions, models.
+
+:func:`classify_run` is what ``featbench classify`` calls. For every fold of the protocol
+(``featbench.splits``) and every AU it
+
+1. takes the fold's training, validation and test subjects' frames that have codes and a
+   label for the AU (frames of the table without codes are counted and reported, never
+   silently dropped);
+2. balances training and validation (all positives + as many random negatives, seeded),
+   never test;
+3. fits the AU's ``Pipeline(StandardScaler, clf)`` on training rows, chooses the SVM's C and,
+   with ``tune_threshold``, the decision threshold on validation rows;
+4. scores every test frame.
+
+AUs train in parallel (joblib threads: liblinear and BLAS release the GIL, so the codes are
+shared, not copied, and BLAS is held to ``cores // workers`` threads with threadpoolctl).
+
+Outputs (``featbench.workspace`` names the paths; a rerun replaces only this run's files)::
+
+    results/<ds>/<run>.csv                 per-AU metrics + mean (featbench.results.write_run)
+    results/<ds>/summary.csv               this run's row (other runs' rows are kept)
+    results/<ds>/predictions/<run>.h5      /frames /labels /scores /decisions /fold /thresholds
+    results/<ds>/models/<run>/AU01.joblib  the fitted Pipeline (multi-fold: AU01-<fold>.joblib)
+    results/<ds>/models/<run>/settings.json every argument, chosen C and threshold per fold and
+                                           AU, split subjects, feature-file provenance, versions
+
+Multi-fold protocols average each metric over folds (``f1_std`` is the spread of F1 across
+folds, ``support`` the summed test positives) and store every test frame once.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from featbench.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
+from featbench.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.frames import KEY_DTYPE
+from featbench.metrics import METRICS, au_metrics, nanmean
+from featbench.results import record_failure, run_table, write_run
+from featbench.workspace import Workspace, atomic_write_text, run_name
+
+from .estimators import C_GRID, balance_indices, check_clf, decide, fit_au
+
+REGION_CHOICES = ("full",) + REGIONS + ("auto",)
+PREDICTIONS_FORMAT = 1
+
+
+# --- arguments ---------------------------------------------------------------------------------
+def resolve_aus(table, protocol, aus=None):
+    """Return the AUs a run scores: ``aus`` if given, else the protocol's AUs the table labels.
+
+    ``paper`` -> the table's AUs among DISFA's 12; ``literature`` -> among the 8 of the 3-fold
+    literature; other protocols -> all of the table's AUs.
+    """
+    if aus:
+        names = [au_name(a) for a in (aus.split(",") if isinstance(aus, str) else aus) if str(a).strip()]
+        unknown = [a for a in names if a not in table.aus]
+        if unknown:
+            raise UsageError(f"{table.dataset} does not label {', '.join(unknown)} "
+                             f"(it labels {', '.join(table.aus)})")
+        return list(dict.fromkeys(names))
+    wanted = {"paper": DISFA_AUS, "literature": LITERATURE_AUS}.get(protocol)
+    out = [a for a in (wanted or table.aus) if a in table.aus]
+    if not out:
+        raise UsageError(f"{table.dataset} labels none of the AUs of the {protocol} protocol "
+                         f"({', '.join(wanted)}); use --protocol kfold:K or own")
+    return out
+
+
+def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
+            aus=None, default_aus=None):
+    """Return the run-name tag of the non-default settings (None for the defaults).
+
+    ``literature``, ``kfold5``, ``own``; ``thr`` (tuned thresholds); ``nobal``; ``cw``
+    (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; joined with ``-``.
+    """
+    parts = []
+    if protocol != "paper":
+        parts.append(protocol.replace(":", ""))
+    if tune_threshold:
+        parts.append("thr")
+    if not balance:
+        parts.append("nobal")
+    if class_weight:
+        parts.append("cw")
+    if seed:
+        parts.append(f"s{seed}")
+    if aus is not None and default_aus is not None and list(aus) != list(default_aus):
+        parts.append("au" + "+".join(str(int(a[2:])) for a in aus))
+    return "-".join(parts) or None
+
+
+# --- codes -------------------------------------------------------------------------------------
+def _feature_regions(path):
+    """Return the regions that the feature file ``path`` holds codes for."""
+    from extract.store import store_info
+
+    try:
+        return [r for r in store_info(path)["regions"] if r in REGION_CHOICES]
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 feature file ({exc})") from None
+
+
+def load_codes(workspace, dataset, model, regions):
+    """Return ``(keys, {region: codes}, attrs)`` of the feature file of ``model``.
+
+    Raises
+    ------
+    MissingRunError
+        No feature file, or it lacks a region: the message names the ``featbench extract``
+        command that makes it.
+    """
+    path = workspace.features_path(dataset, model)
+    if not path.exists():
+        have = sorted(p.stem for p in path.parent.glob("*.h5")) if path.parent.exists() else []
+        msg = (f"{path}: no codes of model {model!r} for {dataset} "
+               f"(make them with: featbench extract --model {model} --dataset {dataset}"
+               f"{' --region all' if len(regions) > 1 or regions[0] != 'full' else ''})")
+        if have:
+            import difflib
+
+            close = difflib.get_close_matches(model, have, n=1, cutoff=0.5)
+            msg += (f"; did you mean {close[0]!r}?" if close else "") + f"; codes exist for: {', '.join(have)}"
+        raise MissingRunError(msg)
+    present = _feature_regions(path)
+    missing = [r for r in regions if r not in present]
+    if missing:
+        flag = "all" if len(regions) > 1 else missing[0]
+        raise MissingRunError(f"{path} has no codes for region {', '.join(missing)} "
+                              f"(it has {', '.join(present) or 'none'}; make them with: "
+                              f"featbench extract --model {model} --dataset {dataset} --region {flag})")
+    from extract.store import read_codes
+
+    keys, codes, attrs = None, {}, {}
+    for r in regions:
+        k, c, attrs = read_codes(path, r)
+        if keys is None:
+            keys = np.asarray(k).astype(KEY_DTYPE)
+        if len(c) != len(keys):
+            raise StoreError(f"{path}: /{r}/codes has {len(c)} rows but /frames has {len(keys)}")
+        codes[r] = c
+    return keys, codes, attrs
+
+
+def join_codes(table, keys):
+    """Return, per table row, the row of its codes in ``keys``, or -1 when it has none.
+
+    Parameters
+    ----------
+    table : FrameTable
+    keys : structured array of KEY_DTYPE, shape (n_codes,)
+
+    Returns
+    -------
+    array of shape (len(table),) int64
+    """
+    import pandas as pd
+
+    def index(k):
+        return pd.MultiIndex.from_arrays([k["subject"], k["video"], k["frame"].astype(np.int64)])
+
+    code_index = index(keys)
+    if code_index.has_duplicates:
+        raise StoreError("the feature file lists some frames twice in /frames")
+    return code_index.get_indexer(index(table.keys())).astype(np.int64)
+
+
+# --- one AU of one fold ------------------------------------------------------------------------
+def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed):
+    """Fit and score one (fold, AU); pure computation, safe to run in a worker thread."""
+    fi, ai, au, region, rows = job
+    y_all = labels[:, ai]
+    rng = np.random.default_rng([seed, fi, int(au[2:])])
+    parts = {}
+    for part in ("train", "validation"):
+        r = rows[part][y_all[rows[part]] >= 0]
+        if balance:
+            r = r[balance_indices(y_all[r], rng)]
+        parts[part] = r
+    X = codes[region]
+    ytr, yva = y_all[parts["train"]], y_all[parts["validation"]]
+    out = {"fold": fi, "au": au, "n_train": int(ytr.size), "n_train_pos": int((ytr == 1).sum()),
+           "n_val": int(yva.size), "n_val_pos": int((yva == 1).sum()), "fit": None,
+           "scores": np.full(rows["test"].size, np.nan, dtype=np.float32)}
+    if out["n_train_pos"] == 0 or out["n_train_pos"] == ytr.size:
+        what = "positive" if out["n_train_pos"] == 0 else "negative"
+        out["error"] = f"no {what} frame in training: no classifier"
+        return out
+    fit = fit_au(clf, X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
+                 class_weight=class_weight, tune_threshold=tune_threshold, seed=seed)
+    out["fit"] = fit
+    if rows["test"].size:
+        out["scores"] = fit.model.decision_function(X[pos[rows["test"]]]).astype(np.float32)
+    return out
+
+
+def _parallel(jobs, n_jobs, progress, **kw):
+    """Run :func:`_au_task` over ``jobs`` in threads, BLAS limited to cores // workers each."""
+    from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    cores = os.cpu_count() or 1
+    workers = max(1, min(len(jobs), cores if n_jobs in (None, -1) else int(n_jobs)))
+    with threadpool_limits(limits=max(1, cores // workers)):
+        gen = Parallel(n_jobs=workers, backend="threading", return_as="generator_unordered")(
+            delayed(_au_task)(j, **kw) for j in jobs)
+        bar = tqdm(gen, total=len(jobs), desc="classify", unit="AU", file=sys.stderr,
+                   disable=not progress, leave=False)
+        return list(bar)
+
+
+# --- the run -----------------------------------------------------------------------------------
+def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
+                 tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
+                 table=None, aus=None, progress=True):
+    """Train and score one per-AU classifier run; write its tables, predictions and models.
+
+    Parameters
+    ----------
+    workspace : Workspace or path
+    dataset : str
+        The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
+    model : str
+        The network whose codes are classified.
+    clf : {"lda", "svm"}
+    region : {"full", "upper", "middle", "lower", "auto"}
+        ``auto``: each AU uses the codes of its own region (``featbench.aus.AU_REGION``).
+    protocol : str
+        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.splits``).
+    tune_threshold : bool
+        Choose each AU's threshold on the validation subjects (default: 0).
+    balance : bool
+        Balance training and validation per AU (all positives + as many random negatives).
+    class_weight : {None, "balanced"}
+        SVM class weights (LDA: equal priors); meant for ``balance=False``.
+    seed : int
+        Seeds splits, balancing and liblinear.
+    n_jobs : int, optional
+        Worker threads (default: all cores).
+    table : FrameTable, optional
+        Default: ``featbench.datasets.load_dataset(dataset)``.
+    aus : list of str or "AU01,AU02", optional
+        Default: the protocol's AUs (:func:`resolve_aus`).
+    progress : bool
+        A tqdm bar on stderr.
+
+    Returns
+    -------
+    dict
+        ``run``, ``dataset``, ``rows`` (per-AU dicts as in the CSV), ``mean``, ``notes``,
+        ``meta``, ``csv``, ``predictions``, ``models_dir``, ``missing_codes``, ``seconds``.
+
+    Raises
+    ------
+    UsageError, MissingRunError, StoreError
+        Bad arguments; no codes (the message names the extract command). Once the codes are
+        found, a failure is also recorded as the run's row in ``summary.csv``.
+    """
+    t0 = time.time()
+    check_clf(clf)
+    if region not in REGION_CHOICES:
+        raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
+    if class_weight not in (None, "balanced"):
+        raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
+    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if table is None:
+        from featbench.datasets import load_dataset
+
+        table = load_dataset(dataset, workspace=workspace, progress=progress)
+    default_aus = resolve_aus(table, protocol)
+    au_list = resolve_aus(table, protocol, aus)
+    run = run_name(model, region, clf, tag=run_tag(
+        protocol=protocol, tune_threshold=tune_threshold, balance=balance,
+        class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus))
+    regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
+    keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+    meta = {"model": model, "region": region, "clf": clf, "weights": str(attrs.get("weights", "")),
+            "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
+            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed}
+    try:
+        return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
+                         n_jobs=n_jobs, progress=progress, t0=t0)
+    except FeatbenchError as exc:
+        record_failure(workspace, dataset, run, exc, meta=meta)
+        raise
+
+
+def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0):
+    from featbench.splits import make_splits
+
+    clf, region, seed = meta["clf"], meta["region"], meta["seed"]
+    pos = join_codes(table, keys)
+    has_code = pos >= 0
+    labels = table.labels(au_list)
+    labelled = (labels >= 0).any(axis=1)
+    splits = make_splits(table, meta["protocol"], seed=seed)
+    missing = {"train": 0, "validation": 0, "test": 0}
+    jobs, test_rows = [], []
+    for fi, split in enumerate(splits):
+        rows = {}
+        for part in ("train", "validation", "test"):
+            m = split.mask(table, part)
+            missing[part] += int((m & labelled & ~has_code).sum())
+            rows[part] = np.flatnonzero(m & has_code)
+        test_rows.append(rows["test"])
+        for ai, au in enumerate(au_list):
+            jobs.append((fi, ai, au, AU_REGION[au] if region == "auto" else region, rows))
+    if not any(r.size for r in test_rows):
+        raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
+                              f"(the feature file's frames do not match the data set's)")
+    results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, clf=clf,
+                        balance=meta["balance"], class_weight=meta["class_weight"] or None,
+                        tune_threshold=meta["tune_threshold"], seed=seed)
+    by = {(r["fold"], r["au"]): r for r in results}
+
+    # per-AU metrics, averaged over folds ------------------------------------------------------
+    n_folds, k = len(splits), len(au_list)
+    thresholds = np.full((n_folds, k), np.nan)
+    rows_out, notes, fold_info = [], [], []
+    for ai, au in enumerate(au_list):
+        per_fold, au_notes = [], []
+        for fi in range(n_folds):
+            r, te = by[(fi, au)], test_rows[fi]
+            y = labels[te, ai]
+            tag = f" ({splits[fi].name})" if n_folds > 1 else ""
+            if r["fit"] is None:
+                au_notes.append(r["error"] + tag)
+                m = {key: float("nan") for key in METRICS}
+                m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
+            else:
+                thresholds[fi, ai] = r["fit"].threshold
+                m = au_metrics(y, decide(r["scores"], r["fit"].threshold), r["scores"])
+                au_notes += [n + tag for n in r["fit"].notes]
+                if m["support"] == 0:
+                    au_notes.append("no positive in test: F1 undefined (nan)" + tag)
+            per_fold.append(m)
+        row = {"au": au}
+        for key in ("f1", "accuracy", "precision", "recall"):
+            row[key] = nanmean(m[key] for m in per_fold)
+        row["support"] = int(sum(m["support"] for m in per_fold))
+        row["threshold"] = nanmean(thresholds[:, ai])
+        row["auc"] = nanmean(m["auc"] for m in per_fold)
+        row["frames"] = int(sum(m["frames"] for m in per_fold))
+        if n_folds > 1:
+            f1s = np.array([m["f1"] for m in per_fold], dtype=float)
+            row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
+        if clf == "svm":
+            cs = [by[(fi, au)]["fit"].C for fi in range(n_folds) if by[(fi, au)]["fit"]]
+            row["C"] = float(np.median(cs)) if cs else float("nan")
+        fits = [by[(fi, au)] for fi in range(n_folds)]
+        row["n_train"] = int(round(np.mean([f["n_train"] for f in fits])))
+        row["note"] = "; ".join(dict.fromkeys(au_notes))
+        rows_out.append(row)
+        notes += [f"{au}: {n}" for n in dict.fromkeys(au_notes)]
+    for part, n in missing.items():
+        if n:
+            notes.append(f"{n} labelled {part} frames have no codes in the feature file and were left out")
+
+    # predictions, models, settings, tables (computed above; written only now) -----------------
+    n_train = [int((s.mask(table, "train") & has_code & labelled).sum()) for s in splits]
+    n_test = int(sum(r.size for r in test_rows))
+    meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": n_test,
+            "frames_without_codes": int(sum(missing.values())),
+            "seconds": round(time.time() - t0, 1)}
+    pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
+                                   thresholds, rows_out, meta, splits)
+    models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs,
+                                          missing, n_train, test_rows)
+    meta["seconds"] = round(time.time() - t0, 1)
+    csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+    mean = run_table(rows_out)[0][-1]
+    return {"run": run, "dataset": dataset, "rows": rows_out, "mean": mean, "notes": notes,
+            "meta": meta, "csv": csv, "predictions": pred_path, "models_dir": models_dir,
+            "missing_codes": missing, "folds": fold_info, "seconds": meta["seconds"]}
+
+
+def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels, thresholds,
+                       rows_out, meta, splits):
+    """Write the test frames' scores and decisions (team contract 3), atomically."""
+    import h5py
+
+    path = workspace.predictions_path(dataset, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = np.concatenate(test_rows)
+    if np.unique(rows).size != rows.size:
+        raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
+    k = len(au_list)
+    scores = np.full((rows.size, k), np.nan, dtype=np.float32)
+    decisions = np.zeros((rows.size, k), dtype=np.int8)
+    fold = np.concatenate([np.full(r.size, fi, dtype=np.int8) for fi, r in enumerate(test_rows)])
+    start = 0
+    for fi, r in enumerate(test_rows):
+        for ai, au in enumerate(au_list):
+            res = by[(fi, au)]
+            scores[start:start + r.size, ai] = res["scores"]
+            if res["fit"] is not None:
+                decisions[start:start + r.size, ai] = decide(res["scores"], res["fit"].threshold)
+        start += r.size
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("frames", data=table.keys()[rows])
+        f.create_dataset("labels", data=labels[rows].astype(np.int8))
+        f.create_dataset("scores", data=scores)
+        f.create_dataset("decisions", data=decisions)
+        f.create_dataset("fold", data=fold)
+        f.create_dataset("thresholds", data=thresholds)  # (folds, k): the threshold each fold used
+        f.attrs.update({
+            "format_version": PREDICTIONS_FORMAT, "aus": json.dumps(au_list),
+            "thresholds": np.array([r["threshold"] for r in rows_out], dtype=np.float64),
+            "run": run, "folds": json.dumps([s.name for s in splits]),
+            "failed_aus": json.dumps([r["au"] for r in rows_out if not np.isfinite(r["threshold"])]),
+            **{key: str(meta[key]) for key in ("model", "region", "clf", "weights", "protocol", "dataset")},
+        })
+    os.replace(tmp, path)
+    return path
+
+
+def _versions():
+    import joblib
+    import sklearn
+
+    import featbench
+
+    return {"featbench": featbench.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "joblib": joblib.__version__, "python": sys.version.split()[0]}
+
+
+def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows):
+    """Replace the run's model folder: one joblib per AU (and fold) plus settings.json."""
+    import joblib
+
+    final = workspace.models_dir(dataset, run)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    folds = []
+    for fi, split in enumerate(splits):
+        per_au = {}
+        for au in au_list:
+            r = by[(fi, au)]
+            entry = {"n_train": r["n_train"], "n_train_pos": r["n_train_pos"], "n_val": r["n_val"],
+                     "n_val_pos": r["n_val_pos"]}
+            if r["fit"] is None:
+                entry["error"] = r["error"]
+            else:
+                fit = r["fit"]
+                name = f"{au}.joblib" if len(splits) == 1 else f"{au}-{split.name}.joblib"
+                joblib.dump(fit.model, tmp / name)
+                entry.update({"model_file": name, "threshold": fit.threshold, "val_f1": fit.val_f1,
+                              "notes": fit.notes})
+                if meta["clf"] == "svm":
+                    entry.update({"C": fit.C, "val_f1_by_C": {f"{c:g}": v for c, v in fit.grid.items()}})
+            per_au[au] = entry
+        folds.append({"name": split.name, "train": list(split.train), "validation": list(split.validation),
+                      "test": list(split.test), "n_train_frames": n_train[fi],
+                      "n_test_frames": int(test_rows[fi].size), "aus": per_au})
+    settings = {
+        "run": run, **{k: v for k, v in meta.items() if k != "seconds"}, "aus": au_list,
+        "c_grid": list(C_GRID) if meta["clf"] == "svm" else None,
+        "default_threshold": 0.0, "frames_without_codes_by_part": missing,
+        "features": {"path": str(workspace.features_path(dataset, meta["model"])),
+                     "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}},
+        "folds": folds, "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_text(tmp / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final, folds
+
+
+def format_result(result):
+    """Return the one-screen text of a run: per-AU table, mean, notes and the CSV path."""
+    cols = ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold")
+    head = f"{'au':<6}" + "".join(f"{c:>10}" for c in cols)
+    lines = [f"{result['run']} on {result['dataset']} ({result['meta']['protocol']} protocol, "
+             f"{result['meta']['n_train']} training / {result['meta']['n_test']} test frames)", head]
+
+    def cell(v):
+        if isinstance(v, (int, np.integer)):
+            return f"{v:>10d}"
+        return f"{'nan':>10}" if v is None or not np.isfinite(v) else f"{v:>10.3f}"
+
+    for r in result["rows"] + [{**result["mean"], "threshold": float("nan")}]:
+        lines.append(f"{r['au']:<6}" + "".join(cell(r.get(c, float('nan'))) for c in cols))
+    lines += [f"note: {n}" for n in result["notes"]]
+    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {len(result['rows'])} AUs in "
+                 f"{result['seconds']:.0f} s -> {result['csv']}")
+    return "\n".join(lines)
