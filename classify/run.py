@@ -12,8 +12,8 @@
    with ``tune_threshold``, the decision threshold on validation rows;
 4. scores every test frame.
 
-AUs train in parallel (joblib threads: liblinear and BLAS release the GIL, so the codes are
-shared, not copied, and BLAS is held to ``cores // workers`` threads with threadpoolctl).
+AUs train in parallel (joblib worker processes sharing memory-mapped codes; BLAS is held to
+``cores // workers`` threads per worker with threadpoolctl).
 
 Outputs (``featbench.workspace`` names the paths; a rerun replaces only this run's files)::
 
@@ -95,14 +95,30 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
 
 
 # --- codes -------------------------------------------------------------------------------------
-def _feature_regions(path):
-    """Return the regions that the feature file ``path`` holds codes for."""
+def _feature_info(path):
+    """Return ``extract.store.store_info(path)``: attrs (model, weights...) and regions."""
     from extract.store import store_info
 
     try:
-        return [r for r in store_info(path)["regions"] if r in REGION_CHOICES]
+        return store_info(path)
     except OSError as exc:
         raise StoreError(f"{path}: not a readable HDF5 feature file ({exc})") from None
+
+
+def check_features(workspace, dataset, model, regions=("full",)):
+    """Return the feature file of ``model``; MissingRunError naming the extract command if absent."""
+    path = workspace.features_path(dataset, model)
+    if not path.exists():
+        from extract.registry import get_spec
+
+        get_spec(model)  # an unknown name says so, with the closest one, before "not extracted"
+        have = sorted(p.stem for p in path.parent.glob("*.h5")) if path.parent.exists() else []
+        raise MissingRunError(
+            f"{path}: no codes of model {model!r} for {dataset} (make them with: featbench extract "
+            f"--model {model} --dataset {dataset}"
+            f"{' --region all' if len(regions) > 1 or regions[0] != 'full' else ''})"
+            + (f"; codes exist for: {', '.join(have)}" if have else ""))
+    return path
 
 
 def load_codes(workspace, dataset, model, regions):
@@ -114,19 +130,8 @@ def load_codes(workspace, dataset, model, regions):
         No feature file, or it lacks a region: the message names the ``featbench extract``
         command that makes it.
     """
-    path = workspace.features_path(dataset, model)
-    if not path.exists():
-        have = sorted(p.stem for p in path.parent.glob("*.h5")) if path.parent.exists() else []
-        msg = (f"{path}: no codes of model {model!r} for {dataset} "
-               f"(make them with: featbench extract --model {model} --dataset {dataset}"
-               f"{' --region all' if len(regions) > 1 or regions[0] != 'full' else ''})")
-        if have:
-            import difflib
-
-            close = difflib.get_close_matches(model, have, n=1, cutoff=0.5)
-            msg += (f"; did you mean {close[0]!r}?" if close else "") + f"; codes exist for: {', '.join(have)}"
-        raise MissingRunError(msg)
-    present = _feature_regions(path)
+    path = check_features(workspace, dataset, model, regions)
+    present = [r for r in _feature_info(path)["regions"] if r in REGION_CHOICES]
     missing = [r for r in regions if r not in present]
     if missing:
         flag = "all" if len(regions) > 1 else missing[0]
@@ -144,6 +149,23 @@ def load_codes(workspace, dataset, model, regions):
             raise StoreError(f"{path}: /{r}/codes has {len(c)} rows but /frames has {len(keys)}")
         codes[r] = c
     return keys, codes, attrs
+
+
+def default_model(workspace, dataset):
+    """Return the only model with codes for ``dataset``; else a UsageError listing them."""
+    folder = workspace.features_path(dataset, "x").parent
+    have = sorted(p.stem for p in folder.glob("*.h5")) if folder.exists() else []
+    if len(have) == 1:
+        from extract.store import store_info
+
+        try:  # the registry name (timm:x), which the file name spells timm-x
+            return str(store_info(folder / f"{have[0]}.h5")["attrs"].get("model", have[0]))
+        except OSError:
+            return have[0]
+    if not have:
+        raise MissingRunError(f"no codes for {dataset} yet in {folder} (make them with: "
+                              f"featbench extract --model NAME --dataset {dataset})")
+    raise UsageError(f"pass --model: codes of several networks exist for {dataset} ({', '.join(have)})")
 
 
 def join_codes(table, keys):
@@ -170,8 +192,21 @@ def join_codes(table, keys):
 
 
 # --- one AU of one fold ------------------------------------------------------------------------
-def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed):
-    """Fit and score one (fold, AU); pure computation, safe to run in a worker thread."""
+def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed,
+             threads=None):
+    """Fit and score one (fold, AU); pure computation, run in a worker process.
+
+    ``codes`` maps a region to its (n, dims) codes or to a ``.npy`` file opened memory-mapped,
+    so that worker processes share the codes instead of copying them.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        return _fit_score(job, codes=codes, labels=labels, pos=pos, clf=clf, balance=balance,
+                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed)
+
+
+def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed):
     fi, ai, au, region, rows = job
     y_all = labels[:, ai]
     rng = np.random.default_rng([seed, fi, int(au[2:])])
@@ -182,6 +217,8 @@ def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_thresh
             r = r[balance_indices(y_all[r], rng)]
         parts[part] = r
     X = codes[region]
+    if isinstance(X, str):
+        X = np.load(X, mmap_mode="r")
     ytr, yva = y_all[parts["train"]], y_all[parts["validation"]]
     out = {"fold": fi, "au": au, "n_train": int(ytr.size), "n_train_pos": int((ytr == 1).sum()),
            "n_val": int(yva.size), "n_val_pos": int((yva == 1).sum()), "fit": None,
@@ -198,20 +235,32 @@ def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_thresh
     return out
 
 
-def _parallel(jobs, n_jobs, progress, **kw):
-    """Run :func:`_au_task` over ``jobs`` in threads, BLAS limited to cores // workers each."""
+def _parallel(jobs, n_jobs, progress, *, codes, **kw):
+    """Run :func:`_au_task` over ``jobs`` in worker processes, BLAS limited to cores // workers.
+
+    Processes, not threads: liblinear draws its coordinate order from one process-global
+    random state, so concurrent fits in threads are not reproducible. The codes go to the
+    workers as memory-mapped ``.npy`` files written once, not pickled per task.
+    """
+    import tempfile
+
     from joblib import Parallel, delayed
-    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     cores = os.cpu_count() or 1
     workers = max(1, min(len(jobs), cores if n_jobs in (None, -1) else int(n_jobs)))
-    with threadpool_limits(limits=max(1, cores // workers)):
-        gen = Parallel(n_jobs=workers, backend="threading", return_as="generator_unordered")(
-            delayed(_au_task)(j, **kw) for j in jobs)
-        bar = tqdm(gen, total=len(jobs), desc="classify", unit="AU", file=sys.stderr,
-                   disable=not progress, leave=False)
-        return list(bar)
+    bar = dict(total=len(jobs), desc="classify", unit="AU", file=sys.stderr, disable=not progress,
+               leave=False)
+    if workers == 1:
+        return [_au_task(j, codes=codes, **kw) for j in tqdm(jobs, **bar)]
+    with tempfile.TemporaryDirectory(prefix="featbench-codes-") as tmp:
+        files = {}
+        for region, c in codes.items():
+            files[region] = os.path.join(tmp, f"{region}.npy")
+            np.save(files[region], c)
+        gen = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(
+            delayed(_au_task)(j, codes=files, threads=max(1, cores // workers), **kw) for j in jobs)
+        return list(tqdm(gen, **bar))
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -267,7 +316,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
         raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
-    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     if table is None:
         from featbench.datasets import load_dataset
 
@@ -278,11 +327,13 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         protocol=protocol, tune_threshold=tune_threshold, balance=balance,
         class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
-    keys, codes, attrs = load_codes(workspace, dataset, model, regions)
-    meta = {"model": model, "region": region, "clf": clf, "weights": str(attrs.get("weights", "")),
+    path = check_features(workspace, dataset, model, regions)
+    meta = {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
             "balance": bool(balance), "class_weight": class_weight or "", "seed": seed}
-    try:
+    try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
+        meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
+        keys, codes, attrs = load_codes(workspace, dataset, model, regions)
         return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
                          n_jobs=n_jobs, progress=progress, t0=t0)
     except FeatbenchError as exc:

@@ -3,6 +3,7 @@
 import json
 
 import h5py
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +12,8 @@ from classify.estimators import balance_indices, best_threshold, decide, fit_au
 from extract.store import open_store
 from classify.run import classify_run, join_codes, run_tag
 from featbench.aus import DISFA_AUS
+from featbench.cli import main
+from featbench.errors import MissingRunError
 from featbench.frames import FrameTable, build_frames
 from featbench.results import read_summary
 from featbench.splits import PAPER_SPLIT
@@ -48,12 +51,14 @@ def make_codes(table, seed=1):
 
 def write_features(ws, table, codes, *, model="toy", regions=("full", "upper", "middle", "lower"),
                    keys=None):
-    """Write ``codes`` through the extract store (the real feature-file layout)."""
+    """Write ``codes`` (one array, or one per region) through the extract store's writer."""
     path = ws.features_path("synth", model)
+    per_region = codes if isinstance(codes, dict) else {r: codes for r in regions}
+    dims = next(iter(per_region.values())).shape[1]
     with open_store(path, keys=table.keys() if keys is None else keys, model=model, layer="fc6",
-                    weights="random:0", input_size=224, dims=codes.shape[1], overwrite=True) as w:
-        for r in regions:
-            w.write(r, 0, codes)
+                    weights="random:0", input_size=224, dims=dims, overwrite=True) as w:
+        for r, c in per_region.items():
+            w.write(r, 0, c)
     return path
 
 
@@ -107,3 +112,182 @@ def test_outputs_follow_the_contracts(setup):
     assert settings["seed"] == 0 and settings["folds"][0]["test"] == list(PAPER_SPLIT["test"])
     assert "C" in settings["folds"][0]["aus"]["AU01"]
     assert (out["models_dir"] / "AU01.joblib").exists()
+
+
+def test_test_features_never_reach_the_fit(setup, tmp_path):
+    """Poisoned test codes leave scaler, C, threshold and coefficients unchanged (no leak)."""
+    ws, table, codes = setup
+    clean = run(ws, table, tune_threshold=True)
+    poisoned = codes.copy()
+    test = table.frames["subject"].isin(PAPER_SPLIT["test"]).to_numpy()
+    poisoned[test] = np.float32(1e6) * np.sign(np.random.default_rng(5).normal(size=poisoned[test].shape))
+    ws2 = Workspace(tmp_path / "poisoned")
+    write_features(ws2, table, poisoned)
+    dirty = run(ws2, table, tune_threshold=True)
+    for au in DISFA_AUS:
+        a = joblib.load(clean["models_dir"] / f"{au}.joblib")
+        b = joblib.load(dirty["models_dir"] / f"{au}.joblib")
+        np.testing.assert_array_equal(a.named_steps["scale"].mean_, b.named_steps["scale"].mean_)
+        np.testing.assert_array_equal(a.named_steps["scale"].scale_, b.named_steps["scale"].scale_)
+        np.testing.assert_array_equal(a.named_steps["clf"].coef_, b.named_steps["clf"].coef_)
+        assert a.named_steps["clf"].C == b.named_steps["clf"].C
+    assert [r["threshold"] for r in clean["rows"]] == [r["threshold"] for r in dirty["rows"]]
+    assert by_au(clean)["AU01"]["f1"] == 1.0 and by_au(dirty)["AU01"]["f1"] < 1.0  # test did change
+
+
+def test_balancing_keeps_all_positives_and_as_many_negatives_reproducibly():
+    y = np.array([1] * 7 + [0] * 50)
+    a = balance_indices(y, np.random.default_rng(3))
+    b = balance_indices(y, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    assert (y[a] == 1).sum() == 7 and (y[a] == 0).sum() == 7
+    assert set(np.flatnonzero(y == 1)) <= set(a)
+    few_neg = np.array([1] * 10 + [0] * 3)
+    assert balance_indices(few_neg, np.random.default_rng(0)).size == 13  # nothing dropped
+
+
+def test_run_balances_train_and_validation_but_not_test(setup):
+    ws, table, _ = setup
+    out = run(ws, table)
+    fold = json.loads((out["models_dir"] / "settings.json").read_text())["folds"][0]
+    y = table.frames["AU04"].to_numpy()
+    subj = table.frames["subject"]
+    for part, n_key, pos_key in (("train", "n_train", "n_train_pos"), ("validation", "n_val", "n_val_pos")):
+        pos = int((y[subj.isin(fold[part]).to_numpy()] == 1).sum())
+        assert fold["aus"]["AU04"][pos_key] == pos and fold["aus"]["AU04"][n_key] == 2 * pos
+    assert by_au(out)["AU04"]["frames"] == int(subj.isin(PAPER_SPLIT["test"]).sum())
+    unbalanced = run(ws, table, balance=False, class_weight="balanced")
+    assert unbalanced["run"] == "toy__full__svm__nobal-cw"
+    assert by_au(unbalanced)["AU04"]["n_train"] == int(subj.isin(fold["train"]).sum())
+
+
+def test_thresholds_come_from_validation_not_test(setup):
+    ws, table, _ = setup
+    first = run(ws, table, tune_threshold=True)
+    assert first["run"] == "toy__full__svm__thr"
+    flipped = make_table()
+    test = flipped.frames["subject"].isin(PAPER_SPLIT["test"]).to_numpy()
+    for au in DISFA_AUS:
+        flipped.frames.loc[test, au] = 1 - flipped.frames.loc[test, au]
+    second = run(ws, flipped, tune_threshold=True)
+    assert [r["threshold"] for r in first["rows"]] == [r["threshold"] for r in second["rows"]]
+    assert any(r["threshold"] != 0 for r in first["rows"])
+    assert by_au(second)["AU01"]["f1"] == 0.0  # test labels did change the score, not the threshold
+
+
+def test_best_threshold_maximises_f1():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = 2 * y - 1 + rng.normal(size=300)
+    t = best_threshold(y, s)
+    f1 = lambda c: 2 * ((s > c) & (y == 1)).sum() / ((s > c).sum() + (y == 1).sum())
+    assert f1(t) >= max(f1(c) for c in np.linspace(-4, 4, 801)) - 1e-12
+    assert best_threshold(np.zeros(5), s[:5]) == 0.0
+
+
+def test_au_without_test_positives_is_nan_and_without_training_positives_an_error_row(setup):
+    ws, table, codes = setup
+    t = make_table()
+    subj = t.frames["subject"]
+    t.frames.loc[subj.isin(PAPER_SPLIT["test"]), "AU05"] = 0
+    t.frames.loc[subj.isin(PAPER_SPLIT["train"]), "AU09"] = 0
+    out = run(ws, t)
+    rows = by_au(out)
+    assert np.isnan(rows["AU05"]["f1"]) and rows["AU05"]["support"] == 0
+    assert "no positive in test" in rows["AU05"]["note"]
+    assert np.isnan(rows["AU09"]["f1"]) and "no positive frame in training" in rows["AU09"]["note"]
+    assert any(n.startswith("AU09:") for n in out["notes"])
+    assert np.isfinite(out["mean"]["f1"])  # the mean skips the undefined AUs
+    with h5py.File(out["predictions"], "r") as f:
+        k = json.loads(f.attrs["aus"]).index("AU09")
+        assert np.isnan(f["scores"][:, k]).all() and (f["decisions"][:, k] == 0).all()
+    csv = pd.read_csv(out["csv"])
+    assert np.isnan(csv.set_index("au").loc["AU09", "f1"])
+
+
+def test_kfold_stores_every_frame_once_and_reports_spread(tmp_path):
+    ws = Workspace(tmp_path)
+    subjects = SUBJECTS[:9]
+    table = make_table(n_frames=30, subjects=subjects)
+    write_features(ws, table, make_codes(table))
+    out = run(ws, table, clf="lda", protocol="kfold:3")
+    assert out["run"] == "toy__full__lda__kfold3"
+    with h5py.File(out["predictions"], "r") as f:
+        keys = f["frames"][:]
+        assert len(keys) == len(table) == len(np.unique(keys))
+        assert set(f["fold"][:]) == {0, 1, 2} and f["thresholds"].shape == (3, 12)
+    assert all("f1_std" in r for r in out["rows"]) and by_au(out)["AU01"]["f1_std"] == 0.0
+    assert by_au(out)["AU01"]["support"] == int((table.frames["AU01"] == 1).sum())
+    assert (out["models_dir"] / "AU01-kfold3-fold2.joblib").exists()
+
+
+def test_frames_without_codes_are_counted_and_auto_uses_each_aus_region(tmp_path):
+    ws = Workspace(tmp_path)
+    table = make_table()
+    codes = make_codes(table)
+    keep = np.arange(len(table)) % 10 != 0  # every 10th frame has no face, hence no codes
+    write_features(ws, table, codes[keep], keys=table.keys()[keep], regions=("full", "upper", "lower"))
+    with pytest.raises(MissingRunError, match="--region all"):
+        run(ws, table, region="auto")
+    failed = read_summary(ws, "synth").set_index("run").loc["toy__auto__svm"]
+    assert "--region all" in failed["error"]
+    noise = np.random.default_rng(9).normal(size=codes.shape).astype(np.float32)
+    # only the upper region's codes carry AU01 (an upper-face AU): auto must use them for AU01
+    write_features(ws, table, {"full": noise[keep], "upper": codes[keep], "middle": noise[keep],
+                               "lower": noise[keep]}, keys=table.keys()[keep])
+    out = run(ws, table, region="auto")
+    assert by_au(out)["AU01"]["f1"] == 1.0
+    assert by_au(run(ws, table, region="lower"))["AU01"]["f1"] < 0.8
+    assert out["meta"]["frames_without_codes"] == int((~keep).sum())
+    assert any("have no codes" in n for n in out["notes"])
+    assert read_summary(ws, "synth").set_index("run").loc["toy__auto__svm", "error"] == ""  # replaced
+    pos = join_codes(table, table.keys()[keep])
+    assert (pos[~keep] == -1).all() and (pos[keep] == np.arange(keep.sum())).all()
+
+
+def test_rerun_replaces_its_own_row_and_keeps_others(setup):
+    ws, table, _ = setup
+    run(ws, table, clf="svm")
+    run(ws, table, clf="lda")
+    before = read_summary(ws, "synth").set_index("run")
+    run(ws, table, clf="svm", aus="AU01,AU02")  # another run: tagged, leaves the full one alone
+    second = run(ws, table, clf="lda", seed=0)
+    after = read_summary(ws, "synth").set_index("run")
+    assert sorted(after.index) == ["toy__full__lda", "toy__full__svm", "toy__full__svm__au1+2"]
+    assert after.loc["toy__full__svm", "created"] == before.loc["toy__full__svm", "created"]
+    assert after.loc["toy__full__svm", "mean_f1"] == before.loc["toy__full__svm", "mean_f1"]
+    assert after.loc["toy__full__lda", "mean_f1"] == pytest.approx(second["mean"]["f1"], abs=1e-4)
+
+
+def test_run_tag_names_only_non_defaults():
+    assert run_tag() is None
+    assert run_tag(protocol="kfold:5", tune_threshold=True, balance=False) == "kfold5-thr-nobal"
+    assert run_tag(protocol="literature") == "literature"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["classify", "--clf", "svn", "--model", "toy"], "unknown classifier 'svn'; did you mean 'svm'?"),
+    (["classify", "--clf", "lstm", "--model", "toy"], "LSTM classifier is not built yet"),
+    (["classify", "--clf", "svm", "--model", "hog"], "featbench extract --model hog"),
+    (["classify", "--clf", "svm", "--model", "hgo"], "unknown model 'hgo'; did you mean 'hog'?"),
+    (["finetune"], "not built yet"),
+    (["transfer"], "not built yet"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+    status = main(["--workspace", str(tmp_path)] + argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("featbench: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_cli_prints_the_table_and_csv_path(setup, capsys, monkeypatch):
+    ws, table, _ = setup
+    import featbench.commands._common as common
+
+    monkeypatch.setattr(common, "load_table", lambda args, **kw: table)
+    monkeypatch.setattr("featbench.commands.classify.load_table", lambda args, **kw: table)
+    status = main(["--workspace", str(ws.root), "classify", "--clf", "lda", "--quiet", "--jobs", "1"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "AU01" in out and "mean F1" in out and str(ws.run_csv("synth", "toy__full__lda")) in out
