@@ -204,14 +204,29 @@ def hog_batch(grey, *, cell=8, block=2, bins=9, eps=1e-5):
 
 
 class DlibEncoder(Encoder):
-    """dlib's face recognition ResNet on 150x150 chips of the aligned faces (128-d)."""
+    """dlib's face recognition ResNet on 150x150 chips of the aligned faces (128-d).
 
-    def __init__(self, spec, weights_id, path):
+    dlib runs one CPU thread per call but releases the GIL, so a batch is split over
+    ``threads`` copies of the network (one each: a dlib net is not safe to share between
+    concurrent calls).
+    """
+
+    def __init__(self, spec, weights_id, path, *, threads=None):
         super().__init__(spec, weights_id, "cpu")
-        import dlib
+        import os
 
         self.path = str(path)
-        self.net = dlib.face_recognition_model_v1(self.path)
+        self.threads = max(1, int(threads or min(4, os.cpu_count() or 1)))
+        self._nets = [self._load() for _ in range(self.threads)]
+        self._pool = None
+
+    def _load(self):
+        import dlib
+
+        return dlib.face_recognition_model_v1(self.path)
+
+    def _encode(self, net, chips):
+        return [np.asarray(d) for d in net.compute_face_descriptor(chips)] if chips else []
 
     def __call__(self, faces):
         import cv2
@@ -222,8 +237,20 @@ class DlibEncoder(Encoder):
                  for f in np.asarray(faces)]
         if not chips:
             return np.zeros((0, self.dims), np.float32)
-        out = self.net.compute_face_descriptor(chips)
-        return np.asarray([np.asarray(d) for d in out], dtype=np.float32).reshape(len(chips), -1)
+        k = min(self.threads, len(chips))
+        parts = [chips[i::k] for i in range(k)]  # interleaved, re-interleaved below
+        if k == 1:
+            done = [self._encode(self._nets[0], parts[0])]
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="featbench-dlib")
+            done = list(self._pool.map(self._encode, self._nets[:k], parts))
+        out = np.empty((len(chips), self.dims), np.float32)
+        for i, codes in enumerate(done):
+            out[i::k] = np.asarray(codes, np.float32).reshape(len(codes), self.dims)
+        return out
 
 
 def create_encoder(model, *, weights=None, device="cpu"):

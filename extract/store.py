@@ -70,10 +70,16 @@ class FeatureWriter:
     def codes(self, region):
         """Return the (n, dims) dataset of ``region``, created chunked by rows if new."""
         if region not in self.f:
+            import h5py
+
             g = self.f.create_group(region)
             rows = max(1, min(self.n, CHUNK_BYTES // (self.dims * self.dtype.itemsize)))
+            # every chunk allocated now: later batches write raw data only, never the chunk
+            # index, so a run killed between two flushes leaves the file's metadata intact
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             g.create_dataset("codes", shape=(self.n, self.dims), dtype=self.dtype,
-                             chunks=(rows, self.dims) if self.n else None)
+                             chunks=(rows, self.dims) if self.n else None, dcpl=dcpl)
             g.attrs["rows_done"] = 0
         return self.f[region]["codes"]
 
