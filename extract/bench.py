@@ -131,7 +131,7 @@ def _preload(aligned_path, encoder, batch_size, *, max_batches=4):
                 import torch
 
                 with torch.inference_mode():
-                    imgs = encoder.module[0](encoder.to_device(imgs))
+                    imgs = encoder.module[0](encoder.to_device(imgs)).clone()
             out.append(imgs)
     return out
 
