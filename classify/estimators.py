@@ -5,9 +5,11 @@ of PROTOCOL.md ("z-score each feature with the training set's mean and std") is 
 rows given to ``fit`` — the training subjects' — and only applied to validation and test rows.
 
 ``lda``
-    ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")``: Ledoit-Wolf shrinkage keeps
-    the covariance of 4096-d codes invertible when there are fewer training frames than
-    dimensions. ``class_weight="balanced"`` becomes equal class priors (LDA has no weights).
+    LDA with Ledoit-Wolf shrinkage (scikit-learn's ``solver="lsqr", shrinkage="auto"`` model,
+    solved faster by :class:`ShrinkageLDA`): shrinkage keeps the covariance of 4096-d codes
+    invertible when there are fewer training frames than dimensions. A fixed ``shrinkage``
+    (float or None) uses scikit-learn's ``LinearDiscriminantAnalysis`` itself.
+    ``class_weight="balanced"`` becomes equal class priors (LDA has no weights).
 ``svm``
     A linear SVM (liblinear's ``LinearSVC``, squared hinge). Its ``C`` is chosen from
     :data:`C_GRID` by F1 on the validation subjects (:func:`fit_au`); the model kept is the one
@@ -23,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from featbench.errors import UsageError, did_you_mean
 from featbench.metrics import au_metrics
@@ -41,6 +44,91 @@ def check_clf(clf):
         raise UsageError("the LSTM classifier is not built yet (tracked separately); use --clf svm or lda")
     if clf not in CLASSIFIERS:
         raise UsageError(did_you_mean(str(clf), CLASSIFIERS + ("lstm",), what="classifier"))
+
+
+class ShrinkageLDA(ClassifierMixin, BaseEstimator):
+    """Binary LDA with Ledoit-Wolf shrinkage, solved through the Woodbury identity.
+
+    The same model as ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")`` (each
+    class's covariance is Ledoit-Wolf-shrunk in its standardised coordinates, then averaged
+    with the priors; ``coef_`` agrees to numerical precision, see the tests), but scikit-learn
+    solves the (dims x dims) system with an SVD-based ``lstsq``: 40 s per AU at 4,096-d on one
+    core, minutes at HOG's 6,084-d. The shrunk covariance is ``U.T @ U + diag(a)`` with U the
+    (n, dims) scaled, class-centred rows, so with fewer frames than dimensions the solve needs
+    only an (n x n) Cholesky factorisation; otherwise a (dims x dims) one.
+
+    Parameters
+    ----------
+    priors : array of shape (2,), optional
+        Class priors (default: the training proportions).
+
+    Attributes
+    ----------
+    classes_ : array of shape (2,)
+    coef_ : array of shape (1, dims)
+    intercept_ : array of shape (1,)
+    shrinkage_ : array of shape (2,)
+        The Ledoit-Wolf shrinkage of each class's covariance.
+    """
+
+    def __init__(self, priors=None):
+        self.priors = priors
+
+    def fit(self, X, y):
+        """Fit on ``X`` (n, dims) and binary ``y`` (n,); return self."""
+        from scipy.linalg import cho_factor, cho_solve
+
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        if self.classes_.size != 2:
+            raise ValueError(f"ShrinkageLDA is binary; got classes {self.classes_.tolist()}")
+        n, d = X.shape
+        counts = np.array([(y == c).sum() for c in self.classes_], dtype=float)
+        priors = counts / n if self.priors is None else np.asarray(self.priors, dtype=float)
+        means = np.stack([X[y == c].mean(axis=0) for c in self.classes_])
+        rows, diag, shrink = [], np.zeros(d), []
+        for k, c in enumerate(self.classes_):
+            Xc = X[y == c] - means[k]
+            scale = Xc.std(axis=0)
+            scale[scale == 0] = 1.0  # as StandardScaler: a constant feature is left unscaled
+            Z = Xc / scale
+            m = Z.shape[0]
+            sq = np.einsum("ij,ij->i", Z, Z)
+            mu = sq.sum() / (m * d)
+            gram = Z @ Z.T if m <= d else Z.T @ Z  # same Frobenius norm, smaller side
+            delta_ = np.sum(gram ** 2) / m ** 2
+            beta = (np.sum(sq ** 2) / m - delta_) / (d * m)
+            delta = (delta_ - 2 * mu * sq.sum() / m + d * mu ** 2) / d
+            s = 0.0 if beta == 0 else min(beta, delta) / delta
+            shrink.append(s)
+            rows.append(Xc * np.sqrt(priors[k] * (1 - s) / m))
+            diag += priors[k] * s * mu * scale ** 2
+        U = np.concatenate(rows)
+        if U.shape[0] < d and np.all(diag > 0):
+            # Woodbury: (U'U + A)^-1 M = A^-1 M - A^-1 U' (I + U A^-1 U')^-1 U A^-1 M
+            AiM = means.T / diag[:, None]
+            AiUt = U.T / diag[:, None]
+            K = np.eye(U.shape[0]) + U @ AiUt
+            sol = AiM - AiUt @ cho_solve(cho_factor(K), U @ AiM)
+        else:
+            cov = U.T @ U
+            cov[np.diag_indices(d)] += diag
+            sol = cho_solve(cho_factor(cov), means.T)
+        coef = sol.T  # (2, dims), per class as scikit-learn before its binary reduction
+        intercept = -0.5 * np.einsum("ij,ij->i", means, coef) + np.log(priors)
+        self.coef_ = (coef[1] - coef[0])[None, :]
+        self.intercept_ = np.array([intercept[1] - intercept[0]])
+        self.means_, self.priors_, self.shrinkage_ = means, priors, np.array(shrink)
+        return self
+
+    def decision_function(self, X):
+        """Return (n,) log-odds of the second class (positive: present)."""
+        return np.asarray(X, dtype=np.float64) @ self.coef_[0] + self.intercept_[0]
+
+    def predict(self, X):
+        """Return (n,) class labels."""
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
 
 
 def make_estimator(clf, *, C=DEFAULT_C, class_weight=None, shrinkage="auto", seed=0,
@@ -70,7 +158,10 @@ def make_estimator(clf, *, C=DEFAULT_C, class_weight=None, shrinkage="auto", see
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
         priors = (0.5, 0.5) if class_weight == "balanced" else None
-        est = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors)
+        if shrinkage == "auto":
+            est = ShrinkageLDA(priors=priors)
+        else:
+            est = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors)
     else:
         from sklearn.svm import LinearSVC
 

@@ -291,3 +291,23 @@ def test_cli_prints_the_table_and_csv_path(setup, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert status == 0
     assert "AU01" in out and "mean F1" in out and str(ws.run_csv("synth", "toy__full__lda")) in out
+
+
+@pytest.mark.parametrize("n, d", [(60, 150), (300, 40)])
+def test_shrinkage_lda_equals_sklearns_lsqr_auto(n, d):
+    """The fast LDA is scikit-learn's lsqr + Ledoit-Wolf model, for n < d and n > d."""
+    from sklearn.base import clone
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from classify.estimators import ShrinkageLDA
+
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 2, d)
+    X[:, 3] = 1.0  # a constant feature, as dead relu units give
+    y = (X[:, 0] + rng.normal(size=n) > 0.5).astype(int)
+    for priors in (None, (0.5, 0.5)):
+        ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto", priors=priors).fit(X, y)
+        fast = clone(ShrinkageLDA(priors=priors)).fit(X, y)
+        np.testing.assert_allclose(fast.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(fast.intercept_, ref.intercept_, rtol=1e-8)
+        np.testing.assert_allclose(fast.decision_function(X), ref.decision_function(X), rtol=1e-7, atol=1e-9)
