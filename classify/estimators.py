@@ -255,7 +255,7 @@ def _val_f1(y_val, scores, threshold=DEFAULT_THRESHOLD):
 
 
 def fit_au(clf, X_train, y_train, X_val, y_val, *, c_grid=C_GRID, class_weight=None,
-           tune_threshold=False, shrinkage="auto", seed=0):
+           tune_threshold=False, X_thr=None, y_thr=None, shrinkage="auto", seed=0):
     """Fit one AU's classifier on the training rows; choose C and the threshold on validation.
 
     Parameters
@@ -272,6 +272,10 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, c_grid=C_GRID, class_weight=N
     class_weight : {None, "balanced"}
     tune_threshold : bool
         Choose the threshold maximising F1 on the validation rows (else 0).
+    X_thr, y_thr : arrays of shape (m, dims) and (m,), optional
+        The rows to tune the threshold on, when not ``X_val`` / ``y_val``: F1 depends on the
+        share of positives, so a threshold tuned on balanced rows would overcall on the
+        unbalanced test set; the caller passes all of the validation subjects' frames.
     shrinkage : "auto", float or None
         LDA only.
     seed : int
@@ -317,12 +321,15 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, c_grid=C_GRID, class_weight=N
                                        seed=seed, **shape).fit(X_train, y_train)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         out.notes.append("liblinear did not fully converge for some C (max_iter=2000)")
-    if len(y_val):
-        val_scores = out.model.decision_function(X_val)
+    if X_thr is None:
+        X_thr, y_thr = X_val, y_val
+    y_thr = np.asarray(y_thr, dtype=np.int8)
+    if len(y_thr):
+        thr_scores = out.model.decision_function(X_thr)
         if tune_threshold:
-            if (y_val == 1).any():
-                out.threshold = best_threshold(y_val, val_scores)
+            if (y_thr == 1).any():
+                out.threshold = best_threshold(y_thr, thr_scores)
             else:
                 out.notes.append("no positive in validation: threshold left at 0")
-        out.val_f1 = _val_f1(y_val, val_scores, out.threshold)
+        out.val_f1 = _val_f1(y_thr, thr_scores, out.threshold)
     return out

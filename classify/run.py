@@ -8,8 +8,10 @@
    silently dropped);
 2. balances training and validation (all positives + as many random negatives, seeded),
    never test;
-3. fits the AU's ``Pipeline(StandardScaler, clf)`` on training rows, chooses the SVM's C and,
-   with ``tune_threshold``, the decision threshold on validation rows;
+3. fits the AU's ``Pipeline(StandardScaler, clf)`` on training rows, chooses the SVM's C on
+   the (balanced) validation rows and, with ``tune_threshold``, the decision threshold on all
+   of the validation subjects' frames (unbalanced like test: F1 depends on the share of
+   positives, so a threshold tuned on balanced rows overcalls);
 4. scores every test frame.
 
 AUs train in parallel (joblib worker processes sharing memory-mapped codes; BLAS is held to
@@ -213,6 +215,7 @@ def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_thre
     parts = {}
     for part in ("train", "validation"):
         r = rows[part][y_all[rows[part]] >= 0]
+        parts[f"all_{part}"] = r
         if balance:
             r = r[balance_indices(y_all[r], rng)]
         parts[part] = r
@@ -227,8 +230,12 @@ def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_thre
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
+    thr = {}
+    if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
+        r = parts["all_validation"]
+        thr = {"X_thr": X[pos[r]], "y_thr": y_all[r]}
     fit = fit_au(clf, X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
-                 class_weight=class_weight, tune_threshold=tune_threshold, seed=seed)
+                 class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr)
     out["fit"] = fit
     if rows["test"].size:
         out["scores"] = fit.model.decision_function(X[pos[rows["test"]]]).astype(np.float32)
