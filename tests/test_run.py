@@ -23,7 +23,7 @@ def test_quick_covers_every_stage_kind():
     models = {m for m, _, _ in runs}
     assert {"hog", "dlib_face", "alexnet", "cnn_f"} <= models
     assert {c for _, _, c in runs} == {"svm", "lda"}
-    assert ("hog", "auto", "svm") in runs and ("cnn_f", "auto", "svm") in runs
+    assert ("hog", "auto", "svm") in runs and ("alexnet", "auto", "svm") in runs
     assert PRESETS["quick"].ensembles == ("fe", "fe+region")
 
 
@@ -125,7 +125,7 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(fake_stages, capsys):
                    "[5/6] ensemble", "[6/6] report"):
         assert header in printed
     assert "random init, not pretrained" in printed
-    assert ("cnn_f", "all", "random:0") in calls["extract"]
+    assert ("alexnet", "all", "random:0") in calls["extract"]
     assert len(calls["classify"]) == len(plan_runs(PRESETS["quick"]))
     assert "ensemble-fe__full__vote" in out["runs"]
     assert "ensemble-fe+region__mixed__vote" in out["runs"]

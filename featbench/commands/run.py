@@ -8,7 +8,7 @@ data set, aligned-face cache, complete feature file, or a classifier run newer t
 
 presets:
   quick  (default, < 10 min on 2 CPU cores) hog, dlib_face, alexnet, cnn_f; svm + lda on full
-         faces; region-based svm + lda for hog and cnn_f; ensembles fe and fe+region; the report.
+         faces; region-based svm + lda for hog and alexnet; ensembles fe and fe+region; the report.
          CNNs use imagenet weights when cached here, else random:0 (flagged in the report).
   paper  every network of the paper with imagenet weights (missing files are named before any
          long work; --weights random:0 runs it as a random-weight control).
