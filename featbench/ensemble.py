@@ -10,7 +10,9 @@ Per AU and frame the ensemble says *present* when more than half of its members 
 number of members a tie (as many present as absent votes) is broken by the members' scores: each
 member's margin ``score - threshold`` is divided by the standard deviation of that member's scores
 for that AU over the test frames (so an SVM's decision values and an LDA's are on one scale), and
-the ensemble says *present* when the mean of these standardised margins is > 0.
+the ensemble says *present* when the mean of these standardised margins is > 0. A member with no
+classifier for an AU (nan scores: no positive training frame) abstains on that AU; an AU on which
+no member votes gets nan metrics, as a classifier run does.
 
 The ensemble's continuous score is ``(present votes - absent votes) + tanh(mean standardised
 margin)``: its sign is the decision (its threshold is 0), it orders frames first by votes and then
@@ -68,10 +70,11 @@ def majority_vote(decisions, scores, thresholds):
     decisions : ndarray of int8, shape (n, k)
         1 where more than half the members say present; on a tie (even ``m``), 1 where the mean
         over members of ``(score - threshold) / std(member's scores for that AU)`` is > 0
-        (nan scores, from a member whose fit failed for that AU, add no margin).
+        A member whose score is nan (it has no classifier for that AU, e.g. no positive
+        training frame) abstains: the majority is taken over the members that vote.
     scores : ndarray of float32, shape (n, k)
         ``(present votes - absent votes) + tanh(mean standardised margin)``; ``scores > 0``
-        equals ``decisions`` (the ensemble's threshold is 0).
+        equals ``decisions`` (the ensemble's threshold is 0); nan where no member votes.
     """
     d = np.asarray(decisions)
     s = np.asarray(scores, dtype=np.float64)
@@ -82,20 +85,18 @@ def majority_vote(decisions, scores, thresholds):
         raise UsageError(f"majority_vote: decisions {d.shape} and scores {s.shape} must be "
                          f"(members, frames, aus) and thresholds {t.shape} (members, aus) or "
                          "(members, frames, aus)")
-    m = d.shape[0]
-    yes = (d == 1).sum(axis=0)
-    lead = 2 * yes - m  # present minus absent votes
+    voting = ~np.isnan(s)  # a member without a classifier for an AU (nan scores) abstains
+    yes = ((d == 1) & voting).sum(axis=0)
+    lead = 2 * yes - voting.sum(axis=0)  # present minus absent votes
     import warnings
 
     with warnings.catch_warnings():
-        # a member whose fit failed for an AU has nan scores there: it still votes (absent)
-        # but adds no margin; an AU where every margin is nan gets margin 0
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices: handled below
         std = np.nanstd(s, axis=1, keepdims=True)  # (m, 1, k): one scale per member and AU
         std[~(std > 0)] = 1.0  # a constant scorer keeps its raw margin rather than dividing by 0
         margin = np.nanmean((s - t) / std, axis=0)
     margin = np.nan_to_num(margin, nan=0.0)
-    out_scores = lead + np.tanh(margin)
+    out_scores = np.where(voting.any(axis=0), lead + np.tanh(margin), np.nan)
     # a tie with a margin of exactly 0 stays absent: "present" needs evidence
     out = (lead > 0) | ((lead == 0) & (margin > 0))
     return out.astype(np.int8), out_scores.astype(np.float32)
@@ -331,7 +332,17 @@ def _per_au_rows(labels, decisions, scores, fold, aus):
     folds = np.unique(fold)
     rows = []
     for a, au in enumerate(aus):
-        m = au_metrics(labels[:, a], decisions[:, a], scores[:, a])
+        if np.isnan(scores[:, a]).all():  # no member has a classifier for this AU
+            nan = float("nan")
+            rows.append({"au": au, "f1": nan, "accuracy": nan, "precision": nan, "recall": nan,
+                         "support": int((labels[:, a] == 1).sum()), "threshold": nan, "auc": nan,
+                         "frames": int((labels[:, a] >= 0).sum()),
+                         "note": "no member has a classifier for this AU"})
+            continue
+        sa = scores[:, a]
+        if np.isnan(sa).any():  # frames no member voted on rank lowest for the AUC
+            sa = np.where(np.isnan(sa), np.nanmin(sa) - 1, sa)
+        m = au_metrics(labels[:, a], decisions[:, a], sa)
         row = {"au": au, **{k: m[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
                "threshold": 0.0, "auc": m["auc"], "frames": m["frames"]}
         if folds.size > 1:

@@ -195,8 +195,8 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
 
     aus = _au_columns(ok)
     rows = ok[ok["mean_f1"].notna()].head(top)
-    names = [r["run"] + (" (random init)" if is_random(r.get("weights")) else "")
-             for _, r in rows.iterrows()]
+    names = [r["run"] + ((" (random-init members)" if r["clf"] == "vote" else " (random init)")
+                         if is_random(r.get("weights")) else "") for _, r in rows.iterrows()]
     grid = [[float(r.get(f"f1_{au}", float("nan"))) for au in aus] for _, r in rows.iterrows()]
     if baseline:
         names.append("all-positive baseline")

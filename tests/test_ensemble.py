@@ -55,12 +55,34 @@ def test_tie_uses_member_thresholds():
     assert d.tolist() == [0]
 
 
-def test_per_frame_thresholds_and_nan_scores():
-    dec = np.array([[1, 1], [0, 0]], np.int8)[:, :, None]
-    scores = np.array([[1.0, 1.0], [np.nan, np.nan]])[:, :, None]  # member 2's fit failed
-    thr = np.array([[0.0, 2.0], [0.0, 0.0]])[:, :, None]  # fold thresholds per frame
+def test_per_frame_thresholds_and_abstaining_members():
+    # member C has no classifier (nan scores): A and B tie, their margins decide;
+    # frame 1's threshold of A is 2 (another fold's), so A's margin there is -1
+    dec = np.array([[1, 1], [0, 0], [0, 0]], np.int8)[:, :, None]
+    scores = np.array([[1.0, 1.0], [-0.5, -0.5], [np.nan, np.nan]])[:, :, None]
+    thr = np.array([[0.0, 2.0], [0.0, 0.0], [0.0, 0.0]])[:, :, None]
     d, s = majority_vote(dec, scores, thr)
     assert d[:, 0].tolist() == [1, 0] and np.isfinite(s).all()
+    d, s = majority_vote(dec[2:], scores[2:], thr[2:])  # nobody votes
+    assert d.tolist() == [[0], [0]] and np.isnan(s).all()
+
+
+def test_ensemble_of_members_without_a_classifier_is_nan(tmp_path):
+    ws = Workspace(tmp_path)
+    labels = np.array([[1, 0, 1], [0, 1, 0]] * 5, np.int8)
+    for seed, run in enumerate(("hog__full__svm", "cnn_f__full__svm")):
+        _member(ws, run, labels, 0.5, seed=seed)
+        path = ws.predictions_path("synth", run)
+        import h5py
+
+        with h5py.File(path, "a") as f:  # AU04: no positive training frame, no classifier
+            f["scores"][:, 2] = np.nan
+            f["decisions"][:, 2] = 0
+    out = ensemble_run(ws, "synth", members=["hog__full__svm", "cnn_f__full__svm"])
+    with open(out["csv"]) as fh:
+        rows = {r["au"]: r for r in csv.DictReader(fh)}
+    assert rows["AU04"]["f1"] == "nan" and "no member" in rows["AU04"]["note"]
+    assert rows["AU01"]["f1"] != "nan"
 
 
 def test_shape_errors_are_usage_errors():
