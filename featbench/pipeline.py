@@ -257,7 +257,11 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
         try:
             out = classify_run(workspace, dataset, model=model, clf=clf, region=region,
                                protocol=protocol or "paper", table=table, progress=progress)
-        except FeatbenchError as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
+            # a FeatbenchError is bad input; anything else is a bug, kept with its type so the
+            # report's failed-runs table says what to fix, and the other runs go on
+            if not isinstance(exc, FeatbenchError):
+                exc = f"{type(exc).__name__}: {exc}"
             _say(progress, f"- {name}: failed: {exc}")
             record_failure(workspace, dataset, name, exc,
                            meta={"model": model, "region": region, "clf": clf,

@@ -143,3 +143,26 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(fake_stages, capsys):
     run_pipeline(ws, progress=False)
     assert sorted(calls["classify"]) == sorted(r for r in plan_runs(PRESETS["quick"])
                                                if r[0] == "hog")
+
+
+@pytest.mark.slow
+def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, capsys):
+    """Every real stage on 4 subjects x 12 frames, with a preset of two cheap networks."""
+    import dataclasses
+
+    from featbench.synth import generate_dataset
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: random:0
+    ws = Workspace(tmp_path)
+    generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
+                     right_camera=False)
+    tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog", "alexnet"),
+                               region_models=("hog",))
+    out = run_pipeline(ws, preset=tiny, progress=False)
+    assert out["report"].exists() and (out["report"].parent / "report_mean_f1.png").exists()
+    assert {"hog__full__svm", "alexnet__full__svm", "hog__auto__svm"} <= set(out["runs"])
+    assert any(r.startswith("ensemble-fe__") for r in out["runs"]), out["failed"]
+    text = out["report"].read_text()
+    for run in plan_runs(tiny):  # every planned run is in the report: a result or its error
+        assert "__".join(run) in text
+    assert "random init, not pretrained" in text
