@@ -9,7 +9,9 @@ One call measures, on the same frames and the same network configuration:
     shared by every network; its own rate is reported as ``align_fps``).
 ``forward_fps``
     The network alone (channels-last, ``torch.inference_mode``, the same batch size) on
-    preloaded, already-normalised tensors: the limit extraction can approach.
+    preloaded, already-normalised tensors: the limit extraction can approach. Its batches run
+    interleaved with featbench's, one after each (timed apart), so that both rates see the
+    same load from anything else on the machine.
 ``loop_fps``
     The loop a user would write by hand: each frame read from its video with
     ``cv2.VideoCapture``, aligned with :func:`featbench.faces.align_face` from the table's
@@ -92,12 +94,8 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
     cpu = dict(best)
     load = [os.getloadavg()[0]]
 
-    def measure(key, run):
-        """Run one measurement; keep its best wall and best process-CPU frames/s."""
-        c0, t0 = time.process_time(), time.perf_counter()
-        frames_done = run()
-        wall, used = time.perf_counter() - t0, time.process_time() - c0
-        best[key] = max(best[key], frames_done / wall)
+    def keep(key, frames_done, wall, used):
+        best[key] = max(best[key], frames_done / wall if wall > 0 else 0.0)
         cpu[key] = max(cpu[key], frames_done / used if used > 0 else 0.0)
 
     with tempfile.TemporaryDirectory(prefix="featbench-bench-") as tmp:
@@ -106,13 +104,19 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
         rep = align.align_dataset(sub, tmp / "faces.h5", progress=progress)
         align_fps = rep.frames / (time.perf_counter() - t)
         batches = _preload(tmp / "faces.h5", encoder, batch_size)
-        _forward_frames(encoder, batches, batch_size)  # warm-up: allocations, kernel choice
+        _forward_runner(encoder)(batches[0])  # warm-up: allocations, kernel choice
         for r in range(max(1, int(repeat))):
-            measure("forward", lambda: _forward_frames(encoder, batches, len(ok)))
-            measure("featbench", lambda: extract_aligned(
-                tmp / "faces.h5", tmp / f"codes{r}.h5", encoder, batch_size=batch_size,
-                workers=workers, progress=progress, overwrite=True).frames)
-            measure("loop", lambda: _loop_frames(sub, landmarks, encoder, tmp / f"loop{r}.h5"))
+            paired = _Paired(encoder, batches)
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = extract_aligned(tmp / "faces.h5", tmp / f"codes{r}.h5", encoder,
+                                  batch_size=batch_size, workers=workers, progress=progress,
+                                  overwrite=True, on_batch=paired)
+            wall, used = time.perf_counter() - t0, time.process_time() - c0
+            keep("featbench", out.frames, wall - paired.wall, used - paired.cpu)
+            keep("forward", paired.frames, paired.wall, paired.cpu)
+            c0, t0 = time.process_time(), time.perf_counter()
+            n = _loop_frames(sub, landmarks, encoder, tmp / f"loop{r}.h5")
+            keep("loop", n, time.perf_counter() - t0, time.process_time() - c0)
     load.append(os.getloadavg()[0])
     return {
         "model": encoder.spec.name, "weights": encoder.weights_id, "device": encoder.device,
@@ -155,31 +159,49 @@ def _preload(aligned_path, encoder, batch_size, *, max_batches=4):
     return out
 
 
-def _forward_frames(encoder, batches, frames):
-    """Run the network alone over ``frames`` frames, cycling the preloaded batches; return them."""
-    if hasattr(encoder, "module"):
-        import torch
+def _forward_runner(encoder):
+    """Return ``run(batch)``: the network alone (or HOG / dlib) on one preloaded batch, synced."""
+    if not hasattr(encoder, "module"):
+        return encoder
+    import torch
 
-        body = encoder.module[1]
+    body = encoder.module[1]
+    cuda = encoder.device.startswith("cuda")
 
-        def run(x):
-            with torch.inference_mode():
-                if encoder.autocast is not None:
-                    with torch.autocast(device_type="cuda", dtype=encoder.autocast):
-                        return body(x)
-                return body(x)
+    def run(x):
+        with torch.inference_mode():
+            if encoder.autocast is not None:
+                with torch.autocast(device_type="cuda", dtype=encoder.autocast):
+                    body(x)
+            else:
+                body(x)
+        if cuda:
+            torch.cuda.synchronize()
 
-        sync = torch.cuda.synchronize if encoder.device.startswith("cuda") else (lambda: None)
-    else:
-        run, sync = encoder, (lambda: None)
-    done, i = 0, 0
-    while done < frames:
-        x = batches[i % len(batches)]
-        run(x)
-        done += len(x)
-        i += 1
-    sync()
-    return done
+    return run
+
+
+class _Paired:
+    """Forward-alone batches run between featbench's batches (its ``on_batch`` callback).
+
+    Each featbench batch is followed by one forward-alone batch of the same size, timed on
+    its own and subtracted from featbench's time: both rates then see the same moments of
+    whatever else the machine runs, instead of two different minutes of it.
+    """
+
+    def __init__(self, encoder, batches):
+        self.run, self.batches = _forward_runner(encoder), batches
+        self.i = self.frames = 0
+        self.wall = self.cpu = 0.0
+
+    def __call__(self, region, done):
+        x = self.batches[self.i % len(self.batches)]
+        c0, t0 = time.process_time(), time.perf_counter()
+        self.run(x)
+        self.wall += time.perf_counter() - t0
+        self.cpu += time.process_time() - c0
+        self.frames += len(x)
+        self.i += 1
 
 
 def _loop_frames(table, landmarks, encoder, out_path):

@@ -158,20 +158,23 @@ class TorchEncoder(Encoder):
 
 
 class HogEncoder(Encoder):
-    """Dalal-Triggs HOG of the grey face, vectorised over the batch (see :func:`hog_batch`)."""
+    """Dalal-Triggs HOG of the grey face, vectorised over the batch (see :func:`hog_batch`).
+
+    Plain numpy on one core: HOG is a chain of small element-wise steps, and torch's
+    two-thread parallel regions cost more in synchronisation than they save here (an order of
+    magnitude more when other processes share the CPUs).
+    """
 
     def __call__(self, faces):
-        import torch
-        import torch.nn.functional as F
+        import cv2
 
-        x = torch.from_numpy(np.ascontiguousarray(faces)) if isinstance(faces, np.ndarray) else faces
-        x = x.permute(0, 3, 1, 2).float()
+        faces = np.asarray(faces)
         size = self.spec.input_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        grey = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1) / 255.0
-        return hog_batch(grey).numpy()
+        grey = faces.astype(np.float32) @ np.float32([0.299 / 255, 0.587 / 255, 0.114 / 255])
+        if grey.shape[1:] != (size, size):
+            grey = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA)
+                             for g in grey]) if len(grey) else np.zeros((0, size, size), np.float32)
+        return hog_batch(grey)
 
 
 def hog_batch(grey, *, cell=8, block=2, bins=9, eps=1e-5):
@@ -183,87 +186,110 @@ def hog_batch(grey, *, cell=8, block=2, bins=9, eps=1e-5):
 
     Parameters
     ----------
-    grey : torch.Tensor
+    grey : numpy.ndarray
         (N, H, W) float images; H and W multiples of ``cell``.
 
     Returns
     -------
-    torch.Tensor
+    numpy.ndarray
         (N, bh * bw * block * block * bins) float32, block-major as scikit-image's
         ``feature_vector=True`` output.
     """
-    import torch
-
+    grey = np.asarray(grey, dtype=np.float32)
     n, h, w = grey.shape
-    gr = torch.zeros_like(grey)
-    gc = torch.zeros_like(grey)
+    gr = np.zeros_like(grey)
+    gc = np.zeros_like(grey)
     gr[:, 1:-1, :] = grey[:, 2:, :] - grey[:, :-2, :]
     gc[:, :, 1:-1] = grey[:, :, 2:] - grey[:, :, :-2]
-    mag = torch.hypot(gr, gc)
-    ori = torch.rad2deg(torch.atan2(gr, gc)) % 180.0
-    idx = (ori * (bins / 180.0)).long().clamp_(0, bins - 1)
-    hist = torch.zeros(n, h, w, bins, dtype=grey.dtype)
-    hist.scatter_(3, idx.unsqueeze(-1), mag.unsqueeze(-1))
+    mag = np.hypot(gr, gc)
+    ori = np.rad2deg(np.arctan2(gr, gc)) % 180.0
+    b = np.minimum((ori * (bins / 180.0)).astype(np.int64), bins - 1)
     ch, cw = h // cell, w // cell
-    cells = hist.view(n, ch, cell, cw, cell, bins).mean(dim=(2, 4))  # (n, ch, cw, bins)
+    # each pixel votes into (its image, its cell, its bin) of one flat histogram: one bincount
+    cell_of = (np.arange(h) // cell)[:, None] * cw + (np.arange(w) // cell)[None, :]
+    idx = (np.arange(n)[:, None, None] * (ch * cw) + cell_of[None]) * bins + b
+    hist = np.bincount(idx.ravel(), weights=mag.ravel(), minlength=n * ch * cw * bins)
+    cells = (hist / (cell * cell)).reshape(n, ch, cw, bins)
     bh, bw = ch - block + 1, cw - block + 1
-    blocks = torch.stack([torch.stack([cells[:, r:r + bh, c:c + bw] for c in range(block)], 3)
-                          for r in range(block)], 3)  # (n, bh, bw, block, block, bins)
-    blocks = blocks.reshape(n, bh, bw, -1)
-    blocks = blocks / torch.sqrt((blocks ** 2).sum(-1, keepdim=True) + eps ** 2)
-    blocks = blocks.clamp_(max=0.2)
-    blocks = blocks / torch.sqrt((blocks ** 2).sum(-1, keepdim=True) + eps ** 2)
-    return blocks.reshape(n, -1).float()
+    blocks = np.stack([np.stack([cells[:, r:r + bh, c:c + bw] for c in range(block)], 3)
+                       for r in range(block)], 3).reshape(n, bh, bw, -1)
+    blocks = blocks / np.sqrt((blocks ** 2).sum(-1, keepdims=True) + eps ** 2)
+    np.minimum(blocks, 0.2, out=blocks)
+    blocks = blocks / np.sqrt((blocks ** 2).sum(-1, keepdims=True) + eps ** 2)
+    return blocks.reshape(n, -1).astype(np.float32)
+
+
+_DLIB_NET = None
+
+
+def _dlib_init(path):
+    """Worker-process initialiser: load dlib's network once per process."""
+    global _DLIB_NET
+    import dlib
+
+    _DLIB_NET = dlib.face_recognition_model_v1(path)
+
+
+def _dlib_encode(chips):
+    """(k, 150, 150, 3) uint8 chips -> (k, 128) float32, in a worker process (or inline)."""
+    out = _DLIB_NET.compute_face_descriptor(list(chips))
+    return np.asarray([np.asarray(d) for d in out], np.float32).reshape(len(chips), -1)
 
 
 class DlibEncoder(Encoder):
     """dlib's face recognition ResNet on 150x150 chips of the aligned faces (128-d).
 
-    dlib runs one CPU thread per call but releases the GIL, so a batch is split over
-    ``threads`` copies of the network (one each: a dlib net is not safe to share between
-    concurrent calls).
+    dlib runs one CPU thread per call and holds the GIL, so with ``processes`` > 1 a batch is
+    split over that many worker processes, each holding its own copy of the network.
     """
 
-    def __init__(self, spec, weights_id, path, *, threads=None):
+    def __init__(self, spec, weights_id, path, *, processes=None):
         super().__init__(spec, weights_id, "cpu")
         import os
 
         self.path = str(path)
-        self.threads = max(1, int(threads or min(4, os.cpu_count() or 1)))
-        self._nets = [self._load() for _ in range(self.threads)]
+        self.processes = max(1, int(processes or min(4, os.cpu_count() or 1)))
         self._pool = None
+        _dlib_init(self.path)  # inline copy: small batches, and a check that the file loads
 
-    def _load(self):
-        import dlib
-
-        return dlib.face_recognition_model_v1(self.path)
-
-    def _encode(self, net, chips):
-        return [np.asarray(d) for d in net.compute_face_descriptor(chips)] if chips else []
-
-    def __call__(self, faces):
+    def _chips(self, faces):
         import cv2
 
         size = self.spec.input_size
-        chips = [np.ascontiguousarray(f if f.shape[:2] == (size, size)
-                                      else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA))
-                 for f in np.asarray(faces)]
-        if not chips:
-            return np.zeros((0, self.dims), np.float32)
-        k = min(self.threads, len(chips))
-        parts = [chips[i::k] for i in range(k)]  # interleaved, re-interleaved below
-        if k == 1:
-            done = [self._encode(self._nets[0], parts[0])]
-        else:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
+        return np.stack([f if f.shape[:2] == (size, size)
+                         else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+                         for f in np.asarray(faces)])
 
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="featbench-dlib")
-            done = list(self._pool.map(self._encode, self._nets[:k], parts))
-        out = np.empty((len(chips), self.dims), np.float32)
-        for i, codes in enumerate(done):
-            out[i::k] = np.asarray(codes, np.float32).reshape(len(codes), self.dims)
-        return out
+    def __call__(self, faces):
+        if not len(faces):
+            return np.zeros((0, self.dims), np.float32)
+        chips = self._chips(faces)
+        k = min(self.processes, len(chips) // 8)  # a few chips are not worth a round trip
+        if k < 2:
+            return _dlib_encode(chips)
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork (as torch's DataLoader does): spawn would re-run the caller's main script,
+            # and the children only run dlib, never the parent's torch threads
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(self.processes, multiprocessing.get_context(method),
+                                             initializer=_dlib_init, initargs=(self.path,))
+        parts = np.array_split(chips, k)
+        return np.concatenate(list(self._pool.map(_dlib_encode, parts)))
+
+    def close(self):
+        """Stop the worker processes (they also stop with the interpreter)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
 
 def create_encoder(model, *, weights=None, device="cpu"):

@@ -318,7 +318,7 @@ def test_hog_equals_scikit_image():
     feature = pytest.importorskip("skimage.feature")
     rng = np.random.default_rng(0)
     grey = rng.random((2, 112, 112)).astype(np.float32)
-    ours = hog_batch(torch.from_numpy(grey)).numpy()
+    ours = hog_batch(grey)
     for i in range(2):
         ref = feature.hog(grey[i], orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2),
                           block_norm="L2-Hys", feature_vector=True)
