@@ -331,3 +331,16 @@ def test_dlib_face_takes_no_random_weights():
         create_encoder("dlib_face", weights="random:0")
     assert create_encoder("dlib_face").weights_id == "dlib"
     assert create_encoder("hog").weights_id == "none"
+
+
+def test_fast_lrn_equals_torchs():
+    import torch.nn.functional as F
+
+    from extract.nets import LocalResponseNorm
+
+    x = torch.rand(2, 64, 9, 9) * 40
+    for lrn in (LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0),
+                LocalResponseNorm(4, alpha=2e-3, beta=0.5, k=2.0)):
+        for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+            ref = F.local_response_norm(xx, lrn.size, lrn.alpha, lrn.beta, lrn.k)
+            assert torch.allclose(lrn(xx), ref, rtol=1e-5, atol=1e-6)
