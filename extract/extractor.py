@@ -158,7 +158,7 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
 
     from featbench.align import AlignedFaces
 
-    from .store import open_store
+    from .store import is_complete, open_store
 
     spec = encoder.spec
     faces = AlignedFaces(aligned_path)
@@ -167,6 +167,13 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     prep = {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": spec.pixel_scale,
             "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
     rep = ExtractReport(Path(out_path), spec.name, encoder.weights_id, spec.dims, len(rows))
+    if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,
+                                     layer=spec.code_layer, weights=encoder.weights_id,
+                                     input_size=spec.input_size, dims=spec.dims,
+                                     dtype="float16" if float16 else "float32"):
+        faces.close()
+        rep.computed = {reg: 0 for reg in regions}
+        return rep
     with faces, open_store(out_path, keys=keys, model=spec.name, layer=spec.code_layer,
                            weights=encoder.weights_id, input_size=spec.input_size,
                            dims=spec.dims, dtype="float16" if float16 else "float32",

@@ -148,8 +148,7 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
     from featbench import __version__
 
     path = Path(path)
-    want = {"model": model, "layer": layer, "weights": weights, "input_size": int(input_size),
-            "dims": int(dims), "dtype": str(np.dtype(dtype)), "frames_sha256": keys_sha256(keys)}
+    want = _identity(keys, model, layer, weights, input_size, dims, dtype)
     if path.exists() and not overwrite:
         f = _open_existing(path)
         problem = _difference(f, want, keys)
@@ -170,6 +169,32 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
     f.create_dataset("frames", data=np.asarray(keys))
     f.flush()
     return FeatureWriter(f, path)
+
+
+def _identity(keys, model, layer, weights, input_size, dims, dtype):
+    return {"model": model, "layer": layer, "weights": weights, "input_size": int(input_size),
+            "dims": int(dims), "dtype": str(np.dtype(dtype)), "frames_sha256": keys_sha256(keys)}
+
+
+def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims, dtype="float32"):
+    """Whether ``path`` already holds every row of ``regions`` for exactly this identity.
+
+    Checked read-only, so a finished file is not touched (its modification time is what tells
+    later stages that their results are newer than the codes).
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        f = _h5(path, "r")
+    except OSError:
+        return False
+    with f:
+        want = _identity(keys, model, layer, weights, input_size, dims, dtype)
+        if _difference(f, want, keys) is not None:
+            return False
+        n = int(f["frames"].shape[0])
+        return all(r in f and int(f[r].attrs.get("rows_done", 0)) == n for r in regions)
 
 
 def _open_existing(path):
