@@ -114,7 +114,12 @@ class ShrinkageLDA(ClassifierMixin, BaseEstimator):
         else:
             cov = U.T @ U
             cov[np.diag_indices(d)] += diag
-            sol = cho_solve(cho_factor(cov), means.T)
+            try:
+                sol = cho_solve(cho_factor(cov), means.T)
+            except np.linalg.LinAlgError:
+                # singular (constant features, fewer frames than dims with no shrinkage):
+                # the least-squares solution, as scikit-learn's lsqr solver gives
+                sol = np.linalg.lstsq(cov, means.T, rcond=None)[0]
         coef = sol.T  # (2, dims), per class as scikit-learn before its binary reduction
         intercept = -0.5 * np.einsum("ij,ij->i", means, coef) + np.log(priors)
         self.coef_ = (coef[1] - coef[0])[None, :]
