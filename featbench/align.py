@@ -534,3 +534,104 @@ def _hw(size):
 def _empty(size):
     h, w = _hw(size)
     return np.empty((0, h, w, 3), np.uint8)
+
+
+# --- inspection -----------------------------------------------------------------------------
+
+
+def sample_rows(valid, n):
+    """Return up to ``n`` row indices with a face, evenly spread over the table."""
+    rows = np.flatnonzero(np.asarray(valid, dtype=bool))
+    if len(rows) <= n:
+        return rows
+    return rows[np.unique(np.linspace(0, len(rows) - 1, n).round().astype(int))]
+
+
+def render_sheet(table, path, out, *, n=8):
+    """Draw a PNG sheet that shows the alignment geometry of ``n`` frames.
+
+    One row per frame: the original frame with its landmarks, the aligned face with its
+    landmarks and the three region boxes, then the upper, middle and lower crops.
+
+    Parameters
+    ----------
+    table : FrameTable
+        The table the cache ``path`` was built from (for the original frames).
+    path : str or Path
+        The aligned-face cache.
+    out : str or Path
+        The PNG to write (its folder is created).
+    n : int
+        Frames to show, spread evenly over those with a face.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import faces
+
+    if n < 1:
+        raise UsageError(f"--n must be at least 1, got {n}")
+    with AlignedFaces(path) as af:
+        if len(af) != len(table):
+            raise StoreError(f"{path}: holds {len(af)} frames, the data set {len(table)} "
+                             "(rerun featbench align)")
+        rows = sample_rows(af.valid, n)
+        if not len(rows):
+            raise StoreError(f"{path}: no frame has a face to show ({af.skipped})")
+        aligned = af.read(rows)
+        lms = af.landmarks[rows]
+        boxes = af.boxes[rows]
+        with _h5(path, "r") as f:
+            mats = f["transforms"][np.sort(rows)][np.argsort(np.argsort(rows))]
+    originals = dict(faces.iter_frames(table, rows))
+    colours = ((230, 60, 60), (60, 200, 60), (70, 120, 255))  # upper, middle, lower
+    titles = ("frame + landmarks", "aligned", "upper", "middle", "lower")
+    fig, axes = plt.subplots(len(rows), 5, figsize=(12.5, 2.6 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
+    for r, row in enumerate(rows):
+        frame = originals[int(row)].copy()
+        if np.isfinite(lms[r]).all():
+            inv = cv2.invertAffineTransform(mats[r].astype(np.float64))
+            pts = faces.transform_points(lms[r], inv)
+            dot = max(1, round(np.ptp(pts[:, 0]) / 80))
+            for x, y in pts:
+                cv2.circle(frame, (int(round(x)), int(round(y))), dot, (0, 255, 0), -1)
+            # the face and some context, not a whole 1024 x 768 frame in which it is small
+            (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+            pad = 0.6 * max(x1 - x0, y1 - y0)
+            h, w = frame.shape[:2]
+            frame = frame[max(0, int(y0 - pad)):min(h, int(y1 + pad)),
+                          max(0, int(x0 - pad)):min(w, int(x1 + pad))]
+        face = aligned[r].copy()
+        for box, colour in zip(boxes[r], colours):
+            cv2.rectangle(face, (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1),
+                          colour, 1)
+        if np.isfinite(lms[r]).all():
+            for x, y in lms[r]:
+                cv2.circle(face, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+        crops = [faces.crop_region(aligned[r], box) for box in boxes[r]]
+        key = table.frames.iloc[int(row)]
+        for c, img in enumerate([frame, face] + crops):
+            ax = axes[r, c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=10)
+        axes[r, 0].set_ylabel(f"{key['subject']} {key['video']}\nframe {key['frame']}", fontsize=8)
+    fig.suptitle(f"{table.dataset}: alignment and regions of {len(rows)} frames "
+                 f"({int(af.valid.sum())} of {len(af)} with a face)", fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

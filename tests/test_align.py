@@ -231,3 +231,31 @@ def test_reader_refuses_what_it_does_not_understand(tmp_path):
         f.attrs["complete"] = True
     with pytest.raises(StoreError, match="format 99"):
         AlignedFaces(tmp_path / "old.h5")
+
+
+def test_cli_builds_reports_and_draws_the_sheet(tmp_path, capsys):
+    from featbench.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(3):
+        _write(photos / f"p{k}.png", _face_image(_moved(k)))
+    (photos / "manifest.csv").write_text("image,subject,AU12\n" + "".join(
+        f"p{k}.png,S{k},{k % 2}\n" for k in range(3)))
+    ws = str(tmp_path / "ws")
+    args = ["--workspace", ws, "align", "--dataset", "folder", "--root", str(photos)]
+    # drawn dots are no face for dlib: every photo is a counted skip, and --show says so
+    assert main(args) == 0
+    assert "skipped: 3 no face detected" in capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("cache up to date")
+    assert main(args + ["--show"]) == 2
+    assert "no frame has a face" in capsys.readouterr().err
+
+
+def test_sheet_shows_aligned_frames(tmp_path):
+    table = _landmark_table(tmp_path, n=6, missing=(2,))
+    path = align_dataset(table, tmp_path / "faces.h5", progress=False).path
+    out = align.render_sheet(table, path, tmp_path / "sheet" / "s.png", n=3)
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 200 and img.shape[1] > 500
