@@ -27,6 +27,7 @@ smile's few pixels of corner motion spread over 15 points.
 """
 
 import os
+import threading
 
 import numpy as np
 
@@ -278,7 +279,9 @@ def crop_region(face, box, size=None):
 
 # --- detection ------------------------------------------------------------------------------
 
-_DLIB = {}  # pid -> (detector, predictor): loaded once per process
+# dlib's detector and predictor are not safe to share between threads (a segfault when two
+# threads detect at once): each thread loads its own, once, and a forked child reloads
+_DLIB = threading.local()
 
 
 def _predictor_path():
@@ -298,14 +301,12 @@ def _predictor_path():
 
 
 def _dlib_models():
-    models = _DLIB.get(os.getpid())
-    if models is None:
+    if getattr(_DLIB, "pid", None) != os.getpid():
         import dlib
 
-        models = (dlib.get_frontal_face_detector(), dlib.shape_predictor(_predictor_path()))
-        _DLIB.clear()
-        _DLIB[os.getpid()] = models
-    return models
+        _DLIB.models = (dlib.get_frontal_face_detector(), dlib.shape_predictor(_predictor_path()))
+        _DLIB.pid = os.getpid()
+    return _DLIB.models
 
 
 def detect_landmarks(image_rgb):

@@ -259,3 +259,40 @@ def test_sheet_shows_aligned_frames(tmp_path):
     out = align.render_sheet(table, path, tmp_path / "sheet" / "s.png", n=3)
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] > 200 and img.shape[1] > 500
+
+
+def test_disfa_quirks_are_counted_not_fatal(disfa_tree, tmp_path):
+    from featbench.datasets import load_dataset
+
+    table = load_dataset("disfa", root=disfa_tree)
+    report = align_dataset(table, tmp_path / "faces.h5", progress=False)
+    assert report.skipped["no landmarks"] == 1  # SN002 frame 3 has no landmark file
+    assert report.aligned + sum(report.skipped.values()) == len(table)
+    with AlignedFaces(report.path) as af:
+        np.testing.assert_array_equal(af.keys, table.keys())
+        assert int(af.valid.sum()) == report.aligned
+
+
+def test_synthetic_set_end_to_end(tmp_path):
+    synth = pytest.importorskip("featbench.synth")
+    from featbench.datasets import load_dataset
+
+    root = tmp_path / "synth"
+    synth.generate_dataset(root, layout="disfa", subjects=3, frames=12, progress=False)
+    table = load_dataset("synth", root=root)
+    ws = Workspace(tmp_path)
+    path = ensure_aligned(table, ws, progress=False)
+    with AlignedFaces(path) as af:
+        assert len(af) == len(table) and af.valid.all()
+        lm = af.landmarks
+        # every synthetic face lands on the template: head roll gone (level eyes), each eye
+        # within a tenth of the eye distance of the template's (the synthetic faces'
+        # proportions and expressions are not the template's; a photo's are, see test_faces)
+        right, left = lm[:, 36:42].mean(1), lm[:, 42:48].mean(1)
+        assert np.abs(right[:, 1] - left[:, 1]).max() < 2.0
+        iod = np.linalg.norm(TEMPLATE68[42:48].mean(0) - TEMPLATE68[36:42].mean(0))
+        for got, eye in ((right, slice(36, 42)), (left, slice(42, 48))):
+            assert np.linalg.norm(got - TEMPLATE68[eye].mean(0), axis=1).max() < 0.1 * iod
+        crops = af.read(np.arange(len(af)), region="lower", size=48)
+        assert crops.shape == (len(table), 48, 48, 3) and crops.std() > 5
+    assert not align_dataset(table, path, progress=False).built

@@ -15,6 +15,9 @@ def add_parser(subparsers):
                     "up-to-date cache does nothing; a changed data set is rebuilt.")
     add_dataset_args(p)
     p.add_argument("--force", action="store_true", help="rebuild the cache even if up to date")
+    p.add_argument("--compress", action="store_true",
+                   help="lzf-compress the faces: 40%% less disk, reads and builds 2-10x slower "
+                        "(applies when the cache is built)")
     p.add_argument("--show", action="store_true",
                    help="draw a PNG sheet: frames with landmarks, aligned faces, region crops "
                         "(builds the cache first if needed)")
@@ -30,7 +33,8 @@ def _run(args):
 
     table = load_table(args)
     ws = workspace_of(args)
-    report = align_dataset(table, ws.aligned_path(table.dataset), force=args.force)
+    report = align_dataset(table, ws.aligned_path(table.dataset), force=args.force,
+                           compression="lzf" if args.compress else None)
     if not args.show:
         print(report.summary())
         return 0
