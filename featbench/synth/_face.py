@@ -29,12 +29,12 @@ _IRIS = np.array([[30, 50, 80], [130, 100, 60], [70, 110, 60], [25, 30, 40]], dt
 def strength(intensity):
     """Map an AU intensity (0-5, continuous) to a rendering strength in 0-1.
 
-    The curve is slightly convex so intensity 1 (a trace, labelled absent) is subtle but not
-    invisible, and intensity 2 (the protocol's threshold) is only a little stronger: the
-    boundary between present and absent is genuinely ambiguous, as in real video.
+    Linear: intensity 1 (a trace, labelled absent) is subtle but not invisible, and intensity 2
+    (the protocol's threshold) only twice as strong, so the boundary between present and
+    absent is genuinely ambiguous, as in real video.
     """
-    x = np.clip(np.asarray(intensity, dtype=np.float32) / 5.0, 0.0, 1.0)
-    return x ** 1.15
+    return np.clip(np.asarray(intensity, dtype=np.float32) / 5.0, 0.0, 1.0)
+    return x
 
 
 @dataclass
@@ -143,12 +143,12 @@ def landmarks3d(idt, s):
 
     # Eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid (image left); mirrored 42-47.
     ex0, ex1 = -(idt.eye_in + idt.eye_w), -idt.eye_in
-    up = idt.eye_up * (1 + 0.9 * a["AU05"] - 0.3 * a["AU07"] - 0.15 * a["AU04"] - 0.2 * a["AU06"])
-    lo = idt.eye_lo * (1 - 0.75 * a["AU06"] - 0.8 * a["AU07"] - 0.1 * a["AU12"])
+    up = idt.eye_up * (1 + 1.3 * a["AU05"] - 0.3 * a["AU07"] - 0.15 * a["AU04"] - 0.2 * a["AU06"])
+    lo = idt.eye_lo * (1 - 0.9 * a["AU06"] - 0.8 * a["AU07"] - 0.1 * a["AU12"])
     lo = max(lo, 0.002)
     up = max(up, lo * 0.2 + 0.004)
     ey = idt.eye_y + 0.006 * a["AU06"]
-    corner_lift = -0.01 * a["AU06"]
+    corner_lift = -0.016 * a["AU06"]
     eye = np.array([
         [ex0, ey + corner_lift, 0.16],
         [ex0 + 0.33 * idt.eye_w, ey - up, 0.22],
@@ -173,15 +173,15 @@ def landmarks3d(idt, s):
     # Mouth. Corners: 12 up and out, 15 down, 20 out, 23 in; lips: 10 raises the upper,
     # 17 pushes the lower up, 24 presses both, 23/20 thin the red; 25 parts, 26 drops the jaw.
     my, mw = idt.mouth_y, idt.mouth_w
-    mw_ = mw + 0.04 * a["AU12"] + 0.05 * a["AU20"] - 0.035 * a["AU23"] - 0.012 * a["AU24"]
-    cy = my - 0.045 * a["AU12"] + 0.04 * a["AU15"] + 0.01 * a["AU20"] + 0.01 * a["AU17"] - 0.005 * a["AU10"]
-    thin = 1 - 0.45 * a["AU23"] - 0.5 * a["AU24"] - 0.3 * a["AU20"] - 0.2 * a["AU12"]
+    mw_ = mw + 0.04 * a["AU12"] + 0.07 * a["AU20"] - 0.035 * a["AU23"] - 0.012 * a["AU24"]
+    cy = my - 0.045 * a["AU12"] + 0.07 * a["AU15"] + 0.01 * a["AU20"] + 0.01 * a["AU17"] - 0.005 * a["AU10"]
+    thin = 1 - 0.45 * a["AU23"] - 0.5 * a["AU24"] - 0.4 * a["AU20"] - 0.2 * a["AU12"]
     lu, ll = idt.lip_up * max(thin, 0.25), idt.lip_lo * max(thin, 0.25)
     lift = 0.04 * a["AU10"] + 0.012 * a["AU09"]          # upper-lip raiser
-    push = 0.025 * a["AU17"]                             # chin raiser
+    push = 0.035 * a["AU17"]                             # chin raiser
     part = 0.0
     if a["AU25"] > 0:
-        part = 0.006 + 0.03 * a["AU25"]
+        part = 0.012 + 0.05 * a["AU25"]
     jaw_open = drop * (1.0 if a["AU25"] > 0.05 else 0.35)
     gap_top = my - 0.5 * part - lift * 0.8                 # inner upper lip
     gap_bot = my + 0.5 * part + jaw_open * 0.9 - push * 0.6  # inner lower lip

@@ -68,6 +68,7 @@ class _Canvas:
         self.img[:] = np.clip(background, 0, 255).astype(np.uint8)
         self.dark = np.zeros((h, w), np.uint8)
         self.light = np.zeros((h, w), np.uint8)
+        self.shade = np.zeros((h, w), np.uint8)  # broad shadows (beard, nose side): blurred most
         self.R = _rotation(pose.yaw, pose.pitch, pose.roll)
         self.s = pose.scale
         self.c = np.array([pose.cx, pose.cy], np.float32)
@@ -228,16 +229,16 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
     for side, (o, i_) in ((-1, (36, 39)), (1, (45, 42))):
         ox, oy = P[o, 0], P[o, 1]
         for ang in (-0.45, 0.0, 0.45):
-            d = np.array([np.cos(ang), np.sin(ang)]) * 0.07
-            cv.soft("dark", 1.0 * a["AU06"] + 0.25 * age,
+            d = np.array([np.cos(ang), np.sin(ang)]) * 0.09
+            cv.soft("dark", 1.4 * a["AU06"] + 0.25 * age,
                     [[ox + side * 0.02, oy, 0.1], [ox + side * (0.02 + d[0]), oy + d[1], 0.05]], 0.01)
         ex = 0.5 * (P[o, 0] + P[i_, 0])
         ly = P[41 if side < 0 else 46, 1]
-        cv.soft("dark", 0.8 * a["AU06"] + 0.55 * a["AU07"] + 0.15 * age,
-                _arc(ex - 0.07, ex + 0.07, ly + 0.035, -0.012, z=0.22), 0.01)
-        cv.blob("light", 0.55 * a["AU06"] + 0.25 * a["AU12"], (ex + side * 0.02, ly + 0.1 - 0.04 * a["AU06"]),
-                (0.08, 0.045))
-        cv.blob("dark", 0.35 * a["AU06"], (ex + side * 0.03, ly + 0.17), (0.08, 0.02))
+        cv.soft("dark", 1.3 * a["AU06"] + 0.55 * a["AU07"] + 0.15 * age,
+                _arc(ex - 0.08, ex + 0.08, ly + 0.035, -0.015, z=0.22), 0.014)
+        cv.blob("light", 1.0 * a["AU06"] + 0.25 * a["AU12"], (ex + side * 0.02, ly + 0.09 - 0.04 * a["AU06"]),
+                (0.08, 0.04))
+        cv.blob("dark", 0.3 * a["AU06"], (ex + side * 0.03, ly + 0.15), (0.08, 0.02))
         # upper-lid crease; hidden by AU5 (lid raised into the orbit), deeper with AU7
         cv.soft("dark", 0.45 * (1 - a["AU05"]) + 0.2 * a["AU07"],
                 _arc(P[o, 0] * 0.95 + P[i_, 0] * 0.05, P[i_, 0], P[37, 1] - 0.03, 0.008, z=0.22), 0.008)
@@ -250,8 +251,8 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
         bot = [c_[0] + sx * (0.045 + 0.01 * a["AU20"]), c_[1] + 0.06, 0.25]
         cv.soft("dark", nl_v, [top, mid, bot], 0.014)
         # AU15 marionette lines, AU20 short stretch lines, AU24 bulge above the lip.
-        cv.soft("dark", 1.0 * a["AU15"], [[c_[0], c_[1] + 0.02, 0.27], [c_[0] + sx * 0.02, c_[1] + 0.1, 0.2]], 0.012)
-        cv.soft("dark", 0.9 * a["AU20"] + 0.4 * a["AU23"],
+        cv.soft("dark", 1.5 * a["AU15"], [[c_[0], c_[1] + 0.02, 0.27], [c_[0] + sx * 0.025, c_[1] + 0.12, 0.2]], 0.014)
+        cv.soft("dark", 1.4 * a["AU20"] + 0.4 * a["AU23"],
                 [[c_[0] + sx * 0.015, c_[1] - 0.025, 0.27], [c_[0] + sx * 0.02, c_[1] + 0.025, 0.27]], 0.009)
     cv.blob("light", 0.7 * a["AU24"] + 0.2 * a["AU23"], (0, P[51, 1] - 0.045), (0.1, 0.02))
     cv.blob("dark", 0.5 * a["AU10"] + 0.2 * a["AU09"], (0, P[33, 1] + 0.03), (0.03, 0.015))
@@ -268,24 +269,25 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
         jaw = P[3:14].copy()
         jaw[:, 1] += 0.02
         upper = np.stack([P[13:2:-1, 0] * 0.85, np.full(11, P[33, 1] + 0.08), np.full(11, 0.3)], 1)
-        cv.fill(np.concatenate([jaw, upper], 0)[:, :2], 255 * idt.beard * 0.6, layer="dark")
+        cv.fill(np.concatenate([jaw, upper], 0)[:, :2], 255 * idt.beard * 0.6, layer="shade")
     # Light from one side: the far side of the nose and face darker.
     lx = np.cos(scene.light_dir)
     nose_side = np.array([[0, 0.02], [0, P[30, 1]], [-np.sign(lx) * 0.09, P[31, 1]],
                           [-np.sign(lx) * 0.06, 0.1]])
-    cv.fill(nose_side, 80 * scene.light_k * abs(lx), layer="dark")
+    cv.fill(nose_side, 120 * scene.light_k * abs(lx), layer="shade")
 
     # Soft layers in: blurred (skin texture is smooth), darkening and lightening the skin. Only
     # the head's bounding box can hold marks, so only it is composited (most of the cost).
     sig = max(0.6, 0.008 * pose.scale)
     h, w = cv.img.shape[:2]
     box = cv.project(outline)
-    m = int(3 * 2.5 * sig) + 2
+    m = int(3 * 2.5 * sig) + 2  # the widest blur's reach
     x0, y0 = np.maximum(np.floor(box.min(0)).astype(int) - m, 0)
     x1, y1 = np.minimum(np.ceil(box.max(0)).astype(int) + m, [w, h])
     if x1 > x0 + 1 and y1 > y0 + 1:
         roi = cv.img[y0:y1, x0:x1]
         dark = cv2.GaussianBlur(cv.dark[y0:y1, x0:x1], (0, 0), sig).astype(np.float32)
+        dark += cv2.GaussianBlur(cv.shade[y0:y1, x0:x1], (0, 0), 2.5 * sig).astype(np.float32)
         light = cv2.GaussianBlur(cv.light[y0:y1, x0:x1], (0, 0), 2.5 * sig).astype(np.float32)
         f = roi.astype(np.float32) * (1.0 - dark * (0.55 / 255.0))[..., None]
         f += light[..., None] * (0.2 / 255.0 * skin)[None, None, :]

@@ -9,10 +9,11 @@ import numpy as np
 
 from ._face import canonical_shape, sample_identity, strength
 from ._render import FRAME_SIZE, Pose, Scene, render_frame
-from ._timeline import au_timeline, smooth_noise
+from ._timeline import au_timeline, event_phases, smooth_noise
 
 # random streams of a subject
 _IDENTITY, _TIMELINE, _SCENE, _NOISE, _RIGHT = range(5)
+_DATASET = 1 << 20  # the "subject" index of draws shared by the whole data set
 #: yaw (degrees) and horizontal shift (pixels) of the right camera relative to the left
 RIGHT_CAMERA = (-22.0, -28.0)
 
@@ -36,7 +37,8 @@ class SubjectVideo:
 
     def __init__(self, seed, index, n_frames, *, difficulty=1.0):
         self.identity = sample_identity(subject_rng(seed, index, _IDENTITY))
-        self.intensity = au_timeline(subject_rng(seed, index, _TIMELINE), n_frames)
+        self.intensity = au_timeline(subject_rng(seed, index, _TIMELINE), n_frames, index=index,
+                                     phase=event_phases(subject_rng(seed, _DATASET, _TIMELINE)))
         self.n_frames = n_frames
         self.seed, self.index = seed, index
         r = subject_rng(seed, index, _SCENE)

@@ -23,7 +23,7 @@ EVENTS = {
                          "AU26": (0.5, 0.15), "AU10": (0.4, 0.15)}, (6, 30)),
     "laugh":     (0.12, {"AU12": (1.0, 1.0), "AU06": (1.0, 1.0), "AU25": (1.0, 1.0),
                          "AU26": (0.9, 0.9), "AU07": (0.6, 0.5), "AU10": (0.5, 0.3)}, (4, 16)),
-    "brows_up":  (0.28, {"AU01": (1.0, 1.0), "AU02": (1.05, 0.95), "AU05": (0.7, 0.25),
+    "brows_up":  (0.33, {"AU01": (1.0, 1.0), "AU02": (1.05, 0.95), "AU05": (0.7, 0.15),
                          "AU25": (0.5, 0.25), "AU26": (0.5, 0.15)}, (3, 14)),
     "sad":       (0.12, {"AU01": (1.0, 1.0), "AU04": (0.8, 0.7), "AU15": (1.0, 0.8),
                          "AU17": (0.8, 0.6)}, (4, 18)),
@@ -31,27 +31,35 @@ EVENTS = {
                          "AU24": (0.6, 0.15)}, (6, 30)),
     "disgust":   (0.36, {"AU09": (1.0, 1.0), "AU10": (0.8, 0.7), "AU04": (0.7, 0.6),
                          "AU17": (0.6, 0.35), "AU25": (0.5, 0.3), "AU15": (0.5, 0.2)}, (3, 14)),
-    "fear":      (0.05, {"AU01": (1.0, 1.0), "AU02": (0.8, 0.8), "AU04": (0.7, 0.7),
+    "fear":      (0.04, {"AU01": (1.0, 1.0), "AU02": (0.8, 0.8), "AU04": (0.7, 0.7),
                          "AU05": (0.9, 0.8), "AU20": (1.0, 0.9), "AU25": (0.8, 0.9),
                          "AU26": (0.6, 0.5)}, (3, 10)),
     "talk":      (1.25, {"AU25": (1.0, 1.0), "AU26": (0.75, 0.4), "AU10": (0.4, 0.15),
                         "AU20": (0.4, 0.1)}, (8, 30)),
     "press":     (0.2, {"AU24": (1.0, 1.0), "AU23": (0.7, 0.6), "AU17": (0.8, 0.6)}, (4, 16)),
-    "stretch":   (0.1, {"AU20": (1.0, 1.0), "AU25": (0.6, 0.5), "AU15": (0.4, 0.2)}, (3, 12)),
+    "stretch":   (0.22, {"AU20": (1.0, 1.0), "AU25": (0.6, 0.5), "AU15": (0.4, 0.2)}, (2, 6)),
     "squint":    (0.25, {"AU07": (1.0, 1.0), "AU06": (0.7, 0.5), "AU04": (0.5, 0.3)}, (4, 20)),
     "tight":     (0.12, {"AU23": (1.0, 1.0), "AU17": (0.7, 0.4), "AU24": (0.5, 0.3)}, (3, 12)),
     "chin":      (0.12, {"AU17": (1.0, 1.0), "AU15": (0.6, 0.35)}, (3, 12)),
-    "lid_up":    (0.02, {"AU05": (1.0, 1.0)}, (2, 6)),
+    "lid_up":    (0.15, {"AU05": (1.0, 1.0)}, (1, 3)),
 }
 
 
-def _events(rng, n_frames, expressive):
-    """Yield (start, onset, apex, offset, {au: peak}) for one subject."""
+def _events(rng, n_frames, expressive, index, phase):
+    """Yield (start, onset, apex, offset, {au: peak}) for subject ``index``.
+
+    Three quarters of each kind's events are spread evenly over the subjects (subject ``i``
+    gets ``floor(m (i + 1) + phase) - floor(m i + phase)`` of them): with short videos, Poisson
+    counts alone would leave a rare AU in one or two subjects only, and a 12-subject training
+    split often without a single positive. The last quarter is Poisson, scaled by how
+    expressive the subject is for that kind of action.
+    """
     for kind, (rate, members, (a0, a1)) in EVENTS.items():
-        lam = rate / 100.0 * expressive[kind]
-        n = rng.poisson(lam * (n_frames + 40))
+        m = rate / 100.0 * (n_frames + 30)  # + 30: events that start before frame 0 or run past the end
+        spread = int(np.floor(0.75 * m * (index + 1) + phase[kind]) - np.floor(0.75 * m * index + phase[kind]))
+        n = spread + rng.poisson(0.25 * m * expressive[kind])
         for _ in range(n):
-            start = int(rng.integers(-20, n_frames + 20))
+            start = int(rng.integers(-10, n_frames + 5))
             onset, offset = int(rng.integers(2, 8)), int(rng.integers(2, 10))
             apex = int(rng.integers(a0, a1 + 1))
             # Peak intensity: many events are weak (a trace, 1-2), few reach 5.
@@ -63,13 +71,22 @@ def _events(rng, n_frames, expressive):
             yield start, onset, apex, offset, aus
 
 
-def au_timeline(rng, n_frames):
-    """Return continuous AU intensities, shape (n_frames, 16), float32 in 0-5."""
+def event_phases(rng):
+    """Per event kind, the phase of the even spread of events over subjects (one per data set)."""
+    return {k: float(rng.random()) for k in EVENTS}
+
+
+def au_timeline(rng, n_frames, *, index=0, phase=None):
+    """Return continuous AU intensities, shape (n_frames, 16), float32 in 0-5.
+
+    ``index`` is the subject's position and ``phase`` the data set's :func:`event_phases`.
+    """
     out = np.zeros((n_frames, len(AU_INDEX)), np.float32)
+    phase = phase or {k: 0.5 for k in EVENTS}
     # Subjects differ in how much they show of each kind of action (DISFA: some never smile).
     expressive = {k: float(rng.lognormal(0.0, 0.6)) for k in EVENTS}
     t = np.arange(n_frames, dtype=np.float32)
-    for start, onset, apex, offset, aus in _events(rng, n_frames, expressive):
+    for start, onset, apex, offset, aus in _events(rng, n_frames, expressive, index, phase):
         up = np.clip((t - start) / onset, 0, 1)
         down = np.clip((start + onset + apex + offset - t) / offset, 0, 1)
         env = np.minimum(up, down)
