@@ -143,7 +143,7 @@ def landmarks3d(idt, s):
 
     # Eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid (image left); mirrored 42-47.
     ex0, ex1 = -(idt.eye_in + idt.eye_w), -idt.eye_in
-    up = idt.eye_up * (1 + 1.3 * a["AU05"] - 0.3 * a["AU07"] - 0.15 * a["AU04"] - 0.2 * a["AU06"])
+    up = idt.eye_up * (1 + 2.0 * a["AU05"] - 0.3 * a["AU07"] - 0.15 * a["AU04"] - 0.2 * a["AU06"])
     lo = idt.eye_lo * (1 - 0.9 * a["AU06"] - 0.8 * a["AU07"] - 0.1 * a["AU12"])
     lo = max(lo, 0.002)
     up = max(up, lo * 0.2 + 0.004)

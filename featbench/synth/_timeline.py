@@ -19,7 +19,7 @@ DISFA_FRAMES = 130814
 
 # kind: (events per 100 frames, {AU: (relative peak, probability of taking part)}, apex frames)
 EVENTS = {
-    "smile":     (0.55, {"AU12": (1.0, 1.0), "AU06": (0.85, 0.6), "AU25": (0.6, 0.45),
+    "smile":     (0.55, {"AU12": (1.0, 1.0), "AU06": (0.85, 0.45), "AU25": (0.6, 0.45),
                          "AU26": (0.5, 0.15), "AU10": (0.4, 0.15)}, (6, 30)),
     "laugh":     (0.12, {"AU12": (1.0, 1.0), "AU06": (1.0, 1.0), "AU25": (1.0, 1.0),
                          "AU26": (0.9, 0.9), "AU07": (0.6, 0.5), "AU10": (0.5, 0.3)}, (4, 16)),
@@ -38,7 +38,7 @@ EVENTS = {
                         "AU20": (0.4, 0.1)}, (8, 30)),
     "press":     (0.2, {"AU24": (1.0, 1.0), "AU23": (0.7, 0.6), "AU17": (0.8, 0.6)}, (4, 16)),
     "stretch":   (0.22, {"AU20": (1.0, 1.0), "AU25": (0.6, 0.5), "AU15": (0.4, 0.2)}, (2, 6)),
-    "squint":    (0.25, {"AU07": (1.0, 1.0), "AU06": (0.7, 0.5), "AU04": (0.5, 0.3)}, (4, 20)),
+    "squint":    (0.3, {"AU07": (1.0, 1.0), "AU06": (0.9, 0.8), "AU04": (0.5, 0.3)}, (4, 20)),
     "tight":     (0.12, {"AU23": (1.0, 1.0), "AU17": (0.7, 0.4), "AU24": (0.5, 0.3)}, (3, 12)),
     "chin":      (0.12, {"AU17": (1.0, 1.0), "AU15": (0.6, 0.35)}, (3, 12)),
     "lid_up":    (0.15, {"AU05": (1.0, 1.0)}, (1, 3)),
@@ -54,9 +54,17 @@ def _events(rng, n_frames, expressive, index, phase):
     split often without a single positive. The last quarter is Poisson, scaled by how
     expressive the subject is for that kind of action.
     """
+    # Short videos get shorter, more frequent actions at the same base rates: more subjects
+    # then show each AU (a 120-frame video would otherwise hold one or two events in all).
+    squeeze = float(np.clip(n_frames / 400.0, 0.3, 1.0))
     for kind, (rate, members, (a0, a1)) in EVENTS.items():
-        m = rate / 100.0 * (n_frames + 30)  # + 30: events that start before frame 0 or run past the end
-        spread = int(np.floor(0.75 * m * (index + 1) + phase[kind]) - np.floor(0.75 * m * index + phase[kind]))
+        b0, b1 = max(1, int(round(a0 * squeeze))), max(1, int(round(a1 * squeeze)))
+        more = (5.0 + 0.5 * (a0 + a1)) / (5.0 + 0.5 * (b0 + b1))  # ramps ~ 5 frames of the event
+        a0, a1 = b0, b1
+        m = more * rate / 100.0 * (n_frames + 30)  # + 30: events that start before frame 0 or run past the end
+        ph, order = phase[kind]
+        slot = int(order[index % SPREAD_SLOTS])
+        spread = int(np.floor(0.75 * m * (slot + 1) + ph) - np.floor(0.75 * m * slot + ph))
         n = spread + rng.poisson(0.25 * m * expressive[kind])
         for _ in range(n):
             start = int(rng.integers(-10, n_frames + 5))
@@ -71,9 +79,17 @@ def _events(rng, n_frames, expressive, index, phase):
             yield start, onset, apex, offset, aus
 
 
+#: subjects' slots in the even spread of events are a random permutation of this many
+SPREAD_SLOTS = 64
+
+
 def event_phases(rng):
-    """Per event kind, the phase of the even spread of events over subjects (one per data set)."""
-    return {k: float(rng.random()) for k in EVENTS}
+    """Per event kind, the phase and subject order of the even spread of events (one per data set).
+
+    The order is random so that which subjects show a rare action does not follow subject ids
+    (a fixed split of ids would otherwise alias with the spread's period).
+    """
+    return {k: (float(rng.random()), rng.permutation(SPREAD_SLOTS)) for k in EVENTS}
 
 
 def au_timeline(rng, n_frames, *, index=0, phase=None):
@@ -82,7 +98,7 @@ def au_timeline(rng, n_frames, *, index=0, phase=None):
     ``index`` is the subject's position and ``phase`` the data set's :func:`event_phases`.
     """
     out = np.zeros((n_frames, len(AU_INDEX)), np.float32)
-    phase = phase or {k: 0.5 for k in EVENTS}
+    phase = phase or {k: (0.5, np.arange(SPREAD_SLOTS)) for k in EVENTS}
     # Subjects differ in how much they show of each kind of action (DISFA: some never smile).
     expressive = {k: float(rng.lognormal(0.0, 0.6)) for k in EVENTS}
     t = np.arange(n_frames, dtype=np.float32)
