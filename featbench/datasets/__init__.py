@@ -88,6 +88,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         from .folder import read_folder
 
         table = read_folder(root)
+        # the embedded expression set holds aligned crops already, as ABAW's cropped_aligned
+        table.pre_aligned = name == "synth-expression"
     table.dataset = name
     return table
 

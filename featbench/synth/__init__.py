@@ -31,7 +31,7 @@ from ..errors import UsageError, did_you_mean
 LAYOUTS = ("disfa", "affwild2", "expression")
 #: frames per subject (``disfa``), per video (``affwild2``), takes per expression and view
 #: (``expression``) when ``frames`` is None
-DEFAULT_FRAMES = {"disfa": 120, "affwild2": 120, "expression": 1}
+DEFAULT_FRAMES = {"disfa": 240, "affwild2": 120, "expression": 1}
 DEFAULT_SUBJECTS = 27
 MIN_SUBJECTS = 3  # train / validation / test need a subject each
 AFFWILD2_CROP = 112
