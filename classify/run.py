@@ -42,13 +42,12 @@ from featbench.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
 from featbench.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.frames import KEY_DTYPE
 from featbench.metrics import METRICS, au_metrics, nanmean
-from featbench.results import record_failure, run_table, write_run
+from featbench.results import record_failure, run_table, write_predictions, write_run
 from featbench.workspace import Workspace, atomic_write_text, run_name
 
 from .estimators import C_GRID, balance_indices, check_clf, decide, fit_au
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
-PREDICTIONS_FORMAT = 1
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -440,10 +439,7 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
 def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels, thresholds,
                        rows_out, meta, splits):
     """Write the test frames' scores and decisions (team contract 3), atomically."""
-    import h5py
-
     path = workspace.predictions_path(dataset, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = np.concatenate(test_rows)
     if np.unique(rows).size != rows.size:
         raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
@@ -459,23 +455,13 @@ def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, l
             if res["fit"] is not None:
                 decisions[start:start + r.size, ai] = decide(res["scores"], res["fit"].threshold)
         start += r.size
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("frames", data=table.keys()[rows])
-        f.create_dataset("labels", data=labels[rows].astype(np.int8))
-        f.create_dataset("scores", data=scores)
-        f.create_dataset("decisions", data=decisions)
-        f.create_dataset("fold", data=fold)
-        f.create_dataset("thresholds", data=thresholds)  # (folds, k): the threshold each fold used
-        f.attrs.update({
-            "format_version": PREDICTIONS_FORMAT, "aus": json.dumps(au_list),
-            "thresholds": np.array([r["threshold"] for r in rows_out], dtype=np.float64),
-            "run": run, "folds": json.dumps([s.name for s in splits]),
-            "failed_aus": json.dumps([r["au"] for r in rows_out if not np.isfinite(r["threshold"])]),
-            **{key: str(meta[key]) for key in ("model", "region", "clf", "weights", "protocol", "dataset")},
-        })
-    os.replace(tmp, path)
-    return path
+    return write_predictions(
+        path, frames=table.keys()[rows], labels=labels[rows], scores=scores, decisions=decisions,
+        fold=fold, aus=au_list, thresholds=[r["threshold"] for r in rows_out],
+        fold_thresholds=thresholds,  # (folds, k): the threshold each fold used
+        run=run, folds=[s.name for s in splits],
+        failed_aus=[r["au"] for r in rows_out if not np.isfinite(r["threshold"])],
+        **{key: meta[key] for key in ("model", "region", "clf", "weights", "protocol", "dataset")})
 
 
 def _versions():

@@ -40,6 +40,7 @@ import json
 import numpy as np
 
 from .errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from .results import write_predictions  # noqa: F401 - one writer for runs and ensembles
 
 PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
 
@@ -139,40 +140,6 @@ def read_predictions(path):
     for key, value in attrs.items():
         out[key] = value.decode() if isinstance(value, bytes) else value
     return out
-
-
-def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thresholds, **attrs):
-    """Write a predictions file (team contract 3) through a temporary file.
-
-    Parameters
-    ----------
-    path : Path
-    frames : array of shape (n,), KEY_DTYPE
-    labels, scores, decisions : arrays of shape (n, k)
-    fold : array of shape (n,)
-    aus : list of k str
-    thresholds : array of shape (k,)
-    **attrs
-        ``run``, ``model``, ``region``, ``clf``, ``weights``, ``protocol``, ``dataset``...
-        (lists and dicts are stored as json).
-    """
-    import os
-
-    import h5py
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f["frames"] = frames
-        f["labels"] = np.asarray(labels, dtype=np.int8)
-        f["scores"] = np.asarray(scores, dtype=np.float32)
-        f["decisions"] = np.asarray(decisions, dtype=np.int8)
-        f["fold"] = np.asarray(fold, dtype=np.int8)
-        f.attrs["aus"] = json.dumps(list(aus))
-        f.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
-    os.replace(tmp, path)
 
 
 # members ---------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from .errors import MissingRunError
 from .metrics import nanmean
 from .workspace import atomic_write_text
 
+#: format of results/<dataset>/predictions/<run>.h5 (see :func:`write_predictions`)
+PREDICTIONS_FORMAT = 1
 RUN_COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
 SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
 #: the mean row averages these over AUs (nan ignored); support is summed
@@ -172,3 +174,52 @@ def read_run(workspace, dataset, run):
     if not os.path.exists(path):
         raise MissingRunError(f"{path}: run {run!r} not found (make it with featbench classify)")
     return pd.read_csv(path, na_values=["nan"])
+
+
+def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thresholds,
+                      fold_thresholds=None, **attrs):
+    """Write a predictions file (per-frame scores and decisions of one run), atomically.
+
+    Classifier runs and ensembles both write this format; ensembles and users' analyses read it.
+
+    Parameters
+    ----------
+    path : Path
+        ``results/<dataset>/predictions/<run>.h5``.
+    frames : array of shape (n,), KEY_DTYPE
+        The test frames; with several folds, every test frame once.
+    labels, scores, decisions : arrays of shape (n, k)
+        Labels (1 / 0 / -1), decision-function scores, binary decisions.
+    fold : array of shape (n,)
+        Index of the fold that tested each frame.
+    aus : list of k str
+    thresholds : array of shape (k,)
+        The decision threshold reported per AU.
+    fold_thresholds : array of shape (folds, k), optional
+        The threshold each fold used (stored as the ``/thresholds`` dataset).
+    **attrs
+        ``run``, ``model``, ``region``, ``clf``, ``weights``, ``protocol``, ``dataset``...
+        (lists and dicts are stored as json, everything else as text).
+    """
+    import json
+
+    import h5py
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f["frames"] = frames
+        f["labels"] = np.asarray(labels, dtype=np.int8)
+        f["scores"] = np.asarray(scores, dtype=np.float32)
+        f["decisions"] = np.asarray(decisions, dtype=np.int8)
+        f["fold"] = np.asarray(fold, dtype=np.int8)
+        if fold_thresholds is not None:
+            f["thresholds"] = np.asarray(fold_thresholds, dtype=np.float64)
+        f.attrs["format_version"] = PREDICTIONS_FORMAT
+        f.attrs["aus"] = json.dumps(list(aus))
+        f.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+    os.replace(tmp, path)
+    return path
