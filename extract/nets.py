@@ -100,7 +100,6 @@ def build_convnet(arch, *, num_classes=1000):
         With ``features``, ``avgpool`` (identity: the 224 input already ends at 6x6) and
         ``classifier``; input (N, 3, 224, 224), output (N, num_classes).
     """
-    import torch
     layers, cin = [], 3
     for cout, k, stride, pad, norm, pool in ARCHS[arch]:
         layers += _conv(cin, cout, k, stride, pad)

@@ -1,6 +1,5 @@
 """The aligned-face cache: build, skip counting, caching, staleness, resume, reading."""
 
-import json
 import multiprocessing
 import os
 import pickle

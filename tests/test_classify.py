@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classify.estimators import balance_indices, best_threshold, decide, fit_au
+from classify.estimators import balance_indices, best_threshold
 from extract.store import open_store
 from classify.run import classify_run, join_codes, run_tag
 from featbench.aus import DISFA_AUS

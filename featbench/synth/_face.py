@@ -34,7 +34,6 @@ def strength(intensity):
     absent is genuinely ambiguous, as in real video.
     """
     return np.clip(np.asarray(intensity, dtype=np.float32) / 5.0, 0.0, 1.0)
-    return x
 
 
 @dataclass
