@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from featbench.errors import WeightsError
+from featbench.faces import dlib_models_dir
 
 #: indices of VGG-16's conv layers inside torchvision's ``features``
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -113,20 +114,6 @@ def checkpoints_dir():
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def dlib_models_dir():
-    """The ``models`` folder of the installed ``face_recognition_models`` package, or None.
-
-    Located with :func:`importlib.util.find_spec`, not by importing the package (its
-    ``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship).
-    """
-    import importlib.util
-
-    found = importlib.util.find_spec("face_recognition_models")
-    if found is None or not found.submodule_search_locations:
-        return None
-    return Path(list(found.submodule_search_locations)[0]) / "models"
-
-
 def pretrained_path(spec):
     """Return ``(path, exists)`` of the file ``--weights imagenet`` reads for ``spec``.
 
@@ -136,7 +123,7 @@ def pretrained_path(spec):
         return None, False
     if spec.pretrained == "dlib":
         folder = dlib_models_dir()
-        path = (folder or Path("face_recognition_models/models")) / spec.weights_file
+        path = Path(folder or "face_recognition_models/models") / spec.weights_file
         return path, path.is_file()
     if spec.pretrained.startswith("timm:"):
         return _timm_cached_file(spec.pretrained[5:])

