@@ -22,7 +22,7 @@ import os
 
 from .errors import MissingRunError
 from .metrics import nanmean
-from .workspace import atomic_write_text
+from .workspace import atomic_path, atomic_write_text
 
 #: format of results/<dataset>/predictions/<run>.h5 (see :func:`write_predictions`)
 PREDICTIONS_FORMAT = 1
@@ -206,9 +206,7 @@ def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thr
     import h5py
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f["frames"] = frames
         f["labels"] = np.asarray(labels, dtype=np.int8)
         f["scores"] = np.asarray(scores, dtype=np.float32)
@@ -221,5 +219,4 @@ def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thr
         f.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
-    os.replace(tmp, path)
     return path

@@ -14,6 +14,7 @@ The workspace is the current directory by default (``--workspace DIR`` moves it)
 Every path featbench uses is built here, so that the layout is stated once.
 """
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,24 @@ def run_name(model, region, clf, *, tag=None):
     return f"{name}__{tag}" if tag else name
 
 
-def atomic_write_text(path, text):
-    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    A crash or error inside the block removes the temporary file and leaves any previous
+    ``path`` as it was, so a reader never sees half a file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
