@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UsageError
+from ..faces import iter_frames
 
 _TILE_W = 200
 _TEXT_H = 30
@@ -20,36 +21,6 @@ def _pick(table, n, seed):
     rest = np.setdiff1d(np.arange(len(table)), pick)
     pick += list(rng.choice(rest, min(len(rest), n - len(pick)), replace=False))
     return sorted(int(i) for i in pick)
-
-
-def _read_frames(table, rows):
-    """Yield (row, RGB image): through featbench.faces.iter_frames when it exists, else OpenCV."""
-    try:
-        from ..faces import iter_frames
-    except ImportError:
-        iter_frames = None
-    if iter_frames is not None:
-        yield from iter_frames(table, rows)
-        return
-    import cv2
-
-    df = table.frames
-    caps = {}
-    try:
-        for i in rows:
-            src, idx = df["source"].iat[i], int(df["source_index"].iat[i])
-            if idx < 0:
-                img = cv2.imread(src)
-            else:
-                cap = caps.get(src) or caps.setdefault(src, cv2.VideoCapture(src))
-                cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
-                ok, img = cap.read()
-                img = img if ok else None
-            if img is not None:
-                yield i, cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    finally:
-        for cap in caps.values():
-            cap.release()
 
 
 def _caption(table, i):
@@ -84,7 +55,7 @@ def contact_sheet(table, out_png, *, n=24, seed=0):
         raise DataError(f"{table.root}: no frames to show")
     rows = _pick(table, int(n), seed)
     tiles = []
-    for i, rgb in _read_frames(table, rows):
+    for i, rgb in iter_frames(table, rows):
         h, w = rgb.shape[:2]
         th = int(round(h * _TILE_W / w))
         img = cv2.resize(rgb, (_TILE_W, th), interpolation=cv2.INTER_AREA)
