@@ -14,15 +14,13 @@ Both files are written through a temporary file and renamed, and the summary is 
 a lock, so parallel runs never lose each other's rows.
 """
 
-import contextlib
 import datetime as _dt
-import fcntl
 import math
 import os
 
 from .errors import MissingRunError
 from .metrics import nanmean
-from .workspace import atomic_path, atomic_write_text
+from .workspace import atomic_path, atomic_write_text, file_lock
 
 #: format of results/<dataset>/predictions/<run>.h5 (see :func:`write_predictions`)
 PREDICTIONS_FORMAT = 1
@@ -69,17 +67,6 @@ def run_table(rows):
         elif key in _MEANED:
             mean[key] = nanmean(float(v) for v in vals if v is not None)
     return list(rows) + [mean], list(RUN_COLUMNS) + extras
-
-
-@contextlib.contextmanager
-def _locked(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_run(workspace, dataset, run, rows, *, meta):
@@ -136,7 +123,7 @@ def upsert_summary(workspace, dataset, row):
     import csv
 
     path = workspace.summary_csv(dataset)
-    with _locked(path):
+    with file_lock(path, what="updating"):
         rows = []
         if path.exists():
             with open(path, newline="") as fh:
