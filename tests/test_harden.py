@@ -94,16 +94,14 @@ def test_1_a_held_lock_makes_align_wait_then_finish(tmp_path):
     cache = ws.aligned_path("disfa")
     with file_lock(cache):
         p = start_featbench("--workspace", ws.root, "align", "--dataset", "disfa", "--root", root)
-        deadline = time.time() + 60
-        while time.time() < deadline and p.poll() is None and not cache.parent.exists():
-            time.sleep(0.1)
-        time.sleep(1.5)
-        assert p.poll() is None, p.communicate()
+        first = p.stderr.readline()  # blocks until it says it waits (or ends: EOF)
+        assert "waiting for another featbench process" in first and str(cache) in first, first
+        time.sleep(0.5)
+        assert p.poll() is None
         assert not cache.exists() and not cache.with_name("faces.h5.partial").exists()
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
-    assert "waiting for another featbench process" in err and str(cache) in err
-    assert cache.exists()
+    assert "up to date" not in out and cache.exists()
 
 
 def test_1_a_busy_file_refused_without_waiting_names_it(tmp_path):
@@ -151,3 +149,69 @@ def test_3_ctrl_c_during_alignment_exits_130_with_one_line_and_resumes(tmp_path,
     proc = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     assert_one_line_error(proc, "interrupted", status=130)
     assert partial.exists() and not partial.with_name("faces.h5").exists()
+
+
+# --- 6. a damaged summary.csv ---------------------------------------------------------------------
+
+
+def _summary_ws(tmp_path):
+    """A workspace with a two-run summary.csv written by the real writer."""
+    from featbench.results import write_run
+    from featbench.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    for k, model in enumerate(("alexnet", "hog")):
+        rows = [{"au": au, "f1": 0.5 + 0.1 * k + 0.01 * j, "accuracy": 0.7, "precision": 0.6,
+                 "recall": 0.5, "support": 10, "threshold": 0.0}
+                for j, au in enumerate(("AU01", "AU02"))]
+        write_run(ws, "synth", f"{model}__full__svm", rows,
+                  meta={"model": model, "region": "full", "clf": "svm"})
+    return ws, ws.summary_csv("synth")
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda t: t + "@@garbage line without commas\n", ":4: 1 fields"),
+    (lambda t: t.split("\n", 1)[1], ":1: the header must start with run,model"),
+    (lambda t: t.rstrip("\n") + ",extra,fields\n", ":3: "),
+    (lambda t: t.replace("0.5000", "zero point five", 1), "is not a number"),
+])
+def test_6_damaged_summary_is_one_line_naming_file_and_line(tmp_path, damage, needle):
+    from featbench.errors import StoreError
+    from featbench.results import read_summary, upsert_summary
+
+    ws, path = _summary_ws(tmp_path)
+    path.write_text(damage(path.read_text()))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=needle) as exc:
+        read_summary(ws, "synth")
+    assert str(exc.value).startswith(str(path))
+    # a new run refuses to rewrite it (the garbage would be kept as a row): nothing is lost
+    with pytest.raises(StoreError):
+        upsert_summary(ws, "synth", {"run": "x__full__lda", "model": "x", "region": "full",
+                                     "clf": "lda", "mean_f1": 0.1, "mean_accuracy": 0.2})
+    assert path.read_bytes() == before
+    assert_one_line_error(featbench("--workspace", ws.root, "report"), str(path), needle)
+
+
+def test_6_a_sound_summary_reads_as_numbers(tmp_path):
+    from featbench.results import read_summary
+
+    ws, _ = _summary_ws(tmp_path)
+    df = read_summary(ws, "synth")
+    assert list(df["run"]) == ["alexnet__full__svm", "hog__full__svm"]
+    np.testing.assert_allclose(df["f1_AU02"], [0.51, 0.61])
+    assert df["mean_f1"].dtype.kind == "f"
+
+
+# --- 7. data synth --force ------------------------------------------------------------------------
+
+
+def test_7_synth_force_refuses_a_folder_it_did_not_make(tmp_path):
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "manifest.csv").write_text("image,subject,AU01\na.png,S1,1\n")
+    (own / "a.png").write_bytes(b"not really")
+    (own / "notes.txt").write_text("my notes")
+    proc = featbench("data", "synth", "--root", own, "--force", "--subjects", "3", "--frames", "8")
+    assert_one_line_error(proc, str(own), "not made by featbench data synth")
+    assert sorted(p.name for p in own.iterdir()) == ["a.png", "manifest.csv", "notes.txt"]
