@@ -473,7 +473,7 @@ def iter_frames(table, indices=None, *, missing="raise"):
             if src != cap_src:
                 if cap is not None:
                     cap.release()
-                cap, cap_src, pos = _open_video(src), src, 0
+                cap, cap_src, pos = open_video(src), src, 0
             if k != pos:
                 if pos is not None and 0 < k - pos <= 16:
                     # a short skip forward: grabbing is cheaper than a keyframe seek
@@ -497,7 +497,8 @@ def iter_frames(table, indices=None, *, missing="raise"):
             cap.release()
 
 
-def _open_video(path):
+def open_video(path):
+    """Open ``path`` with OpenCV, rotation metadata applied; DataError naming it if unreadable."""
     import cv2
 
     if not os.path.exists(path):
@@ -505,5 +506,6 @@ def _open_video(path):
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
-        raise DataError(f"{path}: cannot open the video (unsupported codec or damaged file)")
+        raise DataError(f"{path}: cannot open the video (not a video, unsupported codec or damaged)")
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # a phone's portrait video comes out upright
     return cap

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, UsageError
+from .faces import open_video
 
 IMAGE_EXTENSIONS = frozenset(".png .jpg .jpeg .bmp .tif .tiff .webp .gif .ppm .pgm .pbm".split())
 VIDEO_EXTENSIONS = frozenset(".mp4 .avi .mov .mkv .webm .m4v .mpg .mpeg .wmv .flv .3gp".split())
@@ -141,20 +142,6 @@ def read_image(path):
         raise DataError(f"{path}: image file does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-
-
-def open_video(path):
-    """Open ``path`` with OpenCV, rotation metadata applied; DataError naming it if unreadable."""
-    import cv2
-
-    if not os.path.exists(path):
-        raise DataError(f"{path}: video file does not exist")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        cap.release()
-        raise DataError(f"{path}: cannot open the video (not a video, unsupported codec or damaged)")
-    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # a phone's portrait video comes out upright
-    return cap
 
 
 def video_info(path):
