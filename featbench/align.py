@@ -41,6 +41,7 @@ import numpy as np
 
 from .aus import REGIONS
 from .errors import StoreError, UsageError, did_you_mean
+from .workspace import file_lock
 
 FORMAT_VERSION = 1
 #: rows per HDF5 chunk of /faces (600 kB): shuffled batches read few rows they do not need
@@ -133,14 +134,20 @@ def cache_fingerprint(table, settings):
     return h.hexdigest()
 
 
-def read_cache_info(path):
-    """Return the attrs of a complete cache file as a dict, or None if absent or unreadable."""
+def read_cache_info(path, *, keys=None):
+    """Return the attrs of a complete cache file as a dict, or None if absent or unreadable.
+
+    With ``keys`` (the frame table's), a cache whose ``/frames`` differ from them is also
+    None: the fingerprint says what the cache was built from, ``/frames`` what it holds.
+    """
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
-    except (OSError, KeyError):
+            if keys is not None and not np.array_equal(f["frames"][:], keys):
+                return None
+    except (OSError, KeyError, TypeError, ValueError):
         return None
     return attrs if attrs.get("complete") else None
 
@@ -190,14 +197,33 @@ def align_dataset(table, path, *, progress=True, force=False, size=None, compres
         raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     settings = alignment_settings(table, size=size, compression=compression)
     fingerprint = cache_fingerprint(table, settings)
-    info = read_cache_info(path) if path.exists() else None
-    if info is not None and info.get("fingerprint") == fingerprint and not force:
-        skipped = json.loads(info.get("skipped", "{}"))
-        return AlignReport(path, False, len(table), int(info.get("aligned", 0)), 0, skipped,
-                           time.perf_counter() - t0)
+    # checked without the lock first: an up-to-date cache is read, never written (a read-only
+    # workspace works), and the final file only ever appears complete, by a rename
+    report = None if force else _up_to_date(table, path, fingerprint, t0)
+    if report is not None:
+        return report
+    with file_lock(path, what="aligning faces into"):
+        # another process may have built it while this one waited for the lock
+        report = None if force else _up_to_date(table, path, fingerprint, t0)
+        if report is not None:
+            return report
+        return _rebuild(table, path, settings, fingerprint, t0, progress=progress)
+
+
+def _up_to_date(table, path, fingerprint, t0):
+    """Return the report of a complete cache built from exactly ``table``, else None."""
+    info = read_cache_info(path, keys=table.keys()) if path.exists() else None
+    if info is None or info.get("fingerprint") != fingerprint:
+        return None
+    skipped = json.loads(info.get("skipped", "{}"))
+    return AlignReport(path, False, len(table), int(info.get("aligned", 0)), 0, skipped,
+                       time.perf_counter() - t0)
+
+
+def _rebuild(table, path, settings, fingerprint, t0, *, progress):
+    """Build the cache into ``<path>.partial`` (resuming it) and rename it onto ``path``."""
     if path.exists():
         path.unlink()  # stale: never mixed with the new frames
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     processed = _build(table, partial, settings, fingerprint, progress=progress)
     with _h5(partial, "r+") as f:

@@ -24,7 +24,9 @@ Presets (paper section "ensembles"; one member per network family, the family's 
     frozen-code (feature extraction) runs: for each network family, the first model of
     :data:`FAMILY_PREFERENCE` whose ``<model>__full__svm`` run exists. Families are the extract
     registry's ``spec.family``. The quick pipeline gives ``hog__full__svm``,
-    ``dlib_face__full__svm``, ``alexnet__full__svm`` and ``cnn_f__full__svm``.
+    ``dlib_face__full__svm``, ``alexnet__full__svm`` and ``cnn_f__full__svm``. Where LSTM runs
+    exist (``<model>__full__lstm``, ``featbench classify --clf lstm``), one per family joins
+    as a further member: the paper's first ensemble mixes SVM and LSTM members.
 ``fe+region``
     ``fe`` plus the region-based SVM runs (``<model>__auto__svm``) of the same families.
 ``fe+ft``
@@ -51,6 +53,9 @@ FAMILY_PREFERENCE = ("vgg_face", "resnet152", "resnet50", "vgg16", "cnn_s", "cnn
 
 #: the classifier a preset member uses (the paper's ensembles are built from SVM runs)
 PRESET_CLF = "svm"
+#: the sequence classifier whose runs join every preset as extra members where they exist (the
+#: paper's first ensemble mixes SVM and LSTM members)
+SEQUENCE_CLF = "lstm"
 
 
 def majority_vote(decisions, scores, thresholds, *, scales=None):
@@ -225,17 +230,18 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
 
-    def per_family(region):
+    def per_family(region, clf=PRESET_CLF):
         chosen, seen = [], set()
         for model in order:
             fam = families.get(model, model)
-            run = run_name(model, region, PRESET_CLF, tag=tag)
+            run = run_name(model, region, clf, tag=tag)
             if fam not in seen and run in runs:
                 chosen.append(run)
                 seen.add(fam)
         return chosen
 
     members = per_family("full")
+    members += per_family("full", SEQUENCE_CLF)  # the paper's first ensemble: SVM + LSTM members
     if "ft" in preset:
         ft = sorted(r for r in runs if _is_finetuned(r)
                     and (r.split("__")[3:4] == [tag] if tag else len(r.split("__")) == 3))
