@@ -303,3 +303,22 @@ def test_end_to_end_on_the_embedded_sets(tmp_path):
     r = fb("extract", "--model", "tv:mobilenet_v3_small", "--dataset", "synth-affwild2", "--weights",
            str(Path(ws) / "results/synth-affwild2/models/tv-mobilenet_v3_small__full__transfer/backbone.pt"))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_rerun_resumes_from_the_last_epoch_and_scores_the_same(abaw, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    first = _stage2(abaw, ws)
+    again = _stage2(abaw, ws)
+    assert first["resumed_from"] == 0 and again["resumed_from"] == SETTINGS.epochs[1]
+    assert again["thresholds"] == first["thresholds"] and again["f1"] == first["f1"]
+
+
+@pytest.mark.gpu
+def test_stage2_trains_on_cuda_with_amp(abaw, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from dataclasses import replace
+
+    out = run_stage2(Workspace(tmp_path), abaw, replace(SETTINGS, device="cuda"), progress=False)
+    assert out["device"].startswith("cuda") and out["precision"] in ("bfloat16", "float16")
+    assert Path(out["predictions"]).is_file() and out["best_epoch"] >= 1
