@@ -171,7 +171,7 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
             layers.append(nn.Linear(width, int(size)))
             width = int(size)
     net = TransferNet(create_preprocess(spec_in, mean=mean), backbone, nn.Sequential(*layers))
-    return net, identity
+    return net, str(WeightsId.parse(identity))  # the one string form (file sha256:...)
 
 
 def _module():
@@ -674,8 +674,11 @@ def format_result(out):
                          f"{r['f1']:.3f} tuned; epoch {r['best_epoch']} ({r['seconds']:.0f} s) -> {r['csv']}")
     if out.get("stage2") and out.get("control"):
         d = out["stage2"]["f1"] - out["control"]["f1"]
-        lines.append(f"the expression stage {'helps' if d > 0 else 'does not help'}: "
-                     f"{d:+.3f} tuned F1 over the control")
+        d05 = out["stage2"]["f1_05"] - out["control"]["f1_05"]
+        verdict = ("helps" if d > 0 and d05 > 0 else "does not help" if d <= 0 and d05 <= 0
+                   else "helps at one threshold and not the other")
+        lines.append(f"stage 2 - control: {d05:+.3f} F1 at 0.5, {d:+.3f} tuned: the expression "
+                     f"stage {verdict} here")
     return "\n".join(lines)
 
 

@@ -219,7 +219,7 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fold accuracy" in out and "random init, not pretrained" in out
-    assert "at 0.5" in out and "tuned" in out and "over the control" in out
+    assert "at 0.5" in out and "tuned" in out and "stage 2 - control" in out
     w = Workspace(ws)
     run, control = f"{TINY}__full__transfer", f"{TINY}__full__transfer__nostage1"
     csv = read_run(w, "affwild2", run)
