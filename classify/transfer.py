@@ -433,8 +433,12 @@ def load_stage1(workspace, expr_dataset, settings):
 
 # --- stage 2 -------------------------------------------------------------------------------------
 def stage2_run(settings, *, control=False):
-    """The RunKey of a stage-2 run (``<backbone>__full__transfer[__nostage1]``)."""
-    tags = ((CONTROL_TAG,) if control else ()) + _tags(settings)
+    """The RunKey of a stage-2 run: ``<backbone>__full__transfer[__<tags>]``.
+
+    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``.
+    """
+    tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
+    tags += _tags(settings)
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
