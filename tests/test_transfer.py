@@ -240,8 +240,17 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     assert {"folds.csv", "confusion.csv", "backbone.pt", "stage1.json", "fold1.log.csv"} <= {
         p.name for p in s1dir.iterdir()}
     # the model file alone reproduces the test decisions
-    state = torch.load(mdir / "model.pt", weights_only=False)
+    from classify.transfer import load_model, predict_logits
+    from featbench.align import AlignedFaces
+
+    net, state = load_model(mdir / "model.pt")
     assert np.allclose(state["thresholds"], pred["thresholds"])
+    faces = AlignedFaces(w.aligned_path("affwild2"))
+    where = {bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode(): i for i, k in enumerate(faces.keys)}
+    rows = [where[bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode()] for k in pred["frames"]]
+    logits = predict_logits(net, faces, rows)
+    np.testing.assert_array_equal((logits > np.asarray(state["logit_thresholds"])).astype(np.int8),
+                                  pred["decisions"])
 
 
 @pytest.mark.parametrize("case, message", [
