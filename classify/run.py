@@ -408,7 +408,10 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
                          n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
                          scheduler=scheduler_address(scheduler))
     except FeatbenchError as exc:
-        record_failure(workspace, dataset, run, exc, meta=meta)
+        try:
+            record_failure(workspace, dataset, run, exc, meta=meta)
+        except (OSError, FeatbenchError):
+            pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
         raise
 
 
@@ -508,14 +511,24 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": n_test,
             "frames_without_codes": int(sum(missing.values())),
             "seconds": round(time.time() - t0, 1)}
-    pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
-                                   thresholds, rows_out, meta, splits)
     scale["peak_rss_mb"] = {"main": peak_rss_mb(),
                             "worker_max": max((r.get("rss_mb", 0.0) for r in results), default=0.0)}
-    models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs,
-                                          missing, n_train, test_rows, scale=scale)
-    meta["seconds"] = round(time.time() - t0, 1)
-    csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+    pred_path = None
+    try:
+        pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by,
+                                       labels, thresholds, rows_out, meta, splits)
+        models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta,
+                                              attrs, missing, n_train, test_rows, scale=scale)
+        meta["seconds"] = round(time.time() - t0, 1)
+        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+    except OSError as exc:  # disk full, permissions: no predictions without their run
+        from featbench.errors import describe_os_error
+
+        if pred_path is not None:
+            pred_path.unlink(missing_ok=True)
+        where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
+        raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
+                         f"{run} (none of them kept; rerun when fixed)") from None
     mean = run_table(rows_out)[0][-1]
     return {"run": run, "dataset": dataset, "rows": rows_out, "mean": mean, "notes": notes,
             "meta": meta, "csv": csv, "predictions": pred_path, "models_dir": models_dir,
@@ -563,12 +576,21 @@ def _versions():
 def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows,
                   scale=None):
     """Replace the run's model folder: one joblib per AU (and fold) plus settings.json."""
-    import joblib
-
     final = workspace.models_dir(dataset, run)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        return _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs,
+                            missing, n_train, test_rows, scale)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # renamed onto final, or half-written: gone
+
+
+def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs, missing,
+                 n_train, test_rows, scale):
+    import joblib
+
     folds = []
     saved = {}
     if meta["clf"] == "lstm":
