@@ -650,6 +650,9 @@ def format_result(result):
     for r in result["rows"] + [{**result["mean"], "threshold": float("nan")}]:
         lines.append(f"{r['au']:<6}" + "".join(cell(r.get(c, float('nan'))) for c in cols))
     lines += [f"note: {n}" for n in result["notes"]]
-    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {len(result['rows'])} AUs in "
+    defined = sum(np.isfinite(float(r["f1"])) for r in result["rows"] if r.get("f1") is not None)
+    undefined = len(result["rows"]) - defined  # nan F1 (no test positives) is not averaged
+    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {defined} AUs"
+                 f"{f' ({undefined} nan, left out)' if undefined else ''} in "
                  f"{result['seconds']:.0f} s -> {result['csv']}")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ def add_parser(subparsers):
     p.add_argument("--out", metavar="FILE.png", default=None,
                    help="where --show writes (default: results/<dataset>/align_sheet.png)")
     p.add_argument("--n", type=int, default=8, metavar="N",
-                   help="--show: how many frames, spread over the data set (default: 8)")
+                   help="--show: how many frames, spread over the data set, 1-64 (default: 8)")
     p.set_defaults(func=_run)
 
 
