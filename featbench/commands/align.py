@@ -29,8 +29,11 @@ def add_parser(subparsers):
 
 
 def _run(args):
-    from ..align import align_dataset, render_sheet
+    from ..align import MAX_SHEET_ROWS, align_dataset, render_sheet
+    from ..errors import UsageError
 
+    if args.show and not 1 <= args.n <= MAX_SHEET_ROWS:  # before any long work
+        raise UsageError(f"--n must be 1-{MAX_SHEET_ROWS} (rows of the sheet), got {args.n}")
     table = load_table(args)
     ws = workspace_of(args)
     report = align_dataset(table, ws.aligned_path(table.dataset), force=args.force,
