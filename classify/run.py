@@ -72,17 +72,24 @@ def resolve_aus(table, protocol, aus=None):
     return out
 
 
+#: the protocol's intensity threshold (PROTOCOL.md: present when intensity >= 2)
+DEFAULT_LABEL_THRESHOLD = 2
+
+
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
-            aus=None, default_aus=None, extra=None):
+            aus=None, default_aus=None, extra=None, label_threshold=None):
     """Return the run-name tag of the non-default settings (None for the defaults).
 
-    ``literature``, ``kfold5``, ``own``; ``thr`` (tuned thresholds); ``nobal``; ``cw``
+    ``literature``, ``kfold5``, ``own``; ``i3`` (labels from another intensity threshold than
+    the protocol's 2: ``--threshold 3``); ``thr`` (tuned thresholds); ``nobal``; ``cw``
     (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
     classifier's own non-default settings, e.g. the LSTM's ``ml``); joined with ``-``.
     """
     parts = []
     if protocol != "paper":
         parts.append(protocol.replace(":", ""))
+    if label_threshold not in (None, DEFAULT_LABEL_THRESHOLD):
+        parts.append(f"i{int(label_threshold)}")
     if tune_threshold:
         parts.append("thr")
     if not balance:
@@ -385,12 +392,14 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     run = run_name(model, region, clf, tag=run_tag(
         protocol=protocol, tune_threshold=tune_threshold, balance=balance,
         class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus,
-        extra=lstm.tag() if lstm else None))
+        extra=lstm.tag() if lstm else None, label_threshold=table.label_threshold))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
     meta = {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
-            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed}
+            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
+            # which intensity made a label positive: runs on other thresholds never mix
+            "label_threshold": "" if table.label_threshold is None else table.label_threshold}
     if lstm:
         from dataclasses import asdict
 

@@ -664,3 +664,35 @@ def test_every_command_with_broken_input_is_one_line_exit_2(tmp_path, capsys, ar
     if argv[0] != "--workspace":
         argv = ["--workspace", str(tmp_path / "ws")] + argv
     assert_cli_error(argv, capsys, sub(needle))
+
+
+# --- 11. runs on another intensity threshold ------------------------------------------------------
+
+
+def test_11_threshold_3_runs_are_named_apart_and_say_their_threshold(tmp_path):
+    from classify.run import classify_run
+    from featbench.results import read_summary
+    from featbench.workspace import Workspace
+    from test_classify import make_codes, make_table, write_features
+
+    ws = Workspace(tmp_path)
+    table = make_table(n_frames=12)
+    write_features(ws, table, make_codes(table), regions=("full",))
+    names = []
+    for thr in (2, 3):
+        table.label_threshold = thr
+        res = classify_run(ws, "synth", table=table, model="toy", clf="lda", progress=False,
+                           n_jobs=1)
+        names.append(res["run"])
+    assert names == ["toy__full__lda", "toy__full__lda__i3"]
+    summary = read_summary(ws, "synth").set_index("run")
+    assert summary.loc[names, "label_threshold"].tolist() == [2, 3]
+
+
+def test_11_the_disfa_reader_records_its_threshold(tmp_path):
+    from featbench.datasets import load_dataset
+
+    root = make_disfa(tmp_path / "DISFA")
+    t = load_dataset("disfa", root=root, threshold=3)
+    assert t.label_threshold == 3 and t.subset(np.ones(len(t), bool)).label_threshold == 3
+    assert t.frames["AU01"].tolist() == [0, 0, 0, 1, 1, 1]

@@ -175,5 +175,6 @@ def read_disfa(root, *, camera="left", threshold=2):
     table = FrameTable("disfa", root, DISFA_AUS, build_frames(rows, DISFA_AUS, intensity=True),
                        skipped=dict(skipped), has_intensity=True, pre_aligned=False,
                        landmark_points=66 if lm_root is not None else 0,
-                       notes={"short_subjects": short} if short else {})
+                       notes={"short_subjects": short} if short else {},
+                       label_threshold=int(threshold))
     return table
