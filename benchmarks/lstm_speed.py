@@ -32,8 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def projected_workspace(ws, model, dims, tmp):
-    """Return a temporary Workspace whose ``bench`` codes are ``model``'s, projected to ``dims``."""
+def projected_workspace(ws, model, dims, tmp, *, name="bench"):
+    """Return a Workspace in ``tmp`` whose ``name`` codes are ``model``'s, projected to ``dims``."""
     from extract.store import open_store, read_codes
     from featbench.workspace import Workspace
 
@@ -44,7 +44,7 @@ def projected_workspace(ws, model, dims, tmp):
         proj = rng.standard_normal((codes.shape[1], dims), dtype=np.float32) / np.sqrt(codes.shape[1])
         codes = codes @ proj
     out = Workspace(tmp)
-    with open_store(out.features_path("synth", "bench"), keys=keys, model="bench", layer="proj",
+    with open_store(out.features_path("synth", name), keys=keys, model=name, layer="proj",
                     weights=f"{model}@random-projection:0", input_size=0, dims=codes.shape[1],
                     overwrite=True) as w:
         w.write("full", 0, codes)
