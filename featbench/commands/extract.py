@@ -34,6 +34,10 @@ def add_parser(subparsers):
                    help="replace an existing feature file made with other weights or frames")
     p.add_argument("--float16", action="store_true",
                    help="store codes as float16 (half the disk; read back as float32)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="store the codes as data/features/<dataset>/<NAME>.h5 and classify them "
+                        "with --model NAME (default: the model's name; <model>-ft for the "
+                        "model.pt of a featbench finetune run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -50,6 +54,6 @@ def _run(args):
     rep = extract_features(table, workspace_of(args), args.model, region=args.region,
                            weights=args.weights, device=args.device, batch_size=args.batch_size,
                            workers=args.workers, overwrite=args.overwrite, float16=args.float16,
-                           progress=not args.quiet, report=True)
+                           progress=not args.quiet, report=True, name=args.name)
     print(rep.summary())
     return 0
