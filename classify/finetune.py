@@ -566,7 +566,6 @@ def _cache_fingerprint(path):
 def _write_outputs(workspace, dataset, run, table, au_list, units, splits, test_rows, results,
                    labels, config, meta, info, work, missing, t0):
     from featbench.results import run_table, write_predictions, write_run
-    from featbench.workspace import atomic_write_text
 
     from .estimators import decide
 
