@@ -73,11 +73,12 @@ def resolve_aus(table, protocol, aus=None):
 
 
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
-            aus=None, default_aus=None):
+            aus=None, default_aus=None, extra=None):
     """Return the run-name tag of the non-default settings (None for the defaults).
 
     ``literature``, ``kfold5``, ``own``; ``thr`` (tuned thresholds); ``nobal``; ``cw``
-    (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; joined with ``-``.
+    (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
+    classifier's own non-default settings, e.g. the LSTM's ``ml``); joined with ``-``.
     """
     parts = []
     if protocol != "paper":
@@ -92,6 +93,8 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
         parts.append(f"s{seed}")
     if aus is not None and default_aus is not None and list(aus) != list(default_aus):
         parts.append("au" + "+".join(str(int(a[2:])) for a in aus))
+    if extra:
+        parts.append(extra)
     return "-".join(parts) or None
 
 
@@ -272,7 +275,7 @@ def _parallel(jobs, n_jobs, progress, *, codes, **kw):
 # --- the run -----------------------------------------------------------------------------------
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True):
+                 table=None, aus=None, progress=True, lstm=None):
     """Train and score one per-AU classifier run; write its tables, predictions and models.
 
     Parameters
@@ -282,7 +285,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
     model : str
         The network whose codes are classified.
-    clf : {"lda", "svm"}
+    clf : {"lda", "svm", "lstm"}
     region : {"full", "upper", "middle", "lower", "auto"}
         ``auto``: each AU uses the codes of its own region (``featbench.aus.AU_REGION``).
     protocol : str
@@ -303,6 +306,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         Default: the protocol's AUs (:func:`resolve_aus`).
     progress : bool
         A tqdm bar on stderr.
+    lstm : classify.lstm.LSTMOptions or dict, optional
+        ``clf="lstm"`` only: the network's settings (default: the paper's). Balancing means the
+        protocol's sequence cutting; ``class_weight="balanced"`` weights positive frames.
 
     Returns
     -------
@@ -322,6 +328,12 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
         raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
+    if clf == "lstm":
+        from .lstm import options_from
+
+        lstm = options_from(lstm)
+    elif lstm is not None:
+        raise UsageError("LSTM settings apply only to --clf lstm")
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     if table is None:
         from featbench.datasets import load_dataset
@@ -331,12 +343,17 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     au_list = resolve_aus(table, protocol, aus)
     run = run_name(model, region, clf, tag=run_tag(
         protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-        class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus))
+        class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus,
+        extra=lstm.tag() if lstm else None))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
     meta = {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
             "balance": bool(balance), "class_weight": class_weight or "", "seed": seed}
+    if lstm:
+        from dataclasses import asdict
+
+        meta["lstm"] = asdict(lstm)
     try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
         meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
         keys, codes, attrs = load_codes(workspace, dataset, model, regions)
@@ -370,9 +387,19 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     if not any(r.size for r in test_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
-    results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, clf=clf,
-                        balance=meta["balance"], class_weight=meta["class_weight"] or None,
-                        tune_threshold=meta["tune_threshold"], seed=seed)
+    if clf == "lstm":  # sequences of frames, not rows: its own trainer (classify.lstm)
+        from .lstm import options_from, run_jobs
+
+        results = run_jobs(jobs, table=table, codes=codes, labels=labels, pos=pos,
+                           options=options_from(meta["lstm"]), seed=seed,
+                           tune_threshold=meta["tune_threshold"], balance=meta["balance"],
+                           class_weight=meta["class_weight"] or None, n_jobs=n_jobs,
+                           checkpoint_root=workspace.models_dir(dataset, run).with_name(f".{run}.train"),
+                           progress=progress)
+    else:
+        results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, clf=clf,
+                            balance=meta["balance"], class_weight=meta["class_weight"] or None,
+                            tune_threshold=meta["tune_threshold"], seed=seed)
     by = {(r["fold"], r["au"]): r for r in results}
 
     # per-AU metrics, averaged over folds ------------------------------------------------------
@@ -483,6 +510,11 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     folds = []
+    saved = {}
+    if meta["clf"] == "lstm":
+        from .lstm import save_fits
+
+        saved = save_fits(tmp, splits, by, au_list)
     for fi, split in enumerate(splits):
         per_au = {}
         for au in au_list:
@@ -491,6 +523,8 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
                      "n_val_pos": r["n_val_pos"]}
             if r["fit"] is None:
                 entry["error"] = r["error"]
+            elif (fi, au) in saved:
+                entry.update(saved[(fi, au)])
             else:
                 fit = r["fit"]
                 name = f"{au}.joblib" if len(splits) == 1 else f"{au}-{split.name}.joblib"
@@ -515,6 +549,7 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
     atomic_write_text(tmp / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    shutil.rmtree(final.with_name(f".{run}.train"), ignore_errors=True)  # LSTM checkpoints: done
     return final, folds
 
 
