@@ -7,8 +7,8 @@ here too), then
 1. **re-initialises** fully connected layers (``reinit``):
 
    ``fc``       every fully connected layer after the conv body (fc6, fc7 of the VGG-family
-                nets; the classifier alone for ResNet / GoogLeNet / MobileNet...): the paper's
-                default;
+                nets; none but the classifier for ResNet / GoogLeNet / MobileNet; dlib_face's
+                128-d fc, after which the new output layer comes): the paper's default;
    ``fc6-fc7``  fc6 and fc7 (the paper's variant; only networks that have both). For CNN-F,
                 AlexNet, VGG these are the same layers as ``fc``: the two spellings name the
                 paper's two descriptions and give their runs distinct names;
@@ -212,20 +212,22 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
     if size < 16:
         raise UsageError(f"--input-size must be at least 16, got {size}")
     net, mean = build_network(spec, choice)
-    fcs = fc_layers(net)
-    if spec.name.startswith("timm:") or not fcs:
-        fcs = []
-    hidden = [m for _, m in fcs[:-1]]
+    fcs = [] if spec.name.startswith("timm:") else fc_layers(net)
+    # a network whose output is its code (dlib_face's 128-d fc, timm's pooled features) keeps
+    # it and gets a new output layer after it; any other has its classifier replaced
+    extra = not fcs or fcs[-1][1].out_features == spec.dims
+    hidden = list(fcs) if extra else list(fcs[:-1])
     if reinit == "fc6-fc7":
-        if len(fcs) < 3:
+        if len(hidden) < 2:
             raise UsageError(f"--reinit fc6-fc7: {spec.name} has no fc6 and fc7 (its fully connected "
                              f"layers: {', '.join(q for q, _ in fcs) or 'none'}); use --reinit fc")
-        hidden = [fcs[-3][1], fcs[-2][1]]
-    reinit_mods = [] if reinit == "head" else hidden
+        hidden = hidden[-2:]
+    reinit_mods = [] if reinit == "head" else [m for _, m in hidden]
     reinit_names = [q for q, m in fcs if any(m is r for r in reinit_mods)]
     # an input size other than the network's own changes what reaches fc6 in nets without
     # adaptive pooling (CNN-F/M/S, ZFNet): fc6 is then rebuilt, which only a re-init allows
-    if fcs and hasattr(net, "features") and hasattr(net, "avgpool") and size != spec.input_size:
+    if fcs and not extra and hasattr(net, "features") and hasattr(net, "avgpool") \
+            and size != spec.input_size:
         first_q, first = fcs[0]
         got = _probe_fc6_input(net, size)
         if got != first.in_features:
@@ -242,12 +244,12 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         extra_head = None
-        if fcs:
+        if not extra:
             out_q, last = fcs[-1]
             head = nn.Linear(last.in_features, int(outputs))
             parent, _, attr = out_q.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, attr, head)
-        else:  # timm (num_classes=0): pooled features, then our layer
+        else:
             out_q = "ft_head"
             extra_head = nn.Linear(int(spec.dims), int(outputs))
     pre = create_preprocess(dataclasses.replace(spec, input_size=size), mean=mean)
