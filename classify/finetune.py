@@ -168,6 +168,15 @@ def make_units(aus, head, region):
             for reg in REGIONS if any(AU_REGION[a] == reg for a in aus)]
 
 
+#: run-name tags that say how a network was fine-tuned (not which protocol or setting)
+VARIANT_TAGS = ("ml", "fc67", "headonly")
+
+
+def is_variant_tag(tag):
+    """True for a tag of :data:`VARIANT_TAGS` or ``from<layer>`` (ensembles ignore them)."""
+    return tag in VARIANT_TAGS or (str(tag).startswith("from") and len(str(tag)) > 4)
+
+
 def finetune_tags(config, *, aus, default_aus):
     """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
     from .run import run_tag

@@ -126,6 +126,11 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
     reader.close()
     with h5py.File(res["predictions"], "r") as f:
         np.testing.assert_allclose(s, f["scores"][:], rtol=1e-4, atol=1e-4)
+    # featbench report shows the curves
+    from featbench.report import make_report
+
+    report = make_report(ws, "synth").read_text()
+    assert f"models/{res['run']}/model.png" in report and "Training curves" in report
     # its codes: extract --weights model.pt records the fine-tuned identity
     from extract.encoders import create_encoder
     from extract.extractor import extract_aligned
@@ -233,3 +238,14 @@ def test_bad_settings_end_with_one_line_and_exit_2(data, tmp_path, capsys):
     # the failure is the run's row in summary.csv, never silently dropped
     rows = read_summary(Workspace(tmp_path), "synth").set_index("run")
     assert "no lower crop" in rows.loc["timm-test_efficientnet__lower__ft__au1+12", "error"]
+
+
+def test_ensembles_take_one_fine_tuned_run_per_network_and_region():
+    from featbench.ensemble import _finetuned_members
+
+    runs = {"cnn_f__full__ft", "cnn_f__full__ft__ml", "cnn_f__auto__ft__fc67", "alexnet__full__svm",
+            "cnn_f-ft__full__svm", "cnn_f__full__ft__ml-literature", "cnn_f__full__ft__thr"}
+    assert _finetuned_members(runs, None) == ["cnn_f-ft__full__svm", "cnn_f__auto__ft__fc67",
+                                              "cnn_f__full__ft"]
+    assert _finetuned_members(runs, "literature") == ["cnn_f__full__ft__ml-literature"]
+    assert _finetuned_members(runs - {"cnn_f__full__ft"}, None)[-1] == "cnn_f__full__ft__ml"
