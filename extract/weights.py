@@ -119,14 +119,22 @@ def finetuned_run(path):
     a ``settings.json`` whose ``clf`` is ``ft``; codes extracted with such a file are stored as
     ``finetuned:<run> sha256:<hex>``.
     """
+    info = finetuned_settings(path)
+    return str(info.get("run")) if info else None
+
+
+def finetuned_settings(path):
+    """Return the ``settings.json`` of the finetune run that wrote ``path`` (a dict), else None."""
     import json
 
+    if path is None:
+        return None
     settings = Path(path).parent / "settings.json"
     try:
         info = json.loads(settings.read_text())
     except (OSError, ValueError):
         return None
-    return str(info.get("run")) if isinstance(info, dict) and info.get("clf") == "ft" else None
+    return info if isinstance(info, dict) and info.get("clf") == "ft" else None
 
 
 # --- where pretrained files live ------------------------------------------------------------

@@ -137,6 +137,7 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
 
     enc = create_encoder("timm:test_efficientnet", weights=str(res["models_dir"] / "model.pt"))
     assert enc.weights_id.startswith(f"finetuned:{res['run']} sha256:")
+    assert enc.input_size == SIZE  # the size it was fine-tuned at
     rep = extract_aligned(cache, tmp_path / "codes.h5", enc, progress=False)
     with h5py.File(rep.path, "r") as f:
         assert f.attrs["weights"] == enc.weights_id and f["full/codes"].shape[0] == len(table)
