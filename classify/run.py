@@ -22,7 +22,8 @@ Outputs (``featbench.workspace`` names the paths; a rerun replaces only this run
     results/<ds>/<run>.csv                 per-AU metrics + mean (featbench.results.write_run)
     results/<ds>/summary.csv               this run's row (other runs' rows are kept)
     results/<ds>/predictions/<run>.h5      /frames /labels /scores /decisions /fold /thresholds
-    results/<ds>/models/<run>/AU01.joblib  the fitted Pipeline (multi-fold: AU01-<fold>.joblib)
+    results/<ds>/models/<run>/AU01.joblib  the fitted model, threshold inside (multi-fold:
+                                           AU01-<fold>.joblib; classify.registry.load_run_models)
     results/<ds>/models/<run>/settings.json every argument, chosen C and threshold per fold and
                                            AU, split subjects, feature-file provenance, versions
 
@@ -45,7 +46,8 @@ from featbench.metrics import METRICS, au_metrics, nanmean
 from featbench.results import record_failure, run_table, write_predictions, write_run
 from featbench.workspace import Workspace, atomic_write_text, run_name
 
-from .estimators import C_GRID, balance_indices, check_clf, decide, fit_au
+from .estimators import balance_indices, decide
+from .registry import get_classifier
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -193,8 +195,8 @@ def join_codes(table, keys):
 
 
 # --- one AU of one fold ------------------------------------------------------------------------
-def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed,
-             threads=None):
+def _au_task(job, *, codes, labels, pos, spec, balance, class_weight, tune_threshold, seed,
+             frames=None, threads=None):
     """Fit and score one (fold, AU); pure computation, run in a worker process.
 
     ``codes`` maps a region to its (n, dims) codes or to a ``.npy`` file opened memory-mapped,
@@ -203,11 +205,13 @@ def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_thresh
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        return _fit_score(job, codes=codes, labels=labels, pos=pos, clf=clf, balance=balance,
-                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed)
+        return _fit_score(job, codes=codes, labels=labels, pos=pos, spec=spec, balance=balance,
+                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed,
+                          frames=frames)
 
 
-def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed):
+def _fit_score(job, *, codes, labels, pos, spec, balance, class_weight, tune_threshold, seed,
+               frames=None):
     fi, ai, au, region, rows = job
     y_all = labels[:, ai]
     rng = np.random.default_rng([seed, fi, int(au[2:])])
@@ -229,15 +233,19 @@ def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_thre
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    thr = {}
+    thr, seq, test_seq = {}, {}, {}
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
         r = parts["all_validation"]
         thr = {"X_thr": X[pos[r]], "y_thr": y_all[r]}
-    fit = fit_au(clf, X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
-                 class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr)
+    if spec.needs_sequences:  # the rows' (subject, video, frame), to cut sequences per video
+        seq = {"frames_train": frames[parts["train"]], "frames_val": frames[parts["validation"]],
+               "frames_thr": frames[parts["all_validation"]] if thr else None}
+        test_seq = {"frames": frames[rows["test"]]}
+    fit = spec.fit_au(X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
+                      class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr, **seq)
     out["fit"] = fit
     if rows["test"].size:
-        out["scores"] = fit.model.decision_function(X[pos[rows["test"]]]).astype(np.float32)
+        out["scores"] = fit.model.decision_function(X[pos[rows["test"]]], **test_seq).astype(np.float32)
     return out
 
 
@@ -282,7 +290,8 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
     model : str
         The network whose codes are classified.
-    clf : {"lda", "svm"}
+    clf : str
+        A classifier of :mod:`classify.registry` (``lda``, ``svm``...).
     region : {"full", "upper", "middle", "lower", "auto"}
         ``auto``: each AU uses the codes of its own region (``featbench.aus.AU_REGION``).
     protocol : str
@@ -317,7 +326,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         found, a failure is also recorded as the run's row in ``summary.csv``.
     """
     t0 = time.time()
-    check_clf(clf)
+    get_classifier(clf)
     if region not in REGION_CHOICES:
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
@@ -350,7 +359,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
 def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0):
     from featbench.splits import make_splits
 
-    clf, region, seed = meta["clf"], meta["region"], meta["seed"]
+    spec, region, seed = get_classifier(meta["clf"]), meta["region"], meta["seed"]
     pos = join_codes(table, keys)
     has_code = pos >= 0
     labels = table.labels(au_list)
@@ -370,8 +379,8 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     if not any(r.size for r in test_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
-    results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, clf=clf,
-                        balance=meta["balance"], class_weight=meta["class_weight"] or None,
+    results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, spec=spec,
+                        frames=table.keys() if spec.needs_sequences else None, balance=meta["balance"], class_weight=meta["class_weight"] or None,
                         tune_threshold=meta["tune_threshold"], seed=seed)
     by = {(r["fold"], r["au"]): r for r in results}
 
@@ -406,9 +415,9 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
         if n_folds > 1:
             f1s = np.array([m["f1"] for m in per_fold], dtype=float)
             row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
-        if clf == "svm":
-            cs = [by[(fi, au)]["fit"].C for fi in range(n_folds) if by[(fi, au)]["fit"]]
-            row["C"] = float(np.median(cs)) if cs else float("nan")
+        for param in spec.search_space:  # the chosen value (median over folds)
+            vals = [by[(fi, au)]["fit"].params[param] for fi in range(n_folds) if by[(fi, au)]["fit"]]
+            row[param] = float(np.median(vals)) if vals else float("nan")
         fits = [by[(fi, au)] for fi in range(n_folds)]
         row["n_train"] = int(round(np.mean([f["n_train"] for f in fits])))
         row["note"] = "; ".join(dict.fromkeys(au_notes))
@@ -475,9 +484,8 @@ def _versions():
 
 
 def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows):
-    """Replace the run's model folder: one joblib per AU (and fold) plus settings.json."""
-    import joblib
-
+    """Replace the run's model folder: one model per AU (and fold), threshold inside, plus settings.json."""
+    spec = get_classifier(meta["clf"])
     final = workspace.models_dir(dataset, run)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -493,19 +501,22 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
                 entry["error"] = r["error"]
             else:
                 fit = r["fit"]
-                name = f"{au}.joblib" if len(splits) == 1 else f"{au}-{split.name}.joblib"
-                joblib.dump(fit.model, tmp / name)
+                name = spec.model_file(au, None if len(splits) == 1 else split.name)
+                spec.save(fit.model, tmp / name)
                 entry.update({"model_file": name, "threshold": fit.threshold, "val_f1": fit.val_f1,
                               "notes": fit.notes})
-                if meta["clf"] == "svm":
-                    entry.update({"C": fit.C, "val_f1_by_C": {f"{c:g}": v for c, v in fit.grid.items()}})
+                for param, value in fit.params.items():
+                    entry[param] = value
+                    if len(fit.params) == 1:
+                        entry[f"val_f1_by_{param}"] = {f"{c:g}": v for c, v in fit.grid.items()}
             per_au[au] = entry
         folds.append({"name": split.name, "train": list(split.train), "validation": list(split.validation),
                       "test": list(split.test), "n_train_frames": n_train[fi],
                       "n_test_frames": int(test_rows[fi].size), "aus": per_au})
     settings = {
         "run": run, **{k: v for k, v in meta.items() if k != "seconds"}, "aus": au_list,
-        "c_grid": list(C_GRID) if meta["clf"] == "svm" else None,
+        "c_grid": list(spec.search_space["C"]) if "C" in spec.search_space else None,
+        "search_space": {k: list(v) for k, v in spec.search_space.items()},
         "default_threshold": 0.0, "frames_without_codes_by_part": missing,
         "features": {"path": str(workspace.features_path(dataset, meta["model"])),
                      "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}},

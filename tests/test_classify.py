@@ -125,8 +125,8 @@ def test_test_features_never_reach_the_fit(setup, tmp_path):
     write_features(ws2, table, poisoned)
     dirty = run(ws2, table, tune_threshold=True)
     for au in DISFA_AUS:
-        a = joblib.load(clean["models_dir"] / f"{au}.joblib")
-        b = joblib.load(dirty["models_dir"] / f"{au}.joblib")
+        a = joblib.load(clean["models_dir"] / f"{au}.joblib").estimator_
+        b = joblib.load(dirty["models_dir"] / f"{au}.joblib").estimator_
         np.testing.assert_array_equal(a.named_steps["scale"].mean_, b.named_steps["scale"].mean_)
         np.testing.assert_array_equal(a.named_steps["scale"].scale_, b.named_steps["scale"].scale_)
         np.testing.assert_array_equal(a.named_steps["clf"].coef_, b.named_steps["clf"].coef_)
