@@ -68,7 +68,7 @@ def parse_weights(text, spec):
         if text not in ("none",) + PRETRAINED:
             raise WeightsError(f"hog has no weights; drop --weights (got {text!r})")
         return WeightsChoice("none")
-    if text in PRETRAINED or (spec.kind == "dlib" and text == "dlib"):
+    if text in PRETRAINED or (spec.pretrained == "dlib" and text == "dlib"):
         return WeightsChoice("pretrained")
     if text == "random" or text.startswith("random:"):
         if spec.kind != "torch":
@@ -400,6 +400,12 @@ def _load_pretrained(spec):
 def _load_file(spec, model, path):
     """Load the weights file ``path`` into ``model`` strictly; return a mean override or None."""
     mean = None
+    if Path(path).suffix == ".dat":  # dlib's serialisation (dlib_face): converted once, cached
+        from .dlib_net import converted_state_dict
+
+        sd = converted_state_dict(path)
+        load_strict(model, sd, source=path, spec=spec)
+        return sd["mean"].numpy()
     sd = read_state_dict(path)
     if Path(path).suffix == ".mat":
         try:
