@@ -334,6 +334,21 @@ class AUFit:
         """The SVM's chosen C (nan for an entry without one)."""
         return self.params.get("C", float("nan"))
 
+    @C.setter
+    def C(self, value):
+        self.params["C"] = float(value)
+
+
+def with_threshold(fit):
+    """Return ``fit`` with its threshold inside its model (:class:`ThresholdedClassifier`).
+
+    For fits made outside :func:`fit_au` (the out-of-core SVM): what a run saves must carry the
+    threshold its decisions used.
+    """
+    if fit.model is not None and not hasattr(fit.model, "threshold"):
+        fit.model = ThresholdedClassifier.from_fitted(fit.model, fit.threshold)
+    return fit
+
 
 def _val_f1(y_val, scores, threshold=DEFAULT_THRESHOLD):
     return au_metrics(y_val, decide(scores, threshold))["f1"] if len(y_val) else float("nan")
@@ -460,6 +475,13 @@ def _spec(**kw):
 #: the ``lda`` entry of :mod:`classify.registry`
 LDA = _spec(name="lda", make=make_lda, help="shrinkage LDA (Ledoit-Wolf)")
 #: the ``svm`` entry of :mod:`classify.registry`
+def _fit_streamed(*args, **kw):
+    from .scale import fit_streamed
+
+    return fit_streamed(*args, **kw)
+
+
 SVM = _spec(name="svm", make=make_svm, search_space={"C": C_GRID}, default_params={"C": DEFAULT_C},
             convergence_note="liblinear did not fully converge for some C (max_iter=2000)",
+            solver="liblinear", fit_streamed=_fit_streamed, streamed_solver="sgd-hinge (out of core)",
             help="linear SVM, C chosen on the validation subjects")

@@ -9,6 +9,7 @@ one is one new module that defines its spec plus one line in :data:`_ENTRIES` (o
         "lda": "classify.estimators:LDA",
         "svm": "classify.estimators:SVM",
         "lstm": "classify.lstm:SPEC",        # a sequence classifier saved as .pt
+        "toy": "classify.toy:SPEC",          # one module + this line
     }
 
 Entries are imported on first use, so ``featbench --help`` or an ``lda`` run never imports
@@ -24,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from featbench.errors import MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
 
 
 def save_joblib(model, path):
@@ -58,20 +59,32 @@ class ClassifierSpec:
     default_params : dict
         The parameters used when validation cannot score the search (no positive there).
     needs_sequences : bool
-        The run passes each row's ``(subject, video, frame)`` keys to ``fit`` (``frames_train``,
-        ``frames_val``, ``frames_thr``) and to the model's ``decision_function(X, frames=...)``,
-        so the classifier can cut sequences per video.
+        The entry classifies sequences of frames, not rows (its codes are read into memory).
     fit : callable, optional
         ``fit(spec, X_train, y_train, X_val, y_val, *, class_weight, tune_threshold, X_thr,
-        y_thr, seed[, frames_*])`` -> :class:`classify.estimators.AUFit` whose ``model`` has
+        y_thr, seed)`` -> :class:`classify.estimators.AUFit` whose ``model`` has
         ``decision_function`` and ``predict`` (threshold inside). Default:
         :func:`classify.estimators.fit_au`.
+    fit_streamed : callable, optional
+        The fit for codes too large for memory, read from the feature file in blocks
+        (:func:`classify.scale.fit_streamed` for the SVM); None: always :attr:`fit`.
+    train_jobs : callable, optional
+        Trains every (fold, AU) job of a run itself, instead of one :attr:`fit` per job
+        (sequence classifiers: :func:`classify.lstm.run_jobs`); returns the run's result dicts.
+    save_fits : callable, optional
+        ``save_fits(folder, splits, by, au_list)`` -> ``{(fold, au): settings entry}``: writes the
+        models itself (one file per network); None: :attr:`save` per AU.
+    options : callable, optional
+        ``options(value)`` -> the entry's own settings (a dataclass with ``tag()``) from None, a
+        dict or itself; stored under the entry's name in settings.json.
     save, load : callable
         ``save(model, path)`` and ``load(path)``; default joblib.
     suffix : str
         The model file's suffix (``.joblib``; ``.pt`` for torch models).
     convergence_note : str, optional
         The note recorded when the fit raised scikit-learn's ``ConvergenceWarning``.
+    solver, streamed_solver : str
+        The solver named in settings.json (default: the entry's name).
     help : str
         One line for ``--help`` and error messages.
     """
@@ -82,10 +95,16 @@ class ClassifierSpec:
     default_params: dict = field(default_factory=dict)
     needs_sequences: bool = False
     fit: Optional[Callable] = None
+    fit_streamed: Optional[Callable] = None
+    train_jobs: Optional[Callable] = None
+    save_fits: Optional[Callable] = None
+    options: Optional[Callable] = None
     save: Callable = save_joblib
     load: Callable = load_joblib
     suffix: str = ".joblib"
     convergence_note: Optional[str] = None
+    solver: str = ""
+    streamed_solver: str = ""
     help: str = ""
 
     def fit_au(self, *args, **kw):
@@ -105,11 +124,10 @@ class ClassifierSpec:
 _ENTRIES = {
     "lda": "classify.estimators:LDA",
     "svm": "classify.estimators:SVM",
+    "lstm": "classify.lstm:SPEC",
 }
 #: names reserved for entries being built, with what to say meanwhile (remove when adding the entry)
-_PLANNED = {
-    "lstm": "the LSTM classifier is not built yet (tracked separately); use --clf svm or lda",
-}
+_PLANNED = {}
 _LOADED = {}
 
 
@@ -167,6 +185,8 @@ def load_run_models(workspace, dataset, run):
     ``model.predict(X)`` gives the run's decisions on the codes ``X`` of the same network
     (and region) the run classified; ``model.decision_function(X)`` its scores. A model saved
     before thresholds were kept inside is wrapped with the threshold of ``settings.json``.
+    Sequence entries give what their ``load`` returns (the LSTM: ``(network, saved dict)``,
+    thresholds inside the dict; :func:`classify.lstm.score_sequences` scores it).
 
     Parameters
     ----------
@@ -196,18 +216,26 @@ def load_run_models(workspace, dataset, run):
     except (OSError, ValueError) as exc:
         raise StoreError(f"{settings_path}: unreadable settings ({exc})") from None
     spec = get_classifier(settings["clf"])
-    models = {}
+    models, files = {}, {}
     for fold in settings["folds"]:
         per_au = models.setdefault(fold["name"], {})
         for au, entry in fold["aus"].items():
             if "model_file" not in entry:
                 continue  # an AU the run could not train (its error is in settings.json)
-            path = folder / entry["model_file"]
-            try:
-                model = spec.load(path)
-            except Exception as exc:  # any loader's failure is this file's
-                raise StoreError(f"{path}: cannot load the {spec.name} model ({exc})") from None
-            if not hasattr(model, "threshold"):
+            name = entry["model_file"]
+            if name not in files:  # a multilabel network serves several AUs: loaded once
+                files[name] = _load_model(spec, folder / name)
+            model = files[name]
+            if not spec.needs_sequences and not hasattr(model, "threshold"):
                 model = ThresholdedClassifier.from_fitted(model, entry.get("threshold", 0.0))
             per_au[au] = model
     return models
+
+
+def _load_model(spec, path):
+    try:
+        return spec.load(path)
+    except FeatbenchError:
+        raise
+    except Exception as exc:  # any loader's failure is this file's
+        raise StoreError(f"{path}: cannot load the {spec.name} model ({type(exc).__name__}: {exc})") from None

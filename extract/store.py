@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from featbench.errors import MissingRunError, StoreError
+from featbench.workspace import file_lock
 
 FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
@@ -56,8 +57,8 @@ class FeatureWriter:
     Use :func:`open_store`; close it (or use it as a context manager) when done.
     """
 
-    def __init__(self, f, path):
-        self.f, self.path = f, Path(path)
+    def __init__(self, f, path, lock=None):
+        self.f, self.path, self._lock = f, Path(path), lock
         self.n = int(f["frames"].shape[0])
         self.dims = int(f.attrs["dims"])
         self.dtype = np.dtype(str(f.attrs["dtype"]))
@@ -106,9 +107,14 @@ class FeatureWriter:
         self.f.flush()
 
     def close(self):
-        if self.f:
-            self.f.close()
-            self.f = None
+        try:
+            if self.f:
+                self.f.close()
+                self.f = None
+        finally:
+            if self._lock is not None:
+                self._lock.__exit__(None, None, None)
+                self._lock = None
 
     def __enter__(self):
         return self
@@ -145,15 +151,30 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
         The existing file was made differently (what differs, and ``--overwrite``), or is not
         a readable feature file.
     """
+    path = Path(path)
+    # one writer per feature file: a second extract of the same network waits, then resumes
+    # (or finds complete) what the first wrote
+    lock = file_lock(path, what="writing codes into")
+    lock.__enter__()
+    try:
+        return _open_store(path, lock, keys=keys, model=model, layer=layer, weights=weights,
+                           input_size=input_size, dims=dims, dtype=dtype, overwrite=overwrite,
+                           extra_attrs=extra_attrs)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+
+
+def _open_store(path, lock, *, keys, model, layer, weights, input_size, dims, dtype, overwrite,
+                extra_attrs):
     from featbench import __version__
 
-    path = Path(path)
     want = _identity(keys, model, layer, weights, input_size, dims, dtype)
     if path.exists() and not overwrite:
         f = _open_existing(path)
         problem = _difference(f, want, keys)
         if problem is None:
-            return FeatureWriter(f, path)
+            return FeatureWriter(f, path, lock)
         f.close()
         raise StoreError(f"{path}: {problem}; pass --overwrite to replace it (its codes are "
                          "lost), or move it away")
@@ -168,7 +189,7 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
         f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
     f.create_dataset("frames", data=np.asarray(keys))
     f.flush()
-    return FeatureWriter(f, path)
+    return FeatureWriter(f, path, lock)
 
 
 def _identity(keys, model, layer, weights, input_size, dims, dtype):

@@ -37,6 +37,10 @@ class StoreError(FeatbenchError):
     """An HDF5 file or cache does not match what is asked (other weights, frames, format)."""
 
 
+class BusyError(FeatbenchError):
+    """Another featbench process holds the lock of a file this command must write."""
+
+
 class MissingRunError(FeatbenchError):
     """A result that a command needs (a classifier run, a feature file) has not been made."""
 
