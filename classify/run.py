@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -313,6 +314,20 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 
 
 # --- the run -----------------------------------------------------------------------------------
+def _check_args(clf, region, class_weight, options):
+    """Return the registry entry of ``clf`` and its own settings; UsageError for bad arguments."""
+    spec = get_classifier(clf)
+    if region not in REGION_CHOICES:
+        raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
+    if class_weight not in (None, "balanced"):
+        raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
+    if spec.options is not None:
+        options = spec.options(options)
+    elif options is not None:
+        raise UsageError(f"LSTM settings apply only to --clf lstm, not {clf}")
+    return spec, options
+
+
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
                  table=None, aus=None, progress=True, lstm=None, scheduler=None):
@@ -340,9 +355,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     seed : int
         Seeds splits, balancing and liblinear.
     n_jobs : int, optional
-        Worker threads (default: all cores).
+        Worker processes (default: all cores).
     table : FrameTable, optional
-        Default: ``featbench.datasets.load_dataset(dataset)``.
+        Default: ``featbench.datasets.load_dataset(dataset)`` (never generated here).
     aus : list of str or "AU01,AU02", optional
         Default: the protocol's AUs (:func:`resolve_aus`).
     progress : bool
@@ -367,63 +382,47 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         found, a failure is also recorded as the run's row in ``summary.csv``.
     """
     t0 = time.time()
-    spec = get_classifier(clf)
-    if region not in REGION_CHOICES:
-        raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
-    if class_weight not in (None, "balanced"):
-        raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
-    options = lstm  # the classifier's own settings (only the LSTM has some so far)
-    if spec.options is not None:
-        options = spec.options(options)
-    elif options is not None:
-        raise UsageError(f"LSTM settings apply only to --clf lstm, not {clf}")
+    spec, options = _check_args(clf, region, class_weight, lstm)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
-    if table is None:
-        from featbench.datasets import load_dataset
-
-        table = load_dataset(dataset, workspace=workspace, progress=progress)
-    default_aus = resolve_aus(table, protocol)
+    table = table if table is not None else _load_table(workspace, dataset, progress)
     au_list = resolve_aus(table, protocol, aus)
     run = run_name(model, region, clf, tag=run_tag(
-        protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-        class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus,
+        protocol=protocol, tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
+        seed=seed, aus=au_list, default_aus=resolve_aus(table, protocol),
         extra=options.tag() if options else None))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
     meta = {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
-            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed}
-    if options:
-        from dataclasses import asdict
-
-        meta[spec.name] = asdict(options)
+            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
+            **({spec.name: asdict(options)} if options else {})}
     try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
         meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-        from .scale import codes_bytes, memory_budget_bytes, scheduler_address
-
-        budget = memory_budget_bytes()
-        if not spec.needs_sequences and codes_bytes(path, regions) > budget:  # codes stay on disk
-            keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=True)
-        else:
-            keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+        keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path)
         return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
-                         scheduler=scheduler_address(scheduler))
+                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
     except FeatbenchError as exc:
         record_failure(workspace, dataset, run, exc, meta=meta)
         raise
 
 
-def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
-              budget=None, scheduler=None):
-    from featbench.splits import make_splits
+def _load_table(workspace, dataset, progress):
+    from featbench.datasets import load_dataset
 
-    spec, region, seed = get_classifier(meta["clf"]), meta["region"], meta["seed"]
-    pos = join_codes(table, keys)
-    has_code = pos >= 0
-    labels = table.labels(au_list)
-    labelled = (labels >= 0).any(axis=1)
-    splits = make_splits(table, meta["protocol"], seed=seed)
+    return load_dataset(dataset, workspace=workspace, progress=progress)
+
+
+def _read_run_codes(spec, workspace, dataset, model, regions, path):
+    """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk."""
+    from .scale import codes_bytes, memory_budget_bytes
+
+    budget = memory_budget_bytes()
+    lazy = not spec.needs_sequences and codes_bytes(path, regions) > budget
+    return (*load_codes(workspace, dataset, model, regions, lazy=lazy), budget)
+
+
+def _make_jobs(table, splits, au_list, region, has_code, labelled):
+    """Return the (fold, AU) jobs, each fold's test rows and the labelled frames without codes per part."""
     missing = {"train": 0, "validation": 0, "test": 0}
     jobs, test_rows = [], []
     for fi, split in enumerate(splits):
@@ -435,79 +434,98 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
         test_rows.append(rows["test"])
         for ai, au in enumerate(au_list):
             jobs.append((fi, ai, au, AU_REGION[au] if region == "auto" else region, rows))
+    return jobs, test_rows, missing
+
+
+def _train(spec, jobs, meta, *, workspace, dataset, run, table, codes, labels, pos, n_jobs,
+           progress, budget, scheduler):
+    """Run every job: the entry's own trainer (sequences) or one fit per job in workers."""
+    common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
+                  class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
+    if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
+        ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
+        return spec.train_jobs(jobs, table=table, options=spec.options(meta[spec.name]),
+                               n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
+    return _parallel(jobs, n_jobs, progress, spec=spec, budget=budget, scheduler=scheduler,
+                     **common), scheduler
+
+
+def _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds):
+    """Return one AU's row of the run's table (metrics averaged over folds) and its notes."""
+    n_folds = len(splits)
+    per_fold, au_notes = [], []
+    for fi in range(n_folds):
+        r, te = by[(fi, au)], test_rows[fi]
+        y = labels[te, ai]
+        tag = f" ({splits[fi].name})" if n_folds > 1 else ""
+        if r["fit"] is None:
+            au_notes.append(r["error"] + tag)
+            m = {key: float("nan") for key in METRICS}
+            m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
+        else:
+            thresholds[fi, ai] = r["fit"].threshold
+            m = au_metrics(y, decide(r["scores"], r["fit"].threshold), r["scores"])
+            au_notes += [n + tag for n in r["fit"].notes]
+            if m["support"] == 0:
+                au_notes.append("no positive in test: F1 undefined (nan)" + tag)
+        per_fold.append(m)
+    row = {"au": au}
+    for key in ("f1", "accuracy", "precision", "recall"):
+        row[key] = nanmean(m[key] for m in per_fold)
+    row["support"] = int(sum(m["support"] for m in per_fold))
+    row["threshold"] = nanmean(thresholds[:, ai])
+    row["auc"] = nanmean(m["auc"] for m in per_fold)
+    row["frames"] = int(sum(m["frames"] for m in per_fold))
+    if n_folds > 1:
+        f1s = np.array([m["f1"] for m in per_fold], dtype=float)
+        row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
+    for param in spec.search_space:  # the chosen value (median over folds)
+        vals = [by[(fi, au)]["fit"].params[param] for fi in range(n_folds) if by[(fi, au)]["fit"]]
+        row[param] = float(np.median(vals)) if vals else float("nan")
+    row["n_train"] = int(round(np.mean([by[(fi, au)]["n_train"] for fi in range(n_folds)])))
+    au_notes = list(dict.fromkeys(au_notes))
+    row["note"] = "; ".join(au_notes)
+    return row, au_notes
+
+
+def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
+              budget=None, scheduler=None):
+    from featbench.splits import make_splits
+
+    from .scale import H5Codes, peak_rss_mb, scheduler_address
+
+    spec, scheduler = get_classifier(meta["clf"]), scheduler_address(scheduler)
+    pos = join_codes(table, keys)
+    has_code = pos >= 0
+    labels = table.labels(au_list)
+    labelled = (labels >= 0).any(axis=1)
+    splits = make_splits(table, meta["protocol"], seed=meta["seed"])
+    jobs, test_rows, missing = _make_jobs(table, splits, au_list, meta["region"], has_code, labelled)
     if not any(r.size for r in test_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
-    if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
-        results = spec.train_jobs(jobs, table=table, codes=codes, labels=labels, pos=pos,
-                                  options=spec.options(meta[spec.name]), seed=seed,
-                                  tune_threshold=meta["tune_threshold"], balance=meta["balance"],
-                                  class_weight=meta["class_weight"] or None, n_jobs=n_jobs,
-                                  checkpoint_root=workspace.models_dir(dataset, run).with_name(f".{run}.train"),
-                                  progress=progress)
-        scheduler = None
-    else:
-        results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, spec=spec,
-                            balance=meta["balance"], class_weight=meta["class_weight"] or None,
-                            tune_threshold=meta["tune_threshold"], seed=seed, budget=budget,
-                            scheduler=scheduler)
+    results, scheduler = _train(spec, jobs, meta, workspace=workspace, dataset=dataset, run=run,
+                                table=table, codes=codes, labels=labels, pos=pos, n_jobs=n_jobs,
+                                progress=progress, budget=budget, scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
-    from .scale import H5Codes, peak_rss_mb
-
     scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),
              "memory_budget_gb": round(budget / (1 << 30), 2) if budget else None,
              "solver": sorted({r.get("solver", spec.name) for r in results}),
              "backend": f"dask {scheduler}" if scheduler else "joblib (local processes)"}
-
-    # per-AU metrics, averaged over folds ------------------------------------------------------
-    n_folds, k = len(splits), len(au_list)
-    thresholds = np.full((n_folds, k), np.nan)
-    rows_out, notes, fold_info = [], [], []
+    thresholds = np.full((len(splits), len(au_list)), np.nan)
+    rows_out, notes = [], []
     for ai, au in enumerate(au_list):
-        per_fold, au_notes = [], []
-        for fi in range(n_folds):
-            r, te = by[(fi, au)], test_rows[fi]
-            y = labels[te, ai]
-            tag = f" ({splits[fi].name})" if n_folds > 1 else ""
-            if r["fit"] is None:
-                au_notes.append(r["error"] + tag)
-                m = {key: float("nan") for key in METRICS}
-                m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
-            else:
-                thresholds[fi, ai] = r["fit"].threshold
-                m = au_metrics(y, decide(r["scores"], r["fit"].threshold), r["scores"])
-                au_notes += [n + tag for n in r["fit"].notes]
-                if m["support"] == 0:
-                    au_notes.append("no positive in test: F1 undefined (nan)" + tag)
-            per_fold.append(m)
-        row = {"au": au}
-        for key in ("f1", "accuracy", "precision", "recall"):
-            row[key] = nanmean(m[key] for m in per_fold)
-        row["support"] = int(sum(m["support"] for m in per_fold))
-        row["threshold"] = nanmean(thresholds[:, ai])
-        row["auc"] = nanmean(m["auc"] for m in per_fold)
-        row["frames"] = int(sum(m["frames"] for m in per_fold))
-        if n_folds > 1:
-            f1s = np.array([m["f1"] for m in per_fold], dtype=float)
-            row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
-        for param in spec.search_space:  # the chosen value (median over folds)
-            vals = [by[(fi, au)]["fit"].params[param] for fi in range(n_folds) if by[(fi, au)]["fit"]]
-            row[param] = float(np.median(vals)) if vals else float("nan")
-        fits = [by[(fi, au)] for fi in range(n_folds)]
-        row["n_train"] = int(round(np.mean([f["n_train"] for f in fits])))
-        row["note"] = "; ".join(dict.fromkeys(au_notes))
+        row, au_notes = _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds)
         rows_out.append(row)
-        notes += [f"{au}: {n}" for n in dict.fromkeys(au_notes)]
+        notes += [f"{au}: {n}" for n in au_notes]
     for part, n in missing.items():
         if n:
             notes.append(f"{n} labelled {part} frames have no codes in the feature file and were left out")
 
     # predictions, models, settings, tables (computed above; written only now) -----------------
     n_train = [int((s.mask(table, "train") & has_code & labelled).sum()) for s in splits]
-    n_test = int(sum(r.size for r in test_rows))
-    meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": n_test,
-            "frames_without_codes": int(sum(missing.values())),
-            "seconds": round(time.time() - t0, 1)}
+    meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": int(sum(r.size for r in test_rows)),
+            "frames_without_codes": int(sum(missing.values())), "seconds": round(time.time() - t0, 1)}
     pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
                                    thresholds, rows_out, meta, splits)
     scale["peak_rss_mb"] = {"main": peak_rss_mb(),
