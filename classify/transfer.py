@@ -45,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from torch import nn  # this module is imported by the command function only: --help stays fast
 
 from featbench.errors import MissingRunError, UsageError
 from featbench.identity import RunKey, WeightsId
@@ -156,7 +157,6 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
     stage 1's one linear layer, ``(512, 256, aus)`` stage 2's two-hidden-layer MLP.
     """
     import torch
-    from torch import nn
 
     from extract.encoders import create_preprocess
 
@@ -174,13 +174,7 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
     return net, str(WeightsId.parse(identity))  # the one string form (file sha256:...)
 
 
-def _module():
-    from torch import nn
-
-    return nn.Module
-
-
-class TransferNet(_module()):
+class TransferNet(nn.Module):
     """uint8 NHWC faces -> logits: preprocess, backbone (to its code), head."""
 
     def __init__(self, preprocess, backbone, head):

@@ -322,3 +322,25 @@ def test_stage2_trains_on_cuda_with_amp(abaw, tmp_path):
     out = run_stage2(Workspace(tmp_path), abaw, replace(SETTINGS, device="cuda"), progress=False)
     assert out["device"].startswith("cuda") and out["precision"] in ("bfloat16", "float16")
     assert Path(out["predictions"]).is_file() and out["best_epoch"] >= 1
+
+
+def test_a_set_without_its_own_split_trains_on_the_paper_split(tmp_path):
+    """DISFA-style AU sets (no Train_Set / Validation_Set) take the 12/6/9 protocol."""
+    from featbench.datasets.folder import read_folder
+
+    root = tmp_path / "own"
+    rows = ["image,subject,AU01,AU12"]
+    for s in range(6):
+        for f in range(6):
+            a, b = int(f % 2 == 0), int(f % 3 == 0)
+            im = np.random.default_rng(10 * s + f).integers(0, 50, (32, 32, 3), dtype=np.uint8)
+            im[:10] = 220 if a else im[:10]
+            _write_png(root / f"S{s}_{f}.png", im)
+            rows.append(f"S{s}_{f}.png,S{s},{a},{b}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    table = read_folder(root)
+    table.pre_aligned = True  # the crops are faces already
+    out = run_stage2(Workspace(tmp_path / "ws"), table, SETTINGS, stage1=None, progress=False)
+    assert out["protocol"] == "paper"
+    assert sum(out["frames"].values()) == 36 and len(out["split"]["test"]) >= 1
+    assert not set(out["split"]["train"]) & set(out["split"]["test"])
