@@ -652,10 +652,7 @@ def render_sheet(table, path, out, *, n=8):
         ``out``.
     """
     import cv2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     from . import faces
 
@@ -677,8 +674,9 @@ def render_sheet(table, path, out, *, n=8):
     originals = dict(faces.iter_frames(table, rows))
     colours = ((230, 60, 60), (60, 200, 60), (70, 120, 255))  # upper, middle, lower
     titles = ("frame + landmarks", "aligned", "upper", "middle", "lower")
-    fig, axes = plt.subplots(len(rows), 5, figsize=(12.5, 2.6 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
+    fig = Figure(figsize=(12.5, 2.6 * len(rows)))
+    axes = fig.subplots(len(rows), 5, squeeze=False,
+                      gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
     for r, row in enumerate(rows):
         frame = originals[int(row)].copy()
         if np.isfinite(lms[r]).all():
@@ -716,5 +714,4 @@ def render_sheet(table, path, out, *, n=8):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
-    plt.close(fig)
     return out
