@@ -484,8 +484,12 @@ class AlignedFaces:
                 self.keys = f["frames"][:]
                 self.valid = f["valid"][:]
                 self.boxes = f["boxes"][:].astype(np.int64)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        except OSError as exc:  # permission, a lock, or damage: said as what it is
+            from .errors import describe_os_error
+
+            raise StoreError(f"{self.path}: cannot read the aligned-face cache: "
+                             f"{describe_os_error(exc)} (rerun featbench align --force to "
+                             "rebuild it if it is damaged)") from None
         self.size = int(attrs["size"])
         self.settings = json.loads(attrs.get("settings", "{}"))
         self.skipped = json.loads(attrs.get("skipped", "{}"))

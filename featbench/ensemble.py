@@ -157,8 +157,11 @@ def read_predictions(path):
             if "thresholds" in f:  # (folds, k): the threshold each fold used
                 out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
             attrs = dict(f.attrs)
-    except OSError as exc:
-        raise StoreError(f"{path}: not a readable predictions file ({exc})") from None
+    except OSError as exc:  # permission, a lock, or damage: said as what it is
+        from .errors import describe_os_error
+
+        raise StoreError(f"{path}: cannot read the predictions file: "
+                         f"{describe_os_error(exc)}") from None
     missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
     if missing or "aus" not in attrs:
         raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
