@@ -161,11 +161,15 @@ def test_weight_noise_only_in_training(toy):
 def test_multilabel_one_network_and_ensemble_members(toy):
     ws, table, _, svm, _ = toy
     ml = classify_run(ws, "synth", clf="lstm", table=table, model="toy", progress=False, n_jobs=1,
-                      aus=["AU01", "AU02"], lstm=dict(FAST, multilabel=True, epochs=3))
-    assert "ml" in ml["run"].split("__")[-1]
+                      aus=["AU01", "AU02"], tune_threshold=True,
+                      lstm=dict(FAST, multilabel=True, epochs=3))
+    assert ml["run"].split("__")[-1].startswith("thr-au1+2-ml")
     assert sorted(p.name for p in ml["models_dir"].glob("*.pt")) == ["multilabel.pt"]
     _, saved = load_model(ml["models_dir"] / "multilabel.pt")
     assert saved["aus"] == ["AU01", "AU02"] and len(saved["thresholds"]) == 2
+    pred = read_predictions(ml["predictions"])  # decided with the tuned thresholds, per AU
+    assert np.allclose(pred["thresholds"], saved["thresholds"])
+    assert np.array_equal(pred["decisions"], (pred["scores"] > pred["thresholds"]).astype(np.int8))
     out = ensemble_run(ws, "synth", members=[svm["run"], ml["run"]], name="mix")
     assert out["frames"] == len(read_predictions(svm["predictions"])["frames"])
 
