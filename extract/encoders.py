@@ -292,7 +292,7 @@ class DlibEncoder(Encoder):
             pass
 
 
-def create_encoder(model, *, weights=None, device="cpu"):
+def create_encoder(model, *, weights=None, device="cpu", input_size=None):
     """Build the encoder of ``model`` (a registry name or spec) with ``weights``.
 
     Parameters
@@ -302,6 +302,9 @@ def create_encoder(model, *, weights=None, device="cpu"):
         ``--weights`` (None: the spec's default).
     device : str
         ``auto``, ``cpu`` or ``cuda``; HOG and dlib always run on the CPU.
+    input_size : int, optional
+        Face side fed to a CNN instead of the spec's (default: the spec's; for the weights of
+        a ``featbench finetune`` run, the size it was trained at).
 
     Raises
     ------
@@ -314,6 +317,14 @@ def create_encoder(model, *, weights=None, device="cpu"):
 
     spec = model if isinstance(model, BackboneSpec) else get_spec(model)
     choice = parse_weights(weights, spec)
+    if input_size is None and choice.mode == "file":
+        from .weights import finetuned_settings
+
+        input_size = ((finetuned_settings(choice.path) or {}).get("network") or {}).get("input_size")
+    if input_size and spec.kind == "torch" and int(input_size) != spec.input_size:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, input_size=int(input_size))
     if spec.kind == "hog":
         return HogEncoder(spec, "none")
     if spec.kind == "dlib":

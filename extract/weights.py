@@ -102,8 +102,39 @@ def weights_identity(spec, choice):
     if choice.mode == "random":
         return f"random:{choice.seed}"
     if choice.mode == "file":
-        return f"sha256:{file_sha256(choice.path)}"
+        digest = file_sha256(choice.path)
+        run = finetuned_run(choice.path)
+        if run:
+            from featbench.identity import WeightsId
+
+            return str(WeightsId.finetuned(run, sha256=digest))
+        return f"sha256:{digest}"
     return "none"
+
+
+def finetuned_run(path):
+    """Return the run that trained the weights file ``path`` when featbench fine-tuned it, else None.
+
+    ``featbench finetune`` writes ``results/<ds>/models/<run>/model.pt`` (or ``<AU>.pt``) beside
+    a ``settings.json`` whose ``clf`` is ``ft``; codes extracted with such a file are stored as
+    ``finetuned:<run> sha256:<hex>``.
+    """
+    info = finetuned_settings(path)
+    return str(info.get("run")) if info else None
+
+
+def finetuned_settings(path):
+    """Return the ``settings.json`` of the finetune run that wrote ``path`` (a dict), else None."""
+    import json
+
+    if path is None:
+        return None
+    settings = Path(path).parent / "settings.json"
+    try:
+        info = json.loads(settings.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("clf") == "ft" else None
 
 
 # --- where pretrained files live ------------------------------------------------------------
@@ -206,7 +237,14 @@ def read_state_dict(path):
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text on it runs to five lines
+            raise WeightsError(f"{path}: a pickled whole model, not a state dict (featbench "
+                               "does not run pickled code: save model.state_dict() with "
+                               "torch.save and pass that file)") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -358,9 +396,22 @@ def load_network(spec, weights=None):
         Pretrained file not cached (names file and folder), or a file that does not fit (names
         the first offending keys).
     """
+    choice = weights if isinstance(weights, WeightsChoice) else parse_weights(weights, spec)
+    model, mean = build_network(spec, choice)
+    module = spec.truncate(model).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedNetwork(module, weights_identity(spec, choice), mean)
+
+
+def build_network(spec, choice):
+    """Return ``(model, mean)``: ``spec``'s whole network (not truncated) with ``choice``'s weights.
+
+    What :func:`load_network` truncates, and what ``featbench finetune`` trains further.
+    ``mean`` replaces the spec's mean when not None (MatConvNet files).
+    """
     import torch
 
-    choice = weights if isinstance(weights, WeightsChoice) else parse_weights(weights, spec)
     mean = None
     if choice.mode == "random":
         with torch.random.fork_rng(devices=[]):
@@ -373,10 +424,7 @@ def load_network(spec, weights=None):
         mean = _load_file(spec, model, choice.path)
     else:
         raise WeightsError(f"{spec.name} takes no weights")
-    module = spec.truncate(model).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return LoadedNetwork(module, weights_identity(spec, choice), mean)
+    return model, mean
 
 
 def _load_pretrained(spec):

@@ -207,6 +207,38 @@ def _is_finetuned(run):
                                 or parts[0].endswith("-ft"))
 
 
+def _finetuned_members(runs, tag):
+    """Return the fine-tuned runs of setting ``tag``: one per (model, region, clf).
+
+    A fine-tuning run's variant tags (``ml``, ``fc67``, ``headonly``, ``from<layer>``:
+    :func:`classify.finetune.is_variant_tag`) say how it was trained, not which protocol or
+    setting it belongs to, so they are ignored when matching ``tag``; of several variants of
+    one network and region the one with the fewest (the paper's per-AU run) is taken.
+    """
+    from .identity import RunKey
+
+    try:
+        from classify.finetune import is_variant_tag
+    except ImportError:  # classify not installed: no tag is a variant
+        def is_variant_tag(t):
+            return False
+
+    chosen = {}
+    for run in sorted(r for r in runs if _is_finetuned(r)):
+        try:
+            key = RunKey.parse(run)
+        except UsageError:
+            continue
+        variants = [t for t in key.tags if is_variant_tag(t)] if key.clf == "ft" else []
+        setting = "-".join(t for t in key.tags if t not in variants) or None
+        if setting != tag:
+            continue
+        slot = (key.model, key.region, key.clf)
+        if slot not in chosen or len(variants) < chosen[slot][0]:
+            chosen[slot] = (len(variants), run)
+    return sorted(run for _, run in chosen.values())
+
+
 def resolve_preset(workspace, dataset, preset, *, tag=None):
     """Return the member runs of ``preset`` (see the module docstring), in family order.
 
@@ -243,8 +275,7 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     members = per_family("full")
     members += per_family("full", SEQUENCE_CLF)  # the paper's first ensemble: SVM + LSTM members
     if "ft" in preset:
-        ft = sorted(r for r in runs if _is_finetuned(r)
-                    and (r.split("__")[3:4] == [tag] if tag else len(r.split("__")) == 3))
+        ft = _finetuned_members(runs, tag)
         ft_full = [r for r in ft if r.split("__")[1] == "full"]
         if not ft_full:
             raise FeatbenchError(

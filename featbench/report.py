@@ -232,6 +232,33 @@ def headline(workspace, dataset, *, n=5):
                        _num(r["mean_accuracy"])] for _, r in ok.head(n).iterrows()])
 
 
+def training_curves(workspace, dataset, ok):
+    """Return the report lines that show the per-epoch curves of the learned runs (fine-tuned nets).
+
+    A run's ``models/<run>/settings.json`` names them: ``units`` -> ``curves`` (a PNG drawn by
+    :func:`classify.training.plot_history`) and ``log`` (its CSV). Runs without curves are left out.
+    """
+    import json
+
+    out = []
+    for _, r in ok.iterrows():
+        folder = workspace.models_dir(dataset, r["run"])
+        try:
+            units = json.loads((folder / "settings.json").read_text()).get("units") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        shown = [(u, e) for u, e in units.items() if isinstance(e, dict) and e.get("curves")]
+        if not shown:
+            continue
+        out += [f"### `{r['run']}`", ""]
+        for unit, e in shown:
+            rel = f"models/{folder.name}/{e['curves']}"
+            epoch = e.get("best_epoch", "?")
+            out += [f"- {unit}: epoch {epoch} chosen on validation (log: `models/{folder.name}/"
+                    f"{e.get('log', '')}`)", "", f"  ![{r['run']} {unit}]({rel})", ""]
+    return (["## Training curves (loss and validation mean F1 per epoch)", ""] + out) if out else []
+
+
 def make_report(workspace, dataset):
     """Write ``results/<dataset>/report.md`` and its two PNG charts from ``summary.csv``.
 
@@ -316,6 +343,8 @@ def make_report(workspace, dataset):
     if len(ensembles) and "members" in ensembles:
         lines += ["## Ensembles (majority vote; ties broken by the mean standardised margin)", ""]
         lines += [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""]
+
+    lines += training_curves(workspace, dataset, ok)
 
     lines += ["## Failed runs", ""]
     if len(failed):

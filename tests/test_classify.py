@@ -270,7 +270,7 @@ def test_run_tag_names_only_non_defaults():
     (["classify", "--clf", "lstm", "--model", "hog"], "featbench extract --model hog"),
     (["classify", "--clf", "svm", "--model", "hog"], "featbench extract --model hog"),
     (["classify", "--clf", "svm", "--model", "hgo"], "unknown model 'hgo'; did you mean 'hog'?"),
-    (["finetune"], "not built yet"),
+    (["finetune", "--reinit", "fc9"], "unknown --reinit value 'fc9'"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     status = main(["--workspace", str(tmp_path)] + argv)
