@@ -411,6 +411,8 @@ def run_stage1(workspace, table, settings, *, progress=True):
               "device": str(res.device), "torch": torch.__version__}
     _write_stage1_tables(out_dir, result)
     _write_json(out_dir / "stage1.json", result)
+    # beside backbone.pt: codes extracted with it are stored as finetuned:<run> sha256:...
+    _write_json(out_dir / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result})
     return result
 
 
@@ -634,7 +636,7 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
                       weights=str(weights_id), protocol=protocol, dataset=table.dataset,
                       scores_are="probabilities")
     seconds = round(time.time() - t0, 1)
-    info = {"run": run, "dataset": table.dataset, "control": control, "aus": aus,
+    info = {"run": run, "clf": CLF, "dataset": table.dataset, "control": control, "aus": aus,
             "protocol": protocol, "split": {"train": list(split.train), "validation": list(split.validation),
                                             "test": list(split.test)},
             "frames": {k: int(len(v)) for k, v in rows.items()},

@@ -124,7 +124,7 @@ def finetuned_run(path):
 
 
 def finetuned_settings(path):
-    """Return the ``settings.json`` of the finetune run that wrote ``path`` (a dict), else None."""
+    """Return the ``settings.json`` of the finetune / transfer run that wrote ``path``, else None."""
     import json
 
     if path is None:
@@ -134,7 +134,8 @@ def finetuned_settings(path):
         info = json.loads(settings.read_text())
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) and info.get("clf") == "ft" else None
+    # ft: featbench finetune; expr / transfer: featbench transfer's stage-1 / stage-2 backbone
+    return info if isinstance(info, dict) and info.get("clf") in ("ft", "expr", "transfer") else None
 
 
 # --- weights sources: where a network's published weights live, and how they load -----------
