@@ -249,13 +249,14 @@ def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_thre
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    from .scale import H5Codes, fit_streamed, score
+    from .scale import H5Codes, fit_streamed, liblinear_bytes, score
 
     thr_rows = None
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
         thr_rows = parts["all_validation"]
     if (clf == "svm" and isinstance(X, H5Codes) and budget is not None
-            and 2 * 8 * ytr.size * X.shape[1] > budget):  # float64 rows + their scaled copy
+            and liblinear_bytes(ytr.size, X.shape[1], 0 if thr_rows is None else thr_rows.size)
+            > budget):
         out["solver"] = "sgd-hinge (out of core)"
         fit = fit_streamed(X, pos[parts["train"]], ytr, pos[parts["validation"]], yva,
                            thr_rows=None if thr_rows is None else pos[thr_rows],
