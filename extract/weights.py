@@ -2,32 +2,31 @@
 
 ``--weights`` takes
 
-``imagenet`` (or ``pretrained``)
-    The network's published weights, read from the local cache only — never downloaded:
-    torchvision's ``<torch hub dir>/checkpoints/<file>`` (the file name of the Weights enum's
-    URL), timm's Hugging Face cache, the MatConvNet ``imagenet-vgg-f/m/s.mat`` or VGG-Face's
-    ``vgg_face_dag.pth`` put in that same checkpoints folder, dlib's model shipped by
-    ``face_recognition_models``. A missing file is a :class:`WeightsError` naming the file and
-    the folder to put it in. Identity: the spec's ``weights_id`` (``imagenet``, ``vggface``,
-    ``dlib``).
+``imagenet`` (or ``pretrained``), and torchvision's enum names ``IMAGENET1K_V1``, ``DEFAULT`` ...
+    The network's published weights (:mod:`extract.catalog`), read from the cache torchvision
+    and timm use — torchvision's ``<torch hub dir>/checkpoints/<file>`` (also where the
+    MatConvNet ``imagenet-vgg-f/m/s.mat`` and VGG-Face's ``vgg_face_dag.pth`` go), timm's
+    Hugging Face cache — and downloaded there on first use, verified (:mod:`extract.download`;
+    never with ``--offline``). dlib's model is shipped by ``face_recognition_models``.
+    Identity: ``imagenet:IMAGENET1K_V1 sha256:<hex>``, ``vggface sha256:<hex>``, ``dlib``.
 ``random[:SEED]``
     A seeded random initialisation (default seed 0): the control that shows what pretraining
     adds. Identity ``random:<seed>``.
 ``PATH``
     A state dict (``.pt``/``.pth``, ``.safetensors``, or a MatConvNet ``.mat``), loaded
     strictly; the VGG-Face port's key names and MatConvNet files are converted. Identity
-    ``sha256:<hex digest of the file>``.
+    ``file sha256:<hex digest of the file>``.
 ``none``
     For ``hog``, which has no weights.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from featbench.errors import WeightsError
+from featbench.errors import WeightsError, did_you_mean
 from featbench.faces import dlib_models_dir
+from featbench.identity import WeightsId
 
 #: indices of VGG-16's conv layers inside torchvision's ``features``
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -42,6 +41,8 @@ class WeightsChoice:
     Attributes
     ----------
     mode : {"pretrained", "random", "file", "none"}
+    tag : str
+        For ``pretrained``: ``imagenet`` or a torchvision enum name (``IMAGENET1K_V2``, ``DEFAULT``).
     seed : int
         For ``random``.
     path : Path or None
@@ -49,6 +50,7 @@ class WeightsChoice:
     """
 
     mode: str
+    tag: str = "imagenet"
     seed: int = 0
     path: Optional[Path] = None
 
@@ -61,6 +63,7 @@ def parse_weights(text, spec):
     WeightsError
         A bad seed, a file that does not exist, or a choice the network cannot take.
     """
+    from .catalog import is_tag
     from .registry import PRETRAINED
 
     text = spec.default_weights if text in (None, "") else str(text)
@@ -68,8 +71,10 @@ def parse_weights(text, spec):
         if text not in ("none",) + PRETRAINED:
             raise WeightsError(f"hog has no weights; drop --weights (got {text!r})")
         return WeightsChoice("none")
-    if text in PRETRAINED or (spec.kind == "dlib" and text == "dlib"):
+    if spec.kind == "dlib" and text in PRETRAINED + ("dlib",):
         return WeightsChoice("pretrained")
+    if is_tag(spec, text):
+        return WeightsChoice("pretrained", tag=text)
     if text == "random" or text.startswith("random:"):
         if spec.kind != "torch":
             raise WeightsError(f"{spec.name} cannot be randomly initialised; use --weights "
@@ -81,28 +86,32 @@ def parse_weights(text, spec):
             raise WeightsError(f"--weights {text}: the seed must be an integer (random:0)") from None
     path = Path(text).expanduser()
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file (--weights takes imagenet, "
+        from .catalog import tags_of
+
+        if tags_of(spec) and text.isupper() and not path.suffix:  # a mistyped enum name
+            raise WeightsError(did_you_mean(text, tags_of(spec) + list(PRETRAINED),
+                                            what=f"weights tag of {spec.name}"))
+
+        tags = "".join(f", {t}" for t in tags_of(spec))
+        raise WeightsError(f"{path}: no such weights file (--weights takes imagenet{tags}, "
                            "random[:SEED] or the path of a state dict)")
     return WeightsChoice("file", path=path)
 
 
-def file_sha256(path):
-    """Return the hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_identity(spec, choice):
-    """Return the identity string stored with the codes: imagenet | random:<seed> | sha256:<hex>."""
+    """Return the identity string stored with the codes: random:<seed> | file sha256:<hex> | ...
+
+    For ``pretrained`` this is the spec's bare name (dlib); networks loaded from a published file
+    get the precise one from :func:`load_network` (``imagenet:IMAGENET1K_V1 sha256:<hex>``).
+    """
+    from .download import file_digest
+
     if choice.mode == "pretrained":
         return spec.weights_id
     if choice.mode == "random":
-        return f"random:{choice.seed}"
+        return str(WeightsId.random(choice.seed))
     if choice.mode == "file":
-        return f"sha256:{file_sha256(choice.path)}"
+        return str(WeightsId.file(file_digest(choice.path), source=choice.path))
     return "none"
 
 
@@ -114,8 +123,8 @@ def checkpoints_dir():
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def pretrained_path(spec):
-    """Return ``(path, exists)`` of the file ``--weights imagenet`` reads for ``spec``.
+def pretrained_path(spec, tag=None):
+    """Return ``(path, exists)`` of the file ``--weights imagenet`` (or ``tag``) reads for ``spec``.
 
     ``path`` is None when the network has no pretrained weights at all.
     """
@@ -127,7 +136,9 @@ def pretrained_path(spec):
         return path, path.is_file()
     if spec.pretrained.startswith("timm:"):
         return _timm_cached_file(spec.pretrained[5:])
-    path = checkpoints_dir() / spec.weights_file
+    from .catalog import entry_for
+
+    path = checkpoints_dir() / entry_for(spec, tag).filename
     return path, path.is_file()
 
 
@@ -156,28 +167,10 @@ def weights_status(spec):
     return "cached" if exists else f"not cached ({spec.weights_file})"
 
 
-def _source_url(spec):
-    """Where a pretrained file can be downloaded from, for the not-cached message."""
-    if spec.pretrained.startswith("torchvision:"):
-        import torchvision.models as tvm
-
-        enum_name, _, member = spec.pretrained[len("torchvision:"):].partition(".")
-        return getattr(getattr(tvm, enum_name), member).url
-    if spec.pretrained.startswith("timm:"):
-        return f"https://huggingface.co/{spec.pretrained[5:]}"
-    return {"matconvnet": "https://www.vlfeat.org/matconvnet/pretrained/",
-            "vgg_face_dag": "https://www.robots.ox.ac.uk/~albanie/pytorch-models.html"}.get(
-                spec.pretrained, "")
-
-
 def missing_weights_error(spec, path):
-    if spec.pretrained == "dlib":
-        return WeightsError(f"{path.name} not found: install face_recognition_models "
-                            "(pip install face_recognition_models) or pass --weights PATH")
-    url = _source_url(spec)
-    return WeightsError(f"{path.name} not in {path.parent}: download it"
-                        f"{f' ({url})' if url else ''} on a connected machine and put it there, "
-                        "or use --weights random:0")
+    """The error for dlib's shipped model when face_recognition_models is not installed."""
+    return WeightsError(f"{path.name} not found: install face_recognition_models "
+                        "(pip install face_recognition_models) or pass --weights PATH")
 
 
 # --- state-dict files and converters ----------------------------------------------------------
@@ -332,7 +325,7 @@ class LoadedNetwork:
     module : torch.nn.Module
         Normalised (N, 3, S, S) float images -> (N, dims) codes, in eval mode.
     weights_id : str
-        ``imagenet`` | ``random:<seed>`` | ``sha256:<hex>`` ...
+        ``imagenet:IMAGENET1K_V1 sha256:<hex>`` | ``random:<seed>`` | ``file sha256:<hex>`` ...
     mean : numpy.ndarray or None
         A mean (3,) or mean image (H, W, 3) that replaces the spec's mean (MatConvNet files).
     """
@@ -355,19 +348,19 @@ def load_network(spec, weights=None):
     Raises
     ------
     WeightsError
-        Pretrained file not cached (names file and folder), or a file that does not fit (names
-        the first offending keys).
+        Pretrained file neither cached nor downloadable (names file, folder and URL), or a file
+        that does not fit (names the first offending keys).
     """
     import torch
 
     choice = weights if isinstance(weights, WeightsChoice) else parse_weights(weights, spec)
-    mean = None
+    mean, identity = None, None
     if choice.mode == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(choice.seed)
             model = spec.constructor()
     elif choice.mode == "pretrained":
-        model, mean = _load_pretrained(spec)
+        model, mean, identity = _load_pretrained(spec, choice.tag)
     elif choice.mode == "file":
         model = spec.constructor()
         mean = _load_file(spec, model, choice.path)
@@ -376,25 +369,51 @@ def load_network(spec, weights=None):
     module = spec.truncate(model).eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedNetwork(module, weights_identity(spec, choice), mean)
+    return LoadedNetwork(module, str(identity or weights_identity(spec, choice)), mean)
 
 
-def _load_pretrained(spec):
-    if not spec.pretrained:
-        raise WeightsError(f"{spec.name} has no published pretrained weights featbench can load: "
-                           "use --weights PATH (a state dict) or --weights random:0")
+def _load_pretrained(spec, tag=None):
+    """Build ``spec``'s network with its published weights; return ``(model, mean, WeightsId)``."""
+    from .catalog import entry_for
+    from .download import fetch
+
+    entry = entry_for(spec, tag)  # no published weights / unknown tag: WeightsError
+    if entry.source == "timm":
+        return _load_timm(spec, entry)
+    path, digest, _ = fetch(entry)
+    model = spec.constructor()
+    return model, _load_file(spec, model, path), entry.identity(digest)
+
+
+def _load_timm(spec, entry):
+    """timm weights from the Hugging Face cache, fetched there on first use (HF's own client)."""
+    import timm
+
+    from .download import file_digest, is_offline, mirror_base, missing_message
+
     path, exists = pretrained_path(spec)
     if not exists:
-        raise missing_weights_error(spec, path)
-    if spec.pretrained.startswith("timm:"):
-        import timm
+        if is_offline():
+            raise WeightsError(missing_message(entry, path, "featbench is offline (--offline, "
+                                               "FEATBENCH_OFFLINE or HF_HUB_OFFLINE)"))
+        path = _hf_download(spec, entry, mirror_base() or None)
+    model = timm.create_model(spec.name.partition(":")[2], pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay={"file": str(path)})
+    return model, None, entry.identity(file_digest(path))
 
-        arch = spec.name.partition(":")[2]
-        model = timm.create_model(arch, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay={"file": str(path)})
-        return model, None
-    model = spec.constructor()
-    return model, _load_file(spec, model, path)
+
+def _hf_download(spec, entry, endpoint):
+    from huggingface_hub import hf_hub_download
+
+    from .download import missing_message
+
+    try:
+        return Path(hf_hub_download(spec.pretrained[len("timm:"):], entry.filename,
+                                    endpoint=endpoint))
+    except Exception as exc:  # noqa: BLE001 - HF's errors (HTTP, connection, offline) vary by version
+        path, _ = pretrained_path(spec)
+        raise WeightsError(missing_message(entry, path, f"the download failed "
+                                           f"({type(exc).__name__})")) from None
 
 
 def _load_file(spec, model, path):
