@@ -180,13 +180,13 @@ def import_weights(paths, *, progress=True):
         if not found:
             raise WeightsError(f"{path}: holds no weight file ({', '.join(WEIGHT_SUFFIXES)}), "
                                "nothing imported")
-        for name, opener in found:
-            out.append(_import_one(name, opener, progress))
+        for name, opener, size in found:
+            out.append(_import_one(name, opener, size, progress))
     return out
 
 
 def _candidates(path):
-    """Yield ``(file name, opener)`` of every weight file in a file, folder or archive."""
+    """Yield ``(file name, opener, size)`` of every weight file in a file, folder or archive."""
     if path.is_dir():
         for sub in sorted(p for p in path.rglob("*") if p.is_file()):
             if sub.suffix.lower() in WEIGHT_SUFFIXES + ARCHIVE_SUFFIXES:
@@ -196,9 +196,9 @@ def _candidates(path):
             members = [m for m in zf.infolist()
                        if not m.is_dir() and Path(m.filename).suffix.lower() in WEIGHT_SUFFIXES]
         for member in members:
-            yield Path(member.filename).name, _zip_opener(path, member.filename)
+            yield Path(member.filename).name, _zip_opener(path, member.filename), member.file_size
     else:
-        yield path.name, lambda p=path: open(p, "rb")
+        yield path.name, lambda p=path: open(p, "rb"), path.stat().st_size
 
 
 def _zip_opener(archive, member):
@@ -212,7 +212,7 @@ def _zip_opener(archive, member):
     return opener
 
 
-def _import_one(name, opener, progress):
+def _import_one(name, opener, size, progress):
     from .catalog import recognise
     from .download import FetchFailed, store_verified, where
 
@@ -223,7 +223,7 @@ def _import_one(name, opener, progress):
     target = where(entry)
     try:
         with opener() as fh:
-            digest = store_verified(fh, target, check=entry.check, progress=progress)
+            digest = store_verified(fh, target, check=entry.check, progress=progress, total=size)
     except FetchFailed as exc:
         return Outcome(name, "refused", entry, note=str(exc))
     return Outcome(name, "imported", entry, target, digest,

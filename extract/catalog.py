@@ -200,8 +200,16 @@ def tags_of(spec):
 
 
 def is_tag(spec, text):
-    """Whether ``text`` names published weights of ``spec`` (imagenet, pretrained or a tag)."""
-    return text in PRETRAINED or text in tags_of(spec)
+    """Whether ``text`` names published weights of ``spec``: imagenet, pretrained, a tag, or the
+    tag its identity carries (``a1_in1k`` of ``timm:resnet50.a1_in1k``)."""
+    if text in PRETRAINED or text in tags_of(spec):
+        return True
+    if not spec.pretrained or spec.pretrained == "dlib":
+        return False
+    try:
+        return text == entry_for(spec).identity_name.partition(":")[2]
+    except WeightsError:
+        return False
 
 
 def entry_for(spec, tag=None):
@@ -220,6 +228,9 @@ def entry_for(spec, tag=None):
         The network has no published weights, or no such tag (the valid tags are named).
     """
     tag = None if tag in (None, "") + PRETRAINED else tag
+    if tag is not None and spec.pretrained and not spec.pretrained.startswith("torchvision:") \
+            and (spec.name, tag) not in _PUBLISHED and is_tag(spec, tag):
+        tag = None  # the tag in the network's own identity: its one published file
     if (spec.name, tag) in _PUBLISHED:
         return _PUBLISHED[spec.name, tag]
     if not spec.pretrained:
@@ -243,7 +254,7 @@ def entry_for(spec, tag=None):
                                               "(timm:resnet50.a1_in1k)" if spec.name.startswith("timm:") else ""))
     if spec.pretrained == "matconvnet":
         return _pinned_entry(spec, [_MCN_URL.format(file=spec.weights_file)], _LICENCE_MCN,
-                             "matconvnet", "imagenet:matconvnet")
+                             "matconvnet", "imagenet")
     if spec.pretrained == "vgg_face_dag":
         return _pinned_entry(spec, [_VGGFACE_URL], _LICENCE_VGGFACE, "vgg_face_dag", "vggface")
     if spec.pretrained == "dlib":

@@ -79,11 +79,9 @@ def file_digest(path):
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(_BLOCK), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        from .weights import file_sha256
+
+        _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
 
 
@@ -98,8 +96,10 @@ def missing_message(entry, path, why):
     """The one line for a file that is not in the cache and could not be fetched."""
     url = mirrored(entry.urls[0]) if entry.urls else ""
     fetch = f" from {url}" if url else ""
+    bring = ("copy that Hugging Face cache folder here" if entry.source == "timm"
+             else "bring it in with 'featbench weights import FILE'")
     return (f"{entry.filename} is not in {path.parent} and {why}: fetch it{fetch} on a connected "
-            "machine and bring it in with 'featbench weights import FILE', or use --weights random:0")
+            f"machine and {bring}, or use --weights random:0")
 
 
 def fetch(entry, folder=None, *, progress=True):

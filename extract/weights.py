@@ -20,6 +20,7 @@
     For ``hog``, which has no weights.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -96,6 +97,15 @@ def parse_weights(text, spec):
         raise WeightsError(f"{path}: no such weights file (--weights takes imagenet{tags}, "
                            "random[:SEED] or the path of a state dict)")
     return WeightsChoice("file", path=path)
+
+
+def file_sha256(path):
+    """Return the hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def weights_identity(spec, choice):

@@ -304,7 +304,7 @@ def test_matconvnet_file_converts_and_loads_strictly(torch_home):
     sd, mean = convert_matconvnet(mat, spec.constructor())
     assert sd.keys() == model.state_dict().keys() and np.allclose(mean, [120, 110, 100])
     net = load_network(spec, "imagenet")
-    assert net.weights_id.startswith("imagenet:matconvnet sha256:")
+    assert net.weights_id.startswith("imagenet sha256:")
     assert np.allclose(net.mean, [120, 110, 100])
     ref = spec.truncate(model).eval()
     x = torch.rand(1, 3, 224, 224) * 50
