@@ -39,10 +39,8 @@ DEFAULT_THRESHOLD = 0.0
 
 
 def check_clf(clf):
-    """Raise :class:`UsageError` unless ``clf`` is a classifier this module builds."""
-    if clf == "lstm":
-        raise UsageError("the LSTM classifier is not built yet (tracked separately); use --clf svm or lda")
-    if clf not in CLASSIFIERS:
+    """Raise :class:`UsageError` unless ``clf`` is a classifier a run can use."""
+    if clf not in CLASSIFIERS + ("lstm",):  # lstm: classify.lstm (sequences, not rows)
         raise UsageError(did_you_mean(str(clf), CLASSIFIERS + ("lstm",), what="classifier"))
 
 
@@ -159,6 +157,8 @@ def make_estimator(clf, *, C=DEFAULT_C, class_weight=None, shrinkage="auto", see
     from sklearn.preprocessing import StandardScaler
 
     check_clf(clf)
+    if clf not in CLASSIFIERS:
+        raise UsageError(f"{clf} is not a per-frame estimator (the LSTM is classify.lstm)")
     if clf == "lda":
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 

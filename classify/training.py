@@ -133,7 +133,10 @@ def autocast_dtype(device, amp=True):
 def to_device(batch, device, *, channels_last=False):
     """Move a batch (tensor, tuple / list / dict of them, or an object with ``.to``) to ``device``."""
     import torch
+    from torch.nn.utils.rnn import PackedSequence
 
+    if isinstance(batch, PackedSequence):  # a namedtuple: moved whole (batch_sizes stay on CPU)
+        return batch.to(device, non_blocking=True)
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
         if channels_last and batch.dim() == 4 and batch.is_floating_point():

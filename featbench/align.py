@@ -16,9 +16,13 @@ dataset        shape, dtype           meaning
 /skip_reason   (n,) int8              0 aligned, else an index into attrs ``skip_reasons``
 ============== ====================== ======================================================
 
-Attributes: ``format_version``, ``fingerprint`` (the table's fingerprint and the alignment
-settings, hashed), ``settings`` (json), ``size``, ``skipped`` (json: reason -> frames),
-``skip_reasons`` (json list), ``aligned`` (frames with a face), ``seconds``, ``created``.
+Attributes: ``format_version``, ``fingerprint`` (the frame keys, the input files' digests and
+the alignment settings, hashed), ``inputs`` (json: per subject, the digest of its pixel files
+and of its landmark files, ``FrameTable.input_digests``), ``rebuilt_because`` (json list: what
+changed since the previous cache, e.g. ``["SN002 pixels"]``), ``settings`` (json), ``size``,
+``skipped`` (json: reason -> frames), ``skip_reasons`` (json list), ``aligned`` (frames with a
+face), ``seconds``, ``created``. Feature files store the cache's fingerprint: codes of
+changed inputs are refused, never reused.
 
 A cache whose fingerprint matches is used as it is; a stale one is deleted and rebuilt,
 never mixed. Building writes ``faces.h5.partial`` and renames it when complete, so a crash
@@ -33,8 +37,6 @@ it has them, from dlib's detector otherwise; already-aligned crops (ABAW's
 import hashlib
 import json
 import os
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ import numpy as np
 
 from .aus import REGIONS
 from .errors import StoreError, UsageError, did_you_mean
+from .workspace import file_lock
 
 FORMAT_VERSION = 1
 #: rows per HDF5 chunk of /faces (600 kB): shuffled batches read few rows they do not need
@@ -80,6 +83,8 @@ class AlignReport:
         Rows without a face, by reason.
     seconds : float
         Time this call spent.
+    changed : list of str
+        Why a previous cache was rebuilt: ``["SN001 pixels", "SN002 landmarks"]``.
     """
 
     path: Path
@@ -89,6 +94,7 @@ class AlignReport:
     processed: int = 0
     skipped: dict = field(default_factory=dict)
     seconds: float = 0.0
+    changed: list = field(default_factory=list)
 
     def summary(self):
         """Return the one-line summary the CLI prints."""
@@ -97,7 +103,8 @@ class AlignReport:
                     f"with a face)")
         skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
         rate = self.processed / self.seconds if self.seconds > 0 else float("nan")
-        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}) -> "
+        why = f"; rebuilt, changed: {', '.join(self.changed)}" if self.changed else ""
+        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}{why}) -> "
                 f"{self.path} in {self.seconds:.1f} s ({rate:.0f} frames/s)")
 
 
@@ -127,22 +134,33 @@ def alignment_settings(table, *, size=None, compression=None):
     }
 
 
-def cache_fingerprint(table, settings):
-    """Return the sha256 of the table's fingerprint and the alignment settings."""
-    h = hashlib.sha256(table.fingerprint().encode())
+def cache_fingerprint(table, settings, *, digests=None):
+    """Return the sha256 of the frame keys, the input files' digests and the alignment settings.
+
+    ``digests`` (``table.input_digests()``) may be passed when the caller holds them already.
+    """
+    h = hashlib.sha256(table.keys().tobytes())
+    digests = table.input_digests() if digests is None else digests
+    h.update(json.dumps(digests, sort_keys=True).encode())
     hashed = {k: v for k, v in settings.items() if k != "compression"}
     h.update(json.dumps(hashed, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def read_cache_info(path):
-    """Return the attrs of a complete cache file as a dict, or None if absent or unreadable."""
+def read_cache_info(path, *, keys=None):
+    """Return the attrs of a complete cache file as a dict, or None if absent or unreadable.
+
+    With ``keys`` (the frame table's), a cache whose ``/frames`` differ from them is also
+    None: the fingerprint says what the cache was built from, ``/frames`` what it holds.
+    """
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
-    except (OSError, KeyError):
+            if keys is not None and not np.array_equal(f["frames"][:], keys):
+                return None
+    except (OSError, KeyError, TypeError, ValueError):
         return None
     return attrs if attrs.get("complete") else None
 
@@ -191,17 +209,45 @@ def align_dataset(table, path, *, progress=True, force=False, size=None, compres
     if compression not in COMPRESSIONS:
         raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     settings = alignment_settings(table, size=size, compression=compression)
-    fingerprint = cache_fingerprint(table, settings)
-    info = read_cache_info(path) if path.exists() else None
-    if info is not None and info.get("fingerprint") == fingerprint and not force:
-        skipped = json.loads(info.get("skipped", "{}"))
-        return AlignReport(path, False, len(table), int(info.get("aligned", 0)), 0, skipped,
-                           time.perf_counter() - t0)
+    digests = table.input_digests()
+    fingerprint = cache_fingerprint(table, settings, digests=digests)
+    # checked without the lock first: an up-to-date cache is read, never written (a read-only
+    # workspace works), and the final file only ever appears complete, by a rename
+    report = None if force else _up_to_date(table, path, fingerprint, t0)
+    if report is not None:
+        return report
+    with file_lock(path, what="aligning faces into"):
+        # another process may have built it while this one waited for the lock
+        report = None if force else _up_to_date(table, path, fingerprint, t0)
+        if report is not None:
+            return report
+        return _rebuild(table, path, settings, fingerprint, digests, t0, progress=progress)
+
+
+def _up_to_date(table, path, fingerprint, t0):
+    """Return the report of a complete cache built from exactly ``table``, else None."""
+    info = read_cache_info(path, keys=table.keys()) if path.exists() else None
+    if info is None or info.get("fingerprint") != fingerprint:
+        return None
+    skipped = json.loads(info.get("skipped", "{}"))
+    return AlignReport(path, False, len(table), int(info.get("aligned", 0)), 0, skipped,
+                       time.perf_counter() - t0)
+
+
+def _rebuild(table, path, settings, fingerprint, digests, t0, *, progress):
+    """Build the cache into ``<path>.partial`` (resuming it) and rename it onto ``path``."""
+    from .frames import differences
+
+    changed = []
     if path.exists():
+        old = read_cache_info(path) or {}
+        changed = differences(_json(old.get("inputs")), digests)
+        if not changed and old.get("fingerprint") not in (None, fingerprint):
+            changed = ["frame list or alignment settings"]
         path.unlink()  # stale: never mixed with the new frames
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    processed = _build(table, partial, settings, fingerprint, progress=progress)
+    inputs = {"inputs": json.dumps(digests), "rebuilt_because": json.dumps(changed)}
+    processed = _build(table, partial, settings, fingerprint, inputs, progress=progress)
     with _h5(partial, "r+") as f:
         reasons = f["skip_reason"][:]
         aligned = int((reasons == 0).sum())
@@ -211,7 +257,14 @@ def align_dataset(table, path, *, progress=True, force=False, size=None, compres
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True})
         del f["done"]
     os.replace(partial, path)
-    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds)
+    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds, changed)
+
+
+def _json(text):
+    try:
+        return json.loads(text) if text else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _h5(path, mode):
@@ -220,7 +273,7 @@ def _h5(path, mode):
     return h5py.File(path, mode)
 
 
-def _open_partial(table, partial, settings, fingerprint):
+def _open_partial(table, partial, settings, fingerprint, inputs):
     """Return an open partial file to resume, or a fresh one with every dataset created."""
     n, s = len(table), settings["size"]
     if partial.exists():
@@ -235,7 +288,7 @@ def _open_partial(table, partial, settings, fingerprint):
     f = _h5(partial, "w")
     f.attrs.update({"format_version": FORMAT_VERSION, "fingerprint": fingerprint,
                     "settings": json.dumps(settings), "size": s,
-                    "skip_reasons": json.dumps(list(SKIP_REASONS)), "complete": False})
+                    "skip_reasons": json.dumps(list(SKIP_REASONS)), "complete": False, **inputs})
     f.create_dataset("frames", data=table.keys())
     f.create_dataset("valid", shape=(n,), dtype=bool, fillvalue=False)
     f.create_dataset("faces", shape=(n, s, s, 3), dtype=np.uint8, fillvalue=0,
@@ -248,7 +301,7 @@ def _open_partial(table, partial, settings, fingerprint):
     return f
 
 
-def _build(table, partial, settings, fingerprint, *, progress):
+def _build(table, partial, settings, fingerprint, inputs, *, progress):
     """Fill ``partial`` with every row not done yet; return how many rows were computed."""
     from tqdm import tqdm
 
@@ -256,7 +309,7 @@ def _build(table, partial, settings, fingerprint, *, progress):
 
     size = settings["size"]
     template_boxes = faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)
-    with _open_partial(table, partial, settings, fingerprint) as f:
+    with _open_partial(table, partial, settings, fingerprint, inputs) as f:
         todo = np.flatnonzero(~f["done"][:])
         landmarks = None
         if not table.pre_aligned and table.landmark_points > 0:
@@ -290,40 +343,14 @@ def _frames_to_align(table, rows, landmarks):
         for row in rows[~stable[rows]]:
             yield int(row), None, _NO_LANDMARKS, None  # no need to decode these
         rows = rows[stable[rows]]
-    q = queue.Queue(maxsize=64)
-    stop = threading.Event()
+    from ._background import in_background
 
-    def produce():
-        try:
-            for row, image in faces.iter_frames(table, rows, missing="none"):
-                if stop.is_set():
-                    return
-                q.put((row, image))
-            q.put(None)
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
-
-    worker = threading.Thread(target=produce, name="featbench-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            row, image = item
-            if image is None:
-                yield row, None, _UNREADABLE, None
-            else:
-                yield row, image, 0, None if landmarks is None else landmarks[row]
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
+    for row, image in in_background(faces.iter_frames(table, rows, missing="none"),
+                                    name="featbench-decode"):
+        if image is None:
+            yield row, None, _UNREADABLE, None
+        else:
+            yield row, image, 0, None if landmarks is None else landmarks[row]
 
 
 def _map_frames(frames, pre_aligned, size, *, threads):
@@ -332,26 +359,14 @@ def _map_frames(frames, pre_aligned, size, *, threads):
     dlib's detector releases the GIL: with ``threads=2`` two frames are detected at once
     (measured: 17 -> 33 frames/s on 1024 x 1024 photos, two cores).
     """
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import faces
+    from ._background import ordered_map
 
-    if threads <= 1:
-        for row, image, reason, lm in frames:
-            yield row, _align_one(image, reason, lm, pre_aligned, size, faces)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="featbench-detect") as pool:
-        pending = collections.deque()
-        for row, image, reason, lm in frames:
-            pending.append((row, pool.submit(_align_one, image, reason, lm, pre_aligned, size,
-                                             faces)))
-            if len(pending) >= 4 * threads:  # bounded: frames are big
-                r, fut = pending.popleft()
-                yield r, fut.result()
-        while pending:
-            r, fut = pending.popleft()
-            yield r, fut.result()
+    def align(frame):
+        row, image, reason, lm = frame
+        return row, _align_one(image, reason, lm, pre_aligned, size, faces)
+
+    yield from ordered_map(align, frames, threads=threads)
 
 
 def _align_one(image, reason, lm, pre_aligned, size, faces):
@@ -473,6 +488,7 @@ class AlignedFaces:
         self.settings = json.loads(attrs.get("settings", "{}"))
         self.skipped = json.loads(attrs.get("skipped", "{}"))
         self.fingerprint = attrs.get("fingerprint")
+        self.rebuilt_because = _json(attrs.get("rebuilt_because")) or []
         self._file, self._pid = None, None
 
     def __len__(self):
@@ -533,25 +549,10 @@ class AlignedFaces:
         -------
         ndarray, shape (k, H, W, 3), uint8 RGB
         """
-        from . import faces
-
         if region != "full" and region not in REGIONS:
             raise UsageError(did_you_mean(region, ("full",) + REGIONS, what="region"))
-        imgs = self.read_faces(indices)
-        if region == "full":
-            if size is None or _hw(size) == (self.size, self.size):
-                return imgs
-            return np.stack([faces.crop_region(im, (0, 0, self.size, self.size), _hw(size))
-                             for im in imgs]) if len(imgs) else _empty(size)
-        r = REGIONS.index(region)
-        if size is None:
-            x0, y0, x1, y1 = faces.region_boxes(faces.template(self.size), image_size=self.size)[r]
-            size = (int(y1 - y0), int(x1 - x0))
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if not len(idx):
-            return _empty(size)
-        return np.stack([faces.crop_region(im, self.boxes[i, r], _hw(size))
-                         for im, i in zip(imgs, idx)])
+        return region_crops(self.read_faces(idx), self.boxes[idx], region, size)
 
     def close(self):
         """Close this process's file handle (reopened on the next read)."""
@@ -569,6 +570,41 @@ class AlignedFaces:
         state = dict(self.__dict__)
         state["_file"], state["_pid"] = None, None  # a handle does not travel to a worker
         return state
+
+
+def region_crops(images, boxes, region="full", size=None):
+    """Return the faces or region crops of aligned ``images``: what every encoder is fed.
+
+    Parameters
+    ----------
+    images : ndarray, shape (k, S, S, 3), uint8
+        Aligned faces.
+    boxes : ndarray, shape (k, 3, 4)
+        Their upper / middle / lower boxes (:func:`featbench.faces.region_boxes`).
+    region : {"full", "upper", "middle", "lower"}
+    size : int or (h, w), optional
+        Output size. None: the face as it is for ``full``; for a region, the size of that
+        region's box on the template (so every crop in a batch has one shape).
+
+    Returns
+    -------
+    ndarray, shape (k, H, W, 3), uint8 RGB
+    """
+    from . import faces
+
+    side = images.shape[1] if images.ndim == 4 else faces.CANONICAL_SIZE
+    if region == "full":
+        if size is None or _hw(size) == (side, side):
+            return images
+        return np.stack([faces.crop_region(im, (0, 0, side, side), _hw(size))
+                         for im in images]) if len(images) else _empty(size)
+    r = REGIONS.index(region)
+    if size is None:
+        x0, y0, x1, y1 = faces.region_boxes(faces.template(side), image_size=side)[r]
+        size = (int(y1 - y0), int(x1 - x0))
+    if not len(images):
+        return _empty(size)
+    return np.stack([faces.crop_region(im, box[r], _hw(size)) for im, box in zip(images, boxes)])
 
 
 def _hw(size):

@@ -18,7 +18,7 @@ from .errors import FeatbenchError
 
 #: subcommand modules under featbench.commands, in --help order
 COMMANDS = ("data", "models", "weights", "align", "extract", "bench", "classify", "finetune",
-            "transfer", "ensemble", "report", "run")
+            "transfer", "ensemble", "report", "run", "predict", "export")
 
 EPILOG = """\
 typical session on the embedded synthetic data (made on first use):
@@ -28,6 +28,7 @@ typical session on the embedded synthetic data (made on first use):
   featbench weights list                     # pretrained files: cached?, source, licence
   featbench classify --clf svm --model alexnet --region auto
   featbench ensemble --preset fe && featbench report
+your own footage:  featbench predict clip.mp4 --run best --plot clip.png
 on DISFA:  featbench data info --dataset disfa --root /path/to/DISFA
 """
 

@@ -24,7 +24,9 @@ Presets (paper section "ensembles"; one member per network family, the family's 
     frozen-code (feature extraction) runs: for each network family, the first model of
     :data:`FAMILY_PREFERENCE` whose ``<model>__full__svm`` run exists. Families are the extract
     registry's ``spec.family``. The quick pipeline gives ``hog__full__svm``,
-    ``dlib_face__full__svm``, ``alexnet__full__svm`` and ``cnn_f__full__svm``.
+    ``dlib_face__full__svm``, ``alexnet__full__svm`` and ``cnn_f__full__svm``. Where LSTM runs
+    exist (``<model>__full__lstm``, ``featbench classify --clf lstm``), one per family joins
+    as a further member: the paper's first ensemble mixes SVM and LSTM members.
 ``fe+region``
     ``fe`` plus the region-based SVM runs (``<model>__auto__svm``) of the same families.
 ``fe+ft``
@@ -51,9 +53,12 @@ FAMILY_PREFERENCE = ("vgg_face", "resnet152", "resnet50", "vgg16", "cnn_s", "cnn
 
 #: the classifier a preset member uses (the paper's ensembles are built from SVM runs)
 PRESET_CLF = "svm"
+#: the sequence classifier whose runs join every preset as extra members where they exist (the
+#: paper's first ensemble mixes SVM and LSTM members)
+SEQUENCE_CLF = "lstm"
 
 
-def majority_vote(decisions, scores, thresholds):
+def majority_vote(decisions, scores, thresholds, *, scales=None):
     """Combine members' per-AU binary decisions by majority, ties broken by standardised margins.
 
     Parameters
@@ -65,6 +70,10 @@ def majority_vote(decisions, scores, thresholds):
     thresholds : array of shape (m, k) or (m, n, k)
         The score above which member ``i`` says present for AU ``a`` (per frame when the
         threshold differs between cross-validation folds).
+    scales : array of shape (m, k), optional
+        Each member's score scale per AU (default :func:`score_scales` of ``scores``): pass
+        the scales of the frames an ensemble was scored on to vote on other frames (``featbench
+        predict``) exactly as it voted there.
 
     Returns
     -------
@@ -91,16 +100,36 @@ def majority_vote(decisions, scores, thresholds):
     lead = 2 * yes - voting.sum(axis=0)  # present minus absent votes
     import warnings
 
+    std = (score_scales(s) if scales is None else np.asarray(scales, dtype=np.float64))[:, None, :]
+    if std.shape != (d.shape[0], 1, d.shape[2]):
+        raise UsageError(f"majority_vote: scales {std.shape[::2]} must be (members, aus)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices: handled below
-        std = np.nanstd(s, axis=1, keepdims=True)  # (m, 1, k): one scale per member and AU
-        std[~(std > 0)] = 1.0  # a constant scorer keeps its raw margin rather than dividing by 0
         margin = np.nanmean((s - t) / std, axis=0)
     margin = np.nan_to_num(margin, nan=0.0)
     out_scores = np.where(voting.any(axis=0), lead + np.tanh(margin), np.nan)
     # a tie with a margin of exactly 0 stays absent: "present" needs evidence
     out = (lead > 0) | ((lead == 0) & (margin > 0))
     return out.astype(np.int8), out_scores.astype(np.float32)
+
+
+def score_scales(scores):
+    """Return (m, k): the standard deviation of each member's scores per AU over the frames.
+
+    Nan scores (no classifier) are ignored; a constant or all-nan scorer gets 1, so it keeps its
+    raw margin rather than dividing by 0.
+
+    Parameters
+    ----------
+    scores : array of shape (m, n, k)
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices
+        std = np.nanstd(np.asarray(scores, dtype=np.float64), axis=1)
+    std[~(std > 0)] = 1.0
+    return std
 
 
 # predictions files -----------------------------------------------------------------------------
@@ -201,17 +230,18 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
 
-    def per_family(region):
+    def per_family(region, clf=PRESET_CLF):
         chosen, seen = [], set()
         for model in order:
             fam = families.get(model, model)
-            run = run_name(model, region, PRESET_CLF, tag=tag)
+            run = run_name(model, region, clf, tag=tag)
             if fam not in seen and run in runs:
                 chosen.append(run)
                 seen.add(fam)
         return chosen
 
     members = per_family("full")
+    members += per_family("full", SEQUENCE_CLF)  # the paper's first ensemble: SVM + LSTM members
     if "ft" in preset:
         ft = sorted(r for r in runs if _is_finetuned(r)
                     and (r.split("__")[3:4] == [tag] if tag else len(r.split("__")) == 3))
@@ -253,7 +283,7 @@ def _key_list(frames):
     return [tuple(row) for row in frames.tolist()]
 
 
-def _align_members(preds, names):
+def align_members(preds, names):
     """Restrict every member to the frames and AUs they all have; return notes on what was dropped."""
     notes = []
     keys = [_key_list(p["frames"]) for p in preds]
@@ -367,7 +397,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                 f"member run {run!r} has no predictions "
                 f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
     preds = [read_predictions(workspace.predictions_path(dataset, r)) for r in members]
-    aligned, aus, notes = _align_members(preds, members)
+    aligned, aus, notes = align_members(preds, members)
 
     decisions, scores = majority_vote(np.stack([p["decisions"] for p in aligned]),
                                       np.stack([p["scores"] for p in aligned]),

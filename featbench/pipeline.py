@@ -153,10 +153,10 @@ def _run_is_fresh(workspace, dataset, run, features):
         return False
     if min(csv.stat().st_mtime, pred.stat().st_mtime) < features.stat().st_mtime:
         return False
-    import csv as _csv
+    from .results import read_summary_rows
 
-    with open(workspace.summary_csv(dataset), newline="") as fh:
-        rows = [r for r in _csv.DictReader(fh) if r.get("run") == run]
+    summary = workspace.summary_csv(dataset)
+    rows = [r for r in read_summary_rows(summary) if r["run"] == run] if summary.exists() else []
     return bool(rows) and not rows[0].get("error")
 
 

@@ -14,22 +14,20 @@ Both files are written through a temporary file and renamed, and the summary is 
 a lock, so parallel runs never lose each other's rows.
 """
 
-import contextlib
 import datetime as _dt
-import fcntl
 import math
 import os
 
 from .errors import MissingRunError
 from .metrics import nanmean
-from .workspace import atomic_path, atomic_write_text
+from .workspace import atomic_path, atomic_write_text, file_lock
 
 #: format of results/<dataset>/predictions/<run>.h5 (see :func:`write_predictions`)
 PREDICTIONS_FORMAT = 1
 RUN_COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
 SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
 #: the mean row averages these over AUs (nan ignored); support is summed
-_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std")
+_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std", "f1_05")
 
 
 def _fmt(v):
@@ -69,17 +67,6 @@ def run_table(rows):
         elif key in _MEANED:
             mean[key] = nanmean(float(v) for v in vals if v is not None)
     return list(rows) + [mean], list(RUN_COLUMNS) + extras
-
-
-@contextlib.contextmanager
-def _locked(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_run(workspace, dataset, run, rows, *, meta):
@@ -132,15 +119,13 @@ def record_failure(workspace, dataset, run, error, *, meta):
 
 
 def upsert_summary(workspace, dataset, row):
-    """Replace (or add) ``row["run"]``'s row in ``summary.csv``, keeping every other row."""
-    import csv
+    """Replace (or add) ``row["run"]``'s row in ``summary.csv``, keeping every other row.
 
+    A damaged summary is refused (:func:`read_summary_rows`), never rewritten with its garbage.
+    """
     path = workspace.summary_csv(dataset)
-    with _locked(path):
-        rows = []
-        if path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("run") != row["run"]]
+    with file_lock(path, what="updating"):
+        rows = [r for r in read_summary_rows(path) if r["run"] != row["run"]] if path.exists() else []
         rows.append({k: v for k, v in row.items()})
         f1_cols = sorted({k for r in rows for k in r if k.startswith("f1_AU")})
         extra = []
@@ -163,7 +148,70 @@ def read_summary(workspace, dataset):
     path = workspace.summary_csv(dataset)
     if not path.exists():
         raise MissingRunError(f"{path}: no results yet for {dataset} (run featbench classify first)")
+    read_summary_rows(path)  # checked line by line first: a damaged file names its line
     return pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN"])
+
+
+def read_summary_rows(path, *, header=False):
+    """Read and check ``summary.csv``: the one reader of it (classify, ensemble, report, run).
+
+    Returns
+    -------
+    list of dict
+        One per run, every value a string as written.
+    list of str
+        The header, when ``header`` is true.
+
+    Raises
+    ------
+    StoreError
+        Naming the file and line: no header or not a summary header, a row with more or fewer
+        fields than the header, a row without a run name, a run twice, a metric that is not a
+        number (``nan`` and empty are numbers here: undefined).
+    """
+    import csv
+
+    from .errors import StoreError
+
+    problem = f"{path}: not featbench's summary.csv"
+    fix = "(move it away, or fix the line: it is rewritten by the next featbench classify)"
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            lines = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{problem}: not UTF-8 text ({exc.reason} at byte {exc.start}) "
+                         f"{fix}") from None
+    except csv.Error as exc:
+        raise StoreError(f"{problem}: {exc} {fix}") from None
+    if not lines or lines[0][:len(SUMMARY_COLUMNS)] != list(SUMMARY_COLUMNS):
+        got = ",".join(lines[0])[:60] if lines else "an empty file"
+        raise StoreError(f"{path}:1: the header must start with {','.join(SUMMARY_COLUMNS)}, got "
+                         f"{got!r} {fix}")
+    head = lines[0]
+    numeric = [i for i, c in enumerate(head)
+               if c in ("mean_f1", "mean_accuracy", "mean_auc") or c.startswith("f1_AU")]
+    rows, seen = [], set()
+    for lineno, fields in enumerate(lines[1:], 2):
+        if not fields:
+            continue
+        if len(fields) != len(head):
+            raise StoreError(f"{path}:{lineno}: {len(fields)} fields, the header has {len(head)} "
+                             f"{fix}")
+        run = fields[0].strip()
+        if not run:
+            raise StoreError(f"{path}:{lineno}: no run name {fix}")
+        if run in seen:
+            raise StoreError(f"{path}:{lineno}: run {run!r} listed twice {fix}")
+        for i in numeric:
+            v = fields[i].strip()
+            try:
+                float(v or "nan")
+            except ValueError:
+                raise StoreError(f"{path}:{lineno}: {head[i]} {v[:30]!r} is not a number "
+                                 f"{fix}") from None
+        seen.add(run)
+        rows.append(dict(zip(head, fields)))
+    return (rows, head) if header else rows
 
 
 def read_run(workspace, dataset, run):

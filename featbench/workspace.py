@@ -15,7 +15,9 @@ Every path featbench uses is built here, so that the layout is stated once.
 """
 
 import contextlib
+import fcntl
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +106,33 @@ def atomic_write_text(path, text):
     """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half a file."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def file_lock(path, *, wait=True, what="writing"):
+    """Hold an exclusive lock on ``path`` for the block (a ``.<name>.lock`` file beside it).
+
+    Every featbench process that writes a shared file (the aligned-face cache, a feature file,
+    ``summary.csv``) takes this lock first, so that two commands started together never write
+    one file at once: the second waits (saying so once on stderr) and then finds the first's
+    result, or, with ``wait=False``, stops with :class:`~featbench.errors.BusyError`. The lock
+    is ``flock``'s: the kernel releases it when its holder exits, even after ``kill -9``.
+    """
+    from .errors import BusyError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path.with_name(f".{path.name}.lock"), "a")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise BusyError(f"{path}: another featbench process is {what} it (wait for it "
+                                "to finish, or stop it)") from None
+            print(f"featbench: waiting for another featbench process {what} {path}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()  # closing the descriptor releases the lock

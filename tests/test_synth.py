@@ -7,7 +7,7 @@ import pytest
 
 from featbench.aus import AFFWILD2_AUS, DISFA_AUS
 from featbench.errors import UsageError
-from featbench.synth import generate_dataset
+from featbench.synth import INFO_FILE, generate_dataset
 
 
 def _hashes(root):
@@ -155,6 +155,11 @@ def test_existing_root_refused_then_replaced(disfa_root, tmp_path):
     with pytest.raises(UsageError, match="already exists"):
         generate_dataset(root, subjects=3, frames=4, progress=False)
     assert (root / "keep.txt").read_text() == "mine"
+    # overwrite replaces only a folder the generator made (issue 11.7): its info file says so
+    with pytest.raises(UsageError, match="not made by featbench data synth"):
+        generate_dataset(root, subjects=3, frames=4, progress=False, overwrite=True)
+    assert (root / "keep.txt").read_text() == "mine"
+    (root / INFO_FILE).write_text("{}")
     generate_dataset(root, subjects=3, frames=4, progress=False, overwrite=True)
     assert not (root / "keep.txt").exists() and (root / "ActionUnit_Labels" / "SN003").is_dir()
 

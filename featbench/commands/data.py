@@ -46,7 +46,6 @@ def _synth(args):
     import time
 
     from ..datasets import SYNTH_LAYOUTS
-    from ..errors import UsageError
     from ..synth import generate_dataset
 
     name = {v: k for k, v in SYNTH_LAYOUTS.items()}[args.layout]
@@ -54,18 +53,10 @@ def _synth(args):
     from pathlib import Path
 
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        markers = ("ActionUnit_Labels", "AU_Detection_Challenge", "manifest.csv")
-        if not args.force:
-            raise UsageError(f"{root}: already exists (pass --force to replace it, or another --root)")
-        if not any((root / m).exists() for m in markers):
-            raise UsageError(f"{root}: not a featbench data set; refusing to replace it with --force")
-        import shutil
-
-        shutil.rmtree(root)
     t0 = time.perf_counter()
+    # --force replaces only a folder the generator made, and only once the new set is complete
     generate_dataset(root, layout=args.layout, subjects=args.subjects, frames=args.frames,
-                     seed=args.seed)
+                     seed=args.seed, overwrite=args.force)
     print(f"wrote {args.layout}-layout synthetic data set ({args.subjects} subjects, seed {args.seed}) "
           f"to {root} in {time.perf_counter() - t0:.1f} s")
 

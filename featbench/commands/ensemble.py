@@ -8,8 +8,10 @@ even number of members a tie is broken by the members' scores: each member's mar
 (score - threshold) is divided by the std of that member's scores on the test frames, and the
 ensemble says present when the mean of these standardised margins is > 0.
 
-presets (one member per network family, each family's SVM run):
-  fe             frozen-code runs on full faces (quick pipeline: hog, dlib_face, alexnet, cnn_f)
+presets (one member per network family, each family's SVM run; every preset also takes the
+families' LSTM runs where they exist, as the paper's first ensemble mixes SVM and LSTM members):
+  fe             frozen-code runs on full faces (quick pipeline: hog, dlib_face, alexnet, cnn_f),
+                 plus one LSTM run (<model>__full__lstm) per family where such runs exist
   fe+region      fe plus the region-based runs (<model>__auto__svm)
   fe+ft          fe with the fine-tuned CNN-F in place of AlexNet (needs featbench finetune)
   fe+ft+region   fe+ft plus the region-based runs

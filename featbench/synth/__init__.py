@@ -98,8 +98,14 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root}: exists and is not a folder")
-    if root.exists() and any(root.iterdir()) and not overwrite:
-        raise UsageError(f"{root}: already exists (pass --force to replace it, or another --root)")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{root}: already exists (pass --force to replace it, or another --root)")
+        # only a folder this generator made carries its info file: a user's own data set with
+        # the same layout (a manifest, DISFA's folders) is never deleted
+        if not (root / INFO_FILE).is_file():
+            raise UsageError(f"{root}: not made by featbench data synth (no {INFO_FILE}); "
+                             "--force replaces only folders it made: pass another --root")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     if tmp.exists():

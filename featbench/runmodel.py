@@ -1,0 +1,363 @@
+"""A finished run as something that can be applied to new faces: its network, classifiers, thresholds.
+
+:func:`load_run` reads a run of the workspace into a :class:`RunModel`:
+
+``lda`` / ``svm`` (``featbench classify``)
+    ``results/<ds>/models/<run>/settings.json`` and one ``AUxx.joblib`` per AU and fold (the
+    fitted ``Pipeline(StandardScaler, classifier)``), the threshold chosen on validation, the
+    network and region the codes came from and the weights identity of the feature file.
+``vote`` (``featbench ensemble``)
+    its members (each loaded as above) and, from the members' predictions files, the scale of
+    each member's scores on the frames the ensemble was scored on, so that a tie is broken on
+    new frames exactly as :func:`featbench.ensemble.majority_vote` broke it there.
+
+A multi-fold run (``--protocol literature``/``kfold:K``) holds one classifier per fold and AU;
+its folds vote like an ensemble's members.
+
+:func:`export_run` writes a :class:`RunModel` to one self-contained file (classifiers, scalers,
+thresholds, network name and weights identity, alignment settings, featbench and scikit-learn
+versions); :func:`load_model_file` reads it back and refuses a file of another format or
+library version with one line that says which. The file is a pickle (joblib): load only files
+from people you trust.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import MissingRunError, StoreError, UsageError, WeightsError
+from .identity import RunKey, WeightsId
+
+#: what an exported model file says it is, and the layout version this code reads
+MODEL_FORMAT = "featbench-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class RunModel:
+    """Everything :func:`featbench.predict.predict` needs from one run.
+
+    Attributes
+    ----------
+    run : str
+        The run's name.
+    dataset : str
+        The data set it was trained on.
+    clf : str
+        ``lda``, ``svm``, ``vote``...
+    model : str
+        The network's registry name (``hog``, ``alexnet``, ``timm:...``); ``""`` for a vote.
+    weights : str
+        The identity of the network's weights (``WeightsId`` string form) the codes came from.
+    aus : list of str
+    au_regions : dict of str -> str
+        The region each AU's classifier reads (``full``, ``upper``, ``middle``, ``lower``).
+    folds : list of dict
+        Per fold, ``{au: (pipeline, threshold)}``; an AU without a classifier is absent.
+    alignment : dict
+        The alignment settings of the faces the codes came from (``featbench.align``).
+    members : list of RunModel
+        A vote's members (empty otherwise).
+    scales : ndarray of shape (members, aus), optional
+        A vote's members' score scales (see the module docstring).
+    info : dict
+        Provenance: protocol, featbench version and date of the run...
+    """
+
+    run: str
+    dataset: str
+    clf: str
+    model: str
+    weights: str
+    aus: list
+    au_regions: dict = field(default_factory=dict)
+    folds: list = field(default_factory=list)
+    alignment: dict = field(default_factory=dict)
+    members: list = field(default_factory=list)
+    scales: object = None
+    info: dict = field(default_factory=dict)
+
+    # what it needs --------------------------------------------------------------------------
+    def networks(self):
+        """Return ``{(model, weights): set of regions}`` of every network this run reads."""
+        if self.members:
+            out = {}
+            for m in self.members:
+                for key, regions in m.networks().items():
+                    out.setdefault(key, set()).update(regions)
+            return out
+        return {(self.model, self.weights): set(self.au_regions.values())}
+
+    def describe(self):
+        """One line: the run, its network(s) and weights (random weights flagged)."""
+        nets = "; ".join(f"{m} ({WeightsId.parse(w).describe()})" for m, w in self.networks())
+        return f"{self.run} [{self.clf}] on {nets}"
+
+    # applying it ----------------------------------------------------------------------------
+    def score(self, codes):
+        """Return scores, decisions and thresholds of every AU for a batch of faces.
+
+        Parameters
+        ----------
+        codes : dict of (model, weights, region) -> ndarray (n, dims)
+            The codes of the batch's faces, for every key :meth:`networks` names.
+
+        Returns
+        -------
+        scores : ndarray (n, k) float32
+            Decision-function scores (nan where the run has no classifier for an AU).
+        decisions : ndarray (n, k) int8
+            1 present, 0 absent: ``scores > threshold``, as the run decided its test frames.
+        thresholds : ndarray (k,) float
+        """
+        from .ensemble import majority_vote
+
+        if self.members:
+            parts = [m.score(codes) for m in self.members]
+            cols = [[m.aus.index(a) for a in self.aus] for m in self.members]
+            s = np.stack([p[0][:, c] for p, c in zip(parts, cols)])
+            d = np.stack([p[1][:, c] for p, c in zip(parts, cols)])
+            t = np.stack([p[2][c] for p, c in zip(parts, cols)])
+            dec, sc = majority_vote(d, s, t, scales=self.scales)
+            return sc, dec, np.zeros(len(self.aus))
+        n = len(next(iter(codes.values()))) if codes else 0
+        per_fold = []
+        for fold in self.folds:
+            s = np.full((n, len(self.aus)), np.nan, np.float32)
+            d = np.zeros((n, len(self.aus)), np.int8)
+            t = np.full(len(self.aus), np.nan)
+            for a, au in enumerate(self.aus):
+                if au not in fold or not n:
+                    continue
+                pipe, thr = fold[au]
+                X = codes[(self.model, self.weights, self.au_regions[au])]
+                s[:, a] = pipe.decision_function(X).astype(np.float32)
+                t[a] = thr
+                with np.errstate(invalid="ignore"):
+                    d[:, a] = (s[:, a] > thr).astype(np.int8)
+            per_fold.append((s, d, t))
+        if len(per_fold) == 1:
+            return per_fold[0]
+        # several folds: each fold's classifier votes, as the members of an ensemble
+        dec, sc = majority_vote(np.stack([p[1] for p in per_fold]),
+                                np.stack([p[0] for p in per_fold]),
+                                np.stack([np.nan_to_num(p[2]) for p in per_fold]),
+                                scales=np.ones((len(per_fold), len(self.aus))))
+        return sc, dec, np.zeros(len(self.aus))
+
+    # the self-contained file -----------------------------------------------------------------
+    def to_dict(self):
+        """Return a plain dict of this run (classifiers included), what :func:`export_run` saves."""
+        return {"run": self.run, "dataset": self.dataset, "clf": self.clf, "model": self.model,
+                "weights": self.weights, "aus": list(self.aus), "au_regions": dict(self.au_regions),
+                "folds": self.folds, "alignment": self.alignment,
+                "members": [m.to_dict() for m in self.members],
+                "scales": None if self.scales is None else np.asarray(self.scales).tolist(),
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["members"] = [cls.from_dict(m) for m in d.get("members", [])]
+        if d.get("scales") is not None:
+            d["scales"] = np.asarray(d["scales"], dtype=np.float64)
+        return cls(**d)
+
+
+# --- loading runs of a workspace -------------------------------------------------------------
+def resolve_run(workspace, dataset, run):
+    """Return the run name ``run`` stands for: ``best`` is the highest mean F1 of summary.csv.
+
+    Raises
+    ------
+    MissingRunError
+        No summary yet, or ``best`` with no successful run.
+    """
+    if run != "best":
+        return str(run)
+    from .results import read_summary
+
+    df = read_summary(workspace, dataset)
+    ok = df[df["mean_f1"].notna() & (df.get("error", "").fillna("") == "")] if "error" in df else \
+        df[df["mean_f1"].notna()]
+    if ok.empty:
+        raise MissingRunError(f"{workspace.summary_csv(dataset)}: no successful run to pick as best")
+    return str(ok.sort_values(["mean_f1", "run"], ascending=[False, True]).iloc[0]["run"])
+
+
+def _known_runs(workspace, dataset):
+    folder = workspace.results_dir(dataset)
+    runs = {p.name for p in (folder / "models").glob("*") if p.is_dir() and not p.name.startswith(".")}
+    runs |= {p.stem for p in (folder / "predictions").glob("*.h5")}
+    return sorted(runs)
+
+
+def load_run(workspace, dataset, run):
+    """Load run ``run`` (or ``best``) of ``dataset`` from the workspace as a :class:`RunModel`.
+
+    Raises
+    ------
+    MissingRunError
+        Unknown run (the message lists the closest and where to see all).
+    UsageError
+        A run of a kind predict cannot apply yet.
+    StoreError
+        A model folder that lacks its files.
+    """
+    from .errors import did_you_mean
+    from .workspace import Workspace
+
+    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    run = resolve_run(workspace, dataset, run)
+    key = RunKey.parse(run)
+    known = _known_runs(workspace, dataset)
+    if run not in known:
+        raise MissingRunError(did_you_mean(run, known or ["(none yet)"], what=f"run of {dataset}",
+                                           hint=f"runs with models in {workspace.results_dir(dataset)}: "
+                                                + (", ".join(known) or "none; make one with featbench classify")))
+    loader = _LOADERS.get(key.clf)
+    if loader is None:
+        raise UsageError(f"run {run}: predict cannot apply {key.clf!r} runs yet "
+                         f"(it applies {', '.join(sorted(_LOADERS))})")
+    return loader(workspace, dataset, run)
+
+
+def _read_settings(folder, run):
+    path = folder / "settings.json"
+    if not path.exists():
+        raise MissingRunError(f"{path}: run {run} has no saved models (rerun it with featbench classify)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise StoreError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _load_classifier_run(workspace, dataset, run):
+    """A ``featbench classify`` run: settings.json + one joblib per AU and fold."""
+    import joblib
+
+    from .aus import AU_REGION
+
+    folder = workspace.models_dir(dataset, run)
+    settings = _read_settings(folder, run)
+    feat = (settings.get("features") or {}).get("attrs") or {}
+    recorded, file_weights = str(settings.get("weights", "")), str(feat.get("weights", ""))
+    if recorded and file_weights and WeightsId.parse(recorded) != WeightsId.parse(file_weights):
+        raise WeightsError(f"run {run} records weights {recorded!r} but its feature file "
+                           f"{file_weights!r}: the codes it was trained on cannot be reproduced")
+    region = settings.get("region", "full")
+    aus = list(settings["aus"])
+    folds = []
+    for fold in settings.get("folds", []):
+        per_au = {}
+        for au, entry in fold.get("aus", {}).items():
+            if "model_file" not in entry:
+                continue  # no classifier (no positive training frame): nan scores
+            path = folder / entry["model_file"]
+            if not path.exists():
+                raise StoreError(f"{path}: model file of run {run} is missing (rerun the run)")
+            per_au[au] = (joblib.load(path), float(entry.get("threshold", 0.0)))
+        folds.append(per_au)
+    if not any(folds):
+        raise StoreError(f"{folder}: run {run} has no fitted classifier for any AU")
+    prep = feat.get("preprocessing")
+    prep = json.loads(prep) if isinstance(prep, str) else (prep or {})
+    return RunModel(
+        run=run, dataset=dataset, clf=settings.get("clf", RunKey.parse(run).clf),
+        model=str(feat.get("model") or settings.get("model")), weights=file_weights or recorded,
+        aus=aus, au_regions={a: AU_REGION[a] if region == "auto" else region for a in aus},
+        folds=folds, alignment=prep.get("aligned_settings", {}),
+        info={"protocol": settings.get("protocol"), "created": settings.get("created"),
+              "versions": settings.get("versions", {}), "layer": feat.get("layer"),
+              "input_size": feat.get("input_size")})
+
+
+def _load_vote(workspace, dataset, run):
+    """A ``featbench ensemble`` run: its members, and their score scales on its frames."""
+    from .ensemble import align_members, read_predictions, score_scales
+
+    path = workspace.predictions_path(dataset, run)
+    if not path.exists():
+        raise MissingRunError(f"{path}: ensemble {run} has no predictions file (rerun featbench ensemble)")
+    pred = read_predictions(path)
+    members = pred.get("members", "[]")
+    members = json.loads(members) if isinstance(members, str) else list(members)
+    if not members:
+        raise StoreError(f"{path}: ensemble {run} does not list its members")
+    loaded = [load_run(workspace, dataset, m) for m in members]
+    aligned, aus, _ = align_members([read_predictions(workspace.predictions_path(dataset, m))
+                                     for m in members], members)
+    if aus != list(pred["aus"]):
+        raise StoreError(f"{path}: ensemble {run}'s AUs differ from its members' now "
+                         "(a member was rerun): rerun featbench ensemble")
+    scales = score_scales(np.stack([p["scores"] for p in aligned]))
+    return RunModel(run=run, dataset=dataset, clf="vote", model="", weights=str(pred.get("weights", "")),
+                    aus=aus, members=loaded, scales=scales,
+                    alignment=loaded[0].alignment, info={"protocol": pred.get("protocol")})
+
+
+#: loaders by RunKey.clf: one line per kind of run predict can apply
+_LOADERS = {"lda": _load_classifier_run, "svm": _load_classifier_run, "vote": _load_vote}
+
+
+# --- the self-contained file ----------------------------------------------------------------
+def _versions():
+    import sklearn
+
+    from . import __version__
+
+    return {"featbench": __version__, "scikit-learn": sklearn.__version__}
+
+
+def export_run(model, out):
+    """Write ``model`` (a :class:`RunModel`) to the self-contained file ``out``; return its path.
+
+    Written through a temporary file and renamed: a crash never leaves half a file.
+    """
+    import joblib
+
+    from .workspace import atomic_path
+
+    payload = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+               "versions": _versions(), "run": model.to_dict()}
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            joblib.dump(payload, fh, compress=3)
+    return out
+
+
+def load_model_file(path):
+    """Read a file written by :func:`export_run` back into a :class:`RunModel`.
+
+    Raises
+    ------
+    StoreError
+        Not a featbench model file, or one of another format or library version (the message
+        names the file, its version and this one's).
+    """
+    import os
+
+    import joblib
+
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: model file does not exist")
+    try:
+        payload = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise StoreError(f"{path}: not a featbench model file ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise StoreError(f"{path}: not a featbench model file (make one with featbench export RUN --out FILE)")
+    have, want = payload.get("format_version"), MODEL_FORMAT_VERSION
+    if have != want:
+        raise StoreError(f"{path}: model file format {have}, this featbench reads format {want} "
+                         f"(made by featbench {payload.get('versions', {}).get('featbench', '?')}; "
+                         "export the run again with this version)")
+    theirs, ours = payload.get("versions", {}), _versions()
+    for lib in ("featbench", "scikit-learn"):
+        a, b = str(theirs.get(lib, "?")), ours[lib]
+        if a.split(".")[:2] != b.split(".")[:2]:
+            raise StoreError(f"{path}: made with {lib} {a}, this is {lib} {b}: its classifiers "
+                             f"may not load the same (install {lib} {a} or export the run again here)")
+    return RunModel.from_dict(payload["run"])

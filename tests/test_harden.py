@@ -1,0 +1,409 @@
+"""Hardening (issue 11): every failure a user can cause ends in one line, nothing stale or mixed.
+
+Each test reproduces one numbered defect of the issue through the real code: the CLI in a real
+subprocess where the defect lives in a process (locks, signals), the library otherwise.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DISFA_AU_NUMBERS, write_lm, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def featbench(*args, check=None, timeout=120, **kw):
+    """Run ``python -m featbench ARGS`` from this worktree; return the CompletedProcess."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "featbench", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+    if check is not None:
+        assert proc.returncode == check, proc.stderr[-2000:]
+    return proc
+
+
+def start_featbench(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "featbench", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_one_line_error(proc, *needles, status=2):
+    """The error contract: exit ``status``, one line on stderr, no traceback."""
+    err = proc.stderr.strip()
+    assert proc.returncode == status, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert str(needle) in err, err
+    return err
+
+
+def make_disfa(root, *, subjects=("SN001",), frames=6, size=(48, 36), landmarks=True):
+    """A DISFA tree: label files (AU1 cycles 0-5, AU25 always 2), left videos, landmarks."""
+    for s, subj in enumerate(subjects):
+        for k in DISFA_AU_NUMBERS:
+            f = root / "ActionUnit_Labels" / subj / f"{subj}_au{k}.txt"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            vals = [i % 6 if k == 1 else (2 if k == 25 else 0) for i in range(frames)]
+            f.write_text("".join(f"{i + 1},{v}\n" for i, v in enumerate(vals)))
+        write_video(root / "Videos_LeftCamera" / f"LeftVideo{subj}_comp.avi", frames, size=size,
+                    seed=s)
+        if landmarks:
+            for i in range(frames):
+                write_lm(root / "Landmark_Points" / subj / "tmp_frame_lm" / f"{subj}_{i:04d}_lm.mat",
+                         i)
+    return root
+
+
+# --- 1. concurrent commands ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_1_two_concurrent_aligns_both_succeed_and_the_cache_is_whole(tmp_path):
+    """Two real processes align one fresh workspace at once: both exit 0, one cache, intact."""
+    from featbench.align import AlignedFaces
+    from featbench.datasets import load_dataset
+
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"), frames=60)
+    ws = tmp_path / "ws"
+    procs = [start_featbench("--workspace", ws, "align", "--dataset", "disfa", "--root", root)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in err, err
+    table = load_dataset("disfa", root=root)
+    with AlignedFaces(ws / "data" / "disfa" / "aligned" / "faces.h5") as af:
+        np.testing.assert_array_equal(af.keys, table.keys())
+        assert af.valid.all() and af.read([0, 119]).max() > 0
+
+
+def test_1_a_held_lock_makes_align_wait_then_finish(tmp_path):
+    """While another process holds the cache's lock, align says it waits and writes nothing."""
+    from featbench.workspace import Workspace, file_lock
+
+    root = make_disfa(tmp_path / "DISFA")
+    ws = Workspace(tmp_path / "ws")
+    cache = ws.aligned_path("disfa")
+    with file_lock(cache):
+        p = start_featbench("--workspace", ws.root, "align", "--dataset", "disfa", "--root", root)
+        first = p.stderr.readline()  # blocks until it says it waits (or ends: EOF)
+        assert "waiting for another featbench process" in first and str(cache) in first, first
+        time.sleep(0.5)
+        assert p.poll() is None
+        assert not cache.exists() and not cache.with_name("faces.h5.partial").exists()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "up to date" not in out and cache.exists()
+
+
+def test_1_a_busy_file_refused_without_waiting_names_it(tmp_path):
+    from featbench.errors import BusyError
+    from featbench.workspace import file_lock
+
+    target = tmp_path / "x.h5"
+    with file_lock(target):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                with file_lock(target, wait=False):
+                    os.write(w, b"got")
+            except BusyError as exc:
+                os.write(w, str(exc).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        msg = os.read(r, 1000).decode()
+    assert msg.startswith(f"{target}: another featbench process is writing it")
+
+
+# --- 3. Ctrl-C ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["align", "extract"])
+def test_3_ctrl_c_during_alignment_exits_130_with_one_line_and_resumes(tmp_path, command):
+    """SIGINT while frames are being aligned (align, and extract's alignment stage)."""
+    # no landmarks: every frame goes through dlib's detector in two threads (the slow path)
+    root = make_disfa(tmp_path / "DISFA", frames=2500, size=(96, 72), landmarks=False)
+    ws = tmp_path / "ws"
+    args = ["--workspace", ws, command, "--dataset", "disfa", "--root", root]
+    if command == "extract":
+        args += ["--model", "hog", "--quiet"]
+    p = start_featbench(*args)
+    partial = ws / "data" / "disfa" / "aligned" / "faces.h5.partial"
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None and not partial.exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert p.poll() is None, "alignment finished before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    proc = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    assert_one_line_error(proc, "interrupted", status=130)
+    assert partial.exists() and not partial.with_name("faces.h5").exists()
+
+
+# --- 6. a damaged summary.csv ---------------------------------------------------------------------
+
+
+def _summary_ws(tmp_path):
+    """A workspace with a two-run summary.csv written by the real writer."""
+    from featbench.results import write_run
+    from featbench.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    for k, model in enumerate(("alexnet", "hog")):
+        rows = [{"au": au, "f1": 0.5 + 0.1 * k + 0.01 * j, "accuracy": 0.7, "precision": 0.6,
+                 "recall": 0.5, "support": 10, "threshold": 0.0}
+                for j, au in enumerate(("AU01", "AU02"))]
+        write_run(ws, "synth", f"{model}__full__svm", rows,
+                  meta={"model": model, "region": "full", "clf": "svm"})
+    return ws, ws.summary_csv("synth")
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda t: t + "@@garbage line without commas\n", ":4: 1 fields"),
+    (lambda t: t.split("\n", 1)[1], ":1: the header must start with run,model"),
+    (lambda t: t.rstrip("\n") + ",extra,fields\n", ":3: "),
+    (lambda t: t.replace("0.5000", "zero point five", 1), "is not a number"),
+])
+def test_6_damaged_summary_is_one_line_naming_file_and_line(tmp_path, damage, needle):
+    from featbench.errors import StoreError
+    from featbench.results import read_summary, upsert_summary
+
+    ws, path = _summary_ws(tmp_path)
+    path.write_text(damage(path.read_text()))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=needle) as exc:
+        read_summary(ws, "synth")
+    assert str(exc.value).startswith(str(path))
+    # a new run refuses to rewrite it (the garbage would be kept as a row): nothing is lost
+    with pytest.raises(StoreError):
+        upsert_summary(ws, "synth", {"run": "x__full__lda", "model": "x", "region": "full",
+                                     "clf": "lda", "mean_f1": 0.1, "mean_accuracy": 0.2})
+    assert path.read_bytes() == before
+    assert_one_line_error(featbench("--workspace", ws.root, "report"), str(path), needle)
+
+
+def test_6_a_sound_summary_reads_as_numbers(tmp_path):
+    from featbench.results import read_summary
+
+    ws, _ = _summary_ws(tmp_path)
+    df = read_summary(ws, "synth")
+    assert list(df["run"]) == ["alexnet__full__svm", "hog__full__svm"]
+    np.testing.assert_allclose(df["f1_AU02"], [0.51, 0.61])
+    assert df["mean_f1"].dtype.kind == "f"
+
+
+# --- 7. data synth --force ------------------------------------------------------------------------
+
+
+def test_7_synth_force_refuses_a_folder_it_did_not_make(tmp_path):
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "manifest.csv").write_text("image,subject,AU01\na.png,S1,1\n")
+    (own / "a.png").write_bytes(b"not really")
+    (own / "notes.txt").write_text("my notes")
+    proc = featbench("data", "synth", "--root", own, "--force", "--subjects", "3", "--frames", "8")
+    assert_one_line_error(proc, str(own), "not made by featbench data synth")
+    assert sorted(p.name for p in own.iterdir()) == ["a.png", "manifest.csv", "notes.txt"]
+
+
+# --- 2. changed inputs invalidate what depends on them -------------------------------------------
+
+
+def _extract_hog(root, ws, **kw):
+    from extract.extractor import extract_features
+    from featbench.datasets import load_dataset
+
+    table = load_dataset("disfa", root=root)
+    return extract_features(table, ws, "hog", progress=False, report=True, **kw)
+
+
+def _codes(path):
+    from extract.store import read_codes
+
+    return read_codes(path)[1]
+
+
+def test_2_a_replaced_video_rebuilds_the_cache_and_refuses_the_stale_codes(tmp_path):
+    from featbench.align import align_dataset
+    from featbench.datasets import load_dataset
+    from featbench.errors import StoreError
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
+    ws = Workspace(tmp_path / "ws")
+    old = _codes(_extract_hog(root, ws).path)
+    video = root / "Videos_LeftCamera" / "LeftVideoSN002_comp.avi"
+    st = video.stat()
+    write_video(video, 6, size=(48, 36), seed=7)  # another video, same frame count
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old time stamp
+    rep = align_dataset(load_dataset("disfa", root=root), ws.aligned_path("disfa"), progress=False)
+    assert rep.built and rep.changed == ["SN002 pixels"], rep.changed
+    assert "changed: SN002 pixels" in rep.summary()
+    with pytest.raises(StoreError, match="other aligned faces.*changed: SN002 pixels"):
+        _extract_hog(root, ws)
+    new = _codes(_extract_hog(root, ws, overwrite=True).path)
+    assert np.allclose(new[:6], old[:6]) and not np.allclose(new[6:], old[6:])
+
+
+def test_2_an_edited_landmark_file_rebuilds_the_cache(tmp_path):
+    from featbench.align import AlignedFaces, align_dataset
+    from featbench.datasets import load_dataset
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA")
+    ws = Workspace(tmp_path / "ws")
+    path = ws.aligned_path("disfa")
+    align_dataset(load_dataset("disfa", root=root), path, progress=False)
+    with AlignedFaces(path) as af:
+        before = af.read([2])
+    write_lm(root / "Landmark_Points" / "SN001" / "tmp_frame_lm" / "SN001_0002_lm.mat", 20)
+    rep = align_dataset(load_dataset("disfa", root=root), path, progress=False)
+    assert rep.built and rep.changed == ["SN001 landmarks"]
+    with AlignedFaces(path) as af:
+        assert not np.array_equal(af.read([2]), before)  # the face moved with its landmarks
+
+
+# --- 4. disk full ---------------------------------------------------------------------------------
+
+
+def _enospc(*a, **k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_4_disk_full_while_creating_codes_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
+    import h5py
+
+    from featbench.errors import StoreError
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA")
+    clean = _codes(_extract_hog(root, Workspace(tmp_path / "clean")).path)
+    ws = Workspace(tmp_path / "ws")
+    real = h5py.Group.create_dataset
+
+    def create(self, name, *a, **k):
+        return _enospc() if name == "codes" else real(self, name, *a, **k)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create)
+    with pytest.raises(StoreError, match="disk full .* rerun: it resumes") as exc:
+        _extract_hog(root, ws)
+    assert str(exc.value).startswith(str(ws.features_path("disfa", "hog")))
+    monkeypatch.undo()
+    rep = _extract_hog(root, ws)
+    assert rep.computed == {"full": 6}
+    np.testing.assert_array_equal(_codes(rep.path), clean)
+    assert not list(rep.path.parent.glob(".*tmp*"))
+
+
+def test_4_disk_full_mid_file_resumes_to_the_same_codes(tmp_path, monkeypatch):
+    import h5py
+
+    from featbench.errors import StoreError
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
+    clean = _codes(_extract_hog(root, Workspace(tmp_path / "clean")).path)
+    ws = Workspace(tmp_path / "ws")
+    real, calls = h5py.Dataset.__setitem__, []
+
+    def setitem(self, key, value):
+        if self.name.endswith("/codes"):
+            calls.append(key)
+            if len(calls) == 2:
+                _enospc()
+        return real(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+    with pytest.raises(StoreError, match="disk full"):
+        _extract_hog(root, ws, batch_size=4)
+    monkeypatch.undo()
+    rep = _extract_hog(root, ws, batch_size=4)
+    assert rep.computed == {"full": 8}  # the first batch of 4 was kept
+    np.testing.assert_array_equal(_codes(rep.path), clean)
+
+
+# --- 5. damaged feature files ---------------------------------------------------------------------
+
+
+def _damaged(tmp_path, damage):
+    import h5py
+
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA")
+    ws = Workspace(tmp_path / "ws")
+    path = _extract_hog(root, ws).path
+    if callable(damage):
+        with h5py.File(path, "r+") as f:
+            damage(f)
+    return root, ws, path
+
+
+def _flip(path, offset, n=16):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = fh.read(n)
+        fh.seek(offset)
+        # not 0xFF: Fletcher's sums cannot tell 0x0000 from 0xFFFF, and codes hold zeros
+        fh.write(bytes(b ^ 0x5A for b in data))
+
+
+def test_5_deleted_frames_is_one_line_in_classify_and_extract(tmp_path):
+    from featbench.errors import StoreError
+
+    root, ws, path = _damaged(tmp_path, lambda f: f.__delitem__("frames"))
+    with pytest.raises(StoreError, match="no /frames"):
+        _codes(path)
+    for cmd in (["extract", "--model", "hog"], ["classify", "--clf", "lda", "--model", "hog"]):
+        proc = featbench("--workspace", ws.root, *cmd, "--dataset", "disfa", "--root", root)
+        assert_one_line_error(proc, str(path))
+
+
+def test_5_deleted_codes_are_extracted_again(tmp_path):
+    root, ws, path = _damaged(tmp_path, lambda f: f["full"].__delitem__("codes"))
+    rep = _extract_hog(root, ws)
+    assert rep.computed == {"full": 6} and _codes(path).shape[0] == 6
+
+
+def test_5_flipped_bytes_in_the_codes_fail_their_checksum(tmp_path):
+    import h5py
+
+    from featbench.errors import StoreError
+
+    root, ws, path = _damaged(tmp_path, None)
+    with h5py.File(path, "r") as f:
+        assert f["full/codes"].fletcher32
+        offset = f["full/codes"].id.get_chunk_info(0).byte_offset
+    _flip(path, offset + 100, 4)
+    with pytest.raises(StoreError, match="checksum .* does not match") as exc:
+        _codes(path)
+    assert str(exc.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("offset", [0, 48, 200, 700])
+def test_5_flipped_bytes_in_the_header_are_one_line(tmp_path, offset):
+    from featbench.errors import StoreError
+
+    root, ws, path = _damaged(tmp_path, None)
+    _flip(path, offset)
+    try:
+        _codes(path)
+    except StoreError as exc:
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+    proc = featbench("--workspace", ws.root, "extract", "--model", "hog", "--dataset", "disfa",
+                     "--root", root)
+    if proc.returncode:
+        assert_one_line_error(proc, str(path))
