@@ -45,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from torch import nn  # this module is imported by the command function only: --help stays fast
 
 from featbench.errors import MissingRunError, UsageError
 from featbench.identity import RunKey, WeightsId
@@ -156,7 +157,6 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
     stage 1's one linear layer, ``(512, 256, aus)`` stage 2's two-hidden-layer MLP.
     """
     import torch
-    from torch import nn
 
     from extract.encoders import create_preprocess
 
@@ -174,13 +174,7 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
     return net, str(WeightsId.parse(identity))  # the one string form (file sha256:...)
 
 
-def _module():
-    from torch import nn
-
-    return nn.Module
-
-
-class TransferNet(_module()):
+class TransferNet(nn.Module):
     """uint8 NHWC faces -> logits: preprocess, backbone (to its code), head."""
 
     def __init__(self, preprocess, backbone, head):
@@ -189,6 +183,24 @@ class TransferNet(_module()):
 
     def forward(self, x):
         return self.head(self.backbone(self.preprocess(x)))
+
+
+def load_model(path, *, device="cpu"):
+    """Load a stage-2 ``model.pt`` alone: return ``(TransferNet in eval mode, saved dict)``.
+
+    The dict holds ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face is
+    called present for an AU when its logit is > that AU's logit threshold.
+    """
+    import torch
+
+    from extract.registry import get_spec
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    spec = get_spec(state["backbone"])
+    net, _ = build_net(spec, StartWeights(spec, "random:0"), tuple(state["hidden"]) + (len(state["aus"]),),
+                       input_size=state["input_size"], dropout=state.get("dropout", 0.0))
+    net.load_state_dict(state["state_dict"])
+    return net.to(device).eval(), state
 
 
 def full_state_dict(spec, backbone):
@@ -439,8 +451,12 @@ def load_stage1(workspace, expr_dataset, settings):
 
 # --- stage 2 -------------------------------------------------------------------------------------
 def stage2_run(settings, *, control=False):
-    """The RunKey of a stage-2 run (``<backbone>__full__transfer[__nostage1]``)."""
-    tags = ((CONTROL_TAG,) if control else ()) + _tags(settings)
+    """The RunKey of a stage-2 run: ``<backbone>__full__transfer[__<tags>]``.
+
+    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``.
+    """
+    tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
+    tags += _tags(settings)
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
@@ -597,7 +613,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     _save_torch(out_dir / "backbone.pt", full_state_dict(spec, model.backbone))
     _save_torch(out_dir / "model.pt", {
         "format": 1, "backbone": settings.backbone, "input_size": settings.input_size,
-        "hidden": list(settings.hidden), "aus": aus, "thresholds": [_sigmoid(t) for t in thr],
+        "hidden": list(settings.hidden), "dropout": settings.dropout, "aus": aus,
+        "thresholds": [_sigmoid(t) for t in thr],
         "logit_thresholds": thr.tolist(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "start_weights": str(weights_id), "weights": str(trained_id)})
     meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(weights_id),
@@ -716,6 +733,6 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["TransferSettings", "run_stage1", "run_stage2", "transfer_run", "format_result",
+__all__ = ["TransferSettings", "run_stage1", "run_stage2", "transfer_run", "format_result", "load_model",
            "tune_thresholds", "pos_weights", "masked_bce", "expression_folds", "stage2_rows",
            "full_state_dict", "build_net"]

@@ -36,7 +36,7 @@ def resolve_root(name, root=None, *, workspace=None):
 
 
 def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
-                 generate=True, progress=True):
+                 generate=False, progress=True):
     """Read a data set into a :class:`~featbench.frames.FrameTable`.
 
     Parameters
@@ -52,7 +52,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     threshold : int
         DISFA: an AU is present when its intensity is >= ``threshold`` (protocol: 2).
     generate : bool
-        For the synthetic sets: generate the default set when ``root`` does not exist yet.
+        For the synthetic sets: generate the default set when ``root`` does not exist yet
+        (default False: reading never writes data unless asked; the CLI asks, as its help says).
 
     Raises
     ------
@@ -74,7 +75,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         reader = name
     if not root.exists():
         raise DataError(f"{root}: data set folder does not exist (pass --root DIR for {name})")
-    if not root.is_dir():
+    if not root.is_dir() and not (reader == "folder" and root.suffix.lower() == ".csv"):
+        # (the folder reader also takes its manifest.csv itself, as its docstring says)
         raise DataError(f"{root}: not a folder (pass the data set's root folder with --root)")
     if reader == "disfa":
         from .disfa import read_disfa
@@ -91,6 +93,9 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         # the embedded expression set holds aligned crops already, as ABAW's cropped_aligned
         table.pre_aligned = name == "synth-expression"
     table.dataset = name
+    if not len(table):
+        skipped = "; ".join(f"{n} {why}" for why, n in sorted(table.skipped.items()) if n)
+        raise DataError(f"{root}: no frames to read ({skipped or 'the label files list none'})")
     return table
 
 
