@@ -720,3 +720,15 @@ def save_fits(folder, splits, by, au_list):
                                  "seconds": f.seconds, "cpu_seconds": f.cpu_seconds,
                                  "history": f.history}
     return entries
+
+
+def _spec():
+    from .registry import ClassifierSpec
+
+    return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
+                          options=options_from, load=load_model, suffix=".pt",
+                          help="LSTM over each subject's code sequence, epoch chosen on validation")
+
+
+#: the ``lstm`` entry of :mod:`classify.registry`
+SPEC = _spec()
