@@ -15,15 +15,12 @@ Presets
 ``quick`` (default; under 10 minutes on 2 CPU cores from an empty workspace)
     networks ``hog``, ``dlib_face``, ``alexnet``, ``cnn_f``; classifiers ``svm`` and ``lda`` on
     full faces; region-based (``auto``: each AU's classifier sees its region) SVM and LDA runs for
-    ``hog`` and ``alexnet``; one fine-tuned CNN-F (multilabel, 96-pixel faces, 3 epochs);
-    ensembles ``fe``, ``fe+region`` and ``fe+ft``. CNNs use their ``imagenet``
+    ``hog`` and ``alexnet``; ensembles ``fe`` and ``fe+region``. CNNs use their ``imagenet``
     weights when these are cached here, else ``random:0`` (said in the output and the report).
 ``paper``
     every network of the paper (AlexNet, ZFNet, CNN-F/M/S, VGG-16, VGG-Face, GoogLeNet,
     ResNet-50, ResNet-152) with ``imagenet`` weights, SVM and LDA on full faces, region-based
-    runs for VGG-Face and CNN-F, the paper's fine-tuned CNN-F (per-AU networks on the whole face
-    with every FC layer re-initialised, and on regions with fc6 + fc7 re-initialised),
-    ensembles ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region``. Missing weight files stop
+    runs for VGG-Face and CNN-F, ensembles ``fe`` and ``fe+region``. Missing weight files stop
     the run before any long work, naming every file; ``weights="random:0"`` runs the whole
     preset as a random-weight control. ZFNet has no published weights and always runs as a
     random-init control.
@@ -57,9 +54,6 @@ class Preset:
     clfs: tuple = ("svm", "lda")
     region_clfs: tuple = ("svm", "lda")
     ensembles: tuple = ("fe", "fe+region")
-    #: fine-tuning runs: ``featbench finetune`` settings (classify.finetune.FinetuneConfig fields;
-    #: the weights are the preset's for that network), run when the network is in ``models``
-    finetunes: tuple = ()
     #: fall back to random:0 for a CNN whose imagenet weights are not cached (quick) or refuse (paper)
     random_fallback: bool = False
 
@@ -67,21 +61,11 @@ class Preset:
 PRESETS = {
     # region runs use alexnet, not cnn_f: on 2 CPU cores its codes cost about half (40 vs 75 s
     # per region of the 3239-frame synth set), and the quick preset has a 10-minute budget
-    # one fine-tuned member that fits the budget: CNN-F, one multilabel network (12x cheaper than
-    # per-AU ones) on 96-pixel faces, 3 epochs
     "quick": Preset("quick", models=("hog", "dlib_face", "alexnet", "cnn_f"),
-                    region_models=("hog", "alexnet"), random_fallback=True,
-                    ensembles=("fe", "fe+region", "fe+ft"),
-                    finetunes=(dict(model="cnn_f", head="multilabel", input_size=96, epochs=3,
-                                    patience=2),)),
-    # the paper's fine-tuned CNN-F: per-AU 2-way networks on the whole face (all FC layers
-    # re-initialised) and on regions (fc6 + fc7 re-initialised)
+                    region_models=("hog", "alexnet"), random_fallback=True),
     "paper": Preset("paper", models=("alexnet", "zfnet", "cnn_f", "cnn_m", "cnn_s", "vgg16",
                                      "vgg_face", "googlenet", "resnet50", "resnet152"),
-                    region_models=("vgg_face", "cnn_f"),
-                    ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
-                    finetunes=(dict(model="cnn_f", reinit="fc"),
-                               dict(model="cnn_f", region="auto", reinit="fc6-fc7"))),
+                    region_models=("vgg_face", "cnn_f")),
 }
 
 
@@ -157,36 +141,6 @@ def _run_is_fresh(workspace, dataset, run, features):
     summary = workspace.summary_csv(dataset)
     rows = [r for r in read_summary_rows(summary) if r["run"] == run] if summary.exists() else []
     return bool(rows) and not rows[0].get("error")
-
-
-def _finetune_stage(workspace, dataset, ft, weights, table, protocol, aligned, failed, seconds,
-                    progress):
-    """Run one fine-tuning run of a preset unless it is fresh; return ``[run]`` when it is done."""
-    from classify.finetune import FinetuneConfig, finetune_run, finetune_run_name
-
-    config = FinetuneConfig(**{**ft, "weights": weights, "protocol": protocol})
-    name = finetune_run_name(config, table)
-    if _run_is_fresh(workspace, dataset, name, aligned):
-        _say(progress, f"- {name}: up to date, kept")
-        return [name]
-    tm = time.perf_counter()
-    try:
-        out = finetune_run(workspace, dataset, config, table=table, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - recorded as the run's row, the others go on
-        if not isinstance(exc, FeatbenchError):
-            from .results import record_failure
-
-            exc = f"{type(exc).__name__}: {exc}"
-            record_failure(workspace, dataset, name, exc,
-                           meta={"model": ft["model"], "region": config.region, "clf": "ft",
-                                 "weights": weights})
-        _say(progress, f"- {name}: failed: {exc}")
-        failed.append((name, str(exc)))
-        return []
-    seconds[f"finetune {name}"] = time.perf_counter() - tm
-    _say(progress, f"- {name} ({config.head}, weights {out['meta']['weights']}): mean F1 "
-                   f"{out['mean']['f1']:.3f} ({seconds[f'finetune {name}']:.0f}s)")
-    return [name]
 
 
 def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weights=None,
@@ -318,18 +272,13 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
         f1 = out.get("mean", {}).get("f1", float("nan"))
         _say(progress, f"- {name}: mean F1 {f1:.3f} ({seconds[f'classify {name}']:.0f}s)")
         done.append(name)
-    fts = [ft for ft in spec.finetunes if ft["model"] in spec.models]
-    for ft in fts:
-        done += _finetune_stage(workspace, dataset, ft, wplan[ft["model"]][0], table,
-                                protocol or "paper", aligned, failed, seconds, progress)
     seconds["classify"] = time.perf_counter() - t
 
     # 5. ensemble --------------------------------------------------------------------------
-    ensembles = [e for e in spec.ensembles if "ft" not in e or fts]
-    t = stage(5, "ensemble", ", ".join(ensembles))
+    t = stage(5, "ensemble", ", ".join(spec.ensembles))
     from .ensemble import ensemble_run
 
-    for ens in ensembles:
+    for ens in spec.ensembles:
         try:
             out = ensemble_run(workspace, dataset, preset=ens, tag=tag)
         except FeatbenchError as exc:

@@ -24,8 +24,7 @@ def test_quick_covers_every_stage_kind():
     assert {"hog", "dlib_face", "alexnet", "cnn_f"} <= models
     assert {c for _, _, c in runs} == {"svm", "lda"}
     assert ("hog", "auto", "svm") in runs and ("alexnet", "auto", "svm") in runs
-    assert PRESETS["quick"].ensembles == ("fe", "fe+region", "fe+ft")
-    assert [ft["model"] for ft in PRESETS["quick"].finetunes] == ["cnn_f"]
+    assert PRESETS["quick"].ensembles == ("fe", "fe+region")
 
 
 def test_quick_falls_back_to_random_weights_and_says_so(no_cache):
