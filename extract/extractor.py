@@ -185,7 +185,7 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     if part is not None:
         rows = rows[part]
     keys = faces.keys[rows]
-    prep = {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": spec.pixel_scale,
+    prep = {**encoder.preprocessing,  # the mean a weights file brought, not the spec's
             "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
     rep = ExtractReport(Path(out_path), spec.name, encoder.weights_id, spec.dims, len(rows))
     if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,

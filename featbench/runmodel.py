@@ -235,8 +235,8 @@ def _read_settings(folder, run):
 
 
 def _load_classifier_run(workspace, dataset, run):
-    """A ``featbench classify`` run: settings.json + one joblib per AU and fold."""
-    import joblib
+    """A ``featbench classify`` run: settings.json + one model per AU and fold (threshold inside)."""
+    from classify.registry import load_run_models
 
     from .aus import AU_REGION
 
@@ -249,17 +249,14 @@ def _load_classifier_run(workspace, dataset, run):
                            f"{file_weights!r}: the codes it was trained on cannot be reproduced")
     region = settings.get("region", "full")
     aus = list(settings["aus"])
-    folds = []
     for fold in settings.get("folds", []):
-        per_au = {}
-        for au, entry in fold.get("aus", {}).items():
-            if "model_file" not in entry:
-                continue  # no classifier (no positive training frame): nan scores
-            path = folder / entry["model_file"]
-            if not path.exists():
+        for entry in fold.get("aus", {}).values():
+            path = folder / entry.get("model_file", "")
+            if "model_file" in entry and not path.exists():
                 raise StoreError(f"{path}: model file of run {run} is missing (rerun the run)")
-            per_au[au] = (joblib.load(path), float(entry.get("threshold", 0.0)))
-        folds.append(per_au)
+    loaded = load_run_models(workspace, dataset, run)  # an AU without a classifier is absent
+    folds = [{au: (m, float(m.threshold)) for au, m in loaded[fold["name"]].items()}
+             for fold in settings.get("folds", [])]
     if not any(folds):
         raise StoreError(f"{folder}: run {run} has no fitted classifier for any AU")
     prep = feat.get("preprocessing")
