@@ -125,8 +125,10 @@ def check_features(workspace, dataset, model, regions=("full",)):
     return path
 
 
-def load_codes(workspace, dataset, model, regions):
+def load_codes(workspace, dataset, model, regions, *, lazy=False):
     """Return ``(keys, {region: codes}, attrs)`` of the feature file of ``model``.
+
+    With ``lazy``, the codes stay in the file: ``{region: classify.scale.H5Codes}``.
 
     Raises
     ------
@@ -144,6 +146,15 @@ def load_codes(workspace, dataset, model, regions):
                               f"featbench extract --model {model} --dataset {dataset} --region {flag})")
     from extract.store import read_codes
 
+    if lazy:
+        from .scale import keys_and_attrs, lazy_codes
+
+        codes = lazy_codes(path, regions)
+        keys, attrs = keys_and_attrs(path)
+        for r, c in codes.items():
+            if len(c) != len(keys):
+                raise StoreError(f"{path}: /{r}/codes has {len(c)} rows but /frames has {len(keys)}")
+        return keys, codes, attrs
     keys, codes, attrs = None, {}, {}
     for r in regions:
         k, c, attrs = read_codes(path, r)
@@ -197,7 +208,7 @@ def join_codes(table, keys):
 
 # --- one AU of one fold ------------------------------------------------------------------------
 def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed,
-             threads=None):
+             threads=None, budget=None):
     """Fit and score one (fold, AU); pure computation, run in a worker process.
 
     ``codes`` maps a region to its (n, dims) codes or to a ``.npy`` file opened memory-mapped,
@@ -205,12 +216,18 @@ def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_thresh
     """
     from threadpoolctl import threadpool_limits
 
+    from .scale import peak_rss_mb
+
     with threadpool_limits(limits=threads):
-        return _fit_score(job, codes=codes, labels=labels, pos=pos, clf=clf, balance=balance,
-                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed)
+        out = _fit_score(job, codes=codes, labels=labels, pos=pos, clf=clf, balance=balance,
+                         class_weight=class_weight, tune_threshold=tune_threshold, seed=seed,
+                         budget=budget)
+    out["rss_mb"] = peak_rss_mb()
+    return out
 
 
-def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed):
+def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed,
+               budget=None):
     fi, ai, au, region, rows = job
     y_all = labels[:, ai]
     rng = np.random.default_rng([seed, fi, int(au[2:])])
@@ -232,19 +249,31 @@ def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_thre
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    thr = {}
+    from .scale import H5Codes, fit_streamed, score
+
+    thr_rows = None
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
-        r = parts["all_validation"]
-        thr = {"X_thr": X[pos[r]], "y_thr": y_all[r]}
-    fit = fit_au(clf, X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
-                 class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr)
+        thr_rows = parts["all_validation"]
+    if (clf == "svm" and isinstance(X, H5Codes) and budget is not None
+            and 2 * 8 * ytr.size * X.shape[1] > budget):  # float64 rows + their scaled copy
+        out["solver"] = "sgd-hinge (out of core)"
+        fit = fit_streamed(X, pos[parts["train"]], ytr, pos[parts["validation"]], yva,
+                           thr_rows=None if thr_rows is None else pos[thr_rows],
+                           y_thr=None if thr_rows is None else y_all[thr_rows],
+                           tune_threshold=tune_threshold, class_weight=class_weight, seed=seed,
+                           budget=budget)
+    else:
+        out["solver"] = "liblinear" if clf == "svm" else clf
+        thr = {} if thr_rows is None else {"X_thr": X[pos[thr_rows]], "y_thr": y_all[thr_rows]}
+        fit = fit_au(clf, X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
+                     class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr)
     out["fit"] = fit
     if rows["test"].size:
-        out["scores"] = fit.model.decision_function(X[pos[rows["test"]]]).astype(np.float32)
+        out["scores"] = score(fit.model, X, pos[rows["test"]])
     return out
 
 
-def _parallel(jobs, n_jobs, progress, *, codes, **kw):
+def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
     """Run :func:`_au_task` over ``jobs`` in worker processes, BLAS limited to cores // workers.
 
     Processes, not threads: liblinear draws its coordinate order from one process-global
@@ -256,8 +285,14 @@ def _parallel(jobs, n_jobs, progress, *, codes, **kw):
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
+    from .scale import H5Codes, run_on_dask
+
+    if scheduler:
+        return run_on_dask(_au_task, jobs, scheduler, progress, codes=codes, **kw)
     cores = os.cpu_count() or 1
     workers = max(1, min(len(jobs), cores if n_jobs in (None, -1) else int(n_jobs)))
+    if kw.get("budget"):
+        kw["budget"] = max(1, kw["budget"] // workers)  # each worker's share
     bar = dict(total=len(jobs), desc="classify", unit="AU", file=sys.stderr, disable=not progress,
                leave=False)
     if workers == 1:
@@ -265,6 +300,9 @@ def _parallel(jobs, n_jobs, progress, *, codes, **kw):
     with tempfile.TemporaryDirectory(prefix="featbench-codes-") as tmp:
         files = {}
         for region, c in codes.items():
+            if isinstance(c, H5Codes):  # read from the feature file by each worker
+                files[region] = c
+                continue
             files[region] = os.path.join(tmp, f"{region}.npy")
             np.save(files[region], c)
         gen = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(
@@ -275,7 +313,7 @@ def _parallel(jobs, n_jobs, progress, *, codes, **kw):
 # --- the run -----------------------------------------------------------------------------------
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True, lstm=None):
+                 table=None, aus=None, progress=True, lstm=None, scheduler=None):
     """Train and score one per-AU classifier run; write its tables, predictions and models.
 
     Parameters
@@ -309,6 +347,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     lstm : classify.lstm.LSTMOptions or dict, optional
         ``clf="lstm"`` only: the network's settings (default: the paper's). Balancing means the
         protocol's sequence cutting; ``class_weight="balanced"`` weights positive frames.
+    scheduler : str, optional
+        LDA / SVM: a Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local
+        workers); see :mod:`classify.scale`, also for ``FEATBENCH_MEMORY_GB``.
 
     Returns
     -------
@@ -356,15 +397,23 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         meta["lstm"] = asdict(lstm)
     try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
         meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-        keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+        from .scale import codes_bytes, memory_budget_bytes, scheduler_address
+
+        budget = memory_budget_bytes()
+        if clf != "lstm" and codes_bytes(path, regions) > budget:  # codes stay on disk
+            keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=True)
+        else:
+            keys, codes, attrs = load_codes(workspace, dataset, model, regions)
         return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                         n_jobs=n_jobs, progress=progress, t0=t0)
+                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
+                         scheduler=scheduler_address(scheduler))
     except FeatbenchError as exc:
         record_failure(workspace, dataset, run, exc, meta=meta)
         raise
 
 
-def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0):
+def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
+              budget=None, scheduler=None):
     from featbench.splits import make_splits
 
     clf, region, seed = meta["clf"], meta["region"], meta["seed"]
@@ -396,11 +445,19 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
                            class_weight=meta["class_weight"] or None, n_jobs=n_jobs,
                            checkpoint_root=workspace.models_dir(dataset, run).with_name(f".{run}.train"),
                            progress=progress)
+        scheduler = None
     else:
         results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, clf=clf,
                             balance=meta["balance"], class_weight=meta["class_weight"] or None,
-                            tune_threshold=meta["tune_threshold"], seed=seed)
+                            tune_threshold=meta["tune_threshold"], seed=seed, budget=budget,
+                            scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
+    from .scale import H5Codes, peak_rss_mb
+
+    scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),
+             "memory_budget_gb": round(budget / (1 << 30), 2) if budget else None,
+             "solver": sorted({r.get("solver", clf) for r in results}),
+             "backend": f"dask {scheduler}" if scheduler else "joblib (local processes)"}
 
     # per-AU metrics, averaged over folds ------------------------------------------------------
     n_folds, k = len(splits), len(au_list)
@@ -453,8 +510,10 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
             "seconds": round(time.time() - t0, 1)}
     pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
                                    thresholds, rows_out, meta, splits)
+    scale["peak_rss_mb"] = {"main": peak_rss_mb(),
+                            "worker_max": max((r.get("rss_mb", 0.0) for r in results), default=0.0)}
     models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs,
-                                          missing, n_train, test_rows)
+                                          missing, n_train, test_rows, scale=scale)
     meta["seconds"] = round(time.time() - t0, 1)
     csv = write_run(workspace, dataset, run, rows_out, meta=meta)
     mean = run_table(rows_out)[0][-1]
@@ -501,7 +560,8 @@ def _versions():
             "numpy": np.__version__, "joblib": joblib.__version__, "python": sys.version.split()[0]}
 
 
-def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows):
+def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows,
+                  scale=None):
     """Replace the run's model folder: one joblib per AU (and fold) plus settings.json."""
     import joblib
 
@@ -543,7 +603,7 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
         "default_threshold": 0.0, "frames_without_codes_by_part": missing,
         "features": {"path": str(workspace.features_path(dataset, meta["model"])),
                      "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}},
-        "folds": folds, "versions": _versions(),
+        "folds": folds, "versions": _versions(), **(scale or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_text(tmp / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")

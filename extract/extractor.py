@@ -130,6 +130,14 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
     regions = parse_regions(region)
     batch_size = _positive(batch_size, "--batch-size")
     workers = default_workers() if workers is None else int(workers)
+    from .distributed import extract_distributed, torchrun_env
+
+    if torchrun_env() is not None:  # launched by torchrun: this rank's shard, rank 0 joins
+        rep = extract_distributed(table, workspace, model, regions=regions, weights=weights,
+                                  device=device, batch_size=batch_size, workers=workers,
+                                  overwrite=overwrite, float16=float16, progress=progress,
+                                  on_batch=on_batch)
+        return rep if report else rep.path
     encoder = create_encoder(model, weights=weights, device=device)
     aligned_path = ensure_aligned(table, workspace, progress=progress)
     out = workspace.features_path(table.dataset, model)
@@ -148,11 +156,13 @@ def _positive(value, flag):
 
 def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch_size=64,
                     workers=1, overwrite=False, float16=False, progress=True, on_batch=None,
-                    dataset=""):
+                    dataset="", part=None, extra_attrs=None):
     """Encode the valid faces of an aligned-face cache into the feature file ``out_path``.
 
     The part of :func:`extract_features` after alignment, for callers that hold an encoder
-    already (the bench). Parameters as there; returns an :class:`ExtractReport`.
+    already (the bench, a torchrun rank). Parameters as there, plus ``part`` (a slice of the
+    valid faces: a torchrun rank's shard) and ``extra_attrs`` (more attributes of a new file);
+    returns an :class:`ExtractReport`.
     """
     import json
 
@@ -163,6 +173,8 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     spec = encoder.spec
     faces = AlignedFaces(aligned_path)
     rows = np.flatnonzero(faces.valid)
+    if part is not None:
+        rows = rows[part]
     keys = faces.keys[rows]
     prep = {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": spec.pixel_scale,
             "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
@@ -179,7 +191,7 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
                            dims=spec.dims, dtype="float16" if float16 else "float32",
                            overwrite=overwrite,
                            extra_attrs={"dataset": dataset, "preprocessing": json.dumps(prep),
-                                        "family": spec.family}) as store:
+                                        "family": spec.family, **(extra_attrs or {})}) as store:
         for reg in regions:
             start = store.rows_done(reg)
             store.codes(reg)  # an empty region still gets its dataset

@@ -38,6 +38,13 @@ def add_parser(subparsers):
                    help="AUs trained at once (default: all cores)")
     p.add_argument("--aus", default=None, metavar="AU01,AU02",
                    help="only these AUs (default: the protocol's)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="run the per-AU fits on the Dask cluster at ADDR (tcp://HOST:PORT; "
+                        "default: $DASK_SCHEDULER_ADDRESS, else local worker processes); the "
+                        "workers need the workspace on a shared file system when the codes "
+                        "exceed FEATBENCH_MEMORY_GB (default: half the RAM), above which they "
+                        "are read from HDF5 in blocks and too-large training sets are fitted "
+                        "out of core (SGD linear SVM)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_lstm_args(p)
     p.set_defaults(func=_run)
@@ -105,6 +112,6 @@ def _run(args):
                           protocol=args.protocol, tune_threshold=args.tune_threshold,
                           balance=args.balance, class_weight=args.class_weight, seed=args.seed,
                           n_jobs=args.jobs, table=load_table(args), aus=args.aus,
-                          progress=not args.quiet, lstm=lstm)
+                          progress=not args.quiet, lstm=lstm, scheduler=args.scheduler)
     print(format_result(result))
     return 0

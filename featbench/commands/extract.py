@@ -11,7 +11,9 @@ def add_parser(subparsers):
                     "(or face region) and store its codes in data/features/<dataset>/<model>.h5, "
                     "with the model, layer, weights identity and preprocessing. An interrupted "
                     "run resumes where it stopped; a file made with other weights or frames is "
-                    "refused (--overwrite replaces it).")
+                    "refused (--overwrite replaces it). Under torchrun (torchrun "
+                    "--nproc-per-node N -m featbench extract ...) each rank encodes its share "
+                    "of the frames into its own shard file and rank 0 joins them.")
     p.add_argument("--model", required=True, metavar="NAME",
                    help="network: a name from featbench models, timm:<name> or tv:<name>")
     add_dataset_args(p)
@@ -34,6 +36,9 @@ def add_parser(subparsers):
                    help="replace an existing feature file made with other weights or frames")
     p.add_argument("--float16", action="store_true",
                    help="store codes as float16 (half the disk; read back as float32)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default=None,
+                   help="storage type of the codes; --dtype float16 = --float16 (default: "
+                        "float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -49,7 +54,11 @@ def _run(args):
     table = load_table(args)
     rep = extract_features(table, workspace_of(args), args.model, region=args.region,
                            weights=args.weights, device=args.device, batch_size=args.batch_size,
-                           workers=args.workers, overwrite=args.overwrite, float16=args.float16,
+                           workers=args.workers, overwrite=args.overwrite,
+                           float16=args.float16 or args.dtype == "float16",
                            progress=not args.quiet, report=True)
-    print(rep.summary())
+    from extract.distributed import is_main_process
+
+    if is_main_process():  # under torchrun, rank 0 speaks for all ranks
+        print(rep.summary())
     return 0
