@@ -107,9 +107,10 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         aligned = ensure_aligned(table, workspace, progress=False)
     with AlignedFaces(aligned) as faces:
         keys = faces.keys[np.flatnonzero(faces.valid)]
+        source = faces.fingerprint  # what the codes are made from (stale codes are refused)
     out = Path(workspace.features_path(table.dataset, model))
     ident = dict(keys=keys, model=spec.name, layer=spec.code_layer, weights=encoder.weights_id,
-                 input_size=spec.input_size, dims=spec.dims, dtype=dtype)
+                 input_size=spec.input_size, dims=spec.dims, dtype=dtype, source=source)
     if not overwrite and is_complete(out, regions, **ident):
         dist.barrier()
         return ExtractReport(out, spec.name, encoder.weights_id, spec.dims, len(keys),
@@ -140,7 +141,7 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
 
 
 def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size, dims,
-                dtype="float32", overwrite=False):
+                dtype="float32", overwrite=False, source=""):
     """Write the feature file ``out`` whose region codes are virtual datasets over ``shards``.
 
     Each shard must be a complete feature file of the same identity whose frames, in shard
@@ -178,7 +179,7 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
     n = len(keys)
     with open_store(out, keys=keys, model=model, layer=layer, weights=weights,
                     input_size=input_size, dims=dims, dtype=dtype, overwrite=overwrite,
-                    extra_attrs={"shards": ",".join(os.path.relpath(p, out.parent)
+                    source=source, extra_attrs={"shards": ",".join(os.path.relpath(p, out.parent)
                                                     for p, _, _ in parts)}) as store:
         f = store.f
         for reg in regions:

@@ -182,14 +182,16 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,
                                      layer=spec.code_layer, weights=encoder.weights_id,
                                      input_size=spec.input_size, dims=spec.dims,
-                                     dtype="float16" if float16 else "float32"):
+                                     dtype="float16" if float16 else "float32",
+                                     source=faces.fingerprint):
         faces.close()
         rep.computed = {reg: 0 for reg in regions}
         return rep
     with faces, open_store(out_path, keys=keys, model=spec.name, layer=spec.code_layer,
                            weights=encoder.weights_id, input_size=spec.input_size,
                            dims=spec.dims, dtype="float16" if float16 else "float32",
-                           overwrite=overwrite,
+                           overwrite=overwrite, source=faces.fingerprint,
+                           source_changes=faces.rebuilt_because,
                            extra_attrs={"dataset": dataset, "preprocessing": json.dumps(prep),
                                         "family": spec.family, **(extra_attrs or {})}) as store:
         for reg in regions:

@@ -23,6 +23,7 @@ dtype is refused with a :class:`StoreError` that says what differs and how to re
 (``--overwrite``); it is never silently mixed.
 """
 
+import contextlib
 import hashlib
 import json
 import time
@@ -37,7 +38,10 @@ FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
 CHUNK_BYTES = 1 << 20
 #: attributes that must match for a file to be resumed or extended with another region
-IDENTITY_ATTRS = ("model", "layer", "weights", "input_size", "dims", "dtype", "frames_sha256")
+#: what h5py raises on a file whose header or object tables hold changed bytes
+_DAMAGE = (OSError, KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError)
+IDENTITY_ATTRS = ("model", "layer", "weights", "input_size", "dims", "dtype", "frames_sha256",
+                  "source_fingerprint")
 
 
 def keys_sha256(keys):
@@ -66,23 +70,44 @@ class FeatureWriter:
     def rows_done(self, region):
         """Rows of ``region`` already written (0 when the region is new)."""
         g = self.f.get(region)
-        return int(g.attrs.get("rows_done", 0)) if g is not None else 0
+        # a group without its codes (disk full while creating them, or damaged) holds no rows
+        return int(g.attrs.get("rows_done", 0)) if g is not None and "codes" in g else 0
 
     def codes(self, region):
-        """Return the (n, dims) dataset of ``region``, created chunked by rows if new."""
-        if region not in self.f:
+        """Return the (n, dims) dataset of ``region``, created chunked by rows if new.
+
+        Codes carry HDF5's fletcher32 checksum per chunk: a flipped byte is an error on read,
+        never a silently wrong code. A region whose creation failed (disk full while its
+        chunks were allocated) is created anew.
+        """
+        g = self.f.get(region)
+        if g is not None and "codes" not in g:
+            del self.f[region]  # half-made: created, then the disk filled; nothing in it
+            g = None
+        if g is None:
             import h5py
 
-            g = self.f.create_group(region)
             rows = max(1, min(self.n, CHUNK_BYTES // (self.dims * self.dtype.itemsize)))
             # every chunk allocated now: later batches write raw data only, never the chunk
             # index, so a run killed between two flushes leaves the file's metadata intact
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            g.create_dataset("codes", shape=(self.n, self.dims), dtype=self.dtype,
-                             chunks=(rows, self.dims) if self.n else None, dcpl=dcpl)
-            g.attrs["rows_done"] = 0
+            with self._os_errors(f"creating the {region} codes"):
+                try:
+                    g = self.f.create_group(region)
+                    g.attrs["rows_done"] = 0
+                    g.create_dataset("codes", shape=(self.n, self.dims), dtype=self.dtype,
+                                     chunks=(rows, self.dims) if self.n else None,
+                                     fletcher32=bool(self.n), dcpl=dcpl)
+                    self.f.flush()
+                except BaseException:
+                    if region in self.f:
+                        del self.f[region]
+                    raise
         return self.f[region]["codes"]
+
+    def _os_errors(self, doing):
+        return _os_errors(self.path, doing, resume=True)
 
     def write(self, region, start, codes):
         """Write rows ``start:start+len(codes)`` of ``region`` and record the progress.
@@ -100,17 +125,25 @@ class FeatureWriter:
                              f"{self.dims}-d codes")
         ds = self.codes(region)
         end = start + len(codes)
-        ds[start:end] = codes.astype(self.dtype, copy=False)
-        # the mark moves only after the rows are in the file: a crash between the two
-        # rewrites those rows on resume, never skips them
-        self.f[region].attrs["rows_done"] = end
-        self.f.flush()
+        with self._os_errors(f"writing {region} codes"):
+            ds[start:end] = codes.astype(self.dtype, copy=False)
+            # the mark moves only after the rows are in the file: a crash between the two
+            # rewrites those rows on resume, never skips them
+            self.f[region].attrs["rows_done"] = end
+            self.f.flush()
 
     def close(self):
         try:
             if self.f:
-                self.f.close()
-                self.f = None
+                f, self.f = self.f, None
+                with self._os_errors("closing it"):
+                    try:
+                        f.close()
+                    except _DAMAGE as exc:  # OSError included: then the disk, said as such
+                        if isinstance(exc, OSError):
+                            raise
+                        raise StoreError(f"{self.path}: damaged feature file ({exc}); pass "
+                                         "--overwrite to replace it") from None
         finally:
             if self._lock is not None:
                 self._lock.__exit__(None, None, None)
@@ -124,7 +157,7 @@ class FeatureWriter:
 
 
 def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="float32",
-               overwrite=False, extra_attrs=None):
+               overwrite=False, extra_attrs=None, source="", source_changes=()):
     """Open the feature file ``path`` for writing: new, resumed, or refused.
 
     Parameters
@@ -140,6 +173,12 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
         Replace an existing file that does not match instead of refusing.
     extra_attrs : dict, optional
         More attributes stored on a new file (dataset, preprocessing).
+    source : str
+        The identity of the pixels the codes are computed from (the aligned-face cache's
+        fingerprint: frame keys, input files, alignment settings); a file made from other
+        pixels is refused like one made with other weights.
+    source_changes : sequence of str
+        What changed in those pixels' inputs (``AlignedFaces.rebuilt_because``), for the message.
 
     Returns
     -------
@@ -159,45 +198,77 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
     try:
         return _open_store(path, lock, keys=keys, model=model, layer=layer, weights=weights,
                            input_size=input_size, dims=dims, dtype=dtype, overwrite=overwrite,
-                           extra_attrs=extra_attrs)
+                           extra_attrs=extra_attrs, source=source,
+                           source_changes=source_changes)
     except BaseException:
         lock.__exit__(None, None, None)
         raise
 
 
 def _open_store(path, lock, *, keys, model, layer, weights, input_size, dims, dtype, overwrite,
-                extra_attrs):
+                extra_attrs, source, source_changes):
     from featbench import __version__
+    from featbench.workspace import atomic_path
 
-    want = _identity(keys, model, layer, weights, input_size, dims, dtype)
+    want = _identity(keys, model, layer, weights, input_size, dims, dtype, source)
     if path.exists() and not overwrite:
         f = _open_existing(path)
-        problem = _difference(f, want, keys)
+        try:
+            problem = _difference(f, want, keys, source_changes)
+            _probe(f)
+        except _DAMAGE as exc:
+            f.close()
+            raise StoreError(f"{path}: damaged feature file ({type(exc).__name__}); pass "
+                             "--overwrite to replace it") from None
         if problem is None:
             return FeatureWriter(f, path, lock)
         f.close()
         raise StoreError(f"{path}: {problem}; pass --overwrite to replace it (its codes are "
                          "lost), or move it away")
-    if path.exists():
-        path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = _h5(path, "w")
-    f.attrs.update(want)
-    f.attrs.update({"format_version": FORMAT_VERSION, "featbench_version": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    for k, v in (extra_attrs or {}).items():
-        f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
-    f.create_dataset("frames", data=np.asarray(keys))
-    f.flush()
-    return FeatureWriter(f, path, lock)
+    # a new file appears whole (attributes and /frames) or not at all: made beside, renamed
+    with _os_errors(path, "creating it", resume=False), atomic_path(path) as tmp:
+        with _h5(tmp, "w") as f:
+            f.attrs.update(want)
+            f.attrs.update({"format_version": FORMAT_VERSION, "featbench_version": __version__,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            for k, v in (extra_attrs or {}).items():
+                f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+            f.create_dataset("frames", data=np.asarray(keys))
+    return FeatureWriter(_h5(path, "r+"), path, lock)
 
 
-def _identity(keys, model, layer, weights, input_size, dims, dtype):
+def _probe(f):
+    """Read every object a writer touches, so damage shows here and not mid-run."""
+    int(f["frames"].shape[0])
+    for name in f:
+        if name == "frames":
+            continue
+        g = f[name]
+        int(g.attrs.get("rows_done", 0))
+        if "codes" in g:
+            g["codes"].shape
+
+
+@contextlib.contextmanager
+def _os_errors(path, doing, *, resume):
+    """Turn an OS error while ``doing`` something to ``path`` into one :class:`StoreError` line."""
+    from featbench.errors import describe_os_error
+
+    try:
+        yield
+    except OSError as exc:
+        then = "; free space and rerun: it resumes where it stopped" if resume else ""
+        raise StoreError(f"{path}: {describe_os_error(exc)} while {doing}{then}") from None
+
+
+def _identity(keys, model, layer, weights, input_size, dims, dtype, source=""):
     return {"model": model, "layer": layer, "weights": weights, "input_size": int(input_size),
-            "dims": int(dims), "dtype": str(np.dtype(dtype)), "frames_sha256": keys_sha256(keys)}
+            "dims": int(dims), "dtype": str(np.dtype(dtype)), "frames_sha256": keys_sha256(keys),
+            "source_fingerprint": source or ""}
 
 
-def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims, dtype="float32"):
+def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims, dtype="float32",
+                source=""):
     """Whether ``path`` already holds every row of ``regions`` for exactly this identity.
 
     Checked read-only, so a finished file is not touched (its modification time is what tells
@@ -210,29 +281,46 @@ def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims,
         f = _h5(path, "r")
     except OSError:
         return False
-    with f:
-        want = _identity(keys, model, layer, weights, input_size, dims, dtype)
-        if _difference(f, want, keys) is not None:
-            return False
-        n = int(f["frames"].shape[0])
-        return all(r in f and int(f[r].attrs.get("rows_done", 0)) == n for r in regions)
+    try:
+        with f:
+            want = _identity(keys, model, layer, weights, input_size, dims, dtype, source)
+            if "frames" not in f or _difference(f, want, keys) is not None:
+                return False
+            n = int(f["frames"].shape[0])
+            return all(r in f and "codes" in f[r] and f[r]["codes"].shape == (n, want["dims"])
+                       and int(f[r].attrs.get("rows_done", 0)) == n for r in regions)
+    except _DAMAGE:
+        return False  # damaged: open_store says how, and --overwrite replaces it
 
 
 def _open_existing(path):
+    import errno
+
+    from featbench.errors import describe_os_error
+
     try:
         f = _h5(path, "r+")
     except OSError as exc:
-        raise StoreError(f"{path}: not a readable HDF5 file ({exc}); pass --overwrite to "
+        what = describe_os_error(exc)
+        if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StoreError(f"{path}: cannot write to the feature file: {what}") from None
+        raise StoreError(f"{path}: not a readable HDF5 file ({what}); pass --overwrite to "
                          "replace it") from None
-    version = f.attrs.get("format_version")
-    if version != FORMAT_VERSION or "frames" not in f:
+    try:
+        version = f.attrs.get("format_version")
+        ok = version == FORMAT_VERSION and "frames" in f
+    except _DAMAGE as exc:
+        f.close()
+        raise StoreError(f"{path}: damaged feature file ({type(exc).__name__}); pass --overwrite "
+                         "to replace it") from None
+    if not ok:
         f.close()
         raise StoreError(f"{path}: not a featbench feature file of format {FORMAT_VERSION} "
                          f"(format_version={version}); pass --overwrite to replace it")
     return f
 
 
-def _difference(f, want, keys):
+def _difference(f, want, keys, source_changes=()):
     """Return what differs between the open file and the asked identity, or None."""
     have = {k: f.attrs.get(k) for k in IDENTITY_ATTRS}
     have["input_size"] = int(have["input_size"]) if have["input_size"] is not None else None
@@ -244,6 +332,10 @@ def _difference(f, want, keys):
         n = int(f["frames"].shape[0])
         return (f"made from another frame list ({n} frames, asked {len(keys)}; the data set "
                 "or its alignment changed)")
+    if (have["source_fingerprint"] or "") != want["source_fingerprint"]:
+        changed = (f"changed: {', '.join(source_changes)}" if source_changes else
+                   "a video, image or landmark file of the data set, or the alignment, changed")
+        return f"made from other aligned faces than the cache holds now ({changed}): stale codes"
     for k in ("model", "layer", "input_size", "dims", "dtype"):
         if have[k] != want[k]:
             return f"made with {k} {have[k]}, asked for {want[k]}"
@@ -276,17 +368,16 @@ def read_codes(path, region="full"):
     if not path.exists():
         raise MissingRunError(f"{path}: no feature file (run featbench extract --model "
                               f"{path.stem} first)")
-    try:
-        f = _h5(path, "r")
-    except OSError as exc:
-        raise StoreError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with f:
+    with _reading(path) as f:
         if f.attrs.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{path}: feature file of format {f.attrs.get('format_version')}, "
                              f"featbench reads {FORMAT_VERSION} (re-extract with --overwrite)")
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-        if region not in f:
-            have = sorted(k for k in f if k != "frames") or ["none"]
+        redo = f"re-extract with featbench extract --model {attrs.get('model')} --overwrite"
+        if "frames" not in f:
+            raise StoreError(f"{path}: damaged feature file: no /frames ({redo})")
+        if region not in f or "codes" not in f[region]:
+            have = sorted(k for k in f if k != "frames" and "codes" in f[k]) or ["none"]
             raise MissingRunError(f"{path}: no {region} codes (regions here: {', '.join(have)}; "
                                   f"run featbench extract --model {attrs.get('model')} "
                                   f"--region {region})")
@@ -296,13 +387,52 @@ def read_codes(path, region="full"):
             raise StoreError(f"{path}: {region} codes incomplete ({done} of {n} rows; rerun "
                              f"featbench extract --model {attrs.get('model')} --region {region} "
                              "to finish)")
+        ds = f[region]["codes"]
+        if ds.shape != (n, int(attrs.get("dims", -1))):
+            raise StoreError(f"{path}: damaged feature file: /{region}/codes has shape "
+                             f"{ds.shape}, /frames {n} rows of {attrs.get('dims')}-d codes ({redo})")
         keys = f["frames"][:]
-        codes = f[region]["codes"][:].astype(np.float32, copy=False)
+        if len(np.unique(keys)) != n:
+            raise StoreError(f"{path}: damaged feature file: /frames lists some frames twice "
+                             f"({redo})")
+        try:
+            codes = ds[:].astype(np.float32, copy=False)
+        except OSError:  # the fletcher32 filter found a chunk whose bytes changed
+            raise StoreError(f"{path}: damaged feature file: the checksum of the {region} codes "
+                             f"does not match (bytes changed on disk; {redo})") from None
     return keys, codes, attrs
 
 
+@contextlib.contextmanager
+def _reading(path):
+    """Open ``path`` read-only; any failure to open or parse it is one :class:`StoreError` line."""
+    from featbench.errors import FeatbenchError, describe_os_error
+
+    try:
+        f = _h5(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the feature file: {describe_os_error(exc)}") from None
+    try:
+        with f:
+            yield f
+    except FeatbenchError:
+        raise
+    except _DAMAGE as exc:
+        # h5py's answers to bytes changed in the file's header or object tables
+        raise StoreError(f"{path}: damaged feature file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}); "
+                         "re-extract with --overwrite") from None
+
+
 def store_info(path):
-    """Return ``{"attrs": {...}, "frames": n, "regions": {region: rows_done}}`` of a feature file."""
-    with _h5(path, "r") as f:
+    """Return ``{"attrs": {...}, "frames": n, "regions": {region: rows_done}}`` of a feature file.
+
+    A region whose codes are missing (a damaged file) counts as 0 rows done.
+    """
+    with _reading(path) as f:
+        if "frames" not in f:
+            raise StoreError(f"{path}: damaged feature file: no /frames (re-extract with "
+                             "--overwrite)")
         return {"attrs": dict(f.attrs), "frames": int(f["frames"].shape[0]),
-                "regions": {k: int(f[k].attrs.get("rows_done", 0)) for k in f if k != "frames"}}
+                "regions": {k: int(f[k].attrs.get("rows_done", 0)) if "codes" in f[k] else 0
+                            for k in f if k != "frames"}}

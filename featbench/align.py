@@ -16,9 +16,13 @@ dataset        shape, dtype           meaning
 /skip_reason   (n,) int8              0 aligned, else an index into attrs ``skip_reasons``
 ============== ====================== ======================================================
 
-Attributes: ``format_version``, ``fingerprint`` (the table's fingerprint and the alignment
-settings, hashed), ``settings`` (json), ``size``, ``skipped`` (json: reason -> frames),
-``skip_reasons`` (json list), ``aligned`` (frames with a face), ``seconds``, ``created``.
+Attributes: ``format_version``, ``fingerprint`` (the frame keys, the input files' digests and
+the alignment settings, hashed), ``inputs`` (json: per subject, the digest of its pixel files
+and of its landmark files, ``FrameTable.input_digests``), ``rebuilt_because`` (json list: what
+changed since the previous cache, e.g. ``["SN002 pixels"]``), ``settings`` (json), ``size``,
+``skipped`` (json: reason -> frames), ``skip_reasons`` (json list), ``aligned`` (frames with a
+face), ``seconds``, ``created``. Feature files store the cache's fingerprint: codes of
+changed inputs are refused, never reused.
 
 A cache whose fingerprint matches is used as it is; a stale one is deleted and rebuilt,
 never mixed. Building writes ``faces.h5.partial`` and renames it when complete, so a crash
@@ -79,6 +83,8 @@ class AlignReport:
         Rows without a face, by reason.
     seconds : float
         Time this call spent.
+    changed : list of str
+        Why a previous cache was rebuilt: ``["SN001 pixels", "SN002 landmarks"]``.
     """
 
     path: Path
@@ -88,6 +94,7 @@ class AlignReport:
     processed: int = 0
     skipped: dict = field(default_factory=dict)
     seconds: float = 0.0
+    changed: list = field(default_factory=list)
 
     def summary(self):
         """Return the one-line summary the CLI prints."""
@@ -96,7 +103,8 @@ class AlignReport:
                     f"with a face)")
         skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
         rate = self.processed / self.seconds if self.seconds > 0 else float("nan")
-        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}) -> "
+        why = f"; rebuilt, changed: {', '.join(self.changed)}" if self.changed else ""
+        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}{why}) -> "
                 f"{self.path} in {self.seconds:.1f} s ({rate:.0f} frames/s)")
 
 
@@ -126,9 +134,14 @@ def alignment_settings(table, *, size=None, compression=None):
     }
 
 
-def cache_fingerprint(table, settings):
-    """Return the sha256 of the table's fingerprint and the alignment settings."""
-    h = hashlib.sha256(table.fingerprint().encode())
+def cache_fingerprint(table, settings, *, digests=None):
+    """Return the sha256 of the frame keys, the input files' digests and the alignment settings.
+
+    ``digests`` (``table.input_digests()``) may be passed when the caller holds them already.
+    """
+    h = hashlib.sha256(table.keys().tobytes())
+    digests = table.input_digests() if digests is None else digests
+    h.update(json.dumps(digests, sort_keys=True).encode())
     hashed = {k: v for k, v in settings.items() if k != "compression"}
     h.update(json.dumps(hashed, sort_keys=True).encode())
     return h.hexdigest()
@@ -196,7 +209,8 @@ def align_dataset(table, path, *, progress=True, force=False, size=None, compres
     if compression not in COMPRESSIONS:
         raise UsageError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     settings = alignment_settings(table, size=size, compression=compression)
-    fingerprint = cache_fingerprint(table, settings)
+    digests = table.input_digests()
+    fingerprint = cache_fingerprint(table, settings, digests=digests)
     # checked without the lock first: an up-to-date cache is read, never written (a read-only
     # workspace works), and the final file only ever appears complete, by a rename
     report = None if force else _up_to_date(table, path, fingerprint, t0)
@@ -207,7 +221,7 @@ def align_dataset(table, path, *, progress=True, force=False, size=None, compres
         report = None if force else _up_to_date(table, path, fingerprint, t0)
         if report is not None:
             return report
-        return _rebuild(table, path, settings, fingerprint, t0, progress=progress)
+        return _rebuild(table, path, settings, fingerprint, digests, t0, progress=progress)
 
 
 def _up_to_date(table, path, fingerprint, t0):
@@ -220,12 +234,20 @@ def _up_to_date(table, path, fingerprint, t0):
                        time.perf_counter() - t0)
 
 
-def _rebuild(table, path, settings, fingerprint, t0, *, progress):
+def _rebuild(table, path, settings, fingerprint, digests, t0, *, progress):
     """Build the cache into ``<path>.partial`` (resuming it) and rename it onto ``path``."""
+    from .frames import differences
+
+    changed = []
     if path.exists():
+        old = read_cache_info(path) or {}
+        changed = differences(_json(old.get("inputs")), digests)
+        if not changed and old.get("fingerprint") not in (None, fingerprint):
+            changed = ["frame list or alignment settings"]
         path.unlink()  # stale: never mixed with the new frames
     partial = path.with_name(path.name + ".partial")
-    processed = _build(table, partial, settings, fingerprint, progress=progress)
+    inputs = {"inputs": json.dumps(digests), "rebuilt_because": json.dumps(changed)}
+    processed = _build(table, partial, settings, fingerprint, inputs, progress=progress)
     with _h5(partial, "r+") as f:
         reasons = f["skip_reason"][:]
         aligned = int((reasons == 0).sum())
@@ -235,7 +257,14 @@ def _rebuild(table, path, settings, fingerprint, t0, *, progress):
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True})
         del f["done"]
     os.replace(partial, path)
-    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds)
+    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds, changed)
+
+
+def _json(text):
+    try:
+        return json.loads(text) if text else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _h5(path, mode):
@@ -244,7 +273,7 @@ def _h5(path, mode):
     return h5py.File(path, mode)
 
 
-def _open_partial(table, partial, settings, fingerprint):
+def _open_partial(table, partial, settings, fingerprint, inputs):
     """Return an open partial file to resume, or a fresh one with every dataset created."""
     n, s = len(table), settings["size"]
     if partial.exists():
@@ -259,7 +288,7 @@ def _open_partial(table, partial, settings, fingerprint):
     f = _h5(partial, "w")
     f.attrs.update({"format_version": FORMAT_VERSION, "fingerprint": fingerprint,
                     "settings": json.dumps(settings), "size": s,
-                    "skip_reasons": json.dumps(list(SKIP_REASONS)), "complete": False})
+                    "skip_reasons": json.dumps(list(SKIP_REASONS)), "complete": False, **inputs})
     f.create_dataset("frames", data=table.keys())
     f.create_dataset("valid", shape=(n,), dtype=bool, fillvalue=False)
     f.create_dataset("faces", shape=(n, s, s, 3), dtype=np.uint8, fillvalue=0,
@@ -272,7 +301,7 @@ def _open_partial(table, partial, settings, fingerprint):
     return f
 
 
-def _build(table, partial, settings, fingerprint, *, progress):
+def _build(table, partial, settings, fingerprint, inputs, *, progress):
     """Fill ``partial`` with every row not done yet; return how many rows were computed."""
     from tqdm import tqdm
 
@@ -280,7 +309,7 @@ def _build(table, partial, settings, fingerprint, *, progress):
 
     size = settings["size"]
     template_boxes = faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)
-    with _open_partial(table, partial, settings, fingerprint) as f:
+    with _open_partial(table, partial, settings, fingerprint, inputs) as f:
         todo = np.flatnonzero(~f["done"][:])
         landmarks = None
         if not table.pre_aligned and table.landmark_points > 0:
@@ -459,6 +488,7 @@ class AlignedFaces:
         self.settings = json.loads(attrs.get("settings", "{}"))
         self.skipped = json.loads(attrs.get("skipped", "{}"))
         self.fingerprint = attrs.get("fingerprint")
+        self.rebuilt_because = _json(attrs.get("rebuilt_because")) or []
         self._file, self._pid = None, None
 
     def __len__(self):

@@ -45,6 +45,49 @@ class MissingRunError(FeatbenchError):
     """A result that a command needs (a classifier run, a feature file) has not been made."""
 
 
+def describe_os_error(exc):
+    """Return what an ``OSError`` (Python's or h5py's) means, in a few words, without the path.
+
+    The one translation of OS errors for messages: permission, disk full, symlink loops,
+    read-only file systems and the rest read the same wherever featbench meets them.
+    """
+    import errno
+    import re
+
+    code = getattr(exc, "errno", None)
+    if code is None:  # h5py puts the errno inside its text: "..., errno = 28, error message ..."
+        m = re.search(r"errno = (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+    words = {
+        errno.ENOSPC: "disk full (no space left on device)",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.ELOOP: "a symbolic link loop (too many levels of symbolic links)",
+        errno.ENOTDIR: "not a folder (a file is in the way)",
+        errno.EISDIR: "a folder, not a file",
+        errno.ENOENT: "does not exist",
+        errno.EIO: "input/output error (a failing disk or network share?)",
+        errno.EAGAIN: "in use by another process (locked)",
+        errno.ENAMETOOLONG: "file name too long",
+    }
+    if code in words:
+        return words[code]
+    text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [""])[0]
+    return (text or type(exc).__name__)[:160]
+
+
+def os_error(exc, path=None, cls=None):
+    """Return a :class:`FeatbenchError` (``cls``, default :class:`DataError`) naming the file.
+
+    ``path`` defaults to the error's own ``filename``.
+    """
+    cls = cls or DataError
+    where = path if path is not None else (getattr(exc, "filename", None) or "?")
+    return cls(f"{where}: {describe_os_error(exc)}")
+
+
 def did_you_mean(name, choices, *, what, hint=None):
     """Return an ``unknown <what> 'name'`` message with the closest choice and a hint.
 

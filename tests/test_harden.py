@@ -215,3 +215,195 @@ def test_7_synth_force_refuses_a_folder_it_did_not_make(tmp_path):
     proc = featbench("data", "synth", "--root", own, "--force", "--subjects", "3", "--frames", "8")
     assert_one_line_error(proc, str(own), "not made by featbench data synth")
     assert sorted(p.name for p in own.iterdir()) == ["a.png", "manifest.csv", "notes.txt"]
+
+
+# --- 2. changed inputs invalidate what depends on them -------------------------------------------
+
+
+def _extract_hog(root, ws, **kw):
+    from extract.extractor import extract_features
+    from featbench.datasets import load_dataset
+
+    table = load_dataset("disfa", root=root)
+    return extract_features(table, ws, "hog", progress=False, report=True, **kw)
+
+
+def _codes(path):
+    from extract.store import read_codes
+
+    return read_codes(path)[1]
+
+
+def test_2_a_replaced_video_rebuilds_the_cache_and_refuses_the_stale_codes(tmp_path):
+    from featbench.align import align_dataset
+    from featbench.datasets import load_dataset
+    from featbench.errors import StoreError
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
+    ws = Workspace(tmp_path / "ws")
+    old = _codes(_extract_hog(root, ws).path)
+    video = root / "Videos_LeftCamera" / "LeftVideoSN002_comp.avi"
+    st = video.stat()
+    write_video(video, 6, size=(48, 36), seed=7)  # another video, same frame count
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old time stamp
+    rep = align_dataset(load_dataset("disfa", root=root), ws.aligned_path("disfa"), progress=False)
+    assert rep.built and rep.changed == ["SN002 pixels"], rep.changed
+    assert "changed: SN002 pixels" in rep.summary()
+    with pytest.raises(StoreError, match="other aligned faces.*changed: SN002 pixels"):
+        _extract_hog(root, ws)
+    new = _codes(_extract_hog(root, ws, overwrite=True).path)
+    assert np.allclose(new[:6], old[:6]) and not np.allclose(new[6:], old[6:])
+
+
+def test_2_an_edited_landmark_file_rebuilds_the_cache(tmp_path):
+    from featbench.align import AlignedFaces, align_dataset
+    from featbench.datasets import load_dataset
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA")
+    ws = Workspace(tmp_path / "ws")
+    path = ws.aligned_path("disfa")
+    align_dataset(load_dataset("disfa", root=root), path, progress=False)
+    with AlignedFaces(path) as af:
+        before = af.read([2])
+    write_lm(root / "Landmark_Points" / "SN001" / "tmp_frame_lm" / "SN001_0002_lm.mat", 20)
+    rep = align_dataset(load_dataset("disfa", root=root), path, progress=False)
+    assert rep.built and rep.changed == ["SN001 landmarks"]
+    with AlignedFaces(path) as af:
+        assert not np.array_equal(af.read([2]), before)  # the face moved with its landmarks
+
+
+# --- 4. disk full ---------------------------------------------------------------------------------
+
+
+def _enospc(*a, **k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_4_disk_full_while_creating_codes_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
+    import h5py
+
+    from featbench.errors import StoreError
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA")
+    clean = _codes(_extract_hog(root, Workspace(tmp_path / "clean")).path)
+    ws = Workspace(tmp_path / "ws")
+    real = h5py.Group.create_dataset
+
+    def create(self, name, *a, **k):
+        return _enospc() if name == "codes" else real(self, name, *a, **k)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create)
+    with pytest.raises(StoreError, match="disk full .* rerun: it resumes") as exc:
+        _extract_hog(root, ws)
+    assert str(exc.value).startswith(str(ws.features_path("disfa", "hog")))
+    monkeypatch.undo()
+    rep = _extract_hog(root, ws)
+    assert rep.computed == {"full": 6}
+    np.testing.assert_array_equal(_codes(rep.path), clean)
+    assert not list(rep.path.parent.glob(".*tmp*"))
+
+
+def test_4_disk_full_mid_file_resumes_to_the_same_codes(tmp_path, monkeypatch):
+    import h5py
+
+    from featbench.errors import StoreError
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
+    clean = _codes(_extract_hog(root, Workspace(tmp_path / "clean")).path)
+    ws = Workspace(tmp_path / "ws")
+    real, calls = h5py.Dataset.__setitem__, []
+
+    def setitem(self, key, value):
+        if self.name.endswith("/codes"):
+            calls.append(key)
+            if len(calls) == 2:
+                _enospc()
+        return real(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+    with pytest.raises(StoreError, match="disk full"):
+        _extract_hog(root, ws, batch_size=4)
+    monkeypatch.undo()
+    rep = _extract_hog(root, ws, batch_size=4)
+    assert rep.computed == {"full": 8}  # the first batch of 4 was kept
+    np.testing.assert_array_equal(_codes(rep.path), clean)
+
+
+# --- 5. damaged feature files ---------------------------------------------------------------------
+
+
+def _damaged(tmp_path, damage):
+    import h5py
+
+    from featbench.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA")
+    ws = Workspace(tmp_path / "ws")
+    path = _extract_hog(root, ws).path
+    if callable(damage):
+        with h5py.File(path, "r+") as f:
+            damage(f)
+    return root, ws, path
+
+
+def _flip(path, offset, n=16):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        data = fh.read(n)
+        fh.seek(offset)
+        # not 0xFF: Fletcher's sums cannot tell 0x0000 from 0xFFFF, and codes hold zeros
+        fh.write(bytes(b ^ 0x5A for b in data))
+
+
+def test_5_deleted_frames_is_one_line_in_classify_and_extract(tmp_path):
+    from featbench.errors import StoreError
+
+    root, ws, path = _damaged(tmp_path, lambda f: f.__delitem__("frames"))
+    with pytest.raises(StoreError, match="no /frames"):
+        _codes(path)
+    for cmd in (["extract", "--model", "hog"], ["classify", "--clf", "lda", "--model", "hog"]):
+        proc = featbench("--workspace", ws.root, *cmd, "--dataset", "disfa", "--root", root)
+        assert_one_line_error(proc, str(path))
+
+
+def test_5_deleted_codes_are_extracted_again(tmp_path):
+    root, ws, path = _damaged(tmp_path, lambda f: f["full"].__delitem__("codes"))
+    rep = _extract_hog(root, ws)
+    assert rep.computed == {"full": 6} and _codes(path).shape[0] == 6
+
+
+def test_5_flipped_bytes_in_the_codes_fail_their_checksum(tmp_path):
+    import h5py
+
+    from featbench.errors import StoreError
+
+    root, ws, path = _damaged(tmp_path, None)
+    with h5py.File(path, "r") as f:
+        assert f["full/codes"].fletcher32
+        offset = f["full/codes"].id.get_chunk_info(0).byte_offset
+    _flip(path, offset + 100, 4)
+    with pytest.raises(StoreError, match="checksum .* does not match") as exc:
+        _codes(path)
+    assert str(exc.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("offset", [0, 48, 200, 700])
+def test_5_flipped_bytes_in_the_header_are_one_line(tmp_path, offset):
+    from featbench.errors import StoreError
+
+    root, ws, path = _damaged(tmp_path, None)
+    _flip(path, offset)
+    try:
+        _codes(path)
+    except StoreError as exc:
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+    proc = featbench("--workspace", ws.root, "extract", "--model", "hog", "--dataset", "disfa",
+                     "--root", root)
+    if proc.returncode:
+        assert_one_line_error(proc, str(path))
