@@ -27,7 +27,7 @@ PREDICTIONS_FORMAT = 1
 RUN_COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
 SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
 #: the mean row averages these over AUs (nan ignored); support is summed
-_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std")
+_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std", "f1_05")
 
 
 def _fmt(v):

@@ -271,7 +271,6 @@ def test_run_tag_names_only_non_defaults():
     (["classify", "--clf", "svm", "--model", "hog"], "featbench extract --model hog"),
     (["classify", "--clf", "svm", "--model", "hgo"], "unknown model 'hgo'; did you mean 'hog'?"),
     (["finetune"], "not built yet"),
-    (["transfer"], "not built yet"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     status = main(["--workspace", str(tmp_path)] + argv)

@@ -1,0 +1,305 @@
+"""Method B (featbench transfer): folds, the stage-1 -> stage-2 hand-over, validation-only
+thresholds, -1 frames, bad expression folders, and the outputs' contracts — on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from classify.transfer import (StartWeights, TransferSettings, build_net, expression_folds,  # noqa: E402
+                               masked_bce, run_stage1, run_stage2, stage2_rows)
+from featbench.cli import main  # noqa: E402
+from featbench.datasets.expression import load_expression_set  # noqa: E402
+from featbench.workspace import Workspace  # noqa: E402
+
+TINY = "test-tiny-cnn"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_cnn():
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+                                          nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.features(x))
+
+    return Tiny()
+
+
+def _register_tiny():
+    """A registry backbone small enough for tests (timm's tiny test models, in spirit)."""
+    from extract.registry import BackboneSpec, IMAGENET_MEAN, IMAGENET_STD, _drop_fc, get_spec, register
+    from featbench.errors import UsageError
+
+    try:
+        return get_spec(TINY)
+    except UsageError:
+        return register(BackboneSpec(TINY, "test", "torch", constructor=_tiny_cnn, truncate=_drop_fc,
+                                     code_layer="pool", dims=16, input_size=32, mean=IMAGENET_MEAN,
+                                     std=IMAGENET_STD, default_weights="random:0"))
+
+
+SPEC = _register_tiny()
+SETTINGS = TransferSettings(backbone=TINY, weights="random:0", input_size=32, folds=3, hidden=(8, 8),
+                            epochs=(2, 2), lr=3e-3, batch_size=8, patience=None, device="cpu")
+
+
+def _img(cls, k, size=32):
+    """A face-sized picture whose class shows as a bright block in one place."""
+    rng = np.random.default_rng(1000 * cls + k)
+    im = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    r, c = divmod(cls, 2)
+    im[4 + 12 * r:14 + 12 * r, 4 + 12 * c:14 + 12 * c] = 230
+    return im
+
+
+def _write_png(path, im):
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), im)
+
+
+@pytest.fixture
+def expr_tree(tmp_path):
+    """Class-named subfolders, 6 subjects x 3 classes x 2 images, subject = name prefix."""
+    root = tmp_path / "expr"
+    for cls, name in enumerate(("happy", "sad", "surprise")):
+        for s in range(6):
+            for k in range(2):
+                _write_png(root / name / f"P{s:02d}_{name}_{k}.png", _img(cls, 10 * s + k))
+    return root
+
+
+def _abaw_tree(root, n_videos=6, n_frames=10):
+    """A small ABAW3 tree: AU1 shows as a bright top, AU12 as a bright bottom; some -1 rows."""
+    ann = root / "AU_Detection_Challenge"
+    for v in range(n_videos):
+        split = "Validation_Set" if v % 3 == 0 else "Train_Set"
+        name = f"video{v + 1}"
+        lines = ["AU1,AU12"]
+        for f in range(n_frames):
+            a, b = int((f + v) % 3 == 0), int((f + 2 * v) % 4 < 2)
+            lines.append("-1,-1" if f == n_frames - 1 else f"{a},{b}")
+            im = np.random.default_rng(100 * v + f).integers(0, 50, (32, 32, 3), dtype=np.uint8)
+            if a:
+                im[:10] = 220
+            if b:
+                im[-10:] = 220
+            _write_png(root / "cropped_aligned" / name / f"{f + 1:05d}.jpg", im)
+        (ann / split).mkdir(parents=True, exist_ok=True)
+        (ann / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def abaw(tmp_path):
+    from featbench.datasets.affwild2 import read_affwild2
+
+    table = read_affwild2(_abaw_tree(tmp_path / "abaw"))
+    table.dataset = "affwild2"
+    return table
+
+
+def _expr(root, ws):
+    return load_expression_set("subfolders", root=root, workspace=ws, pre_aligned=True, progress=False)
+
+
+# --- stage 1 ---------------------------------------------------------------------------------------
+def test_folds_are_subject_disjoint_and_test_every_subject_once(expr_tree, tmp_path):
+    table = _expr(expr_tree, Workspace(tmp_path))
+    assert table.notes["classes"] == ["happy", "sad", "surprise"]
+    folds = expression_folds(table, 3, seed=0)
+    tested = [s for f in folds for s in f.test]
+    assert sorted(tested) == table.subjects and len(tested) == len(set(tested))
+    for f in folds:
+        parts = [set(f.train), set(f.validation), set(f.test)]
+        assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert set().union(*parts) == set(table.subjects)
+
+
+def test_stage2_starts_from_the_stage1_backbone_with_a_fresh_mlp(expr_tree, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    s1 = run_stage1(ws, _expr(expr_tree, ws), SETTINGS, progress=False)
+    assert len(s1["folds"]) == 3 and np.isfinite(s1["mean_accuracy"])
+    assert np.asarray(s1["confusion"]).sum() == 36  # every image tested once, in its subject's fold
+    saved = torch.load(s1["backbone_file"], weights_only=True)
+    start = StartWeights(SPEC, s1["backbone_file"])
+    net, _ = build_net(SPEC, start, (8, 8, 2), input_size=32, seed=0)
+    own = net.backbone.state_dict()
+    assert set(saved) == {f"features.{k}" for k in _tiny_cnn().features.state_dict()}
+    for key, value in saved.items():
+        assert torch.equal(own[key], value), key
+    # the MLP is fresh: the same as from the untrained backbone, not stage 1's classifier
+    ctrl, _ = build_net(SPEC, StartWeights(SPEC, "random:0"), (8, 8, 2), input_size=32, seed=0)
+    for a, b in zip(net.head.state_dict().values(), ctrl.head.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(own["features.0.weight"], ctrl.backbone.state_dict()["features.0.weight"])
+    # the saved backbone is also a featbench extract --weights PATH file
+    from extract.encoders import create_encoder
+
+    enc = create_encoder(SPEC, weights=s1["backbone_file"])
+    assert enc.weights_id.startswith("sha256:")
+    assert enc(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 16)
+
+
+# --- stage 2 ---------------------------------------------------------------------------------------
+def test_unannotated_frames_are_never_trained_on(abaw, tmp_path):
+    from featbench.align import AlignedFaces, ensure_aligned
+
+    assert abaw.skipped["frames not annotated (-1)"] == 6  # the reader dropped the all -1 rows
+    frames = abaw.frames.copy()
+    frames.loc[0, ["AU01", "AU12"]] = -1  # one more, as a reader of another layout might keep it
+    abaw.frames = frames
+    faces = AlignedFaces(ensure_aligned(abaw, Workspace(tmp_path), progress=False))
+    _, rows = stage2_rows(abaw, faces, ["AU01", "AU12"], "own")
+    used = np.concatenate(list(rows.values()))
+    assert 0 not in used and len(used) == len(abaw) - 1
+    # a -1 label of one AU adds neither loss nor gradient
+    logits = torch.zeros(2, 2, requires_grad=True)
+    loss = masked_bce(logits, torch.tensor([[1.0, -1.0], [0.0, 1.0]]))
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[0, 0] != 0
+    assert torch.isclose(loss, masked_bce(torch.tensor([[0.0, 9.0], [0.0, 0.0]]),
+                                          torch.tensor([[1.0, -1.0], [0.0, 1.0]])))
+
+
+def _stage2(table, ws):
+    return run_stage2(ws, table, SETTINGS, stage1=None, progress=False)
+
+
+def test_thresholds_are_chosen_on_validation_frames_only(tmp_path):
+    """Poisoning the test labels changes the test F1 but not one threshold; poisoning the
+    validation labels does change them."""
+    from featbench.datasets.affwild2 import read_affwild2
+
+    root = _abaw_tree(tmp_path / "abaw")
+    runs = {}
+    for poison in ("none", "test", "validation"):
+        table = read_affwild2(root)
+        table.dataset = "affwild2"
+        from featbench.splits import make_splits
+
+        split = make_splits(table, "own", seed=0)[0]
+        if poison != "none":
+            m = split.mask(table, poison)
+            frames = table.frames.copy()
+            frames.loc[m, ["AU01", "AU12"]] = 1 - frames.loc[m, ["AU01", "AU12"]]
+            table.frames = frames
+        runs[poison] = _stage2(table, Workspace(tmp_path / f"ws-{poison}"))
+    clean, test_p, val_p = runs["none"], runs["test"], runs["validation"]
+    assert clean["thresholds"] == test_p["thresholds"]
+    assert [r["f1"] for r in clean["per_au"]] != [r["f1"] for r in test_p["per_au"]]
+    assert clean["thresholds"] != val_p["thresholds"]
+
+
+def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
+    from featbench.ensemble import read_predictions
+    from featbench.results import read_run, read_summary
+
+    _abaw_tree(tmp_path / "abaw")
+    ws = tmp_path / "ws"
+    argv = ["--workspace", str(ws), "transfer", "--backbone", TINY, "--weights", "random:3",
+            "--input-size", "32", "--expr-root", str(expr_tree), "--expr-aligned", "--folds", "3",
+            "--dataset", "affwild2", "--root", str(tmp_path / "abaw"), "--epochs", "2,2",
+            "--hidden", "8,8", "--batch-size", "8", "--lr", "3e-3", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fold accuracy" in out and "random init, not pretrained" in out
+    assert "at 0.5" in out and "tuned" in out and "over the control" in out
+    w = Workspace(ws)
+    run, control = f"{TINY}__full__transfer", f"{TINY}__full__transfer__nostage1"
+    csv = read_run(w, "affwild2", run)
+    assert list(csv["au"]) == ["AU01", "AU12", "mean"]
+    assert {"f1", "threshold", "f1_05", "auc"} <= set(csv.columns)
+    summary = read_summary(w, "affwild2").set_index("run")
+    assert summary.loc[run, "clf"] == "transfer" and summary.loc[control, "clf"] == "transfer"
+    assert summary.loc[run, "weights"].startswith(f"finetuned:{TINY}__full__expr sha256:")
+    assert summary.loc[control, "weights"] == "random:3"
+    pred = read_predictions(w.predictions_path("affwild2", run))
+    assert pred["aus"] == ["AU01", "AU12"] and pred["scores"].shape[1] == 2
+    np.testing.assert_array_equal(pred["decisions"], (pred["scores"] > pred["thresholds"]).astype(np.int8))
+    mdir = w.models_dir("affwild2", run)
+    settings = json.loads((mdir / "settings.json").read_text())
+    assert settings["stage1"]["run"] == f"{TINY}__full__expr"
+    assert (mdir / "log.csv").is_file() and (mdir / "curves.png").is_file()
+    s1dir = w.models_dir("expr-subfolders", f"{TINY}__full__expr")
+    assert {"folds.csv", "confusion.csv", "backbone.pt", "stage1.json", "fold1.log.csv"} <= {
+        p.name for p in s1dir.iterdir()}
+    # the model file alone reproduces the test decisions
+    state = torch.load(mdir / "model.pt", weights_only=False)
+    assert np.allclose(state["thresholds"], pred["thresholds"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no class folders with images"),
+    ("one", "only one expression class ('happy')"),
+    ("broken", "P01_sad_0.png: image does not decode"),
+])
+def test_a_wrong_expression_folder_is_one_line_exit_2(tmp_path, capsys, case, message):
+    root = tmp_path / "expr"
+    root.mkdir()
+    (root / "notes.txt").write_text("no classes here")
+    classes = {"empty": (), "one": ("happy",), "broken": ("happy", "sad")}[case]
+    for cls, name in enumerate(classes):
+        for s in range(2):
+            _write_png(root / name / f"P{s:02d}_{name}_0.png", _img(cls, s))
+    if case == "broken":
+        (root / "sad" / "P01_sad_0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    status = main(["--workspace", str(tmp_path / "ws"), "transfer", "--backbone", TINY,
+                   "--expr-root", str(root), "--stage", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("featbench: error: ") and message in err
+    assert str(root) in err
+
+
+def test_manifest_layout_reads_classes_from_the_data(tmp_path):
+    root = tmp_path / "m"
+    rows = ["image,subject,expression,view"]
+    for cls, name in enumerate(("anger", "joy")):
+        for s in range(3):
+            _write_png(root / "img" / f"{name}{s}.png", _img(cls, s))
+            rows.append(f"img/{name}{s}.png,S{s},{name},front")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    table = load_expression_set("manifest", root=root, progress=False)
+    assert table.notes["classes"] == ["anger", "joy"] and len(table) == 6
+    assert table.subjects == ["S0", "S1", "S2"] and "view" in table.frames.columns
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_embedded_sets(tmp_path):
+    """featbench data synth (expression + affwild2 layouts) -> featbench transfer, a registry
+    backbone with seeded random weights, in a subprocess as a user runs it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TORCH_HOME=str(tmp_path / "torch"))
+    ws = str(tmp_path / "ws")
+
+    def fb(*args):
+        return subprocess.run([sys.executable, "-m", "featbench", "--workspace", ws, *args], env=env,
+                              capture_output=True, text=True, timeout=1200)
+
+    for layout, name, n in (("expression", "synth-expression", 6), ("affwild2", "synth-affwild2", 8)):
+        r = fb("data", "synth", "--layout", layout, "--subjects", str(n), "--frames",
+               "1" if layout == "expression" else "24")
+        assert r.returncode == 0, r.stderr
+    r = fb("transfer", "--backbone", "tv:mobilenet_v3_small", "--input-size", "48", "--folds", "3",
+           "--epochs", "1,1", "--hidden", "32,16", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "random init, not pretrained" in r.stderr + r.stdout
+    assert "mean F1" in r.stdout
+    r = fb("extract", "--model", "tv:mobilenet_v3_small", "--dataset", "synth-affwild2", "--weights",
+           str(Path(ws) / "results/synth-affwild2/models/tv-mobilenet_v3_small__full__transfer/backbone.pt"))
+    assert r.returncode == 0, r.stderr
