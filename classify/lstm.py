@@ -30,7 +30,11 @@ sequences without padding to the longest.
 validation subjects' sequences, a checkpoint per epoch that a rerun resumes, weight noise,
 AMP on CUDA). The loss is the binary cross-entropy *summed* over the frames of a batch (as
 CURRENNT, the toolkit with per-batch weight noise, sums the error over time steps), which is
-what makes the paper's small learning rate train. Scores are logits; a frame is called present
+what makes the paper's small learning rate train. The protocol balances training per AU; a
+sequence cannot drop negative frames the way rows do, so balancing weights each positive frame
+by the training sequences' negatives / positives instead (``--no-balance``: whole sequences,
+unweighted unless ``--class-weight balanced``). Batches hold sequences of similar length
+(shuffled within buckets, bucket order shuffled) so that packing wastes few time steps. Scores are logits; a frame is called present
 when its logit is > the threshold (0, or with ``--tune-threshold`` the F1-best one on the
 validation subjects' whole sequences, scored as test is).
 
@@ -82,15 +86,15 @@ class LSTMOptions:
     """
 
     hidden: int = 200
-    epochs: int = 40
+    epochs: int = 25
     lr: float = 1e-4
     weight_noise: float = 0.1
     bidirectional: bool = False
     context: int = 3
     drop_gap: int = 500
     multilabel: bool = False
-    batch: int = 4
-    patience: object = 10
+    batch: int = 16
+    patience: object = 5
     device: str = "auto"
 
     def __post_init__(self):
@@ -145,7 +149,7 @@ def options_from(value):
     unknown = set(value) - set(LSTMOptions.__dataclass_fields__)
     if unknown:
         raise UsageError(f"unknown LSTM option(s): {', '.join(sorted(unknown))}")
-    return LSTMOptions(**{k: v for k, v in value.items() if v is not None})
+    return LSTMOptions(**value)
 
 
 # --- sequences ---------------------------------------------------------------------------------
@@ -392,6 +396,8 @@ class LSTMFit:
     cuts: dict = field(default_factory=dict)
     device: str = "cpu"
     options: dict = field(default_factory=dict)
+    seconds: float = float("nan")
+    cpu_seconds: float = float("nan")
 
     def decision_function(self, X):
         """Not per frame: an LSTM scores sequences (see :func:`score_sequences`)."""
@@ -417,7 +423,8 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
     balance : bool
         Cut training and validation around activation runs (else whole sequences).
     class_weight : {None, "balanced"}
-        Weight positive frames by negatives / positives of the training sequences.
+        Weight positive frames by negatives / positives of the training sequences (always so
+        with ``balance``: the sequences cannot drop negative frames the way balanced rows do).
 
     Returns
     -------
@@ -454,14 +461,18 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
     val_seqs = cut["validation"].sequences
     ytr = Y[train_rows]
     pos_weight = None
-    if class_weight == "balanced":
+    if balance or class_weight == "balanced":
         n_pos = (ytr == 1).sum(axis=0).clip(min=1)
         n_neg = (ytr == 0).sum(axis=0)
         pos_weight = torch.as_tensor(n_neg / n_pos, dtype=torch.float32)
 
     def train_batches(epoch, rng):
         order = rng.permutation(len(train_data))
-        for i in range(0, len(order), options.batch):
+        span = options.batch * 8  # buckets of similar lengths
+        order = np.concatenate([sorted(order[i:i + span], key=lambda j: len(train_data[j][0]))
+                                for i in range(0, len(order), span)]) if len(order) else order
+        starts = rng.permutation(np.arange(0, len(order), options.batch))
+        for i in starts:
             chunk = [train_data[j] for j in order[i:i + options.batch]]
             x, _ = pack([(c, np.zeros(len(c))) for c, _ in chunk])
             y, _ = pack([(t, np.zeros(len(t))) for _, t in chunk])
@@ -569,6 +580,9 @@ def _network_task(task, *, codes, labels, pos, group, frame, options, seed, tune
         import torch
 
         torch.set_num_threads(int(threads))
+    import time
+
+    t0, c0 = time.perf_counter(), time.process_time()
     fi, cols, aus, region, rows = task
     X = codes[region]
     if isinstance(X, str):
@@ -604,6 +618,8 @@ def _network_task(task, *, codes, labels, pos, group, frame, options, seed, tune
                                 class_weight=class_weight, checkpoint_dir=ckpt,
                                 identity=identity, progress=progress)
     fit.aus = [aus[j] for j in trainable]
+    fit.seconds = round(time.perf_counter() - t0, 2)
+    fit.cpu_seconds = round(time.process_time() - c0, 2)  # this worker's threads, all of them
     for col, j in enumerate(trainable):
         b = base[j]
         b["fit"] = fit if len(trainable) == 1 else _View(fit, col)
@@ -621,6 +637,7 @@ class _View:
         self.val_f1 = float(fit.val_f1_per_output[col])
         self.notes = list(fit.notes)
         self.best_epoch, self.history, self.cuts = fit.best_epoch, fit.history, fit.cuts
+        self.seconds, self.cpu_seconds = fit.seconds, fit.cpu_seconds
 
 
 def run_jobs(jobs, *, table, codes, labels, pos, options, seed, tune_threshold, balance,
@@ -695,5 +712,6 @@ def save_fits(folder, splits, by, au_list):
             entries[(fi, au)] = {"model_file": saved[id(fit)], "output": fit.aus.index(au),
                                  "threshold": f.threshold, "val_f1": f.val_f1, "notes": f.notes,
                                  "best_epoch": f.best_epoch, "sequences": f.cuts,
+                                 "seconds": f.seconds, "cpu_seconds": f.cpu_seconds,
                                  "history": f.history}
     return entries

@@ -72,17 +72,24 @@ def resolve_aus(table, protocol, aus=None):
     return out
 
 
+#: the protocol's intensity threshold (PROTOCOL.md: present when intensity >= 2)
+DEFAULT_LABEL_THRESHOLD = 2
+
+
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
-            aus=None, default_aus=None, extra=None):
+            aus=None, default_aus=None, extra=None, label_threshold=None):
     """Return the run-name tag of the non-default settings (None for the defaults).
 
-    ``literature``, ``kfold5``, ``own``; ``thr`` (tuned thresholds); ``nobal``; ``cw``
+    ``literature``, ``kfold5``, ``own``; ``i3`` (labels from another intensity threshold than
+    the protocol's 2: ``--threshold 3``); ``thr`` (tuned thresholds); ``nobal``; ``cw``
     (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
     classifier's own non-default settings, e.g. the LSTM's ``ml``); joined with ``-``.
     """
     parts = []
     if protocol != "paper":
         parts.append(protocol.replace(":", ""))
+    if label_threshold not in (None, DEFAULT_LABEL_THRESHOLD):
+        parts.append(f"i{int(label_threshold)}")
     if tune_threshold:
         parts.append("thr")
     if not balance:
@@ -385,12 +392,14 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     run = run_name(model, region, clf, tag=run_tag(
         protocol=protocol, tune_threshold=tune_threshold, balance=balance,
         class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus,
-        extra=lstm.tag() if lstm else None))
+        extra=lstm.tag() if lstm else None, label_threshold=table.label_threshold))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
     meta = {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
-            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed}
+            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
+            # which intensity made a label positive: runs on other thresholds never mix
+            "label_threshold": "" if table.label_threshold is None else table.label_threshold}
     if lstm:
         from dataclasses import asdict
 
@@ -408,7 +417,10 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
                          n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
                          scheduler=scheduler_address(scheduler))
     except FeatbenchError as exc:
-        record_failure(workspace, dataset, run, exc, meta=meta)
+        try:
+            record_failure(workspace, dataset, run, exc, meta=meta)
+        except (OSError, FeatbenchError):
+            pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
         raise
 
 
@@ -508,14 +520,24 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": n_test,
             "frames_without_codes": int(sum(missing.values())),
             "seconds": round(time.time() - t0, 1)}
-    pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
-                                   thresholds, rows_out, meta, splits)
     scale["peak_rss_mb"] = {"main": peak_rss_mb(),
                             "worker_max": max((r.get("rss_mb", 0.0) for r in results), default=0.0)}
-    models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs,
-                                          missing, n_train, test_rows, scale=scale)
-    meta["seconds"] = round(time.time() - t0, 1)
-    csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+    pred_path = None
+    try:
+        pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by,
+                                       labels, thresholds, rows_out, meta, splits)
+        models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta,
+                                              attrs, missing, n_train, test_rows, scale=scale)
+        meta["seconds"] = round(time.time() - t0, 1)
+        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+    except OSError as exc:  # disk full, permissions: no predictions without their run
+        from featbench.errors import describe_os_error
+
+        if pred_path is not None:
+            pred_path.unlink(missing_ok=True)
+        where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
+        raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
+                         f"{run} (none of them kept; rerun when fixed)") from None
     mean = run_table(rows_out)[0][-1]
     return {"run": run, "dataset": dataset, "rows": rows_out, "mean": mean, "notes": notes,
             "meta": meta, "csv": csv, "predictions": pred_path, "models_dir": models_dir,
@@ -563,12 +585,21 @@ def _versions():
 def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows,
                   scale=None):
     """Replace the run's model folder: one joblib per AU (and fold) plus settings.json."""
-    import joblib
-
     final = workspace.models_dir(dataset, run)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        return _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs,
+                            missing, n_train, test_rows, scale)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # renamed onto final, or half-written: gone
+
+
+def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs, missing,
+                 n_train, test_rows, scale):
+    import joblib
+
     folds = []
     saved = {}
     if meta["clf"] == "lstm":
@@ -628,6 +659,9 @@ def format_result(result):
     for r in result["rows"] + [{**result["mean"], "threshold": float("nan")}]:
         lines.append(f"{r['au']:<6}" + "".join(cell(r.get(c, float('nan'))) for c in cols))
     lines += [f"note: {n}" for n in result["notes"]]
-    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {len(result['rows'])} AUs in "
+    defined = sum(np.isfinite(float(r["f1"])) for r in result["rows"] if r.get("f1") is not None)
+    undefined = len(result["rows"]) - defined  # nan F1 (no test positives) is not averaged
+    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {defined} AUs"
+                 f"{f' ({undefined} nan, left out)' if undefined else ''} in "
                  f"{result['seconds']:.0f} s -> {result['csv']}")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from torch import nn  # this module is imported by the command function only: --help stays fast
 
 from featbench.errors import MissingRunError, UsageError
 from featbench.identity import RunKey, WeightsId
@@ -156,7 +157,6 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
     stage 1's one linear layer, ``(512, 256, aus)`` stage 2's two-hidden-layer MLP.
     """
     import torch
-    from torch import nn
 
     from extract.encoders import create_preprocess
 
@@ -171,16 +171,10 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
             layers.append(nn.Linear(width, int(size)))
             width = int(size)
     net = TransferNet(create_preprocess(spec_in, mean=mean), backbone, nn.Sequential(*layers))
-    return net, identity
+    return net, str(WeightsId.parse(identity))  # the one string form (file sha256:...)
 
 
-def _module():
-    from torch import nn
-
-    return nn.Module
-
-
-class TransferNet(_module()):
+class TransferNet(nn.Module):
     """uint8 NHWC faces -> logits: preprocess, backbone (to its code), head."""
 
     def __init__(self, preprocess, backbone, head):
@@ -624,7 +618,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
             "skipped": {**{k: int(v) for k, v in table.skipped.items()},
                         "frames without a face": int((~np.asarray(faces.valid, bool)).sum())},
             "pos_weight": None if pw is None else dict(zip(aus, pw.tolist())),
-            "best_epoch": result.best_epoch, "history": result.history,
+            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from,
+            "history": result.history,
             "thresholds": dict(zip(aus, (_sigmoid(t) for t in thr))),
             "f1": f1, "f1_05": f1_05, "weights": str(weights_id), "trained_weights": str(trained_id),
             "stage1": None if control else {k: stage1[k] for k in ("run", "mean_accuracy", "std_accuracy",
@@ -673,8 +668,11 @@ def format_result(out):
                          f"{r['f1']:.3f} tuned; epoch {r['best_epoch']} ({r['seconds']:.0f} s) -> {r['csv']}")
     if out.get("stage2") and out.get("control"):
         d = out["stage2"]["f1"] - out["control"]["f1"]
-        lines.append(f"the expression stage {'helps' if d > 0 else 'does not help'}: "
-                     f"{d:+.3f} tuned F1 over the control")
+        d05 = out["stage2"]["f1_05"] - out["control"]["f1_05"]
+        verdict = ("helps" if d > 0 and d05 > 0 else "does not help" if d <= 0 and d05 <= 0
+                   else "helps at one threshold and not the other")
+        lines.append(f"stage 2 - control: {d05:+.3f} F1 at 0.5, {d:+.3f} tuned: the expression "
+                     f"stage {verdict} here")
     return "\n".join(lines)
 
 

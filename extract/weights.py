@@ -206,7 +206,14 @@ def read_state_dict(path):
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text on it runs to five lines
+            raise WeightsError(f"{path}: a pickled whole model, not a state dict (featbench "
+                               "does not run pickled code: save model.state_dict() with "
+                               "torch.save and pass that file)") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {first})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

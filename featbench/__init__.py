@@ -8,4 +8,11 @@ Importing this package is cheap: torch, timm and dlib are imported only by the f
 that need them.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# OpenCV prints its own "[ WARN:0@...]" lines (a video it cannot open, a codec it lacks) before
+# featbench's one-line error; featbench reports every such failure itself. Set before any
+# ``import cv2``; a user's own setting wins.
+_os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")

@@ -58,6 +58,8 @@ BLOCK_ROWS = 128
 #: ~10000 shuffled; lzf saves 40 % of the disk but builds at ~1000 and reads ~3000 in order,
 #: ~800 shuffled. Speed is the default; ``featbench align --compress`` picks lzf.
 COMPRESSIONS = (None, "lzf", "gzip")
+#: most frames ``featbench align --show`` draws (one row each)
+MAX_SHEET_ROWS = 64
 #: why a frame has no face; index = /skip_reason value
 SKIP_REASONS = ("", "no landmarks", "no face detected", "frame unreadable")
 _NO_LANDMARKS, _NO_FACE, _UNREADABLE = 1, 2, 3
@@ -657,8 +659,9 @@ def render_sheet(table, path, out, *, n=8):
 
     from . import faces
 
-    if n < 1:
-        raise UsageError(f"--n must be at least 1, got {n}")
+    if not 1 <= n <= MAX_SHEET_ROWS:
+        # one row is ~200 px high: 100000 rows made a 77 MB PNG no viewer opens
+        raise UsageError(f"--n must be 1-{MAX_SHEET_ROWS} (rows of the sheet), got {n}")
     with AlignedFaces(path) as af:
         if len(af) != len(table):
             raise StoreError(f"{path}: holds {len(af)} frames, the data set {len(table)} "

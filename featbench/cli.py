@@ -32,9 +32,20 @@ on DISFA:  featbench data info --dataset disfa --root /path/to/DISFA
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with featbench's error contract: a bad flag is one line and exit status 2.
+
+    argparse's own ``error`` prints the whole usage (seven lines for ``extract``) first; here
+    the line says what is wrong and where the full usage is.
+    """
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
     """Return the argparse parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featbench",
         description="Facial action unit recognition by transfer learning: extract CNN codes of "
                     "aligned faces and face regions, train per-AU classifiers, vote, report.",
@@ -62,15 +73,41 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_workspace(args.workspace)
         status = args.func(args)
     except FeatbenchError as exc:
-        print(f"featbench: error: {exc}", file=sys.stderr)
+        print(f"featbench: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # the one place an OS error the code did not expect (a read-only workspace, a file
+        # without read permission, a symlink loop, a full disk) becomes one line naming the
+        # file; one without a file name is a bug, and keeps its traceback
+        if not getattr(exc, "filename", None):
+            raise
+        from .errors import os_error
+
+        print(f"featbench: error: {_one_line(os_error(exc))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("featbench: interrupted; what was written so far is kept and a rerun resumes",
               file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split("\n"))
+
+
+def _check_workspace(path):
+    """Refuse a ``--workspace`` that is not a folder before any command reads or writes in it."""
+    from pathlib import Path
+
+    from .errors import UsageError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{p}: --workspace must be a folder, this is a file")
 
 
 if __name__ == "__main__":  # pragma: no cover

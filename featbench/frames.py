@@ -58,6 +58,9 @@ class FrameTable:
     notes : dict
         Facts about the data set worth reporting that are not skips, e.g.
         ``{"short_subjects": {"SN010": 4844}}``.
+    label_threshold : int or None
+        The intensity at which an AU counts as present (DISFA's ``--threshold``); None when
+        the data set labels occurrence directly. Runs on other thresholds are named apart.
     """
 
     dataset: str
@@ -69,6 +72,7 @@ class FrameTable:
     pre_aligned: bool = False
     landmark_points: int = 0
     notes: dict = field(default_factory=dict)
+    label_threshold: "int | None" = None
 
     def __len__(self):
         return len(self.frames)
@@ -97,7 +101,7 @@ class FrameTable:
         sub = self.frames[np.asarray(mask, dtype=bool)].reset_index(drop=True)
         return FrameTable(self.dataset, self.root, self.aus, sub, dict(self.skipped),
                           self.has_intensity, self.pre_aligned, self.landmark_points,
-                          dict(self.notes))
+                          dict(self.notes), self.label_threshold)
 
     def keys(self):
         """Return the frame keys as a structured array of :data:`KEY_DTYPE`, in row order."""

@@ -93,7 +93,7 @@ def temporal_table(n_frames=60, seed=0, dims=6, aus=DISFA_AUS):
     return FrameTable("synth", "/nonexistent", tuple(aus), build_frames(rows, aus)), np.concatenate(X)
 
 
-FAST = dict(hidden=12, lr=0.01, weight_noise=0.0, epochs=20, batch=8, device="cpu")
+FAST = dict(hidden=12, lr=0.005, weight_noise=0.0, epochs=20, batch=8, patience=None, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_lstm_learns_what_a_per_frame_svm_cannot(toy):
 
 def test_lstm_run_follows_the_contracts(toy):
     ws, table, X, _, lstm = toy
-    assert lstm["run"] == "toy__full__lstm__au1+2-h12-e20-lr0.01-wn0-b8"
+    assert lstm["run"] == "toy__full__lstm__au1+2-h12-e20-lr0.005-wn0-b8-pnone"
     row = read_summary(ws, "synth").set_index("run").loc[lstm["run"]]
     assert row["clf"] == "lstm" and np.isclose(row["f1_AU01"], lstm["rows"][0]["f1"], atol=1e-3)
     # predictions: every test frame with codes, in frame order per subject

@@ -219,7 +219,7 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fold accuracy" in out and "random init, not pretrained" in out
-    assert "at 0.5" in out and "tuned" in out and "over the control" in out
+    assert "at 0.5" in out and "tuned" in out and "stage 2 - control" in out
     w = Workspace(ws)
     run, control = f"{TINY}__full__transfer", f"{TINY}__full__transfer__nostage1"
     csv = read_run(w, "affwild2", run)
@@ -303,3 +303,44 @@ def test_end_to_end_on_the_embedded_sets(tmp_path):
     r = fb("extract", "--model", "tv:mobilenet_v3_small", "--dataset", "synth-affwild2", "--weights",
            str(Path(ws) / "results/synth-affwild2/models/tv-mobilenet_v3_small__full__transfer/backbone.pt"))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_rerun_resumes_from_the_last_epoch_and_scores_the_same(abaw, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    first = _stage2(abaw, ws)
+    again = _stage2(abaw, ws)
+    assert first["resumed_from"] == 0 and again["resumed_from"] == SETTINGS.epochs[1]
+    assert again["thresholds"] == first["thresholds"] and again["f1"] == first["f1"]
+
+
+@pytest.mark.gpu
+def test_stage2_trains_on_cuda_with_amp(abaw, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from dataclasses import replace
+
+    out = run_stage2(Workspace(tmp_path), abaw, replace(SETTINGS, device="cuda"), progress=False)
+    assert out["device"].startswith("cuda") and out["precision"] in ("bfloat16", "float16")
+    assert Path(out["predictions"]).is_file() and out["best_epoch"] >= 1
+
+
+def test_a_set_without_its_own_split_trains_on_the_paper_split(tmp_path):
+    """DISFA-style AU sets (no Train_Set / Validation_Set) take the 12/6/9 protocol."""
+    from featbench.datasets.folder import read_folder
+
+    root = tmp_path / "own"
+    rows = ["image,subject,AU01,AU12"]
+    for s in range(6):
+        for f in range(6):
+            a, b = int(f % 2 == 0), int(f % 3 == 0)
+            im = np.random.default_rng(10 * s + f).integers(0, 50, (32, 32, 3), dtype=np.uint8)
+            im[:10] = 220 if a else im[:10]
+            _write_png(root / f"S{s}_{f}.png", im)
+            rows.append(f"S{s}_{f}.png,S{s},{a},{b}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    table = read_folder(root)
+    table.pre_aligned = True  # the crops are faces already
+    out = run_stage2(Workspace(tmp_path / "ws"), table, SETTINGS, stage1=None, progress=False)
+    assert out["protocol"] == "paper"
+    assert sum(out["frames"].values()) == 36 and len(out["split"]["test"]) >= 1
+    assert not set(out["split"]["train"]) & set(out["split"]["test"])

@@ -24,13 +24,16 @@ def add_parser(subparsers):
     p.add_argument("--out", metavar="FILE.png", default=None,
                    help="where --show writes (default: results/<dataset>/align_sheet.png)")
     p.add_argument("--n", type=int, default=8, metavar="N",
-                   help="--show: how many frames, spread over the data set (default: 8)")
+                   help="--show: how many frames, spread over the data set, 1-64 (default: 8)")
     p.set_defaults(func=_run)
 
 
 def _run(args):
-    from ..align import align_dataset, render_sheet
+    from ..align import MAX_SHEET_ROWS, align_dataset, render_sheet
+    from ..errors import UsageError
 
+    if args.show and not 1 <= args.n <= MAX_SHEET_ROWS:  # before any long work
+        raise UsageError(f"--n must be 1-{MAX_SHEET_ROWS} (rows of the sheet), got {args.n}")
     table = load_table(args)
     ws = workspace_of(args)
     report = align_dataset(table, ws.aligned_path(table.dataset), force=args.force,

@@ -93,6 +93,10 @@ def _run(args):
     from classify.run import check_features, classify_run, default_model, format_result
 
     check_clf(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    if args.jobs is not None and args.jobs < 1 and args.jobs != -1:
+        from featbench.errors import UsageError
+
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1 (or -1: every core)")
     lstm = {k: getattr(args, k) for k in LSTM_FLAGS if getattr(args, k) is not None}
     if args.clf == "lstm":
         from classify.lstm import options_from

@@ -2,6 +2,20 @@
 
 from ._common import workspace_of
 
+DESCRIPTION = """\
+Method B, two stages:
+  stage 1  a backbone + one linear layer learns the expression classes of a posed-expression
+           set, with K-fold subject-independent cross-validation (accuracy per fold, mean ± std,
+           confusion matrix); then it is trained on every subject and saved;
+  stage 2  that backbone + a two-hidden-layer MLP learns AU occurrence (per-AU binary
+           cross-entropy) on the AU set's training split; epoch and per-AU thresholds are
+           chosen on validation subjects; the test split (Aff-Wild2: its Validation_Set) is
+           scored at 0.5 and at the tuned thresholds;
+  control  stage 2 again from the backbone's starting weights (run tag nostage1).
+Writes results/<ds>/<backbone>__full__transfer.csv, its summary.csv row (clf transfer),
+predictions, models, settings and per-epoch logs and curves of both stages.
+"""
+
 EPILOG = """\
 examples (embedded synthetic sets, made on first use):
   featbench transfer --backbone tv:mobilenet_v2 --input-size 96 --epochs 4,3
@@ -18,16 +32,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "transfer", help="two-stage expression -> AU transfer (Method B)",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        description="Stage 1: a backbone + one linear layer learns the expression classes of a "
-                    "posed-expression set, with K-fold subject-independent cross-validation "
-                    "(accuracy per fold, mean ± std, confusion matrix); then it is trained on every "
-                    "subject and saved. Stage 2: that backbone + a two-hidden-layer MLP learns AU "
-                    "occurrence (per-AU binary cross-entropy) on the AU data set's training split; "
-                    "epoch and per-AU thresholds are chosen on validation subjects and the test "
-                    "split (Aff-Wild2: its Validation_Set) is scored at 0.5 and at the tuned "
-                    "thresholds. A control repeats stage 2 from the backbone's starting weights "
-                    "(run tag nostage1). Writes results/<ds>/<backbone>__full__transfer.csv, its "
-                    "summary.csv row (clf transfer), predictions, models and per-epoch logs.")
+        description=DESCRIPTION)
     p.add_argument("--backbone", default="resnet50", metavar="NAME",
                    help="registry network (default: resnet50, the paper's; tv:resnet18 or "
                         "tv:mobilenet_v2 are practical on a CPU; featbench models lists all)")

@@ -74,7 +74,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         reader = name
     if not root.exists():
         raise DataError(f"{root}: data set folder does not exist (pass --root DIR for {name})")
-    if not root.is_dir():
+    if not root.is_dir() and not (reader == "folder" and root.suffix.lower() == ".csv"):
+        # (the folder reader also takes its manifest.csv itself, as its docstring says)
         raise DataError(f"{root}: not a folder (pass the data set's root folder with --root)")
     if reader == "disfa":
         from .disfa import read_disfa
@@ -91,6 +92,9 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         # the embedded expression set holds aligned crops already, as ABAW's cropped_aligned
         table.pre_aligned = name == "synth-expression"
     table.dataset = name
+    if not len(table):
+        skipped = "; ".join(f"{n} {why}" for why, n in sorted(table.skipped.items()) if n)
+        raise DataError(f"{root}: no frames to read ({skipped or 'the label files list none'})")
     return table
 
 

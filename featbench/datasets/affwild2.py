@@ -18,6 +18,7 @@ from ..aus import au_name
 from ..errors import LabelFileError, LayoutError, UsageError
 from ..frames import FrameTable, build_frames
 from ._paths import find_child
+from ._text import parse_label, read_lines
 
 SPLIT_FOLDERS = (("Train_Set", "train"), ("Validation_Set", "validation"))
 
@@ -31,8 +32,7 @@ def read_abaw_label_file(path):
         A header that is not a list of AUs, a line with the wrong number of values, or a
         value other than -1, 0, 1; the message names the file and line.
     """
-    with open(path) as fh:
-        lines = fh.read().splitlines()
+    lines = read_lines(path)
     if not lines:
         raise LabelFileError(f"{path}: empty label file (expected a header line AU1,AU2,...)")
     try:
@@ -46,12 +46,8 @@ def read_abaw_label_file(path):
         parts = line.split(",")
         if len(parts) != len(aus):
             raise LabelFileError(f"{path}:{lineno}: {len(parts)} values for {len(aus)} AUs")
-        try:
-            row = [int(float(p)) for p in parts]
-        except ValueError:
-            raise LabelFileError(f"{path}:{lineno}: non-numeric value in {line!r}") from None
-        if any(v not in (-1, 0, 1) for v in row):
-            raise LabelFileError(f"{path}:{lineno}: values must be 0, 1 or -1, got {line!r}")
+        row = [parse_label(p.strip(), allowed=(-1, 0, 1), where=f"{path}:{lineno}: {au}",
+                           expect="0, 1 or -1") for p, au in zip(parts, aus)]
         values.append(row)
     return aus, values
 

@@ -23,6 +23,7 @@ from ..aus import DISFA_AUS, au_name
 from ..errors import LabelFileError, LayoutError
 from ..frames import FrameTable, build_frames
 from ._paths import children_by_lower_name, find_child
+from ._text import read_lines
 
 CAMERA_FOLDERS = {
     "left": ("Videos_LeftCamera", "Video_LeftCamera"),
@@ -44,23 +45,25 @@ def read_label_file(path):
         outside 0-5; the message names the file and line.
     """
     out = {}
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) != 2:
-                raise LabelFileError(f"{path}:{lineno}: expected 'frame,intensity', got {line!r}")
-            try:
-                frame, value = int(parts[0]), int(parts[1])
-            except ValueError:
-                raise LabelFileError(f"{path}:{lineno}: non-numeric value in {line!r}") from None
-            if frame < 1:
-                raise LabelFileError(f"{path}:{lineno}: frame {frame} < 1 (DISFA frames are 1-based)")
-            if not 0 <= value <= 5:
-                raise LabelFileError(f"{path}:{lineno}: intensity {value} outside 0-5")
-            out[frame] = value
+    for lineno, line in enumerate(read_lines(path), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2:
+            raise LabelFileError(f"{path}:{lineno}: expected 'frame,intensity', got {line!r}")
+        try:
+            frame, value = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise LabelFileError(f"{path}:{lineno}: non-numeric value in {line!r}") from None
+        if frame < 1:
+            raise LabelFileError(f"{path}:{lineno}: frame {frame} < 1 (DISFA frames are 1-based)")
+        if not 0 <= value <= 5:
+            raise LabelFileError(f"{path}:{lineno}: intensity {value} outside 0-5")
+        if out.get(frame, value) != value:
+            raise LabelFileError(f"{path}:{lineno}: frame {frame} labelled twice, "
+                                 f"{out[frame]} and {value}")
+        out[frame] = value
     return out
 
 
@@ -136,6 +139,8 @@ def read_disfa(root, *, camera="left", threshold=2):
         for au in DISFA_AUS:
             if au not in per_au:
                 skipped["label files missing (AU left unlabelled)"] += 1
+            elif not per_au[au]:
+                skipped["label files empty (AU left unlabelled)"] += 1
         n_frames = max(max(v) for v in per_au.values() if v) if any(per_au.values()) else 0
         lengths[subject] = n_frames
         lms = _landmark_files(find_child(lm_root, subject) if lm_root else None)
@@ -145,10 +150,14 @@ def read_disfa(root, *, camera="left", threshold=2):
                 skipped[f"no {cam}-camera video"] += n_frames
                 continue
             n_video = _video_frame_count(video)
+            labelled = set().union(*per_au.values())
             for frame1 in range(1, n_frames + 1):
                 index = frame1 - 1
                 if n_video is not None and index >= n_video:
-                    skipped["label frames past the end of the video"] += 1
+                    # counted only where a label file has the frame: one stray line far past
+                    # the end is one frame, not every number up to it
+                    if frame1 in labelled:
+                        skipped["label frames past the end of the video"] += 1
                     continue
                 row = {"subject": subject, "video": video.stem, "frame": index,
                        "source": str(video.resolve()), "source_index": index, "split": ""}
@@ -166,5 +175,6 @@ def read_disfa(root, *, camera="left", threshold=2):
     table = FrameTable("disfa", root, DISFA_AUS, build_frames(rows, DISFA_AUS, intensity=True),
                        skipped=dict(skipped), has_intensity=True, pre_aligned=False,
                        landmark_points=66 if lm_root is not None else 0,
-                       notes={"short_subjects": short} if short else {})
+                       notes={"short_subjects": short} if short else {},
+                       label_threshold=int(threshold))
     return table

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import DataError, LabelFileError, LayoutError, UsageError
 from ..frames import FrameTable, build_frames
+from ._text import read_lines
 
 #: the expression-set layouts :func:`load_expression_set` reads
 EXPRESSION_DATASETS = ("synth-expression", "manifest", "subfolders")
@@ -190,27 +191,26 @@ def read_manifest(path):
     if not manifest.is_file():
         raise LayoutError(f"{path}: no manifest.csv (expected columns image,subject,expression)")
     base, rows, missing = manifest.parent, [], 0
-    with open(manifest, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for col in ("image", "subject", "expression"):
-            if col not in header:
-                raise LayoutError(f"{manifest}:1: no {col!r} column (header: {','.join(header)})")
-        extra = [c for c in header if c not in ("image", "subject", "expression")
-                 and c not in ("video", "frame", "split", "source")]
-        for lineno, rec in enumerate(reader, 2):
-            image = Path(rec["image"] or "")
-            image = image if image.is_absolute() else base / image
-            if not image.is_file():
-                missing += 1
-                continue
-            subject, expr = (rec["subject"] or "").strip(), (rec["expression"] or "").strip()
-            if not subject or not expr:
-                raise LabelFileError(f"{manifest}:{lineno}: empty {'subject' if not subject else 'expression'}")
-            row = {"subject": subject, "video": subject, "source": str(image.resolve()),
-                   "source_index": -1, "landmark_file": "", "split": "", "expression": expr}
-            row.update({c: rec[c] for c in extra})
-            rows.append(row)
+    reader = csv.DictReader(read_lines(manifest))  # UTF-8 and OS errors: one line
+    header = reader.fieldnames or []
+    for col in ("image", "subject", "expression"):
+        if col not in header:
+            raise LayoutError(f"{manifest}:1: no {col!r} column (header: {','.join(header)})")
+    extra = [c for c in header if c not in ("image", "subject", "expression")
+             and c not in ("video", "frame", "split", "source")]
+    for lineno, rec in enumerate(reader, 2):
+        image = Path(rec["image"] or "")
+        image = image if image.is_absolute() else base / image
+        if not image.is_file():
+            missing += 1
+            continue
+        subject, expr = (rec["subject"] or "").strip(), (rec["expression"] or "").strip()
+        if not subject or not expr:
+            raise LabelFileError(f"{manifest}:{lineno}: empty {'subject' if not subject else 'expression'}")
+        row = {"subject": subject, "video": subject, "source": str(image.resolve()),
+               "source_index": -1, "landmark_file": "", "split": "", "expression": expr}
+        row.update({c: rec[c] for c in extra})
+        rows.append(row)
     if not rows:
         raise DataError(f"{manifest}: no image of the manifest exists ({missing} listed)")
     _number_frames(rows)
