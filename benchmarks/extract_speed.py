@@ -31,7 +31,7 @@ def main(argv=None):
     from featbench.datasets import load_dataset
     from featbench.workspace import Workspace
 
-    table = load_dataset(args.dataset, workspace=Workspace(args.workspace))
+    table = load_dataset(args.dataset, workspace=Workspace(args.workspace), generate=True)
     rows = []
     for model in args.models.split(","):
         res = bench_extract(table, model, frames=args.frames, batch_size=args.batch_size,

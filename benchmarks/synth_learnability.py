@@ -80,7 +80,7 @@ def main(argv=None):
     from featbench.splits import make_splits
 
     t0 = time.perf_counter()
-    table = load_dataset("synth", root=args.root, progress=False)
+    table = load_dataset("synth", root=args.root, generate=True, progress=False)
     landmarks = load_landmarks(table)
     codes, rows = hog_codes(table, landmarks)
     sub = table.frames["subject"].to_numpy()[rows]

@@ -15,6 +15,10 @@ rows given to ``fit`` — the training subjects' — and only applied to validat
     :data:`C_GRID` by F1 on the validation subjects (:func:`fit_au`); the model kept is the one
     fit on the training rows with the best ``C``.
 
+Each is an entry of :mod:`classify.registry` (:data:`LDA`, :data:`SVM`), and what a run saves
+per AU is a :class:`ThresholdedClassifier`: the fitted pipeline with the threshold chosen on
+validation inside, so a loaded model's ``predict`` is the run's decision.
+
 Conventions, stated once: labels are 1 (present) / 0 (absent); scores are
 ``decision_function`` values; a frame is called positive when its score is *greater* than the
 threshold, whose default is 0 (the classifier's own decision). A tuned threshold
@@ -27,10 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from featbench.errors import UsageError, did_you_mean
 from featbench.metrics import au_metrics
 
-CLASSIFIERS = ("lda", "svm")
 #: the SVM's C grid, log-spaced; chosen per AU on the validation subjects
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 #: C used when the validation subjects cannot score the grid (no positive there)
@@ -39,9 +41,10 @@ DEFAULT_THRESHOLD = 0.0
 
 
 def check_clf(clf):
-    """Raise :class:`UsageError` unless ``clf`` is a classifier a run can use."""
-    if clf not in CLASSIFIERS + ("lstm",):  # lstm: classify.lstm (sequences, not rows)
-        raise UsageError(did_you_mean(str(clf), CLASSIFIERS + ("lstm",), what="classifier"))
+    """Raise :class:`UsageError` unless ``clf`` names a registered classifier (see :mod:`classify.registry`)."""
+    from .registry import check_clf as check
+
+    check(clf)
 
 
 class ShrinkageLDA(ClassifierMixin, BaseEstimator):
@@ -134,47 +137,114 @@ class ShrinkageLDA(ClassifierMixin, BaseEstimator):
         return self.classes_[(self.decision_function(X) > 0).astype(int)]
 
 
-def make_estimator(clf, *, C=DEFAULT_C, class_weight=None, shrinkage="auto", seed=0,
-                   n_samples=None, n_features=None):
-    """Return an unfitted ``Pipeline(StandardScaler, classifier)`` for one AU.
+def make_lda(*, class_weight=None, shrinkage="auto", **_):
+    """Return an unfitted ``Pipeline(StandardScaler, LDA)`` for one AU (the ``lda`` entry).
 
     Parameters
     ----------
-    clf : {"lda", "svm"}
-    C : float
-        SVM regularisation (ignored by LDA).
     class_weight : {None, "balanced"}
-        SVM class weights; for LDA ``"balanced"`` means equal priors.
+        ``"balanced"`` means equal priors (LDA has no sample weights).
     shrinkage : "auto", float or None
-        LDA covariance shrinkage (``"auto"``: Ledoit-Wolf).
+        Covariance shrinkage (``"auto"``: Ledoit-Wolf, solved by :class:`ShrinkageLDA`).
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    priors = (0.5, 0.5) if class_weight == "balanced" else None
+    if shrinkage == "auto":
+        return _scaled(ShrinkageLDA(priors=priors))
+    return _scaled(LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors))
+
+
+def make_svm(*, C=DEFAULT_C, class_weight=None, seed=0, n_samples=None, n_features=None, **_):
+    """Return an unfitted ``Pipeline(StandardScaler, LinearSVC)`` for one AU (the ``svm`` entry).
+
+    Parameters
+    ----------
+    C : float
+        Regularisation (chosen per AU from :data:`C_GRID` by :func:`fit_au`).
+    class_weight : {None, "balanced"}
     seed : int
         Seeds liblinear's coordinate order.
     n_samples, n_features : int, optional
         The training matrix's shape: picks liblinear's dual solver unless there are far more
         frames than dimensions (the primal Newton solver was 40x slower at 5000 x 4096).
     """
+    from sklearn.svm import LinearSVC
+
+    dual = True
+    if n_samples is not None and n_features is not None:
+        dual = n_samples < 50 * n_features
+    return _scaled(LinearSVC(C=C, dual=dual, class_weight=class_weight, max_iter=2000, random_state=seed))
+
+
+def _scaled(est):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    check_clf(clf)
-    if clf not in CLASSIFIERS:
-        raise UsageError(f"{clf} is not a per-frame estimator (the LSTM is classify.lstm)")
-    if clf == "lda":
-        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
-        priors = (0.5, 0.5) if class_weight == "balanced" else None
-        if shrinkage == "auto":
-            est = ShrinkageLDA(priors=priors)
-        else:
-            est = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors)
-    else:
-        from sklearn.svm import LinearSVC
-
-        dual = True
-        if n_samples is not None and n_features is not None:
-            dual = n_samples < 50 * n_features
-        est = LinearSVC(C=C, dual=dual, class_weight=class_weight, max_iter=2000, random_state=seed)
     return Pipeline([("scale", StandardScaler()), ("clf", est)])
+
+
+def make_estimator(clf, **kw):
+    """Return the unfitted per-AU ``Pipeline(StandardScaler, classifier)`` of the entry ``clf``.
+
+    ``kw`` are the entry's options (``C``, ``class_weight``, ``shrinkage``, ``seed``,
+    ``n_samples``, ``n_features``); an entry ignores the ones it has no use for.
+    """
+    from .registry import get_classifier
+
+    return get_classifier(clf).make(**kw)
+
+
+class ThresholdedClassifier(ClassifierMixin, BaseEstimator):
+    """A binary classifier with its decision threshold inside: what a run saves per AU.
+
+    The contract of scikit-learn's ``FixedThresholdClassifier`` (``estimator``, ``threshold``;
+    ``fit`` fits a clone into ``estimator_``; ``decision_function`` is the inner estimator's),
+    with featbench's decision rule: present when the score, rounded to float32 as the
+    predictions files store it, is *greater* than the threshold (scikit-learn's uses ``>=`` on
+    float64 scores, which can flip a frame whose score sits on the threshold). So a loaded
+    model's ``predict`` equals the decisions of the run that saved it.
+
+    Parameters
+    ----------
+    estimator : classifier with ``decision_function``
+    threshold : float
+        Chosen on the validation subjects (default 0: the classifier's own decision).
+
+    Attributes
+    ----------
+    estimator_ : the fitted estimator
+    classes_ : array of shape (2,)
+    """
+
+    def __init__(self, estimator=None, *, threshold=DEFAULT_THRESHOLD):
+        self.estimator = estimator
+        self.threshold = threshold
+
+    @classmethod
+    def from_fitted(cls, estimator, threshold=DEFAULT_THRESHOLD):
+        """Wrap an already fitted ``estimator`` (no refit)."""
+        out = cls(estimator, threshold=float(threshold))
+        out.estimator_ = estimator
+        out.classes_ = estimator.classes_
+        return out
+
+    def fit(self, X, y, **params):
+        """Fit a clone of ``estimator`` on ``X`` (n, dims) and ``y`` (n,); return self."""
+        from sklearn.base import clone
+
+        self.estimator_ = clone(self.estimator).fit(X, y, **params)
+        self.classes_ = self.estimator_.classes_
+        return self
+
+    def decision_function(self, X, **kw):
+        """Return (n,) scores of the inner estimator (positive: present)."""
+        return self.estimator_.decision_function(X, **kw)
+
+    def predict(self, X, **kw):
+        """Return (n,) class labels: the second class where the score exceeds the threshold."""
+        scores = np.asarray(self.decision_function(X, **kw), dtype=np.float32)
+        return np.asarray(self.classes_)[decide(scores, self.threshold)]
 
 
 def balance_indices(y, rng):
@@ -245,35 +315,108 @@ def best_threshold(y, scores):
 
 @dataclass
 class AUFit:
-    """A fitted AU: the pipeline and what was chosen on the validation subjects."""
+    """A fitted AU: the model (threshold inside) and what was chosen on the validation subjects.
+
+    ``params`` holds the value chosen for each parameter of the entry's search space (SVM:
+    ``{"C": 0.01}``); ``grid`` the validation F1 of each candidate (keyed by the value when the
+    space has one parameter).
+    """
 
     model: object
-    C: float = float("nan")
+    params: dict = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
     val_f1: float = float("nan")
     grid: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+
+    @property
+    def C(self):
+        """The SVM's chosen C (nan for an entry without one)."""
+        return self.params.get("C", float("nan"))
+
+    @C.setter
+    def C(self, value):
+        self.params["C"] = float(value)
+
+
+def with_threshold(fit):
+    """Return ``fit`` with its threshold inside its model (:class:`ThresholdedClassifier`).
+
+    For fits made outside :func:`fit_au` (the out-of-core SVM): what a run saves must carry the
+    threshold its decisions used.
+    """
+    if fit.model is not None and not hasattr(fit.model, "threshold"):
+        fit.model = ThresholdedClassifier.from_fitted(fit.model, fit.threshold)
+    return fit
 
 
 def _val_f1(y_val, scores, threshold=DEFAULT_THRESHOLD):
     return au_metrics(y_val, decide(scores, threshold))["f1"] if len(y_val) else float("nan")
 
 
-def fit_au(clf, X_train, y_train, X_val, y_val, *, c_grid=C_GRID, class_weight=None,
-           tune_threshold=False, X_thr=None, y_thr=None, shrinkage="auto", seed=0):
-    """Fit one AU's classifier on the training rows; choose C and the threshold on validation.
+def _candidates(space):
+    """Return the search space as a list of parameter dicts, in grid order (most regularised first)."""
+    from itertools import product
+
+    names = list(space)
+    return [dict(zip(names, values)) for values in product(*(space[n] for n in names))]
+
+
+def _grid_key(params):
+    return next(iter(params.values())) if len(params) == 1 else tuple(sorted(params.items()))
+
+
+def _fit_grid(spec, X_train, y_train, X_val, y_val, make_kw, out):
+    """Fit every candidate of ``spec.search_space`` on the training rows, keep the best on validation.
+
+    The scaler is fit once and the rows converted to float64 once for the whole grid (liblinear
+    wants float64); the fit with the best parameters *is* the model (no refit). Ties go to the
+    earlier candidate.
+    """
+    from sklearn.pipeline import Pipeline
+
+    scaler = spec.make(**make_kw).named_steps["scale"].fit(X_train)
+    Xt = np.ascontiguousarray(scaler.transform(X_train), dtype=np.float64)
+    Xv = scaler.transform(X_val) if len(y_val) else None
+    fits = {}
+    for params in _candidates(spec.search_space):
+        key = _grid_key(params)
+        fits[key] = spec.make(**make_kw, **params).named_steps["clf"].fit(Xt, y_train)
+        out.grid[key] = _val_f1(y_val, fits[key].decision_function(Xv)) if Xv is not None else float("nan")
+    scored = [k for k, f in out.grid.items() if not np.isnan(f)]
+    if scored:
+        best = max(scored, key=lambda k: out.grid[k])  # max keeps the first of equals
+        out.params = next(p for p in _candidates(spec.search_space) if _grid_key(p) == best)
+        out.params = {n: float(v) for n, v in out.params.items()}
+    else:
+        out.params = dict(spec.default_params)
+        out.notes.append("no positive in validation: "
+                         + ", ".join(f"{n}={v:g}" for n, v in out.params.items()) + " not chosen on data")
+        best = _grid_key(out.params)
+        if best not in fits:
+            fits[best] = spec.make(**make_kw, **out.params).named_steps["clf"].fit(Xt, y_train)
+    return Pipeline([("scale", scaler), ("clf", fits[best])])
+
+
+def fit_au(clf, X_train, y_train, X_val, y_val, *, class_weight=None, tune_threshold=False,
+           X_thr=None, y_thr=None, shrinkage="auto", seed=0, **fit_kw):
+    """Fit one AU's classifier on the training rows; choose its parameters and threshold on validation.
+
+    The generic fit of :class:`~classify.registry.ClassifierSpec` entries whose ``make`` returns
+    ``Pipeline([("scale", ...), ("clf", ...)])`` on single frames (``lda``, ``svm``).
 
     Parameters
     ----------
-    clf : {"lda", "svm"}
+    clf : str or ClassifierSpec
+        The registry entry (``"lda"``, ``"svm"``...).
     X_train : array of shape (n_train, dims)
     y_train : array of shape (n_train,)
         1 / 0; both classes must be present (the caller reports an AU without positives).
     X_val : array of shape (n_val, dims)
     y_val : array of shape (n_val,)
-    c_grid : sequence of float
-        SVM only: each C is fit on the training rows and scored by F1 on validation; the best
-        (ties: the smaller C, the more regularised) is kept.
+        Each candidate of the entry's search space (SVM: each C of :data:`C_GRID`) is fit on the
+        training rows and scored by F1 on these rows; the best (ties: the earlier, more
+        regularised one) is kept.
     class_weight : {None, "balanced"}
     tune_threshold : bool
         Choose the threshold maximising F1 on the validation rows (else 0).
@@ -288,53 +431,57 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, c_grid=C_GRID, class_weight=N
     Returns
     -------
     AUFit
+        ``model`` is a :class:`ThresholdedClassifier`: ``predict`` applies the chosen threshold.
     """
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.pipeline import Pipeline
 
+    from .registry import get_classifier
+
+    spec = get_classifier(clf) if isinstance(clf, str) else clf
     y_train = np.asarray(y_train, dtype=np.int8)
     y_val = np.asarray(y_val, dtype=np.int8)
-    shape = dict(n_samples=X_train.shape[0], n_features=X_train.shape[1])
+    make_kw = dict(class_weight=class_weight, shrinkage=shrinkage, seed=seed,
+                   n_samples=X_train.shape[0], n_features=X_train.shape[1])
     out = AUFit(model=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        if clf == "svm":
-            template = make_estimator("svm", class_weight=class_weight, seed=seed, **shape)
-            scaler = template.named_steps["scale"].fit(X_train)
-            # liblinear wants float64; convert the scaled rows once for the whole grid
-            Xt = np.ascontiguousarray(scaler.transform(X_train), dtype=np.float64)
-            Xv = scaler.transform(X_val) if len(y_val) else None
-            fits = {}
-            for C in c_grid:
-                svc = make_estimator("svm", C=C, class_weight=class_weight, seed=seed,
-                                     **shape).named_steps["clf"].fit(Xt, y_train)
-                fits[C] = svc
-                out.grid[C] = _val_f1(y_val, svc.decision_function(Xv)) if Xv is not None else float("nan")
-            scored = {C: f for C, f in out.grid.items() if not np.isnan(f)}
-            if scored:
-                out.C = float(max(scored, key=lambda C: (scored[C], -C)))
-            else:
-                out.C = float(DEFAULT_C if DEFAULT_C in fits else c_grid[len(c_grid) // 2])
-                out.notes.append(f"no positive in validation: C={out.C:g} not chosen on data")
-                if out.C not in fits:
-                    fits[out.C] = make_estimator("svm", C=out.C, class_weight=class_weight, seed=seed,
-                                                 **shape).named_steps["clf"].fit(Xt, y_train)
-            # the grid's fit with the best C *is* the refit on the training rows
-            out.model = Pipeline([("scale", scaler), ("clf", fits[out.C])])
+        if spec.search_space:
+            model = _fit_grid(spec, X_train, y_train, X_val, y_val, make_kw, out)
         else:
-            out.model = make_estimator("lda", class_weight=class_weight, shrinkage=shrinkage,
-                                       seed=seed, **shape).fit(X_train, y_train)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        out.notes.append("liblinear did not fully converge for some C (max_iter=2000)")
+            model = spec.make(**make_kw).fit(X_train, y_train)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught) and spec.convergence_note:
+        out.notes.append(spec.convergence_note)
     if X_thr is None:
         X_thr, y_thr = X_val, y_val
     y_thr = np.asarray(y_thr, dtype=np.int8)
     if len(y_thr):
-        thr_scores = out.model.decision_function(X_thr)
+        thr_scores = model.decision_function(X_thr)
         if tune_threshold:
             if (y_thr == 1).any():
                 out.threshold = best_threshold(y_thr, thr_scores)
             else:
                 out.notes.append("no positive in validation: threshold left at 0")
         out.val_f1 = _val_f1(y_thr, thr_scores, out.threshold)
+    out.model = ThresholdedClassifier.from_fitted(model, out.threshold)
     return out
+
+
+def _spec(**kw):
+    from .registry import ClassifierSpec
+
+    return ClassifierSpec(**kw)
+
+
+#: the ``lda`` entry of :mod:`classify.registry`
+LDA = _spec(name="lda", make=make_lda, help="shrinkage LDA (Ledoit-Wolf)")
+#: the ``svm`` entry of :mod:`classify.registry`
+def _fit_streamed(*args, **kw):
+    from .scale import fit_streamed
+
+    return fit_streamed(*args, **kw)
+
+
+SVM = _spec(name="svm", make=make_svm, search_space={"C": C_GRID}, default_params={"C": DEFAULT_C},
+            convergence_note="liblinear did not fully converge for some C (max_iter=2000)",
+            solver="liblinear", fit_streamed=_fit_streamed, streamed_solver="sgd-hinge (out of core)",
+            help="linear SVM, C chosen on the validation subjects")

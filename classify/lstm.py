@@ -530,6 +530,11 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
     # test: each test subject's whole sequence, scored in order; back to parts["test"]'s order
     test = cut_sequences(parts["test"], group, frame, Y, mode="test")
     fit_out.cuts["test"] = test.report()
+    breaks = {p: c["breaks_at_missing_frames"] for p, c in fit_out.cuts.items()
+              if c["breaks_at_missing_frames"]}
+    if breaks:  # reported, never bridged
+        fit_out.notes.append("sequences broken at frames without codes: " +
+                             ", ".join(f"{n} in {p}" for p, n in breaks.items()))
     trows, tlogits = score_sequences(model, X, pos, test.sequences, device=device)
     model.to("cpu")
     scores = np.full((len(parts["test"]), k), np.nan, dtype=np.float32)
@@ -715,3 +720,15 @@ def save_fits(folder, splits, by, au_list):
                                  "seconds": f.seconds, "cpu_seconds": f.cpu_seconds,
                                  "history": f.history}
     return entries
+
+
+def _spec():
+    from .registry import ClassifierSpec
+
+    return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
+                          options=options_from, load=load_model, suffix=".pt",
+                          help="LSTM over each subject's code sequence, epoch chosen on validation")
+
+
+#: the ``lstm`` entry of :mod:`classify.registry`
+SPEC = _spec()

@@ -22,7 +22,8 @@ Outputs (``featbench.workspace`` names the paths; a rerun replaces only this run
     results/<ds>/<run>.csv                 per-AU metrics + mean (featbench.results.write_run)
     results/<ds>/summary.csv               this run's row (other runs' rows are kept)
     results/<ds>/predictions/<run>.h5      /frames /labels /scores /decisions /fold /thresholds
-    results/<ds>/models/<run>/AU01.joblib  the fitted Pipeline (multi-fold: AU01-<fold>.joblib)
+    results/<ds>/models/<run>/AU01.joblib  the fitted model, threshold inside (multi-fold:
+                                           AU01-<fold>.joblib; classify.registry.load_run_models)
     results/<ds>/models/<run>/settings.json every argument, chosen C and threshold per fold and
                                            AU, split subjects, feature-file provenance, versions
 
@@ -35,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -45,7 +47,8 @@ from featbench.metrics import METRICS, au_metrics, nanmean
 from featbench.results import record_failure, run_table, write_predictions, write_run
 from featbench.workspace import Workspace, atomic_write_text, run_name
 
-from .estimators import C_GRID, balance_indices, check_clf, decide, fit_au
+from .estimators import balance_indices, decide, with_threshold
+from .registry import get_classifier
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -214,7 +217,7 @@ def join_codes(table, keys):
 
 
 # --- one AU of one fold ------------------------------------------------------------------------
-def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed,
+def _au_task(job, *, codes, labels, pos, spec, balance, class_weight, tune_threshold, seed,
              threads=None, budget=None):
     """Fit and score one (fold, AU); pure computation, run in a worker process.
 
@@ -226,14 +229,14 @@ def _au_task(job, *, codes, labels, pos, clf, balance, class_weight, tune_thresh
     from .scale import peak_rss_mb
 
     with threadpool_limits(limits=threads):
-        out = _fit_score(job, codes=codes, labels=labels, pos=pos, clf=clf, balance=balance,
+        out = _fit_score(job, codes=codes, labels=labels, pos=pos, spec=spec, balance=balance,
                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed,
                          budget=budget)
     out["rss_mb"] = peak_rss_mb()
     return out
 
 
-def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_threshold, seed,
+def _fit_score(job, *, codes, labels, pos, spec, balance, class_weight, tune_threshold, seed,
                budget=None):
     fi, ai, au, region, rows = job
     y_all = labels[:, ai]
@@ -256,25 +259,25 @@ def _fit_score(job, *, codes, labels, pos, clf, balance, class_weight, tune_thre
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    from .scale import H5Codes, fit_streamed, score
+    from .scale import H5Codes, score
 
     thr_rows = None
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
         thr_rows = parts["all_validation"]
-    if (clf == "svm" and isinstance(X, H5Codes) and budget is not None
+    if (spec.fit_streamed is not None and isinstance(X, H5Codes) and budget is not None
             and 2 * 8 * ytr.size * X.shape[1] > budget):  # float64 rows + their scaled copy
-        out["solver"] = "sgd-hinge (out of core)"
-        fit = fit_streamed(X, pos[parts["train"]], ytr, pos[parts["validation"]], yva,
-                           thr_rows=None if thr_rows is None else pos[thr_rows],
-                           y_thr=None if thr_rows is None else y_all[thr_rows],
-                           tune_threshold=tune_threshold, class_weight=class_weight, seed=seed,
-                           budget=budget)
+        out["solver"] = spec.streamed_solver
+        fit = spec.fit_streamed(X, pos[parts["train"]], ytr, pos[parts["validation"]], yva,
+                                thr_rows=None if thr_rows is None else pos[thr_rows],
+                                y_thr=None if thr_rows is None else y_all[thr_rows],
+                                tune_threshold=tune_threshold, class_weight=class_weight,
+                                seed=seed, budget=budget)
     else:
-        out["solver"] = "liblinear" if clf == "svm" else clf
+        out["solver"] = spec.solver or spec.name
         thr = {} if thr_rows is None else {"X_thr": X[pos[thr_rows]], "y_thr": y_all[thr_rows]}
-        fit = fit_au(clf, X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
-                     class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr)
-    out["fit"] = fit
+        fit = spec.fit_au(X[pos[parts["train"]]], ytr, X[pos[parts["validation"]]], yva,
+                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed, **thr)
+    out["fit"] = with_threshold(fit)
     if rows["test"].size:
         out["scores"] = score(fit.model, X, pos[rows["test"]])
     return out
@@ -318,6 +321,20 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 
 
 # --- the run -----------------------------------------------------------------------------------
+def _check_args(clf, region, class_weight, options):
+    """Return the registry entry of ``clf`` and its own settings; UsageError for bad arguments."""
+    spec = get_classifier(clf)
+    if region not in REGION_CHOICES:
+        raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
+    if class_weight not in (None, "balanced"):
+        raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
+    if spec.options is not None:
+        options = spec.options(options)
+    elif options is not None:
+        raise UsageError(f"LSTM settings apply only to --clf lstm, not {clf}")
+    return spec, options
+
+
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
                  table=None, aus=None, progress=True, lstm=None, scheduler=None):
@@ -330,7 +347,8 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
     model : str
         The network whose codes are classified.
-    clf : {"lda", "svm", "lstm"}
+    clf : str
+        A classifier of :mod:`classify.registry` (``lda``, ``svm``, ``lstm``).
     region : {"full", "upper", "middle", "lower", "auto"}
         ``auto``: each AU uses the codes of its own region (``featbench.aus.AU_REGION``).
     protocol : str
@@ -344,9 +362,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     seed : int
         Seeds splits, balancing and liblinear.
     n_jobs : int, optional
-        Worker threads (default: all cores).
+        Worker processes (default: all cores).
     table : FrameTable, optional
-        Default: ``featbench.datasets.load_dataset(dataset)``.
+        Default: ``featbench.datasets.load_dataset(dataset)`` (never generated here).
     aus : list of str or "AU01,AU02", optional
         Default: the protocol's AUs (:func:`resolve_aus`).
     progress : bool
@@ -371,51 +389,27 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         found, a failure is also recorded as the run's row in ``summary.csv``.
     """
     t0 = time.time()
-    check_clf(clf)
-    if region not in REGION_CHOICES:
-        raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
-    if class_weight not in (None, "balanced"):
-        raise UsageError(f"class weight must be 'balanced' or none, got {class_weight!r}")
-    if clf == "lstm":
-        from .lstm import options_from
-
-        lstm = options_from(lstm)
-    elif lstm is not None:
-        raise UsageError("LSTM settings apply only to --clf lstm")
+    spec, options = _check_args(clf, region, class_weight, lstm)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
-    if table is None:
-        from featbench.datasets import load_dataset
-
-        table = load_dataset(dataset, workspace=workspace, progress=progress)
-    default_aus = resolve_aus(table, protocol)
+    table = table if table is not None else _load_table(workspace, dataset, progress)
     au_list = resolve_aus(table, protocol, aus)
     run = run_name(model, region, clf, tag=run_tag(
-        protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-        class_weight=class_weight, seed=seed, aus=au_list, default_aus=default_aus,
-        extra=lstm.tag() if lstm else None, label_threshold=table.label_threshold))
+        protocol=protocol, tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
+        seed=seed, aus=au_list, default_aus=resolve_aus(table, protocol),
+        extra=options.tag() if options else None, label_threshold=table.label_threshold))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
     meta = {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
             "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
             # which intensity made a label positive: runs on other thresholds never mix
-            "label_threshold": "" if table.label_threshold is None else table.label_threshold}
-    if lstm:
-        from dataclasses import asdict
-
-        meta["lstm"] = asdict(lstm)
+            "label_threshold": "" if table.label_threshold is None else table.label_threshold,
+            **({spec.name: asdict(options)} if options else {})}
     try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
         meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-        from .scale import codes_bytes, memory_budget_bytes, scheduler_address
-
-        budget = memory_budget_bytes()
-        if clf != "lstm" and codes_bytes(path, regions) > budget:  # codes stay on disk
-            keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=True)
-        else:
-            keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+        keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path)
         return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
-                         scheduler=scheduler_address(scheduler))
+                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
     except FeatbenchError as exc:
         try:
             record_failure(workspace, dataset, run, exc, meta=meta)
@@ -424,16 +418,23 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         raise
 
 
-def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
-              budget=None, scheduler=None):
-    from featbench.splits import make_splits
+def _load_table(workspace, dataset, progress):
+    from featbench.datasets import load_dataset
 
-    clf, region, seed = meta["clf"], meta["region"], meta["seed"]
-    pos = join_codes(table, keys)
-    has_code = pos >= 0
-    labels = table.labels(au_list)
-    labelled = (labels >= 0).any(axis=1)
-    splits = make_splits(table, meta["protocol"], seed=seed)
+    return load_dataset(dataset, workspace=workspace, progress=progress)
+
+
+def _read_run_codes(spec, workspace, dataset, model, regions, path):
+    """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk."""
+    from .scale import codes_bytes, memory_budget_bytes
+
+    budget = memory_budget_bytes()
+    lazy = not spec.needs_sequences and codes_bytes(path, regions) > budget
+    return (*load_codes(workspace, dataset, model, regions, lazy=lazy), budget)
+
+
+def _make_jobs(table, splits, au_list, region, has_code, labelled):
+    """Return the (fold, AU) jobs, each fold's test rows and the labelled frames without codes per part."""
     missing = {"train": 0, "validation": 0, "test": 0}
     jobs, test_rows = [], []
     for fi, split in enumerate(splits):
@@ -445,71 +446,90 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
         test_rows.append(rows["test"])
         for ai, au in enumerate(au_list):
             jobs.append((fi, ai, au, AU_REGION[au] if region == "auto" else region, rows))
+    return jobs, test_rows, missing
+
+
+def _train(spec, jobs, meta, *, workspace, dataset, run, table, codes, labels, pos, n_jobs,
+           progress, budget, scheduler):
+    """Run every job: the entry's own trainer (sequences) or one fit per job in workers."""
+    common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
+                  class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
+    if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
+        ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
+        return spec.train_jobs(jobs, table=table, options=spec.options(meta[spec.name]),
+                               n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
+    return _parallel(jobs, n_jobs, progress, spec=spec, budget=budget, scheduler=scheduler,
+                     **common), scheduler
+
+
+def _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds):
+    """Return one AU's row of the run's table (metrics averaged over folds) and its notes."""
+    n_folds = len(splits)
+    per_fold, au_notes = [], []
+    for fi in range(n_folds):
+        r, te = by[(fi, au)], test_rows[fi]
+        y = labels[te, ai]
+        tag = f" ({splits[fi].name})" if n_folds > 1 else ""
+        if r["fit"] is None:
+            au_notes.append(r["error"] + tag)
+            m = {key: float("nan") for key in METRICS}
+            m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
+        else:
+            thresholds[fi, ai] = r["fit"].threshold
+            m = au_metrics(y, decide(r["scores"], r["fit"].threshold), r["scores"])
+            au_notes += [n + tag for n in r["fit"].notes]
+            if m["support"] == 0:
+                au_notes.append("no positive in test: F1 undefined (nan)" + tag)
+        per_fold.append(m)
+    row = {"au": au}
+    for key in ("f1", "accuracy", "precision", "recall"):
+        row[key] = nanmean(m[key] for m in per_fold)
+    row["support"] = int(sum(m["support"] for m in per_fold))
+    row["threshold"] = nanmean(thresholds[:, ai])
+    row["auc"] = nanmean(m["auc"] for m in per_fold)
+    row["frames"] = int(sum(m["frames"] for m in per_fold))
+    if n_folds > 1:
+        f1s = np.array([m["f1"] for m in per_fold], dtype=float)
+        row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
+    for param in spec.search_space:  # the chosen value (median over folds)
+        vals = [by[(fi, au)]["fit"].params[param] for fi in range(n_folds) if by[(fi, au)]["fit"]]
+        row[param] = float(np.median(vals)) if vals else float("nan")
+    row["n_train"] = int(round(np.mean([by[(fi, au)]["n_train"] for fi in range(n_folds)])))
+    au_notes = list(dict.fromkeys(au_notes))
+    row["note"] = "; ".join(au_notes)
+    return row, au_notes
+
+
+def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
+              budget=None, scheduler=None):
+    from featbench.splits import make_splits
+
+    from .scale import H5Codes, peak_rss_mb, scheduler_address
+
+    spec, scheduler = get_classifier(meta["clf"]), scheduler_address(scheduler)
+    pos = join_codes(table, keys)
+    has_code = pos >= 0
+    labels = table.labels(au_list)
+    labelled = (labels >= 0).any(axis=1)
+    splits = make_splits(table, meta["protocol"], seed=meta["seed"])
+    jobs, test_rows, missing = _make_jobs(table, splits, au_list, meta["region"], has_code, labelled)
     if not any(r.size for r in test_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
-    if clf == "lstm":  # sequences of frames, not rows: its own trainer (classify.lstm)
-        from .lstm import options_from, run_jobs
-
-        results = run_jobs(jobs, table=table, codes=codes, labels=labels, pos=pos,
-                           options=options_from(meta["lstm"]), seed=seed,
-                           tune_threshold=meta["tune_threshold"], balance=meta["balance"],
-                           class_weight=meta["class_weight"] or None, n_jobs=n_jobs,
-                           checkpoint_root=workspace.models_dir(dataset, run).with_name(f".{run}.train"),
-                           progress=progress)
-        scheduler = None
-    else:
-        results = _parallel(jobs, n_jobs, progress, codes=codes, labels=labels, pos=pos, clf=clf,
-                            balance=meta["balance"], class_weight=meta["class_weight"] or None,
-                            tune_threshold=meta["tune_threshold"], seed=seed, budget=budget,
-                            scheduler=scheduler)
+    results, scheduler = _train(spec, jobs, meta, workspace=workspace, dataset=dataset, run=run,
+                                table=table, codes=codes, labels=labels, pos=pos, n_jobs=n_jobs,
+                                progress=progress, budget=budget, scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
-    from .scale import H5Codes, peak_rss_mb
-
     scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),
              "memory_budget_gb": round(budget / (1 << 30), 2) if budget else None,
-             "solver": sorted({r.get("solver", clf) for r in results}),
+             "solver": sorted({r.get("solver", spec.name) for r in results}),
              "backend": f"dask {scheduler}" if scheduler else "joblib (local processes)"}
-
-    # per-AU metrics, averaged over folds ------------------------------------------------------
-    n_folds, k = len(splits), len(au_list)
-    thresholds = np.full((n_folds, k), np.nan)
-    rows_out, notes, fold_info = [], [], []
+    thresholds = np.full((len(splits), len(au_list)), np.nan)
+    rows_out, notes = [], []
     for ai, au in enumerate(au_list):
-        per_fold, au_notes = [], []
-        for fi in range(n_folds):
-            r, te = by[(fi, au)], test_rows[fi]
-            y = labels[te, ai]
-            tag = f" ({splits[fi].name})" if n_folds > 1 else ""
-            if r["fit"] is None:
-                au_notes.append(r["error"] + tag)
-                m = {key: float("nan") for key in METRICS}
-                m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
-            else:
-                thresholds[fi, ai] = r["fit"].threshold
-                m = au_metrics(y, decide(r["scores"], r["fit"].threshold), r["scores"])
-                au_notes += [n + tag for n in r["fit"].notes]
-                if m["support"] == 0:
-                    au_notes.append("no positive in test: F1 undefined (nan)" + tag)
-            per_fold.append(m)
-        row = {"au": au}
-        for key in ("f1", "accuracy", "precision", "recall"):
-            row[key] = nanmean(m[key] for m in per_fold)
-        row["support"] = int(sum(m["support"] for m in per_fold))
-        row["threshold"] = nanmean(thresholds[:, ai])
-        row["auc"] = nanmean(m["auc"] for m in per_fold)
-        row["frames"] = int(sum(m["frames"] for m in per_fold))
-        if n_folds > 1:
-            f1s = np.array([m["f1"] for m in per_fold], dtype=float)
-            row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
-        if clf == "svm":
-            cs = [by[(fi, au)]["fit"].C for fi in range(n_folds) if by[(fi, au)]["fit"]]
-            row["C"] = float(np.median(cs)) if cs else float("nan")
-        fits = [by[(fi, au)] for fi in range(n_folds)]
-        row["n_train"] = int(round(np.mean([f["n_train"] for f in fits])))
-        row["note"] = "; ".join(dict.fromkeys(au_notes))
+        row, au_notes = _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds)
         rows_out.append(row)
-        notes += [f"{au}: {n}" for n in dict.fromkeys(au_notes)]
+        notes += [f"{au}: {n}" for n in au_notes]
     for part, n in missing.items():
         if n:
             notes.append(f"{n} labelled {part} frames have no codes in the feature file and were left out")
@@ -584,7 +604,7 @@ def _versions():
 
 def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows,
                   scale=None):
-    """Replace the run's model folder: one joblib per AU (and fold) plus settings.json."""
+    """Replace the run's model folder: one model per AU (and fold), threshold inside, plus settings.json."""
     final = workspace.models_dir(dataset, run)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -598,14 +618,11 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
 
 def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs, missing,
                  n_train, test_rows, scale):
-    import joblib
-
+    spec = get_classifier(meta["clf"])
     folds = []
     saved = {}
-    if meta["clf"] == "lstm":
-        from .lstm import save_fits
-
-        saved = save_fits(tmp, splits, by, au_list)
+    if spec.save_fits is not None:  # an entry that writes its own files (one per network)
+        saved = spec.save_fits(tmp, splits, by, au_list)
     for fi, split in enumerate(splits):
         per_au = {}
         for au in au_list:
@@ -618,19 +635,22 @@ def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta,
                 entry.update(saved[(fi, au)])
             else:
                 fit = r["fit"]
-                name = f"{au}.joblib" if len(splits) == 1 else f"{au}-{split.name}.joblib"
-                joblib.dump(fit.model, tmp / name)
+                name = spec.model_file(au, None if len(splits) == 1 else split.name)
+                spec.save(fit.model, tmp / name)
                 entry.update({"model_file": name, "threshold": fit.threshold, "val_f1": fit.val_f1,
                               "notes": fit.notes})
-                if meta["clf"] == "svm":
-                    entry.update({"C": fit.C, "val_f1_by_C": {f"{c:g}": v for c, v in fit.grid.items()}})
+                for param, value in fit.params.items():
+                    entry[param] = value
+                    if len(fit.params) == 1:
+                        entry[f"val_f1_by_{param}"] = {f"{c:g}": v for c, v in fit.grid.items()}
             per_au[au] = entry
         folds.append({"name": split.name, "train": list(split.train), "validation": list(split.validation),
                       "test": list(split.test), "n_train_frames": n_train[fi],
                       "n_test_frames": int(test_rows[fi].size), "aus": per_au})
     settings = {
         "run": run, **{k: v for k, v in meta.items() if k != "seconds"}, "aus": au_list,
-        "c_grid": list(C_GRID) if meta["clf"] == "svm" else None,
+        "c_grid": list(spec.search_space["C"]) if "C" in spec.search_space else None,
+        "search_space": {k: list(v) for k, v in spec.search_space.items()},
         "default_threshold": 0.0, "frames_without_codes_by_part": missing,
         "features": {"path": str(workspace.features_path(dataset, meta["model"])),
                      "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}},

@@ -185,6 +185,24 @@ class TransferNet(nn.Module):
         return self.head(self.backbone(self.preprocess(x)))
 
 
+def load_model(path, *, device="cpu"):
+    """Load a stage-2 ``model.pt`` alone: return ``(TransferNet in eval mode, saved dict)``.
+
+    The dict holds ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face is
+    called present for an AU when its logit is > that AU's logit threshold.
+    """
+    import torch
+
+    from extract.registry import get_spec
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    spec = get_spec(state["backbone"])
+    net, _ = build_net(spec, StartWeights(spec, "random:0"), tuple(state["hidden"]) + (len(state["aus"]),),
+                       input_size=state["input_size"], dropout=state.get("dropout", 0.0))
+    net.load_state_dict(state["state_dict"])
+    return net.to(device).eval(), state
+
+
 def full_state_dict(spec, backbone):
     """Return ``backbone``'s weights keyed as the registry's whole network names them.
 
@@ -433,8 +451,12 @@ def load_stage1(workspace, expr_dataset, settings):
 
 # --- stage 2 -------------------------------------------------------------------------------------
 def stage2_run(settings, *, control=False):
-    """The RunKey of a stage-2 run (``<backbone>__full__transfer[__nostage1]``)."""
-    tags = ((CONTROL_TAG,) if control else ()) + _tags(settings)
+    """The RunKey of a stage-2 run: ``<backbone>__full__transfer[__<tags>]``.
+
+    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``.
+    """
+    tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
+    tags += _tags(settings)
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
@@ -591,7 +613,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     _save_torch(out_dir / "backbone.pt", full_state_dict(spec, model.backbone))
     _save_torch(out_dir / "model.pt", {
         "format": 1, "backbone": settings.backbone, "input_size": settings.input_size,
-        "hidden": list(settings.hidden), "aus": aus, "thresholds": [_sigmoid(t) for t in thr],
+        "hidden": list(settings.hidden), "dropout": settings.dropout, "aus": aus,
+        "thresholds": [_sigmoid(t) for t in thr],
         "logit_thresholds": thr.tolist(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
         "start_weights": str(weights_id), "weights": str(trained_id)})
     meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(weights_id),
@@ -710,6 +733,6 @@ def _json_default(o):
     return str(o)
 
 
-__all__ = ["TransferSettings", "run_stage1", "run_stage2", "transfer_run", "format_result",
+__all__ = ["TransferSettings", "run_stage1", "run_stage2", "transfer_run", "format_result", "load_model",
            "tune_thresholds", "pos_weights", "masked_bce", "expression_folds", "stage2_rows",
            "full_state_dict", "build_net"]

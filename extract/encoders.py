@@ -7,6 +7,7 @@ face is not already the network's input size, normalisation) is the first module
 network's forward, so it runs on the whole batch, on the device, with no per-image Python.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +48,9 @@ def create_preprocess(spec, *, mean=None):
     if mean is None:
         mean_t = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
     else:
-        mean = np.asarray(mean, np.float32)
-        if mean.ndim == 3 and mean.shape[:2] != (size, size):
-            mean = mean.reshape(-1, 3).mean(axis=0)  # a mean image of another size: its mean RGB
+        from .weights import effective_mean
+
+        mean = effective_mean(spec, mean)
         mean_t = (torch.from_numpy(mean.reshape(1, 3, 1, 1).copy()) if mean.ndim == 1
                   else torch.from_numpy(mean.transpose(2, 0, 1)[None].copy()))
 
@@ -95,11 +96,21 @@ class Encoder:
     spec : BackboneSpec
     weights_id : str
     device : str
+    preprocessing : dict
+        The normalisation applied to the faces (mean, std, pixel scale), as feature files
+        record it; default: the spec's.
     """
 
     spec: BackboneSpec
     weights_id: str
     device: str = "cpu"
+    preprocessing: dict = None
+
+    def __post_init__(self):
+        if self.preprocessing is None:
+            from .weights import weights_source
+
+            self.preprocessing = weights_source(self.spec).preprocessing()
 
     @property
     def dims(self):
@@ -122,8 +133,8 @@ class TorchEncoder(Encoder):
     supported).
     """
 
-    def __init__(self, spec, weights_id, device, module, *, autocast=None):
-        super().__init__(spec, weights_id, device)
+    def __init__(self, spec, weights_id, device, module, *, autocast=None, preprocessing=None):
+        super().__init__(spec, weights_id, device, preprocessing)
         import torch
 
         self.module = module.to(device).to(memory_format=torch.channels_last).eval()
@@ -219,20 +230,20 @@ def hog_batch(grey, *, cell=8, block=2, bins=9, eps=1e-5):
     return blocks.reshape(n, -1).astype(np.float32)
 
 
-_DLIB_NET = None
+@functools.lru_cache(maxsize=4)
+def _dlib_net(path):
+    """dlib's network of the file ``path``, loaded once per process and file (workers included).
 
-
-def _dlib_init(path):
-    """Worker-process initialiser: load dlib's network once per process."""
-    global _DLIB_NET
+    Keyed by the file, so two encoders of different files never share a network.
+    """
     import dlib
 
-    _DLIB_NET = dlib.face_recognition_model_v1(path)
+    return dlib.face_recognition_model_v1(path)
 
 
-def _dlib_encode(chips):
-    """(k, 150, 150, 3) uint8 chips -> (k, 128) float32, in a worker process (or inline)."""
-    out = _DLIB_NET.compute_face_descriptor(list(chips))
+def _dlib_encode(path, chips):
+    """(k, 150, 150, 3) uint8 chips -> (k, 128) float32 by the network of ``path`` (in a worker or inline)."""
+    out = _dlib_net(path).compute_face_descriptor(list(chips))
     return np.asarray([np.asarray(d) for d in out], np.float32).reshape(len(chips), -1)
 
 
@@ -250,7 +261,7 @@ class DlibEncoder(Encoder):
         self.path = str(path)
         self.processes = max(1, int(processes or min(4, os.cpu_count() or 1)))
         self._pool = None
-        _dlib_init(self.path)  # inline copy: small batches, and a check that the file loads
+        _dlib_net(self.path)  # inline copy: small batches, and a check that the file loads
 
     def _chips(self, faces):
         import cv2
@@ -266,7 +277,7 @@ class DlibEncoder(Encoder):
         chips = self._chips(faces)
         k = min(self.processes, len(chips) // 8)  # a few chips are not worth a round trip
         if k < 2:
-            return _dlib_encode(chips)
+            return _dlib_encode(self.path, chips)
         if self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -275,9 +286,9 @@ class DlibEncoder(Encoder):
             # and the children only run dlib, never the parent's torch threads
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(self.processes, multiprocessing.get_context(method),
-                                             initializer=_dlib_init, initargs=(self.path,))
+                                             initializer=_dlib_net, initargs=(self.path,))
         parts = np.array_split(chips, k)
-        return np.concatenate(list(self._pool.map(_dlib_encode, parts)))
+        return np.concatenate(list(self._pool.map(_dlib_encode, [self.path] * k, parts)))
 
     def close(self):
         """Stop the worker processes (they also stop with the interpreter)."""
@@ -292,7 +303,7 @@ class DlibEncoder(Encoder):
             pass
 
 
-def create_encoder(model, *, weights=None, device="cpu"):
+def create_encoder(model, *, weights=None, device="cpu", input_size=None):
     """Build the encoder of ``model`` (a registry name or spec) with ``weights``.
 
     Parameters
@@ -302,6 +313,9 @@ def create_encoder(model, *, weights=None, device="cpu"):
         ``--weights`` (None: the spec's default).
     device : str
         ``auto``, ``cpu`` or ``cuda``; HOG and dlib always run on the CPU.
+    input_size : int, optional
+        Face side fed to a CNN instead of the spec's (default: the spec's; for the weights of
+        a ``featbench finetune`` run, the size it was trained at).
 
     Raises
     ------
@@ -314,6 +328,14 @@ def create_encoder(model, *, weights=None, device="cpu"):
 
     spec = model if isinstance(model, BackboneSpec) else get_spec(model)
     choice = parse_weights(weights, spec)
+    if input_size is None and choice.mode == "file":
+        from .weights import finetuned_settings
+
+        input_size = ((finetuned_settings(choice.path) or {}).get("network") or {}).get("input_size")
+    if input_size and spec.kind == "torch" and int(input_size) != spec.input_size:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, input_size=int(input_size))
     if spec.kind == "hog":
         return HogEncoder(spec, "none")
     if spec.kind == "dlib":
@@ -327,7 +349,8 @@ def create_encoder(model, *, weights=None, device="cpu"):
     import torch
 
     module = torch.nn.Sequential(create_preprocess(spec, mean=net.mean), net.module)
-    return TorchEncoder(spec, net.weights_id, resolve_device(device), module)
+    return TorchEncoder(spec, net.weights_id, resolve_device(device), module,
+                        preprocessing=net.preprocessing)
 
 
 __all__ = ["Encoder", "TorchEncoder", "HogEncoder", "DlibEncoder", "create_encoder",

@@ -86,7 +86,7 @@ def default_workers():
 
 def extract_features(table, workspace, model, *, region="full", weights=None, device="auto",
                      batch_size=64, workers=None, overwrite=False, float16=False,
-                     progress=True, on_batch=None, report=False):
+                     progress=True, on_batch=None, report=False, name=None, input_size=None):
     """Extract ``model``'s codes of every aligned face of ``table`` into the workspace.
 
     Parameters
@@ -113,6 +113,13 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
         ``on_batch(region, rows_done)`` after each written batch (tests interrupt here).
     report : bool
         Return an :class:`ExtractReport` instead of the path.
+    name : str, optional
+        Store the codes as ``data/features/<dataset>/<name>.h5`` (default: the model's name;
+        ``<model>-ft`` for the weights of a ``featbench finetune`` run, so that the fine-tuned
+        net's codes sit beside the frozen ones instead of replacing them).
+    input_size : int, optional
+        Face side fed to the network (default: the network's own, or the size a
+        ``featbench finetune`` run's weights were trained at); recorded in the file.
 
     Returns
     -------
@@ -138,9 +145,11 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
                                   overwrite=overwrite, float16=float16, progress=progress,
                                   on_batch=on_batch)
         return rep if report else rep.path
-    encoder = create_encoder(model, weights=weights, device=device)
+    encoder = create_encoder(model, weights=weights, device=device, input_size=input_size)
     aligned_path = ensure_aligned(table, workspace, progress=progress)
-    out = workspace.features_path(table.dataset, model)
+    if name is None and str(encoder.weights_id).startswith("finetuned:"):
+        name = f"{model}-ft"
+    out = workspace.features_path(table.dataset, name or model)
     rep = extract_aligned(aligned_path, out, encoder, regions=regions, batch_size=batch_size,
                           workers=workers, overwrite=overwrite, float16=float16,
                           progress=progress, on_batch=on_batch, dataset=table.dataset)
@@ -176,7 +185,7 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     if part is not None:
         rows = rows[part]
     keys = faces.keys[rows]
-    prep = {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": spec.pixel_scale,
+    prep = {**encoder.preprocessing,  # the mean a weights file brought, not the spec's
             "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
     rep = ExtractReport(Path(out_path), spec.name, encoder.weights_id, spec.dims, len(rows))
     if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,

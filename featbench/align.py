@@ -484,8 +484,12 @@ class AlignedFaces:
                 self.keys = f["frames"][:]
                 self.valid = f["valid"][:]
                 self.boxes = f["boxes"][:].astype(np.int64)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        except OSError as exc:  # permission, a lock, or damage: said as what it is
+            from .errors import describe_os_error
+
+            raise StoreError(f"{self.path}: cannot read the aligned-face cache: "
+                             f"{describe_os_error(exc)} (rerun featbench align --force to "
+                             "rebuild it if it is damaged)") from None
         self.size = int(attrs["size"])
         self.settings = json.loads(attrs.get("settings", "{}"))
         self.skipped = json.loads(attrs.get("skipped", "{}"))
@@ -652,10 +656,7 @@ def render_sheet(table, path, out, *, n=8):
         ``out``.
     """
     import cv2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     from . import faces
 
@@ -677,8 +678,9 @@ def render_sheet(table, path, out, *, n=8):
     originals = dict(faces.iter_frames(table, rows))
     colours = ((230, 60, 60), (60, 200, 60), (70, 120, 255))  # upper, middle, lower
     titles = ("frame + landmarks", "aligned", "upper", "middle", "lower")
-    fig, axes = plt.subplots(len(rows), 5, figsize=(12.5, 2.6 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
+    fig = Figure(figsize=(12.5, 2.6 * len(rows)))
+    axes = fig.subplots(len(rows), 5, squeeze=False,
+                      gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
     for r, row in enumerate(rows):
         frame = originals[int(row)].copy()
         if np.isfinite(lms[r]).all():
@@ -716,5 +718,4 @@ def render_sheet(table, path, out, *, n=8):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
-    plt.close(fig)
     return out

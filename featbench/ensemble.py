@@ -42,6 +42,7 @@ import json
 import numpy as np
 
 from .errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from .identity import RunKey, format_members
 from .results import write_predictions  # noqa: F401 - one writer for runs and ensembles
 
 PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
@@ -156,8 +157,11 @@ def read_predictions(path):
             if "thresholds" in f:  # (folds, k): the threshold each fold used
                 out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
             attrs = dict(f.attrs)
-    except OSError as exc:
-        raise StoreError(f"{path}: not a readable predictions file ({exc})") from None
+    except OSError as exc:  # permission, a lock, or damage: said as what it is
+        from .errors import describe_os_error
+
+        raise StoreError(f"{path}: cannot read the predictions file: "
+                         f"{describe_os_error(exc)}") from None
     missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
     if missing or "aus" not in attrs:
         raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
@@ -174,10 +178,11 @@ def read_predictions(path):
 # members ---------------------------------------------------------------------------------------
 def command_for_run(run):
     """Return the featbench command that makes classifier run ``run`` (for error messages)."""
-    parts = run.split("__")
-    if len(parts) < 3:
+    try:
+        key = RunKey.parse(run)
+    except UsageError:
         return "featbench classify ... (see featbench classify --help)"
-    model, region, clf = parts[:3]
+    model, region, clf = key.model, key.region, key.clf
     if clf == "vote":
         return f"featbench ensemble --name {model} --members ..."
     if clf in ("finetune", "ft"):
@@ -201,10 +206,50 @@ def _existing_runs(workspace, dataset):
     return {p.stem for p in pred_dir.glob("*.h5") if not p.name.startswith(".")}
 
 
+def _key(run):
+    """The RunKey of a run name, None for a file name that is not one."""
+    try:
+        return RunKey.parse(run)
+    except UsageError:
+        return None
+
+
 def _is_finetuned(run):
-    parts = run.split("__")
-    return len(parts) >= 3 and (parts[2] in ("finetune", "ft") or "ft" in parts[3:]
-                                or parts[0].endswith("-ft"))
+    key = _key(run)
+    return key is not None and (key.clf in ("finetune", "ft") or "ft" in key.tags
+                                or key.model.endswith("-ft"))
+
+
+def _finetuned_members(runs, tag):
+    """Return the fine-tuned runs of setting ``tag``: one per (model, region, clf).
+
+    A fine-tuning run's variant tags (``ml``, ``fc67``, ``headonly``, ``from<layer>``:
+    :func:`classify.finetune.is_variant_tag`) say how it was trained, not which protocol or
+    setting it belongs to, so they are ignored when matching ``tag``; of several variants of
+    one network and region the one with the fewest (the paper's per-AU run) is taken.
+    """
+    from .identity import RunKey
+
+    try:
+        from classify.finetune import is_variant_tag
+    except ImportError:  # classify not installed: no tag is a variant
+        def is_variant_tag(t):
+            return False
+
+    chosen = {}
+    for run in sorted(r for r in runs if _is_finetuned(r)):
+        try:
+            key = RunKey.parse(run)
+        except UsageError:
+            continue
+        variants = [t for t in key.tags if is_variant_tag(t)] if key.clf == "ft" else []
+        setting = "-".join(t for t in key.tags if t not in variants) or None
+        if setting != tag:
+            continue
+        slot = (key.model, key.region, key.clf)
+        if slot not in chosen or len(variants) < chosen[slot][0]:
+            chosen[slot] = (len(variants), run)
+    return sorted(run for _, run in chosen.values())
 
 
 def resolve_preset(workspace, dataset, preset, *, tag=None):
@@ -243,20 +288,19 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     members = per_family("full")
     members += per_family("full", SEQUENCE_CLF)  # the paper's first ensemble: SVM + LSTM members
     if "ft" in preset:
-        ft = sorted(r for r in runs if _is_finetuned(r)
-                    and (r.split("__")[3:4] == [tag] if tag else len(r.split("__")) == 3))
-        ft_full = [r for r in ft if r.split("__")[1] == "full"]
+        ft = _finetuned_members(runs, tag)
+        ft_full = [r for r in ft if _key(r).region == "full"]
         if not ft_full:
             raise FeatbenchError(
                 f"preset {preset!r} needs fine-tuned runs, and none exist yet in "
                 f"{workspace.results_dir(dataset) / 'predictions'}; use --preset fe or fe+region "
                 "(or make one with: featbench finetune --model cnn_f)")
         # the paper: the fine-tuned CNN-F replaces the weakest member, AlexNet-SVM
-        members = [r for r in members if not r.startswith("alexnet__")] + ft_full
+        members = [r for r in members if _key(r).model != "alexnet"] + ft_full
     if "region" in preset:
         members += per_family("auto")
         if "ft" in preset:
-            members += [r for r in ft if r.split("__")[1] != "full" and r not in members]
+            members += [r for r in ft if _key(r).region != "full" and r not in members]
     if len(members) < 2:
         want = [run_name(m, "full", PRESET_CLF, tag=tag)
                 for m in ("hog", "dlib_face", "alexnet", "cnn_f")]
@@ -404,14 +448,14 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                                       np.stack([p["thresholds"] for p in aligned]))
     labels, fold = aligned[0]["labels"], aligned[0]["fold"]
 
-    regions = {p.get("region", r.split("__")[1] if "__" in r else "") for p, r in zip(preds, members)}
+    regions = {p.get("region", _key(r).region if _key(r) else "") for p, r in zip(preds, members)}
     region = regions.pop() if len(regions) == 1 else "mixed"
     if name is None:
         name = (f"ensemble-{preset}" if preset else
                 "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
     run = run_name(safe_name(name), region, "vote", tag=tag)
-    weights = "; ".join(f"{p.get('model', r.split('__')[0])}={p.get('weights', '?')}"
-                        for p, r in zip(preds, members))
+    weights = format_members([(p.get("model", _key(r).model if _key(r) else r), p.get("weights", "?"))
+                              for p, r in zip(preds, members)])
     protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
     meta = {"model": name, "region": region, "clf": "vote", "weights": weights,
             "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members)}

@@ -29,7 +29,7 @@ Weights identities
     finetuned:<run>[ sha256:<hex>]      a checkpoint featbench trained (finetune, transfer)
 
 An ensemble's weights column lists its members' identities, ``model=identity; model=identity``,
-built by :func:`format_members` and read back by :func:`parse_members`.
+built by :func:`format_members` and read back by :func:`parse_members` (pairs, in member order).
 """
 
 from dataclasses import dataclass, field
@@ -188,22 +188,26 @@ class WeightsId:
 
 
 def format_members(members):
-    """Return an ensemble's weights column from ``{model: WeightsId or str}``."""
+    """Return an ensemble's weights column from ``[(model, WeightsId or str), ...]`` (or a dict).
+
+    Pairs, not only a dict: an ensemble may hold two runs of one model (full face and regions).
+    """
+    pairs = members.items() if hasattr(members, "items") else members
     return "; ".join(f"{m}={WeightsId.parse(w) if not isinstance(w, WeightsId) else w}"
-                     for m, w in members.items())
+                     for m, w in pairs)
 
 
 def parse_members(text):
-    """Return ``{model: WeightsId}`` of an ensemble's weights column (empty for a single run)."""
-    out = {}
+    """Return ``[(model, WeightsId), ...]`` of an ensemble's weights column (empty for a single run)."""
+    out = []
     for part in str(text or "").split(";"):
         model, eq, ident = part.strip().partition("=")
         if eq:
-            out[model.strip()] = WeightsId.parse(ident)
+            out.append((model.strip(), WeightsId.parse(ident)))
     return out
 
 
 def weights_of(text):
     """Return the WeightsIds in a ``weights`` column: the members' for an ensemble, else one."""
     members = parse_members(text)
-    return list(members.values()) if members else [WeightsId.parse(text)]
+    return [w for _, w in members] if members else [WeightsId.parse(text)]

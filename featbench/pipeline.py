@@ -27,7 +27,8 @@ Presets
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from .errors import FeatbenchError, UsageError, WeightsError, did_you_mean
 
@@ -92,6 +93,8 @@ def resolve_weights(preset, weights=None):
     from extract.registry import get_spec
     from extract.weights import pretrained_path
 
+    from .identity import WeightsId
+
     plan, missing = {}, []
     for model in dict.fromkeys(preset.models + preset.region_models):
         spec = get_spec(model)
@@ -99,7 +102,8 @@ def resolve_weights(preset, weights=None):
             plan[model] = (spec.default_weights, "")
             continue
         if weights is not None:
-            plan[model] = (weights, "random init, not pretrained" if "random" in weights else "")
+            random = WeightsId.parse(weights).is_random  # a file random_init.pth is not random
+            plan[model] = (weights, "random init, not pretrained" if random else "")
             continue
         if not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
             plan[model] = (spec.default_weights, "no published weights: random init control")
@@ -143,6 +147,236 @@ def _run_is_fresh(workspace, dataset, run, features):
     return bool(rows) and not rows[0].get("error")
 
 
+# --- stages: each plans its steps; one runner runs them; one failure path ----------------------
+def _never():
+    return False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work of a stage.
+
+    Attributes
+    ----------
+    name : str
+        What the step is called in the output (a network, a run name).
+    run : callable
+        ``run()`` does the work and returns the one-line outcome to print (or None).
+    fresh : callable
+        ``fresh()`` is True when the step's output is already there and up to date (kept).
+    records : tuple of (run name, meta)
+        The runs whose ``summary.csv`` row a failure of this step writes (with its error).
+    produces : tuple of str
+        The runs that exist once the step succeeded or was fresh; a step is skipped when one
+        of them already failed (e.g. a classifier run whose features could not be extracted).
+    fatal : bool
+        A failure stops ``featbench run`` (data, align, report: nothing later can go on);
+        otherwise it is recorded and the other steps go on.
+    announce : str
+        Printed as ``- <name> (<announce>)`` before a long step; its outcome follows indented.
+    error_prefix : str
+        Put before the error in the failed runs' rows (``extract alexnet: ``).
+    """
+
+    name: str
+    run: Callable
+    fresh: Callable = _never
+    records: tuple = ()
+    produces: tuple = ()
+    fatal: bool = False
+    announce: str = ""
+    error_prefix: str = ""
+
+
+@dataclass
+class _Context:
+    """What the stages of one ``featbench run`` share: its arguments, plan and outcomes."""
+
+    workspace: object
+    dataset: str
+    root: object
+    preset: Preset
+    protocol: str
+    tag: object
+    wplan: dict
+    progress: bool
+    table: object = None
+    report: object = None
+    seconds: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)
+    done: list = field(default_factory=list)
+
+    def say(self, text):
+        _say(self.progress, text)
+
+    def run_meta(self, model, region, clf):
+        """The provenance a failed run's row carries, as a successful run's would."""
+        return {"model": model, "region": region, "clf": clf, "weights": self.wplan[model][0],
+                "protocol": self.protocol, "dataset": self.dataset}
+
+
+def _data_steps(ctx):
+    from .datasets import load_dataset
+
+    def run():
+        ctx.table = load_dataset(ctx.dataset, root=ctx.root, workspace=ctx.workspace,
+                                 generate=True, progress=ctx.progress)
+        t = ctx.table
+        return (f"{len(t.frames)} frames, {len(t.subjects)} subjects, {int(t.labelled_mask().sum())} "
+                f"labelled, AUs {', '.join(t.aus)}")
+
+    return ctx.dataset, [Step(ctx.dataset, run, fatal=True)]
+
+
+def _align_steps(ctx):
+    from .align import ensure_aligned
+
+    def run():
+        return str(ensure_aligned(ctx.table, ctx.workspace, progress=ctx.progress))
+
+    return "", [Step("aligned faces", run, fatal=True)]
+
+
+def _extract_steps(ctx):
+    from extract.extractor import extract_features
+
+    from .identity import RunKey
+
+    spec, steps = ctx.preset, []
+    models = list(dict.fromkeys(spec.models + spec.region_models))
+    for model in models:
+        w, note = ctx.wplan[model]
+        region = "all" if model in spec.region_models else "full"
+        records = tuple((str(RunKey(m, r, c, ctx.tag or ())), ctx.run_meta(m, r, c))
+                        for m, r, c in plan_runs(spec) if m == model)
+
+        def run(model=model, region=region, w=w):
+            extract_features(ctx.table, ctx.workspace, model, region=region, weights=w,
+                             progress=ctx.progress)
+
+        steps.append(Step(model, run, records=records, error_prefix=f"extract {model}: ",
+                          announce=f"weights {w}{'; ' + note if note else ''}; regions {region}"))
+    return f"{len(models)} networks", steps
+
+
+def _classify_steps(ctx):
+    from classify.run import classify_run
+
+    from .identity import RunKey
+
+    steps = []
+    for model, region, clf in plan_runs(ctx.preset):
+        name = str(RunKey(model, region, clf, ctx.tag or ()))
+        features = ctx.workspace.features_path(ctx.dataset, model)
+
+        def run(model=model, region=region, clf=clf):
+            out = classify_run(ctx.workspace, ctx.dataset, model=model, clf=clf, region=region,
+                               protocol=ctx.protocol, table=ctx.table, progress=ctx.progress)
+            return f"mean F1 {out['mean']['f1']:.3f} ({out['seconds']:.0f}s)"
+
+        def fresh(name=name, features=features):
+            return _run_is_fresh(ctx.workspace, ctx.dataset, name, features)
+
+        steps.append(Step(name, run, fresh=fresh, produces=(name,),
+                          records=((name, ctx.run_meta(model, region, clf)),)))
+    return f"{len(steps)} runs", steps
+
+
+def _ensemble_steps(ctx):
+    from .ensemble import ensemble_run
+    from .identity import RunKey
+
+    steps = []
+    for ens in ctx.preset.ensembles:
+        def run(ens=ens):
+            out = ensemble_run(ctx.workspace, ctx.dataset, preset=ens, tag=ctx.tag)
+            ctx.done.append(out["run"])
+            notes = "".join(f"note: {n}\n  " for n in out["notes"])
+            return (f"{notes}{out['run']} = vote of {', '.join(out['members'])}: "
+                    f"mean F1 {out['mean_f1']:.3f}")
+
+        name = str(RunKey(f"ensemble-{ens}", "mixed", "vote", ctx.tag or ()))
+        meta = {"model": f"ensemble-{ens}", "region": "mixed", "clf": "vote",
+                "protocol": ctx.protocol, "dataset": ctx.dataset}
+        steps.append(Step(f"ensemble {ens}", run, records=((name, meta),)))
+    return ", ".join(ctx.preset.ensembles), steps
+
+
+def _report_steps(ctx):
+    from .report import make_report
+
+    def run():
+        ctx.report = make_report(ctx.workspace, ctx.dataset)
+
+    return "", [Step("report", run, fatal=True)]
+
+
+#: the stages of ``featbench run``, in order: each returns (header detail, steps)
+STAGES = (("data", _data_steps), ("align", _align_steps), ("extract", _extract_steps),
+          ("classify", _classify_steps), ("ensemble", _ensemble_steps), ("report", _report_steps))
+
+
+def _record_failure(ctx, step, exc):
+    """The one failure path: say it, and write each affected run's row with its error."""
+    from .results import record_failure
+
+    # a FeatbenchError is bad input; anything else (a torch error in one network) is a bug,
+    # kept with its type so the report's failed-runs table says what to fix
+    msg = str(exc) if isinstance(exc, FeatbenchError) else f"{type(exc).__name__}: {exc}"
+    ctx.say(f"  failed: {msg}" if step.announce else f"- {step.name}: failed: {msg}")
+    for run, meta in step.records:
+        record_failure(ctx.workspace, ctx.dataset, run, f"{step.error_prefix}{msg}", meta=meta)
+        ctx.failed.append((run, msg))
+
+
+def _run_step(ctx, stage, step):
+    failed = {r for r, _ in ctx.failed}
+    if any(r in failed for r in step.produces):
+        return
+    if step.fresh():
+        ctx.say(f"- {step.name}: up to date, kept")
+        ctx.done.extend(step.produces)
+        return
+    if step.announce:
+        ctx.say(f"- {step.name} ({step.announce})")
+    t = time.perf_counter()
+    try:
+        outcome = step.run()
+    except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
+        if step.fatal:
+            raise
+        _record_failure(ctx, step, exc)
+        return
+    ctx.seconds[f"{stage} {step.name}"] = time.perf_counter() - t
+    if outcome:
+        ctx.say(f"  {outcome}" if step.announce else f"- {step.name}: {outcome}")
+    ctx.done.extend(step.produces)
+
+
+def _run_stage(ctx, i, stage, plan):
+    t = time.perf_counter()
+    detail, steps = plan(ctx)
+    ctx.say(f"\n== [{i}/{len(STAGES)}] {stage}{': ' + detail if detail else ''} ==")
+    for step in steps:
+        _run_step(ctx, stage, step)
+    ctx.seconds[stage] = time.perf_counter() - t
+
+
+def _print_summary(ctx, elapsed):
+    from .identity import WeightsId
+    from .report import headline
+
+    print("\n" + headline(ctx.workspace, ctx.dataset))
+    print(f"\nfeatbench run --preset {ctx.preset.name}: {len(ctx.done)} runs, {len(ctx.failed)} failed, "
+          f"{elapsed / 60:.1f} min (" + ", ".join(f"{k} {ctx.seconds[k]:.0f}s" for k, _ in STAGES) + ")")
+    random = [m for m, (w, _) in ctx.wplan.items() if WeightsId.parse(w).is_random]
+    if random:
+        print(f"note: {', '.join(random)} ran with random weights (random init, not "
+              "pretrained): a control, not the paper's networks")
+    print(f"summary: {ctx.workspace.summary_csv(ctx.dataset)}")
+    print(f"report:  {ctx.report} (charts beside it)")
+
+
 def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weights=None,
                  protocol=None, progress=True):
     """Run data → align → extract → classify → ensemble → report, skipping what is done.
@@ -177,9 +411,7 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
     WeightsError
         ``paper`` without cached weights (before any long work).
     """
-    from .datasets import load_dataset
-    from .results import record_failure
-    from .workspace import run_name
+    from classify.run import run_tag
 
     if isinstance(preset, Preset):
         spec = preset
@@ -188,133 +420,16 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
     else:
         raise UsageError(did_you_mean(str(preset), PRESETS, what="preset"))
     t0 = time.perf_counter()
-    seconds = {}
-    failed = []
-    wplan = resolve_weights(spec, weights)  # before any long work: missing files fail fast
-    runs = plan_runs(spec)
-    from classify.run import classify_run, run_tag
-
-    tag = run_tag(protocol=protocol or "paper")  # runs of another protocol carry its tag
-    stages = 6
-
-    def stage(i, name, detail=""):
-        _say(progress, f"\n== [{i}/{stages}] {name}{': ' + detail if detail else ''} ==")
-        return time.perf_counter()
-
-    # 1. data ------------------------------------------------------------------------------
-    t = stage(1, "data", dataset)
-    table = load_dataset(dataset, root=root, workspace=workspace, progress=progress)
-    labelled = int(table.labelled_mask().sum())
-    _say(progress, f"{dataset}: {len(table.frames)} frames, {len(table.subjects)} subjects, "
-                   f"{labelled} labelled, AUs {', '.join(table.aus)}")
-    seconds["data"] = time.perf_counter() - t
-
-    # 2. align -----------------------------------------------------------------------------
-    t = stage(2, "align")
-    from .align import ensure_aligned
-
-    aligned = ensure_aligned(table, workspace, progress=progress)
-    _say(progress, f"aligned faces: {aligned}")
-    seconds["align"] = time.perf_counter() - t
-
-    # 3. extract ---------------------------------------------------------------------------
-    models = list(dict.fromkeys(spec.models + spec.region_models))
-    t = stage(3, "extract", f"{len(models)} networks")
-    from extract.extractor import extract_features
-
-    for model in models:
-        w, note = wplan[model]
-        region = "all" if model in spec.region_models else "full"
-        _say(progress, f"- {model} (weights {w}{'; ' + note if note else ''}; regions {region})")
-        try:
-            tm = time.perf_counter()
-            extract_features(table, workspace, model, region=region, weights=w,
-                             progress=progress)
-            seconds[f"extract {model}"] = time.perf_counter() - tm
-        except FeatbenchError as exc:
-            _say(progress, f"  failed: {exc}")
-            for m, r, c in runs:
-                if m == model:
-                    name = run_name(m, r, c, tag=tag)
-                    record_failure(workspace, dataset, name, f"extract {model}: {exc}",
-                                   meta={"model": m, "region": r, "clf": c, "weights": w})
-                    failed.append((name, str(exc)))
-    seconds["extract"] = time.perf_counter() - t
-
-    # 4. classify --------------------------------------------------------------------------
-    t = stage(4, "classify", f"{len(runs)} runs")
-    done = []
-    for model, region, clf in runs:
-        name = run_name(model, region, clf, tag=tag)
-        if any(name == f for f, _ in failed):
-            continue
-        features = workspace.features_path(dataset, model)
-        if _run_is_fresh(workspace, dataset, name, features):
-            _say(progress, f"- {name}: up to date, kept")
-            done.append(name)
-            continue
-        tm = time.perf_counter()
-        try:
-            out = classify_run(workspace, dataset, model=model, clf=clf, region=region,
-                               protocol=protocol or "paper", table=table, progress=progress)
-        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
-            # a FeatbenchError is bad input; anything else is a bug, kept with its type so the
-            # report's failed-runs table says what to fix, and the other runs go on
-            if not isinstance(exc, FeatbenchError):
-                exc = f"{type(exc).__name__}: {exc}"
-            _say(progress, f"- {name}: failed: {exc}")
-            record_failure(workspace, dataset, name, exc,
-                           meta={"model": model, "region": region, "clf": clf,
-                                 "weights": wplan[model][0]})
-            failed.append((name, str(exc)))
-            continue
-        seconds[f"classify {name}"] = time.perf_counter() - tm
-        f1 = out.get("mean", {}).get("f1", float("nan"))
-        _say(progress, f"- {name}: mean F1 {f1:.3f} ({seconds[f'classify {name}']:.0f}s)")
-        done.append(name)
-    seconds["classify"] = time.perf_counter() - t
-
-    # 5. ensemble --------------------------------------------------------------------------
-    t = stage(5, "ensemble", ", ".join(spec.ensembles))
-    from .ensemble import ensemble_run
-
-    for ens in spec.ensembles:
-        try:
-            out = ensemble_run(workspace, dataset, preset=ens, tag=tag)
-        except FeatbenchError as exc:
-            name = run_name(f"ensemble-{ens}", "mixed", "vote", tag=tag)
-            _say(progress, f"- ensemble {ens}: failed: {exc}")
-            record_failure(workspace, dataset, name, exc,
-                           meta={"model": f"ensemble-{ens}", "region": "mixed", "clf": "vote"})
-            failed.append((name, str(exc)))
-            continue
-        for note in out["notes"]:
-            _say(progress, f"  note: {note}")
-        _say(progress, f"- {out['run']} = vote of {', '.join(out['members'])}: "
-                       f"mean F1 {out['mean_f1']:.3f}")
-        done.append(out["run"])
-    seconds["ensemble"] = time.perf_counter() - t
-
-    # 6. report ----------------------------------------------------------------------------
-    t = stage(6, "report")
-    from .report import headline, make_report
-
-    report = make_report(workspace, dataset)
-    seconds["report"] = time.perf_counter() - t
+    protocol = protocol or "paper"
+    ctx = _Context(workspace, dataset, root, spec, protocol,
+                   tag=run_tag(protocol=protocol),  # runs of another protocol carry its tag
+                   wplan=resolve_weights(spec, weights),  # before any long work: fail fast
+                   progress=progress)
+    for i, (stage, plan) in enumerate(STAGES, 1):
+        _run_stage(ctx, i, stage, plan)
     elapsed = time.perf_counter() - t0
     if progress:
-        print("\n" + headline(workspace, dataset))
-        print(f"\nfeatbench run --preset {spec.name}: {len(done)} runs, {len(failed)} failed, "
-              f"{elapsed / 60:.1f} min "
-              f"(" + ", ".join(f"{k} {seconds[k]:.0f}s" for k in
-                               ("data", "align", "extract", "classify", "ensemble", "report"))
-              + ")")
-        random = [m for m, (w, _) in wplan.items() if "random" in str(w)]
-        if random:
-            print(f"note: {', '.join(random)} ran with random weights (random init, not "
-                  "pretrained): a control, not the paper's networks")
-        print(f"summary: {workspace.summary_csv(dataset)}")
-        print(f"report:  {report} (charts beside it)")
-    return {"report": report, "summary": workspace.summary_csv(dataset), "runs": done,
-            "failed": failed, "weights": {m: w for m, (w, _) in wplan.items()},
-            "seconds": seconds, "elapsed": elapsed}
+        _print_summary(ctx, elapsed)
+    return {"report": ctx.report, "summary": workspace.summary_csv(dataset), "runs": ctx.done,
+            "failed": ctx.failed, "weights": {m: w for m, (w, _) in ctx.wplan.items()},
+            "seconds": ctx.seconds, "elapsed": elapsed}

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from .identity import WeightsId, parse_members, weights_of
+
 #: the PNG charts, beside report.md
 CHART_MEAN = "report_mean_f1.png"
 CHART_PER_AU = "report_per_au_f1.png"
@@ -34,15 +36,15 @@ def describe_weights(weights):
     w = "" if weights is None or (isinstance(weights, float) and math.isnan(weights)) else str(weights)
     if not w:
         return "—"
-    if ";" in w or "=" in w:  # an ensemble: "model=weights; model=weights"
-        parts = [p.strip() for p in w.split(";") if p.strip()]
-        random = [p.split("=")[0] for p in parts if "random" in p.split("=", 1)[-1]]
-        kinds = sorted({p.split("=", 1)[-1].split(":")[0] for p in parts})
+    members = parse_members(w)  # an ensemble: "model=weights; model=weights"
+    if members:
+        random = [m for m, wid in members if wid.is_random]
+        kinds = sorted({str(wid).split(":")[0] for _, wid in members})
         text = "members: " + ", ".join(kinds)
         if random:
             text += f" — **includes {RANDOM_FLAG} members** ({', '.join(random)})"
         return text
-    if w.startswith("random"):
+    if WeightsId.parse(w).is_random:
         return f"{w} — **{RANDOM_FLAG}**"
     if w == "imagenet":
         return "imagenet (pretrained)"
@@ -53,8 +55,11 @@ def describe_weights(weights):
 
 
 def is_random(weights):
-    """Whether a run's weights (or any ensemble member's) are a random initialisation."""
-    return "random" in str(weights or "")
+    """Whether a run's weights (or any ensemble member's) are a random initialisation.
+
+    Read through :class:`~featbench.identity.WeightsId`: a file named ``random_init.pth`` is not.
+    """
+    return any(w.is_random for w in weights_of("" if weights is None else weights))
 
 
 def all_positive_baseline(workspace, dataset):
@@ -136,10 +141,8 @@ def plot_mean_f1(ok, path, *, baseline=None):
     baseline : float, optional
         Mean all-positive F1, drawn as a dashed line.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     ok = ok[ok["mean_f1"].notna()]
     best = ok.groupby("model")["mean_f1"].max().sort_values(ascending=False)
@@ -149,8 +152,9 @@ def plot_mean_f1(ok, path, *, baseline=None):
     combos = sorted({(c, r) for c, r in zip(ok["clf"], ok["region"])},
                     key=lambda cr: (cr[0] == "vote", cr[1] != "full", cr[0], cr[1]))
     width = 0.8 / max(len(combos), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(models) + 2), 4.8))
-    cmap = plt.get_cmap("tab10")
+    fig = Figure(figsize=(max(6.0, 1.1 * len(models) + 2), 4.8))
+    ax = fig.subplots()
+    cmap = colormaps["tab10"]
     labelled = set()
     for j, model in enumerate(models):
         # only the combinations this network has, centred on its tick (no gaps for missing ones)
@@ -183,15 +187,11 @@ def plot_mean_f1(ok, path, *, baseline=None):
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
     """Heatmap of per-AU F1 of the ``top`` best runs, with the all-positive baseline as last row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     aus = _au_columns(ok)
     rows = ok[ok["mean_f1"].notna()].head(top)
@@ -202,7 +202,8 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
         names.append("all-positive baseline")
         grid.append([baseline.get(au, float("nan")) for au in aus])
     grid = np.array(grid, dtype=float).reshape(len(names), len(aus))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(aus) + 4), 0.42 * len(names) + 1.6))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(aus) + 4), 0.42 * len(names) + 1.6))
+    ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
@@ -219,7 +220,6 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="F1")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def headline(workspace, dataset, *, n=5):
@@ -230,6 +230,33 @@ def headline(workspace, dataset, *, n=5):
     return _md_table(["run", "weights", "mean F1", "mean acc"],
                      [[r["run"], describe_weights(r.get("weights")), _num(r["mean_f1"]),
                        _num(r["mean_accuracy"])] for _, r in ok.head(n).iterrows()])
+
+
+def training_curves(workspace, dataset, ok):
+    """Return the report lines that show the per-epoch curves of the learned runs (fine-tuned nets).
+
+    A run's ``models/<run>/settings.json`` names them: ``units`` -> ``curves`` (a PNG drawn by
+    :func:`classify.training.plot_history`) and ``log`` (its CSV). Runs without curves are left out.
+    """
+    import json
+
+    out = []
+    for _, r in ok.iterrows():
+        folder = workspace.models_dir(dataset, r["run"])
+        try:
+            units = json.loads((folder / "settings.json").read_text()).get("units") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        shown = [(u, e) for u, e in units.items() if isinstance(e, dict) and e.get("curves")]
+        if not shown:
+            continue
+        out += [f"### `{r['run']}`", ""]
+        for unit, e in shown:
+            rel = f"models/{folder.name}/{e['curves']}"
+            epoch = e.get("best_epoch", "?")
+            out += [f"- {unit}: epoch {epoch} chosen on validation (log: `models/{folder.name}/"
+                    f"{e.get('log', '')}`)", "", f"  ![{r['run']} {unit}]({rel})", ""]
+    return (["## Training curves (loss and validation mean F1 per epoch)", ""] + out) if out else []
 
 
 def make_report(workspace, dataset):
@@ -316,6 +343,8 @@ def make_report(workspace, dataset):
     if len(ensembles) and "members" in ensembles:
         lines += ["## Ensembles (majority vote; ties broken by the mean standardised margin)", ""]
         lines += [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""]
+
+    lines += training_curves(workspace, dataset, ok)
 
     lines += ["## Failed runs", ""]
     if len(failed):

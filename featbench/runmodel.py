@@ -252,14 +252,12 @@ def _read_settings(folder, run):
         raise StoreError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _joblib_load(path, entry, run):
-    import joblib
+def _load_classifier_run(workspace, dataset, run, *, load=None):
+    """A ``featbench classify`` run: settings.json + one model per AU and fold (threshold inside).
 
-    return joblib.load(path)
-
-
-def _load_classifier_run(workspace, dataset, run, *, load=_joblib_load):
-    """A ``featbench classify`` run: settings.json + one model file per AU and fold."""
+    ``load(path, entry, run)`` reads one model file instead of the classifier registry's
+    :func:`classify.registry.load_run_models` (sequence models: :func:`_load_lstm_run`).
+    """
     from .aus import AU_REGION
 
     folder = workspace.models_dir(dataset, run)
@@ -271,17 +269,21 @@ def _load_classifier_run(workspace, dataset, run, *, load=_joblib_load):
                            f"{file_weights!r}: the codes it was trained on cannot be reproduced")
     region = settings.get("region", "full")
     aus = list(settings["aus"])
-    folds = []
     for fold in settings.get("folds", []):
-        per_au = {}
-        for au, entry in fold.get("aus", {}).items():
-            if "model_file" not in entry:
-                continue  # no classifier (no positive training frame): nan scores
-            path = folder / entry["model_file"]
-            if not path.exists():
+        for entry in fold.get("aus", {}).values():
+            path = folder / entry.get("model_file", "")
+            if "model_file" in entry and not path.exists():
                 raise StoreError(f"{path}: model file of run {run} is missing (rerun the run)")
-            per_au[au] = (load(path, entry, run), float(entry.get("threshold", 0.0)))
-        folds.append(per_au)
+    if load is None:
+        from classify.registry import load_run_models
+
+        loaded = load_run_models(workspace, dataset, run)  # an AU without a classifier is absent
+        folds = [{au: (m, float(m.threshold)) for au, m in loaded[fold["name"]].items()}
+                 for fold in settings.get("folds", [])]
+    else:
+        folds = [{au: (load(folder / e["model_file"], e, run), float(e.get("threshold", 0.0)))
+                  for au, e in fold.get("aus", {}).items() if "model_file" in e}
+                 for fold in settings.get("folds", [])]
     if not any(folds):
         raise StoreError(f"{folder}: run {run} has no fitted classifier for any AU")
     prep = feat.get("preprocessing")

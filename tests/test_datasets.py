@@ -172,3 +172,13 @@ def test_folder_bad_value(tmp_path, capsys):
     (tmp_path / "manifest.csv").write_text("image,subject,AU1\na.png,p1,yes\n")
     msg = _bad(capsys, "data", "info", "--dataset", "folder", "--root", str(tmp_path))
     assert "manifest.csv:2" in msg and "AU1" in msg
+
+
+def test_reading_a_missing_synthetic_set_writes_nothing(tmp_path):
+    """Data are generated only when asked (the CLI asks); a library read never writes."""
+    from featbench.errors import DataError
+    from featbench.workspace import Workspace
+
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("synth", workspace=Workspace(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())

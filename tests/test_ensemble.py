@@ -142,7 +142,15 @@ def test_ensemble_run_writes_contract_shapes(members):
     assert (row["model"], row["region"], row["clf"]) == ("trio", "full", "vote")
     assert "alexnet=random:0" in row["weights"] and "hog=none" in row["weights"]
     assert {"f1_AU01", "f1_AU02", "f1_AU04"} <= set(row)
-    # three noisy members: the vote beats the average member
+    # three noisy members with independent errors: the vote beats the average member
+    from featbench.metrics import au_metrics
+
+    def mean_f1(p):
+        return np.mean([au_metrics(labels[:, a], p["decisions"][:, a])["f1"] for a in range(3)])
+
+    members_f1 = [mean_f1(read_predictions(ws.predictions_path("synth", r)))
+                  for r in ("hog__full__svm", "alexnet__full__svm", "cnn_f__full__svm")]
+    assert mean_f1(read_predictions(out["predictions"])) > np.mean(members_f1)
     pred = read_predictions(out["predictions"])
     assert pred["clf"] == "vote" and pred["aus"] == AUS
     assert np.array_equal(pred["labels"], labels)
@@ -161,9 +169,11 @@ def test_ensemble_run_intersects_frames_and_aus(members):
 
 
 def test_presets_pick_one_run_per_family(members):
-    ws, _ = members
+    ws, labels = members
+    # cnn_m shares cnn_f's family (vgg-cnn) and comes first in the preference order
+    _member(ws, "cnn_m__full__svm", labels, 1.0, seed=5)
     fe = resolve_preset(ws, "synth", "fe")
-    assert set(fe) >= {"hog__full__svm", "cnn_f__full__svm"}
+    assert set(fe) == {"hog__full__svm", "alexnet__full__svm", "cnn_m__full__svm"}
     region = resolve_preset(ws, "synth", "fe+region")
     assert "cnn_f__auto__svm" in region and set(fe) < set(region)
     with pytest.raises(FeatbenchError, match="fine-tun"):

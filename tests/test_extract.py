@@ -240,5 +240,8 @@ def test_cli_bench_extract_json(synth_ws, capsys):
     assert res["frames"] == 16 and res["model"] == "hog"
     for key in ("featbench_fps", "forward_fps", "loop_fps"):
         assert res[key] > 0
-    assert res["featbench_vs_forward"] == pytest.approx(res["featbench_fps"] / res["forward_fps"],
-                                                        rel=0.01)
+    assert res["weights"] == "none"
+    # each rate is 16 frames over a timed pass, and the three passes ran inside the command's
+    # measured time: a rate counting frames twice or timing the wrong span breaks this
+    spent = sum(16 / res[key] for key in ("featbench_fps", "forward_fps", "loop_fps"))
+    assert spent <= res["seconds"] + 0.1

@@ -696,3 +696,21 @@ def test_11_the_disfa_reader_records_its_threshold(tmp_path):
     t = load_dataset("disfa", root=root, threshold=3)
     assert t.label_threshold == 3 and t.subset(np.ones(len(t), bool)).label_threshold == 3
     assert t.frames["AU01"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_10_a_permission_error_is_not_called_damage(tmp_path, monkeypatch):
+    """h5py's text for a file without read permission: said as such, not 'not readable HDF5'."""
+    from featbench import align
+    from featbench.errors import StoreError
+
+    path = tmp_path / "faces.h5"
+    path.write_bytes(b"x")
+
+    def denied(p, mode):  # what h5py raises there (root ignores the permission bits)
+        raise OSError(f"Unable to synchronously open file (unable to open file: name = '{p}', "
+                      "errno = 13, error message = 'Permission denied', flags = 0, o_flags = 0)")
+
+    monkeypatch.setattr(align, "_h5", denied)
+    with pytest.raises(StoreError, match="permission denied") as exc:
+        align.AlignedFaces(path)
+    assert str(exc.value).startswith(str(path)) and "not a readable" not in str(exc.value)

@@ -131,6 +131,7 @@ def test_lstm_run_follows_the_contracts(toy):
     entry = settings["folds"][0]["aus"]["AU01"]
     assert entry["model_file"] == "AU01.pt" and entry["best_epoch"] >= 1
     assert entry["sequences"]["train"]["sequences"] > 12  # cut around runs, not whole videos
+    assert entry["sequences"]["test"]["sequences"] == len(PAPER_SPLIT["test"])  # whole videos
     model, saved = load_model(lstm["models_dir"] / "AU01.pt")
     pos = join_codes(table, table.keys())
     rows = np.flatnonzero(test)
@@ -161,11 +162,15 @@ def test_weight_noise_only_in_training(toy):
 def test_multilabel_one_network_and_ensemble_members(toy):
     ws, table, _, svm, _ = toy
     ml = classify_run(ws, "synth", clf="lstm", table=table, model="toy", progress=False, n_jobs=1,
-                      aus=["AU01", "AU02"], lstm=dict(FAST, multilabel=True, epochs=3))
-    assert "ml" in ml["run"].split("__")[-1]
+                      aus=["AU01", "AU02"], tune_threshold=True,
+                      lstm=dict(FAST, multilabel=True, epochs=3))
+    assert ml["run"].split("__")[-1].startswith("thr-au1+2-ml")
     assert sorted(p.name for p in ml["models_dir"].glob("*.pt")) == ["multilabel.pt"]
     _, saved = load_model(ml["models_dir"] / "multilabel.pt")
     assert saved["aus"] == ["AU01", "AU02"] and len(saved["thresholds"]) == 2
+    pred = read_predictions(ml["predictions"])  # decided with the tuned thresholds, per AU
+    assert np.allclose(pred["thresholds"], saved["thresholds"])
+    assert np.array_equal(pred["decisions"], (pred["scores"] > pred["thresholds"]).astype(np.int8))
     out = ensemble_run(ws, "synth", members=[svm["run"], ml["run"]], name="mix")
     assert out["frames"] == len(read_predictions(svm["predictions"])["frames"])
 
@@ -191,6 +196,21 @@ def test_fe_preset_mixes_svm_and_lstm_members(tmp_path):
     assert members == ["alexnet__full__svm", "hog__full__svm", "hog__full__lstm"]
     out = ensemble_run(ws, "synth", preset="fe")
     assert out["members"] == members
+
+
+def test_a_frame_without_codes_breaks_the_test_sequence_and_is_reported(tmp_path):
+    ws = Workspace(tmp_path)
+    table, X = temporal_table(n_frames=30, aus=("AU01",))
+    keys = table.keys()
+    gone = int(np.flatnonzero((keys["subject"] == b"SN003") & (keys["frame"] == 10))[0])
+    keep = np.arange(len(keys)) != gone
+    write_features(ws, table, X[keep], regions=("full",), keys=keys[keep])
+    out = classify_run(ws, "synth", model="toy", clf="lstm", table=table, progress=False,
+                       n_jobs=1, lstm=dict(FAST, epochs=1))
+    assert "sequences broken at frames without codes: 1 in test" in out["rows"][0]["note"]
+    pred = read_predictions(out["predictions"])
+    test = np.isin(keys["subject"].astype(str), PAPER_SPLIT["test"])
+    assert len(pred["frames"]) == int(test.sum()) - 1 and keys[gone] not in pred["frames"]
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -89,3 +89,39 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
     run_pipeline(ws, preset=tiny, progress=False)
     redone = {r for r, t in csvs.items() if ws.run_csv("synth", r).stat().st_mtime_ns != t}
     assert redone == {r for r in csvs if r.startswith("hog__")}
+
+
+def test_one_failure_path_records_every_affected_run_and_the_others_go_on(tmp_path, capsys):
+    """A non-featbench error (a torch error in one network) fails that step's runs, with the
+    error's type and the run's protocol in summary.csv; the next steps still run; a fatal
+    step's error stops the run."""
+    from featbench.pipeline import Step, _Context, _run_stage
+    from featbench.results import read_summary
+
+    ctx = _Context(Workspace(tmp_path), "synth", None, PRESETS["quick"], "kfold:3", "kfold3",
+                   wplan={"alexnet": ("random:0", "")}, progress=True)
+    ran = []
+
+    def broken():
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    meta = ctx.run_meta("alexnet", "full", "svm")
+    steps = [Step("alexnet", broken, records=(("alexnet__full__svm__kfold3", meta),),
+                  error_prefix="extract alexnet: "),
+             Step("alexnet__full__svm__kfold3", lambda: ran.append(1), produces=("alexnet__full__svm__kfold3",)),
+             Step("cnn_f", lambda: ran.append(2) or "done", produces=("cnn_f__full__svm__kfold3",))]
+    _run_stage(ctx, 1, "extract", lambda c: ("", steps))
+    assert ran == [2] and ctx.done == ["cnn_f__full__svm__kfold3"]
+    assert ctx.failed == [("alexnet__full__svm__kfold3", "RuntimeError: CUDA error: device-side assert triggered")]
+    row = read_summary(ctx.workspace, "synth").set_index("run").loc["alexnet__full__svm__kfold3"]
+    assert row["error"] == "extract alexnet: RuntimeError: CUDA error: device-side assert triggered"
+    assert row["protocol"] == "kfold:3" and row["weights"] == "random:0"
+    assert "- alexnet: failed: RuntimeError" in capsys.readouterr().out
+    with pytest.raises(RuntimeError):
+        _run_stage(ctx, 2, "data", lambda c: ("", [Step("synth", broken, fatal=True)]))
+
+
+def test_a_weights_file_named_random_is_not_random_init(tmp_path):
+    plan = resolve_weights(PRESETS["quick"], str(tmp_path / "random_init_ft.pth"))
+    assert plan["alexnet"][1] == ""
+    assert resolve_weights(PRESETS["quick"], "random:3")["alexnet"][1] == "random init, not pretrained"

@@ -86,7 +86,8 @@ def test_a_training_set_over_the_budget_is_fitted_out_of_core(setup, monkeypatch
     import joblib
 
     model = joblib.load(res["models_dir"] / "AU01.joblib")
-    assert model.named_steps["clf"].__class__.__name__ == "SGDClassifier"
+    assert model.estimator_.named_steps["clf"].__class__.__name__ == "SGDClassifier"
+    assert model.threshold == thr[0]  # the threshold travels inside the saved model
 
 
 def test_bad_memory_budget_is_a_usage_error(setup, monkeypatch):

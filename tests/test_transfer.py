@@ -240,8 +240,17 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     assert {"folds.csv", "confusion.csv", "backbone.pt", "stage1.json", "fold1.log.csv"} <= {
         p.name for p in s1dir.iterdir()}
     # the model file alone reproduces the test decisions
-    state = torch.load(mdir / "model.pt", weights_only=False)
+    from classify.transfer import load_model, predict_logits
+    from featbench.align import AlignedFaces
+
+    net, state = load_model(mdir / "model.pt")
     assert np.allclose(state["thresholds"], pred["thresholds"])
+    faces = AlignedFaces(w.aligned_path("affwild2"))
+    where = {bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode(): i for i, k in enumerate(faces.keys)}
+    rows = [where[bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode()] for k in pred["frames"]]
+    logits = predict_logits(net, faces, rows)
+    np.testing.assert_array_equal((logits > np.asarray(state["logit_thresholds"])).astype(np.int8),
+                                  pred["decisions"])
 
 
 @pytest.mark.parametrize("case, message", [
@@ -344,3 +353,36 @@ def test_a_set_without_its_own_split_trains_on_the_paper_split(tmp_path):
     assert out["protocol"] == "paper"
     assert sum(out["frames"].values()) == 36 and len(out["split"]["test"]) >= 1
     assert not set(out["split"]["train"]) & set(out["split"]["test"])
+
+
+@pytest.mark.parametrize("rule, rel, subject", [
+    ("prefix:_", "happy/S07_happy_1.png", "S07"),
+    ("prefix:-", "happy/a-b_c.png", "a"),
+    (r"regex:(\d{3})_\d\d_", "smile/001_01_01_051_05.png", "001"),
+    ("dir", "happy/P3/img.png", "P3"),
+])
+def test_subject_rules(tmp_path, rule, rel, subject):
+    from featbench.datasets.expression import subject_of
+
+    assert subject_of(tmp_path / rel, rule, tmp_path) == subject
+
+
+def test_a_subject_rule_that_finds_nothing_names_the_file(tmp_path):
+    from featbench.datasets.expression import subject_of
+    from featbench.errors import DataError, UsageError
+
+    with pytest.raises(DataError, match="nounderscore.png"):
+        subject_of(tmp_path / "happy" / "nounderscore.png", "prefix:_", tmp_path)
+    with pytest.raises(UsageError, match="unknown --subject-rule"):
+        subject_of(tmp_path / "happy" / "x_y.png", "suffix", tmp_path)
+
+
+def test_run_names_tell_the_control_and_non_default_settings_apart():
+    from dataclasses import replace
+
+    from classify.transfer import stage1_run, stage2_run
+
+    assert str(stage2_run(SETTINGS)) == f"{TINY}__full__transfer"
+    assert str(stage2_run(SETTINGS, control=True)) == f"{TINY}__full__transfer__nostage1"
+    assert str(stage2_run(replace(SETTINGS, pos_weight="none", seed=2))) == f"{TINY}__full__transfer__pwnone-s2"
+    assert str(stage1_run(SETTINGS)) == f"{TINY}__full__expr"

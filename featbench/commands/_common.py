@@ -25,6 +25,7 @@ def load_table(args, **kwargs):
     """Load the frame table named by the dataset flags of ``args``."""
     from ..datasets import load_dataset
 
+    kwargs.setdefault("generate", True)  # the CLI's embedded sets are made on first use
     return load_dataset(args.dataset, root=args.root, workspace=workspace_of(args),
                         camera=args.camera, threshold=args.threshold, **kwargs)
 

@@ -12,9 +12,12 @@ def add_parser(subparsers):
                     "the decision threshold) on the validation subjects, and score the test "
                     "subjects. Writes results/<ds>/<model>__<region>__<clf>[__tag].csv, its row in "
                     "summary.csv, per-frame predictions and the fitted models with their settings.")
-    p.add_argument("--clf", required=True, metavar="lda|svm|lstm",
+    from classify.registry import list_classifiers  # names only: no estimator is imported
+
+    p.add_argument("--clf", required=True, metavar="|".join(list_classifiers()),
                    help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
-                        "(an LSTM over each subject's code sequence, epoch chosen on validation)")
+                        "(an LSTM over each subject's code sequence, epoch chosen on validation); "
+                        "the entries of classify/registry.py")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="network whose codes to classify (default: the only one extracted for "
                         "the data set)")
@@ -89,7 +92,7 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
-    from classify.estimators import check_clf
+    from classify.registry import check_clf
     from classify.run import check_features, classify_run, default_model, format_result
 
     check_clf(args.clf)  # bad names, bad flags and missing codes fail before any data is read

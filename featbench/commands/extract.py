@@ -36,6 +36,13 @@ def add_parser(subparsers):
                    help="replace an existing feature file made with other weights or frames")
     p.add_argument("--float16", action="store_true",
                    help="store codes as float16 (half the disk; read back as float32)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="store the codes as data/features/<dataset>/<NAME>.h5 and classify them "
+                        "with --model NAME (default: the model's name; <model>-ft for the "
+                        "model.pt of a featbench finetune run)")
+    p.add_argument("--input-size", type=int, default=None, metavar="S",
+                   help="face side fed to a CNN (default: the network's own, e.g. 224; for a "
+                        "featbench finetune model.pt, the size it was trained at)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
                    help="storage type of the codes; --dtype float16 = --float16 (default: "
                         "float32)")
@@ -56,7 +63,8 @@ def _run(args):
                            weights=args.weights, device=args.device, batch_size=args.batch_size,
                            workers=args.workers, overwrite=args.overwrite,
                            float16=args.float16 or args.dtype == "float16",
-                           progress=not args.quiet, report=True)
+                           progress=not args.quiet, report=True, name=args.name,
+                           input_size=args.input_size)
     from extract.distributed import is_main_process
 
     if is_main_process():  # under torchrun, rank 0 speaks for all ranks

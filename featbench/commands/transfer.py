@@ -126,7 +126,8 @@ def _run(args):
                                check_images=args.stage != "2", progress=not args.quiet)
     au_table, aus = None, None
     if args.stage != "1":
-        au_table = load_dataset(args.dataset, root=args.root, workspace=ws, progress=not args.quiet)
+        au_table = load_dataset(args.dataset, root=args.root, workspace=ws, generate=True,
+                                progress=not args.quiet)
         aus = resolve_aus(au_table, "own", args.aus)
     if note:  # said before any training, after every input was checked
         print(f"{args.backbone} starts from {weights}: {note}", file=sys.stderr)

@@ -36,7 +36,7 @@ def resolve_root(name, root=None, *, workspace=None):
 
 
 def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
-                 generate=True, progress=True):
+                 generate=False, progress=True):
     """Read a data set into a :class:`~featbench.frames.FrameTable`.
 
     Parameters
@@ -52,7 +52,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     threshold : int
         DISFA: an AU is present when its intensity is >= ``threshold`` (protocol: 2).
     generate : bool
-        For the synthetic sets: generate the default set when ``root`` does not exist yet.
+        For the synthetic sets: generate the default set when ``root`` does not exist yet
+        (default False: reading never writes data unless asked; the CLI asks, as its help says).
 
     Raises
     ------

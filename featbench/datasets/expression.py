@@ -82,7 +82,8 @@ def load_expression_set(name="synth-expression", *, root=None, workspace=None,
 
         raise UsageError(did_you_mean(name, EXPRESSION_DATASETS, what="expression data set"))
     if name == "synth-expression":
-        table = load_dataset("synth-expression", root=root, workspace=workspace, progress=progress)
+        table = load_dataset("synth-expression", root=root, workspace=workspace, generate=True,
+                             progress=progress)  # the embedded set: made on first use
         if "expression" not in table.frames.columns:
             raise LayoutError(f"{table.root}: the manifest has no 'expression' column")
     else:
