@@ -9,12 +9,12 @@ random direction (weak, noisy: the classifiers have something to find, not a sol
 
 Then it runs the SVM run of the protocol (``own``: test = the validation videos) in a child
 process, exactly what ``featbench classify --clf svm --protocol own`` does, with
-``FEATBENCH_MEMORY_GB`` set (default 2): codes larger than that stay in the HDF5 file, and
+``FEATBENCH_MEMORY_GB`` set (default 1): codes larger than that stay in the HDF5 file, and
 training sets over a worker's share are fitted out of core (SGD hinge). The parent samples
 the resident memory of the child and its workers every 0.2 s; it reports the peak of their
 sum, the wall time, and what the run's settings.json recorded.
 
-    python benchmarks/large_scale.py                       # 1M x 512, budget 2 GB
+    python benchmarks/large_scale.py                       # 1M x 512, budget 1 GB
     python benchmarks/large_scale.py --frames 200000 --dims 256 --workdir /tmp/ls
 
 Synthetic codes: no real data set is involved; the F1 it prints says only that the pipeline
@@ -85,6 +85,16 @@ def write_codes(ws, table, dims, seed=1, block=50_000):
     return path
 
 
+def _fits(path, frames, dims):
+    import h5py
+
+    if not path.is_file():
+        return False
+    with h5py.File(path, "r") as f:
+        return (f["full"]["codes"].shape == (frames, dims)
+                and int(f["full"].attrs.get("rows_done", 0)) == frames)
+
+
 def child(workdir, frames, dims, jobs):
     """Build the table (cheap, seeded) and run the SVM classification; print JSON."""
     from classify.run import classify_run
@@ -121,9 +131,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=1_000_000)
     ap.add_argument("--dims", type=int, default=512)
-    ap.add_argument("--memory-gb", type=float, default=2.0, help="FEATBENCH_MEMORY_GB")
+    ap.add_argument("--memory-gb", type=float, default=1.0, help="FEATBENCH_MEMORY_GB")
     ap.add_argument("--jobs", type=int, default=2, help="classifier worker processes")
     ap.add_argument("--workdir", default="/tmp/featbench-large-scale")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep a codes file of the same size from an earlier run (same seed)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -136,7 +148,9 @@ def main(argv=None):
     ws = Workspace(args.workdir)
     t0 = time.perf_counter()
     table = make_table(args.frames)
-    path = write_codes(ws, table, args.dims)
+    path = ws.features_path(DATASET, "big")
+    if not (args.reuse and _fits(path, args.frames, args.dims)):
+        path = write_codes(ws, table, args.dims)
     write_s = time.perf_counter() - t0
     del table
     print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB, {args.frames} x {args.dims} "

@@ -259,13 +259,14 @@ def _fit_score(job, *, codes, labels, pos, spec, balance, class_weight, tune_thr
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    from .scale import H5Codes, score
+    from .scale import H5Codes, liblinear_bytes, score
 
     thr_rows = None
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
         thr_rows = parts["all_validation"]
     if (spec.fit_streamed is not None and isinstance(X, H5Codes) and budget is not None
-            and 2 * 8 * ytr.size * X.shape[1] > budget):  # float64 rows + their scaled copy
+            and liblinear_bytes(ytr.size, X.shape[1], 0 if thr_rows is None else thr_rows.size)
+            > budget):
         out["solver"] = spec.streamed_solver
         fit = spec.fit_streamed(X, pos[parts["train"]], ytr, pos[parts["validation"]], yva,
                                 thr_rows=None if thr_rows is None else pos[thr_rows],

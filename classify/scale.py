@@ -202,6 +202,13 @@ def score(model, X, rows):
 
 
 # --- out-of-core linear SVM --------------------------------------------------------------------
+def liblinear_bytes(n_train, dims, n_thr=0):
+    """Memory an in-memory SVM fit of ``n_train`` rows takes: the gathered float32 rows, their
+    scaled float64 copy and liblinear's own copy (16-byte index/value nodes), plus the float32
+    rows its threshold is tuned on."""
+    return n_train * dims * (4 + 8 + 16) + n_thr * dims * 4
+
+
 def fit_streamed(X, train_rows, y_train, val_rows, y_val, *, thr_rows=None, y_thr=None,
                  tune_threshold=False, class_weight=None, seed=0, budget=None):
     """Fit a hinge-loss ``SGDClassifier`` over ``X[train_rows]`` streamed in blocks.
@@ -296,5 +303,5 @@ def run_on_dask(task, jobs, address, progress, **kw):
 
 
 __all__ = ["H5Codes", "memory_budget_bytes", "peak_rss_mb", "codes_bytes", "lazy_codes",
-           "keys_and_attrs", "score",
+           "keys_and_attrs", "score", "liblinear_bytes",
            "fit_streamed", "scheduler_address", "run_on_dask"]

@@ -2,21 +2,21 @@
 
 ``--weights`` takes
 
-``imagenet`` (or ``pretrained``)
-    The network's published weights, read from the local cache only — never downloaded:
-    torchvision's ``<torch hub dir>/checkpoints/<file>`` (the file name of the Weights enum's
-    URL), timm's Hugging Face cache, the MatConvNet ``imagenet-vgg-f/m/s.mat`` or VGG-Face's
-    ``vgg_face_dag.pth`` put in that same checkpoints folder, dlib's model shipped by
-    ``face_recognition_models``. A missing file is a :class:`WeightsError` naming the file and
-    the folder to put it in. Identity: the spec's ``weights_id`` (``imagenet``, ``vggface``,
-    ``dlib``).
+``imagenet`` (or ``pretrained``), and torchvision's enum names ``IMAGENET1K_V1``, ``DEFAULT`` ...
+    The network's published weights (:mod:`extract.catalog`), read from the cache torchvision
+    and timm use — torchvision's ``<torch hub dir>/checkpoints/<file>`` (also where the
+    MatConvNet ``imagenet-vgg-f/m/s.mat`` and VGG-Face's ``vgg_face_dag.pth`` go), timm's
+    Hugging Face cache — and downloaded there on first use, verified (:class:`PublishedWeights`,
+    :mod:`extract.download`; never with ``--offline``). dlib's model is shipped by
+    ``face_recognition_models``. Identity: ``imagenet:IMAGENET1K_V1 sha256:<hex>``,
+    ``vggface sha256:<hex>``, ``dlib``.
 ``random[:SEED]``
     A seeded random initialisation (default seed 0): the control that shows what pretraining
     adds. Identity ``random:<seed>``.
 ``PATH``
     A state dict (``.pt``/``.pth``, ``.safetensors``, or a MatConvNet ``.mat``), loaded
     strictly; the VGG-Face port's key names and MatConvNet files are converted. Identity
-    ``sha256:<hex digest of the file>``.
+    ``file sha256:<hex digest of the file>``.
 ``none``
     For ``hog``, which has no weights.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from featbench.errors import WeightsError
+from featbench.errors import WeightsError, did_you_mean
 from featbench.faces import dlib_models_dir
 
 #: indices of VGG-16's conv layers inside torchvision's ``features``
@@ -42,6 +42,8 @@ class WeightsChoice:
     Attributes
     ----------
     mode : {"pretrained", "random", "file", "none"}
+    tag : str
+        For ``pretrained``: ``imagenet`` or a torchvision enum name (``IMAGENET1K_V2``, ``DEFAULT``).
     seed : int
         For ``random``.
     path : Path or None
@@ -49,6 +51,7 @@ class WeightsChoice:
     """
 
     mode: str
+    tag: str = "imagenet"
     seed: int = 0
     path: Optional[Path] = None
 
@@ -61,6 +64,7 @@ def parse_weights(text, spec):
     WeightsError
         A bad seed, a file that does not exist, or a choice the network cannot take.
     """
+    from .catalog import is_tag, tags_of
     from .registry import PRETRAINED
 
     text = spec.default_weights if text in (None, "") else str(text)
@@ -68,8 +72,10 @@ def parse_weights(text, spec):
         if text not in ("none",) + PRETRAINED:
             raise WeightsError(f"hog has no weights; drop --weights (got {text!r})")
         return WeightsChoice("none")
-    if text in PRETRAINED or (spec.pretrained == "dlib" and text == "dlib"):
+    if spec.pretrained == "dlib" and text in PRETRAINED + ("dlib",):
         return WeightsChoice("pretrained")
+    if is_tag(spec, text):
+        return WeightsChoice("pretrained", tag=text)
     if text == "random" or text.startswith("random:"):
         if spec.kind != "torch":
             raise WeightsError(f"{spec.name} cannot be randomly initialised; use --weights "
@@ -81,7 +87,11 @@ def parse_weights(text, spec):
             raise WeightsError(f"--weights {text}: the seed must be an integer (random:0)") from None
     path = Path(text).expanduser()
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file (--weights takes imagenet, "
+        if tags_of(spec) and text.isupper() and not path.suffix:  # a mistyped enum name
+            raise WeightsError(did_you_mean(text, tags_of(spec) + list(PRETRAINED),
+                                            what=f"weights tag of {spec.name}"))
+        tags = "".join(f", {t}" for t in tags_of(spec))
+        raise WeightsError(f"{path}: no such weights file (--weights takes imagenet{tags}, "
                            "random[:SEED] or the path of a state dict)")
     return WeightsChoice("file", path=path)
 
@@ -96,19 +106,20 @@ def file_sha256(path):
 
 
 def weights_identity(spec, choice):
-    """Return the identity string stored with the codes: imagenet | random:<seed> | sha256:<hex>."""
+    """Return the identity string stored with the codes: ``imagenet:IMAGENET1K_V1 sha256:<hex>``,
+    ``random:<seed>``, ``file sha256:<hex>``, ``finetuned:<run> sha256:<hex>``, ``dlib``, ``none``."""
+    from featbench.identity import WeightsId
+
     if choice.mode == "pretrained":
-        return weights_source(spec).identity()
+        return weights_source(spec, choice.tag).identity()
     if choice.mode == "random":
-        return f"random:{choice.seed}"
+        return str(WeightsId.random(choice.seed))
     if choice.mode == "file":
         digest = file_sha256(choice.path)
         run = finetuned_run(choice.path)
         if run:
-            from featbench.identity import WeightsId
-
             return str(WeightsId.finetuned(run, sha256=digest))
-        return f"sha256:{digest}"
+        return str(WeightsId.file(digest, source=choice.path))
     return "none"
 
 
@@ -163,8 +174,9 @@ class WeightsSource:
     #: the ``spec.pretrained`` prefix this source serves
     prefix = ""
 
-    def __init__(self, spec):
+    def __init__(self, spec, tag=None):
         self.spec = spec
+        self.tag = tag
 
     def locate(self):
         path = checkpoints_dir() / self.spec.weights_file
@@ -221,6 +233,55 @@ class WeightsSource:
         return out
 
 
+class PublishedWeights(WeightsSource):
+    """A file published at a URL (:mod:`extract.catalog`): read from torchvision's cache and
+    downloaded there on first use, hash-checked (:func:`extract.download.fetch`; never offline).
+
+    Its identity names the tag and the file's sha256: ``imagenet:IMAGENET1K_V1 sha256:<hex>``.
+    """
+
+    prefix = "catalog"  # networks whose file is published with extract.catalog.register_file
+    _digest = None
+
+    def entry(self):
+        from .catalog import entry_for
+
+        return entry_for(self.spec, self.tag)
+
+    def locate(self):
+        from .download import where
+
+        path = where(self.entry())
+        return path, path.is_file()
+
+    def status(self):
+        return "cached" if self.locate()[1] else f"not cached ({self.entry().filename})"
+
+    def url(self):
+        from .download import mirrored
+
+        entry = self.entry()
+        return mirrored(entry.urls[0]) if entry.urls else ""
+
+    def build(self):
+        from .download import fetch
+
+        path, self._digest, _ = fetch(self.entry())
+        model = self.spec.constructor()
+        return model, self.load(model, path)
+
+    def identity(self):
+        from .download import file_digest
+
+        entry = self.entry()
+        if self._digest is None:
+            path, exists = self.locate()
+            if not exists:
+                return entry.identity_name
+            self._digest = file_digest(path)
+        return str(entry.identity(self._digest))
+
+
 class NoWeights(WeightsSource):
     """HOG, and networks with no published weights featbench can load (ZFNet)."""
 
@@ -235,22 +296,18 @@ class NoWeights(WeightsSource):
                            "load: use --weights PATH (a state dict) or --weights random:0")
 
 
-class TorchvisionWeights(WeightsSource):
+class TorchvisionWeights(PublishedWeights):
     """A torchvision Weights enum (``torchvision:AlexNet_Weights.IMAGENET1K_V1``), hub cache file."""
 
     prefix = "torchvision"
 
-    def url(self):
-        import torchvision.models as tvm
-
-        enum_name, _, member = self.spec.pretrained[len("torchvision:"):].partition(".")
-        return getattr(getattr(tvm, enum_name), member).url
-
 
 class TimmWeights(WeightsSource):
-    """A timm model's Hugging Face weights (``timm:<hub id>``), read from the HF cache only."""
+    """A timm model's Hugging Face weights (``timm:<hub id>``): the HF cache, filled on first use
+    by Hugging Face's own client (``FEATBENCH_WEIGHTS_MIRROR`` as its endpoint; never offline)."""
 
     prefix = "timm"
+    _digest = None
 
     def locate(self):
         from huggingface_hub import constants, try_to_load_from_cache
@@ -269,22 +326,45 @@ class TimmWeights(WeightsSource):
     def build(self):
         import timm
 
+        from .download import file_digest
+
         path, exists = self.locate()
         if not exists:
-            raise self.missing_error(path)
+            path = self._download(path)
+        self._digest = file_digest(path)
         arch = self.spec.name.partition(":")[2]
         model = timm.create_model(arch, pretrained=True, num_classes=0,
                                   pretrained_cfg_overlay={"file": str(path)})
         return model, None
 
+    def _download(self, path):
+        from .catalog import entry_for
+        from .download import is_offline, mirror_base, missing_message
 
-class MatConvNetWeights(WeightsSource):
+        entry = entry_for(self.spec)
+        if is_offline():
+            raise WeightsError(missing_message(entry, path, "featbench is offline (--offline, "
+                                               "FEATBENCH_OFFLINE or HF_HUB_OFFLINE)"))
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(self.spec.pretrained[len("timm:"):], entry.filename,
+                                        endpoint=mirror_base() or None))
+        except Exception as exc:  # noqa: BLE001 - HF's errors (HTTP, connection) vary by version
+            raise WeightsError(missing_message(entry, path, f"the download failed "
+                                               f"({type(exc).__name__})")) from None
+
+    def identity(self):
+        from .catalog import entry_for
+
+        entry = entry_for(self.spec)
+        return str(entry.identity(self._digest)) if self._digest else entry.identity_name
+
+
+class MatConvNetWeights(PublishedWeights):
     """MatConvNet's ``imagenet-vgg-f/m/s.mat`` (CNN-F/M/S): converted, mean image included."""
 
     prefix = "matconvnet"
-
-    def url(self):
-        return "https://www.vlfeat.org/matconvnet/pretrained/"
 
     def load(self, model, path):
         try:
@@ -295,13 +375,10 @@ class MatConvNetWeights(WeightsSource):
         return mean
 
 
-class VggFaceDagWeights(WeightsSource):
+class VggFaceDagWeights(PublishedWeights):
     """The VGG-Face PyTorch port (``vgg_face_dag.pth``): its layer names mapped to VGG-16's."""
 
     prefix = "vgg_face_dag"
-
-    def url(self):
-        return "https://www.robots.ox.ac.uk/~albanie/pytorch-models.html"
 
     def convert(self, sd):
         return convert_vgg_face_dag(sd) if "conv1_1.weight" in sd else sd
@@ -333,20 +410,23 @@ class DlibWeights(WeightsSource):
 
 
 _SOURCES = {cls.prefix: cls for cls in (TorchvisionWeights, TimmWeights, MatConvNetWeights,
-                                         VggFaceDagWeights, DlibWeights)}
+                                         VggFaceDagWeights, DlibWeights, PublishedWeights)}
 #: a file given with --weights PATH is read by its format's source, whatever the network
 _FILE_FORMATS = {".mat": MatConvNetWeights, ".dat": DlibWeights}
 
 
-def weights_source(spec):
-    """Return the :class:`WeightsSource` of ``spec``'s published weights (parsed here only)."""
+def weights_source(spec, tag=None):
+    """Return the :class:`WeightsSource` of ``spec``'s published weights (parsed here only).
+
+    ``tag``: ``--weights`` naming one of several published files (``IMAGENET1K_V2``).
+    """
     if spec.kind == "hog" or not spec.pretrained or not spec.weights_file:
         return NoWeights(spec)
     prefix = spec.pretrained.partition(":")[0]
     if prefix not in _SOURCES:
         raise WeightsError(f"{spec.name}: unknown weights source {spec.pretrained!r} "
                            f"(known: {', '.join(_SOURCES)})")
-    return _SOURCES[prefix](spec)
+    return _SOURCES[prefix](spec, tag)
 
 
 def effective_mean(spec, mean):
@@ -362,12 +442,12 @@ def effective_mean(spec, mean):
     return mean
 
 
-def pretrained_path(spec):
-    """Return ``(path, exists)`` of the file ``--weights imagenet`` reads for ``spec``.
+def pretrained_path(spec, tag=None):
+    """Return ``(path, exists)`` of the file ``--weights imagenet`` (or ``tag``) reads for ``spec``.
 
     ``path`` is None when the network has no pretrained weights at all.
     """
-    return weights_source(spec).locate()
+    return weights_source(spec, tag).locate()
 
 
 def weights_status(spec):
@@ -569,19 +649,20 @@ def load_network(spec, weights=None):
     Raises
     ------
     WeightsError
-        Pretrained file not cached (names file and folder), or a file that does not fit (names
-        the first offending keys).
+        Pretrained file neither cached nor downloadable (names file, folder and URL), or a file
+        that does not fit (names the first offending keys).
     """
     choice = weights if isinstance(weights, WeightsChoice) else parse_weights(weights, spec)
-    model, mean = build_network(spec, choice)
+    source = weights_source(spec, choice.tag if choice.mode == "pretrained" else None)
+    model, mean = build_network(spec, choice, source=source)
     module = spec.truncate(model).eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedNetwork(module, weights_identity(spec, choice), mean,
-                         preprocessing=weights_source(spec).preprocessing(mean))
+    identity = source.identity() if choice.mode == "pretrained" else weights_identity(spec, choice)
+    return LoadedNetwork(module, identity, mean, preprocessing=source.preprocessing(mean))
 
 
-def build_network(spec, choice):
+def build_network(spec, choice, *, source=None):
     """Return ``(model, mean)``: ``spec``'s whole network (not truncated) with ``choice``'s weights.
 
     What :func:`load_network` truncates, and what ``featbench finetune`` trains further.
@@ -594,18 +675,14 @@ def build_network(spec, choice):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(choice.seed)
             model = spec.constructor()
-    elif choice.mode == "pretrained":
-        model, mean = _load_pretrained(spec)
+    elif choice.mode == "pretrained":  # published weights: downloaded on first use
+        model, mean = (source or weights_source(spec, choice.tag)).build()
     elif choice.mode == "file":
         model = spec.constructor()
         mean = _load_file(spec, model, choice.path)
     else:
         raise WeightsError(f"{spec.name} takes no weights")
     return model, mean
-
-
-def _load_pretrained(spec):
-    return weights_source(spec).build()
 
 
 def _load_file(spec, model, path):

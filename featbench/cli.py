@@ -17,14 +17,15 @@ from . import __version__
 from .errors import FeatbenchError
 
 #: subcommand modules under featbench.commands, in --help order
-COMMANDS = ("data", "models", "align", "extract", "bench", "classify", "finetune", "transfer",
-            "ensemble", "report", "run", "predict", "export")
+COMMANDS = ("data", "models", "weights", "align", "extract", "bench", "classify", "finetune",
+            "transfer", "ensemble", "report", "run", "predict", "export")
 
 EPILOG = """\
 typical session on the embedded synthetic data (made on first use):
   featbench run                              # the whole quick protocol, then read results/synth/report.md
   featbench data info --dataset synth
   featbench extract --model alexnet --weights random:0 --region all
+  featbench weights list                     # pretrained files: cached?, source, licence
   featbench classify --clf svm --model alexnet --region auto
   featbench ensemble --preset fe && featbench report
 your own footage:  featbench predict clip.mp4 --run best --plot clip.png
@@ -55,6 +56,9 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"featbench {__version__}")
     parser.add_argument("--workspace", default=".", metavar="DIR",
                         help="folder holding data/ and results/ (default: the current directory)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never touch the network: pretrained weights come from the cache only "
+                             "(also FEATBENCH_OFFLINE=1 or HF_HUB_OFFLINE=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -72,6 +76,10 @@ def main(argv=None):
     """Run the command line; return the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.offline:
+        from extract.download import set_offline
+
+        set_offline()
     try:
         _check_workspace(args.workspace)
         status = args.func(args)

@@ -16,12 +16,13 @@ Presets
     networks ``hog``, ``dlib_face``, ``alexnet``, ``cnn_f``; classifiers ``svm`` and ``lda`` on
     full faces; region-based (``auto``: each AU's classifier sees its region) SVM and LDA runs for
     ``hog`` and ``alexnet``; ensembles ``fe`` and ``fe+region``. CNNs use their ``imagenet``
-    weights when these are cached here, else ``random:0`` (said in the output and the report).
+    weights when these are cached here or can be downloaded (verified), else ``random:0``
+    (said in the output and the report).
 ``paper``
     every network of the paper (AlexNet, ZFNet, CNN-F/M/S, VGG-16, VGG-Face, GoogLeNet,
     ResNet-50, ResNet-152) with ``imagenet`` weights, SVM and LDA on full faces, region-based
-    runs for VGG-Face and CNN-F, ensembles ``fe`` and ``fe+region``. Missing weight files stop
-    the run before any long work, naming every file; ``weights="random:0"`` runs the whole
+    runs for VGG-Face and CNN-F, ensembles ``fe`` and ``fe+region``. Every weight file is
+    fetched before any long work; one that cannot be had stops the run, naming every file; ``weights="random:0"`` runs the whole
     preset as a random-weight control. ZFNet has no published weights and always runs as a
     random-init control.
 """
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import FeatbenchError, UsageError, WeightsError, did_you_mean
+from .identity import WeightsId
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Preset:
     clfs: tuple = ("svm", "lda")
     region_clfs: tuple = ("svm", "lda")
     ensembles: tuple = ("fe", "fe+region")
-    #: fall back to random:0 for a CNN whose imagenet weights are not cached (quick) or refuse (paper)
+    #: fall back to random:0 for a CNN whose imagenet weights cannot be had (quick) or refuse (paper)
     random_fallback: bool = False
 
 
@@ -75,54 +77,66 @@ def _say(progress, text):
         print(text, flush=True)
 
 
-def resolve_weights(preset, weights=None):
-    """Return ``{model: (weights, note)}`` for the preset's networks, checking files first.
+def resolve_weights(preset, weights=None, *, progress=False):
+    """Return ``{model: (weights, note)}`` for the preset's networks, getting their files first.
+
+    Pretrained files missing from the cache are downloaded here (verified; never when offline),
+    before any long work.
 
     Parameters
     ----------
     preset : Preset
     weights : str, optional
         ``imagenet``, ``random[:SEED]`` or a file, for every CNN; default: the preset's rule
-        (quick: imagenet when cached, else random:0; paper: imagenet).
+        (quick: imagenet when cached or downloadable, else random:0; paper: imagenet).
+    progress : bool
+        Download progress bars.
 
     Raises
     ------
     WeightsError
-        Pretrained weights requested and not cached: names every missing file and the folder.
+        Pretrained weights needed and not to be had: names every missing file and the folder.
     """
     from extract.registry import get_spec
-    from extract.weights import pretrained_path
-
-    from .identity import WeightsId
 
     plan, missing = {}, []
     for model in dict.fromkeys(preset.models + preset.region_models):
         spec = get_spec(model)
         if spec.kind != "torch" or spec.pretrained == "dlib":  # hog; dlib (shipped)
             plan[model] = (spec.default_weights, "")
-            continue
-        if weights is not None:
-            random = WeightsId.parse(weights).is_random  # a file random_init.pth is not random
-            plan[model] = (weights, "random init, not pretrained" if random else "")
-            continue
-        if not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
+        elif weights is not None:
+            plan[model] = (weights, "random init, not pretrained"
+                           if WeightsId.parse(weights).is_random else "")
+        elif not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
             plan[model] = (spec.default_weights, "no published weights: random init control")
-            continue
-        path, cached = pretrained_path(spec)
-        if cached:
-            plan[model] = ("imagenet", f"pretrained ({path.name} cached)")
-        elif preset.random_fallback:
-            plan[model] = ("random:0", f"random init, not pretrained ({path.name} not cached)")
         else:
-            missing.append(path)
-            plan[model] = ("imagenet", "")
+            plan[model] = _pretrained_or_fallback(spec, preset, missing, progress)
     if missing:
-        folder = missing[0].parent
+        folder = missing[0][0].parent
         raise WeightsError(
-            f"the {preset.name} preset needs pretrained weights that are not cached: "
-            + ", ".join(p.name for p in missing) + f" (put them in {folder}; "
-            "or run the preset as a random-weight control with --weights random:0)")
+            f"the {preset.name} preset needs pretrained weights that are not cached and could not "
+            f"be downloaded ({missing[0][1]}): " + ", ".join(p.name for p, _ in missing)
+            + f" (fetch them with 'featbench weights fetch --all' on a connected machine and "
+            f"'featbench weights import' them, or put them in {folder}; or run the preset as a "
+            "random-weight control with --weights random:0)")
     return plan
+
+
+def _pretrained_or_fallback(spec, preset, missing, progress):
+    """``("imagenet", note)`` once the file is here (downloading it), else the preset's fallback."""
+    from extract.catalog import entry_for
+    from extract.download import fetch, is_offline, where
+
+    entry = entry_for(spec)
+    try:
+        path, _, downloaded = fetch(entry, progress=progress)
+    except WeightsError:
+        why = "offline" if is_offline() else "download failed"
+        if preset.random_fallback:
+            return ("random:0", f"random init, not pretrained ({entry.filename} not cached, {why})")
+        missing.append((where(entry), why))
+        return ("imagenet", "")
+    return ("imagenet", f"pretrained ({path.name} {'downloaded' if downloaded else 'cached'})")
 
 
 def plan_runs(preset):
@@ -423,7 +437,7 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
     protocol = protocol or "paper"
     ctx = _Context(workspace, dataset, root, spec, protocol,
                    tag=run_tag(protocol=protocol),  # runs of another protocol carry its tag
-                   wplan=resolve_weights(spec, weights),  # before any long work: fail fast
+                   wplan=resolve_weights(spec, weights, progress=progress),  # files fetched first
                    progress=progress)
     for i, (stage, plan) in enumerate(STAGES, 1):
         _run_stage(ctx, i, stage, plan)

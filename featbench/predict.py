@@ -79,8 +79,9 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None):
     elif wid.kind == "random":
         choice = f"random:{wid.seed}"
     elif wid.kind == "pretrained":
-        choice = "dlib" if spec.kind == "dlib" else "imagenet"
-        path, cached = pretrained_path(spec)
+        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> --weights IMAGENET1K_V2
+        choice = "dlib" if spec.pretrained == "dlib" else (tag or "imagenet")
+        path, cached = pretrained_path(spec, tag or None)
         if wid.sha256 and cached and file_sha256(path) != wid.sha256:
             raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
     elif wid.kind == "file":
@@ -97,6 +98,8 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None):
     except WeightsError as exc:
         raise WeightsError(f"{what}, which cannot be loaded here: {exc}") from None
     got = WeightsId.parse(encoder.weights_id)
+    if ":" not in wid.name:  # stored before identities carried the tag (imagenet): the same file
+        got = WeightsId(got.kind, got.name.partition(":")[0], got.seed, got.sha256)
     if (got.kind, got.name, got.seed) != (wid.kind, wid.name, wid.seed):
         raise WeightsError(f"{what}, but here they load as {str(got)!r}")
     return encoder

@@ -27,6 +27,14 @@ def write_lm(path, frame_value):
 DISFA_AU_NUMBERS = (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26)
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test touches the internet: featbench (and CLI subprocesses) start offline; the
+    download tests clear FEATBENCH_OFFLINE and serve files from 127.0.0.1 through the mirror."""
+    monkeypatch.setenv("FEATBENCH_OFFLINE", "1")
+    monkeypatch.delenv("FEATBENCH_WEIGHTS_MIRROR", raising=False)
+
+
 @pytest.fixture
 def disfa_tree(tmp_path):
     """A 3-subject DISFA tree with every quirk of the real one.

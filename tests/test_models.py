@@ -182,7 +182,7 @@ def test_imagenet_reads_torchvisions_cache_file_without_network(torch_home):
     torch.save(_full_state(spec, 3), torch_home / "alexnet-owt-7be5be79.pth")
     assert weights_status(spec) == "cached"
     net = load_network(spec, "imagenet")
-    assert net.weights_id == "imagenet"
+    assert net.weights_id.startswith("imagenet:IMAGENET1K_V1 sha256:")  # a stand-in: its own digest
     assert np.array_equal(_codes(net, _faces(1)), _codes(src, _faces(1)))
 
 
@@ -192,11 +192,12 @@ def _full_state(spec, seed):
     return spec.constructor().state_dict()
 
 
-def test_imagenet_not_cached_names_file_and_folder(torch_home):
-    with pytest.raises(WeightsError) as err:
+def test_imagenet_not_cached_offline_names_file_folder_and_url(torch_home):
+    with pytest.raises(WeightsError) as err:  # tests run offline (conftest)
         load_network(get_spec("alexnet"), "imagenet")
     msg = str(err.value)
-    assert msg.startswith(f"alexnet-owt-7be5be79.pth not in {torch_home}: download it")
+    assert msg.startswith(f"alexnet-owt-7be5be79.pth is not in {torch_home} and featbench is offline")
+    assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in msg
     assert msg.endswith("or use --weights random:0")
 
 
@@ -206,7 +207,7 @@ def test_state_dict_file_loads_strictly_and_mismatches_name_keys(tmp_path):
     good = tmp_path / "good.pt"
     torch.save(sd, good)
     net = load_network(spec, str(good))
-    assert net.weights_id.startswith("sha256:") and len(net.weights_id) == 7 + 64
+    assert net.weights_id.startswith("file sha256:") and len(net.weights_id) == 12 + 64
     assert np.array_equal(_codes(net, _faces(1)), _codes(load_network(spec, "random:5"), _faces(1)))
 
     bad = dict(sd)
@@ -255,7 +256,7 @@ def test_vgg_face_dag_port_converts_and_loads_strictly(torch_home):
     assert convert_vgg_face_dag(dag).keys() == model.state_dict().keys()
     torch.save(dag, torch_home / "vgg_face_dag.pth")
     net = load_network(spec, "imagenet")
-    assert net.weights_id == "vggface"
+    assert net.weights_id.startswith("vggface sha256:")
     ref = spec.truncate(model).eval()
     x = torch.rand(1, 3, 224, 224)
     with torch.inference_mode():
@@ -303,7 +304,8 @@ def test_matconvnet_file_converts_and_loads_strictly(torch_home):
     sd, mean = convert_matconvnet(mat, spec.constructor())
     assert sd.keys() == model.state_dict().keys() and np.allclose(mean, [120, 110, 100])
     net = load_network(spec, "imagenet")
-    assert net.weights_id == "imagenet" and np.allclose(net.mean, [120, 110, 100])
+    assert net.weights_id.startswith("imagenet sha256:")
+    assert np.allclose(net.mean, [120, 110, 100])
     ref = spec.truncate(model).eval()
     x = torch.rand(1, 3, 224, 224) * 50
     with torch.inference_mode():

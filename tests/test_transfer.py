@@ -152,7 +152,7 @@ def test_stage2_starts_from_the_stage1_backbone_with_a_fresh_mlp(expr_tree, tmp_
     from extract.encoders import create_encoder
 
     enc = create_encoder(SPEC, weights=s1["backbone_file"])
-    assert enc.weights_id.startswith("sha256:")
+    assert enc.weights_id.startswith("file sha256:")
     assert enc(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 16)
 
 

@@ -43,7 +43,7 @@ def test_vgg_face_key_names_are_converted_only_for_vgg_face(tmp_path):
     dag = {f"{names[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v
            for k, v in _full_state(spec, 2).items()}
     torch.save(dag, tmp_path / "dag.pth")
-    assert load_network(spec, str(tmp_path / "dag.pth")).weights_id.startswith("sha256:")
+    assert load_network(spec, str(tmp_path / "dag.pth")).weights_id.startswith("file sha256:")
     with pytest.raises(WeightsError, match="does not fit vgg16: .*missing keys features.0.weight"):
         load_network(get_spec("vgg16"), str(tmp_path / "dag.pth"))
 

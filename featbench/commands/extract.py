@@ -21,10 +21,12 @@ def add_parser(subparsers):
                    help="face region(s) to encode; all = full + upper + middle + lower "
                         "(default: full)")
     p.add_argument("--weights", default=None, metavar="W",
-                   help="imagenet (the network's published weights, read from the local cache "
-                        "only), random[:SEED] (seeded random init), or PATH to a state dict / "
+                   help="imagenet (the network's published weights: from the torchvision / timm "
+                        "cache, downloaded and hash-checked on first use unless --offline), a "
+                        "torchvision enum name (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), "
+                        "random[:SEED] (seeded random init), or PATH to a state dict / "
                         "vgg_face_dag.pth / MatConvNet .mat (default: the network's own, "
-                        "see featbench models)")
+                        "see featbench models and featbench weights list)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the network runs (default: auto = cuda when present)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N",

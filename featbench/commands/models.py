@@ -33,6 +33,6 @@ def _run(args):
     print("  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)).rstrip())
     for c in cells:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
-    print(f"{len(rows)} networks; also timm:<name> and tv:<name>. Pretrained files go in the "
-          "folder the 'not cached' error names (featbench extract --model NAME says it).")
+    print(f"{len(rows)} networks; also timm:<name> and tv:<name>. Pretrained files are downloaded "
+          "on first use; featbench weights list / fetch / import manage them.")
     return 0

@@ -9,9 +9,12 @@ data set, aligned-face cache, complete feature file, or a classifier run newer t
 presets:
   quick  (default, < 10 min on 2 CPU cores) hog, dlib_face, alexnet, cnn_f; svm + lda on full
          faces; region-based svm + lda for hog and alexnet; ensembles fe and fe+region; the report.
-         CNNs use imagenet weights when cached here, else random:0 (flagged in the report).
-  paper  every network of the paper with imagenet weights (missing files are named before any
-         long work; --weights random:0 runs it as a random-weight control).
+         CNNs use imagenet weights when cached here or downloadable (verified), else random:0
+         (flagged in the report).
+  paper  every network of the paper with imagenet weights, all fetched before any long work
+         (files that cannot be had are named; --weights random:0 runs it as a random-weight
+         control). Offline clusters: featbench weights fetch --all on a login node, or
+         featbench weights import PATH.
 
 Then read results/<dataset>/report.md (charts beside it) and results/<dataset>/summary.csv.
 """
@@ -32,7 +35,8 @@ def add_parser(subparsers):
                    help="the data set's folder (default: data/<dataset> in the workspace)")
     p.add_argument("--weights", default=None, metavar="W",
                    help="weights of every CNN: imagenet, random[:SEED] or a file (default: quick "
-                        "uses imagenet when cached else random:0; paper needs imagenet)")
+                        "uses imagenet when cached or downloadable, else random:0; paper needs "
+                        "imagenet)")
     p.add_argument("--protocol", default=None, metavar="P",
                    help="split protocol of the classifiers: paper (12/6/9, default), literature, "
                         "kfold:K")

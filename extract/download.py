@@ -1,0 +1,199 @@
+"""Getting a published weights file into the cache: on first use, verified, never half-written.
+
+The cache is torchvision's (``$TORCH_HOME/hub/checkpoints``, :func:`extract.weights.checkpoints_dir`),
+so files featbench fetches are the files torchvision would use and vice versa.
+
+Environment
+-----------
+``FEATBENCH_OFFLINE=1`` (or ``--offline``, or ``HF_HUB_OFFLINE=1``)
+    Never open a connection: a missing file is one error line naming the file, the cache folder
+    and the URL to fetch it from on a connected machine.
+``FEATBENCH_WEIGHTS_MIRROR=http://host[:port][/prefix]``
+    Replaces the scheme and host of every published URL, keeping its path (as ``HF_ENDPOINT``
+    redirects the Hugging Face hub): ``https://download.pytorch.org/models/x-1234abcd.pth`` is
+    read from ``http://host/prefix/models/x-1234abcd.pth``. Same hash checks.
+``FEATBENCH_CONNECT_TIMEOUT=SECONDS``
+    Socket timeout for connecting and for each read (default 10): an unreachable host fails in
+    seconds, never hangs.
+
+A download streams into a part file beside the target (``atomic_path``), hashing as it goes; the
+part file is renamed onto the target only when all the announced bytes arrived and the hash
+matches, and is deleted on any failure (a truncated response, a wrong hash, a refused
+connection, an HTTP error, Ctrl-C), so a file in the cache is always a complete, verified one.
+"""
+
+import hashlib
+import http.client
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from featbench import __version__
+from featbench.errors import WeightsError
+
+_TRUE = ("1", "true", "yes", "on")
+_BLOCK = 1 << 20
+
+
+def is_offline():
+    """Whether the network must not be touched (FEATBENCH_OFFLINE, HF_HUB_OFFLINE)."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE
+               for var in ("FEATBENCH_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def set_offline():
+    """Make this process (and its children) offline, as ``--offline`` does."""
+    os.environ["FEATBENCH_OFFLINE"] = "1"
+
+
+def mirror_base():
+    """The ``FEATBENCH_WEIGHTS_MIRROR`` base URL without a trailing slash, or ``""``."""
+    return os.environ.get("FEATBENCH_WEIGHTS_MIRROR", "").strip().rstrip("/")
+
+
+def mirrored(url):
+    """Return ``url`` with its scheme and host replaced by the mirror's (unchanged without one)."""
+    base = mirror_base()
+    if not base:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return base + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def connect_timeout():
+    """Seconds to wait for a connection or a read (FEATBENCH_CONNECT_TIMEOUT, default 10)."""
+    try:
+        return max(0.1, float(os.environ.get("FEATBENCH_CONNECT_TIMEOUT", "10")))
+    except ValueError:
+        return 10.0
+
+
+_DIGESTS = {}
+
+
+def file_digest(path):
+    """Return the hex sha256 of ``path``, remembered per (path, size, mtime) in this process."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        from .weights import file_sha256
+
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
+def where(entry, folder=None):
+    """Return the cache path of ``entry`` (a :class:`extract.catalog.WeightsFile`)."""
+    from .weights import checkpoints_dir
+
+    return Path(folder or checkpoints_dir()) / entry.filename
+
+
+def missing_message(entry, path, why):
+    """The one line for a file that is not in the cache and could not be fetched."""
+    url = mirrored(entry.urls[0]) if entry.urls else ""
+    fetch = f" from {url}" if url else ""
+    bring = ("copy that Hugging Face cache folder here" if entry.source == "timm"
+             else "bring it in with 'featbench weights import FILE'")
+    return (f"{entry.filename} is not in {path.parent} and {why}: fetch it{fetch} on a connected "
+            f"machine and {bring}, or use --weights random:0")
+
+
+def fetch(entry, folder=None, *, progress=True):
+    """Return ``(path, sha256, downloaded)`` of ``entry``'s file, downloading it when missing.
+
+    A file already in the cache is used as it is, as torchvision does (its digest, computed
+    once per process, goes into the identity); one whose digest contradicts the registry gets a
+    warning on stderr (``featbench weights verify`` checks the whole cache).
+
+    Raises
+    ------
+    WeightsError
+        Offline and missing; or every URL failed (refused, timed out, HTTP error, truncated,
+        wrong hash). One line naming file, folder and URL.
+    """
+    path = where(entry, folder)
+    if path.is_file():
+        digest = file_digest(path)
+        bad = entry.check(digest)
+        if bad:
+            print(f"featbench: warning: {path} is not {entry.label}'s published file ({bad}); "
+                  "its codes carry its own sha256", file=sys.stderr)
+        return path, digest, False
+    if is_offline():
+        raise WeightsError(missing_message(entry, path, "featbench is offline (--offline, "
+                                           "FEATBENCH_OFFLINE or HF_HUB_OFFLINE)"))
+    if not entry.urls:
+        raise WeightsError(missing_message(entry, path, "it has no download URL"))
+    errors = []
+    for url in entry.urls:
+        url = mirrored(url)
+        try:
+            digest = download(url, path, check=entry.check, progress=progress)
+        except FetchFailed as exc:
+            errors.append(f"{url}: {exc}")
+            continue
+        if not entry.pinned:
+            print(f"featbench: note: {entry.filename} has no pinned sha256 in featbench's "
+                  f"registry; kept on first use with sha256 {digest}", file=sys.stderr)
+        return path, digest, True
+    raise WeightsError(f"{entry.filename}: download failed ({'; '.join(errors)}); nothing was "
+                       f"written to {path.parent}. Fetch it on a connected machine and bring it "
+                       "in with 'featbench weights import FILE', or use --weights random:0")
+
+
+class FetchFailed(Exception):
+    """One URL did not deliver the file (the reason is the message)."""
+
+
+def download(url, path, *, check=None, progress=True):
+    """Download ``url`` to ``path`` through a part file; return the file's sha256.
+
+    ``check(digest)`` returns a reason when the bytes are not the expected file. Raises
+    :class:`FetchFailed` (connection, HTTP status, truncation, hash) with the part file removed.
+    """
+    request = urllib.request.Request(url, headers={"User-Agent": f"featbench/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=connect_timeout()) as resp:
+            length = resp.headers.get("Content-Length")
+            return store_verified(resp, path, check=check, progress=progress,
+                                  total=int(length) if length and length.isdigit() else None)
+    except urllib.error.HTTPError as exc:
+        raise FetchFailed(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise FetchFailed(f"cannot connect ({exc.reason})") from None
+    except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, IncompleteRead
+        raise FetchFailed(f"connection broken ({type(exc).__name__}: {exc})") from None
+
+
+def store_verified(stream, path, *, check=None, progress=True, total=None):
+    """Copy the binary ``stream`` to ``path`` through a part file, hashing; return the sha256.
+
+    The part file becomes ``path`` only when ``total`` bytes (when given) arrived and
+    ``check(digest)`` finds nothing wrong; otherwise it is removed and :class:`FetchFailed` says why.
+    """
+    from tqdm import tqdm
+
+    from featbench.workspace import atomic_path
+
+    h, got = hashlib.sha256(), 0
+    with atomic_path(path) as part:
+        with open(part, "wb") as out, tqdm(total=total, desc=Path(path).name, unit="B",
+                                           unit_scale=True, unit_divisor=1024, leave=False,
+                                           disable=not progress, file=sys.stderr) as bar:
+            for block in iter(lambda: stream.read(_BLOCK), b""):
+                out.write(block)
+                h.update(block)
+                got += len(block)
+                bar.update(len(block))
+        if total is not None and got != total:
+            raise FetchFailed(f"truncated: {got} of {total} bytes arrived")
+        if got == 0:
+            raise FetchFailed("empty file")
+        bad = check(h.hexdigest()) if check else None
+        if bad:
+            raise FetchFailed(f"wrong file: {bad}")
+    return h.hexdigest()
