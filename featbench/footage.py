@@ -55,12 +55,19 @@ class Frame:
     timestamp : float
         Seconds from the start of a video; 0 for images.
     image : ndarray (H, W, 3) uint8 RGB, or None when the frame could not be decoded
+    sequence : str
+        The input it belongs to (a video, a folder, a glob): faces are tracked, and an LSTM
+        run's state carried, within one sequence.
     """
 
     source: str
     frame: int
     timestamp: float
     image: object
+    sequence: str = ""
+
+    def __post_init__(self):
+        self.sequence = self.sequence or self.source
 
 
 def _is_glob(text):
@@ -198,7 +205,7 @@ def iter_frames(sources):
             yield from _video_frames(src.paths[0])
         else:
             for k, p in enumerate(src.paths, start=1):
-                yield Frame(p, k, 0.0, read_image(p))
+                yield Frame(p, k, 0.0, read_image(p), src.name)
 
 
 def count_frames(sources):

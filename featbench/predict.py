@@ -150,12 +150,11 @@ class _Tracker:
     """Give each face a face_id that follows it: greedy matching of boxes by overlap."""
 
     def __init__(self):
-        self.source, self.prev, self.next_id = None, [], 0
+        self.sequence, self.prev, self.next_id = None, [], 0
 
     def assign(self, item):
-        if item.frame.source != self.source and not self._same_sequence(item):
-            self.prev, self.next_id = [], 0
-        self.source = item.frame.source
+        if item.frame.sequence != self.sequence:  # another input: start over
+            self.sequence, self.prev, self.next_id = item.frame.sequence, [], 0
         pairs = sorted(((_iou(f.box, box), i, fid) for i, f in enumerate(item.faces)
                         for fid, box in self.prev), reverse=True)
         taken_f, taken_id = set(), set()
@@ -169,10 +168,6 @@ class _Tracker:
             if i not in taken_f:
                 f.face_id, self.next_id = self.next_id, self.next_id + 1
         self.prev = [(f.face_id, f.box) for f in item.faces]
-
-    def _same_sequence(self, item):
-        # images of one folder form one sequence: frame numbers run on
-        return self.source is not None and item.frame.frame > 1
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -198,7 +193,8 @@ def _batch_table(items, model, encoders, aus):
                 crops = region_crops(imgs, boxes, region,
                                      None if region == "full" else enc.input_size)
                 codes[(net, weights, region)] = np.asarray(enc(crops), dtype=np.float32)
-        scores, decisions, _ = model.score(codes)
+        tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
+        scores, decisions, _ = model.score(codes, tracks=tracks)
     else:
         scores, decisions = np.zeros((0, k), np.float32), np.zeros((0, k), np.int8)
     rows, j = [], 0
@@ -282,6 +278,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     if int(batch_size) < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     model = load_model(run=run, model_file=model_file, workspace=workspace, dataset=dataset)
+    model.reset()  # a sequence model starts every call afresh
     size = int(model.alignment.get("size") or F.CANONICAL_SIZE)
     _check_alignment(model, size)
     sources = footage.list_sources(inputs)

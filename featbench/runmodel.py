@@ -95,13 +95,26 @@ class RunModel:
         return f"{self.run} [{self.clf}] on {nets}"
 
     # applying it ----------------------------------------------------------------------------
-    def score(self, codes):
+    def reset(self):
+        """Forget the state a sequence model (LSTM) carries from one batch to the next."""
+        for m in self.members:
+            m.reset()
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if hasattr(clf, "reset"):
+                    clf.reset()
+
+    def score(self, codes, tracks=None):
         """Return scores, decisions and thresholds of every AU for a batch of faces.
 
         Parameters
         ----------
         codes : dict of (model, weights, region) -> ndarray (n, dims)
             The codes of the batch's faces, for every key :meth:`networks` names.
+        tracks : list of (track key, frame number), optional
+            Per face, what it belongs to, in time order: a sequence model (LSTM) carries its
+            state along a track from batch to batch while frame numbers follow each other.
+            Needed by LSTM runs only.
 
         Returns
         -------
@@ -114,7 +127,7 @@ class RunModel:
         from .ensemble import majority_vote
 
         if self.members:
-            parts = [m.score(codes) for m in self.members]
+            parts = [m.score(codes, tracks) for m in self.members]
             cols = [[m.aus.index(a) for a in self.aus] for m in self.members]
             s = np.stack([p[0][:, c] for p, c in zip(parts, cols)])
             d = np.stack([p[1][:, c] for p, c in zip(parts, cols)])
@@ -130,9 +143,14 @@ class RunModel:
             for a, au in enumerate(self.aus):
                 if au not in fold or not n:
                     continue
-                pipe, thr = fold[au]
+                clf, thr = fold[au]
                 X = codes[(self.model, self.weights, self.au_regions[au])]
-                s[:, a] = pipe.decision_function(X).astype(np.float32)
+                if hasattr(clf, "score_tracks"):
+                    if tracks is None:
+                        raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
+                    s[:, a] = clf.score_tracks(X, tracks).astype(np.float32)
+                else:
+                    s[:, a] = clf.decision_function(X).astype(np.float32)
                 t[a] = thr
                 with np.errstate(invalid="ignore"):
                     d[:, a] = (s[:, a] > thr).astype(np.int8)
@@ -234,10 +252,12 @@ def _read_settings(folder, run):
         raise StoreError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _load_classifier_run(workspace, dataset, run):
-    """A ``featbench classify`` run: settings.json + one model per AU and fold (threshold inside)."""
-    from classify.registry import load_run_models
+def _load_classifier_run(workspace, dataset, run, *, load=None):
+    """A ``featbench classify`` run: settings.json + one model per AU and fold (threshold inside).
 
+    ``load(path, entry, run)`` reads one model file instead of the classifier registry's
+    :func:`classify.registry.load_run_models` (sequence models: :func:`_load_lstm_run`).
+    """
     from .aus import AU_REGION
 
     folder = workspace.models_dir(dataset, run)
@@ -254,9 +274,16 @@ def _load_classifier_run(workspace, dataset, run):
             path = folder / entry.get("model_file", "")
             if "model_file" in entry and not path.exists():
                 raise StoreError(f"{path}: model file of run {run} is missing (rerun the run)")
-    loaded = load_run_models(workspace, dataset, run)  # an AU without a classifier is absent
-    folds = [{au: (m, float(m.threshold)) for au, m in loaded[fold["name"]].items()}
-             for fold in settings.get("folds", [])]
+    if load is None:
+        from classify.registry import load_run_models
+
+        loaded = load_run_models(workspace, dataset, run)  # an AU without a classifier is absent
+        folds = [{au: (m, float(m.threshold)) for au, m in loaded[fold["name"]].items()}
+                 for fold in settings.get("folds", [])]
+    else:
+        folds = [{au: (load(folder / e["model_file"], e, run), float(e.get("threshold", 0.0)))
+                  for au, e in fold.get("aus", {}).items() if "model_file" in e}
+                 for fold in settings.get("folds", [])]
     if not any(folds):
         raise StoreError(f"{folder}: run {run} has no fitted classifier for any AU")
     prep = feat.get("preprocessing")
@@ -295,8 +322,84 @@ def _load_vote(workspace, dataset, run):
                     alignment=loaded[0].alignment, info={"protocol": pred.get("protocol")})
 
 
+class LSTMScorer:
+    """One output of a saved LSTM (``classify.lstm``'s ``.pt``) applied to tracks of faces.
+
+    Streams: the LSTM's state is carried along each track from one batch to the next while its
+    frame numbers follow each other (a frame without the face ends the sequence, as a frame
+    without codes ends one in the run's test), so scoring a video batch by batch gives what
+    scoring each whole sequence at once gives. A bidirectional LSTM looks ahead and cannot
+    stream: it is refused.
+    """
+
+    def __init__(self, saved, output=0):
+        if saved.get("bidirectional"):
+            raise UsageError("a bidirectional LSTM needs whole sequences ahead of time and "
+                             "predict streams: apply a unidirectional LSTM run")
+        self.saved, self.output = saved, int(output)
+        self._net, self._state = None, {}
+
+    def __getstate__(self):  # the network is rebuilt from its weights after unpickling
+        return {"saved": self.saved, "output": self.output}
+
+    def __setstate__(self, d):
+        self.__init__(d["saved"], d["output"])
+
+    def _network(self):
+        if self._net is None:
+            from classify.lstm import build_model
+
+            s = self.saved
+            self._net = build_model(s["dims"], s["n_out"], hidden=s["hidden"],
+                                    bidirectional=False)
+            self._net.load_state_dict(s["state_dict"])
+            self._net.eval()
+        return self._net
+
+    def reset(self):
+        self._state = {}
+
+    def score_tracks(self, X, tracks):
+        """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks`` (see RunModel.score)."""
+        import torch
+
+        net = self._network()
+        out = np.full(len(X), np.nan, np.float32)
+        by_track = {}
+        for i, (key, frame) in enumerate(tracks):
+            by_track.setdefault(key, []).append((i, int(frame)))
+        with torch.inference_mode():
+            for key, rows in by_track.items():
+                start = 0
+                while start < len(rows):
+                    end = start + 1
+                    while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
+                        end += 1
+                    idx = [i for i, _ in rows[start:end]]
+                    prev = self._state.get(key)
+                    hx = prev[0] if prev is not None and prev[1] == rows[start][1] - 1 else None
+                    x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
+                    y, hx = net.lstm(x[:, None, :], hx)
+                    out[idx] = net.head(y[:, 0])[:, self.output].numpy()
+                    self._state[key] = (hx, rows[end - 1][1])
+                    start = end
+        return out
+
+
+def _load_lstm_run(workspace, dataset, run):
+    """A ``featbench classify --clf lstm`` run: settings.json + one ``.pt`` per AU (or multilabel)."""
+    from classify.lstm import load_model
+
+    def load(path, entry, run):
+        _, saved = load_model(path)
+        return LSTMScorer(saved, entry.get("output", 0))
+
+    return _load_classifier_run(workspace, dataset, run, load=load)
+
+
 #: loaders by RunKey.clf: one line per kind of run predict can apply
-_LOADERS = {"lda": _load_classifier_run, "svm": _load_classifier_run, "vote": _load_vote}
+_LOADERS = {"lda": _load_classifier_run, "svm": _load_classifier_run, "vote": _load_vote,
+            "lstm": _load_lstm_run}
 
 
 # --- the self-contained file ----------------------------------------------------------------

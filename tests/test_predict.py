@@ -581,3 +581,38 @@ def test_sources_frames_and_timestamps(tmp_path):
     (tmp_path / "broken.avi").write_bytes(b"RIFF" + bytes(300))
     with pytest.raises(DataError, match="broken.avi"):
         list(iter_frames(list_sources([tmp_path / "broken.avi"])))
+
+
+@pytest.mark.slow  # trains an LSTM: ~40 s with torch imported cold on 2 loaded cores
+def test_lstm_run_streamed_in_batches_equals_its_whole_sequence_test_scores(tmp_path):
+    """The LSTM's state is carried across batches: chunked scoring == the run's own test scores."""
+    from classify.run import classify_run
+    from featbench.ensemble import read_predictions
+    from featbench.runmodel import export_run, load_model_file, load_run
+    from test_classify import write_features
+    from test_lstm import FAST, temporal_table
+
+    ws = Workspace(tmp_path / "ws")
+    table, X = temporal_table(n_frames=40)
+    write_features(ws, table, X, regions=("full",))
+    res = classify_run(ws, "synth", table=table, model="toy", clf="lstm", lstm={**FAST, "epochs": 2},
+                       progress=False, n_jobs=1, aus=["AU01"])
+    pred = read_predictions(res["predictions"])
+    where = {k: i for i, k in enumerate(table.keys().tolist())}
+    rows = np.array([where[k] for k in pred["frames"].tolist()])
+    tracks = [((s, "v"), int(f)) for s, f in zip(pred["frames"]["subject"], pred["frames"]["frame"])]
+    for model in (load_run(ws, "synth", res["run"]),
+                  load_model_file(export_run(load_run(ws, "synth", res["run"]), tmp_path / "l.fb"))):
+        model.reset()
+        got = [model.score({("toy", "random:0", "full"): X[rows[a:a + 7]]}, tracks=tracks[a:a + 7])
+               for a in range(0, len(rows), 7)]  # 7 frames a batch: sequences span batches
+        scores = np.concatenate([g[0] for g in got])
+        np.testing.assert_allclose(scores, pred["scores"], atol=1e-5)
+        np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), pred["decisions"])
+    # a gap in the frame numbers starts a new sequence: the state is not carried over it
+    model.reset()
+    first = model.score({("toy", "random:0", "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
+    model.reset()
+    model.score({("toy", "random:0", "full"): X[rows[:5]]}, tracks=[(("a", "v"), k) for k in range(5)])
+    again = model.score({("toy", "random:0", "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
+    np.testing.assert_array_equal(first, again)
