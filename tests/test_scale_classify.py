@@ -6,24 +6,7 @@ import numpy as np
 import pytest
 
 from classify import scale
-from classify.run import classify_run
-from featbench.workspace import Workspace
-from test_classify import make_codes, make_table, write_features
-
-
-@pytest.fixture
-def setup(tmp_path):
-    ws = Workspace(tmp_path)
-    table = make_table()
-    codes = make_codes(table)
-    write_features(ws, table, codes)
-    return ws, table, codes
-
-
-def _run(ws, table, **kw):
-    kw.setdefault("model", "toy")
-    kw.setdefault("clf", "svm")
-    return classify_run(ws, "synth", table=table, progress=False, n_jobs=2, **kw)
+from test_classify import run as _run, setup  # noqa: F401  (setup is the shared fixture)
 
 
 def _metrics(result):
