@@ -453,17 +453,27 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, class_weight=None, tune_thres
         out.notes.append(spec.convergence_note)
     if X_thr is None:
         X_thr, y_thr = X_val, y_val
-    y_thr = np.asarray(y_thr, dtype=np.int8)
-    if len(y_thr):
-        thr_scores = model.decision_function(X_thr)
-        if tune_threshold:
-            if (y_thr == 1).any():
-                out.threshold = best_threshold(y_thr, thr_scores)
-            else:
-                out.notes.append("no positive in validation: threshold left at 0")
-        out.val_f1 = _val_f1(y_thr, thr_scores, out.threshold)
+    settle_threshold(out, y_thr, lambda: model.decision_function(X_thr), tune_threshold)
     out.model = ThresholdedClassifier.from_fitted(model, out.threshold)
     return out
+
+
+def settle_threshold(out, y_thr, scores, tune_threshold):
+    """Set ``out.threshold`` (tuned on ``y_thr`` when asked) and ``out.val_f1`` at it.
+
+    ``scores`` is called only when there are frames to score: the validation (or threshold)
+    frames' decision values. Shared by the in-memory and the out-of-core fits.
+    """
+    y_thr = np.asarray(y_thr, dtype=np.int8)
+    if not y_thr.size:
+        return
+    s = scores()
+    if tune_threshold:
+        if (y_thr == 1).any():
+            out.threshold = best_threshold(y_thr, s)
+        else:
+            out.notes.append("no positive in validation: threshold left at 0")
+    out.val_f1 = _val_f1(y_thr, s, out.threshold)
 
 
 def _spec(**kw):

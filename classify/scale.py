@@ -220,7 +220,7 @@ def fit_streamed(X, train_rows, y_train, val_rows, y_val, *, thr_rows=None, y_th
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .estimators import AUFit, _val_f1, best_threshold
+    from .estimators import AUFit, _val_f1, settle_threshold
 
     y_train = np.asarray(y_train, dtype=np.int8)
     rng = np.random.default_rng(seed)
@@ -258,15 +258,7 @@ def fit_streamed(X, train_rows, y_train, val_rows, y_val, *, thr_rows=None, y_th
                      f"> the memory budget{'' if budget is None else f' {budget / (1 << 30):.1f} GB'})")
     if thr_rows is None:
         thr_rows, y_thr = val_rows, y_val
-    y_thr = np.asarray(y_thr, dtype=np.int8)
-    if y_thr.size:
-        s = score(out.model, X, thr_rows)
-        if tune_threshold:
-            if (y_thr == 1).any():
-                out.threshold = best_threshold(y_thr, s)
-            else:
-                out.notes.append("no positive in validation: threshold left at 0")
-        out.val_f1 = _val_f1(y_thr, s, out.threshold)
+    settle_threshold(out, y_thr, lambda: score(out.model, X, thr_rows), tune_threshold)
     return out
 
 

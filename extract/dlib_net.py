@@ -32,6 +32,7 @@ import numpy as np
 from featbench.errors import WeightsError
 
 from .registry import DLIB_MEAN
+from .weights import file_sha256
 
 #: the (channels, blocks, first block downsamples) of each level, input side first
 LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
@@ -202,21 +203,11 @@ def dat_to_state_dict(path):
     return sd
 
 
-def _sha256(path):
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cached_path(dat_path):
     """``$TORCH_HOME/hub/checkpoints/dlib_face_resnet-<sha16>.pt`` for ``dat_path``."""
     from .weights import checkpoints_dir
 
-    return checkpoints_dir() / f"dlib_face_resnet-{_sha256(dat_path)[:16]}.pt"
+    return checkpoints_dir() / f"dlib_face_resnet-{file_sha256(dat_path)[:16]}.pt"
 
 
 def converted_state_dict(dat_path):
