@@ -177,6 +177,19 @@ def is_variant_tag(tag):
     return tag in VARIANT_TAGS or (str(tag).startswith("from") and len(str(tag)) > 4)
 
 
+def finetune_run_name(config, table):
+    """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]``."""
+    from extract.registry import get_spec
+    from featbench.identity import RunKey
+
+    from .run import resolve_aus
+
+    default_aus = resolve_aus(table, config.protocol)
+    aus = resolve_aus(table, config.protocol, config.aus)
+    tags = finetune_tags(config, aus=aus, default_aus=default_aus)
+    return str(RunKey(get_spec(config.model).name, config.region, "ft", tags))
+
+
 def finetune_tags(config, *, aus, default_aus):
     """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
     from .run import run_tag
@@ -463,7 +476,6 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
     """
     from extract.registry import get_spec
     from extract.weights import parse_weights
-    from featbench.identity import RunKey
     from featbench.results import record_failure
     from featbench.workspace import Workspace
 
@@ -478,10 +490,8 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         from featbench.datasets import load_dataset
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
-    default_aus = resolve_aus(table, config.protocol)
     au_list = resolve_aus(table, config.protocol, config.aus)
-    run = str(RunKey(spec.name, config.region, "ft", finetune_tags(config, aus=au_list,
-                                                                    default_aus=default_aus)))
+    run = finetune_run_name(config, table)
     meta = {"model": spec.name, "region": config.region, "clf": "ft", "weights": "",
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
             "protocol": config.protocol, "dataset": dataset,
