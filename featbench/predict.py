@@ -175,26 +175,59 @@ def _columns(aus):
     return (list(COLUMNS_HEAD) + [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["input"])
 
 
+def open_encoders(model, *, device="auto", weights_file=None):
+    """Return ``{(network, weights): encoder}`` of every network ``model`` reads.
+
+    A fine-tuned or transfer run carries its trained network (:mod:`featbench.netmodels`);
+    a classify run's network is built from its name and weights identity (:func:`open_encoder`).
+    """
+    out = {}
+    for key in model.networks():
+        own = model.network_for(key)
+        out[key] = own.open(device) if own is not None else open_encoder(
+            *key, run=model.run, device=device, weights_file=weights_file)
+    return out
+
+
+def score_faces(model, encoders, images, boxes, tracks=None):
+    """Return ``(scores, decisions)`` of aligned faces: crops, the run's network(s), its classifiers.
+
+    Parameters
+    ----------
+    model : RunModel
+    encoders : dict
+        :func:`open_encoders`'s.
+    images : ndarray (n, S, S, 3) uint8
+        Aligned faces (``featbench align``'s).
+    boxes : ndarray (n, 3, 4)
+        Their region boxes.
+    tracks : list, optional
+        Per face, ``(track key, frame number)`` (sequence models).
+    """
+    from .align import region_crops
+
+    codes = {}
+    for (net, weights), regions in model.networks().items():
+        enc = encoders[(net, weights)]
+        for region in sorted(regions):
+            size = (enc.crop_size(region) if hasattr(enc, "crop_size")
+                    else None if region == "full" else enc.input_size)
+            crops = region_crops(images, boxes, region, size)
+            codes[(net, weights, region)] = np.asarray(enc(crops), dtype=np.float32)
+    scores, decisions, _ = model.score(codes, tracks=tracks)
+    return scores, decisions
+
+
 def _batch_table(items, model, encoders, aus):
     """Encode and classify the faces of ``items``; return their rows as a DataFrame."""
     import pandas as pd
 
-    from .align import region_crops
-
     faces = [f for it in items for f in it.faces]
     k = len(aus)
     if faces:
-        imgs = np.stack([f.image for f in faces])
-        boxes = np.stack([f.boxes for f in faces])
-        codes = {}
-        for (net, weights), regions in model.networks().items():
-            enc = encoders[(net, weights)]
-            for region in sorted(regions):
-                crops = region_crops(imgs, boxes, region,
-                                     None if region == "full" else enc.input_size)
-                codes[(net, weights, region)] = np.asarray(enc(crops), dtype=np.float32)
         tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
-        scores, decisions, _ = model.score(codes, tracks=tracks)
+        scores, decisions = score_faces(model, encoders, np.stack([f.image for f in faces]),
+                                        np.stack([f.boxes for f in faces]), tracks)
     else:
         scores, decisions = np.zeros((0, k), np.float32), np.zeros((0, k), np.int8)
     rows, j = [], 0
@@ -282,8 +315,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     size = int(model.alignment.get("size") or F.CANONICAL_SIZE)
     _check_alignment(model, size)
     sources = footage.list_sources(inputs)
-    encoders = {key: open_encoder(*key, run=model.run, device=device, weights_file=weights_file)
-                for key in model.networks()}
+    encoders = open_encoders(model, device=device, weights_file=weights_file)
     total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
 
     def detect(frame):
@@ -369,8 +401,9 @@ def _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, ve
     thresholds = None
     if not model.members and len(model.folds) == 1:
         thresholds = {a: model.folds[0][a][1] for a in model.aus if a in model.folds[0]}
-    nets = [{"model": m, "weights": w, "weights_described": WeightsId.parse(w).describe(),
-             "random_init": WeightsId.parse(w).is_random, "regions": sorted(r)}
+    nets = [{"model": m, "weights": w, "weights_described": model.weights_text((m, w)),
+             "random_init": model.random_init((m, w)), "regions": sorted(r),
+             "start_weights": getattr(model.network_for((m, w)), "start_weights", None)}
             for (m, w), r in model.networks().items()]
     return {
         "run": model.run, "dataset": model.dataset, "clf": model.clf, "networks": nets,

@@ -11,6 +11,10 @@
     each member's scores on the frames the ensemble was scored on, so that a tie is broken on
     new frames exactly as :func:`featbench.ensemble.majority_vote` broke it there.
 
+``ft`` (``featbench finetune``) / ``transfer`` (``featbench transfer``)
+    the trained network itself, which maps faces to per-AU scores, with the run's thresholds
+    (:mod:`featbench.netmodels`); its weights travel in the exported file.
+
 A multi-fold run (``--protocol literature``/``kfold:K``) holds one classifier per fold and AU;
 its folds vote like an ensemble's members.
 
@@ -87,11 +91,44 @@ class RunModel:
                 for key, regions in m.networks().items():
                     out.setdefault(key, set()).update(regions)
             return out
-        return {(self.model, self.weights): set(self.au_regions.values())}
+        own = {}
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                key = getattr(clf, "codes_key", None)
+                if key is not None:
+                    own.setdefault(key[:2], set()).add(key[2])
+        return own or {(self.model, self.weights): set(self.au_regions.values())}
+
+    def network_for(self, key):
+        """Return the trained network a run carries for ``key`` = (model, weights), or None.
+
+        Fine-tuned and transfer runs carry their network (:mod:`featbench.netmodels`); a
+        classify run names one that :func:`featbench.predict.open_encoder` builds.
+        """
+        for m in self.members:
+            net = m.network_for(key)
+            if net is not None:
+                return net
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if getattr(clf, "codes_key", (None, None))[:2] == tuple(key):
+                    return clf.network
+        return None
+
+    def weights_text(self, key):
+        """``key``'s weights for people: random ones flagged, a trained network's start named."""
+        text = WeightsId.parse(key[1]).describe()
+        start = getattr(self.network_for(key), "start_weights", "")
+        return f"{text}, from {WeightsId.parse(start).describe()}" if start else text
+
+    def random_init(self, key):
+        """True when ``key``'s weights are seeded-random or were trained from random ones."""
+        start = getattr(self.network_for(key), "start_weights", "")
+        return WeightsId.parse(key[1]).is_random or bool(start and WeightsId.parse(start).is_random)
 
     def describe(self):
         """One line: the run, its network(s) and weights (random weights flagged)."""
-        nets = "; ".join(f"{m} ({WeightsId.parse(w).describe()})" for m, w in self.networks())
+        nets = "; ".join(f"{key[0]} ({self.weights_text(key)})" for key in self.networks())
         return f"{self.run} [{self.clf}] on {nets}"
 
     # applying it ----------------------------------------------------------------------------
@@ -144,16 +181,16 @@ class RunModel:
                 if au not in fold or not n:
                     continue
                 clf, thr = fold[au]
-                X = codes[(self.model, self.weights, self.au_regions[au])]
+                X = codes[getattr(clf, "codes_key", None) or (self.model, self.weights, self.au_regions[au])]
                 if hasattr(clf, "score_tracks"):
                     if tracks is None:
                         raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
-                    s[:, a] = clf.score_tracks(X, tracks).astype(np.float32)
+                    raw = np.asarray(clf.score_tracks(X, tracks))
                 else:
-                    s[:, a] = clf.decision_function(X).astype(np.float32)
-                t[a] = thr
-                with np.errstate(invalid="ignore"):
-                    d[:, a] = (s[:, a] > thr).astype(np.int8)
+                    raw = np.asarray(clf.decision_function(X))
+                s[:, a], t[a] = raw.astype(np.float32), thr
+                with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
+                    d[:, a] = (raw > thr).astype(np.int8)
             per_fold.append((s, d, t))
         if len(per_fold) == 1:
             return per_fold[0]
@@ -242,10 +279,10 @@ def load_run(workspace, dataset, run):
     return loader(workspace, dataset, run)
 
 
-def _read_settings(folder, run):
+def read_settings(folder, run):
     path = folder / "settings.json"
     if not path.exists():
-        raise MissingRunError(f"{path}: run {run} has no saved models (rerun it with featbench classify)")
+        raise MissingRunError(f"{path}: run {run} has no saved models (rerun the run)")
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -261,7 +298,7 @@ def _load_classifier_run(workspace, dataset, run, *, load=None):
     from .aus import AU_REGION
 
     folder = workspace.models_dir(dataset, run)
-    settings = _read_settings(folder, run)
+    settings = read_settings(folder, run)
     feat = (settings.get("features") or {}).get("attrs") or {}
     recorded, file_weights = str(settings.get("weights", "")), str(feat.get("weights", ""))
     if recorded and file_weights and WeightsId.parse(recorded) != WeightsId.parse(file_weights):
@@ -397,9 +434,21 @@ def _load_lstm_run(workspace, dataset, run):
     return _load_classifier_run(workspace, dataset, run, load=load)
 
 
+def _load_ft_run(workspace, dataset, run):
+    from .netmodels import load_ft_run
+
+    return load_ft_run(workspace, dataset, run)
+
+
+def _load_transfer_run(workspace, dataset, run):
+    from .netmodels import load_transfer_run
+
+    return load_transfer_run(workspace, dataset, run)
+
+
 #: loaders by RunKey.clf: one line per kind of run predict can apply
 _LOADERS = {"lda": _load_classifier_run, "svm": _load_classifier_run, "vote": _load_vote,
-            "lstm": _load_lstm_run}
+            "lstm": _load_lstm_run, "ft": _load_ft_run, "transfer": _load_transfer_run}
 
 
 # --- the self-contained file ----------------------------------------------------------------
