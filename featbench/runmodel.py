@@ -115,6 +115,22 @@ class RunModel:
                     return clf.network
         return None
 
+    def window(self):
+        """Frames a bidirectional sequence model must see at once (None: the run streams)."""
+        wins = [m.window() for m in self.members]
+        wins += [getattr(clf, "window", None) for fold in self.folds for clf, _ in fold.values()]
+        wins = [w for w in wins if w]
+        return min(wins) if wins else None
+
+    def set_window(self, frames):
+        """Let a bidirectional sequence model see ``frames`` frames at once (``--window``)."""
+        for m in self.members:
+            m.set_window(frames)
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if getattr(clf, "window", None):
+                    clf.window = int(frames)
+
     def weights_text(self, key):
         """``key``'s weights for people: random ones flagged, a trained network's start named."""
         text = WeightsId.parse(key[1]).describe()
@@ -359,21 +375,30 @@ def _load_vote(workspace, dataset, run):
                     alignment=loaded[0].alignment, info={"protocol": pred.get("protocol")})
 
 
+#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
+#: as whole sequences within a window, cut at its edges
+BIDIRECTIONAL_WINDOW = 512
+
+
 class LSTMScorer:
     """One output of a saved LSTM (``classify.lstm``'s ``.pt``) applied to tracks of faces.
 
-    Streams: the LSTM's state is carried along each track from one batch to the next while its
-    frame numbers follow each other (a frame without the face ends the sequence, as a frame
-    without codes ends one in the run's test), so scoring a video batch by batch gives what
-    scoring each whole sequence at once gives. A bidirectional LSTM looks ahead and cannot
-    stream: it is refused.
+    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
+    the next while its frame numbers follow each other (a frame without the face ends the
+    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
+    batch gives what scoring each whole sequence at once gives.
+
+    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
+    of consecutive frames of each track as one whole sequence, as the run scored its test
+    sequences; predict calls it once per window of ``window`` frames (``--window``, default
+    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
+    edges (frames near a cut see less context than in the run's test) and the window's aligned
+    faces are held in memory (about 150 KB a face at 224 px).
     """
 
     def __init__(self, saved, output=0):
-        if saved.get("bidirectional"):
-            raise UsageError("a bidirectional LSTM needs whole sequences ahead of time and "
-                             "predict streams: apply a unidirectional LSTM run")
         self.saved, self.output = saved, int(output)
+        self.window = BIDIRECTIONAL_WINDOW if saved.get("bidirectional") else None
         self._net, self._state = None, {}
 
     def __getstate__(self):  # the network is rebuilt from its weights after unpickling
@@ -388,7 +413,7 @@ class LSTMScorer:
 
             s = self.saved
             self._net = build_model(s["dims"], s["n_out"], hidden=s["hidden"],
-                                    bidirectional=False)
+                                    bidirectional=bool(s.get("bidirectional")))
             self._net.load_state_dict(s["state_dict"])
             self._net.eval()
         return self._net
@@ -402,25 +427,31 @@ class LSTMScorer:
 
         net = self._network()
         out = np.full(len(X), np.nan, np.float32)
-        by_track = {}
-        for i, (key, frame) in enumerate(tracks):
-            by_track.setdefault(key, []).append((i, int(frame)))
         with torch.inference_mode():
-            for key, rows in by_track.items():
-                start = 0
-                while start < len(rows):
-                    end = start + 1
-                    while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
-                        end += 1
-                    idx = [i for i, _ in rows[start:end]]
-                    prev = self._state.get(key)
-                    hx = prev[0] if prev is not None and prev[1] == rows[start][1] - 1 else None
-                    x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
-                    y, hx = net.lstm(x[:, None, :], hx)
-                    out[idx] = net.head(y[:, 0])[:, self.output].numpy()
-                    self._state[key] = (hx, rows[end - 1][1])
-                    start = end
+            for key, idx, first in _segments(tracks):
+                x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
+                prev = None if self.window else self._state.get(key)
+                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
+                y, hx = net.lstm(x[:, None, :], hx)
+                out[idx] = net.head(y[:, 0])[:, self.output].numpy()
+                if not self.window:
+                    self._state[key] = (hx, first + len(idx) - 1)
         return out
+
+
+def _segments(tracks):
+    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
+    by_track = {}
+    for i, (key, frame) in enumerate(tracks):
+        by_track.setdefault(key, []).append((i, int(frame)))
+    for key, rows in by_track.items():
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
+                end += 1
+            yield key, [i for i, _ in rows[start:end]], rows[start][1]
+            start = end
 
 
 def _load_lstm_run(workspace, dataset, run):
