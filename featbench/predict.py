@@ -6,10 +6,14 @@ on (:func:`featbench.faces.align_face`, :func:`featbench.align.region_crops`) ->
 network with the run's weights -> its scalers, classifiers and thresholds
 (:class:`featbench.runmodel.RunModel`).
 
+A fine-tuned (``ft``) or transfer run carries its trained network, which stands where the
+encoder stands and whose outputs are the scores (:mod:`featbench.netmodels`).
+
 Streaming: decoding runs in one background thread, detection in two more (dlib and OpenCV
 release the GIL), and the main thread encodes and classifies batches of faces while the next
 frames are being decoded and detected. Every queue is bounded, so a long video runs in constant
-memory; rows are appended to the CSV batch by batch.
+memory; rows are appended to the CSV batch by batch. A bidirectional LSTM looks ahead: its
+batches are windows of ``window`` frames (:class:`featbench.runmodel.LSTMScorer`).
 
 Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
 
@@ -206,6 +210,18 @@ def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAU
     batch_size : int
         Faces encoded at once (a bidirectional LSTM's window is scored whole, encoded in parts).
     """
+    codes = encode_faces(model, encoders, images, boxes, batch_size=batch_size)
+    scores, decisions, _ = model.score(codes, tracks=tracks)
+    return scores, decisions
+
+
+def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
+    """Return ``{(network, weights, region): codes}`` of aligned faces, as the run's codes were made.
+
+    Each encoder gets the crops its run was trained on: a region's crop at the network's input
+    size, the full face as aligned (the network resizes it), unless the encoder says otherwise
+    (``crop_size``: a fine-tuned network's faces were resized to its input size first).
+    """
     from .align import region_crops
 
     codes = {}
@@ -218,8 +234,7 @@ def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAU
                                                  region, size)), dtype=np.float32)
                      for a in range(0, len(images), batch_size)]
             codes[(net, weights, region)] = np.concatenate(parts)
-    scores, decisions, _ = model.score(codes, tracks=tracks)
-    return scores, decisions
+    return codes
 
 
 def _batch_table(items, model, encoders, aus, batch_size=DEFAULT_BATCH):
