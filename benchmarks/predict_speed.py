@@ -82,13 +82,14 @@ def one_round(video, args, model, encoders):
     from featbench._background import ordered_map
     from featbench.predict import _detect, predict
 
+    size = int(model.alignment.get("size") or 224)
     sources = footage.list_sources([video])
     t_decode, frames = _clock(lambda: list(footage.iter_frames(sources)))
     n = len(frames)
 
     def detect_all():
         return list(ordered_map(lambda f: _detect(f, detector=args.detector, all_faces=False,
-                                                  size=224), frames, threads=2))
+                                                  size=size), frames, threads=2))
 
     t_detect, items = _clock(detect_all)
     faces = [f for it in items for f in it.faces]
@@ -97,24 +98,20 @@ def one_round(video, args, model, encoders):
     imgs = np.stack([f.image for f in faces])
     boxes = np.stack([f.boxes for f in faces])
 
-    from featbench.align import region_crops
+    from featbench.predict import encode_faces
 
     def encode():
-        codes = {}
-        for a in range(0, len(imgs), args.batch_size):
-            for (net, weights), regions in model.networks().items():
-                enc = encoders[(net, weights)]
-                for region in sorted(regions):
-                    crops = region_crops(imgs[a:a + args.batch_size], boxes[a:a + args.batch_size],
-                                         region, None if region == "full" else enc.input_size)
-                    codes.setdefault((net, weights, region), []).append(enc(crops))
-        return {k: np.concatenate(v) for k, v in codes.items()}
+        return encode_faces(model, encoders, imgs, boxes, batch_size=args.batch_size)
 
     t_encode, codes = _clock(encode)
 
+    tracks = [(("bench", 0), it.frame.frame) for it in items for _ in it.faces]
+
     def classify():
+        model.reset()
         for a in range(0, len(imgs), args.batch_size):
-            model.score({k: v[a:a + args.batch_size] for k, v in codes.items()})
+            model.score({k: v[a:a + args.batch_size] for k, v in codes.items()},
+                        tracks=tracks[a:a + args.batch_size])
 
     t_classify, _ = _clock(classify)
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,14 +136,14 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
 
-    from featbench.predict import load_model, open_encoder
+    from featbench.predict import load_model, open_encoders
     from featbench.runmodel import resolve_run
     from featbench.workspace import Workspace
 
     ws = Workspace(args.workspace)
     args.run = resolve_run(ws, args.dataset, args.run)
     model = load_model(run=args.run, workspace=ws, dataset=args.dataset)
-    encoders = {k: open_encoder(*k, run=model.run, device=args.device) for k in model.networks()}
+    encoders = open_encoders(model, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         video, origin = write_video(Path(tmp) / "bench.avi", args.frames, args.workspace, args.dataset)
         rounds = [one_round(video, args, model, encoders) for _ in range(max(1, args.repeat))]

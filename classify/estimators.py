@@ -75,15 +75,26 @@ class ShrinkageLDA(ClassifierMixin, BaseEstimator):
     def __init__(self, priors=None):
         self.priors = priors
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # one LDA per AU: present / absent
+        return tags
+
     def fit(self, X, y):
         """Fit on ``X`` (n, dims) and binary ``y`` (n,); return self."""
         from scipy.linalg import cho_factor, cho_solve
+        from sklearn.utils.multiclass import type_of_target
+        from sklearn.utils.validation import validate_data
 
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind != "binary":
+            raise ValueError(f"Only binary classification is supported (ShrinkageLDA: one AU); "
+                             f"the type of the target is {kind}")
         self.classes_ = np.unique(y)
         if self.classes_.size != 2:
-            raise ValueError(f"ShrinkageLDA is binary; got classes {self.classes_.tolist()}")
+            raise ValueError(f"ShrinkageLDA is binary: needs 2 classes, got {self.classes_.size} "
+                             f"class(es) {self.classes_.tolist()}")
         n, d = X.shape
         counts = np.array([(y == c).sum() for c in self.classes_], dtype=float)
         priors = counts / n if self.priors is None else np.asarray(self.priors, dtype=float)
@@ -101,7 +112,8 @@ class ShrinkageLDA(ClassifierMixin, BaseEstimator):
             delta_ = np.sum(gram ** 2) / m ** 2
             beta = (np.sum(sq ** 2) / m - delta_) / (d * m)
             delta = (delta_ - 2 * mu * sq.sum() / m + d * mu ** 2) / d
-            s = 0.0 if beta == 0 else min(beta, delta) / delta
+            beta = min(beta, delta)  # as scikit-learn's ledoit_wolf_shrinkage (delta 0: one feature)
+            s = 0.0 if beta == 0 else beta / delta
             shrink.append(s)
             rows.append(Xc * np.sqrt(priors[k] * (1 - s) / m))
             diag += priors[k] * s * mu * scale ** 2
@@ -130,11 +142,16 @@ class ShrinkageLDA(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X):
         """Return (n,) log-odds of the second class (positive: present)."""
-        return np.asarray(X, dtype=np.float64) @ self.coef_[0] + self.intercept_[0]
+        from sklearn.utils.validation import check_is_fitted, validate_data
+
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.coef_[0] + self.intercept_[0]
 
     def predict(self, X):
         """Return (n,) class labels."""
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        scores = self.decision_function(X)  # first: raises NotFittedError before fit
+        return self.classes_[(scores > 0).astype(int)]
 
 
 def make_lda(*, class_weight=None, shrinkage="auto", **_):
@@ -229,16 +246,35 @@ class ThresholdedClassifier(ClassifierMixin, BaseEstimator):
         out.classes_ = estimator.classes_
         return out
 
-    def fit(self, X, y, **params):
-        """Fit a clone of ``estimator`` on ``X`` (n, dims) and ``y`` (n,); return self."""
-        from sklearn.base import clone
+    def __sklearn_tags__(self):
+        from sklearn.utils import get_tags
 
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # one threshold: present / absent
+        if self.estimator is not None:
+            tags.input_tags.sparse = get_tags(self.estimator).input_tags.sparse
+        return tags
+
+    def fit(self, X, y, **params):
+        """Fit a clone of ``estimator`` on ``X`` (n, dims) and binary ``y`` (n,); return self."""
+        from sklearn.base import clone
+        from sklearn.utils.multiclass import type_of_target
+
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind != "binary":
+            raise ValueError(f"Only binary classification is supported (one threshold); "
+                             f"the type of the target is {kind}")
         self.estimator_ = clone(self.estimator).fit(X, y, **params)
         self.classes_ = self.estimator_.classes_
+        if hasattr(self.estimator_, "n_features_in_"):
+            self.n_features_in_ = self.estimator_.n_features_in_
         return self
 
     def decision_function(self, X, **kw):
         """Return (n,) scores of the inner estimator (positive: present)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "estimator_")
         return self.estimator_.decision_function(X, **kw)
 
     def predict(self, X, **kw):

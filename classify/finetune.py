@@ -710,20 +710,29 @@ def load_unit(models_dir, unit="model", *, device="cpu"):
     import torch
     from pathlib import Path
 
-    from extract.registry import get_spec
-
     models_dir = Path(models_dir)
     settings = json.loads((models_dir / "settings.json").read_text())
-    cfg = settings["config"]
     entry = settings["units"].get(unit)
     if entry is None or "model_file" not in entry:
         raise UsageError(did_you_mean(unit, [u for u, e in settings["units"].items() if "model_file" in e],
                                       what=f"unit of {settings['run']}"))
+    state = torch.load(models_dir / entry["model_file"], map_location="cpu", weights_only=True)
+    return unit_network(settings, unit, state).to(device).eval(), settings
+
+
+def unit_network(settings, unit, state):
+    """Return the network of ``unit`` of a run's ``settings`` (settings.json) with ``state`` loaded.
+
+    ``state`` is what the run saved as ``<unit>.pt`` (:meth:`export_state`); ``featbench
+    predict`` and ``featbench export`` rebuild units through here, as :func:`load_unit` does.
+    """
+    from extract.registry import get_spec
+
+    cfg, entry = settings["config"], settings["units"][unit]
     outputs = 2 if cfg["head"] == "per-au" else len(entry["aus"])
     net, _ = create_finetune_net(get_spec(cfg["model"]), "random:0", outputs=outputs,
                                  reinit=cfg["reinit"], input_size=settings["network"]["input_size"])
-    net.load_exported(torch.load(models_dir / entry["model_file"], map_location="cpu", weights_only=True))
-    return net.to(device).eval(), settings
+    return net.load_exported(state)
 
 
 def format_result(result):

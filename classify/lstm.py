@@ -45,6 +45,7 @@ on CUDA they train one after another on the device.
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -428,13 +429,11 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
 
     Returns
     -------
-    LSTMFit, test_rows (array, the order of ``parts["test"]``), test_scores (n_test, k)
+    LSTMFit, test_scores (n_test, k) in the order of ``parts["test"]``
     """
     torch = _torch()
     from extract.encoders import resolve_device
-    from featbench.metrics import au_metrics
 
-    from .estimators import best_threshold, decide
     from .training import fit
 
     k = Y.shape[1]
@@ -448,35 +447,51 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
         raise UsageError("no training sequence (no training frame with codes and labels)")
     train_rows = np.concatenate(train)
     mean, std = fit_scaler(X[pos[train_rows]])  # training subjects only
-    dims = X.shape[1]
     torch.manual_seed(seed)
-    model = build_model(dims, k, hidden=options.hidden, bidirectional=options.bidirectional,
+    model = build_model(X.shape[1], k, hidden=options.hidden, bidirectional=options.bidirectional,
                         mean=mean, std=std)
     device = resolve_device(options.device)
-
-    def tensors(seqs):
-        return [(np.asarray(X[pos[s]], dtype=np.float32), np.asarray(Y[s], dtype=np.float32)) for s in seqs]
-
-    train_data = tensors(train)
-    val_seqs = cut["validation"].sequences
-    ytr = Y[train_rows]
-    pos_weight = None
-    if balance or class_weight == "balanced":
-        n_pos = (ytr == 1).sum(axis=0).clip(min=1)
-        n_neg = (ytr == 0).sum(axis=0)
-        pos_weight = torch.as_tensor(n_neg / n_pos, dtype=torch.float32)
+    train_data = [(np.asarray(X[pos[s]], dtype=np.float32), np.asarray(Y[s], dtype=np.float32))
+                  for s in train]
+    frame_loss = _frame_loss(_pos_weight(Y[train_rows], balance=balance, class_weight=class_weight))
 
     def train_batches(epoch, rng):
-        order = rng.permutation(len(train_data))
-        span = options.batch * 8  # buckets of similar lengths
-        order = np.concatenate([sorted(order[i:i + span], key=lambda j: len(train_data[j][0]))
-                                for i in range(0, len(order), span)]) if len(order) else order
-        starts = rng.permutation(np.arange(0, len(order), options.batch))
-        for i in starts:
-            chunk = [train_data[j] for j in order[i:i + options.batch]]
-            x, _ = pack([(c, np.zeros(len(c))) for c, _ in chunk])
-            y, _ = pack([(t, np.zeros(len(t))) for _, t in chunk])
-            yield x, y.data
+        return _length_bucketed_batches(train_data, options.batch, rng)
+
+    def step_loss(model, batch):
+        x, y = batch
+        return frame_loss(model(x), y)[0]
+
+    evaluate = partial(_validation_score, X=X, pos=pos, Y=Y, seqs=cut["validation"].sequences,
+                       frame_loss=frame_loss, device=device)
+    result = fit(model, train_batches=train_batches, step_loss=step_loss, evaluate=evaluate,
+                 config=options.train_config(seed), checkpoint_dir=checkpoint_dir,
+                 identity=identity, progress=progress)
+    fit_out.model, fit_out.best_epoch, fit_out.history = model, result.best_epoch, result.history
+    fit_out.device = str(result.device)
+    if not (result.best and np.isfinite(result.best.get("val_score", np.nan))):
+        fit_out.notes.append("no validation F1 (no positive in validation): last epoch kept")
+    seq = dict(X=X, pos=pos, group=group, frame=frame, Y=Y, device=device)
+    _choose_thresholds(fit_out, parts["validation"], tune_threshold=tune_threshold, **seq)
+    return fit_out, _score_test(fit_out, parts["test"], **seq)
+
+
+def _pos_weight(ytr, *, balance, class_weight):
+    """Return the (k,) weight of positive frames (negatives / positives in training), or None.
+
+    Always with ``balance``: sequences cannot drop negative frames the way balanced rows do.
+    """
+    if not (balance or class_weight == "balanced"):
+        return None
+    torch = _torch()
+    n_pos = (ytr == 1).sum(axis=0).clip(min=1)
+    n_neg = (ytr == 0).sum(axis=0)
+    return torch.as_tensor(n_neg / n_pos, dtype=torch.float32)
+
+
+def _frame_loss(pos_weight):
+    """Return ``loss(logits, y) -> (summed BCE over labelled frames, their count)``; y < 0: no label."""
+    torch = _torch()
 
     def frame_loss(logits, y):
         mask = y >= 0
@@ -485,33 +500,57 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
             logits.float(), y.clamp(min=0), pos_weight=w, reduction="none")
         return (loss * mask).sum(), mask.sum()
 
-    def step_loss(model, batch):
-        x, y = batch
-        return frame_loss(model(x), y)[0]
+    return frame_loss
 
-    def evaluate(model):
-        if not val_seqs:
-            return {"val_loss": float("nan"), "val_score": float("nan")}
-        rows, logits = score_sequences(model, X, pos, val_seqs, device=device)
-        y = Y[rows]
-        total, n = frame_loss(torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.float32))
-        f1 = [au_metrics(y[:, a], decide(logits[:, a], 0.0))["f1"] for a in range(k)]
-        f1 = [f for f in f1 if np.isfinite(f)]
-        return {"val_loss": float(total / max(int(n), 1)),
-                "val_score": float(np.mean(f1)) if f1 else float("nan")}
 
-    result = fit(model, train_batches=train_batches, step_loss=step_loss, evaluate=evaluate,
-                 config=options.train_config(seed), checkpoint_dir=checkpoint_dir,
-                 identity=identity, progress=progress)
-    fit_out.model, fit_out.best_epoch, fit_out.history = model, result.best_epoch, result.history
-    fit_out.device = str(result.device)
-    if not (result.best and np.isfinite(result.best.get("val_score", np.nan))):
-        fit_out.notes.append("no validation F1 (no positive in validation): last epoch kept")
+def _length_bucketed_batches(train_data, batch, rng):
+    """Yield packed ``(x, y)`` batches of ``batch`` sequences in a seeded random order.
 
-    # thresholds: on the validation subjects' whole sequences, scored as test is
+    Sequences are grouped in buckets of similar lengths (8 batches each), so a batch pads little.
+    """
+    order = rng.permutation(len(train_data))
+    span = batch * 8
+    order = np.concatenate([sorted(order[i:i + span], key=lambda j: len(train_data[j][0]))
+                            for i in range(0, len(order), span)]) if len(order) else order
+    starts = rng.permutation(np.arange(0, len(order), batch))
+    for i in starts:
+        chunk = [train_data[j] for j in order[i:i + batch]]
+        x, _ = pack([(c, np.zeros(len(c))) for c, _ in chunk])
+        y, _ = pack([(t, np.zeros(len(t))) for _, t in chunk])
+        yield x, y.data
+
+
+def _validation_score(model, *, X, pos, Y, seqs, frame_loss, device):
+    """Return the epoch's validation loss and mean F1 (threshold 0) over the cut sequences ``seqs``."""
+    torch = _torch()
+    from featbench.metrics import au_metrics
+
+    from .estimators import decide
+
+    if not seqs:
+        return {"val_loss": float("nan"), "val_score": float("nan")}
+    rows, logits = score_sequences(model, X, pos, seqs, device=device)
+    y = Y[rows]
+    total, n = frame_loss(torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.float32))
+    f1 = [au_metrics(y[:, a], decide(logits[:, a], 0.0))["f1"] for a in range(Y.shape[1])]
+    f1 = [f for f in f1 if np.isfinite(f)]
+    return {"val_loss": float(total / max(int(n), 1)),
+            "val_score": float(np.mean(f1)) if f1 else float("nan")}
+
+
+def _choose_thresholds(fit_out, val_rows, *, tune_threshold, X, pos, group, frame, Y, device):
+    """Set ``fit_out``'s thresholds and validation F1 on the validation subjects' whole sequences.
+
+    Scored as test is; a threshold is tuned only with ``tune_threshold`` (else 0).
+    """
+    from featbench.metrics import au_metrics
+
+    from .estimators import best_threshold, decide
+
+    k = Y.shape[1]
     thresholds = np.zeros(k)
-    whole_val = cut_sequences(parts["validation"], group, frame, Y, mode="test").sequences
-    vrows, vlogits = score_sequences(model, X, pos, whole_val, device=device)
+    whole_val = cut_sequences(val_rows, group, frame, Y, mode="test").sequences
+    vrows, vlogits = score_sequences(fit_out.model, X, pos, whole_val, device=device)
     val_f1 = np.full(k, np.nan)
     for a in range(k):
         lab = Y[vrows, a] >= 0
@@ -527,20 +566,26 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
     fit_out.val_f1 = float(val_f1[0]) if k == 1 else float(np.nanmean(val_f1)) if np.isfinite(val_f1).any() else float("nan")
     fit_out.val_f1_per_output = val_f1.tolist()
 
-    # test: each test subject's whole sequence, scored in order; back to parts["test"]'s order
-    test = cut_sequences(parts["test"], group, frame, Y, mode="test")
+
+def _score_test(fit_out, test_rows, *, X, pos, group, frame, Y, device):
+    """Return (n_test, k) scores of each test subject's whole sequence, in ``test_rows``' order.
+
+    Sequences broken at frames without codes are reported in ``fit_out.notes``, never bridged;
+    the model is moved back to the CPU afterwards.
+    """
+    test = cut_sequences(test_rows, group, frame, Y, mode="test")
     fit_out.cuts["test"] = test.report()
     breaks = {p: c["breaks_at_missing_frames"] for p, c in fit_out.cuts.items()
               if c["breaks_at_missing_frames"]}
-    if breaks:  # reported, never bridged
+    if breaks:
         fit_out.notes.append("sequences broken at frames without codes: " +
                              ", ".join(f"{n} in {p}" for p, n in breaks.items()))
-    trows, tlogits = score_sequences(model, X, pos, test.sequences, device=device)
-    model.to("cpu")
-    scores = np.full((len(parts["test"]), k), np.nan, dtype=np.float32)
-    where = {int(r): i for i, r in enumerate(parts["test"])}
+    trows, tlogits = score_sequences(fit_out.model, X, pos, test.sequences, device=device)
+    fit_out.model.to("cpu")
+    scores = np.full((len(test_rows), Y.shape[1]), np.nan, dtype=np.float32)
+    where = {int(r): i for i, r in enumerate(test_rows)}
     scores[[where[int(r)] for r in trows]] = tlogits
-    return fit_out, scores
+    return scores
 
 
 # --- saving and loading ------------------------------------------------------------------------

@@ -394,18 +394,15 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     table = table if table is not None else _load_table(workspace, dataset, progress)
     au_list = resolve_aus(table, protocol, aus)
+    settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
+                    class_weight=class_weight, seed=seed)
     run = run_name(model, region, clf, tag=run_tag(
-        protocol=protocol, tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
-        seed=seed, aus=au_list, default_aus=resolve_aus(table, protocol),
+        **settings, aus=au_list, default_aus=resolve_aus(table, protocol),
         extra=options.tag() if options else None, label_threshold=table.label_threshold))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
-    meta = {"model": model, "region": region, "clf": clf, "weights": "",
-            "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
-            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
-            # which intensity made a label positive: runs on other thresholds never mix
-            "label_threshold": "" if table.label_threshold is None else table.label_threshold,
-            **({spec.name: asdict(options)} if options else {})}
+    meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
+                     **settings)
     try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
         meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
         keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path)
@@ -417,6 +414,17 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         except (OSError, FeatbenchError):
             pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
         raise
+
+
+def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
+              balance, class_weight, seed):
+    """Return the run's settings as its summary row and settings.json record them."""
+    return {"model": model, "region": region, "clf": clf, "weights": "",
+            "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
+            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
+            # which intensity made a label positive: runs on other thresholds never mix
+            "label_threshold": "" if table.label_threshold is None else table.label_threshold,
+            **({spec.name: asdict(options)} if options else {})}
 
 
 def _load_table(workspace, dataset, progress):

@@ -554,8 +554,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     import torch
 
     from extract.registry import get_spec
-    from featbench.metrics import au_metrics, nanmean
-    from featbench.results import write_predictions, write_run
+    from featbench.metrics import nanmean
+    from featbench.results import write_run
 
     t0 = time.time()
     spec = get_spec(settings.backbone)
@@ -569,15 +569,72 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     run = str(stage2_run(settings, control=control))
     out_dir = workspace.models_dir(table.dataset, run)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if control:
-        start = StartWeights(spec, settings.weights)
-    else:
-        start = StartWeights(spec, stage1["backbone_file"],
-                             identity=str(WeightsId.finetuned(stage1["run"], sha256=stage1["backbone_sha256"])))
-    model, weights_id = build_net(spec, start, tuple(settings.hidden) + (len(aus),),
+    model, weights_id = build_net(spec, _stage2_start(spec, settings, stage1),
+                                  tuple(settings.hidden) + (len(aus),),
                                   input_size=settings.input_size, dropout=settings.dropout,
                                   seed=settings.seed)
     pw = pos_weights(labels[rows["train"]]) if settings.pos_weight == "auto" else None
+    identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
+                "aus": aus, "protocol": protocol, "start": str(weights_id)}
+    result = _stage2_fit(model, faces, labels, rows, pw, settings, out_dir, identity, progress)
+    plot_history(result.history, out_dir / "curves.png", title=run)
+    val_y = labels[rows["validation"]]
+    # thresholds: the chosen epoch's validation frames only
+    thr = tune_thresholds(val_y, predict_logits(model, faces, rows["validation"]))
+    test_logits = predict_logits(model, faces, rows["test"])
+    test_y = labels[rows["test"]]
+    per_au = _stage2_scores(aus, test_y, test_logits, thr)
+    f1, f1_05 = nanmean(r["f1"] for r in per_au), nanmean(r["f1_05"] for r in per_au)
+    # the network, its thresholds and a backbone file featbench extract --weights reads
+    trained_id = WeightsId.finetuned(run)
+    _save_stage2_model(out_dir, spec, model, settings, aus, thr, start_id=weights_id,
+                       trained_id=trained_id)
+    meta = _stage2_meta(settings, weights_id, protocol, stage1, mean_f1_05=f1_05,
+                        best_epoch=result.best_epoch)
+    csv = write_run(workspace, table.dataset, run, per_au, meta=meta)
+    pred = _write_stage2_predictions(workspace, table, run, rows["test"], test_y, test_logits, thr,
+                                     aus=aus, meta=meta)
+    seconds = round(time.time() - t0, 1)
+    info = {"run": run, "clf": CLF, "dataset": table.dataset, "control": control, "aus": aus,
+            "protocol": protocol, **_stage2_data_info(table, faces, split, rows),
+            "pos_weight": None if pw is None else dict(zip(aus, pw.tolist())),
+            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from,
+            "history": result.history,
+            "thresholds": dict(zip(aus, (_sigmoid(t) for t in thr))),
+            "f1": f1, "f1_05": f1_05, "weights": str(weights_id), "trained_weights": str(trained_id),
+            "stage1": None if control else {k: stage1[k] for k in ("run", "mean_accuracy", "std_accuracy",
+                                                                  "backbone_sha256")},
+            "settings": settings.to_json(), "seconds": seconds, "device": result.device,
+            "precision": result.precision, "torch": torch.__version__}
+    _write_json(out_dir / "settings.json", info)
+    return {**info, "csv": csv, "predictions": pred, "per_au": per_au}
+
+
+def _stage2_start(spec, settings, stage1):
+    """Return the StartWeights of stage 2: stage 1's backbone, or (``stage1=None``, the control)
+    ``settings.weights``."""
+    if stage1 is None:
+        return StartWeights(spec, settings.weights)
+    return StartWeights(spec, stage1["backbone_file"],
+                        identity=str(WeightsId.finetuned(stage1["run"], sha256=stage1["backbone_sha256"])))
+
+
+def _stage2_data_info(table, faces, split, rows):
+    """Return the ``split``, ``frames`` and ``skipped`` entries of stage 2's settings.json."""
+    return {"split": {"train": list(split.train), "validation": list(split.validation),
+                      "test": list(split.test)},
+            "frames": {k: int(len(v)) for k, v in rows.items()},
+            "skipped": {**{k: int(v) for k, v in table.skipped.items()},
+                        "frames without a face": int((~np.asarray(faces.valid, bool)).sum())}}
+
+
+def _stage2_fit(model, faces, labels, rows, pw, settings, out_dir, identity, progress):
+    """Train the stage-2 network through the shared loop (per-AU masked BCE); return its FitResult.
+
+    The epoch is chosen by mean F1 at probability 0.5 on the validation frames.
+    """
+    import torch
+
     pw_t = torch.from_numpy(pw) if pw is not None else None
     val_y = labels[rows["validation"]]
 
@@ -590,18 +647,17 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
         loss = masked_bce(torch.from_numpy(logits), torch.from_numpy(val_y), pw_t)
         return {"val_loss": float(loss), "val_score": mean_f1(val_y, logits)}
 
-    identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
-                "aus": aus, "protocol": protocol, "start": str(weights_id)}
-    result = fit(model, train_batches=train_batches(faces, rows["train"], labels.astype(np.float32),
-                                                    batch_size=settings.batch_size, flip=settings.flip),
-                 step_loss=step_loss, evaluate=evaluate, config=settings.train_config(2),
-                 checkpoint_dir=out_dir / "checkpoints", identity=identity,
-                 log_path=out_dir / "log.csv", progress=progress)
-    plot_history(result.history, out_dir / "curves.png", title=run)
-    # thresholds: the chosen epoch's validation frames only
-    thr = tune_thresholds(val_y, predict_logits(model, faces, rows["validation"]))
-    test_logits = predict_logits(model, faces, rows["test"])
-    test_y = labels[rows["test"]]
+    return fit(model, train_batches=train_batches(faces, rows["train"], labels.astype(np.float32),
+                                                  batch_size=settings.batch_size, flip=settings.flip),
+               step_loss=step_loss, evaluate=evaluate, config=settings.train_config(2),
+               checkpoint_dir=out_dir / "checkpoints", identity=identity,
+               log_path=out_dir / "log.csv", progress=progress)
+
+
+def _stage2_scores(aus, test_y, test_logits, thr):
+    """Return the per-AU table rows: metrics at the tuned logit thresholds ``thr``, and F1 at 0.5."""
+    from featbench.metrics import au_metrics
+
     per_au = []
     for j, au in enumerate(aus):
         tuned = au_metrics(test_y[:, j], (test_logits[:, j] > thr[j]).astype(int), test_logits[:, j])
@@ -609,50 +665,48 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
         per_au.append({"au": au, **{k: tuned[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
                        "threshold": _sigmoid(thr[j]), "f1_05": at05["f1"], "auc": tuned["auc"],
                        "frames": tuned["frames"]})
-    f1, f1_05 = nanmean(r["f1"] for r in per_au), nanmean(r["f1_05"] for r in per_au)
-    # the network, its thresholds and a backbone file featbench extract --weights reads
-    trained_id = WeightsId.finetuned(run)
+    return per_au
+
+
+def _save_stage2_model(out_dir, spec, model, settings, aus, thr, *, start_id, trained_id):
+    """Write ``backbone.pt`` (what ``featbench extract --weights`` reads) and ``model.pt``.
+
+    ``model.pt`` holds the whole network with its thresholds (probabilities and logits).
+    """
     _save_torch(out_dir / "backbone.pt", full_state_dict(spec, model.backbone))
     _save_torch(out_dir / "model.pt", {
         "format": 1, "backbone": settings.backbone, "input_size": settings.input_size,
         "hidden": list(settings.hidden), "dropout": settings.dropout, "aus": aus,
         "thresholds": [_sigmoid(t) for t in thr],
         "logit_thresholds": thr.tolist(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "start_weights": str(weights_id), "weights": str(trained_id)})
-    meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(weights_id),
-            "protocol": protocol, "mean_f1_05": f1_05,
+        "start_weights": str(start_id), "weights": str(trained_id)})
+
+
+def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epoch):
+    """Return the run's columns of summary.csv beside the per-AU table (stage1 None: the control)."""
+    control = stage1 is None
+    return {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(weights_id),
+            "protocol": protocol, "mean_f1_05": mean_f1_05,
             "stage1": "" if control else stage1["run"],
             "stage1_accuracy": float("nan") if control else stage1["mean_accuracy"],
-            "best_epoch": result.best_epoch}
-    csv = write_run(workspace, table.dataset, run, per_au, meta=meta)
+            "best_epoch": best_epoch}
+
+
+def _write_stage2_predictions(workspace, table, run, test_rows, test_y, test_logits, thr, *, aus,
+                              meta):
+    """Write the test frames' probabilities and decisions; return the predictions file's path."""
+    from featbench.results import write_predictions
+
     pred = workspace.predictions_path(table.dataset, run)
-    test_rows = rows["test"]
     write_predictions(pred, frames=table.keys()[test_rows], labels=test_y,
                       scores=1.0 / (1.0 + np.exp(-test_logits.astype(np.float64))),
                       decisions=(test_logits > thr).astype(np.int8),
                       fold=np.zeros(len(test_rows), np.int8), aus=aus,
                       thresholds=np.array([_sigmoid(t) for t in thr]),
-                      run=run, model=settings.backbone, region="full", clf=CLF,
-                      weights=str(weights_id), protocol=protocol, dataset=table.dataset,
+                      run=run, model=meta["model"], region="full", clf=CLF,
+                      weights=meta["weights"], protocol=meta["protocol"], dataset=table.dataset,
                       scores_are="probabilities")
-    seconds = round(time.time() - t0, 1)
-    info = {"run": run, "clf": CLF, "dataset": table.dataset, "control": control, "aus": aus,
-            "protocol": protocol, "split": {"train": list(split.train), "validation": list(split.validation),
-                                            "test": list(split.test)},
-            "frames": {k: int(len(v)) for k, v in rows.items()},
-            "skipped": {**{k: int(v) for k, v in table.skipped.items()},
-                        "frames without a face": int((~np.asarray(faces.valid, bool)).sum())},
-            "pos_weight": None if pw is None else dict(zip(aus, pw.tolist())),
-            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from,
-            "history": result.history,
-            "thresholds": dict(zip(aus, (_sigmoid(t) for t in thr))),
-            "f1": f1, "f1_05": f1_05, "weights": str(weights_id), "trained_weights": str(trained_id),
-            "stage1": None if control else {k: stage1[k] for k in ("run", "mean_accuracy", "std_accuracy",
-                                                                  "backbone_sha256")},
-            "settings": settings.to_json(), "seconds": seconds, "device": result.device,
-            "precision": result.precision, "torch": torch.__version__}
-    _write_json(out_dir / "settings.json", info)
-    return {**info, "csv": csv, "predictions": pred, "per_au": per_au}
+    return pred
 
 
 # --- the whole method ---------------------------------------------------------------------------

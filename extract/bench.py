@@ -68,31 +68,67 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
     """
     import torch
 
-    from featbench import align
-    from featbench.datasets import load_landmarks
-    from featbench.errors import DataError
-
     from .encoders import create_encoder
-    from .extractor import default_workers, extract_aligned
-
+    from .extractor import default_workers
     from .registry import get_spec
 
     t_start = time.perf_counter()
     if weights is None and get_spec(model).kind == "torch" and get_spec(model).pretrained != "dlib":
         weights = "random:0"
     encoder = create_encoder(model, weights=weights, device=device)
+    sub, landmarks = _bench_frames(table, frames)
+    workers = default_workers() if workers is None else workers
+    load = [os.getloadavg()[0]]
+    best, cpu, align_fps = _measure(sub, landmarks, encoder, batch_size=batch_size, workers=workers,
+                                    repeat=repeat, progress=progress)
+    load.append(os.getloadavg()[0])
+    return {
+        "model": encoder.spec.name, "weights": encoder.weights_id, "device": encoder.device,
+        "frames": int(len(landmarks)), "batch_size": int(batch_size), "workers": int(workers),
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "repeat": int(repeat),
+        "featbench_fps": round(best["featbench"], 2), "forward_fps": round(best["forward"], 2),
+        "loop_fps": round(best["loop"], 2),
+        "featbench_vs_forward": round(best["featbench"] / best["forward"], 3),
+        "featbench_vs_loop": round(best["featbench"] / best["loop"], 3),
+        "align_fps": round(align_fps, 1),
+        # frames per second of this process's CPU time: what other load on a shared machine
+        # moves least (wall rates above are what a user sees)
+        "featbench_cpu_fps": round(cpu["featbench"], 2), "forward_cpu_fps": round(cpu["forward"], 2),
+        "loop_cpu_fps": round(cpu["loop"], 2),
+        "load_avg": [round(x, 2) for x in load],
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def _bench_frames(table, frames):
+    """Return ``(sub-table, landmarks)`` of the first ``frames`` frames with landmarks (table order).
+
+    Raises DataError when no frame has landmarks.
+    """
+    from featbench.datasets import load_landmarks
+    from featbench.errors import DataError
+
     landmarks = load_landmarks(table)
     ok = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))[:int(frames)]
     if not len(ok):
         raise DataError(f"{table.dataset}: no frames with landmarks to bench on")
     mask = np.zeros(len(table), bool)
     mask[ok] = True
-    sub = table.subset(mask)
-    landmarks = landmarks[ok]
-    workers = default_workers() if workers is None else workers
+    return table.subset(mask), landmarks[ok]
+
+
+def _measure(sub, landmarks, encoder, *, batch_size, workers, repeat, progress):
+    """Run the rounds of the three measurements; return ``(best fps, best CPU fps, align fps)``.
+
+    The two dicts are keyed ``featbench``, ``forward``, ``loop``; each keeps the best round.
+    """
+    from featbench import align
+
+    from .extractor import extract_aligned
+
     best = {k: 0.0 for k in ("featbench", "forward", "loop")}
     cpu = dict(best)
-    load = [os.getloadavg()[0]]
 
     def keep(key, frames_done, wall, used):
         best[key] = max(best[key], frames_done / wall if wall > 0 else 0.0)
@@ -117,24 +153,7 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
             c0, t0 = time.process_time(), time.perf_counter()
             n = _loop_frames(sub, landmarks, encoder, tmp / f"loop{r}.h5")
             keep("loop", n, time.perf_counter() - t0, time.process_time() - c0)
-    load.append(os.getloadavg()[0])
-    return {
-        "model": encoder.spec.name, "weights": encoder.weights_id, "device": encoder.device,
-        "frames": int(len(ok)), "batch_size": int(batch_size), "workers": int(workers),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "repeat": int(repeat),
-        "featbench_fps": round(best["featbench"], 2), "forward_fps": round(best["forward"], 2),
-        "loop_fps": round(best["loop"], 2),
-        "featbench_vs_forward": round(best["featbench"] / best["forward"], 3),
-        "featbench_vs_loop": round(best["featbench"] / best["loop"], 3),
-        "align_fps": round(align_fps, 1),
-        # frames per second of this process's CPU time: what other load on a shared machine
-        # moves least (wall rates above are what a user sees)
-        "featbench_cpu_fps": round(cpu["featbench"], 2), "forward_cpu_fps": round(cpu["forward"], 2),
-        "loop_cpu_fps": round(cpu["loop"], 2),
-        "load_avg": [round(x, 2) for x in load],
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
+    return best, cpu, align_fps
 
 
 def _preload(aligned_path, encoder, batch_size, *, max_batches=4):

@@ -655,7 +655,6 @@ def render_sheet(table, path, out, *, n=8):
     Path
         ``out``.
     """
-    import cv2
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     from . import faces
@@ -663,6 +662,40 @@ def render_sheet(table, path, out, *, n=8):
     if not 1 <= n <= MAX_SHEET_ROWS:
         # one row is ~200 px high: 100000 rows made a 77 MB PNG no viewer opens
         raise UsageError(f"--n must be 1-{MAX_SHEET_ROWS} (rows of the sheet), got {n}")
+    rows, aligned, lms, boxes, mats, (with_face, total) = _sheet_rows(table, path, n)
+    originals = dict(faces.iter_frames(table, rows))
+    titles = ("frame + landmarks", "aligned", "upper", "middle", "lower")
+    fig = Figure(figsize=(12.5, 2.6 * len(rows)))
+    axes = fig.subplots(len(rows), 5, squeeze=False,
+                      gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
+    for r, row in enumerate(rows):
+        frame = _frame_with_landmarks(originals[int(row)].copy(), lms[r], mats[r])
+        face = _face_with_regions(aligned[r].copy(), lms[r], boxes[r])
+        crops = [faces.crop_region(aligned[r], box) for box in boxes[r]]
+        key = table.frames.iloc[int(row)]
+        for c, img in enumerate([frame, face] + crops):
+            ax = axes[r, c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=10)
+        axes[r, 0].set_ylabel(f"{key['subject']} {key['video']}\nframe {key['frame']}", fontsize=8)
+    fig.suptitle(f"{table.dataset}: alignment and regions of {len(rows)} frames "
+                 f"({with_face} of {total} with a face)", fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    return out
+
+
+def _sheet_rows(table, path, n):
+    """Read what the sheet shows of ``n`` frames spread over those with a face.
+
+    Returns ``(rows, aligned faces, landmarks, region boxes, transforms, (frames with a face,
+    frames))``; StoreError when the cache does not match ``table`` or has no face.
+    """
     with AlignedFaces(path) as af:
         if len(af) != len(table):
             raise StoreError(f"{path}: holds {len(af)} frames, the data set {len(table)} "
@@ -675,47 +708,43 @@ def render_sheet(table, path, out, *, n=8):
         boxes = af.boxes[rows]
         with _h5(path, "r") as f:
             mats = f["transforms"][np.sort(rows)][np.argsort(np.argsort(rows))]
-    originals = dict(faces.iter_frames(table, rows))
+        counts = (int(af.valid.sum()), len(af))
+    return rows, aligned, lms, boxes, mats, counts
+
+
+def _frame_with_landmarks(frame, lms, mat):
+    """Draw the landmarks ``lms`` (aligned coordinates) back on the original ``frame``; crop to the face.
+
+    ``mat`` is the frame -> aligned transform; a frame without landmarks is returned as it is.
+    """
+    import cv2
+
+    from . import faces
+
+    if not np.isfinite(lms).all():
+        return frame
+    inv = cv2.invertAffineTransform(mat.astype(np.float64))
+    pts = faces.transform_points(lms, inv)
+    dot = max(1, round(np.ptp(pts[:, 0]) / 80))
+    for x, y in pts:
+        cv2.circle(frame, (int(round(x)), int(round(y))), dot, (0, 255, 0), -1)
+    # the face and some context, not a whole 1024 x 768 frame in which it is small
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    pad = 0.6 * max(x1 - x0, y1 - y0)
+    h, w = frame.shape[:2]
+    return frame[max(0, int(y0 - pad)):min(h, int(y1 + pad)),
+                 max(0, int(x0 - pad)):min(w, int(x1 + pad))]
+
+
+def _face_with_regions(face, lms, boxes):
+    """Draw the upper / middle / lower region boxes (red, green, blue) and the landmarks on ``face``."""
+    import cv2
+
     colours = ((230, 60, 60), (60, 200, 60), (70, 120, 255))  # upper, middle, lower
-    titles = ("frame + landmarks", "aligned", "upper", "middle", "lower")
-    fig = Figure(figsize=(12.5, 2.6 * len(rows)))
-    axes = fig.subplots(len(rows), 5, squeeze=False,
-                      gridspec_kw={"width_ratios": (1.4, 1, 1, 1, 1)})
-    for r, row in enumerate(rows):
-        frame = originals[int(row)].copy()
-        if np.isfinite(lms[r]).all():
-            inv = cv2.invertAffineTransform(mats[r].astype(np.float64))
-            pts = faces.transform_points(lms[r], inv)
-            dot = max(1, round(np.ptp(pts[:, 0]) / 80))
-            for x, y in pts:
-                cv2.circle(frame, (int(round(x)), int(round(y))), dot, (0, 255, 0), -1)
-            # the face and some context, not a whole 1024 x 768 frame in which it is small
-            (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-            pad = 0.6 * max(x1 - x0, y1 - y0)
-            h, w = frame.shape[:2]
-            frame = frame[max(0, int(y0 - pad)):min(h, int(y1 + pad)),
-                          max(0, int(x0 - pad)):min(w, int(x1 + pad))]
-        face = aligned[r].copy()
-        for box, colour in zip(boxes[r], colours):
-            cv2.rectangle(face, (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1),
-                          colour, 1)
-        if np.isfinite(lms[r]).all():
-            for x, y in lms[r]:
-                cv2.circle(face, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
-        crops = [faces.crop_region(aligned[r], box) for box in boxes[r]]
-        key = table.frames.iloc[int(row)]
-        for c, img in enumerate([frame, face] + crops):
-            ax = axes[r, c]
-            ax.imshow(img)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=10)
-        axes[r, 0].set_ylabel(f"{key['subject']} {key['video']}\nframe {key['frame']}", fontsize=8)
-    fig.suptitle(f"{table.dataset}: alignment and regions of {len(rows)} frames "
-                 f"({int(af.valid.sum())} of {len(af)} with a face)", fontsize=11)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    return out
+    for box, colour in zip(boxes, colours):
+        cv2.rectangle(face, (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1),
+                      colour, 1)
+    if np.isfinite(lms).all():
+        for x, y in lms:
+            cv2.circle(face, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+    return face

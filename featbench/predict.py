@@ -6,10 +6,14 @@ on (:func:`featbench.faces.align_face`, :func:`featbench.align.region_crops`) ->
 network with the run's weights -> its scalers, classifiers and thresholds
 (:class:`featbench.runmodel.RunModel`).
 
+A fine-tuned (``ft``) or transfer run carries its trained network, which stands where the
+encoder stands and whose outputs are the scores (:mod:`featbench.netmodels`).
+
 Streaming: decoding runs in one background thread, detection in two more (dlib and OpenCV
 release the GIL), and the main thread encodes and classifies batches of faces while the next
 frames are being decoded and detected. Every queue is bounded, so a long video runs in constant
-memory; rows are appended to the CSV batch by batch.
+memory; rows are appended to the CSV batch by batch. A bidirectional LSTM looks ahead: its
+batches are windows of ``window`` frames (:class:`featbench.runmodel.LSTMScorer`).
 
 Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
 
@@ -175,26 +179,75 @@ def _columns(aus):
     return (list(COLUMNS_HEAD) + [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["input"])
 
 
-def _batch_table(items, model, encoders, aus):
+def open_encoders(model, *, device="auto", weights_file=None):
+    """Return ``{(network, weights): encoder}`` of every network ``model`` reads.
+
+    A fine-tuned or transfer run carries its trained network (:mod:`featbench.netmodels`);
+    a classify run's network is built from its name and weights identity (:func:`open_encoder`).
+    """
+    out = {}
+    for key in model.networks():
+        own = model.network_for(key)
+        out[key] = own.open(device) if own is not None else open_encoder(
+            *key, run=model.run, device=device, weights_file=weights_file)
+    return out
+
+
+def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAULT_BATCH):
+    """Return ``(scores, decisions)`` of aligned faces: crops, the run's network(s), its classifiers.
+
+    Parameters
+    ----------
+    model : RunModel
+    encoders : dict
+        :func:`open_encoders`'s.
+    images : ndarray (n, S, S, 3) uint8
+        Aligned faces (``featbench align``'s).
+    boxes : ndarray (n, 3, 4)
+        Their region boxes.
+    tracks : list, optional
+        Per face, ``(track key, frame number)`` (sequence models).
+    batch_size : int
+        Faces encoded at once (a bidirectional LSTM's window is scored whole, encoded in parts).
+    """
+    codes = encode_faces(model, encoders, images, boxes, batch_size=batch_size)
+    scores, decisions, _ = model.score(codes, tracks=tracks)
+    return scores, decisions
+
+
+def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
+    """Return ``{(network, weights, region): codes}`` of aligned faces, as the run's codes were made.
+
+    Each encoder gets the crops its run was trained on: a region's crop at the network's input
+    size, the full face as aligned (the network resizes it), unless the encoder says otherwise
+    (``crop_size``: a fine-tuned network's faces were resized to its input size first).
+    """
+    from .align import region_crops
+
+    codes = {}
+    for (net, weights), regions in model.networks().items():
+        enc = encoders[(net, weights)]
+        for region in sorted(regions):
+            size = (enc.crop_size(region) if hasattr(enc, "crop_size")
+                    else None if region == "full" else enc.input_size)
+            parts = [np.asarray(enc(region_crops(images[a:a + batch_size], boxes[a:a + batch_size],
+                                                 region, size)), dtype=np.float32)
+                     for a in range(0, len(images), batch_size)]
+            codes[(net, weights, region)] = np.concatenate(parts)
+    return codes
+
+
+def _batch_table(items, model, encoders, aus, batch_size=DEFAULT_BATCH):
     """Encode and classify the faces of ``items``; return their rows as a DataFrame."""
     import pandas as pd
-
-    from .align import region_crops
 
     faces = [f for it in items for f in it.faces]
     k = len(aus)
     if faces:
-        imgs = np.stack([f.image for f in faces])
-        boxes = np.stack([f.boxes for f in faces])
-        codes = {}
-        for (net, weights), regions in model.networks().items():
-            enc = encoders[(net, weights)]
-            for region in sorted(regions):
-                crops = region_crops(imgs, boxes, region,
-                                     None if region == "full" else enc.input_size)
-                codes[(net, weights, region)] = np.asarray(enc(crops), dtype=np.float32)
         tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
-        scores, decisions, _ = model.score(codes, tracks=tracks)
+        scores, decisions = score_faces(model, encoders, np.stack([f.image for f in faces]),
+                                        np.stack([f.boxes for f in faces]), tracks,
+                                        batch_size=batch_size)
     else:
         scores, decisions = np.zeros((0, k), np.float32), np.zeros((0, k), np.int8)
     rows, j = [], 0
@@ -229,7 +282,7 @@ def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
 
 def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth", out=None,
             plot=None, detector="hog", all_faces=False, device="auto", batch_size=DEFAULT_BATCH,
-            weights_file=None, progress=True):
+            weights_file=None, window=None, progress=True):
     """Apply a trained run to videos and images; return the per-frame table.
 
     Parameters
@@ -256,6 +309,9 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         Faces encoded at once.
     weights_file : str, optional
         The weights file of a run trained on a user's state dict.
+    window : int, optional
+        Frames a bidirectional LSTM sees at once (default
+        :data:`featbench.runmodel.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
     progress : bool
         A progress bar in frames on stderr.
 
@@ -265,65 +321,23 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         The rows of the CSV (columns in the module docstring); ``df.attrs`` holds the run, the
         weights, the sidecar's content and the one-line ``summary``.
     """
-    import pandas as pd
-    from tqdm import tqdm
-
     from . import __version__, footage
-    from . import faces as F
-    from ._background import in_background, ordered_map
 
     t0 = time.perf_counter()
-    if detector not in F.DETECTORS:
-        raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS)})")
-    if int(batch_size) < 1:
-        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-    model = load_model(run=run, model_file=model_file, workspace=workspace, dataset=dataset)
-    model.reset()  # a sequence model starts every call afresh
-    size = int(model.alignment.get("size") or F.CANONICAL_SIZE)
-    _check_alignment(model, size)
+    model, size = _prepare(run=run, model_file=model_file, workspace=workspace, dataset=dataset,
+                           detector=detector, batch_size=batch_size, window=window)
     sources = footage.list_sources(inputs)
-    encoders = {key: open_encoder(*key, run=model.run, device=device, weights_file=weights_file)
-                for key in model.networks()}
+    encoders = open_encoders(model, device=device, weights_file=weights_file)
     total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
-
-    def detect(frame):
-        return _detect(frame, detector=detector, all_faces=all_faces, size=size)
-
-    frames = in_background(footage.iter_frames(sources), maxsize=16, name="featbench-decode")
-    items = in_background(ordered_map(detect, frames, threads=2), maxsize=2 * int(batch_size),
-                          name="featbench-detect")
-    tracker = _Tracker()
     writer = _CsvWriter(out, _columns(model.aus)) if out is not None else None
-    tables, batch, n_faces, stats = [], [], 0, {"frames": 0, "with_face": 0, "faces": 0}
-    bar = tqdm(total=total or None, desc="predict", unit="frame", disable=not progress or None,
-               dynamic_ncols=True)
     try:
-        for item in _flush_points(items, batch_size):
-            if item is not None:
-                if all_faces:
-                    tracker.assign(item)
-                batch.append(item)
-                n_faces += len(item.faces)
-                if n_faces < batch_size:
-                    continue
-            if not batch:
-                continue
-            df = _batch_table(batch, model, encoders, model.aus)
-            stats["frames"] += len(batch)
-            stats["with_face"] += sum(1 for it in batch if it.faces)
-            stats["faces"] += n_faces
-            if writer is not None:
-                writer.write(df)
-            tables.append(df)
-            bar.update(len(batch))
-            batch, n_faces = [], 0
+        table, stats = _stream(sources, model, encoders, writer, detector=detector, size=size,
+                               all_faces=all_faces, batch_size=int(batch_size), total=total,
+                               progress=progress)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    finally:
-        bar.close()
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_columns(model.aus))
     seconds = time.perf_counter() - t0
     sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, __version__)
     if writer is not None:
@@ -341,10 +355,81 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     return table
 
 
-def _flush_points(items, batch_size):
-    """Yield the items, then None: the end, where the last (partial) batch is encoded."""
-    yield from items
-    yield None
+def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window):
+    """Check the settings, load the run; return it and the side faces are aligned at."""
+    from . import faces as F
+
+    if detector not in F.DETECTORS:
+        raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS)})")
+    if int(batch_size) < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if window is not None and int(window) < 1:
+        raise UsageError(f"--window must be at least 1 frame (got {window})")
+    model = load_model(run=run, model_file=model_file, workspace=workspace, dataset=dataset)
+    model.reset()  # a sequence model starts every call afresh
+    if window is not None:
+        model.set_window(window)
+    size = int(model.alignment.get("size") or F.CANONICAL_SIZE)
+    _check_alignment(model, size)
+    return model, size
+
+
+def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batch_size, total,
+            progress):
+    """Decode, detect and align in background threads; encode and classify batch by batch.
+
+    Returns the whole table and the counts (frames, frames with a face, faces).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import footage
+    from ._background import in_background, ordered_map
+
+    def detect(frame):
+        return _detect(frame, detector=detector, all_faces=all_faces, size=size)
+
+    frames = in_background(footage.iter_frames(sources), maxsize=16, name="featbench-decode")
+    items = in_background(ordered_map(detect, frames, threads=2), maxsize=2 * batch_size,
+                          name="featbench-detect")
+    tracker = _Tracker() if all_faces else None
+    tables, stats = [], {"frames": 0, "with_face": 0, "faces": 0}
+    bar = tqdm(total=total or None, desc="predict", unit="frame", disable=not progress or None,
+               dynamic_ncols=True)
+    try:
+        for batch in batches(items, batch_size=batch_size, window=model.window(), tracker=tracker):
+            df = _batch_table(batch, model, encoders, model.aus, batch_size)
+            stats["frames"] += len(batch)
+            stats["with_face"] += sum(1 for it in batch if it.faces)
+            stats["faces"] += sum(len(it.faces) for it in batch)
+            if writer is not None:
+                writer.write(df)
+            tables.append(df)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_columns(model.aus))
+    return table, stats
+
+
+def batches(items, *, batch_size, window=None, tracker=None):
+    """Group detected frames into the batches that are encoded and classified together.
+
+    A batch closes once it holds ``batch_size`` faces, or, with ``window`` (a bidirectional
+    sequence model), once it holds ``window`` frames; the last one at the end of the frames.
+    ``tracker`` (``--all-faces``) gives each face its ``face_id`` first.
+    """
+    batch, n_faces = [], 0
+    for item in items:
+        if tracker is not None:
+            tracker.assign(item)
+        batch.append(item)
+        n_faces += len(item.faces)
+        if (len(batch) >= window) if window else (n_faces >= batch_size):
+            yield batch
+            batch, n_faces = [], 0
+    if batch:
+        yield batch
 
 
 def _check_alignment(model, size):
@@ -369,8 +454,9 @@ def _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, ve
     thresholds = None
     if not model.members and len(model.folds) == 1:
         thresholds = {a: model.folds[0][a][1] for a in model.aus if a in model.folds[0]}
-    nets = [{"model": m, "weights": w, "weights_described": WeightsId.parse(w).describe(),
-             "random_init": WeightsId.parse(w).is_random, "regions": sorted(r)}
+    nets = [{"model": m, "weights": w, "weights_described": model.weights_text((m, w)),
+             "random_init": model.random_init((m, w)), "regions": sorted(r),
+             "start_weights": getattr(model.network_for((m, w)), "start_weights", None)}
             for (m, w), r in model.networks().items()]
     return {
         "run": model.run, "dataset": model.dataset, "clf": model.clf, "networks": nets,

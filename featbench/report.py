@@ -102,11 +102,16 @@ def all_positive_baseline(workspace, dataset):
     return {"f1": f1, "p": share, "frames": int(len(labels)), "source": best.stem}
 
 
-def _num(v, scale=100.0, digits=1):
+def _float(v):
+    """Return ``v`` as a float; nan for what summary.csv leaves empty (an AU the run did not score)."""
     try:
-        v = float(v)
+        return float(v)
     except (TypeError, ValueError):
-        return "—"
+        return float("nan")
+
+
+def _num(v, scale=100.0, digits=1):
+    v = _float(v)
     return "—" if math.isnan(v) else f"{v * scale:.{digits}f}"
 
 
@@ -197,7 +202,7 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
     rows = ok[ok["mean_f1"].notna()].head(top)
     names = [r["run"] + ((" (random-init members)" if r["clf"] == "vote" else " (random init)")
                          if is_random(r.get("weights")) else "") for _, r in rows.iterrows()]
-    grid = [[float(r.get(f"f1_{au}", float("nan"))) for au in aus] for _, r in rows.iterrows()]
+    grid = [[_float(r.get(f"f1_{au}")) for au in aus] for _, r in rows.iterrows()]
     if baseline:
         names.append("all-positive baseline")
         grid.append([baseline.get(au, float("nan")) for au in aus])
@@ -277,7 +282,6 @@ def make_report(workspace, dataset):
     MissingRunError
         No run recorded for ``dataset`` yet.
     """
-    from .ensemble import command_for_run
     from .results import read_summary
     from .workspace import atomic_write_text
 
@@ -288,20 +292,35 @@ def make_report(workspace, dataset):
     base_f1 = base.get("f1", {})
     base_mean = float(np.nanmean([base_f1[a] for a in aus if a in base_f1])) \
         if any(a in base_f1 and not math.isnan(base_f1[a]) for a in aus) else float("nan")
-    out_dir = workspace.results_dir(dataset)
+    lines = (_header_lines(dataset, ok, failed) + _weights_lines(ok) + _baseline_lines(base, base_mean)
+             + _runs_lines(ok, base_mean) + _per_au_lines(ok, aus, base_f1, base_mean)
+             + _ensemble_lines(ok) + training_curves(workspace, dataset, ok) + _failed_lines(failed))
+    if len(ok):
+        out_dir = workspace.results_dir(dataset)
+        plot_mean_f1(ok, out_dir / CHART_MEAN, baseline=base_mean)
+        plot_per_au(ok, out_dir / CHART_PER_AU, baseline=base_f1 or None)
+    path = workspace.report_path(dataset)
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+def _header_lines(dataset, ok, failed):
+    """The report's title and what it covers: data set, protocols, date, run counts, how to redo it."""
     col = (lambda name: ok[name] if name in ok else [""] * len(ok))
     protocols = sorted({str(p) for p in col("protocol") if str(p) not in ("", "nan")})
+    return [f"# featbench report — {dataset}", "",
+            f"- data set: `{dataset}`" + (f" (protocol: {', '.join(protocols)})" if protocols else ""),
+            f"- generated: {_dt.datetime.now().isoformat(timespec='seconds')}",
+            f"- runs: {len(ok)} succeeded, {len(failed)} failed; F1 and accuracy in %, "
+            "averaged over AUs (nan-free AUs only)",
+            "- reproduce: `featbench run` (quick preset; `--preset paper` for every network), "
+            "or one run at a time with the commands below; then `featbench report`",
+            ""]
 
-    lines = [f"# featbench report — {dataset}", "",
-             f"- data set: `{dataset}`" + (f" (protocol: {', '.join(protocols)})" if protocols else ""),
-             f"- generated: {_dt.datetime.now().isoformat(timespec='seconds')}",
-             f"- runs: {len(ok)} succeeded, {len(failed)} failed; F1 and accuracy in %, "
-             "averaged over AUs (nan-free AUs only)",
-             "- reproduce: `featbench run` (quick preset; `--preset paper` for every network), "
-             "or one run at a time with the commands below; then `featbench report`",
-             ""]
+
+def _weights_lines(ok):
+    """The "read this first" section: which runs use random weights, and what each weights label means."""
     random_runs = [r["run"] for _, r in ok.iterrows() if is_random(r.get("weights"))]
-    lines += ["## Weights: read this first", ""]
+    lines = ["## Weights: read this first", ""]
     if random_runs:
         lines += [f"**{len(random_runs)} run(s) use randomly initialised networks ({RANDOM_FLAG}).** "
                   "They are controls that show what pretraining adds, not the paper's pretrained "
@@ -310,53 +329,65 @@ def make_report(workspace, dataset):
                   + ", ".join(f"`{r}`" for r in random_runs), ""]
     else:
         lines += ["No run uses random weights.", ""]
-    lines += ["`imagenet`: the network's published pretrained weights; `random:<seed>`: a seeded "
-              "random initialisation; `file sha256:…`: weights loaded from a file; `none`: a "
-              "hand-crafted descriptor (HOG) or a network shipped with its own weights (dlib).", ""]
+    return lines + ["`imagenet`: the network's published pretrained weights; `random:<seed>`: a seeded "
+                    "random initialisation; `file sha256:…`: weights loaded from a file; `none`: a "
+                    "hand-crafted descriptor (HOG) or a network shipped with its own weights (dlib).", ""]
 
-    if not math.isnan(base_mean):
-        lines += [f"All-positive baseline (says *present* on every frame; F1 = 2p/(1+p) with p the "
-                  f"share of positive test frames, from `{base['source']}`'s {base['frames']} test "
-                  f"frames): mean F1 **{base_mean * 100:.1f}**. A run below it has learnt nothing "
-                  "useful on average.", ""]
 
-    lines += ["## Runs by mean F1", "",
-              _md_table(["#", "run", "model", "region", "clf", "weights", "mean F1", "mean acc",
-                         "mean AUC"],
-                        [[i + 1, f"`{r['run']}`", r["model"], r["region"], r["clf"],
-                          describe_weights(r.get("weights")), _num(r["mean_f1"]),
-                          _num(r["mean_accuracy"]), _num(r.get("mean_auc"))]
-                         for i, (_, r) in enumerate(ok.iterrows())]), ""]
+def _baseline_lines(base, base_mean):
+    """The all-positive baseline's paragraph (none when the test labels are unknown)."""
+    if math.isnan(base_mean):
+        return []
+    return [f"All-positive baseline (says *present* on every frame; F1 = 2p/(1+p) with p the "
+            f"share of positive test frames, from `{base['source']}`'s {base['frames']} test "
+            f"frames): mean F1 **{base_mean * 100:.1f}**. A run below it has learnt nothing "
+            "useful on average.", ""]
+
+
+def _runs_lines(ok, base_mean):
+    """The runs ranked by mean F1, one table row each."""
+    lines = ["## Runs by mean F1", "",
+             _md_table(["#", "run", "model", "region", "clf", "weights", "mean F1", "mean acc",
+                        "mean AUC"],
+                       [[i + 1, f"`{r['run']}`", r["model"], r["region"], r["clf"],
+                         describe_weights(r.get("weights")), _num(r["mean_f1"]),
+                         _num(r["mean_accuracy"]), _num(r.get("mean_auc"))]
+                        for i, (_, r) in enumerate(ok.iterrows())]), ""]
     if not math.isnan(base_mean):
         lines += [f"(all-positive baseline: mean F1 {base_mean * 100:.1f})", ""]
+    return lines
 
-    lines += [f"![mean F1 per network and classifier]({CHART_MEAN})", "",
-              "## Per-AU F1 (%)", "",
-              _md_table(["run"] + aus + ["mean"],
-                        [[f"`{r['run']}`" + (" ⚠ random" if is_random(r.get("weights")) else "")]
-                         + [_num(r.get(f"f1_{a}")) for a in aus] + [_num(r["mean_f1"])]
-                         for _, r in ok.iterrows()]
-                        + ([["*all-positive baseline*"] + [_num(base_f1.get(a)) for a in aus]
-                            + [_num(base_mean)]] if base_f1 else [])), "",
-              f"![per-AU F1 of the best runs]({CHART_PER_AU})", ""]
+
+def _per_au_lines(ok, aus, base_f1, base_mean):
+    """The per-AU F1 table (baseline as last row) between the two charts."""
+    return [f"![mean F1 per network and classifier]({CHART_MEAN})", "",
+            "## Per-AU F1 (%)", "",
+            _md_table(["run"] + aus + ["mean"],
+                      [[f"`{r['run']}`" + (" ⚠ random" if is_random(r.get("weights")) else "")]
+                       + [_num(r.get(f"f1_{a}")) for a in aus] + [_num(r["mean_f1"])]
+                       for _, r in ok.iterrows()]
+                      + ([["*all-positive baseline*"] + [_num(base_f1.get(a)) for a in aus]
+                          + [_num(base_mean)]] if base_f1 else [])), "",
+            f"![per-AU F1 of the best runs]({CHART_PER_AU})", ""]
+
+
+def _ensemble_lines(ok):
+    """The ensembles and their members (none when no vote was run)."""
     ensembles = ok[ok["clf"] == "vote"]
-    if len(ensembles) and "members" in ensembles:
-        lines += ["## Ensembles (majority vote; ties broken by the mean standardised margin)", ""]
-        lines += [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""]
+    if not (len(ensembles) and "members" in ensembles):
+        return []
+    return (["## Ensembles (majority vote; ties broken by the mean standardised margin)", ""]
+            + [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""])
 
-    lines += training_curves(workspace, dataset, ok)
 
-    lines += ["## Failed runs", ""]
-    if len(failed):
-        lines += [_md_table(["run", "error", "rerun with"],
-                            [[f"`{r['run']}`", str(r["error"]), f"`{command_for_run(r['run'])}`"]
-                             for _, r in failed.iterrows()]), ""]
-    else:
-        lines += ["None.", ""]
+def _failed_lines(failed):
+    """The failed runs with their errors and the command that reruns each."""
+    from .ensemble import command_for_run
 
-    if len(ok):
-        plot_mean_f1(ok, out_dir / CHART_MEAN, baseline=base_mean)
-        plot_per_au(ok, out_dir / CHART_PER_AU, baseline=base_f1 or None)
-    path = workspace.report_path(dataset)
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    if not len(failed):
+        return ["## Failed runs", "", "None.", ""]
+    return ["## Failed runs", "",
+            _md_table(["run", "error", "rerun with"],
+                      [[f"`{r['run']}`", str(r["error"]), f"`{command_for_run(r['run'])}`"]
+                       for _, r in failed.iterrows()]), ""]
+

@@ -11,6 +11,10 @@
     each member's scores on the frames the ensemble was scored on, so that a tie is broken on
     new frames exactly as :func:`featbench.ensemble.majority_vote` broke it there.
 
+``ft`` (``featbench finetune``) / ``transfer`` (``featbench transfer``)
+    the trained network itself, which maps faces to per-AU scores, with the run's thresholds
+    (:mod:`featbench.netmodels`); its weights travel in the exported file.
+
 A multi-fold run (``--protocol literature``/``kfold:K``) holds one classifier per fold and AU;
 its folds vote like an ensemble's members.
 
@@ -87,11 +91,60 @@ class RunModel:
                 for key, regions in m.networks().items():
                     out.setdefault(key, set()).update(regions)
             return out
-        return {(self.model, self.weights): set(self.au_regions.values())}
+        own = {}
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                key = getattr(clf, "codes_key", None)
+                if key is not None:
+                    own.setdefault(key[:2], set()).add(key[2])
+        return own or {(self.model, self.weights): set(self.au_regions.values())}
+
+    def network_for(self, key):
+        """Return the trained network a run carries for ``key`` = (model, weights), or None.
+
+        Fine-tuned and transfer runs carry their network (:mod:`featbench.netmodels`); a
+        classify run names one that :func:`featbench.predict.open_encoder` builds.
+        """
+        for m in self.members:
+            net = m.network_for(key)
+            if net is not None:
+                return net
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if getattr(clf, "codes_key", (None, None))[:2] == tuple(key):
+                    return clf.network
+        return None
+
+    def window(self):
+        """Frames a bidirectional sequence model must see at once (None: the run streams)."""
+        wins = [m.window() for m in self.members]
+        wins += [getattr(clf, "window", None) for fold in self.folds for clf, _ in fold.values()]
+        wins = [w for w in wins if w]
+        return min(wins) if wins else None
+
+    def set_window(self, frames):
+        """Let a bidirectional sequence model see ``frames`` frames at once (``--window``)."""
+        for m in self.members:
+            m.set_window(frames)
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if getattr(clf, "window", None):
+                    clf.window = int(frames)
+
+    def weights_text(self, key):
+        """``key``'s weights for people: random ones flagged, a trained network's start named."""
+        text = WeightsId.parse(key[1]).describe()
+        start = getattr(self.network_for(key), "start_weights", "")
+        return f"{text}, from {WeightsId.parse(start).describe()}" if start else text
+
+    def random_init(self, key):
+        """True when ``key``'s weights are seeded-random or were trained from random ones."""
+        start = getattr(self.network_for(key), "start_weights", "")
+        return WeightsId.parse(key[1]).is_random or bool(start and WeightsId.parse(start).is_random)
 
     def describe(self):
         """One line: the run, its network(s) and weights (random weights flagged)."""
-        nets = "; ".join(f"{m} ({WeightsId.parse(w).describe()})" for m, w in self.networks())
+        nets = "; ".join(f"{key[0]} ({self.weights_text(key)})" for key in self.networks())
         return f"{self.run} [{self.clf}] on {nets}"
 
     # applying it ----------------------------------------------------------------------------
@@ -144,16 +197,16 @@ class RunModel:
                 if au not in fold or not n:
                     continue
                 clf, thr = fold[au]
-                X = codes[(self.model, self.weights, self.au_regions[au])]
+                X = codes[getattr(clf, "codes_key", None) or (self.model, self.weights, self.au_regions[au])]
                 if hasattr(clf, "score_tracks"):
                     if tracks is None:
                         raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
-                    s[:, a] = clf.score_tracks(X, tracks).astype(np.float32)
+                    raw = np.asarray(clf.score_tracks(X, tracks))
                 else:
-                    s[:, a] = clf.decision_function(X).astype(np.float32)
-                t[a] = thr
-                with np.errstate(invalid="ignore"):
-                    d[:, a] = (s[:, a] > thr).astype(np.int8)
+                    raw = np.asarray(clf.decision_function(X))
+                s[:, a], t[a] = raw.astype(np.float32), thr
+                with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
+                    d[:, a] = (raw > thr).astype(np.int8)
             per_fold.append((s, d, t))
         if len(per_fold) == 1:
             return per_fold[0]
@@ -242,10 +295,10 @@ def load_run(workspace, dataset, run):
     return loader(workspace, dataset, run)
 
 
-def _read_settings(folder, run):
+def read_settings(folder, run):
     path = folder / "settings.json"
     if not path.exists():
-        raise MissingRunError(f"{path}: run {run} has no saved models (rerun it with featbench classify)")
+        raise MissingRunError(f"{path}: run {run} has no saved models (rerun the run)")
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -261,7 +314,7 @@ def _load_classifier_run(workspace, dataset, run, *, load=None):
     from .aus import AU_REGION
 
     folder = workspace.models_dir(dataset, run)
-    settings = _read_settings(folder, run)
+    settings = read_settings(folder, run)
     feat = (settings.get("features") or {}).get("attrs") or {}
     recorded, file_weights = str(settings.get("weights", "")), str(feat.get("weights", ""))
     if recorded and file_weights and WeightsId.parse(recorded) != WeightsId.parse(file_weights):
@@ -322,21 +375,30 @@ def _load_vote(workspace, dataset, run):
                     alignment=loaded[0].alignment, info={"protocol": pred.get("protocol")})
 
 
+#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
+#: as whole sequences within a window, cut at its edges
+BIDIRECTIONAL_WINDOW = 512
+
+
 class LSTMScorer:
     """One output of a saved LSTM (``classify.lstm``'s ``.pt``) applied to tracks of faces.
 
-    Streams: the LSTM's state is carried along each track from one batch to the next while its
-    frame numbers follow each other (a frame without the face ends the sequence, as a frame
-    without codes ends one in the run's test), so scoring a video batch by batch gives what
-    scoring each whole sequence at once gives. A bidirectional LSTM looks ahead and cannot
-    stream: it is refused.
+    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
+    the next while its frame numbers follow each other (a frame without the face ends the
+    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
+    batch gives what scoring each whole sequence at once gives.
+
+    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
+    of consecutive frames of each track as one whole sequence, as the run scored its test
+    sequences; predict calls it once per window of ``window`` frames (``--window``, default
+    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
+    edges (frames near a cut see less context than in the run's test) and the window's aligned
+    faces are held in memory (about 150 KB a face at 224 px).
     """
 
     def __init__(self, saved, output=0):
-        if saved.get("bidirectional"):
-            raise UsageError("a bidirectional LSTM needs whole sequences ahead of time and "
-                             "predict streams: apply a unidirectional LSTM run")
         self.saved, self.output = saved, int(output)
+        self.window = BIDIRECTIONAL_WINDOW if saved.get("bidirectional") else None
         self._net, self._state = None, {}
 
     def __getstate__(self):  # the network is rebuilt from its weights after unpickling
@@ -351,7 +413,7 @@ class LSTMScorer:
 
             s = self.saved
             self._net = build_model(s["dims"], s["n_out"], hidden=s["hidden"],
-                                    bidirectional=False)
+                                    bidirectional=bool(s.get("bidirectional")))
             self._net.load_state_dict(s["state_dict"])
             self._net.eval()
         return self._net
@@ -365,25 +427,31 @@ class LSTMScorer:
 
         net = self._network()
         out = np.full(len(X), np.nan, np.float32)
-        by_track = {}
-        for i, (key, frame) in enumerate(tracks):
-            by_track.setdefault(key, []).append((i, int(frame)))
         with torch.inference_mode():
-            for key, rows in by_track.items():
-                start = 0
-                while start < len(rows):
-                    end = start + 1
-                    while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
-                        end += 1
-                    idx = [i for i, _ in rows[start:end]]
-                    prev = self._state.get(key)
-                    hx = prev[0] if prev is not None and prev[1] == rows[start][1] - 1 else None
-                    x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
-                    y, hx = net.lstm(x[:, None, :], hx)
-                    out[idx] = net.head(y[:, 0])[:, self.output].numpy()
-                    self._state[key] = (hx, rows[end - 1][1])
-                    start = end
+            for key, idx, first in _segments(tracks):
+                x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
+                prev = None if self.window else self._state.get(key)
+                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
+                y, hx = net.lstm(x[:, None, :], hx)
+                out[idx] = net.head(y[:, 0])[:, self.output].numpy()
+                if not self.window:
+                    self._state[key] = (hx, first + len(idx) - 1)
         return out
+
+
+def _segments(tracks):
+    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
+    by_track = {}
+    for i, (key, frame) in enumerate(tracks):
+        by_track.setdefault(key, []).append((i, int(frame)))
+    for key, rows in by_track.items():
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
+                end += 1
+            yield key, [i for i, _ in rows[start:end]], rows[start][1]
+            start = end
 
 
 def _load_lstm_run(workspace, dataset, run):
@@ -397,9 +465,21 @@ def _load_lstm_run(workspace, dataset, run):
     return _load_classifier_run(workspace, dataset, run, load=load)
 
 
+def _load_ft_run(workspace, dataset, run):
+    from .netmodels import load_ft_run
+
+    return load_ft_run(workspace, dataset, run)
+
+
+def _load_transfer_run(workspace, dataset, run):
+    from .netmodels import load_transfer_run
+
+    return load_transfer_run(workspace, dataset, run)
+
+
 #: loaders by RunKey.clf: one line per kind of run predict can apply
 _LOADERS = {"lda": _load_classifier_run, "svm": _load_classifier_run, "vote": _load_vote,
-            "lstm": _load_lstm_run}
+            "lstm": _load_lstm_run, "ft": _load_ft_run, "transfer": _load_transfer_run}
 
 
 # --- the self-contained file ----------------------------------------------------------------

@@ -616,3 +616,48 @@ def test_lstm_run_streamed_in_batches_equals_its_whole_sequence_test_scores(tmp_
     model.score({("toy", "random:0", "full"): X[rows[:5]]}, tracks=[(("a", "v"), k) for k in range(5)])
     again = model.score({("toy", "random:0", "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
     np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.slow  # trains an LSTM: ~11 s on 2 loaded cores
+def test_a_bidirectional_lstm_scores_whole_tracks_within_its_window(tmp_path):
+    """Bidirectional: each window's tracks scored whole == the run's own whole-sequence test scores
+    when a window holds a whole sequence; predict's batches close every ``window`` frames."""
+    from classify.run import classify_run
+    from featbench.ensemble import read_predictions
+    from featbench.runmodel import BIDIRECTIONAL_WINDOW, export_run, load_model_file, load_run
+    from test_classify import write_features
+    from test_lstm import FAST, temporal_table
+
+    ws = Workspace(tmp_path / "ws")
+    table, X = temporal_table(n_frames=24)
+    write_features(ws, table, X, regions=("full",))
+    res = classify_run(ws, "synth", table=table, model="toy", clf="lstm", progress=False, n_jobs=1,
+                       lstm={**FAST, "epochs": 1, "bidirectional": True}, aus=["AU01"])
+    pred = read_predictions(res["predictions"])
+    where = {k: i for i, k in enumerate(table.keys().tolist())}
+    rows = np.array([where[k] for k in pred["frames"].tolist()])
+    tracks = [((s, "v"), int(f)) for s, f in zip(pred["frames"]["subject"], pred["frames"]["frame"])]
+    key = ("toy", "random:0", "full")
+    model = load_run(ws, "synth", res["run"])
+    assert model.window() == BIDIRECTIONAL_WINDOW
+    for m in (model, load_model_file(export_run(model, tmp_path / "b.fb"))):
+        scores, decisions, _ = m.score({key: X[rows]}, tracks=tracks)
+        np.testing.assert_allclose(scores, pred["scores"], atol=1e-5)
+        np.testing.assert_array_equal(decisions, pred["decisions"])
+    # looking ahead: a sequence cut in two scores differently from the whole one at the cut
+    first = [i for i, t in enumerate(tracks) if t[0] == tracks[0][0]]
+    cut = model.score({key: X[rows[first[:10]]]}, tracks=[tracks[i] for i in first[:10]])[0]
+    assert not np.allclose(cut[9], scores[first[9]], atol=1e-6)
+    model.set_window(3)  # --window
+    assert model.window() == 3
+
+
+def test_batches_close_every_window_frames_for_a_bidirectional_run_else_every_batch_of_faces():
+    from types import SimpleNamespace
+
+    from featbench.predict import batches
+
+    items = [SimpleNamespace(faces=[0] * (k % 2)) for k in range(7)]  # faces on odd frames
+    assert [len(b) for b in batches(iter(items), batch_size=2, window=3)] == [3, 3, 1]
+    assert [len(b) for b in batches(iter(items), batch_size=2)] == [4, 3]
+    assert [len(b) for b in batches(iter([]), batch_size=2)] == []

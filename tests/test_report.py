@@ -84,3 +84,16 @@ def test_report_without_runs_is_exit_2(tmp_path, capsys):
     assert "no results yet" in capsys.readouterr().err
     with pytest.raises(MissingRunError):
         make_report(Workspace(tmp_path), "synth")
+
+
+def test_report_takes_a_run_of_a_subset_of_aus(ws):
+    # a run on fewer AUs (classify --aus AU01) leaves the others' summary cells empty: the table
+    # and the per-AU chart show them as missing instead of failing on the empty cell
+    rows = [{"au": "AU01", "f1": 0.55, "accuracy": 0.8, "precision": 0.5, "recall": 0.6,
+             "support": 10, "threshold": 0.0, "auc": 0.7}]
+    write_run(ws, "synth", "hog__full__lda__au1", rows,
+              meta={"model": "hog", "region": "full", "clf": "lda", "weights": "none"})
+    text = make_report(ws, "synth").read_text()
+    line = next(t for t in text.splitlines() if t.startswith("| `hog__full__lda__au1`"))
+    assert line.split("|")[2:5] == [" 55.0 ", " — ", " — "]
+    assert (ws.results_dir("synth") / CHART_PER_AU).stat().st_size > 5000

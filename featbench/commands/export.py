@@ -12,7 +12,10 @@ def add_parser(subparsers):
                     "the alignment settings, the featbench and scikit-learn versions) to one "
                     "file, to share a trained model and apply it on another machine with "
                     "featbench predict --model FILE. The file is a pickle: load only files you "
-                    "trust. Network weights are named, not copied: the other machine needs them.")
+                    "trust. A classify run's frozen network is named, not copied: the other "
+                    "machine needs its weights (featbench weights). A fine-tuned (ft) or "
+                    "transfer run's trained network is copied into the file (CNN-F: about "
+                    "230 MB per network; a per-au run holds one per AU).")
     p.add_argument("run", metavar="RUN",
                    help="the run to export (e.g. alexnet__full__svm), or 'best'")
     p.add_argument("--out", required=True, metavar="FILE",

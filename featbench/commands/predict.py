@@ -43,6 +43,12 @@ def add_parser(subparsers):
     p.add_argument("--weights", dest="weights_file", default=None, metavar="PATH",
                    help="the weights file, for a run trained on codes of a user's state dict "
                         "(checked against the hash the run recorded)")
+    p.add_argument("--window", type=int, default=None, metavar="FRAMES",
+                   help="bidirectional LSTM runs only: frames scored together (default: 512). "
+                        "Such a network looks ahead, so predict holds this many frames' faces and "
+                        "scores each face's track within them as whole sequences; a longer video "
+                        "is cut at the window's edges (the frames near a cut see less context "
+                        "than in the run's own test). Other runs stream and ignore it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -63,6 +69,6 @@ def _run(args):
                  out=args.out or default_out(args.inputs), plot=args.plot,
                  detector=args.detector, all_faces=args.all_faces, device=args.device,
                  batch_size=args.batch_size, weights_file=args.weights_file,
-                 progress=not args.quiet)
+                 window=args.window, progress=not args.quiet)
     print(df.attrs["summary"])
     return 0

@@ -106,41 +106,13 @@ def read_disfa(root, *, camera="left", threshold=2):
     root = Path(root)
     if not 1 <= threshold <= 5:
         raise LayoutError(f"--threshold {threshold}: must be an intensity 1-5")
-    labels_dir = find_child(root, "ActionUnit_Labels")
-    if labels_dir is None or not labels_dir.is_dir():
-        raise LayoutError(f"{root}: not a DISFA folder: no ActionUnit_Labels/ "
-                          "(expected ActionUnit_Labels/SN001/SN001_au1.txt ...)")
-    subjects = sorted((p for p in labels_dir.iterdir() if p.is_dir() and _SUBJECT_RE.match(p.name)),
-                      key=lambda p: p.name.upper())
-    if not subjects:
-        raise LayoutError(f"{labels_dir}: no subject folders (expected SN001, SN002, ...)")
     cameras = ("left", "right") if camera == "both" else (camera,)
-    cam_dirs = {}
-    for cam in cameras:
-        found = next((d for d in (find_child(root, n) for n in CAMERA_FOLDERS[cam]) if d), None)
-        if found is None:
-            raise LayoutError(f"{root}: no {CAMERA_FOLDERS[cam][0]}/ folder for the {cam} camera")
-        cam_dirs[cam] = children_by_lower_name(found)
-    lm_root = find_child(root, "Landmark_Points")
-
+    subjects, cam_dirs, lm_root = _disfa_layout(root, cameras)
     skipped = Counter()
     rows, lengths = [], {}
     for sdir in subjects:
         subject = sdir.name.upper()
-        per_au = {}
-        for f in sdir.iterdir():
-            m = _LABEL_RE.match(f.name)
-            if m and m.group(1).upper() == subject:
-                au = au_name(m.group(2))
-                if au in DISFA_AUS:
-                    per_au[au] = read_label_file(f)
-        if not per_au:
-            raise LayoutError(f"{sdir}: no label files (expected {subject}_au1.txt ...)")
-        for au in DISFA_AUS:
-            if au not in per_au:
-                skipped["label files missing (AU left unlabelled)"] += 1
-            elif not per_au[au]:
-                skipped["label files empty (AU left unlabelled)"] += 1
+        per_au = _subject_labels(sdir, subject, skipped)
         n_frames = max(max(v) for v in per_au.values() if v) if any(per_au.values()) else 0
         lengths[subject] = n_frames
         lms = _landmark_files(find_child(lm_root, subject) if lm_root else None)
@@ -149,27 +121,10 @@ def read_disfa(root, *, camera="left", threshold=2):
             if video is None:
                 skipped[f"no {cam}-camera video"] += n_frames
                 continue
-            n_video = _video_frame_count(video)
-            labelled = set().union(*per_au.values())
-            for frame1 in range(1, n_frames + 1):
-                index = frame1 - 1
-                if n_video is not None and index >= n_video:
-                    # counted only where a label file has the frame: one stray line far past
-                    # the end is one frame, not every number up to it
-                    if frame1 in labelled:
-                        skipped["label frames past the end of the video"] += 1
-                    continue
-                row = {"subject": subject, "video": video.stem, "frame": index,
-                       "source": str(video.resolve()), "source_index": index, "split": ""}
-                lm = lms.get(index) if cam == "left" else None
-                row["landmark_file"] = str(lm.resolve()) if lm is not None else ""
-                if cam == "left" and lm_root is not None and lm is None:
-                    skipped["frames without a landmark file"] += 1
-                for au in DISFA_AUS:
-                    v = per_au.get(au, {}).get(frame1)
-                    row[au] = -1 if v is None else int(v >= threshold)
-                    row[f"{au}_int"] = -1 if v is None else v
-                rows.append(row)
+            rows += _video_rows(subject, video, n_frames, per_au,
+                                lms=lms if cam == "left" and lm_root is not None else None,
+                                threshold=threshold,
+                                skipped=skipped)
     longest = max(lengths.values())
     short = {s: n for s, n in lengths.items() if n < longest}
     table = FrameTable("disfa", root, DISFA_AUS, build_frames(rows, DISFA_AUS, intensity=True),
@@ -178,3 +133,79 @@ def read_disfa(root, *, camera="left", threshold=2):
                        notes={"short_subjects": short} if short else {},
                        label_threshold=int(threshold))
     return table
+
+
+def _disfa_layout(root, cameras):
+    """Return ``(subject label folders, {camera: {lower-case name: video}}, Landmark_Points or None)``.
+
+    Raises LayoutError, naming what is missing, for a folder that is not DISFA's layout.
+    """
+    labels_dir = find_child(root, "ActionUnit_Labels")
+    if labels_dir is None or not labels_dir.is_dir():
+        raise LayoutError(f"{root}: not a DISFA folder: no ActionUnit_Labels/ "
+                          "(expected ActionUnit_Labels/SN001/SN001_au1.txt ...)")
+    subjects = sorted((p for p in labels_dir.iterdir() if p.is_dir() and _SUBJECT_RE.match(p.name)),
+                      key=lambda p: p.name.upper())
+    if not subjects:
+        raise LayoutError(f"{labels_dir}: no subject folders (expected SN001, SN002, ...)")
+    cam_dirs = {}
+    for cam in cameras:
+        found = next((d for d in (find_child(root, n) for n in CAMERA_FOLDERS[cam]) if d), None)
+        if found is None:
+            raise LayoutError(f"{root}: no {CAMERA_FOLDERS[cam][0]}/ folder for the {cam} camera")
+        cam_dirs[cam] = children_by_lower_name(found)
+    return subjects, cam_dirs, find_child(root, "Landmark_Points")
+
+
+def _subject_labels(sdir, subject, skipped):
+    """Return ``{AU: {frame (1-based): intensity}}`` of one subject's label files.
+
+    Missing and empty label files leave their AU unlabelled and are counted in ``skipped``.
+    """
+    per_au = {}
+    for f in sdir.iterdir():
+        m = _LABEL_RE.match(f.name)
+        if m and m.group(1).upper() == subject:
+            au = au_name(m.group(2))
+            if au in DISFA_AUS:
+                per_au[au] = read_label_file(f)
+    if not per_au:
+        raise LayoutError(f"{sdir}: no label files (expected {subject}_au1.txt ...)")
+    for au in DISFA_AUS:
+        if au not in per_au:
+            skipped["label files missing (AU left unlabelled)"] += 1
+        elif not per_au[au]:
+            skipped["label files empty (AU left unlabelled)"] += 1
+    return per_au
+
+
+def _video_rows(subject, video, n_frames, per_au, *, lms, threshold, skipped):
+    """Return the table rows of one subject's video: one per labelled frame the video holds.
+
+    ``lms`` maps 0-based frames to landmark files (left camera; None for the right one, which
+    DISFA gives no landmarks, or without Landmark_Points/); frames past the video's end and frames without a landmark file
+    are counted in ``skipped``.
+    """
+    n_video = _video_frame_count(video)
+    labelled = set().union(*per_au.values())
+    rows = []
+    for frame1 in range(1, n_frames + 1):
+        index = frame1 - 1
+        if n_video is not None and index >= n_video:
+            # counted only where a label file has the frame: one stray line far past
+            # the end is one frame, not every number up to it
+            if frame1 in labelled:
+                skipped["label frames past the end of the video"] += 1
+            continue
+        row = {"subject": subject, "video": video.stem, "frame": index,
+               "source": str(video.resolve()), "source_index": index, "split": ""}
+        lm = lms.get(index) if lms is not None else None
+        row["landmark_file"] = str(lm.resolve()) if lm is not None else ""
+        if lms is not None and lm is None:
+            skipped["frames without a landmark file"] += 1
+        for au in DISFA_AUS:
+            v = per_au.get(au, {}).get(frame1)
+            row[au] = -1 if v is None else int(v >= threshold)
+            row[f"{au}_int"] = -1 if v is None else v
+        rows.append(row)
+    return rows

@@ -118,7 +118,15 @@ def landmarks3d(idt, s):
     """
     a = {au: float(s[i]) for au, i in AU_INDEX.items()}
     P = np.zeros((68, 3), dtype=np.float32)
+    drop = _place_jaw(P, idt, a)
+    _place_brows(P, idt, a)
+    _place_eyes(P, idt, a)
+    _place_nose(P, idt, a)
+    return P, {"a": a, **_place_mouth(P, idt, a, drop)}
 
+
+def _place_jaw(P, idt, a):
+    """Set the jaw line P[0:17] (``a``: AU activations); return the chin's AU26 drop."""
     # Jaw: a superellipse from ear to ear; AU26 lowers the chin, AU17 pushes the chin boss up.
     t = np.arange(17) / 16.0 * np.pi
     c, sn = -np.cos(t), np.sin(t)
@@ -127,7 +135,11 @@ def landmarks3d(idt, s):
     P[:17, 2] = -0.35 + 0.5 * sn
     drop = 0.11 * a["AU26"]
     P[:17, 1] += drop * sn ** 2 - 0.02 * a["AU17"] * sn ** 8
+    return drop
 
+
+def _place_brows(P, idt, a):
+    """Set the brows P[17:27]: AU1 raises the inner ends, AU2 the outer, AU4 / AU9 lower them."""
     # Brows: 17 (outer) -> 21 (inner) on the image's left, mirrored 22 (inner) -> 26 (outer).
     k = np.linspace(0, 1, 5)  # 0 outer, 1 inner
     bx = -(idt.eye_in + idt.eye_w + 0.05 - (idt.eye_w + 0.05 + idt.eye_in - 0.07) * k)
@@ -140,6 +152,9 @@ def landmarks3d(idt, s):
     P[17:22] = right
     P[22:27] = _mirror(right[::-1])
 
+
+def _place_eyes(P, idt, a):
+    """Set the eyes P[36:48]: AU5 opens the upper lid, AU6 / AU7 narrow from below."""
     # Eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid (image left); mirrored 42-47.
     ex0, ex1 = -(idt.eye_in + idt.eye_w), -idt.eye_in
     up = idt.eye_up * (1 + 2.0 * a["AU05"] - 0.3 * a["AU07"] - 0.15 * a["AU04"] - 0.2 * a["AU06"])
@@ -159,6 +174,9 @@ def landmarks3d(idt, s):
     P[36:42] = eye
     P[42:48] = _mirror(eye[[3, 2, 1, 0, 5, 4]])
 
+
+def _place_nose(P, idt, a):
+    """Set the nose P[27:36]."""
     # Nose: bridge 27-30, nostrils 31-35; AU9 wrinkles the nose and lifts the wings, AU10 a little.
     nl = idt.nose_len
     P[27:31] = [[0, 0.0, 0.30], [0, nl / 3, 0.38], [0, 2 * nl / 3, 0.45], [0, nl, 0.52]]
@@ -169,6 +187,9 @@ def landmarks3d(idt, s):
                 [0, ny + 0.015 - wing_up * 0.4, 0.45], [nw / 2, ny + 0.008 - wing_up * 0.6, 0.42],
                 [nw, ny - 0.012 - wing_up, 0.36]]
 
+
+def _place_mouth(P, idt, a, drop):
+    """Set the mouth P[48:68]; return what texture drawing needs (opening, lip sizes, corners)."""
     # Mouth. Corners: 12 up and out, 15 down, 20 out, 23 in; lips: 10 raises the upper,
     # 17 pushes the lower up, 24 presses both, 23/20 thin the red; 25 parts, 26 drops the jaw.
     my, mw = idt.mouth_y, idt.mouth_w
@@ -205,8 +226,7 @@ def landmarks3d(idt, s):
     P[65] = [mw_ * 0.32, (gap_bot + cy) / 2 * 0.3 + gap_bot * 0.7, 0.32]
     P[66] = [0, gap_bot, 0.33]
     P[67] = _mirror(P[65])
-    aux = {"a": a, "part": gap_bot - gap_top, "lu": lu, "ll": ll, "cy": cy, "mw": mw_}
-    return P, aux
+    return {"part": gap_bot - gap_top, "lu": lu, "ll": ll, "cy": cy, "mw": mw_}
 
 
 def canonical_shape():

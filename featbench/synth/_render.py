@@ -167,26 +167,47 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
     landmarks : ndarray, shape (68, 2), float32
         The projected iBUG-68 landmarks, in pixels.
     """
-    import cv2
-
     P, aux = landmarks3d(idt, s)
-    a = aux["a"]
     cv = _Canvas(size, pose, idt.background)
     L = cv.project(P)
-    skin = idt.skin
+    _draw_body(cv, idt, pose, size)
+    outline = _draw_head(cv, idt, P)
+    _draw_upper_marks(cv, idt, P, aux["a"])
+    _draw_lower_marks(cv, idt, P, aux["a"])
+    _draw_shadows(cv, idt, P, scene)
+    _composite_layers(cv, outline, pose, idt.skin)
+    _draw_brows(cv, idt, P)
+    _draw_eyes(cv, idt, L, pose, scene)
+    _draw_nose(cv, P, idt.skin)
+    _draw_mouth(cv, idt, L, aux["part"], pose)
+    if idt.glasses:
+        _draw_glasses(cv, P)
+    if scene.occluder:
+        _draw_occluder(cv, scene.occluder, idt.skin)
+    return _light_and_sensor(cv.img, pose, scene, rng), L.astype(np.float32)
 
-    # Body first (it does not turn with the head), then hair behind the head.
+
+#: 28 angles around a circle: hair, ears, nostrils, glasses, hands
+_RING = np.linspace(0, 2 * np.pi, 28, endpoint=False)
+
+
+def _draw_body(cv, idt, pose, size):
+    """Neck and shirt (they do not turn with the head), then the hair behind the head."""
+    skin, t = idt.skin, _RING
     body = _Canvas(size, Pose(0, 0, pose.roll * 0.3, pose.scale, pose.cx, pose.cy), idt.background)
     body.img = cv.img
     body.fill([[-0.2, 0.5], [0.2, 0.5], [0.24, 1.1], [-0.24, 1.1]], skin * 0.8)
     body.fill([[-1.3, 1.05], [1.3, 1.05], [1.6, 2.4], [-1.6, 2.4]], idt.shirt)
-    t = np.linspace(0, 2 * np.pi, 28, endpoint=False)
     hair_y = 0.85 if idt.long_hair else 0.25
     if idt.hairline > -0.9:
         back = np.stack([0.62 * idt.face_w * np.cos(t), -0.2 + 0.5 * (hair_y + 0.85) * np.sin(t)
                          + 0.5 * (hair_y - 0.85) * (np.sin(t) > 0), np.full_like(t, -0.45)], 1)
         cv.fill(back, idt.hair)
 
+
+def _draw_head(cv, idt, P):
+    """Face (jaw + forehead dome), ears and hairline; return the face outline (face units)."""
+    skin, t = idt.skin, _RING
     # Face outline: the jaw plus a forehead dome.
     th = np.linspace(0, np.pi, 13)[1:-1]
     fw = 0.5 * idt.face_w * 0.98
@@ -206,8 +227,15 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
                         0.02 - (idt.forehead_h + 0.06) * np.sin(np.linspace(np.pi, 0, 11)),
                         np.full(11, 0.0)], 1)
         cv.fill(np.concatenate([front, top[::-1]], 0), idt.hair)
+    return outline
 
-    # Permanent marks of the identity's age plus AU textures, on the soft layers.
+
+def _draw_upper_marks(cv, idt, P, a):
+    """Soft-layer marks of the upper face: age lines, AU1/2 forehead, AU4 furrows, AU9 nose, eyes'.
+
+    ``a`` holds the AU activations; the eyes' surroundings carry AU6 crow's feet and cheek
+    bulge, the AU6/7 infraorbital furrow and the upper-lid crease (AU5, AU7).
+    """
     age = idt.age
     by = 0.5 * (P[19, 1] + P[24, 1])
     fh_base = 0.45 * age
@@ -242,6 +270,12 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
         # upper-lid crease; hidden by AU5 (lid raised into the orbit), deeper with AU7
         cv.soft("dark", 0.45 * (1 - a["AU05"]) + 0.2 * a["AU07"],
                 _arc(P[o, 0] * 0.95 + P[i_, 0] * 0.05, P[i_, 0], P[37, 1] - 0.03, 0.008, z=0.22), 0.008)
+
+
+def _draw_lower_marks(cv, idt, P, a):
+    """Soft-layer marks of the lower face: nasolabial furrows (AU12, AU10, AU9, AU6, AU20),
+    AU15 marionette lines, AU20 / AU23 stretch lines, AU24 and AU10 bulges, AU17 chin."""
+    age = idt.age
     # Nasolabial furrows: AU12 (curved out), AU10 and AU9 (deep, straighter), AU6 a little.
     nl_v = 0.25 * age + 1.0 * max(a["AU12"], a["AU10"], 0.8 * a["AU09"], 0.35 * a["AU06"], 0.4 * a["AU20"])
     for sx, wing, corner in ((-1, 31, 48), (1, 35, 54)):
@@ -264,6 +298,10 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
     if a["AU17"] > 0.05:
         for dx, dy in idt.chin_dots:
             cv.blob("dark", 0.8 * a["AU17"], (dx, chin[1] - 0.12 + dy), (0.008, 0.008))
+
+
+def _draw_shadows(cv, idt, P, scene):
+    """Broad shadows on the blurriest layer: the beard, and the nose's side away from the light."""
     # Beard shadow.
     if idt.beard:
         jaw = P[3:14].copy()
@@ -275,6 +313,11 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
     nose_side = np.array([[0, 0.02], [0, P[30, 1]], [-np.sign(lx) * 0.09, P[31, 1]],
                           [-np.sign(lx) * 0.06, 0.1]])
     cv.fill(nose_side, 120 * scene.light_k * abs(lx), layer="shade")
+
+
+def _composite_layers(cv, outline, pose, skin):
+    """Blur the soft layers and multiply them into the image, over the head's bounding box only."""
+    import cv2
 
     # Soft layers in: blurred (skin texture is smooth), darkening and lightening the skin. Only
     # the head's bounding box can hold marks, so only it is composited (most of the cost).
@@ -293,7 +336,9 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
         f += light[..., None] * (0.2 / 255.0 * skin)[None, None, :]
         roi[:] = np.clip(f, 0, 255).astype(np.uint8)
 
-    # Features drawn crisp on top: brows, eyes, nose, mouth.
+
+def _draw_brows(cv, idt, P):
+    """The brows, crisp, as thick smoothed polygons along the brow landmarks."""
     for lo_, hi_ in ((17, 22), (22, 27)):
         b = P[lo_:hi_]
         thick = idt.brow_th * np.array([0.55, 0.9, 1.0, 1.0, 0.9])
@@ -301,6 +346,13 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
             thick = thick[::-1]
         poly = np.concatenate([b - [0, 1, 0] * thick[:, None] * 0.5, (b + [0, 1, 0] * thick[:, None] * 0.5)[::-1]])
         cv.fill(_smooth(poly, it=1), idt.brow)
+
+
+def _draw_eyes(cv, idt, L, pose, scene):
+    """Each eye inside its lid outline: white, iris and pupil following the gaze; the lid lines."""
+    import cv2
+
+    skin = idt.skin
     for rng_i, side in ((range(36, 42), -1), (range(42, 48), 1)):
         eye_px = _smooth(L[list(rng_i)], it=2)
         ctr = 0.5 * (L[rng_i[0]] + L[rng_i[3]])
@@ -321,18 +373,27 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
         lower = _smooth(L[[rng_i[3], rng_i[4], rng_i[5], rng_i[0]]], closed=False)
         cv.line(upper, (25, 25, 30), 0.012, projected=True)
         cv.line(lower, skin * 0.6, 0.006, projected=True)
-    # Nose: soft side lines, nostrils.
+
+
+def _draw_nose(cv, P, skin):
+    """Nose: soft side lines, nostrils and the line of its base."""
+    t = _RING
     for sx, wing in ((-1, 31), (1, 35)):
         cv.line([[sx * 0.035, 0.1, 0.4], [sx * 0.05, P[30, 1] - 0.03, 0.45], P[wing]], skin * 0.8, 0.006)
         n = 0.5 * (P[wing] + P[32 if sx < 0 else 34])
         cv.fill(np.stack([n[0] + 0.025 * np.cos(t[::2]), n[1] - 0.006 + 0.011 * np.sin(t[::2]),
                           np.full(14, 0.42)], 1), skin * 0.35)
     cv.line(P[31:36], skin * 0.65, 0.007)
-    # Mouth: lips, then the opening with teeth, then the line where the lips meet.
+
+
+def _draw_mouth(cv, idt, L, part, pose):
+    """Lips, then (opened by ``part``) the opening with teeth, else the line where the lips meet."""
+    import cv2
+
     outer = L[48:60]
     cv.fill(_smooth(outer, it=1), idt.lip, projected=True)
     inner = L[60:68]
-    if aux["part"] > 0.004:
+    if part > 0.004:
         def draw_mouth(roi, off):
             roi[:] = (35, 25, 45)
             teeth_h = 0.035 * pose.scale
@@ -340,7 +401,7 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
             band = np.concatenate([top, (top + [0, teeth_h])[::-1]])
             cv2.fillPoly(roi, [np.round(band * _ONE).astype(np.int32).reshape(-1, 1, 2)],
                          (215, 225, 230), cv2.LINE_AA, _SHIFT)
-            if aux["part"] > 0.07:
+            if part > 0.07:
                 bot = inner[[4, 5, 6, 7, 0]] - off
                 band = np.concatenate([bot, (bot - [0, teeth_h * 0.7])[::-1]])
                 cv2.fillPoly(roi, [np.round(band * _ONE).astype(np.int32).reshape(-1, 1, 2)],
@@ -349,38 +410,49 @@ def render_frame(idt, s, pose, scene, rng, *, size=FRAME_SIZE):
         _masked(cv2, cv.img, _smooth(inner, it=1), draw_mouth)
     else:
         cv.line(_smooth(inner[[0, 1, 2, 3, 4]], closed=False), idt.lip * 0.45, 0.009, projected=True)
-    if idt.glasses:
-        for i0, i1 in ((36, 39), (42, 45)):
-            c = 0.5 * (P[i0] + P[i1])
-            box = np.stack([c[0] + 0.12 * np.cos(t), c[1] + 0.065 * np.sin(t), np.full_like(t, 0.3)], 1)
-            cv.line(box, (30, 30, 30), 0.012, closed=True)
-        cv.line([[-0.1, -0.01, 0.32], [0, -0.03, 0.34], [0.1, -0.01, 0.32]], (30, 30, 30), 0.012)
 
-    # Occluders: a hand in front of the mouth or cheek, or an object across the face.
-    if scene.occluder:
-        kind, ox, oy, size_ = scene.occluder
-        if kind == "hand":
-            hand = np.stack([ox + size_ * np.cos(t), oy + 0.8 * size_ * np.sin(t), np.full_like(t, 0.7)], 1)
-            cv.fill(hand, skin * 0.95)
-            for f in range(4):
-                fx = ox - size_ * 0.6 + f * size_ * 0.4
-                cv.line([[fx, oy - 0.6 * size_, 0.7], [fx, oy - 1.5 * size_, 0.7]], skin * 0.9, 0.06)
-        else:
-            cv.fill([[ox - size_, oy - 0.05], [ox + size_, oy - 0.03], [ox + size_, oy + 0.05],
-                     [ox - size_, oy + 0.03]], (60, 70, 80))
 
-    # Light: a gradient across the frame in the light's direction, its colour, brightness.
+def _draw_glasses(cv, P):
+    """Two rims and the bridge between them."""
+    t = _RING
+    for i0, i1 in ((36, 39), (42, 45)):
+        c = 0.5 * (P[i0] + P[i1])
+        box = np.stack([c[0] + 0.12 * np.cos(t), c[1] + 0.065 * np.sin(t), np.full_like(t, 0.3)], 1)
+        cv.line(box, (30, 30, 30), 0.012, closed=True)
+    cv.line([[-0.1, -0.01, 0.32], [0, -0.03, 0.34], [0.1, -0.01, 0.32]], (30, 30, 30), 0.012)
+
+
+def _draw_occluder(cv, occluder, skin):
+    """A hand in front of the mouth or cheek, or an object across the face (face units)."""
+    t = _RING
+    kind, ox, oy, size_ = occluder
+    if kind == "hand":
+        hand = np.stack([ox + size_ * np.cos(t), oy + 0.8 * size_ * np.sin(t), np.full_like(t, 0.7)], 1)
+        cv.fill(hand, skin * 0.95)
+        for f in range(4):
+            fx = ox - size_ * 0.6 + f * size_ * 0.4
+            cv.line([[fx, oy - 0.6 * size_, 0.7], [fx, oy - 1.5 * size_, 0.7]], skin * 0.9, 0.06)
+    else:
+        cv.fill([[ox - size_, oy - 0.05], [ox + size_, oy - 0.03], [ox + size_, oy + 0.05],
+                 [ox - size_, oy + 0.03]], (60, 70, 80))
+
+
+def _light_and_sensor(img_u8, pose, scene, rng):
+    """Return the final uint8 image: light gradient, colour and gain, camera blur, sensor noise."""
+    import cv2
+
+    h, w = img_u8.shape[:2]
     ux, uy = np.cos(scene.light_dir), np.sin(scene.light_dir)
     xs = (np.arange(w, dtype=np.float32) - pose.cx) * (scene.light_k * ux / (0.6 * pose.scale))
     ys = (np.arange(h, dtype=np.float32) - pose.cy) * (scene.light_k * uy / (0.6 * pose.scale))
     grad = np.clip(1.0 + xs[None, :] + ys[:, None], 0.35, 1.7) * scene.gain
-    img = cv.img.astype(np.float32)
+    img = img_u8.astype(np.float32)
     img *= grad[..., None] * scene.tint[None, None, :]
     if scene.blur > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), scene.blur)
     if scene.noise > 0:
         img += noise_field(rng, h, w) * scene.noise
-    return np.clip(img, 0, 255).astype(np.uint8), L.astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 _NOISE_BANK = {}

@@ -1,0 +1,186 @@
+"""predict / export with runs whose trained network is the classifier: fine-tuned and transfer.
+
+Tiny runs trained here (test_finetune's 48-px cued faces, test_transfer's tiny ABAW tree), then
+applied through predict's own path (:func:`featbench.predict.score_faces`: crops, the run's
+network, its thresholds) to the faces each run scored as test frames: the decisions must be the
+run's stored ones, the scores its stored scores; an exported file must give the same bit for bit.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from featbench.align import AlignedFaces  # noqa: E402
+from featbench.ensemble import read_predictions  # noqa: E402
+from featbench.predict import open_encoders, score_faces  # noqa: E402
+from featbench.runmodel import export_run, load_model_file, load_run  # noqa: E402
+from featbench.workspace import Workspace  # noqa: E402
+from test_finetune import FAST, make_table, one_thread, write_cache  # noqa: E402,F401
+
+
+def _ft_runs(root, configs):
+    from classify.finetune import FinetuneConfig, finetune_run
+
+    table = make_table()
+    cache = write_cache(root / "faces.h5", table)
+    ws = Workspace(root / "ws")
+    runs = {name: finetune_run(ws, "synth", FinetuneConfig(**{**FAST, **kw}), table=table,
+                               aligned_path=cache, progress=False)["run"]
+            for name, kw in configs.items()}
+    return {"ws": ws, "table": table, "cache": cache, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def ft(tmp_path_factory):
+    """Two fine-tuned runs on one workspace (multilabel full face; per-au on regions) and their vote."""
+    from featbench.ensemble import ensemble_run
+
+    out = _ft_runs(tmp_path_factory.mktemp("ft-predict"), {
+        "ml": dict(head="multilabel", epochs=1, input_size=40),  # faces resized 48 -> 40
+        "regions": dict(region="auto", tune_threshold=True, epochs=1)})
+    runs = out["runs"]
+    runs["vote"] = ensemble_run(out["ws"], "synth", members=[runs["ml"], runs["regions"]],
+                                name="ftpair")["run"]
+    return out
+
+
+def _test_faces(table, cache, pred):
+    """The aligned faces and region boxes of the predictions file's frames, in its order."""
+    where = {k: i for i, k in enumerate(table.keys().tolist())}
+    rows = np.array([where[k] for k in pred["frames"].tolist()])
+    with AlignedFaces(cache) as faces:
+        return faces.read_faces(rows), faces.boxes[rows]
+
+
+def _check_reproduces(model, ws, dataset, table, cache, *, exact_scores=False):
+    pred = read_predictions(ws.predictions_path(dataset, model.run))
+    images, boxes = _test_faces(table, cache, pred)
+    scores, decisions = score_faces(model, open_encoders(model, device="cpu"), images, boxes)
+    cols = [model.aus.index(a) for a in pred["aus"]]
+    np.testing.assert_array_equal(decisions[:, cols], pred["decisions"])
+    if exact_scores:
+        np.testing.assert_array_equal(scores[:, cols], pred["scores"])
+    else:
+        np.testing.assert_allclose(scores[:, cols], pred["scores"], rtol=1e-4, atol=1e-4)
+    return scores, decisions
+
+
+@pytest.mark.parametrize("which", ["ml", "regions", "vote"])
+def test_finetuned_runs_reproduce_their_own_test_decisions(ft, which):
+    run = ft["runs"][which]
+    model = load_run(ft["ws"], "synth", run)
+    assert model.clf == {"vote": "vote"}.get(which, "ft")
+    _check_reproduces(model, ft["ws"], "synth", ft["table"], ft["cache"])
+    if which == "regions":  # one network per AU, each on its region's crops
+        assert sorted(r for rs in model.networks().values() for r in rs) == ["lower", "upper"]
+        assert all(w.startswith(f"finetuned:{run}/AU") for _, w in model.networks())
+
+
+@pytest.mark.slow
+def test_a_cnn_f_run_at_a_small_input_reproduces_its_test_decisions(tmp_path):
+    """CNN-F (fc6 rebuilt for 48-px faces), multilabel, from random:0: 13 s on 2 loaded cores."""
+    out = _ft_runs(tmp_path, {"cnnf": dict(model="cnn_f", head="multilabel", epochs=1, lr=1e-4)})
+    model = load_run(out["ws"], "synth", out["runs"]["cnnf"])
+    assert model.info["input_size"] == 48
+    _check_reproduces(model, out["ws"], "synth", out["table"], out["cache"])
+
+
+def test_an_exported_ft_vote_is_bit_identical_and_carries_its_networks(ft, tmp_path):
+    import shutil
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ft["ws"].root / "results", ws.root / "results")
+    model = load_run(ws, "synth", ft["runs"]["vote"])
+    pred = read_predictions(ws.predictions_path("synth", model.run))
+    images, boxes = _test_faces(ft["table"], ft["cache"], pred)
+    here = score_faces(model, open_encoders(model, device="cpu"), images, boxes)
+    path = export_run(model, tmp_path / "ft.featbench")
+    shutil.rmtree(ws.root)  # the file needs no workspace: the networks travel inside it
+    loaded = load_model_file(path)
+    there = score_faces(loaded, open_encoders(loaded, device="cpu"), images, boxes)
+    np.testing.assert_array_equal(here[0], there[0])
+    np.testing.assert_array_equal(here[1], there[1])
+    assert "from random:0 — **random init, not pretrained**" in loaded.describe()
+
+
+def test_predict_applies_an_ft_run_to_a_photo(ft, tmp_path):
+    """The astronaut photo through predict: detect, align, crop, the run's network, its thresholds."""
+    from skimage import data
+
+    from featbench import faces
+    from featbench.predict import predict
+
+    photo = tmp_path / "astronaut.png"
+    import cv2
+
+    img = data.astronaut()
+    cv2.imwrite(str(photo), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    run = ft["runs"]["ml"]
+    out = tmp_path / "p.csv"
+    df = predict(photo, run=run, workspace=ft["ws"], out=out, progress=False, device="cpu")
+    assert len(df) == 1 and df["success"].iloc[0] == 1
+    model = load_run(ft["ws"], "synth", run)
+    lm = faces.detect_landmarks(img)
+    face, M = faces.align_face(img, lm, size=faces.CANONICAL_SIZE)
+    boxes = faces.region_boxes(faces.transform_points(lm, M), image_size=faces.CANONICAL_SIZE)
+    s, d = score_faces(model, open_encoders(model, device="cpu"), face[None], boxes[None])
+    for j, au in enumerate(model.aus):
+        assert df[f"{au}_c"].iloc[0] == d[0, j]
+        assert df[f"{au}_p"].iloc[0] == pytest.approx(float(s[0, j]), rel=1e-5, abs=1e-6)
+    side = json.loads(out.with_suffix(".json").read_text())
+    net = side["networks"][0]
+    assert net["random_init"] is True and net["start_weights"] == "random:0"
+    assert net["weights"].startswith(f"finetuned:{run}/model sha256:")
+
+
+# --- transfer ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def transfer(tmp_path_factory):
+    from test_transfer import SETTINGS, _abaw_tree
+
+    from classify.transfer import run_stage2
+    from featbench.datasets.affwild2 import read_affwild2
+
+    root = tmp_path_factory.mktemp("transfer-predict")
+    table = read_affwild2(_abaw_tree(root / "abaw"))
+    table.dataset = "affwild2"
+    ws = Workspace(root / "ws")
+    out = run_stage2(ws, table, SETTINGS, stage1=None, progress=False)
+    return {"ws": ws, "table": table, "run": out["run"], "cache": ws.aligned_path("affwild2")}
+
+
+def test_a_transfer_run_reproduces_its_test_decisions_and_exports(transfer, tmp_path):
+    ws, run = transfer["ws"], transfer["run"]
+    model = load_run(ws, "affwild2", run)
+    assert model.clf == "transfer" and model.alignment.get("size")
+    here = _check_reproduces(model, ws, "affwild2", transfer["table"], transfer["cache"])
+    with h5py.File(ws.predictions_path("affwild2", run), "r") as f:
+        assert f.attrs["scores_are"] == "probabilities"
+    assert np.nanmin(here[0]) >= 0 and np.nanmax(here[0]) <= 1  # probabilities, as stored
+    loaded = load_model_file(export_run(model, tmp_path / "t.featbench"))
+    pred = read_predictions(ws.predictions_path("affwild2", run))
+    images, boxes = _test_faces(transfer["table"], transfer["cache"], pred)
+    there = score_faces(loaded, open_encoders(loaded, device="cpu"), images, boxes)
+    np.testing.assert_array_equal(here[0], there[0])
+    np.testing.assert_array_equal(here[1], there[1])
+
+
+def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_path, capsys):
+    import shutil
+
+    from featbench.cli import main
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(transfer["ws"].root / "results", ws.root / "results")
+    (ws.models_dir("affwild2", transfer["run"]) / "model.pt").unlink()
+    photo = tmp_path / "x.png"
+    photo.write_bytes(b"")
+    status = main(["--workspace", str(ws.root), "predict", str(photo), "--run", transfer["run"],
+                   "--dataset", "affwild2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert "model.pt" in err[0] and "rerun featbench transfer" in err[0]
