@@ -27,6 +27,26 @@ def _data(n, size, seed=0):
             rng.integers(0, 2, n).astype(np.int64))
 
 
+def _plain_loop(net, batches, device):
+    """One epoch of the loop a user writes from the PyTorch tutorial; return its seconds."""
+    import torch
+
+    m = net.to(device).to(memory_format=torch.contiguous_format)
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    m.train()
+    t0 = time.perf_counter()
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()  # what a tutorial loop logs every step
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def bench_finetune(model="cnn_f", *, input_size=None, batch_size=32, steps=8, repeat=3,
                    device="auto", seed=0, progress=False):
     """Return images/s of featbench's training loop and of a plain loop, and their ratio.
@@ -82,20 +102,7 @@ def bench_finetune(model="cnn_f", *, input_size=None, batch_size=32, steps=8, re
 
     def run_plain():
         net.load_state_dict(start)
-        m = net.to(device).to(memory_format=torch.contiguous_format)
-        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-        m.train()
-        t0 = time.perf_counter()
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(m(x), y)
-            loss.backward()
-            opt.step()
-            loss.item()  # what a tutorial loop logs every step
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return _plain_loop(net, batches, device)
 
     run_plain()  # warm-up both (allocator, kernels)
     _, first = run_featbench()
