@@ -255,6 +255,17 @@ def _finetuned_members(runs, tag):
     return sorted(run for _, run in chosen.values())
 
 
+def _open_zoo_models(runs, known):
+    """The ``tv:`` / ``timm:`` networks (file-name form) with runs: each its own family.
+
+    They are not in the registry's list, so a preset would never see them; codes of a
+    fine-tuned network (``<model>-ft``) are not frozen codes and stay out.
+    """
+    models = {k.model for k in map(_key, runs) if k is not None}
+    return sorted(m for m in models if m.startswith(("tv-", "timm-")) and not m.endswith("-ft")
+                  and m not in known)
+
+
 def validation_f1(workspace, dataset, run):
     """Mean over folds and AUs of a classifier run's validation F1 (its settings.json), or nan."""
     try:
@@ -302,6 +313,7 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     runs = _existing_runs(workspace, dataset)
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
+    order += _open_zoo_models(runs, order)
 
     def per_family(region, clf=PRESET_CLF):
         chosen, seen = [], set()

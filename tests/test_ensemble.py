@@ -221,11 +221,15 @@ def test_fine_tuned_member_replaces_the_weakest_by_validation_f1(members):
     _member(ws, "tv-mobilenet_v2-ft__full__svm", labels, 0.5, seed=8)
     fe = resolve_preset(ws, "synth", "fe")
     assert set(fe) == {"hog__full__svm", "alexnet__full__svm", "cnn_f__full__svm"}
+    _member(ws, "timm-resnet18__full__svm", labels, 1.0, seed=9)  # an open-zoo network's codes
+    fe = resolve_preset(ws, "synth", "fe")
+    assert set(fe) == {"hog__full__svm", "alexnet__full__svm", "cnn_f__full__svm",
+                       "timm-resnet18__full__svm"}
     ft = resolve_preset(ws, "synth", "fe+ft")
-    assert set(ft) == {"hog__full__svm", "cnn_f__full__svm", "tv-mobilenet_v2__full__ft__ml",
-                       "tv-mobilenet_v2-ft__full__svm"}
+    assert set(ft) == {"hog__full__svm", "cnn_f__full__svm", "timm-resnet18__full__svm",
+                       "tv-mobilenet_v2__full__ft__ml", "tv-mobilenet_v2-ft__full__svm"}
     for run, f1 in (("hog__full__svm", [0.6, 0.5, np.nan]), ("alexnet__full__svm", [0.7, 0.7, 0.7]),
-                    ("cnn_f__full__svm", [0.4, 0.6, 0.5])):
+                    ("cnn_f__full__svm", [0.4, 0.6, 0.5]), ("timm-resnet18__full__svm", [0.6] * 3)):
         _val_scores(ws, run, f1)
     ft = resolve_preset(ws, "synth", "fe+ft")
     assert "cnn_f__full__svm" not in ft and {"hog__full__svm", "alexnet__full__svm"} <= set(ft)
