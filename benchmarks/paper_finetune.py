@@ -45,7 +45,7 @@ def make_preset(args):
     if args.input_size:
         common["input_size"] = args.input_size
     fts = (Finetune(args.model, {**common, "reinit": "fc"}),
-           Finetune(args.model, {**common, "region": "auto", "reinit": "fc6-fc7"}),
+           Finetune(args.model, {**common, "region": "auto", "reinit": args.region_reinit}),
            Finetune(args.model, {**common, "head": "multilabel", "reinit": "fc"}, code_clfs=("svm",)))
     models = tuple(dict.fromkeys(tuple(args.members) + (args.model,)))
     return Preset("paper-finetune", models=models, region_models=tuple(args.region_members),
@@ -76,15 +76,19 @@ def check_workspace(ws, dataset, preset, weights):
 
 def table_rows(ws, dataset, preset, out):
     """The comparison's rows, each read from the run's ``summary.csv`` row."""
+    from classify.finetune import finetune_run_name
+    from featbench.datasets import load_dataset
     from featbench.identity import RunKey
     from featbench.results import read_summary_rows
 
     summary = {r["run"]: r for r in read_summary_rows(ws.summary_csv(dataset))}
+    table = load_dataset(dataset, workspace=ws, progress=False)
+    full, region, ml = (finetune_run_name(ft.config("random:0", "paper"), table) for ft in preset.finetunes)
     m = RunKey(preset.finetunes[0].model, "full", "ft").model  # the file-name form (tv-..., timm-...)
     want = [("frozen codes + SVM", f"{m}__full__svm"),
-            ("fine-tuned, per AU, fc re-initialised", f"{m}__full__ft"),
-            ("fine-tuned on regions, per AU, fc6+fc7 re-initialised", f"{m}__auto__ft__fc67"),
-            ("fine-tuned, multilabel (its codes below)", f"{m}__full__ft__ml"),
+            ("fine-tuned, per AU, --reinit fc", full),
+            (f"fine-tuned on regions, per AU, --reinit {preset.finetunes[1].settings['reinit']}", region),
+            ("fine-tuned, multilabel, --reinit fc (its codes below)", ml),
             ("SVM on the fine-tuned network's codes", f"{m}-ft__full__svm")]
     for e in preset.ensembles:  # an ensemble is "full" when every member is, else "mixed"
         names = [str(RunKey(f"ensemble-{e}", region, "vote")) for region in ("full", "mixed")]
@@ -120,6 +124,9 @@ def main(argv=None):
                    help="the ensembles' other frozen-code networks (default: hog dlib_face alexnet)")
     p.add_argument("--region-members", nargs="*", default=["hog", "alexnet"],
                    help="networks with region-based SVMs (default: hog alexnet)")
+    p.add_argument("--region-reinit", default="fc6-fc7", choices=("fc", "fc6-fc7", "head"),
+                   help="--reinit of the region runs (default: fc6-fc7, the paper's; fc for networks "
+                        "without fc6 and fc7, such as tv:mobilenet_v2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where everything runs (cpu hides CUDA from extraction too)")
     p.add_argument("--input-size", type=int, default=None,
