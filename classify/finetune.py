@@ -246,25 +246,49 @@ def augment(imgs, aug):
         dx, dy = (int(v) for v in aug["shift"][i])
         pad = np.pad(im, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
         out[i] = pad[abs(dy) + dy:abs(dy) + dy + h, abs(dx) + dx:abs(dx) + dx + w]
-    f = out.astype(np.float32)
-    mean = f.mean(axis=(1, 2, 3), keepdims=True)
-    f = (f - mean) * aug["gain"][:, None, None, None] + mean + aug["bias"][:, None, None, None]
-    return np.clip(f, 0, 255).astype(np.uint8)
+    # brightness / contrast about each face's mean: an affine map of the 256 grey levels, so a
+    # per-face lookup table (the same float32 arithmetic per level: bit-identical to computing
+    # it per pixel, and a fraction of the memory traffic)
+    mean = out.astype(np.float32).mean(axis=(1, 2, 3))[:, None]
+    levels = np.arange(256, dtype=np.float32)[None, :]
+    lut = (levels - mean) * aug["gain"][:, None] + mean + aug["bias"][:, None]
+    lut = np.clip(lut, 0, 255).astype(np.uint8)
+    for i in range(len(out)):
+        np.take(lut[i], out[i], out=out[i])
+    return out
 
 
-def prefetch(items, read):
-    """Yield ``read(item)`` for each item, the next one read in a background thread."""
+def prefetch_workers():
+    """Background reader threads for :func:`prefetch`: a quarter of the CPU cores, 1 to 4.
+
+    On a GPU the faces' reading and augmentation, not the network, bound an epoch (README: on
+    an H200 about 200 faces/s against the 3,366 the loop alone trains); on a 2-core machine one
+    thread leaves the cores to the network.
+    """
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def prefetch(items, read, workers=None):
+    """Yield ``read(item)`` for each item, in order, with up to ``workers`` items read ahead in
+    background threads (default: :func:`prefetch_workers`).
+
+    ``read`` must depend on its item alone (then the batches are the same for any ``workers``);
+    numpy, OpenCV and HDF5 decompression release the GIL, so the threads overlap.
+    """
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    items = iter(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbench-ft-read") as pool:
-        nxt = next(items, None)
-        fut = pool.submit(read, nxt) if nxt is not None else None
-        while fut is not None:
-            nxt = next(items, None)
-            done = fut.result()
-            fut = pool.submit(read, nxt) if nxt is not None else None
-            yield done
+    workers = prefetch_workers() if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featbench-ft-read") as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(read, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def check_region_crops(reader, rows, region, path):
