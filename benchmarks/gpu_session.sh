@@ -8,6 +8,7 @@
 # env:   WEIGHTS=DIR   a folder holding torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1);
 #                      without it the ImageNet half is skipped and says so
 #        FRAMES=N (240) SUBJECTS=N (27) EPOCHS=N (10) INPUT=S (224) DEVICE=cuda|cpu (cuda)
+#        SKIP_TESTS=1 SKIP_BENCH=1 SKIP_PRETRAIN=1 leave a part out
 #        FB="python -m featbench" (how to call featbench)
 # Every step has its own time limit and log (OUTDIR/<step>.log); a failed step does not stop
 # the others. Results: OUTDIR/pretraining.csv and the logs.
@@ -54,6 +55,7 @@ if [ -n "${WEIGHTS:-}" ] && [ -f "$WEIGHTS/mobilenet_v2-b0353104.pth" ]; then
 else
   echo "== no mobilenet_v2-b0353104.pth in WEIGHTS: the ImageNet half is skipped"
 fi
+[ "${SKIP_PRETRAIN:-0}" = 1 ] && SOURCES=""
 for w in $SOURCES; do
   tag=$( [ "$w" = random:0 ] && echo rand || echo inet )
   step "frozen_$tag" 300 bash -c "$FBW extract --model tv:mobilenet_v2 --weights $w --name mnv2-$tag --device $DEVICE --quiet && $FBW classify --model mnv2-$tag --clf svm --quiet"
@@ -61,7 +63,7 @@ for w in $SOURCES; do
   model=$(ls -d "$WS"/results/synth/models/tv-mobilenet_v2__full__ft*"$tag"*/ 2>/dev/null | head -n 1)
   step "ftcodes_$tag" 300 bash -c "$FBW extract --model tv:mobilenet_v2 --weights '${model}model.pt' --name mnv2-ft-$tag --device $DEVICE --quiet && $FBW classify --model mnv2-ft-$tag --clf svm --quiet"
 done
-python - "$WS" "$OUT" <<'EOF'
+[ -f "$WS/results/synth/summary.csv" ] && python - "$WS" "$OUT" <<'EOF'
 import sys, pandas as pd
 ws, out = sys.argv[1:]
 s = pd.read_csv(f"{ws}/results/synth/summary.csv")

@@ -251,8 +251,8 @@ def _loop_frames(table, landmarks, encoder, out_path):
 
         def flush():
             if model is not None:
-                with torch.no_grad():
-                    codes = model(torch.stack(batch)).numpy()
+                with torch.no_grad():  # fp32 on the encoder's device, as a user writes it
+                    codes = model(torch.stack(batch).to(encoder.device)).float().cpu().numpy()
             else:  # HOG / dlib: their encoder on the batch of aligned faces
                 codes = encoder(np.stack(batch))
             n = ds.shape[0]
