@@ -177,6 +177,19 @@ def is_variant_tag(tag):
     return tag in VARIANT_TAGS or (str(tag).startswith("from") and len(str(tag)) > 4)
 
 
+def finetune_run_name(config, table):
+    """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]``."""
+    from extract.registry import get_spec
+    from featbench.identity import RunKey
+
+    from .run import resolve_aus
+
+    default_aus = resolve_aus(table, config.protocol)
+    aus = resolve_aus(table, config.protocol, config.aus)
+    tags = finetune_tags(config, aus=aus, default_aus=default_aus)
+    return str(RunKey(get_spec(config.model).name, config.region, "ft", tags))
+
+
 def finetune_tags(config, *, aus, default_aus):
     """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
     from .run import run_tag
@@ -233,25 +246,49 @@ def augment(imgs, aug):
         dx, dy = (int(v) for v in aug["shift"][i])
         pad = np.pad(im, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
         out[i] = pad[abs(dy) + dy:abs(dy) + dy + h, abs(dx) + dx:abs(dx) + dx + w]
-    f = out.astype(np.float32)
-    mean = f.mean(axis=(1, 2, 3), keepdims=True)
-    f = (f - mean) * aug["gain"][:, None, None, None] + mean + aug["bias"][:, None, None, None]
-    return np.clip(f, 0, 255).astype(np.uint8)
+    # brightness / contrast about each face's mean: an affine map of the 256 grey levels, so a
+    # per-face lookup table (the same float32 arithmetic per level: bit-identical to computing
+    # it per pixel, and a fraction of the memory traffic)
+    mean = out.astype(np.float32).mean(axis=(1, 2, 3))[:, None]
+    levels = np.arange(256, dtype=np.float32)[None, :]
+    lut = (levels - mean) * aug["gain"][:, None] + mean + aug["bias"][:, None]
+    lut = np.clip(lut, 0, 255).astype(np.uint8)
+    for i in range(len(out)):
+        np.take(lut[i], out[i], out=out[i])
+    return out
 
 
-def prefetch(items, read):
-    """Yield ``read(item)`` for each item, the next one read in a background thread."""
+def prefetch_workers():
+    """Background reader threads for :func:`prefetch`: a quarter of the CPU cores, 1 to 4.
+
+    On a GPU the faces' reading and augmentation, not the network, bound an epoch (README: on
+    an H200 about 200 faces/s against the 3,366 the loop alone trains); on a 2-core machine one
+    thread leaves the cores to the network.
+    """
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def prefetch(items, read, workers=None):
+    """Yield ``read(item)`` for each item, in order, with up to ``workers`` items read ahead in
+    background threads (default: :func:`prefetch_workers`).
+
+    ``read`` must depend on its item alone (then the batches are the same for any ``workers``);
+    numpy, OpenCV and HDF5 decompression release the GIL, so the threads overlap.
+    """
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    items = iter(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbench-ft-read") as pool:
-        nxt = next(items, None)
-        fut = pool.submit(read, nxt) if nxt is not None else None
-        while fut is not None:
-            nxt = next(items, None)
-            done = fut.result()
-            fut = pool.submit(read, nxt) if nxt is not None else None
-            yield done
+    workers = prefetch_workers() if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featbench-ft-read") as pool:
+        pending = deque()
+        for item in items:
+            pending.append(pool.submit(read, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def check_region_crops(reader, rows, region, path):
@@ -297,22 +334,164 @@ def _logistic_loss(y, s):
 
 
 # --- one unit of one fold ------------------------------------------------------------------------
+@dataclass
+class _UnitData:
+    """The frames one unit trains and is validated on (rows of the table), and its labels.
+
+    ``y`` (n_frames, len(aus)) labels of the unit's AUs; ``train`` the labelled training rows;
+    ``val_all`` every labelled validation row; ``val_bal`` per AU, its balanced validation rows
+    (fixed for the run, as classify chooses C on them); ``val_rows`` their union;
+    ``trainable`` the AUs with positive and negative training frames.
+    """
+
+    y: np.ndarray
+    train: np.ndarray
+    val_all: np.ndarray
+    val_bal: list
+    val_rows: np.ndarray
+    n_train_pos: dict
+    trainable: list
+
+
+def _unit_data(cfg, fi, unit, y, rows):
+    from .estimators import balance_indices
+
+    tr = rows["train"][(y[rows["train"]] >= 0).any(axis=1)]
+    va_all = rows["validation"][(y[rows["validation"]] >= 0).any(axis=1)]
+    va_bal = []
+    for j, au in enumerate(unit.aus):
+        r = va_all[y[va_all, j] >= 0]
+        va_bal.append(r[balance_indices(y[r, j], np.random.default_rng([cfg.seed, fi, int(au[2:])]))])
+    va_rows = np.unique(np.concatenate(va_bal)) if va_bal else np.zeros(0, np.int64)
+    pos = {au: int((y[tr, j] == 1).sum()) for j, au in enumerate(unit.aus)}
+    trainable = [au for j, au in enumerate(unit.aus) if 0 < pos[au] < int((y[tr, j] >= 0).sum())]
+    return _UnitData(y, tr, va_all, va_bal, va_rows, pos, trainable)
+
+
+def _train_batches(cfg, unit, data, reader):
+    """``fit``'s ``train_batches``: per epoch, the union of the AUs' balanced draws, prefetched."""
+    import torch
+
+    from .estimators import balance_indices
+
+    y, tr = data.y, data.train
+
+    def train_batches(epoch, rng):
+        parts = []
+        for j in range(len(unit.aus)):
+            r = tr[y[tr, j] >= 0]
+            parts.append(r[balance_indices(y[r, j], rng)])
+        sample = rng.permutation(np.unique(np.concatenate(parts)))
+        ys = y[sample]
+        npos = (ys == 1).sum(axis=0)
+        nneg = (ys == 0).sum(axis=0)
+        pw = np.clip(nneg / np.maximum(npos, 1), 0.1, 10.0).astype(np.float32)
+        aug = draw_augmentation(rng, len(sample), reader.size) if cfg.augment else None
+        bs = int(cfg.batch_size)
+        chunks = [(a, sample[a:a + bs]) for a in range(0, len(sample), bs)
+                  if len(sample[a:a + bs]) >= 2]
+
+        def read(item):
+            a, idx = item
+            sub = None if aug is None else {k: v[a:a + len(idx)] for k, v in aug.items()}
+            return (torch.from_numpy(reader.read(idx, sub)),
+                    torch.from_numpy(y[idx].astype(np.float32)), torch.from_numpy(pw))
+
+        return prefetch(chunks, read)
+
+    return train_batches
+
+
+def _step_loss(head):
+    """``fit``'s ``step_loss``: 2-way cross-entropy (per-au) or masked, weighted BCE (multilabel)."""
+    import torch
+
+    def step_loss(net, batch):
+        x, yy, pw = batch
+        logits = net(x).float()
+        if head == "per-au":
+            return torch.nn.functional.cross_entropy(logits, yy[:, 0].long())
+        mask = (yy >= 0).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, yy.clamp(min=0), pos_weight=pw, reduction="none")
+        return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+    return step_loss
+
+
+def _evaluate(ctx, unit, data, reader):
+    """``fit``'s ``evaluate``: mean F1 at threshold 0 (and loss) on the balanced validation frames."""
+    cfg, y = ctx["config"], data.y
+
+    def evaluate(net):
+        s = unit_scores(net, reader, data.val_rows, cfg.head, batch_size=2 * int(cfg.batch_size),
+                        device=ctx["device"], dtype=ctx["dtype"])
+        where = {r: i for i, r in enumerate(data.val_rows)}
+        f1s, losses = [], []
+        for j, au in enumerate(unit.aus):
+            if au not in data.trainable:
+                continue
+            bal = data.val_bal[j]
+            idx = np.array([where[r] for r in bal], np.int64)
+            yj, sj = y[bal, j], s[idx, 0 if cfg.head == "per-au" else j]
+            f1s.append(au_metrics(yj, (sj > 0).astype(np.int8))["f1"] if len(idx) else np.nan)
+            losses.append(_logistic_loss(yj.astype(np.float64), sj))
+        return {"val_score": nanmean(f1s), "val_loss": nanmean(losses)}
+
+    return evaluate
+
+
+def _thresholds(ctx, unit, data, model, reader):
+    """0 per AU, or with ``tune_threshold`` the F1-best on every validation frame (as test)."""
+    from .estimators import best_threshold
+
+    cfg, y, va = ctx["config"], data.y, data.val_all
+    thr = [0.0] * len(unit.aus)
+    if cfg.tune_threshold and va.size:
+        s = unit_scores(model, reader, va, cfg.head, batch_size=2 * int(cfg.batch_size),
+                        device=ctx["device"], dtype=ctx["dtype"])
+        for j in range(len(unit.aus)):
+            keep = y[va, j] >= 0
+            thr[j] = best_threshold(y[va[keep], j], s[keep, 0 if cfg.head == "per-au" else j])
+    return [float(t) for t in thr]
+
+
+def _fit_unit(ctx, fi, unit, data, model, reader, *, name, identity, work):
+    """Train ``model`` through :func:`classify.training.fit`; return what the unit's result adds."""
+    from .training import TrainConfig, fit, plot_history
+
+    cfg = ctx["config"]
+    tc = TrainConfig(epochs=int(cfg.epochs), lr=float(cfg.lr), optimizer=cfg.optimizer,
+                     momentum=float(cfg.momentum), weight_decay=float(cfg.weight_decay),
+                     patience=cfg.patience, seed=int(cfg.seed) + fi, device=cfg.device)
+    t0 = time.time()
+    fr = fit(model, train_batches=_train_batches(cfg, unit, data, reader),
+             step_loss=_step_loss(cfg.head), evaluate=_evaluate(ctx, unit, data, reader),
+             config=tc, checkpoint_dir=work / name, identity=identity,
+             log_path=work / f"{name}.log.csv", progress=ctx["progress"])
+    if fr.history:
+        plot_history(fr.history, work / f"{name}.png",
+                     title=f"{ctx['run']} {name} ({cfg.head}, {identity['weights']})")
+    return {"best_epoch": int(fr.best_epoch), "val_f1": float(fr.best.get("val_score", np.nan)),
+            "epochs_run": len(fr.history), "stopped_early": bool(fr.stopped_early),
+            "resumed_from": int(fr.resumed_from), "train_seconds": round(time.time() - t0, 1),
+            "device": str(fr.device), "precision": fr.precision,
+            "thresholds": _thresholds(ctx, unit, data, model, reader)}
+
+
 def _train_unit(ctx, fi, unit, rows, work):
     """Train one unit (or load it when finished before); return its result dict."""
     import torch
 
-    from .estimators import balance_indices, best_threshold
-    from .training import TrainConfig, fit, plot_history
+    from featbench.workspace import atomic_write_text
 
-    cfg, labels, au_index = ctx["config"], ctx["labels"], ctx["au_index"]
-    cols = [au_index[a] for a in unit.aus]
-    y = labels[:, cols]
+    cfg = ctx["config"]
+    y = ctx["labels"][:, [ctx["au_index"][a] for a in unit.aus]]
     name = unit.name if ctx["n_folds"] == 1 else f"{unit.name}-{ctx['splits'][fi].name}"
-    spec = ctx["spec"]
-    outputs = 2 if cfg.head == "per-au" else len(unit.aus)
-    model, info = create_finetune_net(spec, cfg.weights, outputs=outputs, reinit=cfg.reinit,
-                                      train_from=cfg.train_from, input_size=cfg.input_size,
-                                      seed=cfg.seed)
+    model, info = create_finetune_net(ctx["spec"], cfg.weights,
+                                      outputs=2 if cfg.head == "per-au" else len(unit.aus),
+                                      reinit=cfg.reinit, train_from=cfg.train_from,
+                                      input_size=cfg.input_size, seed=cfg.seed)
     identity = {"settings": ctx["identity"], "unit": asdict(unit), "fold": fi,
                 "weights": info["weights"]}
     reader = FaceReader(ctx["aligned_path"], unit.region, info["input_size"])
@@ -320,111 +499,28 @@ def _train_unit(ctx, fi, unit, rows, work):
     try:
         for part in ("train", "validation", "test"):
             check_region_crops(reader, rows[part], unit.region, ctx["aligned_path"])
-        tr = rows["train"][(y[rows["train"]] >= 0).any(axis=1)]
-        va_all = rows["validation"][(y[rows["validation"]] >= 0).any(axis=1)]
-        # balanced validation frames per AU, fixed for the run (as classify chooses C on them)
-        va_bal = []
-        for j, au in enumerate(unit.aus):
-            r = va_all[y[va_all, j] >= 0]
-            va_bal.append(r[balance_indices(y[r, j], np.random.default_rng([cfg.seed, fi, int(au[2:])]))])
-        va_rows = np.unique(np.concatenate(va_bal)) if va_bal else np.zeros(0, np.int64)
-        pos = {au: int((y[tr, j] == 1).sum()) for j, au in enumerate(unit.aus)}
-        res["n_train_pos"] = pos
-        res["n_train"] = int(tr.size)
-        trainable = [au for au in unit.aus if 0 < pos[au] < int((y[tr, unit.aus.index(au)] >= 0).sum())]
-        if not trainable:
+        data = _unit_data(cfg, fi, unit, y, rows)
+        res.update(n_train_pos=data.n_train_pos, n_train=int(data.train.size))
+        if not data.trainable:
             res["error"] = "no positive (or no negative) frame in training: no network"
             return res
-        done = work / f"{name}.json"
-        state_file = work / f"{name}.pt"
+        done, state_file = work / f"{name}.json", work / f"{name}.pt"
         saved = json.loads(done.read_text()) if done.is_file() else None
         if saved is not None and saved.get("identity") == json.loads(json.dumps(identity, default=str)):
             model.load_exported(torch.load(state_file, map_location="cpu", weights_only=True))
             res.update(saved["result"])
             model.to(ctx["device"])
         else:
-            def train_batches(epoch, rng):
-                parts = []
-                for j in range(len(unit.aus)):
-                    r = tr[y[tr, j] >= 0]
-                    parts.append(r[balance_indices(y[r, j], rng)])
-                sample = rng.permutation(np.unique(np.concatenate(parts)))
-                ys = y[sample]
-                npos = (ys == 1).sum(axis=0)
-                nneg = (ys == 0).sum(axis=0)
-                pw = np.clip(nneg / np.maximum(npos, 1), 0.1, 10.0).astype(np.float32)
-                aug = (draw_augmentation(rng, len(sample), info["input_size"]) if cfg.augment
-                       else None)
-                bs = int(cfg.batch_size)
-                chunks = [(a, sample[a:a + bs]) for a in range(0, len(sample), bs)
-                          if len(sample[a:a + bs]) >= 2]
-
-                def read(item):
-                    a, idx = item
-                    sub = None if aug is None else {k: v[a:a + len(idx)] for k, v in aug.items()}
-                    return (torch.from_numpy(reader.read(idx, sub)),
-                            torch.from_numpy(y[idx].astype(np.float32)), torch.from_numpy(pw))
-
-                return prefetch(chunks, read)
-
-            def step_loss(net, batch):
-                x, yy, pw = batch
-                logits = net(x).float()
-                if cfg.head == "per-au":
-                    return torch.nn.functional.cross_entropy(logits, yy[:, 0].long())
-                mask = (yy >= 0).float()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits, yy.clamp(min=0), pos_weight=pw, reduction="none")
-                return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-            def evaluate(net):
-                s = unit_scores(net, reader, va_rows, cfg.head, batch_size=2 * int(cfg.batch_size),
-                                device=ctx["device"], dtype=ctx["dtype"])
-                where = {r: i for i, r in enumerate(va_rows)}
-                f1s, losses = [], []
-                for j, au in enumerate(unit.aus):
-                    if au not in trainable:
-                        continue
-                    idx = np.array([where[r] for r in va_bal[j]], np.int64)
-                    yj, sj = y[va_bal[j], j], s[idx, 0 if cfg.head == "per-au" else j]
-                    f1s.append(au_metrics(yj, (sj > 0).astype(np.int8))["f1"] if len(idx) else np.nan)
-                    losses.append(_logistic_loss(yj.astype(np.float64), sj))
-                return {"val_score": nanmean(f1s), "val_loss": nanmean(losses)}
-
-            tc = TrainConfig(epochs=int(cfg.epochs), lr=float(cfg.lr), optimizer=cfg.optimizer,
-                             momentum=float(cfg.momentum),
-                             weight_decay=float(cfg.weight_decay), patience=cfg.patience,
-                             seed=int(cfg.seed) + fi, device=cfg.device)
-            t0 = time.time()
-            fr = fit(model, train_batches=train_batches, step_loss=step_loss, evaluate=evaluate,
-                     config=tc, checkpoint_dir=work / name, identity=identity,
-                     log_path=work / f"{name}.log.csv", progress=ctx["progress"])
-            if fr.history:
-                plot_history(fr.history, work / f"{name}.png",
-                             title=f"{ctx['run']} {name} ({cfg.head}, {info['weights']})")
-            res.update({"best_epoch": int(fr.best_epoch), "val_f1": float(fr.best.get("val_score", np.nan)),
-                        "epochs_run": len(fr.history), "stopped_early": bool(fr.stopped_early),
-                        "resumed_from": int(fr.resumed_from), "train_seconds": round(time.time() - t0, 1),
-                        "device": str(fr.device), "precision": fr.precision})
-            # thresholds on every validation frame (unbalanced, as test) or 0
-            thr = [0.0] * len(unit.aus)
-            if cfg.tune_threshold and va_all.size:
-                s = unit_scores(model, reader, va_all, cfg.head, batch_size=2 * int(cfg.batch_size),
-                                device=ctx["device"], dtype=ctx["dtype"])
-                for j in range(len(unit.aus)):
-                    keep = y[va_all, j] >= 0
-                    thr[j] = best_threshold(y[va_all[keep], j], s[keep, 0 if cfg.head == "per-au" else j])
-            res["thresholds"] = [float(t) for t in thr]
+            res.update(_fit_unit(ctx, fi, unit, data, model, reader, name=name, identity=identity,
+                                 work=work))
             torch.save(model.export_state(), state_file)
-            from featbench.workspace import atomic_write_text
-
             keep = {k: v for k, v in res.items() if k not in ("info",)}
             atomic_write_text(done, json.dumps({"identity": identity, "result": keep}, default=str))
             shutil.rmtree(work / name, ignore_errors=True)  # last.pt: no longer needed
-        res["trainable"] = trainable
-        s = unit_scores(model, reader, rows["test"], cfg.head, batch_size=2 * int(cfg.batch_size),
-                        device=ctx["device"], dtype=ctx["dtype"])
-        res["test_scores"] = s
+        res["trainable"] = data.trainable
+        res["test_scores"] = unit_scores(model, reader, rows["test"], cfg.head,
+                                         batch_size=2 * int(cfg.batch_size),
+                                         device=ctx["device"], dtype=ctx["dtype"])
         return res
     finally:
         reader.close()
@@ -463,7 +559,6 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
     """
     from extract.registry import get_spec
     from extract.weights import parse_weights
-    from featbench.identity import RunKey
     from featbench.results import record_failure
     from featbench.workspace import Workspace
 
@@ -478,10 +573,8 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         from featbench.datasets import load_dataset
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
-    default_aus = resolve_aus(table, config.protocol)
     au_list = resolve_aus(table, config.protocol, config.aus)
-    run = str(RunKey(spec.name, config.region, "ft", finetune_tags(config, aus=au_list,
-                                                                    default_aus=default_aus)))
+    run = finetune_run_name(config, table)
     meta = {"model": spec.name, "region": config.region, "clf": "ft", "weights": "",
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
             "protocol": config.protocol, "dataset": dataset,

@@ -102,17 +102,21 @@ def _reset(modules, seed):
 
 
 def _make_class():
+    import numpy as np
+
     torch, nn = _torch_nn()
 
     class _FinetuneNet(nn.Module):
         """uint8 faces -> logits: preprocessing, the network, an optional extra output layer."""
 
-        def __init__(self, preprocess, net, extra_head=None):
+        def __init__(self, preprocess, net, extra_head=None, *, spec=None, mean=None):
             super().__init__()
             self.preprocess = preprocess
             self.net = net
             self.extra_head = extra_head
             self.frozen_norms = []  # a plain list: not registered as submodules twice
+            self.spec = spec  # the registry spec at the trained input size
+            self.mean = mean  # the mean the weights brought (effective at that size), or None
 
         def forward(self, x):
             z = self.net(self.preprocess(x))
@@ -125,18 +129,32 @@ def _make_class():
             return self
 
         def export_state(self):
-            """The state dict featbench saves: ``net``'s keys (+ ``ft_head.*`` for an extra head)."""
+            """The state dict featbench saves: ``net``'s keys (+ ``ft_head.*`` for an extra head,
+            + :data:`extract.weights.MEAN_KEY` when the starting weights brought their own mean,
+            so whoever loads the file normalises faces as in training)."""
+            from extract.weights import MEAN_KEY
+
             sd = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
             if self.extra_head is not None:
                 sd.update({f"ft_head.{k}": v.detach().cpu() for k, v in self.extra_head.state_dict().items()})
+            if self.mean is not None:
+                sd[MEAN_KEY] = torch.from_numpy(np.asarray(self.mean, np.float32).copy())
             return sd
 
         def load_exported(self, sd):
-            """Load what :meth:`export_state` saved."""
+            """Load what :meth:`export_state` saved (its mean, when it has one, too)."""
+            from extract.encoders import create_preprocess
+            from extract.weights import MEAN_KEY
+
             head = {k[len("ft_head."):]: v for k, v in sd.items() if k.startswith("ft_head.")}
-            self.net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("ft_head.")})
+            self.net.load_state_dict({k: v for k, v in sd.items()
+                                      if not k.startswith("ft_head.") and k != MEAN_KEY})
             if self.extra_head is not None:
                 self.extra_head.load_state_dict(head)
+            if MEAN_KEY in sd:
+                self.mean = sd[MEAN_KEY].float().numpy()
+                self.preprocess = create_preprocess(self.spec, mean=self.mean).to(
+                    next(self.net.parameters()).device)
             return self
 
     return _FinetuneNet
@@ -190,7 +208,9 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
         uint8 (N, S, S, 3) faces -> (N, outputs) logits.
     info : dict
         ``weights`` (identity string), ``reinit_layers``, ``output_layer``, ``frozen``
-        (names of frozen parameters), ``trained`` (count of trained parameters), ``input_size``.
+        (names of frozen parameters), ``trained`` (count of trained parameters), ``input_size``,
+        ``preprocessing`` (the normalisation the network's first layer applies; a mean the
+        weights brought travels in the saved state too: :meth:`export_state`).
 
     Raises
     ------
@@ -199,9 +219,9 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
     WeightsError
         Weights that are unavailable or do not fit the architecture.
     """
-    torch, nn = _torch_nn()
     from extract.encoders import create_preprocess
-    from extract.weights import WeightsChoice, build_network, parse_weights, weights_identity
+    from extract.weights import (WeightsChoice, build_network, effective_mean, parse_weights,
+                                 weights_identity, weights_source)
 
     check_choice(reinit, REINITS, "--reinit")
     if spec.kind != "torch":
@@ -224,42 +244,61 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
         hidden = hidden[-2:]
     reinit_mods = [] if reinit == "head" else [m for _, m in hidden]
     reinit_names = [q for q, m in fcs if any(m is r for r in reinit_mods)]
-    # an input size other than the network's own changes what reaches fc6 in nets without
-    # adaptive pooling (CNN-F/M/S, ZFNet): fc6 is then rebuilt, which only a re-init allows
-    if fcs and not extra and hasattr(net, "features") and hasattr(net, "avgpool") \
-            and size != spec.input_size:
-        first_q, first = fcs[0]
-        got = _probe_fc6_input(net, size)
-        if got != first.in_features:
-            if not any(first is m for m in reinit_mods):
-                raise UsageError(f"--input-size {size}: {spec.name}'s {first_q} would see {got} "
-                                 f"values instead of {first.in_features}; use --reinit fc "
-                                 f"(re-initialises it) or --input-size {spec.input_size}")
-            new = nn.Linear(got, first.out_features)
-            parent, _, attr = first_q.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, attr, new)
-            reinit_mods = [new if m is first else m for m in reinit_mods]
-            fcs = fc_layers(net)
+    if fcs and not extra:
+        fcs, reinit_mods = _fit_fc6_to_size(net, spec, size, fcs, reinit_mods)
     _reset(reinit_mods, seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        extra_head = None
-        if not extra:
-            out_q, last = fcs[-1]
-            head = nn.Linear(last.in_features, int(outputs))
-            parent, _, attr = out_q.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, attr, head)
-        else:
-            out_q = "ft_head"
-            extra_head = nn.Linear(int(spec.dims), int(outputs))
-    pre = create_preprocess(dataclasses.replace(spec, input_size=size), mean=mean)
-    model = _cls()(pre, net, extra_head)
+    out_q, extra_head = _new_output_layer(net, spec, fcs, extra, outputs, seed)
+    sized = dataclasses.replace(spec, input_size=size)
+    mean = None if mean is None else effective_mean(sized, mean)
+    model = _cls()(create_preprocess(sized, mean=mean), net, extra_head, spec=sized, mean=mean)
     frozen = _freeze(model, net, fcs, train_from, out_q)
     info = {"weights": weights_identity(spec, choice), "reinit_layers": reinit_names,
+            "preprocessing": weights_source(sized).preprocessing(mean),
             "output_layer": out_q, "frozen": frozen, "input_size": size,
             "trained": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
             "layers": list(layer_names(net, fcs))}
     return model, info
+
+
+def _fit_fc6_to_size(net, spec, size, fcs, reinit_mods):
+    """Rebuild fc6 for ``size`` when the conv body then gives it another input size.
+
+    An input size other than the network's own changes what reaches fc6 in nets without
+    adaptive pooling (CNN-F/M/S, ZFNet): fc6 is then rebuilt, which only a re-init allows.
+    Returns the (possibly new) ``fcs`` and ``reinit_mods``.
+    """
+    _, nn = _torch_nn()
+    if not (hasattr(net, "features") and hasattr(net, "avgpool")) or size == spec.input_size:
+        return fcs, reinit_mods
+    first_q, first = fcs[0]
+    got = _probe_fc6_input(net, size)
+    if got == first.in_features:
+        return fcs, reinit_mods
+    if not any(first is m for m in reinit_mods):
+        raise UsageError(f"--input-size {size}: {spec.name}'s {first_q} would see {got} "
+                         f"values instead of {first.in_features}; use --reinit fc "
+                         f"(re-initialises it) or --input-size {spec.input_size}")
+    new = nn.Linear(got, first.out_features)
+    parent, _, attr = first_q.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, attr, new)
+    return fc_layers(net), [new if m is first else m for m in reinit_mods]
+
+
+def _new_output_layer(net, spec, fcs, extra, outputs, seed):
+    """Replace the classifier by ``outputs`` logits (or add ``ft_head`` after the code layer).
+
+    Returns ``(output layer name, extra head or None)``; seeded by ``seed + 1``.
+    """
+    torch, nn = _torch_nn()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        if extra:
+            return "ft_head", nn.Linear(int(spec.dims), int(outputs))
+        out_q, last = fcs[-1]
+        head = nn.Linear(last.in_features, int(outputs))
+        parent, _, attr = out_q.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, attr, head)
+        return out_q, None
 
 
 def _freeze(model, net, fcs, train_from, out_q):

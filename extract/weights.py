@@ -215,9 +215,15 @@ class WeightsSource:
         return self.load_state_dict_file(model, path)
 
     def load_state_dict_file(self, model, path):
-        """Load a state-dict file (``.pt``, ``.safetensors``...) strictly, names converted."""
-        load_strict(model, self.convert(read_state_dict(path)), source=path, spec=self.spec)
-        return None
+        """Load a state-dict file (``.pt``, ``.safetensors``...) strictly, names converted.
+
+        Returns the mean a ``featbench finetune`` file carries (:data:`MEAN_KEY`: the one the
+        network was trained with, e.g. a MatConvNet file's mean image), else None.
+        """
+        sd = dict(read_state_dict(path))
+        mean = sd.pop(MEAN_KEY, None)
+        load_strict(model, self.convert(sd), source=path, spec=self.spec)
+        return None if mean is None else mean.float().numpy()
 
     def preprocessing(self, mean=None):
         """Return the normalisation ``(pixel * pixel_scale - mean) / std`` the forward applies.
@@ -465,6 +471,11 @@ def missing_weights_error(spec, path):
 
 
 # --- state-dict files and converters ----------------------------------------------------------
+#: the state-dict key under which a fine-tuned network's file keeps the mean it was trained with
+#: (the weights it started from brought it: a MatConvNet ``.mat`` mean image or RGB)
+MEAN_KEY = "ft_preprocess.mean"
+
+
 def read_state_dict(path):
     """Read a state dict from ``.pt``/``.pth``/``.bin``, ``.safetensors`` or MatConvNet ``.mat``.
 

@@ -37,6 +37,7 @@ it has them, from dlib's detector otherwise; already-aligned crops (ABAW's
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from .errors import StoreError, UsageError, did_you_mean
 from .workspace import file_lock
 
 FORMAT_VERSION = 1
+_OPEN_LOCK = threading.Lock()  # one AlignedFaces handle opened at a time
 #: rows per HDF5 chunk of /faces (600 kB): shuffled batches read few rows they do not need
 #: (4 rows: ~10000 shuffled frames/s uncompressed, 16 rows: ~3000)
 CHUNK_ROWS = 4
@@ -507,9 +509,12 @@ class AlignedFaces:
         if self._file is None or self._pid != os.getpid():
             import h5py
 
-            # after a fork the parent's handle must not be used (HDF5 is not fork-safe)
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=self.CACHE_BYTES, rdcc_nslots=1009)
-            self._pid = os.getpid()
+            with _OPEN_LOCK:  # reader threads (finetune's prefetch) open one handle between them
+                if self._file is None or self._pid != os.getpid():
+                    # after a fork the parent's handle must not be used (HDF5 is not fork-safe)
+                    self._file = h5py.File(self.path, "r", rdcc_nbytes=self.CACHE_BYTES,
+                                           rdcc_nslots=1009)
+                    self._pid = os.getpid()
         return self._file
 
     @property

@@ -30,8 +30,11 @@ Presets (paper section "ensembles"; one member per network family, the family's 
 ``fe+region``
     ``fe`` plus the region-based SVM runs (``<model>__auto__svm``) of the same families.
 ``fe+ft``
-    ``fe`` with the fine-tuned CNN-F run in place of the AlexNet member (the paper's weakest
-    member), plus the SVM on the fine-tuned net's codes when it exists.
+    ``fe`` with the fine-tuned runs on full faces (one per network: CNN-F in the paper, any
+    ``tv:`` / ``timm:`` network that was fine-tuned too) in place of the weakest SVM member, and
+    the SVM on a fine-tuned net's codes (``<model>-ft__full__svm``) when it exists. The weakest is
+    the member with the lowest mean validation F1 (:func:`weakest_member`; the paper's was
+    AlexNet-SVM, which is also the choice when no member has validation scores).
 ``fe+ft+region``
     ``fe+ft`` plus the region-based runs (frozen-code SVMs and fine-tuned nets on regions).
 """
@@ -252,6 +255,42 @@ def _finetuned_members(runs, tag):
     return sorted(run for _, run in chosen.values())
 
 
+def _open_zoo_models(runs, known):
+    """The ``tv:`` / ``timm:`` networks (file-name form) with runs: each its own family.
+
+    They are not in the registry's list, so a preset would never see them; codes of a
+    fine-tuned network (``<model>-ft``) are not frozen codes and stay out.
+    """
+    models = {k.model for k in map(_key, runs) if k is not None}
+    return sorted(m for m in models if m.startswith(("tv-", "timm-")) and not m.endswith("-ft")
+                  and m not in known)
+
+
+def validation_f1(workspace, dataset, run):
+    """Mean over folds and AUs of a classifier run's validation F1 (its settings.json), or nan."""
+    try:
+        settings = json.loads((workspace.models_dir(dataset, run) / "settings.json").read_text())
+        vals = [float(e["val_f1"]) for fold in settings["folds"] for e in fold["aus"].values()
+                if "val_f1" in e]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return float("nan")
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def weakest_member(workspace, dataset, runs):
+    """Return the run of ``runs`` that a fine-tuned network replaces in ``fe+ft`` (or None).
+
+    The weakest by mean validation F1 (chosen on the validation subjects, never test); when no
+    run has validation scores, the AlexNet run, as the paper replaced AlexNet-SVM.
+    """
+    scores = {r: validation_f1(workspace, dataset, r) for r in runs}
+    scored = {r: v for r, v in scores.items() if np.isfinite(v)}
+    if scored:
+        return min(scored, key=lambda r: (scored[r], r))
+    return next((r for r in runs if _key(r).model == "alexnet"), None)
+
+
 def resolve_preset(workspace, dataset, preset, *, tag=None):
     """Return the member runs of ``preset`` (see the module docstring), in family order.
 
@@ -274,6 +313,7 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     runs = _existing_runs(workspace, dataset)
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
+    order += _open_zoo_models(runs, order)
 
     def per_family(region, clf=PRESET_CLF):
         chosen, seen = [], set()
@@ -295,8 +335,9 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
                 f"preset {preset!r} needs fine-tuned runs, and none exist yet in "
                 f"{workspace.results_dir(dataset) / 'predictions'}; use --preset fe or fe+region "
                 "(or make one with: featbench finetune --model cnn_f)")
-        # the paper: the fine-tuned CNN-F replaces the weakest member, AlexNet-SVM
-        members = [r for r in members if _key(r).model != "alexnet"] + ft_full
+        # the paper: the fine-tuned CNN-F replaces the weakest member (AlexNet-SVM there)
+        weakest = weakest_member(workspace, dataset, [r for r in members if _key(r).clf == PRESET_CLF])
+        members = [r for r in members if r != weakest] + ft_full
     if "region" in preset:
         members += per_family("auto")
         if "ft" in preset:

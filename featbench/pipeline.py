@@ -6,7 +6,9 @@ Stages, each skipped when its output is already there:
 2. align     the aligned-face cache (no-op when it matches the frame table)
 3. extract   one feature file per network (a complete file is reused; a partial one resumes)
 4. classify  per-AU classifiers per network / region / classifier (a run whose CSV and
-             predictions are newer than its features and that did not fail is kept)
+             predictions are newer than its features and that did not fail is kept), then the
+             preset's fine-tuning runs (``featbench finetune``; kept while newer than the
+             aligned faces) and the classifiers on a fine-tuned network's codes
 5. ensemble  the paper's majority-vote presets
 6. report    ``results/<dataset>/report.md`` and its charts
 
@@ -15,13 +17,18 @@ Presets
 ``quick`` (default; under 10 minutes on 2 CPU cores from an empty workspace)
     networks ``hog``, ``dlib_face``, ``alexnet``, ``cnn_f``; classifiers ``svm`` and ``lda`` on
     full faces; region-based (``auto``: each AU's classifier sees its region) SVM and LDA runs for
-    ``hog`` and ``alexnet``; ensembles ``fe`` and ``fe+region``. CNNs use their ``imagenet``
+    ``hog`` and ``alexnet``; one fine-tuned CNN-F (:data:`QUICK_FINETUNE`: multilabel, 64-pixel
+    faces, 2 epochs); ensembles ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region`` (the
+    fine-tuned CNN-F in place of the weakest frozen member). CNNs use their ``imagenet``
     weights when these are cached here or can be downloaded (verified), else ``random:0``
     (said in the output and the report).
 ``paper``
     every network of the paper (AlexNet, ZFNet, CNN-F/M/S, VGG-16, VGG-Face, GoogLeNet,
     ResNet-50, ResNet-152) with ``imagenet`` weights, SVM and LDA on full faces, region-based
-    runs for VGG-Face and CNN-F, ensembles ``fe`` and ``fe+region``. Every weight file is
+    runs for VGG-Face and CNN-F; the paper's fine-tuned CNN-F (:data:`PAPER_FINETUNES`: per-AU
+    networks on the whole face with every FC layer re-initialised, per-AU networks on regions
+    with fc6 + fc7 re-initialised, and SVM on the fc6 codes of a fine-tuned CNN-F); ensembles
+    ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region``. Every weight file is
     fetched before any long work; one that cannot be had stops the run, naming every file; ``weights="random:0"`` runs the whole
     preset as a random-weight control. ZFNet has no published weights and always runs as a
     random-init control.
@@ -59,16 +66,68 @@ class Preset:
     ensembles: tuple = ("fe", "fe+region")
     #: fall back to random:0 for a CNN whose imagenet weights cannot be had (quick) or refuse (paper)
     random_fallback: bool = False
+    #: fine-tuning runs (:class:`Finetune`), trained in the classify stage
+    finetunes: tuple = ()
 
+    def networks(self):
+        """Every network the preset needs weights for: extracted, region-based, fine-tuned."""
+        return tuple(dict.fromkeys(self.models + self.region_models
+                                   + tuple(ft.model for ft in self.finetunes)))
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One ``featbench finetune`` run of a preset.
+
+    Attributes
+    ----------
+    model : str
+        The network (its weights are the preset's for it: :func:`resolve_weights`).
+    settings : dict
+        Further :class:`classify.finetune.FinetuneConfig` fields (head, reinit, region...).
+    code_clfs : tuple of str
+        Classifiers trained on the fine-tuned network's codes (``featbench extract --weights
+        results/<ds>/models/<run>/model.pt`` gives ``<model>-ft``): the paper's "fc6 codes
+        after fine-tuning + SVM". Needs one network for all AUs (``multilabel``, full face).
+    """
+
+    model: str
+    settings: dict = field(default_factory=dict)
+    code_clfs: tuple = ()
+
+    def config(self, weights, protocol):
+        from classify.finetune import FinetuneConfig
+
+        return FinetuneConfig(**{**self.settings, "model": self.model, "weights": weights,
+                                 "protocol": protocol})
+
+
+#: the paper's fine-tuned CNN-F: per-AU 2-way networks on the whole face with every FC layer
+#: re-initialised, and on regions with fc6 + fc7 re-initialised; and its fc6 codes + SVM, taken
+#: from one multilabel network (a per-AU run is 12 networks, so it has no one set of codes)
+PAPER_FINETUNES = (Finetune("cnn_f", {"reinit": "fc"}),
+                   Finetune("cnn_f", {"region": "auto", "reinit": "fc6-fc7"}),
+                   Finetune("cnn_f", {"head": "multilabel", "reinit": "fc"}, code_clfs=("svm",)))
+
+#: the quick preset's one fine-tuned member, sized for its 10-minute budget on 2 CPU cores:
+#: CNN-F (extracted in the quick run anyway), one multilabel network (12x cheaper than per-AU
+#: ones) on 64-pixel faces, 2 epochs of batches of 64 (3 epochs at 96 px cost 4x as much and
+#: broke the budget)
+QUICK_FINETUNE = Finetune("cnn_f", {"head": "multilabel", "input_size": 64, "epochs": 2,
+                                    "patience": 1, "batch_size": 64})
 
 PRESETS = {
     # region runs use alexnet, not cnn_f: on 2 CPU cores its codes cost about half (40 vs 75 s
     # per region of the 3239-frame synth set), and the quick preset has a 10-minute budget
     "quick": Preset("quick", models=("hog", "dlib_face", "alexnet", "cnn_f"),
-                    region_models=("hog", "alexnet"), random_fallback=True),
+                    region_models=("hog", "alexnet"), random_fallback=True,
+                    ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
+                    finetunes=(QUICK_FINETUNE,)),
     "paper": Preset("paper", models=("alexnet", "zfnet", "cnn_f", "cnn_m", "cnn_s", "vgg16",
                                      "vgg_face", "googlenet", "resnet50", "resnet152"),
-                    region_models=("vgg_face", "cnn_f")),
+                    region_models=("vgg_face", "cnn_f"),
+                    ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
+                    finetunes=PAPER_FINETUNES),
 }
 
 
@@ -100,7 +159,7 @@ def resolve_weights(preset, weights=None, *, progress=False):
     from extract.registry import get_spec
 
     plan, missing = {}, []
-    for model in dict.fromkeys(preset.models + preset.region_models):
+    for model in preset.networks():
         spec = get_spec(model)
         if spec.kind != "torch" or spec.pretrained == "dlib":  # hog; dlib (shipped)
             plan[model] = (spec.default_weights, "")
@@ -223,9 +282,10 @@ class _Context:
     def say(self, text):
         _say(self.progress, text)
 
-    def run_meta(self, model, region, clf):
+    def run_meta(self, model, region, clf, weights=None):
         """The provenance a failed run's row carries, as a successful run's would."""
-        return {"model": model, "region": region, "clf": clf, "weights": self.wplan[model][0],
+        return {"model": model, "region": region, "clf": clf,
+                "weights": weights or self.wplan[model][0],
                 "protocol": self.protocol, "dataset": self.dataset}
 
 
@@ -293,7 +353,68 @@ def _classify_steps(ctx):
 
         steps.append(Step(name, run, fresh=fresh, produces=(name,),
                           records=((name, ctx.run_meta(model, region, clf)),)))
+    for ft in ctx.preset.finetunes:
+        steps += _finetune_steps(ctx, ft)
     return f"{len(steps)} runs", steps
+
+
+def _finetune_steps(ctx, ft):
+    """One preset fine-tuning run (kept while newer than the aligned faces), then its codes' runs."""
+    from classify.finetune import finetune_run, finetune_run_name
+
+    w, note = ctx.wplan[ft.model]
+    config = ft.config(w, ctx.protocol)
+    name = finetune_run_name(config, ctx.table)
+    meta = {**ctx.run_meta(ft.model, config.region, "ft"), "head": config.head,
+            "reinit": config.reinit}
+
+    def run():
+        out = finetune_run(ctx.workspace, ctx.dataset, config, table=ctx.table,
+                           progress=ctx.progress)
+        return (f"mean F1 {out['mean']['f1']:.3f} ({out['meta']['input_size']} px, "
+                f"{out['seconds']:.0f}s)")
+
+    def fresh():
+        return _run_is_fresh(ctx.workspace, ctx.dataset, name,
+                             ctx.workspace.aligned_path(ctx.dataset))
+
+    announce = (f"fine-tune: {config.head} head, reinit {config.reinit}, {config.epochs} epochs, "
+                f"weights {w}{'; ' + note if note else ''}")
+    step = Step(name, run, fresh=fresh, produces=(name,), records=((name, meta),),
+                announce=announce)
+    return [step] + [_ft_codes_step(ctx, ft, name, clf) for clf in ft.code_clfs]
+
+
+def _ft_codes_step(ctx, ft, ft_run, clf):
+    """``clf`` on the codes of the fine-tuned network of ``ft_run`` (``<model>-ft`` features)."""
+    from classify.run import classify_run
+    from extract.extractor import extract_features
+
+    from .identity import RunKey
+
+    codes = f"{ft.model}-ft"
+    name = str(RunKey(codes, "full", clf, ctx.tag or ()))
+    model_file = ctx.workspace.models_dir(ctx.dataset, ft_run) / "model.pt"
+    features = ctx.workspace.features_path(ctx.dataset, codes)
+
+    def run():
+        if ft_run not in ctx.done or not model_file.exists():
+            raise FeatbenchError(f"{model_file}: the fine-tuning run {ft_run} did not leave one "
+                                 "network (multilabel, full face), so it has no codes")
+        extract_features(ctx.table, ctx.workspace, ft.model, weights=str(model_file), name=codes,
+                         progress=ctx.progress)
+        out = classify_run(ctx.workspace, ctx.dataset, model=codes, clf=clf, region="full",
+                           protocol=ctx.protocol, table=ctx.table, progress=ctx.progress)
+        return f"mean F1 {out['mean']['f1']:.3f} ({out['seconds']:.0f}s)"
+
+    def fresh():
+        return (model_file.exists() and features.exists()
+                and features.stat().st_mtime >= model_file.stat().st_mtime
+                and _run_is_fresh(ctx.workspace, ctx.dataset, name, features))
+
+    return Step(name, run, fresh=fresh, produces=(name,),
+                records=((name, ctx.run_meta(codes, "full", clf, f"finetuned:{ft_run}")),),
+                announce=f"{clf} on the codes of the fine-tuned {ft_run}")
 
 
 def _ensemble_steps(ctx):

@@ -105,7 +105,7 @@ def _keys(n, start=0):
 def _member(ws, run, labels, noise, *, seed, n_skip=0, aus=AUS, weights="random:0"):
     rng = np.random.default_rng(seed)
     scores = labels * 2.0 - 1 + noise * rng.standard_normal(labels.shape)
-    model, region, clf = run.split("__")
+    model, region, clf = run.split("__")[:3]
     write_predictions(ws.predictions_path("synth", run), frames=_keys(len(labels))[n_skip:],
                       labels=labels[n_skip:], scores=scores[n_skip:],
                       decisions=(scores[n_skip:] > 0).astype(np.int8),
@@ -199,3 +199,42 @@ def test_cli_ensemble_prints_summary(members, capsys):
     status = main(["--workspace", str(ws.root), "ensemble", "--preset", "fe"])
     assert status == 0
     assert "ensemble-fe__full__vote" in capsys.readouterr().out
+
+
+def _val_scores(ws, run, val_f1):
+    """The models/<run>/settings.json a classify run writes, with per-AU validation F1s."""
+    import json
+
+    d = ws.models_dir("synth", run)
+    d.mkdir(parents=True, exist_ok=True)
+    aus = {au: {"val_f1": v} for au, v in zip(AUS, val_f1)}
+    (d / "settings.json").write_text(json.dumps({"run": run, "folds": [{"name": "paper", "aus": aus}]}))
+
+
+def test_fine_tuned_member_replaces_the_weakest_by_validation_f1(members):
+    """fe+ft: a fine-tuned tv: network and the SVM on its codes join; the member with the lowest
+    mean validation F1 (here cnn_f, not the paper's alexnet) leaves; without validation scores
+    the paper's choice, AlexNet-SVM, leaves."""
+    ws, labels = members
+    _member(ws, "tv-mobilenet_v2__full__ft__ml", labels, 0.5, seed=6)
+    _member(ws, "tv-mobilenet_v2__auto__ft__ml-fc67", labels, 0.5, seed=7)
+    _member(ws, "tv-mobilenet_v2-ft__full__svm", labels, 0.5, seed=8)
+    fe = resolve_preset(ws, "synth", "fe")
+    assert set(fe) == {"hog__full__svm", "alexnet__full__svm", "cnn_f__full__svm"}
+    _member(ws, "timm-resnet18__full__svm", labels, 1.0, seed=9)  # an open-zoo network's codes
+    fe = resolve_preset(ws, "synth", "fe")
+    assert set(fe) == {"hog__full__svm", "alexnet__full__svm", "cnn_f__full__svm",
+                       "timm-resnet18__full__svm"}
+    ft = resolve_preset(ws, "synth", "fe+ft")
+    assert set(ft) == {"hog__full__svm", "cnn_f__full__svm", "timm-resnet18__full__svm",
+                       "tv-mobilenet_v2__full__ft__ml", "tv-mobilenet_v2-ft__full__svm"}
+    for run, f1 in (("hog__full__svm", [0.6, 0.5, np.nan]), ("alexnet__full__svm", [0.7, 0.7, 0.7]),
+                    ("cnn_f__full__svm", [0.4, 0.6, 0.5]), ("timm-resnet18__full__svm", [0.6] * 3)):
+        _val_scores(ws, run, f1)
+    ft = resolve_preset(ws, "synth", "fe+ft")
+    assert "cnn_f__full__svm" not in ft and {"hog__full__svm", "alexnet__full__svm"} <= set(ft)
+    region = resolve_preset(ws, "synth", "fe+ft+region")
+    assert {"cnn_f__auto__svm", "tv-mobilenet_v2__auto__ft__ml-fc67"} <= set(region)
+    assert set(ft) < set(region)
+    out = ensemble_run(ws, "synth", preset="fe+ft")
+    assert out["members"] == ft and np.isfinite(out["mean_f1"])

@@ -112,6 +112,7 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
         assert f.attrs["head"] == "multilabel"
     settings = json.loads((res["models_dir"] / "settings.json").read_text())
     assert settings["units"]["model"]["model_file"] == "model.pt"
+    assert settings["network"]["preprocessing"]["std"] and "mean" in settings["network"]["preprocessing"]
     assert (res["models_dir"] / "model.log.csv").read_text().startswith(
         "epoch,train_loss,val_loss,val_score,seconds,lr")
     assert (res["models_dir"] / "model.png").stat().st_size > 1000
@@ -250,3 +251,40 @@ def test_ensembles_take_one_fine_tuned_run_per_network_and_region():
                                               "cnn_f__full__ft"]
     assert _finetuned_members(runs, "literature") == ["cnn_f__full__ft__ml-literature"]
     assert _finetuned_members(runs - {"cnn_f__full__ft"}, None)[-1] == "cnn_f__full__ft__ml"
+
+
+def test_the_mean_the_starting_weights_brought_travels_with_the_fine_tuned_file(tmp_path):
+    """Weights that bring their own mean (MatConvNet files: a mean image) normalise the faces in
+    training; the fine-tuned file carries that mean, so a run started from it, a unit rebuilt
+    from its state alone (load_unit, predict) and featbench extract all normalise the same way."""
+    from extract.encoders import create_encoder
+    from extract.registry import get_spec
+    from extract.weights import MEAN_KEY
+
+    from classify.ft_net import create_finetune_net
+
+    spec = get_spec("timm:test_efficientnet")
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0.2, 0.8, (SIZE, SIZE, 3)).astype(np.float32)  # a mean image at SIZE
+    net, _ = create_finetune_net(spec, "random:0", outputs=2, input_size=SIZE)
+    assert MEAN_KEY not in net.export_state()  # no mean brought: the spec's, nothing saved
+    sd = net.export_state()
+    sd[MEAN_KEY] = torch.from_numpy(mean)
+    path = tmp_path / "model.pt"
+    torch.save(sd, path)
+
+    faces = torch.from_numpy(rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8))
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    expected = (faces.permute(0, 3, 1, 2).float() * spec.pixel_scale
+                - torch.from_numpy(mean).permute(2, 0, 1)[None]) / std
+    ft, info = create_finetune_net(spec, str(path), outputs=2, input_size=SIZE, reinit="head")
+    assert "mean image" in info["preprocessing"]["mean_source"]
+    assert torch.allclose(ft.preprocess(faces).clone(), expected, atol=1e-4)
+    assert torch.equal(ft.export_state()[MEAN_KEY], torch.from_numpy(mean))
+    rebuilt, _ = create_finetune_net(spec, "random:0", outputs=2, input_size=SIZE)
+    rebuilt.load_exported(ft.export_state())
+    assert torch.allclose(rebuilt.preprocess(faces).clone(), expected, atol=1e-4)
+    enc = create_encoder(spec.name, weights=str(path), input_size=SIZE, device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(enc.module[0](faces).clone(), expected, atol=1e-4)
+    assert "mean image" in enc.preprocessing["mean_source"]

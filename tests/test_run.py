@@ -4,7 +4,8 @@ import pytest
 
 from featbench.cli import main
 from featbench.errors import UsageError, WeightsError
-from featbench.pipeline import PRESETS, plan_runs, resolve_weights, run_pipeline
+from featbench.pipeline import PRESETS, Finetune, plan_runs, resolve_weights, run_pipeline
+from featbench.results import read_summary_rows
 from featbench.workspace import Workspace
 
 
@@ -24,7 +25,21 @@ def test_quick_covers_every_stage_kind():
     assert {"hog", "dlib_face", "alexnet", "cnn_f"} <= models
     assert {c for _, _, c in runs} == {"svm", "lda"}
     assert ("hog", "auto", "svm") in runs and ("alexnet", "auto", "svm") in runs
-    assert PRESETS["quick"].ensembles == ("fe", "fe+region")
+    assert PRESETS["quick"].ensembles == ("fe", "fe+region", "fe+ft", "fe+ft+region")
+    (ft,) = PRESETS["quick"].finetunes  # one fine-tuned member, on a network extracted anyway
+    assert ft.model in PRESETS["quick"].models
+
+
+def test_paper_preset_fine_tunes_as_the_paper():
+    """Per-AU CNN-F on the whole face (all FC re-initialised), on regions (fc6 + fc7), and SVM
+    on the codes of a fine-tuned CNN-F; every ensemble of the paper."""
+    paper = PRESETS["paper"]
+    configs = [(ft.model, ft.config("imagenet", "paper"), ft.code_clfs) for ft in paper.finetunes]
+    got = {(m, c.head, c.region, c.reinit, clfs) for m, c, clfs in configs}
+    assert got == {("cnn_f", "per-au", "full", "fc", ()), ("cnn_f", "per-au", "auto", "fc6-fc7", ()),
+                   ("cnn_f", "multilabel", "full", "fc", ("svm",))}
+    assert all(c.weights == "imagenet" for _, c, _ in configs)
+    assert paper.ensembles == ("fe", "fe+region", "fe+ft", "fe+ft+region")
 
 
 def test_quick_falls_back_to_random_weights_and_says_so(no_cache):
@@ -61,7 +76,8 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
     generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
                      right_camera=False)
     tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog", "alexnet"),
-                               region_models=("hog",))
+                               region_models=("hog",), finetunes=(),
+                               ensembles=("fe", "fe+region"))
     out = run_pipeline(ws, preset=tiny)
     assert out["report"].exists() and (out["report"].parent / "report_mean_f1.png").exists()
     assert {"hog__full__svm", "alexnet__full__svm", "hog__auto__svm"} <= set(out["runs"])
@@ -89,6 +105,45 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
     run_pipeline(ws, preset=tiny, progress=False)
     redone = {r for r, t in csvs.items() if ws.run_csv("synth", r).stat().st_mtime_ns != t}
     assert redone == {r for r in csvs if r.startswith("hog__")}
+
+
+@pytest.mark.slow
+def test_featbench_run_with_a_fine_tuned_member(tmp_path, monkeypatch):
+    """A preset's fine-tuning run, the SVM on its network's codes, and the fe+ft ensembles that
+    vote them in place of the weakest frozen member; a rerun keeps all of it."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from featbench.ensemble import read_predictions, validation_f1
+    from featbench.synth import generate_dataset
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: random:0
+    ws = Workspace(tmp_path)
+    generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
+                     right_camera=False)
+    ft = Finetune("timm:test_efficientnet", {"head": "multilabel", "input_size": 48, "epochs": 1,
+                                             "batch_size": 8}, code_clfs=("svm",))
+    tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog",), region_models=("hog",),
+                               clfs=("svm",), region_clfs=("svm",), finetunes=(ft,))
+    out = run_pipeline(ws, preset=tiny, progress=False)
+    ft_runs = {"timm-test_efficientnet__full__ft__ml", "timm-test_efficientnet-ft__full__svm"}
+    assert ft_runs <= set(out["runs"]), out["failed"]
+    assert {"ensemble-fe+ft__full__vote", "ensemble-fe+ft+region__mixed__vote"} <= set(out["runs"])
+    pred = read_predictions(ws.predictions_path("synth", "ensemble-fe+ft__full__vote"))
+    # hog, the one frozen member, is the weakest when it has validation scores (these 4
+    # subjects may leave it none: then it stays, as only AlexNet is replaced without scores)
+    frozen = {"hog__full__svm"} if np.isnan(validation_f1(ws, "synth", "hog__full__svm")) else set()
+    assert set(json.loads(pred["members"])) == ft_runs | frozen
+    pred = read_predictions(ws.predictions_path("synth", "ensemble-fe+ft+region__mixed__vote"))
+    assert set(json.loads(pred["members"])) == ft_runs | frozen | {"hog__auto__svm"}
+    summary = {r["run"]: r for r in read_summary_rows(ws.summary_csv("synth"))}
+    assert summary["timm-test_efficientnet-ft__full__svm"]["weights"].startswith(
+        "finetuned:timm-test_efficientnet__full__ft__ml sha256:")
+    kept = {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in ft_runs}
+    run_pipeline(ws, preset=tiny, progress=False)
+    assert {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in ft_runs} == kept
 
 
 def test_one_failure_path_records_every_affected_run_and_the_others_go_on(tmp_path, capsys):
