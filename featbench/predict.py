@@ -49,7 +49,7 @@ COLUMNS_HEAD = ("frame", "face_id", "timestamp", "confidence", "success")
 
 
 # --- the network(s) a run reads ------------------------------------------------------------------
-def open_encoder(model, weights, *, run, device="auto", weights_file=None):
+def open_encoder(model, weights, *, run, device="auto", weights_file=None, input_size=None):
     """Build the encoder that reproduces the codes ``run`` was trained on.
 
     Parameters
@@ -63,7 +63,10 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None):
     device : str
     weights_file : str, optional
         The state dict, for a run whose codes came from a user's weights file (identity
-        ``file sha256:...``): it is checked against that hash.
+        ``file sha256:...``) or a fine-tuned network's (``finetuned:<run> sha256:...``): it is
+        checked against that hash.
+    input_size : int, optional
+        The face side the codes were extracted at (``featbench extract --input-size``).
 
     Raises
     ------
@@ -72,41 +75,66 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None):
         names the run and the weights.
     """
     from extract.encoders import create_encoder
-    from extract.weights import file_sha256, pretrained_path
     from extract.registry import get_spec
 
     wid = WeightsId.parse(weights)
-    spec = get_spec(model)
     what = f"run {run} was trained on codes of {model} with weights {str(wid)!r}"
-    if wid.kind == "none":
-        choice = None
-    elif wid.kind == "random":
-        choice = f"random:{wid.seed}"
-    elif wid.kind == "pretrained":
-        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> --weights IMAGENET1K_V2
-        choice = "dlib" if spec.pretrained == "dlib" else (tag or "imagenet")
-        path, cached = pretrained_path(spec, tag or None)
-        if wid.sha256 and cached and file_sha256(path) != wid.sha256:
-            raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
-    elif wid.kind == "file":
-        if weights_file is None:
-            raise WeightsError(f"{what}, a file that is not given here: pass the same file with "
-                               "--weights PATH")
-        if wid.sha256 and file_sha256(weights_file) != wid.sha256:
-            raise WeightsError(f"{what}, but {weights_file} is another file (sha256 differs)")
-        choice = str(weights_file)
-    else:
-        raise WeightsError(f"{what}: predict cannot load {wid.kind} weights yet")
+    choice = _weights_choice(wid, get_spec(model), what, weights_file)
     try:
-        encoder = create_encoder(model, weights=choice, device=device)
+        encoder = create_encoder(model, weights=choice, device=device, input_size=input_size)
     except WeightsError as exc:
         raise WeightsError(f"{what}, which cannot be loaded here: {exc}") from None
     got = WeightsId.parse(encoder.weights_id)
     if ":" not in wid.name:  # stored before identities carried the tag (imagenet): the same file
         got = WeightsId(got.kind, got.name.partition(":")[0], got.seed, got.sha256)
-    if (got.kind, got.name, got.seed) != (wid.kind, wid.name, wid.seed):
+    if wid.kind == "finetuned" and got.kind in ("file", "finetuned"):
+        same = got.sha256 == wid.sha256 or not wid.sha256  # the same file, wherever it lies
+    else:
+        same = (got.kind, got.name, got.seed) == (wid.kind, wid.name, wid.seed)
+    if not same:
         raise WeightsError(f"{what}, but here they load as {str(got)!r}")
     return encoder
+
+
+def _weights_choice(wid, spec, what, weights_file):
+    """The ``--weights`` value that loads ``wid`` here (checked against its sha256)."""
+    from extract.weights import file_sha256, pretrained_path
+
+    if wid.kind == "none":
+        return None
+    if wid.kind == "random":
+        return f"random:{wid.seed}"
+    if wid.kind == "pretrained":
+        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> --weights IMAGENET1K_V2
+        path, cached = pretrained_path(spec, tag or None)
+        if wid.sha256 and cached and file_sha256(path) != wid.sha256:
+            raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
+        return "dlib" if spec.pretrained == "dlib" else (tag or "imagenet")
+    if weights_file is None:  # file / finetuned
+        where = (f" (featbench finetune / transfer run {wid.name} is not in this workspace)"
+                 if wid.kind == "finetuned" else "")
+        raise WeightsError(f"{what}, a file that is not given here{where}: pass the same file "
+                           "with --weights PATH")
+    if wid.sha256 and file_sha256(weights_file) != wid.sha256:
+        raise WeightsError(f"{what}, but {weights_file} is another file (sha256 differs)")
+    return str(weights_file)
+
+
+def finetuned_file(workspace, wid):
+    """Return the file of ``finetuned:<run> sha256:...`` weights in ``workspace``, or None.
+
+    A fine-tuned network's codes (``featbench extract --weights results/<ds>/models/<run>/
+    model.pt``) name the run that trained it; its ``.pt`` files are searched for the hash.
+    """
+    from extract.weights import file_sha256
+
+    if workspace is None or wid.kind != "finetuned":
+        return None
+    folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
+    for path in sorted(p for f in folders for p in f.glob("*.pt")):
+        if not wid.sha256 or file_sha256(path) == wid.sha256:
+            return path
+    return None
 
 
 # --- faces in frames -----------------------------------------------------------------------------
@@ -179,17 +207,31 @@ def _columns(aus):
     return (list(COLUMNS_HEAD) + [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["input"])
 
 
-def open_encoders(model, *, device="auto", weights_file=None):
+def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
     """Return ``{(network, weights): encoder}`` of every network ``model`` reads.
 
     A fine-tuned or transfer run carries its trained network (:mod:`featbench.netmodels`);
-    a classify run's network is built from its name and weights identity (:func:`open_encoder`).
+    a classify run's network is built from its name and weights identity (:func:`open_encoder`),
+    a fine-tuned network's file found in ``workspace`` or carried by an exported model.
     """
+    import tempfile
+
     out = {}
     for key in model.networks():
         own = model.network_for(key)
-        out[key] = own.open(device) if own is not None else open_encoder(
-            *key, run=model.run, device=device, weights_file=weights_file)
+        if own is not None:
+            out[key] = own.open(device)
+            continue
+        blob = model.weights_blob(key[1])
+        kw = dict(run=model.run, device=device, input_size=model.input_size_for(key))
+        if blob is None:
+            found = finetuned_file(workspace, WeightsId.parse(key[1]))
+            out[key] = open_encoder(*key, weights_file=found or weights_file, **kw)
+            continue
+        with tempfile.TemporaryDirectory(prefix="featbench-weights-") as tmp:
+            path = Path(tmp) / "weights.pt"
+            path.write_bytes(blob)
+            out[key] = open_encoder(*key, weights_file=path, **kw)
     return out
 
 
@@ -327,7 +369,8 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     model, size = _prepare(run=run, model_file=model_file, workspace=workspace, dataset=dataset,
                            detector=detector, batch_size=batch_size, window=window)
     sources = footage.list_sources(inputs)
-    encoders = open_encoders(model, device=device, weights_file=weights_file)
+    encoders = open_encoders(model, device=device, weights_file=weights_file,
+                             workspace=None if model_file else _workspace(workspace))
     total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
     writer = _CsvWriter(out, _columns(model.aus)) if out is not None else None
     try:
@@ -353,6 +396,12 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
                + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else ""))
     table.attrs.update({"run": model.run, "summary": summary, "sidecar": sidecar})
     return table
+
+
+def _workspace(workspace):
+    from .workspace import Workspace
+
+    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
 
 
 def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window):

@@ -67,6 +67,9 @@ class RunModel:
         A vote's members' score scales (see the module docstring).
     info : dict
         Provenance: protocol, featbench version and date of the run...
+    blobs : dict of str -> bytes
+        An exported model's fine-tuned weights files, by weights identity (a classify run on a
+        fine-tuned network's codes): the file is carried, as the network cannot be named.
     """
 
     run: str
@@ -81,6 +84,7 @@ class RunModel:
     members: list = field(default_factory=list)
     scales: object = None
     info: dict = field(default_factory=dict)
+    blobs: dict = field(default_factory=dict)
 
     # what it needs --------------------------------------------------------------------------
     def networks(self):
@@ -114,6 +118,18 @@ class RunModel:
                 if getattr(clf, "codes_key", (None, None))[:2] == tuple(key):
                     return clf.network
         return None
+
+    def weights_blob(self, weights):
+        """The carried weights file of identity ``weights`` (an exported model), or None."""
+        if weights in self.blobs:
+            return self.blobs[weights]
+        return next((b for b in (m.weights_blob(weights) for m in self.members) if b is not None), None)
+
+    def input_size_for(self, key):
+        """The face side the codes of ``key`` = (model, weights) were extracted at, or None."""
+        if not self.members:
+            return self.info.get("input_size") if (self.model, self.weights) == tuple(key) else None
+        return next((s for s in (m.input_size_for(key) for m in self.members) if s), None)
 
     def window(self):
         """Frames a bidirectional sequence model must see at once (None: the run streams)."""
@@ -225,7 +241,7 @@ class RunModel:
                 "folds": self.folds, "alignment": self.alignment,
                 "members": [m.to_dict() for m in self.members],
                 "scales": None if self.scales is None else np.asarray(self.scales).tolist(),
-                "info": self.info}
+                "info": self.info, "blobs": dict(self.blobs)}
 
     @classmethod
     def from_dict(cls, d):
@@ -491,14 +507,31 @@ def _versions():
     return {"featbench": __version__, "scikit-learn": sklearn.__version__}
 
 
-def export_run(model, out):
+def export_run(model, out, workspace=None):
     """Write ``model`` (a :class:`RunModel`) to the self-contained file ``out``; return its path.
 
-    Written through a temporary file and renamed: a crash never leaves half a file.
+    A fine-tuned network whose codes a classify run (or a member) reads is carried whole: its
+    file is found in ``workspace`` (:func:`featbench.predict.finetuned_file`). Written through
+    a temporary file and renamed: a crash never leaves half a file.
+
+    Raises
+    ------
+    WeightsError
+        Such a network's file is not in ``workspace``.
     """
     import joblib
 
+    from .predict import finetuned_file
     from .workspace import atomic_path
+
+    for m, w in model.networks():
+        wid = WeightsId.parse(w)
+        if wid.kind == "finetuned" and model.network_for((m, w)) is None and model.weights_blob(w) is None:
+            path = finetuned_file(workspace, wid)
+            if path is None:
+                raise WeightsError(f"run {model.run} reads codes of {m} fine-tuned by {wid.name}, "
+                                   "whose weights file is not in this workspace: it cannot be exported")
+            model.blobs[w] = path.read_bytes()
 
     payload = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
                "versions": _versions(), "run": model.to_dict()}

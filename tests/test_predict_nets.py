@@ -56,16 +56,14 @@ def _test_faces(table, cache, pred):
         return faces.read_faces(rows), faces.boxes[rows]
 
 
-def _check_reproduces(model, ws, dataset, table, cache, *, exact_scores=False):
+def _check_reproduces(model, ws, dataset, table, cache):
     pred = read_predictions(ws.predictions_path(dataset, model.run))
     images, boxes = _test_faces(table, cache, pred)
-    scores, decisions = score_faces(model, open_encoders(model, device="cpu"), images, boxes)
+    scores, decisions = score_faces(model, open_encoders(model, device="cpu", workspace=ws),
+                                    images, boxes)
     cols = [model.aus.index(a) for a in pred["aus"]]
     np.testing.assert_array_equal(decisions[:, cols], pred["decisions"])
-    if exact_scores:
-        np.testing.assert_array_equal(scores[:, cols], pred["scores"])
-    else:
-        np.testing.assert_allclose(scores[:, cols], pred["scores"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores[:, cols], pred["scores"], rtol=1e-4, atol=1e-4)
     return scores, decisions
 
 
@@ -105,6 +103,39 @@ def test_an_exported_ft_vote_is_bit_identical_and_carries_its_networks(ft, tmp_p
     np.testing.assert_array_equal(here[0], there[0])
     np.testing.assert_array_equal(here[1], there[1])
     assert "from random:0 — **random init, not pretrained**" in loaded.describe()
+
+
+def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_them(ft, tmp_path):
+    """The paper's 'SVM on fc6 codes of the fine-tuned net': codes of extract --weights model.pt."""
+    import shutil
+
+    from classify.run import classify_run
+    from extract.encoders import create_encoder
+    from extract.extractor import extract_aligned
+    from featbench.errors import WeightsError
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(ft["ws"].root / "results", ws.root / "results")
+    weights = ws.models_dir("synth", ft["runs"]["ml"]) / "model.pt"
+    enc = create_encoder("timm:test_efficientnet", weights=str(weights))
+    extract_aligned(ft["cache"], ws.features_path("synth", "timm:test_efficientnet-ft"), enc,
+                    progress=False, dataset="synth")
+    run = classify_run(ws, "synth", table=ft["table"], model="timm:test_efficientnet-ft", clf="svm",
+                       aus=["AU01", "AU12"], progress=False, n_jobs=1)["run"]
+    model = load_run(ws, "synth", run)
+    [(net, wid)] = model.networks()
+    assert wid.startswith(f"finetuned:{ft['runs']['ml']} sha256:") and model.input_size_for((net, wid)) == 40
+    _check_reproduces(model, ws, "synth", ft["table"], ft["cache"])
+    with pytest.raises(WeightsError, match="not in this workspace"):
+        open_encoders(model, device="cpu")  # without the workspace, the file is not found
+    path = export_run(model, tmp_path / "svm.featbench", workspace=ws)
+    shutil.rmtree(ws.root)
+    loaded = load_model_file(path)
+    pred = read_predictions(ft["ws"].predictions_path("synth", ft["runs"]["ml"]))
+    images, boxes = _test_faces(ft["table"], ft["cache"], pred)
+    np.testing.assert_array_equal(
+        score_faces(loaded, open_encoders(loaded, device="cpu"), images, boxes)[1],
+        score_faces(model, {k: enc for k in model.networks()}, images, boxes)[1])
 
 
 def test_predict_applies_an_ft_run_to_a_photo(ft, tmp_path):
@@ -184,3 +215,20 @@ def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
     assert "model.pt" in err[0] and "rerun featbench transfer" in err[0]
+
+
+@pytest.mark.gpu
+def test_an_ft_run_trained_on_cuda_is_applied_on_cuda_as_it_scored_its_test(tmp_path):
+    """On CUDA predict runs the network in the run's own mixed precision: the same decisions."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out = _ft_runs(tmp_path, {"ml": dict(head="multilabel", epochs=1, input_size=40, device="cuda")})
+    model = load_run(out["ws"], "synth", out["runs"]["ml"])
+    pred = read_predictions(out["ws"].predictions_path("synth", model.run))
+    images, boxes = _test_faces(out["table"], out["cache"], pred)
+    encoders = open_encoders(model, device="cuda")
+    assert all(e.device == "cuda" and e._dtype is not None for e in encoders.values())
+    scores, decisions = score_faces(model, encoders, images, boxes, batch_size=2 * FAST["batch_size"])
+    cols = [model.aus.index(a) for a in pred["aus"]]
+    np.testing.assert_array_equal(decisions[:, cols], pred["decisions"])
+    np.testing.assert_allclose(scores[:, cols], pred["scores"], rtol=1e-3, atol=1e-3)

@@ -15,7 +15,8 @@ def add_parser(subparsers):
                     "trust. A classify run's frozen network is named, not copied: the other "
                     "machine needs its weights (featbench weights). A fine-tuned (ft) or "
                     "transfer run's trained network is copied into the file (CNN-F: about "
-                    "230 MB per network; a per-au run holds one per AU).")
+                    "230 MB per network; a per-au run holds one per AU), and so is a "
+                    "fine-tuned network whose codes a classify run reads.")
     p.add_argument("run", metavar="RUN",
                    help="the run to export (e.g. alexnet__full__svm), or 'best'")
     p.add_argument("--out", required=True, metavar="FILE",
@@ -28,7 +29,8 @@ def add_parser(subparsers):
 def _run(args):
     from featbench.runmodel import export_run, load_run
 
-    model = load_run(workspace_of(args), args.dataset, args.run)
-    path = export_run(model, args.out)
+    ws = workspace_of(args)
+    model = load_run(ws, args.dataset, args.run)
+    path = export_run(model, args.out, workspace=ws)
     print(f"exported {model.describe()} ({len(model.aus)} AUs) -> {path}")
     return 0
