@@ -222,6 +222,8 @@ class WeightsSource:
         """
         sd = dict(read_state_dict(path))
         mean = sd.pop(MEAN_KEY, None)
+        if finetuned_settings(path) is not None:
+            fit_linear_layers(model, sd)
         load_strict(model, self.convert(sd), source=path, spec=self.spec)
         return None if mean is None else mean.float().numpy()
 
@@ -471,6 +473,22 @@ def missing_weights_error(spec, path):
 
 
 # --- state-dict files and converters ----------------------------------------------------------
+def fit_linear_layers(model, sd):
+    """Rebuild ``model``'s linear layers whose weights in ``sd`` have another shape.
+
+    Only for the files of featbench's own runs: a network fine-tuned at another input size has
+    an fc6 of another input width (CNN-F at 64 px: 256 instead of 9216), and a new output layer.
+    """
+    from torch import nn
+
+    for name, mod in list(model.named_modules()):
+        w = sd.get(f"{name}.weight")
+        if isinstance(mod, nn.Linear) and w is not None and tuple(w.shape) != tuple(mod.weight.shape):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr,
+                    nn.Linear(int(w.shape[1]), int(w.shape[0]), bias=mod.bias is not None))
+
+
 #: the state-dict key under which a fine-tuned network's file keeps the mean it was trained with
 #: (the weights it started from brought it: a MatConvNet ``.mat`` mean image or RGB)
 MEAN_KEY = "ft_preprocess.mean"

@@ -288,3 +288,30 @@ def test_the_mean_the_starting_weights_brought_travels_with_the_fine_tuned_file(
     with torch.no_grad():
         assert torch.allclose(enc.module[0](faces).clone(), expected, atol=1e-4)
     assert "mean image" in enc.preprocessing["mean_source"]
+
+
+def test_codes_of_a_network_fine_tuned_at_a_small_input_size(tmp_path):
+    """CNN-F fine-tuned on 64-pixel faces has an fc6 of another width (256 inputs, not 9216):
+    featbench extract --weights <its model.pt> rebuilds it and gives 4096-d fc6 codes of those
+    weights, at the size the run trained at; a file that is not a run's still has to fit."""
+    from extract.encoders import create_encoder
+    from extract.registry import get_spec
+
+    from classify.ft_net import create_finetune_net
+
+    net, info = create_finetune_net(get_spec("cnn_f"), "random:0", outputs=12, input_size=64)
+    run = tmp_path / "models" / "cnn_f__full__ft__ml"
+    run.mkdir(parents=True)
+    torch.save(net.export_state(), run / "model.pt")
+    (run / "settings.json").write_text(json.dumps({"run": run.name, "clf": "ft",
+                                                   "network": {"input_size": 64}}))
+    enc = create_encoder("cnn_f", weights=str(run / "model.pt"), device="cpu")
+    faces = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    codes = np.asarray(enc(faces))
+    assert codes.shape == (3, 4096) and enc.spec.input_size == 64
+    with torch.no_grad():  # the fine-tuned fc6 (+ ReLU) on the fine-tuned conv body
+        z = net.net.classifier[0](torch.flatten(net.net.features(net.preprocess(torch.from_numpy(faces))), 1))
+    assert np.allclose(codes, torch.relu(z).numpy(), atol=1e-4)
+    torch.save(net.export_state(), tmp_path / "other.pt")  # no settings.json beside it
+    with pytest.raises(WeightsError, match="classifier.0.weight"):
+        create_encoder("cnn_f", weights=str(tmp_path / "other.pt"), device="cpu")
