@@ -375,14 +375,29 @@ def _finetune_steps(ctx, ft):
                 f"{out['seconds']:.0f}s)")
 
     def fresh():
-        return _run_is_fresh(ctx.workspace, ctx.dataset, name,
-                             ctx.workspace.aligned_path(ctx.dataset))
+        return (_run_is_fresh(ctx.workspace, ctx.dataset, name,
+                              ctx.workspace.aligned_path(ctx.dataset))
+                and _same_settings(ctx.workspace.models_dir(ctx.dataset, name), config))
 
     announce = (f"fine-tune: {config.head} head, reinit {config.reinit}, {config.epochs} epochs, "
                 f"weights {w}{'; ' + note if note else ''}")
     step = Step(name, run, fresh=fresh, produces=(name,), records=((name, meta),),
                 announce=announce)
     return [step] + [_ft_codes_step(ctx, ft, name, clf) for clf in ft.code_clfs]
+
+
+def _same_settings(models_dir, config):
+    """True when the run in ``models_dir`` was trained with ``config`` (the device aside): other
+    weights, epochs or input size retrain it, as new codes redo a classifier run."""
+    import json
+    from dataclasses import asdict
+
+    try:
+        saved = json.loads((models_dir / "settings.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    now = json.loads(json.dumps(asdict(config), default=str))
+    return {k: v for k, v in saved.items() if k != "device"} == {k: v for k, v in now.items() if k != "device"}
 
 
 def _ft_codes_step(ctx, ft, ft_run, clf):
@@ -401,8 +416,10 @@ def _ft_codes_step(ctx, ft, ft_run, clf):
         if ft_run not in ctx.done or not model_file.exists():
             raise FeatbenchError(f"{model_file}: the fine-tuning run {ft_run} did not leave one "
                                  "network (multilabel, full face), so it has no codes")
+        # codes older than the network were made by an earlier training of this run: replaced
+        stale = features.exists() and features.stat().st_mtime < model_file.stat().st_mtime
         extract_features(ctx.table, ctx.workspace, ft.model, weights=str(model_file), name=codes,
-                         progress=ctx.progress)
+                         overwrite=stale, progress=ctx.progress)
         out = classify_run(ctx.workspace, ctx.dataset, model=codes, clf=clf, region="full",
                            protocol=ctx.protocol, table=ctx.table, progress=ctx.progress)
         return f"mean F1 {out['mean']['f1']:.3f} ({out['seconds']:.0f}s)"

@@ -144,6 +144,13 @@ def test_featbench_run_with_a_fine_tuned_member(tmp_path, monkeypatch):
     kept = {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in ft_runs}
     run_pipeline(ws, preset=tiny, progress=False)
     assert {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in ft_runs} == kept
+    # another setting of the same run (its name does not change) retrains it, and its codes
+    other = dataclasses.replace(ft, settings={**ft.settings, "lr": 0.02})
+    out = run_pipeline(ws, preset=dataclasses.replace(tiny, finetunes=(other,)), progress=False)
+    assert all(ws.run_csv("synth", r).stat().st_mtime_ns != kept[r] for r in ft_runs), (out["failed"], {r: ws.run_csv("synth", r).stat().st_mtime_ns - kept[r] for r in ft_runs})
+    settings = json.loads((ws.models_dir("synth", "timm-test_efficientnet__full__ft__ml")
+                           / "settings.json").read_text())
+    assert settings["config"]["lr"] == 0.02
 
 
 def test_one_failure_path_records_every_affected_run_and_the_others_go_on(tmp_path, capsys):
