@@ -582,6 +582,9 @@ def plot_timeline(table, aus, out, *, title=""):
     ax.set_xlim(-0.5, max(len(t), 1) - 0.5)
     ax.set_ylim(-0.2, len(aus))
     ax.set_xlabel("frame (in order of the inputs)" if t["input"].nunique() > 1 else "frame")
+    import textwrap
+
+    title = "\n".join(textwrap.wrap(str(title), 150))  # a vote of several networks is long
     ax.set_title(f"{title}\norange: AU present (decision); blue: score; grey: no face", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=90)

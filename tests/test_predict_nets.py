@@ -138,34 +138,54 @@ def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_the
         score_faces(model, {k: enc for k in model.networks()}, images, boxes)[1])
 
 
-def test_predict_applies_an_ft_run_to_a_photo(ft, tmp_path):
-    """The astronaut photo through predict: detect, align, crop, the run's network, its thresholds."""
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import cv2
     from skimage import data
 
-    from featbench import faces
-    from featbench.predict import predict
-
-    photo = tmp_path / "astronaut.png"
-    import cv2
-
     img = data.astronaut()
-    cv2.imwrite(str(photo), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    run = ft["runs"]["ml"]
-    out = tmp_path / "p.csv"
-    df = predict(photo, run=run, workspace=ft["ws"], out=out, progress=False, device="cpu")
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return path, img
+
+
+def _same_as_by_hand(df, model, img, ws):
+    """predict's row == the run applied here to the face aligned by hand at the run's size."""
+    from featbench import faces
+
     assert len(df) == 1 and df["success"].iloc[0] == 1
-    model = load_run(ft["ws"], "synth", run)
+    size = int(model.alignment.get("size") or faces.CANONICAL_SIZE)
     lm = faces.detect_landmarks(img)
-    face, M = faces.align_face(img, lm, size=faces.CANONICAL_SIZE)
-    boxes = faces.region_boxes(faces.transform_points(lm, M), image_size=faces.CANONICAL_SIZE)
-    s, d = score_faces(model, open_encoders(model, device="cpu"), face[None], boxes[None])
+    face, M = faces.align_face(img, lm, size=size)
+    boxes = faces.region_boxes(faces.transform_points(lm, M), image_size=size)
+    s, d = score_faces(model, open_encoders(model, device="cpu", workspace=ws), face[None], boxes[None])
     for j, au in enumerate(model.aus):
         assert df[f"{au}_c"].iloc[0] == d[0, j]
         assert df[f"{au}_p"].iloc[0] == pytest.approx(float(s[0, j]), rel=1e-5, abs=1e-6)
+
+
+def test_predict_applies_an_ft_run_to_a_photo_and_its_export_gives_the_same_csv(ft, photo, tmp_path):
+    """The astronaut photo through predict: detect, align, crop, the run's network, its thresholds;
+    then export + predict --model (CLI) on the same photo: the same CSV, bit for bit."""
+    import pandas as pd
+
+    from featbench.cli import main
+    from featbench.predict import predict
+
+    run, ws = ft["runs"]["ml"], ft["ws"]
+    out = tmp_path / "p.csv"
+    df = predict(photo[0], run=run, workspace=ws, out=out, progress=False, device="cpu")
+    _same_as_by_hand(df, load_run(ws, "synth", run), photo[1], ws)
     side = json.loads(out.with_suffix(".json").read_text())
     net = side["networks"][0]
     assert net["random_init"] is True and net["start_weights"] == "random:0"
     assert net["weights"].startswith(f"finetuned:{run}/model sha256:")
+    file, out2 = tmp_path / "ml.featbench", tmp_path / "m.csv"
+    assert main(["--workspace", str(ws.root), "export", run, "--out", str(file)]) == 0
+    assert main(["predict", str(photo[0]), "--model", str(file), "--out", str(out2), "--device", "cpu",
+                 "--quiet"]) == 0
+    a, b = pd.read_csv(out), pd.read_csv(out2)
+    pd.testing.assert_frame_equal(a.drop(columns="input"), b.drop(columns="input"))
 
 
 # --- transfer ------------------------------------------------------------------------------------
@@ -198,6 +218,17 @@ def test_a_transfer_run_reproduces_its_test_decisions_and_exports(transfer, tmp_
     there = score_faces(loaded, open_encoders(loaded, device="cpu"), images, boxes)
     np.testing.assert_array_equal(here[0], there[0])
     np.testing.assert_array_equal(here[1], there[1])
+
+
+def test_predict_applies_a_transfer_run_to_a_photo(transfer, photo):
+    from featbench.predict import predict
+
+    ws, run = transfer["ws"], transfer["run"]
+    df = predict(photo[0], run=run, workspace=ws, dataset="affwild2", progress=False, device="cpu")
+    model = load_run(ws, "affwild2", run)
+    _same_as_by_hand(df, model, photo[1], ws)
+    p = df[[f"{a}_p" for a in model.aus]].to_numpy()
+    assert ((p > 0) & (p < 1)).all()  # probabilities, as the run stores its scores
 
 
 def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_path, capsys):

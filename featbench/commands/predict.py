@@ -18,8 +18,10 @@ def add_parser(subparsers):
                         "(quote it: 'shots/*.jpg')")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", metavar="RUN",
-                     help="a finished run of the workspace (e.g. alexnet__full__svm, "
-                          "ensemble-fe__full__vote), or 'best': the highest mean F1 of summary.csv")
+                     help="a finished run of the workspace: LDA / SVM / LSTM (e.g. "
+                          "alexnet__full__svm), a fine-tuned network (cnn_f__full__ft...), a "
+                          "transfer run or an ensemble (ensemble-fe__full__vote); or 'best': "
+                          "the highest mean F1 of summary.csv")
     src.add_argument("--model", dest="model_file", metavar="FILE",
                      help="a model file written by featbench export (instead of --run)")
     p.add_argument("--dataset", default="synth", metavar="NAME",
@@ -42,7 +44,8 @@ def add_parser(subparsers):
                    help="faces encoded at once (default: 32)")
     p.add_argument("--weights", dest="weights_file", default=None, metavar="PATH",
                    help="the weights file, for a run trained on codes of a user's state dict "
-                        "(checked against the hash the run recorded)")
+                        "or of a fine-tuned network that is not in this workspace (checked "
+                        "against the hash the run recorded)")
     p.add_argument("--window", type=int, default=None, metavar="FRAMES",
                    help="bidirectional LSTM runs only: frames scored together (default: 512). "
                         "Such a network looks ahead, so predict holds this many frames' faces and "
