@@ -22,6 +22,8 @@ whose fine-tuning runs used another input size, epochs or weights).
 
     python benchmarks/paper_finetune.py --workspace /tmp/ws --input-size 64 --epochs 1
     python benchmarks/paper_finetune.py --workspace /tmp/ws-gpu --device cuda   # full size
+    python benchmarks/paper_finetune.py --workspace /tmp/ws-mn --model tv:mobilenet_v2 \
+        --model-weights IMAGENET1K_V1 --region-reinit fc    # a real pretrained network
 """
 
 import argparse
@@ -50,6 +52,7 @@ def make_preset(args):
     models = tuple(dict.fromkeys(tuple(args.members) + (args.model,)))
     return Preset("paper-finetune", models=models, region_models=tuple(args.region_members),
                   clfs=("svm",), region_clfs=("svm",),
+                  pinned_weights=((args.model, args.model_weights),) if args.model_weights else (),
                   ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
                   random_fallback=True, finetunes=fts)
 
@@ -64,7 +67,7 @@ def check_workspace(ws, dataset, preset, weights):
         return
     table = load_dataset(dataset, workspace=ws, progress=False)
     for ft in preset.finetunes:
-        settings = models / finetune_run_name(ft.config(weights or "random:0", "paper"), table) / "settings.json"
+        settings = models / finetune_run_name(ft.config("random:0", "paper"), table) / "settings.json"
         if not settings.is_file():
             continue
         old = json.loads(settings.read_text())["config"]
@@ -120,6 +123,9 @@ def main(argv=None):
     p.add_argument("--weights", default=None,
                    help="starting weights of every CNN (default: imagenet where cached, else random:0, "
                         "said in the table)")
+    p.add_argument("--model-weights", default=None,
+                   help="starting weights of --model alone (e.g. IMAGENET1K_V1 for tv:mobilenet_v2 "
+                        "when that is the file here); the others follow --weights")
     p.add_argument("--members", nargs="*", default=list(QUICK_MEMBERS),
                    help="the ensembles' other frozen-code networks (default: hog dlib_face alexnet)")
     p.add_argument("--region-members", nargs="*", default=["hog", "alexnet"],

@@ -68,6 +68,8 @@ class Preset:
     random_fallback: bool = False
     #: fine-tuning runs (:class:`Finetune`), trained in the classify stage
     finetunes: tuple = ()
+    #: (model, weights) pairs that override the weights rule for those networks
+    pinned_weights: tuple = ()
 
     def networks(self):
         """Every network the preset needs weights for: extracted, region-based, fine-tuned."""
@@ -159,13 +161,15 @@ def resolve_weights(preset, weights=None, *, progress=False):
     from extract.registry import get_spec
 
     plan, missing = {}, []
+    pinned = dict(preset.pinned_weights)
     for model in preset.networks():
         spec = get_spec(model)
         if spec.kind != "torch" or spec.pretrained == "dlib":  # hog; dlib (shipped)
             plan[model] = (spec.default_weights, "")
-        elif weights is not None:
-            plan[model] = (weights, "random init, not pretrained"
-                           if WeightsId.parse(weights).is_random else "")
+        elif weights is not None or model in pinned:
+            weights_here = pinned.get(model, weights)
+            plan[model] = (weights_here, "random init, not pretrained"
+                           if WeightsId.parse(weights_here).is_random else "")
         elif not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
             plan[model] = (spec.default_weights, "no published weights: random init control")
         else:

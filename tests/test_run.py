@@ -187,3 +187,16 @@ def test_a_weights_file_named_random_is_not_random_init(tmp_path):
     plan = resolve_weights(PRESETS["quick"], str(tmp_path / "random_init_ft.pth"))
     assert plan["alexnet"][1] == ""
     assert resolve_weights(PRESETS["quick"], "random:3")["alexnet"][1] == "random init, not pretrained"
+
+
+def test_pinned_weights_override_the_rule_for_their_network(no_cache):
+    """A preset can pin one network's weights (benchmarks/paper_finetune.py --model-weights);
+    the others keep the preset's rule, and a random pin is labelled as random init."""
+    import dataclasses
+
+    pinned = dataclasses.replace(PRESETS["quick"], pinned_weights=(("alexnet", "IMAGENET1K_V1"),
+                                                                   ("cnn_f", "random:3")))
+    plan = resolve_weights(pinned)
+    assert plan["alexnet"] == ("IMAGENET1K_V1", "")
+    assert plan["cnn_f"] == ("random:3", "random init, not pretrained")
+    assert plan["dlib_face"][0] == "dlib" and plan["hog"][0] == "none"
