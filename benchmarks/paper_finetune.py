@@ -18,7 +18,7 @@ It prints a markdown table (every number read from the runs' rows in ``summary.c
 starting weights named) and writes it as CSV. The workspace's data set is generated when it
 is missing (the embedded synthetic set: no network and no landmark model needed); a finished
 run is kept on a rerun, so use one workspace per setting (the script refuses a workspace
-whose fine-tuning runs used another input size, epochs or weights).
+whose fine-tuning runs used another input size, epochs or batch size).
 
     python benchmarks/paper_finetune.py --workspace /tmp/ws --input-size 64 --epochs 1
     python benchmarks/paper_finetune.py --workspace /tmp/ws-gpu --device cuda   # full size
