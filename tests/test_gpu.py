@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from test_extract import make_aligned_cache  # noqa: E402
 from test_finetune import data, run  # noqa: E402,F401  (data is the shared fixture)
 from test_lstm import FAST as LSTM_FAST, temporal_table  # noqa: E402
+from test_training import _task, _toy  # noqa: E402
 
 from classify.training import TrainConfig, fit  # noqa: E402
 from featbench.workspace import Workspace  # noqa: E402
@@ -24,30 +25,16 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _toy_task(crash_at=None):
-    gen = np.random.default_rng(0)
-    X = torch.from_numpy(gen.normal(size=(512, 8)).astype(np.float32))
-    y = (X[:, 0] + 0.5 * X[:, 1] > 0).float()
-    Xv, yv = X[:128].cuda(), y[:128].cuda()
-
-    def batches(epoch, rng):
-        if crash_at is not None and epoch == crash_at:
-            raise KeyboardInterrupt("simulated kill")
-        order = rng.permutation(len(X))
-        for i in range(0, len(order), 64):
-            idx = torch.from_numpy(order[i:i + 64])
-            yield X[idx], y[idx]
-
-    def step_loss(model, batch):
-        xb, yb = batch
-        assert xb.is_cuda  # the loop moved the batch
-        return torch.nn.functional.binary_cross_entropy_with_logits(model(xb).squeeze(1).float(), yb)
+    """test_training's toy task (CPU batches the loop moves), validated on the device."""
+    X, y = _toy(128, seed=1)
+    Xv, yv = X.cuda(), y.cuda()
 
     def evaluate(model):
         pred = model(Xv).squeeze(1) > 0
         tp = float(((pred == 1) & (yv == 1)).sum())
         return {"val_score": 2 * tp / max(1.0, float(pred.sum() + yv.sum())), "val_loss": 0.0}
 
-    return dict(train_batches=batches, step_loss=step_loss, evaluate=evaluate)
+    return dict(_task(crash_at=crash_at), evaluate=evaluate)
 
 
 def _net():
