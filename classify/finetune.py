@@ -310,18 +310,24 @@ def unit_scores(model, reader, rows, head, *, batch_size, device, dtype=None):
     import torch
 
     chunks = [rows[a:a + batch_size] for a in range(0, len(rows), batch_size)]
-    out = []
     model.eval()
     with torch.inference_mode():
-        for imgs in prefetch(chunks, reader.read):
-            x = torch.from_numpy(imgs).to(device)
-            with torch.autocast(device_type=str(device).split(":")[0], dtype=dtype,
-                                enabled=dtype is not None):
-                logits = model(x).float()
-            s = logits[:, 1:2] - logits[:, 0:1] if head == "per-au" else logits
-            out.append(s.cpu().numpy())
+        out = [score_faces(model, imgs, head, device=device, dtype=dtype)
+               for imgs in prefetch(chunks, reader.read)]
     k = 1 if head == "per-au" else None
     return np.concatenate(out) if out else np.zeros((0, k or 0), np.float32)
+
+
+def score_faces(model, imgs, head, *, device, dtype=None):
+    """Return the (k, outputs) float32 scores of (k, S, S, 3) uint8 faces; per-au: one column,
+    logit(present) - logit(absent). Call it under ``torch.inference_mode()``."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(imgs)).to(device)
+    with torch.autocast(device_type=str(device).split(":")[0], dtype=dtype, enabled=dtype is not None):
+        logits = model(x).float()
+    s = logits[:, 1:2] - logits[:, 0:1] if head == "per-au" else logits
+    return s.cpu().numpy()
 
 
 def _logistic_loss(y, s):
@@ -426,13 +432,12 @@ def _evaluate(ctx, unit, data, reader):
     def evaluate(net):
         s = unit_scores(net, reader, data.val_rows, cfg.head, batch_size=2 * int(cfg.batch_size),
                         device=ctx["device"], dtype=ctx["dtype"])
-        where = {r: i for i, r in enumerate(data.val_rows)}
         f1s, losses = [], []
         for j, au in enumerate(unit.aus):
             if au not in data.trainable:
                 continue
             bal = data.val_bal[j]
-            idx = np.array([where[r] for r in bal], np.int64)
+            idx = np.searchsorted(data.val_rows, bal)  # val_rows: the sorted union of val_bal
             yj, sj = y[bal, j], s[idx, 0 if cfg.head == "per-au" else j]
             f1s.append(au_metrics(yj, (sj > 0).astype(np.int8))["f1"] if len(idx) else np.nan)
             losses.append(_logistic_loss(yj.astype(np.float64), sj))

@@ -105,16 +105,13 @@ class NetworkScores:
         """Return the (n, outputs) float32 scores of ``crops`` (n, S, S, 3) uint8."""
         import torch
 
+        from classify.finetune import score_faces
+
         if self._net is None:
             self.open("cpu")
-        per_au = self.kind == "ft" and self.settings["config"]["head"] == "per-au"
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
-            with torch.autocast(device_type=self.device.split(":")[0], dtype=self._dtype,
-                                enabled=self._dtype is not None):
-                logits = self._net(x).float()
-            s = logits[:, 1:2] - logits[:, 0:1] if per_au else logits
-        return s.cpu().numpy()
+        head = self.settings["config"]["head"] if self.kind == "ft" else "multilabel"
+        with torch.inference_mode():  # the run's own scoring of its test faces
+            return score_faces(self._net, crops, head, device=self.device, dtype=self._dtype)
 
 
 class NetworkOutput:
