@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from featbench.aus import DISFA_AUS  # noqa: E402
-from featbench.frames import FrameTable, build_frames  # noqa: E402
-from featbench.splits import PAPER_SPLIT  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.core.aus import DISFA_AUS  # noqa: E402
+from featbench.core.frames import FrameTable, build_frames  # noqa: E402
+from featbench.core.splits import PAPER_SPLIT  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 
 #: positives per AU on DISFA / 130,814 frames (PROTOCOL.md), so balancing keeps realistic sizes
 RATES = np.array([6506, 5644, 19933, 1150, 10327, 5473, 16851, 2682, 6588, 2941, 36247, 11533]) / 130814

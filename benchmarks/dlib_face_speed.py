@@ -35,8 +35,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from extract.encoders import create_encoder
-    from featbench.align import AlignedFaces
-    from featbench.workspace import Workspace
+    from featbench.core.align import AlignedFaces
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(args.workspace)
     with AlignedFaces(ws.aligned_path(args.dataset)) as faces:

@@ -28,8 +28,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from extract.bench import bench_extract
-    from featbench.datasets import load_dataset
-    from featbench.workspace import Workspace
+    from featbench.core.datasets import load_dataset
+    from featbench.core.workspace import Workspace
 
     table = load_dataset(args.dataset, workspace=Workspace(args.workspace), generate=True)
     rows = []

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from classify.finetune import FaceReader, draw_augmentation, prefetch, prefetch_workers
-from featbench.workspace import Workspace
+from featbench.core.workspace import Workspace
 
 
 def main(argv=None):

@@ -46,7 +46,7 @@ def make_table(frames, seed=0):
     """A FrameTable of ``frames`` rows over 547 videos, labels drawn at ``PREVALENCE``."""
     import pandas as pd
 
-    from featbench.frames import BASE_COLUMNS, FrameTable
+    from featbench.core.frames import BASE_COLUMNS, FrameTable
 
     rng = np.random.default_rng(seed)
     video = np.sort(rng.integers(0, VIDEOS, frames))
@@ -98,7 +98,7 @@ def _fits(path, frames, dims):
 def child(workdir, frames, dims, jobs):
     """Build the table (cheap, seeded) and run the SVM classification; print JSON."""
     from classify.run import classify_run
-    from featbench.workspace import Workspace
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(workdir)
     table = make_table(frames)
@@ -143,7 +143,7 @@ def main(argv=None):
 
     import psutil
 
-    from featbench.workspace import Workspace
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(args.workdir)
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def projected_workspace(ws, model, dims, tmp, *, name="bench"):
     """Return a Workspace in ``tmp`` whose ``name`` codes are ``model``'s, projected to ``dims``."""
     from extract.store import open_store, read_codes
-    from featbench.workspace import Workspace
+    from featbench.core.workspace import Workspace
 
     keys, codes, attrs = read_codes(ws.features_path("synth", model), "full")
     codes = np.asarray(codes, dtype=np.float32)
@@ -53,8 +53,8 @@ def projected_workspace(ws, model, dims, tmp, *, name="bench"):
 
 def main(argv=None):
     from classify.run import classify_run
-    from featbench.datasets import load_dataset
-    from featbench.workspace import Workspace
+    from featbench.core.datasets import load_dataset
+    from featbench.core.workspace import Workspace
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workspace", required=True, help="a workspace with the embedded data and codes")

@@ -40,8 +40,8 @@ QUICK_MEMBERS = ("hog", "dlib_face", "alexnet")
 
 
 def make_preset(args):
-    """The :class:`featbench.pipeline.Preset` of this comparison."""
-    from featbench.pipeline import Finetune, Preset
+    """The :class:`featbench.app.pipeline.Preset` of this comparison."""
+    from featbench.app.pipeline import Finetune, Preset
 
     common = {"epochs": args.epochs, "device": args.device, "batch_size": args.batch_size}
     if args.input_size:
@@ -60,7 +60,7 @@ def make_preset(args):
 def check_workspace(ws, dataset, preset, weights):
     """Refuse fine-tuning runs of another setting (they would be kept as up to date)."""
     from classify.finetune import finetune_run_name
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     models = ws.results_dir(dataset) / "models"
     if not models.is_dir():
@@ -80,9 +80,9 @@ def check_workspace(ws, dataset, preset, weights):
 def table_rows(ws, dataset, preset, out):
     """The comparison's rows, each read from the run's ``summary.csv`` row."""
     from classify.finetune import finetune_run_name
-    from featbench.datasets import load_dataset
-    from featbench.identity import RunKey
-    from featbench.results import read_summary_rows
+    from featbench.core.datasets import load_dataset
+    from featbench.core.identity import RunKey
+    from featbench.core.results import read_summary_rows
 
     summary = {r["run"]: r for r in read_summary_rows(ws.summary_csv(dataset))}
     table = load_dataset(dataset, workspace=ws, progress=False)
@@ -143,8 +143,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # extraction's auto device too
-    from featbench.pipeline import run_pipeline
-    from featbench.workspace import Workspace
+    from featbench.app.pipeline import run_pipeline
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(args.workspace)
     preset = make_preset(args)

@@ -9,7 +9,7 @@ a little). Then, on the same frames, in one process and interleaved ``--repeat``
 round kept, as the machine is shared):
 
 decode
-    :func:`featbench.footage.iter_frames` alone.
+    :func:`featbench.core.footage.iter_frames` alone.
 detect
     dlib's detector + 68 landmarks + alignment of every decoded frame (the frames are decoded
     before the clock starts), on the same two threads predict uses.
@@ -18,7 +18,7 @@ encode
 classify
     the run's scalers, classifiers and thresholds on those codes.
 predict
-    :func:`featbench.predict.predict` end to end (writing its CSV).
+    :func:`featbench.apply.predict.predict` end to end (writing its CSV).
 
 It prints one JSON object and a Markdown table: frames/s of each, and ``predict / sum of parts``
 (time ratio; < 1 means the overlap of decoding and detection with encoding wins time back).
@@ -38,7 +38,7 @@ def write_video(path, frames_wanted, workspace, dataset):
     """Write the 640 x 480 MJPG test video; return (path, where the pixels came from)."""
     import cv2
 
-    from featbench.faces import open_video
+    from featbench.core.faces import open_video
 
     frames, origin = [], ""
     videos = sorted((Path(workspace) / "data" / dataset / "Videos_LeftCamera").glob("*.avi"))
@@ -78,9 +78,9 @@ def _clock(fn):
 
 
 def one_round(video, args, model, encoders):
-    from featbench import footage
-    from featbench._background import ordered_map
-    from featbench.predict import _detect, predict
+    from featbench.core import footage
+    from featbench.core._background import ordered_map
+    from featbench.apply.predict import _detect, predict
 
     size = int(model.alignment.get("size") or 224)
     sources = footage.list_sources([video])
@@ -98,7 +98,7 @@ def one_round(video, args, model, encoders):
     imgs = np.stack([f.image for f in faces])
     boxes = np.stack([f.boxes for f in faces])
 
-    from featbench.predict import encode_faces
+    from featbench.apply.predict import encode_faces
 
     def encode():
         return encode_faces(model, encoders, imgs, boxes, batch_size=args.batch_size)
@@ -136,9 +136,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
 
-    from featbench.predict import load_model, open_encoders
-    from featbench.runmodel import resolve_run
-    from featbench.workspace import Workspace
+    from featbench.apply.predict import load_model, open_encoders
+    from featbench.apply.runmodel import resolve_run
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(args.workspace)
     args.run = resolve_run(ws, args.dataset, args.run)

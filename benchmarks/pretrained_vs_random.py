@@ -30,7 +30,7 @@ def _one(data, model, weights, root, dataset):
     link = ws / "data" / dataset
     if not link.exists():
         link.symlink_to(Path(data).resolve())
-    script = (f"import sys; from featbench.cli import main; ws={str(ws)!r}; m={model!r}; "
+    script = (f"import sys; from featbench.app.cli import main; ws={str(ws)!r}; m={model!r}; "
               f"a=['--offline', '--workspace', ws]; "
               f"sys.exit(main(a + ['extract', '--model', m, '--weights', {weights!r}, '--region', 'all', '--quiet']) "
               f"or main(a + ['classify', '--clf', 'svm', '--model', m, '--region', 'full', '--quiet']) "

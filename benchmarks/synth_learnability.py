@@ -1,7 +1,7 @@
 """Is the synthetic DISFA-layout set learnable but not trivial, with each AU in its own region?
 
-Aligns every frame from its landmarks (featbench.faces.align_face, 128 x 128), computes HOG of
-the whole face and of the upper and lower region boxes (featbench.faces.region_boxes), trains a
+Aligns every frame from its landmarks (featbench.core.faces.align_face, 128 x 128), computes HOG of
+the whole face and of the upper and lower region boxes (featbench.core.faces.region_boxes), trains a
 linear SVM per AU (occurrence = intensity >= 2) on the paper split's 12 training subjects
 (balanced: all positives plus as many random negatives), and scores F1 on its 9 test subjects.
 
@@ -27,7 +27,7 @@ def hog_codes(table, landmarks, *, size=128):
     import cv2
     from skimage.feature import hog
 
-    from featbench.faces import align_face, iter_frames, region_boxes, transform_points
+    from featbench.core.faces import align_face, iter_frames, region_boxes, transform_points
 
     feats = {"full": [], "upper": [], "lower": []}
     ok = np.isfinite(landmarks).all(axis=(1, 2))
@@ -75,9 +75,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="split and negative sampling seed")
     args = ap.parse_args(argv)
 
-    from featbench.aus import DISFA_AUS
-    from featbench.datasets import load_dataset, load_landmarks
-    from featbench.splits import make_splits
+    from featbench.core.aus import DISFA_AUS
+    from featbench.core.datasets import load_dataset, load_landmarks
+    from featbench.core.splits import make_splits
 
     t0 = time.perf_counter()
     table = load_dataset("synth", root=args.root, generate=True, progress=False)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from featbench.metrics import au_metrics
+from featbench.core.metrics import au_metrics
 
 #: the SVM's C grid, log-spaced; chosen per AU on the validation subjects
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -42,7 +42,7 @@ DEFAULT_THRESHOLD = 0.0
 
 def check_clf(clf):
     """Raise :class:`UsageError` unless ``clf`` names a registered classifier (see :mod:`classify.registry`)."""
-    from .registry import check_clf as check
+    from classify.registry import check_clf as check
 
     check(clf)
 
@@ -207,7 +207,7 @@ def make_estimator(clf, **kw):
     ``kw`` are the entry's options (``C``, ``class_weight``, ``shrinkage``, ``seed``,
     ``n_samples``, ``n_features``); an entry ignores the ones it has no use for.
     """
-    from .registry import get_classifier
+    from classify.registry import get_classifier
 
     return get_classifier(clf).make(**kw)
 
@@ -471,7 +471,7 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, class_weight=None, tune_thres
     """
     from sklearn.exceptions import ConvergenceWarning
 
-    from .registry import get_classifier
+    from classify.registry import get_classifier
 
     spec = get_classifier(clf) if isinstance(clf, str) else clf
     y_train = np.asarray(y_train, dtype=np.int8)
@@ -513,7 +513,7 @@ def settle_threshold(out, y_thr, scores, tune_threshold):
 
 
 def _spec(**kw):
-    from .registry import ClassifierSpec
+    from classify.registry import ClassifierSpec
 
     return ClassifierSpec(**kw)
 
@@ -522,7 +522,7 @@ def _spec(**kw):
 LDA = _spec(name="lda", make=make_lda, help="shrinkage LDA (Ledoit-Wolf)")
 #: the ``svm`` entry of :mod:`classify.registry`
 def _fit_streamed(*args, **kw):
-    from .scale import fit_streamed
+    from classify.scale import fit_streamed
 
     return fit_streamed(*args, **kw)
 

@@ -19,7 +19,7 @@ head            region                units
 ``multilabel``  auto                  one network per region, one logit per AU of the region
 =============== ===================== ===========================================================
 
-Per fold of the protocol (``featbench.splits``) and unit:
+Per fold of the protocol (``featbench.core.splits``) and unit:
 
 - **training batches** come from the training subjects only and are balanced as the paper
   balances (:func:`classify.estimators.balance_indices`): every epoch takes all positive
@@ -68,11 +68,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from featbench.aus import AU_REGION, REGIONS
-from featbench.errors import DataError, FeatbenchError, StoreError, UsageError, did_you_mean
-from featbench.metrics import METRICS, au_metrics, nanmean
+from featbench.core.aus import AU_REGION, REGIONS
+from featbench.core.errors import DataError, FeatbenchError, StoreError, UsageError, did_you_mean
+from featbench.core.metrics import METRICS, au_metrics, nanmean
 
-from .ft_net import HEADS, REINITS, check_choice, create_finetune_net
+from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 #: augmentation bounds: shift as a fraction of the side, brightness and contrast factors
@@ -180,9 +180,9 @@ def is_variant_tag(tag):
 def finetune_run_name(config, table):
     """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]``."""
     from extract.registry import get_spec
-    from featbench.identity import RunKey
+    from featbench.core.identity import RunKey
 
-    from .run import resolve_aus
+    from classify.run import resolve_aus
 
     default_aus = resolve_aus(table, config.protocol)
     aus = resolve_aus(table, config.protocol, config.aus)
@@ -192,7 +192,7 @@ def finetune_run_name(config, table):
 
 def finetune_tags(config, *, aus, default_aus):
     """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
-    from .run import run_tag
+    from classify.run import run_tag
 
     tags = []
     if config.head == "multilabel":
@@ -213,7 +213,7 @@ class FaceReader:
     """Read aligned faces or region crops at the network's input size, optionally augmented."""
 
     def __init__(self, path, region, size):
-        from featbench.align import AlignedFaces
+        from featbench.core.align import AlignedFaces
 
         self.faces = AlignedFaces(path)
         self.region, self.size = region, int(size)
@@ -360,7 +360,7 @@ class _UnitData:
 
 
 def _unit_data(cfg, fi, unit, y, rows):
-    from .estimators import balance_indices
+    from classify.estimators import balance_indices
 
     tr = rows["train"][(y[rows["train"]] >= 0).any(axis=1)]
     va_all = rows["validation"][(y[rows["validation"]] >= 0).any(axis=1)]
@@ -378,7 +378,7 @@ def _train_batches(cfg, unit, data, reader):
     """``fit``'s ``train_batches``: per epoch, the union of the AUs' balanced draws, prefetched."""
     import torch
 
-    from .estimators import balance_indices
+    from classify.estimators import balance_indices
 
     y, tr = data.y, data.train
 
@@ -448,7 +448,7 @@ def _evaluate(ctx, unit, data, reader):
 
 def _thresholds(ctx, unit, data, model, reader):
     """0 per AU, or with ``tune_threshold`` the F1-best on every validation frame (as test)."""
-    from .estimators import best_threshold
+    from classify.estimators import best_threshold
 
     cfg, y, va = ctx["config"], data.y, data.val_all
     thr = [0.0] * len(unit.aus)
@@ -463,7 +463,7 @@ def _thresholds(ctx, unit, data, model, reader):
 
 def _fit_unit(ctx, fi, unit, data, model, reader, *, name, identity, work):
     """Train ``model`` through :func:`classify.training.fit`; return what the unit's result adds."""
-    from .training import TrainConfig, fit, plot_history
+    from classify.training import TrainConfig, fit, plot_history
 
     cfg = ctx["config"]
     tc = TrainConfig(epochs=int(cfg.epochs), lr=float(cfg.lr), optimizer=cfg.optimizer,
@@ -488,7 +488,7 @@ def _train_unit(ctx, fi, unit, rows, work):
     """Train one unit (or load it when finished before); return its result dict."""
     import torch
 
-    from featbench.workspace import atomic_write_text
+    from featbench.core.workspace import atomic_write_text
 
     cfg = ctx["config"]
     y = ctx["labels"][:, [ctx["au_index"][a] for a in unit.aus]]
@@ -544,10 +544,10 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
     config : FinetuneConfig, optional
         Or its fields as keyword arguments.
     table : FrameTable, optional
-        Default: ``featbench.datasets.load_dataset(dataset)``.
+        Default: ``featbench.core.datasets.load_dataset(dataset)``.
     aligned_path : path, optional
         An aligned-face cache in the table's row order (default: the workspace's, built or
-        reused by ``featbench.align.ensure_aligned``).
+        reused by ``featbench.core.align.ensure_aligned``).
     progress : bool
 
     Returns
@@ -564,10 +564,10 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
     """
     from extract.registry import get_spec
     from extract.weights import parse_weights
-    from featbench.results import record_failure
-    from featbench.workspace import Workspace
+    from featbench.core.results import record_failure
+    from featbench.core.workspace import Workspace
 
-    from .run import resolve_aus
+    from classify.run import resolve_aus
 
     t0 = time.time()
     config = config or FinetuneConfig(**kwargs)
@@ -575,7 +575,7 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
     spec = get_spec(config.model)
     parse_weights(config.weights, spec)  # a missing file fails before any data is read
     if table is None:
-        from featbench.datasets import load_dataset
+        from featbench.core.datasets import load_dataset
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
     au_list = resolve_aus(table, config.protocol, config.aus)
@@ -609,17 +609,17 @@ def check_network(config):
 def _finetune(workspace, dataset, run, table, au_list, spec, config, meta, *, aligned_path,
               progress, t0):
     from extract.encoders import resolve_device
-    from featbench.splits import make_splits
+    from featbench.core.splits import make_splits
 
-    from .training import autocast_dtype
+    from classify.training import autocast_dtype
 
     info = check_network(config)
     meta["weights"] = info["weights"]
     if aligned_path is None:
-        from featbench.align import ensure_aligned
+        from featbench.core.align import ensure_aligned
 
         aligned_path = ensure_aligned(table, workspace, progress=progress)
-    from featbench.align import AlignedFaces
+    from featbench.core.align import AlignedFaces
 
     with AlignedFaces(aligned_path) as faces:
         valid = faces.valid.copy()
@@ -672,9 +672,9 @@ def _cache_fingerprint(path):
 
 def _write_outputs(workspace, dataset, run, table, au_list, units, splits, test_rows, results,
                    labels, config, meta, info, work, missing, t0):
-    from featbench.results import run_table, write_predictions, write_run
+    from featbench.core.results import run_table, write_predictions, write_run
 
-    from .estimators import decide
+    from classify.estimators import decide
 
     n_folds, k = len(splits), len(au_list)
     unit_of = {au: u for u in units for au in u.aus}
@@ -751,7 +751,7 @@ def _write_models(workspace, dataset, run, config, meta, info, units, splits, re
     import torch
 
     import featbench
-    from featbench.workspace import atomic_write_text
+    from featbench.core.workspace import atomic_write_text
 
     final = workspace.models_dir(dataset, run)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
@@ -825,7 +825,7 @@ def unit_network(settings, unit, state):
 
 def format_result(result):
     """Return the one-screen text of a finetune run (classify's table) and its summary line."""
-    from .run import format_result as classify_format
+    from classify.run import format_result as classify_format
 
     meta = result["meta"]
     text = classify_format({**result, "meta": {**meta, "n_train": _n_train(result)}})

@@ -57,7 +57,7 @@ def _featbench_epochs(net, batches, config):
     the fit result)."""
     import torch
 
-    from .training import fit
+    from classify.training import fit
 
     spans = []
 
@@ -118,8 +118,8 @@ def bench_finetune(model="cnn_f", *, input_size=None, batch_size=32, steps=8, re
     from extract.encoders import resolve_device
     from extract.registry import get_spec
 
-    from .ft_net import create_finetune_net
-    from .training import TrainConfig
+    from classify.ft_net import create_finetune_net
+    from classify.training import TrainConfig
 
     device = resolve_device(device)
     spec = get_spec(model)

@@ -33,7 +33,7 @@ differs), so the saved ``net`` state dict loads into ``featbench extract --weigh
 
 import dataclasses
 
-from featbench.errors import UsageError, did_you_mean
+from featbench.core.errors import UsageError, did_you_mean
 
 HEADS = ("per-au", "multilabel")
 REINITS = ("fc", "fc6-fc7", "head")

@@ -49,7 +49,7 @@ from functools import partial
 
 import numpy as np
 
-from featbench.errors import UsageError
+from featbench.core.errors import UsageError
 
 FORMAT = "featbench-lstm/1"
 
@@ -133,7 +133,7 @@ class LSTMOptions:
 
     def train_config(self, seed=0):
         """Return the :class:`classify.training.TrainConfig` of these options."""
-        from .training import TrainConfig
+        from classify.training import TrainConfig
 
         return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=0.9, optimizer="sgd",
                            patience=self.patience, monitor="val_score",
@@ -434,7 +434,7 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
     torch = _torch()
     from extract.encoders import resolve_device
 
-    from .training import fit
+    from classify.training import fit
 
     k = Y.shape[1]
     mode = "train" if balance else "whole"
@@ -523,9 +523,9 @@ def _length_bucketed_batches(train_data, batch, rng):
 def _validation_score(model, *, X, pos, Y, seqs, frame_loss, device):
     """Return the epoch's validation loss and mean F1 (threshold 0) over the cut sequences ``seqs``."""
     torch = _torch()
-    from featbench.metrics import au_metrics
+    from featbench.core.metrics import au_metrics
 
-    from .estimators import decide
+    from classify.estimators import decide
 
     if not seqs:
         return {"val_loss": float("nan"), "val_score": float("nan")}
@@ -543,9 +543,9 @@ def _choose_thresholds(fit_out, val_rows, *, tune_threshold, X, pos, group, fram
 
     Scored as test is; a threshold is tuned only with ``tune_threshold`` (else 0).
     """
-    from featbench.metrics import au_metrics
+    from featbench.core.metrics import au_metrics
 
-    from .estimators import best_threshold, decide
+    from classify.estimators import best_threshold, decide
 
     k = Y.shape[1]
     thresholds = np.zeros(k)
@@ -592,7 +592,7 @@ def _score_test(fit_out, test_rows, *, X, pos, group, frame, Y, device):
 def save_model(fit, path, *, meta=None):
     """Save a trained network, its AUs and thresholds as one self-contained ``.pt`` file."""
     torch = _torch()
-    from featbench.workspace import atomic_path
+    from featbench.core.workspace import atomic_path
 
     m = fit.model
     state = {"format": FORMAT, "state_dict": {k: v.cpu() for k, v in m.state_dict().items()},
@@ -607,7 +607,7 @@ def save_model(fit, path, *, meta=None):
 def load_model(path):
     """Return ``(SequenceLSTM in eval mode, saved dict)`` of a ``.pt`` file made by :func:`save_model`."""
     torch = _torch()
-    from featbench.errors import StoreError
+    from featbench.core.errors import StoreError
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -768,7 +768,7 @@ def save_fits(folder, splits, by, au_list):
 
 
 def _spec():
-    from .registry import ClassifierSpec
+    from classify.registry import ClassifierSpec
 
     return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
                           options=options_from, load=load_model, suffix=".pt",

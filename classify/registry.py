@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from featbench.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
 
 
 def save_joblib(model, path):
@@ -111,7 +111,7 @@ class ClassifierSpec:
         """Fit one AU with this entry's ``fit`` (default :func:`classify.estimators.fit_au`)."""
         if self.fit is not None:
             return self.fit(self, *args, **kw)
-        from .estimators import fit_au
+        from classify.estimators import fit_au
 
         return fit_au(self, *args, **kw)
 
@@ -201,9 +201,9 @@ def load_run_models(workspace, dataset, run):
     StoreError
         ``settings.json`` or a model file is unreadable.
     """
-    from featbench.workspace import Workspace
+    from featbench.core.workspace import Workspace
 
-    from .estimators import ThresholdedClassifier
+    from classify.estimators import ThresholdedClassifier
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     folder = ws.models_dir(dataset, str(run))

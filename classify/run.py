@@ -1,7 +1,7 @@
 """One classifier run of the protocol: stored codes + frame table -> metrics, predictions, models.
 
 :func:`classify_run` is what ``featbench classify`` calls. For every fold of the protocol
-(``featbench.splits``) and every AU it
+(``featbench.core.splits``) and every AU it
 
 1. takes the fold's training, validation and test subjects' frames that have codes and a
    label for the AU (frames of the table without codes are counted and reported, never
@@ -17,9 +17,9 @@
 AUs train in parallel (joblib worker processes sharing memory-mapped codes; BLAS is held to
 ``cores // workers`` threads per worker with threadpoolctl).
 
-Outputs (``featbench.workspace`` names the paths; a rerun replaces only this run's files)::
+Outputs (``featbench.core.workspace`` names the paths; a rerun replaces only this run's files)::
 
-    results/<ds>/<run>.csv                 per-AU metrics + mean (featbench.results.write_run)
+    results/<ds>/<run>.csv                 per-AU metrics + mean (featbench.core.results.write_run)
     results/<ds>/summary.csv               this run's row (other runs' rows are kept)
     results/<ds>/predictions/<run>.h5      /frames /labels /scores /decisions /fold /thresholds
     results/<ds>/models/<run>/AU01.joblib  the fitted model, threshold inside (multi-fold:
@@ -40,15 +40,15 @@ from dataclasses import asdict
 
 import numpy as np
 
-from featbench.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
-from featbench.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
-from featbench.frames import KEY_DTYPE
-from featbench.metrics import METRICS, au_metrics, nanmean
-from featbench.results import record_failure, run_table, write_predictions, write_run
-from featbench.workspace import Workspace, atomic_write_text, run_name
+from featbench.core.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.core.frames import KEY_DTYPE
+from featbench.core.metrics import METRICS, au_metrics, nanmean
+from featbench.core.results import record_failure, run_table, write_predictions, write_run
+from featbench.core.workspace import Workspace, atomic_write_text, run_name
 
-from .estimators import balance_indices, decide, with_threshold
-from .registry import get_classifier
+from classify.estimators import balance_indices, decide, with_threshold
+from classify.registry import get_classifier
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -157,7 +157,7 @@ def load_codes(workspace, dataset, model, regions, *, lazy=False):
     from extract.store import read_codes
 
     if lazy:
-        from .scale import keys_and_attrs, lazy_codes
+        from classify.scale import keys_and_attrs, lazy_codes
 
         codes = lazy_codes(path, regions)
         keys, attrs = keys_and_attrs(path)
@@ -226,7 +226,7 @@ def _au_task(job, *, codes, labels, pos, spec, balance, class_weight, tune_thres
     """
     from threadpoolctl import threadpool_limits
 
-    from .scale import peak_rss_mb
+    from classify.scale import peak_rss_mb
 
     with threadpool_limits(limits=threads):
         out = _fit_score(job, codes=codes, labels=labels, pos=pos, spec=spec, balance=balance,
@@ -259,7 +259,7 @@ def _fit_score(job, *, codes, labels, pos, spec, balance, class_weight, tune_thr
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    from .scale import H5Codes, liblinear_bytes, score
+    from classify.scale import H5Codes, liblinear_bytes, score
 
     thr_rows = None
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
@@ -296,7 +296,7 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
-    from .scale import H5Codes, run_on_dask
+    from classify.scale import H5Codes, run_on_dask
 
     if scheduler:
         return run_on_dask(_au_task, jobs, scheduler, progress, codes=codes, **kw)
@@ -351,9 +351,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     clf : str
         A classifier of :mod:`classify.registry` (``lda``, ``svm``, ``lstm``).
     region : {"full", "upper", "middle", "lower", "auto"}
-        ``auto``: each AU uses the codes of its own region (``featbench.aus.AU_REGION``).
+        ``auto``: each AU uses the codes of its own region (``featbench.core.aus.AU_REGION``).
     protocol : str
-        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.splits``).
+        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.core.splits``).
     tune_threshold : bool
         Choose each AU's threshold on the validation subjects (default: 0).
     balance : bool
@@ -365,7 +365,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     n_jobs : int, optional
         Worker processes (default: all cores).
     table : FrameTable, optional
-        Default: ``featbench.datasets.load_dataset(dataset)`` (never generated here).
+        Default: ``featbench.core.datasets.load_dataset(dataset)`` (never generated here).
     aus : list of str or "AU01,AU02", optional
         Default: the protocol's AUs (:func:`resolve_aus`).
     progress : bool
@@ -428,14 +428,14 @@ def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tu
 
 
 def _load_table(workspace, dataset, progress):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     return load_dataset(dataset, workspace=workspace, progress=progress)
 
 
 def _read_run_codes(spec, workspace, dataset, model, regions, path):
     """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk."""
-    from .scale import codes_bytes, memory_budget_bytes
+    from classify.scale import codes_bytes, memory_budget_bytes
 
     budget = memory_budget_bytes()
     lazy = not spec.needs_sequences and codes_bytes(path, regions) > budget
@@ -511,9 +511,9 @@ def _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds):
 
 def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
               budget=None, scheduler=None):
-    from featbench.splits import make_splits
+    from featbench.core.splits import make_splits
 
-    from .scale import H5Codes, peak_rss_mb, scheduler_address
+    from classify.scale import H5Codes, peak_rss_mb, scheduler_address
 
     spec, scheduler = get_classifier(meta["clf"]), scheduler_address(scheduler)
     pos = join_codes(table, keys)
@@ -560,7 +560,7 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
         meta["seconds"] = round(time.time() - t0, 1)
         csv = write_run(workspace, dataset, run, rows_out, meta=meta)
     except OSError as exc:  # disk full, permissions: no predictions without their run
-        from featbench.errors import describe_os_error
+        from featbench.core.errors import describe_os_error
 
         if pred_path is not None:
             pred_path.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ _FIT_LOCK = threading.Lock()
 # --- memory ------------------------------------------------------------------------------------
 def memory_budget_bytes():
     """``FEATBENCH_MEMORY_GB`` in bytes (default: half of the physical memory)."""
-    from featbench.errors import UsageError
+    from featbench.core.errors import UsageError
 
     text = os.environ.get("FEATBENCH_MEMORY_GB", "").strip()
     if text:
@@ -168,7 +168,7 @@ def keys_and_attrs(path):
     """``/frames`` (as KEY_DTYPE) and the attributes of a feature file, without its codes."""
     import h5py
 
-    from featbench.frames import KEY_DTYPE
+    from featbench.core.frames import KEY_DTYPE
 
     with h5py.File(path, "r") as f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
@@ -178,7 +178,7 @@ def keys_and_attrs(path):
 def _check_complete(path, region):
     import h5py
 
-    from featbench.errors import StoreError
+    from featbench.core.errors import StoreError
 
     with h5py.File(path, "r") as f:
         n = int(f["frames"].shape[0])
@@ -220,7 +220,7 @@ def fit_streamed(X, train_rows, y_train, val_rows, y_val, *, thr_rows=None, y_th
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .estimators import AUFit, _val_f1, settle_threshold
+    from classify.estimators import AUFit, _val_f1, settle_threshold
 
     y_train = np.asarray(y_train, dtype=np.int8)
     rng = np.random.default_rng(seed)
@@ -275,7 +275,7 @@ def _locked(task, job, kw):
 
 def run_on_dask(task, jobs, address, progress, **kw):
     """Run ``task(job, **kw)`` for every job on the Dask cluster at ``address``, in job order."""
-    from featbench.errors import UsageError
+    from featbench.core.errors import UsageError
 
     try:
         from dask.distributed import Client

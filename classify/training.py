@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.errors import UsageError
+from featbench.core.errors import UsageError
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_score", "seconds", "lr")
 CHECKPOINT = "last.pt"
@@ -376,7 +376,7 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
 # --- logs and curves -------------------------------------------------------------------------
 def write_log(path, history):
     """Write the per-epoch log (:data:`LOG_COLUMNS`) as CSV, through a temporary file."""
-    from featbench.workspace import atomic_path
+    from featbench.core.workspace import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
@@ -390,7 +390,7 @@ def plot_history(history, path, *, title=""):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from featbench.workspace import atomic_path
+    from featbench.core.workspace import atomic_path
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(7, 3.2), dpi=100)

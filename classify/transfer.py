@@ -2,7 +2,7 @@
 
 Stage 1 (:func:`run_stage1`)
     A registry backbone + one linear layer, cross-entropy over the expression classes found in
-    the data. K-fold subject-independent cross-validation (``featbench.splits`` ``kfold:K``:
+    the data. K-fold subject-independent cross-validation (``featbench.core.splits`` ``kfold:K``:
     every subject is tested exactly once; 20 % of each fold's training subjects choose the
     epoch) gives the accuracy per fold, mean +- std and a confusion matrix summed over the
     folds' test images. Then the backbone is trained on every subject for the folds' median
@@ -47,10 +47,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from torch import nn  # this module is imported by the command function only: --help stays fast
 
-from featbench.errors import MissingRunError, UsageError
-from featbench.identity import RunKey, WeightsId
+from featbench.core.errors import MissingRunError, UsageError
+from featbench.core.identity import RunKey, WeightsId
 
-from .training import TrainConfig, fit, plot_history
+from classify.training import TrainConfig, fit, plot_history
 
 EXPR_CLF = "expr"
 CLF = "transfer"
@@ -234,7 +234,7 @@ def _sha(path):
 
 # --- data ----------------------------------------------------------------------------------------
 def _faces(table, workspace, progress):
-    from featbench.align import AlignedFaces, ensure_aligned
+    from featbench.core.align import AlignedFaces, ensure_aligned
 
     faces = AlignedFaces(ensure_aligned(table, workspace, progress=progress))
     if len(faces) != len(table):
@@ -274,7 +274,7 @@ def predict_logits(model, faces, rows, *, batch_size=64, device=None):
     """Return the logits of ``rows`` (k, outputs) float32, in the order given, in eval mode."""
     import torch
 
-    from .training import autocast_dtype, to_device
+    from classify.training import autocast_dtype, to_device
 
     device = device or next(model.parameters()).device
     was = model.training
@@ -295,7 +295,7 @@ def predict_logits(model, faces, rows, *, batch_size=64, device=None):
 # --- stage 1 -------------------------------------------------------------------------------------
 def expression_folds(table, k, *, seed=0):
     """Return the ``kfold:K`` splits of the expression set's subjects (each tested once)."""
-    from featbench.splits import make_splits
+    from featbench.core.splits import make_splits
 
     if k > len(table.subjects):
         raise UsageError(f"--folds {k}: the expression set has only {len(table.subjects)} subjects")
@@ -417,7 +417,7 @@ def run_stage1(workspace, table, settings, *, progress=True):
 
 
 def _write_stage1_tables(out_dir, result):
-    from featbench.workspace import atomic_write_text
+    from featbench.core.workspace import atomic_write_text
 
     cols = ("fold", "accuracy", "test_images", "train_images", "val_images", "best_epoch", "seconds",
             "test_subjects")
@@ -489,7 +489,7 @@ def tune_thresholds(labels, logits):
     ``labels`` (n, k) of 1 / 0 / -1 (ignored); an AU without a positive keeps logit 0
     (probability 0.5).
     """
-    from .estimators import best_threshold
+    from classify.estimators import best_threshold
 
     out = np.zeros(labels.shape[1])
     for j in range(labels.shape[1]):
@@ -500,7 +500,7 @@ def tune_thresholds(labels, logits):
 
 def mean_f1(labels, logits, thresholds=None):
     """Mean over AUs (nan ignored) of F1 of ``logits > thresholds`` (default 0: probability 0.5)."""
-    from featbench.metrics import au_metrics, nanmean
+    from featbench.core.metrics import au_metrics, nanmean
 
     thr = np.zeros(labels.shape[1]) if thresholds is None else np.asarray(thresholds)
     return nanmean(au_metrics(labels[:, j], (logits[:, j] > thr[j]).astype(int))["f1"]
@@ -513,7 +513,7 @@ def stage2_rows(table, faces, aus, protocol="own", *, seed=0):
     A usable frame has an aligned face and at least one AU label that is not -1 (ABAW's
     unannotated frames are never trained on, tuned on or scored).
     """
-    from featbench.splits import make_splits
+    from featbench.core.splits import make_splits
 
     split = make_splits(table, protocol, seed=seed)[0]
     labels = table.labels(aus)
@@ -554,8 +554,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     import torch
 
     from extract.registry import get_spec
-    from featbench.metrics import nanmean
-    from featbench.results import write_run
+    from featbench.core.metrics import nanmean
+    from featbench.core.results import write_run
 
     t0 = time.time()
     spec = get_spec(settings.backbone)
@@ -656,7 +656,7 @@ def _stage2_fit(model, faces, labels, rows, pw, settings, out_dir, identity, pro
 
 def _stage2_scores(aus, test_y, test_logits, thr):
     """Return the per-AU table rows: metrics at the tuned logit thresholds ``thr``, and F1 at 0.5."""
-    from featbench.metrics import au_metrics
+    from featbench.core.metrics import au_metrics
 
     per_au = []
     for j, au in enumerate(aus):
@@ -695,7 +695,7 @@ def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epo
 def _write_stage2_predictions(workspace, table, run, test_rows, test_y, test_logits, thr, *, aus,
                               meta):
     """Write the test frames' probabilities and decisions; return the predictions file's path."""
-    from featbench.results import write_predictions
+    from featbench.core.results import write_predictions
 
     pred = workspace.predictions_path(table.dataset, run)
     write_predictions(pred, frames=table.keys()[test_rows], labels=test_y,
@@ -769,14 +769,14 @@ def _check_torch(spec):
 def _save_torch(path, obj):
     import torch
 
-    from featbench.workspace import atomic_path
+    from featbench.core.workspace import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
 def _write_json(path, obj):
-    from featbench.workspace import atomic_write_text
+    from featbench.core.workspace import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 

@@ -14,7 +14,7 @@ One call measures, on the same frames and the same network configuration:
     same load from anything else on the machine.
 ``loop_fps``
     The loop a user would write by hand: each frame read from its video with
-    ``cv2.VideoCapture``, aligned with :func:`featbench.faces.align_face` from the table's
+    ``cv2.VideoCapture``, aligned with :func:`featbench.core.faces.align_face` from the table's
     landmarks, preprocessed per image with torchvision transforms (``ToTensor``, ``Resize``
     when needed, ``Normalize``), a plain fp32 model under ``torch.no_grad``, forward in batches
     of 32, each batch written to HDF5 with h5py.
@@ -68,9 +68,9 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
     """
     import torch
 
-    from .encoders import create_encoder
-    from .extractor import default_workers
-    from .registry import get_spec
+    from extract.encoders import create_encoder
+    from extract.extractor import default_workers
+    from extract.registry import get_spec
 
     t_start = time.perf_counter()
     if weights is None and get_spec(model).kind == "torch" and get_spec(model).pretrained != "dlib":
@@ -106,8 +106,8 @@ def _bench_frames(table, frames):
 
     Raises DataError when no frame has landmarks.
     """
-    from featbench.datasets import load_landmarks
-    from featbench.errors import DataError
+    from featbench.core.datasets import load_landmarks
+    from featbench.core.errors import DataError
 
     landmarks = load_landmarks(table)
     ok = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))[:int(frames)]
@@ -123,9 +123,9 @@ def _measure(sub, landmarks, encoder, *, batch_size, workers, repeat, progress):
 
     The two dicts are keyed ``featbench``, ``forward``, ``loop``; each keeps the best round.
     """
-    from featbench import align
+    from featbench.core import align
 
-    from .extractor import extract_aligned
+    from extract.extractor import extract_aligned
 
     best = {k: 0.0 for k in ("featbench", "forward", "loop")}
     cpu = dict(best)
@@ -162,7 +162,7 @@ def _preload(aligned_path, encoder, batch_size, *, max_batches=4):
     For CNNs the tensors are the preprocessing's output, so the forward measured next is the
     network alone; HOG and dlib take the uint8 faces.
     """
-    from featbench.align import AlignedFaces
+    from featbench.core.align import AlignedFaces
 
     with AlignedFaces(aligned_path) as faces:
         rows = np.flatnonzero(faces.valid)
@@ -230,7 +230,7 @@ def _loop_frames(table, landmarks, encoder, out_path):
     import torch
     from torchvision import transforms
 
-    from featbench import faces
+    from featbench.core import faces
 
     spec = encoder.spec
     per_image = [transforms.ToTensor()]

@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from featbench.errors import WeightsError
+from featbench.core.errors import WeightsError
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".mat", ".safetensors", ".bin", ".ckpt")
 ARCHIVE_SUFFIXES = (".zip", ".whl")
@@ -40,8 +40,8 @@ class Outcome:
 
 def resolve(name, tag=None):
     """Return the catalogue entry and spec of a network name (``alexnet``, ``tv:mobilenet_v2``)."""
-    from .catalog import entry_for
-    from .registry import get_spec
+    from extract.catalog import entry_for
+    from extract.registry import get_spec
 
     spec = get_spec(name)
     return entry_for(spec, tag), spec
@@ -51,10 +51,10 @@ def resolve(name, tag=None):
 def list_weights():
     """Return one dict per known weights file: the registered networks' own files, then any
     other recognised file found in the cache (e.g. an imported ``tv:`` file)."""
-    from .catalog import recognised_files, registered_entries
-    from .download import mirrored
-    from .registry import get_spec
-    from .weights import checkpoints_dir, pretrained_path
+    from extract.catalog import recognised_files, registered_entries
+    from extract.download import mirrored
+    from extract.registry import get_spec
+    from extract.weights import checkpoints_dir, pretrained_path
 
     rows, seen = [], set()
     for entry in registered_entries():
@@ -84,8 +84,8 @@ def _row(entry, path, cached, mirrored):
 
 def where(name, tag=None):
     """Return ``(path, exists)`` of the file ``--model NAME --weights TAG`` reads."""
-    from .registry import get_spec
-    from .weights import pretrained_path
+    from extract.registry import get_spec
+    from extract.weights import pretrained_path
 
     resolve(name, tag)  # no published weights / unknown tag: WeightsError
     return pretrained_path(get_spec(name), tag)
@@ -100,8 +100,8 @@ def fetch_weights(names, tag=None, *, progress=True):
     WeightsError
         After trying all: one line naming each file that could not be had.
     """
-    from .download import fetch
-    from .weights import load_network
+    from extract.download import fetch
+    from extract.weights import load_network
 
     out, failed = [], []
     for name in names:
@@ -128,9 +128,9 @@ def fetch_weights(names, tag=None, *, progress=True):
 
 def verify_cache(names=(), tag=None):
     """Hash-check cached files (``names``' files, or every recognised file in the cache)."""
-    from .catalog import recognised_files
-    from .download import file_digest
-    from .weights import checkpoints_dir
+    from extract.catalog import recognised_files
+    from extract.download import file_digest
+    from extract.weights import checkpoints_dir
 
     if names:
         targets = []
@@ -213,8 +213,8 @@ def _zip_opener(archive, member):
 
 
 def _import_one(name, opener, size, progress):
-    from .catalog import recognise
-    from .download import FetchFailed, store_verified, where
+    from extract.catalog import recognise
+    from extract.download import FetchFailed, store_verified, where
 
     entry = recognise(name)
     if entry is None:

@@ -85,11 +85,11 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
     import torch
     import torch.distributed as dist
 
-    from featbench.align import AlignedFaces, ensure_aligned
+    from featbench.core.align import AlignedFaces, ensure_aligned
 
-    from .encoders import create_encoder
-    from .extractor import ExtractReport, extract_aligned
-    from .store import is_complete
+    from extract.encoders import create_encoder
+    from extract.extractor import ExtractReport, extract_aligned
+    from extract.store import is_complete
 
     rank, world, local_rank, local_world = torchrun_env()
     if not dist.is_initialized():
@@ -154,9 +154,9 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
     """
     import h5py
 
-    from featbench.errors import StoreError
+    from featbench.core.errors import StoreError
 
-    from .store import open_store
+    from extract.store import open_store
 
     out = Path(out)
     parts, at = [], 0

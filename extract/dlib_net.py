@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.errors import WeightsError
+from featbench.core.errors import WeightsError
 
-from .registry import DLIB_MEAN
-from .weights import file_sha256
+from extract.registry import DLIB_MEAN
+from extract.weights import file_sha256
 
 #: the (channels, blocks, first block downsamples) of each level, input side first
 LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
@@ -205,7 +205,7 @@ def dat_to_state_dict(path):
 
 def cached_path(dat_path):
     """``$TORCH_HOME/hub/checkpoints/dlib_face_resnet-<sha16>.pt`` for ``dat_path``."""
-    from .weights import checkpoints_dir
+    from extract.weights import checkpoints_dir
 
     return checkpoints_dir() / f"dlib_face_resnet-{file_sha256(dat_path)[:16]}.pt"
 

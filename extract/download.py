@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from featbench import __version__
-from featbench.errors import WeightsError
+from featbench.core.errors import WeightsError
 
 _TRUE = ("1", "true", "yes", "on")
 _BLOCK = 1 << 20
@@ -79,7 +79,7 @@ def file_digest(path):
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        from .weights import file_sha256
+        from extract.weights import file_sha256
 
         _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
@@ -87,7 +87,7 @@ def file_digest(path):
 
 def where(entry, folder=None):
     """Return the cache path of ``entry`` (a :class:`extract.catalog.WeightsFile`)."""
-    from .weights import checkpoints_dir
+    from extract.weights import checkpoints_dir
 
     return Path(folder or checkpoints_dir()) / entry.filename
 
@@ -177,7 +177,7 @@ def store_verified(stream, path, *, check=None, progress=True, total=None):
     """
     from tqdm import tqdm
 
-    from featbench.workspace import atomic_path
+    from featbench.core.workspace import atomic_path
 
     h, got = hashlib.sha256(), 0
     with atomic_path(path) as part:

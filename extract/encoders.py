@@ -1,7 +1,7 @@
 """Encoders: aligned uint8 faces in, codes out — one interface over CNNs, HOG and dlib.
 
 Every encoder is called on a batch of aligned faces, ``(N, H, W, 3)`` uint8 RGB (a numpy array
-or a torch tensor, as :meth:`featbench.align.AlignedFaces.read` returns), and returns
+or a torch tensor, as :meth:`featbench.core.align.AlignedFaces.read` returns), and returns
 ``(N, dims)`` float32 codes. For CNNs the preprocessing (uint8 -> float, resize only when the
 face is not already the network's input size, normalisation) is the first module of the
 network's forward, so it runs on the whole batch, on the device, with no per-image Python.
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .registry import BackboneSpec, get_spec
+from extract.registry import BackboneSpec, get_spec
 
 
 def resolve_device(device="auto"):
     """Return ``"cuda"`` or ``"cpu"`` for ``--device auto|cpu|cuda``."""
-    from featbench.errors import UsageError
+    from featbench.core.errors import UsageError
 
     import torch
 
@@ -48,7 +48,7 @@ def create_preprocess(spec, *, mean=None):
     if mean is None:
         mean_t = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
     else:
-        from .weights import effective_mean
+        from extract.weights import effective_mean
 
         mean = effective_mean(spec, mean)
         mean_t = (torch.from_numpy(mean.reshape(1, 3, 1, 1).copy()) if mean.ndim == 1
@@ -108,7 +108,7 @@ class Encoder:
 
     def __post_init__(self):
         if self.preprocessing is None:
-            from .weights import weights_source
+            from extract.weights import weights_source
 
             self.preprocessing = weights_source(self.spec).preprocessing()
 
@@ -324,12 +324,12 @@ def create_encoder(model, *, weights=None, device="cpu", input_size=None):
     WeightsError
         Weights unavailable or not fitting.
     """
-    from .weights import load_network, parse_weights, pretrained_path, weights_identity
+    from extract.weights import load_network, parse_weights, pretrained_path, weights_identity
 
     spec = model if isinstance(model, BackboneSpec) else get_spec(model)
     choice = parse_weights(weights, spec)
     if input_size is None and choice.mode == "file":
-        from .weights import finetuned_settings
+        from extract.weights import finetuned_settings
 
         input_size = ((finetuned_settings(choice.path) or {}).get("network") or {}).get("input_size")
     if input_size and spec.kind == "torch" and int(input_size) != spec.input_size:
@@ -339,7 +339,7 @@ def create_encoder(model, *, weights=None, device="cpu", input_size=None):
     if spec.kind == "hog":
         return HogEncoder(spec, "none")
     if spec.kind == "dlib":
-        from .weights import missing_weights_error
+        from extract.weights import missing_weights_error
 
         path, exists = (choice.path, True) if choice.mode == "file" else pretrained_path(spec)
         if not exists:

@@ -1,6 +1,6 @@
 """The extraction loop: aligned faces in, one feature file per network out.
 
-:func:`extract_features` aligns the data set once (``featbench.align.ensure_aligned``, cached),
+:func:`extract_features` aligns the data set once (``featbench.core.align.ensure_aligned``, cached),
 then, per region, reads the aligned uint8 faces in row-contiguous batches, runs the encoder
 (preprocessing fused into the network's forward, ``torch.inference_mode``, channels-last, bf16
 autocast on CUDA) and writes each batch to the HDF5 store, marking progress so that an
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.aus import REGIONS
-from featbench.errors import UsageError, did_you_mean
+from featbench.core.aus import REGIONS
+from featbench.core.errors import UsageError, did_you_mean
 
 #: --region choices; "all" is the full face and the three regions
 REGION_CHOICES = ("full",) + tuple(REGIONS) + ("all",)
@@ -130,14 +130,14 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
     ------
     UsageError, WeightsError, StoreError
     """
-    from featbench.align import ensure_aligned
+    from featbench.core.align import ensure_aligned
 
-    from .encoders import create_encoder
+    from extract.encoders import create_encoder
 
     regions = parse_regions(region)
     batch_size = _positive(batch_size, "--batch-size")
     workers = default_workers() if workers is None else int(workers)
-    from .distributed import extract_distributed, torchrun_env
+    from extract.distributed import extract_distributed, torchrun_env
 
     if torchrun_env() is not None:  # launched by torchrun: this rank's shard, rank 0 joins
         rep = extract_distributed(table, workspace, model, regions=regions, weights=weights,
@@ -175,9 +175,9 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     """
     import json
 
-    from featbench.align import AlignedFaces
+    from featbench.core.align import AlignedFaces
 
-    from .store import is_complete, open_store
+    from extract.store import is_complete, open_store
 
     spec = encoder.spec
     faces = AlignedFaces(aligned_path)

@@ -35,7 +35,7 @@ paper's authors read).
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from featbench.errors import UsageError, did_you_mean
+from featbench.core.errors import UsageError, did_you_mean
 
 #: ImageNet normalisation of torchvision and most timm models (RGB, on [0, 1] pixels)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,7 +179,7 @@ def _tv(builder, **kwargs):
 
 def _fc6(fc_index):
     def truncate(model):
-        from .nets import code_module
+        from extract.nets import code_module
 
         return code_module(model, fc_index=fc_index)
 
@@ -202,7 +202,7 @@ def _drop_fc(model):
 
 def _convnet(arch):
     def build():
-        from .nets import build_convnet
+        from extract.nets import build_convnet
 
         return build_convnet(arch)
 
@@ -211,13 +211,13 @@ def _convnet(arch):
 
 
 def _vgg_face():
-    from .nets import build_vgg_face
+    from extract.nets import build_vgg_face
 
     return build_vgg_face()
 
 
 def _dlib_resnet():
-    from .dlib_net import DlibFaceResNet
+    from extract.dlib_net import DlibFaceResNet
 
     return DlibFaceResNet()
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.errors import MissingRunError, StoreError
-from featbench.workspace import file_lock
+from featbench.core.errors import MissingRunError, StoreError
+from featbench.core.workspace import file_lock
 
 FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
@@ -208,7 +208,7 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
 def _open_store(path, lock, *, keys, model, layer, weights, input_size, dims, dtype, overwrite,
                 extra_attrs, source, source_changes):
     from featbench import __version__
-    from featbench.workspace import atomic_path
+    from featbench.core.workspace import atomic_path
 
     want = _identity(keys, model, layer, weights, input_size, dims, dtype, source)
     if path.exists() and not overwrite:
@@ -252,7 +252,7 @@ def _probe(f):
 @contextlib.contextmanager
 def _os_errors(path, doing, *, resume):
     """Turn an OS error while ``doing`` something to ``path`` into one :class:`StoreError` line."""
-    from featbench.errors import describe_os_error
+    from featbench.core.errors import describe_os_error
 
     try:
         yield
@@ -296,7 +296,7 @@ def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims,
 def _open_existing(path):
     import errno
 
-    from featbench.errors import describe_os_error
+    from featbench.core.errors import describe_os_error
 
     try:
         f = _h5(path, "r+")
@@ -406,7 +406,7 @@ def read_codes(path, region="full"):
 @contextlib.contextmanager
 def _reading(path):
     """Open ``path`` read-only; any failure to open or parse it is one :class:`StoreError` line."""
-    from featbench.errors import FeatbenchError, describe_os_error
+    from featbench.core.errors import FeatbenchError, describe_os_error
 
     try:
         f = _h5(path, "r")

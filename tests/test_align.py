@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from featbench import align
-from featbench.align import AlignedFaces, align_dataset, ensure_aligned
-from featbench.errors import DataError, StoreError, UsageError
-from featbench.faces import CANONICAL_SIZE, TEMPLATE68, region_boxes, transform_points
-from featbench.frames import FrameTable, build_frames
-from featbench.workspace import Workspace
+from featbench.core import align
+from featbench.core.align import AlignedFaces, align_dataset, ensure_aligned
+from featbench.core.errors import DataError, StoreError, UsageError
+from featbench.core.faces import CANONICAL_SIZE, TEMPLATE68, region_boxes, transform_points
+from featbench.core.frames import FrameTable, build_frames
+from featbench.core.workspace import Workspace
 
 AUS = ("AU01", "AU12")
 
@@ -146,7 +146,7 @@ def test_frames_missing_from_a_video_are_counted(tmp_path):
     table = _table([_row(k, path, index=k) for k in range(5)], tmp_path, landmark_points=68)
     lms = np.stack([_moved(k) for k in range(5)])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("featbench.datasets.load_landmarks", lambda t: lms)
+        mp.setattr("featbench.core.datasets.load_landmarks", lambda t: lms)
         report = align_dataset(table, tmp_path / "faces.h5", progress=False)
     assert report.aligned == 3 and report.skipped["frame unreadable"] == 2
 
@@ -233,7 +233,7 @@ def test_reader_refuses_what_it_does_not_understand(tmp_path):
 
 
 def test_cli_builds_reports_and_draws_the_sheet(tmp_path, capsys):
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -261,7 +261,7 @@ def test_sheet_shows_aligned_frames(tmp_path):
 
 
 def test_disfa_quirks_are_counted_not_fatal(disfa_tree, tmp_path):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     table = load_dataset("disfa", root=disfa_tree)
     report = align_dataset(table, tmp_path / "faces.h5", progress=False)
@@ -273,8 +273,8 @@ def test_disfa_quirks_are_counted_not_fatal(disfa_tree, tmp_path):
 
 
 def test_synthetic_set_end_to_end(tmp_path):
-    synth = pytest.importorskip("featbench.synth")
-    from featbench.datasets import load_dataset
+    synth = pytest.importorskip("featbench.core.synth")
+    from featbench.core.datasets import load_dataset
 
     root = tmp_path / "synth"
     synth.generate_dataset(root, layout="disfa", subjects=3, frames=12, progress=False)

@@ -11,13 +11,13 @@ import pytest
 from classify.estimators import balance_indices, best_threshold
 from extract.store import open_store
 from classify.run import classify_run, join_codes, run_tag
-from featbench.aus import DISFA_AUS
-from featbench.cli import main
-from featbench.errors import MissingRunError
-from featbench.frames import FrameTable, build_frames
-from featbench.results import read_summary
-from featbench.splits import PAPER_SPLIT
-from featbench.workspace import Workspace
+from featbench.core.aus import DISFA_AUS
+from featbench.app.cli import main
+from featbench.core.errors import MissingRunError
+from featbench.core.frames import FrameTable, build_frames
+from featbench.core.results import read_summary
+from featbench.core.splits import PAPER_SPLIT
+from featbench.core.workspace import Workspace
 
 SUBJECTS = sorted(s for part in PAPER_SPLIT.values() for s in part)
 DIMS = 12
@@ -283,7 +283,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
 def test_cli_prints_the_table_and_csv_path(setup, capsys, monkeypatch):
     ws, table, _ = setup
     # the command's own reference (imported by name), so the CLI classifies this tiny table
-    monkeypatch.setattr("featbench.commands.classify.load_table", lambda args, **kw: table)
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
     status = main(["--workspace", str(ws.root), "classify", "--clf", "lda", "--quiet", "--jobs", "1"])
     out = capsys.readouterr().out
     assert status == 0

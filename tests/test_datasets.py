@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from featbench.cli import main
-from featbench.datasets import load_dataset, load_landmarks
+from featbench.app.cli import main
+from featbench.core.datasets import load_dataset, load_landmarks
 
 
 def cli(capsys, *argv):
@@ -176,8 +176,8 @@ def test_folder_bad_value(tmp_path, capsys):
 
 def test_reading_a_missing_synthetic_set_writes_nothing(tmp_path):
     """Data are generated only when asked (the CLI asks); a library read never writes."""
-    from featbench.errors import DataError
-    from featbench.workspace import Workspace
+    from featbench.core.errors import DataError
+    from featbench.core.workspace import Workspace
 
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("synth", workspace=Workspace(tmp_path), progress=False)

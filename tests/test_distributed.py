@@ -13,7 +13,7 @@ h5py = pytest.importorskip("h5py")
 pytest.importorskip("torch")
 
 from extract.distributed import shard_path, shard_slice  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,8 @@ def _torchrun(ws, *args, nproc=2):
 def two_ws(tmp_path_factory):
     """A 3-subject synthetic set, extracted in one process (reference) and aligned in a copy."""
     from extract.extractor import extract_features
-    from featbench.datasets import load_dataset
-    from featbench.synth import generate_dataset
+    from featbench.core.datasets import load_dataset
+    from featbench.core.synth import generate_dataset
 
     ref = Workspace(tmp_path_factory.mktemp("ref"))
     generate_dataset(ref.data_dir("synth"), subjects=3, frames=8, progress=False)

@@ -9,7 +9,7 @@ dlib = pytest.importorskip("dlib")
 from extract.encoders import create_encoder  # noqa: E402
 from extract.registry import get_spec  # noqa: E402
 from extract.weights import pretrained_path  # noqa: E402
-from featbench.errors import WeightsError  # noqa: E402
+from featbench.core.errors import WeightsError  # noqa: E402
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def dat():
 def chips():
     """150x150 chips of a real face, cut by dlib itself (0.25 padding), and variations of it."""
     skimage_data = pytest.importorskip("skimage.data")
-    from featbench import faces
+    from featbench.core import faces
 
     photo = skimage_data.astronaut()
     det, pred = faces._dlib_models()

@@ -5,12 +5,12 @@ import csv
 import numpy as np
 import pytest
 
-from featbench.cli import main
-from featbench.ensemble import (ensemble_run, majority_vote, read_predictions, resolve_preset,
+from featbench.app.cli import main
+from classify.ensemble import (ensemble_run, majority_vote, read_predictions, resolve_preset,
                                 write_predictions)
-from featbench.errors import FeatbenchError, MissingRunError
-from featbench.frames import KEY_DTYPE
-from featbench.workspace import Workspace
+from featbench.core.errors import FeatbenchError, MissingRunError
+from featbench.core.frames import KEY_DTYPE
+from featbench.core.workspace import Workspace
 
 
 def _vote(dec, scores=None, thr=None):
@@ -143,7 +143,7 @@ def test_ensemble_run_writes_contract_shapes(members):
     assert "alexnet=random:0" in row["weights"] and "hog=none" in row["weights"]
     assert {"f1_AU01", "f1_AU02", "f1_AU04"} <= set(row)
     # three noisy members with independent errors: the vote beats the average member
-    from featbench.metrics import au_metrics
+    from featbench.core.metrics import au_metrics
 
     def mean_f1(p):
         return np.mean([au_metrics(labels[:, a], p["decisions"][:, a])["f1"] for a in range(3)])

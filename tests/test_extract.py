@@ -1,6 +1,6 @@
 """The feature store and the extraction loop: contract, resume, refusals, CLI, bench.
 
-Most tests write a tiny aligned-face cache in the documented layout (``featbench.align``)
+Most tests write a tiny aligned-face cache in the documented layout (``featbench.core.align``)
 themselves, so they do not depend on rendering or aligning video; one end-to-end test goes
 through a 3-subject synthetic set.
 """
@@ -16,10 +16,10 @@ torch = pytest.importorskip("torch")
 from extract.encoders import create_encoder  # noqa: E402
 from extract.extractor import extract_aligned, extract_features  # noqa: E402
 from extract.store import open_store, read_codes, store_info  # noqa: E402
-from featbench import align, faces  # noqa: E402
-from featbench.errors import MissingRunError, StoreError, UsageError  # noqa: E402
-from featbench.frames import KEY_DTYPE  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.core import align, faces  # noqa: E402
+from featbench.core.errors import MissingRunError, StoreError, UsageError  # noqa: E402
+from featbench.core.frames import KEY_DTYPE  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 
 
 def make_aligned_cache(path, n=30, *, seed=0, invalid=(3, 17)):
@@ -199,8 +199,8 @@ def test_bad_region_and_batch_size_are_usage_errors(tmp_path):
 @pytest.fixture(scope="module")
 def synth_ws(tmp_path_factory):
     """A 3-subject, 8-frame synthetic data set in a workspace (rendered once per module)."""
-    from featbench.datasets import load_dataset
-    from featbench.synth import generate_dataset
+    from featbench.core.datasets import load_dataset
+    from featbench.core.synth import generate_dataset
 
     ws = Workspace(tmp_path_factory.mktemp("ws"))
     generate_dataset(ws.data_dir("synth"), subjects=3, frames=8, progress=False)
@@ -217,7 +217,7 @@ def test_extract_features_aligns_then_writes_the_workspace_file(synth_ws):
 
 
 def test_cli_extract_prints_one_summary_line(synth_ws, capsys):
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     ws, _ = synth_ws
     assert main(["--workspace", str(ws.root), "extract", "--model", "cnn_f", "--weights",
@@ -231,7 +231,7 @@ def test_cli_extract_prints_one_summary_line(synth_ws, capsys):
 
 
 def test_cli_bench_extract_json(synth_ws, capsys):
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     ws, _ = synth_ws
     assert main(["--workspace", str(ws.root), "bench", "extract", "--model", "hog", "--frames",

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from featbench import faces
-from featbench.errors import DataError
-from featbench.faces import (CANONICAL_SIZE, TEMPLATE68, align_face, crop_region, region_boxes,
+from featbench.core import faces
+from featbench.core.errors import DataError
+from featbench.core.faces import (CANONICAL_SIZE, TEMPLATE68, align_face, crop_region, region_boxes,
                              similarity_transform, transform_points)
-from featbench.landmarks import LEFT_BROW, LEFT_EYE, OUTER_MOUTH, RIGHT_BROW, RIGHT_EYE
+from featbench.core.landmarks import LEFT_BROW, LEFT_EYE, OUTER_MOUTH, RIGHT_BROW, RIGHT_EYE
 
 
 def _similarity(angle_deg, scale, shift):
@@ -135,7 +135,7 @@ def test_astronaut_is_detected_and_aligned_onto_the_template():
 def _image_table(tmp_path, images):
     import cv2
 
-    from featbench.frames import FrameTable, build_frames
+    from featbench.core.frames import FrameTable, build_frames
 
     rows = []
     for k, img in enumerate(images):
@@ -152,7 +152,7 @@ def _image_table(tmp_path, images):
 def _video_table(tmp_path, n_frames, wanted):
     import cv2
 
-    from featbench.frames import FrameTable, build_frames
+    from featbench.core.frames import FrameTable, build_frames
 
     path = tmp_path / "v.avi"
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))

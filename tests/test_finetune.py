@@ -1,6 +1,6 @@
 """finetune: CNN-F fine-tuned on tiny synthetic faces whose AU cues are known.
 
-Every test writes its own aligned-face cache (the documented layout of ``featbench.align``) of
+Every test writes its own aligned-face cache (the documented layout of ``featbench.core.align``) of
 48x48 faces: AU01 lights a block in the upper band, AU12 darkens one in the lower band, every
 other AU is a coin flip without a cue. Networks are CNN-F at a 48-pixel input from random:0.
 """
@@ -16,14 +16,14 @@ pytest.importorskip("torch")
 import torch  # noqa: E402
 
 from classify.finetune import FinetuneConfig, finetune_run, load_unit  # noqa: E402
-from featbench import align, faces  # noqa: E402
-from featbench.aus import DISFA_AUS  # noqa: E402
-from featbench.cli import main  # noqa: E402
-from featbench.errors import DataError, UsageError, WeightsError  # noqa: E402
-from featbench.frames import FrameTable, build_frames  # noqa: E402
-from featbench.results import read_summary  # noqa: E402
-from featbench.splits import PAPER_SPLIT  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.core import align, faces  # noqa: E402
+from featbench.core.aus import DISFA_AUS  # noqa: E402
+from featbench.app.cli import main  # noqa: E402
+from featbench.core.errors import DataError, UsageError, WeightsError  # noqa: E402
+from featbench.core.frames import FrameTable, build_frames  # noqa: E402
+from featbench.core.results import read_summary  # noqa: E402
+from featbench.core.splits import PAPER_SPLIT  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 
 SUBJECTS = sorted(s for part in PAPER_SPLIT.values() for s in part)
 SIZE = 48
@@ -128,7 +128,7 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
     with h5py.File(res["predictions"], "r") as f:
         np.testing.assert_allclose(s, f["scores"][:], rtol=1e-4, atol=1e-4)
     # featbench report shows the curves
-    from featbench.report import make_report
+    from featbench.app.report import make_report
 
     report = make_report(ws, "synth").read_text()
     assert f"models/{res['run']}/model.png" in report and "Training curves" in report
@@ -243,7 +243,7 @@ def test_bad_settings_end_with_one_line_and_exit_2(data, tmp_path, capsys):
 
 
 def test_ensembles_take_one_fine_tuned_run_per_network_and_region():
-    from featbench.ensemble import _finetuned_members
+    from classify.ensemble import _finetuned_members
 
     runs = {"cnn_f__full__ft", "cnn_f__full__ft__ml", "cnn_f__auto__ft__fc67", "alexnet__full__svm",
             "cnn_f-ft__full__svm", "cnn_f__full__ft__ml-literature", "cnn_f__full__ft__thr"}

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_bench_finetune_times_both_loops_and_reports_featbench_setup_apart(capsys):
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     assert main(["bench", "finetune", "--model", "timm:test_efficientnet", "--input-size", "32",
                  "--batch-size", "4", "--steps", "2", "--repeat", "1", "--device", "cpu",

@@ -18,7 +18,7 @@ from test_lstm import FAST as LSTM_FAST, temporal_table  # noqa: E402
 from test_training import _task, _toy  # noqa: E402
 
 from classify.training import TrainConfig, fit  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -96,7 +96,7 @@ def test_lstm_trains_on_cuda(tmp_path):
 
 
 def test_bench_finetune_runs_both_loops_on_cuda(capsys):
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     assert main(["bench", "finetune", "--model", "cnn_f", "--input-size", "96", "--batch-size", "32",
                  "--steps", "4", "--repeat", "1", "--device", "cuda", "--json"]) == 0

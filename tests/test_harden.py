@@ -69,8 +69,8 @@ def make_disfa(root, *, subjects=("SN001",), frames=6, size=(48, 36), landmarks=
 @pytest.mark.slow
 def test_1_two_concurrent_aligns_both_succeed_and_the_cache_is_whole(tmp_path):
     """Two real processes align one fresh workspace at once: both exit 0, one cache, intact."""
-    from featbench.align import AlignedFaces
-    from featbench.datasets import load_dataset
+    from featbench.core.align import AlignedFaces
+    from featbench.core.datasets import load_dataset
 
     root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"), frames=60)
     ws = tmp_path / "ws"
@@ -87,7 +87,7 @@ def test_1_two_concurrent_aligns_both_succeed_and_the_cache_is_whole(tmp_path):
 
 def test_1_a_held_lock_makes_align_wait_then_finish(tmp_path):
     """While another process holds the cache's lock, align says it waits and writes nothing."""
-    from featbench.workspace import Workspace, file_lock
+    from featbench.core.workspace import Workspace, file_lock
 
     root = make_disfa(tmp_path / "DISFA")
     ws = Workspace(tmp_path / "ws")
@@ -105,8 +105,8 @@ def test_1_a_held_lock_makes_align_wait_then_finish(tmp_path):
 
 
 def test_1_a_busy_file_refused_without_waiting_names_it(tmp_path):
-    from featbench.errors import BusyError
-    from featbench.workspace import file_lock
+    from featbench.core.errors import BusyError
+    from featbench.core.workspace import file_lock
 
     target = tmp_path / "x.h5"
     with file_lock(target):
@@ -156,8 +156,8 @@ def test_3_ctrl_c_during_alignment_exits_130_with_one_line_and_resumes(tmp_path,
 
 def _summary_ws(tmp_path):
     """A workspace with a two-run summary.csv written by the real writer."""
-    from featbench.results import write_run
-    from featbench.workspace import Workspace
+    from featbench.core.results import write_run
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     for k, model in enumerate(("alexnet", "hog")):
@@ -176,8 +176,8 @@ def _summary_ws(tmp_path):
     (lambda t: t.replace("0.5000", "zero point five", 1), "is not a number"),
 ])
 def test_6_damaged_summary_is_one_line_naming_file_and_line(tmp_path, damage, needle):
-    from featbench.errors import StoreError
-    from featbench.results import read_summary, upsert_summary
+    from featbench.core.errors import StoreError
+    from featbench.core.results import read_summary, upsert_summary
 
     ws, path = _summary_ws(tmp_path)
     path.write_text(damage(path.read_text()))
@@ -194,7 +194,7 @@ def test_6_damaged_summary_is_one_line_naming_file_and_line(tmp_path, damage, ne
 
 
 def test_6_a_sound_summary_reads_as_numbers(tmp_path):
-    from featbench.results import read_summary
+    from featbench.core.results import read_summary
 
     ws, _ = _summary_ws(tmp_path)
     df = read_summary(ws, "synth")
@@ -222,7 +222,7 @@ def test_7_synth_force_refuses_a_folder_it_did_not_make(tmp_path):
 
 def _extract_hog(root, ws, **kw):
     from extract.extractor import extract_features
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     table = load_dataset("disfa", root=root)
     return extract_features(table, ws, "hog", progress=False, report=True, **kw)
@@ -235,10 +235,10 @@ def _codes(path):
 
 
 def test_2_a_replaced_video_rebuilds_the_cache_and_refuses_the_stale_codes(tmp_path):
-    from featbench.align import align_dataset
-    from featbench.datasets import load_dataset
-    from featbench.errors import StoreError
-    from featbench.workspace import Workspace
+    from featbench.core.align import align_dataset
+    from featbench.core.datasets import load_dataset
+    from featbench.core.errors import StoreError
+    from featbench.core.workspace import Workspace
 
     root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
     ws = Workspace(tmp_path / "ws")
@@ -257,9 +257,9 @@ def test_2_a_replaced_video_rebuilds_the_cache_and_refuses_the_stale_codes(tmp_p
 
 
 def test_2_an_edited_landmark_file_rebuilds_the_cache(tmp_path):
-    from featbench.align import AlignedFaces, align_dataset
-    from featbench.datasets import load_dataset
-    from featbench.workspace import Workspace
+    from featbench.core.align import AlignedFaces, align_dataset
+    from featbench.core.datasets import load_dataset
+    from featbench.core.workspace import Workspace
 
     root = make_disfa(tmp_path / "DISFA")
     ws = Workspace(tmp_path / "ws")
@@ -286,8 +286,8 @@ def _enospc(*a, **k):
 def test_4_disk_full_while_creating_codes_is_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
     import h5py
 
-    from featbench.errors import StoreError
-    from featbench.workspace import Workspace
+    from featbench.core.errors import StoreError
+    from featbench.core.workspace import Workspace
 
     root = make_disfa(tmp_path / "DISFA")
     clean = _codes(_extract_hog(root, Workspace(tmp_path / "clean")).path)
@@ -311,8 +311,8 @@ def test_4_disk_full_while_creating_codes_is_one_line_and_the_rerun_finishes(tmp
 def test_4_disk_full_mid_file_resumes_to_the_same_codes(tmp_path, monkeypatch):
     import h5py
 
-    from featbench.errors import StoreError
-    from featbench.workspace import Workspace
+    from featbench.core.errors import StoreError
+    from featbench.core.workspace import Workspace
 
     root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
     clean = _codes(_extract_hog(root, Workspace(tmp_path / "clean")).path)
@@ -341,7 +341,7 @@ def test_4_disk_full_mid_file_resumes_to_the_same_codes(tmp_path, monkeypatch):
 def _damaged(tmp_path, damage):
     import h5py
 
-    from featbench.workspace import Workspace
+    from featbench.core.workspace import Workspace
 
     root = make_disfa(tmp_path / "DISFA")
     ws = Workspace(tmp_path / "ws")
@@ -362,7 +362,7 @@ def _flip(path, offset, n=16):
 
 
 def test_5_deleted_frames_is_one_line_in_classify_and_extract(tmp_path, capsys):
-    from featbench.errors import StoreError
+    from featbench.core.errors import StoreError
 
     root, ws, path = _damaged(tmp_path, lambda f: f.__delitem__("frames"))
     with pytest.raises(StoreError, match="no /frames"):
@@ -381,7 +381,7 @@ def test_5_deleted_codes_are_extracted_again(tmp_path):
 def test_5_flipped_bytes_in_the_codes_fail_their_checksum(tmp_path):
     import h5py
 
-    from featbench.errors import StoreError
+    from featbench.core.errors import StoreError
 
     root, ws, path = _damaged(tmp_path, None)
     with h5py.File(path, "r") as f:
@@ -395,7 +395,7 @@ def test_5_flipped_bytes_in_the_codes_fail_their_checksum(tmp_path):
 
 @pytest.mark.parametrize("offset", [0, 100, 700, 1500, 2400])
 def test_5_flipped_bytes_in_the_header_are_one_line(tmp_path, capsys, offset):
-    from featbench.errors import StoreError
+    from featbench.core.errors import StoreError
 
     root, ws, path = _damaged(tmp_path, None)
     _flip(path, offset)
@@ -414,8 +414,8 @@ def test_4_disk_full_on_results_leaves_no_temp_folder_and_no_orphan_predictions(
     import joblib
 
     from classify.run import classify_run
-    from featbench.errors import StoreError
-    from featbench.workspace import Workspace
+    from featbench.core.errors import StoreError
+    from featbench.core.workspace import Workspace
     from test_classify import make_codes, make_table, write_features
 
     ws = Workspace(tmp_path)
@@ -435,7 +435,7 @@ def test_4_disk_full_on_results_leaves_no_temp_folder_and_no_orphan_predictions(
 
 def run_cli(argv, capsys):
     """Run the CLI in this process; return (status, stderr). Tracebacks fail the test."""
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     try:
         status = main([str(a) for a in argv])
@@ -485,8 +485,8 @@ def test_8_symlink_loops_name_the_file(tmp_path, capsys):
 def test_8_landmark_file_holding_nan_is_a_counted_skip(tmp_path):
     import scipy.io
 
-    from featbench.align import align_dataset
-    from featbench.datasets import load_dataset
+    from featbench.core.align import align_dataset
+    from featbench.core.datasets import load_dataset
 
     root = make_disfa(tmp_path / "DISFA")
     pts = np.tile(np.arange(66, dtype=np.float64)[:, None], (1, 2))
@@ -539,7 +539,7 @@ def test_8_pickled_whole_model_as_weights_is_one_line(tmp_path):
     import torch
 
     from extract.weights import read_state_dict
-    from featbench.errors import WeightsError
+    from featbench.core.errors import WeightsError
 
     path = tmp_path / "whole.pt"
     torch.save(torch.nn.Linear(2, 2), path)
@@ -565,7 +565,7 @@ def test_9_one_image_listed_twice_is_refused(tmp_path, capsys, second):
 
 
 def test_9_conflicting_disfa_lines_and_empty_label_files(tmp_path, capsys):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     root = make_disfa(tmp_path / "DISFA")
     (root / "ActionUnit_Labels" / "SN001" / "SN001_au9.txt").write_text("")
@@ -582,7 +582,7 @@ def test_9_conflicting_disfa_lines_and_empty_label_files(tmp_path, capsys):
 
 
 def test_10_one_stray_label_line_is_one_frame_past_the_end(tmp_path):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     root = make_disfa(tmp_path / "DISFA")
     label = root / "ActionUnit_Labels" / "SN001" / "SN001_au4.txt"
@@ -621,7 +621,7 @@ def test_10_mean_f1_counts_only_defined_aus():
 
 
 def test_10_folder_root_may_name_the_manifest(tmp_path):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     root = _manifest(tmp_path, ["image,subject,AU01", "a.png,S1,1", "b.png,S1,0"])
     assert len(load_dataset("folder", root=root / "manifest.csv")) == 2
@@ -671,8 +671,8 @@ def test_every_command_with_broken_input_is_one_line_exit_2(tmp_path, capsys, ar
 
 def test_11_threshold_3_runs_are_named_apart_and_say_their_threshold(tmp_path):
     from classify.run import classify_run
-    from featbench.results import read_summary
-    from featbench.workspace import Workspace
+    from featbench.core.results import read_summary
+    from featbench.core.workspace import Workspace
     from test_classify import make_codes, make_table, write_features
 
     ws = Workspace(tmp_path)
@@ -690,7 +690,7 @@ def test_11_threshold_3_runs_are_named_apart_and_say_their_threshold(tmp_path):
 
 
 def test_11_the_disfa_reader_records_its_threshold(tmp_path):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     root = make_disfa(tmp_path / "DISFA")
     t = load_dataset("disfa", root=root, threshold=3)
@@ -700,8 +700,8 @@ def test_11_the_disfa_reader_records_its_threshold(tmp_path):
 
 def test_10_a_permission_error_is_not_called_damage(tmp_path, monkeypatch):
     """h5py's text for a file without read permission: said as such, not 'not readable HDF5'."""
-    from featbench import align
-    from featbench.errors import StoreError
+    from featbench.core import align
+    from featbench.core.errors import StoreError
 
     path = tmp_path / "faces.h5"
     path.write_bytes(b"x")

@@ -9,13 +9,13 @@ import pytest
 
 from classify.lstm import LSTMOptions, cut_sequences, cut_track, load_model, score_sequences
 from classify.run import classify_run, join_codes
-from featbench.aus import DISFA_AUS
-from featbench.cli import main
-from featbench.ensemble import ensemble_run, read_predictions, resolve_preset
-from featbench.frames import FrameTable, build_frames
-from featbench.results import read_summary
-from featbench.splits import PAPER_SPLIT
-from featbench.workspace import Workspace
+from featbench.core.aus import DISFA_AUS
+from featbench.app.cli import main
+from classify.ensemble import ensemble_run, read_predictions, resolve_preset
+from featbench.core.frames import FrameTable, build_frames
+from featbench.core.results import read_summary
+from featbench.core.splits import PAPER_SPLIT
+from featbench.core.workspace import Workspace
 
 from test_classify import SUBJECTS, write_features
 

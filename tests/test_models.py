@@ -13,7 +13,7 @@ from extract.encoders import create_encoder, hog_batch  # noqa: E402
 from extract.registry import BackboneSpec, get_spec, list_specs, register  # noqa: E402
 from extract.weights import (convert_matconvnet, convert_vgg_face_dag, load_network,  # noqa: E402
                              parse_weights, read_state_dict, weights_status)
-from featbench.errors import UsageError, WeightsError  # noqa: E402
+from featbench.core.errors import UsageError, WeightsError  # noqa: E402
 
 PAPER = ("alexnet", "zfnet", "cnn_f", "cnn_m", "cnn_s", "vgg16", "vgg_face", "googlenet",
          "resnet50", "resnet152")
@@ -70,7 +70,7 @@ def test_unknown_model_suggests_the_closest_name():
 
 
 def test_cli_unknown_model_is_one_line_and_exit_2(capsys):
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     assert main(["extract", "--model", "resnet125"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -81,7 +81,7 @@ def test_cli_unknown_model_is_one_line_and_exit_2(capsys):
 def test_models_json_lists_name_dims_and_weights_status(capsys, torch_home):
     import json
 
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featbench.cli import main
-from featbench.workspace import Workspace
+from featbench.app.cli import main
+from featbench.core.workspace import Workspace
 
 AUS = ("AU01", "AU02", "AU04", "AU06", "AU12", "AU25")
 
@@ -63,11 +63,11 @@ def trained(tmp_path_factory, astronaut):
     from classify.run import classify_run
     from extract.encoders import create_encoder
     from extract.store import open_store
-    from featbench import faces
-    from featbench.align import alignment_settings
-    from featbench.ensemble import ensemble_run
-    from featbench.frames import FrameTable, build_frames
-    from featbench.splits import PAPER_SPLIT
+    from featbench.core import faces
+    from featbench.core.align import alignment_settings
+    from classify.ensemble import ensemble_run
+    from featbench.core.frames import FrameTable, build_frames
+    from featbench.core.splits import PAPER_SPLIT
 
     ws = Workspace(tmp_path_factory.mktemp("predict-ws"))
     lm = faces.detect_landmarks(astronaut)
@@ -125,7 +125,7 @@ def clip(tmp_path_factory, astronaut):
 
 
 def _predict(trained, inputs, **kw):
-    from featbench.predict import predict
+    from featbench.apply.predict import predict
 
     kw.setdefault("run", "hog__full__svm")
     return predict(inputs, workspace=trained["ws"], progress=False, **kw)
@@ -136,8 +136,8 @@ def _predict(trained, inputs, **kw):
 @pytest.mark.parametrize("run", ["hog__full__svm", "hog__full__lda", "pair__full__vote"])
 def test_loaded_run_reproduces_its_own_test_decisions(trained, run):
     """RunModel.score on the run's own test codes == the scores and decisions the run stored."""
-    from featbench.ensemble import read_predictions
-    from featbench.runmodel import load_run
+    from classify.ensemble import read_predictions
+    from featbench.apply.runmodel import load_run
 
     ws, table = trained["ws"], trained["table"]
     model = load_run(ws, "synth", run)
@@ -180,7 +180,7 @@ def test_au_columns_equal_the_runs_classifiers_on_the_same_codes(trained, clip):
     import cv2
 
     from extract.encoders import create_encoder
-    from featbench import faces
+    from featbench.core import faces
 
     df = _predict(trained, clip["path"])
     ws = trained["ws"]
@@ -212,7 +212,7 @@ def test_au_columns_equal_the_runs_classifiers_on_the_same_codes(trained, clip):
 @pytest.mark.slow
 def test_the_run_sees_what_it_was_trained_to_see(trained, astronaut, tmp_path):
     """Brows brightened / mouth darkened on real frames turn AU01 / AU25 on, as in training."""
-    from featbench import faces
+    from featbench.core import faces
 
     lm = faces.detect_landmarks(astronaut)
     face, M = faces.align_face(astronaut, lm)
@@ -272,8 +272,8 @@ def test_model_file_of_another_version_is_refused(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_best_picks_the_highest_mean_f1(trained):
-    from featbench.results import read_summary
-    from featbench.runmodel import resolve_run
+    from featbench.core.results import read_summary
+    from featbench.apply.runmodel import resolve_run
 
     s = read_summary(trained["ws"], "synth")
     assert resolve_run(trained["ws"], "synth", "best") == s.sort_values("mean_f1").iloc[-1]["run"]
@@ -330,7 +330,7 @@ def test_rotated_phone_video_is_read_upright(trained, astronaut, tmp_path):
     plain = _predict(trained, path)
     _rotate_mp4(path, 90)
     fixed = _predict(trained, path)
-    from featbench.footage import video_info
+    from featbench.core.footage import video_info
 
     if video_info(path)[0] == 0:
         pytest.skip("this OpenCV cannot read mp4 files")
@@ -420,7 +420,7 @@ def test_corrupt_video_unknown_run_and_missing_weights_exit_2(trained, tmp_path,
 @pytest.fixture
 def toy(tmp_path):
     """A workspace with toy__full__svm, toy__full__lda and their vote on 12-d synthetic codes."""
-    from featbench.ensemble import ensemble_run
+    from classify.ensemble import ensemble_run
     from classify.run import classify_run
     from test_classify import make_codes, make_table, write_features
 
@@ -439,8 +439,8 @@ def toy(tmp_path):
 @pytest.mark.parametrize("which", ["toy__full__svm__au1+2+4+12", "toy__full__lda__au1+2+4+12",
                                    "ensemble"])
 def test_toy_run_and_its_export_reproduce_the_runs_test_decisions(toy, which, tmp_path):
-    from featbench.ensemble import read_predictions
-    from featbench.runmodel import export_run, load_model_file, load_run
+    from classify.ensemble import read_predictions
+    from featbench.apply.runmodel import export_run, load_model_file, load_run
 
     ws, table = toy["ws"], toy["table"]
     run = toy["ensemble"] if which == "ensemble" else which
@@ -458,8 +458,8 @@ def test_toy_run_and_its_export_reproduce_the_runs_test_decisions(toy, which, tm
 
 
 def test_model_file_checks(toy, tmp_path):
-    from featbench.errors import StoreError
-    from featbench.runmodel import export_run, load_model_file, load_run
+    from featbench.core.errors import StoreError
+    from featbench.apply.runmodel import export_run, load_model_file, load_run
 
     path = export_run(load_run(toy["ws"], "synth", "toy__full__svm__au1+2+4+12"), tmp_path / "m.fb")
     payload = joblib.load(path)
@@ -488,15 +488,15 @@ def test_unknown_run_names_the_closest_and_exits_2(toy, tmp_path, capsys):
 
 
 def test_best_is_the_highest_mean_f1(toy):
-    from featbench.results import read_summary
-    from featbench.runmodel import resolve_run
+    from featbench.core.results import read_summary
+    from featbench.apply.runmodel import resolve_run
 
     s = read_summary(toy["ws"], "synth")
     assert resolve_run(toy["ws"], "synth", "best") == s.sort_values("mean_f1").iloc[-1]["run"]
 
 
 def test_vote_with_fixed_scales_equals_the_vote_on_the_frames_they_came_from():
-    from featbench.ensemble import majority_vote, score_scales
+    from classify.ensemble import majority_vote, score_scales
 
     rng = np.random.default_rng(0)
     s = rng.normal(size=(4, 50, 3)) * np.array([1.0, 5.0, 0.2, 2.0])[:, None, None]
@@ -510,8 +510,8 @@ def test_vote_with_fixed_scales_equals_the_vote_on_the_frames_they_came_from():
 
 
 def test_tracker_keeps_ids_on_moving_boxes():
-    from featbench.footage import Frame
-    from featbench.predict import _Face, _Item, _Tracker
+    from featbench.core.footage import Frame
+    from featbench.apply.predict import _Face, _Item, _Tracker
 
     tr = _Tracker()
     ids = []
@@ -532,7 +532,7 @@ def test_tracker_keeps_ids_on_moving_boxes():
 def test_read_image_rgba_grey_16bit_exif(tmp_path):
     from PIL import Image
 
-    from featbench.footage import read_image
+    from featbench.core.footage import read_image
 
     rgba = np.zeros((20, 30, 4), np.uint8)
     rgba[..., 0] = 200
@@ -550,7 +550,7 @@ def test_read_image_rgba_grey_16bit_exif(tmp_path):
     Image.fromarray(np.zeros((10, 40, 3), np.uint8)).save(tmp_path / "r.jpg", exif=exif)
     assert read_image(tmp_path / "r.jpg").shape == (40, 10, 3)  # turned upright
     (tmp_path / "bad.png").write_bytes(b"nope")
-    from featbench.errors import DataError
+    from featbench.core.errors import DataError
 
     with pytest.raises(DataError, match="bad.png"):
         read_image(tmp_path / "bad.png")
@@ -559,8 +559,8 @@ def test_read_image_rgba_grey_16bit_exif(tmp_path):
 def test_sources_frames_and_timestamps(tmp_path):
     from PIL import Image
 
-    from featbench.errors import DataError, UsageError
-    from featbench.footage import iter_frames, list_sources
+    from featbench.core.errors import DataError, UsageError
+    from featbench.core.footage import iter_frames, list_sources
 
     rng = np.random.default_rng(0)
     write_video(tmp_path / "v.avi", [rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
@@ -587,8 +587,8 @@ def test_sources_frames_and_timestamps(tmp_path):
 def test_lstm_run_streamed_in_batches_equals_its_whole_sequence_test_scores(tmp_path):
     """The LSTM's state is carried across batches: chunked scoring == the run's own test scores."""
     from classify.run import classify_run
-    from featbench.ensemble import read_predictions
-    from featbench.runmodel import export_run, load_model_file, load_run
+    from classify.ensemble import read_predictions
+    from featbench.apply.runmodel import export_run, load_model_file, load_run
     from test_classify import write_features
     from test_lstm import FAST, temporal_table
 
@@ -623,8 +623,8 @@ def test_a_bidirectional_lstm_scores_whole_tracks_within_its_window(tmp_path):
     """Bidirectional: each window's tracks scored whole == the run's own whole-sequence test scores
     when a window holds a whole sequence; predict's batches close every ``window`` frames."""
     from classify.run import classify_run
-    from featbench.ensemble import read_predictions
-    from featbench.runmodel import BIDIRECTIONAL_WINDOW, export_run, load_model_file, load_run
+    from classify.ensemble import read_predictions
+    from featbench.apply.runmodel import BIDIRECTIONAL_WINDOW, export_run, load_model_file, load_run
     from test_classify import write_features
     from test_lstm import FAST, temporal_table
 
@@ -655,7 +655,7 @@ def test_a_bidirectional_lstm_scores_whole_tracks_within_its_window(tmp_path):
 def test_batches_close_every_window_frames_for_a_bidirectional_run_else_every_batch_of_faces():
     from types import SimpleNamespace
 
-    from featbench.predict import batches
+    from featbench.apply.predict import batches
 
     items = [SimpleNamespace(faces=[0] * (k % 2)) for k in range(7)]  # faces on odd frames
     assert [len(b) for b in batches(iter(items), batch_size=2, window=3)] == [3, 3, 1]

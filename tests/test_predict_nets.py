@@ -1,7 +1,7 @@
 """predict / export with runs whose trained network is the classifier: fine-tuned and transfer.
 
 Tiny runs trained here (test_finetune's 48-px cued faces, test_transfer's tiny ABAW tree), then
-applied through predict's own path (:func:`featbench.predict.score_faces`: crops, the run's
+applied through predict's own path (:func:`featbench.apply.predict.score_faces`: crops, the run's
 network, its thresholds) to the faces each run scored as test frames: the decisions must be the
 run's stored ones, the scores its stored scores; an exported file must give the same bit for bit.
 """
@@ -14,11 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from featbench.align import AlignedFaces  # noqa: E402
-from featbench.ensemble import read_predictions  # noqa: E402
-from featbench.predict import open_encoders, score_faces  # noqa: E402
-from featbench.runmodel import export_run, load_model_file, load_run  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.core.align import AlignedFaces  # noqa: E402
+from classify.ensemble import read_predictions  # noqa: E402
+from featbench.apply.predict import open_encoders, score_faces  # noqa: E402
+from featbench.apply.runmodel import export_run, load_model_file, load_run  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 from test_finetune import FAST, make_table, one_thread, write_cache  # noqa: E402,F401
 
 
@@ -37,7 +37,7 @@ def _ft_runs(root, configs):
 @pytest.fixture(scope="module")
 def ft(tmp_path_factory):
     """Two fine-tuned runs on one workspace (multilabel full face; per-au on regions) and their vote."""
-    from featbench.ensemble import ensemble_run
+    from classify.ensemble import ensemble_run
 
     out = _ft_runs(tmp_path_factory.mktemp("ft-predict"), {
         "ml": dict(head="multilabel", epochs=1, input_size=40),  # faces resized 48 -> 40
@@ -112,7 +112,7 @@ def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_the
     from classify.run import classify_run
     from extract.encoders import create_encoder
     from extract.extractor import extract_aligned
-    from featbench.errors import WeightsError
+    from featbench.core.errors import WeightsError
 
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(ft["ws"].root / "results", ws.root / "results")
@@ -151,7 +151,7 @@ def photo(tmp_path_factory):
 
 def _same_as_by_hand(df, model, img, ws):
     """predict's row == the run applied here to the face aligned by hand at the run's size."""
-    from featbench import faces
+    from featbench.core import faces
 
     assert len(df) == 1 and df["success"].iloc[0] == 1
     size = int(model.alignment.get("size") or faces.CANONICAL_SIZE)
@@ -169,8 +169,8 @@ def test_predict_applies_an_ft_run_to_a_photo_and_its_export_gives_the_same_csv(
     then export + predict --model (CLI) on the same photo: the same CSV, bit for bit."""
     import pandas as pd
 
-    from featbench.cli import main
-    from featbench.predict import predict
+    from featbench.app.cli import main
+    from featbench.apply.predict import predict
 
     run, ws = ft["runs"]["ml"], ft["ws"]
     out = tmp_path / "p.csv"
@@ -194,7 +194,7 @@ def transfer(tmp_path_factory):
     from test_transfer import SETTINGS, _abaw_tree
 
     from classify.transfer import run_stage2
-    from featbench.datasets.affwild2 import read_affwild2
+    from featbench.core.datasets.affwild2 import read_affwild2
 
     root = tmp_path_factory.mktemp("transfer-predict")
     table = read_affwild2(_abaw_tree(root / "abaw"))
@@ -221,7 +221,7 @@ def test_a_transfer_run_reproduces_its_test_decisions_and_exports(transfer, tmp_
 
 
 def test_predict_applies_a_transfer_run_to_a_photo(transfer, photo):
-    from featbench.predict import predict
+    from featbench.apply.predict import predict
 
     ws, run = transfer["ws"], transfer["run"]
     df = predict(photo[0], run=run, workspace=ws, dataset="affwild2", progress=False, device="cpu")
@@ -234,7 +234,7 @@ def test_predict_applies_a_transfer_run_to_a_photo(transfer, photo):
 def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_path, capsys):
     import shutil
 
-    from featbench.cli import main
+    from featbench.app.cli import main
 
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(transfer["ws"].root / "results", ws.root / "results")

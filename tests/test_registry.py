@@ -10,8 +10,8 @@ from classify.estimators import ThresholdedClassifier
 from classify.registry import (ClassifierSpec, check_clf, get_classifier, list_classifiers,
                                load_run_models, register_classifier, unregister_classifier)
 from classify.run import classify_run
-from featbench.errors import MissingRunError, UsageError
-from featbench.workspace import Workspace
+from featbench.core.errors import MissingRunError, UsageError
+from featbench.core.workspace import Workspace
 
 from test_classify import make_codes, make_table, write_features
 

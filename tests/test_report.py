@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from featbench.cli import main
-from featbench.ensemble import write_predictions
-from featbench.errors import MissingRunError
-from featbench.frames import KEY_DTYPE
-from featbench.report import CHART_MEAN, CHART_PER_AU, describe_weights, make_report
-from featbench.results import record_failure, write_run
-from featbench.workspace import Workspace
+from featbench.app.cli import main
+from classify.ensemble import write_predictions
+from featbench.core.errors import MissingRunError
+from featbench.core.frames import KEY_DTYPE
+from featbench.app.report import CHART_MEAN, CHART_PER_AU, describe_weights, make_report
+from featbench.core.results import record_failure, write_run
+from featbench.core.workspace import Workspace
 
 AUS = ["AU01", "AU12", "AU25"]
 RUNS = {  # run: (weights, per-AU F1)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from featbench.cli import main
-from featbench.errors import UsageError, WeightsError
-from featbench.pipeline import PRESETS, Finetune, plan_runs, resolve_weights, run_pipeline
-from featbench.results import read_summary_rows
-from featbench.workspace import Workspace
+from featbench.app.cli import main
+from featbench.core.errors import UsageError, WeightsError
+from featbench.app.pipeline import PRESETS, Finetune, plan_runs, resolve_weights, run_pipeline
+from featbench.core.results import read_summary_rows
+from featbench.core.workspace import Workspace
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
     keeps what is done and redoes only what a newer feature file invalidates."""
     import dataclasses
 
-    from featbench.synth import generate_dataset
+    from featbench.core.synth import generate_dataset
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: random:0
     ws = Workspace(tmp_path)
@@ -116,8 +116,8 @@ def test_featbench_run_with_a_fine_tuned_member(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from featbench.ensemble import read_predictions, validation_f1
-    from featbench.synth import generate_dataset
+    from classify.ensemble import read_predictions, validation_f1
+    from featbench.core.synth import generate_dataset
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: random:0
     ws = Workspace(tmp_path)
@@ -157,8 +157,8 @@ def test_one_failure_path_records_every_affected_run_and_the_others_go_on(tmp_pa
     """A non-featbench error (a torch error in one network) fails that step's runs, with the
     error's type and the run's protocol in summary.csv; the next steps still run; a fatal
     step's error stops the run."""
-    from featbench.pipeline import Step, _Context, _run_stage
-    from featbench.results import read_summary
+    from featbench.app.pipeline import Step, _Context, _run_stage
+    from featbench.core.results import read_summary
 
     ctx = _Context(Workspace(tmp_path), "synth", None, PRESETS["quick"], "kfold:3", "kfold3",
                    wplan={"alexnet": ("random:0", "")}, progress=True)

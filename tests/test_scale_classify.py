@@ -74,7 +74,7 @@ def test_a_training_set_over_the_budget_is_fitted_out_of_core(setup, monkeypatch
 
 
 def test_bad_memory_budget_is_a_usage_error(setup, monkeypatch):
-    from featbench.errors import UsageError
+    from featbench.core.errors import UsageError
 
     ws, table, _ = setup
     monkeypatch.setenv("FEATBENCH_MEMORY_GB", "lots")

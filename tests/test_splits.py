@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from featbench.errors import UsageError
-from featbench.frames import FrameTable, build_frames
-from featbench.splits import LITERATURE_FOLDS, PAPER_SPLIT, make_splits
+from featbench.core.errors import UsageError
+from featbench.core.frames import FrameTable, build_frames
+from featbench.core.splits import LITERATURE_FOLDS, PAPER_SPLIT, make_splits
 
 DISFA_IDS = sorted(s for part in PAPER_SPLIT.values() for s in part)
 

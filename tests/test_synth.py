@@ -1,13 +1,13 @@
-"""featbench.synth: the embedded synthetic data sets, read back through the real readers."""
+"""featbench.core.synth: the embedded synthetic data sets, read back through the real readers."""
 
 import hashlib
 
 import numpy as np
 import pytest
 
-from featbench.aus import AFFWILD2_AUS, DISFA_AUS
-from featbench.errors import UsageError
-from featbench.synth import INFO_FILE, generate_dataset
+from featbench.core.aus import AFFWILD2_AUS, DISFA_AUS
+from featbench.core.errors import UsageError
+from featbench.core.synth import INFO_FILE, generate_dataset
 
 
 def _hashes(root):
@@ -46,8 +46,8 @@ def test_disfa_layout_files(disfa_root):
 def test_disfa_round_trip_through_reader(disfa_root):
     import scipy.io
 
-    from featbench.datasets import load_dataset, load_landmarks
-    from featbench.landmarks import ibug66_to_68
+    from featbench.core.datasets import load_dataset, load_landmarks
+    from featbench.core.landmarks import ibug66_to_68
 
     table = load_dataset("synth", root=disfa_root)
     assert table.subjects == ["SN001", "SN002", "SN003", "SN004", "SN005"]
@@ -72,7 +72,7 @@ def test_disfa_round_trip_through_reader(disfa_root):
 
 
 def test_disfa_quirks_short_subject_and_missing_landmark(tmp_path):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     root = generate_dataset(tmp_path / "q", subjects=27, frames=4, progress=False, right_camera=False)
     table = load_dataset("synth", root=root)
@@ -97,7 +97,7 @@ def test_frames_look_like_faces(disfa_root):
 
 
 def test_affwild2_layout(tmp_path):
-    from featbench.datasets import load_dataset
+    from featbench.core.datasets import load_dataset
 
     root = generate_dataset(tmp_path / "aw", layout="affwild2", subjects=8, frames=40, seed=1,
                             progress=False)
@@ -125,8 +125,8 @@ def test_affwild2_layout(tmp_path):
 def test_expression_layout(tmp_path):
     import csv
 
-    from featbench.datasets import load_dataset
-    from featbench.synth._layouts import EXPRESSIONS, VIEWS
+    from featbench.core.datasets import load_dataset
+    from featbench.core.synth._layouts import EXPRESSIONS, VIEWS
 
     root = generate_dataset(tmp_path / "ex", layout="expression", subjects=3, progress=False)
     with open(root / "manifest.csv", newline="") as fh:
@@ -165,7 +165,7 @@ def test_existing_root_refused_then_replaced(disfa_root, tmp_path):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
-    from featbench.synth import _layouts
+    from featbench.core.synth import _layouts
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -179,8 +179,8 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_contact_sheet(disfa_root, tmp_path):
     import cv2
 
-    from featbench.datasets import load_dataset
-    from featbench.synth import contact_sheet
+    from featbench.core.datasets import load_dataset
+    from featbench.core.synth import contact_sheet
 
     table = load_dataset("synth", root=disfa_root)
     out = contact_sheet(table, tmp_path / "sheet.png", n=7, seed=1)
@@ -191,8 +191,8 @@ def test_contact_sheet(disfa_root, tmp_path):
 @pytest.mark.slow
 def test_base_rates_follow_disfa(tmp_path):
     """On a medium set, the AUs' positive shares keep DISFA's order within a tolerance."""
-    from featbench.synth._face import AU_INDEX
-    from featbench.synth._timeline import (DISFA_FRAMES, DISFA_POSITIVES, au_timeline, event_phases,
+    from featbench.core.synth._face import AU_INDEX
+    from featbench.core.synth._timeline import (DISFA_FRAMES, DISFA_POSITIVES, au_timeline, event_phases,
                                            intensity_labels)
 
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from classify.training import TrainConfig, fit, load_checkpoint, plot_history  # noqa: E402
-from featbench.errors import UsageError  # noqa: E402
+from featbench.core.errors import UsageError  # noqa: E402
 
 
 def _toy(n=256, seed=0):

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 
 from classify.transfer import (StartWeights, TransferSettings, build_net, expression_folds,  # noqa: E402
                                masked_bce, run_stage1, run_stage2, stage2_rows)
-from featbench.cli import main  # noqa: E402
-from featbench.datasets.expression import load_expression_set  # noqa: E402
-from featbench.workspace import Workspace  # noqa: E402
+from featbench.app.cli import main  # noqa: E402
+from featbench.core.datasets.expression import load_expression_set  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
 
 TINY = "test-tiny-cnn"
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _tiny_cnn():
 def _register_tiny():
     """A registry backbone small enough for tests (timm's tiny test models, in spirit)."""
     from extract.registry import BackboneSpec, IMAGENET_MEAN, IMAGENET_STD, _drop_fc, get_spec, register
-    from featbench.errors import UsageError
+    from featbench.core.errors import UsageError
 
     try:
         return get_spec(TINY)
@@ -107,7 +107,7 @@ def _abaw_tree(root, n_videos=6, n_frames=10):
 
 @pytest.fixture
 def abaw(tmp_path):
-    from featbench.datasets.affwild2 import read_affwild2
+    from featbench.core.datasets.affwild2 import read_affwild2
 
     table = read_affwild2(_abaw_tree(tmp_path / "abaw"))
     table.dataset = "affwild2"
@@ -158,7 +158,7 @@ def test_stage2_starts_from_the_stage1_backbone_with_a_fresh_mlp(expr_tree, tmp_
 
 # --- stage 2 ---------------------------------------------------------------------------------------
 def test_unannotated_frames_are_never_trained_on(abaw, tmp_path):
-    from featbench.align import AlignedFaces, ensure_aligned
+    from featbench.core.align import AlignedFaces, ensure_aligned
 
     assert abaw.skipped["frames not annotated (-1)"] == 6  # the reader dropped the all -1 rows
     frames = abaw.frames.copy()
@@ -184,14 +184,14 @@ def _stage2(table, ws):
 def test_thresholds_are_chosen_on_validation_frames_only(tmp_path):
     """Poisoning the test labels changes the test F1 but not one threshold; poisoning the
     validation labels does change them."""
-    from featbench.datasets.affwild2 import read_affwild2
+    from featbench.core.datasets.affwild2 import read_affwild2
 
     root = _abaw_tree(tmp_path / "abaw")
     runs = {}
     for poison in ("none", "test", "validation"):
         table = read_affwild2(root)
         table.dataset = "affwild2"
-        from featbench.splits import make_splits
+        from featbench.core.splits import make_splits
 
         split = make_splits(table, "own", seed=0)[0]
         if poison != "none":
@@ -207,8 +207,8 @@ def test_thresholds_are_chosen_on_validation_frames_only(tmp_path):
 
 
 def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
-    from featbench.ensemble import read_predictions
-    from featbench.results import read_run, read_summary
+    from classify.ensemble import read_predictions
+    from featbench.core.results import read_run, read_summary
 
     _abaw_tree(tmp_path / "abaw")
     ws = tmp_path / "ws"
@@ -241,7 +241,7 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
         p.name for p in s1dir.iterdir()}
     # the model file alone reproduces the test decisions
     from classify.transfer import load_model, predict_logits
-    from featbench.align import AlignedFaces
+    from featbench.core.align import AlignedFaces
 
     net, state = load_model(mdir / "model.pt")
     assert np.allclose(state["thresholds"], pred["thresholds"])
@@ -335,7 +335,7 @@ def test_stage2_trains_on_cuda_with_amp(abaw, tmp_path):
 
 def test_a_set_without_its_own_split_trains_on_the_paper_split(tmp_path):
     """DISFA-style AU sets (no Train_Set / Validation_Set) take the 12/6/9 protocol."""
-    from featbench.datasets.folder import read_folder
+    from featbench.core.datasets.folder import read_folder
 
     root = tmp_path / "own"
     rows = ["image,subject,AU01,AU12"]
@@ -362,14 +362,14 @@ def test_a_set_without_its_own_split_trains_on_the_paper_split(tmp_path):
     ("dir", "happy/P3/img.png", "P3"),
 ])
 def test_subject_rules(tmp_path, rule, rel, subject):
-    from featbench.datasets.expression import subject_of
+    from featbench.core.datasets.expression import subject_of
 
     assert subject_of(tmp_path / rel, rule, tmp_path) == subject
 
 
 def test_a_subject_rule_that_finds_nothing_names_the_file(tmp_path):
-    from featbench.datasets.expression import subject_of
-    from featbench.errors import DataError, UsageError
+    from featbench.core.datasets.expression import subject_of
+    from featbench.core.errors import DataError, UsageError
 
     with pytest.raises(DataError, match="nounderscore.png"):
         subject_of(tmp_path / "happy" / "nounderscore.png", "prefix:_", tmp_path)

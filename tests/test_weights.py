@@ -21,8 +21,8 @@ torch = pytest.importorskip("torch")
 from extract.catalog import WeightsFile, register_file  # noqa: E402
 from extract.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, get_spec, register  # noqa: E402
 from extract.weights import load_network, parse_weights, pretrained_path  # noqa: E402
-from featbench.cli import main  # noqa: E402
-from featbench.errors import WeightsError  # noqa: E402
+from featbench.app.cli import main  # noqa: E402
+from featbench.core.errors import WeightsError  # noqa: E402
 
 NAME, FILE, URL_PATH = "test_tiny", "tiny-net.pth", "/models/tiny-net.pth"
 
@@ -259,9 +259,9 @@ def _real_wheel():
 
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
-    from featbench.datasets import load_dataset
-    from featbench.synth import generate_dataset
-    from featbench.workspace import Workspace
+    from featbench.core.datasets import load_dataset
+    from featbench.core.synth import generate_dataset
+    from featbench.core.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("ws"))
     generate_dataset(ws.data_dir("synth"), subjects=3, frames=8, progress=False)

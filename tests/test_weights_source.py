@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from extract.registry import get_spec  # noqa: E402
 from extract.weights import (_SOURCES, WeightsSource, load_network, weights_source,  # noqa: E402
                              weights_status)
-from featbench.errors import WeightsError  # noqa: E402
+from featbench.core.errors import WeightsError  # noqa: E402
 
 from test_models import _full_state, _to_matconvnet, torch_home  # noqa: E402,F401
 

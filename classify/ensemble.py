@@ -1,0 +1,515 @@
+"""Majority-vote ensembles of classifier runs (Method A's ensembles (1)-(3)).
+
+An ensemble reads its members' predictions files (``results/<ds>/predictions/<run>.h5``, written
+by ``featbench classify``: ``/frames``, ``/labels``, ``/scores``, ``/decisions``, ``/fold`` and
+the attrs ``aus``, ``thresholds``...) and votes per AU and frame.
+
+The vote, stated once
+---------------------
+Per AU and frame the ensemble says *present* when more than half of its members do. With an even
+number of members a tie (as many present as absent votes) is broken by the members' scores: each
+member's margin ``score - threshold`` is divided by the standard deviation of that member's scores
+for that AU over the test frames (so an SVM's decision values and an LDA's are on one scale), and
+the ensemble says *present* when the mean of these standardised margins is > 0. A member with no
+classifier for an AU (nan scores: no positive training frame) abstains on that AU; an AU on which
+no member votes gets nan metrics, as a classifier run does.
+
+The ensemble's continuous score is ``(present votes - absent votes) + tanh(mean standardised
+margin)``: its sign is the decision (its threshold is 0), it orders frames first by votes and then
+by how confident the members are, and it gives the ensemble a ROC-AUC like any other run.
+
+Presets (paper section "ensembles"; one member per network family, the family's SVM run)
+----------------------------------------------------------------------------------------------
+``fe``
+    frozen-code (feature extraction) runs: for each network family, the first model of
+    :data:`FAMILY_PREFERENCE` whose ``<model>__full__svm`` run exists. Families are the extract
+    registry's ``spec.family``. The quick pipeline gives ``hog__full__svm``,
+    ``dlib_face__full__svm``, ``alexnet__full__svm`` and ``cnn_f__full__svm``. Where LSTM runs
+    exist (``<model>__full__lstm``, ``featbench classify --clf lstm``), one per family joins
+    as a further member: the paper's first ensemble mixes SVM and LSTM members.
+``fe+region``
+    ``fe`` plus the region-based SVM runs (``<model>__auto__svm``) of the same families.
+``fe+ft``
+    ``fe`` with the fine-tuned runs on full faces (one per network: CNN-F in the paper, any
+    ``tv:`` / ``timm:`` network that was fine-tuned too) in place of the weakest SVM member, and
+    the SVM on a fine-tuned net's codes (``<model>-ft__full__svm``) when it exists. The weakest is
+    the member with the lowest mean validation F1 (:func:`weakest_member`; the paper's was
+    AlexNet-SVM, which is also the choice when no member has validation scores).
+``fe+ft+region``
+    ``fe+ft`` plus the region-based runs (frozen-code SVMs and fine-tuned nets on regions).
+"""
+
+import hashlib
+import json
+
+import numpy as np
+
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.core.identity import RunKey, format_members
+from featbench.core.results import write_predictions  # noqa: F401 - one writer for runs and ensembles
+
+PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
+
+#: within a family, which model represents it in a preset (first with a run wins): the paper's
+#: strongest frozen-code nets first, so a full run takes VGG-Face over VGG-16, ResNet-152 over -50
+FAMILY_PREFERENCE = ("vgg_face", "resnet152", "resnet50", "vgg16", "cnn_s", "cnn_m", "cnn_f",
+                     "googlenet", "zfnet", "alexnet", "dlib_face", "hog")
+
+#: the classifier a preset member uses (the paper's ensembles are built from SVM runs)
+PRESET_CLF = "svm"
+#: the sequence classifier whose runs join every preset as extra members where they exist (the
+#: paper's first ensemble mixes SVM and LSTM members)
+SEQUENCE_CLF = "lstm"
+
+
+def majority_vote(decisions, scores, thresholds, *, scales=None):
+    """Combine members' per-AU binary decisions by majority, ties broken by standardised margins.
+
+    Parameters
+    ----------
+    decisions : array of shape (m, n, k)
+        Member ``i``'s decision (1 present, 0 absent) for frame ``j`` and AU ``a``.
+    scores : array of shape (m, n, k)
+        The members' continuous scores (decision function; higher = more likely present).
+    thresholds : array of shape (m, k) or (m, n, k)
+        The score above which member ``i`` says present for AU ``a`` (per frame when the
+        threshold differs between cross-validation folds).
+    scales : array of shape (m, k), optional
+        Each member's score scale per AU (default :func:`score_scales` of ``scores``): pass
+        the scales of the frames an ensemble was scored on to vote on other frames (``featbench
+        predict``) exactly as it voted there.
+
+    Returns
+    -------
+    decisions : ndarray of int8, shape (n, k)
+        1 where more than half the members say present; on a tie (even ``m``), 1 where the mean
+        over members of ``(score - threshold) / std(member's scores for that AU)`` is > 0
+        A member whose score is nan (it has no classifier for that AU, e.g. no positive
+        training frame) abstains: the majority is taken over the members that vote.
+    scores : ndarray of float32, shape (n, k)
+        ``(present votes - absent votes) + tanh(mean standardised margin)``; ``scores > 0``
+        equals ``decisions`` (the ensemble's threshold is 0); nan where no member votes.
+    """
+    d = np.asarray(decisions)
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim == 2:
+        t = t[:, None, :]
+    if d.ndim != 3 or s.shape != d.shape or t.shape not in ((d.shape[0], 1, d.shape[2]), d.shape):
+        raise UsageError(f"majority_vote: decisions {d.shape} and scores {s.shape} must be "
+                         f"(members, frames, aus) and thresholds {t.shape} (members, aus) or "
+                         "(members, frames, aus)")
+    voting = ~np.isnan(s)  # a member without a classifier for an AU (nan scores) abstains
+    yes = ((d == 1) & voting).sum(axis=0)
+    lead = 2 * yes - voting.sum(axis=0)  # present minus absent votes
+    import warnings
+
+    std = (score_scales(s) if scales is None else np.asarray(scales, dtype=np.float64))[:, None, :]
+    if std.shape != (d.shape[0], 1, d.shape[2]):
+        raise UsageError(f"majority_vote: scales {std.shape[::2]} must be (members, aus)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices: handled below
+        margin = np.nanmean((s - t) / std, axis=0)
+    margin = np.nan_to_num(margin, nan=0.0)
+    out_scores = np.where(voting.any(axis=0), lead + np.tanh(margin), np.nan)
+    # a tie with a margin of exactly 0 stays absent: "present" needs evidence
+    out = (lead > 0) | ((lead == 0) & (margin > 0))
+    return out.astype(np.int8), out_scores.astype(np.float32)
+
+
+def score_scales(scores):
+    """Return (m, k): the standard deviation of each member's scores per AU over the frames.
+
+    Nan scores (no classifier) are ignored; a constant or all-nan scorer gets 1, so it keeps its
+    raw margin rather than dividing by 0.
+
+    Parameters
+    ----------
+    scores : array of shape (m, n, k)
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices
+        std = np.nanstd(np.asarray(scores, dtype=np.float64), axis=1)
+    std[~(std > 0)] = 1.0
+    return std
+
+
+# predictions files -----------------------------------------------------------------------------
+PREDICTION_FIELDS = ("frames", "labels", "scores", "decisions", "fold")
+
+
+def read_predictions(path):
+    """Read a predictions file (team contract 3) into a dict of arrays and attrs.
+
+    Returns
+    -------
+    dict
+        ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
+        ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
+        (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
+        ``protocol``, ``dataset``) as str; ``fold_thresholds`` (folds, k) when the file has
+        the per-fold thresholds dataset.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
+            if "thresholds" in f:  # (folds, k): the threshold each fold used
+                out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
+            attrs = dict(f.attrs)
+    except OSError as exc:  # permission, a lock, or damage: said as what it is
+        from featbench.core.errors import describe_os_error
+
+        raise StoreError(f"{path}: cannot read the predictions file: "
+                         f"{describe_os_error(exc)}") from None
+    missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
+    if missing or "aus" not in attrs:
+        raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
+                         "rerun the classifier run that made it")
+    out.setdefault("fold", np.zeros(len(out["frames"]), dtype=np.int8))
+    aus = attrs.pop("aus")
+    out["aus"] = list(json.loads(aus) if isinstance(aus, (str, bytes)) else aus)
+    out["thresholds"] = np.asarray(attrs.pop("thresholds", np.zeros(len(out["aus"]))), dtype=float)
+    for key, value in attrs.items():
+        out[key] = value.decode() if isinstance(value, bytes) else value
+    return out
+
+
+# members ---------------------------------------------------------------------------------------
+def command_for_run(run):
+    """Return the featbench command that makes classifier run ``run`` (for error messages)."""
+    try:
+        key = RunKey.parse(run)
+    except UsageError:
+        return "featbench classify ... (see featbench classify --help)"
+    model, region, clf = key.model, key.region, key.clf
+    if clf == "vote":
+        return f"featbench ensemble --name {model} --members ..."
+    if clf in ("finetune", "ft"):
+        return f"featbench finetune --model {model} --region {region}"
+    return f"featbench classify --clf {clf} --model {model} --region {region}"
+
+
+def _families():
+    """Return {model: family} from the extract registry (a model not in it is its own family)."""
+    try:
+        from extract.registry import list_specs
+    except ImportError:  # extract not installed: each model is its own family
+        return {}
+    return {spec.name: spec.family for spec in list_specs()}
+
+
+def _existing_runs(workspace, dataset):
+    pred_dir = workspace.results_dir(dataset) / "predictions"
+    if not pred_dir.is_dir():
+        return set()
+    return {p.stem for p in pred_dir.glob("*.h5") if not p.name.startswith(".")}
+
+
+def _key(run):
+    """The RunKey of a run name, None for a file name that is not one."""
+    try:
+        return RunKey.parse(run)
+    except UsageError:
+        return None
+
+
+def _is_finetuned(run):
+    key = _key(run)
+    return key is not None and (key.clf in ("finetune", "ft") or "ft" in key.tags
+                                or key.model.endswith("-ft"))
+
+
+def _finetuned_members(runs, tag):
+    """Return the fine-tuned runs of setting ``tag``: one per (model, region, clf).
+
+    A fine-tuning run's variant tags (``ml``, ``fc67``, ``headonly``, ``from<layer>``:
+    :func:`classify.finetune.is_variant_tag`) say how it was trained, not which protocol or
+    setting it belongs to, so they are ignored when matching ``tag``; of several variants of
+    one network and region the one with the fewest (the paper's per-AU run) is taken.
+    """
+    from featbench.core.identity import RunKey
+
+    try:
+        from classify.finetune import is_variant_tag
+    except ImportError:  # classify not installed: no tag is a variant
+        def is_variant_tag(t):
+            return False
+
+    chosen = {}
+    for run in sorted(r for r in runs if _is_finetuned(r)):
+        try:
+            key = RunKey.parse(run)
+        except UsageError:
+            continue
+        variants = [t for t in key.tags if is_variant_tag(t)] if key.clf == "ft" else []
+        setting = "-".join(t for t in key.tags if t not in variants) or None
+        if setting != tag:
+            continue
+        slot = (key.model, key.region, key.clf)
+        if slot not in chosen or len(variants) < chosen[slot][0]:
+            chosen[slot] = (len(variants), run)
+    return sorted(run for _, run in chosen.values())
+
+
+def _open_zoo_models(runs, known):
+    """The ``tv:`` / ``timm:`` networks (file-name form) with runs: each its own family.
+
+    They are not in the registry's list, so a preset would never see them; codes of a
+    fine-tuned network (``<model>-ft``) are not frozen codes and stay out.
+    """
+    models = {k.model for k in map(_key, runs) if k is not None}
+    return sorted(m for m in models if m.startswith(("tv-", "timm-")) and not m.endswith("-ft")
+                  and m not in known)
+
+
+def validation_f1(workspace, dataset, run):
+    """Mean over folds and AUs of a classifier run's validation F1 (its settings.json), or nan."""
+    try:
+        settings = json.loads((workspace.models_dir(dataset, run) / "settings.json").read_text())
+        vals = [float(e["val_f1"]) for fold in settings["folds"] for e in fold["aus"].values()
+                if "val_f1" in e]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return float("nan")
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def weakest_member(workspace, dataset, runs):
+    """Return the run of ``runs`` that a fine-tuned network replaces in ``fe+ft`` (or None).
+
+    The weakest by mean validation F1 (chosen on the validation subjects, never test); when no
+    run has validation scores, the AlexNet run, as the paper replaced AlexNet-SVM.
+    """
+    scores = {r: validation_f1(workspace, dataset, r) for r in runs}
+    scored = {r: v for r, v in scores.items() if np.isfinite(v)}
+    if scored:
+        return min(scored, key=lambda r: (scored[r], r))
+    return next((r for r in runs if _key(r).model == "alexnet"), None)
+
+
+def resolve_preset(workspace, dataset, preset, *, tag=None):
+    """Return the member runs of ``preset`` (see the module docstring), in family order.
+
+    ``tag`` selects runs of a non-default setting (``literature`` for that protocol...): the
+    members are then ``<model>__<region>__svm__<tag>``.
+
+    Raises
+    ------
+    UsageError
+        Unknown preset.
+    FeatbenchError
+        ``fe+ft*`` before any fine-tuning run exists.
+    MissingRunError
+        Fewer than two members: names the runs and commands that would make them.
+    """
+    if preset not in PRESETS:
+        raise UsageError(did_you_mean(preset, PRESETS, what="ensemble preset"))
+    from featbench.core.workspace import run_name
+
+    runs = _existing_runs(workspace, dataset)
+    families = _families()
+    order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
+    order += _open_zoo_models(runs, order)
+
+    def per_family(region, clf=PRESET_CLF):
+        chosen, seen = [], set()
+        for model in order:
+            fam = families.get(model, model)
+            run = run_name(model, region, clf, tag=tag)
+            if fam not in seen and run in runs:
+                chosen.append(run)
+                seen.add(fam)
+        return chosen
+
+    members = per_family("full")
+    members += per_family("full", SEQUENCE_CLF)  # the paper's first ensemble: SVM + LSTM members
+    if "ft" in preset:
+        ft = _finetuned_members(runs, tag)
+        ft_full = [r for r in ft if _key(r).region == "full"]
+        if not ft_full:
+            raise FeatbenchError(
+                f"preset {preset!r} needs fine-tuned runs, and none exist yet in "
+                f"{workspace.results_dir(dataset) / 'predictions'}; use --preset fe or fe+region "
+                "(or make one with: featbench finetune --model cnn_f)")
+        # the paper: the fine-tuned CNN-F replaces the weakest member (AlexNet-SVM there)
+        weakest = weakest_member(workspace, dataset, [r for r in members if _key(r).clf == PRESET_CLF])
+        members = [r for r in members if r != weakest] + ft_full
+    if "region" in preset:
+        members += per_family("auto")
+        if "ft" in preset:
+            members += [r for r in ft if _key(r).region != "full" and r not in members]
+    if len(members) < 2:
+        want = [run_name(m, "full", PRESET_CLF, tag=tag)
+                for m in ("hog", "dlib_face", "alexnet", "cnn_f")]
+        lacking = [r for r in want if r not in runs]
+        raise MissingRunError(
+            f"preset {preset!r} needs at least 2 member runs, found {len(members)} "
+            f"({', '.join(members) or 'none'}); missing e.g. {lacking[0]}: make it with "
+            f"{command_for_run(lacking[0])}" if lacking else
+            f"preset {preset!r} found fewer than 2 member runs")
+    return members
+
+
+def _row_thresholds(pred, rows):
+    """Return the (len(rows), k) threshold each row was decided with (per fold when stored)."""
+    ft = pred.get("fold_thresholds")
+    fold = pred["fold"][rows].astype(int)
+    if ft is not None and ft.ndim == 2 and ft.shape[1] == len(pred["aus"]) and \
+            fold.size and fold.max() < ft.shape[0]:
+        return ft[fold]
+    return np.broadcast_to(pred["thresholds"], (len(rows), len(pred["aus"])))
+
+
+def _key_list(frames):
+    return [tuple(row) for row in frames.tolist()]
+
+
+def align_members(preds, names):
+    """Restrict every member to the frames and AUs they all have; return notes on what was dropped."""
+    notes = []
+    keys = [_key_list(p["frames"]) for p in preds]
+    common = set(keys[0]).intersection(*keys[1:])
+    first = [i for i, k in enumerate(keys[0]) if k in common]
+    if not first:
+        raise StoreError("the members share no test frame (" + ", ".join(names) +
+                         "): were they run on different data sets or protocols?")
+    dropped = max(len(k) for k in keys) - len(first)
+    if dropped:
+        notes.append(f"{dropped} frames not scored by every member were dropped "
+                     f"({len(first)} kept)")
+    aus = [a for a in preds[0]["aus"] if all(a in p["aus"] for p in preds[1:])]
+    all_aus = sorted({a for p in preds for a in p["aus"]})
+    if not aus:
+        raise StoreError("the members share no AU (" + ", ".join(names) + ")")
+    if len(aus) < len(all_aus):
+        notes.append("AUs not scored by every member were left out: " +
+                     ", ".join(a for a in all_aus if a not in aus))
+    order = [keys[0][i] for i in first]
+    out = []
+    for p, k in zip(preds, keys):
+        pos = {key: i for i, key in enumerate(k)}
+        rows = np.array([pos[key] for key in order], dtype=np.int64)
+        cols = np.array([p["aus"].index(a) for a in aus], dtype=np.int64)
+        out.append({
+            "frames": p["frames"][rows], "labels": p["labels"][rows][:, cols],
+            "scores": p["scores"][rows][:, cols], "decisions": p["decisions"][rows][:, cols],
+            "fold": p["fold"][rows], "thresholds": _row_thresholds(p, rows)[:, cols],
+        })
+    labels = out[0]["labels"]
+    for p, name in zip(out[1:], names[1:]):
+        if not np.array_equal(p["labels"], labels):
+            raise StoreError(f"member {name} has other labels than {names[0]} on the same frames "
+                             "(another --threshold or data set?); rerun it")
+    return out, aus, notes
+
+
+def _per_au_rows(labels, decisions, scores, fold, aus):
+    """Per-AU metric rows for write_run, with the spread of F1 over folds when there are several."""
+    from featbench.core.metrics import au_metrics
+
+    folds = np.unique(fold)
+    rows = []
+    for a, au in enumerate(aus):
+        if np.isnan(scores[:, a]).all():  # no member has a classifier for this AU
+            nan = float("nan")
+            rows.append({"au": au, "f1": nan, "accuracy": nan, "precision": nan, "recall": nan,
+                         "support": int((labels[:, a] == 1).sum()), "threshold": nan, "auc": nan,
+                         "frames": int((labels[:, a] >= 0).sum()),
+                         "note": "no member has a classifier for this AU"})
+            continue
+        sa = scores[:, a]
+        if np.isnan(sa).any():  # frames no member voted on rank lowest for the AUC
+            sa = np.where(np.isnan(sa), np.nanmin(sa) - 1, sa)
+        m = au_metrics(labels[:, a], decisions[:, a], sa)
+        row = {"au": au, **{k: m[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
+               "threshold": 0.0, "auc": m["auc"], "frames": m["frames"]}
+        if folds.size > 1:
+            f1s = [au_metrics(labels[fold == k, a], decisions[fold == k, a])["f1"] for k in folds]
+            row["f1_std"] = float(np.nanstd(f1s)) if not np.all(np.isnan(f1s)) else float("nan")
+        rows.append(row)
+    return rows
+
+
+def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, tag=None):
+    """Vote the members' decisions and write the ensemble like a classifier run (``clf = vote``).
+
+    Parameters
+    ----------
+    workspace : Workspace
+    dataset : str
+    members : list of str, optional
+        Run names (``alexnet__full__svm`` ...) whose predictions files exist.
+    preset : str, optional
+        One of :data:`PRESETS` (default ``fe`` when ``members`` is not given).
+    name : str, optional
+        The ensemble's name, its ``model`` column; default ``ensemble-<preset>``, or
+        ``vote-<8 hex of the member list>`` for ``members``.
+    tag : str, optional
+        With ``preset``: take the members run with this non-default setting (their names end
+        in ``__<tag>``, e.g. ``literature`` for that protocol); the ensemble's name carries it.
+
+    Returns
+    -------
+    dict
+        ``run``, ``csv`` (Path), ``predictions`` (Path), ``members`` (list), ``aus``,
+        ``frames`` (int), ``mean_f1``, ``mean_accuracy``, ``notes`` (list of str: what was dropped).
+
+    Raises
+    ------
+    MissingRunError
+        A member's predictions file does not exist (names it and the command that makes it).
+    StoreError
+        Members that share no frame or AU, or disagree on labels.
+    """
+    from featbench.core.results import write_run
+    from featbench.core.workspace import run_name, safe_name
+
+    if members and preset:
+        raise UsageError("give either --members or --preset, not both")
+    if not members:
+        preset = preset or "fe"
+        members = resolve_preset(workspace, dataset, preset, tag=tag)
+    members = list(dict.fromkeys(m.strip() for m in members if m.strip()))
+    if len(members) < 2:
+        raise UsageError(f"an ensemble needs at least 2 members, got {len(members)}: {members}")
+    for run in members:
+        if not workspace.predictions_path(dataset, run).exists():
+            raise MissingRunError(
+                f"member run {run!r} has no predictions "
+                f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
+    preds = [read_predictions(workspace.predictions_path(dataset, r)) for r in members]
+    aligned, aus, notes = align_members(preds, members)
+
+    decisions, scores = majority_vote(np.stack([p["decisions"] for p in aligned]),
+                                      np.stack([p["scores"] for p in aligned]),
+                                      np.stack([p["thresholds"] for p in aligned]))
+    labels, fold = aligned[0]["labels"], aligned[0]["fold"]
+
+    regions = {p.get("region", _key(r).region if _key(r) else "") for p, r in zip(preds, members)}
+    region = regions.pop() if len(regions) == 1 else "mixed"
+    if name is None:
+        name = (f"ensemble-{preset}" if preset else
+                "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
+    run = run_name(safe_name(name), region, "vote", tag=tag)
+    weights = format_members([(p.get("model", _key(r).model if _key(r) else r), p.get("weights", "?"))
+                              for p, r in zip(preds, members)])
+    protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
+    meta = {"model": name, "region": region, "clf": "vote", "weights": weights,
+            "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members)}
+
+    rows = _per_au_rows(labels, decisions, scores, fold, aus)
+    pred_path = workspace.predictions_path(dataset, run)
+    write_predictions(pred_path, frames=aligned[0]["frames"], labels=labels, scores=scores,
+                      decisions=decisions, fold=fold, aus=aus, thresholds=np.zeros(len(aus)),
+                      run=run, **{k: v for k, v in meta.items() if k != "members"},
+                      members=members)
+    csv = write_run(workspace, dataset, run, rows, meta=meta)
+    from featbench.core.metrics import nanmean
+
+    return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
+            "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),
+            "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes}

@@ -1,0 +1,37 @@
+"""Flags and helpers shared by several subcommands."""
+
+from featbench.core.workspace import Workspace
+
+
+def add_dataset_args(p, *, root_help=None):
+    """Add ``--dataset``, ``--root``, ``--camera`` and ``--threshold`` to parser ``p``."""
+    p.add_argument("--dataset", default="synth", metavar="NAME",
+                   help="data set: synth (embedded, made on first use), disfa, affwild2, folder, "
+                        "synth-affwild2 (default: synth)")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help=root_help or "the data set's folder (default: data/<dataset> in the workspace)")
+    p.add_argument("--camera", choices=("left", "right", "both"), default="left",
+                   help="DISFA: which camera's video to read (default: left)")
+    p.add_argument("--threshold", type=int, default=2, metavar="I",
+                   help="DISFA: an AU is present when its intensity >= I (default: 2, the protocol's)")
+
+
+def workspace_of(args):
+    """Return the :class:`Workspace` named by ``--workspace``."""
+    return Workspace(getattr(args, "workspace", "."))
+
+
+def load_table(args, **kwargs):
+    """Load the frame table named by the dataset flags of ``args``."""
+    from featbench.core.datasets import load_dataset
+
+    kwargs.setdefault("generate", True)  # the CLI's embedded sets are made on first use
+    return load_dataset(args.dataset, root=args.root, workspace=workspace_of(args),
+                        camera=args.camera, threshold=args.threshold, **kwargs)
+
+
+def print_json(obj):
+    """Print ``obj`` as one JSON object on stdout."""
+    import json
+
+    print(json.dumps(obj, indent=None, sort_keys=False, default=str))

@@ -1,0 +1,124 @@
+"""``featbench classify``: per-AU LDA / linear SVM / LSTM on a network's codes, scored by the protocol."""
+
+from featbench.app.commands._common import add_dataset_args, load_table, workspace_of
+
+
+def add_parser(subparsers):
+    """Register ``featbench classify``."""
+    p = subparsers.add_parser(
+        "classify", help="train and score per-AU classifiers on stored codes (results/<ds>/<run>.csv)",
+        description="Train one binary classifier per AU on a network's codes (z-scored with the "
+                    "training subjects' statistics), choose the SVM's C (and with --tune-threshold "
+                    "the decision threshold) on the validation subjects, and score the test "
+                    "subjects. Writes results/<ds>/<model>__<region>__<clf>[__tag].csv, its row in "
+                    "summary.csv, per-frame predictions and the fitted models with their settings.")
+    from classify.registry import list_classifiers  # names only: no estimator is imported
+
+    p.add_argument("--clf", required=True, metavar="|".join(list_classifiers()),
+                   help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
+                        "(an LSTM over each subject's code sequence, epoch chosen on validation); "
+                        "the entries of classify/registry.py")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="network whose codes to classify (default: the only one extracted for "
+                        "the data set)")
+    p.add_argument("--region", default="full", metavar="full|upper|middle|lower|auto",
+                   help="codes of the whole face or one region; auto = each AU its own region "
+                        "(needs featbench extract --region all) (default: full)")
+    add_dataset_args(p)
+    p.add_argument("--protocol", default="paper", metavar="P",
+                   help="paper (12/6/9 subjects, 12 AUs), literature (DISFA 3 folds, 8 AUs), "
+                        "kfold:K, or own (the data set's split) (default: paper)")
+    p.add_argument("--tune-threshold", action="store_true",
+                   help="choose each AU's threshold by F1 on the validation subjects (default: 0)")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="train on every frame instead of all positives + as many random negatives")
+    p.add_argument("--class-weight", default=None, choices=("balanced",),
+                   help="weight classes inversely to their frequency (LDA: equal priors); "
+                        "for --no-balance")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seeds splits, balancing and the solver (default: 0)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="AUs trained at once (default: all cores)")
+    p.add_argument("--aus", default=None, metavar="AU01,AU02",
+                   help="only these AUs (default: the protocol's)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="run the per-AU fits on the Dask cluster at ADDR (tcp://HOST:PORT; "
+                        "default: $DASK_SCHEDULER_ADDRESS, else local worker processes); the "
+                        "workers need the workspace on a shared file system when the codes "
+                        "exceed FEATBENCH_MEMORY_GB (default: half the RAM), above which they "
+                        "are read from HDF5 in blocks and too-large training sets are fitted "
+                        "out of core (SGD linear SVM)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_lstm_args(p)
+    p.set_defaults(func=_run)
+
+
+def _add_lstm_args(p):
+    """The LSTM's flags (``--clf lstm`` only); None = the paper's default (classify.lstm)."""
+    g = p.add_argument_group(
+        "--clf lstm", "the LSTM over code sequences (defaults: the paper's; training and validation "
+        "sequences are cut around each run of activation, test scores whole sequences; "
+        "--no-balance trains on whole sequences, --class-weight balanced weights positive frames)")
+    g.add_argument("--hidden", type=int, default=None, metavar="N",
+                   help="units of the LSTM layer (default: 200)")
+    g.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="at most N epochs; the epoch is chosen by F1 on the validation subjects "
+                        "(default: 40)")
+    g.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="stop after N epochs without a better validation F1 (default: 10)")
+    g.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="SGD learning rate, momentum 0.9, loss summed over a batch's frames "
+                        "(default: 1e-4)")
+    g.add_argument("--weight-noise", type=float, default=None, metavar="STD",
+                   help="std of the Gaussian noise put on the weights for each training batch, "
+                        "never at evaluation (default: 0.1; 0 = none)")
+    g.add_argument("--bidirectional", action="store_true", default=None,
+                   help="a bidirectional LSTM (default: forward only)")
+    g.add_argument("--context", type=int, default=None, metavar="N",
+                   help="frames kept before and after each run of activation (default: 3)")
+    g.add_argument("--drop-gap", type=int, default=None, metavar="N",
+                   help="inactive stretches of N frames or more are dropped from training and "
+                        "validation sequences (default: 500)")
+    g.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="sequences per batch (default: 4)")
+    g.add_argument("--multilabel", action="store_true", default=None,
+                   help="one network with an output per AU instead of one network per AU")
+    g.add_argument("--device", default=None, metavar="auto|cpu|cuda",
+                   help="where the LSTM trains (default: auto = cuda when available)")
+
+
+LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirectional", "context",
+              "drop_gap", "batch", "multilabel", "device")
+
+
+def _run(args):
+    from classify.registry import check_clf
+    from classify.run import check_features, classify_run, default_model, format_result
+
+    check_clf(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    if args.jobs is not None and args.jobs < 1 and args.jobs != -1:
+        from featbench.core.errors import UsageError
+
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1 (or -1: every core)")
+    lstm = {k: getattr(args, k) for k in LSTM_FLAGS if getattr(args, k) is not None}
+    if args.clf == "lstm":
+        from classify.lstm import options_from
+
+        lstm = options_from(lstm)
+    elif lstm:
+        from featbench.core.errors import UsageError
+
+        flags = ", ".join("--" + k.replace("_", "-") for k in lstm)
+        raise UsageError(f"{flags}: only for --clf lstm")
+    else:
+        lstm = None
+    ws = workspace_of(args)
+    model = args.model or default_model(ws, args.dataset)
+    check_features(ws, args.dataset, model)
+    result = classify_run(ws, args.dataset, model=model, clf=args.clf, region=args.region,
+                          protocol=args.protocol, tune_threshold=args.tune_threshold,
+                          balance=args.balance, class_weight=args.class_weight, seed=args.seed,
+                          n_jobs=args.jobs, table=load_table(args), aus=args.aus,
+                          progress=not args.quiet, lstm=lstm, scheduler=args.scheduler)
+    print(format_result(result))
+    return 0

@@ -1,0 +1,108 @@
+"""``featbench data synth|info|show``: make, describe and look at a data set."""
+
+from featbench.app.commands._common import add_dataset_args, load_table, print_json, workspace_of
+
+
+def add_parser(sub):
+    p = sub.add_parser("data", help="make, describe and look at data sets",
+                       description="Make the embedded synthetic data set, count a data set's "
+                                   "frames and labels, or draw a contact sheet of it.")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+
+    s = dsub.add_parser("synth", help="generate the embedded synthetic data set",
+                        description="Generate a synthetic face-video data set with known AU labels, "
+                                    "deterministic for a seed (same seed, same bytes).")
+    s.add_argument("--root", default=None, metavar="DIR",
+                   help="where to write it (default: data/synth, data/synth-affwild2 or "
+                        "data/synth-expression in the workspace, by layout)")
+    s.add_argument("--subjects", type=int, default=27, metavar="N", help="subjects (default: 27, as DISFA)")
+    s.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="frames per subject or video (default: the layout's default)")
+    s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    s.add_argument("--layout", choices=("disfa", "affwild2", "expression"), default="disfa",
+                   help="on-disk layout: DISFA's (default), ABAW3's AU track, or a posed-expression set")
+    s.add_argument("--force", action="store_true", help="replace an existing data set at --root")
+    s.set_defaults(func=_synth)
+
+    i = dsub.add_parser("info", help="subjects, frames, positives per AU and what was skipped",
+                        description="Read a data set and print its subjects, labelled frames, "
+                                    "positives per AU, frames per split of the protocol, and what "
+                                    "was skipped and why.")
+    add_dataset_args(i)
+    i.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    i.set_defaults(func=_info)
+
+    w = dsub.add_parser("show", help="contact sheet (PNG) of sample frames with their active AUs")
+    add_dataset_args(w)
+    w.add_argument("--out", default=None, metavar="FILE.png",
+                   help="output PNG (default: results/<dataset>/contact_sheet.png)")
+    w.add_argument("--n", type=int, default=24, metavar="N", help="frames on the sheet (default: 24)")
+    w.add_argument("--seed", type=int, default=0, metavar="S", help="which frames are drawn (default: 0)")
+    w.set_defaults(func=_show)
+
+
+def _synth(args):
+    import time
+
+    from featbench.core.datasets import SYNTH_LAYOUTS
+    from featbench.core.synth import generate_dataset
+
+    name = {v: k for k, v in SYNTH_LAYOUTS.items()}[args.layout]
+    root = args.root or workspace_of(args).data_dir(name)
+    from pathlib import Path
+
+    root = Path(root)
+    t0 = time.perf_counter()
+    # --force replaces only a folder the generator made, and only once the new set is complete
+    generate_dataset(root, layout=args.layout, subjects=args.subjects, frames=args.frames,
+                     seed=args.seed, overwrite=args.force)
+    print(f"wrote {args.layout}-layout synthetic data set ({args.subjects} subjects, seed {args.seed}) "
+          f"to {root} in {time.perf_counter() - t0:.1f} s")
+
+
+def _info(args):
+    from featbench.core.errors import UsageError
+    from featbench.core.splits import make_splits
+
+    table = load_table(args)
+    info = table.summary()
+    try:
+        split = make_splits(table, "own" if table.frames["split"].ne("").any() else "paper")[0]
+        labelled = table.labelled_mask()
+        info["split"] = {part: {"subjects": len(getattr(split, part)),
+                                "frames": int((split.mask(table, part) & labelled).sum())}
+                         for part in ("train", "validation", "test")}
+    except UsageError:
+        pass
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"{info['dataset']} at {info['root']}")
+    print(f"  subjects   {len(info['subjects'])}: {' '.join(info['subjects'][:12])}"
+          f"{' ...' if len(info['subjects']) > 12 else ''}")
+    print(f"  frames     {info['frames']} with labels ({info['frames_total']} in the table, "
+          f"{info['videos']} videos)")
+    if "split" in info:
+        print("  split      " + ", ".join(f"{k} {v['subjects']} subjects / {v['frames']} frames"
+                                         for k, v in info["split"].items()))
+    if info["positives"]:
+        print("  positives  " + "  ".join(f"{au} {n}" for au, n in info["positives"].items()))
+    for note, value in table.notes.items():
+        print(f"  {note.replace('_', ' ')}  {value}")
+    if info["skipped"]:
+        for reason, n in info["skipped"].items():
+            print(f"  skipped    {n:>7}  {reason}")
+    else:
+        print("  skipped    nothing")
+    return 0
+
+
+def _show(args):
+    from featbench.core.synth import contact_sheet
+
+    table = load_table(args)
+    out = args.out or workspace_of(args).results_dir(args.dataset) / "contact_sheet.png"
+    path = contact_sheet(table, out, n=args.n, seed=args.seed)
+    print(f"wrote {path}")
+    return 0

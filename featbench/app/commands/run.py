@@ -1,0 +1,56 @@
+"""``featbench run``: data → align → extract → classify → ensemble → report in one command."""
+
+from featbench.app.commands._common import workspace_of
+
+DESCRIPTION = """\
+Run Method A's frozen-feature protocol end to end, skipping what is already done (an existing
+data set, aligned-face cache, complete feature file, or a classifier run newer than its features).
+
+presets:
+  quick  (default, < 10 min on 2 CPU cores) hog, dlib_face, alexnet, cnn_f; svm + lda on full
+         faces; region-based svm + lda for hog and alexnet; ensembles fe and fe+region; the report.
+         CNNs use imagenet weights when cached here or downloadable (verified), else random:0
+         (flagged in the report).
+  paper  every network of the paper with imagenet weights, all fetched before any long work
+         (files that cannot be had are named; --weights random:0 runs it as a random-weight
+         control). Offline clusters: featbench weights fetch --all on a login node, or
+         featbench weights import PATH.
+
+Then read results/<dataset>/report.md (charts beside it) and results/<dataset>/summary.csv.
+"""
+
+
+def add_parser(subparsers):
+    """Register ``featbench run``."""
+    import argparse
+
+    p = subparsers.add_parser("run", help="the whole protocol in one command (then read the report)",
+                              description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=("quick", "paper"), default="quick",
+                   help="quick (default): a handful of networks in minutes; paper: every network")
+    p.add_argument("--dataset", default="synth", metavar="NAME",
+                   help="data set (default: synth, the embedded set, generated on first use)")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="the data set's folder (default: data/<dataset> in the workspace)")
+    p.add_argument("--weights", default=None, metavar="W",
+                   help="weights of every CNN: imagenet, random[:SEED] or a file (default: quick "
+                        "uses imagenet when cached or downloadable, else random:0; paper needs "
+                        "imagenet)")
+    p.add_argument("--protocol", default=None, metavar="P",
+                   help="split protocol of the classifiers: paper (12/6/9, default), literature, "
+                        "kfold:K")
+    p.add_argument("--quiet", action="store_true", help="no stage headers or progress bars")
+    p.set_defaults(func=_run)
+
+
+def _run(args):
+    from featbench.app.pipeline import run_pipeline
+
+    out = run_pipeline(workspace_of(args), preset=args.preset, dataset=args.dataset,
+                       root=args.root, weights=args.weights, protocol=args.protocol,
+                       progress=not args.quiet)
+    if args.quiet:
+        print(f"featbench run --preset {args.preset}: {len(out['runs'])} runs, "
+              f"{len(out['failed'])} failed, {out['elapsed'] / 60:.1f} min; report: {out['report']}")
+    return 0

@@ -1,0 +1,591 @@
+"""``featbench run``: the whole frozen-feature protocol of Method A in one call.
+
+Stages, each skipped when its output is already there:
+
+1. data      the synthetic set is generated when its folder does not exist (real sets: --root)
+2. align     the aligned-face cache (no-op when it matches the frame table)
+3. extract   one feature file per network (a complete file is reused; a partial one resumes)
+4. classify  per-AU classifiers per network / region / classifier (a run whose CSV and
+             predictions are newer than its features and that did not fail is kept), then the
+             preset's fine-tuning runs (``featbench finetune``; kept while newer than the
+             aligned faces) and the classifiers on a fine-tuned network's codes
+5. ensemble  the paper's majority-vote presets
+6. report    ``results/<dataset>/report.md`` and its charts
+
+Presets
+-------
+``quick`` (default; under 10 minutes on 2 CPU cores from an empty workspace)
+    networks ``hog``, ``dlib_face``, ``alexnet``, ``cnn_f``; classifiers ``svm`` and ``lda`` on
+    full faces; region-based (``auto``: each AU's classifier sees its region) SVM and LDA runs for
+    ``hog`` and ``alexnet``; one fine-tuned CNN-F (:data:`QUICK_FINETUNE`: multilabel, 64-pixel
+    faces, 2 epochs); ensembles ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region`` (the
+    fine-tuned CNN-F in place of the weakest frozen member). CNNs use their ``imagenet``
+    weights when these are cached here or can be downloaded (verified), else ``random:0``
+    (said in the output and the report).
+``paper``
+    every network of the paper (AlexNet, ZFNet, CNN-F/M/S, VGG-16, VGG-Face, GoogLeNet,
+    ResNet-50, ResNet-152) with ``imagenet`` weights, SVM and LDA on full faces, region-based
+    runs for VGG-Face and CNN-F; the paper's fine-tuned CNN-F (:data:`PAPER_FINETUNES`: per-AU
+    networks on the whole face with every FC layer re-initialised, per-AU networks on regions
+    with fc6 + fc7 re-initialised, and SVM on the fc6 codes of a fine-tuned CNN-F); ensembles
+    ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region``. Every weight file is
+    fetched before any long work; one that cannot be had stops the run, naming every file; ``weights="random:0"`` runs the whole
+    preset as a random-weight control. ZFNet has no published weights and always runs as a
+    random-init control.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from featbench.core.errors import FeatbenchError, UsageError, WeightsError, did_you_mean
+from featbench.core.identity import WeightsId
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What one ``featbench run`` preset runs.
+
+    Attributes
+    ----------
+    models : tuple of str
+        Networks extracted on full faces and classified with every classifier of ``clfs``.
+    region_models : tuple of str
+        Networks also extracted on the three regions and classified region-based (``auto``).
+    clfs, region_clfs : tuple of str
+        Classifiers on full faces and on regions.
+    ensembles : tuple of str
+        Ensemble presets (:data:`classify.ensemble.PRESETS`).
+    """
+
+    name: str
+    models: tuple
+    region_models: tuple
+    clfs: tuple = ("svm", "lda")
+    region_clfs: tuple = ("svm", "lda")
+    ensembles: tuple = ("fe", "fe+region")
+    #: fall back to random:0 for a CNN whose imagenet weights cannot be had (quick) or refuse (paper)
+    random_fallback: bool = False
+    #: fine-tuning runs (:class:`Finetune`), trained in the classify stage
+    finetunes: tuple = ()
+    #: (model, weights) pairs that override the weights rule for those networks
+    pinned_weights: tuple = ()
+
+    def networks(self):
+        """Every network the preset needs weights for: extracted, region-based, fine-tuned."""
+        return tuple(dict.fromkeys(self.models + self.region_models
+                                   + tuple(ft.model for ft in self.finetunes)))
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One ``featbench finetune`` run of a preset.
+
+    Attributes
+    ----------
+    model : str
+        The network (its weights are the preset's for it: :func:`resolve_weights`).
+    settings : dict
+        Further :class:`classify.finetune.FinetuneConfig` fields (head, reinit, region...).
+    code_clfs : tuple of str
+        Classifiers trained on the fine-tuned network's codes (``featbench extract --weights
+        results/<ds>/models/<run>/model.pt`` gives ``<model>-ft``): the paper's "fc6 codes
+        after fine-tuning + SVM". Needs one network for all AUs (``multilabel``, full face).
+    """
+
+    model: str
+    settings: dict = field(default_factory=dict)
+    code_clfs: tuple = ()
+
+    def config(self, weights, protocol):
+        from classify.finetune import FinetuneConfig
+
+        return FinetuneConfig(**{**self.settings, "model": self.model, "weights": weights,
+                                 "protocol": protocol})
+
+
+#: the paper's fine-tuned CNN-F: per-AU 2-way networks on the whole face with every FC layer
+#: re-initialised, and on regions with fc6 + fc7 re-initialised; and its fc6 codes + SVM, taken
+#: from one multilabel network (a per-AU run is 12 networks, so it has no one set of codes)
+PAPER_FINETUNES = (Finetune("cnn_f", {"reinit": "fc"}),
+                   Finetune("cnn_f", {"region": "auto", "reinit": "fc6-fc7"}),
+                   Finetune("cnn_f", {"head": "multilabel", "reinit": "fc"}, code_clfs=("svm",)))
+
+#: the quick preset's one fine-tuned member, sized for its 10-minute budget on 2 CPU cores:
+#: CNN-F (extracted in the quick run anyway), one multilabel network (12x cheaper than per-AU
+#: ones) on 64-pixel faces, 2 epochs of batches of 64 (3 epochs at 96 px cost 4x as much and
+#: broke the budget)
+QUICK_FINETUNE = Finetune("cnn_f", {"head": "multilabel", "input_size": 64, "epochs": 2,
+                                    "patience": 1, "batch_size": 64})
+
+PRESETS = {
+    # region runs use alexnet, not cnn_f: on 2 CPU cores its codes cost about half (40 vs 75 s
+    # per region of the 3239-frame synth set), and the quick preset has a 10-minute budget
+    "quick": Preset("quick", models=("hog", "dlib_face", "alexnet", "cnn_f"),
+                    region_models=("hog", "alexnet"), random_fallback=True,
+                    ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
+                    finetunes=(QUICK_FINETUNE,)),
+    "paper": Preset("paper", models=("alexnet", "zfnet", "cnn_f", "cnn_m", "cnn_s", "vgg16",
+                                     "vgg_face", "googlenet", "resnet50", "resnet152"),
+                    region_models=("vgg_face", "cnn_f"),
+                    ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
+                    finetunes=PAPER_FINETUNES),
+}
+
+
+def _say(progress, text):
+    if progress:
+        print(text, flush=True)
+
+
+def resolve_weights(preset, weights=None, *, progress=False):
+    """Return ``{model: (weights, note)}`` for the preset's networks, getting their files first.
+
+    Pretrained files missing from the cache are downloaded here (verified; never when offline),
+    before any long work.
+
+    Parameters
+    ----------
+    preset : Preset
+    weights : str, optional
+        ``imagenet``, ``random[:SEED]`` or a file, for every CNN; default: the preset's rule
+        (quick: imagenet when cached or downloadable, else random:0; paper: imagenet).
+    progress : bool
+        Download progress bars.
+
+    Raises
+    ------
+    WeightsError
+        Pretrained weights needed and not to be had: names every missing file and the folder.
+    """
+    from extract.registry import get_spec
+
+    plan, missing = {}, []
+    pinned = dict(preset.pinned_weights)
+    for model in preset.networks():
+        spec = get_spec(model)
+        if spec.kind != "torch" or spec.pretrained == "dlib":  # hog; dlib (shipped)
+            plan[model] = (spec.default_weights, "")
+        elif weights is not None or model in pinned:
+            weights_here = pinned.get(model, weights)
+            plan[model] = (weights_here, "random init, not pretrained"
+                           if WeightsId.parse(weights_here).is_random else "")
+        elif not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
+            plan[model] = (spec.default_weights, "no published weights: random init control")
+        else:
+            plan[model] = _pretrained_or_fallback(spec, preset, missing, progress)
+    if missing:
+        folder = missing[0][0].parent
+        raise WeightsError(
+            f"the {preset.name} preset needs pretrained weights that are not cached and could not "
+            f"be downloaded ({missing[0][1]}): " + ", ".join(p.name for p, _ in missing)
+            + f" (fetch them with 'featbench weights fetch --all' on a connected machine and "
+            f"'featbench weights import' them, or put them in {folder}; or run the preset as a "
+            "random-weight control with --weights random:0)")
+    return plan
+
+
+def _pretrained_or_fallback(spec, preset, missing, progress):
+    """``("imagenet", note)`` once the file is here (downloading it), else the preset's fallback."""
+    from extract.catalog import entry_for
+    from extract.download import fetch, is_offline, where
+
+    entry = entry_for(spec)
+    try:
+        path, _, downloaded = fetch(entry, progress=progress)
+    except WeightsError:
+        why = "offline" if is_offline() else "download failed"
+        if preset.random_fallback:
+            return ("random:0", f"random init, not pretrained ({entry.filename} not cached, {why})")
+        missing.append((where(entry), why))
+        return ("imagenet", "")
+    return ("imagenet", f"pretrained ({path.name} {'downloaded' if downloaded else 'cached'})")
+
+
+def plan_runs(preset):
+    """Return the classifier runs of ``preset`` as (model, region, clf) tuples."""
+    runs = [(m, "full", c) for m in preset.models for c in preset.clfs]
+    runs += [(m, "auto", c) for m in preset.region_models for c in preset.region_clfs]
+    return runs
+
+
+def _run_is_fresh(workspace, dataset, run, features):
+    """A run is kept when its CSV and predictions exist, are newer than its features and it did not fail."""
+    csv = workspace.run_csv(dataset, run)
+    pred = workspace.predictions_path(dataset, run)
+    if not (csv.exists() and pred.exists() and features.exists()):
+        return False
+    if min(csv.stat().st_mtime, pred.stat().st_mtime) < features.stat().st_mtime:
+        return False
+    from featbench.core.results import read_summary_rows
+
+    summary = workspace.summary_csv(dataset)
+    rows = [r for r in read_summary_rows(summary) if r["run"] == run] if summary.exists() else []
+    return bool(rows) and not rows[0].get("error")
+
+
+# --- stages: each plans its steps; one runner runs them; one failure path ----------------------
+def _never():
+    return False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work of a stage.
+
+    Attributes
+    ----------
+    name : str
+        What the step is called in the output (a network, a run name).
+    run : callable
+        ``run()`` does the work and returns the one-line outcome to print (or None).
+    fresh : callable
+        ``fresh()`` is True when the step's output is already there and up to date (kept).
+    records : tuple of (run name, meta)
+        The runs whose ``summary.csv`` row a failure of this step writes (with its error).
+    produces : tuple of str
+        The runs that exist once the step succeeded or was fresh; a step is skipped when one
+        of them already failed (e.g. a classifier run whose features could not be extracted).
+    fatal : bool
+        A failure stops ``featbench run`` (data, align, report: nothing later can go on);
+        otherwise it is recorded and the other steps go on.
+    announce : str
+        Printed as ``- <name> (<announce>)`` before a long step; its outcome follows indented.
+    error_prefix : str
+        Put before the error in the failed runs' rows (``extract alexnet: ``).
+    """
+
+    name: str
+    run: Callable
+    fresh: Callable = _never
+    records: tuple = ()
+    produces: tuple = ()
+    fatal: bool = False
+    announce: str = ""
+    error_prefix: str = ""
+
+
+@dataclass
+class _Context:
+    """What the stages of one ``featbench run`` share: its arguments, plan and outcomes."""
+
+    workspace: object
+    dataset: str
+    root: object
+    preset: Preset
+    protocol: str
+    tag: object
+    wplan: dict
+    progress: bool
+    table: object = None
+    report: object = None
+    seconds: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)
+    done: list = field(default_factory=list)
+
+    def say(self, text):
+        _say(self.progress, text)
+
+    def run_meta(self, model, region, clf, weights=None):
+        """The provenance a failed run's row carries, as a successful run's would."""
+        return {"model": model, "region": region, "clf": clf,
+                "weights": weights or self.wplan[model][0],
+                "protocol": self.protocol, "dataset": self.dataset}
+
+
+def _data_steps(ctx):
+    from featbench.core.datasets import load_dataset
+
+    def run():
+        ctx.table = load_dataset(ctx.dataset, root=ctx.root, workspace=ctx.workspace,
+                                 generate=True, progress=ctx.progress)
+        t = ctx.table
+        return (f"{len(t.frames)} frames, {len(t.subjects)} subjects, {int(t.labelled_mask().sum())} "
+                f"labelled, AUs {', '.join(t.aus)}")
+
+    return ctx.dataset, [Step(ctx.dataset, run, fatal=True)]
+
+
+def _align_steps(ctx):
+    from featbench.core.align import ensure_aligned
+
+    def run():
+        return str(ensure_aligned(ctx.table, ctx.workspace, progress=ctx.progress))
+
+    return "", [Step("aligned faces", run, fatal=True)]
+
+
+def _extract_steps(ctx):
+    from extract.extractor import extract_features
+
+    from featbench.core.identity import RunKey
+
+    spec, steps = ctx.preset, []
+    models = list(dict.fromkeys(spec.models + spec.region_models))
+    for model in models:
+        w, note = ctx.wplan[model]
+        region = "all" if model in spec.region_models else "full"
+        records = tuple((str(RunKey(m, r, c, ctx.tag or ())), ctx.run_meta(m, r, c))
+                        for m, r, c in plan_runs(spec) if m == model)
+
+        def run(model=model, region=region, w=w):
+            extract_features(ctx.table, ctx.workspace, model, region=region, weights=w,
+                             progress=ctx.progress)
+
+        steps.append(Step(model, run, records=records, error_prefix=f"extract {model}: ",
+                          announce=f"weights {w}{'; ' + note if note else ''}; regions {region}"))
+    return f"{len(models)} networks", steps
+
+
+def _classify_steps(ctx):
+    from classify.run import classify_run
+
+    from featbench.core.identity import RunKey
+
+    steps = []
+    for model, region, clf in plan_runs(ctx.preset):
+        name = str(RunKey(model, region, clf, ctx.tag or ()))
+        features = ctx.workspace.features_path(ctx.dataset, model)
+
+        def run(model=model, region=region, clf=clf):
+            out = classify_run(ctx.workspace, ctx.dataset, model=model, clf=clf, region=region,
+                               protocol=ctx.protocol, table=ctx.table, progress=ctx.progress)
+            return f"mean F1 {out['mean']['f1']:.3f} ({out['seconds']:.0f}s)"
+
+        def fresh(name=name, features=features):
+            return _run_is_fresh(ctx.workspace, ctx.dataset, name, features)
+
+        steps.append(Step(name, run, fresh=fresh, produces=(name,),
+                          records=((name, ctx.run_meta(model, region, clf)),)))
+    for ft in ctx.preset.finetunes:
+        steps += _finetune_steps(ctx, ft)
+    return f"{len(steps)} runs", steps
+
+
+def _finetune_steps(ctx, ft):
+    """One preset fine-tuning run (kept while newer than the aligned faces), then its codes' runs."""
+    from classify.finetune import finetune_run, finetune_run_name
+
+    w, note = ctx.wplan[ft.model]
+    config = ft.config(w, ctx.protocol)
+    name = finetune_run_name(config, ctx.table)
+    meta = {**ctx.run_meta(ft.model, config.region, "ft"), "head": config.head,
+            "reinit": config.reinit}
+
+    def run():
+        out = finetune_run(ctx.workspace, ctx.dataset, config, table=ctx.table,
+                           progress=ctx.progress)
+        return (f"mean F1 {out['mean']['f1']:.3f} ({out['meta']['input_size']} px, "
+                f"{out['seconds']:.0f}s)")
+
+    def fresh():
+        return (_run_is_fresh(ctx.workspace, ctx.dataset, name,
+                              ctx.workspace.aligned_path(ctx.dataset))
+                and _same_settings(ctx.workspace.models_dir(ctx.dataset, name), config))
+
+    announce = (f"fine-tune: {config.head} head, reinit {config.reinit}, {config.epochs} epochs, "
+                f"weights {w}{'; ' + note if note else ''}")
+    step = Step(name, run, fresh=fresh, produces=(name,), records=((name, meta),),
+                announce=announce)
+    return [step] + [_ft_codes_step(ctx, ft, name, clf) for clf in ft.code_clfs]
+
+
+def _same_settings(models_dir, config):
+    """True when the run in ``models_dir`` was trained with ``config`` (the device aside): other
+    weights, epochs or input size retrain it, as new codes redo a classifier run."""
+    import json
+    from dataclasses import asdict
+
+    try:
+        saved = json.loads((models_dir / "settings.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    now = json.loads(json.dumps(asdict(config), default=str))
+    return {k: v for k, v in saved.items() if k != "device"} == {k: v for k, v in now.items() if k != "device"}
+
+
+def _ft_codes_step(ctx, ft, ft_run, clf):
+    """``clf`` on the codes of the fine-tuned network of ``ft_run`` (``<model>-ft`` features)."""
+    from classify.run import classify_run
+    from extract.extractor import extract_features
+
+    from featbench.core.identity import RunKey
+
+    codes = f"{ft.model}-ft"
+    name = str(RunKey(codes, "full", clf, ctx.tag or ()))
+    model_file = ctx.workspace.models_dir(ctx.dataset, ft_run) / "model.pt"
+    features = ctx.workspace.features_path(ctx.dataset, codes)
+
+    def run():
+        if ft_run not in ctx.done or not model_file.exists():
+            raise FeatbenchError(f"{model_file}: the fine-tuning run {ft_run} did not leave one "
+                                 "network (multilabel, full face), so it has no codes")
+        # codes older than the network were made by an earlier training of this run: replaced
+        stale = features.exists() and features.stat().st_mtime < model_file.stat().st_mtime
+        extract_features(ctx.table, ctx.workspace, ft.model, weights=str(model_file), name=codes,
+                         overwrite=stale, progress=ctx.progress)
+        out = classify_run(ctx.workspace, ctx.dataset, model=codes, clf=clf, region="full",
+                           protocol=ctx.protocol, table=ctx.table, progress=ctx.progress)
+        return f"mean F1 {out['mean']['f1']:.3f} ({out['seconds']:.0f}s)"
+
+    def fresh():
+        return (model_file.exists() and features.exists()
+                and features.stat().st_mtime >= model_file.stat().st_mtime
+                and _run_is_fresh(ctx.workspace, ctx.dataset, name, features))
+
+    return Step(name, run, fresh=fresh, produces=(name,),
+                records=((name, ctx.run_meta(codes, "full", clf, f"finetuned:{ft_run}")),),
+                announce=f"{clf} on the codes of the fine-tuned {ft_run}")
+
+
+def _ensemble_steps(ctx):
+    from classify.ensemble import ensemble_run
+    from featbench.core.identity import RunKey
+
+    steps = []
+    for ens in ctx.preset.ensembles:
+        def run(ens=ens):
+            out = ensemble_run(ctx.workspace, ctx.dataset, preset=ens, tag=ctx.tag)
+            ctx.done.append(out["run"])
+            notes = "".join(f"note: {n}\n  " for n in out["notes"])
+            return (f"{notes}{out['run']} = vote of {', '.join(out['members'])}: "
+                    f"mean F1 {out['mean_f1']:.3f}")
+
+        name = str(RunKey(f"ensemble-{ens}", "mixed", "vote", ctx.tag or ()))
+        meta = {"model": f"ensemble-{ens}", "region": "mixed", "clf": "vote",
+                "protocol": ctx.protocol, "dataset": ctx.dataset}
+        steps.append(Step(f"ensemble {ens}", run, records=((name, meta),)))
+    return ", ".join(ctx.preset.ensembles), steps
+
+
+def _report_steps(ctx):
+    from featbench.app.report import make_report
+
+    def run():
+        ctx.report = make_report(ctx.workspace, ctx.dataset)
+
+    return "", [Step("report", run, fatal=True)]
+
+
+#: the stages of ``featbench run``, in order: each returns (header detail, steps)
+STAGES = (("data", _data_steps), ("align", _align_steps), ("extract", _extract_steps),
+          ("classify", _classify_steps), ("ensemble", _ensemble_steps), ("report", _report_steps))
+
+
+def _record_failure(ctx, step, exc):
+    """The one failure path: say it, and write each affected run's row with its error."""
+    from featbench.core.results import record_failure
+
+    # a FeatbenchError is bad input; anything else (a torch error in one network) is a bug,
+    # kept with its type so the report's failed-runs table says what to fix
+    msg = str(exc) if isinstance(exc, FeatbenchError) else f"{type(exc).__name__}: {exc}"
+    ctx.say(f"  failed: {msg}" if step.announce else f"- {step.name}: failed: {msg}")
+    for run, meta in step.records:
+        record_failure(ctx.workspace, ctx.dataset, run, f"{step.error_prefix}{msg}", meta=meta)
+        ctx.failed.append((run, msg))
+
+
+def _run_step(ctx, stage, step):
+    failed = {r for r, _ in ctx.failed}
+    if any(r in failed for r in step.produces):
+        return
+    if step.fresh():
+        ctx.say(f"- {step.name}: up to date, kept")
+        ctx.done.extend(step.produces)
+        return
+    if step.announce:
+        ctx.say(f"- {step.name} ({step.announce})")
+    t = time.perf_counter()
+    try:
+        outcome = step.run()
+    except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
+        if step.fatal:
+            raise
+        _record_failure(ctx, step, exc)
+        return
+    ctx.seconds[f"{stage} {step.name}"] = time.perf_counter() - t
+    if outcome:
+        ctx.say(f"  {outcome}" if step.announce else f"- {step.name}: {outcome}")
+    ctx.done.extend(step.produces)
+
+
+def _run_stage(ctx, i, stage, plan):
+    t = time.perf_counter()
+    detail, steps = plan(ctx)
+    ctx.say(f"\n== [{i}/{len(STAGES)}] {stage}{': ' + detail if detail else ''} ==")
+    for step in steps:
+        _run_step(ctx, stage, step)
+    ctx.seconds[stage] = time.perf_counter() - t
+
+
+def _print_summary(ctx, elapsed):
+    from featbench.core.identity import WeightsId
+    from featbench.app.report import headline
+
+    print("\n" + headline(ctx.workspace, ctx.dataset))
+    print(f"\nfeatbench run --preset {ctx.preset.name}: {len(ctx.done)} runs, {len(ctx.failed)} failed, "
+          f"{elapsed / 60:.1f} min (" + ", ".join(f"{k} {ctx.seconds[k]:.0f}s" for k, _ in STAGES) + ")")
+    random = [m for m, (w, _) in ctx.wplan.items() if WeightsId.parse(w).is_random]
+    if random:
+        print(f"note: {', '.join(random)} ran with random weights (random init, not "
+              "pretrained): a control, not the paper's networks")
+    print(f"summary: {ctx.workspace.summary_csv(ctx.dataset)}")
+    print(f"report:  {ctx.report} (charts beside it)")
+
+
+def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weights=None,
+                 protocol=None, progress=True):
+    """Run data → align → extract → classify → ensemble → report, skipping what is done.
+
+    Parameters
+    ----------
+    workspace : Workspace
+    preset : {"quick", "paper"} or Preset
+        A name of :data:`PRESETS`, or a :class:`Preset` of your own.
+    dataset : str
+        Default ``synth`` (generated on first use).
+    root : str or Path, optional
+        The data set's folder (real data sets).
+    weights : str, optional
+        Weights for every CNN (``random:0`` runs the preset as a random-weight control);
+        default: see the module docstring.
+    protocol : str, optional
+        Split protocol for the classifiers (their default when None: the paper's 12/6/9).
+    progress : bool
+        Print stage headers and progress bars.
+
+    Returns
+    -------
+    dict
+        ``report`` (Path), ``summary`` (Path), ``runs`` (list of run names), ``failed`` (list
+        of (run, error)), ``weights`` ({model: weights}), ``seconds`` ({stage: s}), ``elapsed``.
+
+    Raises
+    ------
+    UsageError
+        Unknown preset.
+    WeightsError
+        ``paper`` without cached weights (before any long work).
+    """
+    from classify.run import run_tag
+
+    if isinstance(preset, Preset):
+        spec = preset
+    elif preset in PRESETS:
+        spec = PRESETS[preset]
+    else:
+        raise UsageError(did_you_mean(str(preset), PRESETS, what="preset"))
+    t0 = time.perf_counter()
+    protocol = protocol or "paper"
+    ctx = _Context(workspace, dataset, root, spec, protocol,
+                   tag=run_tag(protocol=protocol),  # runs of another protocol carry its tag
+                   wplan=resolve_weights(spec, weights, progress=progress),  # files fetched first
+                   progress=progress)
+    for i, (stage, plan) in enumerate(STAGES, 1):
+        _run_stage(ctx, i, stage, plan)
+    elapsed = time.perf_counter() - t0
+    if progress:
+        _print_summary(ctx, elapsed)
+    return {"report": ctx.report, "summary": workspace.summary_csv(dataset), "runs": ctx.done,
+            "failed": ctx.failed, "weights": {m: w for m, (w, _) in ctx.wplan.items()},
+            "seconds": ctx.seconds, "elapsed": elapsed}

@@ -1,0 +1,592 @@
+"""``featbench predict``: apply a trained run to a user's own videos and images.
+
+Per frame: decode (:mod:`featbench.core.footage`) -> detect faces and fit 68 landmarks with dlib
+(``hog`` or the MMOD ``cnn`` detector) -> the alignment and region crops every run was trained
+on (:func:`featbench.core.faces.align_face`, :func:`featbench.core.align.region_crops`) -> the run's
+network with the run's weights -> its scalers, classifiers and thresholds
+(:class:`featbench.apply.runmodel.RunModel`).
+
+A fine-tuned (``ft``) or transfer run carries its trained network, which stands where the
+encoder stands and whose outputs are the scores (:mod:`featbench.apply.netmodels`).
+
+Streaming: decoding runs in one background thread, detection in two more (dlib and OpenCV
+release the GIL), and the main thread encodes and classifies batches of faces while the next
+frames are being decoded and detected. Every queue is bounded, so a long video runs in constant
+memory; rows are appended to the CSV batch by batch. A bidirectional LSTM looks ahead: its
+batches are windows of ``window`` frames (:class:`featbench.apply.runmodel.LSTMScorer`).
+
+Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
+
+    frame, face_id, timestamp, confidence, success, AU01_c ... AU26_c, AU01_p ... AU26_p, input
+
+``frame`` is 1-based within its input, ``timestamp`` in seconds, ``confidence`` the face
+detector's score (0 without a face), ``success`` 1 when a face was found and classified.
+``AUxx_c`` is the run's 0/1 decision, ``AUxx_p`` its score (the classifier's decision function;
+the decision is ``score > threshold``, thresholds in the sidecar). A frame without a face is a
+row with ``success = 0`` and empty AU columns; it is never dropped. The sidecar JSON beside the
+CSV names the run, its network(s) and weights (random weights flagged as such), the
+thresholds, the detector and the featbench version.
+
+Faces: the largest face of each frame (``face_id`` 0), or with ``all_faces`` every face, each
+with a ``face_id`` that follows it from frame to frame (boxes matched by overlap).
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featbench.core.errors import UsageError, WeightsError
+from featbench.core.identity import WeightsId
+
+#: faces encoded and classified together
+DEFAULT_BATCH = 32
+#: a face keeps its face_id when its box overlaps the previous frame's by at least this IoU
+TRACK_IOU = 0.3
+COLUMNS_HEAD = ("frame", "face_id", "timestamp", "confidence", "success")
+
+
+# --- the network(s) a run reads ------------------------------------------------------------------
+def open_encoder(model, weights, *, run, device="auto", weights_file=None, input_size=None):
+    """Build the encoder that reproduces the codes ``run`` was trained on.
+
+    Parameters
+    ----------
+    model : str
+        The network's registry name.
+    weights : str
+        The identity stored with the run's codes (``WeightsId`` string form).
+    run : str
+        The run's name (for messages).
+    device : str
+    weights_file : str, optional
+        The state dict, for a run whose codes came from a user's weights file (identity
+        ``file sha256:...``) or a fine-tuned network's (``finetuned:<run> sha256:...``): it is
+        checked against that hash.
+    input_size : int, optional
+        The face side the codes were extracted at (``featbench extract --input-size``).
+
+    Raises
+    ------
+    WeightsError
+        The weights cannot be found or are not the ones the run's codes came from; the message
+        names the run and the weights.
+    """
+    from extract.encoders import create_encoder
+    from extract.registry import get_spec
+
+    wid = WeightsId.parse(weights)
+    what = f"run {run} was trained on codes of {model} with weights {str(wid)!r}"
+    choice = _weights_choice(wid, get_spec(model), what, weights_file)
+    try:
+        encoder = create_encoder(model, weights=choice, device=device, input_size=input_size)
+    except WeightsError as exc:
+        raise WeightsError(f"{what}, which cannot be loaded here: {exc}") from None
+    got = WeightsId.parse(encoder.weights_id)
+    if ":" not in wid.name:  # stored before identities carried the tag (imagenet): the same file
+        got = WeightsId(got.kind, got.name.partition(":")[0], got.seed, got.sha256)
+    if wid.kind == "finetuned" and got.kind in ("file", "finetuned"):
+        same = got.sha256 == wid.sha256 or not wid.sha256  # the same file, wherever it lies
+    else:
+        same = (got.kind, got.name, got.seed) == (wid.kind, wid.name, wid.seed)
+    if not same:
+        raise WeightsError(f"{what}, but here they load as {str(got)!r}")
+    return encoder
+
+
+def _weights_choice(wid, spec, what, weights_file):
+    """The ``--weights`` value that loads ``wid`` here (checked against its sha256)."""
+    from extract.weights import file_sha256, pretrained_path
+
+    if wid.kind == "none":
+        return None
+    if wid.kind == "random":
+        return f"random:{wid.seed}"
+    if wid.kind == "pretrained":
+        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> --weights IMAGENET1K_V2
+        path, cached = pretrained_path(spec, tag or None)
+        if wid.sha256 and cached and file_sha256(path) != wid.sha256:
+            raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
+        return "dlib" if spec.pretrained == "dlib" else (tag or "imagenet")
+    if weights_file is None:  # file / finetuned
+        where = (f" (featbench finetune / transfer run {wid.name} is not in this workspace)"
+                 if wid.kind == "finetuned" else "")
+        raise WeightsError(f"{what}, a file that is not given here{where}: pass the same file "
+                           "with --weights PATH")
+    if wid.sha256 and file_sha256(weights_file) != wid.sha256:
+        raise WeightsError(f"{what}, but {weights_file} is another file (sha256 differs)")
+    return str(weights_file)
+
+
+def finetuned_file(workspace, wid):
+    """Return the file of ``finetuned:<run> sha256:...`` weights in ``workspace``, or None.
+
+    A fine-tuned network's codes (``featbench extract --weights results/<ds>/models/<run>/
+    model.pt``) name the run that trained it; its ``.pt`` files are searched for the hash.
+    """
+    from extract.weights import file_sha256
+
+    if workspace is None or wid.kind != "finetuned":
+        return None
+    folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
+    for path in sorted(p for f in folders for p in f.glob("*.pt")):
+        if not wid.sha256 or file_sha256(path) == wid.sha256:
+            return path
+    return None
+
+
+# --- faces in frames -----------------------------------------------------------------------------
+@dataclass
+class _Face:
+    box: tuple
+    confidence: float
+    image: object  # aligned (S, S, 3) uint8
+    boxes: object  # (3, 4) region boxes
+    face_id: int = 0
+
+
+@dataclass
+class _Item:
+    frame: object  # footage.Frame, image dropped once detected
+    faces: list = field(default_factory=list)
+
+
+def _detect(frame, *, detector, all_faces, size):
+    """Faces of one frame, aligned as ``featbench align`` aligns them (runs in a worker thread)."""
+    from featbench.core import faces as F
+
+    found = []
+    if frame.image is not None:
+        for box, conf, lm in F.detect_faces(frame.image, detector=detector, all_faces=all_faces):
+            try:
+                face, M = F.align_face(frame.image, lm, size=size)
+                boxes = F.region_boxes(F.transform_points(lm, M), image_size=size)
+            except ValueError:  # degenerate landmarks: not a usable face
+                continue
+            found.append(_Face(box, conf, face, boxes))
+    frame.image = None  # the frame is not needed any more: keep memory flat
+    return _Item(frame, found)
+
+
+def _iou(a, b):
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class _Tracker:
+    """Give each face a face_id that follows it: greedy matching of boxes by overlap."""
+
+    def __init__(self):
+        self.sequence, self.prev, self.next_id = None, [], 0
+
+    def assign(self, item):
+        if item.frame.sequence != self.sequence:  # another input: start over
+            self.sequence, self.prev, self.next_id = item.frame.sequence, [], 0
+        pairs = sorted(((_iou(f.box, box), i, fid) for i, f in enumerate(item.faces)
+                        for fid, box in self.prev), reverse=True)
+        taken_f, taken_id = set(), set()
+        for iou, i, fid in pairs:
+            if iou < TRACK_IOU or i in taken_f or fid in taken_id:
+                continue
+            item.faces[i].face_id = fid
+            taken_f.add(i)
+            taken_id.add(fid)
+        for i, f in enumerate(item.faces):
+            if i not in taken_f:
+                f.face_id, self.next_id = self.next_id, self.next_id + 1
+        self.prev = [(f.face_id, f.box) for f in item.faces]
+
+
+# --- the run -------------------------------------------------------------------------------------
+def _columns(aus):
+    return (list(COLUMNS_HEAD) + [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["input"])
+
+
+def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
+    """Return ``{(network, weights): encoder}`` of every network ``model`` reads.
+
+    A fine-tuned or transfer run carries its trained network (:mod:`featbench.apply.netmodels`);
+    a classify run's network is built from its name and weights identity (:func:`open_encoder`),
+    a fine-tuned network's file found in ``workspace`` or carried by an exported model.
+    """
+    import tempfile
+
+    out = {}
+    for key in model.networks():
+        own = model.network_for(key)
+        if own is not None:
+            out[key] = own.open(device)
+            continue
+        blob = model.weights_blob(key[1])
+        kw = dict(run=model.run, device=device, input_size=model.input_size_for(key))
+        if blob is None:
+            found = finetuned_file(workspace, WeightsId.parse(key[1]))
+            out[key] = open_encoder(*key, weights_file=found or weights_file, **kw)
+            continue
+        with tempfile.TemporaryDirectory(prefix="featbench-weights-") as tmp:
+            path = Path(tmp) / "weights.pt"
+            path.write_bytes(blob)
+            out[key] = open_encoder(*key, weights_file=path, **kw)
+    return out
+
+
+def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAULT_BATCH):
+    """Return ``(scores, decisions)`` of aligned faces: crops, the run's network(s), its classifiers.
+
+    Parameters
+    ----------
+    model : RunModel
+    encoders : dict
+        :func:`open_encoders`'s.
+    images : ndarray (n, S, S, 3) uint8
+        Aligned faces (``featbench align``'s).
+    boxes : ndarray (n, 3, 4)
+        Their region boxes.
+    tracks : list, optional
+        Per face, ``(track key, frame number)`` (sequence models).
+    batch_size : int
+        Faces encoded at once (a bidirectional LSTM's window is scored whole, encoded in parts).
+    """
+    codes = encode_faces(model, encoders, images, boxes, batch_size=batch_size)
+    scores, decisions, _ = model.score(codes, tracks=tracks)
+    return scores, decisions
+
+
+def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
+    """Return ``{(network, weights, region): codes}`` of aligned faces, as the run's codes were made.
+
+    Each encoder gets the crops its run was trained on: a region's crop at the network's input
+    size, the full face as aligned (the network resizes it), unless the encoder says otherwise
+    (``crop_size``: a fine-tuned network's faces were resized to its input size first).
+    """
+    from featbench.core.align import region_crops
+
+    codes = {}
+    for (net, weights), regions in model.networks().items():
+        enc = encoders[(net, weights)]
+        for region in sorted(regions):
+            size = (enc.crop_size(region) if hasattr(enc, "crop_size")
+                    else None if region == "full" else enc.input_size)
+            parts = [np.asarray(enc(region_crops(images[a:a + batch_size], boxes[a:a + batch_size],
+                                                 region, size)), dtype=np.float32)
+                     for a in range(0, len(images), batch_size)]
+            codes[(net, weights, region)] = np.concatenate(parts)
+    return codes
+
+
+def _batch_table(items, model, encoders, aus, batch_size=DEFAULT_BATCH):
+    """Encode and classify the faces of ``items``; return their rows as a DataFrame."""
+    import pandas as pd
+
+    faces = [f for it in items for f in it.faces]
+    k = len(aus)
+    if faces:
+        tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
+        scores, decisions = score_faces(model, encoders, np.stack([f.image for f in faces]),
+                                        np.stack([f.boxes for f in faces]), tracks,
+                                        batch_size=batch_size)
+    else:
+        scores, decisions = np.zeros((0, k), np.float32), np.zeros((0, k), np.int8)
+    rows, j = [], 0
+    for it in items:
+        fr = it.frame
+        if not it.faces:
+            rows.append((fr.frame, 0, fr.timestamp, 0.0, 0) + (None,) * (2 * k) + (fr.source,))
+            continue
+        for f in it.faces:
+            rows.append((fr.frame, f.face_id, fr.timestamp, f.confidence, 1)
+                        + tuple(int(v) for v in decisions[j])
+                        + tuple(None if np.isnan(v) else float(v) for v in scores[j])
+                        + (fr.source,))
+            j += 1
+    df = pd.DataFrame(rows, columns=_columns(aus))
+    for a in aus:
+        df[f"{a}_c"] = df[f"{a}_c"].astype("Int8")
+        df[f"{a}_p"] = df[f"{a}_p"].astype("float64")
+    return df
+
+
+def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
+    """Return the :class:`~featbench.apply.runmodel.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
+    from featbench.apply.runmodel import load_model_file, load_run
+
+    if (run is None) == (model_file is None):
+        raise UsageError("give either --run RUN (or best) or --model FILE")
+    if model_file is not None:
+        return load_model_file(model_file)
+    return load_run(workspace, dataset, run)
+
+
+def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth", out=None,
+            plot=None, detector="hog", all_faces=False, device="auto", batch_size=DEFAULT_BATCH,
+            weights_file=None, window=None, progress=True):
+    """Apply a trained run to videos and images; return the per-frame table.
+
+    Parameters
+    ----------
+    inputs : str, path or list of them
+        Videos, images, folders of images, globs (:func:`featbench.core.footage.list_sources`).
+    run : str, optional
+        A run of ``workspace`` (``alexnet__full__svm``...) or ``best`` (highest mean F1 of
+        summary.csv).
+    model_file : str, optional
+        A file written by ``featbench export`` (instead of ``run``).
+    workspace : str or Workspace
+    dataset : str
+        The data set the run was trained on.
+    out : str or path, optional
+        The CSV to write (and ``<out>.json`` beside it). None: nothing is written.
+    plot : str or path, optional
+        A PNG timeline of the AU decisions and scores.
+    detector : {"hog", "cnn"}
+    all_faces : bool
+        Every face of a frame, tracked (default: the largest only).
+    device : {"auto", "cpu", "cuda"}
+    batch_size : int
+        Faces encoded at once.
+    weights_file : str, optional
+        The weights file of a run trained on a user's state dict.
+    window : int, optional
+        Frames a bidirectional LSTM sees at once (default
+        :data:`featbench.apply.runmodel.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
+    progress : bool
+        A progress bar in frames on stderr.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of the CSV (columns in the module docstring); ``df.attrs`` holds the run, the
+        weights, the sidecar's content and the one-line ``summary``.
+    """
+    from featbench import __version__
+    from featbench.core import footage
+
+    t0 = time.perf_counter()
+    model, size = _prepare(run=run, model_file=model_file, workspace=workspace, dataset=dataset,
+                           detector=detector, batch_size=batch_size, window=window)
+    sources = footage.list_sources(inputs)
+    encoders = open_encoders(model, device=device, weights_file=weights_file,
+                             workspace=None if model_file else _workspace(workspace))
+    total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
+    writer = _CsvWriter(out, _columns(model.aus)) if out is not None else None
+    try:
+        table, stats = _stream(sources, model, encoders, writer, detector=detector, size=size,
+                               all_faces=all_faces, batch_size=int(batch_size), total=total,
+                               progress=progress)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    seconds = time.perf_counter() - t0
+    sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, __version__)
+    if writer is not None:
+        writer.close()
+        from featbench.core.workspace import atomic_write_text
+
+        atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+    if plot is not None:
+        plot_timeline(table, model.aus, plot, title=f"{model.describe()}")
+    summary = (f"{stats['frames']} frames ({stats['with_face']} with a face, {stats['faces']} faces) "
+               f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
+               f"frames/s) with {model.describe()}"
+               + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else ""))
+    table.attrs.update({"run": model.run, "summary": summary, "sidecar": sidecar})
+    return table
+
+
+def _workspace(workspace):
+    from featbench.core.workspace import Workspace
+
+    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+
+
+def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window):
+    """Check the settings, load the run; return it and the side faces are aligned at."""
+    from featbench.core import faces as F
+
+    if detector not in F.DETECTORS:
+        raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS)})")
+    if int(batch_size) < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if window is not None and int(window) < 1:
+        raise UsageError(f"--window must be at least 1 frame (got {window})")
+    model = load_model(run=run, model_file=model_file, workspace=workspace, dataset=dataset)
+    model.reset()  # a sequence model starts every call afresh
+    if window is not None:
+        model.set_window(window)
+    size = int(model.alignment.get("size") or F.CANONICAL_SIZE)
+    _check_alignment(model, size)
+    return model, size
+
+
+def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batch_size, total,
+            progress):
+    """Decode, detect and align in background threads; encode and classify batch by batch.
+
+    Returns the whole table and the counts (frames, frames with a face, faces).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from featbench.core import footage
+    from featbench.core._background import in_background, ordered_map
+
+    def detect(frame):
+        return _detect(frame, detector=detector, all_faces=all_faces, size=size)
+
+    frames = in_background(footage.iter_frames(sources), maxsize=16, name="featbench-decode")
+    items = in_background(ordered_map(detect, frames, threads=2), maxsize=2 * batch_size,
+                          name="featbench-detect")
+    tracker = _Tracker() if all_faces else None
+    tables, stats = [], {"frames": 0, "with_face": 0, "faces": 0}
+    bar = tqdm(total=total or None, desc="predict", unit="frame", disable=not progress or None,
+               dynamic_ncols=True)
+    try:
+        for batch in batches(items, batch_size=batch_size, window=model.window(), tracker=tracker):
+            df = _batch_table(batch, model, encoders, model.aus, batch_size)
+            stats["frames"] += len(batch)
+            stats["with_face"] += sum(1 for it in batch if it.faces)
+            stats["faces"] += sum(len(it.faces) for it in batch)
+            if writer is not None:
+                writer.write(df)
+            tables.append(df)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_columns(model.aus))
+    return table, stats
+
+
+def batches(items, *, batch_size, window=None, tracker=None):
+    """Group detected frames into the batches that are encoded and classified together.
+
+    A batch closes once it holds ``batch_size`` faces, or, with ``window`` (a bidirectional
+    sequence model), once it holds ``window`` frames; the last one at the end of the frames.
+    ``tracker`` (``--all-faces``) gives each face its ``face_id`` first.
+    """
+    batch, n_faces = [], 0
+    for item in items:
+        if tracker is not None:
+            tracker.assign(item)
+        batch.append(item)
+        n_faces += len(item.faces)
+        if (len(batch) >= window) if window else (n_faces >= batch_size):
+            yield batch
+            batch, n_faces = [], 0
+    if batch:
+        yield batch
+
+
+def _check_alignment(model, size):
+    from featbench.core import faces as F
+
+    al = model.alignment or {}
+    tv = al.get("template_version")
+    if tv is not None and int(tv) != F.TEMPLATE_VERSION:
+        raise UsageError(f"run {model.run} was trained on faces aligned with template version {tv}; "
+                         f"this featbench aligns with version {F.TEMPLATE_VERSION}: retrain the run")
+    if size < 16:
+        raise UsageError(f"run {model.run}: aligned face size {size} is not usable")
+
+
+def sidecar_path(out):
+    """The JSON beside a predictions CSV: ``clip.csv`` -> ``clip.json``."""
+    out = Path(out)
+    return out.with_suffix(".json") if out.suffix.lower() == ".csv" else out.with_name(out.name + ".json")
+
+
+def _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, version):
+    thresholds = None
+    if not model.members and len(model.folds) == 1:
+        thresholds = {a: model.folds[0][a][1] for a in model.aus if a in model.folds[0]}
+    nets = [{"model": m, "weights": w, "weights_described": model.weights_text((m, w)),
+             "random_init": model.random_init((m, w)), "regions": sorted(r),
+             "start_weights": getattr(model.network_for((m, w)), "start_weights", None)}
+            for (m, w), r in model.networks().items()]
+    return {
+        "run": model.run, "dataset": model.dataset, "clf": model.clf, "networks": nets,
+        "members": [m.run for m in model.members], "aus": model.aus,
+        "thresholds": thresholds, "decision": "AUxx_c = AUxx_p > threshold"
+        if thresholds is not None else "AUxx_c: majority vote of the members' decisions",
+        "model_file": str(model_file) if model_file else None,
+        "detector": detector, "all_faces": bool(all_faces),
+        "alignment": model.alignment, "inputs": [str(s) for s in sources], **stats,
+        "seconds": round(seconds, 2), "featbench_version": version,
+        "note": "the run's faces were aligned from "
+                f"{model.alignment.get('landmarks', 'unknown')} landmarks; here from dlib's 68-point fit",
+    }
+
+
+class _CsvWriter:
+    """Append batches of rows to ``<out>`` through a temporary file renamed at the end."""
+
+    def __init__(self, out, columns):
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.with_name(f".{self.out.name}.partial")
+        self.fh = open(self.tmp, "w", newline="")
+        self.fh.write(",".join(columns) + "\n")
+
+    def write(self, df):
+        df.to_csv(self.fh, header=False, index=False, float_format="%.6g", lineterminator="\n")
+
+    def close(self):
+        import os
+
+        self.fh.close()
+        os.replace(self.tmp, self.out)
+
+    def abort(self):
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# --- the timeline --------------------------------------------------------------------------------
+def plot_timeline(table, aus, out, *, title=""):
+    """Draw the AU scores and decisions over time as a PNG (one strip per AU).
+
+    The face with the most rows is shown (with ``--all-faces``, the main face); frames without a
+    face are grey bands. Returns the path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t = table
+    if len(t) and (t["success"] == 1).any():
+        main = t.loc[t["success"] == 1, "face_id"].value_counts().idxmax()
+        t = t[(t["success"] == 0) | (t["face_id"] == main)].drop_duplicates(["input", "frame"])
+    x = np.arange(len(t))
+    fig = Figure(figsize=(11, 0.55 * max(len(aus), 1) + 1.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    nofaces = (t["success"] == 0).to_numpy() if len(t) else np.zeros(0, bool)
+    for i, au in enumerate(aus):
+        base = len(aus) - 1 - i
+        p = t[f"{au}_p"].to_numpy(dtype=float) if len(t) else np.zeros(0)
+        c = t[f"{au}_c"].to_numpy(dtype=float, na_value=np.nan) if len(t) else np.zeros(0)
+        finite = p[np.isfinite(p)]
+        span = np.abs(finite).max() if finite.size and np.abs(finite).max() > 0 else 1.0
+        ax.fill_between(x, base, base + 0.8 * np.nan_to_num(c), step="mid", color="tab:orange",
+                        alpha=0.45, linewidth=0)
+        ax.plot(x, base + 0.4 + 0.4 * p / span, color="tab:blue", linewidth=0.8)
+    for j in np.flatnonzero(nofaces):
+        ax.axvspan(j - 0.5, j + 0.5, color="0.85", zorder=0)
+    ax.set_yticks([len(aus) - 1 - i + 0.4 for i in range(len(aus))])
+    ax.set_yticklabels(aus)
+    ax.set_xlim(-0.5, max(len(t), 1) - 0.5)
+    ax.set_ylim(-0.2, len(aus))
+    ax.set_xlabel("frame (in order of the inputs)" if t["input"].nunique() > 1 else "frame")
+    import textwrap
+
+    title = "\n".join(textwrap.wrap(str(title), 150))  # a vote of several networks is long
+    ax.set_title(f"{title}\norange: AU present (decision); blue: score; grey: no face", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    return out

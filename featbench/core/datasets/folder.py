@@ -1,0 +1,80 @@
+"""Reader of a user's own images described by a CSV manifest.
+
+``<root>/manifest.csv`` (or ``--root`` naming the CSV itself) has the columns ``image`` (a path
+relative to the manifest's folder, or absolute) and ``subject``, then one column per AU in any
+spelling (``AU1``, ``au01``, ``AU01``) holding 1 (present), 0 (absent) or empty / -1
+(unlabelled). Optional columns: ``video``, ``frame``, ``split`` and free-text columns such as
+``expression`` or ``view``, which are kept. Images that do not exist are skipped and counted.
+Such photos have no landmarks: alignment detects them.
+"""
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+from featbench.core.aus import au_name
+from featbench.core.errors import LabelFileError, LayoutError, UsageError
+from featbench.core.frames import BASE_COLUMNS, FrameTable, build_frames
+from featbench.core.datasets._text import parse_label, read_lines
+
+MANIFEST = "manifest.csv"
+
+
+def read_folder(root):
+    """Read a manifest folder into a :class:`FrameTable` (dataset name ``folder``)."""
+    root = Path(root)
+    manifest = root if root.is_file() else root / MANIFEST
+    if not manifest.is_file():
+        raise LayoutError(f"{root}: no {MANIFEST} (expected columns image,subject,AU01,...)")
+    base = manifest.parent
+    reader = csv.DictReader(read_lines(manifest))
+    header = reader.fieldnames or []
+    for col in ("image", "subject"):
+        if col not in header:
+            raise LayoutError(f"{manifest}:1: no {col!r} column (header: {','.join(header)})")
+    au_cols, extra = {}, []
+    for col in header:
+        if col in ("image", "subject") or col in BASE_COLUMNS:
+            continue
+        try:
+            au_cols[col] = au_name(col)
+        except UsageError:
+            extra.append(col)
+    aus = tuple(au_cols.values())
+    rows, skipped, counters, seen = [], Counter(), Counter(), {}
+    for rec in reader:
+        lineno = reader.line_num
+        if None in rec or None in rec.values():
+            n = len(header) - sum(v is None for v in rec.values()) + len(rec.get(None) or ())
+            raise LabelFileError(f"{manifest}:{lineno}: {n} fields, the header has {len(header)}")
+        image = Path(rec["image"].strip())
+        image = image if image.is_absolute() else base / image
+        if not image.is_file():
+            skipped["images missing"] += 1
+            continue
+        subject = rec["subject"].strip()
+        if not subject:
+            raise LabelFileError(f"{manifest}:{lineno}: empty subject")
+        video = (rec.get("video") or "").strip() or subject
+        frame = rec.get("frame")
+        row = {"subject": subject, "video": video, "source": str(image.resolve()),
+               "source_index": -1, "landmark_file": "", "split": (rec.get("split") or "").strip()}
+        try:
+            row["frame"] = int(frame) if frame not in (None, "") else counters[video]
+        except ValueError:
+            raise LabelFileError(f"{manifest}:{lineno}: non-numeric frame {frame!r}") from None
+        counters[video] += 1
+        for col, au in au_cols.items():
+            raw = (rec[col] or "").strip()
+            row[au] = -1 if raw == "" else parse_label(
+                raw, allowed=(-1, 0, 1), where=f"{manifest}:{lineno}: {col}",
+                expect="0, 1 or empty")
+        row.update({c: rec[c] for c in extra})
+        # one image is one frame: listed twice it could land in training and test at once
+        first = seen.setdefault(row["source"], lineno)
+        if first != lineno:
+            raise LabelFileError(f"{manifest}:{lineno}: image {rec['image'].strip()} is already "
+                                 f"listed on line {first} (each image once)")
+        rows.append(row)
+    return FrameTable("folder", root, aus, build_frames(rows, aus, extra=extra), skipped=dict(skipped),
+                      has_intensity=False, pre_aligned=False, landmark_points=0)

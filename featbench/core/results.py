@@ -1,0 +1,270 @@
+"""Result tables: the per-run CSV and the ``summary.csv`` of a data set (DESIGN.md contract).
+
+``results/<dataset>/<run>.csv``
+    one row per AU (``AU01`` ...), then a row ``mean``; columns
+    ``au,f1,accuracy,precision,recall,support,threshold`` first, then extras (``auc``,
+    ``frames``, per-fold spread ``f1_std``...).
+``results/<dataset>/summary.csv``
+    one row per run; columns ``run,model,region,clf,mean_f1,mean_accuracy``, then one
+    ``f1_AUnn`` column per AU, then provenance (``weights``, ``protocol``, ``dataset``,
+    ``mean_auc``, ``created``, ``error``...). Writing a run replaces that run's row and keeps
+    every other row; a failed run is a row with its ``error``, never silently dropped.
+
+Both files are written through a temporary file and renamed, and the summary is updated under
+a lock, so parallel runs never lose each other's rows.
+"""
+
+import datetime as _dt
+import math
+import os
+
+from featbench.core.errors import MissingRunError
+from featbench.core.metrics import nanmean
+from featbench.core.workspace import atomic_path, atomic_write_text, file_lock
+
+#: format of results/<dataset>/predictions/<run>.h5 (see :func:`write_predictions`)
+PREDICTIONS_FORMAT = 1
+RUN_COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
+SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
+#: the mean row averages these over AUs (nan ignored); support is summed
+_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std", "f1_05")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def _csv_text(columns, rows):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_fmt(r.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def run_table(rows):
+    """Return the per-AU rows followed by the ``mean`` row, and the column order.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per AU with at least ``au`` and the metrics of :data:`RUN_COLUMNS`.
+    """
+    extras = []
+    for r in rows:
+        extras += [k for k in r if k not in RUN_COLUMNS and k not in extras]
+    mean = {"au": "mean"}
+    for key in RUN_COLUMNS[1:] + tuple(extras):
+        vals = [r.get(key) for r in rows]
+        if key in ("support", "frames"):
+            mean[key] = int(sum(v for v in vals if v is not None))
+        elif key in _MEANED:
+            mean[key] = nanmean(float(v) for v in vals if v is not None)
+    return list(rows) + [mean], list(RUN_COLUMNS) + extras
+
+
+def write_run(workspace, dataset, run, rows, *, meta):
+    """Write ``results/<dataset>/<run>.csv`` and upsert the run's row in ``summary.csv``.
+
+    Parameters
+    ----------
+    workspace : Workspace
+    dataset : str
+    run : str
+        The run's name (``featbench.core.workspace.run_name``).
+    rows : list of dict
+        Per-AU metrics: ``au``, ``f1``, ``accuracy``, ``precision``, ``recall``,
+        ``support``, ``threshold``, and any extras (``auc``...).
+    meta : dict
+        ``model``, ``region``, ``clf`` (required), and provenance such as ``weights``,
+        ``protocol``: written to the summary row.
+
+    Returns
+    -------
+    Path
+        The per-run CSV.
+    """
+    table, columns = run_table(rows)
+    path = workspace.run_csv(dataset, run)
+    atomic_write_text(path, _csv_text(columns, table))
+    mean = table[-1]
+    row = {"run": run, **{k: meta.get(k) for k in ("model", "region", "clf")},
+           "mean_f1": mean["f1"], "mean_accuracy": mean["accuracy"]}
+    for r in rows:
+        row[f"f1_{r['au']}"] = r["f1"]
+    row["mean_auc"] = mean.get("auc", float("nan"))
+    row.update({k: v for k, v in meta.items() if k not in row})
+    row.setdefault("dataset", dataset)
+    row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
+    row["error"] = ""
+    upsert_summary(workspace, dataset, row)
+    return path
+
+
+def record_failure(workspace, dataset, run, error, *, meta):
+    """Record a failed run as a summary row carrying its ``error`` (metrics nan)."""
+    row = {"run": run, **{k: meta.get(k) for k in ("model", "region", "clf")},
+           "mean_f1": float("nan"), "mean_accuracy": float("nan")}
+    row.update({k: v for k, v in meta.items() if k not in row})
+    row.setdefault("dataset", dataset)
+    row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
+    row["error"] = str(error).replace("\n", " ")
+    upsert_summary(workspace, dataset, row)
+
+
+def upsert_summary(workspace, dataset, row):
+    """Replace (or add) ``row["run"]``'s row in ``summary.csv``, keeping every other row.
+
+    A damaged summary is refused (:func:`read_summary_rows`), never rewritten with its garbage.
+    """
+    path = workspace.summary_csv(dataset)
+    with file_lock(path, what="updating"):
+        rows = [r for r in read_summary_rows(path) if r["run"] != row["run"]] if path.exists() else []
+        rows.append({k: v for k, v in row.items()})
+        f1_cols = sorted({k for r in rows for k in r if k.startswith("f1_AU")})
+        extra = []
+        for r in rows:
+            extra += [k for k in r if k not in SUMMARY_COLUMNS and k not in f1_cols and k not in extra]
+        rows.sort(key=lambda r: r["run"])
+        atomic_write_text(path, _csv_text(list(SUMMARY_COLUMNS) + f1_cols + extra, rows))
+
+
+def read_summary(workspace, dataset):
+    """Return ``summary.csv`` as a pandas DataFrame.
+
+    Raises
+    ------
+    MissingRunError
+        When no run has been recorded for ``dataset`` yet.
+    """
+    import pandas as pd
+
+    path = workspace.summary_csv(dataset)
+    if not path.exists():
+        raise MissingRunError(f"{path}: no results yet for {dataset} (run featbench classify first)")
+    read_summary_rows(path)  # checked line by line first: a damaged file names its line
+    return pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN"])
+
+
+def read_summary_rows(path, *, header=False):
+    """Read and check ``summary.csv``: the one reader of it (classify, ensemble, report, run).
+
+    Returns
+    -------
+    list of dict
+        One per run, every value a string as written.
+    list of str
+        The header, when ``header`` is true.
+
+    Raises
+    ------
+    StoreError
+        Naming the file and line: no header or not a summary header, a row with more or fewer
+        fields than the header, a row without a run name, a run twice, a metric that is not a
+        number (``nan`` and empty are numbers here: undefined).
+    """
+    import csv
+
+    from featbench.core.errors import StoreError
+
+    problem = f"{path}: not featbench's summary.csv"
+    fix = "(move it away, or fix the line: it is rewritten by the next featbench classify)"
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            lines = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{problem}: not UTF-8 text ({exc.reason} at byte {exc.start}) "
+                         f"{fix}") from None
+    except csv.Error as exc:
+        raise StoreError(f"{problem}: {exc} {fix}") from None
+    if not lines or lines[0][:len(SUMMARY_COLUMNS)] != list(SUMMARY_COLUMNS):
+        got = ",".join(lines[0])[:60] if lines else "an empty file"
+        raise StoreError(f"{path}:1: the header must start with {','.join(SUMMARY_COLUMNS)}, got "
+                         f"{got!r} {fix}")
+    head = lines[0]
+    numeric = [i for i, c in enumerate(head)
+               if c in ("mean_f1", "mean_accuracy", "mean_auc") or c.startswith("f1_AU")]
+    rows, seen = [], set()
+    for lineno, fields in enumerate(lines[1:], 2):
+        if not fields:
+            continue
+        if len(fields) != len(head):
+            raise StoreError(f"{path}:{lineno}: {len(fields)} fields, the header has {len(head)} "
+                             f"{fix}")
+        run = fields[0].strip()
+        if not run:
+            raise StoreError(f"{path}:{lineno}: no run name {fix}")
+        if run in seen:
+            raise StoreError(f"{path}:{lineno}: run {run!r} listed twice {fix}")
+        for i in numeric:
+            v = fields[i].strip()
+            try:
+                float(v or "nan")
+            except ValueError:
+                raise StoreError(f"{path}:{lineno}: {head[i]} {v[:30]!r} is not a number "
+                                 f"{fix}") from None
+        seen.add(run)
+        rows.append(dict(zip(head, fields)))
+    return (rows, head) if header else rows
+
+
+def read_run(workspace, dataset, run):
+    """Return the per-run CSV of ``run`` as a DataFrame (MissingRunError naming the command if absent)."""
+    import pandas as pd
+
+    path = workspace.run_csv(dataset, run)
+    if not os.path.exists(path):
+        raise MissingRunError(f"{path}: run {run!r} not found (make it with featbench classify)")
+    return pd.read_csv(path, na_values=["nan"])
+
+
+def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thresholds,
+                      fold_thresholds=None, **attrs):
+    """Write a predictions file (per-frame scores and decisions of one run), atomically.
+
+    Classifier runs and ensembles both write this format; ensembles and users' analyses read it.
+
+    Parameters
+    ----------
+    path : Path
+        ``results/<dataset>/predictions/<run>.h5``.
+    frames : array of shape (n,), KEY_DTYPE
+        The test frames; with several folds, every test frame once.
+    labels, scores, decisions : arrays of shape (n, k)
+        Labels (1 / 0 / -1), decision-function scores, binary decisions.
+    fold : array of shape (n,)
+        Index of the fold that tested each frame.
+    aus : list of k str
+    thresholds : array of shape (k,)
+        The decision threshold reported per AU.
+    fold_thresholds : array of shape (folds, k), optional
+        The threshold each fold used (stored as the ``/thresholds`` dataset).
+    **attrs
+        ``run``, ``model``, ``region``, ``clf``, ``weights``, ``protocol``, ``dataset``...
+        (lists and dicts are stored as json, everything else as text).
+    """
+    import json
+
+    import h5py
+    import numpy as np
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f["frames"] = frames
+        f["labels"] = np.asarray(labels, dtype=np.int8)
+        f["scores"] = np.asarray(scores, dtype=np.float32)
+        f["decisions"] = np.asarray(decisions, dtype=np.int8)
+        f["fold"] = np.asarray(fold, dtype=np.int8)
+        if fold_thresholds is not None:
+            f["thresholds"] = np.asarray(fold_thresholds, dtype=np.float64)
+        f.attrs["format_version"] = PREDICTIONS_FORMAT
+        f.attrs["aus"] = json.dumps(list(aus))
+        f.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+    return path

@@ -1,0 +1,209 @@
+"""The embedded synthetic data sets: face videos with known AU labels, in real data sets' layouts.
+
+:func:`generate_dataset` renders subjects (identity, AU episodes, head motion, light, blur,
+noise, occlusion; see ``_face``, ``_timeline``, ``_render``) and writes them in one of three
+on-disk layouts, so that featbench reads them through the very readers real data goes through:
+
+============== ==================================================================================
+layout         what is written under ``root``
+============== ==================================================================================
+``disfa``      DISFA as distributed: ``ActionUnit_Labels/SN001/SN001_au1.txt`` (``frame,intensity``),
+               ``Videos_LeftCamera/LeftVideoSN001_comp.avi`` (and ``Video_RightCamera/``, a second
+               view), ``Landmark_Points/SN001/tmp_frame_lm/SN001_0000_lm.mat`` (66 points)
+``affwild2``   ABAW3's AU track: ``AU_Detection_Challenge/{Train,Validation}_Set/<video>.txt`` and
+               ``cropped_aligned/<video>/00001.jpg`` (112 x 112 aligned faces)
+``expression`` posed expressions from 5 views: ``images/<subject>/<subject>_<expr>_<view>.png``
+               and ``manifest.csv`` (``image,subject,view,expression``)
+============== ==================================================================================
+
+Same seed, same bytes: every random draw comes from a per-subject seed sequence, and the files
+carry no time stamps. Nothing here imports OpenCV at module level (``featbench --help`` stays
+instant).
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from featbench.core.errors import UsageError, did_you_mean
+
+LAYOUTS = ("disfa", "affwild2", "expression")
+#: frames per subject (``disfa``), per video (``affwild2``), takes per expression and view
+#: (``expression``) when ``frames`` is None
+DEFAULT_FRAMES = {"disfa": 240, "affwild2": 120, "expression": 1}
+DEFAULT_SUBJECTS = 27
+MIN_SUBJECTS = 3  # train / validation / test need a subject each
+AFFWILD2_CROP = 112
+EXPRESSION_CROP = 128
+FORMAT_VERSION = 1
+INFO_FILE = "featbench_synth.json"
+
+__all__ = ["generate_dataset", "contact_sheet", "LAYOUTS", "DEFAULT_FRAMES"]
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"--{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise UsageError(f"--{name} {value}: must be between {lo} and {hi}")
+
+
+def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=None, seed=0,
+                     progress=True, overwrite=False, right_camera=True, difficulty=1.0, workers=None):
+    """Generate a synthetic data set at ``root``; return ``root`` as a Path.
+
+    The set is written into a temporary sibling folder and renamed into place at the end, so
+    an interrupted run never leaves a half data set at ``root``.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder to create (must not exist, or be empty, unless ``overwrite``).
+    layout : {"disfa", "affwild2", "expression"}
+    subjects : int
+        People, 3-64. ``disfa`` uses DISFA's 27 ids (SN001 ... SN032 with its gaps), then SN033...
+    frames : int, optional
+        Frames per subject (``disfa``) or video (``affwild2``); takes per expression and view
+        (``expression``). Default :data:`DEFAULT_FRAMES` of the layout.
+    seed : int
+        Same seed, same bytes in every file.
+    progress : bool
+        A tqdm bar on stderr.
+    overwrite : bool
+        Replace an existing, non-empty ``root``.
+    right_camera : bool
+        ``disfa``: also write ``Video_RightCamera`` (the same faces from another yaw); about
+        half the generation time.
+    difficulty : float
+        Scales every nuisance (pose, light, blur, noise, occlusion); 1 is the calibrated default.
+    workers : int, optional
+        Processes rendering subjects in parallel (default: up to 2, one per CPU).
+
+    Raises
+    ------
+    UsageError
+        Unknown layout, out-of-range numbers, or ``root`` exists and ``overwrite`` is False.
+    """
+    from featbench.core.synth._layouts import MAX_SUBJECTS
+
+    if layout not in LAYOUTS:
+        raise UsageError(did_you_mean(str(layout), LAYOUTS, what="layout"))
+    _check_int("subjects", subjects, MIN_SUBJECTS, MAX_SUBJECTS)
+    frames = DEFAULT_FRAMES[layout] if frames is None else frames
+    _check_int("frames", frames, 1 if layout == "expression" else 4, 100 if layout == "expression" else 100000)
+    _check_int("seed", seed, 0, 2 ** 63 - 1)
+    if not 0.0 <= float(difficulty) <= 3.0:
+        raise UsageError(f"difficulty {difficulty}: must be between 0 and 3")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root}: exists and is not a folder")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{root}: already exists (pass --force to replace it, or another --root)")
+        # only a folder this generator made carries its info file: a user's own data set with
+        # the same layout (a manifest, DISFA's folders) is never deleted
+        if not (root / INFO_FILE).is_file():
+            raise UsageError(f"{root}: not made by featbench data synth (no {INFO_FILE}); "
+                             "--force replaces only folders it made: pass another --root")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        info = _generate(tmp, layout, subjects, frames, seed, float(difficulty), right_camera,
+                         progress, workers)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        old = None
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            root.rename(old)
+        tmp.rename(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, progress, workers):
+    from featbench.core.synth import _layouts as L
+
+    if layout == "disfa":
+        ids = L.subject_ids(subjects)
+        for sub in ("Videos_LeftCamera",) + (("Video_RightCamera",) if right_camera else ()):
+            (tmp / sub).mkdir()
+        jobs = [(L.write_disfa_subject, (tmp, seed, i, s, frames, difficulty, right_camera))
+                for i, s in enumerate(ids)]
+    elif layout == "affwild2":
+        ids = L.affwild2_videos(subjects)
+        jobs = [(L.write_affwild2_video, (tmp, seed, i, v, frames, difficulty, AFFWILD2_CROP))
+                for i, v in enumerate(ids)]
+    else:
+        ids = [f"S{i + 1:03d}" for i in range(subjects)]
+        jobs = [(L.write_expression_subject, (tmp, seed, i, s, frames, difficulty, EXPRESSION_CROP))
+                for i, s in enumerate(ids)]
+    results = _run_jobs(jobs, progress=progress, workers=workers, desc=f"synth {layout}")
+    if layout == "expression":
+        import csv
+
+        with open(tmp / "manifest.csv", "w", newline="") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["image", "subject", "view", "expression"])
+            for res in results:
+                w.writerows(res["rows"])
+    return {"generator": "featbench.core.synth", "format_version": FORMAT_VERSION, "layout": layout,
+            "subjects": len(ids), "ids": ids, "frames": frames, "seed": seed, "difficulty": difficulty,
+            "right_camera": bool(right_camera) if layout == "disfa" else None}
+
+
+def _call(job):
+    import cv2
+
+    # one thread per process: the pool already uses the cores, OpenCV's threads would fight it
+    cv2.setNumThreads(1)
+    fn, args = job
+    return fn(*args)
+
+
+def _run_jobs(jobs, *, progress, workers, desc):
+    """Run ``(function, args)`` jobs, in a small process pool when it pays; results in job order."""
+    from tqdm import tqdm
+
+    n_cpu = os.cpu_count() or 1
+    workers = min(2, n_cpu) if workers is None else max(1, int(workers))
+    workers = min(workers, len(jobs))
+    bar = tqdm(total=len(jobs), desc=desc, unit="subject", disable=not progress, leave=False)
+    try:
+        if workers <= 1:
+            out = []
+            for job in jobs:
+                out.append(_call(job))
+                bar.update()
+            return out
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: a forked child inherits OpenCV's / OpenMP's thread-pool locks in
+        # whatever state the parent's threads left them (a deadlock seen under pytest once torch
+        # had run). Results do not depend on which worker renders a subject (each seeds itself).
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_call, job) for job in jobs]
+            for fut in futures:
+                fut.add_done_callback(lambda _f: bar.update())
+            return [f.result() for f in futures]
+    finally:
+        bar.close()
+
+
+def contact_sheet(table, out_png, *, n=24, seed=0):
+    """Draw ``n`` sample frames of ``table`` in a grid, active AUs under each; return the PNG path.
+
+    See :func:`featbench.core.synth._sheet.contact_sheet`.
+    """
+    from featbench.core.synth._sheet import contact_sheet as _cs
+
+    return _cs(table, out_png, n=n, seed=seed)
