@@ -44,9 +44,12 @@ import json
 
 import numpy as np
 
-from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
+                                   did_you_mean)
 from featbench.core.identity import RunKey, format_members
-from featbench.core.results import write_predictions  # noqa: F401 - one writer for runs and ensembles
+from featbench.core.metrics import au_metrics, nanmean
+from featbench.core.results import write_predictions, write_run
+from featbench.core.workspace import run_name, safe_name
 
 PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
 
@@ -231,8 +234,6 @@ def _finetuned_members(runs, tag):
     setting it belongs to, so they are ignored when matching ``tag``; of several variants of
     one network and region the one with the fewest (the paper's per-AU run) is taken.
     """
-    from featbench.core.identity import RunKey
-
     try:
         from classify.finetune import is_variant_tag
     except ImportError:  # classify not installed: no tag is a variant
@@ -308,8 +309,6 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     """
     if preset not in PRESETS:
         raise UsageError(did_you_mean(preset, PRESETS, what="ensemble preset"))
-    from featbench.core.workspace import run_name
-
     runs = _existing_runs(workspace, dataset)
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
@@ -409,8 +408,6 @@ def align_members(preds, names):
 
 def _per_au_rows(labels, decisions, scores, fold, aus):
     """Per-AU metric rows for write_run, with the spread of F1 over folds when there are several."""
-    from featbench.core.metrics import au_metrics
-
     folds = np.unique(fold)
     rows = []
     for a, au in enumerate(aus):
@@ -465,9 +462,6 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
     StoreError
         Members that share no frame or AU, or disagree on labels.
     """
-    from featbench.core.results import write_run
-    from featbench.core.workspace import run_name, safe_name
-
     if members and preset:
         raise UsageError("give either --members or --preset, not both")
     if not members:
@@ -508,8 +502,6 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                       run=run, **{k: v for k, v in meta.items() if k != "members"},
                       members=members)
     csv = write_run(workspace, dataset, run, rows, meta=meta)
-    from featbench.core.metrics import nanmean
-
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
             "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),
             "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes}

@@ -68,11 +68,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from featbench.core.align import AlignedFaces
 from featbench.core.aus import AU_REGION, REGIONS
 from featbench.core.errors import DataError, FeatbenchError, StoreError, UsageError, did_you_mean
+from featbench.core.identity import RunKey
 from featbench.core.metrics import METRICS, au_metrics, nanmean
+from featbench.core.results import record_failure, run_table, write_predictions, write_run
+from featbench.core.splits import make_splits
+from featbench.core.workspace import Workspace, atomic_write_text
 
+from classify.estimators import balance_indices, best_threshold, decide
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
+from classify.run import format_result as classify_format, resolve_aus, run_tag
+from classify.training import TrainConfig, autocast_dtype, fit, plot_history
+from extract.encoders import resolve_device
+from extract.registry import get_spec
+from extract.weights import parse_weights
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 #: augmentation bounds: shift as a fraction of the side, brightness and contrast factors
@@ -179,10 +190,6 @@ def is_variant_tag(tag):
 
 def finetune_run_name(config, table):
     """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]``."""
-    from extract.registry import get_spec
-    from featbench.core.identity import RunKey
-
-    from classify.run import resolve_aus
 
     default_aus = resolve_aus(table, config.protocol)
     aus = resolve_aus(table, config.protocol, config.aus)
@@ -192,8 +199,6 @@ def finetune_run_name(config, table):
 
 def finetune_tags(config, *, aus, default_aus):
     """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
-    from classify.run import run_tag
-
     tags = []
     if config.head == "multilabel":
         tags.append("ml")
@@ -213,8 +218,6 @@ class FaceReader:
     """Read aligned faces or region crops at the network's input size, optionally augmented."""
 
     def __init__(self, path, region, size):
-        from featbench.core.align import AlignedFaces
-
         self.faces = AlignedFaces(path)
         self.region, self.size = region, int(size)
 
@@ -360,8 +363,6 @@ class _UnitData:
 
 
 def _unit_data(cfg, fi, unit, y, rows):
-    from classify.estimators import balance_indices
-
     tr = rows["train"][(y[rows["train"]] >= 0).any(axis=1)]
     va_all = rows["validation"][(y[rows["validation"]] >= 0).any(axis=1)]
     va_bal = []
@@ -377,8 +378,6 @@ def _unit_data(cfg, fi, unit, y, rows):
 def _train_batches(cfg, unit, data, reader):
     """``fit``'s ``train_batches``: per epoch, the union of the AUs' balanced draws, prefetched."""
     import torch
-
-    from classify.estimators import balance_indices
 
     y, tr = data.y, data.train
 
@@ -448,8 +447,6 @@ def _evaluate(ctx, unit, data, reader):
 
 def _thresholds(ctx, unit, data, model, reader):
     """0 per AU, or with ``tune_threshold`` the F1-best on every validation frame (as test)."""
-    from classify.estimators import best_threshold
-
     cfg, y, va = ctx["config"], data.y, data.val_all
     thr = [0.0] * len(unit.aus)
     if cfg.tune_threshold and va.size:
@@ -463,8 +460,6 @@ def _thresholds(ctx, unit, data, model, reader):
 
 def _fit_unit(ctx, fi, unit, data, model, reader, *, name, identity, work):
     """Train ``model`` through :func:`classify.training.fit`; return what the unit's result adds."""
-    from classify.training import TrainConfig, fit, plot_history
-
     cfg = ctx["config"]
     tc = TrainConfig(epochs=int(cfg.epochs), lr=float(cfg.lr), optimizer=cfg.optimizer,
                      momentum=float(cfg.momentum), weight_decay=float(cfg.weight_decay),
@@ -487,8 +482,6 @@ def _fit_unit(ctx, fi, unit, data, model, reader, *, name, identity, work):
 def _train_unit(ctx, fi, unit, rows, work):
     """Train one unit (or load it when finished before); return its result dict."""
     import torch
-
-    from featbench.core.workspace import atomic_write_text
 
     cfg = ctx["config"]
     y = ctx["labels"][:, [ctx["au_index"][a] for a in unit.aus]]
@@ -562,12 +555,6 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         Bad settings, weights of another architecture, a region without crops... Once the
         run's name is known, a failure is also recorded as its row in ``summary.csv``.
     """
-    from extract.registry import get_spec
-    from extract.weights import parse_weights
-    from featbench.core.results import record_failure
-    from featbench.core.workspace import Workspace
-
-    from classify.run import resolve_aus
 
     t0 = time.time()
     config = config or FinetuneConfig(**kwargs)
@@ -598,8 +585,6 @@ def check_network(config):
     Weights of another architecture, an unknown ``--train-from`` layer, an input size that
     does not fit: all fail here, before any face is read.
     """
-    from extract.registry import get_spec
-
     _, info = create_finetune_net(get_spec(config.model), config.weights, outputs=2,
                                   reinit=config.reinit, train_from=config.train_from,
                                   input_size=config.input_size, seed=config.seed)
@@ -608,10 +593,6 @@ def check_network(config):
 
 def _finetune(workspace, dataset, run, table, au_list, spec, config, meta, *, aligned_path,
               progress, t0):
-    from extract.encoders import resolve_device
-    from featbench.core.splits import make_splits
-
-    from classify.training import autocast_dtype
 
     info = check_network(config)
     meta["weights"] = info["weights"]
@@ -619,8 +600,6 @@ def _finetune(workspace, dataset, run, table, au_list, spec, config, meta, *, al
         from featbench.core.align import ensure_aligned
 
         aligned_path = ensure_aligned(table, workspace, progress=progress)
-    from featbench.core.align import AlignedFaces
-
     with AlignedFaces(aligned_path) as faces:
         valid = faces.valid.copy()
         keys = faces.keys
@@ -672,9 +651,6 @@ def _cache_fingerprint(path):
 
 def _write_outputs(workspace, dataset, run, table, au_list, units, splits, test_rows, results,
                    labels, config, meta, info, work, missing, t0):
-    from featbench.core.results import run_table, write_predictions, write_run
-
-    from classify.estimators import decide
 
     n_folds, k = len(splits), len(au_list)
     unit_of = {au: u for u in units for au in u.aus}
@@ -751,8 +727,6 @@ def _write_models(workspace, dataset, run, config, meta, info, units, splits, re
     import torch
 
     import featbench
-    from featbench.core.workspace import atomic_write_text
-
     final = workspace.models_dir(dataset, run)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -814,8 +788,6 @@ def unit_network(settings, unit, state):
     ``state`` is what the run saved as ``<unit>.pt`` (:meth:`export_state`); ``featbench
     predict`` and ``featbench export`` rebuild units through here, as :func:`load_unit` does.
     """
-    from extract.registry import get_spec
-
     cfg, entry = settings["config"], settings["units"][unit]
     outputs = 2 if cfg["head"] == "per-au" else len(entry["aus"])
     net, _ = create_finetune_net(get_spec(cfg["model"]), "random:0", outputs=outputs,
@@ -825,8 +797,6 @@ def unit_network(settings, unit, state):
 
 def format_result(result):
     """Return the one-screen text of a finetune run (classify's table) and its summary line."""
-    from classify.run import format_result as classify_format
-
     meta = result["meta"]
     text = classify_format({**result, "meta": {**meta, "n_train": _n_train(result)}})
     epochs = ", ".join(f"{u} {r.get('best_epoch', '-')}" for u, r in list(result["units"].items())[:12])

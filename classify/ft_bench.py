@@ -25,6 +25,11 @@ import time
 
 import numpy as np
 
+from classify.ft_net import create_finetune_net
+from classify.training import TrainConfig, fit
+from extract.encoders import resolve_device
+from extract.registry import get_spec
+
 
 def _data(n, size, seed=0):
     rng = np.random.default_rng(seed)
@@ -56,8 +61,6 @@ def _featbench_epochs(net, batches, config):
     """Two epochs of :func:`classify.training.fit`; return (best epoch's seconds, setup seconds,
     the fit result)."""
     import torch
-
-    from classify.training import fit
 
     spans = []
 
@@ -115,11 +118,6 @@ def bench_finetune(model="cnn_f", *, input_size=None, batch_size=32, steps=8, re
     """
     import torch
 
-    from extract.encoders import resolve_device
-    from extract.registry import get_spec
-
-    from classify.ft_net import create_finetune_net
-    from classify.training import TrainConfig
 
     device = resolve_device(device)
     spec = get_spec(model)

@@ -35,6 +35,10 @@ import dataclasses
 
 from featbench.core.errors import UsageError, did_you_mean
 
+from extract.encoders import create_preprocess
+from extract.weights import (MEAN_KEY, WeightsChoice, build_network, effective_mean, parse_weights,
+                             weights_identity, weights_source)
+
 HEADS = ("per-au", "multilabel")
 REINITS = ("fc", "fc6-fc7", "head")
 
@@ -132,8 +136,6 @@ def _make_class():
             """The state dict featbench saves: ``net``'s keys (+ ``ft_head.*`` for an extra head,
             + :data:`extract.weights.MEAN_KEY` when the starting weights brought their own mean,
             so whoever loads the file normalises faces as in training)."""
-            from extract.weights import MEAN_KEY
-
             sd = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
             if self.extra_head is not None:
                 sd.update({f"ft_head.{k}": v.detach().cpu() for k, v in self.extra_head.state_dict().items()})
@@ -143,9 +145,6 @@ def _make_class():
 
         def load_exported(self, sd):
             """Load what :meth:`export_state` saved (its mean, when it has one, too)."""
-            from extract.encoders import create_preprocess
-            from extract.weights import MEAN_KEY
-
             head = {k[len("ft_head."):]: v for k, v in sd.items() if k.startswith("ft_head.")}
             self.net.load_state_dict({k: v for k, v in sd.items()
                                       if not k.startswith("ft_head.") and k != MEAN_KEY})
@@ -219,10 +218,6 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
     WeightsError
         Weights that are unavailable or do not fit the architecture.
     """
-    from extract.encoders import create_preprocess
-    from extract.weights import (WeightsChoice, build_network, effective_mean, parse_weights,
-                                 weights_identity, weights_source)
-
     check_choice(reinit, REINITS, "--reinit")
     if spec.kind != "torch":
         raise UsageError(f"{spec.name} is not a torch network here, so it cannot be fine-tuned "

@@ -49,7 +49,14 @@ from functools import partial
 
 import numpy as np
 
-from featbench.core.errors import UsageError
+from featbench.core.errors import StoreError, UsageError
+from featbench.core.metrics import au_metrics
+from featbench.core.workspace import atomic_path
+
+from classify.estimators import best_threshold, decide
+from classify.registry import ClassifierSpec
+from classify.training import TrainConfig, fit
+from extract.encoders import resolve_device
 
 FORMAT = "featbench-lstm/1"
 
@@ -112,8 +119,6 @@ class LSTMOptions:
             raise UsageError(f"--weight-noise must be a number >= 0, got {self.weight_noise!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise UsageError(f"--patience must be an integer >= 1, got {self.patience!r}")
-        from extract.encoders import resolve_device
-
         resolve_device(self.device)  # an unknown or absent device says so now, not mid-run
 
     def tag(self):
@@ -133,8 +138,6 @@ class LSTMOptions:
 
     def train_config(self, seed=0):
         """Return the :class:`classify.training.TrainConfig` of these options."""
-        from classify.training import TrainConfig
-
         return TrainConfig(epochs=self.epochs, lr=self.lr, momentum=0.9, optimizer="sgd",
                            patience=self.patience, monitor="val_score",
                            weight_noise=self.weight_noise, seed=seed, device=self.device,
@@ -432,9 +435,6 @@ def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_thres
     LSTMFit, test_scores (n_test, k) in the order of ``parts["test"]``
     """
     torch = _torch()
-    from extract.encoders import resolve_device
-
-    from classify.training import fit
 
     k = Y.shape[1]
     mode = "train" if balance else "whole"
@@ -523,9 +523,6 @@ def _length_bucketed_batches(train_data, batch, rng):
 def _validation_score(model, *, X, pos, Y, seqs, frame_loss, device):
     """Return the epoch's validation loss and mean F1 (threshold 0) over the cut sequences ``seqs``."""
     torch = _torch()
-    from featbench.core.metrics import au_metrics
-
-    from classify.estimators import decide
 
     if not seqs:
         return {"val_loss": float("nan"), "val_score": float("nan")}
@@ -543,9 +540,6 @@ def _choose_thresholds(fit_out, val_rows, *, tune_threshold, X, pos, group, fram
 
     Scored as test is; a threshold is tuned only with ``tune_threshold`` (else 0).
     """
-    from featbench.core.metrics import au_metrics
-
-    from classify.estimators import best_threshold, decide
 
     k = Y.shape[1]
     thresholds = np.zeros(k)
@@ -592,8 +586,6 @@ def _score_test(fit_out, test_rows, *, X, pos, group, frame, Y, device):
 def save_model(fit, path, *, meta=None):
     """Save a trained network, its AUs and thresholds as one self-contained ``.pt`` file."""
     torch = _torch()
-    from featbench.core.workspace import atomic_path
-
     m = fit.model
     state = {"format": FORMAT, "state_dict": {k: v.cpu() for k, v in m.state_dict().items()},
              "dims": m.dims, "n_out": m.n_out, "hidden": m.hidden, "bidirectional": m.bidirectional,
@@ -607,8 +599,6 @@ def save_model(fit, path, *, meta=None):
 def load_model(path):
     """Return ``(SequenceLSTM in eval mode, saved dict)`` of a ``.pt`` file made by :func:`save_model`."""
     torch = _torch()
-    from featbench.core.errors import StoreError
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -699,7 +689,6 @@ def run_jobs(jobs, *, table, codes, labels, pos, options, seed, tune_threshold, 
     """
     import tempfile
 
-    from extract.encoders import resolve_device
     from tqdm import tqdm
 
     groups = table.frames["subject"].astype(str) + "\x00" + table.frames["video"].astype(str)
@@ -768,8 +757,6 @@ def save_fits(folder, splits, by, au_list):
 
 
 def _spec():
-    from classify.registry import ClassifierSpec
-
     return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
                           options=options_from, load=load_model, suffix=".pt",
                           help="LSTM over each subject's code sequence, epoch chosen on validation")

@@ -25,7 +25,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
+                                   did_you_mean)
+from featbench.core.workspace import Workspace
 
 
 def save_joblib(model, path):
@@ -201,8 +203,6 @@ def load_run_models(workspace, dataset, run):
     StoreError
         ``settings.json`` or a model file is unreadable.
     """
-    from featbench.core.workspace import Workspace
-
     from classify.estimators import ThresholdedClassifier
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)

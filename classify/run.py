@@ -41,14 +41,20 @@ from dataclasses import asdict
 import numpy as np
 
 from featbench.core.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
-from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError, did_you_mean
+from featbench.core.datasets import load_dataset
+from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
+                                   did_you_mean)
 from featbench.core.frames import KEY_DTYPE
 from featbench.core.metrics import METRICS, au_metrics, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
+from featbench.core.splits import make_splits
 from featbench.core.workspace import Workspace, atomic_write_text, run_name
 
 from classify.estimators import balance_indices, decide, with_threshold
 from classify.registry import get_classifier
+from classify.scale import (H5Codes, codes_bytes, liblinear_bytes, memory_budget_bytes, peak_rss_mb,
+                            run_on_dask, scheduler_address, score)
+from extract.store import read_codes, store_info
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -111,8 +117,6 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
 # --- codes -------------------------------------------------------------------------------------
 def _feature_info(path):
     """Return ``extract.store.store_info(path)``: attrs (model, weights...) and regions."""
-    from extract.store import store_info
-
     try:
         return store_info(path)
     except OSError as exc:
@@ -154,8 +158,6 @@ def load_codes(workspace, dataset, model, regions, *, lazy=False):
         raise MissingRunError(f"{path} has no codes for region {', '.join(missing)} "
                               f"(it has {', '.join(present) or 'none'}; make them with: "
                               f"featbench extract --model {model} --dataset {dataset} --region {flag})")
-    from extract.store import read_codes
-
     if lazy:
         from classify.scale import keys_and_attrs, lazy_codes
 
@@ -226,8 +228,6 @@ def _au_task(job, *, codes, labels, pos, spec, balance, class_weight, tune_thres
     """
     from threadpoolctl import threadpool_limits
 
-    from classify.scale import peak_rss_mb
-
     with threadpool_limits(limits=threads):
         out = _fit_score(job, codes=codes, labels=labels, pos=pos, spec=spec, balance=balance,
                          class_weight=class_weight, tune_threshold=tune_threshold, seed=seed,
@@ -259,8 +259,6 @@ def _fit_score(job, *, codes, labels, pos, spec, balance, class_weight, tune_thr
         what = "positive" if out["n_train_pos"] == 0 else "negative"
         out["error"] = f"no {what} frame in training: no classifier"
         return out
-    from classify.scale import H5Codes, liblinear_bytes, score
-
     thr_rows = None
     if tune_threshold and balance:  # thresholds on every validation frame, as test is scored
         thr_rows = parts["all_validation"]
@@ -295,8 +293,6 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 
     from joblib import Parallel, delayed
     from tqdm import tqdm
-
-    from classify.scale import H5Codes, run_on_dask
 
     if scheduler:
         return run_on_dask(_au_task, jobs, scheduler, progress, codes=codes, **kw)
@@ -428,15 +424,11 @@ def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tu
 
 
 def _load_table(workspace, dataset, progress):
-    from featbench.core.datasets import load_dataset
-
     return load_dataset(dataset, workspace=workspace, progress=progress)
 
 
 def _read_run_codes(spec, workspace, dataset, model, regions, path):
     """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk."""
-    from classify.scale import codes_bytes, memory_budget_bytes
-
     budget = memory_budget_bytes()
     lazy = not spec.needs_sequences and codes_bytes(path, regions) > budget
     return (*load_codes(workspace, dataset, model, regions, lazy=lazy), budget)
@@ -511,9 +503,6 @@ def _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds):
 
 def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
               budget=None, scheduler=None):
-    from featbench.core.splits import make_splits
-
-    from classify.scale import H5Codes, peak_rss_mb, scheduler_address
 
     spec, scheduler = get_classifier(meta["clf"]), scheduler_address(scheduler)
     pos = join_codes(table, keys)

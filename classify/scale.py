@@ -28,6 +28,11 @@ import threading
 
 import numpy as np
 
+from featbench.core.errors import StoreError, UsageError
+from featbench.core.frames import KEY_DTYPE
+
+from extract.store import read_codes
+
 #: rows are read from HDF5 in contiguous blocks of about this many bytes
 BLOCK_BYTES = 64 << 20
 #: SGD's regularisation grid (alpha = 1 / (C n)): chosen on validation F1
@@ -40,8 +45,6 @@ _FIT_LOCK = threading.Lock()
 # --- memory ------------------------------------------------------------------------------------
 def memory_budget_bytes():
     """``FEATBENCH_MEMORY_GB`` in bytes (default: half of the physical memory)."""
-    from featbench.core.errors import UsageError
-
     text = os.environ.get("FEATBENCH_MEMORY_GB", "").strip()
     if text:
         try:
@@ -150,8 +153,6 @@ def lazy_codes(path, regions):
     """Return ``{region: H5Codes}`` after the checks :func:`extract.store.read_codes` makes."""
     import h5py
 
-    from extract.store import read_codes
-
     out = {}
     for r in regions:
         with h5py.File(path, "r") as f:
@@ -168,8 +169,6 @@ def keys_and_attrs(path):
     """``/frames`` (as KEY_DTYPE) and the attributes of a feature file, without its codes."""
     import h5py
 
-    from featbench.core.frames import KEY_DTYPE
-
     with h5py.File(path, "r") as f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         return np.asarray(f["frames"][:]).astype(KEY_DTYPE), attrs
@@ -177,8 +176,6 @@ def keys_and_attrs(path):
 
 def _check_complete(path, region):
     import h5py
-
-    from featbench.core.errors import StoreError
 
     with h5py.File(path, "r") as f:
         n = int(f["frames"].shape[0])
@@ -275,8 +272,6 @@ def _locked(task, job, kw):
 
 def run_on_dask(task, jobs, address, progress, **kw):
     """Run ``task(job, **kw)`` for every job on the Dask cluster at ``address``, in job order."""
-    from featbench.core.errors import UsageError
-
     try:
         from dask.distributed import Client
     except ImportError:

@@ -46,6 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from featbench.core.errors import UsageError
+from featbench.core.workspace import atomic_path
+
+from extract.encoders import resolve_device
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_score", "seconds", "lr")
 CHECKPOINT = "last.pt"
@@ -322,8 +325,6 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
     import torch
     from tqdm import tqdm
 
-    from extract.encoders import resolve_device
-
     device = resolve_device(config.device)
     dtype = autocast_dtype(device, config.amp)
     identity = identity if identity is not None else asdict(config)
@@ -376,8 +377,6 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
 # --- logs and curves -------------------------------------------------------------------------
 def write_log(path, history):
     """Write the per-epoch log (:data:`LOG_COLUMNS`) as CSV, through a temporary file."""
-    from featbench.core.workspace import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -389,8 +388,6 @@ def plot_history(history, path, *, title=""):
     """Draw training / validation loss and the validation score per epoch into a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from featbench.core.workspace import atomic_path
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(7, 3.2), dpi=100)

@@ -47,10 +47,19 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from torch import nn  # this module is imported by the command function only: --help stays fast
 
+from featbench.core.align import AlignedFaces, ensure_aligned
 from featbench.core.errors import MissingRunError, UsageError
 from featbench.core.identity import RunKey, WeightsId
+from featbench.core.metrics import au_metrics, nanmean
+from featbench.core.results import write_predictions, write_run
+from featbench.core.splits import make_splits
+from featbench.core.workspace import atomic_path, atomic_write_text
 
-from classify.training import TrainConfig, fit, plot_history
+from classify.estimators import best_threshold
+from classify.training import TrainConfig, autocast_dtype, fit, plot_history, to_device
+from extract.encoders import create_preprocess
+from extract.registry import get_spec
+from extract.weights import file_sha256, load_network
 
 EXPR_CLF = "expr"
 CLF = "transfer"
@@ -142,8 +151,6 @@ class StartWeights:
 
     def load(self):
         """Return ``(module, preprocess_mean, identity)``: the trainable truncated backbone."""
-        from extract.weights import load_network
-
         net = load_network(self.spec, self.weights)
         for p in net.module.parameters():
             p.requires_grad_(True)
@@ -157,8 +164,6 @@ def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
     stage 1's one linear layer, ``(512, 256, aus)`` stage 2's two-hidden-layer MLP.
     """
     import torch
-
-    from extract.encoders import create_preprocess
 
     backbone, mean, identity = start.load()
     spec_in = replace(spec, input_size=int(input_size)) if input_size else spec
@@ -193,8 +198,6 @@ def load_model(path, *, device="cpu"):
     """
     import torch
 
-    from extract.registry import get_spec
-
     state = torch.load(path, map_location="cpu", weights_only=False)
     spec = get_spec(state["backbone"])
     net, _ = build_net(spec, StartWeights(spec, "random:0"), tuple(state["hidden"]) + (len(state["aus"]),),
@@ -227,15 +230,11 @@ def full_state_dict(spec, backbone):
 
 
 def _sha(path):
-    from extract.weights import file_sha256
-
     return file_sha256(path)
 
 
 # --- data ----------------------------------------------------------------------------------------
 def _faces(table, workspace, progress):
-    from featbench.core.align import AlignedFaces, ensure_aligned
-
     faces = AlignedFaces(ensure_aligned(table, workspace, progress=progress))
     if len(faces) != len(table):
         raise UsageError(f"{faces.path}: {len(faces)} rows for {len(table)} frames; rerun featbench align")
@@ -274,8 +273,6 @@ def predict_logits(model, faces, rows, *, batch_size=64, device=None):
     """Return the logits of ``rows`` (k, outputs) float32, in the order given, in eval mode."""
     import torch
 
-    from classify.training import autocast_dtype, to_device
-
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
@@ -295,8 +292,6 @@ def predict_logits(model, faces, rows, *, batch_size=64, device=None):
 # --- stage 1 -------------------------------------------------------------------------------------
 def expression_folds(table, k, *, seed=0):
     """Return the ``kfold:K`` splits of the expression set's subjects (each tested once)."""
-    from featbench.core.splits import make_splits
-
     if k > len(table.subjects):
         raise UsageError(f"--folds {k}: the expression set has only {len(table.subjects)} subjects")
     return make_splits(table, f"kfold:{int(k)}", seed=seed)
@@ -351,8 +346,6 @@ def run_stage1(workspace, table, settings, *, progress=True):
         starting weights' identity), ``seconds``.
     """
     import torch
-
-    from extract.registry import get_spec
 
     t0 = time.time()
     spec = get_spec(settings.backbone)
@@ -417,8 +410,6 @@ def run_stage1(workspace, table, settings, *, progress=True):
 
 
 def _write_stage1_tables(out_dir, result):
-    from featbench.core.workspace import atomic_write_text
-
     cols = ("fold", "accuracy", "test_images", "train_images", "val_images", "best_epoch", "seconds",
             "test_subjects")
     lines = [",".join(cols)]
@@ -489,8 +480,6 @@ def tune_thresholds(labels, logits):
     ``labels`` (n, k) of 1 / 0 / -1 (ignored); an AU without a positive keeps logit 0
     (probability 0.5).
     """
-    from classify.estimators import best_threshold
-
     out = np.zeros(labels.shape[1])
     for j in range(labels.shape[1]):
         keep = labels[:, j] >= 0
@@ -500,8 +489,6 @@ def tune_thresholds(labels, logits):
 
 def mean_f1(labels, logits, thresholds=None):
     """Mean over AUs (nan ignored) of F1 of ``logits > thresholds`` (default 0: probability 0.5)."""
-    from featbench.core.metrics import au_metrics, nanmean
-
     thr = np.zeros(labels.shape[1]) if thresholds is None else np.asarray(thresholds)
     return nanmean(au_metrics(labels[:, j], (logits[:, j] > thr[j]).astype(int))["f1"]
                    for j in range(labels.shape[1]))
@@ -513,8 +500,6 @@ def stage2_rows(table, faces, aus, protocol="own", *, seed=0):
     A usable frame has an aligned face and at least one AU label that is not -1 (ABAW's
     unannotated frames are never trained on, tuned on or scored).
     """
-    from featbench.core.splits import make_splits
-
     split = make_splits(table, protocol, seed=seed)[0]
     labels = table.labels(aus)
     usable = np.asarray(faces.valid, bool) & (labels >= 0).any(axis=1)
@@ -552,10 +537,6 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
         ``weights``, ``seconds``...
     """
     import torch
-
-    from extract.registry import get_spec
-    from featbench.core.metrics import nanmean
-    from featbench.core.results import write_run
 
     t0 = time.time()
     spec = get_spec(settings.backbone)
@@ -656,8 +637,6 @@ def _stage2_fit(model, faces, labels, rows, pw, settings, out_dir, identity, pro
 
 def _stage2_scores(aus, test_y, test_logits, thr):
     """Return the per-AU table rows: metrics at the tuned logit thresholds ``thr``, and F1 at 0.5."""
-    from featbench.core.metrics import au_metrics
-
     per_au = []
     for j, au in enumerate(aus):
         tuned = au_metrics(test_y[:, j], (test_logits[:, j] > thr[j]).astype(int), test_logits[:, j])
@@ -695,8 +674,6 @@ def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epo
 def _write_stage2_predictions(workspace, table, run, test_rows, test_y, test_logits, thr, *, aus,
                               meta):
     """Write the test frames' probabilities and decisions; return the predictions file's path."""
-    from featbench.core.results import write_predictions
-
     pred = workspace.predictions_path(table.dataset, run)
     write_predictions(pred, frames=table.keys()[test_rows], labels=test_y,
                       scores=1.0 / (1.0 + np.exp(-test_logits.astype(np.float64))),
@@ -769,15 +746,11 @@ def _check_torch(spec):
 def _save_torch(path, obj):
     import torch
 
-    from featbench.core.workspace import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
 def _write_json(path, obj):
-    from featbench.core.workspace import atomic_write_text
-
     atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
 

@@ -32,6 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from featbench.core import align, faces
+from featbench.core.align import AlignedFaces
+from featbench.core.datasets import load_landmarks
+from featbench.core.errors import DataError
+
+from extract.encoders import create_encoder
+from extract.extractor import default_workers, extract_aligned
+from extract.registry import get_spec
+
 #: the hand-written loop's batch size (the issue's definition)
 LOOP_BATCH = 32
 
@@ -68,10 +77,6 @@ def bench_extract(table, model, *, frames=256, batch_size=64, weights=None, devi
     """
     import torch
 
-    from extract.encoders import create_encoder
-    from extract.extractor import default_workers
-    from extract.registry import get_spec
-
     t_start = time.perf_counter()
     if weights is None and get_spec(model).kind == "torch" and get_spec(model).pretrained != "dlib":
         weights = "random:0"
@@ -106,9 +111,6 @@ def _bench_frames(table, frames):
 
     Raises DataError when no frame has landmarks.
     """
-    from featbench.core.datasets import load_landmarks
-    from featbench.core.errors import DataError
-
     landmarks = load_landmarks(table)
     ok = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))[:int(frames)]
     if not len(ok):
@@ -123,9 +125,6 @@ def _measure(sub, landmarks, encoder, *, batch_size, workers, repeat, progress):
 
     The two dicts are keyed ``featbench``, ``forward``, ``loop``; each keeps the best round.
     """
-    from featbench.core import align
-
-    from extract.extractor import extract_aligned
 
     best = {k: 0.0 for k in ("featbench", "forward", "loop")}
     cpu = dict(best)
@@ -162,8 +161,6 @@ def _preload(aligned_path, encoder, batch_size, *, max_batches=4):
     For CNNs the tensors are the preprocessing's output, so the forward measured next is the
     network alone; HOG and dlib take the uint8 faces.
     """
-    from featbench.core.align import AlignedFaces
-
     with AlignedFaces(aligned_path) as faces:
         rows = np.flatnonzero(faces.valid)
         out = []
@@ -229,8 +226,6 @@ def _loop_frames(table, landmarks, encoder, out_path):
     import h5py
     import torch
     from torchvision import transforms
-
-    from featbench.core import faces
 
     spec = encoder.spec
     per_image = [transforms.ToTensor()]

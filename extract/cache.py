@@ -14,6 +14,11 @@ from pathlib import Path
 
 from featbench.core.errors import WeightsError
 
+from extract.catalog import entry_for, recognise, recognised_files, registered_entries
+from extract.download import fetch, file_digest, mirrored
+from extract.registry import get_spec
+from extract.weights import checkpoints_dir, load_network, pretrained_path
+
 WEIGHT_SUFFIXES = (".pth", ".pt", ".mat", ".safetensors", ".bin", ".ckpt")
 ARCHIVE_SUFFIXES = (".zip", ".whl")
 
@@ -40,9 +45,6 @@ class Outcome:
 
 def resolve(name, tag=None):
     """Return the catalogue entry and spec of a network name (``alexnet``, ``tv:mobilenet_v2``)."""
-    from extract.catalog import entry_for
-    from extract.registry import get_spec
-
     spec = get_spec(name)
     return entry_for(spec, tag), spec
 
@@ -51,11 +53,6 @@ def resolve(name, tag=None):
 def list_weights():
     """Return one dict per known weights file: the registered networks' own files, then any
     other recognised file found in the cache (e.g. an imported ``tv:`` file)."""
-    from extract.catalog import recognised_files, registered_entries
-    from extract.download import mirrored
-    from extract.registry import get_spec
-    from extract.weights import checkpoints_dir, pretrained_path
-
     rows, seen = [], set()
     for entry in registered_entries():
         path, cached = pretrained_path(get_spec(entry.model))
@@ -84,9 +81,6 @@ def _row(entry, path, cached, mirrored):
 
 def where(name, tag=None):
     """Return ``(path, exists)`` of the file ``--model NAME --weights TAG`` reads."""
-    from extract.registry import get_spec
-    from extract.weights import pretrained_path
-
     resolve(name, tag)  # no published weights / unknown tag: WeightsError
     return pretrained_path(get_spec(name), tag)
 
@@ -100,9 +94,6 @@ def fetch_weights(names, tag=None, *, progress=True):
     WeightsError
         After trying all: one line naming each file that could not be had.
     """
-    from extract.download import fetch
-    from extract.weights import load_network
-
     out, failed = [], []
     for name in names:
         entry, spec = resolve(name, tag)
@@ -128,10 +119,6 @@ def fetch_weights(names, tag=None, *, progress=True):
 
 def verify_cache(names=(), tag=None):
     """Hash-check cached files (``names``' files, or every recognised file in the cache)."""
-    from extract.catalog import recognised_files
-    from extract.download import file_digest
-    from extract.weights import checkpoints_dir
-
     if names:
         targets = []
         for name in names:
@@ -213,7 +200,6 @@ def _zip_opener(archive, member):
 
 
 def _import_one(name, opener, size, progress):
-    from extract.catalog import recognise
     from extract.download import FetchFailed, store_verified, where
 
     entry = recognise(name)

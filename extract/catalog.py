@@ -35,7 +35,7 @@ from pathlib import Path
 from featbench.core.errors import UsageError, WeightsError, did_you_mean
 from featbench.core.identity import WeightsId
 
-from extract.registry import PRETRAINED
+from extract.registry import PRETRAINED, list_specs
 
 #: torchvision's rule (torch.hub.HASH_REGEX): the sha256 prefix is the hex between the last "-" and "."
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
@@ -267,8 +267,6 @@ def entry_for(spec, tag=None):
 
 def registered_entries():
     """Return the entry of every registered network with published weights (its own tag)."""
-    from extract.registry import list_specs
-
     return [entry_for(spec) for spec in list_specs() if spec.pretrained]
 
 

@@ -30,6 +30,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+from featbench.core.align import AlignedFaces, ensure_aligned
+from extract.encoders import create_encoder
+from extract.loop import extract_aligned, ExtractReport
+from extract.store import is_complete, open_store
+from featbench.core.errors import StoreError
 
 #: how long a rank waits for the others at the join (extraction of a large set takes hours)
 JOIN_TIMEOUT = timedelta(hours=48)
@@ -85,11 +90,6 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
     import torch
     import torch.distributed as dist
 
-    from featbench.core.align import AlignedFaces, ensure_aligned
-
-    from extract.encoders import create_encoder
-    from extract.extractor import ExtractReport, extract_aligned
-    from extract.store import is_complete
 
     rank, world, local_rank, local_world = torchrun_env()
     if not dist.is_initialized():
@@ -154,9 +154,6 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
     """
     import h5py
 
-    from featbench.core.errors import StoreError
-
-    from extract.store import open_store
 
     out = Path(out)
     parts, at = [], 0

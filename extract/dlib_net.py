@@ -31,9 +31,10 @@ import numpy as np
 
 from featbench.core.errors import WeightsError
 
-from extract.registry import DLIB_MEAN
-from extract.weights import file_sha256
+from extract.download import checkpoints_dir, file_sha256
 
+#: the mean RGB dlib's face-recognition network subtracts (from 0-255 pixels, then / 256)
+DLIB_MEAN = (122.782, 117.001, 104.298)
 #: the (channels, blocks, first block downsamples) of each level, input side first
 LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 #: ``input_rgb_image`` divides by 256 (not 255) after subtracting the mean
@@ -205,8 +206,6 @@ def dat_to_state_dict(path):
 
 def cached_path(dat_path):
     """``$TORCH_HOME/hub/checkpoints/dlib_face_resnet-<sha16>.pt`` for ``dat_path``."""
-    from extract.weights import checkpoints_dir
-
     return checkpoints_dir() / f"dlib_face_resnet-{file_sha256(dat_path)[:16]}.pt"
 
 

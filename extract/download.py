@@ -1,6 +1,6 @@
 """Getting a published weights file into the cache: on first use, verified, never half-written.
 
-The cache is torchvision's (``$TORCH_HOME/hub/checkpoints``, :func:`extract.weights.checkpoints_dir`),
+The cache is torchvision's (``$TORCH_HOME/hub/checkpoints``, :func:`checkpoints_dir`),
 so files featbench fetches are the files torchvision would use and vice versa.
 
 Environment
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from featbench import __version__
 from featbench.core.errors import WeightsError
+from featbench.core.workspace import atomic_path
 
 _TRUE = ("1", "true", "yes", "on")
 _BLOCK = 1 << 20
@@ -74,21 +75,33 @@ def connect_timeout():
 _DIGESTS = {}
 
 
+def file_sha256(path):
+    """Return the hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoints_dir():
+    """``<torch hub dir>/checkpoints`` ($TORCH_HOME/hub/checkpoints): torchvision's weight cache."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def file_digest(path):
     """Return the hex sha256 of ``path``, remembered per (path, size, mtime) in this process."""
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        from extract.weights import file_sha256
-
         _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
 
 
 def where(entry, folder=None):
     """Return the cache path of ``entry`` (a :class:`extract.catalog.WeightsFile`)."""
-    from extract.weights import checkpoints_dir
-
     return Path(folder or checkpoints_dir()) / entry.filename
 
 
@@ -176,8 +189,6 @@ def store_verified(stream, path, *, check=None, progress=True, total=None):
     ``check(digest)`` finds nothing wrong; otherwise it is removed and :class:`FetchFailed` says why.
     """
     from tqdm import tqdm
-
-    from featbench.core.workspace import atomic_path
 
     h, got = hashlib.sha256(), 0
     with atomic_path(path) as part:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featbench.core.errors import UsageError
+
 from extract.registry import BackboneSpec, get_spec
+from extract.weights import load_network, parse_weights, pretrained_path, weights_identity
 
 
 def resolve_device(device="auto"):
     """Return ``"cuda"`` or ``"cpu"`` for ``--device auto|cpu|cuda``."""
-    from featbench.core.errors import UsageError
-
     import torch
 
     if device in (None, "auto"):
@@ -324,8 +325,6 @@ def create_encoder(model, *, weights=None, device="cpu", input_size=None):
     WeightsError
         Weights unavailable or not fitting.
     """
-    from extract.weights import load_network, parse_weights, pretrained_path, weights_identity
-
     spec = model if isinstance(model, BackboneSpec) else get_spec(model)
     choice = parse_weights(weights, spec)
     if input_size is None and choice.mode == "file":

@@ -1,25 +1,20 @@
-"""The extraction loop: aligned faces in, one feature file per network out.
+"""Extraction of one network's codes: align once, pick the encoder, run the loop.
 
 :func:`extract_features` aligns the data set once (``featbench.core.align.ensure_aligned``, cached),
-then, per region, reads the aligned uint8 faces in row-contiguous batches, runs the encoder
-(preprocessing fused into the network's forward, ``torch.inference_mode``, channels-last, bf16
-autocast on CUDA) and writes each batch to the HDF5 store, marking progress so that an
-interrupted run resumes where it stopped.
-
-Why the loop is shaped this way (measured on the 2-core CPU this project targets): the forward
-pass dominates; reading a batch of lzf-compressed faces costs a few percent of it. The next
-batch is read in a background thread while the network runs (h5py and numpy hold the GIL only
-briefly; torch's kernels release it), so reading overlaps the forward instead of adding to it.
+builds the encoder and runs :func:`extract.loop.extract_aligned` over every region; launched by
+``torchrun``, it hands this rank's shard to :mod:`extract.distributed` instead.
 """
-
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 
 from featbench.core.aus import REGIONS
 from featbench.core.errors import UsageError, did_you_mean
+
+from extract.distributed import extract_distributed, torchrun_env
+from extract.loop import ExtractReport, extract_aligned
+from featbench.core.align import ensure_aligned
+from extract.encoders import create_encoder
+
+__all__ = ["REGION_CHOICES", "parse_regions", "default_workers", "extract_features", "extract_aligned",
+           "ExtractReport"]
 
 #: --region choices; "all" is the full face and the three regions
 REGION_CHOICES = ("full",) + tuple(REGIONS) + ("all",)
@@ -35,48 +30,6 @@ def parse_regions(region):
         raise UsageError(did_you_mean(region, REGION_CHOICES, what="region",
                                       hint="choices: " + ", ".join(REGION_CHOICES)))
     return (region,)
-
-
-@dataclass
-class ExtractReport:
-    """What one :func:`extract_features` call did.
-
-    Attributes
-    ----------
-    path : Path
-        The feature file.
-    model, weights : str
-    dims : int
-    frames : int
-        Rows of the file (frames with a face).
-    computed : dict of str -> int
-        Rows computed by this call per region (0 when already complete).
-    seconds : float
-        Time spent encoding and writing (alignment excluded).
-    """
-
-    path: Path
-    model: str
-    weights: str
-    dims: int
-    frames: int
-    computed: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def fps(self):
-        n = sum(self.computed.values())
-        return n / self.seconds if self.seconds > 0 and n else float("nan")
-
-    def summary(self):
-        """The one-line summary ``featbench extract`` prints."""
-        n = sum(self.computed.values())
-        regions = ",".join(self.computed)
-        if not n:
-            return (f"{self.model} ({self.weights}): {self.frames} frames x {self.dims} dims "
-                    f"[{regions}] already extracted -> {self.path}")
-        return (f"{self.model} ({self.weights}): {self.frames} frames x {self.dims} dims "
-                f"[{regions}], {n} computed at {self.fps:.1f} frames/s -> {self.path}")
 
 
 def default_workers():
@@ -130,15 +83,10 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
     ------
     UsageError, WeightsError, StoreError
     """
-    from featbench.core.align import ensure_aligned
-
-    from extract.encoders import create_encoder
 
     regions = parse_regions(region)
     batch_size = _positive(batch_size, "--batch-size")
     workers = default_workers() if workers is None else int(workers)
-    from extract.distributed import extract_distributed, torchrun_env
-
     if torchrun_env() is not None:  # launched by torchrun: this rank's shard, rank 0 joins
         rep = extract_distributed(table, workspace, model, regions=regions, weights=weights,
                                   device=device, batch_size=batch_size, workers=workers,
@@ -163,106 +111,3 @@ def _positive(value, flag):
     return value
 
 
-def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch_size=64,
-                    workers=1, overwrite=False, float16=False, progress=True, on_batch=None,
-                    dataset="", part=None, extra_attrs=None):
-    """Encode the valid faces of an aligned-face cache into the feature file ``out_path``.
-
-    The part of :func:`extract_features` after alignment, for callers that hold an encoder
-    already (the bench, a torchrun rank). Parameters as there, plus ``part`` (a slice of the
-    valid faces: a torchrun rank's shard) and ``extra_attrs`` (more attributes of a new file);
-    returns an :class:`ExtractReport`.
-    """
-    import json
-
-    from featbench.core.align import AlignedFaces
-
-    from extract.store import is_complete, open_store
-
-    spec = encoder.spec
-    faces = AlignedFaces(aligned_path)
-    rows = np.flatnonzero(faces.valid)
-    if part is not None:
-        rows = rows[part]
-    keys = faces.keys[rows]
-    prep = {**encoder.preprocessing,  # the mean a weights file brought, not the spec's
-            "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
-    rep = ExtractReport(Path(out_path), spec.name, encoder.weights_id, spec.dims, len(rows))
-    if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,
-                                     layer=spec.code_layer, weights=encoder.weights_id,
-                                     input_size=spec.input_size, dims=spec.dims,
-                                     dtype="float16" if float16 else "float32",
-                                     source=faces.fingerprint):
-        faces.close()
-        rep.computed = {reg: 0 for reg in regions}
-        return rep
-    with faces, open_store(out_path, keys=keys, model=spec.name, layer=spec.code_layer,
-                           weights=encoder.weights_id, input_size=spec.input_size,
-                           dims=spec.dims, dtype="float16" if float16 else "float32",
-                           overwrite=overwrite, source=faces.fingerprint,
-                           source_changes=faces.rebuilt_because,
-                           extra_attrs={"dataset": dataset, "preprocessing": json.dumps(prep),
-                                        "family": spec.family, **(extra_attrs or {})}) as store:
-        for reg in regions:
-            start = store.rows_done(reg)
-            store.codes(reg)  # an empty region still gets its dataset
-            rep.computed[reg] = len(rows) - start
-            t0 = time.perf_counter()
-            _encode_region(faces, rows, start, reg, encoder, store, batch_size=batch_size,
-                           workers=workers, progress=progress, on_batch=on_batch)
-            rep.seconds += time.perf_counter() - t0
-    return rep
-
-
-def _batches(rows, start, batch_size):
-    for a in range(start, len(rows), batch_size):
-        yield a, rows[a:a + batch_size]
-
-
-def _read(faces, idx, region, size):
-    """Read a batch: full faces natively (resized in the forward if needed), regions at ``size``."""
-    return faces.read(idx, region=region, size=None if region == "full" else size)
-
-
-def _encode_region(faces, rows, start, region, encoder, store, *, batch_size, workers,
-                   progress, on_batch):
-    from tqdm import tqdm
-
-    size = encoder.input_size
-    total = len(rows)
-    bar = tqdm(total=total, initial=start, desc=f"{encoder.spec.name} {region}", unit="frame",
-               disable=not progress or None, dynamic_ncols=True, smoothing=0.1)
-    try:
-        batches = _batches(rows, start, batch_size)
-        source = (_prefetch(faces, batches, region, size, depth=max(1, workers))
-                  if workers > 0 else ((a, _read(faces, idx, region, size)) for a, idx in batches))
-        for a, imgs in source:
-            codes = encoder(imgs)
-            store.write(region, a, codes)
-            bar.update(len(codes))
-            if on_batch is not None:
-                on_batch(region, a + len(codes))
-    finally:
-        bar.close()
-
-
-def _prefetch(faces, batches, region, size, *, depth=1):
-    """Yield ``(start, faces)`` batches, each read ``depth`` batches ahead in a reader thread."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = iter(batches)
-    pending = deque()
-
-    def submit(pool):
-        for a, idx in batches:
-            pending.append((a, pool.submit(_read, faces, idx, region, size)))
-            return
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbench-read") as pool:
-        for _ in range(depth):
-            submit(pool)
-        while pending:
-            a, future = pending.popleft()
-            submit(pool)
-            yield a, future.result()

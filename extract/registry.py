@@ -37,6 +37,9 @@ from typing import Callable, Optional
 
 from featbench.core.errors import UsageError, did_you_mean
 
+from extract.dlib_net import DLIB_MEAN, DlibFaceResNet
+from extract.nets import build_convnet, build_vgg_face, code_module
+
 #: ImageNet normalisation of torchvision and most timm models (RGB, on [0, 1] pixels)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,8 +49,6 @@ VGG_FACE_MEAN = (129.186279296875, 104.76238250732422, 93.59396362304688)
 #: MatConvNet file replaces it by the file's own ``averageImage``
 MATCONVNET_MEAN = (123.68, 116.779, 103.939)
 
-#: the mean RGB dlib's face-recognition network subtracts (from 0-255 pixels, then / 256)
-DLIB_MEAN = (122.782, 117.001, 104.298)
 
 #: what users pass as --weights for "the network's published pretrained weights"
 PRETRAINED = ("imagenet", "pretrained")
@@ -179,8 +180,6 @@ def _tv(builder, **kwargs):
 
 def _fc6(fc_index):
     def truncate(model):
-        from extract.nets import code_module
-
         return code_module(model, fc_index=fc_index)
 
     return truncate
@@ -202,8 +201,6 @@ def _drop_fc(model):
 
 def _convnet(arch):
     def build():
-        from extract.nets import build_convnet
-
         return build_convnet(arch)
 
     build.__name__ = f"build_{arch}"
@@ -211,14 +208,10 @@ def _convnet(arch):
 
 
 def _vgg_face():
-    from extract.nets import build_vgg_face
-
     return build_vgg_face()
 
 
 def _dlib_resnet():
-    from extract.dlib_net import DlibFaceResNet
-
     return DlibFaceResNet()
 
 

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.core.errors import MissingRunError, StoreError
-from featbench.core.workspace import file_lock
+from featbench import __version__
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, describe_os_error
+from featbench.core.workspace import atomic_path, file_lock
 
 FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
@@ -207,9 +208,6 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
 
 def _open_store(path, lock, *, keys, model, layer, weights, input_size, dims, dtype, overwrite,
                 extra_attrs, source, source_changes):
-    from featbench import __version__
-    from featbench.core.workspace import atomic_path
-
     want = _identity(keys, model, layer, weights, input_size, dims, dtype, source)
     if path.exists() and not overwrite:
         f = _open_existing(path)
@@ -252,8 +250,6 @@ def _probe(f):
 @contextlib.contextmanager
 def _os_errors(path, doing, *, resume):
     """Turn an OS error while ``doing`` something to ``path`` into one :class:`StoreError` line."""
-    from featbench.core.errors import describe_os_error
-
     try:
         yield
     except OSError as exc:
@@ -295,8 +291,6 @@ def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims,
 
 def _open_existing(path):
     import errno
-
-    from featbench.core.errors import describe_os_error
 
     try:
         f = _h5(path, "r+")
@@ -406,8 +400,6 @@ def read_codes(path, region="full"):
 @contextlib.contextmanager
 def _reading(path):
     """Open ``path`` read-only; any failure to open or parse it is one :class:`StoreError` line."""
-    from featbench.core.errors import FeatbenchError, describe_os_error
-
     try:
         f = _h5(path, "r")
     except OSError as exc:

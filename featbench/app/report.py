@@ -17,6 +17,10 @@ import math
 import numpy as np
 
 from featbench.core.identity import WeightsId, parse_members, weights_of
+from featbench.core.results import read_summary
+from featbench.core.workspace import atomic_write_text
+
+from classify.ensemble import command_for_run, read_predictions
 
 #: the PNG charts, beside report.md
 CHART_MEAN = "report_mean_f1.png"
@@ -76,8 +80,6 @@ def all_positive_baseline(workspace, dataset):
         file exists.
     """
     import h5py
-
-    from classify.ensemble import read_predictions
 
     pred_dir = workspace.results_dir(dataset) / "predictions"
     best, size = None, -1
@@ -229,8 +231,6 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
 
 def headline(workspace, dataset, *, n=5):
     """Return the top ``n`` runs by mean F1 as a markdown table (what ``featbench report`` prints)."""
-    from featbench.core.results import read_summary
-
     ok, _ = _split(read_summary(workspace, dataset))
     return _md_table(["run", "weights", "mean F1", "mean acc"],
                      [[r["run"], describe_weights(r.get("weights")), _num(r["mean_f1"]),
@@ -282,9 +282,6 @@ def make_report(workspace, dataset):
     MissingRunError
         No run recorded for ``dataset`` yet.
     """
-    from featbench.core.results import read_summary
-    from featbench.core.workspace import atomic_write_text
-
     summary = read_summary(workspace, dataset)
     ok, failed = _split(summary)
     aus = _au_columns(summary)
@@ -382,8 +379,6 @@ def _ensemble_lines(ok):
 
 def _failed_lines(failed):
     """The failed runs with their errors and the command that reruns each."""
-    from classify.ensemble import command_for_run
-
     if not len(failed):
         return ["## Failed runs", "", "None.", ""]
     return ["## Failed runs", "",

@@ -32,8 +32,14 @@ import io
 
 import numpy as np
 
+from featbench.core.align import read_cache_info
 from featbench.core.errors import MissingRunError, StoreError
 from featbench.core.identity import WeightsId
+
+from classify.finetune import make_units, score_faces
+from classify.training import autocast_dtype
+from extract.encoders import resolve_device
+from extract.registry import get_spec
 
 
 class NetworkScores:
@@ -84,9 +90,6 @@ class NetworkScores:
         """Build the network on ``device`` (``auto``: CUDA when present); return self."""
         import torch
 
-        from classify.training import autocast_dtype
-        from extract.encoders import resolve_device
-
         self.device = resolve_device(device)
         if self.kind == "ft":
             from classify.finetune import unit_network
@@ -104,8 +107,6 @@ class NetworkScores:
     def __call__(self, crops):
         """Return the (n, outputs) float32 scores of ``crops`` (n, S, S, 3) uint8."""
         import torch
-
-        from classify.finetune import score_faces
 
         if self._net is None:
             self.open("cpu")
@@ -141,8 +142,6 @@ def _cache_alignment(workspace, dataset):
     """The alignment settings of the workspace's aligned-face cache (what ft / transfer read)."""
     import json
 
-    from featbench.core.align import read_cache_info
-
     info = read_cache_info(workspace.aligned_path(dataset)) or {}
     try:
         return dict(json.loads(info.get("settings") or "{}"))
@@ -152,8 +151,6 @@ def _cache_alignment(workspace, dataset):
 
 def load_ft_run(workspace, dataset, run):
     """A ``featbench finetune`` run: settings.json + one saved network per unit (and fold)."""
-    from classify.finetune import make_units
-
     from featbench.apply.runmodel import RunModel, read_settings
 
     folder = workspace.models_dir(dataset, run)
@@ -193,8 +190,6 @@ def load_ft_run(workspace, dataset, run):
 def load_transfer_run(workspace, dataset, run):
     """A ``featbench transfer`` stage-2 run: ``model.pt`` (network, AUs, thresholds)."""
     import torch
-
-    from extract.registry import get_spec
 
     from featbench.apply.runmodel import RunModel
 

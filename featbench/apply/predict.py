@@ -38,8 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
+from featbench import __version__
+from featbench.core import faces as F, footage
+from featbench.core._background import in_background, ordered_map
+from featbench.core.align import region_crops
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
+from featbench.core.workspace import Workspace
+
+from extract.encoders import create_encoder
+from extract.registry import get_spec
+from extract.weights import file_sha256, pretrained_path
 
 #: faces encoded and classified together
 DEFAULT_BATCH = 32
@@ -74,9 +83,6 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None, input
         The weights cannot be found or are not the ones the run's codes came from; the message
         names the run and the weights.
     """
-    from extract.encoders import create_encoder
-    from extract.registry import get_spec
-
     wid = WeightsId.parse(weights)
     what = f"run {run} was trained on codes of {model} with weights {str(wid)!r}"
     choice = _weights_choice(wid, get_spec(model), what, weights_file)
@@ -98,8 +104,6 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None, input
 
 def _weights_choice(wid, spec, what, weights_file):
     """The ``--weights`` value that loads ``wid`` here (checked against its sha256)."""
-    from extract.weights import file_sha256, pretrained_path
-
     if wid.kind == "none":
         return None
     if wid.kind == "random":
@@ -126,8 +130,6 @@ def finetuned_file(workspace, wid):
     A fine-tuned network's codes (``featbench extract --weights results/<ds>/models/<run>/
     model.pt``) name the run that trained it; its ``.pt`` files are searched for the hash.
     """
-    from extract.weights import file_sha256
-
     if workspace is None or wid.kind != "finetuned":
         return None
     folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
@@ -155,8 +157,6 @@ class _Item:
 
 def _detect(frame, *, detector, all_faces, size):
     """Faces of one frame, aligned as ``featbench align`` aligns them (runs in a worker thread)."""
-    from featbench.core import faces as F
-
     found = []
     if frame.image is not None:
         for box, conf, lm in F.detect_faces(frame.image, detector=detector, all_faces=all_faces):
@@ -264,8 +264,6 @@ def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
     size, the full face as aligned (the network resizes it), unless the encoder says otherwise
     (``crop_size``: a fine-tuned network's faces were resized to its input size first).
     """
-    from featbench.core.align import region_crops
-
     codes = {}
     for (net, weights), regions in model.networks().items():
         enc = encoders[(net, weights)]
@@ -363,9 +361,6 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         The rows of the CSV (columns in the module docstring); ``df.attrs`` holds the run, the
         weights, the sidecar's content and the one-line ``summary``.
     """
-    from featbench import __version__
-    from featbench.core import footage
-
     t0 = time.perf_counter()
     model, size = _prepare(run=run, model_file=model_file, workspace=workspace, dataset=dataset,
                            detector=detector, batch_size=batch_size, window=window)
@@ -400,15 +395,11 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
 
 
 def _workspace(workspace):
-    from featbench.core.workspace import Workspace
-
     return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
 
 
 def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window):
     """Check the settings, load the run; return it and the side faces are aligned at."""
-    from featbench.core import faces as F
-
     if detector not in F.DETECTORS:
         raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS)})")
     if int(batch_size) < 1:
@@ -432,9 +423,6 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
     """
     import pandas as pd
     from tqdm import tqdm
-
-    from featbench.core import footage
-    from featbench.core._background import in_background, ordered_map
 
     def detect(frame):
         return _detect(frame, detector=detector, all_faces=all_faces, size=size)
@@ -483,8 +471,6 @@ def batches(items, *, batch_size, window=None, tracker=None):
 
 
 def _check_alignment(model, size):
-    from featbench.core import faces as F
-
     al = model.alignment or {}
     tv = al.get("template_version")
     if tv is not None and int(tv) != F.TEMPLATE_VERSION:

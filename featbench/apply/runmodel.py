@@ -30,8 +30,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featbench.core.errors import MissingRunError, StoreError, UsageError, WeightsError
+from featbench import __version__
+from featbench.core.aus import AU_REGION
+from featbench.core.errors import (MissingRunError, StoreError, UsageError, WeightsError,
+                                   did_you_mean)
 from featbench.core.identity import RunKey, WeightsId
+from featbench.core.results import read_summary
+from featbench.core.workspace import Workspace, atomic_path
+
+from classify.ensemble import align_members, majority_vote, read_predictions, score_scales
+from classify.lstm import load_model
 
 #: what an exported model file says it is, and the layout version this code reads
 MODEL_FORMAT = "featbench-model"
@@ -193,8 +201,6 @@ class RunModel:
             1 present, 0 absent: ``scores > threshold``, as the run decided its test frames.
         thresholds : ndarray (k,) float
         """
-        from classify.ensemble import majority_vote
-
         if self.members:
             parts = [m.score(codes, tracks) for m in self.members]
             cols = [[m.aus.index(a) for a in self.aus] for m in self.members]
@@ -264,8 +270,6 @@ def resolve_run(workspace, dataset, run):
     """
     if run != "best":
         return str(run)
-    from featbench.core.results import read_summary
-
     df = read_summary(workspace, dataset)
     ok = df[df["mean_f1"].notna() & (df.get("error", "").fillna("") == "")] if "error" in df else \
         df[df["mean_f1"].notna()]
@@ -293,9 +297,6 @@ def load_run(workspace, dataset, run):
     StoreError
         A model folder that lacks its files.
     """
-    from featbench.core.errors import did_you_mean
-    from featbench.core.workspace import Workspace
-
     workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     run = resolve_run(workspace, dataset, run)
     key = RunKey.parse(run)
@@ -327,8 +328,6 @@ def _load_classifier_run(workspace, dataset, run, *, load=None):
     ``load(path, entry, run)`` reads one model file instead of the classifier registry's
     :func:`classify.registry.load_run_models` (sequence models: :func:`_load_lstm_run`).
     """
-    from featbench.core.aus import AU_REGION
-
     folder = workspace.models_dir(dataset, run)
     settings = read_settings(folder, run)
     feat = (settings.get("features") or {}).get("attrs") or {}
@@ -369,8 +368,6 @@ def _load_classifier_run(workspace, dataset, run, *, load=None):
 
 def _load_vote(workspace, dataset, run):
     """A ``featbench ensemble`` run: its members, and their score scales on its frames."""
-    from classify.ensemble import align_members, read_predictions, score_scales
-
     path = workspace.predictions_path(dataset, run)
     if not path.exists():
         raise MissingRunError(f"{path}: ensemble {run} has no predictions file (rerun featbench ensemble)")
@@ -472,8 +469,6 @@ def _segments(tracks):
 
 def _load_lstm_run(workspace, dataset, run):
     """A ``featbench classify --clf lstm`` run: settings.json + one ``.pt`` per AU (or multilabel)."""
-    from classify.lstm import load_model
-
     def load(path, entry, run):
         _, saved = load_model(path)
         return LSTMScorer(saved, entry.get("output", 0))
@@ -502,8 +497,6 @@ _LOADERS = {"lda": _load_classifier_run, "svm": _load_classifier_run, "vote": _l
 def _versions():
     import sklearn
 
-    from featbench import __version__
-
     return {"featbench": __version__, "scikit-learn": sklearn.__version__}
 
 
@@ -522,8 +515,6 @@ def export_run(model, out, workspace=None):
     import joblib
 
     from featbench.apply.predict import finetuned_file
-    from featbench.core.workspace import atomic_path
-
     for m, w in model.networks():
         wid = WeightsId.parse(w)
         if wid.kind == "finetuned" and model.network_for((m, w)) is None and model.weights_blob(w) is None:

@@ -44,8 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+from featbench.core import faces
+from featbench.core._background import in_background, ordered_map
 from featbench.core.aus import REGIONS
 from featbench.core.errors import StoreError, UsageError, did_you_mean
+from featbench.core.frames import differences
 from featbench.core.workspace import file_lock
 
 FORMAT_VERSION = 1
@@ -118,8 +121,6 @@ def alignment_settings(table, *, size=None, compression=None):
     ``compression`` is recorded but not hashed: it changes the file, not the faces, so a cache
     built either way satisfies every reader.
     """
-    from featbench.core import faces
-
     size = int(size or faces.CANONICAL_SIZE)
     if table.pre_aligned:
         source = "pre_aligned"
@@ -240,8 +241,6 @@ def _up_to_date(table, path, fingerprint, t0):
 
 def _rebuild(table, path, settings, fingerprint, digests, t0, *, progress):
     """Build the cache into ``<path>.partial`` (resuming it) and rename it onto ``path``."""
-    from featbench.core.frames import differences
-
     changed = []
     if path.exists():
         old = read_cache_info(path) or {}
@@ -309,8 +308,6 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
     """Fill ``partial`` with every row not done yet; return how many rows were computed."""
     from tqdm import tqdm
 
-    from featbench.core import faces
-
     size = settings["size"]
     template_boxes = faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)
     with _open_partial(table, partial, settings, fingerprint, inputs) as f:
@@ -340,15 +337,11 @@ def _frames_to_align(table, rows, landmarks):
     Decoding runs in a second thread (OpenCV releases the GIL), so that it overlaps the
     warping and the HDF5 writes of the main thread: the two CPU cores each do half.
     """
-    from featbench.core import faces
-
     if landmarks is not None:
         stable = np.isfinite(landmarks[:, faces.STABLE_POINTS]).all(axis=(1, 2))
         for row in rows[~stable[rows]]:
             yield int(row), None, _NO_LANDMARKS, None  # no need to decode these
         rows = rows[stable[rows]]
-    from featbench.core._background import in_background
-
     for row, image in in_background(faces.iter_frames(table, rows, missing="none"),
                                     name="featbench-decode"):
         if image is None:
@@ -363,9 +356,6 @@ def _map_frames(frames, pre_aligned, size, *, threads):
     dlib's detector releases the GIL: with ``threads=2`` two frames are detected at once
     (measured: 17 -> 33 frames/s on 1024 x 1024 photos, two cores).
     """
-    from featbench.core import faces
-    from featbench.core._background import ordered_map
-
     def align(frame):
         row, image, reason, lm = frame
         return row, _align_one(image, reason, lm, pre_aligned, size, faces)
@@ -408,8 +398,6 @@ class _Block:
         self.results.append(result)
 
     def write(self):
-        from featbench.core import faces
-
         k = len(self.rows)
         if not k:
             return 0
@@ -601,8 +589,6 @@ def region_crops(images, boxes, region="full", size=None):
     -------
     ndarray, shape (k, H, W, 3), uint8 RGB
     """
-    from featbench.core import faces
-
     side = images.shape[1] if images.ndim == 4 else faces.CANONICAL_SIZE
     if region == "full":
         if size is None or _hw(size) == (side, side):
@@ -661,8 +647,6 @@ def render_sheet(table, path, out, *, n=8):
         ``out``.
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
-
-    from featbench.core import faces
 
     if not 1 <= n <= MAX_SHEET_ROWS:
         # one row is ~200 px high: 100000 rows made a 77 MB PNG no viewer opens
@@ -723,8 +707,6 @@ def _frame_with_landmarks(frame, lms, mat):
     ``mat`` is the frame -> aligned transform; a frame without landmarks is returned as it is.
     """
     import cv2
-
-    from featbench.core import faces
 
     if not np.isfinite(lms).all():
         return frame

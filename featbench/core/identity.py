@@ -35,14 +35,13 @@ built by :func:`format_members` and read back by :func:`parse_members` (pairs, i
 from dataclasses import dataclass, field
 
 from featbench.core.errors import UsageError
+from featbench.core.workspace import safe_name
 
 _SEP = "__"
 KINDS = ("none", "random", "pretrained", "file", "finetuned")
 
 
 def _safe(name):
-    from featbench.core.workspace import safe_name
-
     return safe_name(name)
 
 

@@ -18,7 +18,7 @@ import datetime as _dt
 import math
 import os
 
-from featbench.core.errors import MissingRunError
+from featbench.core.errors import MissingRunError, StoreError
 from featbench.core.metrics import nanmean
 from featbench.core.workspace import atomic_path, atomic_write_text, file_lock
 
@@ -170,8 +170,6 @@ def read_summary_rows(path, *, header=False):
         number (``nan`` and empty are numbers here: undefined).
     """
     import csv
-
-    from featbench.core.errors import StoreError
 
     problem = f"{path}: not featbench's summary.csv"
     fix = "(move it away, or fix the line: it is rewritten by the next featbench classify)"

@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from featbench.core.errors import BusyError
+
 
 def safe_name(name):
     """Return ``name`` usable as a file name: ``timm:convnext_tiny`` -> ``timm-convnext_tiny``."""
@@ -118,8 +120,6 @@ def file_lock(path, *, wait=True, what="writing"):
     result, or, with ``wait=False``, stops with :class:`~featbench.core.errors.BusyError`. The lock
     is ``flock``'s: the kernel releases it when its holder exits, even after ``kill -9``.
     """
-    from featbench.core.errors import BusyError
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(path.with_name(f".{path.name}.lock"), "a")

@@ -14,6 +14,7 @@ name                      layout
 
 from pathlib import Path
 
+from featbench.core.datasets._landmarks import read_landmark_files
 from featbench.core.errors import DataError, UsageError, did_you_mean
 from featbench.core.workspace import Workspace
 
@@ -104,6 +105,4 @@ def load_landmarks(table):
 
     Frames without a landmark file (or with an unreadable one) are NaN.
     """
-    from featbench.core.datasets._landmarks import read_landmark_files
-
     return read_landmark_files(table)

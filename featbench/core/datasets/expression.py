@@ -30,9 +30,10 @@ import csv
 import re
 from pathlib import Path
 
+from featbench.core.datasets import load_dataset, resolve_root
+from featbench.core.datasets._text import read_lines
 from featbench.core.errors import DataError, LabelFileError, LayoutError, UsageError
 from featbench.core.frames import FrameTable, build_frames
-from featbench.core.datasets._text import read_lines
 
 #: the expression-set layouts :func:`load_expression_set` reads
 EXPRESSION_DATASETS = ("synth-expression", "manifest", "subfolders")
@@ -75,8 +76,6 @@ def load_expression_set(name="synth-expression", *, root=None, workspace=None,
     DataError
         A missing folder, no class or a single class, an image that does not decode.
     """
-    from featbench.core.datasets import load_dataset, resolve_root
-
     if name not in EXPRESSION_DATASETS:
         from featbench.core.errors import did_you_mean
 

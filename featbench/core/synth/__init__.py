@@ -27,6 +27,9 @@ import shutil
 from pathlib import Path
 
 from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.synth import _layouts as L
+from featbench.core.synth._layouts import MAX_SUBJECTS
+from featbench.core.synth._sheet import contact_sheet as _cs
 
 LAYOUTS = ("disfa", "affwild2", "expression")
 #: frames per subject (``disfa``), per video (``affwild2``), takes per expression and view
@@ -85,8 +88,6 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
     UsageError
         Unknown layout, out-of-range numbers, or ``root`` exists and ``overwrite`` is False.
     """
-    from featbench.core.synth._layouts import MAX_SUBJECTS
-
     if layout not in LAYOUTS:
         raise UsageError(did_you_mean(str(layout), LAYOUTS, what="layout"))
     _check_int("subjects", subjects, MIN_SUBJECTS, MAX_SUBJECTS)
@@ -129,8 +130,6 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
 
 
 def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, progress, workers):
-    from featbench.core.synth import _layouts as L
-
     if layout == "disfa":
         ids = L.subject_ids(subjects)
         for sub in ("Videos_LeftCamera",) + (("Video_RightCamera",) if right_camera else ()):
@@ -204,6 +203,4 @@ def contact_sheet(table, out_png, *, n=24, seed=0):
 
     See :func:`featbench.core.synth._sheet.contact_sheet`.
     """
-    from featbench.core.synth._sheet import contact_sheet as _cs
-
     return _cs(table, out_png, n=n, seed=seed)

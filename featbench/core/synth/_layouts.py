@@ -9,6 +9,7 @@ import io
 import numpy as np
 
 from featbench.core.aus import AFFWILD2_AUS, DISFA_AUS
+from featbench.core.landmarks import ibug68_to_66
 from featbench.core.synth._face import AU_INDEX, sample_identity, strength
 from featbench.core.synth._render import FRAME_SIZE, Pose, Scene, render_frame
 from featbench.core.synth._subject import SubjectVideo, align_crop, subject_rng
@@ -60,8 +61,6 @@ def _video_writer(path, size):
 
 def write_disfa_subject(tmp_root, seed, index, subject, n_frames, difficulty, right_camera):
     """Write one subject of the DISFA layout: 12 label files, video(s), landmark files."""
-    from featbench.core.landmarks import ibug68_to_66
-
     if subject == SHORT_SUBJECT:
         n_frames -= 1
     video = SubjectVideo(seed, index, n_frames, difficulty=difficulty)
