@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from featbench.app.cli import main
@@ -173,3 +174,254 @@ def test_calibration_errors():
         person_references(X, groups, "median", require=["a", "c"])
     with pytest.raises(UsageError, match="did you mean 'median'"):
         calibrate(X, groups, "medain")
+
+
+# the intensity run ----------------------------------------------------------------------------
+from featbench.core.aus import DISFA_AUS  # noqa: E402
+from featbench.core.frames import FrameTable  # noqa: E402
+from featbench.core.results import read_summary  # noqa: E402
+from featbench.core.splits import PAPER_SPLIT  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
+
+from classify.intensity_model import load_intensity_model  # noqa: E402
+from classify.intensity_run import intensity_run  # noqa: E402
+from test_classify import SUBJECTS, make_table, write_features  # noqa: E402
+
+DIMS = 16
+
+
+def intensity_table(n_frames=20, seed=0):
+    """27 subjects x ``n_frames``; each AU active (1-5) on 40 % of frames, else 0."""
+    frames = make_table(n_frames, seed).frames
+    rng = np.random.default_rng(seed)
+    for au in DISFA_AUS:
+        v = np.where(rng.random(len(frames)) < 0.4, rng.integers(1, 6, len(frames)), 0)
+        frames[au], frames[f"{au}_int"] = (v >= 2).astype(np.int8), v.astype(np.int8)
+    return FrameTable("synth", "/nonexistent", DISFA_AUS, frames, has_intensity=True,
+                      label_threshold=2)
+
+
+def intensity_codes(table, seed=1):
+    """Dim j < 12 = intensity of AU j + noise, plus a large per-subject offset on every dim
+    (identity: what calibration removes)."""
+    rng = np.random.default_rng(seed)
+    subjects = table.frames["subject"].to_numpy()
+    offset = {s: rng.normal(scale=3.0, size=DIMS) for s in SUBJECTS}
+    X = rng.normal(scale=0.7, size=(len(table), DIMS)) + np.stack([offset[s] for s in subjects])
+    X[:, :12] += table.intensities()
+    return X.astype(np.float32)
+
+
+@pytest.fixture
+def int_setup(tmp_path):
+    ws = Workspace(tmp_path)
+    table = intensity_table()
+    codes = intensity_codes(table)
+    write_features(ws, table, codes)
+    return ws, table, codes
+
+
+def irun(ws, table, **kw):
+    kw.setdefault("model", "toy")
+    kw.setdefault("clf", "ridge")
+    return intensity_run(ws, "synth", table=table, progress=False, **kw)
+
+
+def _test_rows(table):
+    return table.frames["subject"].isin(PAPER_SPLIT["test"]).to_numpy()
+
+
+def test_intensity_run_outputs_and_calibration_helps(int_setup):
+    ws, table, codes = int_setup
+    plain = irun(ws, table)
+    assert plain["run"] == "toy__full__ridge"
+    csv = pd.read_csv(plain["csv"])
+    assert list(csv.columns[:7]) == ["au", "icc", "pearson", "mae", "f1", "support", "frames"]
+    assert list(csv["au"]) == list(DISFA_AUS) + ["mean"]
+    cal = irun(ws, table, calibrate="median")
+    assert cal["run"] == "toy__full__ridge__calmed"
+    # the subjects' offsets hide the intensities until each person's median is subtracted
+    assert cal["mean"]["icc"] > plain["mean"]["icc"] + 0.2
+    assert cal["mean"]["icc"] > 0.8 and cal["mean"]["mae"] < plain["mean"]["mae"]
+    summary = read_summary(ws, "synth").set_index("run")
+    row = summary.loc["toy__full__ridge__calmed"]
+    assert row["task"] == "intensity" and row["calibrate"] == "median"
+    assert row["mean_icc"] == pytest.approx(cal["mean"]["icc"], abs=1e-4)
+    assert row["mean_f1"] == pytest.approx(cal["mean"]["f1"], abs=1e-4)
+    assert "icc_AU26" in summary.columns and "f1_AU26" in summary.columns
+    import h5py
+
+    with h5py.File(cal["predictions"], "r") as f:
+        scores, ints = f["scores"][:], f["intensities"][:]
+        assert f.attrs["task"] == "intensity" and f.attrs["calibrate"] == "median"
+        assert {k.decode() for k in f["frames"][:]["subject"]} == set(PAPER_SPLIT["test"])
+    assert scores.min() >= 0 and scores.max() <= 5  # clipped to the scale
+    np.testing.assert_array_equal(ints, table.intensities()[_test_rows(table)])
+
+
+@pytest.mark.parametrize("method", ["none", "median", "neutral"])
+def test_saved_model_reproduces_the_test_predictions(int_setup, method):
+    import h5py
+
+    from featbench.core.calibrate import persons_of
+
+    ws, table, codes = int_setup
+    out = irun(ws, table, clf="svr", calibrate=method)
+    model = load_intensity_model(out["models_dir"])
+    test = _test_rows(table)
+    keys = table.keys()[test]
+    got = model.predict({"full": codes[test]}, persons_of(keys))
+    with h5py.File(out["predictions"], "r") as f:
+        np.testing.assert_array_equal(got, f["scores"][:])
+        np.testing.assert_array_equal(model.decide(got), f["decisions"][:])
+    assert model.calibrate == method and model.manifest["task"] == "intensity"
+
+
+@pytest.mark.parametrize("method", ["median", "neutral"])
+def test_calibration_never_reads_a_test_label(int_setup, tmp_path, method):
+    """Poisoned test labels (intensities and occurrence) leave every test prediction and every
+    fitted array bit for bit unchanged: neither the calibration nor the fit reads them."""
+    import h5py
+
+    ws, table, codes = int_setup
+    clean = irun(ws, table, calibrate=method)
+    poisoned = intensity_table()
+    test = _test_rows(poisoned)
+    rng = np.random.default_rng(9)
+    for au in DISFA_AUS:
+        v = rng.integers(0, 6, size=int(test.sum())).astype(np.int8)
+        poisoned.frames.loc[test, f"{au}_int"] = v
+        poisoned.frames.loc[test, au] = (v >= 2).astype(np.int8)
+    ws2 = Workspace(tmp_path / "poisoned")
+    write_features(ws2, poisoned, codes)
+    dirty = irun(ws2, poisoned, calibrate=method)
+    with h5py.File(clean["predictions"], "r") as a, h5py.File(dirty["predictions"], "r") as b:
+        np.testing.assert_array_equal(a["scores"][:], b["scores"][:])
+        assert not np.array_equal(a["intensities"][:], b["intensities"][:])  # the labels did change
+    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    for au in DISFA_AUS:
+        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
+    assert clean["mean"]["icc"] != dirty["mean"]["icc"]
+
+
+def test_test_codes_never_reach_the_fit_even_calibrated(int_setup, tmp_path):
+    ws, table, codes = int_setup
+    clean = irun(ws, table, calibrate="median")
+    poisoned = codes.copy()
+    test = _test_rows(table)
+    poisoned[test] = np.float32(1e4) * np.sign(np.random.default_rng(5).normal(size=poisoned[test].shape))
+    ws2 = Workspace(tmp_path / "poisoned")
+    write_features(ws2, table, poisoned)
+    dirty = irun(ws2, table, calibrate="median")
+    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    for au in DISFA_AUS:
+        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
+        assert ma[au].bias == mb[au].bias
+    assert [r["alpha"] for r in clean["rows"]] == [r["alpha"] for r in dirty["rows"]]
+
+
+def test_au_constant_in_training_is_an_error_row(int_setup):
+    ws, table, codes = int_setup
+    train = table.frames["subject"].isin(PAPER_SPLIT["train"]).to_numpy()
+    table.frames.loc[train, "AU05_int"] = np.int8(0)
+    table.frames.loc[train, "AU05"] = np.int8(0)
+    out = irun(ws, table)
+    row = {r["au"]: r for r in out["rows"]}["AU05"]
+    assert math.isnan(row["icc"]) and "every training frame has intensity 0" in row["note"]
+    assert not math.isnan(out["mean"]["icc"])
+
+
+def test_occurrence_run_calibrated(tmp_path):
+    from classify.run import classify_run
+
+    ws = Workspace(tmp_path)
+    table = intensity_table()
+    write_features(ws, table, intensity_codes(table))
+    plain = classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    cal = classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1,
+                       calibrate="median")
+    assert cal["run"] == "toy__full__lda__calmed" and cal["meta"]["calibrate"] == "median"
+    assert cal["mean"]["f1"] > plain["mean"]["f1"]
+    summary = read_summary(ws, "synth").set_index("run")
+    assert summary.loc["toy__full__lda__calmed", "task"] == "occurrence"
+
+
+# the CLI: bad input is one line, exit 2; a good run prints its table ---------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["--task", "intensty", "--clf", "ridge"], "unknown task 'intensty'; did you mean 'intensity'?"),
+    (["--task", "intensity", "--clf", "lda"], "unknown intensity regressor 'lda'"),
+    (["--task", "intensity", "--clf", "ridge", "--tune-threshold"], "--tune-threshold: not for --task intensity"),
+    (["--task", "intensity", "--clf", "ridge", "--calibrate", "medain"],
+     "unknown calibration 'medain'; did you mean 'median'?"),
+    (["--clf", "svm", "--calibrate", "neutrl"], "unknown calibration 'neutrl'"),
+])
+def test_cli_bad_intensity_flags(tmp_path, capsys, argv, needle):
+    msg = _bad(capsys, "--workspace", str(tmp_path), "classify", *argv)
+    assert needle in msg
+
+
+def test_cli_intensity_of_a_data_set_without_intensities(abaw_tree, tmp_path, capsys):
+    msg = _bad(capsys, "--workspace", str(tmp_path), "classify", "--task", "intensity", "--clf",
+               "ridge", "--dataset", "affwild2", "--root", str(abaw_tree), "--model", "hog")
+    assert "affwild2" in msg and "occurrence only" in msg
+
+
+def test_cli_intensity_run_prints_its_table(int_setup, capsys, monkeypatch):
+    ws, table, _ = int_setup
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    rc = main(["--workspace", str(ws.root), "classify", "--task", "intensity", "--clf", "ridge",
+               "--calibrate", "neutral", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mean ICC" in out and "toy__full__ridge__calneu.csv" in out
+
+
+# ensembles and the report know the task ------------------------------------------------------
+def test_intensity_ensemble_is_the_mean_of_the_members(int_setup):
+    import h5py
+
+    from classify.ensemble import ensemble_run
+
+    ws, table, _ = int_setup
+    a = irun(ws, table, clf="ridge", calibrate="median")
+    b = irun(ws, table, clf="svr", calibrate="median")
+    out = ensemble_run(ws, "synth", members=[a["run"], b["run"]], name="ivote")
+    assert out["task"] == "intensity" and out["run"] == "ivote__full__vote"
+    with h5py.File(a["predictions"], "r") as fa, h5py.File(b["predictions"], "r") as fb, \
+            h5py.File(out["predictions"], "r") as fe:
+        mean = ((fa["scores"][:].astype(np.float64) + fb["scores"][:]) / 2).astype(np.float32)
+        np.testing.assert_array_equal(fe["scores"][:], mean)
+        np.testing.assert_array_equal(fe["decisions"][:], (mean >= 1.5).astype(np.int8))
+        np.testing.assert_array_equal(fe["intensities"][:], fa["intensities"][:])
+    row = read_summary(ws, "synth").set_index("run").loc["ivote__full__vote"]
+    assert row["task"] == "intensity" and np.isfinite(row["mean_icc"])
+    csv = pd.read_csv(out["csv"])
+    assert list(csv.columns[:4]) == ["au", "icc", "pearson", "mae"]
+
+
+def test_ensemble_refuses_mixed_tasks(int_setup):
+    from classify.ensemble import ensemble_run
+    from classify.run import classify_run
+
+    ws, table, codes = int_setup
+    occ = classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    intensity = irun(ws, table)
+    with pytest.raises(UsageError, match="mix occurrence and intensity"):
+        ensemble_run(ws, "synth", members=[occ["run"], intensity["run"]])
+
+
+def test_report_has_its_intensity_section_and_chart(int_setup):
+    from classify.run import classify_run
+    from featbench.app.report import make_report
+    from featbench.app.report_intensity import CHART_INTENSITY
+
+    ws, table, _ = int_setup
+    classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    irun(ws, table)
+    irun(ws, table, calibrate="median")
+    text = make_report(ws, "synth").read_text()
+    occurrence = text.split("## Runs by mean F1")[1].split("##")[0]
+    assert "toy__full__lda" in occurrence and "ridge" not in occurrence
+    section = text.split("## Intensity runs by mean ICC(3,1)")[1]
+    assert section.index("toy__full__ridge__calmed") < section.index("toy__full__ridge`")
+    assert "| median |" in section and "Per-AU ICC" in section
+    assert CHART_INTENSITY in section and (ws.results_dir("synth") / CHART_INTENSITY).stat().st_size > 0

@@ -31,6 +31,8 @@ import numpy as np
 from featbench.core.errors import UsageError, did_you_mean
 
 CALIBRATIONS = ("none", "median", "neutral")
+#: the run-name part of each calibration (``none``: no part)
+CALIBRATION_TAGS = {"none": None, "median": "calmed", "neutral": "calneu"}
 
 
 class CalibrationError(UsageError):
@@ -43,6 +45,11 @@ def check_calibration(method):
     if method not in CALIBRATIONS:
         raise UsageError(did_you_mean(method, CALIBRATIONS, what="calibration"))
     return method
+
+
+def calibration_tag(method):
+    """Return the run-name part of a calibration (``calmed``, ``calneu``; None for ``none``)."""
+    return CALIBRATION_TAGS[check_calibration(method)]
 
 
 def reference_code(codes, method):
@@ -132,3 +139,27 @@ def calibrate(codes, groups, method, *, require=()):
     for person, ref in refs.items():
         X[groups == person] -= ref
     return X
+
+
+def persons_of(keys):
+    """Return each frame key's person, ``"<subject>/<video>"``: one video of a subject is one
+    face track (``keys``: the structured frame keys of :data:`featbench.core.frames.KEY_DTYPE`)."""
+    subject = np.char.decode(np.asarray(keys["subject"]).astype("S"), "utf-8")
+    video = np.char.decode(np.asarray(keys["video"]).astype("S"), "utf-8")
+    return np.char.add(np.char.add(subject, "/"), video)
+
+
+def calibrate_codes(codes, keys, method):
+    """Return ``{region: codes}`` calibrated per person (:func:`persons_of`); ``none``: unchanged.
+
+    Parameters
+    ----------
+    codes : dict of str -> array of shape (n, dims)
+        Every row of a feature file (or of one input at predict time), one per frame key.
+    keys : structured array of shape (n,)
+    method : {"none", "median", "neutral"}
+    """
+    if check_calibration(method) == "none":
+        return codes
+    persons = persons_of(keys)
+    return {r: calibrate(c, persons, method) for r, c in codes.items()}

@@ -171,7 +171,9 @@ def intensity_metrics(y_int, y_pred, y_occ=None, *, threshold=PRESENT_AT):
         y_occ = np.where(y_int >= 0, (y_int >= threshold).astype(np.int8), -1)
     known = (y_int >= 0) & np.isfinite(y_pred)
     t, p = y_int[known].astype(np.float64), y_pred[known]
-    out = au_metrics(y_occ, intensity_decisions(y_pred, threshold), y_pred)
+    y_occ = np.asarray(y_occ).ravel()
+    scored = np.isfinite(y_pred[y_occ >= 0]).all()  # ROC-AUC of the intensities, when all exist
+    out = au_metrics(y_occ, intensity_decisions(y_pred, threshold), y_pred if scored else None)
     out.pop("frames")
     out.update({"icc": icc31(t, p), "pearson": pearson(t, p),
                 "mae": float(np.mean(np.abs(t - p))) if t.size else float("nan"),
