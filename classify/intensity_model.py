@@ -9,22 +9,18 @@ reads, the clip range and the label threshold of the ``_c`` decisions.
 reproduces the run's test predictions from the same codes.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from featbench import __version__
 from featbench.core.aus import AU_REGION
 from featbench.core.calibrate import calibrate, check_calibration
 from featbench.core.errors import MissingRunError, StoreError
 from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, intensity_decisions
-from featbench.core.workspace import atomic_write_text
+from featbench.core.modelfile import create_manifest, open_model, write_model
 
 from classify.intensity import LinearIntensity
-
-MANIFEST = "manifest.json"
 
 
 def _regions(au_list, region):
@@ -33,9 +29,6 @@ def _regions(au_list, region):
 
 def save_intensity_model(folder, *, run, spec, au_list, splits, fold_fits, meta):
     """Write the fitted AUs of every fold into ``folder`` (manifest + one safetensors file per fold)."""
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
     folds, tensors = [], {}
     for fi, split in enumerate(splits):
         arrays = {}
@@ -45,26 +38,20 @@ def save_intensity_model(folder, *, run, spec, au_list, splits, fold_fits, meta)
                 continue
             arrays[f"{au}.weight"] = np.asarray(fit.model.weight, dtype=np.float64)
             arrays[f"{au}.bias"] = np.array([fit.model.bias], dtype=np.float64)
-        name = f"{split.name}.safetensors"
-        save_file(arrays, str(folder / name))
-        tensors[split.name] = {"file": name}
+        tensors[split.name] = arrays
         folds.append({"name": split.name,
                       "thresholds": {au: float(meta["label_threshold"]) - 0.5
                                      for au in au_list if f"{au}.weight" in arrays}})
-    manifest = {
-        "format": "featbench-model", "featbench_version": __version__, "run": str(run),
-        "kind": spec.name, "task": "intensity", "aus": list(au_list), "folds": folds,
-        "weights": meta.get("weights", ""),
-        "preprocessing": {"model": meta["model"], "regions": _regions(au_list, meta["region"])},
-        "training_data": {"dataset": meta["dataset"],
-                          "synthetic": str(meta["dataset"]).startswith("synth")},
-        "settings": {"calibrate": meta["calibrate"], "person": "face track (subject/video)",
-                     "clip": [INTENSITY_MIN, INTENSITY_MAX],
-                     "label_threshold": meta["label_threshold"], "param": spec.param},
-        "tensors": tensors,
-    }
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    return folder
+    manifest = create_manifest(
+        run=run, kind=spec.name, task="intensity", aus=au_list, folds=folds,
+        weights=meta.get("weights", ""),
+        preprocessing={"model": meta["model"], "regions": _regions(au_list, meta["region"])},
+        training_data={"dataset": meta["dataset"],
+                       "synthetic": str(meta["dataset"]).startswith("synth")},
+        settings={"calibrate": meta["calibrate"], "person": "face track (subject/video)",
+                  "clip": [INTENSITY_MIN, INTENSITY_MAX], "label_threshold": meta["label_threshold"],
+                  "param": spec.param})
+    return write_model(folder, manifest, tensors)
 
 
 @dataclass
@@ -111,35 +98,36 @@ class IntensityModel:
 
 
 def load_intensity_model(folder):
-    """Load an intensity run's folder (:func:`save_intensity_model`).
+    """Load an intensity run's folder or export (:func:`save_intensity_model`).
 
     Raises
     ------
     MissingRunError
-        No manifest in ``folder``.
+        Nothing at ``folder``.
     StoreError
-        Not an intensity run, or unreadable files.
+        Not an intensity run, not a featbench model (a pickle is refused unopened), unreadable.
     """
-    from safetensors.numpy import load_file
-
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise MissingRunError(f"{folder}: no saved intensity model (train it with featbench "
-                              "classify --task intensity)") from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{folder / MANIFEST}: unreadable manifest ({exc})") from None
+    model = open_model(_checked(folder))
+    manifest = model.manifest
     if manifest.get("task") != "intensity":
         raise StoreError(f"{folder}: run {manifest.get('run')} is a {manifest.get('task')} run, "
                          "not an intensity run")
     settings = manifest["settings"]
     models = {}
     for fold in manifest["folds"]:
-        arrays = load_file(str(folder / manifest["tensors"][fold["name"]]["file"]))
+        arrays = model.tensors(fold["name"])
         models[fold["name"]] = {au: LinearIntensity(arrays[f"{au}.weight"], float(arrays[f"{au}.bias"][0]))
-                                for au in manifest["aus"] if f"{au}.weight" in arrays}
+                                for au in fold["thresholds"]}
     return IntensityModel(manifest["run"], list(manifest["aus"]),
                           dict(manifest["preprocessing"]["regions"]),
                           check_calibration(settings["calibrate"]),
                           int(settings.get("label_threshold", PRESENT_AT)), models, manifest)
+
+
+def _checked(folder):
+    """``folder`` as a Path; MissingRunError naming the command when nothing is there."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise MissingRunError(f"{folder}: no saved intensity model (train it with featbench "
+                              "classify --task intensity)")
+    return folder

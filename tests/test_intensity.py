@@ -275,6 +275,11 @@ def test_saved_model_reproduces_the_test_predictions(int_setup, method):
         np.testing.assert_array_equal(got, f["scores"][:])
         np.testing.assert_array_equal(model.decide(got), f["decisions"][:])
     assert model.calibrate == method and model.manifest["task"] == "intensity"
+    if method == "median":  # an export is the same model in one file
+        from featbench.core.modelfile import export_model
+
+        exported = load_intensity_model(export_model(out["models_dir"], ws.root / "int.safetensors"))
+        np.testing.assert_array_equal(exported.predict({"full": codes[test]}, persons_of(keys)), got)
 
 
 @pytest.mark.parametrize("method", ["median", "neutral"])
