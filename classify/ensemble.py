@@ -47,8 +47,8 @@ import numpy as np
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
 from featbench.core.identity import RunKey, format_members
-from featbench.core.metrics import (PRESENT_AT, au_metrics, intensity_decisions,
-                                    intensity_metrics, nanmean)
+from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold,
+                                    intensity_decisions, intensity_metrics, nanmean)
 from featbench.core.results import write_predictions, write_run
 from featbench.core.workspace import run_name, safe_name
 
@@ -492,7 +492,8 @@ def _combine(preds, members):
 def _ensemble_rows(task, first, decisions, scores, aus, threshold):
     """Return the ensemble's per-AU rows and the threshold reported per AU."""
     if task == "intensity":
-        return _intensity_rows(first, scores, aus, threshold), np.full(len(aus), threshold - 0.5)
+        return (_intensity_rows(first, scores, aus, threshold),
+                np.full(len(aus), decision_threshold(threshold)))
     return _per_au_rows(first["labels"], decisions, scores, first["fold"], aus), np.zeros(len(aus))
 
 

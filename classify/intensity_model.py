@@ -17,7 +17,8 @@ import numpy as np
 from featbench.core.aus import AU_REGION
 from featbench.core.calibrate import calibrate, check_calibration
 from featbench.core.errors import MissingRunError, StoreError
-from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, intensity_decisions
+from featbench.core.metrics import (INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, decision_threshold,
+                                    intensity_decisions)
 from featbench.core.modelfile import create_manifest, open_model, write_model
 
 from classify.intensity import LinearIntensity
@@ -40,7 +41,7 @@ def save_intensity_model(folder, *, run, spec, au_list, splits, fold_fits, meta)
             arrays[f"{au}.bias"] = np.array([fit.model.bias], dtype=np.float64)
         tensors[split.name] = arrays
         folds.append({"name": split.name,
-                      "thresholds": {au: float(meta["label_threshold"]) - 0.5
+                      "thresholds": {au: decision_threshold(meta["label_threshold"])
                                      for au in au_list if f"{au}.weight" in arrays}})
     manifest = create_manifest(
         run=run, kind=spec.name, task="intensity", aus=au_list, folds=folds,

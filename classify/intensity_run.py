@@ -38,7 +38,8 @@ import numpy as np
 from featbench.core.aus import AU_REGION
 from featbench.core.calibrate import CALIBRATIONS, calibrate_codes, check_calibration
 from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError
-from featbench.core.metrics import PRESENT_AT, intensity_decisions, intensity_metrics, nanmean
+from featbench.core.metrics import (PRESENT_AT, decision_threshold, intensity_decisions,
+                                    intensity_metrics, nanmean)
 from featbench.core.results import run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
 from featbench.core.workspace import Workspace, atomic_write_text, run_name
@@ -259,7 +260,7 @@ def _write_predictions(workspace, dataset, run, table, au_list, fold_rows, fold_
         raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
     scores = np.concatenate(fold_preds).astype(np.float32)
     fold = np.concatenate([np.full(r["test"].size, fi, dtype=np.int8) for fi, r in enumerate(fold_rows)])
-    thr = float(meta["label_threshold"]) - 0.5  # decisions: rounded intensity >= threshold
+    thr = decision_threshold(meta["label_threshold"])  # decisions: rounded intensity >= threshold
     return write_predictions(
         workspace.predictions_path(dataset, run), frames=table.keys()[rows], labels=occ[rows],
         scores=scores, decisions=intensity_decisions(scores, meta["label_threshold"]), fold=fold,

@@ -32,7 +32,7 @@ def test_icc_r_mae_hand_computed():
     """Y = [[0,0],[1,2],[2,2],[3,4],[4,3]]: row means 0,1.5,2,3.5,3.5; grand mean 2.1;
     BMS = 2 * 8.7 / 4 = 4.35; residuals +-.1,.4,.1,.4,.6 -> SSE 1.4, EMS = 0.35;
     ICC(3,1) = 4.0 / 4.7. r = 8 / sqrt(10 * 8.8). MAE = 3 / 5. Rounded predictions >= 2
-    (>= 1.5): 0 1 1 1 1 against 0 0 1 1 1 -> TP 3, FP 1, FN 0, F1 = 6 / 7."""
+    (> 1.5): 0 1 1 1 1 against 0 0 1 1 1 -> TP 3, FP 1, FN 0, F1 = 6 / 7."""
     m = intensity_metrics(TRUE, PRED)
     assert m["icc"] == pytest.approx(4.0 / 4.7, abs=1e-12)
     assert m["pearson"] == pytest.approx(8.0 / math.sqrt(88.0), abs=1e-12)
@@ -76,7 +76,7 @@ def test_f1_scored_against_given_occurrence_labels():
     m = intensity_metrics(TRUE, PRED, occ)
     # decisions 0 1 1 1 (1): TP 3, FP 0, FN 0
     assert m["f1"] == 1.0 and m["support"] == 3
-    assert intensity_decisions([1.49, 1.5, np.nan, 4.0]).tolist() == [0, 1, 0, 1]
+    assert intensity_decisions([1.49, 1.5, 1.51, np.nan, 4.0]).tolist() == [0, 0, 1, 0, 1]
 
 
 # readers keep the intensities ------------------------------------------------------------
@@ -395,7 +395,7 @@ def test_intensity_ensemble_is_the_mean_of_the_members(int_setup):
             h5py.File(out["predictions"], "r") as fe:
         mean = ((fa["scores"][:].astype(np.float64) + fb["scores"][:]) / 2).astype(np.float32)
         np.testing.assert_array_equal(fe["scores"][:], mean)
-        np.testing.assert_array_equal(fe["decisions"][:], (mean >= 1.5).astype(np.int8))
+        np.testing.assert_array_equal(fe["decisions"][:], (mean > 1.5).astype(np.int8))
         np.testing.assert_array_equal(fe["intensities"][:], fa["intensities"][:])
     row = read_summary(ws, "synth").set_index("run").loc["ivote__full__vote"]
     assert row["task"] == "intensity" and np.isfinite(row["mean_icc"])
