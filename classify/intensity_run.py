@@ -212,11 +212,12 @@ def _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta
     """Fit every fold, score, and write the run's outputs (see the module docstring)."""
     from tqdm import tqdm
 
-    codes = calibrate_codes(codes, keys, meta["calibrate"])
-    pos = join_codes(table, keys)
-    ints = table.intensities(au_list)
-    occ = table.labels(au_list)
+    ints, occ = table.intensities(au_list), table.labels(au_list)
     splits = make_splits(table, meta["protocol"], seed=meta["seed"])
+    scored = (ints >= 0).any(axis=1) & np.any(
+        [s.mask(table, part) for s in splits for part in ("train", "validation", "test")], axis=0)
+    codes = calibrate_codes(codes, keys, meta["calibrate"], require=table.keys()[scored])
+    pos = join_codes(table, keys)
     fold_rows = [_fold_rows(table, s, pos >= 0, ints) for s in splits]
     if not any(r["test"].size for r in fold_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "

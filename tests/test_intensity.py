@@ -430,3 +430,21 @@ def test_report_has_its_intensity_section_and_chart(int_setup):
     assert section.index("toy__full__ridge__calmed") < section.index("toy__full__ridge`")
     assert "| median |" in section and "Per-AU ICC" in section
     assert CHART_INTENSITY in section and (ws.results_dir("synth") / CHART_INTENSITY).stat().st_size > 0
+
+
+@pytest.mark.parametrize("drop", ["all", "all but one"])
+def test_calibration_without_frames_of_a_person_is_one_line(int_setup, tmp_path, capsys, monkeypatch, drop):
+    """A subject the protocol scores whose frames have no codes (or one frame only) cannot be
+    calibrated: one line naming it, exit 2; --calibrate none runs as before."""
+    ws, table, codes = int_setup
+    keep = table.frames["subject"].to_numpy() != "SN005"
+    if drop == "all but one":
+        keep[np.flatnonzero(~keep)[0]] = True
+    write_features(ws, table, codes[keep], keys=table.keys()[keep])
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    for task in (["--task", "intensity", "--clf", "ridge"],):
+        msg = _bad(capsys, "--workspace", str(ws.root), "classify", *task, "--calibrate", "median",
+                   "--quiet")
+        assert "SN005" in msg and ("no frames with codes" in msg or "fewer than 2 frames" in msg)
+    assert main(["--workspace", str(ws.root), "classify", "--task", "intensity", "--clf", "ridge",
+                 "--quiet"]) == 0
