@@ -75,7 +75,7 @@ from featbench.core.workspace import Workspace
 
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.learn import store
-from classify.learn.loop import per_au, run_units, save_units
+from classify.learn.loop import manifest, per_au, run_units, save_units
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
 from classify.learn.task import OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
@@ -410,13 +410,15 @@ def _finetune(workspace, dataset, run, table, au_list, config, meta, *, aligned_
             print(f"finetune {run}: {job.unit.name} ({', '.join(job.unit.aus)}; {job.unit.region})"
                   + (f", fold {job.fold_name}" if len(splits) > 1 else ""), file=sys.stderr)
 
-    results = run_units(method, jobs, work=work, progress=progress, say=say)
+    results = run_units(method, jobs, work=work, done=workspace.models_dir(dataset, run),
+                        progress=progress, say=say)
     by = per_au(results, au_list)
     meta.update(input_size=info["input_size"], epochs=config.epochs,
                 n_test=int(sum(r.size for r in test_rows)), seconds=round(time.time() - t0, 1))
 
     def fill(tmp, rows_out, thresholds):
-        return _fill_models(tmp, work, run, config, meta, info, splits, results, by, au_list, fingerprint)
+        return _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list,
+                            fingerprint)
 
     out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
                         test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
@@ -457,7 +459,7 @@ def _row_extra(rec, config):
             "head": config.head}
 
 
-def _fill_models(tmp, work, run, config, meta, info, splits, results, by, au_list, fingerprint):
+def _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list, fingerprint):
     """The run's folder: each unit's network (safetensors), log and curves, manifest, settings."""
     import shutil
 
@@ -466,17 +468,16 @@ def _fill_models(tmp, work, run, config, meta, info, splits, results, by, au_lis
     from classify.learn.loop import fold_entries
     from classify.learn.writer import fold_record, versions
 
+    config = method.config
     units = save_units(tmp, work, results)
     network = {k: v for k, v in info.items() if k != "frozen"}
     face_input = {u.name: FaceInput(u.region, info["input_size"], resize_full=True).to_json()
                   for u in make_units(au_list, config.head, config.region)}
-    store.write_manifest(tmp, {
-        "kind": "ft", "run": run, "task": OCCURRENCE.to_json(), "aus": au_list,
-        "weights": meta["weights"], "config": asdict(config), "network": network,
-        "score": "logit(present) - logit(absent)" if config.head == "per-au" else "the AU's logit",
-        "face_input": face_input, "faces": str(fingerprint or ""),
-        "units": {n: {k: e[k] for k in ("aus", "region", "trainable", "thresholds", "model_file")
-                      if k in e} for n, e in units.items()}})
+    store.write_manifest(tmp, manifest(
+        method.kind, method.task, run, au_list, units, weights=meta["weights"], config=asdict(config),
+        network=network, face_input=face_input, faces=str(fingerprint or ""),
+        folds=[sp.name for sp in splits] if len(splits) > 1 else [],
+        score="logit(present) - logit(absent)" if config.head == "per-au" else "the AU's logit"))
     folds = [fold_record(s, per) for s, per in zip(splits, fold_entries(by, splits, au_list))]
     settings = {"run": run, **{k: v for k, v in meta.items() if k != "seconds"},
                 "config": asdict(config), "aus": au_list, "units": units, "network": network,

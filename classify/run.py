@@ -443,14 +443,14 @@ def _make_jobs(table, splits, au_list, region, has_code, labelled):
     return jobs, test_rows, missing
 
 
-def _train(spec, jobs, meta, *, workspace, dataset, run, table, codes, labels, pos, n_jobs,
+def _train(spec, jobs, meta, *, workspace, dataset, run, table, splits, codes, labels, pos, n_jobs,
            progress, budget, scheduler):
     """Run every job: the entry's own trainer (sequences) or one fit per job in workers."""
     common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
                   class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
     if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
         ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
-        return spec.train_jobs(jobs, table=table, options=spec.options(meta[spec.name]),
+        return spec.train_jobs(jobs, table=table, splits=splits, options=spec.options(meta[spec.name]),
                                n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
     return _parallel(jobs, n_jobs, progress, spec=spec, budget=budget, scheduler=scheduler,
                      **common), scheduler
@@ -470,7 +470,8 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
     results, scheduler = _train(spec, jobs, meta, workspace=workspace, dataset=dataset, run=run,
-                                table=table, codes=codes, labels=labels, pos=pos, n_jobs=n_jobs,
+                                table=table, splits=splits, codes=codes, labels=labels, pos=pos,
+                                n_jobs=n_jobs,
                                 progress=progress, budget=budget, scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
     scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),

@@ -53,6 +53,8 @@ class UnitResult:
     net: object = None
     info: dict = field(default_factory=dict)
     error: str = ""
+    identity: dict = field(default_factory=dict)
+    n_test: int = 0
 
     def record(self):
         """JSON-ready: what the run's settings keep of the unit."""
@@ -60,28 +62,40 @@ class UnitResult:
                 "trainable": [self.aus[j] for j in self.trainable], **self.fit,
                 "thresholds": self.thresholds, **({"error": self.error} if self.error else {})}
 
+    def saved(self):
+        """What a rerun with the same identity takes instead of training again."""
+        return {"identity": self.identity, "result": {
+            "thresholds": self.thresholds, "values": self.values, "notes": self.notes,
+            "fit": self.fit}}
 
-def train_unit(method, job, *, work, progress=False):
+
+def train_unit(method, job, *, work, done=None, progress=False):
     """Train (or load, when finished before with the same identity) one unit; see the module
-    docstring. Returns a :class:`UnitResult` with the network and its test scores."""
+    docstring. Returns a :class:`UnitResult` with the network and its test scores.
+
+    ``done``: the run's folder of an earlier run, whose manifest's units are taken when their
+    identity is this one's (a rerun of a finished run trains nothing).
+    """
     data = method.unit_data(job)
     res = UnitResult(job.name, job.fold, list(job.unit.aus), job.unit.region, data.counts,
-                     trainable=list(data.trainable))
+                     trainable=list(data.trainable), n_test=int(job.rows["test"].size))
     if not data.trainable:
         res.error = "no positive (or no negative) frame in training: no network"
         return res
     net, info = method.build(job, data)
     res.info = info
-    identity = {"settings": job.identity, "unit": job.name, "fold": job.fold,
-                "weights": info.get("weights", "")}
-    if not _load_finished(method, net, res, work, identity):
-        _fit(method, job, data, net, res, work, identity, progress)
+    res.identity = json.loads(json.dumps({"settings": job.identity, "unit": job.name,
+                                          "fold": job.fold, "weights": info.get("weights", "")},
+                                         default=_plain))
+    if not _load_finished(method, net, res, work, done):
+        _fit(method, job, data, net, res, work, res.identity, progress)
         store.write_tensors(work / f"{job.name}.safetensors", method.state(net))
-        atomic_write_text(work / f"{job.name}.json", json.dumps(
-            {"identity": identity, "result": _saved(res)}, default=_plain))
+        atomic_write_text(work / f"{job.name}.json", json.dumps(res.saved(), default=_plain))
         shutil.rmtree(work / job.name, ignore_errors=True)  # last.pt: no longer needed
     res.net = net
     res.test_scores = method.scores(net, job, data, "test")[1]
+    res.fit.update(data.info)
+    res.notes = list(dict.fromkeys(res.notes + data.notes))
     return res
 
 
@@ -115,33 +129,40 @@ def _fit(method, job, data, net, res, work, identity, progress):
                "device": str(fr.device), "precision": fr.precision, "history": fr.history}
 
 
-def _saved(res):
-    return {"thresholds": res.thresholds, "values": res.values, "notes": res.notes, "fit": res.fit}
-
-
-def _load_finished(method, net, res, work, identity):
-    """Load a unit finished by an earlier run with the same identity; True when found."""
-    done, tensors = work / f"{res.name}.json", work / f"{res.name}.safetensors"
-    if not (done.is_file() and tensors.is_file()):
-        return False
-    saved = json.loads(done.read_text())
-    if saved.get("identity") != json.loads(json.dumps(identity, default=_plain)):
-        return False
-    method.load_state(net, store.read_tensors(tensors))
-    for key, value in saved["result"].items():
-        setattr(res, key, value)
-    res.fit["resumed_from"] = res.fit.get("epochs_run", 0)
-    return True
+def _load_finished(method, net, res, work, done):
+    """Load the unit when an earlier (killed or finished) run left it with the same identity:
+    in ``work`` (``<unit>.json``) or in the finished run's folder ``done`` (its manifest)."""
+    found = []
+    if (work / f"{res.name}.json").is_file():
+        found.append((work, json.loads((work / f"{res.name}.json").read_text())))
+    if done is not None and (done / store.MANIFEST).is_file():
+        entry = store.read_manifest(done).get("units", {}).get(res.name) or {}
+        found.append((done, entry))
+    for folder, saved in found:
+        tensors = folder / f"{res.name}.safetensors"
+        if saved.get("identity") == res.identity and tensors.is_file():
+            method.load_state(net, store.read_tensors(tensors))
+            for key, value in saved["result"].items():
+                setattr(res, key, value)
+            res.fit["resumed_from"] = res.fit.get("epochs_run", 0)
+            if folder is done:  # keep its files for this run's folder, which replaces that one
+                work.mkdir(parents=True, exist_ok=True)
+                for suffix in (".safetensors", ".log.csv", ".png"):
+                    if (done / f"{res.name}{suffix}").is_file():
+                        shutil.copyfile(done / f"{res.name}{suffix}", work / f"{res.name}{suffix}")
+            return True
+    return False
 
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else str(v)
 
 
-def run_units(method, jobs, *, work, progress=True, say=None):
+def run_units(method, jobs, *, work, done=None, progress=True, say=None):
     """Train every job (in order, or in ``method.workers`` processes); return their results.
 
-    ``say(job)`` is called before each job trains in this process (a progress line).
+    ``done``: as :func:`train_unit`; ``say(job)`` is called before each job trains in this
+    process (a progress line).
     """
     work.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(int(method.workers), len(jobs)))
@@ -150,24 +171,24 @@ def run_units(method, jobs, *, work, progress=True, say=None):
         for job in jobs:
             if say is not None:
                 say(job)
-            out.append(train_unit(method, job, work=work, progress=progress))
+            out.append(train_unit(method, job, work=work, done=done, progress=progress))
         return out
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     gen = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
-        delayed(_in_worker)(method, job, work, threads) for job in jobs)
+        delayed(_in_worker)(method, job, work, done, threads) for job in jobs)
     return list(tqdm(gen, total=len(jobs), desc=method.kind, unit="net", file=sys.stderr,
                      disable=not progress, leave=False))
 
 
-def _in_worker(method, job, work, threads):
+def _in_worker(method, job, work, done, threads):
     import torch
 
     torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = train_unit(method, job, work=work)
+    res = train_unit(method, job, work=work, done=done)
     res.fit.update(seconds=round(time.perf_counter() - t0, 2),
                    cpu_seconds=round(time.process_time() - c0, 2))
     return res
@@ -188,7 +209,8 @@ def per_au(results, au_list):
                 continue
             n_tr, p_tr, n_va, p_va = res.counts[j]
             rec = {"fold": res.fold, "au": au, "n_train": n_tr, "n_train_pos": p_tr, "n_val": n_va,
-                   "n_val_pos": p_va, "unit": res, "fit": None, "scores": None}
+                   "n_val_pos": p_va, "unit": res, "fit": None,
+                   "scores": np.full(res.n_test, np.nan, np.float32)}
             if j in res.trainable:
                 rec["fit"] = AUFit(model=res.net, threshold=res.thresholds[j],
                                    val_f1=res.values[j], notes=list(res.notes))
@@ -214,8 +236,12 @@ def save_units(folder, work, results):
             if src.exists():
                 os.replace(src, folder / src.name)
                 entry[key] = src.name
-        units[res.name] = entry
+        units[res.name] = {**entry, **res.saved()}
     return units
+
+
+#: what a learned run's settings.json keeps per AU of its unit's training
+RECORDED = ("best_epoch", "history", "sequences", "seconds", "cpu_seconds")
 
 
 def fold_entries(by, splits, au_list):
@@ -234,7 +260,18 @@ def fold_entries(by, splits, au_list):
                 e.update(unit=unit.name, model_file=f"{unit.name}.safetensors",
                          output=unit.aus.index(au), threshold=r["fit"].threshold,
                          val_f1=r["fit"].val_f1, notes=r["fit"].notes,
-                         best_epoch=unit.fit.get("best_epoch"))
+                         **{k: unit.fit[k] for k in RECORDED if k in unit.fit})
             per[au] = e
         folds.append(per)
     return folds
+
+
+def manifest(kind, task, run, aus, units, **extra):
+    """The manifest of a learned run: what loads its networks alone (kind, task, AUs, per-unit
+    files, thresholds, face input, the identity each unit was trained with)."""
+    import featbench
+
+    return {"format": "featbench-run", "featbench_version": featbench.__version__,
+            "kind": kind, "run": run, "task": task.to_json(), "aus": list(aus),
+            **extra, "units": {n: {k: v for k, v in e.items() if k != "history"}
+                               for n, e in units.items()}}

@@ -69,11 +69,14 @@ class Job:
 class UnitData:
     """What a unit trains on; ``trainable``: indices of its AUs with positives and negatives in
     training. ``counts`` per AU: ``n_train, n_train_pos, n_val, n_val_pos``. ``extra``: the
-    method's own (sequences, validation rows...)."""
+    method's own (sequences, validation rows...); ``info`` (JSON-ready) and ``notes`` are
+    recorded with the unit."""
 
     trainable: list
     counts: list
     extra: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
 
 class Method:

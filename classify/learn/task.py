@@ -208,3 +208,6 @@ class _Column:
 
 #: the task of every occurrence run
 OCCURRENCE = Occurrence()
+
+#: the task of transfer's stage 1
+EXPRESSION = Expression()

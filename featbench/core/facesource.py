@@ -189,10 +189,16 @@ def balanced_rows(y, rows, rng, balance):
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def draw_augmentation(rng, n, size):
-    """Return the augmentation draws of ``n`` faces: flip, shift (dx, dy), gain, bias."""
+def draw_augmentation(rng, n, size, *, flip_only=False):
+    """Return the augmentation draws of ``n`` faces: flip, shift (dx, dy), gain, bias.
+
+    ``flip_only``: horizontal flips alone (no shift, no brightness or contrast change).
+    """
+    flip = rng.random(n) < 0.5
+    if flip_only:
+        return {"flip": flip, "shift": np.zeros((n, 2), np.int64)}
     m = max(1, int(round(SHIFT * size)))
-    return {"flip": rng.random(n) < 0.5, "shift": rng.integers(-m, m + 1, size=(n, 2)),
+    return {"flip": flip, "shift": rng.integers(-m, m + 1, size=(n, 2)),
             "gain": rng.uniform(1 - GAIN, 1 + GAIN, n).astype(np.float32),
             "bias": rng.uniform(-BIAS, BIAS, n).astype(np.float32) * 255}
 
@@ -207,6 +213,8 @@ def augment(imgs, aug):
         dx, dy = (int(v) for v in aug["shift"][i])
         pad = np.pad(im, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
         out[i] = pad[abs(dy) + dy:abs(dy) + dy + h, abs(dx) + dx:abs(dx) + dx + w]
+    if "gain" not in aug:  # flips (and shifts) only
+        return out
     # brightness / contrast about each face's mean: an affine map of the 256 grey levels, so a
     # per-face lookup table (the same float32 arithmetic per level: bit-identical to computing
     # it per pixel, and a fraction of the memory traffic)
