@@ -46,7 +46,8 @@ Outputs (as ``featbench classify``'s; ``clf`` = ``ft``)::
     results/<ds>/predictions/<run>.h5                test frames' scores and decisions
     results/<ds>/models/<run>/model.safetensors      each unit's trained network (``<AU>``,
                                                      ``<region>``; ``-<fold>`` per fold)
-    results/<ds>/models/<run>/manifest.json          what loads them (:func:`load_unit`)
+    results/<ds>/models/<run>/manifest.json          what loads them (:mod:`featbench.core.modelfile`;
+                                                     :func:`load_unit`)
     results/<ds>/models/<run>/settings.json          every setting, per-unit epoch, thresholds
     results/<ds>/models/<run>/<unit>.log.csv, .png   per-epoch log and curves
 
@@ -70,12 +71,13 @@ from featbench.core.aus import AU_REGION, REGIONS
 from featbench.core.errors import DataError, StoreError, UsageError, did_you_mean
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows, draw_augmentation
 from featbench.core.identity import RunKey
+from featbench.core.modelfile import open_model
 from featbench.core.splits import make_splits
 from featbench.core.workspace import Workspace
 
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.learn import store
-from classify.learn.loop import manifest, per_au, run_units, save_units
+from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
 from classify.learn.task import OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
@@ -392,6 +394,7 @@ def _finetune(workspace, dataset, run, table, au_list, config, meta, *, aligned_
         aligned_path = ensure_aligned(table, workspace, progress=progress)
     with AlignedFaces(aligned_path) as faces:
         valid, keys, fingerprint = faces.valid.copy(), faces.keys, faces.fingerprint
+        cache_settings = faces.settings
     if len(valid) != len(table) or not np.array_equal(keys, table.keys()):
         raise StoreError(f"{aligned_path}: the aligned-face cache does not list the frames of "
                          f"{dataset} in its order (rerun featbench align)")
@@ -418,7 +421,7 @@ def _finetune(workspace, dataset, run, table, au_list, config, meta, *, aligned_
 
     def fill(tmp, rows_out, thresholds):
         return _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list,
-                            fingerprint)
+                            {"fingerprint": str(fingerprint or ""), "settings": cache_settings})
 
     out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
                         test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
@@ -459,8 +462,9 @@ def _row_extra(rec, config):
             "head": config.head}
 
 
-def _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list, fingerprint):
-    """The run's folder: each unit's network (safetensors), log and curves, manifest, settings."""
+def _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list, faces):
+    """The run's folder: the model (one tensor group per unit, :mod:`featbench.core.modelfile`),
+    each unit's log and curves, settings.json."""
     import shutil
 
     import torch
@@ -472,13 +476,18 @@ def _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_lis
     units = save_units(tmp, work, results)
     network = {k: v for k, v in info.items() if k != "frozen"}
     face_input = {u.name: FaceInput(u.region, info["input_size"], resize_full=True).to_json()
-                  for u in make_units(au_list, config.head, config.region)}
-    store.write_manifest(tmp, manifest(
-        method.kind, method.task, run, au_list, units, weights=meta["weights"], config=asdict(config),
-        network=network, face_input=face_input, faces=str(fingerprint or ""),
-        folds=[sp.name for sp in splits] if len(splits) > 1 else [],
-        score="logit(present) - logit(absent)" if config.head == "per-au" else "the AU's logit"))
-    folds = [fold_record(s, per) for s, per in zip(splits, fold_entries(by, splits, au_list))]
+                  for u in method.units(au_list)}
+    write_model(tmp, method, run, au_list, splits, results, units, weights=meta["weights"],
+                dataset=meta["dataset"],
+                preprocessing={"model": method.spec.name, "input_size": info["input_size"],
+                               "regions": {a: u.region for u in method.units(au_list) for a in u.aus},
+                               "mean": network["preprocessing"].get("mean"),
+                               "std": network["preprocessing"].get("std"),
+                               "alignment": faces["settings"]},
+                config=asdict(config), network=network, face_input=face_input,
+                faces=faces["fingerprint"], folds=[sp.name for sp in splits] if len(splits) > 1 else [],
+                score="logit(present) - logit(absent)" if config.head == "per-au" else "the AU's logit")
+    folds = [fold_record(sp, per) for sp, per in zip(splits, fold_entries(by, splits, au_list))]
     settings = {"run": run, **{k: v for k, v in meta.items() if k != "seconds"},
                 "config": asdict(config), "aus": au_list, "units": units, "network": network,
                 "frozen_parameters": info["frozen"], "default_threshold": 0.0, "folds": folds,
@@ -490,37 +499,33 @@ def _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_lis
 
 
 def load_unit(models_dir, unit="model", *, device="cpu"):
-    """Return ``(net, manifest)``: a trained unit of a finetune run, ready for uint8 faces.
+    """Return ``(net, settings)``: a trained unit of a finetune run, ready for uint8 faces.
 
     Parameters
     ----------
     models_dir : path
-        ``results/<ds>/models/<run>/``.
+        ``results/<ds>/models/<run>/`` (or the run's export file).
     unit : str
         ``model`` (multilabel, one region), an AU (per-au) or a region (multilabel, auto);
         ``-<fold>`` after it in a multi-fold run.
     """
-    from pathlib import Path
-
-    manifest = store.read_manifest(models_dir)
-    entry = manifest["units"].get(unit)
-    if entry is None or "model_file" not in entry:
-        raise UsageError(did_you_mean(unit, [u for u, e in manifest["units"].items() if "model_file" in e],
-                                      what=f"unit of {manifest['run']}"))
-    state = store.read_tensors(Path(models_dir) / entry["model_file"])
-    return unit_network(manifest, unit, state).to(device).eval(), manifest
+    model = open_model(models_dir)
+    settings = model.manifest["settings"]
+    if unit not in model.groups:
+        raise UsageError(did_you_mean(unit, model.groups, what=f"unit of {model.manifest['run']}"))
+    return unit_network(settings, unit, unit_state(model, unit)).to(device).eval(), settings
 
 
-def unit_network(manifest, unit, state):
-    """Return the network of ``unit`` of a run's ``manifest`` with ``state`` loaded.
+def unit_network(settings, unit, state):
+    """Return the network of ``unit`` of a run's model ``settings`` with ``state`` loaded.
 
     ``featbench predict`` and ``featbench export`` rebuild units through here, as
     :func:`load_unit` does.
     """
-    cfg, entry = manifest["config"], manifest["units"][unit]
+    cfg, entry = settings["config"], settings["units"][unit]
     outputs = 2 if cfg["head"] == "per-au" else len(entry["aus"])
     net, _ = create_finetune_net(get_spec(cfg["model"]), "random:0", outputs=outputs,
-                                 reinit=cfg["reinit"], input_size=manifest["network"]["input_size"])
+                                 reinit=cfg["reinit"], input_size=settings["network"]["input_size"])
     return net.load_exported(state)
 
 

@@ -51,9 +51,9 @@ from pathlib import Path
 import numpy as np
 
 from featbench.core.errors import StoreError, UsageError
+from featbench.core.modelfile import open_model
 
-from classify.learn import store
-from classify.learn.loop import fold_entries, manifest, per_au, run_units
+from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
 from classify.learn.task import OCCURRENCE
 from classify.registry import ClassifierSpec
@@ -554,29 +554,33 @@ def _save_npy(folder, region, codes):
 
 
 def save_fits(folder, splits, by, au_list):
-    """Write each trained network of a run once into ``folder`` (safetensors) with the run's
-    manifest; return ``{(fold, au): settings entry}``."""
-    units = {}
-    for r in by.values():
-        res = r["unit"]
-        if r["fit"] is not None and res.name not in units:
-            store.write_tensors(folder / f"{res.name}.safetensors", res.net.state_dict())
-            units[res.name] = {**res.record(), **res.info, **res.saved(),
-                               "model_file": f"{res.name}.safetensors"}
-    if units:
+    """Write each trained network of a run once into ``folder`` (one tensor group per network,
+    :mod:`featbench.core.modelfile`); return ``{(fold, au): settings entry}``."""
+    results = list({id(r["unit"]): r["unit"] for r in by.values()}.values())
+    units = {res.name: {**res.record(), **res.info, **res.saved(),
+                        **({"model_file": f"{res.name}.safetensors"} if res.net is not None else {})}
+             for res in results}
+    if any(res.net is not None for res in results):
+        first = next(res for res in results if res.net is not None)
+        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None)
         run = folder.name[1:].rpartition(".tmp")[0]  # the run folder's temporary twin
-        store.write_manifest(folder, manifest("lstm", OCCURRENCE, run, au_list, units))
+        write_model(folder, method, run, au_list, splits, results, units,
+                    weights=first.identity["settings"].get("weights", ""),
+                    preprocessing={"regions": {a: r.region for r in results for a in r.aus}},
+                    dataset=first.identity["settings"].get("dataset", ""))
     entries = fold_entries(by, splits, au_list)
     return {(fi, au): e for fi, per in enumerate(entries) for au, e in per.items() if "error" not in e}
 
 
-def load_model(models_dir, unit):
-    """Return ``(SequenceLSTM in eval mode, the unit's manifest entry)`` of an LSTM run's unit
-    (``AU01``, ``multilabel``...; ``-<fold>`` per fold): thresholds and AUs in the entry."""
-    entry = store.read_manifest(models_dir)["units"].get(unit)
-    if entry is None:
-        raise StoreError(f"{Path(models_dir) / store.MANIFEST}: no LSTM unit {unit!r}")
-    return network_of(entry, store.read_tensors(Path(models_dir) / entry["model_file"])), entry
+def load_model(path, unit):
+    """Return ``(SequenceLSTM in eval mode, the unit's entry)`` of an LSTM run's unit (``AU01``,
+    ``multilabel``...; ``-<fold>`` per fold) from its folder or export: thresholds and AUs in
+    the entry."""
+    model = open_model(path)
+    entry = model.manifest["settings"]["units"].get(unit)
+    if entry is None or unit not in model.groups:
+        raise StoreError(f"{path}: no LSTM unit {unit!r} (it has {', '.join(model.groups)})")
+    return network_of(entry, unit_state(model, unit)), entry
 
 
 def load_file(path):
@@ -585,7 +589,7 @@ def load_file(path):
 
 
 def network_of(entry, state):
-    """The :class:`SequenceLSTM` of a manifest ``entry`` with ``state`` loaded, in eval mode."""
+    """The :class:`SequenceLSTM` of a unit ``entry`` with ``state`` loaded, in eval mode."""
     model = build_model(entry["dims"], entry["n_out"], hidden=entry["hidden"],
                         bidirectional=entry["bidirectional"])
     model.load_state_dict(state)

@@ -59,12 +59,13 @@ from featbench.core.errors import MissingRunError, UsageError
 from featbench.core.facesource import FaceInput, FaceSource, draw_augmentation
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.metrics import au_metrics, nanmean
+from featbench.core.modelfile import open_model
 from featbench.core.splits import make_splits
 from featbench.core.workspace import atomic_write_text
 
 from classify.estimators import decide
 from classify.learn import store
-from classify.learn.loop import manifest, per_au, run_units, save_units
+from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
 from classify.learn.task import EXPRESSION, OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
@@ -556,7 +557,7 @@ def _stage2_outputs(workspace, table, method, job, split, faces, results, meta, 
             "precision": res.fit.get("precision"), "torch": torch.__version__}
 
     def fill(tmp, rows_out, thresholds):
-        return _fill_stage2(tmp, method, run, results, info)
+        return _fill_stage2(tmp, method, run, split, results, info)
 
     out = write_outputs(workspace, table.dataset, run, table=table, au_list=aus, splits=[split],
                         test_rows=[rows["test"]], by=by, labels=labels, meta=meta,
@@ -573,21 +574,25 @@ def _pos_weight_record(method, job):
     return None if pw is None else dict(zip(job.unit.aus, pw.tolist()))
 
 
-def _fill_stage2(tmp, method, run, results, info):
-    """The run's folder: the network and the backbone (safetensors), manifest, settings.json."""
+def _fill_stage2(tmp, method, run, split, results, info):
+    """The run's folder: the model (the network's group and the backbone's, which ``featbench
+    extract --weights backbone.safetensors`` reads: :mod:`featbench.core.modelfile`),
+    settings.json."""
     units = save_units(tmp, tmp.with_name(f".{run}.partial"), results)
     net, settings = results[0].net, method.settings
-    if net is not None:
-        store.write_tensors(tmp / "backbone.safetensors", full_state_dict(method.spec, net.backbone))
+    backbone = {} if net is None else {"backbone": full_state_dict(method.spec, net.backbone)}
     thr = [float(t) for t in results[0].thresholds]
-    store.write_manifest(tmp, manifest(
-        method.kind, method.task, run, info["aus"], units, backbone=settings.backbone,
-        input_size=settings.input_size, hidden=list(settings.hidden), dropout=settings.dropout,
-        face_input=method.source.input.to_json(), start_weights=info["weights"],
-        weights=info["trained_weights"], logit_thresholds=thr,
-        thresholds=[_sigmoid(t) for t in thr]))
+    write_model(tmp, method, run, info["aus"], [split], results, units,
+                weights=info["weights"], dataset=info["dataset"], extra=backbone,
+                preprocessing={"model": settings.backbone, "input_size": method.input_size,
+                               "regions": {a: "full" for a in info["aus"]},
+                               "alignment": method.source.faces.settings},
+                backbone=settings.backbone, input_size=settings.input_size,
+                hidden=list(settings.hidden), dropout=settings.dropout,
+                face_input=method.source.input.to_json(), start_weights=info["weights"],
+                trained_weights=info["trained_weights"], logit_thresholds=thr, thresholds=[_sigmoid(t) for t in thr])
     store.write_json(tmp / "settings.json", info)
-    return None
+
 
 
 def _stage2_start(spec, settings, stage1):
@@ -620,25 +625,24 @@ def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epo
 
 
 
-def load_model(models_dir, *, device="cpu"):
-    """Load stage 2's network alone: return ``(TransferNet in eval mode, manifest)``.
+def load_model(path, *, device="cpu"):
+    """Load stage 2's network alone (a run folder or its export): return ``(TransferNet in eval
+    mode, the model's settings)``.
 
-    The manifest holds ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face
+    The settings hold ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face
     is called present for an AU when its logit is > that AU's logit threshold.
     """
-    from pathlib import Path
-
-    saved = store.read_manifest(models_dir)
-    state = store.read_tensors(Path(models_dir) / saved["units"]["model"]["model_file"])
-    return network_of(saved, state).to(device).eval(), saved
+    model = open_model(path)
+    settings = {**model.manifest["settings"], "aus": model.manifest["aus"]}
+    return network_of(settings, unit_state(model, "model")).to(device).eval(), settings
 
 
-def network_of(manifest, state):
-    """Stage 2's network of a run's ``manifest`` with ``state`` loaded."""
-    spec = get_spec(manifest["backbone"])
+def network_of(settings, state):
+    """Stage 2's network of a run's model ``settings`` (with ``aus``) with ``state`` loaded."""
+    spec = get_spec(settings["backbone"])
     net, _ = build_net(spec, StartWeights(spec, "random:0"),
-                       tuple(manifest["hidden"]) + (len(manifest["aus"]),),
-                       input_size=manifest["input_size"], dropout=manifest.get("dropout", 0.0))
+                       tuple(settings["hidden"]) + (len(settings["aus"]),),
+                       input_size=settings["input_size"], dropout=settings.get("dropout", 0.0))
     net.load_state_dict(state)
     return net
 

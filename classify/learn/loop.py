@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from featbench.core import modelfile
+from featbench.core.errors import FeatbenchError
 from featbench.core.workspace import atomic_write_text
 
 from classify.estimators import AUFit
@@ -135,23 +137,39 @@ def _load_finished(method, net, res, work, done):
     found = []
     if (work / f"{res.name}.json").is_file():
         found.append((work, json.loads((work / f"{res.name}.json").read_text())))
-    if done is not None and (done / store.MANIFEST).is_file():
-        entry = store.read_manifest(done).get("units", {}).get(res.name) or {}
-        found.append((done, entry))
+    model = _finished_run(done)
+    if model is not None:
+        found.append((done, model.manifest["settings"].get("units", {}).get(res.name) or {}))
     for folder, saved in found:
-        tensors = folder / f"{res.name}.safetensors"
-        if saved.get("identity") == res.identity and tensors.is_file():
-            method.load_state(net, store.read_tensors(tensors))
-            for key, value in saved["result"].items():
-                setattr(res, key, value)
-            res.fit["resumed_from"] = res.fit.get("epochs_run", 0)
-            if folder is done:  # keep its files for this run's folder, which replaces that one
-                work.mkdir(parents=True, exist_ok=True)
-                for suffix in (".safetensors", ".log.csv", ".png"):
-                    if (done / f"{res.name}{suffix}").is_file():
-                        shutil.copyfile(done / f"{res.name}{suffix}", work / f"{res.name}{suffix}")
-            return True
+        if saved.get("identity") != res.identity:
+            continue
+        if folder is done:
+            state = unit_state(model, res.name)
+            for suffix in (".log.csv", ".png"):  # kept for this run's folder, which replaces that one
+                if (done / f"{res.name}{suffix}").is_file():
+                    work.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(done / f"{res.name}{suffix}", work / f"{res.name}{suffix}")
+        elif (folder / f"{res.name}.safetensors").is_file():
+            state = store.read_tensors(folder / f"{res.name}.safetensors")
+        else:
+            continue
+        method.load_state(net, state)
+        for key, value in saved["result"].items():
+            setattr(res, key, value)
+        res.fit["resumed_from"] = res.fit.get("epochs_run", 0)
+        return True
     return False
+
+
+def _finished_run(folder):
+    """The model of a finished run in ``folder``, or None (none there, or not readable)."""
+    if folder is None or not (folder / modelfile.MANIFEST).is_file():
+        return None
+    try:
+        model = modelfile.open_model(folder)
+    except FeatbenchError:
+        return None
+    return model if "units" in (model.manifest.get("settings") or {}) else None
 
 
 def _plain(v):
@@ -223,21 +241,52 @@ def per_au(results, au_list):
 
 
 def save_units(folder, work, results):
-    """Move each unit's network, log and curves from ``work`` into the run ``folder``.
+    """Move each unit's log and curves from ``work`` into the run ``folder``.
 
-    Returns ``{unit: record}`` (:meth:`UnitResult.record` with the file names) for settings.json
-    and the manifest.
+    Returns ``{unit: record}`` (:meth:`UnitResult.record`, the file names, and what a rerun
+    with the same identity reuses) for settings.json and the manifest.
     """
     units = {}
     for res in results:
         entry = res.record()
-        for suffix, key in ((".safetensors", "model_file"), (".log.csv", "log"), (".png", "curves")):
+        for suffix, key in ((".log.csv", "log"), (".png", "curves")):
             src = work / f"{res.name}{suffix}"
             if src.exists():
                 os.replace(src, folder / src.name)
                 entry[key] = src.name
+        if res.net is not None:
+            entry["model_file"] = f"{res.name}{modelfile.SUFFIX}"
         units[res.name] = {**entry, **res.saved()}
     return units
+
+
+def write_model(folder, method, run, aus, splits, results, units, *, weights, preprocessing,
+                dataset, extra=None, **settings):
+    """Write a learned run's model through :mod:`featbench.core.modelfile`: one tensor group per
+    unit (``AU01``, ``model``, ``AU01-<fold>``...) plus ``extra`` groups, and the manifest
+    (per-fold thresholds; ``settings``: the kind's own JSON with ``units`` and the task)."""
+    folds = []
+    for fi, split in enumerate(splits):
+        thr = {au: float(r.thresholds[j]) for r in results if r.fold == fi and r.net is not None
+               for j, au in enumerate(r.aus) if j in r.trainable and au in aus}
+        folds.append({"name": split.name, "thresholds": thr})
+    groups = {r.name: method.state(r.net) for r in results if r.net is not None}
+    manifest = modelfile.create_manifest(
+        run=run, kind=method.kind, task=method.task.name, aus=list(aus), folds=folds,
+        weights=weights, preprocessing=preprocessing,
+        training_data={"dataset": dataset, "synthetic": str(dataset).startswith("synth")},
+        settings=json.loads(json.dumps({**settings, "task": method.task.to_json(),
+                                        "units": {n: {k: v for k, v in e.items() if k != "history"}
+                                                  for n, e in units.items()}}, default=_plain)))
+    return modelfile.write_model(folder, manifest, {**groups, **(extra or {})})
+
+
+def unit_state(model, unit):
+    """The tensors of ``unit`` of an opened model (:func:`featbench.core.modelfile.open_model`)
+    as torch tensors."""
+    import torch
+
+    return {k: torch.from_numpy(np.array(v)) for k, v in model.tensors(unit).items()}
 
 
 #: what a learned run's settings.json keeps per AU of its unit's training
@@ -264,14 +313,3 @@ def fold_entries(by, splits, au_list):
             per[au] = e
         folds.append(per)
     return folds
-
-
-def manifest(kind, task, run, aus, units, **extra):
-    """The manifest of a learned run: what loads its networks alone (kind, task, AUs, per-unit
-    files, thresholds, face input, the identity each unit was trained with)."""
-    import featbench
-
-    return {"format": "featbench-run", "featbench_version": featbench.__version__,
-            "kind": kind, "run": run, "task": task.to_json(), "aus": list(aus),
-            **extra, "units": {n: {k: v for k, v in e.items() if k != "history"}
-                               for n, e in units.items()}}

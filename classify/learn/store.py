@@ -1,8 +1,8 @@
-"""Tensors and manifests of learned networks on disk: safetensors + JSON, never a pickle.
+"""A finished unit's tensors in a run's work folder, and JSON records: never a pickle.
 
-Until :mod:`featbench.core.modelfile` (the one model format, helper *save*) lands on main, the
-four calls the learned methods save and load through live here with its names; they then
-become imports from there.
+A run's model is written through :mod:`featbench.core.modelfile` (the one model format); while
+a run trains, each finished unit waits in ``results/<ds>/models/.<run>.partial/`` as one
+safetensors file (:func:`write_tensors`), so a killed run skips it when rerun.
 """
 
 import json
@@ -13,20 +13,14 @@ import numpy as np
 from featbench.core.errors import StoreError
 from featbench.core.workspace import atomic_path, atomic_write_text
 
-MANIFEST = "manifest.json"
 
-
-def write_tensors(path, tensors, *, half=False):
+def write_tensors(path, tensors):
     """Write ``{name: tensor or array}`` to the safetensors file ``path`` (through a temp file)."""
     import torch
     from safetensors.torch import save_file
 
-    out = {}
-    for k, v in tensors.items():
-        t = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.detach().cpu()
-        if half and t.is_floating_point():
-            t = t.half()
-        out[k] = t.contiguous().clone()
+    out = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)))
+           .contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(out, str(tmp))
     return Path(path)
@@ -41,22 +35,6 @@ def read_tensors(path):
         return load_file(str(path))
     except (OSError, SafetensorError, ValueError) as exc:
         raise StoreError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def write_manifest(folder, manifest):
-    """Write ``folder/manifest.json``."""
-    atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest, indent=1, default=str) + "\n")
-
-
-def read_manifest(folder):
-    """Return the manifest of a run folder (StoreError naming the file when missing or bad)."""
-    path = Path(folder) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except OSError:
-        raise StoreError(f"{path}: no manifest (rerun the run)") from None
-    except ValueError as exc:
-        raise StoreError(f"{path}: not valid JSON ({exc})") from None
 
 
 def write_json(path, obj):

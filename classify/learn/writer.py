@@ -38,11 +38,16 @@ def recording_failure(workspace, dataset, run, meta):
     try:
         yield
     except FeatbenchError as exc:
-        try:
-            record_failure(workspace, dataset, run, exc, meta=meta)
-        except (OSError, FeatbenchError):
-            pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
+        record_run_failure(workspace, dataset, run, exc, meta)
         raise
+
+
+def record_run_failure(workspace, dataset, run, exc, meta):
+    """Record ``exc`` as the run's row in ``summary.csv``, as far as the disk lets us."""
+    try:
+        record_failure(workspace, dataset, run, exc, meta=meta)
+    except (OSError, FeatbenchError):
+        pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
 
 
 def au_row(task, ai, au, by, labels, test_rows, splits, thresholds, *, params=()):

@@ -33,13 +33,13 @@ import hashlib
 
 import numpy as np
 
+from featbench.core import modelfile
 from featbench.core.align import read_cache_info
 from featbench.core.errors import MissingRunError, StoreError
 from featbench.core.facesource import FaceInput
 from featbench.core.identity import WeightsId
 
 from classify.finetune import make_units
-from classify.learn import store
 from classify.learn.method import score_batches
 from extract.encoders import autocast_dtype, resolve_device
 
@@ -52,19 +52,19 @@ class NetworkScores:
     kind : {"ft", "transfer"}
     blob : bytes
         The network's safetensors file.
-    manifest : dict
-        The run's manifest.
+    settings : dict
+        The run model's settings (the manifest's ``settings``, with its ``aus`` and ``weights``).
     face_input : FaceInput
         What the network reads of the aligned faces.
     unit : str, optional
         ``ft``: the unit's name.
     """
 
-    def __init__(self, kind, blob, *, manifest, face_input, unit="model"):
-        self.kind, self.blob, self.manifest, self.unit = kind, blob, manifest, unit
+    def __init__(self, kind, blob, *, settings, face_input, unit="model"):
+        self.kind, self.blob, self.settings, self.unit = kind, blob, settings, unit
         self.input = face_input
-        self.start_weights = str((manifest.get("start_weights") if kind == "transfer"
-                                  else manifest.get("weights")) or "")
+        self.start_weights = str((settings.get("start_weights") if kind == "transfer"
+                                  else settings.get("weights")) or "")
         self._net, self.device, self._dtype = None, "cpu", None
 
     def __getstate__(self):  # the network is rebuilt from its bytes after unpickling
@@ -95,11 +95,11 @@ class NetworkScores:
         if self.kind == "ft":
             from classify.finetune import unit_network
 
-            net = unit_network(self.manifest, self.unit, state)
+            net = unit_network(self.settings, self.unit, state)
         else:
             from classify.transfer import network_of
 
-            net = network_of(self.manifest, state)
+            net = network_of(self.settings, state)
         self._net = net.to(self.device).eval()
         self._dtype = autocast_dtype(self.device)  # AMP on CUDA, as the run scored its test faces
         return self
@@ -110,7 +110,7 @@ class NetworkScores:
 
         if self._net is None:
             self.open("cpu")
-        per_au = self.kind == "ft" and self.manifest["config"]["head"] == "per-au"
+        per_au = self.kind == "ft" and self.settings["config"]["head"] == "per-au"
         return score_batches(self._net, [torch.from_numpy(np.ascontiguousarray(crops))],
                              device=self.device, dtype=self._dtype,
                              to_scores=(lambda o: o[:, 1:2] - o[:, 0:1]) if per_au else None)
@@ -141,11 +141,14 @@ def _blob(path, run, kind):
 
 
 def _manifest(folder, run, kind):
-    path = folder / store.MANIFEST
+    """The run's manifest with its kind's settings (and AUs) as ``settings``."""
+    path = folder / modelfile.MANIFEST
     if not path.is_file():
         raise MissingRunError(f"{path}: {kind} run {run} has no saved network "
                               f"(rerun featbench {'finetune' if kind == 'ft' else kind})")
-    return store.read_manifest(folder)
+    manifest = modelfile.read_manifest(folder)
+    return {**manifest, "settings": {**manifest["settings"], "aus": manifest["aus"],
+                                     "weights": manifest["weights"]}}
 
 
 def _cache_alignment(workspace, dataset):
@@ -165,18 +168,19 @@ def load_ft_run(workspace, dataset, run):
 
     folder = workspace.models_dir(dataset, run)
     manifest = _manifest(folder, run, "ft")
-    cfg, aus = manifest["config"], list(manifest["aus"])
+    settings = manifest["settings"]
+    cfg, aus = settings["config"], list(manifest["aus"])
     units = make_units(aus, cfg["head"], cfg["region"])
     folds = []
-    for fname in manifest.get("folds") or [""]:
+    for fname in settings.get("folds") or [""]:
         fold = {}
         for u in units:
             name = f"{u.name}-{fname}" if fname else u.name
-            entry = manifest["units"].get(name, {})
+            entry = settings["units"].get(name, {})
             if "model_file" not in entry:
                 continue  # no network: the run scored none of the unit's AUs
-            net = NetworkScores("ft", _blob(folder / entry["model_file"], run, "ft"), manifest=manifest,
-                                unit=name, face_input=FaceInput.from_json(manifest["face_input"][u.name]))
+            net = NetworkScores("ft", _blob(folder / entry["model_file"], run, "ft"), settings=settings,
+                                unit=name, face_input=FaceInput.from_json(settings["face_input"][u.name]))
             wid = str(WeightsId.finetuned(f"{run}/{name}", sha256=net.sha256))
             for j, au in enumerate(u.aus):
                 if au in entry.get("trainable", u.aus):
@@ -191,7 +195,7 @@ def load_ft_run(workspace, dataset, run):
                     au_regions={u_au: u.region for u in units for u_au in u.aus}, folds=folds,
                     alignment=_cache_alignment(workspace, dataset),
                     info={"protocol": cfg.get("protocol"), "version": manifest.get("featbench_version"),
-                          "head": cfg["head"], "input_size": manifest["network"]["input_size"]})
+                          "head": cfg["head"], "input_size": settings["network"]["input_size"]})
 
 
 def load_transfer_run(workspace, dataset, run):
@@ -199,16 +203,16 @@ def load_transfer_run(workspace, dataset, run):
     from featbench.apply.runmodel import RunModel
 
     folder = workspace.models_dir(dataset, run)
-    manifest = _manifest(folder, run, "transfer")
-    aus, thresholds = list(manifest["aus"]), manifest["thresholds"]
-    net = NetworkScores("transfer", _blob(folder / manifest["units"]["model"]["model_file"], run, "transfer"),
-                        manifest=manifest, face_input=FaceInput.from_json(manifest["face_input"]))
+    settings = _manifest(folder, run, "transfer")["settings"]
+    aus, thresholds, unit = list(settings["aus"]), settings["thresholds"], settings["units"]["model"]
+    net = NetworkScores("transfer", _blob(folder / unit["model_file"], run, "transfer"),
+                        settings=settings, face_input=FaceInput.from_json(settings["face_input"]))
     wid = str(WeightsId.finetuned(run, sha256=net.sha256))
-    backbone = manifest["backbone"]
+    backbone = settings["backbone"]
     fold = {au: (NetworkOutput(net, backbone, wid, "full", j, probability=True), float(thresholds[j]))
-            for j, au in enumerate(aus) if au in manifest["units"]["model"].get("trainable", aus)}
+            for j, au in enumerate(aus) if au in unit.get("trainable", aus)}
     return RunModel(run=run, dataset=dataset, clf="transfer", model=backbone,
-                    weights=str(manifest.get("start_weights", "")), aus=aus,
+                    weights=str(settings.get("start_weights", "")), aus=aus,
                     au_regions={a: "full" for a in aus}, folds=[fold],
                     alignment=_cache_alignment(workspace, dataset),
-                    info={"scores": "probabilities", "stage1_weights": manifest.get("start_weights")})
+                    info={"scores": "probabilities", "stage1_weights": settings.get("start_weights")})
