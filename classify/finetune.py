@@ -79,6 +79,7 @@ from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.learn import store
 from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
+from classify.learn.intensity import check_task, task_named
 from classify.learn.task import OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
 from classify.run import format_result as classify_format, resolve_aus, run_tag
@@ -123,6 +124,8 @@ class FinetuneConfig:
     seed : int
     tag : str or None
         An extra run-name tag.
+    task : {"occurrence", "intensity"}
+        What the network learns (:mod:`classify.learn.intensity`: a regression head on 0-5).
     """
 
     model: str = "cnn_f"
@@ -146,6 +149,7 @@ class FinetuneConfig:
     device: str = "auto"
     seed: int = 0
     tag: object = None
+    task: str = "occurrence"
 
     def __post_init__(self):
         check_choice(self.head, HEADS, "--head")
@@ -158,6 +162,7 @@ class FinetuneConfig:
             raise UsageError(f"--batch-size must be at least 2, got {self.batch_size}")
         if self.tag is not None and (not str(self.tag).isalnum()):
             raise UsageError(f"--tag must be letters and digits only, got {self.tag!r}")
+        check_task(self.task)
 
 
 def make_units(aus, head, region):
@@ -190,7 +195,7 @@ def finetune_run_name(config, table):
 
 def finetune_tags(config, *, aus, default_aus):
     """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
-    tags = []
+    tags = ["int"] if config.task == "intensity" else []
     if config.head == "multilabel":
         tags.append("ml")
     tags += {"fc6-fc7": ["fc67"], "head": ["headonly"]}.get(config.reinit, [])
@@ -256,7 +261,7 @@ class FinetuneMethod(Method):
         y_val = np.full((len(val_rows), y.shape[1]), -1, y.dtype)
         for j, b in enumerate(bal):
             y_val[np.searchsorted(val_rows, b), j] = y[b, j]
-        c = counts(y, rows)
+        c = counts(y, rows, self.task)
         return UnitData(trainable(c), c, {"train": labelled["train"], "val_all": va_all,
                                           "val_rows": val_rows, "y_val": y_val})
 
@@ -280,7 +285,8 @@ class FinetuneMethod(Method):
 
         def batches(epoch, rng):
             sample = rng.permutation(balanced_rows(y, tr, rng, self.task.balance))
-            pw = torch.from_numpy(self.task.pos_weight(y[sample]))
+            pw = self.task.pos_weight(y[sample])
+            pw = None if pw is None else torch.from_numpy(pw)
             aug = draw_augmentation(rng, len(sample), src.size) if cfg.augment else None
             for _, idx, imgs in src.batches(sample, int(cfg.batch_size), aug=aug, min_size=2):
                 yield torch.from_numpy(imgs), torch.from_numpy(y[idx].astype(np.float32)), pw
@@ -398,10 +404,11 @@ def _finetune(workspace, dataset, run, table, au_list, config, meta, *, aligned_
     if len(valid) != len(table) or not np.array_equal(keys, table.keys()):
         raise StoreError(f"{aligned_path}: the aligned-face cache does not list the frames of "
                          f"{dataset} in its order (rerun featbench align)")
-    method = FinetuneMethod(config, aligned_path)
-    labels = table.labels(au_list)
+    method = FinetuneMethod(config, aligned_path, task_named(config.task))
+    labels = method.task.targets(table, au_list)
     splits = make_splits(table, config.protocol, seed=config.seed)
-    identity = {**{k: v for k, v in asdict(config).items() if k != "device"}, "aus": au_list,
+    identity = {**{k: v for k, v in asdict(config).items()  # (occurrence: identities as before)
+                   if k != "device" and (k, v) != ("task", "occurrence")}, "aus": au_list,
                 "table": table.fingerprint(), "faces": str(fingerprint or "")}
     jobs, test_rows, missing = _jobs(method, table, splits, labels, au_list, valid, identity)
     if not any(r.size for r in test_rows):
@@ -425,7 +432,7 @@ def _finetune(workspace, dataset, run, table, au_list, config, meta, *, aligned_
 
     out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
                         test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
-                        extra=lambda au: _row_extra(by[(0, au)], config),
+                        task=method.task, extra=lambda au: _row_extra(by[(0, au)], config),
                         attrs=("model", "region", "clf", "weights", "protocol", "dataset", "head",
                                "reinit"))
     if missing:
@@ -458,7 +465,8 @@ def _jobs(method, table, splits, labels, au_list, valid, identity):
 def _row_extra(rec, config):
     """ft's own columns of the run's table: the first fold's epoch and validation F1, the head."""
     fit = rec["unit"].fit
-    return {"best_epoch": fit.get("best_epoch", ""), "val_f1": fit.get("val_score", float("nan")),
+    metric = "val_icc" if config.task == "intensity" else "val_f1"
+    return {"best_epoch": fit.get("best_epoch", ""), metric: fit.get("val_score", float("nan")),
             "head": config.head}
 
 

@@ -41,27 +41,15 @@ from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, U
 from featbench.core.metrics import (PRESENT_AT, decision_threshold, intensity_decisions,
                                     intensity_metrics, nanmean)
 from featbench.core.results import run_table, write_predictions, write_run
-from featbench.core.splits import make_splits
+from featbench.core.splits import make_splits, scored_mask
 from featbench.core.workspace import Workspace, atomic_write_text, run_name
 
 from classify.estimators import balance_indices
 from classify.intensity import get_regressor, fit_intensity
+from classify.learn.intensity import TASKS, check_task
 from classify.run import (REGION_CHOICES, check_features, join_codes, load_codes,
                           record_run_failure, resolve_aus, run_tag)
 from extract.store import store_info
-
-TASKS = ("occurrence", "intensity")
-
-
-def check_task(task):
-    """Return ``task`` (None -> occurrence); UsageError listing the tasks if unknown."""
-    task = task or "occurrence"
-    if task not in TASKS:
-        from featbench.core.errors import did_you_mean
-
-        raise UsageError(did_you_mean(str(task), TASKS, what="task"))
-    return task
-
 
 def _fold_rows(table, split, has_code, ints):
     """Return the table rows of a fold's parts that have codes and a known intensity for some AU."""
@@ -214,9 +202,8 @@ def _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta
 
     ints, occ = table.intensities(au_list), table.labels(au_list)
     splits = make_splits(table, meta["protocol"], seed=meta["seed"])
-    scored = (ints >= 0).any(axis=1) & np.any(
-        [s.mask(table, part) for s in splits for part in ("train", "validation", "test")], axis=0)
-    codes = calibrate_codes(codes, keys, meta["calibrate"], require=table.keys()[scored])
+    codes = calibrate_codes(codes, keys, meta["calibrate"],  # every person scored has a reference
+                            require=table.keys()[(ints >= 0).any(axis=1) & scored_mask(table, splits)])
     pos = join_codes(table, keys)
     fold_rows = [_fold_rows(table, s, pos >= 0, ints) for s in splits]
     if not any(r["test"].size for r in fold_rows):
@@ -304,27 +291,4 @@ def _write_models(workspace, dataset, run, spec, au_list, splits, fold_fits, fol
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def format_intensity_result(result):
-    """Return the one-screen text of an intensity run: per-AU table, mean, notes, CSV path."""
-    cols = ("icc", "pearson", "mae", "f1", "support")
-    lines = [f"{result['run']} on {result['dataset']} (intensity, {result['meta']['protocol']} "
-             f"protocol, calibration {result['meta']['calibrate']}, {result['meta']['n_train']} "
-             f"training / {result['meta']['n_test']} test frames)",
-             f"{'au':<6}" + "".join(f"{c:>10}" for c in cols)]
-
-    def cell(v):
-        if isinstance(v, (int, np.integer)):
-            return f"{v:>10d}"
-        return f"{'nan':>10}" if v is None or not np.isfinite(v) else f"{v:>10.3f}"
-
-    for r in result["rows"] + [result["mean"]]:
-        lines.append(f"{r['au']:<6}" + "".join(cell(r.get(c, float("nan"))) for c in cols))
-    lines += [f"note: {n}" for n in result["notes"]]
-    m = result["mean"]
-    lines.append(f"mean ICC {m['icc']:.3f}, r {m['pearson']:.3f}, MAE {m['mae']:.3f}, "
-                 f"F1 (>= {result['meta']['label_threshold']}) {m['f1']:.3f} in "
-                 f"{result['seconds']:.0f} s -> {result['csv']}")
-    return "\n".join(lines)
-
-
-__all__ = ["intensity_run", "format_intensity_result", "check_task", "TASKS", "CALIBRATIONS"]
+__all__ = ["intensity_run", "check_task", "TASKS", "CALIBRATIONS"]

@@ -417,7 +417,7 @@ class LSTMMethod(Method):
     def unit_data(self, job):
         """Cut the fold's training and validation rows into sequences (the trainable AUs' labels),
         the whole test sequences, the z-scoring and the positive weight of the training frames."""
-        c = counts(job.y, job.rows)
+        c = counts(job.y, job.rows, self.task)
         cols = trainable(c)
         data = UnitData(cols, c, {"Y": job.y[:, cols]})
         if not cols:

@@ -45,7 +45,7 @@ from featbench.core.calibrate import calibrate_codes, calibration_tag, check_cal
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.core.frames import KEY_DTYPE
-from featbench.core.splits import make_splits
+from featbench.core.splits import make_splits, scored_mask
 from featbench.core.workspace import Workspace, atomic_write_text, run_name
 
 from classify.estimators import balance_indices, with_threshold
@@ -432,12 +432,12 @@ def _load_table(workspace, dataset, progress):
 
 def _read_run_codes(spec, workspace, dataset, model, regions, path, calibrate="none"):
     """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk,
-    unless calibrated (``featbench.core.calibrate``: every row is rewritten, in memory)."""
+    unless calibrated (``featbench.core.calibrate``: every row is rewritten, in memory, by
+    :func:`_classify`)."""
     budget = memory_budget_bytes()
     lazy = (not spec.needs_sequences and calibrate == "none"
             and codes_bytes(path, regions) > budget)
-    keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=lazy)
-    return keys, calibrate_codes(codes, keys, calibrate), attrs, budget
+    return (*load_codes(workspace, dataset, model, regions, lazy=lazy), budget)
 
 
 def _make_jobs(table, splits, au_list, region, has_code, labelled):
@@ -478,6 +478,8 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     labels = table.labels(au_list)
     labelled = (labels >= 0).any(axis=1)
     splits = make_splits(table, meta["protocol"], seed=meta["seed"])
+    codes = calibrate_codes(codes, keys, meta["calibrate"],  # every person scored has a reference
+                            require=table.keys()[labelled & scored_mask(table, splits)])
     jobs, test_rows, missing = _make_jobs(table, splits, au_list, meta["region"], has_code, labelled)
     if not any(r.size for r in test_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
@@ -567,23 +569,33 @@ def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs,
 
 
 def format_result(result):
-    """Return the one-screen text of a run: per-AU table, mean, notes and the CSV path."""
-    cols = ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold")
-    head = f"{'au':<6}" + "".join(f"{c:>10}" for c in cols)
-    lines = [f"{result['run']} on {result['dataset']} ({result['meta']['protocol']} protocol, "
-             f"{result['meta']['n_train']} training / {result['meta']['n_test']} test frames)", head]
+    """Return the one-screen text of a run: per-AU table, mean, notes and the CSV path.
+
+    An intensity run (``result["task"]``) shows ICC, r, MAE and the F1 of rounded intensity >= 2.
+    """
+    meta, mean = result["meta"], result["mean"]
+    intensity = result.get("task", meta.get("task")) == "intensity"
+    cols = (("icc", "pearson", "mae", "f1", "support") if intensity else
+            ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold"))
+    cal = meta.get("calibrate", "none")
+    lines = [f"{result['run']} on {result['dataset']} ({'intensity, ' if intensity else ''}"
+             f"{meta['protocol']} protocol{'' if cal in (None, 'none') else f', calibration {cal}'}, "
+             f"{meta['n_train']} training / {meta['n_test']} test frames)",
+             f"{'au':<6}" + "".join(f"{c:>10}" for c in cols)]
 
     def cell(v):
         if isinstance(v, (int, np.integer)):
             return f"{v:>10d}"
         return f"{'nan':>10}" if v is None or not np.isfinite(v) else f"{v:>10.3f}"
 
-    for r in result["rows"] + [{**result["mean"], "threshold": float("nan")}]:
+    for r in result["rows"] + [{**mean, "threshold": float("nan")}]:
         lines.append(f"{r['au']:<6}" + "".join(cell(r.get(c, float('nan'))) for c in cols))
     lines += [f"note: {n}" for n in result["notes"]]
     defined = sum(np.isfinite(float(r["f1"])) for r in result["rows"] if r.get("f1") is not None)
     undefined = len(result["rows"]) - defined  # nan F1 (no test positives) is not averaged
-    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {defined} AUs"
+    head = (f"mean ICC {mean['icc']:.3f}, r {mean['pearson']:.3f}, MAE {mean['mae']:.3f}, F1 of "
+            f"rounded intensity >= {meta.get('label_threshold') or 2} " if intensity else "mean F1 ")
+    lines.append(f"{head}{mean['f1']:.3f} over {defined} AUs"
                  f"{f' ({undefined} nan, left out)' if undefined else ''} in "
                  f"{result['seconds']:.0f} s -> {result['csv']}")
     return "\n".join(lines)

@@ -259,7 +259,7 @@ class TransferMethod(Method):
         return int(self.settings.input_size or self.spec.input_size)
 
     def unit_data(self, job):
-        c = counts(job.y, job.rows)
+        c = counts(job.y, job.rows, self.task)
         pw = (self.task.pos_weight(job.y[job.rows["train"]])
               if self.settings.pos_weight == "auto" else None)
         return UnitData(trainable(c), c, {"pos_weight": pw})

@@ -1,5 +1,6 @@
 """AU intensity: the labels the readers keep, the metrics (hand-computed), calibration."""
 
+import json
 import math
 
 import numpy as np
@@ -442,9 +443,81 @@ def test_calibration_without_frames_of_a_person_is_one_line(int_setup, tmp_path,
         keep[np.flatnonzero(~keep)[0]] = True
     write_features(ws, table, codes[keep], keys=table.keys()[keep])
     monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
-    for task in (["--task", "intensity", "--clf", "ridge"],):
+    for task in (["--task", "intensity", "--clf", "ridge"], ["--clf", "lda"]):
         msg = _bad(capsys, "--workspace", str(ws.root), "classify", *task, "--calibrate", "median",
                    "--quiet")
         assert "SN005" in msg and ("no frames with codes" in msg or "fewer than 2 frames" in msg)
     assert main(["--workspace", str(ws.root), "classify", "--task", "intensity", "--clf", "ridge",
                  "--quiet"]) == 0
+
+
+# learned methods: the Intensity task ---------------------------------------------------------
+def graded_cache(path, table, size=48, seed=0):
+    """Aligned faces whose upper block brightens with AU01's intensity and whose lower block
+    darkens with AU12's (0-5); noise elsewhere."""
+    import json as _json
+
+    import h5py
+
+    from featbench.core import align, faces
+
+    rng = np.random.default_rng(seed)
+    n = len(table)
+    imgs = rng.normal(128, 20, (n, size, size, 3)).clip(0, 255).astype(np.uint8)
+    a1, a12 = (table.frames[c].to_numpy().astype(int) for c in ("AU01_int", "AU12_int"))
+    for i in range(n):
+        imgs[i, 5:13, 12:36] = 128 + 24 * a1[i]
+        imgs[i, 36:43, 12:36] = 128 - 24 * a12[i]
+    boxes = np.repeat(faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)[None],
+                      n, axis=0)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format_version=align.FORMAT_VERSION, fingerprint=f"graded{seed}",
+                       settings=_json.dumps({"size": size}), size=size, complete=True, skipped="{}")
+        f["frames"] = table.keys()
+        f["valid"] = np.ones(n, bool)
+        f.create_dataset("faces", data=imgs, chunks=(4, size, size, 3))
+        f["landmarks"] = np.full((n, 68, 2), np.nan, np.float32)
+        f["boxes"] = boxes
+        f["skip_reason"] = np.zeros(n, np.int8)
+    return path
+
+
+FT_FAST = dict(model="timm:test_efficientnet", weights="random:0", input_size=48, epochs=3,
+               batch_size=16, lr=3e-3, optimizer="adam", aus="AU01,AU12", device="cpu",
+               head="multilabel")
+
+
+def test_finetune_intensity_regresses_and_writes_the_intensity_contracts(tmp_path):
+    import h5py
+    import torch
+
+    from classify.finetune import FinetuneConfig, finetune_run, load_unit
+    from classify.learn.method import score_batches
+    from featbench.core.facesource import FaceInput, FaceSource
+
+    torch.set_num_threads(1)
+    table = intensity_table(n_frames=8)
+    cache = graded_cache(tmp_path / "faces.h5", table)
+    ws = Workspace(tmp_path / "ws")
+    res = finetune_run(ws, "synth", FinetuneConfig(**FT_FAST, task="intensity"), table=table,
+                       aligned_path=cache, progress=False)
+    assert res["run"] == "timm-test_efficientnet__full__ft__int-ml-au1+12"
+    icc = {r["au"]: r["icc"] for r in res["rows"]}
+    assert icc["AU01"] > 0.5 and icc["AU12"] > 0.5, icc
+    row = read_summary(ws, "synth").set_index("run").loc[res["run"]]
+    assert row["task"] == "intensity" and np.isfinite(row["mean_icc"])
+    assert list(pd.read_csv(res["csv"]).columns[:4]) == ["au", "icc", "pearson", "mae"]
+    test = np.flatnonzero(_test_rows(table))
+    with h5py.File(res["predictions"], "r") as f:
+        scores, labels, ints = f["scores"][:], f["labels"][:], f["intensities"][:]
+        assert f.attrs["task"] == "intensity"
+    assert scores.min() >= 0 and scores.max() <= 5
+    np.testing.assert_array_equal(ints, table.intensities(["AU01", "AU12"])[test])
+    np.testing.assert_array_equal(labels, table.labels(["AU01", "AU12"])[test])
+    net, _ = load_unit(res["models_dir"])  # the saved network reproduces the clipped predictions
+    with FaceSource(cache, FaceInput("full", 48, resize_full=True)) as source:
+        s = score_batches(net, (torch.from_numpy(f) for _, _, f in source.batches(test, 32)),
+                          device="cpu")
+    np.testing.assert_allclose(np.clip(s, 0, 5), scores, rtol=1e-4, atol=1e-4)
+    manifest = json.loads((res["models_dir"] / "manifest.json").read_text())
+    assert manifest["task"] == "intensity" and manifest["settings"]["task"]["threshold"] == 2

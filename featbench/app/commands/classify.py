@@ -108,7 +108,7 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
-    from classify.intensity_run import check_task
+    from classify.learn.intensity import check_task
     from classify.registry import check_clf
     from classify.run import check_features, classify_run, default_model, format_result
     from featbench.core.calibrate import check_calibration
@@ -149,8 +149,8 @@ def _run(args):
 def _run_intensity(args):
     """``--task intensity``: per-AU ridge / SVR (classify.intensity_run)."""
     from classify.intensity import get_regressor
-    from classify.intensity_run import format_intensity_result, intensity_run
-    from classify.run import check_features, default_model
+    from classify.intensity_run import intensity_run
+    from classify.run import check_features, default_model, format_result
     from featbench.core.errors import UsageError
 
     get_regressor(args.clf)
@@ -170,5 +170,5 @@ def _run_intensity(args):
                            protocol=args.protocol, balance=bool(args.balance), seed=args.seed,
                            table=table, aus=args.aus, calibrate=args.calibrate,
                            progress=not args.quiet)
-    print(format_intensity_result(result))
+    print(format_result(result))
     return 0
