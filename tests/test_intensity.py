@@ -521,3 +521,42 @@ def test_finetune_intensity_regresses_and_writes_the_intensity_contracts(tmp_pat
     np.testing.assert_allclose(np.clip(s, 0, 5), scores, rtol=1e-4, atol=1e-4)
     manifest = json.loads((res["models_dir"] / "manifest.json").read_text())
     assert manifest["task"] == "intensity" and manifest["settings"]["task"]["threshold"] == 2
+
+
+@pytest.mark.slow
+def test_transfer_stage2_intensity_from_a_folder_manifest_with_intensities(tmp_path):
+    """Transfer's stage 2 regresses AU12's intensity (a block that brightens with it) from a
+    folder manifest's AU12_int column; the run writes the intensity contracts."""
+    from dataclasses import replace
+
+    import cv2
+    import h5py
+    import torch
+
+    from classify.transfer import format_result, run_stage2
+    from featbench.core.datasets.folder import read_folder
+    from test_transfer import SETTINGS
+
+    torch.set_num_threads(1)
+    root = tmp_path / "faces"
+    root.mkdir()
+    rows, rng = ["image,subject,AU12_int"], np.random.default_rng(0)
+    for s in range(8):
+        for f in range(10):
+            v = int(rng.integers(0, 6))
+            im = rng.integers(0, 50, (32, 32, 3), dtype=np.uint8)
+            im[:10] = 30 + 40 * v
+            cv2.imwrite(str(root / f"S{s}_{f}.png"), im)
+            rows.append(f"S{s}_{f}.png,S{s},{v}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    table = read_folder(root)
+    table.pre_aligned = True
+    settings = replace(SETTINGS, task="intensity", epochs=(2, 8))
+    out = run_stage2(Workspace(tmp_path / "ws"), table, settings, stage1=None, progress=False)
+    assert out["run"].endswith("__transfer__int-nostage1") and out["task"] == "intensity"
+    assert out["icc"] > 0.5, out["icc"]
+    with h5py.File(out["predictions"], "r") as f:
+        s, ints = f["scores"][:], f["intensities"][:]
+        assert f.attrs["task"] == "intensity" and "scores_are" not in f.attrs
+    assert s.min() >= 0 and s.max() <= 5 and set(np.unique(ints)) <= set(range(6))
+    assert "mean ICC" in format_result({"control": out})
