@@ -424,10 +424,11 @@ class LSTMMethod(Method):
             return data
         Y, o = data.extra["Y"], self.options
         mode = "train" if self.balance else "whole"
-        cut = {p: cut_sequences(job.rows[p], self.group, self.frame, Y, mode=mode, context=o.context,
+        act = np.where(Y >= 0, self.task.positive(Y), -1)  # cut around what the task calls present
+        cut = {p: cut_sequences(job.rows[p], self.group, self.frame, act, mode=mode, context=o.context,
                                 drop_gap=o.drop_gap) for p in ("train", "validation")}
-        cut["threshold"] = cut_sequences(job.rows["validation"], self.group, self.frame, Y, mode="test")
-        cut["test"] = cut_sequences(job.rows["test"], self.group, self.frame, Y, mode="test")
+        cut["threshold"] = cut_sequences(job.rows["validation"], self.group, self.frame, act, mode="test")
+        cut["test"] = cut_sequences(job.rows["test"], self.group, self.frame, act, mode="test")
         if not cut["train"].sequences:
             raise UsageError("no training sequence (no training frame with codes and labels)")
         X, train_rows = self.X(job.unit.region), np.concatenate(cut["train"].sequences)
@@ -521,7 +522,7 @@ def lstm_jobs(jobs, splits, labels, *, multilabel, identity):
 
 
 def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_threshold, balance,
-             class_weight, checkpoint_root=None, n_jobs=None, progress=True):
+             class_weight, checkpoint_root=None, n_jobs=None, progress=True, task=OCCURRENCE):
     """Train every (fold, AU) job of a classify run with LSTMs; return run.py's result dicts.
 
     Per-AU networks (the paper) train in parallel worker processes on CPU; ``--multilabel``
@@ -542,7 +543,8 @@ def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_thr
         if workers > 1:  # the workers read the codes memory-mapped instead of pickled copies
             codes = {r: str(_save_npy(tmp, r, c)) for r, c in codes.items()}
         method = LSTMMethod(options, codes, pos, group, frame, seed=seed, workers=workers,
-                            tune_threshold=tune_threshold, balance=balance, class_weight=class_weight)
+                            tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
+                            task=task)
         results = run_units(method, units, work=Path(checkpoint_root or tmp), progress=progress)
     return list(per_au(results, [j[2] for j in jobs]).values())
 

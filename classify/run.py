@@ -45,10 +45,13 @@ from featbench.core.calibrate import calibrate_codes, calibration_tag, check_cal
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.core.frames import KEY_DTYPE
+from featbench.core.metrics import PRESENT_AT
 from featbench.core.splits import make_splits, scored_mask
 from featbench.core.workspace import Workspace, atomic_write_text, run_name
 
 from classify.estimators import balance_indices, with_threshold
+from classify.learn.intensity import check_task, task_named
+from classify.learn.task import OCCURRENCE
 from classify.learn.writer import (fold_record, record_run_failure, recording_failure,  # noqa: F401
                                    versions, write_outputs)
 from classify.registry import get_classifier
@@ -86,16 +89,18 @@ DEFAULT_LABEL_THRESHOLD = 2
 
 
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
-            aus=None, default_aus=None, extra=None, label_threshold=None, calibrate="none"):
+            aus=None, default_aus=None, extra=None, label_threshold=None, calibrate="none",
+            task="occurrence"):
     """Return the run-name tag of the non-default settings (None for the defaults).
 
     ``literature``, ``kfold5``, ``own``; ``i3`` (labels from another intensity threshold than
     the protocol's 2: ``--threshold 3``); ``thr`` (tuned thresholds); ``nobal``; ``cw``
     (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
     classifier's own non-default settings, e.g. the LSTM's ``ml``); ``calmed`` / ``calneu``
-    (person calibration, ``featbench.core.calibrate``); joined with ``-``.
+    (person calibration, ``featbench.core.calibrate``); joined with ``-``. ``int`` comes first
+    for a learned method's intensity run (``task``).
     """
-    parts = []
+    parts = ["int"] if task == "intensity" else []
     if protocol != "paper":
         parts.append(protocol.replace(":", ""))
     if label_threshold not in (None, DEFAULT_LABEL_THRESHOLD):
@@ -321,11 +326,20 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 
 
 # --- the run -----------------------------------------------------------------------------------
-def _check_args(clf, region, class_weight, options, calibrate="none"):
+def _run_name(model, region, clf, table, au_list, options, settings):
+    """The run's name: ``<model>__<region>__<clf>`` and the tags of its non-default settings."""
+    return run_name(model, region, clf, tag=run_tag(
+        **settings, aus=au_list, default_aus=resolve_aus(table, settings["protocol"]),
+        extra=options.tag() if options else None, label_threshold=table.label_threshold))
+
+
+def _check_args(clf, region, class_weight, options, calibrate="none", task="occurrence"):
     """Return the registry entry of ``clf``, its own settings and the calibration; UsageError
     for bad arguments."""
     spec = get_classifier(clf)
     calibrate = check_calibration(calibrate)
+    if check_task(task) == "intensity" and spec.train_jobs is None:
+        raise UsageError(f"--task intensity takes --clf ridge, svr or lstm, not {clf}")
     if region not in REGION_CHOICES:
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
@@ -339,7 +353,8 @@ def _check_args(clf, region, class_weight, options, calibrate="none"):
 
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none"):
+                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none",
+                 task="occurrence"):
     """Train and score one per-AU classifier run; write its tables, predictions and models.
 
     Parameters
@@ -377,8 +392,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     scheduler : str, optional
         LDA / SVM: a Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local
         workers); see :mod:`classify.scale`, also for ``FEATBENCH_MEMORY_GB``.
-    calibrate : {"none", "median", "neutral"}
-        Person-specific calibration of the codes (:mod:`featbench.core.calibrate`).
+    calibrate, task : str
+        Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`); task
+        ``occurrence`` or, ``clf="lstm"`` only, ``intensity`` (:mod:`classify.learn.intensity`).
 
     Returns
     -------
@@ -393,15 +409,13 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         found, a failure is also recorded as the run's row in ``summary.csv``.
     """
     t0 = time.time()
-    spec, options, method = _check_args(clf, region, class_weight, lstm, calibrate)
+    spec, options, method = _check_args(clf, region, class_weight, lstm, calibrate, task)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     table = table if table is not None else _load_table(workspace, dataset, progress)
     au_list = resolve_aus(table, protocol, aus)
     settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-                    class_weight=class_weight, seed=seed, calibrate=method)
-    run = run_name(model, region, clf, tag=run_tag(
-        **settings, aus=au_list, default_aus=resolve_aus(table, protocol),
-        extra=options.tag() if options else None, label_threshold=table.label_threshold))
+                    class_weight=class_weight, seed=seed, calibrate=method, task=task)
+    run = _run_name(model, region, clf, table, au_list, options, settings)
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions)
     meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
@@ -415,14 +429,14 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
 
 
 def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
-              balance, class_weight, seed, calibrate="none"):
+              balance, class_weight, seed, calibrate="none", task="occurrence"):
     """Return the run's settings as its summary row and settings.json record them."""
     return {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
             "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
             # which intensity made a label positive: runs on other thresholds never mix
             "label_threshold": "" if table.label_threshold is None else table.label_threshold,
-            "calibrate": calibrate,
+            "calibrate": calibrate, "task": task,
             **({spec.name: asdict(options)} if options else {})}
 
 
@@ -457,14 +471,15 @@ def _make_jobs(table, splits, au_list, region, has_code, labelled):
 
 
 def _train(spec, jobs, meta, *, workspace, dataset, run, table, splits, codes, labels, pos, n_jobs,
-           progress, budget, scheduler):
+           progress, budget, scheduler, task=OCCURRENCE):
     """Run every job: the entry's own trainer (sequences) or one fit per job in workers."""
     common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
                   class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
     if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
         ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
         return spec.train_jobs(jobs, table=table, splits=splits, options=spec.options(meta[spec.name]),
-                               n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
+                               n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, task=task,
+                               **common), None
     return _parallel(jobs, n_jobs, progress, spec=spec, budget=budget, scheduler=scheduler,
                      **common), scheduler
 
@@ -475,7 +490,8 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     spec, scheduler = get_classifier(meta["clf"]), scheduler_address(scheduler)
     pos = join_codes(table, keys)
     has_code = pos >= 0
-    labels = table.labels(au_list)
+    task = task_named(meta.get("task"), threshold=table.label_threshold or PRESENT_AT)
+    labels = task.targets(table, au_list)
     labelled = (labels >= 0).any(axis=1)
     splits = make_splits(table, meta["protocol"], seed=meta["seed"])
     codes = calibrate_codes(codes, keys, meta["calibrate"],  # every person scored has a reference
@@ -486,7 +502,7 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
                               f"(the feature file's frames do not match the data set's)")
     results, scheduler = _train(spec, jobs, meta, workspace=workspace, dataset=dataset, run=run,
                                 table=table, splits=splits, codes=codes, labels=labels, pos=pos,
-                                n_jobs=n_jobs,
+                                n_jobs=n_jobs, task=task,
                                 progress=progress, budget=budget, scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
     scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),
@@ -506,7 +522,7 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
 
     out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
                         test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
-                        params=tuple(spec.search_space), attrs=PREDICTION_ATTRS, t0=t0)
+                        params=tuple(spec.search_space), attrs=PREDICTION_ATTRS, t0=t0, task=task)
     out["notes"] += [f"{n} labelled {part} frames have no codes in the feature file and were left out"
                      for part, n in missing.items() if n]
     out["missing_codes"] = missing

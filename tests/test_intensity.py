@@ -560,3 +560,46 @@ def test_transfer_stage2_intensity_from_a_folder_manifest_with_intensities(tmp_p
         assert f.attrs["task"] == "intensity" and "scores_are" not in f.attrs
     assert s.min() >= 0 and s.max() <= 5 and set(np.unique(ints)) <= set(range(6))
     assert "mean ICC" in format_result({"control": out})
+
+
+def test_lstm_regresses_an_intensity_only_its_memory_can_see(tmp_path):
+    """AU01's intensity is the size of a one-frame cue, held for the next frames, whose codes are
+    noise: the LSTM (``--clf lstm --task intensity``) recalls it; predictions are clipped."""
+    import torch
+
+    from classify.ensemble import read_predictions
+    from classify.run import classify_run
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    frames, X = make_table(60, 0).frames, []
+    frames["AU01_int"] = np.int8(0)
+    for s in SUBJECTS:
+        rows = np.flatnonzero(frames["subject"].to_numpy() == s)
+        x, y, t = rng.normal(size=(60, 6)).astype(np.float32), np.zeros(60, np.int8), 2
+        while t < 55:
+            v = int(rng.integers(1, 6))
+            x[t, 0] += 2.0 * v
+            y[t + 1:t + 5] = v
+            t += 5 + int(rng.integers(3, 10))
+        frames.loc[rows, "AU01_int"], frames.loc[rows, "AU01"] = y, (y >= 2).astype(np.int8)
+        X.append(x)
+    for au in DISFA_AUS[1:]:
+        frames[f"{au}_int"] = frames[au]
+    table = FrameTable("synth", "/nonexistent", DISFA_AUS, frames, has_intensity=True,
+                       label_threshold=2)
+    ws = Workspace(tmp_path)
+    write_features(ws, table, np.concatenate(X), regions=("full",))
+    out = classify_run(ws, "synth", model="toy", clf="lstm", table=table, progress=False, n_jobs=1,
+                       aus=["AU01"], task="intensity",
+                       lstm=dict(hidden=12, lr=0.005, weight_noise=0.0, epochs=10, batch=8,
+                                 patience=None, device="cpu"))
+    assert out["run"].startswith("toy__full__lstm__int-") and out["task"] == "intensity"
+    assert out["rows"][0]["icc"] > 0.6, out["rows"][0]["icc"]
+    ridge = intensity_run(ws, "synth", model="toy", table=table, aus=["AU01"], progress=False)
+    assert ridge["rows"][0]["icc"] < 0.3  # per frame, the held intensity is noise
+    pred = read_predictions(out["predictions"])
+    assert pred["task"] == "intensity" and pred["scores"].min() >= 0 and pred["scores"].max() <= 5
+    test = _test_rows(table)
+    np.testing.assert_array_equal(pred["intensities"][:, 0], table.intensities(["AU01"])[test, 0])
+    np.testing.assert_array_equal(pred["labels"][:, 0], table.labels(["AU01"])[test, 0])
