@@ -46,7 +46,8 @@ Outputs (as ``featbench classify``'s; ``clf`` = ``ft``)::
     results/<ds>/<model>__<region>__ft[__tags].csv   per-AU metrics + mean
     results/<ds>/summary.csv                         the run's row: weights, head, reinit...
     results/<ds>/predictions/<run>.h5                test frames' scores and decisions
-    results/<ds>/models/<run>/model.pt | <AU>.pt     the trained network's state dict (unit)
+    results/<ds>/models/<run>/manifest.json          the ``ft`` run's model (featbench.core.modelfile)
+    results/<ds>/models/<run>/model.safetensors      a unit's state dict (| <AU>.safetensors ...)
     results/<ds>/models/<run>/settings.json          every setting, per-unit epoch, thresholds
     results/<ds>/models/<run>/<unit>.log.csv, .png   per-epoch log and curves
 
@@ -54,7 +55,7 @@ Run-name tags for non-default settings: ``ml`` (multilabel), ``fc67`` (``--reini
 ``headonly`` (``--reinit head``), ``from<layer>`` (``--train-from``), then classify's
 (``thr``, protocol, ``s<seed>``, AU subset) and ``--tag``.
 
-``featbench extract --model M --weights results/<ds>/models/<run>/model.pt`` extracts the
+``featbench extract --model M --weights results/<ds>/models/<run>/model.safetensors`` extracts the
 fine-tuned network's codes into ``data/features/<ds>/<M>-ft.h5`` (weights identity
 ``finetuned:<run> sha256:...``), for ``featbench classify --model <M>-ft``.
 """
@@ -73,11 +74,13 @@ from featbench.core.aus import AU_REGION, REGIONS
 from featbench.core.errors import DataError, FeatbenchError, StoreError, UsageError, did_you_mean
 from featbench.core.identity import RunKey
 from featbench.core.metrics import METRICS, au_metrics, nanmean
+from featbench.core.modelfile import open_model
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
 from featbench.core.workspace import Workspace, atomic_write_text
 
 from classify.estimators import balance_indices, best_threshold, decide
+from classify.kinds import cache_alignment, save_run
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.run import format_result as classify_format, resolve_aus, run_tag
 from classify.training import TrainConfig, autocast_dtype, fit, plot_history
@@ -722,8 +725,19 @@ def _write_outputs(workspace, dataset, run, table, au_list, units, splits, test_
             "seconds": meta["seconds"]}
 
 
+def _state_loader(path):
+    """A callable reading a unit's state file (this run's own, written above) when it is saved."""
+    def load():
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    return load
+
+
 def _write_models(workspace, dataset, run, config, meta, info, units, splits, results, work, au_list):
-    """Move the finished units from the partial folder into ``models/<run>/`` with settings.json."""
+    """Write ``models/<run>/``: the ``ft`` kind's model (manifest + one tensor group per unit,
+    :mod:`classify.kinds`), the units' logs and curves, and settings.json."""
     import torch
 
     import featbench
@@ -731,19 +745,32 @@ def _write_models(workspace, dataset, run, config, meta, info, units, splits, re
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    per_unit = {}
+    per_unit, trained = {}, {}
     for (fi, uname), res in results.items():
         name = res["unit"]
         entry = {k: v for k, v in res.items() if k not in ("test_scores", "info", "unit")}
-        for suffix in (".pt", ".log.csv", ".png"):
+        for suffix in (".log.csv", ".png"):
             src = work / f"{name}{suffix}"
             if src.exists():
                 os.replace(src, tmp / f"{name}{suffix}")
-                entry[{".pt": "model_file", ".log.csv": "log", ".png": "curves"}[suffix]] = src.name
+                entry[{".log.csv": "log", ".png": "curves"}[suffix]] = src.name
+        if (work / f"{name}.pt").exists():
+            entry["model_file"] = f"{name}.safetensors"
+            trained[name] = {"fold": fi, "aus": res["aus"], "region": res["region"],
+                             "trainable": list(res.get("trainable") or ()),
+                             "thresholds": res.get("thresholds", []),
+                             "state": _state_loader(work / f"{name}.pt")}
         per_unit[name] = entry
+    network = {k: v for k, v in info.items() if k != "frozen"}
+    save_run(tmp, "ft", {"config": asdict(config), "network": network, "units": trained,
+                         "folds": [s.name for s in splits]},
+             run=run, aus=au_list, weights=meta["weights"], dataset=dataset,
+             preprocessing={"model": config.model, "input_size": info["input_size"],
+                            "regions": {a: u["region"] for u in trained.values() for a in u["aus"]},
+                            "alignment": cache_alignment(workspace, dataset)})
     settings = {"run": run, **{k: v for k, v in meta.items() if k != "seconds"},
                 "config": asdict(config), "aus": au_list,
-                "units": per_unit, "network": {k: v for k, v in info.items() if k != "frozen"},
+                "units": per_unit, "network": network,
                 "frozen_parameters": info["frozen"],
                 "score": ("logit(present) - logit(absent)" if config.head == "per-au"
                           else "the AU's logit"), "default_threshold": 0.0,
@@ -765,28 +792,34 @@ def load_unit(models_dir, unit="model", *, device="cpu"):
     Parameters
     ----------
     models_dir : path
-        ``results/<ds>/models/<run>/``.
+        ``results/<ds>/models/<run>/`` (or an export of the run).
     unit : str
         ``model`` (multilabel, one region), an AU (per-au) or a region (multilabel, auto).
+
+    Returns
+    -------
+    net : torch.nn.Module
+    settings : dict
+        The run's manifest settings (``config``, ``network``, ``units``).
     """
     import torch
-    from pathlib import Path
 
-    models_dir = Path(models_dir)
-    settings = json.loads((models_dir / "settings.json").read_text())
-    entry = settings["units"].get(unit)
-    if entry is None or "model_file" not in entry:
-        raise UsageError(did_you_mean(unit, [u for u, e in settings["units"].items() if "model_file" in e],
-                                      what=f"unit of {settings['run']}"))
-    state = torch.load(models_dir / entry["model_file"], map_location="cpu", weights_only=True)
+    mf = open_model(models_dir)
+    settings = mf.manifest["settings"]
+    if unit not in settings["units"]:
+        raise UsageError(did_you_mean(unit, list(settings["units"]),
+                                      what=f"unit of {mf.manifest['run']}"))
+    state = {k: torch.from_numpy(np.array(v)) for k, v in mf.tensors(unit).items()}
     return unit_network(settings, unit, state).to(device).eval(), settings
 
 
 def unit_network(settings, unit, state):
     """Return the network of ``unit`` of a run's ``settings`` (settings.json) with ``state`` loaded.
 
-    ``state`` is what the run saved as ``<unit>.pt`` (:meth:`export_state`); ``featbench
-    predict`` and ``featbench export`` rebuild units through here, as :func:`load_unit` does.
+    ``state`` is what the run saved as the unit's tensor group (:meth:`export_state`);
+    ``featbench predict`` rebuilds units through here, as :func:`load_unit` does. ``settings``
+    holds ``config`` (``model``, ``head``, ``reinit``), ``network`` (``input_size``) and
+    ``units`` (each unit's ``aus``): the run's manifest settings (or its settings.json).
     """
     cfg, entry = settings["config"], settings["units"][unit]
     outputs = 2 if cfg["head"] == "per-au" else len(entry["aus"])

@@ -20,7 +20,7 @@ every frame: each test subject's whole sequence, in frame order. Without balanci
 (``--no-balance``) training and validation use whole sequences too.
 
 **The network** (:class:`SequenceLSTM`): z-scoring with the training subjects' mean and std
-(stored in the model, so that a saved ``.pt`` scores raw codes alone), one LSTM layer
+(stored in the model, so that a saved network scores raw codes alone), one LSTM layer
 (``--hidden``, ``--bidirectional``) and a linear output per AU (one AU: the paper's per-AU
 model; ``--multilabel``: one network with an output per AU, trained on the frames that
 label each AU). Batches are :class:`torch.nn.utils.rnn.PackedSequence` s: variable-length
@@ -39,7 +39,8 @@ when its logit is > the threshold (0, or with ``--tune-threshold`` the F1-best o
 validation subjects' whole sequences, scored as test is).
 
 Per-AU networks train in parallel worker processes on CPU (torch threads = cores // workers);
-on CUDA they train one after another on the device.
+on CUDA they train one after another on the device. The ``lstm`` run kind
+(:mod:`classify.netkinds`) saves and loads the trained networks.
 """
 
 import os
@@ -49,17 +50,12 @@ from functools import partial
 
 import numpy as np
 
-from featbench.core.errors import StoreError, UsageError
+from featbench.core.errors import UsageError
 from featbench.core.metrics import au_metrics
-from featbench.core.workspace import atomic_path
 
 from classify.estimators import best_threshold, decide
-from classify.registry import ClassifierSpec
 from classify.training import TrainConfig, fit
 from extract.encoders import resolve_device
-
-FORMAT = "featbench-lstm/1"
-
 
 # --- options -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -582,36 +578,6 @@ def _score_test(fit_out, test_rows, *, X, pos, group, frame, Y, device):
     return scores
 
 
-# --- saving and loading ------------------------------------------------------------------------
-def save_model(fit, path, *, meta=None):
-    """Save a trained network, its AUs and thresholds as one self-contained ``.pt`` file."""
-    torch = _torch()
-    m = fit.model
-    state = {"format": FORMAT, "state_dict": {k: v.cpu() for k, v in m.state_dict().items()},
-             "dims": m.dims, "n_out": m.n_out, "hidden": m.hidden, "bidirectional": m.bidirectional,
-             "aus": list(fit.aus), "thresholds": list(fit.thresholds), "best_epoch": fit.best_epoch,
-             "options": fit.options, "meta": dict(meta or {})}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_model(path):
-    """Return ``(SequenceLSTM in eval mode, saved dict)`` of a ``.pt`` file made by :func:`save_model`."""
-    torch = _torch()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise StoreError(f"{path}: not a readable LSTM model file ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise StoreError(f"{path}: not a featbench LSTM model file (format {FORMAT} expected)")
-    model = build_model(state["dims"], state["n_out"], hidden=state["hidden"],
-                        bidirectional=state["bidirectional"])
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    return model, state
-
-
 # --- the run's hook: every (fold, AU) job, per-AU networks or one multilabel network per fold --
 def _network_task(task, *, codes, labels, pos, group, frame, options, seed, tune_threshold,
                   balance, class_weight, checkpoint_root, fingerprint, threads=None, progress=False):
@@ -731,36 +697,3 @@ def run_jobs(jobs, *, table, codes, labels, pos, options, seed, tune_threshold, 
         for part in tqdm(gen, **bar):
             results += part
     return results
-
-
-def save_fits(folder, splits, by, au_list):
-    """Write each trained network of a run once into ``folder``; return {(fold, au): entry}."""
-    entries, saved = {}, {}
-    for fi, split in enumerate(splits):
-        for au in au_list:
-            r = by[(fi, au)]
-            if r["fit"] is None:
-                continue
-            fit = getattr(r["fit"], "shared", r["fit"])
-            if id(fit) not in saved:
-                stem = au if len(fit.aus) == 1 else "multilabel"
-                name = f"{stem}.pt" if len(splits) == 1 else f"{stem}-{split.name}.pt"
-                save_model(fit, folder / name, meta={"fold": split.name})
-                saved[id(fit)] = name
-            f = r["fit"]
-            entries[(fi, au)] = {"model_file": saved[id(fit)], "output": fit.aus.index(au),
-                                 "threshold": f.threshold, "val_f1": f.val_f1, "notes": f.notes,
-                                 "best_epoch": f.best_epoch, "sequences": f.cuts,
-                                 "seconds": f.seconds, "cpu_seconds": f.cpu_seconds,
-                                 "history": f.history}
-    return entries
-
-
-def _spec():
-    return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
-                          options=options_from, load=load_model, suffix=".pt",
-                          help="LSTM over each subject's code sequence, epoch chosen on validation")
-
-
-#: the ``lstm`` entry of :mod:`classify.registry`
-SPEC = _spec()

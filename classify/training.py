@@ -38,6 +38,7 @@ What a caller provides
 """
 
 import csv
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -179,6 +180,12 @@ def _save(path, state):
         tmp.unlink(missing_ok=True)
 
 
+def _plain(value):
+    """``value`` as JSON holds it (tuples as lists, numpy scalars as numbers): what a checkpoint
+    stores besides tensors, so that it loads with ``torch.load(weights_only=True)``."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
 def load_checkpoint(checkpoint_dir, identity):
     """Return the saved state of ``checkpoint_dir`` or None; refuse one made with other settings."""
     import torch
@@ -186,12 +193,12 @@ def load_checkpoint(checkpoint_dir, identity):
     path = Path(checkpoint_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged checkpoint: say which file, never resume from it
+    try:  # tensors and plain values only: a checkpoint never runs code when read
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged (or foreign) checkpoint: say which file, never resume from it
         raise UsageError(f"{path}: cannot read this checkpoint ({type(exc).__name__}); delete it "
                          "to train from the start") from None
-    if state.get("identity") != identity:
+    if state.get("identity") != _plain(identity):
         raise UsageError(f"{path} was made with other settings; delete {Path(checkpoint_dir)} to "
                          "train again, or rerun with the settings it was made with")
     return state
@@ -359,10 +366,11 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
             write_log(log_path, result.history)
         if checkpoint_dir:
             _save(Path(checkpoint_dir) / CHECKPOINT, {
-                "identity": identity, "epoch": epoch, "model": model.state_dict(),
+                "identity": _plain(identity), "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "history": result.history, "best_epoch": result.best_epoch, "best": result.best,
-                "best_value": best_value, "best_state": best_state, "stopped": bool(stopped)})
+                "history": _plain(result.history), "best_epoch": _plain(result.best_epoch),
+                "best": _plain(result.best), "best_value": _plain(best_value),
+                "best_state": best_state, "stopped": bool(stopped)})
         if stopped:
             break
     bar.close()

@@ -51,11 +51,13 @@ from featbench.core.align import AlignedFaces, ensure_aligned
 from featbench.core.errors import MissingRunError, UsageError
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.metrics import au_metrics, nanmean
+from featbench.core.modelfile import open_model
 from featbench.core.results import write_predictions, write_run
 from featbench.core.splits import make_splits
 from featbench.core.workspace import atomic_path, atomic_write_text
 
 from classify.estimators import best_threshold
+from classify.kinds import cache_alignment, save_run
 from classify.training import TrainConfig, autocast_dtype, fit, plot_history, to_device
 from extract.encoders import create_preprocess
 from extract.registry import get_spec
@@ -190,20 +192,31 @@ class TransferNet(nn.Module):
         return self.head(self.backbone(self.preprocess(x)))
 
 
-def load_model(path, *, device="cpu"):
-    """Load a stage-2 ``model.pt`` alone: return ``(TransferNet in eval mode, saved dict)``.
+def load_stage2_network(saved, state):
+    """Return the stage-2 :class:`TransferNet` of a run's saved settings with ``state`` loaded.
 
-    The dict holds ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face is
-    called present for an AU when its logit is > that AU's logit threshold.
+    ``saved`` is the run's manifest settings (``backbone``, ``input_size``, ``hidden``,
+    ``dropout``, ``aus``); ``state`` its state dict (name -> tensor). In eval mode, on the CPU.
+    """
+    spec = get_spec(saved["backbone"])
+    net, _ = build_net(spec, StartWeights(spec, "random:0"), tuple(saved["hidden"]) + (len(saved["aus"]),),
+                       input_size=saved["input_size"], dropout=saved.get("dropout", 0.0))
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def load_model(folder, *, device="cpu"):
+    """Load a stage-2 run folder alone: return ``(TransferNet in eval mode, saved settings)``.
+
+    The settings hold ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face
+    is called present for an AU when its logit is > that AU's logit threshold.
     """
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    spec = get_spec(state["backbone"])
-    net, _ = build_net(spec, StartWeights(spec, "random:0"), tuple(state["hidden"]) + (len(state["aus"]),),
-                       input_size=state["input_size"], dropout=state.get("dropout", 0.0))
-    net.load_state_dict(state["state_dict"])
-    return net.to(device).eval(), state
+    mf = open_model(folder)
+    saved = mf.manifest["settings"]
+    state = {k: torch.from_numpy(np.array(v)) for k, v in mf.tensors("model").items()}
+    return load_stage2_network(saved, state).to(device), saved
 
 
 def full_state_dict(spec, backbone):
@@ -569,7 +582,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     # the network, its thresholds and a backbone file featbench extract --weights reads
     trained_id = WeightsId.finetuned(run)
     _save_stage2_model(out_dir, spec, model, settings, aus, thr, start_id=weights_id,
-                       trained_id=trained_id)
+                       trained_id=trained_id, run=run, dataset=table.dataset, fold=split.name,
+                       alignment=cache_alignment(workspace, table.dataset))
     meta = _stage2_meta(settings, weights_id, protocol, stage1, mean_f1_05=f1_05,
                         best_epoch=result.best_epoch)
     csv = write_run(workspace, table.dataset, run, per_au, meta=meta)
@@ -647,18 +661,23 @@ def _stage2_scores(aus, test_y, test_logits, thr):
     return per_au
 
 
-def _save_stage2_model(out_dir, spec, model, settings, aus, thr, *, start_id, trained_id):
-    """Write ``backbone.pt`` (what ``featbench extract --weights`` reads) and ``model.pt``.
+def _save_stage2_model(out_dir, spec, model, settings, aus, thr, *, start_id, trained_id, run,
+                       dataset, fold, alignment):
+    """Write ``backbone.pt`` (what ``featbench extract --weights`` reads) and the run's model.
 
-    ``model.pt`` holds the whole network with its thresholds (probabilities and logits).
+    The model (:mod:`featbench.core.modelfile`: ``manifest.json`` + ``model.safetensors``, the
+    ``transfer`` kind of :mod:`classify.kinds`) holds the whole network with its thresholds
+    (probabilities and logits).
     """
     _save_torch(out_dir / "backbone.pt", full_state_dict(spec, model.backbone))
-    _save_torch(out_dir / "model.pt", {
-        "format": 1, "backbone": settings.backbone, "input_size": settings.input_size,
-        "hidden": list(settings.hidden), "dropout": settings.dropout, "aus": aus,
-        "thresholds": [_sigmoid(t) for t in thr],
-        "logit_thresholds": thr.tolist(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "start_weights": str(start_id), "weights": str(trained_id)})
+    saved = {"backbone": settings.backbone, "input_size": settings.input_size,
+             "hidden": list(settings.hidden), "dropout": settings.dropout, "aus": list(aus),
+             "thresholds": [_sigmoid(t) for t in thr], "logit_thresholds": thr.tolist(),
+             "start_weights": str(start_id), "weights": str(trained_id)}
+    save_run(out_dir, "transfer", {"fold": fold, "settings": saved, "state": model.state_dict()},
+             run=run, aus=aus, weights=start_id, dataset=dataset,
+             preprocessing={"model": settings.backbone, "regions": {a: "full" for a in aus},
+                            "input_size": settings.input_size, "alignment": alignment})
 
 
 def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epoch):

@@ -243,7 +243,7 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     from classify.transfer import load_model, predict_logits
     from featbench.core.align import AlignedFaces
 
-    net, state = load_model(mdir / "model.pt")
+    net, state = load_model(mdir)  # the run folder: manifest.json + model.safetensors
     assert np.allclose(state["thresholds"], pred["thresholds"])
     faces = AlignedFaces(w.aligned_path("affwild2"))
     where = {bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode(): i for i, k in enumerate(faces.keys)}

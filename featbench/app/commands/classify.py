@@ -12,12 +12,12 @@ def add_parser(subparsers):
                     "the decision threshold) on the validation subjects, and score the test "
                     "subjects. Writes results/<ds>/<model>__<region>__<clf>[__tag].csv, its row in "
                     "summary.csv, per-frame predictions and the fitted models with their settings.")
-    from classify.registry import list_classifiers  # names only: no estimator is imported
+    from classify.kinds import list_kinds  # names only: no estimator is imported
 
-    p.add_argument("--clf", required=True, metavar="|".join(list_classifiers()),
+    p.add_argument("--clf", required=True, metavar="|".join(list_kinds(trained_by="classify")),
                    help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
                         "(an LSTM over each subject's code sequence, epoch chosen on validation); "
-                        "the entries of classify/registry.py")
+                        "the run kinds of classify/kinds.py that classify codes")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="network whose codes to classify (default: the only one extracted for "
                         "the data set)")
@@ -92,10 +92,10 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
-    from classify.registry import check_clf
+    from classify.kinds import classifier_kind
     from classify.run import check_features, classify_run, default_model, format_result
 
-    check_clf(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
     if args.jobs is not None and args.jobs < 1 and args.jobs != -1:
         from featbench.core.errors import UsageError
 
