@@ -17,23 +17,24 @@ from featbench.core.errors import StoreError
 
 from classify.estimators import (C_GRID, DEFAULT_C, ClassifierSpec, ShrinkageLDA, estimator_arrays,
                                  estimator_from_arrays, make_lda, make_svm)
-from classify.kinds import RunKind, fold_results, load_scorer, member_fingerprint, unit_group
+from classify.kinds import (RunKind, fold_results, load_scorer, member_fingerprint, unit_group,
+                            write_run_model)
 from classify.scale import fit_streamed
 from classify.scorer import RunModel
 
 
 # --- per-AU classifiers on codes --------------------------------------------------------------
-def save_estimators(trained):
+def save_estimators(folder, trained, *, kind, **fields):
     """The ``save`` of estimator kinds: one tensor group per AU (and fold), arrays of its pipeline."""
-    folds = [{"name": f, "thresholds": {}} for f in trained["folds"]]
-    units = [{} for _ in trained["folds"]]
+    folds = [{"name": sp.name, "thresholds": {}} for sp in trained["splits"]]
+    units = [{} for _ in trained["splits"]]
     models, tensors = {}, {}
     for fi, fname, au, fit in fold_results(trained):
         group = unit_group(au, fname, len(folds))
         models[group], tensors[group] = estimator_arrays(fit.model)
         folds[fi]["thresholds"][au] = float(fit.threshold)
         units[fi][au] = group
-    return folds, {"models": models, "units": units}, tensors
+    write_run_model(folder, kind, folds, {"models": models, "units": units}, tensors, **fields)
 
 
 def load_estimators(model_file, classes):
@@ -54,7 +55,10 @@ def estimator_kind(spec, **kw):
     def load(model_file):
         return load_estimators(model_file, spec.classes)
 
-    return RunKind(name=spec.name, load=load, save=save_estimators, train="classify.run:classify_run",
+    def save(folder, trained, **fields):
+        return save_estimators(folder, trained, kind=spec.name, **fields)
+
+    return RunKind(name=spec.name, load=load, save=save, train="classify.run:classify_run",
                    command=f"featbench classify --clf {spec.name}", estimator=spec,
                    help=spec.help, **kw)
 
@@ -87,10 +91,11 @@ SVM = estimator_kind(ClassifierSpec(
 
 
 # --- votes ------------------------------------------------------------------------------------
-def save_vote(trained):
+def save_vote(folder, trained, **fields):
     """The ``save`` of ``vote``: ``trained`` = ``{"members", "scales" (members, aus), "fingerprints"}``."""
-    return [], {"members": list(trained["members"]), "fingerprints": trained["fingerprints"]}, \
-        {"vote": {"scales": trained["scales"]}}
+    write_run_model(folder, "vote", [], {"members": list(trained["members"]),
+                                         "fingerprints": trained["fingerprints"]},
+                    {"vote": {"scales": trained["scales"]}}, members=trained["members"], **fields)
 
 
 def load_vote(model_file):

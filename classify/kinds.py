@@ -12,9 +12,10 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
     :class:`classify.estimators.ClassifierSpec`) and train through
     :func:`classify.run.classify_run`.
 ``save``
-    ``save(trained)`` -> ``(folds, settings, tensors)``: the per-fold thresholds, the kind's own
-    JSON and its tensor groups; :func:`save_run` wraps them in a manifest and writes the run
-    folder through :mod:`featbench.core.modelfile` (never a pickle).
+    ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` writes the run's
+    model into ``folder`` through :mod:`featbench.core.modelfile` (a manifest + safetensors,
+    never a pickle; :func:`write_run_model`) from what its trainer ``trained``; it returns the
+    per-(fold, AU) entries the run's settings.json records (or None).
 ``load``
     ``load(model_file)`` -> a :class:`classify.scorer.RunModel`: codes (or faces, through the
     network it carries) -> scores + decisions, exactly as the run decided its test frames.
@@ -55,8 +56,13 @@ class RunKind:
     load : callable
         ``load(model_file)`` -> RunModel (:class:`featbench.core.modelfile.ModelFile` in).
     save : callable, optional
-        ``save(trained)`` -> ``(folds, settings, tensors)``; what ``trained`` is belongs to the
-        kind (its trainer hands it over). None: the kind's trainer writes its folder itself.
+        ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` -> per-(fold,
+        AU) settings entries or None; what ``trained`` is belongs to the kind (its trainer
+        hands it over: ``classify_run``'s ``{"splits", "aus", "fits"}`` for the kinds it trains).
+        None: the kind's trainer writes its model itself, through :attr:`writer`.
+    writer : str
+        ``"module:function"`` that writes the kind's model when its trainer does it itself (the
+        learned methods: :func:`classify.learn.loop.write_model`); else the module of ``save``.
     train : str
         ``"module:function"`` of the function that trains a run of this kind
         (:meth:`trainer`).
@@ -81,6 +87,7 @@ class RunKind:
     name: str
     load: Callable
     save: Optional[Callable] = None
+    writer: str = ""
     train: str = ""
     command: str = ""
     estimator: Any = None
@@ -91,13 +98,21 @@ class RunKind:
 
     def trainer(self):
         """Return the function that trains a run of this kind (imported now)."""
-        module, _, attr = self.train.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _resolve(self.train)
+
+    def saver(self):
+        """Return the function that writes a run of this kind (``save``, else :attr:`writer`)."""
+        return self.save if self.save is not None else _resolve(self.writer)
 
     @property
     def needs_sequences(self):
         """True when ``classify_run`` must keep the codes as sequences (the kind fits its jobs)."""
         return self.fit_jobs is not None
+
+
+def _resolve(target):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -157,8 +172,7 @@ def get_kind(name):
     if name in _LOADED:
         return _LOADED[name]
     if name in _ENTRIES:
-        module, _, attr = _ENTRIES[name].partition(":")
-        kind = getattr(importlib.import_module(module), attr)
+        kind = _resolve(_ENTRIES[name])
         if kind.name != name:
             raise ValueError(f"registry entry {name!r} points at the kind {kind.name!r}")
         return _LOADED.setdefault(name, kind)
@@ -196,28 +210,20 @@ def training_data(dataset):
     return {"dataset": str(dataset), "synthetic": str(dataset) in SYNTH_LAYOUTS}
 
 
-def save_run(folder, kind, trained, *, run, aus, weights, preprocessing, dataset,
-             task="occurrence", members=None):
-    """Write a run folder of ``kind`` (manifest + tensors) from what its trainer ``trained``.
-
-    Parameters
-    ----------
-    folder : path
-        The (temporary) run folder; other files (settings.json, logs) may be beside.
-    kind : str or RunKind
-    trained : object
-        What the kind's ``save`` takes.
-    run, aus, weights, preprocessing, task, members
-        The manifest's fields (:func:`featbench.core.modelfile.create_manifest`).
-    dataset : str
-        The training data set.
-    """
-    kind = get_kind(kind)
-    folds, settings, tensors = kind.save(trained)
-    manifest = create_manifest(run=run, kind=kind.name, aus=aus, folds=folds, weights=weights,
+def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights, preprocessing,
+                    dataset, task="occurrence", members=None):
+    """Write a run's model folder: the manifest (:func:`~featbench.core.modelfile.create_manifest`)
+    and its tensor groups (``{group: {name: array}}``); what a kind's ``save`` calls."""
+    manifest = create_manifest(run=run, kind=kind, aus=aus, folds=folds, weights=weights,
                                preprocessing=preprocessing, training_data=training_data(dataset),
                                task=task, settings=settings, members=members)
     return write_model(folder, manifest, tensors)
+
+
+def save_run(folder, kind, trained, **fields):
+    """Write the model of a run of ``kind`` into ``folder`` (its kind's ``save``); return the
+    per-(fold, AU) settings entries it gives (or None)."""
+    return get_kind(kind).save(folder, trained, **fields)
 
 
 def load_scorer(model_file):
@@ -250,10 +256,10 @@ def fold_results(trained):
     """Yield ``(fold index, fold name, au, fit)`` of a classify run's fits (``fit`` not None).
 
     ``trained`` is what :func:`classify.run.classify_run` hands to a kind's ``save``:
-    ``{"folds": [fold names], "aus": [...], "fits": {(fold index, au): result dict}}``, each
+    ``{"splits": [Split], "aus": [...], "fits": {(fold index, au): result dict}}``, each
     result's ``"fit"`` an :class:`~classify.estimators.AUFit` (or None: no classifier).
     """
-    for fi, fname in enumerate(trained["folds"]):
+    for fi, fname in enumerate(s.name for s in trained["splits"]):
         for au in trained["aus"]:
             fit = trained["fits"][(fi, au)]["fit"]
             if fit is not None:

@@ -3,36 +3,37 @@
 A ``featbench classify`` run reads codes of a frozen network and applies per-AU classifiers to
 them; a ``featbench finetune`` or ``featbench transfer`` run maps aligned faces straight to
 per-AU scores. Both fit :class:`classify.scorer.RunModel`: the trained network stands where
-the encoder stood (:class:`NetworkScores`: crops -> its outputs) and each AU's "classifier" is
-one column of those outputs (:class:`NetworkOutput`), read through the classifier's
+the encoder stood (:class:`NetworkScores`: crops -> its scores) and each AU's "classifier" is
+one column of those scores (:class:`NetworkOutput`), read through the classifier's
 ``codes_key`` = ``(network, weights, region)``. Their run kinds (:mod:`classify.netkinds`)
-build them from a model file.
+build them from a model file (a run folder or an export).
 
-What is reproduced, from what each run did to its own test faces:
+What is reproduced, from what each run did to its own test faces, all read from the run's
+``manifest.json`` and its safetensors files:
 
 ``ft`` (:mod:`classify.finetune`)
-    each unit (tensor group ``model``, ``<AU>`` or ``<region>``; ``<unit>-<fold>`` per fold)
-    rebuilt by :func:`classify.finetune.unit_network` from the manifest's settings; its faces are the
-    unit's region (or the full face) resized to the unit's input size exactly as the run's
-    :class:`~classify.finetune.FaceReader` resized them; the score is ``logit(present) -
-    logit(absent)`` (per-au head) or the AU's logit (multilabel), the decision ``score >
-    threshold`` with the unit's threshold (0, or tuned on validation).
+    each unit (``model``, ``<AU>`` or ``<region>``; ``<unit>-<fold>`` per fold) rebuilt by
+    :func:`classify.finetune.unit_network`; its faces are what the unit's
+    :class:`~featbench.core.facesource.FaceInput` (in the manifest) says, as the run's face
+    source gave them; the score is the method's (``logit(present) - logit(absent)`` per-au, the
+    AU's logit multilabel), the decision ``score > threshold`` with the unit's threshold.
 ``transfer`` (:mod:`classify.transfer`)
-    stage 2's network rebuilt by :func:`classify.transfer.build_net` (tensor group ``model``); full faces as the
-    cache stores them (the network's first layer resizes them); the score is the AU's
-    probability (sigmoid of the logit, as the run's predictions file stores it), the decision
+    stage 2's network rebuilt by :func:`classify.transfer.load_model`; full faces as the cache
+    stores them (the network's first layer resizes them); the score is the AU's probability
+    (sigmoid of the logit, as the run's predictions file stores it), the decision
     ``probability > threshold`` (the thresholds tuned on validation, as probabilities).
 
-The trained weights are read from the model file when the network is opened (lazily: a unit
-at a time); the sha256 of the unit's tensor file is its weights identity
+Every network scores through the one inference path of training
+(:func:`classify.learn.method.score_batches`). The trained weights are read from the model
+file when the network is opened, one unit at a time; the sha256 of the unit's safetensors file
+(recorded in the manifest, kept by an export) is the weights identity
 ``finetuned:<run>[/<unit>] sha256:...``.
 """
 
 import numpy as np
 
-from classify.finetune import score_faces
-from classify.training import autocast_dtype
-from extract.encoders import resolve_device
+from classify.learn.method import score_batches
+from extract.encoders import autocast_dtype, resolve_device
 
 
 class NetworkScores:
@@ -40,35 +41,32 @@ class NetworkScores:
 
     Parameters
     ----------
-    kind : {"ft", "transfer"}
     tensors : callable
         ``tensors()`` -> the network's state (name -> array), read when the network is opened.
     sha256 : str
-        The digest of the saved tensors (the trained weights' identity).
-    input_size : int
-        The side the network was trained on.
-    crop_to_input : bool
-        Resize every crop (the full face too) to ``input_size`` before the network, as a
-        fine-tuning run's face reader did; else a full face goes in as aligned (the network's
-        first layer resizes it) and a region crop at ``input_size``.
-    start_weights : str
-        The weights training started from (identity string): random ones are flagged in outputs.
+        The digest of the unit's safetensors file (the trained weights' identity).
     build : callable
-        ``build(state)`` -> the network (``torch.nn.Module``) with ``state`` (name -> tensor) loaded.
-    head : {"per-au", "multilabel"}
-        How its outputs become per-AU scores (:func:`classify.finetune.score_faces`).
+        ``build(state)`` -> the network with ``state`` (name -> tensor) loaded.
+    face_input : FaceInput
+        What the network reads of the aligned faces.
+    start_weights : str
+        The weights training started from (random ones are flagged in predict's outputs).
+    per_au : bool
+        Per-AU heads: the score is ``logit(present) - logit(absent)``.
     """
 
-    def __init__(self, kind, tensors, *, sha256, input_size, crop_to_input, start_weights, build,
-                 head="multilabel"):
-        self.kind, self.tensors, self.sha256, self.build, self.head = kind, tensors, sha256, build, head
-        self.input_size, self.crop_to_input = int(input_size), bool(crop_to_input)
-        self.start_weights = str(start_weights or "")
+    def __init__(self, tensors, *, sha256, build, face_input, start_weights="", per_au=False):
+        self.tensors, self.sha256, self.build, self.input = tensors, sha256, build, face_input
+        self.start_weights, self.per_au = str(start_weights or ""), bool(per_au)
         self._net, self.device, self._dtype = None, "cpu", None
 
-    def crop_size(self, region):
-        """The size ``region``'s crops are cut at (None: the aligned face as it is)."""
-        return self.input_size if self.crop_to_input or region != "full" else None
+    @property
+    def input_size(self):
+        return self.input.size
+
+    def face_input(self, region):
+        """What the network reads (:class:`FaceInput`; its unit's region)."""
+        return self.input
 
     def open(self, device="auto"):
         """Build the network on ``device`` (``auto``: CUDA when present); return self."""
@@ -86,8 +84,9 @@ class NetworkScores:
 
         if self._net is None:
             self.open("cpu")
-        with torch.inference_mode():  # the run's own scoring of its test faces
-            return score_faces(self._net, crops, self.head, device=self.device, dtype=self._dtype)
+        return score_batches(self._net, [torch.from_numpy(np.ascontiguousarray(crops))],
+                             device=self.device, dtype=self._dtype,
+                             to_scores=(lambda o: o[:, 1:2] - o[:, 0:1]) if self.per_au else None)
 
 
 class NetworkOutput:

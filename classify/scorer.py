@@ -20,7 +20,7 @@ from featbench.core.errors import UsageError
 from featbench.core.identity import WeightsId
 
 from classify.vote import majority_vote
-from classify.lstm import build_model
+from classify.lstm import network_of
 
 
 @dataclass
@@ -246,10 +246,7 @@ BIDIRECTIONAL_WINDOW = 512
 
 
 class LSTMScorer:
-    """One output of a saved LSTM (:func:`classify.lstm.build_model`'s network) applied to tracks of faces.
-
-    ``saved`` holds ``dims``, ``n_out``, ``hidden``, ``bidirectional`` and ``state_dict``
-    (name -> array, as the model file stores it).
+    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
 
     Unidirectional: streams. The LSTM's state is carried along each track from one batch to
     the next while its frame numbers follow each other (a frame without the face ends the
@@ -262,23 +259,30 @@ class LSTMScorer:
     :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
     edges (frames near a cut see less context than in the run's test) and the window's aligned
     faces are held in memory (about 150 KB a face at 224 px).
+
+    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
+
+    Parameters
+    ----------
+    entry : dict
+        The unit's settings (``dims``, ``n_out``, ``hidden``, ``bidirectional``).
+    tensors : mapping of str -> array
+        Its state dict, read when the network is first used (a model file's lazy group).
+    output : int
+        The AU's output of the network.
     """
 
-    def __init__(self, saved, output=0):
-        self.saved, self.output = saved, int(output)
-        self.window = BIDIRECTIONAL_WINDOW if saved.get("bidirectional") else None
+    def __init__(self, entry, tensors, output=0):
+        self.entry, self.tensors, self.output = entry, tensors, int(output)
+        self.window = BIDIRECTIONAL_WINDOW if entry.get("bidirectional") else None
         self._net, self._state = None, {}
 
     def _network(self):
         if self._net is None:
             import torch
 
-            s = self.saved
-            self._net = build_model(s["dims"], s["n_out"], hidden=s["hidden"],
-                                    bidirectional=bool(s.get("bidirectional")))
-            self._net.load_state_dict({k: torch.as_tensor(np.asarray(v))
-                                       for k, v in s["state_dict"].items()})
-            self._net.eval()
+            self._net = network_of(self.entry, {k: torch.from_numpy(np.array(v))
+                                                for k, v in self.tensors.items()})
         return self._net
 
     def reset(self):
@@ -287,16 +291,17 @@ class LSTMScorer:
     def score_tracks(self, X, tracks):
         """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks`` (see RunModel.score)."""
         import torch
+        from torch.nn.utils.rnn import pack_sequence
 
         net = self._network()
         out = np.full(len(X), np.nan, np.float32)
         with torch.inference_mode():
             for key, idx, first in _segments(tracks):
-                x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
+                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
                 prev = None if self.window else self._state.get(key)
                 hx = prev[0] if prev is not None and prev[1] == first - 1 else None
-                y, hx = net.lstm(x[:, None, :], hx)
-                out[idx] = net.head(y[:, 0])[:, self.output].numpy()
+                logits, hx = net(x, hx, state=True)
+                out[idx] = logits[:, self.output].float().numpy()
                 if not self.window:
                     self._state[key] = (hx, first + len(idx) - 1)
         return out

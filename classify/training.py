@@ -49,7 +49,7 @@ import numpy as np
 from featbench.core.errors import UsageError
 from featbench.core.workspace import atomic_path
 
-from extract.encoders import resolve_device
+from extract.encoders import autocast_dtype, resolve_device
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_score", "seconds", "lr")
 CHECKPOINT = "last.pt"
@@ -125,15 +125,6 @@ class FitResult:
 
 
 # --- device, precision, batches --------------------------------------------------------------
-def autocast_dtype(device, amp=True):
-    """Return the autocast dtype for ``device`` (None: full precision)."""
-    import torch
-
-    if not amp or not str(device).startswith("cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def to_device(batch, device, *, channels_last=False):
     """Move a batch (tensor, tuple / list / dict of them, or an object with ``.to``) to ``device``."""
     import torch
@@ -168,11 +159,15 @@ def _make_optimizer(params, config):
 
 # --- checkpoints -----------------------------------------------------------------------------
 def _save(path, state):
+    """Write a checkpoint: tensors and plain JSON values only, so that it loads with
+    ``torch.load(weights_only=True)`` (a checkpoint is a file a user may be sent)."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    plain = {k: v for k, v in state.items() if k in _JSON_PARTS}
+    state = {**state, **json.loads(json.dumps(plain, default=_json_value))}
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -180,10 +175,17 @@ def _save(path, state):
         tmp.unlink(missing_ok=True)
 
 
-def _plain(value):
-    """``value`` as JSON holds it (tuples as lists, numpy scalars as numbers): what a checkpoint
-    stores besides tensors, so that it loads with ``torch.load(weights_only=True)``."""
-    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+#: the parts of a checkpoint that are not tensors: saved as their JSON values
+_JSON_PARTS = ("identity", "history", "best", "best_value")
+
+
+def _json_value(v):
+    """JSON form of numpy scalars (and anything else: its string)."""
+    return v.item() if hasattr(v, "item") else str(v)
+
+
+def _same_identity(a, b):
+    return json.loads(json.dumps(a, default=_json_value)) == json.loads(json.dumps(b, default=_json_value))
 
 
 def load_checkpoint(checkpoint_dir, identity):
@@ -193,12 +195,12 @@ def load_checkpoint(checkpoint_dir, identity):
     path = Path(checkpoint_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    try:  # tensors and plain values only: a checkpoint never runs code when read
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged (or foreign) checkpoint: say which file, never resume from it
+    except Exception as exc:  # a damaged checkpoint: say which file, never resume from it
         raise UsageError(f"{path}: cannot read this checkpoint ({type(exc).__name__}); delete it "
                          "to train from the start") from None
-    if state.get("identity") != _plain(identity):
+    if not _same_identity(state.get("identity"), identity):
         raise UsageError(f"{path} was made with other settings; delete {Path(checkpoint_dir)} to "
                          "train again, or rerun with the settings it was made with")
     return state
@@ -366,11 +368,10 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
             write_log(log_path, result.history)
         if checkpoint_dir:
             _save(Path(checkpoint_dir) / CHECKPOINT, {
-                "identity": _plain(identity), "epoch": epoch, "model": model.state_dict(),
+                "identity": identity, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "history": _plain(result.history), "best_epoch": _plain(result.best_epoch),
-                "best": _plain(result.best), "best_value": _plain(best_value),
-                "best_state": best_state, "stopped": bool(stopped)})
+                "history": result.history, "best_epoch": result.best_epoch, "best": result.best,
+                "best_value": best_value, "best_state": best_state, "stopped": bool(stopped)})
         if stopped:
             break
     bar.close()

@@ -94,9 +94,9 @@ def run(ws, table, cache, **kw):
 
 
 def _state(path):
-    from safetensors.torch import load_file
+    from classify.learn.store import read_tensors
 
-    return load_file(str(path))
+    return read_tensors(path)
 
 
 def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path):
@@ -120,13 +120,14 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
     assert (res["models_dir"] / "model.png").stat().st_size > 1000
     assert not res["models_dir"].with_name(f".{res['run']}.partial").exists()
     # the saved unit reproduces the run's test scores when loaded alone
-    from classify.finetune import FaceReader, unit_scores
+    from classify.learn.method import score_batches
+    from featbench.core.facesource import FaceInput, FaceSource
 
     net, _ = load_unit(res["models_dir"])
     test = np.flatnonzero(table.frames["subject"].isin(PAPER_SPLIT["test"]).to_numpy())
-    reader = FaceReader(cache, "full", SIZE)
-    s = unit_scores(net, reader, test, "multilabel", batch_size=32, device="cpu")
-    reader.close()
+    with FaceSource(cache, FaceInput("full", SIZE, resize_full=True)) as source:
+        s = score_batches(net, (torch.from_numpy(f) for _, _, f in source.batches(test, 32)),
+                          device="cpu")
     with h5py.File(res["predictions"], "r") as f:
         np.testing.assert_allclose(s, f["scores"][:], rtol=1e-4, atol=1e-4)
     # featbench report shows the curves
@@ -134,7 +135,7 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
 
     report = make_report(ws, "synth").read_text()
     assert f"models/{res['run']}/model.png" in report and "Training curves" in report
-    # its codes: extract --weights model.safetensors records the fine-tuned identity
+    # its codes: extract --weights model.pt records the fine-tuned identity
     from extract.encoders import create_encoder
     from extract.extractor import extract_aligned
 

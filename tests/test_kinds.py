@@ -118,7 +118,7 @@ def test_every_kind_is_one_entry_and_unknown_names_say_what_to_do():
     assert list_kinds(trained_by="classify") == ["lda", "svm", "lstm"]
     for name in list_kinds():
         kind = get_kind(name)
-        assert kind.name == name and callable(kind.load) and callable(kind.save)
+        assert kind.name == name and callable(kind.load) and callable(kind.saver())
         assert callable(kind.trainer())  # how it trains: the function its command calls
     assert get_kind("lstm").needs_sequences and get_kind("svm").estimator.search_space
     assert get_kind("ft").inputs == "faces" and get_kind("vote").inputs == "runs"

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from classify.lstm import LSTMOptions, build_model, cut_sequences, cut_track, score_sequences
+from classify.lstm import LSTMOptions, cut_sequences, cut_track, load_model, score_sequences
 from classify.run import classify_run, join_codes
 from featbench.core.aus import DISFA_AUS
 from featbench.app.cli import main
@@ -34,21 +34,6 @@ def test_cut_track_runs_context_and_long_inactive_stretches():
     assert cut_track(y, mode="test") == [(0, 617)]
     assert cut_track(y, mode="whole") == [(0, 617)]
 
-
-
-def load_network(folder, group):
-    """A saved LSTM network alone (eval mode) and its settings with its outputs' thresholds."""
-    import torch
-
-    from featbench.core.modelfile import open_model
-
-    mf = open_model(folder)
-    info = dict(mf.manifest["settings"]["networks"][group])
-    net = build_model(info["dims"], info["n_out"], hidden=info["hidden"],
-                      bidirectional=info["bidirectional"])
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in mf.tensors(group).items()})
-    info["thresholds"] = [mf.manifest["folds"][0]["thresholds"][a] for a in info["aus"]]
-    return net.eval(), info
 
 def test_unlabelled_frames_break_training_sequences_but_not_test():
     y = np.array([0, 0, 1, 1, -1, 1, 0, 0, 0])
@@ -141,13 +126,13 @@ def test_lstm_run_follows_the_contracts(toy):
     keys = table.keys()[test]
     assert np.array_equal(pred["frames"], keys)
     assert np.isfinite(pred["scores"]).all()
-    # the saved network alone reproduces the test decisions, threshold included
+    # the saved .pt alone reproduces the test decisions, threshold included
     settings = json.loads((lstm["models_dir"] / "settings.json").read_text())
     entry = settings["folds"][0]["aus"]["AU01"]
-    assert (lstm["models_dir"] / "AU01.safetensors").exists() and entry["best_epoch"] >= 1
+    assert entry["model_file"] == "AU01.safetensors" and entry["best_epoch"] >= 1
     assert entry["sequences"]["train"]["sequences"] > 12  # cut around runs, not whole videos
     assert entry["sequences"]["test"]["sequences"] == len(PAPER_SPLIT["test"])  # whole videos
-    model, saved = load_network(lstm["models_dir"], "AU01")
+    model, saved = load_model(lstm["models_dir"], "AU01")
     pos = join_codes(table, table.keys())
     rows = np.flatnonzero(test)
     seqs = [rows[table.frames["subject"].to_numpy()[rows] == s] for s in PAPER_SPLIT["test"]]
@@ -181,7 +166,7 @@ def test_multilabel_one_network_and_ensemble_members(toy):
                       lstm=dict(FAST, multilabel=True, epochs=3))
     assert ml["run"].split("__")[-1].startswith("thr-au1+2-ml")
     assert sorted(p.name for p in ml["models_dir"].glob("*.safetensors")) == ["multilabel.safetensors"]
-    _, saved = load_network(ml["models_dir"], "multilabel")
+    _, saved = load_model(ml["models_dir"], "multilabel")
     assert saved["aus"] == ["AU01", "AU02"] and len(saved["thresholds"]) == 2
     pred = read_predictions(ml["predictions"])  # decided with the tuned thresholds, per AU
     assert np.allclose(pred["thresholds"], saved["thresholds"])

@@ -106,7 +106,7 @@ def test_an_exported_ft_vote_is_bit_identical_and_carries_its_networks(ft, tmp_p
 
 
 def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_them(ft, tmp_path):
-    """The paper's 'SVM on fc6 codes of the fine-tuned net': codes of extract --weights model.safetensors."""
+    """The paper's 'SVM on fc6 codes of the fine-tuned net': codes of extract --weights model.pt."""
     import shutil
 
     from classify.run import classify_run
@@ -245,7 +245,7 @@ def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_pat
                    "--dataset", "affwild2", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
-    assert "model.safetensors" in err[0] and "train the run again" in err[0]
+    assert "model.safetensors" in err[0] and "rerun featbench transfer" in err[0]
 
 
 @pytest.mark.gpu
