@@ -20,7 +20,8 @@ by its hash), since the network cannot be named.
 from pathlib import Path
 
 from featbench.core.errors import MissingRunError, UsageError, WeightsError, did_you_mean
-from featbench.core.identity import WeightsId
+from featbench.core.calibrate import CALIBRATION_TAGS
+from featbench.core.identity import RunKey, WeightsId
 from featbench.core.modelfile import MANIFEST, export_model, open_model
 from featbench.core.results import read_summary
 from featbench.core.workspace import Workspace
@@ -81,7 +82,7 @@ def load_run(workspace, dataset, run):
     folder = workspace.models_dir(dataset, run)
     if not folder.is_dir():
         raise MissingRunError(f"{folder}: run {run} has no saved model (run it again)")
-    return load_scorer(open_model(folder))
+    return load_scorer(_applicable(open_model(folder)))
 
 
 def load_model_file(path):
@@ -95,7 +96,20 @@ def load_model_file(path):
     StoreError
         The file does not exist.
     """
-    return load_scorer(open_model(path))
+    return load_scorer(_applicable(open_model(path)))
+
+
+def _applicable(model_file):
+    """``model_file`` if predict can apply its run: an occurrence run, not person-calibrated."""
+    m = model_file.manifest
+    run = m["run"]
+    if m.get("task", "occurrence") != "occurrence":
+        raise UsageError(f"{model_file.path}: run {run} predicts AU {m['task']}; featbench predict "
+                         "applies occurrence runs only so far")
+    if set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags):  # never uncalibrated
+        raise UsageError(f"run {run}: predict cannot apply person-calibrated runs yet "
+                         "(use a run trained with --calibrate none)")
+    return model_file
 
 
 def finetuned_file(workspace, wid):
