@@ -366,7 +366,7 @@ def _member_manifest(workspace, dataset, run):
         return None
 
 
-def write_vote_model(workspace, dataset, run, members, aus, weights, scales):
+def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, task="occurrence"):
     """Write the ``vote`` run's model folder: its members, their score scales, fingerprints.
 
     The scales are the members' on the frames the ensemble voted on, so that predict breaks a
@@ -381,7 +381,7 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales):
     try:
         save_run(tmp, "vote", {"members": members, "scales": np.asarray(scales, np.float64),
                                "fingerprints": [member_fingerprint(m) for m in manifests]},
-                 run=run, aus=aus, weights=weights, dataset=dataset,
+                 run=run, aus=aus, weights=weights, dataset=dataset, task=task,
                  preprocessing={"model": "", "regions": {}, "alignment": alignment or {}})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -518,10 +518,8 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                       intensities=aligned[0].get("intensities"), run=run,
                       **{k: v for k, v in meta.items() if k != "members"}, members=members)
     csv = write_run(workspace, dataset, run, rows, meta=meta)
-    models_dir = None  # an intensity ensemble is not applied by predict yet: no model
-    if task == "occurrence":
-        models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
-                                      score_scales(np.stack([p["scores"] for p in aligned])))
+    models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
+                                  score_scales(np.stack([p["scores"] for p in aligned])), task=task)
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
             "models_dir": models_dir,
             "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),

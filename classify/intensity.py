@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featbench.core.errors import UsageError, did_you_mean
-from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, icc31
+from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, decision_threshold, icc31
 
 #: ridge penalties on z-scored codes, most regularised first
 RIDGE_ALPHAS = (1e5, 1e4, 1e3, 1e2, 1e1, 1.0, 1e-1)
@@ -67,6 +67,10 @@ class LinearIntensity:
         """Return the (n,) clipped intensities of codes ``X`` (n, dims)."""
         return clip_intensity(np.asarray(X, dtype=np.float64) @ self.weight + self.bias)
 
+    def decision_function(self, X):
+        """The scorer's name for :meth:`predict` (:class:`classify.scorer.RunModel`)."""
+        return self.predict(X)
+
 
 @dataclass
 class IntensityFit:
@@ -78,6 +82,8 @@ class IntensityFit:
     grid: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     n_train: int = 0
+    #: the ``_c`` decision's threshold on the predicted intensity (rounded >= 2: ``> 1.5``)
+    threshold: float = decision_threshold(PRESENT_AT)
 
 
 def zscore_stats(X):

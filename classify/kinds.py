@@ -124,6 +124,8 @@ _ENTRIES = {
     "ft": "classify.netkinds:FT",
     "transfer": "classify.netkinds:TRANSFER",
     "vote": "classify.basekinds:VOTE",
+    "ridge": "classify.intensity_model:RIDGE",
+    "svr": "classify.intensity_model:SVR",
 }
 _LOADED = {}
 

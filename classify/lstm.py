@@ -55,6 +55,7 @@ from featbench.core.modelfile import open_model
 
 from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
+from classify.learn.intensity import task_named
 from classify.learn.task import OCCURRENCE
 from classify.training import TrainConfig
 from extract.encoders import resolve_device, run_network
@@ -533,7 +534,8 @@ def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_thr
              ).factorize()[0].astype(np.int64)
     frame = table.frames["frame"].to_numpy(dtype=np.int64)
     identity = {"options": asdict(options), "seed": seed, "balance": balance,
-                "class_weight": class_weight, "subjects": table.fingerprint()}
+                "class_weight": class_weight, "subjects": table.fingerprint(),
+                **({"task": task.name} if task is not OCCURRENCE else {})}
     units = lstm_jobs(jobs, splits, labels, multilabel=options.multilabel, identity=identity)
     cores = os.cpu_count() or 1
     workers = 1 if str(resolve_device(options.device)).startswith("cuda") else max(
@@ -554,7 +556,7 @@ def _save_npy(folder, region, codes):
     return path
 
 
-def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset):
+def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset, task="occurrence"):
     """The ``lstm`` kind's ``save`` (:mod:`classify.netkinds`): each trained network of a run
     once into ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`);
     return ``{(fold, au): settings entry}``. ``trained``: ``classify_run``'s ``{"splits",
@@ -566,7 +568,8 @@ def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset):
              for res in results}
     if any(res.net is not None for res in results):
         first = next(res for res in results if res.net is not None)
-        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None)
+        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None,
+                            task=task_named(task))
         write_model(folder, method, run, aus, splits, results, units, weights=weights,
                     preprocessing=preprocessing, dataset=dataset)
     entries = fold_entries(by, splits, au_list)

@@ -583,7 +583,8 @@ def model_preprocessing(meta, attrs, au_list):
             "input_size": _plain(attrs.get("input_size")),
             "regions": {a: AU_REGION[a] if region == "auto" else region for a in au_list},
             **{k: _plain(prep[k]) for k in ("mean", "std", "pixel_scale") if k in prep},
-            "alignment": prep.get("aligned_settings") or {}}
+            "alignment": prep.get("aligned_settings") or {},
+            "calibrate": meta.get("calibrate") or "none"}  # per person, as predict must too
 
 
 def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train,
@@ -594,7 +595,9 @@ def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs,
     kind = get_kind(meta["clf"])
     saved = kind.save(tmp, {"splits": splits, "aus": au_list, "fits": by}, run=run, aus=au_list,
                       weights=str(attrs.get("weights", "")) or meta["weights"], dataset=dataset,
-                      preprocessing=model_preprocessing(meta, attrs, au_list)) or {}
+                      preprocessing=model_preprocessing(meta, attrs, au_list),
+                      **({"task": meta["task"]} if meta.get("task", "occurrence") != "occurrence"
+                         else {})) or {}
     folds = [fold_record(split, {au: saved.get((fi, au)) or _fit_record(by[(fi, au)])
                                  for au in au_list},
                          n_train_frames=n_train[fi], n_test_frames=int(test_rows[fi].size))

@@ -184,7 +184,8 @@ from featbench.core.results import read_summary  # noqa: E402
 from featbench.core.splits import PAPER_SPLIT  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 
-from classify.intensity_model import load_intensity_model  # noqa: E402
+from classify.kinds import load_scorer  # noqa: E402
+from featbench.core.modelfile import open_model  # noqa: E402
 from classify.intensity_run import intensity_run  # noqa: E402
 from test_classify import SUBJECTS, make_table, write_features  # noqa: E402
 
@@ -260,27 +261,36 @@ def test_intensity_run_outputs_and_calibration_helps(int_setup):
     np.testing.assert_array_equal(ints, table.intensities()[_test_rows(table)])
 
 
+def regressors(out):
+    """``{au: (weight, bias)}`` of an intensity run's saved model (one fold)."""
+    model = open_model(out["models_dir"])
+    return {au: (model.tensors(g)["weight"], model.tensors(g)["bias"][0])
+            for au, g in model.manifest["settings"]["units"][0].items()}
+
+
 @pytest.mark.parametrize("method", ["none", "median", "neutral"])
 def test_saved_model_reproduces_the_test_predictions(int_setup, method):
+    """The run's model alone, through the scorer predict uses (each test subject's frames one
+    face track, calibrated as the run calibrated them), gives the run's test predictions."""
     import h5py
-
-    from featbench.core.calibrate import persons_of
 
     ws, table, codes = int_setup
     out = irun(ws, table, clf="svr", calibrate=method)
-    model = load_intensity_model(out["models_dir"])
+    model = load_scorer(open_model(out["models_dir"]))
     test = _test_rows(table)
     keys = table.keys()[test]
-    got = model.predict({"full": codes[test]}, persons_of(keys))
+    tracks = [((k["subject"], k["video"]), int(k["frame"])) for k in keys]
+    got, dec, thr = model.score({("toy", "random:0", "full"): codes[test]}, tracks)
     with h5py.File(out["predictions"], "r") as f:
         np.testing.assert_array_equal(got, f["scores"][:])
-        np.testing.assert_array_equal(model.decide(got), f["decisions"][:])
-    assert model.calibrate == method and model.manifest["task"] == "intensity"
+        np.testing.assert_array_equal(dec, f["decisions"][:])
+    assert model.calibrate == method and model.task == "intensity" and set(thr) == {1.5}
     if method == "median":  # an export is the same model in one file
         from featbench.core.modelfile import export_model
 
-        exported = load_intensity_model(export_model(out["models_dir"], ws.root / "int.safetensors"))
-        np.testing.assert_array_equal(exported.predict({"full": codes[test]}, persons_of(keys)), got)
+        exported = load_scorer(open_model(export_model(out["models_dir"], ws.root / "i.safetensors")))
+        np.testing.assert_array_equal(exported.score({("toy", "random:0", "full"): codes[test]},
+                                                     tracks)[0], got)
 
 
 @pytest.mark.parametrize("method", ["median", "neutral"])
@@ -304,9 +314,9 @@ def test_calibration_never_reads_a_test_label(int_setup, tmp_path, method):
     with h5py.File(clean["predictions"], "r") as a, h5py.File(dirty["predictions"], "r") as b:
         np.testing.assert_array_equal(a["scores"][:], b["scores"][:])
         assert not np.array_equal(a["intensities"][:], b["intensities"][:])  # the labels did change
-    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    ma, mb = regressors(clean), regressors(dirty)
     for au in DISFA_AUS:
-        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
+        np.testing.assert_array_equal(ma[au][0], mb[au][0])
     assert clean["mean"]["icc"] != dirty["mean"]["icc"]
 
 
@@ -319,10 +329,10 @@ def test_test_codes_never_reach_the_fit_even_calibrated(int_setup, tmp_path):
     ws2 = Workspace(tmp_path / "poisoned")
     write_features(ws2, table, poisoned)
     dirty = irun(ws2, table, calibrate="median")
-    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    ma, mb = regressors(clean), regressors(dirty)
     for au in DISFA_AUS:
-        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
-        assert ma[au].bias == mb[au].bias
+        np.testing.assert_array_equal(ma[au][0], mb[au][0])
+        assert ma[au][1] == mb[au][1]
     assert [r["alpha"] for r in clean["rows"]] == [r["alpha"] for r in dirty["rows"]]
 
 
