@@ -613,3 +613,87 @@ def test_lstm_regresses_an_intensity_only_its_memory_can_see(tmp_path):
     test = _test_rows(table)
     np.testing.assert_array_equal(pred["intensities"][:, 0], table.intensities(["AU01"])[test, 0])
     np.testing.assert_array_equal(pred["labels"][:, 0], table.labels(["AU01"])[test, 0])
+
+
+# featbench predict: AUxx_r ------------------------------------------------------------------------
+def test_predict_columns_of_an_intensity_run_and_of_a_pair(int_setup):
+    from classify.run import classify_run
+    from featbench.apply.predict import _intensity_sidecar, outputs_of
+    from featbench.apply.runmodel import load_run
+
+    ws, table, _ = int_setup
+    irun(ws, table)
+    classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    occ, inten = load_run(ws, "synth", "toy__full__lda"), load_run(ws, "synth", "toy__full__ridge")
+    alone = outputs_of(inten)
+    assert alone.columns()[5:7] == ["AU01_c", "AU02_c"] and "AU01_p" not in alone.columns()
+    assert alone.columns()[-13:-11] == ["AU01_r", "AU02_r"]
+    pair = outputs_of(occ, inten)
+    cols = pair.columns()
+    assert cols.index("AU26_c") < cols.index("AU01_p") < cols.index("AU26_p") < cols.index("AU01_r")
+    with pytest.raises(UsageError, match="give the occurrence run as --run"):
+        outputs_of(inten, inten)
+    with pytest.raises(UsageError, match="is an occurrence run"):
+        outputs_of(occ, occ)
+    df = pd.DataFrame({"AU01_c": pd.array([1, 1, 0, 0, None], dtype="Int8"),
+                       "AU01_r": [2.0, 1.0, 3.0, 0.2, np.nan]})
+    pair = outputs_of(occ, inten)
+    pair.occurrence.aus, pair.intensity.aus = ["AU01"], ["AU01"]
+    side = _intensity_sidecar(pair, df)
+    assert side["disagreements"] == {"AU01": 2} and "never forced to agree" in side["rule"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibrate", ["none", "median"])
+def test_predict_r_columns_equal_the_runs_test_predictions_on_an_embedded_video(tmp_path, calibrate):
+    """A tiny embedded set aligned the way predict aligns (dlib on every frame: its landmark
+    files removed), HOG codes, a ridge run; ``featbench predict`` on the test subject's video
+    gives the run's own test predictions in AUxx_r and its decisions in AUxx_c (calibrated per
+    face track as the run calibrated per subject)."""
+    import shutil
+
+    from classify.ensemble import read_predictions
+    from featbench.apply.predict import predict
+    from featbench.core.synth import generate_dataset
+
+    ws = Workspace(tmp_path)
+    root = generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, right_camera=False,
+                            progress=False)
+    shutil.rmtree(root / "Landmark_Points")  # training faces aligned from dlib's fit, as predict's
+    assert main(["--workspace", str(tmp_path), "extract", "--model", "hog", "--quiet"]) == 0
+    assert main(["--workspace", str(tmp_path), "classify", "--task", "intensity", "--clf", "ridge",
+                 "--model", "hog", "--calibrate", calibrate, "--quiet"]) == 0
+    run = "hog__full__ridge" + ("__calmed" if calibrate == "median" else "")
+    pred = read_predictions(ws.predictions_path("synth", run))
+    (test,) = {k.decode() for k in pred["frames"]["subject"]}
+    order = np.argsort(pred["frames"]["frame"])
+    df = predict([root / "Videos_LeftCamera" / f"LeftVideo{test}_comp.avi"], run=run, workspace=ws,
+                 progress=False)
+    assert len(df) == len(order) and (df["success"] == 1).all()
+    r = df[[f"{a}_r" for a in pred["aus"]]].to_numpy(dtype=np.float32, na_value=np.nan)
+    np.testing.assert_array_equal(r, pred["scores"][order])
+    c = df[[f"{a}_c" for a in pred["aus"]]].to_numpy(dtype=float, na_value=np.nan)
+    have = np.isfinite(r)
+    np.testing.assert_array_equal(c[have], pred["decisions"][order][have])
+    assert np.isnan(c[~have]).all() and have.any()
+
+
+def test_a_calibrated_run_scores_whole_tracks_and_refuses_a_photo(int_setup):
+    """Per face track, as in training per subject: a track of one frame (a photo) has no
+    reference; beside longer tracks it is left empty (nan), alone it is one clear error."""
+    from featbench.core.calibrate import CalibrationError
+
+    ws, table, codes = int_setup
+    out = irun(ws, table, calibrate="median")
+    model = load_scorer(open_model(out["models_dir"]))
+    key = ("toy", "random:0", "full")
+    X = codes[_test_rows(table)][:21]
+    tracks = [(("clip", 0), f) for f in range(20)] + [(("clip", 1), 0)]
+    s, d, _ = model.score({key: X}, tracks)
+    assert np.isfinite(s[:20]).all() and np.isnan(s[20]).all()
+    alone, _, _ = model.score({key: X[:20]}, tracks[:20])
+    np.testing.assert_array_equal(alone, s[:20])  # another face's frames change nothing
+    with pytest.raises(CalibrationError, match="a photo, or a face seen in one frame"):
+        model.score({key: X[20:]}, tracks[20:])
+    with pytest.raises(UsageError, match="pass the faces' tracks"):
+        model.score({key: X[:20]})

@@ -100,15 +100,15 @@ def load_model_file(path):
 
 
 def _applicable(model_file):
-    """``model_file`` if predict can apply its run: an occurrence run, not person-calibrated."""
+    """``model_file`` if predict can apply its run as it was trained: a person-calibrated run
+    must say how it calibrated (runs saved before the manifest held it are refused)."""
     m = model_file.manifest
     run = m["run"]
-    if m.get("task", "occurrence") != "occurrence":
-        raise UsageError(f"{model_file.path}: run {run} predicts AU {m['task']}; featbench predict "
-                         "applies occurrence runs only so far")
-    if set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags):  # never uncalibrated
-        raise UsageError(f"run {run}: predict cannot apply person-calibrated runs yet "
-                         "(use a run trained with --calibrate none)")
+    calibrated = set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags)
+    if calibrated and (m.get("preprocessing") or {}).get("calibrate") in (None, "", "none"):
+        raise UsageError(f"{model_file.path}: run {run} was trained on person-calibrated codes "
+                         "but its model does not say how (saved by an older featbench): train "
+                         "it again")
     return model_file
 
 
