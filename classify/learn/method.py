@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from classify.learn.task import OCCURRENCE
-from classify.training import TrainConfig, to_device
+from classify.training import TrainConfig
 from extract.encoders import run_network
 
 
@@ -152,10 +152,12 @@ def score_batches(net, batches, *, device, dtype=None, to_scores=None, width=0):
     the outputs). ``width``: k of an empty result.
     """
     was = net.training
-    net.eval()
+    if was:
+        net.eval()
     out = []
     for x in batches:
-        y = run_network(net, to_device(x, device), dtype=dtype)
+        y = run_network(net, x, dtype=dtype, device=device)
         out.append((to_scores(y) if to_scores is not None else y).cpu().numpy())
-    net.train(was)
+    if was:
+        net.train()
     return np.concatenate(out) if out else np.zeros((0, width), np.float32)
