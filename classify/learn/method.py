@@ -86,6 +86,8 @@ class Method:
     reduction = "mean"
     tune = False
     workers = 1
+    #: the summary columns a predictions file records (:mod:`classify.learn.facerun`)
+    prediction_attrs = ("model", "region", "clf", "weights", "protocol", "dataset")
 
     def __init__(self, task=OCCURRENCE):
         self.task = task
@@ -117,6 +119,33 @@ class Method:
     def load_state(self, net, state):
         net.load_state_dict(state)
         return net
+
+    # --- a run over faces (classify.learn.facerun) ---------------------------------------------
+    def settings_json(self):
+        """The method's settings (JSON), part of every unit's identity."""
+        raise NotImplementedError
+
+    def model_settings(self, aus, splits, info):
+        """The kind's own part of the run's manifest (what rebuilds a unit's network)."""
+        return {}
+
+    def preprocessing(self, aus, info):
+        """The manifest's preprocessing: model, regions, input size, mean / std."""
+        return {}
+
+    def row_extra(self, record):
+        """The method's own per-AU columns of the run's table."""
+        return {}
+
+    def record(self, info):
+        """More of the run's settings.json."""
+        return {}
+
+    def versions(self):
+        """Library versions the run records beside featbench's."""
+        import torch
+
+        return {"torch": torch.__version__}
 
     def step_loss(self, job, data):
         """``fit``'s ``step_loss``: the task's loss of :meth:`forward`'s scores."""
