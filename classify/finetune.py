@@ -77,7 +77,7 @@ from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.learn.facerun import face_run
 from classify.learn.loop import unit_state
 from classify.learn.method import Method, Unit, UnitData, counts, score_batches, trainable
-from classify.learn.task import OCCURRENCE
+from classify.learn.task import OCCURRENCE, get_task
 from classify.learn.writer import recording_failure
 from classify.run import format_result as classify_format, resolve_aus, run_tag
 from classify.training import TrainConfig
@@ -177,12 +177,14 @@ def is_variant_tag(tag):
     return tag in VARIANT_TAGS or (str(tag).startswith("from") and len(str(tag)) > 4)
 
 
-def finetune_run_name(config, table):
-    """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]``."""
-
+def finetune_run_name(config, table, *, task=OCCURRENCE):
+    """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]`` (a task
+    other than occurrence adds its name)."""
     default_aus = resolve_aus(table, config.protocol)
     aus = resolve_aus(table, config.protocol, config.aus)
     tags = finetune_tags(config, aus=aus, default_aus=default_aus)
+    task = get_task(task)
+    tags += (task.name,) if task is not OCCURRENCE else ()
     return str(RunKey(get_spec(config.model).name, config.region, "ft", tags))
 
 
@@ -278,7 +280,7 @@ class FinetuneMethod(Method):
 
         def batches(epoch, rng):
             sample = rng.permutation(balanced_rows(y, tr, rng, self.task.balance))
-            pw = torch.from_numpy(self.task.pos_weight(y[sample]))
+            pw = self.pos_weight(y[sample])
             aug = draw_augmentation(rng, len(sample), src.size) if cfg.augment else None
             for _, idx, imgs in src.batches(sample, int(cfg.batch_size), aug=aug, min_size=2):
                 yield torch.from_numpy(imgs), torch.from_numpy(y[idx].astype(np.float32)), pw
@@ -295,9 +297,7 @@ class FinetuneMethod(Method):
     def scores(self, net, job, data, part):
         if part == "validation":
             rows, y = data.extra["val_rows"], data.extra["y_val"]
-        elif part == "threshold":
-            if not self.tune or not data.extra["val_all"].size:
-                return None
+        elif part == "threshold":  # every labelled validation frame (unbalanced, as test)
             rows = data.extra["val_all"]
             y = job.y[rows]
         else:
@@ -354,7 +354,7 @@ def _network(info):
 
 # --- the run -------------------------------------------------------------------------------------
 def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=None, progress=True,
-                 **kwargs):
+                 task=OCCURRENCE, **kwargs):
     """Fine-tune ``config.model`` for the AUs of ``dataset``; write the run's outputs.
 
     Parameters
@@ -369,6 +369,9 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         An aligned-face cache in the table's row order (default: the workspace's, built or
         reused by ``featbench.core.align.ensure_aligned``).
     progress : bool
+    task : Task or str
+        What the networks learn (:mod:`classify.learn.task`; default: AU occurrence). Another
+        task's name is a run-name tag.
 
     Returns
     -------
@@ -392,7 +395,8 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
     au_list = resolve_aus(table, config.protocol, config.aus)
-    run = finetune_run_name(config, table)
+    task = get_task(task)
+    run = finetune_run_name(config, table, task=task)
     meta = {"model": spec.name, "region": config.region, "clf": "ft", "weights": "",
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
             "protocol": config.protocol, "dataset": dataset,
@@ -402,7 +406,7 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         meta["weights"] = info["weights"]
         aligned_path = aligned_path or ensure_aligned(table, workspace, progress=progress)
     meta.update(input_size=info["input_size"], epochs=config.epochs)
-    return face_run(FinetuneMethod(config, aligned_path), workspace, dataset, table, run=run,
+    return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
                     aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
                     progress=progress, t0=t0)
 

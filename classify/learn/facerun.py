@@ -65,8 +65,8 @@ def face_run(method, workspace, dataset, table, *, run, aus, protocol, seed, met
         faces = check_cache(method.aligned_path, table, dataset)
         labels = method.task.targets(table, aus)
         splits = make_splits(table, protocol, seed=seed)
-        identity = {**method.settings_json(), "aus": aus, "table": table.fingerprint(),
-                    "faces": faces["fingerprint"]}
+        identity = {**method.settings_json(), "task": method.task.name, "aus": aus,
+                    "table": table.fingerprint(), "faces": faces["fingerprint"]}
         jobs, test_rows, missing = face_jobs(method, table, splits, labels, aus, faces["valid"],
                                              identity)
         if not any(r.size for r in test_rows):

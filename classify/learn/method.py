@@ -19,9 +19,9 @@ decisions, and :mod:`classify.learn.writer` writes the run. A method never write
 ``forward(network, x) -> scores``
     The scores the task's loss compares with ``y`` (the network's outputs, per AU).
 ``scores(network, job, data, part) -> (y, scores)``
-    Inference on ``part`` (``"validation"``: the epoch choice; ``"threshold"``: the rows
-    thresholds are settled on, or None to keep the default; ``"test"``: scores in the order of
-    ``job.rows["test"]``, y None), through :func:`score_batches`.
+    Inference on ``part`` (``"validation"``: the epoch choice; ``"threshold"``: the validation
+    rows the task settles its decision rule on, tuned or not as the task decides; ``"test"``:
+    scores in the order of ``job.rows["test"]``, y None), through :func:`score_batches`.
 ``state(network) -> {name: tensor}`` / ``load_state(network, state)``
     What is saved of a trained network (safetensors) and how it is put back.
 
@@ -146,6 +146,13 @@ class Method:
         import torch
 
         return {"torch": torch.__version__}
+
+    def pos_weight(self, y):
+        """The task's positive weight of targets ``y`` as a tensor (None: the task has none)."""
+        import torch
+
+        w = self.task.pos_weight(y)
+        return None if w is None else torch.from_numpy(w)
 
     def step_loss(self, job, data):
         """``fit``'s ``step_loss``: the task's loss of :meth:`forward`'s scores."""
