@@ -99,10 +99,11 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
     the protocol's 2: ``--threshold 3``); ``thr`` (tuned thresholds); ``nobal``; ``cw``
     (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
     classifier's own non-default settings, e.g. the LSTM's ``ml``); ``calmed`` / ``calneu``
-    (person calibration, ``featbench.core.calibrate``); joined with ``-``. ``int`` comes first
-    for a learned method's intensity run (``task``).
+    (person calibration, ``featbench.core.calibrate``); the task's name when it is not
+    occurrence (``intensity``: the LSTM's intensity runs, as fine-tuning names them); joined
+    with ``-``.
     """
-    parts = ["int"] if task == "intensity" else []
+    parts = []
     if protocol != "paper":
         parts.append(protocol.replace(":", ""))
     if label_threshold not in (None, DEFAULT_LABEL_THRESHOLD):
@@ -121,6 +122,8 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
         parts.append(extra)
     if calibration_tag(calibrate):
         parts.append(calibration_tag(calibrate))
+    if task != "occurrence":
+        parts.append(task)
     return "-".join(parts) or None
 
 

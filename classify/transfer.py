@@ -267,8 +267,7 @@ class TransferMethod(Method):
 
     def unit_data(self, job):
         c = counts(job.y, job.rows, self.task)
-        pw = (self.task.pos_weight(job.y[job.rows["train"]])
-              if self.settings.pos_weight == "auto" else None)
+        pw = self.pos_weight(job.y[job.rows["train"]]) if self.settings.pos_weight == "auto" else None
         return UnitData(trainable(c), c, {"pos_weight": pw})
 
     def build(self, job, data=None):
@@ -286,8 +285,7 @@ class TransferMethod(Method):
         import torch
 
         rows, y, bs = np.asarray(job.rows["train"], np.int64), job.y, int(self.settings.batch_size)
-        pw = None if data is None or data.extra["pos_weight"] is None else \
-            torch.from_numpy(data.extra["pos_weight"])
+        pw = None if data is None else data.extra["pos_weight"]
 
         def batches(epoch, rng):
             order = rows[rng.permutation(len(rows))]
@@ -464,11 +462,11 @@ def load_stage1(workspace, expr_dataset, settings):
 def stage2_run(settings, *, control=False):
     """The RunKey of a stage-2 run: ``<backbone>__full__transfer[__<tags>]``.
 
-    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``.
+    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``, then the task
+    when it is not occurrence (``intensity``).
     """
-    tags = (("int",) if settings.task == "intensity" else ()) + ((CONTROL_TAG,) if control else ())
-    tags += ("pwnone",) if settings.pos_weight == "none" else ()
-    tags += _tags(settings)
+    tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
+    tags += _tags(settings) + ((settings.task,) if settings.task != "occurrence" else ())
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
@@ -528,7 +526,8 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
             "protocol": protocol, "dataset": table.dataset}
     with recording_failure(workspace, table.dataset, run, meta):
         method = TransferMethod(settings, faces.path, _stage2_start(spec, settings, stage1),
-                                tuple(settings.hidden) + (len(aus),), task=task_named(settings.task))
+                                tuple(settings.hidden) + (len(aus),),
+                                task=task_named(settings.task, threshold=table.label_threshold))
         identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
                     "aus": aus, "protocol": protocol, "start": method.start.identity()}
         job = Job(0, split.name, Unit("model", tuple(aus)), rows,

@@ -509,9 +509,9 @@ def test_finetune_intensity_regresses_and_writes_the_intensity_contracts(tmp_pat
     table = intensity_table(n_frames=8)
     cache = graded_cache(tmp_path / "faces.h5", table)
     ws = Workspace(tmp_path / "ws")
-    res = finetune_run(ws, "synth", FinetuneConfig(**FT_FAST, task="intensity"), table=table,
-                       aligned_path=cache, progress=False)
-    assert res["run"] == "timm-test_efficientnet__full__ft__int-ml-au1+12"
+    res = finetune_run(ws, "synth", FinetuneConfig(**FT_FAST), table=table, aligned_path=cache,
+                       progress=False, task="intensity")
+    assert res["run"] == "timm-test_efficientnet__full__ft__ml-au1+12-intensity"
     icc = {r["au"]: r["icc"] for r in res["rows"]}
     assert icc["AU01"] > 0.5 and icc["AU12"] > 0.5, icc
     row = read_summary(ws, "synth").set_index("run").loc[res["run"]]
@@ -563,7 +563,7 @@ def test_transfer_stage2_intensity_from_a_folder_manifest_with_intensities(tmp_p
     table.pre_aligned = True
     settings = replace(SETTINGS, task="intensity", epochs=(2, 8))
     out = run_stage2(Workspace(tmp_path / "ws"), table, settings, stage1=None, progress=False)
-    assert out["run"].endswith("__transfer__int-nostage1") and out["task"] == "intensity"
+    assert out["run"].endswith("__transfer__nostage1-intensity") and out["task"] == "intensity"
     assert out["icc"] > 0.5, out["icc"]
     with h5py.File(out["predictions"], "r") as f:
         s, ints = f["scores"][:], f["intensities"][:]
@@ -604,7 +604,8 @@ def test_lstm_regresses_an_intensity_only_its_memory_can_see(tmp_path):
                        aus=["AU01"], task="intensity",
                        lstm=dict(hidden=12, lr=0.005, weight_noise=0.0, epochs=10, batch=8,
                                  patience=None, device="cpu"))
-    assert out["run"].startswith("toy__full__lstm__int-") and out["task"] == "intensity"
+    assert out["run"].startswith("toy__full__lstm__au1-") and out["run"].endswith("-intensity")
+    assert out["task"] == "intensity"
     assert out["rows"][0]["icc"] > 0.6, out["rows"][0]["icc"]
     ridge = intensity_run(ws, "synth", model="toy", table=table, aus=["AU01"], progress=False)
     assert ridge["rows"][0]["icc"] < 0.3  # per frame, the held intensity is noise

@@ -28,7 +28,7 @@ from featbench.core.metrics import (PRESENT_AT, decision_threshold, icc31, inten
 
 from classify.estimators import balance_indices, decide
 from classify.intensity import clip_intensity
-from classify.learn.task import OCCURRENCE, Settled, Task
+from classify.learn.task import OCCURRENCE, Settled, Task, register_task
 
 
 class Intensity(Task):
@@ -101,8 +101,8 @@ class Intensity(Task):
         return {**super().to_json(), "threshold": self.threshold}
 
 
-#: the intensity task at the protocol's threshold
-INTENSITY = Intensity()
+#: the intensity task at the protocol's threshold (``get_task("intensity")``)
+INTENSITY = register_task(Intensity())
 
 
 #: the ``--task`` values
@@ -118,5 +118,8 @@ def check_task(task):
 
 
 def task_named(name, *, threshold=PRESENT_AT):
-    """Return the learned task of ``--task`` ``name`` (``occurrence`` or ``intensity``)."""
-    return OCCURRENCE if check_task(name) == "occurrence" else Intensity(threshold)
+    """Return the learned task of ``--task`` ``name`` (``occurrence`` or ``intensity``);
+    intensity at the data set's label ``threshold``."""
+    if check_task(name) == "occurrence":
+        return OCCURRENCE
+    return INTENSITY if int(threshold or PRESENT_AT) == PRESENT_AT else Intensity(threshold)

@@ -60,7 +60,7 @@ from featbench.core.workspace import Workspace, atomic_write_text
 from extract.encoders import create_encoder
 from extract.registry import get_spec
 from extract.weights import WeightsChoice, file_sha256, pretrained_path
-from featbench.apply.runmodel import finetuned_file, load_model_file, load_run
+from featbench.apply.runmodel import RunModel, finetuned_file, load_model_file, load_run
 
 #: faces encoded and classified together
 DEFAULT_BATCH = 32
@@ -408,17 +408,15 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         weights, the sidecar's content and the one-line ``summary``.
     """
     t0 = time.perf_counter()
-    model, size = _prepare(run=run, model_file=model_file, workspace=workspace, dataset=dataset,
-                           detector=detector, batch_size=batch_size, window=window)
+    kw = dict(workspace=workspace, dataset=dataset, detector=detector, batch_size=batch_size,
+              window=window)
+    model, size = _prepare(run=run, model_file=model_file, **kw)
     outputs = outputs_of(model, None if intensity_run is None else
-                         _prepare(run=intensity_run, model_file=None, workspace=workspace,
-                                  dataset=dataset, detector=detector, batch_size=batch_size,
-                                  window=window, size=size)[0])
+                         _prepare(run=intensity_run, model_file=None, size=size, **kw)[0])
     sources = footage.list_sources(inputs)
-    encoders = {}
-    for m in outputs.runs:
-        encoders.update(open_encoders(m, device=device, weights_file=weights_file,
-                                      workspace=None if model_file else _workspace(workspace)))
+    encoders = {k: e for m in outputs.runs for k, e in open_encoders(
+        m, device=device, weights_file=weights_file,
+        workspace=None if model_file else _workspace(workspace)).items()}
     total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
     writer = _CsvWriter(out, outputs.columns()) if out is not None else None
     try:
@@ -430,14 +428,13 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
             writer.abort()
         raise
     seconds = time.perf_counter() - t0
-    sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, __version__)
-    sidecar.update(_intensity_sidecar(outputs, table))
+    sidecar = {**_sidecar(model, sources, detector, all_faces, stats, seconds, model_file,
+                          __version__), **_intensity_sidecar(outputs, table)}
     if writer is not None:
         writer.close()
         atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
     if plot is not None:
-        plot_timeline(table, outputs.c_run.aus, plot,
-                      title="; ".join(m.describe() for m in outputs.runs))
+        plot_timeline(table, outputs.c_run.aus, plot, title="; ".join(map(RunModel.describe, outputs.runs)))
     summary = (f"{stats['frames']} frames ({stats['with_face']} with a face, {stats['faces']} faces) "
                f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
                f"frames/s) with {model.describe()}"

@@ -21,7 +21,7 @@ def add_parser(subparsers):
                         "(an LSTM over each subject's code sequence, epoch chosen on validation); "
                         "the run kinds of classify/kinds.py. --task intensity: ridge (alpha "
                         "chosen by ICC on validation), svr (linear SVR, C chosen so) or lstm "
-                        "(a regression output, epoch chosen by validation ICC; tag int)")
+                        "(a regression output, epoch chosen by validation ICC; tag intensity)")
     p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
                    help="occurrence (present / absent, F1) or intensity (regression of the 0-5 "
                         "intensities: ICC(3,1), Pearson r, MAE, and F1 of rounded intensity >= 2; "

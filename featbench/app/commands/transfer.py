@@ -88,8 +88,8 @@ def add_parser(subparsers):
     p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
                    help="what stage 2 learns: occurrence (BCE, F1) or intensity (the head regresses "
                         "the 0-5 intensities: MSE, epoch by validation ICC, outputs clipped to 0-5; "
-                        "needs an AU data set with intensities, e.g. --dataset synth) (default: "
-                        "occurrence)")
+                        "needs an AU data set with intensities, e.g. --dataset synth; run-name tag "
+                        "intensity) (default: occurrence)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
