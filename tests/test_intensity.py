@@ -462,33 +462,20 @@ def test_calibration_without_frames_of_a_person_is_one_line(int_setup, tmp_path,
 
 
 # learned methods: the Intensity task ---------------------------------------------------------
-def graded_cache(path, table, size=48, seed=0):
-    """Aligned faces whose upper block brightens with AU01's intensity and whose lower block
-    darkens with AU12's (0-5); noise elsewhere."""
-    import json as _json
-
+def graded_cache(path, table, seed=0):
+    """test_finetune's aligned-face cache, its faces redrawn: the upper block brightens with
+    AU01's intensity and the lower block darkens with AU12's (0-5); noise elsewhere."""
     import h5py
 
-    from featbench.core import align, faces
+    from test_finetune import write_cache
 
-    rng = np.random.default_rng(seed)
-    n = len(table)
-    imgs = rng.normal(128, 20, (n, size, size, 3)).clip(0, 255).astype(np.uint8)
-    a1, a12 = (table.frames[c].to_numpy().astype(int) for c in ("AU01_int", "AU12_int"))
-    for i in range(n):
-        imgs[i, 5:13, 12:36] = 128 + 24 * a1[i]
-        imgs[i, 36:43, 12:36] = 128 - 24 * a12[i]
-    boxes = np.repeat(faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)[None],
-                      n, axis=0)
-    with h5py.File(path, "w") as f:
-        f.attrs.update(format_version=align.FORMAT_VERSION, fingerprint=f"graded{seed}",
-                       settings=_json.dumps({"size": size}), size=size, complete=True, skipped="{}")
-        f["frames"] = table.keys()
-        f["valid"] = np.ones(n, bool)
-        f.create_dataset("faces", data=imgs, chunks=(4, size, size, 3))
-        f["landmarks"] = np.full((n, 68, 2), np.nan, np.float32)
-        f["boxes"] = boxes
-        f["skip_reason"] = np.zeros(n, np.int8)
+    write_cache(path, table, seed=seed)
+    with h5py.File(path, "r+") as f:
+        imgs = f["faces"][:]
+        a1, a12 = (table.frames[c].to_numpy().astype(int) for c in ("AU01_int", "AU12_int"))
+        imgs[:, 5:13, 12:36] = (128 + 24 * a1)[:, None, None, None]
+        imgs[:, 36:43, 12:36] = (128 - 24 * a12)[:, None, None, None]
+        f["faces"][...] = imgs
     return path
 
 
