@@ -75,6 +75,7 @@ from featbench.core.identity import RunKey
 from featbench.core.metrics import METRICS, au_metrics, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
+from featbench.core.threads import reader_threads
 from featbench.core.workspace import Workspace, atomic_write_text
 
 from classify.estimators import balance_indices, best_threshold, decide
@@ -268,9 +269,7 @@ def prefetch_workers():
     an H200 about 200 faces/s against the 3,366 the loop alone trains); on a 2-core machine one
     thread leaves the cores to the network.
     """
-    import os
-
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+    return reader_threads()
 
 
 def prefetch(items, read, workers=None):

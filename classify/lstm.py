@@ -51,6 +51,7 @@ import numpy as np
 
 from featbench.core.errors import StoreError, UsageError
 from featbench.core.metrics import au_metrics
+from featbench.core.threads import set_torch_threads
 from featbench.core.workspace import atomic_path
 
 from classify.estimators import best_threshold, decide
@@ -616,10 +617,8 @@ def load_model(path):
 def _network_task(task, *, codes, labels, pos, group, frame, options, seed, tune_threshold,
                   balance, class_weight, checkpoint_root, fingerprint, threads=None, progress=False):
     """Train one network (a fold's AU, or a fold's AUs for --multilabel); return per-AU results."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    if threads:  # this worker's share of the cores: fit's per-epoch choice leaves it alone
+        set_torch_threads(int(threads))
     import time
 
     t0, c0 = time.perf_counter(), time.process_time()

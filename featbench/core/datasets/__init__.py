@@ -55,6 +55,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     generate : bool
         For the synthetic sets: generate the default set when ``root`` does not exist yet
         (default False: reading never writes data unless asked; the CLI asks, as its help says).
+        The right camera's video is rendered only when ``camera`` asks for it (``featbench
+        data synth`` writes both).
 
     Raises
     ------
@@ -70,7 +72,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         if not root.exists() and generate:
             from featbench.core.synth import generate_dataset
 
-            generate_dataset(root, layout=layout, progress=progress)
+            # the right camera's video (half the synthesis time) only when it is asked for
+            generate_dataset(root, layout=layout, progress=progress, right_camera=camera != "left")
         reader = {"disfa": "disfa", "affwild2": "affwild2", "expression": "folder"}[layout]
     else:
         reader = name
