@@ -32,6 +32,7 @@ import numpy as np
 
 from featbench import __version__
 from featbench.core.aus import AU_REGION
+from featbench.core.datasets import training_data
 from featbench.core.errors import (MissingRunError, StoreError, UsageError, WeightsError,
                                    did_you_mean)
 from featbench.core.identity import RunKey, WeightsId
@@ -309,7 +310,9 @@ def load_run(workspace, dataset, run):
     if loader is None:
         raise UsageError(f"run {run}: predict cannot apply {key.clf!r} runs yet "
                          f"(it applies {', '.join(sorted(_LOADERS))})")
-    return loader(workspace, dataset, run)
+    model = loader(workspace, dataset, run)
+    model.info.setdefault("training_data", training_data(dataset, workspace=workspace))
+    return model
 
 
 def read_settings(folder, run):

@@ -32,5 +32,7 @@ def _run(args):
     ws = workspace_of(args)
     model = load_run(ws, args.dataset, args.run)
     path = export_run(model, args.out, workspace=ws)
-    print(f"exported {model.describe()} ({len(model.aus)} AUs) -> {path}")
+    data = model.info.get("training_data") or {}
+    trained = f", trained on {data['name']} ({data['kind']})" if data else ""
+    print(f"exported {model.describe()} ({len(model.aus)} AUs{trained}) -> {path}")
     return 0

@@ -103,6 +103,26 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     return table
 
 
+def training_data(name, *, root=None, workspace=None):
+    """Describe a data set a run was trained on: ``{"name", "synthetic", "kind"}``.
+
+    Synthetic: one of featbench's embedded sets (:data:`SYNTH_LAYOUTS`), or a folder that
+    ``featbench data synth`` made (it holds the generator's info file). A run trained on such
+    faces checks the pipeline; it is not a detector for real footage (``featbench predict``
+    says so, and its sidecar and ``featbench export`` carry this description).
+    """
+    from featbench.core.synth import INFO_FILE
+
+    synthetic = name in SYNTH_LAYOUTS
+    if not synthetic and name in DATASETS:
+        try:
+            synthetic = (resolve_root(name, root, workspace=workspace) / INFO_FILE).is_file()
+        except OSError:
+            synthetic = False
+    return {"name": str(name), "synthetic": bool(synthetic),
+            "kind": "synthetic" if synthetic else "real"}
+
+
 def load_landmarks(table):
     """Return the frames' landmarks in iBUG 68 points, shape (frames, 68, 2), float32.
 
