@@ -53,7 +53,7 @@ def blank(tmp_path):
 
 
 def test_the_data_sets_kind():
-    assert training_data("synth") == {"name": "synth", "synthetic": True, "kind": "synthetic"}
+    assert training_data("synth") == {"dataset": "synth", "synthetic": True, "kind": "synthetic"}
     assert training_data("synth-affwild2")["synthetic"]
     assert training_data("disfa", root="/nonexistent")["kind"] == "real"
 
@@ -73,14 +73,14 @@ def test_predict_with_a_synth_trained_run_says_so_and_another_data_set_does_not(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "synthetic faces" in err[0] and "not a detector for real footage" in err[0]
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["training_data"] == {"name": "synth", "synthetic": True, "kind": "synthetic"}
+    assert side["training_data"] == {"dataset": "synth", "synthetic": True, "kind": "synthetic"}
 
     out = tmp_path / "folder.csv"
     assert main(["--workspace", str(ws.root), "predict", str(blank), "--run", folder_run,
                  "--dataset", "folder", "--out", str(out), "--quiet"]) == 0
     assert "synthetic" not in capsys.readouterr().err
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["training_data"] == {"name": "folder", "synthetic": False, "kind": "real"}
+    assert side["training_data"] == {"dataset": "folder", "synthetic": False, "kind": "real"}
 
 
 def test_export_carries_the_training_data_and_predict_from_it_warns(tmp_path, blank, capsys):

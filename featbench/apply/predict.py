@@ -396,7 +396,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
 
 
 def trained_on(model):
-    """The training data set of a loaded run: ``{"name", "synthetic", "kind"}``.
+    """The training data set of a loaded run: ``{"dataset", "synthetic", "kind"}``.
 
     Recorded when the run was loaded from its workspace (and so carried by an export); an
     older export without it is judged by the data set's name.
@@ -411,7 +411,7 @@ def synthetic_warning(model):
     data = trained_on(model)
     if not data.get("synthetic"):
         return ""
-    return (f"note: {model.run} was trained on {data['name']}, synthetic faces: it checks the "
+    return (f"note: {model.run} was trained on {data['dataset']}, synthetic faces: it checks the "
             "pipeline, it is not a detector for real footage (train on labelled real faces, "
             "e.g. featbench run --dataset disfa --root DIR, and predict with that run)")
 

@@ -33,6 +33,6 @@ def _run(args):
     model = load_run(ws, args.dataset, args.run)
     path = export_run(model, args.out, workspace=ws)
     data = model.info.get("training_data") or {}
-    trained = f", trained on {data['name']} ({data['kind']})" if data else ""
+    trained = f", trained on {data['dataset']} ({data['kind']})" if data else ""
     print(f"exported {model.describe()} ({len(model.aus)} AUs{trained}) -> {path}")
     return 0

@@ -51,7 +51,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     camera : {"left", "right", "both"}
         DISFA (and ``synth``): which camera's video.
     threshold : int
-        DISFA: an AU is present when its intensity is >= ``threshold`` (protocol: 2).
+        DISFA (and a folder manifest's intensity columns): an AU is present when its intensity
+        is >= ``threshold`` (protocol: 2).
     generate : bool
         For the synthetic sets: generate the default set when ``root`` does not exist yet
         (default False: reading never writes data unless asked; the CLI asks, as its help says).
@@ -93,7 +94,7 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     else:
         from featbench.core.datasets.folder import read_folder
 
-        table = read_folder(root)
+        table = read_folder(root, threshold=threshold)
         # the embedded expression set holds aligned crops already, as ABAW's cropped_aligned
         table.pre_aligned = name == "synth-expression"
     table.dataset = name
@@ -104,7 +105,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
 
 
 def training_data(name, *, root=None, workspace=None):
-    """Describe a data set a run was trained on: ``{"name", "synthetic", "kind"}``.
+    """Describe a data set a run was trained on: ``{"dataset", "synthetic", "kind"}`` (the
+    model manifest's ``training_data``, :mod:`featbench.core.modelfile`, plus the kind in words).
 
     Synthetic: one of featbench's embedded sets (:data:`SYNTH_LAYOUTS`), or a folder that
     ``featbench data synth`` made (it holds the generator's info file). A run trained on such
@@ -119,7 +121,7 @@ def training_data(name, *, root=None, workspace=None):
             synthetic = (resolve_root(name, root, workspace=workspace) / INFO_FILE).is_file()
         except OSError:
             synthetic = False
-    return {"name": str(name), "synthetic": bool(synthetic),
+    return {"dataset": str(name), "synthetic": bool(synthetic),
             "kind": "synthetic" if synthetic else "real"}
 
 
