@@ -236,3 +236,35 @@ def test_pinned_weights_override_the_rule_for_their_network(no_cache):
     assert plan["alexnet"] == ("IMAGENET1K_V1", "")
     assert plan["tv:mobilenet_v2"] == ("random:3", "random init, not pretrained")
     assert plan["dlib_face"][0] == "dlib" and plan["hog"][0] == "none"
+
+
+def test_a_host_that_failed_is_not_tried_again_for_the_next_file(no_cache, monkeypatch):
+    """Without internet every attempt waits for its timeout: the quick preset's second ImageNet
+    file from the same host is left out without a second attempt."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from featbench.app.pipeline import left_out
+
+    hits = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_error(503)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.delenv("FEATBENCH_OFFLINE", raising=False)
+        monkeypatch.setenv("FEATBENCH_WEIGHTS_MIRROR", f"http://127.0.0.1:{srv.server_address[1]}/")
+        plan = resolve_weights(PRESETS["quick"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert set(left_out(plan)) == {"alexnet", "tv:mobilenet_v2"}
+    assert len({h.rsplit("/", 1)[-1] for h in hits}) == 1  # one file tried, the other not

@@ -58,7 +58,7 @@ from classify.ensemble import ensemble_run
 from classify.finetune import FinetuneConfig, finetune_run, finetune_run_name
 from classify.run import classify_run, run_tag
 from extract.catalog import entry_for
-from extract.download import fetch, is_offline, where
+from extract.download import fetch, is_offline, mirrored, where
 from extract.extractor import extract_features
 from extract.registry import get_spec
 
@@ -213,7 +213,7 @@ def resolve_weights(preset, weights=None, *, progress=False):
         Pretrained weights needed and not to be had (``refuse``): names every missing file and
         the folder.
     """
-    plan, missing = {}, []
+    plan, missing, failed_hosts = {}, [], set()
     pinned = dict(preset.pinned_weights)
     for model in preset.networks():
         spec = get_spec(model)
@@ -226,7 +226,7 @@ def resolve_weights(preset, weights=None, *, progress=False):
         elif not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
             plan[model] = (spec.default_weights, "no published weights: random init control")
         else:
-            plan[model] = _pretrained_or_fallback(spec, preset, missing, progress)
+            plan[model] = _pretrained_or_fallback(spec, preset, missing, progress, failed_hosts)
     if missing:
         folder = missing[0][0].parent
         raise WeightsError(
@@ -238,12 +238,28 @@ def resolve_weights(preset, weights=None, *, progress=False):
     return plan
 
 
-def _pretrained_or_fallback(spec, preset, missing, progress):
-    """``("imagenet", note)`` once the file is here (downloading it), else the preset's rule."""
+def _host(entry):
+    """The host a weights file would be downloaded from (mirror applied), or ""."""
+    from urllib.parse import urlparse
+
+    return urlparse(mirrored(entry.urls[0])).netloc if entry.urls else ""
+
+
+def _pretrained_or_fallback(spec, preset, missing, progress, failed_hosts=None):
+    """``("imagenet", note)`` once the file is here (downloading it), else the preset's rule.
+
+    A host that already failed in this plan (``failed_hosts``) is not tried again for the next
+    file: on a machine without internet each attempt waits for its connect timeout.
+    """
     entry = entry_for(spec)
+    failed_hosts = set() if failed_hosts is None else failed_hosts
     try:
+        if not where(entry).is_file() and _host(entry) in failed_hosts:
+            raise WeightsError(f"{_host(entry)} failed for an earlier file")
         path, _, downloaded = fetch(entry, progress=progress)
     except WeightsError:
+        if not is_offline() and not where(entry).is_file():
+            failed_hosts.add(_host(entry))
         why = f"{entry.filename} not cached, {'offline' if is_offline() else 'download failed'}"
         if preset.missing_weights == "random":
             return ("random:0", f"random init, not pretrained ({why})")
