@@ -4,16 +4,16 @@ Per frame: decode (:mod:`featbench.core.footage`) -> detect faces and fit 68 lan
 (``hog`` or the MMOD ``cnn`` detector) -> the alignment and region crops every run was trained
 on (:func:`featbench.core.faces.align_face`, :func:`featbench.core.align.region_crops`) -> the run's
 network with the run's weights -> its scalers, classifiers and thresholds
-(:class:`featbench.apply.runmodel.RunModel`).
+(:class:`classify.scorer.RunModel`, loaded by :mod:`featbench.apply.runmodel`).
 
 A fine-tuned (``ft``) or transfer run carries its trained network, which stands where the
-encoder stands and whose outputs are the scores (:mod:`featbench.apply.netmodels`).
+encoder stands and whose outputs are the scores (:mod:`classify.netscorer`).
 
 Streaming: decoding runs in one background thread, detection in two more (dlib and OpenCV
 release the GIL), and the main thread encodes and classifies batches of faces while the next
 frames are being decoded and detected. Every queue is bounded, so a long video runs in constant
 memory; rows are appended to the CSV batch by batch. A bidirectional LSTM looks ahead: its
-batches are windows of ``window`` frames (:class:`featbench.apply.runmodel.LSTMScorer`).
+batches are windows of ``window`` frames (:class:`classify.scorer.LSTMScorer`).
 
 Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
 
@@ -41,14 +41,14 @@ import numpy as np
 from featbench import __version__
 from featbench.core import faces as F, footage
 from featbench.core._background import in_background, ordered_map
-from featbench.core.align import region_crops
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
-from featbench.core.workspace import Workspace
+from featbench.core.workspace import Workspace, atomic_write_text
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
-from extract.weights import file_sha256, pretrained_path
+from extract.weights import WeightsChoice, file_sha256, pretrained_path
+from featbench.apply.runmodel import finetuned_file, load_model_file, load_run
 
 #: faces encoded and classified together
 DEFAULT_BATCH = 32
@@ -103,17 +103,17 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None, input
 
 
 def _weights_choice(wid, spec, what, weights_file):
-    """The ``--weights`` value that loads ``wid`` here (checked against its sha256)."""
+    """The :class:`~extract.weights.WeightsChoice` that loads ``wid`` here (checked against its sha256)."""
     if wid.kind == "none":
-        return None
+        return WeightsChoice("none")
     if wid.kind == "random":
-        return f"random:{wid.seed}"
+        return WeightsChoice("random", seed=int(wid.seed))
     if wid.kind == "pretrained":
-        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> --weights IMAGENET1K_V2
+        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> the IMAGENET1K_V2 tag
         path, cached = pretrained_path(spec, tag or None)
         if wid.sha256 and cached and file_sha256(path) != wid.sha256:
             raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
-        return "dlib" if spec.pretrained == "dlib" else (tag or "imagenet")
+        return WeightsChoice("pretrained", tag=tag or "imagenet")
     if weights_file is None:  # file / finetuned
         where = (f" (featbench finetune / transfer run {wid.name} is not in this workspace)"
                  if wid.kind == "finetuned" else "")
@@ -121,22 +121,7 @@ def _weights_choice(wid, spec, what, weights_file):
                            "with --weights PATH")
     if wid.sha256 and file_sha256(weights_file) != wid.sha256:
         raise WeightsError(f"{what}, but {weights_file} is another file (sha256 differs)")
-    return str(weights_file)
-
-
-def finetuned_file(workspace, wid):
-    """Return the file of ``finetuned:<run> sha256:...`` weights in ``workspace``, or None.
-
-    A fine-tuned network's codes (``featbench extract --weights results/<ds>/models/<run>/
-    model.pt``) name the run that trained it; its ``.pt`` files are searched for the hash.
-    """
-    if workspace is None or wid.kind != "finetuned":
-        return None
-    folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
-    for path in sorted(p for f in folders for p in f.glob("*.pt")):
-        if not wid.sha256 or file_sha256(path) == wid.sha256:
-            return path
-    return None
+    return WeightsChoice("file", path=Path(weights_file))
 
 
 # --- faces in frames -----------------------------------------------------------------------------
@@ -210,7 +195,7 @@ def _columns(aus):
 def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
     """Return ``{(network, weights): encoder}`` of every network ``model`` reads.
 
-    A fine-tuned or transfer run carries its trained network (:mod:`featbench.apply.netmodels`);
+    A fine-tuned or transfer run carries its trained network (:mod:`classify.netscorer`);
     a classify run's network is built from its name and weights identity (:func:`open_encoder`),
     a fine-tuned network's file found in ``workspace`` or carried by an exported model.
     """
@@ -222,14 +207,15 @@ def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
         if own is not None:
             out[key] = own.open(device)
             continue
-        blob = model.weights_blob(key[1])
+        carried = model.weights_blob(key[1])
         kw = dict(run=model.run, device=device, input_size=model.input_size_for(key))
-        if blob is None:
+        if carried is None:
             found = finetuned_file(workspace, WeightsId.parse(key[1]))
             out[key] = open_encoder(*key, weights_file=found or weights_file, **kw)
             continue
         with tempfile.TemporaryDirectory(prefix="featbench-weights-") as tmp:
-            path = Path(tmp) / "weights.pt"
+            name, blob = carried
+            path = Path(tmp) / Path(name).name  # its suffix says how it is read (.safetensors)
             path.write_bytes(blob)
             out[key] = open_encoder(*key, weights_file=path, **kw)
     return out
@@ -260,19 +246,16 @@ def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAU
 def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
     """Return ``{(network, weights, region): codes}`` of aligned faces, as the run's codes were made.
 
-    Each encoder gets the crops its run was trained on: a region's crop at the network's input
-    size, the full face as aligned (the network resizes it), unless the encoder says otherwise
-    (``crop_size``: a fine-tuned network's faces were resized to its input size first).
+    Each encoder gets the crops its run was trained on, by the one rule of the face source
+    (:meth:`featbench.core.facesource.FaceInput.crops` of the encoder's ``face_input``).
     """
     codes = {}
     for (net, weights), regions in model.networks().items():
         enc = encoders[(net, weights)]
         for region in sorted(regions):
-            size = (enc.crop_size(region) if hasattr(enc, "crop_size")
-                    else None if region == "full" else enc.input_size)
-            parts = [np.asarray(enc(region_crops(images[a:a + batch_size], boxes[a:a + batch_size],
-                                                 region, size)), dtype=np.float32)
-                     for a in range(0, len(images), batch_size)]
+            face_input = enc.face_input(region)
+            parts = [np.asarray(enc(face_input.crops(images[a:a + batch_size], boxes[a:a + batch_size])),
+                                dtype=np.float32) for a in range(0, len(images), batch_size)]
             codes[(net, weights, region)] = np.concatenate(parts)
     return codes
 
@@ -310,9 +293,7 @@ def _batch_table(items, model, encoders, aus, batch_size=DEFAULT_BATCH):
 
 
 def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
-    """Return the :class:`~featbench.apply.runmodel.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
-    from featbench.apply.runmodel import load_model_file, load_run
-
+    """Return the :class:`~classify.scorer.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
     if (run is None) == (model_file is None):
         raise UsageError("give either --run RUN (or best) or --model FILE")
     if model_file is not None:
@@ -333,7 +314,8 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         A run of ``workspace`` (``alexnet__full__svm``...) or ``best`` (highest mean F1 of
         summary.csv).
     model_file : str, optional
-        A file written by ``featbench export`` (instead of ``run``).
+        A file written by ``featbench export`` (instead of ``run``); anything else (a pickle,
+        a torch checkpoint) is refused unopened.
     workspace : str or Workspace
     dataset : str
         The data set the run was trained on.
@@ -351,7 +333,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         The weights file of a run trained on a user's state dict.
     window : int, optional
         Frames a bidirectional LSTM sees at once (default
-        :data:`featbench.apply.runmodel.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
+        :data:`classify.scorer.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
     progress : bool
         A progress bar in frames on stderr.
 
@@ -381,8 +363,6 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, __version__)
     if writer is not None:
         writer.close()
-        from featbench.core.workspace import atomic_write_text
-
         atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
     if plot is not None:
         plot_timeline(table, model.aus, plot, title=f"{model.describe()}")
@@ -403,7 +383,8 @@ def trained_on(model):
     """
     from featbench.core.datasets import training_data
 
-    return model.info.get("training_data") or training_data(model.dataset)
+    data = dict(model.info.get("training_data") or training_data(model.dataset))
+    return {**data, "kind": "synthetic" if data.get("synthetic") else "real"}
 
 
 def synthetic_warning(model):

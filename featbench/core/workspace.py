@@ -77,16 +77,6 @@ class Workspace:
         return self.results_dir(dataset) / "report.md"
 
 
-def run_name(model, region, clf, *, tag=None):
-    """Return the name of a classifier run: ``<model>__<region>__<clf>[__<tag>]``.
-
-    The tag tells runs of the same model, region and classifier apart when a non-default
-    setting changes their numbers (another protocol, tuned thresholds).
-    """
-    name = f"{safe_name(model)}__{region}__{clf}"
-    return f"{name}__{tag}" if tag else name
-
-
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.

@@ -107,14 +107,14 @@ def resolve_start(backbone, weights):
     the user named without its file starts from ``random:0``, said in the note.
     """
     from extract.registry import get_spec
-    from extract.weights import pretrained_path
+    from extract.weights import parse_weights, pretrained_path
 
     named = backbone is not None
     backbone = backbone or PAPER_BACKBONE
     spec = get_spec(backbone)
-    if weights not in (None, "", "auto"):
-        return backbone, weights, ("random init, not pretrained"
-                                   if str(weights).startswith("random") else "")
+    if weights not in (None, "", "auto"):  # parsed, not matched on its spelling (a file random.pt)
+        random = parse_weights(weights, spec).mode == "random"
+        return backbone, weights, ("random init, not pretrained" if random else "")
     path, cached = pretrained_path(spec)
     if cached:
         return backbone, "imagenet", f"pretrained ({path.name} cached)"
