@@ -6,8 +6,8 @@ free now, less its reader threads), so nobody has to set ``OMP_NUM_THREADS``. Th
 the choice is no slower than the manual setting the README used to advise: each measurement is
 a fresh process that trains a randomly initialised torchvision ResNet-18 (``--model``) on
 ``--size``-pixel faces through featbench's training loop (:func:`classify.training.fit`), the
-batches read ahead by featbench's reader thread (:func:`classify.finetune.prefetch`, with its
-augmentation), and reports the best epoch time of ``--epochs``. "Busy" starts one spinning
+batches read ahead by featbench's reader thread (:func:`featbench.core._background.read_ahead`,
+with :mod:`featbench.core.facesource`'s augmentation), and reports the best epoch time of ``--epochs``. "Busy" starts one spinning
 process per core beside it for the measurement. The two settings alternate, ``--repeat``
 rounds, best of each.
 
@@ -26,9 +26,9 @@ import time
 CHILD = r"""
 import json, sys, time
 import numpy as np, torch, torchvision
-from classify.finetune import augment, draw_augmentation, prefetch
 from classify.training import TrainConfig, fit
-from featbench.core.threads import use_torch_threads
+from featbench.core._background import read_ahead
+from featbench.core.facesource import augment, draw_augmentation, reader_threads
 
 model_name, size, steps, batch, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.manual_seed(0)
@@ -50,7 +50,7 @@ def batches(epoch, rng):
     def read(a):
         sub = {k: v[a:a + batch] for k, v in aug.items()}
         return torch.from_numpy(augment(faces[a:a + batch], sub)), labels[a:a + batch]
-    return prefetch(range(0, len(faces), batch), read)
+    return read_ahead(read, range(0, len(faces), batch), threads=reader_threads())
 
 def loss(net, b):
     return torch.nn.functional.binary_cross_entropy_with_logits(net(b[0]), b[1])
