@@ -84,5 +84,9 @@ def _run(args):
                  detector=args.detector, all_faces=args.all_faces, device=args.device,
                  batch_size=args.batch_size, weights_file=args.weights_file,
                  window=args.window, progress=not args.quiet, intensity_run=args.intensity_run)
+    if df.attrs.get("warning"):
+        import sys
+
+        print(df.attrs["warning"], file=sys.stderr)
     print(df.attrs["summary"])
     return 0
