@@ -75,7 +75,7 @@ from featbench.core.identity import RunKey
 from featbench.core.metrics import METRICS, au_metrics, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
 
 from classify.estimators import balance_indices, best_threshold, decide
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
@@ -571,12 +571,13 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
             "protocol": config.protocol, "dataset": dataset,
             "tune_threshold": bool(config.tune_threshold), "seed": config.seed}
-    try:
-        return _finetune(workspace, dataset, run, table, au_list, spec, config, meta,
-                         aligned_path=aligned_path, progress=progress, t0=t0)
-    except FeatbenchError as exc:
-        record_failure(workspace, dataset, run, exc, meta=meta)
-        raise
+    with run_lock(workspace.models_dir(dataset, run)):  # a second identical run: refused now
+        try:
+            return _finetune(workspace, dataset, run, table, au_list, spec, config, meta,
+                             aligned_path=aligned_path, progress=progress, t0=t0)
+        except FeatbenchError as exc:
+            record_failure(workspace, dataset, run, exc, meta=meta)
+            raise
 
 
 def check_network(config):
@@ -728,8 +729,7 @@ def _write_models(workspace, dataset, run, config, meta, info, units, splits, re
 
     import featbench
     final = workspace.models_dir(dataset, run)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(final)
     tmp.mkdir(parents=True)
     per_unit = {}
     for (fi, uname), res in results.items():

@@ -48,7 +48,7 @@ from featbench.core.frames import KEY_DTYPE
 from featbench.core.metrics import METRICS, au_metrics, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text, run_name
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, run_name, temp_sibling
 
 from classify.estimators import balance_indices, decide, with_threshold
 from classify.registry import get_classifier
@@ -399,17 +399,18 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     path = check_features(workspace, dataset, model, regions)
     meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
                      **settings)
-    try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
-        meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-        keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path)
-        return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
-    except FeatbenchError as exc:
-        try:
-            record_failure(workspace, dataset, run, exc, meta=meta)
-        except (OSError, FeatbenchError):
-            pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
-        raise
+    with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
+        try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
+            meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
+            keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path)
+            return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
+                             n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
+        except FeatbenchError as exc:
+            try:
+                record_failure(workspace, dataset, run, exc, meta=meta)
+            except (OSError, FeatbenchError):
+                pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
+            raise
 
 
 def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
@@ -604,7 +605,7 @@ def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, mis
                   scale=None):
     """Replace the run's model folder: one model per AU (and fold), threshold inside, plus settings.json."""
     final = workspace.models_dir(dataset, run)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    tmp = temp_sibling(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -53,7 +53,7 @@ from featbench.core.identity import RunKey, WeightsId
 from featbench.core.metrics import au_metrics, nanmean
 from featbench.core.results import write_predictions, write_run
 from featbench.core.splits import make_splits
-from featbench.core.workspace import atomic_path, atomic_write_text
+from featbench.core.workspace import atomic_path, atomic_write_text, run_lock
 
 from classify.estimators import best_threshold
 from classify.training import TrainConfig, autocast_dtype, fit, plot_history, to_device
@@ -694,14 +694,18 @@ def transfer_run(workspace, *, expr_table=None, au_table=None, settings=Transfer
         raise UsageError(f"--stage must be 1, 2 or both, got {stage!r}")
     out = {}
     if stage in ("1", "both"):
-        out["stage1"] = run_stage1(workspace, expr_table, settings, progress=progress)
+        with run_lock(workspace.models_dir(expr_table.dataset, str(stage1_run(settings)))):
+            out["stage1"] = run_stage1(workspace, expr_table, settings, progress=progress)
     if stage in ("2", "both"):
         s1 = out.get("stage1") or load_stage1(workspace, expr_table.dataset, settings)
-        out["stage2"] = run_stage2(workspace, au_table, settings, stage1=s1, aus=aus,
-                                   protocol=protocol, progress=progress)
+        with run_lock(workspace.models_dir(au_table.dataset, str(stage2_run(settings)))):
+            out["stage2"] = run_stage2(workspace, au_table, settings, stage1=s1, aus=aus,
+                                       protocol=protocol, progress=progress)
         if control:
-            out["control"] = run_stage2(workspace, au_table, settings, stage1=None, aus=aus,
-                                        protocol=protocol, progress=progress)
+            with run_lock(workspace.models_dir(au_table.dataset,
+                                               str(stage2_run(settings, control=True)))):
+                out["control"] = run_stage2(workspace, au_table, settings, stage1=None, aus=aus,
+                                            protocol=protocol, progress=progress)
     return out
 
 

@@ -41,7 +41,7 @@ def add_parser(subparsers):
                    help="split protocol of the classifiers: paper (12/6/9, default), literature, "
                         "kfold:K")
     p.add_argument("--quiet", action="store_true", help="no stage headers or progress bars")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def _run(args):

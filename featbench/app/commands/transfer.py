@@ -86,7 +86,7 @@ def add_parser(subparsers):
                    help="where to train (default: auto = cuda when present; AMP there)")
     p.add_argument("--aus", default=None, metavar="AU01,AU02", help="only these AUs (default: all labelled)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def resolve_start_weights(backbone, weights):
