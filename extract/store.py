@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
-from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, describe_os_error
-from featbench.core.workspace import atomic_path, file_lock
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, describe_os_error, h5_errno
+from featbench.core.workspace import atomic_path, check_free_space, file_lock
 
 FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
@@ -93,6 +93,8 @@ class FeatureWriter:
             # index, so a run killed between two flushes leaves the file's metadata intact
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            check_free_space(self.path, self.n * self.dims * self.dtype.itemsize,
+                             f"writing the {region} codes")
             with self._os_errors(f"creating the {region} codes"):
                 try:
                     g = self.f.create_group(region)
@@ -252,7 +254,9 @@ def _os_errors(path, doing, *, resume):
     """Turn an OS error while ``doing`` something to ``path`` into one :class:`StoreError` line."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # h5py says a failed write all three ways
+        if not isinstance(exc, OSError) and h5_errno(exc) is None:
+            raise
         then = "; free space and rerun: it resumes where it stopped" if resume else ""
         raise StoreError(f"{path}: {describe_os_error(exc)} while {doing}{then}") from None
 

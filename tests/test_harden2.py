@@ -230,3 +230,197 @@ def test_2_sigterm_removes_the_unfinished_csv(hog_run, tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143 and "Traceback" not in err, err
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a.avi"]
+
+
+# --- 3. wrong weights labelled ImageNet; unhashed files ---------------------------------------------
+torch = pytest.importorskip("torch")
+
+from test_weights import BLOB, DIGEST, FILE, NAME, _tiny, home  # noqa: E402,F401  (home: fixture)
+
+TOFU_NAME, TOFU_FILE, TOFU_PATH = "test_tiny_tofu", "tiny-tofu.pth", "/models/tiny-tofu.pth"
+
+
+def _state_bytes(seed):
+    import io
+
+    torch.manual_seed(seed)
+    buf = io.BytesIO()
+    torch.save(_tiny().state_dict(), buf)
+    return buf.getvalue()
+
+
+def _register_tofu():
+    """A tiny network whose published file has no hash (as MatConvNet's .mat files)."""
+    from extract.catalog import WeightsFile, register_file
+    from extract.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, list_specs, register
+
+    if TOFU_NAME in {s.name for s in list_specs()}:
+        return
+    register(BackboneSpec(TOFU_NAME, "test-tofu", "torch", constructor=_tiny,
+                          truncate=lambda m: m[:-1], code_layer="pool", dims=4, input_size=32,
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD, pretrained="catalog",
+                          weights_file=TOFU_FILE))
+    register_file(WeightsFile(model=TOFU_NAME, tag="", filename=TOFU_FILE,
+                              urls=(f"https://weights.invalid{TOFU_PATH}",), licence="test fixture",
+                              source="catalog", identity_name="imagenet"))
+
+
+_register_tofu()
+
+
+class _Serve:
+    """An HTTP server on 127.0.0.1 whose answers the test picks: ``ok`` (the bytes with their
+    length), ``nolength-cut`` (half the bytes, no Content-Length: the end looks like the end),
+    ``trickle`` (the length, then a byte a second), ``slow-headers`` (the status line a byte a
+    second), ``silent`` (accepts, reads, never answers)."""
+
+    def __init__(self):
+        import socketserver
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        files, self.requests = {}, []
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 30
+
+            def do_GET(self):  # noqa: N802
+                try:
+                    self._answer()
+                except OSError:  # the client gave up: what the test wants
+                    self.close_connection = True
+
+            def _answer(self):
+                owner.requests.append(self.path)
+                body, mode = files.get(self.path, (None, None))
+                if body is None:
+                    return self.send_error(404)
+                if mode == "silent":
+                    time.sleep(30)
+                    return
+                if mode == "slow-headers":
+                    for c in b"HTTP/1.0 200 OK\r\n":
+                        self.wfile.write(bytes([c]))
+                        self.wfile.flush()
+                        time.sleep(1)
+                    return
+                self.send_response(200)
+                if not mode.startswith("nolength"):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mode == "trickle":
+                    for c in body:
+                        self.wfile.write(bytes([c]))
+                        self.wfile.flush()
+                        time.sleep(1)
+                self.wfile.write(body[: len(body) // 2] if mode == "nolength-cut" else body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        owner = self
+        socketserver.TCPServer.allow_reuse_address = True
+        self.files = files
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.srv.daemon_threads = True
+        self.thread = threading.Thread(target=self.srv.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def serve(home, monkeypatch):
+    s = _Serve()
+    monkeypatch.setenv("FEATBENCH_WEIGHTS_MIRROR", s.url)
+    yield s
+    s.close()
+
+
+def test_3_a_stand_in_under_the_published_name_is_refused_not_labelled_imagenet(home, capsys):
+    from extract.registry import get_spec
+    from extract.weights import load_network
+    from featbench.core.errors import WeightsError
+
+    home.mkdir(parents=True)
+    (home / FILE).write_bytes(_state_bytes(7))  # loads fine: same network, other weights
+    with pytest.raises(WeightsError, match="not test_tiny TEST1's published file") as err:
+        load_network(get_spec(NAME), "imagenet")
+    assert str(err.value).startswith(str(home / FILE)) and "--weights PATH" in str(err.value)
+    net = load_network(get_spec(NAME), str(home / FILE))  # as a file of its own it loads
+    assert net.weights_id.startswith("file sha256:")
+    assert_one_line_error(cli(capsys, "weights", "verify"), "mismatch")
+
+
+def test_3_an_unhashed_file_cut_short_without_a_length_is_refused(serve, home, capsys):
+    serve.files[TOFU_PATH] = (_state_bytes(1), "nolength-cut")
+    proc = cli(capsys, "weights", "fetch", TOFU_NAME, "--quiet")
+    assert_one_line_error(proc, TOFU_FILE, "cut short")
+    assert not home.exists() or not [p for p in home.iterdir() if not p.name.startswith(".")]
+
+
+def test_3_an_unhashed_file_is_pinned_on_first_use_and_a_replacement_reported(serve, home,
+                                                                              tmp_path, capsys):
+    from extract.registry import get_spec
+    from extract.weights import load_network
+    from featbench.core.errors import WeightsError
+
+    first = _state_bytes(1)
+    serve.files[TOFU_PATH] = (first, "nolength")  # complete, no length: checked by structure
+    net = load_network(get_spec(TOFU_NAME), "imagenet")
+    import hashlib
+
+    digest = hashlib.sha256(first).hexdigest()
+    assert net.weights_id == f"imagenet sha256:{digest}"
+    other = tmp_path / TOFU_FILE
+    other.write_bytes(_state_bytes(2))
+    assert_one_line_error(cli(capsys, "weights", "import", other, "--quiet"), "pinned on first use")
+    assert (home / TOFU_FILE).read_bytes() == first
+    (home / TOFU_FILE).write_bytes(other.read_bytes())  # replaced by hand
+    assert_one_line_error(cli(capsys, "weights", "verify"), "mismatch", "replaced")
+    with pytest.raises(WeightsError, match="replaced"):
+        load_network(get_spec(TOFU_NAME), "imagenet")
+    proc = cli(capsys, "weights", "import", other, "--quiet", "--force")  # on purpose: pinned anew
+    assert proc.returncode == 0, proc.stderr
+    assert load_network(get_spec(TOFU_NAME), "imagenet").weights_id.endswith(
+        hashlib.sha256(other.read_bytes()).hexdigest())
+
+
+# --- 5. hangs: a trickling mirror ------------------------------------------------------------------
+@pytest.mark.parametrize("mode, env, needle", [
+    ("trickle", {"FEATBENCH_CONNECT_TIMEOUT": "1"}, "stalled"),
+    ("slow-headers", {"FEATBENCH_DOWNLOAD_TIMEOUT": "2"}, "not finished within 2 s"),
+])
+def test_5_a_trickling_mirror_is_given_up_in_bounded_time(serve, home, capsys, monkeypatch, mode,
+                                                          env, needle):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    serve.files[f"/models/{FILE}"] = (BLOB, mode)
+    t0 = time.monotonic()
+    proc = cli(capsys, "weights", "fetch", NAME, "--quiet")
+    assert time.monotonic() - t0 < 8
+    assert_one_line_error(proc, FILE, needle)
+    assert not home.exists() or [p.name for p in home.iterdir()] == []
+
+
+def test_7_a_killed_downloads_leftover_is_removed_by_the_rerun_and_by_verify(serve, home, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    home.mkdir(parents=True)
+    (home / f".{FILE}.tmp{dead}").write_bytes(b"")  # what kill -9 during a download left
+    (home / f".other.pth.tmp{dead}").write_bytes(b"")
+    proc = cli(capsys, "weights", "verify")
+    assert proc.returncode == 0 and "leftover" in proc.stdout, proc
+    assert [p.name for p in home.iterdir()] == []
+    (home / f".{FILE}.tmp{dead}").write_bytes(b"")
+    serve.files[f"/models/{FILE}"] = (BLOB, "ok")
+    assert cli(capsys, "weights", "fetch", NAME, "--quiet").returncode == 0
+    assert [p.name for p in home.iterdir()] == [FILE]

@@ -45,7 +45,7 @@ from featbench.core.align import region_crops
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
 from featbench.core.workspace import (Workspace, atomic_write_text, check_outputs, output_lock,
-                                      save_figure, temp_sibling)
+                                      save_figure, temp_sibling, writing)
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
@@ -529,18 +529,25 @@ class _CsvWriter:
         self.fh.write(",".join(columns) + "\n")
 
     def write(self, df):
-        df.to_csv(self.fh, header=False, index=False, float_format="%.6g", lineterminator="\n")
+        with writing(self.out, "writing the predictions"):
+            df.to_csv(self.fh, header=False, index=False, float_format="%.6g",
+                      lineterminator="\n")
 
     def close(self, sidecar, text):
         """Finish the CSV, write the sidecar ``text``, then put the CSV in place."""
         import os
 
-        self.fh.close()
-        atomic_write_text(sidecar, text)
+        with writing(self.out, "writing the predictions"):
+            self.fh.close()
+        with writing(sidecar, "writing the sidecar"):
+            atomic_write_text(sidecar, text)
         os.replace(self.tmp, self.out)
 
     def abort(self):
-        self.fh.close()
+        import contextlib
+
+        with contextlib.suppress(OSError):  # a full disk fails the flush again: nothing to keep
+            self.fh.close()
         self.tmp.unlink(missing_ok=True)
 
 

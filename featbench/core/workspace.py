@@ -15,6 +15,7 @@ Every path featbench uses is built here, so that the layout is stated once.
 """
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -171,6 +172,11 @@ def remove_stale_temps(folder, name=None):
     return gone
 
 
+#: OS errors of writing a file, reported against the file written (not its temporary)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EISDIR, errno.ENOTDIR, errno.EIO}
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
@@ -185,9 +191,62 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS and getattr(exc, "filename", None) in (None, str(tmp), tmp):
+            # the OS names no file, or the temporary one: say the file the user knows
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
+
+
+@contextlib.contextmanager
+def writing(path, what="writing it"):
+    """Turn an ``OSError`` of the block (a full disk, a read-only folder) into one
+    :class:`~featbench.core.errors.StoreError` line that names ``path``.
+
+    For blocks that only write ``path`` (through :func:`atomic_path`: the previous file, if
+    any, is kept): the OS's own error names no file, or the temporary one.
+    """
+    from featbench.core.errors import StoreError, describe_os_error
+
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"{path}: {describe_os_error(exc)} while {what}; nothing was written "
+                         "(a previous file is unchanged)") from None
+
+
+#: kept free beyond what a write needs: HDF5's chunk cache and metadata are written at close
+FREE_MARGIN_BYTES = 8 << 20
+
+
+def check_free_space(path, need, doing):
+    """Refuse (one :class:`StoreError` line) to write ``need`` bytes into ``path``'s folder
+    when its file system has less free (plus :data:`FREE_MARGIN_BYTES`).
+
+    Checked before HDF5 writes: an HDF5 file whose write fails for space cannot be closed, and
+    the library then crashes the process on cleanup (exit 139). The check cannot see another
+    process filling the disk at the same moment; the writers' own error handling covers that.
+    """
+    from featbench.core.errors import StoreError
+
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < int(need) + FREE_MARGIN_BYTES:
+        raise StoreError(f"{path}: disk full: {doing} needs {_mb(need + FREE_MARGIN_BYTES)} free, "
+                         f"{_mb(free)} left on its file system; free space and rerun (nothing "
+                         "written so far is lost)")
+
+
+def _mb(n):
+    return f"{n / (1 << 20):.1f} MB" if n < 1 << 30 else f"{n / (1 << 30):.2f} GB"
 
 
 def atomic_write_text(path, text):
@@ -204,7 +263,7 @@ def save_figure(fig, path, **kw):
     """
     from featbench import __version__
 
-    with atomic_path(path) as tmp:
+    with writing(path, "saving the chart"), atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": f"featbench {__version__}"}, **kw)
     return Path(path)
 
@@ -236,7 +295,8 @@ def made_by_featbench(path):
 
     Recognised by content: a PNG whose ``Software`` text starts with ``featbench``
     (:func:`save_figure`), a JSON object with a ``featbench_version`` (predict's sidecar), a
-    CSV whose header is predict's (``frame,face_id,timestamp,confidence,success,...``).
+    CSV whose header is predict's (``frame,face_id,timestamp,confidence,success,...``), a
+    model file that names its format (``featbench-model``) in its first bytes (export).
     """
     import json
 
@@ -249,7 +309,7 @@ def made_by_featbench(path):
             return False
         with open(path, "rb") as fh:
             head = fh.read(4096)
-        if head.startswith(PREDICTIONS_HEADER.encode()):
+        if head.startswith(PREDICTIONS_HEADER.encode()) or _names_model_format(head):
             return True
         if suffix == ".json" or head.lstrip().startswith(b"{"):
             obj = json.loads(path.read_text())
@@ -259,6 +319,21 @@ def made_by_featbench(path):
     return False
 
 
+def _names_model_format(head):
+    """Whether the first bytes of a file (raw, or zlib-compressed as joblib writes) name
+    featbench's model-file format (``featbench export``)."""
+    import zlib
+
+    if MODEL_FORMAT_NAME in head:
+        return True
+    try:
+        return MODEL_FORMAT_NAME in zlib.decompressobj().decompress(head, 1 << 16)
+    except zlib.error:
+        return False
+
+
+#: the format name every featbench model file carries near its start
+MODEL_FORMAT_NAME = b"featbench-model"
 #: how a predictions CSV of featbench begins (OpenFace's first columns)
 PREDICTIONS_HEADER = "frame,face_id,timestamp,confidence,success,"
 
