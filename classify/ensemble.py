@@ -47,7 +47,8 @@ import numpy as np
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
 from featbench.core.identity import RunKey, format_members
-from featbench.core.metrics import au_metrics, nanmean
+from featbench.core.metrics import (PRESENT_AT, au_metrics, intensity_decisions,
+                                    intensity_metrics, nanmean)
 from featbench.core.results import write_predictions, write_run
 from featbench.core.workspace import run_name, safe_name
 
@@ -152,8 +153,9 @@ def read_predictions(path):
         ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
         ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
         (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
-        ``protocol``, ``dataset``) as str; ``fold_thresholds`` (folds, k) when the file has
-        the per-fold thresholds dataset.
+        ``protocol``, ``dataset``, ``task``) as str; ``fold_thresholds`` (folds, k) when the
+        file has the per-fold thresholds dataset; ``intensities`` (n, k) int8 for an intensity
+        run (whose ``scores`` are predicted intensities).
     """
     import h5py
 
@@ -162,6 +164,8 @@ def read_predictions(path):
             out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
             if "thresholds" in f:  # (folds, k): the threshold each fold used
                 out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
+            if "intensities" in f:  # an intensity run's true 0-5 intensities
+                out["intensities"] = f["intensities"][()]
             attrs = dict(f.attrs)
     except OSError as exc:  # permission, a lock, or damage: said as what it is
         from featbench.core.errors import describe_os_error
@@ -193,6 +197,8 @@ def command_for_run(run):
         return f"featbench ensemble --name {model} --members ..."
     if clf in ("finetune", "ft"):
         return f"featbench finetune --model {model} --region {region}"
+    if clf in ("ridge", "svr"):
+        return f"featbench classify --task intensity --clf {clf} --model {model} --region {region}"
     return f"featbench classify --clf {clf} --model {model} --region {region}"
 
 
@@ -397,6 +403,7 @@ def align_members(preds, names):
             "frames": p["frames"][rows], "labels": p["labels"][rows][:, cols],
             "scores": p["scores"][rows][:, cols], "decisions": p["decisions"][rows][:, cols],
             "fold": p["fold"][rows], "thresholds": _row_thresholds(p, rows)[:, cols],
+            **({"intensities": p["intensities"][rows][:, cols]} if "intensities" in p else {}),
         })
     labels = out[0]["labels"]
     for p, name in zip(out[1:], names[1:]):
@@ -429,6 +436,64 @@ def _per_au_rows(labels, decisions, scores, fold, aus):
             row["f1_std"] = float(np.nanstd(f1s)) if not np.all(np.isnan(f1s)) else float("nan")
         rows.append(row)
     return rows
+
+
+def members_task(preds, names):
+    """Return the one task of the members' runs; UsageError when they mix occurrence and intensity."""
+    tasks = {str(p.get("task") or "occurrence") for p in preds}
+    if len(tasks) > 1:
+        kinds = ", ".join(f"{n} ({p.get('task') or 'occurrence'})" for p, n in zip(preds, names))
+        raise UsageError(f"the members mix occurrence and intensity runs ({kinds}): an ensemble "
+                         "combines runs of one task")
+    return tasks.pop()
+
+
+def mean_intensity(scores, threshold=PRESENT_AT):
+    """Return ``(decisions, intensity)`` of members' predicted intensities, shape (m, n, k).
+
+    The ensemble's intensity is the mean over the members that have a model for the AU (a
+    member's nan abstains); its decision, rounded intensity >= ``threshold``, as a run's.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    have = np.isfinite(scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(have, scores, 0).sum(axis=0) / have.sum(axis=0)
+    mean = mean.astype(np.float32)
+    return intensity_decisions(mean, threshold), mean
+
+
+def _intensity_rows(aligned, scores, aus, threshold):
+    """Per-AU rows of an intensity ensemble (the intensity run's columns)."""
+    rows = []
+    for a, au in enumerate(aus):
+        m = intensity_metrics(aligned["intensities"][:, a], scores[:, a], aligned["labels"][:, a],
+                              threshold=threshold)
+        rows.append({"au": au, **{k: m[k] for k in ("icc", "pearson", "mae", "f1", "support",
+                                                    "frames", "accuracy", "precision", "recall",
+                                                    "auc")}})
+    return rows
+
+
+def _combine(preds, members):
+    """Align the members and combine them as their task asks: the vote (occurrence) or the mean
+    intensity; return ``(task, aligned, aus, notes, decisions, scores, label threshold)``."""
+    task = members_task(preds, members)
+    aligned, aus, notes = align_members(preds, members)
+    threshold = int(preds[0].get("label_threshold") or PRESENT_AT)
+    if task == "intensity":
+        decisions, scores = mean_intensity(np.stack([p["scores"] for p in aligned]), threshold)
+    else:
+        decisions, scores = majority_vote(np.stack([p["decisions"] for p in aligned]),
+                                          np.stack([p["scores"] for p in aligned]),
+                                          np.stack([p["thresholds"] for p in aligned]))
+    return task, aligned, aus, notes, decisions, scores, threshold
+
+
+def _ensemble_rows(task, first, decisions, scores, aus, threshold):
+    """Return the ensemble's per-AU rows and the threshold reported per AU."""
+    if task == "intensity":
+        return _intensity_rows(first, scores, aus, threshold), np.full(len(aus), threshold - 0.5)
+    return _per_au_rows(first["labels"], decisions, scores, first["fold"], aus), np.zeros(len(aus))
 
 
 def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, tag=None):
@@ -476,11 +541,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                 f"member run {run!r} has no predictions "
                 f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
     preds = [read_predictions(workspace.predictions_path(dataset, r)) for r in members]
-    aligned, aus, notes = align_members(preds, members)
-
-    decisions, scores = majority_vote(np.stack([p["decisions"] for p in aligned]),
-                                      np.stack([p["scores"] for p in aligned]),
-                                      np.stack([p["thresholds"] for p in aligned]))
+    task, aligned, aus, notes, decisions, scores, threshold = _combine(preds, members)
     labels, fold = aligned[0]["labels"], aligned[0]["fold"]
 
     regions = {p.get("region", _key(r).region if _key(r) else "") for p, r in zip(preds, members)}
@@ -493,15 +554,18 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                               for p, r in zip(preds, members)])
     protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
     meta = {"model": name, "region": region, "clf": "vote", "weights": weights,
-            "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members)}
-
-    rows = _per_au_rows(labels, decisions, scores, fold, aus)
+            "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members),
+            "task": task}
+    if task == "intensity":
+        meta["label_threshold"] = threshold
+    rows, thr = _ensemble_rows(task, aligned[0], decisions, scores, aus, threshold)
     pred_path = workspace.predictions_path(dataset, run)
     write_predictions(pred_path, frames=aligned[0]["frames"], labels=labels, scores=scores,
-                      decisions=decisions, fold=fold, aus=aus, thresholds=np.zeros(len(aus)),
-                      run=run, **{k: v for k, v in meta.items() if k != "members"},
-                      members=members)
+                      decisions=decisions, fold=fold, aus=aus, thresholds=thr,
+                      intensities=aligned[0].get("intensities"), run=run,
+                      **{k: v for k, v in meta.items() if k != "members"}, members=members)
     csv = write_run(workspace, dataset, run, rows, meta=meta)
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
             "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),
-            "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes}
+            "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes, "task": task,
+            **({"mean_icc": nanmean(r["icc"] for r in rows)} if task == "intensity" else {})}

@@ -41,6 +41,7 @@ from dataclasses import asdict
 import numpy as np
 
 from featbench.core.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
+from featbench.core.calibrate import calibrate_codes, calibration_tag, check_calibration
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
@@ -86,13 +87,14 @@ DEFAULT_LABEL_THRESHOLD = 2
 
 
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
-            aus=None, default_aus=None, extra=None, label_threshold=None):
+            aus=None, default_aus=None, extra=None, label_threshold=None, calibrate="none"):
     """Return the run-name tag of the non-default settings (None for the defaults).
 
     ``literature``, ``kfold5``, ``own``; ``i3`` (labels from another intensity threshold than
     the protocol's 2: ``--threshold 3``); ``thr`` (tuned thresholds); ``nobal``; ``cw``
     (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
-    classifier's own non-default settings, e.g. the LSTM's ``ml``); joined with ``-``.
+    classifier's own non-default settings, e.g. the LSTM's ``ml``); ``calmed`` / ``calneu``
+    (person calibration, ``featbench.core.calibrate``); joined with ``-``.
     """
     parts = []
     if protocol != "paper":
@@ -111,6 +113,8 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
         parts.append("au" + "+".join(str(int(a[2:])) for a in aus))
     if extra:
         parts.append(extra)
+    if calibration_tag(calibrate):
+        parts.append(calibration_tag(calibrate))
     return "-".join(parts) or None
 
 
@@ -318,9 +322,11 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 
 
 # --- the run -----------------------------------------------------------------------------------
-def _check_args(clf, region, class_weight, options):
-    """Return the registry entry of ``clf`` and its own settings; UsageError for bad arguments."""
+def _check_args(clf, region, class_weight, options, calibrate="none"):
+    """Return the registry entry of ``clf``, its own settings and the calibration; UsageError
+    for bad arguments."""
     spec = get_classifier(clf)
+    calibrate = check_calibration(calibrate)
     if region not in REGION_CHOICES:
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
@@ -329,12 +335,12 @@ def _check_args(clf, region, class_weight, options):
         options = spec.options(options)
     elif options is not None:
         raise UsageError(f"LSTM settings apply only to --clf lstm, not {clf}")
-    return spec, options
+    return spec, options, calibrate
 
 
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True, lstm=None, scheduler=None):
+                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none"):
     """Train and score one per-AU classifier run; write its tables, predictions and models.
 
     Parameters
@@ -372,6 +378,8 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     scheduler : str, optional
         LDA / SVM: a Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local
         workers); see :mod:`classify.scale`, also for ``FEATBENCH_MEMORY_GB``.
+    calibrate : {"none", "median", "neutral"}
+        Person-specific calibration of the codes (:mod:`featbench.core.calibrate`).
 
     Returns
     -------
@@ -386,12 +394,12 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         found, a failure is also recorded as the run's row in ``summary.csv``.
     """
     t0 = time.time()
-    spec, options = _check_args(clf, region, class_weight, lstm)
+    spec, options, method = _check_args(clf, region, class_weight, lstm, calibrate)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     table = table if table is not None else _load_table(workspace, dataset, progress)
     au_list = resolve_aus(table, protocol, aus)
     settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-                    class_weight=class_weight, seed=seed)
+                    class_weight=class_weight, seed=seed, calibrate=method)
     run = run_name(model, region, clf, tag=run_tag(
         **settings, aus=au_list, default_aus=resolve_aus(table, protocol),
         extra=options.tag() if options else None, label_threshold=table.label_threshold))
@@ -402,25 +410,33 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
         try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
             meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-            keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path)
+            keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions,
+                                                         path, method)
             return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                             n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
+                             n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
+                             scheduler=scheduler)
         except FeatbenchError as exc:
-            try:
-                record_failure(workspace, dataset, run, exc, meta=meta)
-            except (OSError, FeatbenchError):
-                pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
+            record_run_failure(workspace, dataset, run, exc, meta)
             raise
 
 
+def record_run_failure(workspace, dataset, run, exc, meta):
+    """Record ``exc`` as the run's row in ``summary.csv``, as far as the disk lets us."""
+    try:
+        record_failure(workspace, dataset, run, exc, meta=meta)
+    except (OSError, FeatbenchError):
+        pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
+
+
 def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
-              balance, class_weight, seed):
+              balance, class_weight, seed, calibrate="none"):
     """Return the run's settings as its summary row and settings.json record them."""
     return {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
             "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
             # which intensity made a label positive: runs on other thresholds never mix
             "label_threshold": "" if table.label_threshold is None else table.label_threshold,
+            "calibrate": calibrate,
             **({spec.name: asdict(options)} if options else {})}
 
 
@@ -428,11 +444,14 @@ def _load_table(workspace, dataset, progress):
     return load_dataset(dataset, workspace=workspace, progress=progress)
 
 
-def _read_run_codes(spec, workspace, dataset, model, regions, path):
-    """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk."""
+def _read_run_codes(spec, workspace, dataset, model, regions, path, calibrate="none"):
+    """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk,
+    unless calibrated (``featbench.core.calibrate``: every row is rewritten, in memory)."""
     budget = memory_budget_bytes()
-    lazy = not spec.needs_sequences and codes_bytes(path, regions) > budget
-    return (*load_codes(workspace, dataset, model, regions, lazy=lazy), budget)
+    lazy = (not spec.needs_sequences and calibrate == "none"
+            and codes_bytes(path, regions) > budget)
+    keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=lazy)
+    return keys, calibrate_codes(codes, keys, calibrate), attrs, budget
 
 
 def _make_jobs(table, splits, au_list, region, has_code, labelled):

@@ -21,6 +21,7 @@ from featbench.core.results import read_summary
 from featbench.core.workspace import atomic_write_text, save_figure
 
 from classify.ensemble import command_for_run, read_predictions
+from featbench.app.report_intensity import intensity_lines, is_intensity
 
 #: the PNG charts, beside report.md
 CHART_MEAN = "report_mean_f1.png"
@@ -232,6 +233,7 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
 def headline(workspace, dataset, *, n=5):
     """Return the top ``n`` runs by mean F1 as a markdown table (what ``featbench report`` prints)."""
     ok, _ = _split(read_summary(workspace, dataset))
+    ok = ok[~is_intensity(ok)]
     return _md_table(["run", "weights", "mean F1", "mean acc"],
                      [[r["run"], describe_weights(r.get("weights")), _num(r["mean_f1"]),
                        _num(r["mean_accuracy"])] for _, r in ok.head(n).iterrows()])
@@ -283,15 +285,18 @@ def make_report(workspace, dataset):
         No run recorded for ``dataset`` yet.
     """
     summary = read_summary(workspace, dataset)
-    ok, failed = _split(summary)
+    every, failed = _split(summary)
+    ok, ok_intensity = every[~is_intensity(every)], every[is_intensity(every)]  # own tables each
     aus = _au_columns(summary)
     base = all_positive_baseline(workspace, dataset)
     base_f1 = base.get("f1", {})
     base_mean = float(np.nanmean([base_f1[a] for a in aus if a in base_f1])) \
         if any(a in base_f1 and not math.isnan(base_f1[a]) for a in aus) else float("nan")
-    lines = (_header_lines(dataset, ok, failed) + _weights_lines(ok) + _baseline_lines(base, base_mean)
+    lines = (_header_lines(dataset, every, failed) + _weights_lines(every) + _baseline_lines(base, base_mean)
              + _runs_lines(ok, base_mean) + _per_au_lines(ok, aus, base_f1, base_mean)
-             + _ensemble_lines(ok) + training_curves(workspace, dataset, ok) + _failed_lines(failed))
+             + _ensemble_lines(ok) + training_curves(workspace, dataset, ok)
+             + intensity_lines(workspace, dataset, ok_intensity, describe_weights)
+             + _failed_lines(failed))
     if len(ok):
         out_dir = workspace.results_dir(dataset)
         plot_mean_f1(ok, out_dir / CHART_MEAN, baseline=base_mean)

@@ -305,6 +305,9 @@ def load_run(workspace, dataset, run):
         raise MissingRunError(did_you_mean(run, known or ["(none yet)"], what=f"run of {dataset}",
                                            hint=f"runs with models in {workspace.results_dir(dataset)}: "
                                                 + (", ".join(known) or "none; make one with featbench classify")))
+    if {"calmed", "calneu"} & set(key.tags):  # never apply a calibrated run uncalibrated
+        raise UsageError(f"run {run}: predict cannot apply person-calibrated runs yet "
+                         "(use a run trained with --calibrate none)")
     loader = _LOADERS.get(key.clf)
     if loader is None:
         raise UsageError(f"run {run}: predict cannot apply {key.clf!r} runs yet "

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featbench.core.errors import UsageError
+
 #: dtype of the frame keys stored in HDF5 ``/frames`` (DESIGN.md: subject, frame index)
 KEY_DTYPE = np.dtype([("subject", "S32"), ("video", "S64"), ("frame", "<i4")])
 
@@ -86,6 +88,30 @@ class FrameTable:
         """Return occurrence labels, shape (frames, len(aus)), int8: 1, 0 or -1 (unlabelled)."""
         aus = list(self.aus if aus is None else aus)
         return self.frames[aus].to_numpy(dtype=np.int8)
+
+    def intensities(self, aus=None):
+        """Return intensity labels, shape (frames, len(aus)), int8: 0-5, or -1 (unknown).
+
+        Raises
+        ------
+        UsageError
+            The data set labels occurrence only (:meth:`require_intensity`).
+        """
+        self.require_intensity()
+        aus = list(self.aus if aus is None else aus)
+        return self.frames[[f"{au}_int" for au in aus]].to_numpy(dtype=np.int8)
+
+    def require_intensity(self, what="--task intensity"):
+        """Raise :class:`~featbench.core.errors.UsageError` unless the table holds intensities.
+
+        The message names the data set and which ones carry intensities.
+        """
+        if self.has_intensity:
+            return
+        raise UsageError(
+            f"{what}: {self.dataset} ({self.root}) labels AU occurrence only (0/1), no "
+            "intensities; intensities 0-5 come with disfa, the embedded synth set, or a folder "
+            "manifest with AUnn_int columns")
 
     def labelled_mask(self, aus=None):
         """Return a bool mask of the frames with at least one usable label among ``aus``."""

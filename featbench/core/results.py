@@ -10,6 +10,13 @@
     ``mean_auc``, ``created``, ``error``...). Writing a run replaces that run's row and keeps
     every other row; a failed run is a row with its ``error``, never silently dropped.
 
+Intensity runs (``task`` = ``intensity``, :mod:`classify.intensity_run`) write the same two
+files: their per-run CSV starts ``au,icc,pearson,mae,f1,support,frames`` (F1 and the rest of
+its family score rounded intensity >= 2 against the occurrence labels, so the tasks compare);
+their summary row has ``mean_f1`` / ``mean_accuracy`` of those decisions, ``f1_AUnn``, and
+``mean_icc``, ``mean_pearson``, ``mean_mae`` and ``icc_AUnn``. Every row has a ``task`` column
+(a row written before it existed is an occurrence run).
+
 Both files are written through a temporary file and renamed, and the summary is updated under
 a lock, so parallel runs never lose each other's rows.
 """
@@ -25,9 +32,15 @@ from featbench.core.workspace import atomic_path, atomic_write_text, file_lock
 #: format of results/<dataset>/predictions/<run>.h5 (see :func:`write_predictions`)
 PREDICTIONS_FORMAT = 1
 RUN_COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
+#: the first columns of an intensity run's CSV
+INTENSITY_COLUMNS = ("au", "icc", "pearson", "mae", "f1", "support", "frames")
 SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
 #: the mean row averages these over AUs (nan ignored); support is summed
-_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std", "f1_05")
+_MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std", "f1_05", "icc", "pearson",
+           "mae")
+#: summary columns that hold numbers (checked by :func:`read_summary_rows`)
+_NUMERIC = ("mean_f1", "mean_accuracy", "mean_auc", "mean_icc", "mean_pearson", "mean_mae")
+_NUMERIC_PREFIXES = ("f1_AU", "icc_AU")
 
 
 def _fmt(v):
@@ -48,25 +61,28 @@ def _csv_text(columns, rows):
     return buf.getvalue()
 
 
-def run_table(rows):
+def run_table(rows, *, task="occurrence"):
     """Return the per-AU rows followed by the ``mean`` row, and the column order.
 
     Parameters
     ----------
     rows : list of dict
-        One per AU with at least ``au`` and the metrics of :data:`RUN_COLUMNS`.
+        One per AU with at least ``au`` and the metrics of :data:`RUN_COLUMNS`
+        (:data:`INTENSITY_COLUMNS` for ``task="intensity"``).
+    task : {"occurrence", "intensity"}
     """
+    first = INTENSITY_COLUMNS if task == "intensity" else RUN_COLUMNS
     extras = []
     for r in rows:
-        extras += [k for k in r if k not in RUN_COLUMNS and k not in extras]
+        extras += [k for k in r if k not in first and k not in extras]
     mean = {"au": "mean"}
-    for key in RUN_COLUMNS[1:] + tuple(extras):
+    for key in first[1:] + tuple(extras):
         vals = [r.get(key) for r in rows]
         if key in ("support", "frames"):
             mean[key] = int(sum(v for v in vals if v is not None))
         elif key in _MEANED:
             mean[key] = nanmean(float(v) for v in vals if v is not None)
-    return list(rows) + [mean], list(RUN_COLUMNS) + extras
+    return list(rows) + [mean], list(first) + extras
 
 
 def write_run(workspace, dataset, run, rows, *, meta):
@@ -82,15 +98,16 @@ def write_run(workspace, dataset, run, rows, *, meta):
         Per-AU metrics: ``au``, ``f1``, ``accuracy``, ``precision``, ``recall``,
         ``support``, ``threshold``, and any extras (``auc``...).
     meta : dict
-        ``model``, ``region``, ``clf`` (required), and provenance such as ``weights``,
-        ``protocol``: written to the summary row.
+        ``model``, ``region``, ``clf`` (required), ``task`` (default ``occurrence``), and
+        provenance such as ``weights``, ``protocol``: written to the summary row.
 
     Returns
     -------
     Path
         The per-run CSV.
     """
-    table, columns = run_table(rows)
+    task = meta.get("task") or "occurrence"
+    table, columns = run_table(rows, task=task)
     path = workspace.run_csv(dataset, run)
     atomic_write_text(path, _csv_text(columns, table))
     mean = table[-1]
@@ -99,6 +116,10 @@ def write_run(workspace, dataset, run, rows, *, meta):
     for r in rows:
         row[f"f1_{r['au']}"] = r["f1"]
     row["mean_auc"] = mean.get("auc", float("nan"))
+    row["task"] = task
+    if task == "intensity":
+        row.update({f"mean_{k}": mean[k] for k in ("icc", "pearson", "mae")})
+        row.update({f"icc_{r['au']}": r["icc"] for r in rows})
     row.update({k: v for k, v in meta.items() if k not in row})
     row.setdefault("dataset", dataset)
     row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
@@ -187,7 +208,7 @@ def read_summary_rows(path, *, header=False):
                          f"{got!r} {fix}")
     head = lines[0]
     numeric = [i for i, c in enumerate(head)
-               if c in ("mean_f1", "mean_accuracy", "mean_auc") or c.startswith("f1_AU")]
+               if c in _NUMERIC or c.startswith(_NUMERIC_PREFIXES)]
     rows, seen = [], set()
     for lineno, fields in enumerate(lines[1:], 2):
         if not fields:
@@ -223,7 +244,7 @@ def read_run(workspace, dataset, run):
 
 
 def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thresholds,
-                      fold_thresholds=None, **attrs):
+                      fold_thresholds=None, intensities=None, **attrs):
     """Write a predictions file (per-frame scores and decisions of one run), atomically.
 
     Classifier runs and ensembles both write this format; ensembles and users' analyses read it.
@@ -243,6 +264,9 @@ def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thr
         The decision threshold reported per AU.
     fold_thresholds : array of shape (folds, k), optional
         The threshold each fold used (stored as the ``/thresholds`` dataset).
+    intensities : array of shape (n, k), optional
+        An intensity run's true intensities 0-5 (-1 unknown), stored as ``/intensities``; its
+        ``scores`` are then the predicted intensities (attr ``task`` = ``intensity``).
     **attrs
         ``run``, ``model``, ``region``, ``clf``, ``weights``, ``protocol``, ``dataset``...
         (lists and dicts are stored as json, everything else as text).
@@ -260,6 +284,8 @@ def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thr
         f["fold"] = np.asarray(fold, dtype=np.int8)
         if fold_thresholds is not None:
             f["thresholds"] = np.asarray(fold_thresholds, dtype=np.float64)
+        if intensities is not None:
+            f["intensities"] = np.asarray(intensities, dtype=np.int8)
         f.attrs["format_version"] = PREDICTIONS_FORMAT
         f.attrs["aus"] = json.dumps(list(aus))
         f.attrs["thresholds"] = np.asarray(thresholds, dtype=np.float64)

@@ -13,7 +13,8 @@ def add_dataset_args(p, *, root_help=None):
     p.add_argument("--camera", choices=("left", "right", "both"), default="left",
                    help="DISFA: which camera's video to read (default: left)")
     p.add_argument("--threshold", type=int, default=2, metavar="I",
-                   help="DISFA: an AU is present when its intensity >= I (default: 2, the protocol's)")
+                   help="DISFA (and a folder manifest's AUnn_int columns): an AU is present when "
+                        "its intensity >= I (default: 2, the protocol's)")
 
 
 def workspace_of(args):

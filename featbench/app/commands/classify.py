@@ -1,4 +1,5 @@
-"""``featbench classify``: per-AU LDA / linear SVM / LSTM on a network's codes, scored by the protocol."""
+"""``featbench classify``: per-AU LDA / linear SVM / LSTM on a network's codes, scored by the
+protocol; with ``--task intensity``, per-AU ridge / linear SVR regression of the 0-5 intensities."""
 
 from featbench.app.commands._common import add_dataset_args, load_table, workspace_of
 
@@ -14,10 +15,21 @@ def add_parser(subparsers):
                     "summary.csv, per-frame predictions and the fitted models with their settings.")
     from classify.registry import list_classifiers  # names only: no estimator is imported
 
-    p.add_argument("--clf", required=True, metavar="|".join(list_classifiers()),
+    p.add_argument("--clf", required=True, metavar="|".join(list_classifiers() + ["ridge", "svr"]),
                    help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
                         "(an LSTM over each subject's code sequence, epoch chosen on validation); "
-                        "the entries of classify/registry.py")
+                        "the entries of classify/registry.py. --task intensity: ridge (alpha "
+                        "chosen by ICC on validation) or svr (linear SVR, C chosen so)")
+    p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
+                   help="occurrence (present / absent, F1) or intensity (regression of the 0-5 "
+                        "intensities: ICC(3,1), Pearson r, MAE, and F1 of rounded intensity >= 2; "
+                        "needs a data set with intensities: disfa, synth, a folder manifest with "
+                        "AUnn_int columns) (default: occurrence)")
+    p.add_argument("--calibrate", default="none", metavar="none|median|neutral",
+                   help="person-specific calibration: subtract from each person's codes (one "
+                        "subject's video; at predict time one face track) their median code, or "
+                        "the code of their most neutral frame (the one closest to the median); "
+                        "from the codes alone, never a label (default: none)")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="network whose codes to classify (default: the only one extracted for "
                         "the data set)")
@@ -30,8 +42,12 @@ def add_parser(subparsers):
                         "kfold:K, or own (the data set's split) (default: paper)")
     p.add_argument("--tune-threshold", action="store_true",
                    help="choose each AU's threshold by F1 on the validation subjects (default: 0)")
-    p.add_argument("--no-balance", dest="balance", action="store_false",
-                   help="train on every frame instead of all positives + as many random negatives")
+    p.add_argument("--no-balance", dest="balance", action="store_false", default=None,
+                   help="train on every frame instead of all positives + as many random negatives "
+                        "(the default of --task intensity)")
+    p.add_argument("--balance", dest="balance", action="store_true", default=None,
+                   help="--task intensity: train on all frames with intensity >= --threshold and "
+                        "as many random others (default there: every frame)")
     p.add_argument("--class-weight", default=None, choices=("balanced",),
                    help="weight classes inversely to their frequency (LDA: equal priors); "
                         "for --no-balance")
@@ -92,9 +108,14 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
+    from classify.intensity_run import check_task
     from classify.registry import check_clf
     from classify.run import check_features, classify_run, default_model, format_result
+    from featbench.core.calibrate import check_calibration
 
+    check_calibration(args.calibrate)
+    if check_task(args.task) == "intensity":
+        return _run_intensity(args)
     check_clf(args.clf)  # bad names, bad flags and missing codes fail before any data is read
     if args.jobs is not None and args.jobs < 1 and args.jobs != -1:
         from featbench.core.errors import UsageError
@@ -117,8 +138,37 @@ def _run(args):
     check_features(ws, args.dataset, model)
     result = classify_run(ws, args.dataset, model=model, clf=args.clf, region=args.region,
                           protocol=args.protocol, tune_threshold=args.tune_threshold,
-                          balance=args.balance, class_weight=args.class_weight, seed=args.seed,
-                          n_jobs=args.jobs, table=load_table(args), aus=args.aus,
-                          progress=not args.quiet, lstm=lstm, scheduler=args.scheduler)
+                          balance=args.balance is not False, class_weight=args.class_weight,
+                          seed=args.seed, n_jobs=args.jobs, table=load_table(args), aus=args.aus,
+                          progress=not args.quiet, lstm=lstm, scheduler=args.scheduler,
+                          calibrate=args.calibrate)
     print(format_result(result))
+    return 0
+
+
+def _run_intensity(args):
+    """``--task intensity``: per-AU ridge / SVR (classify.intensity_run)."""
+    from classify.intensity import get_regressor
+    from classify.intensity_run import format_intensity_result, intensity_run
+    from classify.run import check_features, default_model
+    from featbench.core.errors import UsageError
+
+    get_regressor(args.clf)
+    occurrence_only = [flag for flag, on in (
+        ("--tune-threshold", args.tune_threshold), ("--class-weight", args.class_weight),
+        ("--scheduler", args.scheduler),
+        *((f"--{k.replace('_', '-')}", getattr(args, k) is not None) for k in LSTM_FLAGS)) if on]
+    if occurrence_only:
+        raise UsageError(f"{', '.join(occurrence_only)}: not for --task intensity "
+                         f"(--clf {args.clf} regresses intensities; --threshold sets its F1's cut)")
+    table = load_table(args)
+    table.require_intensity()  # before the codes: a data set without intensities says so first
+    ws = workspace_of(args)
+    model = args.model or default_model(ws, args.dataset)
+    check_features(ws, args.dataset, model)
+    result = intensity_run(ws, args.dataset, model=model, clf=args.clf, region=args.region,
+                           protocol=args.protocol, balance=bool(args.balance), seed=args.seed,
+                           table=table, aus=args.aus, calibrate=args.calibrate,
+                           progress=not args.quiet)
+    print(format_intensity_result(result))
     return 0

@@ -8,6 +8,10 @@ even number of members a tie is broken by the members' scores: each member's mar
 (score - threshold) is divided by the std of that member's scores on the test frames, and the
 ensemble says present when the mean of these standardised margins is > 0.
 
+Intensity runs (featbench classify --task intensity) ensemble with --members only: the
+ensemble's intensity is the mean of the members' predicted intensities (a member without a model
+for an AU abstains), present when it rounds to >= 2. Members of the two tasks do not mix.
+
 presets (one member per network family, each family's SVM run; every preset also takes the
 families' LSTM runs where they exist, as the paper's first ensemble mixes SVM and LSTM members):
   fe             frozen-code runs on full faces (quick pipeline: hog, dlib_face, alexnet, cnn_f),
@@ -55,7 +59,9 @@ def _run(args):
                        name=args.name, tag=tag)
     for note in out["notes"]:
         print(f"note: {note}")
+    icc = f"mean ICC {out['mean_icc']:.3f} (mean of the members' intensities), " \
+        if "mean_icc" in out else ""
     print(f"{out['run']}: {len(out['members'])} members ({', '.join(out['members'])}), "
-          f"{out['frames']} frames, {len(out['aus'])} AUs: mean F1 {out['mean_f1']:.3f}, "
+          f"{out['frames']} frames, {len(out['aus'])} AUs: {icc}mean F1 {out['mean_f1']:.3f}, "
           f"accuracy {out['mean_accuracy']:.3f} -> {out['csv']}")
     return 0

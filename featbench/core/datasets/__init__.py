@@ -51,7 +51,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     camera : {"left", "right", "both"}
         DISFA (and ``synth``): which camera's video.
     threshold : int
-        DISFA: an AU is present when its intensity is >= ``threshold`` (protocol: 2).
+        DISFA (and a folder manifest's intensity columns): an AU is present when its intensity
+        is >= ``threshold`` (protocol: 2).
     generate : bool
         For the synthetic sets: generate the default set when ``root`` does not exist yet
         (default False: reading never writes data unless asked; the CLI asks, as its help says).
@@ -90,7 +91,7 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     else:
         from featbench.core.datasets.folder import read_folder
 
-        table = read_folder(root)
+        table = read_folder(root, threshold=threshold)
         # the embedded expression set holds aligned crops already, as ABAW's cropped_aligned
         table.pre_aligned = name == "synth-expression"
     table.dataset = name

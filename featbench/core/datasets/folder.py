@@ -6,9 +6,15 @@ spelling (``AU1``, ``au01``, ``AU01``) holding 1 (present), 0 (absent) or empty 
 (unlabelled). Optional columns: ``video``, ``frame``, ``split`` and free-text columns such as
 ``expression`` or ``view``, which are kept. Images that do not exist are skipped and counted.
 Such photos have no landmarks: alignment detects them.
+
+Intensities: a column ``AU12_int`` (or OpenFace's spelling ``AU12_r``) holds the AU's intensity,
+an integer 0-5 (0 absent, 1-5 FACS A-E), empty or -1 when unknown. An AU with an intensity column
+and no occurrence column is present when its intensity is >= ``threshold`` (2, as DISFA's); one
+with both keeps the occurrence column as written.
 """
 
 import csv
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -18,10 +24,47 @@ from featbench.core.frames import BASE_COLUMNS, FrameTable, build_frames
 from featbench.core.datasets._text import parse_label, read_lines
 
 MANIFEST = "manifest.csv"
+_INTENSITY_RE = re.compile(r"^(.+?)_(?:int|r)$", re.IGNORECASE)
 
 
-def read_folder(root):
-    """Read a manifest folder into a :class:`FrameTable` (dataset name ``folder``)."""
+def _label_columns(header):
+    """Return ``({column: AU} of occurrence, {column: AU} of intensity, free-text columns)``."""
+    au_cols, int_cols, extra = {}, {}, []
+    for col in header:
+        if col in ("image", "subject") or col in BASE_COLUMNS:
+            continue
+        m = _INTENSITY_RE.match(col)
+        try:
+            if m:
+                int_cols[col] = au_name(m.group(1))
+            else:
+                au_cols[col] = au_name(col)
+        except UsageError:
+            extra.append(col)
+    return au_cols, int_cols, extra
+
+
+def _row_labels(rec, au_cols, int_cols, threshold, where):
+    """Return ``{AU: occurrence, AU_int: intensity}`` of one manifest line."""
+    out = {}
+    for col, au in int_cols.items():
+        raw = (rec[col] or "").strip()
+        out[f"{au}_int"] = -1 if raw == "" else parse_label(
+            raw, allowed=(-1, 0, 1, 2, 3, 4, 5), where=f"{where}: {col}",
+            expect="an intensity 0-5, -1 or empty")
+        out[au] = -1 if out[f"{au}_int"] < 0 else int(out[f"{au}_int"] >= threshold)
+    for col, au in au_cols.items():
+        raw = (rec[col] or "").strip()
+        out[au] = -1 if raw == "" else parse_label(
+            raw, allowed=(-1, 0, 1), where=f"{where}: {col}", expect="0, 1 or empty")
+    return out
+
+
+def read_folder(root, *, threshold=2):
+    """Read a manifest folder into a :class:`FrameTable` (dataset name ``folder``).
+
+    ``threshold``: an AU given only as an intensity is present when it is >= ``threshold``.
+    """
     root = Path(root)
     manifest = root if root.is_file() else root / MANIFEST
     if not manifest.is_file():
@@ -32,15 +75,8 @@ def read_folder(root):
     for col in ("image", "subject"):
         if col not in header:
             raise LayoutError(f"{manifest}:1: no {col!r} column (header: {','.join(header)})")
-    au_cols, extra = {}, []
-    for col in header:
-        if col in ("image", "subject") or col in BASE_COLUMNS:
-            continue
-        try:
-            au_cols[col] = au_name(col)
-        except UsageError:
-            extra.append(col)
-    aus = tuple(au_cols.values())
+    au_cols, int_cols, extra = _label_columns(header)
+    aus = tuple(dict.fromkeys(list(au_cols.values()) + list(int_cols.values())))
     rows, skipped, counters, seen = [], Counter(), Counter(), {}
     for rec in reader:
         lineno = reader.line_num
@@ -64,11 +100,7 @@ def read_folder(root):
         except ValueError:
             raise LabelFileError(f"{manifest}:{lineno}: non-numeric frame {frame!r}") from None
         counters[video] += 1
-        for col, au in au_cols.items():
-            raw = (rec[col] or "").strip()
-            row[au] = -1 if raw == "" else parse_label(
-                raw, allowed=(-1, 0, 1), where=f"{manifest}:{lineno}: {col}",
-                expect="0, 1 or empty")
+        row.update(_row_labels(rec, au_cols, int_cols, threshold, f"{manifest}:{lineno}"))
         row.update({c: rec[c] for c in extra})
         # one image is one frame: listed twice it could land in training and test at once
         first = seen.setdefault(row["source"], lineno)
@@ -76,5 +108,8 @@ def read_folder(root):
             raise LabelFileError(f"{manifest}:{lineno}: image {rec['image'].strip()} is already "
                                  f"listed on line {first} (each image once)")
         rows.append(row)
-    return FrameTable("folder", root, aus, build_frames(rows, aus, extra=extra), skipped=dict(skipped),
-                      has_intensity=False, pre_aligned=False, landmark_points=0)
+    derived = bool(set(int_cols.values()) - set(au_cols.values()))
+    return FrameTable("folder", root, aus,
+                      build_frames(rows, aus, intensity=bool(int_cols), extra=extra),
+                      skipped=dict(skipped), has_intensity=bool(int_cols), pre_aligned=False,
+                      landmark_points=0, label_threshold=int(threshold) if derived else None)

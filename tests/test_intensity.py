@@ -1,0 +1,432 @@
+"""AU intensity: the labels the readers keep, the metrics (hand-computed), calibration."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featbench.app.cli import main
+from featbench.core.calibrate import (CalibrationError, calibrate, check_calibration,
+                                      neutral_frame, person_references)
+from featbench.core.datasets import load_dataset
+from featbench.core.errors import UsageError
+from featbench.core.metrics import icc31, intensity_decisions, intensity_metrics, pearson
+
+
+def _bad(capsys, *argv):
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featbench: error: "), err
+    return lines[0]
+
+
+# metrics, against values computed by hand ------------------------------------------------
+TRUE = np.array([0, 1, 2, 3, 4])
+PRED = np.array([0.0, 2.0, 2.0, 4.0, 3.0])
+
+
+def test_icc_r_mae_hand_computed():
+    """Y = [[0,0],[1,2],[2,2],[3,4],[4,3]]: row means 0,1.5,2,3.5,3.5; grand mean 2.1;
+    BMS = 2 * 8.7 / 4 = 4.35; residuals +-.1,.4,.1,.4,.6 -> SSE 1.4, EMS = 0.35;
+    ICC(3,1) = 4.0 / 4.7. r = 8 / sqrt(10 * 8.8). MAE = 3 / 5. Rounded predictions >= 2
+    (>= 1.5): 0 1 1 1 1 against 0 0 1 1 1 -> TP 3, FP 1, FN 0, F1 = 6 / 7."""
+    m = intensity_metrics(TRUE, PRED)
+    assert m["icc"] == pytest.approx(4.0 / 4.7, abs=1e-12)
+    assert m["pearson"] == pytest.approx(8.0 / math.sqrt(88.0), abs=1e-12)
+    assert m["mae"] == pytest.approx(0.6, abs=1e-12)
+    assert m["f1"] == pytest.approx(6 / 7) and m["support"] == 3 and m["frames"] == 5
+
+
+def test_perfect_prediction():
+    m = intensity_metrics(TRUE, TRUE.astype(float))
+    assert (m["icc"], m["pearson"], m["mae"], m["f1"]) == (1.0, 1.0, 0.0, 1.0)
+
+
+def test_constant_prediction_icc_zero_r_undefined():
+    """A constant prediction: BMS = EMS = var(truth) / 2, so ICC(3,1) = 0 exactly; r is
+    undefined (nan, never 0); MAE = (1+0+1+2+3)/5; nothing called present -> F1 0."""
+    m = intensity_metrics(TRUE, np.full(5, 1.0))
+    assert m["icc"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(m["pearson"])
+    assert m["mae"] == pytest.approx(1.4)
+    assert m["f1"] == 0.0
+
+
+def test_undefined_when_both_constant_or_too_few():
+    m = intensity_metrics(np.zeros(4, int), np.zeros(4))
+    assert math.isnan(m["icc"]) and math.isnan(m["pearson"]) and m["mae"] == 0.0
+    assert math.isnan(m["f1"])  # no positive: undefined, as au_metrics says
+    assert math.isnan(icc31([3], [3])) and math.isnan(pearson([1], [2]))
+    m = intensity_metrics(np.array([-1, -1]), np.array([1.0, 2.0]))
+    assert m["frames"] == 0 and math.isnan(m["mae"]) and math.isnan(m["icc"])
+
+
+def test_unknown_intensities_left_out():
+    t = np.r_[TRUE, -1, -1]
+    p = np.r_[PRED, 5.0, np.nan]
+    m = intensity_metrics(t, p)
+    assert m["icc"] == pytest.approx(4.0 / 4.7) and m["frames"] == 5
+
+
+def test_f1_scored_against_given_occurrence_labels():
+    occ = np.array([0, 1, 1, 1, -1])  # other labels than intensity >= 2; -1 left out
+    m = intensity_metrics(TRUE, PRED, occ)
+    # decisions 0 1 1 1 (1): TP 3, FP 0, FN 0
+    assert m["f1"] == 1.0 and m["support"] == 3
+    assert intensity_decisions([1.49, 1.5, np.nan, 4.0]).tolist() == [0, 1, 0, 1]
+
+
+# readers keep the intensities ------------------------------------------------------------
+def test_disfa_intensities(disfa_tree):
+    t = load_dataset("disfa", root=disfa_tree)
+    ints = t.intensities(["AU01", "AU25"])
+    assert ints.dtype == np.int8 and ints.shape == (16, 2)
+    assert ints[:6, 0].tolist() == [0, 1, 2, 3, 4, 5] and set(ints[:, 1]) == {2}
+
+
+def test_affwild2_has_no_intensities(abaw_tree, capsys):
+    t = load_dataset("affwild2", root=abaw_tree)
+    with pytest.raises(UsageError, match="occurrence only"):
+        t.intensities()
+
+
+def _manifest(tmp_path, text):
+    import cv2
+
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "manifest.csv").write_text(text)
+    return tmp_path
+
+
+def test_folder_manifest_intensities(tmp_path):
+    root = _manifest(tmp_path, "image,subject,AU12_int,AU06_r,AU06\n"
+                               "a.png,p1,3,1,1\n"
+                               "b.png,p1,1,,0\n"
+                               "c.png,p2,,-1,\n")
+    t = load_dataset("folder", root=root)
+    assert t.aus == ("AU06", "AU12")
+    assert t.has_intensity and t.label_threshold == 2
+    assert t.frames["AU12_int"].tolist() == [3, 1, -1]
+    assert t.frames["AU12"].tolist() == [1, 0, -1]          # from the intensity, >= 2
+    assert t.frames["AU06"].tolist() == [1, 0, -1]          # its own column, as written
+    assert t.frames["AU06_int"].tolist() == [1, -1, -1]
+    t3 = load_dataset("folder", root=root, threshold=4)
+    assert t3.frames["AU12"].tolist() == [0, 0, -1]
+
+
+def test_folder_manifest_intensity_out_of_range(tmp_path, capsys):
+    root = _manifest(tmp_path, "image,subject,AU12_int\na.png,p1,3\nb.png,p1,6\n")
+    msg = _bad(capsys, "data", "info", "--dataset", "folder", "--root", str(root))
+    assert "manifest.csv:3" in msg and "AU12_int" in msg and "0-5" in msg
+
+
+def test_folder_manifest_without_intensity_columns(tmp_path):
+    root = _manifest(tmp_path, "image,subject,AU12\na.png,p1,1\n")
+    t = load_dataset("folder", root=root)
+    assert not t.has_intensity
+    with pytest.raises(UsageError, match="AUnn_int"):
+        t.require_intensity()
+
+
+# calibration -------------------------------------------------------------------------------
+def _codes():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(9, 4)).astype(np.float32)
+    groups = np.array(["a"] * 5 + ["b"] * 4)
+    return X, groups
+
+
+def test_calibrate_median_and_neutral():
+    X, groups = _codes()
+    out = calibrate(X, groups, "median")
+    for g in ("a", "b"):
+        np.testing.assert_allclose(np.median(out[groups == g], axis=0), 0, atol=1e-6)
+        np.testing.assert_allclose(out[groups == g],
+                                   X[groups == g] - np.median(X[groups == g], axis=0), atol=1e-6)
+    neu = calibrate(X, groups, "neutral")
+    for g in ("a", "b"):
+        rows = X[groups == g]
+        d = ((rows - np.median(rows, axis=0)) ** 2).sum(axis=1)
+        k = int(np.argmin(d))
+        assert neutral_frame(rows) == k
+        np.testing.assert_allclose(neu[groups == g], rows - rows[k], atol=1e-6)
+        assert not neu[groups == g][k].any()  # the neutral frame itself becomes the zero code
+    np.testing.assert_array_equal(calibrate(X, groups, "none"), X)
+    assert check_calibration(None) == "none"
+
+
+def test_calibrate_is_per_person_and_leaves_input_alone():
+    X, groups = _codes()
+    before = X.copy()
+    a_only = calibrate(X[groups == "a"], groups[groups == "a"], "median")
+    both = calibrate(X, groups, "median")
+    np.testing.assert_array_equal(X, before)
+    np.testing.assert_allclose(both[groups == "a"], a_only)  # b's frames change nothing of a's
+
+
+def test_calibration_errors():
+    X, groups = _codes()
+    with pytest.raises(CalibrationError, match="no frames with codes for c"):
+        person_references(X, groups, "median", require=["a", "c"])
+    with pytest.raises(UsageError, match="did you mean 'median'"):
+        calibrate(X, groups, "medain")
+
+
+# the intensity run ----------------------------------------------------------------------------
+from featbench.core.aus import DISFA_AUS  # noqa: E402
+from featbench.core.frames import FrameTable  # noqa: E402
+from featbench.core.results import read_summary  # noqa: E402
+from featbench.core.splits import PAPER_SPLIT  # noqa: E402
+from featbench.core.workspace import Workspace  # noqa: E402
+
+from classify.intensity_model import load_intensity_model  # noqa: E402
+from classify.intensity_run import intensity_run  # noqa: E402
+from test_classify import SUBJECTS, make_table, write_features  # noqa: E402
+
+DIMS = 16
+
+
+def intensity_table(n_frames=20, seed=0):
+    """27 subjects x ``n_frames``; each AU active (1-5) on 40 % of frames, else 0."""
+    frames = make_table(n_frames, seed).frames
+    rng = np.random.default_rng(seed)
+    for au in DISFA_AUS:
+        v = np.where(rng.random(len(frames)) < 0.4, rng.integers(1, 6, len(frames)), 0)
+        frames[au], frames[f"{au}_int"] = (v >= 2).astype(np.int8), v.astype(np.int8)
+    return FrameTable("synth", "/nonexistent", DISFA_AUS, frames, has_intensity=True,
+                      label_threshold=2)
+
+
+def intensity_codes(table, seed=1):
+    """Dim j < 12 = intensity of AU j + noise, plus a large per-subject offset on every dim
+    (identity: what calibration removes)."""
+    rng = np.random.default_rng(seed)
+    subjects = table.frames["subject"].to_numpy()
+    offset = {s: rng.normal(scale=3.0, size=DIMS) for s in SUBJECTS}
+    X = rng.normal(scale=0.7, size=(len(table), DIMS)) + np.stack([offset[s] for s in subjects])
+    X[:, :12] += table.intensities()
+    return X.astype(np.float32)
+
+
+@pytest.fixture
+def int_setup(tmp_path):
+    ws = Workspace(tmp_path)
+    table = intensity_table()
+    codes = intensity_codes(table)
+    write_features(ws, table, codes)
+    return ws, table, codes
+
+
+def irun(ws, table, **kw):
+    kw.setdefault("model", "toy")
+    kw.setdefault("clf", "ridge")
+    return intensity_run(ws, "synth", table=table, progress=False, **kw)
+
+
+def _test_rows(table):
+    return table.frames["subject"].isin(PAPER_SPLIT["test"]).to_numpy()
+
+
+def test_intensity_run_outputs_and_calibration_helps(int_setup):
+    ws, table, codes = int_setup
+    plain = irun(ws, table)
+    assert plain["run"] == "toy__full__ridge"
+    csv = pd.read_csv(plain["csv"])
+    assert list(csv.columns[:7]) == ["au", "icc", "pearson", "mae", "f1", "support", "frames"]
+    assert list(csv["au"]) == list(DISFA_AUS) + ["mean"]
+    cal = irun(ws, table, calibrate="median")
+    assert cal["run"] == "toy__full__ridge__calmed"
+    # the subjects' offsets hide the intensities until each person's median is subtracted
+    assert cal["mean"]["icc"] > plain["mean"]["icc"] + 0.2
+    assert cal["mean"]["icc"] > 0.8 and cal["mean"]["mae"] < plain["mean"]["mae"]
+    summary = read_summary(ws, "synth").set_index("run")
+    row = summary.loc["toy__full__ridge__calmed"]
+    assert row["task"] == "intensity" and row["calibrate"] == "median"
+    assert row["mean_icc"] == pytest.approx(cal["mean"]["icc"], abs=1e-4)
+    assert row["mean_f1"] == pytest.approx(cal["mean"]["f1"], abs=1e-4)
+    assert "icc_AU26" in summary.columns and "f1_AU26" in summary.columns
+    import h5py
+
+    with h5py.File(cal["predictions"], "r") as f:
+        scores, ints = f["scores"][:], f["intensities"][:]
+        assert f.attrs["task"] == "intensity" and f.attrs["calibrate"] == "median"
+        assert {k.decode() for k in f["frames"][:]["subject"]} == set(PAPER_SPLIT["test"])
+    assert scores.min() >= 0 and scores.max() <= 5  # clipped to the scale
+    np.testing.assert_array_equal(ints, table.intensities()[_test_rows(table)])
+
+
+@pytest.mark.parametrize("method", ["none", "median", "neutral"])
+def test_saved_model_reproduces_the_test_predictions(int_setup, method):
+    import h5py
+
+    from featbench.core.calibrate import persons_of
+
+    ws, table, codes = int_setup
+    out = irun(ws, table, clf="svr", calibrate=method)
+    model = load_intensity_model(out["models_dir"])
+    test = _test_rows(table)
+    keys = table.keys()[test]
+    got = model.predict({"full": codes[test]}, persons_of(keys))
+    with h5py.File(out["predictions"], "r") as f:
+        np.testing.assert_array_equal(got, f["scores"][:])
+        np.testing.assert_array_equal(model.decide(got), f["decisions"][:])
+    assert model.calibrate == method and model.manifest["task"] == "intensity"
+    if method == "median":  # an export is the same model in one file
+        from featbench.core.modelfile import export_model
+
+        exported = load_intensity_model(export_model(out["models_dir"], ws.root / "int.safetensors"))
+        np.testing.assert_array_equal(exported.predict({"full": codes[test]}, persons_of(keys)), got)
+
+
+@pytest.mark.parametrize("method", ["median", "neutral"])
+def test_calibration_never_reads_a_test_label(int_setup, tmp_path, method):
+    """Poisoned test labels (intensities and occurrence) leave every test prediction and every
+    fitted array bit for bit unchanged: neither the calibration nor the fit reads them."""
+    import h5py
+
+    ws, table, codes = int_setup
+    clean = irun(ws, table, calibrate=method)
+    poisoned = intensity_table()
+    test = _test_rows(poisoned)
+    rng = np.random.default_rng(9)
+    for au in DISFA_AUS:
+        v = rng.integers(0, 6, size=int(test.sum())).astype(np.int8)
+        poisoned.frames.loc[test, f"{au}_int"] = v
+        poisoned.frames.loc[test, au] = (v >= 2).astype(np.int8)
+    ws2 = Workspace(tmp_path / "poisoned")
+    write_features(ws2, poisoned, codes)
+    dirty = irun(ws2, poisoned, calibrate=method)
+    with h5py.File(clean["predictions"], "r") as a, h5py.File(dirty["predictions"], "r") as b:
+        np.testing.assert_array_equal(a["scores"][:], b["scores"][:])
+        assert not np.array_equal(a["intensities"][:], b["intensities"][:])  # the labels did change
+    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    for au in DISFA_AUS:
+        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
+    assert clean["mean"]["icc"] != dirty["mean"]["icc"]
+
+
+def test_test_codes_never_reach_the_fit_even_calibrated(int_setup, tmp_path):
+    ws, table, codes = int_setup
+    clean = irun(ws, table, calibrate="median")
+    poisoned = codes.copy()
+    test = _test_rows(table)
+    poisoned[test] = np.float32(1e4) * np.sign(np.random.default_rng(5).normal(size=poisoned[test].shape))
+    ws2 = Workspace(tmp_path / "poisoned")
+    write_features(ws2, table, poisoned)
+    dirty = irun(ws2, table, calibrate="median")
+    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    for au in DISFA_AUS:
+        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
+        assert ma[au].bias == mb[au].bias
+    assert [r["alpha"] for r in clean["rows"]] == [r["alpha"] for r in dirty["rows"]]
+
+
+def test_au_constant_in_training_is_an_error_row(int_setup):
+    ws, table, codes = int_setup
+    train = table.frames["subject"].isin(PAPER_SPLIT["train"]).to_numpy()
+    table.frames.loc[train, "AU05_int"] = np.int8(0)
+    table.frames.loc[train, "AU05"] = np.int8(0)
+    out = irun(ws, table)
+    row = {r["au"]: r for r in out["rows"]}["AU05"]
+    assert math.isnan(row["icc"]) and "every training frame has intensity 0" in row["note"]
+    assert not math.isnan(out["mean"]["icc"])
+
+
+def test_occurrence_run_calibrated(tmp_path):
+    from classify.run import classify_run
+
+    ws = Workspace(tmp_path)
+    table = intensity_table()
+    write_features(ws, table, intensity_codes(table))
+    plain = classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    cal = classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1,
+                       calibrate="median")
+    assert cal["run"] == "toy__full__lda__calmed" and cal["meta"]["calibrate"] == "median"
+    assert cal["mean"]["f1"] > plain["mean"]["f1"]
+    summary = read_summary(ws, "synth").set_index("run")
+    assert summary.loc["toy__full__lda__calmed", "task"] == "occurrence"
+
+
+# the CLI: bad input is one line, exit 2; a good run prints its table ---------------------------
+@pytest.mark.parametrize("argv, needle", [
+    (["--task", "intensty", "--clf", "ridge"], "unknown task 'intensty'; did you mean 'intensity'?"),
+    (["--task", "intensity", "--clf", "lda"], "unknown intensity regressor 'lda'"),
+    (["--task", "intensity", "--clf", "ridge", "--tune-threshold"], "--tune-threshold: not for --task intensity"),
+    (["--task", "intensity", "--clf", "ridge", "--calibrate", "medain"],
+     "unknown calibration 'medain'; did you mean 'median'?"),
+    (["--clf", "svm", "--calibrate", "neutrl"], "unknown calibration 'neutrl'"),
+])
+def test_cli_bad_intensity_flags(tmp_path, capsys, argv, needle):
+    msg = _bad(capsys, "--workspace", str(tmp_path), "classify", *argv)
+    assert needle in msg
+
+
+def test_cli_intensity_of_a_data_set_without_intensities(abaw_tree, tmp_path, capsys):
+    msg = _bad(capsys, "--workspace", str(tmp_path), "classify", "--task", "intensity", "--clf",
+               "ridge", "--dataset", "affwild2", "--root", str(abaw_tree), "--model", "hog")
+    assert "affwild2" in msg and "occurrence only" in msg
+
+
+def test_cli_intensity_run_prints_its_table(int_setup, capsys, monkeypatch):
+    ws, table, _ = int_setup
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    rc = main(["--workspace", str(ws.root), "classify", "--task", "intensity", "--clf", "ridge",
+               "--calibrate", "neutral", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "mean ICC" in out and "toy__full__ridge__calneu.csv" in out
+
+
+# ensembles and the report know the task ------------------------------------------------------
+def test_intensity_ensemble_is_the_mean_of_the_members(int_setup):
+    import h5py
+
+    from classify.ensemble import ensemble_run
+
+    ws, table, _ = int_setup
+    a = irun(ws, table, clf="ridge", calibrate="median")
+    b = irun(ws, table, clf="svr", calibrate="median")
+    out = ensemble_run(ws, "synth", members=[a["run"], b["run"]], name="ivote")
+    assert out["task"] == "intensity" and out["run"] == "ivote__full__vote"
+    with h5py.File(a["predictions"], "r") as fa, h5py.File(b["predictions"], "r") as fb, \
+            h5py.File(out["predictions"], "r") as fe:
+        mean = ((fa["scores"][:].astype(np.float64) + fb["scores"][:]) / 2).astype(np.float32)
+        np.testing.assert_array_equal(fe["scores"][:], mean)
+        np.testing.assert_array_equal(fe["decisions"][:], (mean >= 1.5).astype(np.int8))
+        np.testing.assert_array_equal(fe["intensities"][:], fa["intensities"][:])
+    row = read_summary(ws, "synth").set_index("run").loc["ivote__full__vote"]
+    assert row["task"] == "intensity" and np.isfinite(row["mean_icc"])
+    csv = pd.read_csv(out["csv"])
+    assert list(csv.columns[:4]) == ["au", "icc", "pearson", "mae"]
+
+
+def test_ensemble_refuses_mixed_tasks(int_setup):
+    from classify.ensemble import ensemble_run
+    from classify.run import classify_run
+
+    ws, table, codes = int_setup
+    occ = classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    intensity = irun(ws, table)
+    with pytest.raises(UsageError, match="mix occurrence and intensity"):
+        ensemble_run(ws, "synth", members=[occ["run"], intensity["run"]])
+
+
+def test_report_has_its_intensity_section_and_chart(int_setup):
+    from classify.run import classify_run
+    from featbench.app.report import make_report
+    from featbench.app.report_intensity import CHART_INTENSITY
+
+    ws, table, _ = int_setup
+    classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    irun(ws, table)
+    irun(ws, table, calibrate="median")
+    text = make_report(ws, "synth").read_text()
+    occurrence = text.split("## Runs by mean F1")[1].split("##")[0]
+    assert "toy__full__lda" in occurrence and "ridge" not in occurrence
+    section = text.split("## Intensity runs by mean ICC(3,1)")[1]
+    assert section.index("toy__full__ridge__calmed") < section.index("toy__full__ridge`")
+    assert "| median |" in section and "Per-AU ICC" in section
+    assert CHART_INTENSITY in section and (ws.results_dir("synth") / CHART_INTENSITY).stat().st_size > 0
