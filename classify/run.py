@@ -410,11 +410,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
         try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
             meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-            keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions,
-                                                         path, method)
+            keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path, method)
             return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                             n_jobs=n_jobs, progress=progress, t0=t0, budget=budget,
-                             scheduler=scheduler)
+                             n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
         except FeatbenchError as exc:
             record_run_failure(workspace, dataset, run, exc, meta)
             raise
