@@ -193,7 +193,7 @@ def intensity_run(workspace, dataset, *, model, clf="ridge", region="full", prot
         extra="bal" if balance else None, label_threshold=table.label_threshold,
         calibrate=method))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
-    path = check_features(workspace, dataset, model, regions)
+    path = check_features(workspace, dataset, model, regions, table)
     meta = {"model": model, "region": region, "clf": clf, "task": "intensity", "weights": "",
             "protocol": protocol, "dataset": dataset, "balance": bool(balance), "seed": seed,
             "calibrate": method, "label_threshold": table.label_threshold or PRESENT_AT}

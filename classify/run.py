@@ -55,7 +55,7 @@ from classify.estimators import balance_indices, decide, with_threshold
 from classify.registry import get_classifier
 from classify.scale import (H5Codes, codes_bytes, liblinear_bytes, memory_budget_bytes, peak_rss_mb,
                             run_on_dask, scheduler_address, score)
-from extract.store import read_codes, store_info
+from extract.store import check_source, read_codes, store_info
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -127,9 +127,15 @@ def _feature_info(path):
         raise StoreError(f"{path}: not a readable HDF5 feature file ({exc})") from None
 
 
-def check_features(workspace, dataset, model, regions=("full",)):
-    """Return the feature file of ``model``; MissingRunError naming the extract command if absent."""
+def check_features(workspace, dataset, model, regions=("full",), table=None):
+    """Return the feature file of ``model``; MissingRunError naming the extract command if absent.
+
+    With ``table``, codes made from other aligned faces than its inputs give now are refused
+    (:func:`extract.store.check_source`), as ``extract`` refuses to reuse them.
+    """
     path = workspace.features_path(dataset, model)
+    if table is not None and path.exists():
+        check_source(path, table, workspace.aligned_path(dataset))
     if not path.exists():
         from extract.registry import get_spec
 
@@ -404,7 +410,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         **settings, aus=au_list, default_aus=resolve_aus(table, protocol),
         extra=options.tag() if options else None, label_threshold=table.label_threshold))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
-    path = check_features(workspace, dataset, model, regions)
+    path = check_features(workspace, dataset, model, regions, table)
     meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
                      **settings)
     with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time

@@ -769,3 +769,34 @@ def _json_default(o):
 __all__ = ["TransferSettings", "run_stage1", "run_stage2", "transfer_run", "format_result", "load_model",
            "tune_thresholds", "pos_weights", "masked_bce", "expression_folds", "stage2_rows",
            "full_state_dict", "build_net"]
+
+
+def check_start(settings):
+    """Build the backbone with its start weights once and pass one face through it at
+    ``settings.input_size``: weights that do not load or fit, and an input size the network
+    cannot take (CNN-F's fc6 needs 224-pixel faces), fail here in seconds, before any data
+    is read or made.
+
+    Raises
+    ------
+    UsageError, WeightsError
+        One line each.
+    """
+    import torch
+
+    from classify.ft_net import check_input_size
+
+    spec = get_spec(settings.backbone)
+    _check_torch(spec)
+    check_input_size(settings.input_size)
+    weights = settings.weights if settings.weights not in (None, "", "auto") else "random:0"
+    net, _ = build_net(spec, StartWeights(spec, weights), (1,), input_size=settings.input_size)
+    size = int(settings.input_size or spec.input_size)
+    try:
+        with torch.inference_mode():
+            net.eval()(torch.zeros((1, size, size, 3), dtype=torch.uint8))
+    except RuntimeError as exc:  # a shape error of the first linear layer, or an empty pool
+        raise UsageError(f"--input-size {size}: {spec.name} cannot take {size}-pixel faces "
+                         f"({str(exc).splitlines()[0][:120]}); use --input-size "
+                         f"{spec.input_size}, or a backbone that takes any size "
+                         "(resnet50, tv:resnet18...)") from None

@@ -420,6 +420,40 @@ def _reading(path):
                          "re-extract with --overwrite") from None
 
 
+def check_source(path, table, aligned=None):
+    """Refuse codes made from other aligned faces than ``table``'s inputs give now.
+
+    What :func:`open_store` checks when ``extract`` reuses a file, for the readers of codes
+    (``classify``): a video or landmark file replaced after extraction, realigned or not, makes
+    the codes stale. ``aligned`` (the workspace's aligned-face cache) lets the message say what
+    changed. Files without a recorded source (made from in-memory faces) are not judged.
+
+    Raises
+    ------
+    StoreError
+        One line naming the feature file, what changed and the command that renews it.
+    """
+    from featbench.core.align import alignment_settings, cache_fingerprint, read_cache_info
+    from featbench.core.frames import differences
+
+    attrs = store_info(path)["attrs"]
+    have = str(attrs.get("source_fingerprint") or "")
+    if not have or attrs.get("frames_sha256") != keys_sha256(table.keys()):
+        return  # no source recorded, or another frame list: the readers say that themselves
+    digests = table.input_digests()
+    if have == cache_fingerprint(table, alignment_settings(table), digests=digests):
+        return
+    info = read_cache_info(aligned) if aligned is not None and Path(aligned).exists() else None
+    changed = []
+    if info and info.get("fingerprint") == have:
+        changed = differences(json.loads(info.get("inputs") or "null"), digests)
+    what = (f"changed: {', '.join(changed)}" if changed else
+            "a video, image or landmark file of the data set, or the alignment, changed")
+    raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
+                     f"({what}): stale codes; renew them with featbench extract --model "
+                     f"{attrs.get('model')} --dataset {table.dataset} --overwrite")
+
+
 def store_info(path):
     """Return ``{"attrs": {...}, "frames": n, "regions": {region: rows_done}}`` of a feature file.
 

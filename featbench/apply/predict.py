@@ -433,7 +433,9 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
     def detect(frame):
         return _detect(frame, detector=detector, all_faces=all_faces, size=size)
 
-    frames = in_background(footage.iter_frames(sources), maxsize=16, name="featbench-decode")
+    warnings = []
+    frames = in_background(footage.iter_frames(sources, warnings), maxsize=16,
+                           name="featbench-decode")
     items = in_background(ordered_map(detect, frames, threads=2), maxsize=2 * batch_size,
                           name="featbench-detect")
     tracker = _Tracker() if all_faces else None
@@ -453,6 +455,8 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
     finally:
         bar.close()
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_columns(model.aus))
+    if warnings:
+        stats["warnings"] = warnings
     return table, stats
 
 

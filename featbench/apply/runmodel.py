@@ -379,6 +379,12 @@ def _load_vote(workspace, dataset, run):
     members = json.loads(members) if isinstance(members, str) else list(members)
     if not members:
         raise StoreError(f"{path}: ensemble {run} does not list its members")
+    known = _known_runs(workspace, dataset)
+    gone = [m for m in members if m not in known]
+    if gone:  # said as the ensemble's, not as an unknown run the user never typed
+        raise MissingRunError(f"ensemble {run} votes with {', '.join(gone)}, whose models are no "
+                              f"longer in {workspace.results_dir(dataset) / 'models'}: rerun "
+                              "that run, or featbench ensemble with the runs there are")
     loaded = [load_run(workspace, dataset, m) for m in members]
     aligned, aus, _ = align_members([read_predictions(workspace.predictions_path(dataset, m))
                                      for m in members], members)
@@ -567,4 +573,8 @@ def load_model_file(path):
         if a.split(".")[:2] != b.split(".")[:2]:
             raise StoreError(f"{path}: made with {lib} {a}, this is {lib} {b}: its classifiers "
                              f"may not load the same (install {lib} {a} or export the run again here)")
-    return RunModel.from_dict(payload["run"])
+    try:
+        return RunModel.from_dict(payload["run"])
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:  # a header without its run
+        raise StoreError(f"{path}: damaged featbench model file: its run is incomplete "
+                         f"({type(exc).__name__}); export the run again") from None

@@ -166,7 +166,9 @@ def read_cache_info(path, *, keys=None):
             attrs = dict(f.attrs)
             if keys is not None and not np.array_equal(f["frames"][:], keys):
                 return None
-    except (OSError, KeyError, TypeError, ValueError):
+        for name in ("settings", "skipped"):  # damaged text is a damaged cache: rebuilt
+            json.loads(attrs.get(name, "{}"))
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError):  # h5py: damage, any way
         return None
     return attrs if attrs.get("complete") else None
 
@@ -396,7 +398,10 @@ def _align_one(image, reason, lm, pre_aligned, size, faces):
         lm = faces.detect_landmarks(image)
         if lm is None:
             return None, None, None, _NO_FACE
-    face, M = faces.align_face(image, lm, size=size)
+    try:
+        face, M = faces.align_face(image, lm, size=size)
+    except ValueError:  # degenerate points (coinciding): no similarity to fit, no face
+        return None, None, None, _NO_LANDMARKS
     return face, faces.transform_points(lm, M), M, 0
 
 
@@ -491,15 +496,18 @@ class AlignedFaces:
                 self.keys = f["frames"][:]
                 self.valid = f["valid"][:]
                 self.boxes = f["boxes"][:].astype(np.int64)
+            self.size = int(attrs["size"])
+            self.settings = json.loads(attrs.get("settings", "{}"))
+            self.skipped = json.loads(attrs.get("skipped", "{}"))
         except OSError as exc:  # permission, a lock, or damage: said as what it is
             from featbench.core.errors import describe_os_error
 
             raise StoreError(f"{self.path}: cannot read the aligned-face cache: "
                              f"{describe_os_error(exc)} (rerun featbench align --force to "
                              "rebuild it if it is damaged)") from None
-        self.size = int(attrs["size"])
-        self.settings = json.loads(attrs.get("settings", "{}"))
-        self.skipped = json.loads(attrs.get("skipped", "{}"))
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py's text on damage
+            raise StoreError(f"{self.path}: damaged aligned-face cache ({type(exc).__name__}); "
+                             "rerun featbench align --force to rebuild it") from None
         self.fingerprint = attrs.get("fingerprint")
         self.rebuilt_because = _json(attrs.get("rebuilt_because")) or []
         self._file, self._pid = None, None
