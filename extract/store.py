@@ -441,12 +441,15 @@ def check_source(path, table, aligned=None):
     if not have or attrs.get("frames_sha256") != keys_sha256(table.keys()):
         return  # no source recorded, or another frame list: the readers say that themselves
     digests = table.input_digests()
-    if have == cache_fingerprint(table, alignment_settings(table), digests=digests):
+    now = cache_fingerprint(table, alignment_settings(table), digests=digests)
+    if have == now:
         return
     info = read_cache_info(aligned) if aligned is not None and Path(aligned).exists() else None
     changed = []
-    if info and info.get("fingerprint") == have:
+    if info and info.get("fingerprint") == have:  # the cache is as stale as the codes
         changed = differences(json.loads(info.get("inputs") or "null"), digests)
+    elif info and info.get("fingerprint") == now:  # realigned since: the cache says why
+        changed = list(json.loads(info.get("rebuilt_because") or "[]"))
     what = (f"changed: {', '.join(changed)}" if changed else
             "a video, image or landmark file of the data set, or the alignment, changed")
     raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "

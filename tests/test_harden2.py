@@ -424,3 +424,383 @@ def test_7_a_killed_downloads_leftover_is_removed_by_the_rerun_and_by_verify(ser
     serve.files[f"/models/{FILE}"] = (BLOB, "ok")
     assert cli(capsys, "weights", "fetch", NAME, "--quiet").returncode == 0
     assert [p.name for p in home.iterdir()] == [FILE]
+
+
+# --- 4. stale and short inputs -------------------------------------------------------------------
+def test_4_classify_refuses_codes_of_a_replaced_video_as_extract_does(tmp_path, capsys):
+    from extract.extractor import extract_features
+    from featbench.core.align import align_dataset
+    from featbench.core.datasets import load_dataset
+    from featbench.core.workspace import Workspace
+
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002", "SN003"))
+    ws = Workspace(tmp_path / "ws")
+    extract_features(load_dataset("disfa", root=root), ws, "hog", progress=False)
+    args = ["--workspace", ws.root, "classify", "--clf", "lda", "--model", "hog", "--dataset",
+            "disfa", "--root", root, "--aus", "AU01", "--quiet"]
+    assert cli(capsys, *args).returncode == 0  # fresh codes: classified
+    video = root / "Videos_LeftCamera" / "LeftVideoSN002_comp.avi"
+    write_video(video, 6, size=(48, 36), seed=7)  # another video, same frame count
+    assert_one_line_error(cli(capsys, *args), str(ws.features_path("disfa", "hog")), "stale codes",
+                          "featbench extract --model hog --dataset disfa --overwrite")
+    align_dataset(load_dataset("disfa", root=root), ws.aligned_path("disfa"), progress=False)
+    assert_one_line_error(cli(capsys, *args), "stale codes", "changed: SN002 pixels")
+
+
+def test_4_predict_warns_when_a_video_is_shorter_than_its_container_says(hog_run, tmp_path,
+                                                                         capsys):
+    whole = tmp_path / "whole.avi"
+    write_video(whole, 120, size=(64, 48))
+    cut = tmp_path / "cut.avi"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 3 // 10])  # a copy in progress: the header says 120
+    proc = predict_cli(hog_run, capsys, cut, "--out", tmp_path / "cut.csv")
+    assert proc.returncode == 0, proc.stderr
+    warning = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and str(cut) in warning[0] and "of the 120 frames" in warning[0]
+    side = json.loads((tmp_path / "cut.json").read_text())
+    assert len(side["warnings"]) == 1 and "120 frames" in side["warnings"][0]
+    proc = predict_cli(hog_run, capsys, whole, "--out", tmp_path / "whole.csv")
+    assert "warning" not in proc.stderr and "warnings" not in json.loads(
+        (tmp_path / "whole.json").read_text())
+
+
+def test_4_a_subject_folder_that_is_a_symlink_loop_is_said_not_dropped(tmp_path, capsys):
+    root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"))
+    labels = root / "ActionUnit_Labels"
+    (labels / "SN005").symlink_to("SN006")
+    (labels / "SN006").symlink_to("SN005")
+    assert_one_line_error(cli(capsys, "data", "info", "--dataset", "disfa", "--root", root),
+                          str(labels / "SN005"), "symbolic link loop")
+
+
+# --- 5. hangs: huge numbers in files, a --scheduler that is not Dask -------------------------------
+def test_5_one_huge_label_line_is_one_line_not_a_hang(tmp_path):
+    root = make_disfa(tmp_path / "DISFA")
+    label = root / "ActionUnit_Labels" / "SN001" / "SN001_au4.txt"
+    label.write_text(label.read_text() + "99999999999999999999,3\n")
+    proc = featbench("data", "info", "--dataset", "disfa", "--root", root, timeout=60)
+    assert_one_line_error(proc, f"{label}:7: frame 99999999999999999999", "at most 10,000,000")
+
+
+def test_5_a_huge_manifest_frame_is_one_line(tmp_path, capsys):
+    from test_harden import _manifest
+
+    root = _manifest(tmp_path, ["image,subject,frame,AU01", "a.png,S1,99999999999999999999,1",
+                                "b.png,S1,2,0"])
+    assert_one_line_error(cli(capsys, "data", "info", "--dataset", "folder", "--root", root),
+                          "manifest.csv:2: frame 99999999999999999999 outside")
+
+
+def _listener(kind):
+    """A TCP server on 127.0.0.1 that is no Dask scheduler: ``http`` or ``silent``."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if kind == "http":
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv.server_address[1], srv.shutdown
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)  # connections wait in the backlog: accepted by the kernel, never answered
+    return sock.getsockname()[1], sock.close
+
+
+@pytest.mark.parametrize("kind", ["notaurl", "refused", "http", "silent"])
+def test_5_a_scheduler_that_is_not_dask_is_one_line_in_seconds(tmp_path, capsys, monkeypatch,
+                                                               kind):
+    import socket
+
+    monkeypatch.setenv("FEATBENCH_CONNECT_TIMEOUT", "1")
+    stop = None
+    if kind == "notaurl":
+        address = "notaurl"
+    elif kind == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    else:
+        port, stop = _listener(kind)
+        address = f"tcp://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        proc = cli(capsys, "--workspace", tmp_path, "classify", "--clf", "lda", "--model", "hog",
+                   "--scheduler", address)
+        seconds = time.monotonic() - t0
+    finally:
+        if stop:
+            stop()
+    needle = {"notaurl": "not a Dask scheduler address", "refused": "no Dask scheduler answers",
+              "http": "not a Dask scheduler", "silent": "not a Dask scheduler"}[kind]
+    assert_one_line_error(proc, f"--scheduler {address}", needle)
+    assert seconds < 10
+
+
+# --- 6. crashes and tracebacks ----------------------------------------------------------------------
+def test_6_empty_garbage_and_all_zero_landmark_files_are_counted_skips(tmp_path, capsys):
+    import scipy.io
+
+    root = make_disfa(tmp_path / "DISFA")
+    lm = root / "Landmark_Points" / "SN001" / "tmp_frame_lm"
+    scipy.io.savemat(str(lm / "SN001_0002_lm.mat"), {"pts": np.zeros((66, 2))})
+    (lm / "SN001_0003_lm.mat").write_bytes(b"")
+    (lm / "SN001_0004_lm.mat").write_bytes(b"garbage" * 40)
+    for _ in range(2):  # and on every rerun
+        proc = cli(capsys, "--workspace", tmp_path / "ws", "align", "--dataset", "disfa",
+                   "--root", root, "--force")
+        assert proc.returncode == 0 and "3 no landmarks" in proc.stdout, proc
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 1 MB mounted for the test (root only); yields its folder, unmounted after."""
+    where = tmp_path / "small"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a small file system here ({res.stderr.strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(folder, leave):
+    """Fill the file system of ``folder`` until about ``leave`` bytes are free."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    with open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+def test_6_disk_full_while_aligning_is_one_line_and_the_rerun_finishes(tmp_path, small_disk,
+                                                                       capsys):
+    root = make_disfa(tmp_path / "DISFA", frames=30, size=(96, 72))
+    ws = small_disk / "ws"
+    proc = featbench("--workspace", ws, "align", "--dataset", "disfa", "--root", root)
+    err = assert_one_line_error(proc, str(ws / "data" / "disfa" / "aligned" / "faces.h5"),
+                                "disk full")
+    assert ".tmp" not in err
+    proc = cli(capsys, "--workspace", tmp_path / "ws", "align", "--dataset", "disfa", "--root",
+               root)
+    assert proc.returncode == 0, proc  # elsewhere: it finishes
+
+
+def test_6_disk_full_while_extracting_is_one_line(tmp_path, small_disk, capsys):
+    root = make_disfa(tmp_path / "DISFA", frames=60)
+    ws = tmp_path / "ws"
+    assert cli(capsys, "--workspace", ws, "align", "--dataset", "disfa", "--root",
+               root).returncode == 0
+    features = ws / "data" / "features"
+    features.mkdir(parents=True)
+    os.symlink(small_disk, features / "disfa")  # the codes go to the small disk
+    proc = cli(capsys, "--workspace", ws, "extract", "--model", "hog", "--dataset", "disfa",
+               "--root", root)
+    assert_one_line_error(proc, "hog.h5", "disk full")
+
+
+@pytest.mark.parametrize("what", ["--out", "--plot", "export"])
+def test_6_disk_full_on_predicts_outputs_and_export_is_one_line_naming_the_file(
+        hog_run, tmp_path, small_disk, capsys, what):
+    ws, run = hog_run
+    clip = tmp_path / "clip.avi"
+    write_video(clip, 300, size=(64, 48))
+    _fill(small_disk, 6000)
+    target = small_disk / {"--out": "o.csv", "--plot": "o.png", "export": "m.featbench"}[what]
+    if what == "export":
+        proc = cli(capsys, "--workspace", ws, "export", run, "--out", target)
+    else:
+        args = ["--out", target] if what == "--out" else ["--out", tmp_path / "o.csv", "--plot",
+                                                          target]
+        proc = predict_cli(hog_run, capsys, clip, *args)
+    err = assert_one_line_error(proc, str(target), "disk full")
+    assert ".tmp" not in err
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no 0-byte file left
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_6_random_bytes_in_the_face_cache_rebuild_it_or_are_one_line(tmp_path, capsys, seed):
+    root = make_disfa(tmp_path / "DISFA")
+    ws = tmp_path / "ws"
+    assert cli(capsys, "--workspace", ws, "align", "--dataset", "disfa", "--root",
+               root).returncode == 0
+    cache = ws / "data" / "disfa" / "aligned" / "faces.h5"
+    data = bytearray(cache.read_bytes())
+    rng = np.random.default_rng(seed)
+    at = int(rng.integers(0, 6000))
+    data[at:at + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+    cache.write_bytes(bytes(data))
+    proc = cli(capsys, "--workspace", ws, "extract", "--model", "hog", "--dataset", "disfa",
+               "--root", root)
+    if proc.returncode:
+        assert_one_line_error(proc, str(cache))
+    from featbench.core.align import AlignedFaces
+    from featbench.core.errors import StoreError
+
+    try:  # whatever the damage hit, reading the cache is a result or one StoreError
+        AlignedFaces(cache).close()
+    except StoreError as exc:
+        assert str(exc).startswith(str(cache)) and "\n" not in str(exc)
+
+
+def test_6_a_16000_pixel_png_is_refused_from_its_header(hog_run, tmp_path, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "huge.png"  # 69 bytes: a header that claims 16000 x 16000 pixels
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 16000, 16000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    proc = predict_cli(hog_run, capsys, bomb, "--out", tmp_path / "o.csv")
+    assert_one_line_error(proc, str(bomb), "256 megapixels", "scale it down")
+
+
+def test_6_transfer_checks_input_size_and_weights_before_any_data(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    t0 = time.monotonic()
+    proc = cli(capsys, "--workspace", ws, "transfer", "--backbone", "cnn_f", "--weights",
+               "random:0", "--input-size", "64", "--quiet")
+    assert_one_line_error(proc, "--input-size 64", "cnn_f cannot take 64-pixel faces")
+    other = tmp_path / "other.pt"
+    torch.save(_tiny().state_dict(), other)
+    proc = cli(capsys, "--workspace", ws, "transfer", "--backbone", "cnn_f", "--weights", other,
+               "--quiet")
+    assert_one_line_error(proc, str(other), "does not fit cnn_f")
+    assert time.monotonic() - t0 < 60 and not ws.exists()  # nothing read or synthesised
+
+
+def test_6_an_export_with_a_header_and_an_empty_run_is_one_line(hog_run, tmp_path, capsys):
+    import joblib
+
+    from featbench.apply.runmodel import MODEL_FORMAT, MODEL_FORMAT_VERSION, _versions
+
+    empty = tmp_path / "empty.featbench"
+    joblib.dump({"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+                 "versions": _versions(), "run": {}}, empty, compress=3)
+    photo = write_png(tmp_path / "a.png")
+    proc = cli(capsys, "predict", photo, "--model", empty, "--out", tmp_path / "o.csv")
+    assert_one_line_error(proc, str(empty), "damaged featbench model file")
+
+
+# --- 7. leftovers and messages ------------------------------------------------------------------------
+def test_7_ffmpegs_own_lines_do_not_come_before_ours(hog_run, tmp_path):
+    import cv2
+
+    ok = tmp_path / "ok.mp4"
+    w = cv2.VideoWriter(str(ok), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for _ in range(10):
+        w.write(np.zeros((48, 64, 3), np.uint8))
+    w.release()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(ok.read_bytes()[:40])  # no moov atom
+    ws, run = hog_run
+    proc = featbench("--workspace", ws, "predict", cut, "--run", run, "--out", tmp_path / "o.csv")
+    err = assert_one_line_error(proc, str(cut))
+    assert "moov" not in err
+
+
+def test_7_ctrl_c_message_says_resume_only_where_a_rerun_resumes():
+    from featbench.app.cli import build_parser
+
+    parser = build_parser()
+    notes = {c: getattr(parser.parse_args(argv), "interrupted", None) for c, argv in {
+        "predict": ["predict", "x.mp4", "--run", "r"], "align": ["align"],
+        "extract": ["extract", "--model", "hog"], "report": ["report"]}.items()}
+    assert "rerun resumes" in notes["align"] and "rerun resumes" in notes["extract"]
+    assert "rerun resumes" not in notes["predict"] and "nothing was kept" in notes["predict"]
+    assert notes["report"] is None  # the general line: finished files kept, unfinished removed
+
+
+def test_7_input_size_out_of_range_is_said_as_such(tmp_path, capsys):
+    proc = cli(capsys, "--workspace", tmp_path, "finetune", "--model", "cnn_f", "--weights",
+               "random:0", "--input-size", "100000")
+    err = assert_one_line_error(proc, "--input-size 100000", "must be 16-1024")
+    assert "too small" not in err
+
+
+def test_7_best_whose_ensemble_lost_a_member_names_the_ensemble(tmp_path, capsys):
+    import shutil
+
+    from classify.ensemble import ensemble_run
+    from classify.run import classify_run
+    from featbench.core.workspace import Workspace
+    from test_classify import make_codes, make_table, write_features
+
+    ws = Workspace(tmp_path / "ws")
+    table = make_table(n_frames=8)
+    write_features(ws, table, make_codes(table), regions=("full",))
+    runs = [classify_run(ws, "synth", table=table, model="toy", clf=c, n_jobs=1, progress=False,
+                         aus="AU01,AU02")["run"] for c in ("svm", "lda")]
+    ens = ensemble_run(ws, "synth", members=runs, name="pair")["run"]
+    shutil.rmtree(ws.models_dir("synth", runs[0]))
+    photo = write_png(tmp_path / "a.png")
+    proc = cli(capsys, "--workspace", ws.root, "predict", photo, "--run", ens, "--out",
+               tmp_path / "o.csv")
+    assert_one_line_error(proc, f"ensemble {ens} votes with {runs[0]}", "no longer in")
+
+
+def test_7_a_globs_default_output_is_named_after_its_fixed_part():
+    from featbench.app.commands.predict import default_out
+
+    assert str(default_out(["shots/face.*"])) == "face_aus.csv"
+    assert str(default_out(["shots/face*.jpg"])) == "face_aus.csv"
+    assert str(default_out(["shots/*.jpg"])) == "shots_aus.csv"
+    assert str(default_out(["clip.mp4"])) == "clip_aus.csv"
+
+
+def test_7_synth_force_keeps_a_file_a_user_added_inside_its_folder(tmp_path, capsys):
+    root = tmp_path / "S"
+    args = ["data", "synth", "--root", root, "--subjects", "3", "--frames", "4", "--force"]
+    assert cli(capsys, *args).returncode == 0
+    (root / "notes.txt").write_text("mine")
+    assert_one_line_error(cli(capsys, *args), str(root), "notes.txt", "move them out first")
+    assert (root / "notes.txt").read_text() == "mine"
+    (root / "notes.txt").unlink()
+    (root / "aligned").mkdir()  # featbench's own cache there is not a user's
+    (root / "aligned" / "faces.h5").write_bytes(b"x")
+    assert cli(capsys, *args).returncode == 0
+
+
+# --- 8. memory of detection on large images ---------------------------------------------------------
+def test_8_a_large_photo_is_detected_on_a_scaled_copy_landmarks_from_the_full_image():
+    import cv2
+    from skimage import data
+
+    from featbench.core import faces as F
+
+    img = data.astronaut()
+    ref = F.detect_faces(img, all_faces=False)[0]
+    k = 4000 / 512
+    big = cv2.resize(img, (4000, 4000), interpolation=cv2.INTER_CUBIC)
+    box, _, lm = F.detect_faces(big, all_faces=False)[0]
+    assert max(abs(a - b * k) for a, b in zip(box, ref[0])) < 3 * k  # same face, full pixels
+    assert np.abs(lm / k - ref[2]).max() < 3  # fitted on the full image
+
+
+@pytest.mark.slow
+def test_8_the_cnn_detector_on_a_12_megapixel_photo_stays_in_3_gb(tmp_path):
+    """Under a 3 GB address-space limit (was 11.9 GB and 3 minutes before the scaled copy)."""
+    code = f"""
+import resource, sys
+import numpy as np, cv2
+from skimage import data
+from featbench.core import faces as F
+canvas = np.full((3000, 4000, 3), 90, np.uint8)
+canvas[500:2500, 1000:3000] = cv2.resize(data.astronaut(), (2000, 2000))
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+found = F.detect_faces(canvas, detector="cnn", all_faces=False)
+print(len(found), found[0][0] if found else None)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    n, box = proc.stdout.split(" ", 1)
+    assert n == "1"

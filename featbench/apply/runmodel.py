@@ -380,7 +380,8 @@ def _load_vote(workspace, dataset, run):
     if not members:
         raise StoreError(f"{path}: ensemble {run} does not list its members")
     known = _known_runs(workspace, dataset)
-    gone = [m for m in members if m not in known]
+    gone = [m for m in members if m not in known or (
+        RunKey.parse(m).clf != "vote" and not workspace.models_dir(dataset, m).is_dir())]
     if gone:  # said as the ensemble's, not as an unknown run the user never typed
         raise MissingRunError(f"ensemble {run} votes with {', '.join(gone)}, whose models are no "
                               f"longer in {workspace.results_dir(dataset) / 'models'}: rerun "

@@ -147,7 +147,7 @@ def _disfa_layout(root, cameras):
     if labels_dir is None or not labels_dir.is_dir():
         raise LayoutError(f"{root}: not a DISFA folder: no ActionUnit_Labels/ "
                           "(expected ActionUnit_Labels/SN001/SN001_au1.txt ...)")
-    named = [p for p in labels_dir.iterdir() if _SUBJECT_RE.match(p.name)]
+    named = sorted(p for p in labels_dir.iterdir() if _SUBJECT_RE.match(p.name))
     for p in named:  # a subject folder the OS cannot open is said, never silently dropped
         if not p.exists():
             try:
