@@ -2,8 +2,8 @@
 
 On a GPU this, not the network, bounds a fine-tuning epoch (README, "On a GPU"). Reads shuffled
 training-size batches from a workspace's aligned-face cache the way ``featbench finetune`` does
-(:class:`classify.finetune.FaceReader`, :func:`~classify.finetune.augment`,
-:func:`~classify.finetune.prefetch`), for each number of reader threads, alternating rounds.
+(:class:`featbench.core.facesource.FaceSource`: read, crop, resize, augment, read ahead), for
+each number of reader threads, alternating rounds.
 
     python benchmarks/finetune_input.py --workspace WS [--size 224] [--faces 1536] [--workers 1 2 4]
 """
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from classify.finetune import FaceReader, draw_augmentation, prefetch, prefetch_workers
+from featbench.core.facesource import FaceInput, FaceSource, draw_augmentation, reader_threads
 from featbench.core.workspace import Workspace
 
 
@@ -28,25 +28,20 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args(argv)
-    reader = FaceReader(Workspace(args.workspace).aligned_path(args.dataset), args.region, args.size)
+    source = FaceSource(Workspace(args.workspace).aligned_path(args.dataset),
+                        FaceInput(args.region, args.size, resize_full=True))
     rng = np.random.default_rng(0)
-    rows = rng.permutation(np.flatnonzero(reader.faces.valid))[:args.faces]
+    rows = rng.permutation(np.flatnonzero(source.faces.valid))[:args.faces]
     aug = draw_augmentation(rng, len(rows), args.size)
     bs = args.batch_size
-    chunks = [(a, rows[a:a + bs]) for a in range(0, len(rows), bs)]
-
-    def read(item):
-        a, idx = item
-        return reader.read(idx, {k: v[a:a + len(idx)] for k, v in aug.items()})
-
     best = {w: 0.0 for w in args.workers}
     for _ in range(args.repeat):
         for w in args.workers:
             t0 = time.perf_counter()
-            n = sum(len(x) for x in prefetch(chunks, read, workers=w))
+            n = sum(len(x) for _, _, x in source.batches(rows, bs, aug=aug, threads=w))
             best[w] = max(best[w], n / (time.perf_counter() - t0))
     print(f"{len(rows)} faces at {args.size} px, batch {bs}, best of {args.repeat} "
-          f"(finetune's default here: {prefetch_workers()} threads)")
+          f"(finetune's default here: {reader_threads()} threads)")
     for w, fps in best.items():
         print(f"  {w} reader thread(s): {fps:8.1f} faces/s   ({fps / best[args.workers[0]]:.2f}x)")
 

@@ -20,20 +20,22 @@ every frame: each test subject's whole sequence, in frame order. Without balanci
 (``--no-balance``) training and validation use whole sequences too.
 
 **The network** (:class:`SequenceLSTM`): z-scoring with the training subjects' mean and std
-(stored in the model, so that a saved ``.pt`` scores raw codes alone), one LSTM layer
+(stored in the model, so that a saved network scores raw codes alone), one LSTM layer
 (``--hidden``, ``--bidirectional``) and a linear output per AU (one AU: the paper's per-AU
 model; ``--multilabel``: one network with an output per AU, trained on the frames that
 label each AU). Batches are :class:`torch.nn.utils.rnn.PackedSequence` s: variable-length
 sequences without padding to the longest.
 
-**Training** goes through THE loop, :func:`classify.training.fit` (epoch chosen by F1 on the
-validation subjects' sequences, a checkpoint per epoch that a rerun resumes, weight noise,
-AMP on CUDA). The loss is the binary cross-entropy *summed* over the frames of a batch (as
-CURRENNT, the toolkit with per-batch weight noise, sums the error over time steps), which is
-what makes the paper's small learning rate train. The protocol balances training per AU; a
-sequence cannot drop negative frames the way rows do, so balancing weights each positive frame
-by the training sequences' negatives / positives instead (``--no-balance``: whole sequences,
-unweighted unless ``--class-weight balanced``). Batches hold sequences of similar length
+**Training**: the LSTM is a method of the learning framework (:class:`LSTMMethod`,
+:mod:`classify.learn`), trained by the shared fold x unit loop through THE loop,
+:func:`classify.training.fit` (epoch chosen by F1 on the validation subjects' sequences, a
+checkpoint per epoch that a rerun resumes, weight noise, AMP on CUDA), with the occurrence
+task's masked binary cross-entropy *summed* over the frames of a batch (as CURRENNT, the toolkit
+with per-batch weight noise, sums the error over time steps), which is what makes the paper's
+small learning rate train. The protocol balances training per AU; a sequence cannot drop
+negative frames the way rows do, so balancing weights each positive frame by the task's rule
+(the training sequences' negatives / positives, clipped to [0.1, 10]) instead
+(``--no-balance``: whole sequences, unweighted unless ``--class-weight balanced``). Batches hold sequences of similar length
 (shuffled within buckets, bucket order shuffled) so that packing wastes few time steps. Scores are logits; a frame is called present
 when its logit is > the threshold (0, or with ``--tune-threshold`` the F1-best one on the
 validation subjects' whole sequences, scored as test is).
@@ -43,22 +45,20 @@ on CUDA they train one after another on the device.
 """
 
 import os
-import sys
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from featbench.core.errors import StoreError, UsageError
-from featbench.core.metrics import au_metrics
-from featbench.core.workspace import atomic_path
+from featbench.core.modelfile import open_model
 
-from classify.estimators import best_threshold, decide
+from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
+from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
+from classify.learn.task import OCCURRENCE
 from classify.registry import ClassifierSpec
-from classify.training import TrainConfig, fit
-from extract.encoders import resolve_device
-
-FORMAT = "featbench-lstm/1"
+from classify.training import TrainConfig
+from extract.encoders import resolve_device, run_network
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -302,7 +302,8 @@ def _model_class():
         """z-score -> LSTM (one layer) -> linear, one logit per AU and frame.
 
         ``forward`` takes a PackedSequence of raw codes and returns the logits of its frames,
-        shape (total frames, n_out), in the packed order (``packed.data``'s).
+        shape (total frames, n_out), in the packed order (``packed.data``'s); training, the
+        run's scoring and predict's streaming (``hx``, ``state``) all go through it.
         """
 
         def __init__(self, dims, n_out=1, *, hidden=200, bidirectional=False, mean=None, std=None):
@@ -315,11 +316,14 @@ def _model_class():
             self.lstm = nn.LSTM(dims, hidden, batch_first=False, bidirectional=bidirectional)
             self.head = nn.Linear(hidden * (2 if bidirectional else 1), n_out)
 
-        def forward(self, packed):
+        def forward(self, packed, hx=None, *, state=False):
+            """Logits of the packed frames; with ``state``, ``(logits, (h, c))`` that a next
+            stretch of the same sequences continues from (``hx``)."""
             x = (packed.data.float() - self.mean) / self.std
-            out, _ = self.lstm(PackedSequence(x, packed.batch_sizes, packed.sorted_indices,
-                                              packed.unsorted_indices))
-            return self.head(out.data)
+            out, hx = self.lstm(PackedSequence(x, packed.batch_sizes, packed.sorted_indices,
+                                               packed.unsorted_indices), hx)
+            logits = self.head(out.data)
+            return (logits, hx) if state else logits
 
     _CLASS = SequenceLSTM
     return _CLASS
@@ -360,147 +364,124 @@ def score_sequences(model, X, pos, sequences, *, device="cpu", batch_frames=2000
     -------
     rows : array (m,) of table rows, logits : array (m, n_out) float32
     """
-    torch = _torch()
     model.eval()
     rows_out, logits_out = [], []
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    with torch.inference_mode():
-        i = 0
-        while i < len(order):
-            batch, n = [], 0
-            while i < len(order) and (not batch or n + len(sequences[order[i]]) <= batch_frames):
-                s = sequences[order[i]]
-                batch.append((np.asarray(X[pos[s]], dtype=np.float32), s))
-                n += len(s)
-                i += 1
-            x, rows = pack(batch)
-            out = model(x.to(device))
-            rows_out.append(rows.numpy())
-            logits_out.append(out.float().cpu().numpy())
+    i = 0
+    while i < len(order):
+        batch, n = [], 0
+        while i < len(order) and (not batch or n + len(sequences[order[i]]) <= batch_frames):
+            s = sequences[order[i]]
+            batch.append((np.asarray(X[pos[s]], dtype=np.float32), s))
+            n += len(s)
+            i += 1
+        x, rows = pack(batch)
+        rows_out.append(rows.numpy())
+        logits_out.append(run_network(model, x.to(device)).cpu().numpy())
     if not rows_out:
         return np.zeros(0, dtype=np.int64), np.zeros((0, model.n_out), dtype=np.float32)
     return np.concatenate(rows_out), np.concatenate(logits_out)
 
 
-# --- training one network ----------------------------------------------------------------------
-@dataclass
-class LSTMFit:
-    """A trained network and what was chosen on validation (AUFit's fields, plus the epochs)."""
-
-    model: object
-    aus: list
-    threshold: float = 0.0
-    thresholds: list = field(default_factory=list)
-    val_f1: float = float("nan")
-    C: float = float("nan")
-    grid: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
-    best_epoch: int = 0
-    history: list = field(default_factory=list)
-    cuts: dict = field(default_factory=dict)
-    device: str = "cpu"
-    options: dict = field(default_factory=dict)
-    seconds: float = float("nan")
-    cpu_seconds: float = float("nan")
-
-    def decision_function(self, X):
-        """Not per frame: an LSTM scores sequences (see :func:`score_sequences`)."""
-        raise TypeError("an LSTM scores sequences, not frames: use classify.lstm.score_sequences")
-
-
-def train_network(X, pos, group, frame, Y, parts, *, options, seed=0, tune_threshold=False,
-                  balance=True, class_weight=None, checkpoint_dir=None, identity=None,
-                  progress=False):
-    """Train one network on the training subjects' sequences; score validation and test.
+# --- the method --------------------------------------------------------------------------------
+class LSTMMethod(Method):
+    """The LSTM as a :class:`classify.learn.method.Method` (see the module docstring).
 
     Parameters
     ----------
-    X : array (n_codes, dims)
-    pos, group, frame : arrays indexed by table row (code row, video id, frame number)
-    Y : array (n_rows, k) int8
-        The labels of the network's AUs (k = 1 for a per-AU network).
-    parts : dict
-        ``train``, ``validation``, ``test``: table rows with codes.
     options : LSTMOptions
-    tune_threshold : bool
-        Choose each output's threshold by F1 on the validation subjects' whole sequences.
-    balance : bool
-        Cut training and validation around activation runs (else whole sequences).
+    codes : dict of region -> array (n_codes, dims) or the path of a ``.npy`` of it
+    pos, group, frame : arrays by table row
+        The row of a frame's codes (-1: none), its video's id, its frame number.
+    seed : int
+    tune_threshold, balance : bool
     class_weight : {None, "balanced"}
-        Weight positive frames by negatives / positives of the training sequences (always so
-        with ``balance``: the sequences cannot drop negative frames the way balanced rows do).
-
-    Returns
-    -------
-    LSTMFit, test_scores (n_test, k) in the order of ``parts["test"]``
+    workers : int
+        Networks trained at once (worker processes; CPU only).
     """
-    torch = _torch()
 
-    k = Y.shape[1]
-    mode = "train" if balance else "whole"
-    cut = {p: cut_sequences(parts[p], group, frame, Y, mode=mode, context=options.context,
-                            drop_gap=options.drop_gap) for p in ("train", "validation")}
-    train = cut["train"].sequences
-    fit_out = LSTMFit(model=None, aus=[], options=asdict(options),
-                      cuts={p: c.report() for p, c in cut.items()})
-    if not train:
-        raise UsageError("no training sequence (no training frame with codes and labels)")
-    train_rows = np.concatenate(train)
-    mean, std = fit_scaler(X[pos[train_rows]])  # training subjects only
-    torch.manual_seed(seed)
-    model = build_model(X.shape[1], k, hidden=options.hidden, bidirectional=options.bidirectional,
-                        mean=mean, std=std)
-    device = resolve_device(options.device)
-    train_data = [(np.asarray(X[pos[s]], dtype=np.float32), np.asarray(Y[s], dtype=np.float32))
-                  for s in train]
-    frame_loss = _frame_loss(_pos_weight(Y[train_rows], balance=balance, class_weight=class_weight))
+    kind = "lstm"
+    reduction = "sum"  # summed over the frames of a batch, as CURRENNT sums over time steps
 
-    def train_batches(epoch, rng):
-        return _length_bucketed_batches(train_data, options.batch, rng)
+    def __init__(self, options, codes, pos, group, frame, *, seed=0, tune_threshold=False,
+                 balance=True, class_weight=None, workers=1, task=OCCURRENCE):
+        super().__init__(task)
+        self.options, self.codes, self.pos, self.group, self.frame = options, codes, pos, group, frame
+        self.seed, self.tune, self.balance, self.class_weight = seed, tune_threshold, balance, class_weight
+        self.workers, self.device = workers, resolve_device(options.device)
 
-    def step_loss(model, batch):
-        x, y = batch
-        return frame_loss(model(x), y)[0]
+    def X(self, region):
+        c = self.codes[region]
+        return np.load(c, mmap_mode="r") if isinstance(c, str) else c
 
-    evaluate = partial(_validation_score, X=X, pos=pos, Y=Y, seqs=cut["validation"].sequences,
-                       frame_loss=frame_loss, device=device)
-    result = fit(model, train_batches=train_batches, step_loss=step_loss, evaluate=evaluate,
-                 config=options.train_config(seed), checkpoint_dir=checkpoint_dir,
-                 identity=identity, progress=progress)
-    fit_out.model, fit_out.best_epoch, fit_out.history = model, result.best_epoch, result.history
-    fit_out.device = str(result.device)
-    if not (result.best and np.isfinite(result.best.get("val_score", np.nan))):
-        fit_out.notes.append("no validation F1 (no positive in validation): last epoch kept")
-    seq = dict(X=X, pos=pos, group=group, frame=frame, Y=Y, device=device)
-    _choose_thresholds(fit_out, parts["validation"], tune_threshold=tune_threshold, **seq)
-    return fit_out, _score_test(fit_out, parts["test"], **seq)
+    def unit_data(self, job):
+        """Cut the fold's training and validation rows into sequences (the trainable AUs' labels),
+        the whole test sequences, the z-scoring and the positive weight of the training frames."""
+        c = counts(job.y, job.rows)
+        cols = trainable(c)
+        data = UnitData(cols, c, {"Y": job.y[:, cols]})
+        if not cols:
+            return data
+        Y, o = data.extra["Y"], self.options
+        mode = "train" if self.balance else "whole"
+        cut = {p: cut_sequences(job.rows[p], self.group, self.frame, Y, mode=mode, context=o.context,
+                                drop_gap=o.drop_gap) for p in ("train", "validation")}
+        cut["threshold"] = cut_sequences(job.rows["validation"], self.group, self.frame, Y, mode="test")
+        cut["test"] = cut_sequences(job.rows["test"], self.group, self.frame, Y, mode="test")
+        if not cut["train"].sequences:
+            raise UsageError("no training sequence (no training frame with codes and labels)")
+        X, train_rows = self.X(job.unit.region), np.concatenate(cut["train"].sequences)
+        weigh = self.balance or self.class_weight == "balanced"
+        data.extra.update(cut=cut, scaler=fit_scaler(X[self.pos[train_rows]]),  # training only
+                          pos_weight=self.task.pos_weight(Y[train_rows]) if weigh else None)
+        data.info = {"sequences": {p: cut[p].report() for p in ("train", "validation", "test")}}
+        breaks = {p: n for p, n in ((p, cut[p].missing_breaks) for p in ("train", "validation", "test")) if n}
+        if breaks:
+            data.notes.append("sequences broken at frames without codes: " +
+                              ", ".join(f"{n} in {p}" for p, n in breaks.items()))
+        return data
 
+    def build(self, job, data):
+        _torch().manual_seed(self.seed)
+        mean, std = data.extra["scaler"]
+        o = self.options
+        net = build_model(self.X(job.unit.region).shape[1], len(data.trainable), hidden=o.hidden,
+                          bidirectional=o.bidirectional, mean=mean, std=std)
+        return net, {"weights": "", "dims": net.dims, "n_out": net.n_out, "hidden": net.hidden,
+                     "bidirectional": net.bidirectional}
 
-def _pos_weight(ytr, *, balance, class_weight):
-    """Return the (k,) weight of positive frames (negatives / positives in training), or None.
+    def train_config(self, job):
+        return self.options.train_config(self.seed)
 
-    Always with ``balance``: sequences cannot drop negative frames the way balanced rows do.
-    """
-    if not (balance or class_weight == "balanced"):
-        return None
-    torch = _torch()
-    n_pos = (ytr == 1).sum(axis=0).clip(min=1)
-    n_neg = (ytr == 0).sum(axis=0)
-    return torch.as_tensor(n_neg / n_pos, dtype=torch.float32)
+    def train_batches(self, job, data):
+        X, Y = self.X(job.unit.region), data.extra["Y"]
+        seqs = [(np.asarray(X[self.pos[s]], dtype=np.float32), np.asarray(Y[s], dtype=np.float32))
+                for s in data.extra["cut"]["train"].sequences]
+        pw = data.extra["pos_weight"]
+        pw = None if pw is None else _torch().from_numpy(pw)
 
+        def batches(epoch, rng):
+            return ((x, y, pw) for x, y in _length_bucketed_batches(seqs, self.options.batch, rng))
 
-def _frame_loss(pos_weight):
-    """Return ``loss(logits, y) -> (summed BCE over labelled frames, their count)``; y < 0: no label."""
-    torch = _torch()
+        return batches
 
-    def frame_loss(logits, y):
-        mask = y >= 0
-        w = None if pos_weight is None else pos_weight.to(logits.device)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), y.clamp(min=0), pos_weight=w, reduction="none")
-        return (loss * mask).sum(), mask.sum()
-
-    return frame_loss
+    def scores(self, net, job, data, part):
+        """Validation: the cut sequences; threshold: the validation subjects' whole sequences;
+        test: each test subject's whole sequence, in ``job.rows["test"]``'s order."""
+        X, Y, cols = self.X(job.unit.region), data.extra["Y"], data.trainable
+        seqs = data.extra["cut"][part].sequences
+        rows, logits = score_sequences(net, X, self.pos, seqs, device=self.device)
+        if part != "test":
+            y = np.full((len(rows), job.y.shape[1]), -1, Y.dtype)
+            s = np.full((len(rows), job.y.shape[1]), np.nan, np.float32)
+            y[:, cols], s[:, cols] = Y[rows], logits
+            return y, s
+        test = job.rows["test"]
+        out = np.full((len(test), job.y.shape[1]), np.nan, np.float32)
+        where = {int(r): i for i, r in enumerate(test)}
+        out[np.ix_([where[int(r)] for r in rows], cols)] = logits
+        net.to("cpu")
+        return None, out
 
 
 def _length_bucketed_batches(train_data, batch, rng):
@@ -520,167 +501,26 @@ def _length_bucketed_batches(train_data, batch, rng):
         yield x, y.data
 
 
-def _validation_score(model, *, X, pos, Y, seqs, frame_loss, device):
-    """Return the epoch's validation loss and mean F1 (threshold 0) over the cut sequences ``seqs``."""
-    torch = _torch()
-
-    if not seqs:
-        return {"val_loss": float("nan"), "val_score": float("nan")}
-    rows, logits = score_sequences(model, X, pos, seqs, device=device)
-    y = Y[rows]
-    total, n = frame_loss(torch.as_tensor(logits), torch.as_tensor(y, dtype=torch.float32))
-    f1 = [au_metrics(y[:, a], decide(logits[:, a], 0.0))["f1"] for a in range(Y.shape[1])]
-    f1 = [f for f in f1 if np.isfinite(f)]
-    return {"val_loss": float(total / max(int(n), 1)),
-            "val_score": float(np.mean(f1)) if f1 else float("nan")}
-
-
-def _choose_thresholds(fit_out, val_rows, *, tune_threshold, X, pos, group, frame, Y, device):
-    """Set ``fit_out``'s thresholds and validation F1 on the validation subjects' whole sequences.
-
-    Scored as test is; a threshold is tuned only with ``tune_threshold`` (else 0).
-    """
-
-    k = Y.shape[1]
-    thresholds = np.zeros(k)
-    whole_val = cut_sequences(val_rows, group, frame, Y, mode="test").sequences
-    vrows, vlogits = score_sequences(fit_out.model, X, pos, whole_val, device=device)
-    val_f1 = np.full(k, np.nan)
-    for a in range(k):
-        lab = Y[vrows, a] >= 0
-        ya, sa = Y[vrows, a][lab], vlogits[lab, a]
-        if tune_threshold:
-            if (ya == 1).any():
-                thresholds[a] = best_threshold(ya, sa)
-            else:
-                fit_out.notes.append("no positive in validation: threshold left at 0")
-        if ya.size:
-            val_f1[a] = au_metrics(ya, decide(sa, thresholds[a]))["f1"]
-    fit_out.thresholds, fit_out.threshold = thresholds.tolist(), float(thresholds[0])
-    fit_out.val_f1 = float(val_f1[0]) if k == 1 else float(np.nanmean(val_f1)) if np.isfinite(val_f1).any() else float("nan")
-    fit_out.val_f1_per_output = val_f1.tolist()
-
-
-def _score_test(fit_out, test_rows, *, X, pos, group, frame, Y, device):
-    """Return (n_test, k) scores of each test subject's whole sequence, in ``test_rows``' order.
-
-    Sequences broken at frames without codes are reported in ``fit_out.notes``, never bridged;
-    the model is moved back to the CPU afterwards.
-    """
-    test = cut_sequences(test_rows, group, frame, Y, mode="test")
-    fit_out.cuts["test"] = test.report()
-    breaks = {p: c["breaks_at_missing_frames"] for p, c in fit_out.cuts.items()
-              if c["breaks_at_missing_frames"]}
-    if breaks:
-        fit_out.notes.append("sequences broken at frames without codes: " +
-                             ", ".join(f"{n} in {p}" for p, n in breaks.items()))
-    trows, tlogits = score_sequences(fit_out.model, X, pos, test.sequences, device=device)
-    fit_out.model.to("cpu")
-    scores = np.full((len(test_rows), Y.shape[1]), np.nan, dtype=np.float32)
-    where = {int(r): i for i, r in enumerate(test_rows)}
-    scores[[where[int(r)] for r in trows]] = tlogits
-    return scores
-
-
-# --- saving and loading ------------------------------------------------------------------------
-def save_model(fit, path, *, meta=None):
-    """Save a trained network, its AUs and thresholds as one self-contained ``.pt`` file."""
-    torch = _torch()
-    m = fit.model
-    state = {"format": FORMAT, "state_dict": {k: v.cpu() for k, v in m.state_dict().items()},
-             "dims": m.dims, "n_out": m.n_out, "hidden": m.hidden, "bidirectional": m.bidirectional,
-             "aus": list(fit.aus), "thresholds": list(fit.thresholds), "best_epoch": fit.best_epoch,
-             "options": fit.options, "meta": dict(meta or {})}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_model(path):
-    """Return ``(SequenceLSTM in eval mode, saved dict)`` of a ``.pt`` file made by :func:`save_model`."""
-    torch = _torch()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise StoreError(f"{path}: not a readable LSTM model file ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise StoreError(f"{path}: not a featbench LSTM model file (format {FORMAT} expected)")
-    model = build_model(state["dims"], state["n_out"], hidden=state["hidden"],
-                        bidirectional=state["bidirectional"])
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    return model, state
-
-
 # --- the run's hook: every (fold, AU) job, per-AU networks or one multilabel network per fold --
-def _network_task(task, *, codes, labels, pos, group, frame, options, seed, tune_threshold,
-                  balance, class_weight, checkpoint_root, fingerprint, threads=None, progress=False):
-    """Train one network (a fold's AU, or a fold's AUs for --multilabel); return per-AU results."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    import time
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    fi, cols, aus, region, rows = task
-    X = codes[region]
-    if isinstance(X, str):
-        X = np.load(X, mmap_mode="r")
-    Y = labels[:, cols]
+def lstm_jobs(jobs, splits, labels, *, multilabel, identity):
+    """Turn classify's (fold, AU) jobs into the units the LSTM trains: one per AU, or with
+    ``multilabel`` one per fold and region over the fold's AUs."""
+    groups = {}
+    for fi, ai, au, region, rows in jobs:
+        key = (fi, region) if multilabel else (fi, au)
+        groups.setdefault(key, (fi, region, rows, []))[3].append((ai, au))
+    regions = {region for _, region, _, _ in groups.values()}
     out = []
-    stats = {}
-    for part in ("train", "validation"):
-        y = Y[rows[part]]
-        lab = (y >= 0)
-        stats[part] = (lab.sum(axis=0), ((y == 1) & lab).sum(axis=0))
-    base = [{"fold": fi, "au": au, "n_train": int(stats["train"][0][j]),
-             "n_train_pos": int(stats["train"][1][j]), "n_val": int(stats["validation"][0][j]),
-             "n_val_pos": int(stats["validation"][1][j]), "fit": None,
-             "scores": np.full(rows["test"].size, np.nan, dtype=np.float32)}
-            for j, au in enumerate(aus)]
-    trainable = [j for j, b in enumerate(base) if 0 < b["n_train_pos"] < b["n_train"]]
-    for j, b in enumerate(base):
-        if j not in trainable:
-            what = "positive" if b["n_train_pos"] == 0 else "negative"
-            b["error"] = f"no {what} frame in training: no classifier"
-    if not trainable:
-        return base
-    keep = [cols[j] for j in trainable]
-    ckpt = None
-    if checkpoint_root:
-        ckpt = os.path.join(checkpoint_root, f"{fi}-{'+'.join(aus[j] for j in trainable)}")
-    identity = {"options": asdict(options), "seed": seed, "fold": fi, "aus": [aus[j] for j in trainable],
-                "region": region, "balance": balance, "class_weight": class_weight,
-                "subjects": fingerprint, "train_rows": int(rows["train"].size)}
-    fit, scores = train_network(X, pos, group, frame, labels[:, keep], rows, options=options,
-                                seed=seed, tune_threshold=tune_threshold, balance=balance,
-                                class_weight=class_weight, checkpoint_dir=ckpt,
-                                identity=identity, progress=progress)
-    fit.aus = [aus[j] for j in trainable]
-    fit.seconds = round(time.perf_counter() - t0, 2)
-    fit.cpu_seconds = round(time.process_time() - c0, 2)  # this worker's threads, all of them
-    for col, j in enumerate(trainable):
-        b = base[j]
-        b["fit"] = fit if len(trainable) == 1 else _View(fit, col)
-        b["scores"] = scores[:, col]
-    return base
+    for fi, region, rows, members in groups.values():
+        cols, aus = [a for a, _ in members], tuple(u for _, u in members)
+        stem = aus[0] if not multilabel else "multilabel" if len(regions) == 1 else f"multilabel_{region}"
+        name = stem if len(splits) == 1 else f"{stem}-{splits[fi].name}"
+        out.append(Job(fi, splits[fi].name, Unit(stem, aus, region), rows, labels[:, cols], name,
+                       identity))
+    return out
 
 
-class _View:
-    """One AU's face of a multilabel fit: its threshold and val F1, the shared network."""
-
-    def __init__(self, fit, col):
-        self.shared, self.col = fit, col
-        self.model, self.C, self.grid = fit.model, float("nan"), {}
-        self.threshold = float(fit.thresholds[col])
-        self.val_f1 = float(fit.val_f1_per_output[col])
-        self.notes = list(fit.notes)
-        self.best_epoch, self.history, self.cuts = fit.best_epoch, fit.history, fit.cuts
-        self.seconds, self.cpu_seconds = fit.seconds, fit.cpu_seconds
-
-
-def run_jobs(jobs, *, table, codes, labels, pos, options, seed, tune_threshold, balance,
+def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_threshold, balance,
              class_weight, checkpoint_root=None, n_jobs=None, progress=True):
     """Train every (fold, AU) job of a classify run with LSTMs; return run.py's result dicts.
 
@@ -689,76 +529,76 @@ def run_jobs(jobs, *, table, codes, labels, pos, options, seed, tune_threshold, 
     """
     import tempfile
 
-    from tqdm import tqdm
-
-    groups = table.frames["subject"].astype(str) + "\x00" + table.frames["video"].astype(str)
-    group = groups.factorize()[0].astype(np.int64)
+    group = (table.frames["subject"].astype(str) + "\x00" + table.frames["video"].astype(str)
+             ).factorize()[0].astype(np.int64)
     frame = table.frames["frame"].to_numpy(dtype=np.int64)
-    if options.multilabel:
-        tasks, seen = [], {}
-        for fi, ai, au, region, rows in jobs:
-            seen.setdefault((fi, region), (rows, []))[1].append((ai, au))
-        for (fi, region), (rows, members) in seen.items():
-            tasks.append((fi, [a for a, _ in members], [u for _, u in members], region, rows))
-    else:
-        tasks = [(fi, [ai], [au], region, rows) for fi, ai, au, region, rows in jobs]
-    fingerprint = table.fingerprint()
-    kw = dict(labels=labels, pos=pos, group=group, frame=frame, options=options, seed=seed,
-              tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
-              checkpoint_root=str(checkpoint_root) if checkpoint_root else None,
-              fingerprint=fingerprint)
-    device = resolve_device(options.device)
+    identity = {"options": asdict(options), "seed": seed, "balance": balance,
+                "class_weight": class_weight, "subjects": table.fingerprint()}
+    units = lstm_jobs(jobs, splits, labels, multilabel=options.multilabel, identity=identity)
     cores = os.cpu_count() or 1
-    workers = 1 if str(device).startswith("cuda") else max(
-        1, min(len(tasks), cores if n_jobs in (None, -1) else int(n_jobs)))
-    bar = dict(total=len(tasks), desc="lstm", unit="net", file=sys.stderr, disable=not progress,
-               leave=False)
-    results = []
-    if workers == 1:
-        for t in tqdm(tasks, **bar):
-            results += _network_task(t, codes=codes, **kw)
-        return results
-    from joblib import Parallel, delayed
-
+    workers = 1 if str(resolve_device(options.device)).startswith("cuda") else max(
+        1, min(len(units), cores if n_jobs in (None, -1) else int(n_jobs)))
     with tempfile.TemporaryDirectory(prefix="featbench-codes-") as tmp:
-        files = {}
-        for region, c in codes.items():
-            files[region] = os.path.join(tmp, f"{region}.npy")
-            np.save(files[region], c)
-        gen = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(
-            delayed(_network_task)(t, codes=files, threads=max(1, cores // workers), **kw)
-            for t in tasks)
-        for part in tqdm(gen, **bar):
-            results += part
-    return results
+        if workers > 1:  # the workers read the codes memory-mapped instead of pickled copies
+            codes = {r: str(_save_npy(tmp, r, c)) for r, c in codes.items()}
+        method = LSTMMethod(options, codes, pos, group, frame, seed=seed, workers=workers,
+                            tune_threshold=tune_threshold, balance=balance, class_weight=class_weight)
+        results = run_units(method, units, work=Path(checkpoint_root or tmp), progress=progress)
+    return list(per_au(results, [j[2] for j in jobs]).values())
+
+
+def _save_npy(folder, region, codes):
+    path = Path(folder) / f"{region}.npy"
+    np.save(path, codes)
+    return path
 
 
 def save_fits(folder, splits, by, au_list):
-    """Write each trained network of a run once into ``folder``; return {(fold, au): entry}."""
-    entries, saved = {}, {}
-    for fi, split in enumerate(splits):
-        for au in au_list:
-            r = by[(fi, au)]
-            if r["fit"] is None:
-                continue
-            fit = getattr(r["fit"], "shared", r["fit"])
-            if id(fit) not in saved:
-                stem = au if len(fit.aus) == 1 else "multilabel"
-                name = f"{stem}.pt" if len(splits) == 1 else f"{stem}-{split.name}.pt"
-                save_model(fit, folder / name, meta={"fold": split.name})
-                saved[id(fit)] = name
-            f = r["fit"]
-            entries[(fi, au)] = {"model_file": saved[id(fit)], "output": fit.aus.index(au),
-                                 "threshold": f.threshold, "val_f1": f.val_f1, "notes": f.notes,
-                                 "best_epoch": f.best_epoch, "sequences": f.cuts,
-                                 "seconds": f.seconds, "cpu_seconds": f.cpu_seconds,
-                                 "history": f.history}
-    return entries
+    """Write each trained network of a run once into ``folder`` (one tensor group per network,
+    :mod:`featbench.core.modelfile`); return ``{(fold, au): settings entry}``."""
+    results = list({id(r["unit"]): r["unit"] for r in by.values()}.values())
+    units = {res.name: {**res.record(), **res.info, **res.saved(),
+                        **({"model_file": f"{res.name}.safetensors"} if res.net is not None else {})}
+             for res in results}
+    if any(res.net is not None for res in results):
+        first = next(res for res in results if res.net is not None)
+        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None)
+        run = folder.name[1:].rpartition(".tmp")[0]  # the run folder's temporary twin
+        write_model(folder, method, run, au_list, splits, results, units,
+                    weights=first.identity["settings"].get("weights", ""),
+                    preprocessing={"regions": {a: r.region for r in results for a in r.aus}},
+                    dataset=first.identity["settings"].get("dataset", ""))
+    entries = fold_entries(by, splits, au_list)
+    return {(fi, au): e for fi, per in enumerate(entries) for au, e in per.items() if "error" not in e}
+
+
+def load_model(path, unit):
+    """Return ``(SequenceLSTM in eval mode, the unit's entry)`` of an LSTM run's unit (``AU01``,
+    ``multilabel``...; ``-<fold>`` per fold) from its folder or export: thresholds and AUs in
+    the entry."""
+    model = open_model(path)
+    entry = model.manifest["settings"]["units"].get(unit)
+    if entry is None or unit not in model.groups:
+        raise StoreError(f"{path}: no LSTM unit {unit!r} (it has {', '.join(model.groups)})")
+    return network_of(entry, unit_state(model, unit)), entry
+
+
+def load_file(path):
+    """:func:`load_model` of the unit whose file is ``path`` (the registry's ``load``)."""
+    return load_model(Path(path).parent, Path(path).stem)
+
+
+def network_of(entry, state):
+    """The :class:`SequenceLSTM` of a unit ``entry`` with ``state`` loaded, in eval mode."""
+    model = build_model(entry["dims"], entry["n_out"], hidden=entry["hidden"],
+                        bidirectional=entry["bidirectional"])
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def _spec():
     return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
-                          options=options_from, load=load_model, suffix=".pt",
+                          options=options_from, load=load_file, suffix=".safetensors",
                           help="LSTM over each subject's code sequence, epoch chosen on validation")
 
 

@@ -43,15 +43,14 @@ import numpy as np
 from featbench.core.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
 from featbench.core.calibrate import calibrate_codes, calibration_tag, check_calibration
 from featbench.core.datasets import load_dataset
-from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
-                                   did_you_mean)
+from featbench.core.errors import MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.core.frames import KEY_DTYPE
-from featbench.core.metrics import METRICS, au_metrics, nanmean
-from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
 from featbench.core.workspace import Workspace, atomic_write_text, run_lock, run_name, temp_sibling
 
-from classify.estimators import balance_indices, decide, with_threshold
+from classify.estimators import balance_indices, with_threshold
+from classify.learn.writer import (fold_record, record_run_failure, recording_failure,  # noqa: F401
+                                   versions, write_outputs)
 from classify.registry import get_classifier
 from classify.scale import (H5Codes, codes_bytes, liblinear_bytes, memory_budget_bytes, peak_rss_mb,
                             run_on_dask, scheduler_address, score)
@@ -413,23 +412,13 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     path = check_features(workspace, dataset, model, regions, table)
     meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
                      **settings)
-    with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
-        try:  # from here on a failure is this run's: it becomes the run's row in summary.csv
-            meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
-            keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path, method)
-            return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
-                             n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
-        except FeatbenchError as exc:
-            record_run_failure(workspace, dataset, run, exc, meta)
-            raise
-
-
-def record_run_failure(workspace, dataset, run, exc, meta):
-    """Record ``exc`` as the run's row in ``summary.csv``, as far as the disk lets us."""
-    try:
-        record_failure(workspace, dataset, run, exc, meta=meta)
-    except (OSError, FeatbenchError):
-        pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
+    # one process makes a run at a time (the lock first: a busy run is not this run's failure);
+    # from here on a failure is this run's: it becomes the run's row in summary.csv
+    with run_lock(workspace.models_dir(dataset, run)), recording_failure(workspace, dataset, run, meta):
+        meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
+        keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path, method)
+        return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
+                         n_jobs=n_jobs, progress=progress, t0=t0, budget=budget, scheduler=scheduler)
 
 
 def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
@@ -474,55 +463,17 @@ def _make_jobs(table, splits, au_list, region, has_code, labelled):
     return jobs, test_rows, missing
 
 
-def _train(spec, jobs, meta, *, workspace, dataset, run, table, codes, labels, pos, n_jobs,
+def _train(spec, jobs, meta, *, workspace, dataset, run, table, splits, codes, labels, pos, n_jobs,
            progress, budget, scheduler):
     """Run every job: the entry's own trainer (sequences) or one fit per job in workers."""
     common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
                   class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
     if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
         ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
-        return spec.train_jobs(jobs, table=table, options=spec.options(meta[spec.name]),
+        return spec.train_jobs(jobs, table=table, splits=splits, options=spec.options(meta[spec.name]),
                                n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
     return _parallel(jobs, n_jobs, progress, spec=spec, budget=budget, scheduler=scheduler,
                      **common), scheduler
-
-
-def _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds):
-    """Return one AU's row of the run's table (metrics averaged over folds) and its notes."""
-    n_folds = len(splits)
-    per_fold, au_notes = [], []
-    for fi in range(n_folds):
-        r, te = by[(fi, au)], test_rows[fi]
-        y = labels[te, ai]
-        tag = f" ({splits[fi].name})" if n_folds > 1 else ""
-        if r["fit"] is None:
-            au_notes.append(r["error"] + tag)
-            m = {key: float("nan") for key in METRICS}
-            m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
-        else:
-            thresholds[fi, ai] = r["fit"].threshold
-            m = au_metrics(y, decide(r["scores"], r["fit"].threshold), r["scores"])
-            au_notes += [n + tag for n in r["fit"].notes]
-            if m["support"] == 0:
-                au_notes.append("no positive in test: F1 undefined (nan)" + tag)
-        per_fold.append(m)
-    row = {"au": au}
-    for key in ("f1", "accuracy", "precision", "recall"):
-        row[key] = nanmean(m[key] for m in per_fold)
-    row["support"] = int(sum(m["support"] for m in per_fold))
-    row["threshold"] = nanmean(thresholds[:, ai])
-    row["auc"] = nanmean(m["auc"] for m in per_fold)
-    row["frames"] = int(sum(m["frames"] for m in per_fold))
-    if n_folds > 1:
-        f1s = np.array([m["f1"] for m in per_fold], dtype=float)
-        row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
-    for param in spec.search_space:  # the chosen value (median over folds)
-        vals = [by[(fi, au)]["fit"].params[param] for fi in range(n_folds) if by[(fi, au)]["fit"]]
-        row[param] = float(np.median(vals)) if vals else float("nan")
-    row["n_train"] = int(round(np.mean([by[(fi, au)]["n_train"] for fi in range(n_folds)])))
-    au_notes = list(dict.fromkeys(au_notes))
-    row["note"] = "; ".join(au_notes)
-    return row, au_notes
 
 
 def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
@@ -539,107 +490,46 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
     results, scheduler = _train(spec, jobs, meta, workspace=workspace, dataset=dataset, run=run,
-                                table=table, codes=codes, labels=labels, pos=pos, n_jobs=n_jobs,
+                                table=table, splits=splits, codes=codes, labels=labels, pos=pos,
+                                n_jobs=n_jobs,
                                 progress=progress, budget=budget, scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
     scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),
              "memory_budget_gb": round(budget / (1 << 30), 2) if budget else None,
              "solver": sorted({r.get("solver", spec.name) for r in results}),
              "backend": f"dask {scheduler}" if scheduler else "joblib (local processes)"}
-    thresholds = np.full((len(splits), len(au_list)), np.nan)
-    rows_out, notes = [], []
-    for ai, au in enumerate(au_list):
-        row, au_notes = _au_row(spec, ai, au, by, labels, test_rows, splits, thresholds)
-        rows_out.append(row)
-        notes += [f"{au}: {n}" for n in au_notes]
-    for part, n in missing.items():
-        if n:
-            notes.append(f"{n} labelled {part} frames have no codes in the feature file and were left out")
-
-    # predictions, models, settings, tables (computed above; written only now) -----------------
     n_train = [int((s.mask(table, "train") & has_code & labelled).sum()) for s in splits]
-    n_test = int(sum(r.size for r in test_rows))
-    meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": n_test,
+    meta = {**meta, "n_train": int(round(np.mean(n_train))), "n_test": int(sum(r.size for r in test_rows)),
             "frames_without_codes": int(sum(missing.values())),
             "seconds": round(time.time() - t0, 1)}
     scale["peak_rss_mb"] = {"main": peak_rss_mb(),
                             "worker_max": max((r.get("rss_mb", 0.0) for r in results), default=0.0)}
-    pred_path = None
-    try:
-        pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by,
-                                       labels, thresholds, rows_out, meta, splits)
-        models_dir, fold_info = _write_models(workspace, dataset, run, au_list, splits, by, meta,
-                                              attrs, missing, n_train, test_rows, scale=scale)
-        meta["seconds"] = round(time.time() - t0, 1)
-        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
-    except OSError as exc:  # disk full, permissions: no predictions without their run
-        from featbench.core.errors import describe_os_error
 
-        if pred_path is not None:
-            pred_path.unlink(missing_ok=True)
-        where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
-        raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
-                         f"{run} (none of them kept; rerun when fixed)") from None
-    mean = run_table(rows_out)[0][-1]
-    return {"run": run, "dataset": dataset, "rows": rows_out, "mean": mean, "notes": notes,
-            "meta": meta, "csv": csv, "predictions": pred_path, "models_dir": models_dir,
-            "missing_codes": missing, "folds": fold_info, "seconds": meta["seconds"]}
+    def fill(tmp, rows_out, thresholds):
+        return _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs, missing,
+                            n_train, test_rows, scale)
+
+    out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
+                        test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
+                        params=tuple(spec.search_space), attrs=PREDICTION_ATTRS, t0=t0)
+    out["notes"] += [f"{n} labelled {part} frames have no codes in the feature file and were left out"
+                     for part, n in missing.items() if n]
+    out["missing_codes"] = missing
+    shutil.rmtree(workspace.models_dir(dataset, run).with_name(f".{run}.train"),
+                  ignore_errors=True)  # LSTM checkpoints: done
+    return out
 
 
-def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels, thresholds,
-                       rows_out, meta, splits):
-    """Write the test frames' scores and decisions (team contract 3), atomically."""
-    path = workspace.predictions_path(dataset, run)
-    rows = np.concatenate(test_rows)
-    if np.unique(rows).size != rows.size:
-        raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
-    k = len(au_list)
-    scores = np.full((rows.size, k), np.nan, dtype=np.float32)
-    decisions = np.zeros((rows.size, k), dtype=np.int8)
-    fold = np.concatenate([np.full(r.size, fi, dtype=np.int8) for fi, r in enumerate(test_rows)])
-    start = 0
-    for fi, r in enumerate(test_rows):
-        for ai, au in enumerate(au_list):
-            res = by[(fi, au)]
-            scores[start:start + r.size, ai] = res["scores"]
-            if res["fit"] is not None:
-                decisions[start:start + r.size, ai] = decide(res["scores"], res["fit"].threshold)
-        start += r.size
-    return write_predictions(
-        path, frames=table.keys()[rows], labels=labels[rows], scores=scores, decisions=decisions,
-        fold=fold, aus=au_list, thresholds=[r["threshold"] for r in rows_out],
-        fold_thresholds=thresholds,  # (folds, k): the threshold each fold used
-        run=run, folds=[s.name for s in splits],
-        failed_aus=[r["au"] for r in rows_out if not np.isfinite(r["threshold"])],
-        **{key: meta[key] for key in ("model", "region", "clf", "weights", "protocol", "dataset")})
+#: the summary columns a classifier run's predictions file records
+PREDICTION_ATTRS = ("model", "region", "clf", "weights", "protocol", "dataset")
 
 
-def _versions():
+def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train,
+                 test_rows, scale):
+    """Write one model per AU (and fold), threshold inside, plus settings.json, into ``tmp``."""
     import joblib
     import sklearn
 
-    import featbench
-
-    return {"featbench": featbench.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "joblib": joblib.__version__, "python": sys.version.split()[0]}
-
-
-def _write_models(workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train, test_rows,
-                  scale=None):
-    """Replace the run's model folder: one model per AU (and fold), threshold inside, plus settings.json."""
-    final = workspace.models_dir(dataset, run)
-    tmp = temp_sibling(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        return _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs,
-                            missing, n_train, test_rows, scale)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # renamed onto final, or half-written: gone
-
-
-def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta, attrs, missing,
-                 n_train, test_rows, scale):
     spec = get_classifier(meta["clf"])
     folds = []
     saved = {}
@@ -666,9 +556,8 @@ def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta,
                     if len(fit.params) == 1:
                         entry[f"val_f1_by_{param}"] = {f"{c:g}": v for c, v in fit.grid.items()}
             per_au[au] = entry
-        folds.append({"name": split.name, "train": list(split.train), "validation": list(split.validation),
-                      "test": list(split.test), "n_train_frames": n_train[fi],
-                      "n_test_frames": int(test_rows[fi].size), "aus": per_au})
+        folds.append(fold_record(split, per_au, n_train_frames=n_train[fi],
+                                 n_test_frames=int(test_rows[fi].size)))
     settings = {
         "run": run, **{k: v for k, v in meta.items() if k != "seconds"}, "aus": au_list,
         "c_grid": list(spec.search_space["C"]) if "C" in spec.search_space else None,
@@ -676,14 +565,12 @@ def _fill_models(tmp, final, workspace, dataset, run, au_list, splits, by, meta,
         "default_threshold": 0.0, "frames_without_codes_by_part": missing,
         "features": {"path": str(workspace.features_path(dataset, meta["model"])),
                      "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}},
-        "folds": folds, "versions": _versions(), **(scale or {}),
+        "folds": folds, "versions": versions(**{"scikit-learn": sklearn.__version__,
+                                                "joblib": joblib.__version__}), **(scale or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_text(tmp / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    shutil.rmtree(final.with_name(f".{run}.train"), ignore_errors=True)  # LSTM checkpoints: done
-    return final, folds
+    return folds
 
 
 def format_result(result):

@@ -38,6 +38,7 @@ What a caller provides
 """
 
 import csv
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,7 @@ import numpy as np
 from featbench.core.errors import UsageError
 from featbench.core.workspace import atomic_path
 
-from extract.encoders import resolve_device
+from extract.encoders import autocast_dtype, resolve_device
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_score", "seconds", "lr")
 CHECKPOINT = "last.pt"
@@ -124,15 +125,6 @@ class FitResult:
 
 
 # --- device, precision, batches --------------------------------------------------------------
-def autocast_dtype(device, amp=True):
-    """Return the autocast dtype for ``device`` (None: full precision)."""
-    import torch
-
-    if not amp or not str(device).startswith("cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def to_device(batch, device, *, channels_last=False):
     """Move a batch (tensor, tuple / list / dict of them, or an object with ``.to``) to ``device``."""
     import torch
@@ -167,16 +159,33 @@ def _make_optimizer(params, config):
 
 # --- checkpoints -----------------------------------------------------------------------------
 def _save(path, state):
+    """Write a checkpoint: tensors and plain JSON values only, so that it loads with
+    ``torch.load(weights_only=True)`` (a checkpoint is a file a user may be sent)."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    plain = {k: v for k, v in state.items() if k in _JSON_PARTS}
+    state = {**state, **json.loads(json.dumps(plain, default=_json_value))}
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: the parts of a checkpoint that are not tensors: saved as their JSON values
+_JSON_PARTS = ("identity", "history", "best", "best_value")
+
+
+def _json_value(v):
+    """JSON form of numpy scalars (and anything else: its string)."""
+    return v.item() if hasattr(v, "item") else str(v)
+
+
+def _same_identity(a, b):
+    return json.loads(json.dumps(a, default=_json_value)) == json.loads(json.dumps(b, default=_json_value))
 
 
 def load_checkpoint(checkpoint_dir, identity):
@@ -187,11 +196,11 @@ def load_checkpoint(checkpoint_dir, identity):
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged checkpoint: say which file, never resume from it
         raise UsageError(f"{path}: cannot read this checkpoint ({type(exc).__name__}); delete it "
                          "to train from the start") from None
-    if state.get("identity") != identity:
+    if not _same_identity(state.get("identity"), identity):
         raise UsageError(f"{path} was made with other settings; delete {Path(checkpoint_dir)} to "
                          "train again, or rerun with the settings it was made with")
     return state

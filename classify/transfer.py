@@ -9,8 +9,9 @@ Stage 1 (:func:`run_stage1`)
     best epoch count and saved for stage 2.
 Stage 2 (:func:`run_stage2`)
     That backbone + an MLP with two hidden layers (ReLU, dropout), one logit per AU, per-AU
-    binary cross-entropy (``pos_weight="auto"``: negatives / positives of each AU on the
-    training frames, for Aff-Wild2's imbalance; AU labels of -1 are masked out of the loss).
+    binary cross-entropy (``pos_weight="auto"``: the task's rule, negatives / positives of each
+    AU on the training frames clipped to [0.1, 10], for Aff-Wild2's imbalance; AU labels of -1
+    are masked out of the loss).
     Trained on the data set's training split, the epoch is chosen by mean F1 at 0.5 on the
     validation subjects, then each AU's threshold by F1 on the validation frames only
     (ABAW's ``own`` protocol: test = the Validation_Set, as the paper reports it). F1 is
@@ -19,9 +20,15 @@ Control
     The same stage 2 from the backbone's starting weights, without stage 1 (run tag
     ``nostage1``), so the report answers "does the expression stage help?".
 
-Every network trains through :func:`classify.training.fit` (checkpoint per epoch and resume,
-AMP + channels-last on CUDA). Images stream from the aligned-face cache in batches; nothing
-loads a whole data set into memory.
+Both stages are one method, :class:`TransferMethod` (:mod:`classify.learn.method`): the
+network, full aligned faces from the face source (:mod:`featbench.core.facesource`: the
+network's first layer resizes them; flipped at random in training), scores through the one
+inference path. Stage 1 trains with the :class:`~classify.learn.task.Expression` task, stage 2
+with the occurrence task (masked BCE, the one positive-weight rule, F1, thresholds settled on
+validation) through the shared fold x unit loop (:mod:`classify.learn.loop`) and the one run
+writer (:mod:`classify.learn.writer`). Every network trains through
+:func:`classify.training.fit` (checkpoint per epoch and resume, AMP + channels-last on CUDA);
+nothing loads a whole data set into memory.
 
 The network outputs logits; thresholds are tuned on them (logit 0 = probability 0.5) and
 stored, with the predictions file's scores, as probabilities.
@@ -29,13 +36,13 @@ stored, with the predictions file's scores, as probabilities.
 Outputs::
 
     results/<expr-ds>/models/<backbone>__full__expr/   stage 1: folds.csv, confusion.csv,
-        backbone.pt, stage1.json, per-fold logs and curves, checkpoints/
+        backbone.safetensors, stage1.json, per-fold logs and curves, checkpoints/
     results/<ds>/<backbone>__full__transfer[__nostage1].csv, summary.csv row (clf transfer),
-    results/<ds>/predictions/<run>.h5, results/<ds>/models/<run>/ model.pt, backbone.pt,
-        settings.json, log.csv, curves.png, checkpoints/
+    results/<ds>/predictions/<run>.h5, results/<ds>/models/<run>/ model.safetensors,
+        backbone.safetensors, manifest.json, settings.json, model.log.csv, model.png
 
-``backbone.pt`` holds the whole network's state dict with the registry's key names, so it
-loads with ``featbench extract --model <backbone> --weights backbone.pt``.
+``backbone.safetensors`` holds the whole backbone's weights with the registry's key names, so
+it loads with ``featbench extract --model <backbone> --weights backbone.safetensors``.
 """
 
 import json
@@ -49,22 +56,27 @@ from torch import nn  # this module is imported by the command function only: --
 
 from featbench.core.align import AlignedFaces, ensure_aligned
 from featbench.core.errors import MissingRunError, UsageError
+from featbench.core.facesource import FaceInput, FaceSource, draw_augmentation
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.metrics import au_metrics, nanmean
-from featbench.core.results import write_predictions, write_run
+from featbench.core.modelfile import open_model
 from featbench.core.splits import make_splits
-from featbench.core.workspace import atomic_path, atomic_write_text, run_lock
+from featbench.core.workspace import atomic_write_text, run_lock
 
-from classify.estimators import best_threshold
-from classify.training import TrainConfig, autocast_dtype, fit, plot_history, to_device
-from extract.encoders import create_preprocess
+from classify.estimators import decide
+from classify.learn import store
+from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
+from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
+from classify.learn.task import EXPRESSION, OCCURRENCE
+from classify.learn.writer import recording_failure, write_outputs
+from classify.training import TrainConfig, fit, plot_history
+from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec
 from extract.weights import file_sha256, load_network
 
 EXPR_CLF = "expr"
 CLF = "transfer"
 CONTROL_TAG = "nostage1"
-POS_WEIGHT_MAX = 50.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,10 @@ class StartWeights:
         self.spec, self.weights = spec, weights
         self._identity = identity
 
+    def identity(self):
+        """The starting weights' identity as far as known before loading them."""
+        return self._identity or str(self.weights)
+
     def load(self):
         """Return ``(module, preprocess_mean, identity)``: the trainable truncated backbone."""
         net = load_network(self.spec, self.weights)
@@ -190,22 +206,6 @@ class TransferNet(nn.Module):
         return self.head(self.backbone(self.preprocess(x)))
 
 
-def load_model(path, *, device="cpu"):
-    """Load a stage-2 ``model.pt`` alone: return ``(TransferNet in eval mode, saved dict)``.
-
-    The dict holds ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face is
-    called present for an AU when its logit is > that AU's logit threshold.
-    """
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    spec = get_spec(state["backbone"])
-    net, _ = build_net(spec, StartWeights(spec, "random:0"), tuple(state["hidden"]) + (len(state["aus"]),),
-                       input_size=state["input_size"], dropout=state.get("dropout", 0.0))
-    net.load_state_dict(state["state_dict"])
-    return net.to(device).eval(), state
-
-
 def full_state_dict(spec, backbone):
     """Return ``backbone``'s weights keyed as the registry's whole network names them.
 
@@ -229,11 +229,6 @@ def full_state_dict(spec, backbone):
     return out
 
 
-def _sha(path):
-    return file_sha256(path)
-
-
-# --- data ----------------------------------------------------------------------------------------
 def _faces(table, workspace, progress):
     faces = AlignedFaces(ensure_aligned(table, workspace, progress=progress))
     if len(faces) != len(table):
@@ -241,52 +236,75 @@ def _faces(table, workspace, progress):
     return faces
 
 
-def _chunks(rows, size):
-    for i in range(0, len(rows), size):
-        yield rows[i:i + size]
 
+# --- the method ----------------------------------------------------------------------------------
+class TransferMethod(Method):
+    """A registry backbone + a fresh head on full aligned faces (both stages; see the module
+    docstring). ``start``: the backbone's :class:`StartWeights`; ``head``: the head's layer sizes
+    after the code (stage 1: ``(classes,)``; stage 2: ``hidden + (AUs,)``)."""
 
-def train_batches(faces, rows, targets, *, batch_size, flip):
-    """Return ``batches(epoch, rng)``: shuffled ``(faces uint8 NHWC, targets)`` of ``rows`` only.
+    kind = CLF
+    tune = True
 
-    A last batch of one image is dropped (batch norm needs two).
-    """
-    import torch
+    def __init__(self, settings, faces_path, start, head, task=OCCURRENCE):
+        super().__init__(task)
+        self.settings, self.start, self.head = settings, start, tuple(head)
+        self.spec = start.spec
+        self.source = FaceSource(faces_path, FaceInput("full", self.input_size, resize_full=False))
+        self.device = resolve_device(settings.device)
+        self.dtype = autocast_dtype(self.device)
 
-    rows = np.asarray(rows, dtype=np.int64)
+    @property
+    def input_size(self):
+        return int(self.settings.input_size or self.spec.input_size)
 
-    def batches(epoch, rng):
-        order = rows[rng.permutation(len(rows))]
-        for idx in _chunks(order, batch_size):
-            if len(idx) < 2:
-                continue
-            x = torch.from_numpy(faces.read(idx))
-            if flip:
-                m = torch.from_numpy(rng.random(len(idx)) < 0.5)
-                x[m] = x[m].flip(2)
-            yield x, torch.from_numpy(np.ascontiguousarray(targets[idx]))
+    def unit_data(self, job):
+        c = counts(job.y, job.rows)
+        pw = (self.task.pos_weight(job.y[job.rows["train"]])
+              if self.settings.pos_weight == "auto" else None)
+        return UnitData(trainable(c), c, {"pos_weight": pw})
 
-    return batches
+    def build(self, job, data=None):
+        net, weights_id = build_net(self.spec, self.start, self.head, seed=self.settings.seed,
+                                    input_size=self.settings.input_size,
+                                    dropout=self.settings.dropout if len(self.head) > 1 else 0.0)
+        return net, {"weights": weights_id}
 
+    def train_config(self, job):
+        return self.settings.train_config(2 if self.task is OCCURRENCE else 1)
 
-def predict_logits(model, faces, rows, *, batch_size=64, device=None):
-    """Return the logits of ``rows`` (k, outputs) float32, in the order given, in eval mode."""
-    import torch
+    def train_batches(self, job, data=None):
+        """Shuffled batches of the training rows (a last batch of one face is dropped: batch
+        norm needs two), flipped at random; targets and the positive weight beside."""
+        import torch
 
-    device = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = []
-    dtype = autocast_dtype(str(device))
-    with torch.inference_mode():
-        for idx in _chunks(np.asarray(rows, dtype=np.int64), batch_size):
-            x = to_device(torch.from_numpy(faces.read(idx)), device)
-            with torch.autocast(device_type=str(device).split(":")[0], dtype=dtype,
-                                enabled=dtype is not None):
-                out.append(model(x).float().cpu().numpy())
-    model.train(was)
-    width = model.head[-1].out_features
-    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+        rows, y, bs = np.asarray(job.rows["train"], np.int64), job.y, int(self.settings.batch_size)
+        pw = None if data is None or data.extra["pos_weight"] is None else \
+            torch.from_numpy(data.extra["pos_weight"])
+
+        def batches(epoch, rng):
+            order = rows[rng.permutation(len(rows))]
+            aug = (draw_augmentation(rng, len(order), self.input_size, flip_only=True)
+                   if self.settings.flip else None)
+            for _, idx, imgs in self.source.batches(order, bs, aug=aug, min_size=2):
+                yield torch.from_numpy(imgs), torch.from_numpy(np.ascontiguousarray(y[idx])), pw
+
+        return batches
+
+    def scores(self, net, job, data, part):
+        """Logits of the validation rows (the epoch; the thresholds) or the test rows."""
+        import torch
+
+        rows = job.rows["test" if part == "test" else "validation"]
+        batches = (torch.from_numpy(f) for _, _, f in self.source.batches(rows, 64))
+        s = score_batches(net, batches, device=self.device, dtype=self.dtype,
+                          width=self.head[-1])
+        return (None if part == "test" else job.y[rows]), s
+
+    def predict(self, net, rows):
+        """The logits of table ``rows`` (in order)."""
+        return self.scores(net, Job(0, "", Unit("model", ()), {"test": rows}, None, ""), None,
+                           "test")[1]
 
 
 # --- stage 1 -------------------------------------------------------------------------------------
@@ -306,31 +324,18 @@ def _tags(settings):
     return (f"s{settings.seed}",) if settings.seed else ()
 
 
-def _stage1_fit(model, faces, y, train, val, settings, ckpt, log, identity, progress, epochs=None):
+def _stage1_fit(method, model, job, settings, ckpt, log, identity, progress, epochs=None):
     """Train one stage-1 network through the shared loop; return its FitResult."""
-    import torch
-    import torch.nn.functional as F
-
     config = settings.train_config(1)
     if epochs is not None:  # the final fit on every subject: a fixed epoch count
         config = replace(config, epochs=int(epochs), patience=None)
 
-    def step_loss(net, batch):
-        x, t = batch
-        return F.cross_entropy(net(x), t)
-
     def evaluate(net):
-        if not len(val):
-            return {"val_score": float("nan")}
-        logits = torch.from_numpy(predict_logits(net, faces, val))
-        t = torch.from_numpy(y[val])
-        return {"val_loss": float(F.cross_entropy(logits, t)),
-                "val_score": float((logits.argmax(1) == t).float().mean())}
+        return method.task.validate(*method.scores(net, job, None, "validation"))
 
-    result = fit(model, train_batches=train_batches(faces, train, y, batch_size=settings.batch_size,
-                                                    flip=settings.flip),
-                 step_loss=step_loss, evaluate=evaluate, config=config, checkpoint_dir=ckpt,
-                 identity=identity, log_path=log, progress=progress)
+    result = fit(model, train_batches=method.train_batches(job), step_loss=method.step_loss(job, None),
+                 evaluate=evaluate, config=config, checkpoint_dir=ckpt, identity=identity,
+                 log_path=log, progress=progress)
     plot_history(result.history, log.with_suffix(".png"), title=log.stem)
     return result
 
@@ -352,61 +357,67 @@ def run_stage1(workspace, table, settings, *, progress=True):
     _check_torch(spec)
     classes = list(table.notes.get("classes") or sorted(set(table.frames["expression"])))
     faces = _faces(table, workspace, progress)
-    y = table.frames["expression"].map({c: i for i, c in enumerate(classes)}).fillna(-1)
-    y = y.to_numpy(dtype=np.int64)
-    usable = faces.valid & (y >= 0)
+    y = EXPRESSION.targets(table, classes)
+    usable = np.asarray(faces.valid, bool) & (y >= 0)
     run = stage1_run(settings)
     out_dir = workspace.models_dir(table.dataset, str(run))
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = StartWeights(spec, settings.weights)
+    method = TransferMethod(settings, faces.path, StartWeights(spec, settings.weights), (len(classes),),
+                            task=EXPRESSION)
     ident = {"stage": 1, "settings": settings.to_json(), "data": table.fingerprint(),
              "classes": classes}
-    folds, confusion, best_epochs = [], np.zeros((len(classes), len(classes)), np.int64), []
     splits = expression_folds(table, settings.folds, seed=settings.seed)
-    weights_id = None
+    folds, confusion, res = _stage1_folds(method, splits, table, y, usable, ident, out_dir, progress)
+    # the backbone for stage 2: every subject, the folds' median epoch count
+    epochs = max(1, int(np.median([f["best_epoch"] for f in folds])))
+    model, info = method.build(None)
+    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64)}
+    _stage1_fit(method, model, Job(0, "all", Unit("model", ()), every, y, "all"), settings,
+                out_dir / "checkpoints" / "all", out_dir / "all.log.csv",
+                {**ident, "fold": "all", "epochs": epochs}, progress, epochs=epochs)
+    backbone_path = store.write_tensors(out_dir / "backbone.safetensors",
+                                        full_state_dict(spec, model.backbone))
+    accs = np.array([f["accuracy"] for f in folds], dtype=float)
+    result = {"run": str(run), "dataset": table.dataset, "backbone": settings.backbone,
+              "weights": str(info["weights"]), "classes": classes, "folds": folds,
+              "mean_accuracy": float(np.nanmean(accs)), "std_accuracy": float(np.nanstd(accs)),
+              "confusion": confusion.tolist(), "final_epochs": epochs,
+              "images": int(usable.sum()), "subjects": len(table.subjects),
+              "backbone_file": str(backbone_path), "backbone_sha256": file_sha256(backbone_path),
+              "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
+              "device": str(res.device), "torch": torch.__version__}
+    _write_stage1_tables(out_dir, result)
+    store.write_json(out_dir / "stage1.json", result)
+    # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
+    store.write_json(out_dir / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result})
+    return result
+
+
+def _stage1_folds(method, splits, table, y, usable, ident, out_dir, progress):
+    """Train and test stage 1 on each fold; return the fold rows, the summed confusion matrix
+    and the last FitResult."""
+    k = method.head[0]
+    folds, confusion, res = [], np.zeros((k, k), np.int64), None
     for i, split in enumerate(splits, 1):
         tf = time.time()
-        train, val, test = (np.flatnonzero(split.mask(table, p) & usable)
-                            for p in ("train", "validation", "test"))
-        model, weights_id = build_net(spec, start, (len(classes),), input_size=settings.input_size,
-                                      seed=settings.seed)
-        res = _stage1_fit(model, faces, y, train, val, settings, out_dir / "checkpoints" / f"fold{i}",
+        rows = {p: np.flatnonzero(split.mask(table, p) & usable) for p in ("train", "validation", "test")}
+        job = Job(i, f"fold{i}", Unit("model", ()), rows, y, f"fold{i}")
+        model, _ = method.build(job)
+        res = _stage1_fit(method, model, job, method.settings, out_dir / "checkpoints" / f"fold{i}",
                           out_dir / f"fold{i}.log.csv", {**ident, "fold": i}, progress)
-        pred = predict_logits(model, faces, test).argmax(1)
+        test = rows["test"]
+        pred = EXPRESSION.decide(method.scores(model, job, None, "test")[1])
         np.add.at(confusion, (y[test], pred), 1)
-        acc = float(np.mean(pred == y[test])) if len(test) else float("nan")
-        best_epochs.append(res.best_epoch)
+        acc = EXPRESSION.metrics(y[test], pred)["accuracy"]
         folds.append({"fold": i, "accuracy": acc, "test_images": int(len(test)),
-                      "train_images": int(len(train)), "val_images": int(len(val)),
+                      "train_images": int(len(rows["train"])), "val_images": int(len(rows["validation"])),
                       "best_epoch": res.best_epoch, "seconds": round(time.time() - tf, 1),
                       "test_subjects": " ".join(split.test)})
         if progress:
             print(f"stage 1 fold {i}/{len(splits)}: accuracy {acc:.3f} on {len(test)} images "
                   f"of {len(split.test)} subjects (epoch {res.best_epoch})", file=sys.stderr)
         del model
-    # the backbone for stage 2: every subject, the folds' median epoch count
-    epochs = max(1, int(np.median(best_epochs)))
-    model, _ = build_net(spec, start, (len(classes),), input_size=settings.input_size, seed=settings.seed)
-    every = np.flatnonzero(usable)
-    _stage1_fit(model, faces, y, every, np.zeros(0, np.int64), settings, out_dir / "checkpoints" / "all",
-                out_dir / "all.log.csv", {**ident, "fold": "all", "epochs": epochs}, progress,
-                epochs=epochs)
-    backbone_path = out_dir / "backbone.pt"
-    _save_torch(backbone_path, full_state_dict(spec, model.backbone))
-    accs = np.array([f["accuracy"] for f in folds], dtype=float)
-    result = {"run": str(run), "dataset": table.dataset, "backbone": settings.backbone,
-              "weights": str(weights_id), "classes": classes, "folds": folds,
-              "mean_accuracy": float(np.nanmean(accs)), "std_accuracy": float(np.nanstd(accs)),
-              "confusion": confusion.tolist(), "final_epochs": epochs,
-              "images": int(usable.sum()), "subjects": len(table.subjects),
-              "backbone_file": str(backbone_path), "backbone_sha256": _sha(backbone_path),
-              "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
-              "device": str(res.device), "torch": torch.__version__}
-    _write_stage1_tables(out_dir, result)
-    _write_json(out_dir / "stage1.json", result)
-    # beside backbone.pt: codes extracted with it are stored as finetuned:<run> sha256:...
-    _write_json(out_dir / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result})
-    return result
+    return folds, confusion, res
 
 
 def _write_stage1_tables(out_dir, result):
@@ -453,47 +464,6 @@ def stage2_run(settings, *, control=False):
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
-def pos_weights(labels):
-    """Per-AU BCE weight of positives: negatives / positives on the training frames.
-
-    Clipped to [1, :data:`POS_WEIGHT_MAX`]; an AU without a positive gets 1.
-    """
-    pos = (labels == 1).sum(0).astype(float)
-    neg = (labels == 0).sum(0).astype(float)
-    w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
-    return np.clip(w, 1.0, POS_WEIGHT_MAX).astype(np.float32)
-
-
-def masked_bce(logits, targets, pos_weight=None):
-    """Per-AU binary cross-entropy averaged over labelled entries (targets -1 contribute nothing)."""
-    import torch.nn.functional as F
-
-    mask = (targets >= 0).float()
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.clamp(min=0).float(),
-                                              pos_weight=pos_weight, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def tune_thresholds(labels, logits):
-    """Return each AU's logit threshold with the best F1 on these (validation) frames.
-
-    ``labels`` (n, k) of 1 / 0 / -1 (ignored); an AU without a positive keeps logit 0
-    (probability 0.5).
-    """
-    out = np.zeros(labels.shape[1])
-    for j in range(labels.shape[1]):
-        keep = labels[:, j] >= 0
-        out[j] = best_threshold(labels[keep, j], logits[keep, j])
-    return out
-
-
-def mean_f1(labels, logits, thresholds=None):
-    """Mean over AUs (nan ignored) of F1 of ``logits > thresholds`` (default 0: probability 0.5)."""
-    thr = np.zeros(labels.shape[1]) if thresholds is None else np.asarray(thresholds)
-    return nanmean(au_metrics(labels[:, j], (logits[:, j] > thr[j]).astype(int))["f1"]
-                   for j in range(labels.shape[1]))
-
-
 def stage2_rows(table, faces, aus, protocol="own", *, seed=0):
     """Return ``(split, {"train"|"validation"|"test": rows})`` of the AU set's usable frames.
 
@@ -513,6 +483,8 @@ def stage2_rows(table, faces, aus, protocol="own", *, seed=0):
 def default_protocol(table):
     """``own`` when the data set has its own split (Aff-Wild2), else ``paper`` (DISFA)."""
     return "own" if (table.frames["split"] != "").any() else "paper"
+
+
 
 
 def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=None, progress=True):
@@ -536,8 +508,6 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
         ``run``, ``csv``, ``predictions``, ``f1``, ``f1_05``, ``thresholds``, ``best_epoch``,
         ``weights``, ``seconds``...
     """
-    import torch
-
     t0 = time.time()
     spec = get_spec(settings.backbone)
     _check_torch(spec)
@@ -545,50 +515,84 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     protocol = protocol or default_protocol(table)
     faces = _faces(table, workspace, progress)
     split, rows = stage2_rows(table, faces, aus, protocol, seed=settings.seed)
-    labels = table.labels(aus).astype(np.int64)
-    control = stage1 is None
-    run = str(stage2_run(settings, control=control))
-    out_dir = workspace.models_dir(table.dataset, run)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, weights_id = build_net(spec, _stage2_start(spec, settings, stage1),
-                                  tuple(settings.hidden) + (len(aus),),
-                                  input_size=settings.input_size, dropout=settings.dropout,
-                                  seed=settings.seed)
-    pw = pos_weights(labels[rows["train"]]) if settings.pos_weight == "auto" else None
-    identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
-                "aus": aus, "protocol": protocol, "start": str(weights_id)}
-    result = _stage2_fit(model, faces, labels, rows, pw, settings, out_dir, identity, progress)
-    plot_history(result.history, out_dir / "curves.png", title=run)
-    val_y = labels[rows["validation"]]
-    # thresholds: the chosen epoch's validation frames only
-    thr = tune_thresholds(val_y, predict_logits(model, faces, rows["validation"]))
-    test_logits = predict_logits(model, faces, rows["test"])
-    test_y = labels[rows["test"]]
-    per_au = _stage2_scores(aus, test_y, test_logits, thr)
-    f1, f1_05 = nanmean(r["f1"] for r in per_au), nanmean(r["f1_05"] for r in per_au)
-    # the network, its thresholds and a backbone file featbench extract --weights reads
+    run = str(stage2_run(settings, control=stage1 is None))
+    meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(settings.weights),
+            "protocol": protocol, "dataset": table.dataset}
+    with recording_failure(workspace, table.dataset, run, meta):
+        method = TransferMethod(settings, faces.path, _stage2_start(spec, settings, stage1),
+                                tuple(settings.hidden) + (len(aus),))
+        identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
+                    "aus": aus, "protocol": protocol, "start": method.start.identity()}
+        job = Job(0, split.name, Unit("model", tuple(aus)), rows,
+                  table.labels(aus).astype(np.float32), "model", identity)
+        results = run_units(method, [job], work=workspace.models_dir(table.dataset, run).with_name(
+            f".{run}.partial"), done=workspace.models_dir(table.dataset, run), progress=progress)
+        return _stage2_outputs(workspace, table, method, job, split, faces, results, meta, stage1, t0)
+
+
+def _stage2_outputs(workspace, table, method, job, split, faces, results, meta, stage1, t0):
+    """Write stage 2's run (the one writer) and return its result dict."""
+    import torch
+
+    settings, aus, res, rows = method.settings, list(job.unit.aus), results[0], job.rows
+    run = str(stage2_run(settings, control=stage1 is None))
+    labels = table.labels(aus)
+    by = per_au(results, aus)
+    f1_05 = {au: au_metrics(labels[rows["test"], j], decide(by[(0, au)]["scores"], 0.0))["f1"]
+             if by[(0, au)]["fit"] else float("nan") for j, au in enumerate(aus)}
+    weights_id = res.info.get("weights", meta["weights"])
+    meta.update(_stage2_meta(settings, weights_id, meta["protocol"], stage1,
+                             mean_f1_05=nanmean(f1_05.values()), best_epoch=res.fit.get("best_epoch", 0)))
     trained_id = WeightsId.finetuned(run)
-    _save_stage2_model(out_dir, spec, model, settings, aus, thr, start_id=weights_id,
-                       trained_id=trained_id)
-    meta = _stage2_meta(settings, weights_id, protocol, stage1, mean_f1_05=f1_05,
-                        best_epoch=result.best_epoch)
-    csv = write_run(workspace, table.dataset, run, per_au, meta=meta)
-    pred = _write_stage2_predictions(workspace, table, run, rows["test"], test_y, test_logits, thr,
-                                     aus=aus, meta=meta)
-    seconds = round(time.time() - t0, 1)
-    info = {"run": run, "clf": CLF, "dataset": table.dataset, "control": control, "aus": aus,
-            "protocol": protocol, **_stage2_data_info(table, faces, split, rows),
-            "pos_weight": None if pw is None else dict(zip(aus, pw.tolist())),
-            "best_epoch": result.best_epoch, "resumed_from": result.resumed_from,
-            "history": result.history,
-            "thresholds": dict(zip(aus, (_sigmoid(t) for t in thr))),
-            "f1": f1, "f1_05": f1_05, "weights": str(weights_id), "trained_weights": str(trained_id),
-            "stage1": None if control else {k: stage1[k] for k in ("run", "mean_accuracy", "std_accuracy",
-                                                                  "backbone_sha256")},
-            "settings": settings.to_json(), "seconds": seconds, "device": result.device,
-            "precision": result.precision, "torch": torch.__version__}
-    _write_json(out_dir / "settings.json", info)
-    return {**info, "csv": csv, "predictions": pred, "per_au": per_au}
+    info = {"run": run, "clf": CLF, "dataset": table.dataset, "control": stage1 is None, "aus": aus,
+            "protocol": meta["protocol"], **_stage2_data_info(table, faces, split, rows),
+            "pos_weight": _pos_weight_record(method, job),
+            "best_epoch": res.fit.get("best_epoch", 0), "resumed_from": res.fit.get("resumed_from", 0),
+            "history": res.fit.get("history", []),
+            "thresholds": dict(zip(aus, (_sigmoid(t) for t in res.thresholds))),
+            "weights": str(weights_id), "trained_weights": str(trained_id),
+            "stage1": None if stage1 is None else {k: stage1[k] for k in (
+                "run", "mean_accuracy", "std_accuracy", "backbone_sha256")},
+            "settings": settings.to_json(), "device": res.fit.get("device"),
+            "precision": res.fit.get("precision"), "torch": torch.__version__}
+
+    def fill(tmp, rows_out, thresholds):
+        return _fill_stage2(tmp, method, run, split, results, info)
+
+    out = write_outputs(workspace, table.dataset, run, table=table, au_list=aus, splits=[split],
+                        test_rows=[rows["test"]], by=by, labels=labels, meta=meta,
+                        fill_models=fill, extra=lambda au: {"f1_05": f1_05[au]}, present=_sigmoids,
+                        attrs=("model", "region", "clf", "weights", "protocol", "dataset"))
+    info.update(f1=nanmean(r["f1"] for r in out["rows"]), f1_05=meta["mean_f1_05"],
+                seconds=round(time.time() - t0, 1))
+    store.write_json(out["models_dir"] / "settings.json", info)
+    return {**info, "csv": out["csv"], "predictions": out["predictions"], "per_au": out["rows"]}
+
+
+def _pos_weight_record(method, job):
+    pw = method.unit_data(job).extra["pos_weight"]
+    return None if pw is None else dict(zip(job.unit.aus, pw.tolist()))
+
+
+def _fill_stage2(tmp, method, run, split, results, info):
+    """The run's folder: the model (the network's group and the backbone's, which ``featbench
+    extract --weights backbone.safetensors`` reads: :mod:`featbench.core.modelfile`),
+    settings.json."""
+    units = save_units(tmp, tmp.with_name(f".{run}.partial"), results)
+    net, settings = results[0].net, method.settings
+    backbone = {} if net is None else {"backbone": full_state_dict(method.spec, net.backbone)}
+    thr = [float(t) for t in results[0].thresholds]
+    write_model(tmp, method, run, info["aus"], [split], results, units,
+                weights=info["weights"], dataset=info["dataset"], extra=backbone,
+                preprocessing={"model": settings.backbone, "input_size": method.input_size,
+                               "regions": {a: "full" for a in info["aus"]},
+                               "alignment": method.source.faces.settings},
+                backbone=settings.backbone, input_size=settings.input_size,
+                hidden=list(settings.hidden), dropout=settings.dropout,
+                face_input=method.source.input.to_json(), start_weights=info["weights"],
+                trained_weights=info["trained_weights"], logit_thresholds=thr, thresholds=[_sigmoid(t) for t in thr])
+    store.write_json(tmp / "settings.json", info)
+
 
 
 def _stage2_start(spec, settings, stage1):
@@ -609,58 +613,6 @@ def _stage2_data_info(table, faces, split, rows):
                         "frames without a face": int((~np.asarray(faces.valid, bool)).sum())}}
 
 
-def _stage2_fit(model, faces, labels, rows, pw, settings, out_dir, identity, progress):
-    """Train the stage-2 network through the shared loop (per-AU masked BCE); return its FitResult.
-
-    The epoch is chosen by mean F1 at probability 0.5 on the validation frames.
-    """
-    import torch
-
-    pw_t = torch.from_numpy(pw) if pw is not None else None
-    val_y = labels[rows["validation"]]
-
-    def step_loss(net, batch):
-        x, t = batch
-        return masked_bce(net(x), t, pw_t.to(x.device) if pw_t is not None else None)
-
-    def evaluate(net):
-        logits = predict_logits(net, faces, rows["validation"])
-        loss = masked_bce(torch.from_numpy(logits), torch.from_numpy(val_y), pw_t)
-        return {"val_loss": float(loss), "val_score": mean_f1(val_y, logits)}
-
-    return fit(model, train_batches=train_batches(faces, rows["train"], labels.astype(np.float32),
-                                                  batch_size=settings.batch_size, flip=settings.flip),
-               step_loss=step_loss, evaluate=evaluate, config=settings.train_config(2),
-               checkpoint_dir=out_dir / "checkpoints", identity=identity,
-               log_path=out_dir / "log.csv", progress=progress)
-
-
-def _stage2_scores(aus, test_y, test_logits, thr):
-    """Return the per-AU table rows: metrics at the tuned logit thresholds ``thr``, and F1 at 0.5."""
-    per_au = []
-    for j, au in enumerate(aus):
-        tuned = au_metrics(test_y[:, j], (test_logits[:, j] > thr[j]).astype(int), test_logits[:, j])
-        at05 = au_metrics(test_y[:, j], (test_logits[:, j] > 0).astype(int))
-        per_au.append({"au": au, **{k: tuned[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
-                       "threshold": _sigmoid(thr[j]), "f1_05": at05["f1"], "auc": tuned["auc"],
-                       "frames": tuned["frames"]})
-    return per_au
-
-
-def _save_stage2_model(out_dir, spec, model, settings, aus, thr, *, start_id, trained_id):
-    """Write ``backbone.pt`` (what ``featbench extract --weights`` reads) and ``model.pt``.
-
-    ``model.pt`` holds the whole network with its thresholds (probabilities and logits).
-    """
-    _save_torch(out_dir / "backbone.pt", full_state_dict(spec, model.backbone))
-    _save_torch(out_dir / "model.pt", {
-        "format": 1, "backbone": settings.backbone, "input_size": settings.input_size,
-        "hidden": list(settings.hidden), "dropout": settings.dropout, "aus": aus,
-        "thresholds": [_sigmoid(t) for t in thr],
-        "logit_thresholds": thr.tolist(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "start_weights": str(start_id), "weights": str(trained_id)})
-
-
 def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epoch):
     """Return the run's columns of summary.csv beside the per-AU table (stage1 None: the control)."""
     control = stage1 is None
@@ -671,19 +623,28 @@ def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epo
             "best_epoch": best_epoch}
 
 
-def _write_stage2_predictions(workspace, table, run, test_rows, test_y, test_logits, thr, *, aus,
-                              meta):
-    """Write the test frames' probabilities and decisions; return the predictions file's path."""
-    pred = workspace.predictions_path(table.dataset, run)
-    write_predictions(pred, frames=table.keys()[test_rows], labels=test_y,
-                      scores=1.0 / (1.0 + np.exp(-test_logits.astype(np.float64))),
-                      decisions=(test_logits > thr).astype(np.int8),
-                      fold=np.zeros(len(test_rows), np.int8), aus=aus,
-                      thresholds=np.array([_sigmoid(t) for t in thr]),
-                      run=run, model=meta["model"], region="full", clf=CLF,
-                      weights=meta["weights"], protocol=meta["protocol"], dataset=table.dataset,
-                      scores_are="probabilities")
-    return pred
+
+
+def load_model(path, *, device="cpu"):
+    """Load stage 2's network alone (a run folder or its export): return ``(TransferNet in eval
+    mode, the model's settings)``.
+
+    The settings hold ``aus``, ``thresholds`` (probabilities) and ``logit_thresholds``: a face
+    is called present for an AU when its logit is > that AU's logit threshold.
+    """
+    model = open_model(path)
+    settings = {**model.manifest["settings"], "aus": model.manifest["aus"]}
+    return network_of(settings, unit_state(model, "model")).to(device).eval(), settings
+
+
+def network_of(settings, state):
+    """Stage 2's network of a run's model ``settings`` (with ``aus``) with ``state`` loaded."""
+    spec = get_spec(settings["backbone"])
+    net, _ = build_net(spec, StartWeights(spec, "random:0"),
+                       tuple(settings["hidden"]) + (len(settings["aus"]),),
+                       input_size=settings["input_size"], dropout=settings.get("dropout", 0.0))
+    net.load_state_dict(state)
+    return net
 
 
 # --- the whole method ---------------------------------------------------------------------------
@@ -741,34 +702,21 @@ def _sigmoid(x):
     return float(1.0 / (1.0 + math.exp(-float(x)))) if np.isfinite(x) else float("nan")
 
 
+def _sigmoids(x):
+    """Probabilities of logits (arrays or a number), as the predictions file stores them."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
 def _check_torch(spec):
     if spec.kind != "torch":
         raise UsageError(f"{spec.name} is not a trainable network; transfer needs a CNN backbone "
                          "(resnet50, tv:resnet18, tv:mobilenet_v2...; featbench models lists all)")
 
 
-def _save_torch(path, obj):
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    return str(o)
-
-
-__all__ = ["TransferSettings", "run_stage1", "run_stage2", "transfer_run", "format_result", "load_model",
-           "tune_thresholds", "pos_weights", "masked_bce", "expression_folds", "stage2_rows",
-           "full_state_dict", "build_net"]
+__all__ = ["TransferSettings", "TransferMethod", "run_stage1", "run_stage2", "transfer_run",
+           "format_result", "load_model", "expression_folds", "stage2_rows", "full_state_dict",
+           "build_net"]
 
 
 def check_start(settings):

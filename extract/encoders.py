@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featbench.core.errors import UsageError
+from featbench.core.facesource import FaceInput
 
 from extract.registry import BackboneSpec, get_spec
 from extract.weights import load_network, parse_weights, pretrained_path, weights_identity
@@ -29,6 +30,36 @@ def resolve_device(device="auto"):
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise UsageError(f"--device {device}: choose auto, cpu or cuda")
     return str(device)
+
+
+def autocast_dtype(device, amp=True):
+    """Return the autocast dtype for ``device`` (None: full precision; CPU always).
+
+    bf16 where the CUDA device supports it, else fp16: what every network of featbench trains
+    and infers in on CUDA.
+    """
+    import torch
+
+    if not amp or not str(device).startswith("cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def run_network(module, x, *, dtype=None):
+    """The one forward pass of inference: ``module(x)`` under ``torch.inference_mode`` and
+    autocast to ``dtype`` (None: none), as float32.
+
+    Every network of featbench scores through here: the encoders' codes
+    (:meth:`TorchEncoder.forward_tensor`) and the learned networks' scores
+    (:func:`classify.learn.method.score_batches`). ``x`` is a tensor (or a ``PackedSequence``)
+    already on the module's device.
+    """
+    import torch
+
+    device = (x.data if hasattr(x, "batch_sizes") else x).device.type
+    with torch.inference_mode(), torch.autocast(device_type=device, dtype=dtype,
+                                                enabled=dtype is not None):
+        return module(x).float()
 
 
 def create_preprocess(spec, *, mean=None):
@@ -121,6 +152,11 @@ class Encoder:
     def input_size(self):
         return self.spec.input_size
 
+    def face_input(self, region):
+        """What this encoder reads of ``region`` (:class:`featbench.core.facesource.FaceInput`):
+        a region crop at its input size, the full face as aligned (its first layer resizes)."""
+        return FaceInput(region, self.input_size, resize_full=False)
+
     def __call__(self, faces):
         """Return the (N, dims) float32 codes of (N, H, W, 3) uint8 faces."""
         raise NotImplementedError
@@ -139,19 +175,11 @@ class TorchEncoder(Encoder):
         import torch
 
         self.module = module.to(device).to(memory_format=torch.channels_last).eval()
-        if autocast is None and device.startswith("cuda"):
-            autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.autocast = autocast
+        self.autocast = autocast_dtype(device) if autocast is None else autocast
 
     def forward_tensor(self, x):
         """Codes of a uint8 NHWC tensor already on the device; returns a float32 tensor."""
-        import torch
-
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(device_type="cuda", dtype=self.autocast):
-                    return self.module(x).float()
-            return self.module(x)
+        return run_network(self.module, x, dtype=self.autocast)
 
     def to_device(self, faces):
         """Move a uint8 NHWC batch (numpy or tensor) to the device (pinned, non-blocking on CUDA)."""

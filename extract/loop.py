@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from featbench.core.align import AlignedFaces
+from featbench.core.facesource import FaceInput, FaceSource
 from extract.store import is_complete, open_store
 
 
@@ -111,55 +112,20 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     return rep
 
 
-def _batches(rows, start, batch_size):
-    for a in range(start, len(rows), batch_size):
-        yield a, rows[a:a + batch_size]
-
-
-def _read(faces, idx, region, size):
-    """Read a batch: full faces natively (resized in the forward if needed), regions at ``size``."""
-    return faces.read(idx, region=region, size=None if region == "full" else size)
-
-
 def _encode_region(faces, rows, start, region, encoder, store, *, batch_size, workers,
                    progress, on_batch):
     from tqdm import tqdm
 
-    size = encoder.input_size
-    total = len(rows)
-    bar = tqdm(total=total, initial=start, desc=f"{encoder.spec.name} {region}", unit="frame",
+    source = FaceSource(faces, FaceInput(region, encoder.input_size, resize_full=False))
+    bar = tqdm(total=len(rows), initial=start, desc=f"{encoder.spec.name} {region}", unit="frame",
                disable=not progress or None, dynamic_ncols=True, smoothing=0.1)
-    try:
-        batches = _batches(rows, start, batch_size)
-        source = (_prefetch(faces, batches, region, size, depth=max(1, workers))
-                  if workers > 0 else ((a, _read(faces, idx, region, size)) for a, idx in batches))
-        for a, imgs in source:
+    try:  # the next batches are read in a thread while the network runs (``workers`` ahead)
+        for a, _, imgs in source.batches(rows[start:], batch_size, threads=min(1, workers),
+                                         depth=workers):
             codes = encoder(imgs)
-            store.write(region, a, codes)
+            store.write(region, start + a, codes)
             bar.update(len(codes))
             if on_batch is not None:
-                on_batch(region, a + len(codes))
+                on_batch(region, start + a + len(codes))
     finally:
         bar.close()
-
-
-def _prefetch(faces, batches, region, size, *, depth=1):
-    """Yield ``(start, faces)`` batches, each read ``depth`` batches ahead in a reader thread."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = iter(batches)
-    pending = deque()
-
-    def submit(pool):
-        for a, idx in batches:
-            pending.append((a, pool.submit(_read, faces, idx, region, size)))
-            return
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featbench-read") as pool:
-        for _ in range(depth):
-            submit(pool)
-        while pending:
-            a, future = pending.popleft()
-            submit(pool)
-            yield a, future.result()

@@ -94,7 +94,9 @@ def run(ws, table, cache, **kw):
 
 
 def _state(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from classify.learn.store import read_tensors
+
+    return read_tensors(path)
 
 
 def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path):
@@ -111,20 +113,21 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
         assert f["scores"].shape == (9 * 6, 2) and f.attrs["clf"] == "ft"
         assert f.attrs["head"] == "multilabel"
     settings = json.loads((res["models_dir"] / "settings.json").read_text())
-    assert settings["units"]["model"]["model_file"] == "model.pt"
+    assert settings["units"]["model"]["model_file"] == "model.safetensors"
     assert settings["network"]["preprocessing"]["std"] and "mean" in settings["network"]["preprocessing"]
     assert (res["models_dir"] / "model.log.csv").read_text().startswith(
         "epoch,train_loss,val_loss,val_score,seconds,lr")
     assert (res["models_dir"] / "model.png").stat().st_size > 1000
     assert not res["models_dir"].with_name(f".{res['run']}.partial").exists()
     # the saved unit reproduces the run's test scores when loaded alone
-    from classify.finetune import FaceReader, unit_scores
+    from classify.learn.method import score_batches
+    from featbench.core.facesource import FaceInput, FaceSource
 
     net, _ = load_unit(res["models_dir"])
     test = np.flatnonzero(table.frames["subject"].isin(PAPER_SPLIT["test"]).to_numpy())
-    reader = FaceReader(cache, "full", SIZE)
-    s = unit_scores(net, reader, test, "multilabel", batch_size=32, device="cpu")
-    reader.close()
+    with FaceSource(cache, FaceInput("full", SIZE, resize_full=True)) as source:
+        s = score_batches(net, (torch.from_numpy(f) for _, _, f in source.batches(test, 32)),
+                          device="cpu")
     with h5py.File(res["predictions"], "r") as f:
         np.testing.assert_allclose(s, f["scores"][:], rtol=1e-4, atol=1e-4)
     # featbench report shows the curves
@@ -136,7 +139,7 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
     from extract.encoders import create_encoder
     from extract.extractor import extract_aligned
 
-    enc = create_encoder("timm:test_efficientnet", weights=str(res["models_dir"] / "model.pt"))
+    enc = create_encoder("timm:test_efficientnet", weights=str(res["models_dir"] / "model.safetensors"))
     assert enc.weights_id.startswith(f"finetuned:{res['run']} sha256:")
     assert enc.input_size == SIZE  # the size it was fine-tuned at
     rep = extract_aligned(cache, tmp_path / "codes.h5", enc, progress=False)
@@ -153,7 +156,7 @@ def test_cnn_f_reinitialises_its_fc_layers_and_keeps_frozen_convs_bit_identical(
               epochs=1, lr=1e-4, train_from="conv3")
     spec = get_spec("cnn_f")
     start = build_network(spec, parse_weights("random:0", spec))[0].state_dict()
-    trained = _state(res["models_dir"] / "model.pt")
+    trained = _state(res["models_dir"] / "model.safetensors")
     for key in ("features.0.weight", "features.0.bias", "features.4.weight"):  # conv1, conv2
         assert torch.equal(trained[key], start[key]), key
     assert not torch.equal(trained["features.8.weight"], start["features.8.weight"])  # conv3 trained
@@ -170,7 +173,7 @@ def test_test_subjects_never_enter_a_batch(data, tmp_path):
     poisoned = write_cache(tmp_path / "poisoned.h5", table, poison_test=True)
     a = run(Workspace(tmp_path / "a"), table, cache, head="multilabel", epochs=1, augment=False)
     b = run(Workspace(tmp_path / "b"), table, poisoned, head="multilabel", epochs=1, augment=False)
-    sa, sb = _state(a["models_dir"] / "model.pt"), _state(b["models_dir"] / "model.pt")
+    sa, sb = _state(a["models_dir"] / "model.safetensors"), _state(b["models_dir"] / "model.safetensors")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     with h5py.File(a["predictions"], "r") as fa, h5py.File(b["predictions"], "r") as fb:
         assert not np.allclose(fa["scores"][:], fb["scores"][:])  # the test faces did change
@@ -199,8 +202,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(data, tmp_path, monkeyp
     resumed = run(ws, table, cache, epochs=3, patience=None)
     assert resumed["units"]["AU01"]["resumed_from"] == 1
     for unit in ("AU01", "AU12"):
-        sa = _state(whole["models_dir"] / f"{unit}.pt")
-        sb = _state(resumed["models_dir"] / f"{unit}.pt")
+        sa = _state(whole["models_dir"] / f"{unit}.safetensors")
+        sb = _state(resumed["models_dir"] / f"{unit}.safetensors")
         assert all(torch.equal(sa[k], sb[k]) for k in sa), unit
     assert [r["f1"] for r in whole["rows"]] == [r["f1"] for r in resumed["rows"]]
 

@@ -26,7 +26,7 @@ def test_prefetch_reads_ahead_in_parallel_and_yields_in_order():
     import threading
     import time
 
-    from classify.finetune import prefetch
+    from featbench.core._background import read_ahead
 
     both = threading.Barrier(2, timeout=10)  # items 0 and 1 must be read at the same time
 
@@ -36,16 +36,16 @@ def test_prefetch_reads_ahead_in_parallel_and_yields_in_order():
         time.sleep(0.01 * ((7 * i) % 3))  # finish out of order
         return i * i
 
-    assert list(prefetch(range(9), read, workers=3)) == [i * i for i in range(9)]
-    assert list(prefetch([], read, workers=2)) == []
-    assert list(prefetch(range(3), lambda i: -i, workers=1)) == [0, -1, -2]
+    assert list(read_ahead(read, range(9), threads=3)) == [i * i for i in range(9)]
+    assert list(read_ahead(read, [], threads=2)) == []
+    assert list(read_ahead(lambda i: -i, range(3), threads=1)) == [0, -1, -2]
 
 
 def test_augmentation_is_the_per_pixel_brightness_and_contrast_formula():
     """augment's lookup tables give, bit for bit, the per-pixel float32 formula they replace."""
     import numpy as np
 
-    from classify.finetune import augment, draw_augmentation
+    from featbench.core.facesource import augment, draw_augmentation
 
     rng = np.random.default_rng(3)
     imgs = rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)

@@ -129,10 +129,10 @@ def test_lstm_run_follows_the_contracts(toy):
     # the saved .pt alone reproduces the test decisions, threshold included
     settings = json.loads((lstm["models_dir"] / "settings.json").read_text())
     entry = settings["folds"][0]["aus"]["AU01"]
-    assert entry["model_file"] == "AU01.pt" and entry["best_epoch"] >= 1
+    assert entry["model_file"] == "AU01.safetensors" and entry["best_epoch"] >= 1
     assert entry["sequences"]["train"]["sequences"] > 12  # cut around runs, not whole videos
     assert entry["sequences"]["test"]["sequences"] == len(PAPER_SPLIT["test"])  # whole videos
-    model, saved = load_model(lstm["models_dir"] / "AU01.pt")
+    model, saved = load_model(lstm["models_dir"], "AU01")
     pos = join_codes(table, table.keys())
     rows = np.flatnonzero(test)
     seqs = [rows[table.frames["subject"].to_numpy()[rows] == s] for s in PAPER_SPLIT["test"]]
@@ -165,8 +165,8 @@ def test_multilabel_one_network_and_ensemble_members(toy):
                       aus=["AU01", "AU02"], tune_threshold=True,
                       lstm=dict(FAST, multilabel=True, epochs=3))
     assert ml["run"].split("__")[-1].startswith("thr-au1+2-ml")
-    assert sorted(p.name for p in ml["models_dir"].glob("*.pt")) == ["multilabel.pt"]
-    _, saved = load_model(ml["models_dir"] / "multilabel.pt")
+    assert sorted(p.name for p in ml["models_dir"].glob("*.safetensors")) == ["multilabel.safetensors"]
+    _, saved = load_model(ml["models_dir"], "multilabel")
     assert saved["aus"] == ["AU01", "AU02"] and len(saved["thresholds"]) == 2
     pred = read_predictions(ml["predictions"])  # decided with the tuned thresholds, per AU
     assert np.allclose(pred["thresholds"], saved["thresholds"])

@@ -116,7 +116,7 @@ def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_the
 
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(ft["ws"].root / "results", ws.root / "results")
-    weights = ws.models_dir("synth", ft["runs"]["ml"]) / "model.pt"
+    weights = ws.models_dir("synth", ft["runs"]["ml"]) / "model.safetensors"
     enc = create_encoder("timm:test_efficientnet", weights=str(weights))
     extract_aligned(ft["cache"], ws.features_path("synth", "timm:test_efficientnet-ft"), enc,
                     progress=False, dataset="synth")
@@ -238,14 +238,14 @@ def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_pat
 
     ws = Workspace(tmp_path / "ws")
     shutil.copytree(transfer["ws"].root / "results", ws.root / "results")
-    (ws.models_dir("affwild2", transfer["run"]) / "model.pt").unlink()
+    (ws.models_dir("affwild2", transfer["run"]) / "model.safetensors").unlink()
     photo = tmp_path / "x.png"
     photo.write_bytes(b"")
     status = main(["--workspace", str(ws.root), "predict", str(photo), "--run", transfer["run"],
                    "--dataset", "affwild2", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
-    assert "model.pt" in err[0] and "rerun featbench transfer" in err[0]
+    assert "model.safetensors" in err[0] and "rerun featbench transfer" in err[0]
 
 
 @pytest.mark.gpu

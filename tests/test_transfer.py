@@ -12,8 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from classify.learn.task import OCCURRENCE  # noqa: E402
 from classify.transfer import (StartWeights, TransferSettings, build_net, expression_folds,  # noqa: E402
-                               masked_bce, run_stage1, run_stage2, stage2_rows)
+                               run_stage1, run_stage2, stage2_rows)
 from featbench.app.cli import main  # noqa: E402
 from featbench.core.datasets.expression import load_expression_set  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
@@ -136,7 +137,9 @@ def test_stage2_starts_from_the_stage1_backbone_with_a_fresh_mlp(expr_tree, tmp_
     s1 = run_stage1(ws, _expr(expr_tree, ws), SETTINGS, progress=False)
     assert len(s1["folds"]) == 3 and np.isfinite(s1["mean_accuracy"])
     assert np.asarray(s1["confusion"]).sum() == 36  # every image tested once, in its subject's fold
-    saved = torch.load(s1["backbone_file"], weights_only=True)
+    from classify.learn.store import read_tensors
+
+    saved = read_tensors(s1["backbone_file"])
     start = StartWeights(SPEC, s1["backbone_file"])
     net, _ = build_net(SPEC, start, (8, 8, 2), input_size=32, seed=0)
     own = net.backbone.state_dict()
@@ -170,11 +173,11 @@ def test_unannotated_frames_are_never_trained_on(abaw, tmp_path):
     assert 0 not in used and len(used) == len(abaw) - 1
     # a -1 label of one AU adds neither loss nor gradient
     logits = torch.zeros(2, 2, requires_grad=True)
-    loss = masked_bce(logits, torch.tensor([[1.0, -1.0], [0.0, 1.0]]))
+    loss = OCCURRENCE.loss(logits, torch.tensor([[1.0, -1.0], [0.0, 1.0]]))
     loss.backward()
     assert logits.grad[0, 1] == 0 and logits.grad[0, 0] != 0
-    assert torch.isclose(loss, masked_bce(torch.tensor([[0.0, 9.0], [0.0, 0.0]]),
-                                          torch.tensor([[1.0, -1.0], [0.0, 1.0]])))
+    assert torch.isclose(loss, OCCURRENCE.loss(torch.tensor([[0.0, 9.0], [0.0, 0.0]]),
+                                               torch.tensor([[1.0, -1.0], [0.0, 1.0]])))
 
 
 def _stage2(table, ws):
@@ -235,20 +238,24 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     mdir = w.models_dir("affwild2", run)
     settings = json.loads((mdir / "settings.json").read_text())
     assert settings["stage1"]["run"] == f"{TINY}__full__expr"
-    assert (mdir / "log.csv").is_file() and (mdir / "curves.png").is_file()
+    assert (mdir / "model.log.csv").is_file() and (mdir / "model.png").is_file()
     s1dir = w.models_dir("expr-subfolders", f"{TINY}__full__expr")
-    assert {"folds.csv", "confusion.csv", "backbone.pt", "stage1.json", "fold1.log.csv"} <= {
+    assert {"folds.csv", "confusion.csv", "backbone.safetensors", "stage1.json", "fold1.log.csv"} <= {
         p.name for p in s1dir.iterdir()}
     # the model file alone reproduces the test decisions
-    from classify.transfer import load_model, predict_logits
+    from classify.learn.method import score_batches
+    from classify.transfer import load_model
     from featbench.core.align import AlignedFaces
+    from featbench.core.facesource import FaceInput, FaceSource
 
-    net, state = load_model(mdir / "model.pt")
+    net, state = load_model(mdir)
     assert np.allclose(state["thresholds"], pred["thresholds"])
     faces = AlignedFaces(w.aligned_path("affwild2"))
     where = {bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode(): i for i, k in enumerate(faces.keys)}
     rows = [where[bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode()] for k in pred["frames"]]
-    logits = predict_logits(net, faces, rows)
+    source = FaceSource(faces, FaceInput.from_json(state["face_input"]))
+    logits = score_batches(net, (torch.from_numpy(f) for _, _, f in source.batches(rows, 64)),
+                           device="cpu")
     np.testing.assert_array_equal((logits > np.asarray(state["logit_thresholds"])).astype(np.int8),
                                   pred["decisions"])
 

@@ -41,7 +41,6 @@ import numpy as np
 from featbench import __version__
 from featbench.core import faces as F, footage
 from featbench.core._background import in_background, ordered_map
-from featbench.core.align import region_crops
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
 from featbench.core.workspace import (Workspace, atomic_write_text, check_outputs, output_lock,
@@ -134,7 +133,8 @@ def finetuned_file(workspace, wid):
     if workspace is None or wid.kind != "finetuned":
         return None
     folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
-    for path in sorted(p for f in folders for p in f.glob("*.pt")):
+    for path in sorted(p for f in folders for pattern in ("*.safetensors", "*.pt")
+                       for p in f.glob(pattern)):
         if not wid.sha256 or file_sha256(path) == wid.sha256:
             return path
     return None
@@ -230,7 +230,8 @@ def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
             out[key] = open_encoder(*key, weights_file=found or weights_file, **kw)
             continue
         with tempfile.TemporaryDirectory(prefix="featbench-weights-") as tmp:
-            path = Path(tmp) / "weights.pt"
+            # a safetensors file opens with its header's length, then the JSON header
+            path = Path(tmp) / ("weights.safetensors" if blob[8:9] == b"{" else "weights.pt")
             path.write_bytes(blob)
             out[key] = open_encoder(*key, weights_file=path, **kw)
     return out
@@ -261,19 +262,16 @@ def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAU
 def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
     """Return ``{(network, weights, region): codes}`` of aligned faces, as the run's codes were made.
 
-    Each encoder gets the crops its run was trained on: a region's crop at the network's input
-    size, the full face as aligned (the network resizes it), unless the encoder says otherwise
-    (``crop_size``: a fine-tuned network's faces were resized to its input size first).
+    Each encoder gets the crops its run was trained on, by the one rule of the face source
+    (:meth:`featbench.core.facesource.FaceInput.crops` of the encoder's ``face_input``).
     """
     codes = {}
     for (net, weights), regions in model.networks().items():
         enc = encoders[(net, weights)]
         for region in sorted(regions):
-            size = (enc.crop_size(region) if hasattr(enc, "crop_size")
-                    else None if region == "full" else enc.input_size)
-            parts = [np.asarray(enc(region_crops(images[a:a + batch_size], boxes[a:a + batch_size],
-                                                 region, size)), dtype=np.float32)
-                     for a in range(0, len(images), batch_size)]
+            face_input = enc.face_input(region)
+            parts = [np.asarray(enc(face_input.crops(images[a:a + batch_size], boxes[a:a + batch_size])),
+                                dtype=np.float32) for a in range(0, len(images), batch_size)]
             codes[(net, weights, region)] = np.concatenate(parts)
     return codes
 

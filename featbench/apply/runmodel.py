@@ -39,7 +39,7 @@ from featbench.core.results import read_summary
 from featbench.core.workspace import Workspace, atomic_path
 
 from classify.ensemble import align_members, majority_vote, read_predictions, score_scales
-from classify.lstm import load_model
+from classify.lstm import load_file, network_of
 
 #: what an exported model file says it is, and the layout version this code reads
 MODEL_FORMAT = "featbench-model"
@@ -404,7 +404,7 @@ BIDIRECTIONAL_WINDOW = 512
 
 
 class LSTMScorer:
-    """One output of a saved LSTM (``classify.lstm``'s ``.pt``) applied to tracks of faces.
+    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
 
     Unidirectional: streams. The LSTM's state is carried along each track from one batch to
     the next while its frame numbers follow each other (a frame without the face ends the
@@ -417,28 +417,24 @@ class LSTMScorer:
     :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
     edges (frames near a cut see less context than in the run's test) and the window's aligned
     faces are held in memory (about 150 KB a face at 224 px).
+
+    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
     """
 
-    def __init__(self, saved, output=0):
-        self.saved, self.output = saved, int(output)
-        self.window = BIDIRECTIONAL_WINDOW if saved.get("bidirectional") else None
+    def __init__(self, entry, state, output=0):
+        self.entry, self.state, self.output = entry, state, int(output)
+        self.window = BIDIRECTIONAL_WINDOW if entry.get("bidirectional") else None
         self._net, self._state = None, {}
 
     def __getstate__(self):  # the network is rebuilt from its weights after unpickling
-        return {"saved": self.saved, "output": self.output}
+        return {"entry": self.entry, "state": self.state, "output": self.output}
 
     def __setstate__(self, d):
-        self.__init__(d["saved"], d["output"])
+        self.__init__(d["entry"], d["state"], d["output"])
 
     def _network(self):
         if self._net is None:
-            from classify.lstm import build_model
-
-            s = self.saved
-            self._net = build_model(s["dims"], s["n_out"], hidden=s["hidden"],
-                                    bidirectional=bool(s.get("bidirectional")))
-            self._net.load_state_dict(s["state_dict"])
-            self._net.eval()
+            self._net = network_of(self.entry, self.state)
         return self._net
 
     def reset(self):
@@ -447,16 +443,17 @@ class LSTMScorer:
     def score_tracks(self, X, tracks):
         """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks`` (see RunModel.score)."""
         import torch
+        from torch.nn.utils.rnn import pack_sequence
 
         net = self._network()
         out = np.full(len(X), np.nan, np.float32)
         with torch.inference_mode():
             for key, idx, first in _segments(tracks):
-                x = (torch.as_tensor(np.asarray(X[idx], np.float32)) - net.mean) / net.std
+                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
                 prev = None if self.window else self._state.get(key)
                 hx = prev[0] if prev is not None and prev[1] == first - 1 else None
-                y, hx = net.lstm(x[:, None, :], hx)
-                out[idx] = net.head(y[:, 0])[:, self.output].numpy()
+                logits, hx = net(x, hx, state=True)
+                out[idx] = logits[:, self.output].float().numpy()
                 if not self.window:
                     self._state[key] = (hx, first + len(idx) - 1)
         return out
@@ -480,8 +477,8 @@ def _segments(tracks):
 def _load_lstm_run(workspace, dataset, run):
     """A ``featbench classify --clf lstm`` run: settings.json + one ``.pt`` per AU (or multilabel)."""
     def load(path, entry, run):
-        _, saved = load_model(path)
-        return LSTMScorer(saved, entry.get("output", 0))
+        net, saved = load_file(path)
+        return LSTMScorer(saved, net.state_dict(), entry.get("output", 0))
 
     return _load_classifier_run(workspace, dataset, run, load=load)
 

@@ -77,13 +77,36 @@ def ordered_map(fn, items, *, threads=2, depth=None):
     depth : int, optional
         Items in flight at most (default ``4 * threads``): bounded, since items are frames.
     """
+    if threads <= 1:
+        return (fn(item) for item in items)
+    return read_ahead(fn, items, threads=threads, depth=depth or 4 * threads)
+
+
+def read_ahead(fn, items, *, threads=1, depth=None):
+    """Yield ``fn(item)`` for each of ``items`` in order, computed ahead in ``threads`` threads.
+
+    The one read-ahead of featbench (faces for training, extraction and predict:
+    :class:`featbench.core.facesource.FaceSource`). ``fn`` must depend on its item alone, so
+    the results are the same for any ``threads``; numpy, OpenCV and HDF5 decompression release
+    the GIL, so the threads overlap the consumer's work.
+
+    Parameters
+    ----------
+    fn : callable
+    items : iterable
+    threads : int
+        Worker threads; 0 calls ``fn`` inline (no read-ahead).
+    depth : int, optional
+        Items in flight at most (default ``threads + 1``).
+    """
+    if threads < 1:
+        return (fn(item) for item in items)
+    return _pooled(fn, items, int(threads), max(1, int(depth or threads + 1)))
+
+
+def _pooled(fn, items, threads, depth):
     from concurrent.futures import ThreadPoolExecutor
 
-    if threads <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    depth = max(1, int(depth or 4 * threads))
     with ThreadPoolExecutor(threads, thread_name_prefix="featbench-map") as pool:
         pending = collections.deque()
         try:

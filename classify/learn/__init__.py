@@ -1,0 +1,28 @@
+"""The learning framework every learned method of featbench is built on.
+
+Fine-tuning (:mod:`classify.finetune`), transfer's two stages (:mod:`classify.transfer`) and the
+LSTM (:mod:`classify.lstm`) are each a short *method* module over the same parts:
+
+========================== =====================================================================
+part                       where
+========================== =====================================================================
+faces                      :mod:`featbench.core.facesource`: region, input-size rule,
+                           balancing, augmentation, read-ahead (extraction and predict read
+                           faces through it too)
+the task                   :mod:`classify.learn.task`: targets, masking of unlabelled values,
+                           loss, positive weight, validation metric, score -> decision
+the method contract        :mod:`classify.learn.method`: build the network, batches, score
+                           (and the one inference path, :func:`~classify.learn.method.score_batches`)
+the training loop          :func:`classify.training.fit`: epochs chosen on validation,
+                           checkpoints, resume, AMP + channels-last on CUDA
+the fold x unit loop       :mod:`classify.learn.loop`: every unit of every fold, finished
+                           units skipped on a rerun, thresholds settled on validation
+the run writer             :mod:`classify.learn.writer`: predictions, models folder, per-AU
+                           table, summary row, failures recorded once (``featbench classify``
+                           writes through it too)
+tensors on disk            :mod:`classify.learn.store`: safetensors + manifest, never a pickle
+========================== =====================================================================
+
+A new task (AU intensity) is one :class:`~classify.learn.task.Task` subclass; a new method is
+one :class:`~classify.learn.method.Method` subclass (and one line in the registry of run kinds).
+"""

@@ -1,0 +1,213 @@
+"""What a learned network is asked to predict: the :class:`Task` (targets, loss, metric, decision).
+
+Every learned method (fine-tuning, the transfer stages, the LSTM) trains through the one loop
+(:func:`classify.training.fit`) and the one fold x unit loop (:mod:`classify.learn.loop`); what
+changes from one *task* to another lives in one class here, so a new task is one new class.
+
+The Task API
+------------
+A task sees arrays, never files. ``y`` is an (n, k) float array of targets, one column per AU
+(or one column of class indices); a negative value means *unlabelled*: it adds no loss, no
+gradient, no metric. ``scores`` is the (n, k) array the network gives for the same rows
+(occurrence: one logit per AU).
+
+``targets(table, aus) -> y``
+    The data set's targets of ``aus`` (occurrence: the 1 / 0 / -1 labels).
+``balance(y_col, rng) -> indices``
+    The rows of one column that one balanced draw keeps (training batches, validation rows).
+``pos_weight(y) -> (k,) float32 or None``
+    The weight of a positive target in the loss, from the targets the loss is computed on.
+``loss(scores, y, weight=None, *, reduction="mean") -> scalar tensor``
+    The training loss (torch tensors; ``reduction="sum"`` sums over labelled entries).
+``validate(y, scores) -> {"val_score", "val_loss"}``
+    The validation metric that chooses the epoch (higher is better) and the validation loss.
+``settle(y, scores, *, tune) -> Settled``
+    Per column: how a score becomes a decision (thresholds), chosen on validation rows only,
+    the validation metric at it, and notes.
+``decide(scores, thresholds) -> int8``
+    The decisions of scores (one column or all: thresholds broadcast).
+``metrics(y, decisions, scores) -> dict``
+    One column's test metrics (the per-AU row of the run's table; ``METRICS`` names the ones
+    averaged over folds, the first being the headline).
+
+:class:`Occurrence` is the task of every run so far (masked BCE, F1 at a threshold settled by
+:func:`classify.estimators.settle_threshold`); :class:`Expression` is transfer's stage 1
+(cross-entropy over expression classes, accuracy). An intensity task (regression on 0-5, ICC)
+subclasses :class:`Task` the same way.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featbench.core.metrics import au_metrics, nanmean
+
+from classify.estimators import DEFAULT_THRESHOLD, balance_indices, decide, settle_threshold
+
+#: the positive-class weight rule: negatives / positives of the frames the loss sees, clipped
+POS_WEIGHT_RANGE = (0.1, 10.0)
+
+
+@dataclass
+class Settled:
+    """What :meth:`Task.settle` chose on validation: per column a threshold, its metric, notes."""
+
+    thresholds: list
+    values: list
+    notes: list = field(default_factory=list)
+
+
+class Task:
+    """The base of every task: unlabelled targets are negative; see the module docstring."""
+
+    name = "task"
+    #: the per-AU metrics averaged over folds in a run's table (the first is the headline)
+    METRICS = ()
+    #: how a score becomes a decision, in words (saved with every trained network)
+    decision = ""
+
+    def labelled(self, y):
+        """Boolean mask of the labelled entries of ``y``."""
+        return np.asarray(y) >= 0
+
+    def targets(self, table, aus):
+        raise NotImplementedError
+
+    def balance(self, y, rng):
+        """All rows (a task without a notion of balance)."""
+        return np.arange(len(y))
+
+    def pos_weight(self, y):
+        return None
+
+    def loss(self, scores, y, weight=None, *, reduction="mean"):
+        raise NotImplementedError
+
+    def validate(self, y, scores):
+        raise NotImplementedError
+
+    def settle(self, y, scores, *, tune):
+        raise NotImplementedError
+
+    def decide(self, scores, thresholds):
+        raise NotImplementedError
+
+    def metrics(self, y, decisions, scores=None):
+        raise NotImplementedError
+
+    def to_json(self):
+        """What a manifest records of the task."""
+        return {"name": self.name, "decision": self.decision}
+
+
+class Occurrence(Task):
+    """AU occurrence: per-AU binary targets, masked binary cross-entropy, F1, a threshold.
+
+    - **loss**: binary cross-entropy of each AU's logit, over labelled entries only (mean, or
+      the sum the paper's LSTM trains on), positives weighted by :meth:`pos_weight`;
+    - **positive weight**: negatives / positives of the targets the loss is computed on, clipped
+      to :data:`POS_WEIGHT_RANGE` (an AU without positives: the weight never applies);
+    - **validation**: the mean over AUs (nan ignored) of F1 at the default threshold 0;
+    - **decision**: ``score > threshold``; the threshold is 0, or with ``tune`` the F1-best one
+      on the validation rows (:func:`classify.estimators.settle_threshold`, the one rule of
+      every classifier).
+    """
+
+    name = "occurrence"
+    METRICS = ("f1", "accuracy", "precision", "recall")
+    decision = "present when score > threshold"
+
+    def targets(self, table, aus):
+        return table.labels(aus)
+
+    def balance(self, y, rng):
+        return balance_indices(y, rng)
+
+    def pos_weight(self, y):
+        y = np.asarray(y)
+        npos, nneg = (y == 1).sum(axis=0), (y == 0).sum(axis=0)
+        return np.clip(nneg / np.maximum(npos, 1), *POS_WEIGHT_RANGE).astype(np.float32)
+
+    def loss(self, scores, y, weight=None, *, reduction="mean"):
+        import torch
+
+        mask = (y >= 0).float()
+        w = None if weight is None else torch.as_tensor(weight).to(scores.device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            scores.float(), y.clamp(min=0).float(), pos_weight=w, reduction="none")
+        total = (loss * mask).sum()
+        return total if reduction == "sum" else total / mask.sum().clamp(min=1)
+
+    def validate(self, y, scores):
+        import torch
+
+        y, scores = np.asarray(y), np.asarray(scores)
+        f1 = [au_metrics(y[:, j], decide(scores[:, j], DEFAULT_THRESHOLD))["f1"]
+              if (y[:, j] >= 0).any() else float("nan") for j in range(y.shape[1])]
+        loss = self.loss(torch.as_tensor(scores), torch.as_tensor(y, dtype=torch.float32))
+        return {"val_score": nanmean(f1), "val_loss": float(loss)}
+
+    def settle(self, y, scores, *, tune):
+        y, out = np.asarray(y), Settled([], [])
+        for j in range(y.shape[1]):
+            keep = y[:, j] >= 0
+            col = _Column()
+            settle_threshold(col, y[keep, j], lambda: np.asarray(scores)[keep, j], tune)
+            out.thresholds.append(float(col.threshold))
+            out.values.append(float(col.val_f1))
+            out.notes += col.notes
+        return out
+
+    def decide(self, scores, thresholds):
+        return decide(scores, thresholds)
+
+    def metrics(self, y, decisions, scores=None):
+        return au_metrics(y, decisions, scores)
+
+
+class Expression(Task):
+    """Expression classes (transfer's stage 1): one class index per frame, cross-entropy,
+    accuracy; the decision is the class of the largest score."""
+
+    name = "expression"
+    METRICS = ("accuracy",)
+    decision = "the class with the largest score"
+
+    def targets(self, table, classes):
+        y = table.frames["expression"].map({c: i for i, c in enumerate(classes)}).fillna(-1)
+        return y.to_numpy(dtype=np.int64)
+
+    def loss(self, scores, y, weight=None, *, reduction="mean"):
+        import torch
+
+        return torch.nn.functional.cross_entropy(scores, y, reduction=reduction)
+
+    def validate(self, y, scores):
+        import torch
+
+        if not len(y):
+            return {"val_score": float("nan")}
+        s, t = torch.as_tensor(scores), torch.as_tensor(y)
+        return {"val_loss": float(self.loss(s, t)),
+                "val_score": float((s.argmax(1) == t).float().mean())}
+
+    def decide(self, scores, thresholds=None):
+        return np.asarray(scores).argmax(1)
+
+    def metrics(self, y, decisions, scores=None):
+        return {"accuracy": float(np.mean(np.asarray(decisions) == np.asarray(y))) if len(y)
+                else float("nan")}
+
+
+class _Column:
+    """The fields :func:`classify.estimators.settle_threshold` sets, for one column."""
+
+    def __init__(self):
+        self.threshold, self.val_f1, self.notes = DEFAULT_THRESHOLD, float("nan"), []
+
+
+#: the task of every occurrence run
+OCCURRENCE = Occurrence()
+
+#: the task of transfer's stage 1
+EXPRESSION = Expression()

@@ -1,0 +1,223 @@
+"""The one run writer: what every classifier run leaves behind, written once.
+
+``featbench classify`` (LDA, SVM, LSTM), ``featbench finetune`` and ``featbench transfer``
+all end here, with per-(fold, AU) records (``by[(fold, au)]``: ``n_train``, ``n_train_pos``,
+``n_val``, ``n_val_pos``, ``scores`` of the fold's test rows, ``fit`` with its ``threshold``,
+``val_f1`` and ``notes``, or None and an ``error``). :func:`write_outputs` writes, in this
+order and only once everything is computed::
+
+    results/<ds>/predictions/<run>.h5   test frames' scores and decisions (every frame once)
+    results/<ds>/models/<run>/          the models and settings.json (the method fills a temp
+                                        folder, renamed over the old one when complete)
+    results/<ds>/<run>.csv              per-AU metrics averaged over folds + the mean row
+    results/<ds>/summary.csv            the run's row (other runs' rows are kept)
+
+A failure once the run's name is known becomes the run's row in ``summary.csv``
+(:func:`recording_failure`), and a disk error while writing removes the predictions file it
+left, so no run is half-written.
+"""
+
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from featbench.core.errors import FeatbenchError, StoreError, UsageError, describe_os_error
+from featbench.core.metrics import METRICS, nanmean
+from featbench.core.results import record_failure, run_table, write_predictions, write_run
+
+from classify.learn.task import OCCURRENCE
+
+
+@contextmanager
+def recording_failure(workspace, dataset, run, meta):
+    """A :class:`FeatbenchError` raised inside becomes ``run``'s row in summary.csv, then rises."""
+    try:
+        yield
+    except FeatbenchError as exc:
+        record_run_failure(workspace, dataset, run, exc, meta)
+        raise
+
+
+def record_run_failure(workspace, dataset, run, exc, meta):
+    """Record ``exc`` as the run's row in ``summary.csv``, as far as the disk lets us."""
+    try:
+        record_failure(workspace, dataset, run, exc, meta=meta)
+    except (OSError, FeatbenchError):
+        pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
+
+
+def au_row(task, ai, au, by, labels, test_rows, splits, thresholds, *, params=()):
+    """Return one AU's row of the run's table (metrics averaged over folds) and its notes.
+
+    Fills ``thresholds[fold, ai]``; ``params``: per-AU chosen values to report (median over
+    folds), such as the SVM's ``C``.
+    """
+    n_folds = len(splits)
+    per_fold, au_notes = [], []
+    for fi in range(n_folds):
+        r, te = by[(fi, au)], test_rows[fi]
+        y = labels[te, ai]
+        tag = f" ({splits[fi].name})" if n_folds > 1 else ""
+        if r["fit"] is None:
+            au_notes.append(r["error"] + tag)
+            m = {key: float("nan") for key in METRICS}
+            m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
+        else:
+            thresholds[fi, ai] = r["fit"].threshold
+            m = task.metrics(y, task.decide(r["scores"], r["fit"].threshold), r["scores"])
+            au_notes += [n + tag for n in r["fit"].notes]
+            if m["support"] == 0:
+                au_notes.append("no positive in test: F1 undefined (nan)" + tag)
+        per_fold.append(m)
+    row = {"au": au}
+    for key in task.METRICS:
+        row[key] = nanmean(m[key] for m in per_fold)
+    row["support"] = int(sum(m["support"] for m in per_fold))
+    row["threshold"] = nanmean(thresholds[:, ai])
+    row["auc"] = nanmean(m["auc"] for m in per_fold)
+    row["frames"] = int(sum(m["frames"] for m in per_fold))
+    if n_folds > 1:
+        f1s = np.array([m["f1"] for m in per_fold], dtype=float)
+        row["f1_std"] = float(np.nanstd(f1s)) if np.isfinite(f1s).sum() > 1 else float("nan")
+    for param in params:  # the chosen value (median over folds)
+        vals = [by[(fi, au)]["fit"].params[param] for fi in range(n_folds) if by[(fi, au)]["fit"]]
+        row[param] = float(np.median(vals)) if vals else float("nan")
+    row["n_train"] = int(round(np.mean([by[(fi, au)]["n_train"] for fi in range(n_folds)])))
+    au_notes = list(dict.fromkeys(au_notes))
+    row["note"] = "; ".join(au_notes)
+    return row, au_notes
+
+
+def run_rows(task, au_list, by, labels, test_rows, splits, *, params=(), extra=None):
+    """Return ``(rows, notes, thresholds (folds, k))`` of the run's table.
+
+    ``extra(au) -> dict``: a method's own per-AU columns, placed before ``n_train``.
+    """
+    thresholds = np.full((len(splits), len(au_list)), np.nan)
+    rows, notes = [], []
+    for ai, au in enumerate(au_list):
+        row, au_notes = au_row(task, ai, au, by, labels, test_rows, splits, thresholds, params=params)
+        if extra is not None:
+            tail = {k: row.pop(k) for k in ("n_train", "note")}
+            row.update(extra(au), **tail)
+        rows.append(row)
+        notes += [f"{au}: {n}" for n in au_notes]
+    return rows, notes, thresholds
+
+
+def test_scores(task, au_list, by, test_rows):
+    """Return the stacked test ``(scores, decisions, fold)`` of every fold, in test-row order."""
+    rows = np.concatenate(test_rows)
+    k = len(au_list)
+    scores = np.full((rows.size, k), np.nan, dtype=np.float32)
+    decisions = np.zeros((rows.size, k), dtype=np.int8)
+    fold = np.concatenate([np.full(r.size, fi, dtype=np.int8) for fi, r in enumerate(test_rows)])
+    start = 0
+    for fi, r in enumerate(test_rows):
+        for ai, au in enumerate(au_list):
+            res = by[(fi, au)]
+            if res["fit"] is not None:
+                scores[start:start + r.size, ai] = res["scores"]
+                decisions[start:start + r.size, ai] = task.decide(res["scores"], res["fit"].threshold)
+        start += r.size
+    return scores, decisions, fold
+
+
+def replace_folder(final, fill):
+    """Fill a temporary folder beside ``final`` with ``fill(tmp)``, then rename it over ``final``."""
+    tmp = temp_sibling(final)  # unique; a dead writer's leftovers are removed
+    tmp.mkdir(parents=True)
+    try:
+        out = fill(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # renamed onto final, or half-written: gone
+
+
+def fold_record(split, per_au, **more):
+    """One fold of a run's settings.json: its subjects and ``per_au`` entries."""
+    return {"name": split.name, "train": list(split.train), "validation": list(split.validation),
+            "test": list(split.test), **more, "aus": per_au}
+
+
+def versions(**more):
+    """The library versions a run records."""
+    import featbench
+
+    return {"featbench": featbench.__version__, **more, "numpy": np.__version__,
+            "python": sys.version.split()[0]}
+
+
+def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows, by, labels, meta,
+                  fill_models, task=OCCURRENCE, params=(), extra=None, present=None,
+                  attrs=(), t0=None):
+    """Write a run's predictions, models folder, table and summary row; return the run's dict.
+
+    Parameters
+    ----------
+    table : FrameTable
+    au_list, splits, test_rows, by, labels
+        The run's AUs, folds, each fold's test rows, per-(fold, AU) records, labels by table row.
+    meta : dict
+        The summary row's columns (``model``, ``region``, ``clf``, ``weights``...).
+    fill_models : callable
+        ``fill_models(tmp_folder, rows, thresholds) -> anything``: writes the models and
+        settings.json (returned as ``folds`` in the result).
+    task : Task
+    params, extra
+        As :func:`run_rows`.
+    present : callable, optional
+        How scores and thresholds are stored (transfer: probabilities); metrics use the raw.
+    attrs : tuple of str
+        The ``meta`` keys the predictions file records.
+    """
+    rows_out, notes, thresholds = run_rows(task, au_list, by, labels, test_rows, splits,
+                                           params=params, extra=extra)
+    if present is not None:
+        for r in rows_out:
+            r["threshold"] = float(present(r["threshold"]))
+    pred_path = None
+    try:
+        pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
+                                       thresholds, rows_out, meta, splits, task, present, attrs)
+        models_dir = workspace.models_dir(dataset, run)
+        folds = replace_folder(models_dir, lambda tmp: fill_models(tmp, rows_out, thresholds))
+        if t0 is not None:
+            meta["seconds"] = round(time.time() - t0, 1)
+        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+    except OSError as exc:  # disk full, permissions: no predictions without their run
+        if pred_path is not None:
+            pred_path.unlink(missing_ok=True)
+        where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
+        raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
+                         f"{run} (none of them kept; rerun when fixed)") from None
+    return {"run": run, "dataset": dataset, "rows": rows_out, "mean": run_table(rows_out)[0][-1],
+            "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
+            "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds")}
+
+
+def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels, thresholds,
+                       rows_out, meta, splits, task, present, attrs):
+    """Write the test frames' scores and decisions (team contract 3), atomically."""
+    rows = np.concatenate(test_rows)
+    if np.unique(rows).size != rows.size:
+        raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
+    scores, decisions, fold = test_scores(task, au_list, by, test_rows)
+    kw = {}
+    if present is not None:
+        scores, thresholds = present(scores), present(thresholds)
+        kw["scores_are"] = "probabilities"
+    return write_predictions(
+        workspace.predictions_path(dataset, run), frames=table.keys()[rows], labels=labels[rows],
+        scores=scores, decisions=decisions, fold=fold, aus=au_list,
+        thresholds=[r["threshold"] for r in rows_out],
+        fold_thresholds=thresholds,  # (folds, k): the threshold each fold used
+        run=run, folds=[s.name for s in splits],
+        failed_aus=[r["au"] for r in rows_out if not np.isfinite(r["threshold"])],
+        **{key: meta[key] for key in attrs}, **kw)
