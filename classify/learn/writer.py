@@ -28,6 +28,7 @@ import numpy as np
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, describe_os_error
 from featbench.core.metrics import METRICS, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
+from featbench.core.workspace import temp_sibling
 
 from classify.learn.task import OCCURRENCE
 
