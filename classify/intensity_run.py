@@ -41,7 +41,7 @@ from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, U
 from featbench.core.metrics import PRESENT_AT, intensity_decisions, intensity_metrics, nanmean
 from featbench.core.results import run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text, run_name
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, run_name, temp_sibling
 
 from classify.estimators import balance_indices
 from classify.intensity import get_regressor, fit_intensity
@@ -197,14 +197,15 @@ def intensity_run(workspace, dataset, *, model, clf="ridge", region="full", prot
     meta = {"model": model, "region": region, "clf": clf, "task": "intensity", "weights": "",
             "protocol": protocol, "dataset": dataset, "balance": bool(balance), "seed": seed,
             "calibrate": method, "label_threshold": table.label_threshold or PRESENT_AT}
-    try:
-        meta["weights"] = str(store_info(path)["attrs"].get("weights", ""))
-        keys, codes, attrs = load_codes(workspace, dataset, model, regions)
-        return _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta,
-                    progress=progress, t0=t0)
-    except FeatbenchError as exc:
-        record_run_failure(workspace, dataset, run, exc, meta)
-        raise
+    with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
+        try:
+            meta["weights"] = str(store_info(path)["attrs"].get("weights", ""))
+            keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+            return _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta,
+                        progress=progress, t0=t0)
+        except FeatbenchError as exc:
+            record_run_failure(workspace, dataset, run, exc, meta)
+            raise
 
 
 def _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta, *, progress, t0):
@@ -275,8 +276,7 @@ def _write_models(workspace, dataset, run, spec, au_list, splits, fold_fits, fol
     from classify.intensity_model import save_intensity_model
 
     final = workspace.models_dir(dataset, run)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(final)  # unique; a dead writer's leftovers are removed
     tmp.mkdir(parents=True)
     try:
         save_intensity_model(tmp, run=run, spec=spec, au_list=au_list, splits=splits,

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from featbench.core.errors import UsageError
-from featbench.core.workspace import atomic_path
+from featbench.core.workspace import atomic_path, temp_sibling
 
 from extract.encoders import autocast_dtype, resolve_device
 
@@ -165,7 +165,7 @@ def _save(path, state):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_sibling(path)
     plain = {k: v for k, v in state.items() if k in _JSON_PARTS}
     state = {**state, **json.loads(json.dumps(plain, default=_json_value))}
     try:

@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.workspace import temp_sibling
 from featbench.core.synth import _layouts as L
 from featbench.core.synth._layouts import MAX_SUBJECTS
 from featbench.core.synth._sheet import contact_sheet as _cs
@@ -101,9 +102,7 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
         raise UsageError(f"{root}: exists and is not a folder")
     _check_replaceable(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_sibling(root)  # unique; what a killed generator left is removed
     tmp.mkdir()
     try:
         info = _generate(tmp, layout, subjects, frames, seed, float(difficulty), right_camera,
@@ -111,7 +110,7 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         old = None
         if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            old = temp_sibling(root)
             root.rename(old)
         tmp.rename(root)
         if old is not None:
