@@ -3,12 +3,16 @@
 ============================ ===========================================================
 module                       what it holds
 ============================ ===========================================================
-:mod:`classify.registry`     :class:`~classify.registry.ClassifierSpec` per classifier name
-                             (make, search space, sequences, save/load) and
-                             :func:`~classify.registry.load_run_models`
+:mod:`classify.kinds`        the one registry of run kinds (lda, svm, lstm, ft, transfer,
+                             vote): how each trains, saves (manifest + safetensors,
+                             :mod:`featbench.core.modelfile`) and loads into one scorer;
+                             the kinds: :mod:`classify.basekinds`, :mod:`classify.netkinds`
+:mod:`classify.scorer`       :class:`~classify.scorer.RunModel`, the one scorer of a run
 :mod:`classify.estimators`   the per-AU estimators (``lda``, ``svm``: a ``Pipeline`` of
                              ``StandardScaler`` and the classifier), balancing, the search on
-                             the validation subjects, the threshold kept inside the model
+                             the validation subjects, the threshold kept inside the model,
+                             their :class:`~classify.estimators.ClassifierSpec` and saving
+                             without pickle
 :mod:`classify.run`          :func:`~classify.run.classify_run`: one run of the protocol
                              (codes + frame table -> metrics, predictions, models, settings)
 ============================ ===========================================================

@@ -4,19 +4,8 @@ An ensemble reads its members' predictions files (``results/<ds>/predictions/<ru
 by ``featbench classify``: ``/frames``, ``/labels``, ``/scores``, ``/decisions``, ``/fold`` and
 the attrs ``aus``, ``thresholds``...) and votes per AU and frame.
 
-The vote, stated once
----------------------
-Per AU and frame the ensemble says *present* when more than half of its members do. With an even
-number of members a tie (as many present as absent votes) is broken by the members' scores: each
-member's margin ``score - threshold`` is divided by the standard deviation of that member's scores
-for that AU over the test frames (so an SVM's decision values and an LDA's are on one scale), and
-the ensemble says *present* when the mean of these standardised margins is > 0. A member with no
-classifier for an AU (nan scores: no positive training frame) abstains on that AU; an AU on which
-no member votes gets nan metrics, as a classifier run does.
-
-The ensemble's continuous score is ``(present votes - absent votes) + tanh(mean standardised
-margin)``: its sign is the decision (its threshold is 0), it orders frames first by votes and then
-by how confident the members are, and it gives the ensemble a ROC-AUC like any other run.
+The vote itself (how members' decisions combine, ties, the score) is stated once in
+:mod:`classify.vote`.
 
 Presets (paper section "ensembles"; one member per network family, the family's SVM run)
 ----------------------------------------------------------------------------------------------
@@ -41,6 +30,8 @@ Presets (paper section "ensembles"; one member per network family, the family's 
 
 import hashlib
 import json
+import os
+import shutil
 
 import numpy as np
 
@@ -49,8 +40,12 @@ from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, 
 from featbench.core.identity import RunKey, format_members
 from featbench.core.metrics import (PRESENT_AT, au_metrics, intensity_decisions,
                                     intensity_metrics, nanmean)
+from featbench.core.modelfile import read_manifest
 from featbench.core.results import write_predictions, write_run
-from featbench.core.workspace import run_name, safe_name
+from featbench.core.workspace import safe_name
+
+from classify.kinds import member_fingerprint, save_run
+from classify.vote import majority_vote, score_scales
 
 PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
 
@@ -64,80 +59,6 @@ PRESET_CLF = "svm"
 #: the sequence classifier whose runs join every preset as extra members where they exist (the
 #: paper's first ensemble mixes SVM and LSTM members)
 SEQUENCE_CLF = "lstm"
-
-
-def majority_vote(decisions, scores, thresholds, *, scales=None):
-    """Combine members' per-AU binary decisions by majority, ties broken by standardised margins.
-
-    Parameters
-    ----------
-    decisions : array of shape (m, n, k)
-        Member ``i``'s decision (1 present, 0 absent) for frame ``j`` and AU ``a``.
-    scores : array of shape (m, n, k)
-        The members' continuous scores (decision function; higher = more likely present).
-    thresholds : array of shape (m, k) or (m, n, k)
-        The score above which member ``i`` says present for AU ``a`` (per frame when the
-        threshold differs between cross-validation folds).
-    scales : array of shape (m, k), optional
-        Each member's score scale per AU (default :func:`score_scales` of ``scores``): pass
-        the scales of the frames an ensemble was scored on to vote on other frames (``featbench
-        predict``) exactly as it voted there.
-
-    Returns
-    -------
-    decisions : ndarray of int8, shape (n, k)
-        1 where more than half the members say present; on a tie (even ``m``), 1 where the mean
-        over members of ``(score - threshold) / std(member's scores for that AU)`` is > 0
-        A member whose score is nan (it has no classifier for that AU, e.g. no positive
-        training frame) abstains: the majority is taken over the members that vote.
-    scores : ndarray of float32, shape (n, k)
-        ``(present votes - absent votes) + tanh(mean standardised margin)``; ``scores > 0``
-        equals ``decisions`` (the ensemble's threshold is 0); nan where no member votes.
-    """
-    d = np.asarray(decisions)
-    s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(thresholds, dtype=np.float64)
-    if t.ndim == 2:
-        t = t[:, None, :]
-    if d.ndim != 3 or s.shape != d.shape or t.shape not in ((d.shape[0], 1, d.shape[2]), d.shape):
-        raise UsageError(f"majority_vote: decisions {d.shape} and scores {s.shape} must be "
-                         f"(members, frames, aus) and thresholds {t.shape} (members, aus) or "
-                         "(members, frames, aus)")
-    voting = ~np.isnan(s)  # a member without a classifier for an AU (nan scores) abstains
-    yes = ((d == 1) & voting).sum(axis=0)
-    lead = 2 * yes - voting.sum(axis=0)  # present minus absent votes
-    import warnings
-
-    std = (score_scales(s) if scales is None else np.asarray(scales, dtype=np.float64))[:, None, :]
-    if std.shape != (d.shape[0], 1, d.shape[2]):
-        raise UsageError(f"majority_vote: scales {std.shape[::2]} must be (members, aus)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices: handled below
-        margin = np.nanmean((s - t) / std, axis=0)
-    margin = np.nan_to_num(margin, nan=0.0)
-    out_scores = np.where(voting.any(axis=0), lead + np.tanh(margin), np.nan)
-    # a tie with a margin of exactly 0 stays absent: "present" needs evidence
-    out = (lead > 0) | ((lead == 0) & (margin > 0))
-    return out.astype(np.int8), out_scores.astype(np.float32)
-
-
-def score_scales(scores):
-    """Return (m, k): the standard deviation of each member's scores per AU over the frames.
-
-    Nan scores (no classifier) are ignored; a constant or all-nan scorer gets 1, so it keeps its
-    raw margin rather than dividing by 0.
-
-    Parameters
-    ----------
-    scores : array of shape (m, n, k)
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices
-        std = np.nanstd(np.asarray(scores, dtype=np.float64), axis=1)
-    std[~(std > 0)] = 1.0
-    return std
 
 
 # predictions files -----------------------------------------------------------------------------
@@ -324,7 +245,7 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
         chosen, seen = [], set()
         for model in order:
             fam = families.get(model, model)
-            run = run_name(model, region, clf, tag=tag)
+            run = str(RunKey(model, region, clf, tag or ()))
             if fam not in seen and run in runs:
                 chosen.append(run)
                 seen.add(fam)
@@ -348,7 +269,7 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
         if "ft" in preset:
             members += [r for r in ft if _key(r).region != "full" and r not in members]
     if len(members) < 2:
-        want = [run_name(m, "full", PRESET_CLF, tag=tag)
+        want = [str(RunKey(m, "full", PRESET_CLF, tag or ()))
                 for m in ("hog", "dlib_face", "alexnet", "cnn_f")]
         lacking = [r for r in want if r not in runs]
         raise MissingRunError(
@@ -438,6 +359,37 @@ def _per_au_rows(labels, decisions, scores, fold, aus):
     return rows
 
 
+def _member_manifest(workspace, dataset, run):
+    try:
+        return read_manifest(workspace.models_dir(dataset, run))
+    except FeatbenchError:  # a member without a model (trained by an older featbench)
+        return None
+
+
+def write_vote_model(workspace, dataset, run, members, aus, weights, scales):
+    """Write the ``vote`` run's model folder: its members, their score scales, fingerprints.
+
+    The scales are the members' on the frames the ensemble voted on, so that predict breaks a
+    tie on new frames as the ensemble broke it there; a member's fingerprint (date and tensor
+    digests) lets loading refuse a member trained again since.
+    """
+    manifests = [_member_manifest(workspace, dataset, m) for m in members]
+    alignment = next(((m.get("preprocessing") or {}).get("alignment") for m in manifests if m), {})
+    final = workspace.models_dir(dataset, run)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_run(tmp, "vote", {"members": members, "scales": np.asarray(scales, np.float64),
+                               "fingerprints": [member_fingerprint(m) for m in manifests]},
+                 run=run, aus=aus, weights=weights, dataset=dataset,
+                 preprocessing={"model": "", "regions": {}, "alignment": alignment or {}})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def members_task(preds, names):
     """Return the one task of the members' runs; UsageError when they mix occurrence and intensity."""
     tasks = {str(p.get("task") or "occurrence") for p in preds}
@@ -517,7 +469,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
     Returns
     -------
     dict
-        ``run``, ``csv`` (Path), ``predictions`` (Path), ``members`` (list), ``aus``,
+        ``run``, ``csv`` (Path), ``predictions`` (Path), ``models_dir`` (Path), ``members`` (list), ``aus``,
         ``frames`` (int), ``mean_f1``, ``mean_accuracy``, ``notes`` (list of str: what was dropped).
 
     Raises
@@ -549,7 +501,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
     if name is None:
         name = (f"ensemble-{preset}" if preset else
                 "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
-    run = run_name(safe_name(name), region, "vote", tag=tag)
+    run = str(RunKey(safe_name(name), region or "mixed", "vote", tag or ()))
     weights = format_members([(p.get("model", _key(r).model if _key(r) else r), p.get("weights", "?"))
                               for p, r in zip(preds, members)])
     protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
@@ -565,7 +517,12 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                       intensities=aligned[0].get("intensities"), run=run,
                       **{k: v for k, v in meta.items() if k != "members"}, members=members)
     csv = write_run(workspace, dataset, run, rows, meta=meta)
+    models_dir = None  # an intensity ensemble is not applied by predict yet: no model
+    if task == "occurrence":
+        models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
+                                      score_scales(np.stack([p["scores"] for p in aligned])))
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
+            "models_dir": models_dir,
             "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),
             "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes, "task": task,
             **({"mean_icc": nanmean(r["icc"] for r in rows)} if task == "intensity" else {})}

@@ -15,9 +15,12 @@ rows given to ``fit`` — the training subjects' — and only applied to validat
     :data:`C_GRID` by F1 on the validation subjects (:func:`fit_au`); the model kept is the one
     fit on the training rows with the best ``C``.
 
-Each is an entry of :mod:`classify.registry` (:data:`LDA`, :data:`SVM`), and what a run saves
-per AU is a :class:`ThresholdedClassifier`: the fitted pipeline with the threshold chosen on
-validation inside, so a loaded model's ``predict`` is the run's decision.
+Each is described by a :class:`ClassifierSpec` (the ``lda`` and ``svm`` run kinds of
+:mod:`classify.kinds` hold one), and what a run keeps per AU is a :class:`ThresholdedClassifier`:
+the fitted pipeline with the threshold chosen on validation inside, so a loaded model's
+``predict`` is the run's decision. :func:`estimator_arrays` turns one into JSON + arrays for
+:mod:`featbench.core.modelfile` and :func:`estimator_from_arrays` rebuilds it from them, only
+from the classes its kind names (no pickle: the skops way).
 
 Conventions, stated once: labels are 1 (present) / 0 (absent); scores are
 ``decision_function`` values; a frame is called positive when its score is *greater* than the
@@ -27,6 +30,7 @@ threshold, whose default is 0 (the classifier's own decision). A tuned threshold
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -38,13 +42,6 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 #: C used when the validation subjects cannot score the grid (no positive there)
 DEFAULT_C = 1e-2
 DEFAULT_THRESHOLD = 0.0
-
-
-def check_clf(clf):
-    """Raise :class:`UsageError` unless ``clf`` names a registered classifier (see :mod:`classify.registry`)."""
-    from classify.registry import check_clf as check
-
-    check(clf)
 
 
 class ShrinkageLDA(ClassifierMixin, BaseEstimator):
@@ -199,17 +196,6 @@ def _scaled(est):
     from sklearn.preprocessing import StandardScaler
 
     return Pipeline([("scale", StandardScaler()), ("clf", est)])
-
-
-def make_estimator(clf, **kw):
-    """Return the unfitted per-AU ``Pipeline(StandardScaler, classifier)`` of the entry ``clf``.
-
-    ``kw`` are the entry's options (``C``, ``class_weight``, ``shrinkage``, ``seed``,
-    ``n_samples``, ``n_features``); an entry ignores the ones it has no use for.
-    """
-    from classify.registry import get_classifier
-
-    return get_classifier(clf).make(**kw)
 
 
 class ThresholdedClassifier(ClassifierMixin, BaseEstimator):
@@ -438,13 +424,13 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, class_weight=None, tune_thres
            X_thr=None, y_thr=None, shrinkage="auto", seed=0, **fit_kw):
     """Fit one AU's classifier on the training rows; choose its parameters and threshold on validation.
 
-    The generic fit of :class:`~classify.registry.ClassifierSpec` entries whose ``make`` returns
+    The generic fit of :class:`ClassifierSpec` entries whose ``make`` returns
     ``Pipeline([("scale", ...), ("clf", ...)])`` on single frames (``lda``, ``svm``).
 
     Parameters
     ----------
-    clf : str or ClassifierSpec
-        The registry entry (``"lda"``, ``"svm"``...).
+    clf : ClassifierSpec
+        The kind's per-AU estimator (``classify.kinds.get_kind("svm").estimator``...).
     X_train : array of shape (n_train, dims)
     y_train : array of shape (n_train,)
         1 / 0; both classes must be present (the caller reports an AU without positives).
@@ -471,9 +457,7 @@ def fit_au(clf, X_train, y_train, X_val, y_val, *, class_weight=None, tune_thres
     """
     from sklearn.exceptions import ConvergenceWarning
 
-    from classify.registry import get_classifier
-
-    spec = get_classifier(clf) if isinstance(clf, str) else clf
+    spec = clf
     y_train = np.asarray(y_train, dtype=np.int8)
     y_val = np.asarray(y_val, dtype=np.int8)
     make_kw = dict(class_weight=class_weight, shrinkage=shrinkage, seed=seed,
@@ -512,22 +496,133 @@ def settle_threshold(out, y_thr, scores, tune_threshold):
     out.val_f1 = _val_f1(y_thr, s, out.threshold)
 
 
-def _spec(**kw):
-    from classify.registry import ClassifierSpec
 
-    return ClassifierSpec(**kw)
+# --- the spec of a per-AU estimator -------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How featbench makes, searches and fits one kind of per-AU classifier on codes.
+
+    A run kind that classifies frame codes (``lda``, ``svm``; :mod:`classify.kinds`) holds one;
+    :func:`classify.run.classify_run` fits it per fold and AU.
+
+    Attributes
+    ----------
+    name : str
+        The ``--clf`` value and the ``clf`` part of the run name.
+    make : callable
+        ``make(*, class_weight, shrinkage, seed, n_samples, n_features, **params)`` -> an unfitted
+        ``Pipeline([("scale", ...), ("clf", ...)])``; options it has no use for are ignored.
+    classes : tuple of type
+        The estimator classes its fitted pipelines hold: the only classes
+        :func:`estimator_from_arrays` rebuilds a saved model from.
+    search_space : dict
+        ``{parameter: candidates}`` chosen per AU by F1 on the validation subjects (empty: none).
+        Each chosen value becomes a column of the run's table and an entry in settings.json.
+    default_params : dict
+        The parameters used when validation cannot score the search (no positive there).
+    fit : callable, optional
+        ``fit(spec, X_train, y_train, X_val, y_val, *, class_weight, tune_threshold, X_thr,
+        y_thr, seed)`` -> :class:`AUFit`. Default: :func:`fit_au`.
+    fit_streamed : callable, optional
+        The fit for codes too large for memory, read from the feature file in blocks
+        (:func:`classify.scale.fit_streamed` for the SVM); None: always :attr:`fit`.
+    convergence_note : str, optional
+        The note recorded when the fit raised scikit-learn's ``ConvergenceWarning``.
+    solver, streamed_solver : str
+        The solver named in settings.json (default: the entry's name).
+    help : str
+        One line for ``--help`` and error messages.
+    """
+
+    name: str
+    make: Optional[Callable] = None
+    classes: tuple = ()
+    search_space: dict = field(default_factory=dict)
+    default_params: dict = field(default_factory=dict)
+    fit: Optional[Callable] = None
+    fit_streamed: Optional[Callable] = None
+    convergence_note: Optional[str] = None
+    solver: str = ""
+    streamed_solver: str = ""
+    help: str = ""
+
+    def fit_au(self, *args, **kw):
+        """Fit one AU with this entry's ``fit`` (default :func:`fit_au`)."""
+        return (self.fit or fit_au)(self, *args, **kw)
 
 
-#: the ``lda`` entry of :mod:`classify.registry`
-LDA = _spec(name="lda", make=make_lda, help="shrinkage LDA (Ledoit-Wolf)")
-#: the ``svm`` entry of :mod:`classify.registry`
-def _fit_streamed(*args, **kw):
-    from classify.scale import fit_streamed
-
-    return fit_streamed(*args, **kw)
+# --- saving without pickle ----------------------------------------------------------------------
+#: fitted attributes no decision needs (scikit-learn's lsqr LDA keeps a dims x dims covariance)
+_NOT_SAVED = frozenset({"covariance_"})
 
 
-SVM = _spec(name="svm", make=make_svm, search_space={"C": C_GRID}, default_params={"C": DEFAULT_C},
-            convergence_note="liblinear did not fully converge for some C (max_iter=2000)",
-            solver="liblinear", fit_streamed=_fit_streamed, streamed_solver="sgd-hinge (out of core)",
-            help="linear SVM, C chosen on the validation subjects")
+def estimator_arrays(model):
+    """Return ``(description, arrays)`` of a fitted per-AU model, for a model file.
+
+    Parameters
+    ----------
+    model : ThresholdedClassifier, Pipeline or estimator
+        Fitted. Its steps' constructor parameters and scalar fitted attributes go into the
+        JSON ``description``; its array attributes into ``arrays`` as ``<step>.<attribute>``.
+
+    Raises
+    ------
+    TypeError
+        A fitted attribute that is neither an array nor a plain number or string.
+    """
+    inner = getattr(model, "estimator_", model)
+    steps = inner.steps if hasattr(inner, "steps") else [("clf", inner)]
+    desc, arrays = [], {}
+    for step, est in steps:
+        fitted = {}
+        for key, value in vars(est).items():
+            if not key.endswith("_") or key.startswith("_") or key in _NOT_SAVED:
+                continue
+            if isinstance(value, np.ndarray):
+                arrays[f"{step}.{key}"] = value
+            elif value is None or isinstance(value, (bool, int, float, str, np.generic)):
+                fitted[key] = value.item() if isinstance(value, np.generic) else value
+            else:
+                raise TypeError(f"{type(est).__name__}.{key}: a {type(value).__name__} cannot be saved")
+        params = {k: list(v) if isinstance(v, tuple) else v
+                  for k, v in est.get_params(deep=False).items()}
+        desc.append({"step": step, "class": type(est).__name__, "params": params, "fitted": fitted})
+    return {"pipeline": hasattr(inner, "steps"), "steps": desc}, arrays
+
+
+def estimator_from_arrays(description, arrays, threshold, classes):
+    """Rebuild what :func:`estimator_arrays` saved as a fitted :class:`ThresholdedClassifier`.
+
+    Parameters
+    ----------
+    description : dict
+    arrays : mapping of str -> ndarray
+    threshold : float
+        The threshold the run's decisions used.
+    classes : iterable of type
+        The estimator classes allowed (the kind's :attr:`ClassifierSpec.classes`): a file that
+        names another class is refused, so a file can never choose what code runs.
+
+    Raises
+    ------
+    ValueError
+        A class that is not allowed.
+    """
+    from sklearn.pipeline import Pipeline
+
+    allowed = {c.__name__: c for c in classes}
+    steps = []
+    for d in description["steps"]:
+        cls = allowed.get(d["class"])
+        if cls is None:
+            raise ValueError(f"a saved step of class {d['class']!r}, which this kind does not "
+                             f"load (it loads {', '.join(sorted(allowed)) or 'none'})")
+        est = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["params"].items()})
+        for key, value in d["fitted"].items():
+            setattr(est, key, value)
+        prefix = f"{d['step']}."
+        for key in [k for k in arrays.keys() if k.startswith(prefix)]:
+            setattr(est, key[len(prefix):], np.asarray(arrays[key]))
+        steps.append((d["step"], est))
+    model = Pipeline(steps) if description.get("pipeline", True) else steps[0][1]
+    return ThresholdedClassifier.from_fitted(model, threshold)

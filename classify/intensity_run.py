@@ -38,10 +38,11 @@ import numpy as np
 from featbench.core.aus import AU_REGION
 from featbench.core.calibrate import CALIBRATIONS, calibrate_codes, check_calibration
 from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError
+from featbench.core.identity import RunKey
 from featbench.core.metrics import PRESENT_AT, intensity_decisions, intensity_metrics, nanmean
 from featbench.core.results import run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text, run_lock, run_name, temp_sibling
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
 
 from classify.estimators import balance_indices
 from classify.intensity import get_regressor, fit_intensity
@@ -188,10 +189,10 @@ def intensity_run(workspace, dataset, *, model, clf="ridge", region="full", prot
         table = load_dataset(dataset, workspace=workspace, progress=progress)
     table.require_intensity()
     au_list = resolve_aus(table, protocol, aus)
-    run = run_name(model, region, clf, tag=run_tag(
+    run = str(RunKey(model, region, clf, run_tag(
         protocol=protocol, seed=seed, aus=au_list, default_aus=resolve_aus(table, protocol),
         extra="bal" if balance else None, label_threshold=table.label_threshold,
-        calibrate=method))
+        calibrate=method) or ()))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions, table)
     meta = {"model": model, "region": region, "clf": clf, "task": "intensity", "weights": "",

@@ -56,7 +56,6 @@ from featbench.core.modelfile import open_model
 from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
 from classify.learn.task import OCCURRENCE
-from classify.registry import ClassifierSpec
 from classify.training import TrainConfig
 from extract.encoders import resolve_device, run_network
 
@@ -433,7 +432,7 @@ class LSTMMethod(Method):
         X, train_rows = self.X(job.unit.region), np.concatenate(cut["train"].sequences)
         weigh = self.balance or self.class_weight == "balanced"
         data.extra.update(cut=cut, scaler=fit_scaler(X[self.pos[train_rows]]),  # training only
-                          pos_weight=self.task.pos_weight(Y[train_rows]) if weigh else None)
+                          pos_weight=self.pos_weight(Y[train_rows]) if weigh else None)
         data.info = {"sequences": {p: cut[p].report() for p in ("train", "validation", "test")}}
         breaks = {p: n for p, n in ((p, cut[p].missing_breaks) for p in ("train", "validation", "test")) if n}
         if breaks:
@@ -458,7 +457,6 @@ class LSTMMethod(Method):
         seqs = [(np.asarray(X[self.pos[s]], dtype=np.float32), np.asarray(Y[s], dtype=np.float32))
                 for s in data.extra["cut"]["train"].sequences]
         pw = data.extra["pos_weight"]
-        pw = None if pw is None else _torch().from_numpy(pw)
 
         def batches(epoch, rng):
             return ((x, y, pw) for x, y in _length_bucketed_batches(seqs, self.options.batch, rng))
@@ -553,9 +551,12 @@ def _save_npy(folder, region, codes):
     return path
 
 
-def save_fits(folder, splits, by, au_list):
-    """Write each trained network of a run once into ``folder`` (one tensor group per network,
-    :mod:`featbench.core.modelfile`); return ``{(fold, au): settings entry}``."""
+def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset):
+    """The ``lstm`` kind's ``save`` (:mod:`classify.netkinds`): each trained network of a run
+    once into ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`);
+    return ``{(fold, au): settings entry}``. ``trained``: ``classify_run``'s ``{"splits",
+    "aus", "fits"}``."""
+    splits, by, au_list = trained["splits"], trained["fits"], trained["aus"]
     results = list({id(r["unit"]): r["unit"] for r in by.values()}.values())
     units = {res.name: {**res.record(), **res.info, **res.saved(),
                         **({"model_file": f"{res.name}.safetensors"} if res.net is not None else {})}
@@ -563,11 +564,8 @@ def save_fits(folder, splits, by, au_list):
     if any(res.net is not None for res in results):
         first = next(res for res in results if res.net is not None)
         method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None)
-        run = folder.name[1:].rpartition(".tmp")[0]  # the run folder's temporary twin
-        write_model(folder, method, run, au_list, splits, results, units,
-                    weights=first.identity["settings"].get("weights", ""),
-                    preprocessing={"regions": {a: r.region for r in results for a in r.aus}},
-                    dataset=first.identity["settings"].get("dataset", ""))
+        write_model(folder, method, run, aus, splits, results, units, weights=weights,
+                    preprocessing=preprocessing, dataset=dataset)
     entries = fold_entries(by, splits, au_list)
     return {(fi, au): e for fi, per in enumerate(entries) for au, e in per.items() if "error" not in e}
 
@@ -583,24 +581,9 @@ def load_model(path, unit):
     return network_of(entry, unit_state(model, unit)), entry
 
 
-def load_file(path):
-    """:func:`load_model` of the unit whose file is ``path`` (the registry's ``load``)."""
-    return load_model(Path(path).parent, Path(path).stem)
-
-
 def network_of(entry, state):
     """The :class:`SequenceLSTM` of a unit ``entry`` with ``state`` loaded, in eval mode."""
     model = build_model(entry["dims"], entry["n_out"], hidden=entry["hidden"],
                         bidirectional=entry["bidirectional"])
     model.load_state_dict(state)
     return model.eval()
-
-
-def _spec():
-    return ClassifierSpec(name="lstm", needs_sequences=True, train_jobs=run_jobs, save_fits=save_fits,
-                          options=options_from, load=load_file, suffix=".safetensors",
-                          help="LSTM over each subject's code sequence, epoch chosen on validation")
-
-
-#: the ``lstm`` entry of :mod:`classify.registry`
-SPEC = _spec()

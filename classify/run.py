@@ -22,10 +22,11 @@ Outputs (``featbench.core.workspace`` names the paths; a rerun replaces only thi
     results/<ds>/<run>.csv                 per-AU metrics + mean (featbench.core.results.write_run)
     results/<ds>/summary.csv               this run's row (other runs' rows are kept)
     results/<ds>/predictions/<run>.h5      /frames /labels /scores /decisions /fold /thresholds
-    results/<ds>/models/<run>/AU01.joblib  the fitted model, threshold inside (multi-fold:
-                                           AU01-<fold>.joblib; classify.registry.load_run_models)
-    results/<ds>/models/<run>/settings.json every argument, chosen C and threshold per fold and
-                                           AU, split subjects, feature-file provenance, versions
+    results/<ds>/models/<run>/             the run's model (featbench.core.modelfile): manifest.json
+                                           + AU01.safetensors (multi-fold: AU01-<fold>), written by
+                                           its kind's save (classify.kinds); settings.json: every
+                                           argument, chosen C and threshold per fold and AU, split
+                                           subjects, feature-file provenance, versions
 
 Multi-fold protocols average each metric over folds (``f1_std`` is the spread of F1 across
 folds, ``support`` the summed test positives) and store every test frame once.
@@ -45,13 +46,14 @@ from featbench.core.calibrate import calibrate_codes, calibration_tag, check_cal
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.core.frames import KEY_DTYPE
+from featbench.core.identity import RunKey
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text, run_lock, run_name, temp_sibling
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
 
 from classify.estimators import balance_indices, with_threshold
 from classify.learn.writer import (fold_record, record_run_failure, recording_failure,  # noqa: F401
                                    versions, write_outputs)
-from classify.registry import get_classifier
+from classify.kinds import classifier_kind, get_kind
 from classify.scale import (H5Codes, codes_bytes, liblinear_bytes, memory_budget_bytes, peak_rss_mb,
                             run_on_dask, scheduler_address, score)
 from extract.store import check_source, read_codes, store_info
@@ -327,10 +329,30 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 
 
 # --- the run -----------------------------------------------------------------------------------
+def classify_run_key(table, *, model, region, clf, protocol="paper", tune_threshold=False,
+                     balance=True, class_weight=None, seed=0, aus=None, options=None,
+                     calibrate="none"):
+    """Return the :class:`~featbench.core.identity.RunKey` of a classify run with these settings.
+
+    The one place a classify run's name is computed: :func:`classify_run` names its outputs
+    with it and ``featbench run`` (:mod:`featbench.app.pipeline`) plans and finds runs with it.
+    The tags are :func:`run_tag`'s (non-default settings only; ``aus`` other than the
+    protocol's, the table's label threshold, the kind's own ``options.tag()``; ``options``
+    None: the kind's defaults).
+    """
+    kind = classifier_kind(clf)
+    options = kind.options(options) if kind.options is not None else None
+    tag = run_tag(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
+                  class_weight=class_weight, seed=seed, calibrate=calibrate,
+                  aus=resolve_aus(table, protocol, aus), default_aus=resolve_aus(table, protocol),
+                  extra=options.tag() if options else None, label_threshold=table.label_threshold)
+    return RunKey(model, region, clf, tag or ())
+
+
 def _check_args(clf, region, class_weight, options, calibrate="none"):
-    """Return the registry entry of ``clf``, its own settings and the calibration; UsageError
-    for bad arguments."""
-    spec = get_classifier(clf)
+    """Return the run kind of ``clf``, its own settings and the calibration; UsageError for
+    bad arguments."""
+    spec = classifier_kind(clf)
     calibrate = check_calibration(calibrate)
     if region not in REGION_CHOICES:
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
@@ -356,7 +378,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     model : str
         The network whose codes are classified.
     clf : str
-        A classifier of :mod:`classify.registry` (``lda``, ``svm``, ``lstm``).
+        A run kind of :mod:`classify.kinds` that classifies codes (``lda``, ``svm``, ``lstm``).
     region : {"full", "upper", "middle", "lower", "auto"}
         ``auto``: each AU uses the codes of its own region (``featbench.core.aus.AU_REGION``).
     protocol : str
@@ -405,9 +427,8 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     au_list = resolve_aus(table, protocol, aus)
     settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
                     class_weight=class_weight, seed=seed, calibrate=method)
-    run = run_name(model, region, clf, tag=run_tag(
-        **settings, aus=au_list, default_aus=resolve_aus(table, protocol),
-        extra=options.tag() if options else None, label_threshold=table.label_threshold))
+    run = str(classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
+                               options=options, **settings))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
     path = check_features(workspace, dataset, model, regions, table)
     meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
@@ -437,11 +458,11 @@ def _load_table(workspace, dataset, progress):
     return load_dataset(dataset, workspace=workspace, progress=progress)
 
 
-def _read_run_codes(spec, workspace, dataset, model, regions, path, calibrate="none"):
+def _read_run_codes(kind, workspace, dataset, model, regions, path, calibrate="none"):
     """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk,
     unless calibrated (``featbench.core.calibrate``: every row is rewritten, in memory)."""
     budget = memory_budget_bytes()
-    lazy = (not spec.needs_sequences and calibrate == "none"
+    lazy = (not kind.needs_sequences and calibrate == "none"
             and codes_bytes(path, regions) > budget)
     keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=lazy)
     return keys, calibrate_codes(codes, keys, calibrate), attrs, budget
@@ -463,23 +484,23 @@ def _make_jobs(table, splits, au_list, region, has_code, labelled):
     return jobs, test_rows, missing
 
 
-def _train(spec, jobs, meta, *, workspace, dataset, run, table, splits, codes, labels, pos, n_jobs,
+def _train(kind, jobs, meta, *, workspace, dataset, run, table, splits, codes, labels, pos, n_jobs,
            progress, budget, scheduler):
-    """Run every job: the entry's own trainer (sequences) or one fit per job in workers."""
+    """Run every job: the kind's own trainer (sequences) or one fit of its estimator per job."""
     common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
                   class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
-    if spec.train_jobs is not None:  # sequences of frames, not rows: the entry's own trainer
+    if kind.fit_jobs is not None:  # sequences of frames, not rows: the kind's own trainer
         ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
-        return spec.train_jobs(jobs, table=table, splits=splits, options=spec.options(meta[spec.name]),
-                               n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
-    return _parallel(jobs, n_jobs, progress, spec=spec, budget=budget, scheduler=scheduler,
+        return kind.fit_jobs(jobs, table=table, splits=splits, options=kind.options(meta[kind.name]),
+                             n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
+    return _parallel(jobs, n_jobs, progress, spec=kind.estimator, budget=budget, scheduler=scheduler,
                      **common), scheduler
 
 
 def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta, *, n_jobs, progress, t0,
               budget=None, scheduler=None):
 
-    spec, scheduler = get_classifier(meta["clf"]), scheduler_address(scheduler)
+    spec, scheduler = get_kind(meta["clf"]), scheduler_address(scheduler)
     pos = join_codes(table, keys)
     has_code = pos >= 0
     labels = table.labels(au_list)
@@ -511,7 +532,7 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
 
     out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
                         test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
-                        params=tuple(spec.search_space), attrs=PREDICTION_ATTRS, t0=t0)
+                        params=tuple(_search_space(spec)), attrs=PREDICTION_ATTRS, t0=t0)
     out["notes"] += [f"{n} labelled {part} frames have no codes in the feature file and were left out"
                      for part, n in missing.items() if n]
     out["missing_codes"] = missing
@@ -524,49 +545,63 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
 PREDICTION_ATTRS = ("model", "region", "clf", "weights", "protocol", "dataset")
 
 
+def _search_space(kind):
+    return kind.estimator.search_space if kind.estimator is not None else {}
+
+
+def _fit_record(r):
+    """One (fold, AU)'s entry of settings.json: counts, threshold, chosen parameters, notes."""
+    entry = {k: r[k] for k in ("n_train", "n_train_pos", "n_val", "n_val_pos")}
+    fit = r["fit"]
+    if fit is None:
+        return {**entry, "error": r["error"]}
+    entry.update({"threshold": fit.threshold, "val_f1": fit.val_f1, "notes": fit.notes})
+    params = getattr(fit, "params", {})
+    for param, value in params.items():
+        entry[param] = value
+        if len(params) == 1:
+            entry[f"val_f1_by_{param}"] = {f"{c:g}": v for c, v in fit.grid.items()}
+    return entry
+
+
+def _plain(value):
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def model_preprocessing(meta, attrs, au_list):
+    """The manifest's ``preprocessing`` of a run on a feature file's codes (``attrs``: its attributes)."""
+    prep = attrs.get("preprocessing")
+    prep = json.loads(prep) if isinstance(prep, str) else dict(prep or {})
+    region = meta["region"]
+    return {"model": str(attrs.get("model") or meta["model"]), "layer": _plain(attrs.get("layer")),
+            "input_size": _plain(attrs.get("input_size")),
+            "regions": {a: AU_REGION[a] if region == "auto" else region for a in au_list},
+            **{k: _plain(prep[k]) for k in ("mean", "std", "pixel_scale") if k in prep},
+            "alignment": prep.get("aligned_settings") or {}}
+
+
 def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train,
                  test_rows, scale):
-    """Write one model per AU (and fold), threshold inside, plus settings.json, into ``tmp``."""
-    import joblib
+    """Write the run's model through its kind's ``save`` and settings.json into ``tmp``."""
     import sklearn
 
-    spec = get_classifier(meta["clf"])
-    folds = []
-    saved = {}
-    if spec.save_fits is not None:  # an entry that writes its own files (one per network)
-        saved = spec.save_fits(tmp, splits, by, au_list)
-    for fi, split in enumerate(splits):
-        per_au = {}
-        for au in au_list:
-            r = by[(fi, au)]
-            entry = {"n_train": r["n_train"], "n_train_pos": r["n_train_pos"], "n_val": r["n_val"],
-                     "n_val_pos": r["n_val_pos"]}
-            if r["fit"] is None:
-                entry["error"] = r["error"]
-            elif (fi, au) in saved:
-                entry.update(saved[(fi, au)])
-            else:
-                fit = r["fit"]
-                name = spec.model_file(au, None if len(splits) == 1 else split.name)
-                spec.save(fit.model, tmp / name)
-                entry.update({"model_file": name, "threshold": fit.threshold, "val_f1": fit.val_f1,
-                              "notes": fit.notes})
-                for param, value in fit.params.items():
-                    entry[param] = value
-                    if len(fit.params) == 1:
-                        entry[f"val_f1_by_{param}"] = {f"{c:g}": v for c, v in fit.grid.items()}
-            per_au[au] = entry
-        folds.append(fold_record(split, per_au, n_train_frames=n_train[fi],
-                                 n_test_frames=int(test_rows[fi].size)))
+    kind = get_kind(meta["clf"])
+    saved = kind.save(tmp, {"splits": splits, "aus": au_list, "fits": by}, run=run, aus=au_list,
+                      weights=str(attrs.get("weights", "")) or meta["weights"], dataset=dataset,
+                      preprocessing=model_preprocessing(meta, attrs, au_list)) or {}
+    folds = [fold_record(split, {au: saved.get((fi, au)) or _fit_record(by[(fi, au)])
+                                 for au in au_list},
+                         n_train_frames=n_train[fi], n_test_frames=int(test_rows[fi].size))
+             for fi, split in enumerate(splits)]
+    space = _search_space(kind)
     settings = {
         "run": run, **{k: v for k, v in meta.items() if k != "seconds"}, "aus": au_list,
-        "c_grid": list(spec.search_space["C"]) if "C" in spec.search_space else None,
-        "search_space": {k: list(v) for k, v in spec.search_space.items()},
+        "c_grid": list(space["C"]) if "C" in space else None,
+        "search_space": {k: list(v) for k, v in space.items()},
         "default_threshold": 0.0, "frames_without_codes_by_part": missing,
         "features": {"path": str(workspace.features_path(dataset, meta["model"])),
-                     "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in attrs.items()}},
-        "folds": folds, "versions": versions(**{"scikit-learn": sklearn.__version__,
-                                                "joblib": joblib.__version__}), **(scale or {}),
+                     "attrs": {k: _plain(v) for k, v in attrs.items()}},
+        "folds": folds, "versions": versions(**{"scikit-learn": sklearn.__version__}), **(scale or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_text(tmp / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")

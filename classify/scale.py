@@ -32,6 +32,7 @@ import numpy as np
 from featbench.core.errors import StoreError, UsageError, describe_os_error
 from featbench.core.frames import KEY_DTYPE
 
+from classify.estimators import AUFit, _val_f1, settle_threshold
 from extract.store import read_codes
 
 #: rows are read from HDF5 in contiguous blocks of about this many bytes
@@ -182,8 +183,6 @@ def _check_complete(path, region):
         n = int(f["frames"].shape[0])
         done = int(f[region].attrs.get("rows_done", 0)) if region in f else 0
     if done < n:
-        from extract.store import read_codes
-
         read_codes(path, region)  # raises the store's own message (missing / incomplete)
         raise StoreError(f"{path}: {region} codes incomplete ({done} of {n} rows)")
 
@@ -217,8 +216,6 @@ def fit_streamed(X, train_rows, y_train, val_rows, y_val, *, thr_rows=None, y_th
     from sklearn.linear_model import SGDClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from classify.estimators import AUFit, _val_f1, settle_threshold
 
     y_train = np.asarray(y_train, dtype=np.int8)
     rng = np.random.default_rng(seed)

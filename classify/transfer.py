@@ -260,8 +260,7 @@ class TransferMethod(Method):
 
     def unit_data(self, job):
         c = counts(job.y, job.rows)
-        pw = (self.task.pos_weight(job.y[job.rows["train"]])
-              if self.settings.pos_weight == "auto" else None)
+        pw = self.pos_weight(job.y[job.rows["train"]]) if self.settings.pos_weight == "auto" else None
         return UnitData(trainable(c), c, {"pos_weight": pw})
 
     def build(self, job, data=None):
@@ -279,8 +278,7 @@ class TransferMethod(Method):
         import torch
 
         rows, y, bs = np.asarray(job.rows["train"], np.int64), job.y, int(self.settings.batch_size)
-        pw = None if data is None or data.extra["pos_weight"] is None else \
-            torch.from_numpy(data.extra["pos_weight"])
+        pw = None if data is None else data.extra["pos_weight"]
 
         def batches(epoch, rng):
             order = rows[rng.permutation(len(rows))]

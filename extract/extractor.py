@@ -7,6 +7,7 @@ builds the encoder and runs :func:`extract.loop.extract_aligned` over every regi
 
 from featbench.core.aus import REGIONS
 from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.identity import WeightsId
 
 from extract.distributed import extract_distributed, torchrun_env
 from extract.loop import ExtractReport, extract_aligned
@@ -95,7 +96,7 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
         return rep if report else rep.path
     encoder = create_encoder(model, weights=weights, device=device, input_size=input_size)
     aligned_path = ensure_aligned(table, workspace, progress=progress)
-    if name is None and str(encoder.weights_id).startswith("finetuned:"):
+    if name is None and WeightsId.parse(encoder.weights_id).kind == "finetuned":
         name = f"{model}-ft"
     out = workspace.features_path(table.dataset, name or model)
     rep = extract_aligned(aligned_path, out, encoder, regions=regions, batch_size=batch_size,

@@ -63,13 +63,15 @@ class WeightsChoice:
 
 
 def parse_weights(text, spec):
-    """Parse ``--weights`` for ``spec``; None means the spec's default.
+    """Parse ``--weights`` for ``spec``; None means the spec's default; a WeightsChoice passes.
 
     Raises
     ------
     WeightsError
         A bad seed, a file that does not exist, or a choice the network cannot take.
     """
+    if isinstance(text, WeightsChoice):  # resolved already (predict, from a run's identity)
+        return text
     text = spec.default_weights if text in (None, "") else str(text)
     if spec.kind == "hog":
         if text not in ("none",) + PRETRAINED:
@@ -120,7 +122,7 @@ def weights_identity(spec, choice):
 def finetuned_run(path):
     """Return the run that trained the weights file ``path`` when featbench fine-tuned it, else None.
 
-    ``featbench finetune`` writes ``results/<ds>/models/<run>/model.pt`` (or ``<AU>.pt``) beside
+    ``featbench finetune`` writes ``results/<ds>/models/<run>/model.safetensors`` (or ``<AU>.safetensors``) beside
     a ``settings.json`` whose ``clf`` is ``ft``; codes extracted with such a file are stored as
     ``finetuned:<run> sha256:<hex>``.
     """

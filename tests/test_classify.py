@@ -3,18 +3,19 @@
 import json
 
 import h5py
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
 
 from classify.estimators import balance_indices, best_threshold
+from classify.kinds import load_scorer
 from extract.store import open_store
 from classify.run import classify_run, join_codes, run_tag
 from featbench.core.aus import DISFA_AUS
 from featbench.app.cli import main
 from featbench.core.errors import MissingRunError
 from featbench.core.frames import FrameTable, build_frames
+from featbench.core.modelfile import open_model
 from featbench.core.results import read_summary
 from featbench.core.splits import PAPER_SPLIT
 from featbench.core.workspace import Workspace
@@ -71,6 +72,11 @@ def setup(tmp_path):
     return ws, table, codes
 
 
+def saved_model(models_dir, au, fold=0):
+    """A run's saved per-AU model (threshold inside), loaded from its model folder alone."""
+    return load_scorer(open_model(models_dir)).folds[fold][au][0]
+
+
 def run(ws, table, **kw):
     kw.setdefault("model", "toy")
     kw.setdefault("clf", "svm")
@@ -111,7 +117,8 @@ def test_outputs_follow_the_contracts(setup):
     settings = json.loads((out["models_dir"] / "settings.json").read_text())
     assert settings["seed"] == 0 and settings["folds"][0]["test"] == list(PAPER_SPLIT["test"])
     assert "C" in settings["folds"][0]["aus"]["AU01"]
-    assert (out["models_dir"] / "AU01.joblib").exists()
+    assert (out["models_dir"] / "AU01.safetensors").exists()
+    assert (out["models_dir"] / "manifest.json").exists()
 
 
 def test_test_features_never_reach_the_fit(setup, tmp_path):
@@ -125,8 +132,8 @@ def test_test_features_never_reach_the_fit(setup, tmp_path):
     write_features(ws2, table, poisoned)
     dirty = run(ws2, table, tune_threshold=True)
     for au in DISFA_AUS:
-        a = joblib.load(clean["models_dir"] / f"{au}.joblib").estimator_
-        b = joblib.load(dirty["models_dir"] / f"{au}.joblib").estimator_
+        a = saved_model(clean["models_dir"], au).estimator_
+        b = saved_model(dirty["models_dir"], au).estimator_
         np.testing.assert_array_equal(a.named_steps["scale"].mean_, b.named_steps["scale"].mean_)
         np.testing.assert_array_equal(a.named_steps["scale"].scale_, b.named_steps["scale"].scale_)
         np.testing.assert_array_equal(a.named_steps["clf"].coef_, b.named_steps["clf"].coef_)
@@ -218,7 +225,8 @@ def test_kfold_stores_every_frame_once_and_reports_spread(tmp_path):
         assert set(f["fold"][:]) == {0, 1, 2} and f["thresholds"].shape == (3, 12)
     assert all("f1_std" in r for r in out["rows"]) and by_au(out)["AU01"]["f1_std"] == 0.0
     assert by_au(out)["AU01"]["support"] == int((table.frames["AU01"] == 1).sum())
-    assert (out["models_dir"] / "AU01-kfold3-fold2.joblib").exists()
+    assert (out["models_dir"] / "AU01-kfold3-fold2.safetensors").exists()
+    assert len(load_scorer(open_model(out["models_dir"])).folds) == 3
 
 
 def test_frames_without_codes_are_counted_and_auto_uses_each_aus_region(tmp_path):

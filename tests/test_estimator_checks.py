@@ -10,12 +10,12 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import check_estimator
 
 from classify.estimators import ShrinkageLDA, ThresholdedClassifier
-from classify.registry import get_classifier, list_classifiers
+from classify.kinds import get_kind, list_kinds
 
 
 def _frame_entries():
-    """The registry's per-frame entries (sequence classifiers are torch networks, not estimators)."""
-    return [n for n in list_classifiers() if not get_classifier(n).needs_sequences]
+    """The run kinds with a per-frame estimator (sequence classifiers are torch networks)."""
+    return [n for n in list_kinds(trained_by="classify") if get_kind(n).estimator is not None]
 
 
 ESTIMATORS = [
@@ -23,8 +23,8 @@ ESTIMATORS = [
     ShrinkageLDA(priors=(0.5, 0.5)),
     ThresholdedClassifier(ShrinkageLDA()),
     ThresholdedClassifier(LinearSVC()),
-    # what a run saves per AU: each registry entry's pipeline with its threshold inside
-    *[ThresholdedClassifier(get_classifier(n).make()) for n in _frame_entries()],
+    # what a run saves per AU: each run kind's pipeline with its threshold inside
+    *[ThresholdedClassifier(get_kind(n).estimator.make()) for n in _frame_entries()],
 ]
 
 

@@ -411,9 +411,8 @@ def test_5_flipped_bytes_in_the_header_are_one_line(tmp_path, capsys, offset):
 def test_4_disk_full_on_results_leaves_no_temp_folder_and_no_orphan_predictions(tmp_path,
                                                                               monkeypatch):
     """ENOSPC while the run's models are saved: one line, no .tmp folder, no predictions file."""
-    import joblib
-
     from classify.run import classify_run
+    from featbench.core import modelfile
     from featbench.core.errors import StoreError
     from featbench.core.workspace import Workspace
     from test_classify import make_codes, make_table, write_features
@@ -421,7 +420,7 @@ def test_4_disk_full_on_results_leaves_no_temp_folder_and_no_orphan_predictions(
     ws = Workspace(tmp_path)
     table = make_table(n_frames=12)
     write_features(ws, table, make_codes(table), regions=("full",))
-    monkeypatch.setattr(joblib, "dump", _enospc)
+    monkeypatch.setattr(modelfile, "_write_safetensors", _enospc)  # the models' tensors
     with pytest.raises(StoreError, match="disk full .* while writing the results of toy__full__lda"):
         classify_run(ws, "synth", table=table, model="toy", clf="lda", progress=False, n_jobs=1)
     results = ws.results_dir("synth")

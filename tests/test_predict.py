@@ -18,6 +18,8 @@ import pytest
 from featbench.app.cli import main
 from featbench.core.workspace import Workspace
 
+from test_classify import saved_model
+
 AUS = ("AU01", "AU02", "AU04", "AU06", "AU12", "AU25")
 
 
@@ -176,7 +178,7 @@ def test_video_one_row_per_frame_faceless_rows_empty(trained, clip, tmp_path):
 
 @pytest.mark.slow
 def test_au_columns_equal_the_runs_classifiers_on_the_same_codes(trained, clip):
-    """Hand-checked: detect, align, HOG-encode each frame here, apply the saved joblib models."""
+    """Hand-checked: detect, align, HOG-encode each frame here, apply the saved models."""
     import cv2
 
     from extract.encoders import create_encoder
@@ -199,10 +201,10 @@ def test_au_columns_equal_the_runs_classifiers_on_the_same_codes(trained, clip):
         face, _ = faces.align_face(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), lm)
         code = enc(face[None])
         for au in AUS:
-            if "model_file" not in entries[au]:
+            if "threshold" not in entries[au]:
                 assert pd.isna(row[f"{au}_p"])
                 continue
-            pipe = joblib.load(folder / entries[au]["model_file"])
+            pipe = saved_model(folder, au)
             score = pipe.decision_function(code)[0]
             assert row[f"{au}_p"] == pytest.approx(score, rel=1e-6, abs=1e-9)
             assert row[f"{au}_c"] == int(score > entries[au]["threshold"])
@@ -252,22 +254,6 @@ def test_export_reproduces_the_workspace_run_bit_for_bit(trained, clip, tmp_path
         a = _predict(trained, clip["path"], run=run)
         b = _predict(trained, clip["path"], run=None, model_file=path)
         pd.testing.assert_frame_equal(a, b, check_exact=True)
-
-
-@pytest.mark.slow
-def test_model_file_of_another_version_is_refused(trained, tmp_path, capsys):
-    path = tmp_path / "m.featbench"
-    main(["--workspace", str(trained["ws"].root), "export", "hog__full__lda", "--out", str(path)])
-    payload = joblib.load(path)
-    payload["format_version"] = 99
-    joblib.dump(payload, path)
-    assert main(["predict", str(path), "--model", str(path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "format 99" in err[0] and str(path) in err[0]
-    payload["format_version"], payload["versions"]["scikit-learn"] = 1, "0.20.0"
-    joblib.dump(payload, path)
-    assert main(["predict", str(path), "--model", str(path)]) == 2
-    assert "scikit-learn 0.20.0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -398,12 +384,11 @@ def test_corrupt_video_unknown_run_and_missing_weights_exit_2(trained, tmp_path,
     src = trained["ws"].models_dir("synth", "hog__full__svm")
     dst = trained["ws"].models_dir("synth", "alexnet__full__svm")
     dst.mkdir(parents=True, exist_ok=True)
-    settings = json.loads((src / "settings.json").read_text())
-    settings["model"] = "alexnet"
-    settings["weights"] = settings["features"]["attrs"]["weights"] = "imagenet"
-    settings["features"]["attrs"]["model"] = "alexnet"
-    (dst / "settings.json").write_text(json.dumps(settings))
-    for f in src.glob("*.joblib"):
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["run"], manifest["weights"] = "alexnet__full__svm", "imagenet"
+    manifest["preprocessing"]["model"] = "alexnet"
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    for f in src.glob("*.safetensors"):
         (dst / f.name).write_bytes(f.read_bytes())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     from PIL import Image
@@ -458,22 +443,44 @@ def test_toy_run_and_its_export_reproduce_the_runs_test_decisions(toy, which, tm
 
 
 def test_model_file_checks(toy, tmp_path):
-    from featbench.core.errors import StoreError
+    from safetensors.numpy import load_file, save_file
+
     from featbench.apply.runmodel import export_run, load_model_file, load_run
+    from featbench.core.modelfile import META_KEY, ModelFormatError, open_model
 
     path = export_run(load_run(toy["ws"], "synth", "toy__full__svm__au1+2+4+12"), tmp_path / "m.fb")
-    payload = joblib.load(path)
-    payload["format_version"] = 99
-    joblib.dump(payload, path)
-    with pytest.raises(StoreError, match="format 99"):
-        load_model_file(path)
-    payload["format_version"], payload["versions"]["scikit-learn"] = 1, "0.20.0"
-    joblib.dump(payload, path)
-    with pytest.raises(StoreError, match="scikit-learn 0.20.0"):
+    manifest = open_model(path).manifest
+    save_file(load_file(str(path)), str(path), metadata={META_KEY: json.dumps(dict(manifest, format_version=99))})
+    with pytest.raises(ModelFormatError, match="format 99.*upgrade featbench"):
         load_model_file(path)
     (tmp_path / "junk.fb").write_bytes(b"not a pickle")
-    with pytest.raises(StoreError, match="not a featbench model file"):
+    with pytest.raises(ModelFormatError, match="not a featbench model file"):
         load_model_file(tmp_path / "junk.fb")
+
+
+@pytest.mark.parametrize("how", ["pickle", "joblib", "torch"])
+def test_predict_refuses_a_crafted_model_file_without_running_it(toy, tmp_path, capsys, how):
+    """A model file someone sent that is a pickle (featbench 0.1's export was one): exit 2, one
+    line saying how to re-export, and the code it carries never runs."""
+    import pickle
+
+    from test_modelfile import _Payload
+
+    marker, path = tmp_path / "ran", tmp_path / "model.featbench"
+    if how == "pickle":
+        path.write_bytes(pickle.dumps({"format": "featbench-model", "run": _Payload(marker)}))
+    elif how == "joblib":
+        joblib.dump({"format": "featbench-model", "run": _Payload(marker)}, path, compress=3)
+    else:
+        import torch
+
+        torch.save({"state_dict": _Payload(marker)}, path)
+    out = tmp_path / "out.csv"
+    assert main(["--workspace", str(toy["ws"].root), "predict", str(tmp_path), "--model", str(path),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "featbench export RUN --out" in err[0]
+    assert not marker.exists() and not out.exists()
 
 
 def test_unknown_run_names_the_closest_and_exits_2(toy, tmp_path, capsys):

@@ -245,7 +245,7 @@ def test_a_transfer_run_without_its_network_is_one_line_exit_2(transfer, tmp_pat
                    "--dataset", "affwild2", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
-    assert "model.safetensors" in err[0] and "rerun featbench transfer" in err[0]
+    assert "model.safetensors" in err[0] and "train the run again" in err[0]
 
 
 @pytest.mark.gpu

@@ -66,11 +66,11 @@ def test_a_training_set_over_the_budget_is_fitted_out_of_core(setup, monkeypatch
     thr = [r["threshold"] for r in res["rows"]]
     assert any(t != 0 for t in thr)  # --tune-threshold is honoured out of core too
     # the saved model reproduces the run's decisions alone
-    import joblib
+    from test_classify import saved_model
 
-    model = joblib.load(res["models_dir"] / "AU01.joblib")
+    model = saved_model(res["models_dir"], "AU01")
     assert model.estimator_.named_steps["clf"].__class__.__name__ == "SGDClassifier"
-    assert model.threshold == thr[0]  # the threshold travels inside the saved model
+    assert model.threshold == thr[0]  # the threshold travels with the saved model
 
 
 def test_bad_memory_budget_is_a_usage_error(setup, monkeypatch):

@@ -116,8 +116,8 @@ def _fit(method, job, data, net, res, work, identity, progress):
     if fr.history:
         plot_history(fr.history, work / f"{job.name}.png",
                      title=f"{job.name} ({method.kind}, {identity['weights']})")
-    y, s = method.scores(net, job, data, "threshold") or (np.zeros((0, len(job.unit.aus))), None)
-    settled = task.settle(y[:, cols], None if s is None else s[:, cols], tune=method.tune)
+    y, s = method.scores(net, job, data, "threshold")
+    settled = task.settle(y[:, cols], s[:, cols], tune=method.tune)
     res.thresholds = [float("nan")] * len(job.unit.aus)
     res.values = [float("nan")] * len(job.unit.aus)
     for c, j in enumerate(cols):

@@ -47,7 +47,7 @@ from featbench.core.results import read_summary_rows, record_failure
 
 from classify.ensemble import ensemble_run
 from classify.finetune import FinetuneConfig, finetune_run, finetune_run_name
-from classify.run import classify_run, run_tag
+from classify.run import classify_run, classify_run_key, run_tag
 from extract.catalog import entry_for
 from extract.download import fetch, is_offline, where
 from extract.extractor import extract_features
@@ -101,7 +101,7 @@ class Finetune:
         Further :class:`classify.finetune.FinetuneConfig` fields (head, reinit, region...).
     code_clfs : tuple of str
         Classifiers trained on the fine-tuned network's codes (``featbench extract --weights
-        results/<ds>/models/<run>/model.pt`` gives ``<model>-ft``): the paper's "fc6 codes
+        results/<ds>/models/<run>/model.safetensors`` gives ``<model>-ft``): the paper's "fc6 codes
         after fine-tuning + SVM". Needs one network for all AUs (``multilabel``, full face).
     """
 
@@ -289,6 +289,11 @@ class _Context:
     def say(self, text):
         _say(self.progress, text)
 
+    def run_key(self, model, region, clf):
+        """The RunKey of a classify run of this ``featbench run`` (:func:`classify_run_key`'s)."""
+        return classify_run_key(self.table, model=model, region=region, clf=clf,
+                                protocol=self.protocol)
+
     def run_meta(self, model, region, clf, weights=None):
         """The provenance a failed run's row carries, as a successful run's would."""
         return {"model": model, "region": region, "clf": clf,
@@ -321,7 +326,7 @@ def _extract_steps(ctx):
     for model in models:
         w, note = ctx.wplan[model]
         region = "all" if model in spec.region_models else "full"
-        records = tuple((str(RunKey(m, r, c, ctx.tag or ())), ctx.run_meta(m, r, c))
+        records = tuple((str(ctx.run_key(m, r, c)), ctx.run_meta(m, r, c))
                         for m, r, c in plan_runs(spec) if m == model)
 
         def run(model=model, region=region, w=w):
@@ -337,7 +342,7 @@ def _classify_steps(ctx):
 
     steps = []
     for model, region, clf in plan_runs(ctx.preset):
-        name = str(RunKey(model, region, clf, ctx.tag or ()))
+        name = str(ctx.run_key(model, region, clf))
         features = ctx.workspace.features_path(ctx.dataset, model)
 
         def run(model=model, region=region, clf=clf):
@@ -399,8 +404,8 @@ def _ft_codes_step(ctx, ft, ft_run, clf):
     """``clf`` on the codes of the fine-tuned network of ``ft_run`` (``<model>-ft`` features)."""
 
     codes = f"{ft.model}-ft"
-    name = str(RunKey(codes, "full", clf, ctx.tag or ()))
-    model_file = ctx.workspace.models_dir(ctx.dataset, ft_run) / "model.pt"
+    name = str(ctx.run_key(codes, "full", clf))
+    model_file = ctx.workspace.models_dir(ctx.dataset, ft_run) / "model.safetensors"
     features = ctx.workspace.features_path(ctx.dataset, codes)
 
     def run():

@@ -4,16 +4,16 @@ Per frame: decode (:mod:`featbench.core.footage`) -> detect faces and fit 68 lan
 (``hog`` or the MMOD ``cnn`` detector) -> the alignment and region crops every run was trained
 on (:func:`featbench.core.faces.align_face`, :func:`featbench.core.align.region_crops`) -> the run's
 network with the run's weights -> its scalers, classifiers and thresholds
-(:class:`featbench.apply.runmodel.RunModel`).
+(:class:`classify.scorer.RunModel`, loaded by :mod:`featbench.apply.runmodel`).
 
 A fine-tuned (``ft``) or transfer run carries its trained network, which stands where the
-encoder stands and whose outputs are the scores (:mod:`featbench.apply.netmodels`).
+encoder stands and whose outputs are the scores (:mod:`classify.netscorer`).
 
 Streaming: decoding runs in one background thread, detection in two more (dlib and OpenCV
 release the GIL), and the main thread encodes and classifies batches of faces while the next
 frames are being decoded and detected. Every queue is bounded, so a long video runs in constant
 memory; rows are appended to the CSV batch by batch. A bidirectional LSTM looks ahead: its
-batches are windows of ``window`` frames (:class:`featbench.apply.runmodel.LSTMScorer`).
+batches are windows of ``window`` frames (:class:`classify.scorer.LSTMScorer`).
 
 Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
 
@@ -48,7 +48,8 @@ from featbench.core.workspace import (Workspace, atomic_write_text, check_output
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
-from extract.weights import file_sha256, pretrained_path
+from extract.weights import WeightsChoice, file_sha256, pretrained_path
+from featbench.apply.runmodel import finetuned_file, load_model_file, load_run
 
 #: faces encoded and classified together
 DEFAULT_BATCH = 32
@@ -103,17 +104,17 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None, input
 
 
 def _weights_choice(wid, spec, what, weights_file):
-    """The ``--weights`` value that loads ``wid`` here (checked against its sha256)."""
+    """The :class:`~extract.weights.WeightsChoice` that loads ``wid`` here (checked against its sha256)."""
     if wid.kind == "none":
-        return None
+        return WeightsChoice("none")
     if wid.kind == "random":
-        return f"random:{wid.seed}"
+        return WeightsChoice("random", seed=int(wid.seed))
     if wid.kind == "pretrained":
-        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> --weights IMAGENET1K_V2
+        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> the IMAGENET1K_V2 tag
         path, cached = pretrained_path(spec, tag or None)
         if wid.sha256 and cached and file_sha256(path) != wid.sha256:
             raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
-        return "dlib" if spec.pretrained == "dlib" else (tag or "imagenet")
+        return WeightsChoice("pretrained", tag=tag or "imagenet")
     if weights_file is None:  # file / finetuned
         where = (f" (featbench finetune / transfer run {wid.name} is not in this workspace)"
                  if wid.kind == "finetuned" else "")
@@ -121,23 +122,7 @@ def _weights_choice(wid, spec, what, weights_file):
                            "with --weights PATH")
     if wid.sha256 and file_sha256(weights_file) != wid.sha256:
         raise WeightsError(f"{what}, but {weights_file} is another file (sha256 differs)")
-    return str(weights_file)
-
-
-def finetuned_file(workspace, wid):
-    """Return the file of ``finetuned:<run> sha256:...`` weights in ``workspace``, or None.
-
-    A fine-tuned network's codes (``featbench extract --weights results/<ds>/models/<run>/
-    model.pt``) name the run that trained it; its ``.pt`` files are searched for the hash.
-    """
-    if workspace is None or wid.kind != "finetuned":
-        return None
-    folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
-    for path in sorted(p for f in folders for pattern in ("*.safetensors", "*.pt")
-                       for p in f.glob(pattern)):
-        if not wid.sha256 or file_sha256(path) == wid.sha256:
-            return path
-    return None
+    return WeightsChoice("file", path=Path(weights_file))
 
 
 # --- faces in frames -----------------------------------------------------------------------------
@@ -211,7 +196,7 @@ def _columns(aus):
 def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
     """Return ``{(network, weights): encoder}`` of every network ``model`` reads.
 
-    A fine-tuned or transfer run carries its trained network (:mod:`featbench.apply.netmodels`);
+    A fine-tuned or transfer run carries its trained network (:mod:`classify.netscorer`);
     a classify run's network is built from its name and weights identity (:func:`open_encoder`),
     a fine-tuned network's file found in ``workspace`` or carried by an exported model.
     """
@@ -223,15 +208,15 @@ def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
         if own is not None:
             out[key] = own.open(device)
             continue
-        blob = model.weights_blob(key[1])
+        carried = model.weights_blob(key[1])
         kw = dict(run=model.run, device=device, input_size=model.input_size_for(key))
-        if blob is None:
+        if carried is None:
             found = finetuned_file(workspace, WeightsId.parse(key[1]))
             out[key] = open_encoder(*key, weights_file=found or weights_file, **kw)
             continue
         with tempfile.TemporaryDirectory(prefix="featbench-weights-") as tmp:
-            # a safetensors file opens with its header's length, then the JSON header
-            path = Path(tmp) / ("weights.safetensors" if blob[8:9] == b"{" else "weights.pt")
+            name, blob = carried
+            path = Path(tmp) / Path(name).name  # its suffix says how it is read (.safetensors)
             path.write_bytes(blob)
             out[key] = open_encoder(*key, weights_file=path, **kw)
     return out
@@ -309,9 +294,7 @@ def _batch_table(items, model, encoders, aus, batch_size=DEFAULT_BATCH):
 
 
 def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
-    """Return the :class:`~featbench.apply.runmodel.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
-    from featbench.apply.runmodel import load_model_file, load_run
-
+    """Return the :class:`~classify.scorer.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
     if (run is None) == (model_file is None):
         raise UsageError("give either --run RUN (or best) or --model FILE")
     if model_file is not None:
@@ -332,7 +315,8 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         A run of ``workspace`` (``alexnet__full__svm``...) or ``best`` (highest mean F1 of
         summary.csv).
     model_file : str, optional
-        A file written by ``featbench export`` (instead of ``run``).
+        A file written by ``featbench export`` (instead of ``run``); anything else (a pickle,
+        a torch checkpoint) is refused unopened.
     workspace : str or Workspace
     dataset : str
         The data set the run was trained on.
@@ -350,7 +334,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         The weights file of a run trained on a user's state dict.
     window : int, optional
         Frames a bidirectional LSTM sees at once (default
-        :data:`featbench.apply.runmodel.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
+        :data:`classify.scorer.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
     progress : bool
         A progress bar in frames on stderr.
     force : bool

@@ -37,17 +37,19 @@ The manifest (JSON; :func:`create_manifest` fills and checks it)::
     training_data               {"dataset": name, "synthetic": bool}
     settings                    the kind's own JSON (architecture, score rule...)
     tensors                     {group: {"file": "<group>.safetensors", "sha256": hex}} in a
-                                folder; {group: {"prefix": "<g>/"}} in an export
+                                folder; {group: {"prefix": "<g>/", "sha256": hex}} in an export
+                                (the digest of the run folder's file: the trained weights' identity)
     members                     a vote's members: [{"run": name}] in a folder (sibling folders),
                                 their whole manifests in an export
-    carried                     an export's carried files: {key: "carried.<i>/"}
+    carried                     an export's carried files: {key: {"prefix": "carried.<i>/", "name"}}
 
 Anything else (a pickle, a joblib file, a torch zip checkpoint, an unknown file) is refused by
 :func:`sniff` from its first bytes, before any loader sees it, with one line that says how to
 re-export (:class:`ModelFormatError`, exit status 2).
 
 API: :func:`create_manifest`, :func:`write_model`, :func:`read_manifest`, :func:`open_model`
-(-> :class:`ModelFile`: ``manifest``, ``tensors(group)`` lazy, ``members()``, ``carried(key)``),
+(-> :class:`ModelFile`: ``manifest``, ``tensors(group)`` lazy, ``members()``, ``carried(key)`` ->
+``(name, bytes)``),
 :func:`export_model`, :func:`sniff`.
 """
 
@@ -150,7 +152,9 @@ def write_model(folder, manifest, tensors):
     manifest : dict
         :func:`create_manifest`'s; its ``tensors`` entry is filled here.
     tensors : dict of str -> dict of str -> array
-        ``{group: {name: array}}``; numpy arrays or torch tensors (moved to the CPU).
+        ``{group: {name: array}}``; numpy arrays or torch tensors (moved to the CPU). A group
+        may also be a callable returning that dict: it is called when its file is written, so
+        a run of many networks holds one in memory at a time.
 
     Returns
     -------
@@ -162,6 +166,7 @@ def write_model(folder, manifest, tensors):
     manifest = dict(manifest, tensors={})
     for group, arrays in tensors.items():
         _check_group(group)
+        arrays = arrays() if callable(arrays) else arrays
         bad = [k for k in arrays if "/" in k or not k]
         if bad:
             raise ValueError(f"tensor names {bad} of group {group!r}: no '/' allowed")
@@ -169,6 +174,7 @@ def write_model(folder, manifest, tensors):
         with atomic_path(path) as tmp:
             digest = _write_safetensors(tmp, [_Ref.of(k, v) for k, v in arrays.items()])
         manifest["tensors"][group] = {"file": path.name, "sha256": digest}
+        del arrays
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return folder
 
@@ -346,9 +352,11 @@ class ModelFile:
         return out
 
     def carried(self, key):
-        """The bytes of a file an export carries under ``key`` (None when not carried)."""
-        prefix = self.manifest.get("carried", {}).get(str(key))
-        return None if prefix is None else LazyTensors(self.path, prefix)["bytes"].tobytes()
+        """``(file name, bytes)`` of a file an export carries under ``key`` (None when not carried)."""
+        entry = self.manifest.get("carried", {}).get(str(key))
+        if entry is None:
+            return None
+        return entry["name"], LazyTensors(self.path, entry["prefix"])["bytes"].tobytes()
 
 
 class LazyTensors:
@@ -360,7 +368,13 @@ class LazyTensors:
     def _open(self):
         from safetensors import safe_open
 
-        return safe_open(str(self.path), framework="numpy")
+        try:
+            return safe_open(str(self.path), framework="numpy")
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error types: a bad tensor file
+            with open(self.path, "rb") as fh:
+                what = _what_it_is(fh.read(16))
+            raise ModelFormatError(f"{self.path}: not a safetensors tensor file ({what}; "
+                                   f"{type(exc).__name__}): {REEXPORT}") from None
 
     def keys(self):
         with self._open() as f:
@@ -416,7 +430,7 @@ def export_model(model, out, *, half=False, carry=None):
     manifest["carried"] = {}
     for i, (key, path) in enumerate((carry or {}).items()):
         prefix = f"carried.{i}/"
-        manifest["carried"][str(key)] = prefix
+        manifest["carried"][str(key)] = {"prefix": prefix, "name": Path(path).name}
         refs.append(_Ref.of(prefix + "bytes", np.frombuffer(Path(path).read_bytes(), np.uint8)))
     manifest["exported"] = {"featbench_version": __version__, "half": bool(half),
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -431,7 +445,7 @@ def _embed(src, prefix, refs, half):
     for group in src.groups:
         lazy = src.tensors(group)
         g = f"{prefix}{group}/"
-        manifest["tensors"][group] = {"prefix": g}
+        manifest["tensors"][group] = {"prefix": g, "sha256": src.manifest["tensors"][group].get("sha256", "")}
         refs.extend(_Ref.lazy(lazy, name, g + name, half) for name in lazy.keys())
     if "members" in src.manifest:
         manifest["members"] = [_embed(m, f"{prefix}members.{i}/", refs, half)

@@ -93,7 +93,7 @@ def write_run(workspace, dataset, run, rows, *, meta):
     workspace : Workspace
     dataset : str
     run : str
-        The run's name (``featbench.core.workspace.run_name``).
+        The run's name (``str`` of a :class:`featbench.core.identity.RunKey`).
     rows : list of dict
         Per-AU metrics: ``au``, ``f1``, ``accuracy``, ``precision``, ``recall``,
         ``support``, ``threshold``, and any extras (``auc``...).

@@ -83,16 +83,6 @@ class Workspace:
         return self.results_dir(dataset) / "report.md"
 
 
-def run_name(model, region, clf, *, tag=None):
-    """Return the name of a classifier run: ``<model>__<region>__<clf>[__<tag>]``.
-
-    The tag tells runs of the same model, region and classifier apart when a non-default
-    setting changes their numbers (another protocol, tuned thresholds).
-    """
-    name = f"{safe_name(model)}__{region}__{clf}"
-    return f"{name}__{tag}" if tag else name
-
-
 #: a temporary file or folder of featbench's beside its target: ``.<name>.tmp<pid>-<host>-<token>``
 #: (``.<name>.tmp<pid>`` before featbench 0.9; those count as this host's)
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9_]*)-[0-9a-f]+)?$")
@@ -309,7 +299,7 @@ def made_by_featbench(path):
             return False
         with open(path, "rb") as fh:
             head = fh.read(4096)
-        if head.startswith(PREDICTIONS_HEADER.encode()) or _names_model_format(head):
+        if head.startswith(PREDICTIONS_HEADER.encode()) or _names_model_format(path, head):
             return True
         if suffix == ".json" or head.lstrip().startswith(b"{"):
             obj = json.loads(path.read_text())
@@ -319,13 +309,21 @@ def made_by_featbench(path):
     return False
 
 
-def _names_model_format(head):
-    """Whether the first bytes of a file (raw, or zlib-compressed as joblib writes) name
-    featbench's model-file format (``featbench export``)."""
+def _names_model_format(path, head):
+    """Whether a file names featbench's model-file format (``featbench export``) where that
+    format keeps it: in a safetensors header's metadata (read up to 16 MB), or near the start
+    of a joblib file (raw or zlib-compressed, featbench before 0.2)."""
+    import struct
     import zlib
 
     if MODEL_FORMAT_NAME in head:
         return True
+    if len(head) > 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, JSON header
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= 16 << 20:
+            with open(path, "rb") as fh:
+                fh.seek(8)
+                return MODEL_FORMAT_NAME in fh.read(n)
     try:
         return MODEL_FORMAT_NAME in zlib.decompressobj().decompress(head, 1 << 16)
     except zlib.error:

@@ -13,12 +13,13 @@ def add_parser(subparsers):
                     "the decision threshold) on the validation subjects, and score the test "
                     "subjects. Writes results/<ds>/<model>__<region>__<clf>[__tag].csv, its row in "
                     "summary.csv, per-frame predictions and the fitted models with their settings.")
-    from classify.registry import list_classifiers  # names only: no estimator is imported
+    from classify.kinds import list_kinds  # names only: no estimator is imported
 
-    p.add_argument("--clf", required=True, metavar="|".join(list_classifiers() + ["ridge", "svr"]),
+    p.add_argument("--clf", required=True,
+                   metavar="|".join(list_kinds(trained_by="classify") + ["ridge", "svr"]),
                    help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
                         "(an LSTM over each subject's code sequence, epoch chosen on validation); "
-                        "the entries of classify/registry.py. --task intensity: ridge (alpha "
+                        "the run kinds of classify/kinds.py. --task intensity: ridge (alpha "
                         "chosen by ICC on validation) or svr (linear SVR, C chosen so)")
     p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
                    help="occurrence (present / absent, F1) or intensity (regression of the 0-5 "
@@ -109,14 +110,14 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 def _run(args):
     from classify.intensity_run import check_task
-    from classify.registry import check_clf
+    from classify.kinds import classifier_kind
     from classify.run import check_features, classify_run, default_model, format_result
     from featbench.core.calibrate import check_calibration
 
     check_calibration(args.calibrate)
     if check_task(args.task) == "intensity":
         return _run_intensity(args)
-    check_clf(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
     if args.scheduler:
         from classify.scale import probe_scheduler
 

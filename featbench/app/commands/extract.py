@@ -41,10 +41,10 @@ def add_parser(subparsers):
     p.add_argument("--name", default=None, metavar="NAME",
                    help="store the codes as data/features/<dataset>/<NAME>.h5 and classify them "
                         "with --model NAME (default: the model's name; <model>-ft for the "
-                        "model.pt of a featbench finetune run)")
+                        "model.safetensors of a featbench finetune run)")
     p.add_argument("--input-size", type=int, default=None, metavar="S",
                    help="face side fed to a CNN (default: the network's own, e.g. 224; for a "
-                        "featbench finetune model.pt, the size it was trained at)")
+                        "featbench finetune model.safetensors, the size it was trained at)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
                    help="storage type of the codes; --dtype float16 = --float16 (default: "
                         "float32)")

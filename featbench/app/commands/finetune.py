@@ -14,7 +14,7 @@ def add_parser(subparsers):
                     "epoch chosen on the validation subjects, a checkpoint per epoch (a rerun "
                     "resumes). Writes the run's CSV, summary row (clf = ft), predictions and the "
                     "trained network under results/<ds>/models/<run>/; featbench extract --weights "
-                    "results/<ds>/models/<run>/model.pt extracts its codes.")
+                    "results/<ds>/models/<run>/model.safetensors extracts its codes.")
     p.add_argument("--model", default="cnn_f", metavar="NAME",
                    help="network: cnn_f (the paper's), alexnet, vgg_face, resnet50, tv:<name>, "
                         "timm:<name>... (featbench models lists them; default: cnn_f)")

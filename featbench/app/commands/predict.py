@@ -23,7 +23,8 @@ def add_parser(subparsers):
                           "transfer run or an ensemble (ensemble-fe__full__vote); or 'best': "
                           "the highest mean F1 of summary.csv")
     src.add_argument("--model", dest="model_file", metavar="FILE",
-                     help="a model file written by featbench export (instead of --run)")
+                     help="a model file written by featbench export (instead of --run); a "
+                          "pickle, joblib or torch file is refused without being opened")
     p.add_argument("--dataset", default="synth", metavar="NAME",
                    help="the data set the run was trained on (default: synth)")
     p.add_argument("--out", default=None, metavar="FILE.csv",

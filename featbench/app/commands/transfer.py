@@ -92,11 +92,12 @@ def add_parser(subparsers):
 def resolve_start_weights(backbone, weights):
     """Return ``(weights, note)``: ``auto`` becomes imagenet when cached, else random:0 (said)."""
     from extract.registry import get_spec
-    from extract.weights import pretrained_path
+    from extract.weights import parse_weights, pretrained_path
 
     spec = get_spec(backbone)
-    if weights not in (None, "", "auto"):
-        return weights, ("random init, not pretrained" if str(weights).startswith("random") else "")
+    if weights not in (None, "", "auto"):  # parsed, not matched on its spelling (a file random.pt)
+        random = parse_weights(weights, spec).mode == "random"
+        return weights, ("random init, not pretrained" if random else "")
     path, cached = pretrained_path(spec)
     if cached:
         return "imagenet", f"pretrained ({path.name} cached)"

@@ -1,0 +1,279 @@
+"""The one registry of run kinds: how each kind of run trains, saves and loads into one scorer.
+
+A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a frozen
+:class:`RunKind`. Every piece of featbench that must know what a run is asks it here:
+
+``train``
+    ``"module:function"`` of ``function(workspace, dataset, ...)`` -> the run's result dict
+    (``run``, ``models_dir``...): what ``featbench classify`` / ``finetune`` / ``transfer`` /
+    ``ensemble`` call (:meth:`RunKind.trainer` imports it; named, not imported here, because
+    the trainers write their runs through this module). Kinds that
+    classify codes per AU hold their estimator (:attr:`RunKind.estimator`, a
+    :class:`classify.estimators.ClassifierSpec`) and train through
+    :func:`classify.run.classify_run`.
+``save``
+    ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` writes the run's
+    model into ``folder`` through :mod:`featbench.core.modelfile` (a manifest + safetensors,
+    never a pickle; :func:`write_run_model`) from what its trainer ``trained``; it returns the
+    per-(fold, AU) entries the run's settings.json records (or None).
+``load``
+    ``load(model_file)`` -> a :class:`classify.scorer.RunModel`: codes (or faces, through the
+    network it carries) -> scores + decisions, exactly as the run decided its test frames.
+    :func:`load_scorer` dispatches on the manifest's ``kind``.
+
+Entries are imported on first use (``"module:attribute"``), so ``featbench --help`` or an
+``lda`` run never imports torch for an LSTM. Adding a kind is one module (its class and
+save/load) plus one line in :data:`_ENTRIES` (or one :func:`register_kind` call for a plug-in).
+A per-AU classifier on codes is even shorter: its :class:`~classify.estimators.ClassifierSpec`
+and ``register_kind(estimator_kind(spec))`` (:func:`classify.basekinds.estimator_kind`).
+
+The kinds themselves live beside their methods: ``lda``, ``svm`` (and :func:`estimator_kind`
+for any per-AU estimator) and ``vote`` in :mod:`classify.basekinds`; the network kinds
+(``lstm``, ``ft``, ``transfer``) in :mod:`classify.netkinds`. This module imports none of
+them (it is what their trainers write through, and what ``featbench --help`` lists).
+"""
+
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from featbench.core.align import read_cache_info
+from featbench.core.datasets import SYNTH_LAYOUTS
+from featbench.core.errors import FeatbenchError, StoreError, UsageError, did_you_mean
+from featbench.core.modelfile import create_manifest, write_model
+
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """One kind of run: how it trains, saves and loads into a :class:`~classify.scorer.RunModel`.
+
+    Attributes
+    ----------
+    name : str
+        The ``clf`` part of run names (``RunKey.clf``) and the manifest's ``kind``.
+    load : callable
+        ``load(model_file)`` -> RunModel (:class:`featbench.core.modelfile.ModelFile` in).
+    save : callable, optional
+        ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` -> per-(fold,
+        AU) settings entries or None; what ``trained`` is belongs to the kind (its trainer
+        hands it over: ``classify_run``'s ``{"splits", "aus", "fits"}`` for the kinds it trains).
+        None: the kind's trainer writes its model itself, through :attr:`writer`.
+    writer : str
+        ``"module:function"`` that writes the kind's model when its trainer does it itself (the
+        learned methods: :func:`classify.learn.loop.write_model`); else the module of ``save``.
+    train : str
+        ``"module:function"`` of the function that trains a run of this kind
+        (:meth:`trainer`).
+    command : str
+        The command that trains it, for messages (``featbench classify --clf svm``).
+    estimator : classify.estimators.ClassifierSpec, optional
+        Kinds whose runs fit one classifier per AU on frame codes (fitted by
+        :func:`classify.run.classify_run`).
+    fit_jobs : callable, optional
+        Kinds trained by ``classify_run`` on sequences of codes: trains every (fold, AU) job of
+        the run itself (the LSTM: :func:`classify.lstm.run_jobs`).
+    options : callable, optional
+        ``options(value)`` -> the kind's own settings (a dataclass with ``tag()``) from None, a
+        dict or itself; stored under the kind's name in settings.json.
+    inputs : {"codes", "faces", "runs"}
+        What its scorer reads: codes of a named network, faces (it carries its network), or
+        other runs (a vote).
+    help : str
+        One line for ``--help`` and error messages.
+    """
+
+    name: str
+    load: Callable
+    save: Optional[Callable] = None
+    writer: str = ""
+    train: str = ""
+    command: str = ""
+    estimator: Any = None
+    fit_jobs: Optional[Callable] = None
+    options: Optional[Callable] = None
+    inputs: str = "codes"
+    help: str = ""
+
+    def trainer(self):
+        """Return the function that trains a run of this kind (imported now)."""
+        return _resolve(self.train)
+
+    def saver(self):
+        """Return the function that writes a run of this kind (``save``, else :attr:`writer`)."""
+        return self.save if self.save is not None else _resolve(self.writer)
+
+    @property
+    def needs_sequences(self):
+        """True when ``classify_run`` must keep the codes as sequences (the kind fits its jobs)."""
+        return self.fit_jobs is not None
+
+
+def _resolve(target):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+# --- the registry ---------------------------------------------------------------------------
+#: name -> "module:attribute" of its RunKind, imported on first use
+_ENTRIES = {
+    "lda": "classify.basekinds:LDA",
+    "svm": "classify.basekinds:SVM",
+    "lstm": "classify.netkinds:LSTM",
+    "ft": "classify.netkinds:FT",
+    "transfer": "classify.netkinds:TRANSFER",
+    "vote": "classify.basekinds:VOTE",
+}
+_LOADED = {}
+
+
+def register_kind(kind, *, replace=False):
+    """Add ``kind`` to the registry; a name already taken raises unless ``replace``."""
+    if not replace and (kind.name in _ENTRIES or kind.name in _LOADED):
+        raise ValueError(f"run kind {kind.name!r} is already registered")
+    _LOADED[kind.name] = kind
+    return kind
+
+
+def unregister_kind(name):
+    """Remove a kind added by :func:`register_kind` (tests, plug-ins)."""
+    if name not in _ENTRIES:
+        _LOADED.pop(name, None)
+
+
+def list_kinds(*, trained_by=None):
+    """Return the registered names, built-in entries first.
+
+    ``trained_by="classify"``: only the kinds ``featbench classify --clf`` trains (names only,
+    no entry is imported for the built-ins).
+    """
+    names = list(dict.fromkeys(list(_ENTRIES) + list(_LOADED)))
+    if trained_by == "classify":
+        builtin = {"lda", "svm", "lstm"}
+        names = [n for n in names if n in builtin or (n in _LOADED and _classifies(_LOADED[n]))]
+    return names
+
+
+def _classifies(kind):
+    return kind.estimator is not None or kind.fit_jobs is not None
+
+
+def get_kind(name):
+    """Return the :class:`RunKind` called ``name``.
+
+    Raises
+    ------
+    UsageError
+        An unknown name (with the closest one and the list).
+    """
+    if isinstance(name, RunKind):
+        return name
+    if name in _LOADED:
+        return _LOADED[name]
+    if name in _ENTRIES:
+        kind = _resolve(_ENTRIES[name])
+        if kind.name != name:
+            raise ValueError(f"registry entry {name!r} points at the kind {kind.name!r}")
+        return _LOADED.setdefault(name, kind)
+    raise UsageError(did_you_mean(str(name), tuple(list_kinds()), what="run kind"))
+
+
+def classifier_kind(name):
+    """Return the kind ``featbench classify --clf name`` trains; UsageError for any other name."""
+    if name not in list_kinds():
+        raise UsageError(did_you_mean(str(name), tuple(list_kinds(trained_by="classify")),
+                                      what="classifier"))
+    kind = get_kind(name)
+    if not _classifies(kind):
+        raise UsageError(f"{name!r} runs are not trained by featbench classify ({kind.command or 'see --help'}); "
+                         f"--clf takes {', '.join(list_kinds(trained_by='classify'))}")
+    return kind
+
+
+# --- saving and loading a run -----------------------------------------------------------------
+def cache_alignment(workspace, dataset):
+    """The alignment settings of the workspace's aligned-face cache of ``dataset`` ({} if none).
+
+    What a run that reads aligned faces (``ft``, ``transfer``) records in its manifest, so that
+    ``featbench predict`` aligns new faces the same way.
+    """
+    info = read_cache_info(workspace.aligned_path(dataset)) or {}
+    try:
+        return dict(json.loads(info.get("settings") or "{}"))
+    except (TypeError, ValueError):
+        return {}
+
+
+def training_data(dataset):
+    """The manifest's ``training_data`` of a run trained on ``dataset``."""
+    return {"dataset": str(dataset), "synthetic": str(dataset) in SYNTH_LAYOUTS}
+
+
+def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights, preprocessing,
+                    dataset, task="occurrence", members=None):
+    """Write a run's model folder: the manifest (:func:`~featbench.core.modelfile.create_manifest`)
+    and its tensor groups (``{group: {name: array}}``); what a kind's ``save`` calls."""
+    manifest = create_manifest(run=run, kind=kind, aus=aus, folds=folds, weights=weights,
+                               preprocessing=preprocessing, training_data=training_data(dataset),
+                               task=task, settings=settings, members=members)
+    return write_model(folder, manifest, tensors)
+
+
+def save_run(folder, kind, trained, **fields):
+    """Write the model of a run of ``kind`` into ``folder`` (its kind's ``save``); return the
+    per-(fold, AU) settings entries it gives (or None)."""
+    return get_kind(kind).save(folder, trained, **fields)
+
+
+def load_scorer(model_file):
+    """Return the :class:`~classify.scorer.RunModel` of an opened model file, by its kind.
+
+    Raises
+    ------
+    UsageError
+        A kind this featbench does not know.
+    StoreError
+        A file whose content its kind cannot read (the message names the file).
+    """
+    name = model_file.manifest["kind"]
+    try:
+        kind = get_kind(name)
+    except UsageError:
+        raise UsageError(f"{model_file.path}: a run of kind {name!r}, which this featbench does "
+                         f"not know (it knows {', '.join(list_kinds())})") from None
+    try:
+        return kind.load(model_file)
+    except FeatbenchError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+        raise StoreError(f"{model_file.path}: cannot load the {name} run "
+                         f"{model_file.manifest.get('run')} ({type(exc).__name__}: {exc})") from None
+
+
+# --- helpers of the kinds' save ------------------------------------------------------------
+def fold_results(trained):
+    """Yield ``(fold index, fold name, au, fit)`` of a classify run's fits (``fit`` not None).
+
+    ``trained`` is what :func:`classify.run.classify_run` hands to a kind's ``save``:
+    ``{"splits": [Split], "aus": [...], "fits": {(fold index, au): result dict}}``, each
+    result's ``"fit"`` an :class:`~classify.estimators.AUFit` (or None: no classifier).
+    """
+    for fi, fname in enumerate(s.name for s in trained["splits"]):
+        for au in trained["aus"]:
+            fit = trained["fits"][(fi, au)]["fit"]
+            if fit is not None:
+                yield fi, fname, au, fit
+
+
+def unit_group(stem, fold, n_folds):
+    """A unit's tensor group: ``AU01`` (one fold) or ``AU01-<fold>``."""
+    return stem if n_folds == 1 else f"{stem}-{fold}"
+
+
+def member_fingerprint(manifest):
+    """What identifies a member's trained state: its date and tensor digests (None: no model)."""
+    if manifest is None:
+        return None
+    return {"created": manifest.get("created"),
+            "tensors": {g: t.get("sha256") for g, t in sorted(manifest.get("tensors", {}).items())}}

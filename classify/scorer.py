@@ -1,0 +1,322 @@
+"""The one scorer of a trained run: codes (or faces, through the networks it carries) -> scores + decisions.
+
+Every run kind (:mod:`classify.kinds`) loads into a :class:`RunModel`: per fold, per AU, an
+object with ``decision_function(X)`` (or ``score_tracks(X, tracks)``, a sequence model) and the
+threshold its run's decisions used; a vote holds its members. :meth:`RunModel.score` maps the
+codes of a batch of faces to scores, 0/1 decisions and thresholds exactly as the run decided its
+own test frames; :meth:`RunModel.networks` says which codes it needs, and
+:meth:`RunModel.network_for` returns a network the run carries itself (fine-tuned and transfer
+runs: :mod:`classify.netscorer`), which stands where a frozen encoder would.
+
+A multi-fold run (``--protocol literature``/``kfold:K``) holds one classifier per fold and AU;
+its folds vote like an ensemble's members.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from featbench.core.errors import UsageError
+from featbench.core.identity import WeightsId
+
+from classify.vote import majority_vote
+from classify.lstm import network_of
+
+
+@dataclass
+class RunModel:
+    """Everything :func:`featbench.apply.predict.predict` needs from one run.
+
+    Attributes
+    ----------
+    run : str
+        The run's name.
+    dataset : str
+        The data set it was trained on.
+    clf : str
+        ``lda``, ``svm``, ``vote``...
+    model : str
+        The network's registry name (``hog``, ``alexnet``, ``timm:...``); ``""`` for a vote.
+    weights : str
+        The identity of the network's weights (``WeightsId`` string form) the codes came from.
+    aus : list of str
+    au_regions : dict of str -> str
+        The region each AU's classifier reads (``full``, ``upper``, ``middle``, ``lower``).
+    folds : list of dict
+        Per fold, ``{au: (pipeline, threshold)}``; an AU without a classifier is absent.
+    alignment : dict
+        The alignment settings of the faces the codes came from (``featbench.core.align``).
+    members : list of RunModel
+        A vote's members (empty otherwise).
+    scales : ndarray of shape (members, aus), optional
+        A vote's members' score scales (see the module docstring).
+    info : dict
+        Provenance: protocol, featbench version and date of the run...
+    source : ModelFile, optional
+        The model file it was loaded from (an export carries the fine-tuned weights files whose
+        codes a classify run reads: :meth:`weights_blob`).
+    """
+
+    run: str
+    dataset: str
+    clf: str
+    model: str
+    weights: str
+    aus: list
+    au_regions: dict = field(default_factory=dict)
+    folds: list = field(default_factory=list)
+    alignment: dict = field(default_factory=dict)
+    members: list = field(default_factory=list)
+    scales: object = None
+    info: dict = field(default_factory=dict)
+    source: object = None
+
+    @classmethod
+    def from_model_file(cls, model_file, folds, *, info=None):
+        """A run of the codes of one network, from its model file's manifest and loaded ``folds``.
+
+        Parameters
+        ----------
+        model_file : featbench.core.modelfile.ModelFile
+        folds : list of dict
+            Per fold, ``{au: (classifier, threshold)}``.
+        info : dict, optional
+            Kind-specific provenance added to the manifest's.
+        """
+        m = model_file.manifest
+        prep = m.get("preprocessing") or {}
+        return cls(run=m["run"], dataset=m["training_data"]["dataset"], clf=m["kind"],
+                   model=str(prep.get("model", "")), weights=str(m["weights"]), aus=list(m["aus"]),
+                   au_regions=dict(prep.get("regions") or {}), folds=folds,
+                   alignment=dict(prep.get("alignment") or {}), source=model_file,
+                   info={"input_size": prep.get("input_size"), "layer": prep.get("layer"),
+                         "created": m.get("created"), "featbench_version": m.get("featbench_version"),
+                         "training_data": m["training_data"], **(info or {})})
+
+    # what it needs --------------------------------------------------------------------------
+    def networks(self):
+        """Return ``{(model, weights): set of regions}`` of every network this run reads."""
+        if self.members:
+            out = {}
+            for m in self.members:
+                for key, regions in m.networks().items():
+                    out.setdefault(key, set()).update(regions)
+            return out
+        own = {}
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                key = getattr(clf, "codes_key", None)
+                if key is not None:
+                    own.setdefault(key[:2], set()).add(key[2])
+        return own or {(self.model, self.weights): set(self.au_regions.values())}
+
+    def network_for(self, key):
+        """Return the trained network a run carries for ``key`` = (model, weights), or None.
+
+        Fine-tuned and transfer runs carry their network (:mod:`classify.netscorer`); a
+        classify run names one that :func:`featbench.apply.predict.open_encoder` builds.
+        """
+        for m in self.members:
+            net = m.network_for(key)
+            if net is not None:
+                return net
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if getattr(clf, "codes_key", (None, None))[:2] == tuple(key):
+                    return clf.network
+        return None
+
+    def weights_blob(self, weights):
+        """``(file name, bytes)`` of the weights file of identity ``weights`` an export carries, or None."""
+        own = self.source.carried(weights) if self.source is not None else None
+        if own is not None:
+            return own
+        return next((b for b in (m.weights_blob(weights) for m in self.members) if b is not None), None)
+
+    def input_size_for(self, key):
+        """The face side the codes of ``key`` = (model, weights) were extracted at, or None."""
+        if not self.members:
+            return self.info.get("input_size") if (self.model, self.weights) == tuple(key) else None
+        return next((s for s in (m.input_size_for(key) for m in self.members) if s), None)
+
+    def window(self):
+        """Frames a bidirectional sequence model must see at once (None: the run streams)."""
+        wins = [m.window() for m in self.members]
+        wins += [getattr(clf, "window", None) for fold in self.folds for clf, _ in fold.values()]
+        wins = [w for w in wins if w]
+        return min(wins) if wins else None
+
+    def set_window(self, frames):
+        """Let a bidirectional sequence model see ``frames`` frames at once (``--window``)."""
+        for m in self.members:
+            m.set_window(frames)
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if getattr(clf, "window", None):
+                    clf.window = int(frames)
+
+    def weights_text(self, key):
+        """``key``'s weights for people: random ones flagged, a trained network's start named."""
+        text = WeightsId.parse(key[1]).describe()
+        start = getattr(self.network_for(key), "start_weights", "")
+        return f"{text}, from {WeightsId.parse(start).describe()}" if start else text
+
+    def random_init(self, key):
+        """True when ``key``'s weights are seeded-random or were trained from random ones."""
+        start = getattr(self.network_for(key), "start_weights", "")
+        return WeightsId.parse(key[1]).is_random or bool(start and WeightsId.parse(start).is_random)
+
+    def describe(self):
+        """One line: the run, its network(s) and weights (random weights flagged)."""
+        nets = "; ".join(f"{key[0]} ({self.weights_text(key)})" for key in self.networks())
+        return f"{self.run} [{self.clf}] on {nets}"
+
+    # applying it ----------------------------------------------------------------------------
+    def reset(self):
+        """Forget the state a sequence model (LSTM) carries from one batch to the next."""
+        for m in self.members:
+            m.reset()
+        for fold in self.folds:
+            for clf, _ in fold.values():
+                if hasattr(clf, "reset"):
+                    clf.reset()
+
+    def score(self, codes, tracks=None):
+        """Return scores, decisions and thresholds of every AU for a batch of faces.
+
+        Parameters
+        ----------
+        codes : dict of (model, weights, region) -> ndarray (n, dims)
+            The codes of the batch's faces, for every key :meth:`networks` names.
+        tracks : list of (track key, frame number), optional
+            Per face, what it belongs to, in time order: a sequence model (LSTM) carries its
+            state along a track from batch to batch while frame numbers follow each other.
+            Needed by LSTM runs only.
+
+        Returns
+        -------
+        scores : ndarray (n, k) float32
+            Decision-function scores (nan where the run has no classifier for an AU).
+        decisions : ndarray (n, k) int8
+            1 present, 0 absent: ``scores > threshold``, as the run decided its test frames.
+        thresholds : ndarray (k,) float
+        """
+        if self.members:
+            parts = [m.score(codes, tracks) for m in self.members]
+            cols = [[m.aus.index(a) for a in self.aus] for m in self.members]
+            s = np.stack([p[0][:, c] for p, c in zip(parts, cols)])
+            d = np.stack([p[1][:, c] for p, c in zip(parts, cols)])
+            t = np.stack([p[2][c] for p, c in zip(parts, cols)])
+            dec, sc = majority_vote(d, s, t, scales=self.scales)
+            return sc, dec, np.zeros(len(self.aus))
+        n = len(next(iter(codes.values()))) if codes else 0
+        per_fold = []
+        for fold in self.folds:
+            s = np.full((n, len(self.aus)), np.nan, np.float32)
+            d = np.zeros((n, len(self.aus)), np.int8)
+            t = np.full(len(self.aus), np.nan)
+            for a, au in enumerate(self.aus):
+                if au not in fold or not n:
+                    continue
+                clf, thr = fold[au]
+                X = codes[getattr(clf, "codes_key", None) or (self.model, self.weights, self.au_regions[au])]
+                if hasattr(clf, "score_tracks"):
+                    if tracks is None:
+                        raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
+                    raw = np.asarray(clf.score_tracks(X, tracks))
+                else:
+                    raw = np.asarray(clf.decision_function(X))
+                s[:, a], t[a] = raw.astype(np.float32), thr
+                with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
+                    d[:, a] = (raw > thr).astype(np.int8)
+            per_fold.append((s, d, t))
+        if len(per_fold) == 1:
+            return per_fold[0]
+        # several folds: each fold's classifier votes, as the members of an ensemble
+        dec, sc = majority_vote(np.stack([p[1] for p in per_fold]),
+                                np.stack([p[0] for p in per_fold]),
+                                np.stack([np.nan_to_num(p[2]) for p in per_fold]),
+                                scales=np.ones((len(per_fold), len(self.aus))))
+        return sc, dec, np.zeros(len(self.aus))
+
+
+#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
+#: as whole sequences within a window, cut at its edges
+BIDIRECTIONAL_WINDOW = 512
+
+
+class LSTMScorer:
+    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
+
+    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
+    the next while its frame numbers follow each other (a frame without the face ends the
+    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
+    batch gives what scoring each whole sequence at once gives.
+
+    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
+    of consecutive frames of each track as one whole sequence, as the run scored its test
+    sequences; predict calls it once per window of ``window`` frames (``--window``, default
+    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
+    edges (frames near a cut see less context than in the run's test) and the window's aligned
+    faces are held in memory (about 150 KB a face at 224 px).
+
+    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
+
+    Parameters
+    ----------
+    entry : dict
+        The unit's settings (``dims``, ``n_out``, ``hidden``, ``bidirectional``).
+    tensors : mapping of str -> array
+        Its state dict, read when the network is first used (a model file's lazy group).
+    output : int
+        The AU's output of the network.
+    """
+
+    def __init__(self, entry, tensors, output=0):
+        self.entry, self.tensors, self.output = entry, tensors, int(output)
+        self.window = BIDIRECTIONAL_WINDOW if entry.get("bidirectional") else None
+        self._net, self._state = None, {}
+
+    def _network(self):
+        if self._net is None:
+            import torch
+
+            self._net = network_of(self.entry, {k: torch.from_numpy(np.array(v))
+                                                for k, v in self.tensors.items()})
+        return self._net
+
+    def reset(self):
+        self._state = {}
+
+    def score_tracks(self, X, tracks):
+        """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks`` (see RunModel.score)."""
+        import torch
+        from torch.nn.utils.rnn import pack_sequence
+
+        net = self._network()
+        out = np.full(len(X), np.nan, np.float32)
+        with torch.inference_mode():
+            for key, idx, first in _segments(tracks):
+                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
+                prev = None if self.window else self._state.get(key)
+                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
+                logits, hx = net(x, hx, state=True)
+                out[idx] = logits[:, self.output].float().numpy()
+                if not self.window:
+                    self._state[key] = (hx, first + len(idx) - 1)
+        return out
+
+
+def _segments(tracks):
+    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
+    by_track = {}
+    for i, (key, frame) in enumerate(tracks):
+        by_track.setdefault(key, []).append((i, int(frame)))
+    for key, rows in by_track.items():
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
+                end += 1
+            yield key, [i for i, _ in rows[start:end]], rows[start][1]
+            start = end
