@@ -641,13 +641,15 @@ def _looped(tmp_path):
 
 
 def _empty_model(tmp_path):
-    import joblib
+    import json
+    import struct
 
-    from featbench.apply.runmodel import MODEL_FORMAT, MODEL_FORMAT_VERSION, _versions
+    from featbench.core.modelfile import FORMAT, FORMAT_VERSION, META_KEY
 
-    path = tmp_path / "empty.featbench"
-    joblib.dump({"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
-                 "versions": _versions(), "run": {}}, path, compress=3)
+    path = tmp_path / "empty.safetensors"  # a valid export header, a manifest without its run
+    header = json.dumps({"__metadata__": {META_KEY: json.dumps(
+        {"format": FORMAT, "format_version": FORMAT_VERSION})}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
     return path
 
 

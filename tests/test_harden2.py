@@ -136,6 +136,23 @@ def test_1_out_and_plot_on_one_file_or_a_folder_are_refused(hog_run, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+def test_1_export_replaces_its_own_file_but_not_a_users_nor_a_run_file(hog_run, tmp_path,
+                                                                         capsys):
+    ws, run = hog_run
+    out = tmp_path / "m.safetensors"
+    for _ in range(2):  # featbench's own export is replaced on a rerun
+        assert cli(capsys, "--workspace", ws, "export", run, "--out", out).returncode == 0
+    mine = tmp_path / "mine.bin"
+    mine.write_text("mine")
+    assert_one_line_error(cli(capsys, "--workspace", ws, "export", run, "--out", mine),
+                          str(mine), "not written by featbench", "--force")
+    manifest = ws / "results" / "synth" / "models" / run / "manifest.json"
+    before = manifest.read_bytes()
+    assert_one_line_error(cli(capsys, "--workspace", ws, "export", run, "--out", manifest,
+                              "--force"), "--out is an input")
+    assert manifest.read_bytes() == before and mine.read_text() == "mine"
+
+
 # --- 2. shared temp files and concurrent runs -----------------------------------------------------
 def _wait_for(path, proc, seconds=20):
     deadline = time.time() + seconds
@@ -682,16 +699,18 @@ def test_6_transfer_checks_input_size_and_weights_before_any_data(tmp_path, caps
 
 
 def test_6_an_export_with_a_header_and_an_empty_run_is_one_line(hog_run, tmp_path, capsys):
-    import joblib
+    import struct
 
-    from featbench.apply.runmodel import MODEL_FORMAT, MODEL_FORMAT_VERSION, _versions
+    from featbench.core.modelfile import FORMAT, FORMAT_VERSION, META_KEY
 
-    empty = tmp_path / "empty.featbench"
-    joblib.dump({"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
-                 "versions": _versions(), "run": {}}, empty, compress=3)
+    empty = tmp_path / "empty.safetensors"  # a valid export header, a manifest without its run
+    header = json.dumps({"__metadata__": {META_KEY: json.dumps(
+        {"format": FORMAT, "format_version": FORMAT_VERSION})}}).encode()
+    header += b" " * (-len(header) % 8)
+    empty.write_bytes(struct.pack("<Q", len(header)) + header)
     photo = write_png(tmp_path / "a.png")
     proc = cli(capsys, "predict", photo, "--model", empty, "--out", tmp_path / "o.csv")
-    assert_one_line_error(proc, str(empty), "damaged featbench model file")
+    assert_one_line_error(proc, str(empty), "damaged featbench model file", "lacks run")
 
 
 # --- 7. leftovers and messages ------------------------------------------------------------------------
@@ -748,7 +767,8 @@ def test_7_best_whose_ensemble_lost_a_member_names_the_ensemble(tmp_path, capsys
     photo = write_png(tmp_path / "a.png")
     proc = cli(capsys, "--workspace", ws.root, "predict", photo, "--run", ens, "--out",
                tmp_path / "o.csv")
-    assert_one_line_error(proc, f"ensemble {ens} votes with {runs[0]}", "no longer in")
+    assert_one_line_error(proc, f"ensemble {ens} votes with {runs[0]}", "no longer in",
+                          "featbench ensemble")
 
 
 def test_7_a_globs_default_output_is_named_after_its_fixed_part():
