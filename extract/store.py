@@ -420,36 +420,36 @@ def _reading(path):
                          "re-extract with --overwrite") from None
 
 
-def check_source(path, table, aligned=None):
-    """Refuse codes made from other aligned faces than ``table``'s inputs give now.
+def check_source(path, table, aligned):
+    """Refuse codes made from other aligned faces than the data set's cache gives now.
 
     What :func:`open_store` checks when ``extract`` reuses a file, for the readers of codes
-    (``classify``): a video or landmark file replaced after extraction, realigned or not, makes
-    the codes stale. ``aligned`` (the workspace's aligned-face cache) lets the message say what
-    changed. Files without a recorded source (made from in-memory faces) are not judged.
+    (``classify``): the feature file records the fingerprint of the aligned-face cache its
+    codes came from. When ``aligned`` (the workspace's cache) has been rebuilt since (a video
+    replaced and realigned), or still has that fingerprint but ``table``'s input files changed
+    since (a video replaced, not realigned yet), the codes are stale. Codes made from another
+    cache than the workspace's, or from in-memory faces, are not judged.
 
     Raises
     ------
     StoreError
         One line naming the feature file, what changed and the command that renews it.
     """
-    from featbench.core.align import alignment_settings, cache_fingerprint, read_cache_info
+    from featbench.core.align import cache_fingerprint, read_cache_info
     from featbench.core.frames import differences
 
     attrs = store_info(path)["attrs"]
     have = str(attrs.get("source_fingerprint") or "")
-    if not have or attrs.get("frames_sha256") != keys_sha256(table.keys()):
-        return  # no source recorded, or another frame list: the readers say that themselves
-    digests = table.input_digests()
-    now = cache_fingerprint(table, alignment_settings(table), digests=digests)
-    if have == now:
-        return
-    info = read_cache_info(aligned) if aligned is not None and Path(aligned).exists() else None
-    changed = []
-    if info and info.get("fingerprint") == have:  # the cache is as stale as the codes
-        changed = differences(json.loads(info.get("inputs") or "null"), digests)
-    elif info and info.get("fingerprint") == now:  # realigned since: the cache says why
+    info = read_cache_info(aligned) if have and Path(aligned).exists() else None
+    if info is None or attrs.get("frames_sha256") != keys_sha256(table.keys()):
+        return  # no source recorded, no cache to judge by, or another frame list
+    if info.get("fingerprint") != have:  # realigned since: the cache says why
         changed = list(json.loads(info.get("rebuilt_because") or "[]"))
+    else:  # made from this cache: have its inputs changed since?
+        digests = table.input_digests()
+        if cache_fingerprint(table, json.loads(info["settings"]), digests=digests) == have:
+            return
+        changed = differences(json.loads(info.get("inputs") or "null"), digests)
     what = (f"changed: {', '.join(changed)}" if changed else
             "a video, image or landmark file of the data set, or the alignment, changed")
     raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
