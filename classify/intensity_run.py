@@ -39,7 +39,7 @@ from featbench.core.errors import FeatbenchError, MissingRunError, UsageError
 from featbench.core.identity import RunKey
 from featbench.core.metrics import PRESENT_AT, decision_threshold
 from featbench.core.splits import make_splits, scored_mask
-from featbench.core.workspace import Workspace, atomic_write_text
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock
 
 from classify.estimators import balance_indices
 from classify.intensity import get_regressor, fit_intensity
@@ -152,18 +152,19 @@ def intensity_run(workspace, dataset, *, model, clf="ridge", region="full", prot
         extra="bal" if balance else None, label_threshold=table.label_threshold,
         calibrate=method) or ()))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
-    path = check_features(workspace, dataset, model, regions)
+    path = check_features(workspace, dataset, model, regions, table)
     meta = {"model": model, "region": region, "clf": clf, "task": "intensity", "weights": "",
             "protocol": protocol, "dataset": dataset, "balance": bool(balance), "seed": seed,
             "calibrate": method, "label_threshold": table.label_threshold or PRESENT_AT}
-    try:
-        meta["weights"] = str(store_info(path)["attrs"].get("weights", ""))
-        keys, codes, attrs = load_codes(workspace, dataset, model, regions)
-        return _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta,
-                    progress=progress, t0=t0)
-    except FeatbenchError as exc:
-        record_run_failure(workspace, dataset, run, exc, meta)
-        raise
+    with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
+        try:
+            meta["weights"] = str(store_info(path)["attrs"].get("weights", ""))
+            keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+            return _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta,
+                        progress=progress, t0=t0)
+        except FeatbenchError as exc:
+            record_run_failure(workspace, dataset, run, exc, meta)
+            raise
 
 
 def _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta, *, progress, t0):

@@ -55,7 +55,8 @@ from featbench.core import faces as F, footage
 from featbench.core._background import in_background, ordered_map
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
-from featbench.core.workspace import Workspace, atomic_write_text
+from featbench.core.workspace import (Workspace, atomic_write_text, check_outputs, output_lock,
+                                      save_figure, temp_sibling, writing)
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
@@ -364,7 +365,7 @@ def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
 
 def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth", out=None,
             plot=None, detector="hog", all_faces=False, device="auto", batch_size=DEFAULT_BATCH,
-            weights_file=None, window=None, progress=True, intensity_run=None):
+            weights_file=None, window=None, progress=True, force=False, intensity_run=None):
     """Apply a trained run to videos and images; return the per-frame table.
 
     Parameters
@@ -397,6 +398,9 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         :data:`classify.scorer.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
     progress : bool
         A progress bar in frames on stderr.
+    force : bool
+        Replace an existing ``out`` / ``plot`` / sidecar that featbench did not write (an
+        input is never replaced: :func:`featbench.core.workspace.check_outputs`).
     intensity_run : str, optional
         An intensity run of ``workspace`` whose predicted intensities fill ``AUxx_r`` beside
         ``run``'s occurrence columns (see the module docstring for when they disagree).
@@ -408,36 +412,52 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         weights, the sidecar's content and the one-line ``summary``.
     """
     t0 = time.perf_counter()
-    kw = dict(workspace=workspace, dataset=dataset, detector=detector, batch_size=batch_size,
-              window=window)
-    model, size = _prepare(run=run, model_file=model_file, **kw)
-    outputs = outputs_of(model, None if intensity_run is None else
-                         _prepare(run=intensity_run, model_file=None, size=size, **kw)[0])
     sources = footage.list_sources(inputs)
-    encoders = {k: e for m in outputs.runs for k, e in open_encoders(
-        m, device=device, weights_file=weights_file,
-        workspace=None if model_file else _workspace(workspace)).items()}
-    total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
-    writer = _CsvWriter(out, outputs.columns()) if out is not None else None
-    try:
-        table, stats = _stream(sources, outputs, encoders, writer, detector=detector, size=size,
-                               all_faces=all_faces, batch_size=int(batch_size), total=total,
-                               progress=progress)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    seconds = time.perf_counter() - t0
-    sidecar = {**_sidecar(model, sources, detector, all_faces, stats, seconds, model_file,
-                          __version__), **_intensity_sidecar(outputs, table)}
-    if writer is not None:
-        writer.close()
-        atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
-    if plot is not None:
-        plot_timeline(table, outputs.c_run.aus, plot, title="; ".join(map(RunModel.describe, outputs.runs)))
+    check_outputs({"--out": out, "the sidecar": sidecar_path(out) if out is not None else None,
+                   "--plot": plot}, inputs=[p for src in sources for p in src.paths],
+                  force=force, command="predict")
+    with output_lock([out, plot]):
+        outputs, size = _load_outputs(run, model_file, intensity_run, workspace=workspace,
+                                      dataset=dataset, detector=detector, batch_size=batch_size,
+                                      window=window)
+        model = outputs.c_run  # --run's (or --model's)
+        encoders = _open_all(outputs, device, weights_file, None if model_file else workspace)
+        total = footage.count_frames(sources)  # also opens every video: a bad one fails first
+        writer = _CsvWriter(out, outputs.columns()) if out is not None else None
+        try:
+            table, stats = _stream(sources, outputs, encoders, writer, detector=detector,
+                                   size=size, all_faces=all_faces, batch_size=int(batch_size),
+                                   total=total, progress=progress)
+            seconds = time.perf_counter() - t0
+            sidecar = {**_sidecar(model, sources, detector, all_faces, stats, seconds, model_file,
+                                  __version__), **_intensity_sidecar(outputs, table)}
+            if writer is not None:
+                writer.close(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+            if plot is not None:
+                plot_timeline(table, model.aus, plot,
+                              title="; ".join(map(RunModel.describe, outputs.runs)))
+        finally:
+            if writer is not None:
+                writer.abort()
     table.attrs.update({"run": model.run, "sidecar": sidecar, "warning": synthetic_warning(model),
                         "summary": _summary(stats, sources, seconds, outputs, out, plot)})
     return table
+
+
+def _open_all(outputs, device, weights_file, workspace):
+    """The encoders of every network the runs of ``outputs`` read (one per network)."""
+    return {k: e for m in outputs.runs for k, e in open_encoders(
+        m, device=device, weights_file=weights_file,
+        workspace=None if workspace is None else _workspace(workspace)).items()}
+
+
+def _load_outputs(run, model_file, intensity_run, **kw):
+    """Load ``--run`` (or ``--model``) and ``--intensity-run``: their :class:`Outputs` and the
+    side faces are aligned at."""
+    model, size = _prepare(run=run, model_file=model_file, **kw)
+    other = (None if intensity_run is None else
+             _prepare(run=intensity_run, model_file=None, size=size, **kw)[0])
+    return outputs_of(model, other), size
 
 
 def _summary(stats, sources, seconds, outputs, out, plot):
@@ -507,7 +527,9 @@ def _stream(sources, outputs, encoders, writer, *, detector, size, all_faces, ba
     def detect(frame):
         return _detect(frame, detector=detector, all_faces=all_faces, size=size)
 
-    frames = in_background(footage.iter_frames(sources), maxsize=16, name="featbench-decode")
+    warnings = []
+    frames = in_background(footage.iter_frames(sources, warnings), maxsize=16,
+                           name="featbench-decode")
     items = in_background(ordered_map(detect, frames, threads=2), maxsize=2 * batch_size,
                           name="featbench-detect")
     tracker = _Tracker() if all_faces else None
@@ -530,6 +552,8 @@ def _stream(sources, outputs, encoders, writer, *, detector, size, all_faces, ba
     finally:
         bar.close()
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=outputs.columns())
+    if warnings:
+        stats["warnings"] = warnings
     return table, stats
 
 
@@ -630,26 +654,39 @@ def _intensity_sidecar(outputs, table):
 
 
 class _CsvWriter:
-    """Append batches of rows to ``<out>`` through a temporary file renamed at the end."""
+    """Append batches of rows to a temporary file beside ``<out>``; rename it at the end.
+
+    The temporary name is unique (:func:`featbench.core.workspace.temp_sibling`) and removed on
+    every way out (:meth:`abort` after :meth:`close` does nothing).
+    """
 
     def __init__(self, out, columns):
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.with_name(f".{self.out.name}.partial")
+        self.tmp = temp_sibling(self.out)
         self.fh = open(self.tmp, "w", newline="")
         self.fh.write(",".join(columns) + "\n")
 
     def write(self, df):
-        df.to_csv(self.fh, header=False, index=False, float_format="%.6g", lineterminator="\n")
+        with writing(self.out, "writing the predictions"):
+            df.to_csv(self.fh, header=False, index=False, float_format="%.6g",
+                      lineterminator="\n")
 
-    def close(self):
+    def close(self, sidecar, text):
+        """Finish the CSV, write the sidecar ``text``, then put the CSV in place."""
         import os
 
-        self.fh.close()
+        with writing(self.out, "writing the predictions"):
+            self.fh.close()
+        with writing(sidecar, "writing the sidecar"):
+            atomic_write_text(sidecar, text)
         os.replace(self.tmp, self.out)
 
     def abort(self):
-        self.fh.close()
+        import contextlib
+
+        with contextlib.suppress(OSError):  # a full disk fails the flush again: nothing to keep
+            self.fh.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -696,5 +733,5 @@ def plot_timeline(table, aus, out, *, title=""):
     title = "\n".join(textwrap.wrap(str(title), 150))  # a vote of several networks is long
     ax.set_title(f"{title}\norange: AU present (decision); blue: score; grey: no face", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    save_figure(fig, out, dpi=90)
     return out
