@@ -49,7 +49,7 @@ from featbench.core.frames import KEY_DTYPE
 from featbench.core.identity import RunKey
 from featbench.core.metrics import PRESENT_AT
 from featbench.core.splits import make_splits, scored_mask
-from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock
 
 from classify.estimators import balance_indices, with_threshold
 from classify.learn.intensity import check_task, task_named
