@@ -60,27 +60,25 @@ the fine-tuned network's codes into ``data/features/<ds>/<M>-ft.h5`` (weights id
 ``finetuned:<run> sha256:...``), for ``featbench classify --model <M>-ft``.
 """
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from featbench.core.align import AlignedFaces
+from featbench.core.align import ensure_aligned
 from featbench.core.aus import AU_REGION, REGIONS
-from featbench.core.errors import DataError, StoreError, UsageError, did_you_mean
+from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows, draw_augmentation
 from featbench.core.identity import RunKey
 from featbench.core.modelfile import open_model
-from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace
+from featbench.core.workspace import Workspace, run_lock
 
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
-from classify.learn import store
-from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
-from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
-from classify.learn.task import OCCURRENCE
-from classify.learn.writer import recording_failure, write_outputs
+from classify.learn.facerun import face_run
+from classify.learn.loop import unit_state
+from classify.learn.method import Method, Unit, UnitData, counts, score_batches, trainable
+from classify.learn.task import OCCURRENCE, get_task
+from classify.learn.writer import recording_failure
 from classify.run import format_result as classify_format, resolve_aus, run_tag
 from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, resolve_device
@@ -179,12 +177,14 @@ def is_variant_tag(tag):
     return tag in VARIANT_TAGS or (str(tag).startswith("from") and len(str(tag)) > 4)
 
 
-def finetune_run_name(config, table):
-    """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]``."""
-
+def finetune_run_name(config, table, *, task=OCCURRENCE):
+    """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]`` (a task
+    other than occurrence adds its name)."""
     default_aus = resolve_aus(table, config.protocol)
     aus = resolve_aus(table, config.protocol, config.aus)
     tags = finetune_tags(config, aus=aus, default_aus=default_aus)
+    task = get_task(task)
+    tags += (task.name,) if task is not OCCURRENCE else ()
     return str(RunKey(get_spec(config.model).name, config.region, "ft", tags))
 
 
@@ -280,7 +280,7 @@ class FinetuneMethod(Method):
 
         def batches(epoch, rng):
             sample = rng.permutation(balanced_rows(y, tr, rng, self.task.balance))
-            pw = torch.from_numpy(self.task.pos_weight(y[sample]))
+            pw = self.pos_weight(y[sample])
             aug = draw_augmentation(rng, len(sample), src.size) if cfg.augment else None
             for _, idx, imgs in src.batches(sample, int(cfg.batch_size), aug=aug, min_size=2):
                 yield torch.from_numpy(imgs), torch.from_numpy(y[idx].astype(np.float32)), pw
@@ -297,9 +297,7 @@ class FinetuneMethod(Method):
     def scores(self, net, job, data, part):
         if part == "validation":
             rows, y = data.extra["val_rows"], data.extra["y_val"]
-        elif part == "threshold":
-            if not self.tune or not data.extra["val_all"].size:
-                return None
+        elif part == "threshold":  # every labelled validation frame (unbalanced, as test)
             rows = data.extra["val_all"]
             y = job.y[rows]
         else:
@@ -322,10 +320,41 @@ class FinetuneMethod(Method):
     def load_state(self, net, state):
         return net.load_exported(state)
 
+    # --- the run's records (classify.learn.facerun) -------------------------------------------
+    def settings_json(self):
+        return {k: v for k, v in asdict(self.config).items() if k != "device"}
+
+    def model_settings(self, aus, splits, info):
+        cfg = self.config
+        return {"config": asdict(cfg), "network": _network(info),
+                "face_input": {u.name: self.source(u.region).input.to_json() for u in self.units(aus)},
+                "score": "logit(present) - logit(absent)" if cfg.head == "per-au" else "the AU's logit"}
+
+    def preprocessing(self, aus, info):
+        prep = info["preprocessing"]
+        return {"model": self.spec.name, "input_size": info["input_size"], "mean": prep.get("mean"),
+                "std": prep.get("std"), "regions": {a: u.region for u in self.units(aus) for a in u.aus}}
+
+    def row_extra(self, rec):
+        """ft's own columns of the run's table: the first fold's epoch and validation F1, the head."""
+        fit = rec["unit"].fit
+        return {"best_epoch": fit.get("best_epoch", ""), "val_f1": fit.get("val_score", float("nan")),
+                "head": self.config.head}
+
+    def record(self, info):
+        return {"config": asdict(self.config), "network": _network(info),
+                "frozen_parameters": info["frozen"]}
+
+    prediction_attrs = Method.prediction_attrs + ("head", "reinit")
+
+
+def _network(info):
+    return {k: v for k, v in info.items() if k != "frozen"}
+
 
 # --- the run -------------------------------------------------------------------------------------
 def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=None, progress=True,
-                 **kwargs):
+                 task=OCCURRENCE, **kwargs):
     """Fine-tune ``config.model`` for the AUs of ``dataset``; write the run's outputs.
 
     Parameters
@@ -340,6 +369,9 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         An aligned-face cache in the table's row order (default: the workspace's, built or
         reused by ``featbench.core.align.ensure_aligned``).
     progress : bool
+    task : Task or str
+        What the networks learn (:mod:`classify.learn.task`; default: AU occurrence). Another
+        task's name is a run-name tag.
 
     Returns
     -------
@@ -363,14 +395,22 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
     au_list = resolve_aus(table, config.protocol, config.aus)
-    run = finetune_run_name(config, table)
+    task = get_task(task)
+    run = finetune_run_name(config, table, task=task)
     meta = {"model": spec.name, "region": config.region, "clf": "ft", "weights": "",
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
             "protocol": config.protocol, "dataset": dataset,
             "tune_threshold": bool(config.tune_threshold), "seed": config.seed}
-    with recording_failure(workspace, dataset, run, meta):
-        return _finetune(workspace, dataset, run, table, au_list, config, meta,
-                         aligned_path=aligned_path, progress=progress, t0=t0)
+    # the run folder's lock first: a second identical run is refused now, not recorded
+    with run_lock(workspace.models_dir(dataset, run)):
+        with recording_failure(workspace, dataset, run, meta):
+            info = check_network(config)
+            meta["weights"] = info["weights"]
+            aligned_path = aligned_path or ensure_aligned(table, workspace, progress=progress)
+        meta.update(input_size=info["input_size"], epochs=config.epochs)
+        return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
+                        aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
+                        progress=progress, t0=t0)
 
 
 def check_network(config):
@@ -383,119 +423,6 @@ def check_network(config):
                                   reinit=config.reinit, train_from=config.train_from,
                                   input_size=config.input_size, seed=config.seed)
     return info
-
-
-def _finetune(workspace, dataset, run, table, au_list, config, meta, *, aligned_path, progress, t0):
-    info = check_network(config)
-    meta["weights"] = info["weights"]
-    if aligned_path is None:
-        from featbench.core.align import ensure_aligned
-
-        aligned_path = ensure_aligned(table, workspace, progress=progress)
-    with AlignedFaces(aligned_path) as faces:
-        valid, keys, fingerprint = faces.valid.copy(), faces.keys, faces.fingerprint
-        cache_settings = faces.settings
-    if len(valid) != len(table) or not np.array_equal(keys, table.keys()):
-        raise StoreError(f"{aligned_path}: the aligned-face cache does not list the frames of "
-                         f"{dataset} in its order (rerun featbench align)")
-    method = FinetuneMethod(config, aligned_path)
-    labels = table.labels(au_list)
-    splits = make_splits(table, config.protocol, seed=config.seed)
-    identity = {**{k: v for k, v in asdict(config).items() if k != "device"}, "aus": au_list,
-                "table": table.fingerprint(), "faces": str(fingerprint or "")}
-    jobs, test_rows, missing = _jobs(method, table, splits, labels, au_list, valid, identity)
-    if not any(r.size for r in test_rows):
-        raise DataError(f"{aligned_path}: no test frame of {dataset} has an aligned face")
-    work = workspace.models_dir(dataset, run).with_name(f".{run}.partial")
-
-    def say(job):
-        if progress:
-            print(f"finetune {run}: {job.unit.name} ({', '.join(job.unit.aus)}; {job.unit.region})"
-                  + (f", fold {job.fold_name}" if len(splits) > 1 else ""), file=sys.stderr)
-
-    results = run_units(method, jobs, work=work, done=workspace.models_dir(dataset, run),
-                        progress=progress, say=say)
-    by = per_au(results, au_list)
-    meta.update(input_size=info["input_size"], epochs=config.epochs,
-                n_test=int(sum(r.size for r in test_rows)), seconds=round(time.time() - t0, 1))
-
-    def fill(tmp, rows_out, thresholds):
-        return _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list,
-                            {"fingerprint": str(fingerprint or ""), "settings": cache_settings})
-
-    out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
-                        test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
-                        extra=lambda au: _row_extra(by[(0, au)], config),
-                        attrs=("model", "region", "clf", "weights", "protocol", "dataset", "head",
-                               "reinit"))
-    if missing:
-        out["notes"].append(f"{missing} labelled validation/test frames have no aligned face and "
-                            "were left out")
-    out["units"] = {r.name: {k: v for k, v in r.record().items()} for r in results}
-    return out
-
-
-def _jobs(method, table, splits, labels, au_list, valid, identity):
-    """Every (fold, unit) job; each fold's test rows; labelled frames without a face."""
-    labelled = (labels >= 0).any(axis=1)
-    jobs, test_rows, missing = [], [], 0
-    units = method.units(au_list)
-    for fi, split in enumerate(splits):
-        rows = {}
-        for part in ("train", "validation", "test"):
-            m = split.mask(table, part)
-            if part != "train":
-                missing += int((m & labelled & ~valid).sum())
-            rows[part] = np.flatnonzero(m & valid)
-        test_rows.append(rows["test"])
-        for u in units:
-            cols = [au_list.index(a) for a in u.aus]
-            name = u.name if len(splits) == 1 else f"{u.name}-{split.name}"
-            jobs.append(Job(fi, split.name, u, rows, labels[:, cols], name, identity))
-    return jobs, test_rows, missing
-
-
-def _row_extra(rec, config):
-    """ft's own columns of the run's table: the first fold's epoch and validation F1, the head."""
-    fit = rec["unit"].fit
-    return {"best_epoch": fit.get("best_epoch", ""), "val_f1": fit.get("val_score", float("nan")),
-            "head": config.head}
-
-
-def _fill_models(tmp, work, method, run, meta, info, splits, results, by, au_list, faces):
-    """The run's folder: the model (one tensor group per unit, :mod:`featbench.core.modelfile`),
-    each unit's log and curves, settings.json."""
-    import shutil
-
-    import torch
-
-    from classify.learn.loop import fold_entries
-    from classify.learn.writer import fold_record, versions
-
-    config = method.config
-    units = save_units(tmp, work, results)
-    network = {k: v for k, v in info.items() if k != "frozen"}
-    face_input = {u.name: FaceInput(u.region, info["input_size"], resize_full=True).to_json()
-                  for u in method.units(au_list)}
-    write_model(tmp, method, run, au_list, splits, results, units, weights=meta["weights"],
-                dataset=meta["dataset"],
-                preprocessing={"model": method.spec.name, "input_size": info["input_size"],
-                               "regions": {a: u.region for u in method.units(au_list) for a in u.aus},
-                               "mean": network["preprocessing"].get("mean"),
-                               "std": network["preprocessing"].get("std"),
-                               "alignment": faces["settings"]},
-                config=asdict(config), network=network, face_input=face_input,
-                faces=faces["fingerprint"], folds=[sp.name for sp in splits] if len(splits) > 1 else [],
-                score="logit(present) - logit(absent)" if config.head == "per-au" else "the AU's logit")
-    folds = [fold_record(sp, per) for sp, per in zip(splits, fold_entries(by, splits, au_list))]
-    settings = {"run": run, **{k: v for k, v in meta.items() if k != "seconds"},
-                "config": asdict(config), "aus": au_list, "units": units, "network": network,
-                "frozen_parameters": info["frozen"], "default_threshold": 0.0, "folds": folds,
-                "versions": versions(torch=torch.__version__),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    store.write_json(tmp / "settings.json", settings)
-    shutil.rmtree(work, ignore_errors=True)
-    return folds
 
 
 def load_unit(models_dir, unit="model", *, device="cpu"):

@@ -432,7 +432,7 @@ class LSTMMethod(Method):
         X, train_rows = self.X(job.unit.region), np.concatenate(cut["train"].sequences)
         weigh = self.balance or self.class_weight == "balanced"
         data.extra.update(cut=cut, scaler=fit_scaler(X[self.pos[train_rows]]),  # training only
-                          pos_weight=self.task.pos_weight(Y[train_rows]) if weigh else None)
+                          pos_weight=self.pos_weight(Y[train_rows]) if weigh else None)
         data.info = {"sequences": {p: cut[p].report() for p in ("train", "validation", "test")}}
         breaks = {p: n for p, n in ((p, cut[p].missing_breaks) for p in ("train", "validation", "test")) if n}
         if breaks:
@@ -457,7 +457,6 @@ class LSTMMethod(Method):
         seqs = [(np.asarray(X[self.pos[s]], dtype=np.float32), np.asarray(Y[s], dtype=np.float32))
                 for s in data.extra["cut"]["train"].sequences]
         pw = data.extra["pos_weight"]
-        pw = None if pw is None else _torch().from_numpy(pw)
 
         def batches(epoch, rng):
             return ((x, y, pw) for x, y in _length_bucketed_batches(seqs, self.options.batch, rng))

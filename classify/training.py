@@ -47,9 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from featbench.core.errors import UsageError
-from featbench.core.workspace import atomic_path
+from featbench.core.threads import reader_threads, use_torch_threads
+from featbench.core.workspace import atomic_path, temp_sibling
 
-from extract.encoders import autocast_dtype, resolve_device
+from extract.encoders import autocast_dtype, resolve_device, to_device
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_score", "seconds", "lr")
 CHECKPOINT = "last.pt"
@@ -125,25 +126,6 @@ class FitResult:
 
 
 # --- device, precision, batches --------------------------------------------------------------
-def to_device(batch, device, *, channels_last=False):
-    """Move a batch (tensor, tuple / list / dict of them, or an object with ``.to``) to ``device``."""
-    import torch
-    from torch.nn.utils.rnn import PackedSequence
-
-    if isinstance(batch, PackedSequence):  # a namedtuple: moved whole (batch_sizes stay on CPU)
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, channels_last=channels_last) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device, channels_last=channels_last) for v in batch)
-    return batch.to(device) if hasattr(batch, "to") else batch
-
-
 def _epoch_seed(seed, epoch):
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
@@ -165,7 +147,7 @@ def _save(path, state):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_sibling(path)
     plain = {k: v for k, v in state.items() if k in _JSON_PARTS}
     state = {**state, **json.loads(json.dumps(plain, default=_json_value))}
     try:
@@ -293,6 +275,8 @@ def _run_epoch(epoch, model, params, train_batches, step_loss, evaluate, optimiz
     import torch
 
     t0 = time.time()
+    if str(device) == "cpu":  # the machine changes while a run trains: chosen again per epoch
+        use_torch_threads(helpers=reader_threads())
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

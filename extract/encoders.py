@@ -45,21 +45,42 @@ def autocast_dtype(device, amp=True):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def run_network(module, x, *, dtype=None):
+def run_network(module, x, *, dtype=None, device=None):
     """The one forward pass of inference: ``module(x)`` under ``torch.inference_mode`` and
     autocast to ``dtype`` (None: none), as float32.
 
     Every network of featbench scores through here: the encoders' codes
     (:meth:`TorchEncoder.forward_tensor`) and the learned networks' scores
     (:func:`classify.learn.method.score_batches`). ``x`` is a tensor (or a ``PackedSequence``)
-    already on the module's device.
+    on the module's device, or moved to ``device`` first (:func:`to_device`).
     """
     import torch
 
+    if device is not None:
+        x = to_device(x, device)
     device = (x.data if hasattr(x, "batch_sizes") else x).device.type
     with torch.inference_mode(), torch.autocast(device_type=device, dtype=dtype,
                                                 enabled=dtype is not None):
         return module(x).float()
+
+
+def to_device(batch, device, *, channels_last=False):
+    """Move a batch (tensor, tuple / list / dict of them, or an object with ``.to``) to ``device``."""
+    import torch
+    from torch.nn.utils.rnn import PackedSequence
+
+    if isinstance(batch, PackedSequence):  # a namedtuple: moved whole (batch_sizes stay on CPU)
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last=channels_last) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device, channels_last=channels_last) for v in batch)
+    return batch.to(device) if hasattr(batch, "to") else batch
 
 
 def create_preprocess(spec, *, mean=None):

@@ -30,6 +30,7 @@ import numpy as np
 
 from featbench.core import modelfile
 from featbench.core.errors import FeatbenchError
+from featbench.core.threads import set_torch_threads
 from featbench.core.workspace import atomic_write_text
 
 from classify.estimators import AUFit
@@ -116,8 +117,8 @@ def _fit(method, job, data, net, res, work, identity, progress):
     if fr.history:
         plot_history(fr.history, work / f"{job.name}.png",
                      title=f"{job.name} ({method.kind}, {identity['weights']})")
-    y, s = method.scores(net, job, data, "threshold") or (np.zeros((0, len(job.unit.aus))), None)
-    settled = task.settle(y[:, cols], None if s is None else s[:, cols], tune=method.tune)
+    y, s = method.scores(net, job, data, "threshold")
+    settled = task.settle(y[:, cols], s[:, cols], tune=method.tune)
     res.thresholds = [float("nan")] * len(job.unit.aus)
     res.values = [float("nan")] * len(job.unit.aus)
     for c, j in enumerate(cols):
@@ -202,9 +203,7 @@ def run_units(method, jobs, *, work, done=None, progress=True, say=None):
 
 
 def _in_worker(method, job, work, done, threads):
-    import torch
-
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)  # this worker's share of the cores: fit's choice leaves it alone
     t0, c0 = time.perf_counter(), time.process_time()
     res = train_unit(method, job, work=work, done=done)
     res.fit.update(seconds=round(time.perf_counter() - t0, 2),

@@ -19,9 +19,9 @@ decisions, and :mod:`classify.learn.writer` writes the run. A method never write
 ``forward(network, x) -> scores``
     The scores the task's loss compares with ``y`` (the network's outputs, per AU).
 ``scores(network, job, data, part) -> (y, scores)``
-    Inference on ``part`` (``"validation"``: the epoch choice; ``"threshold"``: the rows
-    thresholds are settled on, or None to keep the default; ``"test"``: scores in the order of
-    ``job.rows["test"]``, y None), through :func:`score_batches`.
+    Inference on ``part`` (``"validation"``: the epoch choice; ``"threshold"``: the validation
+    rows the task settles its decision rule on, tuned or not as the task decides; ``"test"``:
+    scores in the order of ``job.rows["test"]``, y None), through :func:`score_batches`.
 ``state(network) -> {name: tensor}`` / ``load_state(network, state)``
     What is saved of a trained network (safetensors) and how it is put back.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from classify.learn.task import OCCURRENCE
-from classify.training import TrainConfig, to_device
+from classify.training import TrainConfig
 from extract.encoders import run_network
 
 
@@ -86,6 +86,8 @@ class Method:
     reduction = "mean"
     tune = False
     workers = 1
+    #: the summary columns a predictions file records (:mod:`classify.learn.facerun`)
+    prediction_attrs = ("model", "region", "clf", "weights", "protocol", "dataset")
 
     def __init__(self, task=OCCURRENCE):
         self.task = task
@@ -117,6 +119,40 @@ class Method:
     def load_state(self, net, state):
         net.load_state_dict(state)
         return net
+
+    # --- a run over faces (classify.learn.facerun) ---------------------------------------------
+    def settings_json(self):
+        """The method's settings (JSON), part of every unit's identity."""
+        raise NotImplementedError
+
+    def model_settings(self, aus, splits, info):
+        """The kind's own part of the run's manifest (what rebuilds a unit's network)."""
+        return {}
+
+    def preprocessing(self, aus, info):
+        """The manifest's preprocessing: model, regions, input size, mean / std."""
+        return {}
+
+    def row_extra(self, record):
+        """The method's own per-AU columns of the run's table."""
+        return {}
+
+    def record(self, info):
+        """More of the run's settings.json."""
+        return {}
+
+    def versions(self):
+        """Library versions the run records beside featbench's."""
+        import torch
+
+        return {"torch": torch.__version__}
+
+    def pos_weight(self, y):
+        """The task's positive weight of targets ``y`` as a tensor (None: the task has none)."""
+        import torch
+
+        w = self.task.pos_weight(y)
+        return None if w is None else torch.from_numpy(w)
 
     def step_loss(self, job, data):
         """``fit``'s ``step_loss``: the task's loss of :meth:`forward`'s scores."""
@@ -152,10 +188,12 @@ def score_batches(net, batches, *, device, dtype=None, to_scores=None, width=0):
     the outputs). ``width``: k of an empty result.
     """
     was = net.training
-    net.eval()
+    if was:
+        net.eval()
     out = []
     for x in batches:
-        y = run_network(net, to_device(x, device), dtype=dtype)
+        y = run_network(net, x, dtype=dtype, device=device)
         out.append((to_scores(y) if to_scores is not None else y).cpu().numpy())
-    net.train(was)
+    if was:
+        net.train()
     return np.concatenate(out) if out else np.zeros((0, width), np.float32)

@@ -30,6 +30,9 @@ gradient, no metric. ``scores`` is the (n, k) array the network gives for the sa
     One column's test metrics (the per-AU row of the run's table; ``METRICS`` names the ones
     averaged over folds, the first being the headline).
 
+A task is known by its ``name`` (recorded in every run's manifest): :func:`register_task` adds
+one, :func:`get_task` finds it (``featbench finetune --task NAME``).
+
 :class:`Occurrence` is the task of every run so far (masked BCE, F1 at a threshold settled by
 :func:`classify.estimators.settle_threshold`); :class:`Expression` is transfer's stage 1
 (cross-entropy over expression classes, accuracy). An intensity task (regression on 0-5, ICC)
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.metrics import au_metrics, nanmean
 
 from classify.estimators import DEFAULT_THRESHOLD, balance_indices, decide, settle_threshold
@@ -211,3 +215,41 @@ OCCURRENCE = Occurrence()
 
 #: the task of transfer's stage 1
 EXPRESSION = Expression()
+
+
+# --- the registry of tasks ---------------------------------------------------------------------
+_TASKS = {}
+
+
+def register_task(task, *, replace=False):
+    """Add ``task`` (an instance) under ``task.name``; a name already taken raises unless ``replace``."""
+    if not replace and task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name):
+    """Remove a task added by :func:`register_task` (tests, plug-ins); the built-ins stay."""
+    if name not in ("occurrence", "expression"):
+        _TASKS.pop(name, None)
+
+
+def get_task(name):
+    """Return the task called ``name`` (a :class:`Task` is returned as it is).
+
+    Raises
+    ------
+    UsageError
+        An unknown name, with the closest one and the list.
+    """
+    if isinstance(name, Task):
+        return name
+    task = _TASKS.get(name or "occurrence")
+    if task is None:
+        raise UsageError(did_you_mean(str(name), tuple(_TASKS), what="task"))
+    return task
+
+
+register_task(OCCURRENCE)
+register_task(EXPRESSION)

@@ -18,9 +18,10 @@ import numpy as np
 
 from featbench.core.identity import WeightsId, parse_members, weights_of
 from featbench.core.results import read_summary
-from featbench.core.workspace import atomic_write_text
+from featbench.core.workspace import atomic_write_text, save_figure
 
 from classify.ensemble import command_for_run, read_predictions
+from featbench.app.claims import RUN_PLAN, claims_lines
 from featbench.app.report_intensity import intensity_lines, is_intensity
 
 #: the PNG charts, beside report.md
@@ -194,7 +195,7 @@ def plot_mean_f1(ok, path, *, baseline=None):
               loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
@@ -227,7 +228,7 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
     ax.set_title(f"Per-AU F1 (%) of the {len(rows)} best runs")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="F1")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def headline(workspace, dataset, *, n=5):
@@ -294,7 +295,8 @@ def make_report(workspace, dataset):
         if any(a in base_f1 and not math.isnan(base_f1[a]) for a in aus) else float("nan")
     lines = (_header_lines(dataset, every, failed) + _weights_lines(every) + _baseline_lines(base, base_mean)
              + _runs_lines(ok, base_mean) + _per_au_lines(ok, aus, base_f1, base_mean)
-             + _ensemble_lines(ok) + training_curves(workspace, dataset, ok)
+             + _ensemble_lines(ok) + _claims_lines(workspace, dataset, ok)
+             + training_curves(workspace, dataset, ok)
              + intensity_lines(workspace, dataset, ok_intensity, describe_weights)
              + _failed_lines(failed))
     if len(ok):
@@ -380,6 +382,21 @@ def _ensemble_lines(ok):
         return []
     return (["## Ensembles (majority vote; ties broken by the mean standardised margin)", ""]
             + [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""])
+
+
+def _claims_lines(workspace, dataset, ok):
+    """The paper's claims checked on these runs (:mod:`featbench.app.claims`), with the networks
+    the last ``featbench run`` left out (its ``run_plan.json``, when there is one)."""
+    import json
+
+    rows = [{"run": r["run"], "mean_f1": _float(r["mean_f1"]), "weights": r.get("weights", ""),
+             "members": r.get("members", "")} for _, r in ok.iterrows()]
+    try:
+        plan = json.loads((workspace.results_dir(dataset) / RUN_PLAN).read_text())
+        left = dict(plan.get("left_out") or {})
+    except (OSError, ValueError, AttributeError):
+        left = {}
+    return claims_lines(rows, left_out=left)
 
 
 def _failed_lines(failed):
