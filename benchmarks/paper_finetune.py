@@ -54,7 +54,7 @@ def make_preset(args):
                   clfs=("svm",), region_clfs=("svm",),
                   pinned_weights=((args.model, args.model_weights),) if args.model_weights else (),
                   ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
-                  random_fallback=True, finetunes=fts)
+                  missing_weights="random", finetunes=fts)
 
 
 def check_workspace(ws, dataset, preset, weights):

@@ -26,6 +26,13 @@ Presets (paper section "ensembles"; one member per network family, the family's 
     AlexNet-SVM, which is also the choice when no member has validation scores).
 ``fe+ft+region``
     ``fe+ft`` plus the region-based runs (frozen-code SVMs and fine-tuned nets on regions).
+
+Random-init runs never vote in a preset
+---------------------------------------
+A run of a randomly initialised network (``weights`` = ``random:<seed>``, or a fine-tuned
+network, or codes of one, that started from random weights) is a control that shows what
+pretraining adds, not an ensemble member: every preset leaves it out (:func:`random_init_runs`)
+and says so in the ensemble's notes. Name it in ``--members`` to vote it anyway.
 """
 
 import hashlib
@@ -219,6 +226,43 @@ def weakest_member(workspace, dataset, runs):
     return next((r for r in runs if _key(r).model == "alexnet"), None)
 
 
+def run_weights(workspace, dataset, run):
+    """The ``weights`` attribute of a run's predictions file ("" when it has none)."""
+    import h5py
+
+    try:
+        with h5py.File(workspace.predictions_path(dataset, run), "r") as f:
+            w = f.attrs.get("weights", "")
+    except (OSError, KeyError):
+        return ""
+    return w.decode() if isinstance(w, bytes) else str(w)
+
+
+def is_random_init(workspace, dataset, run, _seen=None):
+    """True when ``run``'s network started from random weights (controls: see the module docstring).
+
+    ``finetuned:<run>`` weights (codes of a fine-tuned network) are followed to the run that
+    trained it: codes of a network fine-tuned from ``random:0`` are a control too.
+    """
+    from featbench.core.identity import WeightsId, weights_of
+
+    seen = set() if _seen is None else _seen
+    if run in seen:
+        return False
+    seen.add(run)
+    for w in weights_of(run_weights(workspace, dataset, run)):
+        if w.is_random:
+            return True
+        if w.kind == "finetuned" and is_random_init(workspace, dataset, w.name, seen):
+            return True
+    return False
+
+
+def random_init_runs(workspace, dataset, runs):
+    """The runs of ``runs`` whose networks started from random weights (never preset members)."""
+    return sorted(r for r in runs if is_random_init(workspace, dataset, r))
+
+
 def resolve_preset(workspace, dataset, preset, *, tag=None):
     """Return the member runs of ``preset`` (see the module docstring), in family order.
 
@@ -237,6 +281,7 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
     if preset not in PRESETS:
         raise UsageError(did_you_mean(preset, PRESETS, what="ensemble preset"))
     runs = _existing_runs(workspace, dataset)
+    runs -= set(random_init_runs(workspace, dataset, runs))  # controls, not members
     families = _families()
     order = list(FAMILY_PREFERENCE) + sorted(set(families) - set(FAMILY_PREFERENCE))
     order += _open_zoo_models(runs, order)
@@ -258,9 +303,10 @@ def resolve_preset(workspace, dataset, preset, *, tag=None):
         ft_full = [r for r in ft if _key(r).region == "full"]
         if not ft_full:
             raise FeatbenchError(
-                f"preset {preset!r} needs fine-tuned runs, and none exist yet in "
-                f"{workspace.results_dir(dataset) / 'predictions'}; use --preset fe or fe+region "
-                "(or make one with: featbench finetune --model cnn_f)")
+                f"preset {preset!r} needs fine-tuned runs from pretrained weights, and none exist "
+                f"yet in {workspace.results_dir(dataset) / 'predictions'} (random-init ones are "
+                "controls and never vote); use --preset fe or fe+region (or make one with: "
+                "featbench finetune --model dlib_face --head multilabel)")
         # the paper: the fine-tuned CNN-F replaces the weakest member (AlexNet-SVM there)
         weakest = weakest_member(workspace, dataset, [r for r in members if _key(r).clf == PRESET_CLF])
         members = [r for r in members if r != weakest] + ft_full
@@ -359,6 +405,12 @@ def _per_au_rows(labels, decisions, scores, fold, aus):
     return rows
 
 
+def _control_runs(workspace, dataset):
+    """The random-init classifier runs of the workspace (what a preset left out), votes aside."""
+    runs = random_init_runs(workspace, dataset, _existing_runs(workspace, dataset))
+    return [r for r in runs if _key(r) is not None and _key(r).clf != "vote"]
+
+
 def _member_manifest(workspace, dataset, run):
     try:
         return read_manifest(workspace.models_dir(dataset, run))
@@ -448,6 +500,19 @@ def _ensemble_rows(task, first, decisions, scores, aus, threshold):
     return _per_au_rows(first["labels"], decisions, scores, first["fold"], aus), np.zeros(len(aus))
 
 
+def _checked_members(workspace, dataset, members):
+    """The member runs, each once; at least two, each with its predictions file."""
+    members = list(dict.fromkeys(m.strip() for m in members if m.strip()))
+    if len(members) < 2:
+        raise UsageError(f"an ensemble needs at least 2 members, got {len(members)}: {members}")
+    for run in members:
+        if not workspace.predictions_path(dataset, run).exists():
+            raise MissingRunError(
+                f"member run {run!r} has no predictions "
+                f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
+    return members
+
+
 def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, tag=None):
     """Vote the members' decisions and write the ensemble like a classifier run (``clf = vote``).
 
@@ -481,19 +546,17 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
     """
     if members and preset:
         raise UsageError("give either --members or --preset, not both")
+    controls = []
     if not members:
         preset = preset or "fe"
         members = resolve_preset(workspace, dataset, preset, tag=tag)
-    members = list(dict.fromkeys(m.strip() for m in members if m.strip()))
-    if len(members) < 2:
-        raise UsageError(f"an ensemble needs at least 2 members, got {len(members)}: {members}")
-    for run in members:
-        if not workspace.predictions_path(dataset, run).exists():
-            raise MissingRunError(
-                f"member run {run!r} has no predictions "
-                f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
+        controls = _control_runs(workspace, dataset)
+    members = _checked_members(workspace, dataset, members)
     preds = [read_predictions(workspace.predictions_path(dataset, r)) for r in members]
     task, aligned, aus, notes, decisions, scores, threshold = _combine(preds, members)
+    if controls:
+        notes.insert(0, f"random-init runs are controls, not members (name them in --members to "
+                        f"vote them): {', '.join(controls)}")
     labels, fold = aligned[0]["labels"], aligned[0]["fold"]
 
     regions = {p.get("region", _key(r).region if _key(r) else "") for p, r in zip(preds, members)}

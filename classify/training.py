@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from featbench.core.errors import UsageError
+from featbench.core.threads import reader_threads, use_torch_threads
 from featbench.core.workspace import atomic_path
 
 from extract.encoders import autocast_dtype, resolve_device, to_device
@@ -274,6 +275,8 @@ def _run_epoch(epoch, model, params, train_batches, step_loss, evaluate, optimiz
     import torch
 
     t0 = time.time()
+    if str(device) == "cpu":  # the machine changes while a run trains: chosen again per epoch
+        use_torch_threads(helpers=reader_threads())
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -12,7 +12,8 @@ from featbench.core.identity import WeightsId
 from extract.distributed import extract_distributed, torchrun_env
 from extract.loop import ExtractReport, extract_aligned
 from featbench.core.align import ensure_aligned
-from extract.encoders import create_encoder
+from extract.encoders import TorchEncoder, create_encoder
+from featbench.core.threads import use_torch_threads
 
 __all__ = ["REGION_CHOICES", "parse_regions", "default_workers", "extract_features", "extract_aligned",
            "ExtractReport"]
@@ -95,6 +96,8 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
                                   on_batch=on_batch)
         return rep if report else rep.path
     encoder = create_encoder(model, weights=weights, device=device, input_size=input_size)
+    if isinstance(encoder, TorchEncoder) and encoder.device == "cpu":
+        use_torch_threads(helpers=workers)  # the cores free now, less the reader threads
     aligned_path = ensure_aligned(table, workspace, progress=progress)
     if name is None and WeightsId.parse(encoder.weights_id).kind == "finetuned":
         name = f"{model}-ft"

@@ -51,13 +51,13 @@ def make_codes(table, seed=1):
 
 
 def write_features(ws, table, codes, *, model="toy", regions=("full", "upper", "middle", "lower"),
-                   keys=None):
+                   keys=None, weights="random:0"):
     """Write ``codes`` (one array, or one per region) through the extract store's writer."""
     path = ws.features_path("synth", model)
     per_region = codes if isinstance(codes, dict) else {r: codes for r in regions}
     dims = next(iter(per_region.values())).shape[1]
     with open_store(path, keys=table.keys() if keys is None else keys, model=model, layer="fc6",
-                    weights="random:0", input_size=224, dims=dims, overwrite=True) as w:
+                    weights=weights, input_size=224, dims=dims, overwrite=True) as w:
         for r, c in per_region.items():
             w.write(r, 0, c)
     return path

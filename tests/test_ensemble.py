@@ -102,7 +102,7 @@ def _keys(n, start=0):
     return k
 
 
-def _member(ws, run, labels, noise, *, seed, n_skip=0, aus=AUS, weights="random:0"):
+def _member(ws, run, labels, noise, *, seed, n_skip=0, aus=AUS, weights="imagenet"):
     rng = np.random.default_rng(seed)
     scores = labels * 2.0 - 1 + noise * rng.standard_normal(labels.shape)
     model, region, clf = run.split("__")[:3]
@@ -140,7 +140,7 @@ def test_ensemble_run_writes_contract_shapes(members):
         summary = {r["run"]: r for r in csv.DictReader(fh)}
     row = summary["trio__full__vote"]
     assert (row["model"], row["region"], row["clf"]) == ("trio", "full", "vote")
-    assert "alexnet=random:0" in row["weights"] and "hog=none" in row["weights"]
+    assert "alexnet=imagenet" in row["weights"] and "hog=none" in row["weights"]
     assert {"f1_AU01", "f1_AU02", "f1_AU04"} <= set(row)
     # three noisy members with independent errors: the vote beats the average member
     from featbench.core.metrics import au_metrics
@@ -180,6 +180,35 @@ def test_presets_pick_one_run_per_family(members):
         resolve_preset(ws, "synth", "fe+ft")
     out = ensemble_run(ws, "synth", preset="fe+region")
     assert out["run"] == "ensemble-fe+region__mixed__vote"
+
+
+def test_random_init_runs_never_vote_in_a_preset(members):
+    """Controls stay out of every preset: a random-init network's SVM, a network fine-tuned from
+    random weights and the SVM on its codes (weights finetuned:<that run>); --members still votes
+    them."""
+    ws, labels = members
+    _member(ws, "cnn_m__full__svm", labels, 0.2, seed=5, weights="random:0")  # would win cnn_f's family
+    _member(ws, "vgg16__full__svm", labels, 0.2, seed=6, weights="random:3")
+    _member(ws, "cnn_f__full__ft__ml", labels, 0.2, seed=7, weights="random:0")
+    _member(ws, "cnn_f-ft__full__svm", labels, 0.2, seed=8,
+            weights="finetuned:cnn_f__full__ft__ml sha256:ab12")
+    assert set(resolve_preset(ws, "synth", "fe")) == {"hog__full__svm", "alexnet__full__svm",
+                                                      "cnn_f__full__svm"}
+    with pytest.raises(FeatbenchError, match="random-init ones are controls"):
+        resolve_preset(ws, "synth", "fe+ft")
+    out = ensemble_run(ws, "synth", preset="fe")
+    assert "vgg16__full__svm" not in out["members"]
+    assert any("controls" in n and "cnn_f-ft__full__svm" in n and "vgg16__full__svm" in n
+               for n in out["notes"])
+    # a fine-tuned network from pretrained weights joins fe+ft; its codes' SVM too
+    _member(ws, "dlib_face__full__ft__ml", labels, 0.5, seed=9, weights="dlib")
+    _member(ws, "dlib_face-ft__full__svm", labels, 0.5, seed=10,
+            weights="finetuned:dlib_face__full__ft__ml sha256:cd34")
+    ft = resolve_preset(ws, "synth", "fe+ft")
+    assert {"dlib_face__full__ft__ml", "dlib_face-ft__full__svm"} <= set(ft)
+    assert not {"cnn_f__full__ft__ml", "cnn_f-ft__full__svm"} & set(ft)
+    named = ensemble_run(ws, "synth", members=["hog__full__svm", "vgg16__full__svm", "cnn_m__full__svm"])
+    assert named["members"] == ["hog__full__svm", "vgg16__full__svm", "cnn_m__full__svm"]
 
 
 def test_missing_member_names_the_command(members, capsys):

@@ -178,8 +178,8 @@ def test_multilabel_one_network_and_ensemble_members(toy):
 def test_fe_preset_mixes_svm_and_lstm_members(tmp_path):
     ws = Workspace(tmp_path)
     table, X = temporal_table(n_frames=30, aus=("AU01",))  # default AUs: default run names
-    write_features(ws, table, X, model="hog", regions=("full",))
-    write_features(ws, table, X + 0.1, model="alexnet", regions=("full",))
+    write_features(ws, table, X, model="hog", regions=("full",), weights="none")
+    write_features(ws, table, X + 0.1, model="alexnet", regions=("full",), weights="imagenet")
     kw = dict(table=table, progress=False, n_jobs=1)
     for model in ("hog", "alexnet"):
         classify_run(ws, "synth", model=model, clf="svm", **kw)

@@ -22,12 +22,14 @@ def no_cache(tmp_path, monkeypatch):
 def test_quick_covers_every_stage_kind():
     runs = plan_runs(PRESETS["quick"])
     models = {m for m, _, _ in runs}
-    assert {"hog", "dlib_face", "alexnet", "cnn_f"} <= models
+    assert {"hog", "dlib_face"} <= models
     assert {c for _, _, c in runs} == {"svm", "lda"}
-    assert ("hog", "auto", "svm") in runs and ("alexnet", "auto", "svm") in runs
+    assert ("hog", "auto", "svm") in runs
     assert PRESETS["quick"].ensembles == ("fe", "fe+region", "fe+ft", "fe+ft+region")
-    (ft,) = PRESETS["quick"].finetunes  # one fine-tuned member, on a network extracted anyway
-    assert ft.model in PRESETS["quick"].models
+    (ft,) = PRESETS["quick"].finetunes  # one fine-tuned member: a network every machine has
+    assert ft.model == "dlib_face" and ft.code_clfs == ("svm",) and ft.weights is None
+    (ctl,) = PRESETS["quick"].with_controls().control_finetunes
+    assert ctl.weights == "random:0" and ctl.config("dlib", "paper").weights == "random:0"
 
 
 def test_paper_preset_fine_tunes_as_the_paper():
@@ -42,10 +44,17 @@ def test_paper_preset_fine_tunes_as_the_paper():
     assert paper.ensembles == ("fe", "fe+region", "fe+ft", "fe+ft+region")
 
 
-def test_quick_falls_back_to_random_weights_and_says_so(no_cache):
+def test_quick_leaves_out_cnns_without_pretrained_files_and_controls_bring_them_back(no_cache):
+    from featbench.app.pipeline import left_out
+
     plan = resolve_weights(PRESETS["quick"])
-    assert plan["alexnet"][0] == "random:0" and "not pretrained" in plan["alexnet"][1]
+    assert plan["alexnet"][0] is None and "alexnet-owt-7be5be79.pth not cached" in plan["alexnet"][1]
+    assert set(left_out(plan)) == {"alexnet", "tv:mobilenet_v2"}
+    assert {m for m, _, _ in plan_runs(PRESETS["quick"], plan)} == {"hog", "dlib_face"}
     assert plan["hog"][0] == "none" and plan["dlib_face"][0] == "dlib"
+    controls = resolve_weights(PRESETS["quick"].with_controls())
+    assert controls["alexnet"][0] == "random:0" and "not pretrained" in controls["alexnet"][1]
+    assert not left_out(controls)
 
 
 def test_paper_names_missing_weight_files_before_work(no_cache, capsys):
@@ -76,16 +85,18 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
     generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
                      right_camera=False)
     tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog", "alexnet"),
-                               region_models=("hog",), finetunes=(),
-                               ensembles=("fe", "fe+region"))
-    out = run_pipeline(ws, preset=tiny)
+                               region_models=("hog",), finetunes=(), control_finetunes=(),
+                               clfs=("svm", "lda"), ensembles=("fe+region",))
+    out = run_pipeline(ws, preset=tiny, controls=True)  # alexnet from random:0: a control
     assert out["report"].exists() and (out["report"].parent / "report_mean_f1.png").exists()
     assert {"hog__full__svm", "alexnet__full__svm", "hog__auto__svm"} <= set(out["runs"])
-    assert any(r.startswith("ensemble-fe__") for r in out["runs"]), out["failed"]
+    assert any(r.startswith("ensemble-fe+region__") for r in out["runs"]), out["failed"]
     text = out["report"].read_text()
     for run in plan_runs(tiny):  # every planned run is in the report: a result or its error
         assert "__".join(run) in text
     assert "random init, not pretrained" in text
+    summary = {r["run"]: r for r in read_summary_rows(ws.summary_csv("synth"))}
+    assert "alexnet" not in summary["ensemble-fe+region__mixed__vote"]["members"]  # a control never votes
     printed = capsys.readouterr().out
     for header in ("[1/6] data", "[2/6] align", "[3/6] extract", "[4/6] classify",
                    "[5/6] ensemble", "[6/6] report"):
@@ -93,7 +104,7 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
 
     csvs = {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in out["runs"] if "ensemble" not in r}
     codes = ws.features_path("synth", "alexnet").stat().st_mtime_ns
-    run_pipeline(ws, preset=tiny, progress=False)
+    run_pipeline(ws, preset=tiny, controls=True, progress=False)
     assert ws.features_path("synth", "alexnet").stat().st_mtime_ns == codes
     assert {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in csvs} == csvs  # all kept
 
@@ -102,7 +113,7 @@ def test_featbench_run_end_to_end_on_a_tiny_synth_set(tmp_path, monkeypatch, cap
 
     later = time.time() + 5
     os.utime(ws.features_path("synth", "hog"), (later, later))  # as if hog were re-extracted
-    run_pipeline(ws, preset=tiny, progress=False)
+    run_pipeline(ws, preset=tiny, controls=True, progress=False)
     redone = {r for r, t in csvs.items() if ws.run_csv("synth", r).stat().st_mtime_ns != t}
     assert redone == {r for r in csvs if r.startswith("hog__")}
 
@@ -183,6 +194,31 @@ def test_one_failure_path_records_every_affected_run_and_the_others_go_on(tmp_pa
         _run_stage(ctx, 2, "data", lambda c: ("", [Step("synth", broken, fatal=True)]))
 
 
+def test_without_controls_a_left_out_cnn_is_said_once_and_in_the_report(tmp_path, monkeypatch,
+                                                                          capsys):
+    """No pretrained file for alexnet, no --controls: one line says it is left out and how to
+    get it; no alexnet run exists; the report's claims section says what it would add."""
+    import dataclasses
+
+    from featbench.core.synth import generate_dataset
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    ws = Workspace(tmp_path)
+    generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
+                     right_camera=False)
+    tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog", "alexnet"),
+                               region_models=("hog",), clfs=("svm",), region_clfs=("svm",),
+                               finetunes=(), control_finetunes=(), ensembles=("fe+region",))
+    out = run_pipeline(ws, preset=tiny, progress=False)
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if "left out" in ln]
+    assert len(printed) == 1 and "alexnet" in printed[0] and "--controls" in printed[0]
+    assert out["left_out"].keys() == {"alexnet"} and "alexnet" not in out["weights"]
+    assert not any(r.startswith("alexnet") for r in read_summary_rows(ws.summary_csv("synth"))
+                   for r in [r["run"]])
+    text = out["report"].read_text()
+    assert "alexnet" in text.split("## The paper's claims on this data")[1]
+
+
 def test_a_weights_file_named_random_is_not_random_init(tmp_path):
     plan = resolve_weights(PRESETS["quick"], str(tmp_path / "random_init_ft.pth"))
     assert plan["alexnet"][1] == ""
@@ -195,8 +231,40 @@ def test_pinned_weights_override_the_rule_for_their_network(no_cache):
     import dataclasses
 
     pinned = dataclasses.replace(PRESETS["quick"], pinned_weights=(("alexnet", "IMAGENET1K_V1"),
-                                                                   ("cnn_f", "random:3")))
+                                                                   ("tv:mobilenet_v2", "random:3")))
     plan = resolve_weights(pinned)
     assert plan["alexnet"] == ("IMAGENET1K_V1", "")
-    assert plan["cnn_f"] == ("random:3", "random init, not pretrained")
+    assert plan["tv:mobilenet_v2"] == ("random:3", "random init, not pretrained")
     assert plan["dlib_face"][0] == "dlib" and plan["hog"][0] == "none"
+
+
+def test_a_host_that_failed_is_not_tried_again_for_the_next_file(no_cache, monkeypatch):
+    """Without internet every attempt waits for its timeout: the quick preset's second ImageNet
+    file from the same host is left out without a second attempt."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from featbench.app.pipeline import left_out
+
+    hits = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_error(503)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.delenv("FEATBENCH_OFFLINE", raising=False)
+        monkeypatch.setenv("FEATBENCH_WEIGHTS_MIRROR", f"http://127.0.0.1:{srv.server_address[1]}/")
+        plan = resolve_weights(PRESETS["quick"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert set(left_out(plan)) == {"alexnet", "tv:mobilenet_v2"}
+    assert len({h.rsplit("/", 1)[-1] for h in hits}) == 1  # one file tried, the other not

@@ -30,6 +30,7 @@ import numpy as np
 
 from featbench.core import modelfile
 from featbench.core.errors import FeatbenchError
+from featbench.core.threads import set_torch_threads
 from featbench.core.workspace import atomic_write_text
 
 from classify.estimators import AUFit
@@ -205,9 +206,7 @@ def run_units(method, jobs, *, work, done=None, progress=True, say=None):
 
 
 def _in_worker(method, job, work, done, threads):
-    import torch
-
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)  # this worker's share of the cores: fit's choice leaves it alone
     t0, c0 = time.perf_counter(), time.process_time()
     res = train_unit(method, job, work=work, done=done)
     res.fit.update(seconds=round(time.perf_counter() - t0, 2),

@@ -14,14 +14,17 @@ Stages, each skipped when its output is already there:
 
 Presets
 -------
-``quick`` (default; under 10 minutes on 2 CPU cores from an empty workspace)
-    networks ``hog``, ``dlib_face``, ``alexnet``, ``cnn_f``; classifiers ``svm`` and ``lda`` on
-    full faces; region-based (``auto``: each AU's classifier sees its region) SVM and LDA runs for
-    ``hog`` and ``alexnet``; one fine-tuned CNN-F (:data:`QUICK_FINETUNE`: multilabel, 64-pixel
-    faces, 2 epochs); ensembles ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region`` (the
-    fine-tuned CNN-F in place of the weakest frozen member). CNNs use their ``imagenet``
-    weights when these are cached here or can be downloaded (verified), else ``random:0``
-    (said in the output and the report).
+``quick`` (default; at most 300 calibration units, about 10 minutes on a slow 2-core machine)
+    what every machine has: ``hog`` (full faces and each AU's region) and ``dlib_face``, dlib's
+    face-recognition ResNet, pretrained on faces and shipped with featbench: its frozen codes
+    (SVM and LDA) and the network fine-tuned for the AUs (:data:`QUICK_FINETUNE`), with an SVM
+    on the fine-tuned network's codes; ensembles ``fe``, ``fe+region``, ``fe+ft`` and
+    ``fe+ft+region`` (the fine-tuned members in place of the weakest frozen one). ImageNet
+    CNNs (``alexnet``, ``tv:mobilenet_v2``) join when their files are cached or can be
+    downloaded (verified); otherwise the run leaves them out and says so in one line, and the
+    report says what they would add. ``--controls`` runs them from ``random:0`` instead, and
+    ``dlib_face`` fine-tuned from ``random:0`` (:data:`QUICK_FT_CONTROL`): controls, flagged
+    as random init everywhere, never ensemble members.
 ``paper``
     every network of the paper (AlexNet, ZFNet, CNN-F/M/S, VGG-16, VGG-Face, GoogLeNet,
     ResNet-50, ResNet-152) with ``imagenet`` weights, SVM and LDA on full faces, region-based
@@ -29,29 +32,39 @@ Presets
     networks on the whole face with every FC layer re-initialised, per-AU networks on regions
     with fc6 + fc7 re-initialised, and SVM on the fc6 codes of a fine-tuned CNN-F); ensembles
     ``fe``, ``fe+region``, ``fe+ft`` and ``fe+ft+region``. Every weight file is
-    fetched before any long work; one that cannot be had stops the run, naming every file; ``weights="random:0"`` runs the whole
-    preset as a random-weight control. ZFNet has no published weights and always runs as a
-    random-init control.
+    fetched before any long work; one that cannot be had stops the run, naming every file;
+    ``weights="random:0"`` runs the whole preset as a random-weight control. ZFNet has no
+    published weights and always runs as a random-init control.
+
+Random-init runs are controls: they never vote in a preset ensemble
+(:func:`classify.ensemble.random_init_runs`).
 """
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from featbench.app.claims import RUN_PLAN
 from featbench.app.report import headline, make_report
 from featbench.core.align import ensure_aligned
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import FeatbenchError, UsageError, WeightsError, did_you_mean
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.results import read_summary_rows, record_failure
+from featbench.core.workspace import atomic_write_text
 
 from classify.ensemble import ensemble_run
 from classify.finetune import FinetuneConfig, finetune_run, finetune_run_name
 from classify.run import classify_run, classify_run_key, run_tag
 from extract.catalog import entry_for
-from extract.download import fetch, is_offline, where
+from extract.download import fetch, is_offline, mirrored, where
 from extract.extractor import extract_features
 from extract.registry import get_spec
+
+
+#: what a preset does with a CNN whose pretrained file cannot be had (not cached, no download)
+MISSING_WEIGHTS = ("refuse", "leave-out", "random")
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,16 @@ class Preset:
         Classifiers on full faces and on regions.
     ensembles : tuple of str
         Ensemble presets (:data:`classify.ensemble.PRESETS`).
+    missing_weights : {"refuse", "leave-out", "random"}
+        A CNN whose pretrained file is neither cached nor downloadable: stop before any work
+        naming every file (paper), leave it out with one line (quick), or run it from
+        ``random:0`` as a control, flagged everywhere (``--controls``).
+    finetunes : tuple of Finetune
+        Fine-tuning runs, trained in the classify stage.
+    control_finetunes : tuple of Finetune
+        Fine-tuning runs that are controls (random init), run only with ``--controls``.
+    pinned_weights : tuple of (model, weights)
+        Override the weights rule for those networks.
     """
 
     name: str
@@ -76,17 +99,26 @@ class Preset:
     clfs: tuple = ("svm", "lda")
     region_clfs: tuple = ("svm", "lda")
     ensembles: tuple = ("fe", "fe+region")
-    #: fall back to random:0 for a CNN whose imagenet weights cannot be had (quick) or refuse (paper)
-    random_fallback: bool = False
-    #: fine-tuning runs (:class:`Finetune`), trained in the classify stage
+    missing_weights: str = "refuse"
     finetunes: tuple = ()
-    #: (model, weights) pairs that override the weights rule for those networks
+    control_finetunes: tuple = ()
     pinned_weights: tuple = ()
+
+    def __post_init__(self):
+        if self.missing_weights not in MISSING_WEIGHTS:
+            raise UsageError(f"preset {self.name}: missing_weights must be one of "
+                             f"{', '.join(MISSING_WEIGHTS)}, got {self.missing_weights!r}")
 
     def networks(self):
         """Every network the preset needs weights for: extracted, region-based, fine-tuned."""
         return tuple(dict.fromkeys(self.models + self.region_models
                                    + tuple(ft.model for ft in self.finetunes)))
+
+    def with_controls(self):
+        """The preset with its controls: CNNs without their pretrained file run from
+        ``random:0`` (flagged as random init), and the control fine-tuning runs."""
+        return dataclasses.replace(self, missing_weights="random",
+                                   finetunes=self.finetunes + self.control_finetunes)
 
 
 @dataclass(frozen=True)
@@ -103,15 +135,18 @@ class Finetune:
         Classifiers trained on the fine-tuned network's codes (``featbench extract --weights
         results/<ds>/models/<run>/model.safetensors`` gives ``<model>-ft``): the paper's "fc6 codes
         after fine-tuning + SVM". Needs one network for all AUs (``multilabel``, full face).
+    weights : str, optional
+        Starting weights of this run alone (a control: ``random:0``), else the preset's.
     """
 
     model: str
     settings: dict = field(default_factory=dict)
     code_clfs: tuple = ()
+    weights: object = None
 
     def config(self, weights, protocol):
-        return FinetuneConfig(**{**self.settings, "model": self.model, "weights": weights,
-                                 "protocol": protocol})
+        return FinetuneConfig(**{**self.settings, "model": self.model,
+                                 "weights": self.weights or weights, "protocol": protocol})
 
 
 #: the paper's fine-tuned CNN-F: per-AU 2-way networks on the whole face with every FC layer
@@ -121,20 +156,28 @@ PAPER_FINETUNES = (Finetune("cnn_f", {"reinit": "fc"}),
                    Finetune("cnn_f", {"region": "auto", "reinit": "fc6-fc7"}),
                    Finetune("cnn_f", {"head": "multilabel", "reinit": "fc"}, code_clfs=("svm",)))
 
-#: the quick preset's one fine-tuned member, sized for its 10-minute budget on 2 CPU cores:
-#: CNN-F (extracted in the quick run anyway), one multilabel network (12x cheaper than per-AU
-#: ones) on 64-pixel faces, 2 epochs of batches of 64 (3 epochs at 96 px cost 4x as much and
-#: broke the budget)
-QUICK_FINETUNE = Finetune("cnn_f", {"head": "multilabel", "input_size": 64, "epochs": 2,
-                                    "patience": 1, "batch_size": 64})
+#: the quick preset's fine-tuned member: dlib's face ResNet (pretrained on faces, shipped with
+#: featbench on every machine), one multilabel network (12x cheaper than per-AU ones); its
+#: conv layers kept frozen as the paper keeps CNN-F's, its fc layer (the 128-d face code)
+#: trained with a new batch-normed output layer on it (``reinit head``, ``train_from fc``).
+#: Of the settings measured on the embedded set (README), this one had the best validation F1
+#: (0.80, against 0.31-0.68 when the last blocks trained too): 112-pixel faces, AdamW 1e-3,
+#: batches of 16, one epoch (the epoch validation chose); threshold 0, as every quick run's
+QUICK_FT_SETTINGS = {"head": "multilabel", "reinit": "head", "train_from": "fc",
+                     "input_size": 112, "epochs": 1, "batch_size": 16,
+                     "optimizer": "adam", "lr": 1e-3}
+QUICK_FINETUNE = Finetune("dlib_face", QUICK_FT_SETTINGS, code_clfs=("svm",))
+#: its control (``--controls``): the same network and settings from random weights, which
+#: shows what the face pretraining adds
+QUICK_FT_CONTROL = Finetune("dlib_face", {**QUICK_FT_SETTINGS, "tag": "rand"}, weights="random:0")
 
 PRESETS = {
-    # region runs use alexnet, not cnn_f: on 2 CPU cores its codes cost about half (40 vs 75 s
-    # per region of the 3239-frame synth set), and the quick preset has a 10-minute budget
-    "quick": Preset("quick", models=("hog", "dlib_face", "alexnet", "cnn_f"),
-                    region_models=("hog", "alexnet"), random_fallback=True,
+    # ImageNet CNNs (alexnet: the paper's; tv:mobilenet_v2: a 14 MB file) run when their files
+    # are cached or downloadable, and are left out otherwise (--controls: random:0 controls)
+    "quick": Preset("quick", models=("hog", "dlib_face", "alexnet", "tv:mobilenet_v2"),
+                    region_models=("hog",), missing_weights="leave-out",
                     ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
-                    finetunes=(QUICK_FINETUNE,)),
+                    finetunes=(QUICK_FINETUNE,), control_finetunes=(QUICK_FT_CONTROL,)),
     "paper": Preset("paper", models=("alexnet", "zfnet", "cnn_f", "cnn_m", "cnn_s", "vgg16",
                                      "vgg_face", "googlenet", "resnet50", "resnet152"),
                     region_models=("vgg_face", "cnn_f"),
@@ -152,23 +195,25 @@ def resolve_weights(preset, weights=None, *, progress=False):
     """Return ``{model: (weights, note)}`` for the preset's networks, getting their files first.
 
     Pretrained files missing from the cache are downloaded here (verified; never when offline),
-    before any long work.
+    before any long work. A network the preset leaves out (``missing_weights="leave-out"``)
+    maps to ``(None, why)``.
 
     Parameters
     ----------
     preset : Preset
     weights : str, optional
         ``imagenet``, ``random[:SEED]`` or a file, for every CNN; default: the preset's rule
-        (quick: imagenet when cached or downloadable, else random:0; paper: imagenet).
+        (:attr:`Preset.missing_weights`).
     progress : bool
         Download progress bars.
 
     Raises
     ------
     WeightsError
-        Pretrained weights needed and not to be had: names every missing file and the folder.
+        Pretrained weights needed and not to be had (``refuse``): names every missing file and
+        the folder.
     """
-    plan, missing = {}, []
+    plan, missing, failed_hosts = {}, [], set()
     pinned = dict(preset.pinned_weights)
     for model in preset.networks():
         spec = get_spec(model)
@@ -181,7 +226,7 @@ def resolve_weights(preset, weights=None, *, progress=False):
         elif not spec.pretrained:  # zfnet: no loadable pretrained weights were ever published
             plan[model] = (spec.default_weights, "no published weights: random init control")
         else:
-            plan[model] = _pretrained_or_fallback(spec, preset, missing, progress)
+            plan[model] = _pretrained_or_fallback(spec, preset, missing, progress, failed_hosts)
     if missing:
         folder = missing[0][0].parent
         raise WeightsError(
@@ -193,25 +238,52 @@ def resolve_weights(preset, weights=None, *, progress=False):
     return plan
 
 
-def _pretrained_or_fallback(spec, preset, missing, progress):
-    """``("imagenet", note)`` once the file is here (downloading it), else the preset's fallback."""
+def _host(entry):
+    """The host a weights file would be downloaded from (mirror applied), or ""."""
+    from urllib.parse import urlparse
+
+    return urlparse(mirrored(entry.urls[0])).netloc if entry.urls else ""
+
+
+def _pretrained_or_fallback(spec, preset, missing, progress, failed_hosts=None):
+    """``("imagenet", note)`` once the file is here (downloading it), else the preset's rule.
+
+    A host that already failed in this plan (``failed_hosts``) is not tried again for the next
+    file: on a machine without internet each attempt waits for its connect timeout.
+    """
     entry = entry_for(spec)
+    failed_hosts = set() if failed_hosts is None else failed_hosts
     try:
+        if not where(entry).is_file() and _host(entry) in failed_hosts:
+            raise WeightsError(f"{_host(entry)} failed for an earlier file")
         path, _, downloaded = fetch(entry, progress=progress)
     except WeightsError:
-        why = "offline" if is_offline() else "download failed"
-        if preset.random_fallback:
-            return ("random:0", f"random init, not pretrained ({entry.filename} not cached, {why})")
+        if not is_offline() and not where(entry).is_file():
+            failed_hosts.add(_host(entry))
+        why = f"{entry.filename} not cached, {'offline' if is_offline() else 'download failed'}"
+        if preset.missing_weights == "random":
+            return ("random:0", f"random init, not pretrained ({why})")
+        if preset.missing_weights == "leave-out":
+            return (None, why)
         missing.append((where(entry), why))
         return ("imagenet", "")
     return ("imagenet", f"pretrained ({path.name} {'downloaded' if downloaded else 'cached'})")
 
 
-def plan_runs(preset):
-    """Return the classifier runs of ``preset`` as (model, region, clf) tuples."""
+def left_out(wplan):
+    """``{model: why}`` of the networks a weights plan leaves out (no pretrained file here)."""
+    return {m: note for m, (w, note) in wplan.items() if w is None}
+
+
+def plan_runs(preset, wplan=None):
+    """Return the classifier runs of ``preset`` as (model, region, clf) tuples.
+
+    With a weights plan (:func:`resolve_weights`), the networks it leaves out are left out.
+    """
+    out = left_out(wplan or {})
     runs = [(m, "full", c) for m in preset.models for c in preset.clfs]
     runs += [(m, "auto", c) for m in preset.region_models for c in preset.region_clfs]
-    return runs
+    return [r for r in runs if r[0] not in out]
 
 
 def _run_is_fresh(workspace, dataset, run, features):
@@ -322,12 +394,13 @@ def _align_steps(ctx):
 def _extract_steps(ctx):
 
     spec, steps = ctx.preset, []
-    models = list(dict.fromkeys(spec.models + spec.region_models))
+    out = left_out(ctx.wplan)
+    models = [m for m in dict.fromkeys(spec.models + spec.region_models) if m not in out]
     for model in models:
         w, note = ctx.wplan[model]
         region = "all" if model in spec.region_models else "full"
         records = tuple((str(ctx.run_key(m, r, c)), ctx.run_meta(m, r, c))
-                        for m, r, c in plan_runs(spec) if m == model)
+                        for m, r, c in plan_runs(spec, ctx.wplan) if m == model)
 
         def run(model=model, region=region, w=w):
             extract_features(ctx.table, ctx.workspace, model, region=region, weights=w,
@@ -341,7 +414,7 @@ def _extract_steps(ctx):
 def _classify_steps(ctx):
 
     steps = []
-    for model, region, clf in plan_runs(ctx.preset):
+    for model, region, clf in plan_runs(ctx.preset, ctx.wplan):
         name = str(ctx.run_key(model, region, clf))
         features = ctx.workspace.features_path(ctx.dataset, model)
 
@@ -356,16 +429,20 @@ def _classify_steps(ctx):
         steps.append(Step(name, run, fresh=fresh, produces=(name,),
                           records=((name, ctx.run_meta(model, region, clf)),)))
     for ft in ctx.preset.finetunes:
-        steps += _finetune_steps(ctx, ft)
+        if ft.weights or ctx.wplan[ft.model][0] is not None:  # else left out, said at the start
+            steps += _finetune_steps(ctx, ft)
     return f"{len(steps)} runs", steps
 
 
 def _finetune_steps(ctx, ft):
     """One preset fine-tuning run (kept while newer than the aligned faces), then its codes' runs."""
     w, note = ctx.wplan[ft.model]
+    if ft.weights:
+        w, note = ft.weights, ("random init, not pretrained: a control"
+                               if WeightsId.parse(ft.weights).is_random else "")
     config = ft.config(w, ctx.protocol)
     name = finetune_run_name(config, ctx.table)
-    meta = {**ctx.run_meta(ft.model, config.region, "ft"), "head": config.head,
+    meta = {**ctx.run_meta(ft.model, config.region, "ft", w), "head": config.head,
             "reinit": config.reinit}
 
     def run():
@@ -507,7 +584,7 @@ def _print_summary(ctx, elapsed):
     print("\n" + headline(ctx.workspace, ctx.dataset))
     print(f"\nfeatbench run --preset {ctx.preset.name}: {len(ctx.done)} runs, {len(ctx.failed)} failed, "
           f"{elapsed / 60:.1f} min (" + ", ".join(f"{k} {ctx.seconds[k]:.0f}s" for k, _ in STAGES) + ")")
-    random = [m for m, (w, _) in ctx.wplan.items() if WeightsId.parse(w).is_random]
+    random = [m for m, (w, _) in ctx.wplan.items() if w is not None and WeightsId.parse(w).is_random]
     if random:
         print(f"note: {', '.join(random)} ran with random weights (random init, not "
               "pretrained): a control, not the paper's networks")
@@ -515,8 +592,31 @@ def _print_summary(ctx, elapsed):
     print(f"report:  {ctx.report} (charts beside it)")
 
 
+def _left_out_line(wplan):
+    """The one line that says which networks were left out and how to get them (or "")."""
+    out = left_out(wplan)
+    if not out:
+        return ""
+    return (f"left out: {', '.join(out)} (no pretrained file here: {'; '.join(out.values())}); "
+            "'featbench weights fetch NAME' or 'featbench weights import PATH' adds them, "
+            "--controls runs them from random:0 as controls")
+
+
+def _write_run_plan(ctx, controls):
+    """Write :data:`RUN_PLAN`: the preset, the weights of each network, what was left out."""
+    import json
+
+    plan = {"preset": ctx.preset.name, "controls": bool(controls),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "weights": {m: w for m, (w, _) in ctx.wplan.items() if w is not None},
+            "left_out": left_out(ctx.wplan)}
+    path = ctx.workspace.results_dir(ctx.dataset) / RUN_PLAN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan, indent=1) + "\n")
+
+
 def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weights=None,
-                 protocol=None, progress=True):
+                 protocol=None, controls=False, progress=True):
     """Run data → align → extract → classify → ensemble → report, skipping what is done.
 
     Parameters
@@ -533,6 +633,10 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
         default: see the module docstring.
     protocol : str, optional
         Split protocol for the classifiers (their default when None: the paper's 12/6/9).
+    controls : bool
+        Also run the controls (:meth:`Preset.with_controls`): CNNs without their pretrained
+        file from ``random:0``, and the preset's control fine-tuning runs. Flagged as random
+        init everywhere; never ensemble members.
     progress : bool
         Print stage headers and progress bars.
 
@@ -540,7 +644,8 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
     -------
     dict
         ``report`` (Path), ``summary`` (Path), ``runs`` (list of run names), ``failed`` (list
-        of (run, error)), ``weights`` ({model: weights}), ``seconds`` ({stage: s}), ``elapsed``.
+        of (run, error)), ``weights`` ({model: weights}), ``left_out`` ({model: why}),
+        ``seconds`` ({stage: s}), ``elapsed``.
 
     Raises
     ------
@@ -555,17 +660,23 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
         spec = PRESETS[preset]
     else:
         raise UsageError(did_you_mean(str(preset), PRESETS, what="preset"))
+    if controls:
+        spec = spec.with_controls()
     t0 = time.perf_counter()
     protocol = protocol or "paper"
     ctx = _Context(workspace, dataset, root, spec, protocol,
                    tag=run_tag(protocol=protocol),  # runs of another protocol carry its tag
                    wplan=resolve_weights(spec, weights, progress=progress),  # files fetched first
                    progress=progress)
+    if _left_out_line(ctx.wplan):
+        print(_left_out_line(ctx.wplan), flush=True)  # said even with --quiet: it changes the run
+    _write_run_plan(ctx, controls)
     for i, (stage, plan) in enumerate(STAGES, 1):
         _run_stage(ctx, i, stage, plan)
     elapsed = time.perf_counter() - t0
     if progress:
         _print_summary(ctx, elapsed)
     return {"report": ctx.report, "summary": workspace.summary_csv(dataset), "runs": ctx.done,
-            "failed": ctx.failed, "weights": {m: w for m, (w, _) in ctx.wplan.items()},
+            "failed": ctx.failed, "left_out": left_out(ctx.wplan),
+            "weights": {m: w for m, (w, _) in ctx.wplan.items() if w is not None},
             "seconds": ctx.seconds, "elapsed": elapsed}

@@ -21,6 +21,7 @@ from featbench.core.results import read_summary
 from featbench.core.workspace import atomic_write_text
 
 from classify.ensemble import command_for_run, read_predictions
+from featbench.app.claims import RUN_PLAN, claims_lines
 from featbench.app.report_intensity import intensity_lines, is_intensity
 
 #: the PNG charts, beside report.md
@@ -294,7 +295,8 @@ def make_report(workspace, dataset):
         if any(a in base_f1 and not math.isnan(base_f1[a]) for a in aus) else float("nan")
     lines = (_header_lines(dataset, every, failed) + _weights_lines(every) + _baseline_lines(base, base_mean)
              + _runs_lines(ok, base_mean) + _per_au_lines(ok, aus, base_f1, base_mean)
-             + _ensemble_lines(ok) + training_curves(workspace, dataset, ok)
+             + _ensemble_lines(ok) + _claims_lines(workspace, dataset, ok)
+             + training_curves(workspace, dataset, ok)
              + intensity_lines(workspace, dataset, ok_intensity, describe_weights)
              + _failed_lines(failed))
     if len(ok):
@@ -380,6 +382,21 @@ def _ensemble_lines(ok):
         return []
     return (["## Ensembles (majority vote; ties broken by the mean standardised margin)", ""]
             + [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""])
+
+
+def _claims_lines(workspace, dataset, ok):
+    """The paper's claims checked on these runs (:mod:`featbench.app.claims`), with the networks
+    the last ``featbench run`` left out (its ``run_plan.json``, when there is one)."""
+    import json
+
+    rows = [{"run": r["run"], "mean_f1": _float(r["mean_f1"]), "weights": r.get("weights", ""),
+             "members": r.get("members", "")} for _, r in ok.iterrows()]
+    try:
+        plan = json.loads((workspace.results_dir(dataset) / RUN_PLAN).read_text())
+        left = dict(plan.get("left_out") or {})
+    except (OSError, ValueError, AttributeError):
+        left = {}
+    return claims_lines(rows, left_out=left)
 
 
 def _failed_lines(failed):

@@ -370,8 +370,31 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
                f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
                f"frames/s) with {model.describe()}"
                + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else ""))
-    table.attrs.update({"run": model.run, "summary": summary, "sidecar": sidecar})
+    table.attrs.update({"run": model.run, "summary": summary, "sidecar": sidecar,
+                        "warning": synthetic_warning(model)})
     return table
+
+
+def trained_on(model):
+    """The training data set of a loaded run: ``{"dataset", "synthetic", "kind"}``.
+
+    Recorded when the run was loaded from its workspace (and so carried by an export); an
+    older export without it is judged by the data set's name.
+    """
+    from featbench.core.datasets import training_data
+
+    data = dict(model.info.get("training_data") or training_data(model.dataset))
+    return {**data, "kind": "synthetic" if data.get("synthetic") else "real"}
+
+
+def synthetic_warning(model):
+    """The one line ``featbench predict`` prints for a run trained on synthetic faces, else ""."""
+    data = trained_on(model)
+    if not data.get("synthetic"):
+        return ""
+    return (f"note: {model.run} was trained on {data['dataset']}, synthetic faces: it checks the "
+            "pipeline, it is not a detector for real footage (train on labelled real faces, "
+            "e.g. featbench run --dataset disfa --root DIR, and predict with that run)")
 
 
 def _workspace(workspace):
@@ -475,7 +498,8 @@ def _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, ve
              "start_weights": getattr(model.network_for((m, w)), "start_weights", None)}
             for (m, w), r in model.networks().items()]
     return {
-        "run": model.run, "dataset": model.dataset, "clf": model.clf, "networks": nets,
+        "run": model.run, "dataset": model.dataset, "training_data": trained_on(model),
+        "clf": model.clf, "networks": nets,
         "members": [m.run for m in model.members], "aus": model.aus,
         "thresholds": thresholds, "decision": "AUxx_c = AUxx_p > threshold"
         if thresholds is not None else "AUxx_c: majority vote of the members' decisions",

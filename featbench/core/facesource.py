@@ -28,11 +28,11 @@ background threads while the network works on this one
 (:func:`featbench.core._background.read_ahead`).
 """
 
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from featbench.core import threads
 from featbench.core._background import read_ahead
 from featbench.core.align import AlignedFaces, region_crops
 from featbench.core.aus import REGIONS
@@ -164,9 +164,10 @@ def reader_threads():
 
     On a GPU the faces' reading and augmentation, not the network, bound an epoch (README: on
     an H200 about 200 faces/s against the 3,366 the loop alone trains); on a 2-core machine one
-    thread leaves the cores to the network.
+    thread leaves the cores to the network. The rule lives in :mod:`featbench.core.threads`,
+    which counts these threads when it chooses torch's.
     """
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+    return threads.reader_threads()
 
 
 def balanced_rows(y, rows, rng, balance):

@@ -38,6 +38,9 @@ def _run(args):
     model = load_run(ws, args.dataset, args.run)
     path = export_run(model, args.out, workspace=ws, half=args.half)
     size = path.stat().st_size / 1e6
-    print(f"exported {model.describe()} ({len(model.aus)} AUs{', float16' if args.half else ''}, "
-          f"{size:.1f} MB) -> {path}")
+    data = model.info.get("training_data") or {}
+    trained = (f", trained on {data['dataset']} ({'synthetic' if data.get('synthetic') else 'real'})"
+               if data.get("dataset") else "")
+    print(f"exported {model.describe()} ({len(model.aus)} AUs{', float16' if args.half else ''}"
+          f"{trained}, {size:.1f} MB) -> {path}")
     return 0

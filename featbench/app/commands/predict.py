@@ -74,5 +74,9 @@ def _run(args):
                  detector=args.detector, all_faces=args.all_faces, device=args.device,
                  batch_size=args.batch_size, weights_file=args.weights_file,
                  window=args.window, progress=not args.quiet)
+    if df.attrs.get("warning"):
+        import sys
+
+        print(df.attrs["warning"], file=sys.stderr)
     print(df.attrs["summary"])
     return 0

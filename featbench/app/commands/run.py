@@ -7,14 +7,19 @@ Run Method A's frozen-feature protocol end to end, skipping what is already done
 data set, aligned-face cache, complete feature file, or a classifier run newer than its features).
 
 presets:
-  quick  (default, < 10 min on 2 CPU cores) hog, dlib_face, alexnet, cnn_f; svm + lda on full
-         faces; region-based svm + lda for hog and alexnet; ensembles fe and fe+region; the report.
-         CNNs use imagenet weights when cached here or downloadable (verified), else random:0
-         (flagged in the report).
+  quick  (default; about 10 min on a slow 2-core machine) what every machine has: hog (full
+         faces and regions), dlib_face (dlib's face ResNet, pretrained on faces, shipped): its
+         frozen codes, the network fine-tuned for the AUs, an SVM on the fine-tuned codes;
+         svm + lda; ensembles fe, fe+region, fe+ft, fe+ft+region; the report. ImageNet CNNs
+         (alexnet, tv:mobilenet_v2) join when their files are cached or downloadable, else
+         they are left out (said in one line and in the report).
   paper  every network of the paper with imagenet weights, all fetched before any long work
          (files that cannot be had are named; --weights random:0 runs it as a random-weight
          control). Offline clusters: featbench weights fetch --all on a login node, or
          featbench weights import PATH.
+
+Random-init networks are controls: --controls runs them (flagged as random init in every
+table and chart); they never vote in an ensemble preset.
 
 Then read results/<dataset>/report.md (charts beside it) and results/<dataset>/summary.csv.
 """
@@ -35,11 +40,15 @@ def add_parser(subparsers):
                    help="the data set's folder (default: data/<dataset> in the workspace)")
     p.add_argument("--weights", default=None, metavar="W",
                    help="weights of every CNN: imagenet, random[:SEED] or a file (default: quick "
-                        "uses imagenet when cached or downloadable, else random:0; paper needs "
-                        "imagenet)")
+                        "uses imagenet when cached or downloadable, else leaves the network out; "
+                        "paper needs imagenet)")
     p.add_argument("--protocol", default=None, metavar="P",
                    help="split protocol of the classifiers: paper (12/6/9, default), literature, "
                         "kfold:K")
+    p.add_argument("--controls", action="store_true",
+                   help="also run the random-init controls: CNNs whose pretrained file is not "
+                        "here from random:0, and the fine-tuned network from random:0 (flagged "
+                        "as random init; never ensemble members)")
     p.add_argument("--quiet", action="store_true", help="no stage headers or progress bars")
     p.set_defaults(func=_run)
 
@@ -49,7 +58,7 @@ def _run(args):
 
     out = run_pipeline(workspace_of(args), preset=args.preset, dataset=args.dataset,
                        root=args.root, weights=args.weights, protocol=args.protocol,
-                       progress=not args.quiet)
+                       controls=args.controls, progress=not args.quiet)
     if args.quiet:
         print(f"featbench run --preset {args.preset}: {len(out['runs'])} runs, "
               f"{len(out['failed'])} failed, {out['elapsed'] / 60:.1f} min; report: {out['report']}")

@@ -18,6 +18,7 @@ predictions, models, settings and per-epoch logs and curves of both stages.
 
 EPILOG = """\
 examples (embedded synthetic sets, made on first use):
+  featbench transfer                    # resnet50 if its file is here, else dlib_face (shipped)
   featbench transfer --backbone tv:mobilenet_v2 --input-size 96 --epochs 4,3
   featbench transfer --stage 1 --backbone tv:resnet18 --folds 5
   featbench transfer --expr-root ~/RAF-DB/aligned --subject-rule prefix:_ --expr-aligned \\
@@ -33,13 +34,16 @@ def add_parser(subparsers):
         "transfer", help="two-stage expression -> AU transfer (Method B)",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description=DESCRIPTION)
-    p.add_argument("--backbone", default="resnet50", metavar="NAME",
-                   help="registry network (default: resnet50, the paper's; tv:resnet18 or "
-                        "tv:mobilenet_v2 are practical on a CPU; featbench models lists all)")
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="registry network (default: resnet50, the paper's, when its ImageNet "
+                        "file is here, else dlib_face, dlib's face ResNet shipped with featbench: "
+                        "a pretrained start on every machine; tv:resnet18 or tv:mobilenet_v2 are "
+                        "practical on a CPU; featbench models lists all)")
     p.add_argument("--weights", default="auto", metavar="auto|imagenet|random:S|PATH",
-                   help="the backbone's starting weights: auto = imagenet when its file is cached, "
-                        "else random:0 (said in the output); random:S is a seeded random init, "
-                        "labelled as such everywhere (default: auto)")
+                   help="the backbone's starting weights: auto = its pretrained file when it is "
+                        "here (a --backbone you name without its file starts from random:0, said "
+                        "in the output); random:S is a seeded random init, labelled as such "
+                        "everywhere (default: auto)")
     p.add_argument("--input-size", type=int, default=None, metavar="PX",
                    help="side the aligned faces are resized to (default: the backbone's, 224)")
     p.add_argument("--expr-dataset", default=None, metavar="synth-expression|manifest|subfolders",
@@ -89,20 +93,39 @@ def add_parser(subparsers):
     p.set_defaults(func=_run)
 
 
-def resolve_start_weights(backbone, weights):
-    """Return ``(weights, note)``: ``auto`` becomes imagenet when cached, else random:0 (said)."""
+#: the paper's backbone, and the pretrained one every machine has (shipped with featbench)
+PAPER_BACKBONE, SHIPPED_BACKBONE = "resnet50", "dlib_face"
+
+
+def resolve_start(backbone, weights):
+    """Return ``(backbone, weights, note)``: where stage 1 starts.
+
+    ``weights`` ``auto`` becomes the backbone's pretrained file when it is here. Without a
+    ``--backbone`` (None), the paper's ResNet-50 when its ImageNet file is cached, else
+    ``dlib_face`` (pretrained on faces, shipped with featbench): Method B then starts from a
+    pretrained network on every machine, never from random weights unless asked. A backbone
+    the user named without its file starts from ``random:0``, said in the note.
+    """
     from extract.registry import get_spec
     from extract.weights import parse_weights, pretrained_path
 
+    named = backbone is not None
+    backbone = backbone or PAPER_BACKBONE
     spec = get_spec(backbone)
     if weights not in (None, "", "auto"):  # parsed, not matched on its spelling (a file random.pt)
         random = parse_weights(weights, spec).mode == "random"
-        return weights, ("random init, not pretrained" if random else "")
+        return backbone, weights, ("random init, not pretrained" if random else "")
     path, cached = pretrained_path(spec)
     if cached:
-        return "imagenet", f"pretrained ({path.name} cached)"
+        return backbone, "imagenet", f"pretrained ({path.name} cached)"
     why = f"{path.name} not cached in {path.parent}" if path else "no published weights"
-    return "random:0", f"random init, not pretrained ({why})"
+    if not named:
+        return (SHIPPED_BACKBONE, get_spec(SHIPPED_BACKBONE).default_weights,
+                f"{backbone}'s {why}: starting from {SHIPPED_BACKBONE} instead (dlib's face "
+                f"ResNet, pretrained on faces, shipped with featbench); --backbone {backbone} "
+                "--weights random:0 runs the paper's backbone from random weights")
+    return backbone, "random:0", (f"random init, not pretrained ({why}; --backbone "
+                                  f"{SHIPPED_BACKBONE} starts from pretrained weights here)")
 
 
 def _run(args):
@@ -114,9 +137,9 @@ def _run(args):
     from featbench.core.datasets.expression import guess_layout, load_expression_set
 
     ws = workspace_of(args)
-    weights, note = resolve_start_weights(args.backbone, args.weights)
+    backbone, weights, note = resolve_start(args.backbone, args.weights)
     settings = TransferSettings(
-        backbone=args.backbone, weights=weights, input_size=args.input_size, folds=args.folds,
+        backbone=backbone, weights=weights, input_size=args.input_size, folds=args.folds,
         hidden=parse_sizes(args.hidden, flag="--hidden"), pos_weight=args.pos_weight,
         epochs=parse_sizes(args.epochs, flag="--epochs", count=2), lr=args.lr,
         batch_size=args.batch_size, patience=args.patience, seed=args.seed, device=args.device)
@@ -131,7 +154,7 @@ def _run(args):
                                 progress=not args.quiet)
         aus = resolve_aus(au_table, "own", args.aus)
     if note:  # said before any training, after every input was checked
-        print(f"{args.backbone} starts from {weights}: {note}", file=sys.stderr)
+        print(f"{backbone} starts from {weights}: {note}", file=sys.stderr)
     out = transfer_run(ws, expr_table=expr, au_table=au_table, settings=settings, stage=args.stage,
                        control=args.control, aus=aus, protocol=args.protocol, progress=not args.quiet)
     print(format_result(out))

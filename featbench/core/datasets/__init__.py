@@ -56,6 +56,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
     generate : bool
         For the synthetic sets: generate the default set when ``root`` does not exist yet
         (default False: reading never writes data unless asked; the CLI asks, as its help says).
+        The right camera's video is rendered only when ``camera`` asks for it (``featbench
+        data synth`` writes both).
 
     Raises
     ------
@@ -71,7 +73,8 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         if not root.exists() and generate:
             from featbench.core.synth import generate_dataset
 
-            generate_dataset(root, layout=layout, progress=progress)
+            # the right camera's video (half the synthesis time) only when it is asked for
+            generate_dataset(root, layout=layout, progress=progress, right_camera=camera != "left")
         reader = {"disfa": "disfa", "affwild2": "affwild2", "expression": "folder"}[layout]
     else:
         reader = name
@@ -99,6 +102,27 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         skipped = "; ".join(f"{n} {why}" for why, n in sorted(table.skipped.items()) if n)
         raise DataError(f"{root}: no frames to read ({skipped or 'the label files list none'})")
     return table
+
+
+def training_data(name, *, root=None, workspace=None):
+    """Describe a data set a run was trained on: ``{"dataset", "synthetic", "kind"}`` (the
+    model manifest's ``training_data``, :mod:`featbench.core.modelfile`, plus the kind in words).
+
+    Synthetic: one of featbench's embedded sets (:data:`SYNTH_LAYOUTS`), or a folder that
+    ``featbench data synth`` made (it holds the generator's info file). A run trained on such
+    faces checks the pipeline; it is not a detector for real footage (``featbench predict``
+    says so, and its sidecar and ``featbench export`` carry this description).
+    """
+    from featbench.core.synth import INFO_FILE
+
+    synthetic = name in SYNTH_LAYOUTS
+    if not synthetic and name in DATASETS:
+        try:
+            synthetic = (resolve_root(name, root, workspace=workspace) / INFO_FILE).is_file()
+        except OSError:
+            synthetic = False
+    return {"dataset": str(name), "synthetic": bool(synthetic),
+            "kind": "synthetic" if synthetic else "real"}
 
 
 def load_landmarks(table):

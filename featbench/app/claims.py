@@ -1,0 +1,211 @@
+"""The paper's qualitative claims, checked on a data set's own runs: a section of the report.
+
+Lim et al. report five orderings that a reader of any featbench report wants to see tested on
+their data (PROTOCOL.md, "Qualitative findings"): fine-tuned networks beat their frozen codes;
+an SVM on a fine-tuned network's codes beats one on the frozen codes; the ensemble with the
+fine-tuned members (``fe+ft``) beats the frozen one (``fe``); each AU's region beats the whole
+face; each ensemble beats its best member. Plus two that the paper states for every network:
+SVM above LDA, and (with ``--controls``) pretrained weights above a random initialisation.
+
+Every comparison is made here from ``summary.csv`` (:func:`check_claims`): runs of one setting
+(protocol, seed...) only, random-init runs only in the pretraining comparison. A claim with no
+pair of runs to compare says so; none is ever filled in by hand. :func:`claims_lines` writes the
+table, a plain sentence naming the claims that do not hold here, and the networks that the last
+``featbench run`` left out with what they would add.
+"""
+
+import math
+
+from featbench.core.identity import RunKey, weights_of
+from featbench.core.errors import UsageError
+
+from classify.finetune import is_variant_tag
+
+#: the last ``featbench run``'s plan, beside summary.csv (written by featbench.app.pipeline):
+#: the networks it left out, which the report names with what they would add
+RUN_PLAN = "run_plan.json"
+
+#: (key, the paper's claim) in the order the report shows them
+CLAIMS = (("ft", "a fine-tuned network beats an SVM on its frozen codes"),
+          ("ft_codes", "an SVM on the fine-tuned network's codes beats one on its frozen codes"),
+          ("fe_ft", "the ensemble with fine-tuned members (fe+ft) beats the frozen one (fe)"),
+          ("regions", "each AU's face region beats the whole face"),
+          ("ensemble", "an ensemble beats its best member"),
+          ("svm_lda", "a linear SVM beats LDA on the same codes"),
+          ("pretrained", "pretrained weights beat a random initialisation of the same network"))
+
+#: what an ImageNet network left out of the quick run would add (said in the report)
+LEFT_OUT_ADDS = ("ImageNet feature-extraction members for `fe` (the paper's ensembles are built "
+                 "from ImageNet CNNs) and their frozen-code rows, for comparison with the face-"
+                 "pretrained dlib_face")
+
+
+def _key(run):
+    try:
+        return RunKey.parse(run)
+    except UsageError:
+        return None
+
+
+def _setting(key):
+    """The tags of a run that are not fine-tuning variants: its protocol / seed / AU setting."""
+    return tuple(t for t in key.tags if not (key.clf == "ft" and is_variant_tag(t)))
+
+
+def _random_runs(rows):
+    """Runs whose network started from random weights (fine-tuned codes followed to their run)."""
+    weights = {r["run"]: str(r.get("weights") or "") for r in rows}
+
+    def random(run, seen=()):
+        for w in weights_of(weights.get(run, "")):
+            if w.is_random:
+                return True
+            if w.kind == "finetuned" and w.name not in seen and random(w.name, seen + (run,)):
+                return True
+        return False
+
+    return {run for run in weights if random(run)}
+
+
+class _Runs:
+    """The succeeded runs of one setting, by (model, region, clf), best mean F1 first."""
+
+    def __init__(self, rows, setting):
+        self.f1, self.by_slot, self.members = {}, {}, {}
+        for r in rows:
+            key = _key(r["run"])
+            if key is None or _setting(key) != setting or not math.isfinite(r["mean_f1"]):
+                continue
+            self.f1[r["run"]] = r["mean_f1"]
+            self.by_slot.setdefault((key.model, key.region, key.clf), []).append(r["run"])
+            if key.clf == "vote" and r.get("members"):
+                self.members[r["run"]] = [m for m in str(r["members"]).split(",") if m]
+        for runs in self.by_slot.values():
+            runs.sort(key=lambda run: -self.f1[run])
+
+    def best(self, model, region, clf):
+        runs = self.by_slot.get((model, region, clf))
+        return runs[0] if runs else None
+
+    def models(self, region, clf):
+        return sorted(m for (m, r, c) in self.by_slot if r == region and c == clf)
+
+
+def _pair(a, b, claim):
+    """A comparison row ``(claim, run a, run b)`` when both runs exist."""
+    return (claim, a, b) if a and b else None
+
+
+def _comparisons(ok, rnd):
+    """The ``(claim key, better-by-the-paper run, other run)`` pairs found among ``ok``'s runs."""
+    out = []
+    for model in ok.models("full", "svm"):
+        frozen = ok.best(model, "full", "svm")
+        out.append(_pair(ok.best(model, "full", "ft"), frozen, "ft"))
+        out.append(_pair(ok.best(f"{model}-ft", "full", "svm"), frozen, "ft_codes"))
+        out.append(_pair(ok.best(model, "auto", "svm"), frozen, "regions"))
+        out.append(_pair(frozen, ok.best(model, "full", "lda"), "svm_lda"))
+    for model in ok.models("full", "ft"):
+        out.append(_pair(ok.best(model, "auto", "ft"), ok.best(model, "full", "ft"), "regions"))
+    out.append(_pair(ok.best("ensemble-fe+ft", "full", "vote"),
+                     ok.best("ensemble-fe", "full", "vote"), "fe_ft"))
+    for vote, members in sorted(ok.members.items()):
+        scored = [m for m in members if m in ok.f1]
+        if scored:
+            out.append(("ensemble", vote, max(scored, key=lambda m: ok.f1[m])))
+    return [c for c in out if c is not None and c[1] not in rnd and c[2] not in rnd]
+
+
+def _controls(rows, setting, rnd):
+    """``pretrained`` pairs: a pretrained run beside the random-init run of the same slot."""
+    pre, ctl = _Runs([r for r in rows if r["run"] not in rnd], setting), {}
+    for r in rows:
+        key = _key(r["run"])
+        if r["run"] in rnd and key is not None and math.isfinite(r["mean_f1"]):
+            slot = (key.model, key.region, key.clf)
+            ctl.setdefault(slot, r["run"])
+    pairs = [("pretrained", pre.best(*slot), run) for slot, run in sorted(ctl.items())]
+    return [p for p in pairs if p[1]]
+
+
+def check_claims(rows):
+    """Return the comparisons of the paper's claims among ``rows`` (succeeded summary rows).
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``run``, ``mean_f1`` (a float), ``weights``, ``members`` (ensembles) of each run.
+
+    Returns
+    -------
+    list of dict
+        One per comparison, in :data:`CLAIMS` order: ``claim`` (key), ``text``, ``a`` (the run
+        the paper says is better), ``b``, ``f1_a``, ``f1_b``, ``holds`` (``f1_a > f1_b``).
+        Runs of the default setting (no protocol / seed tags) when there are any, else of the
+        commonest setting.
+    """
+    keys = [(_key(r["run"]), r) for r in rows]
+    settings = [_setting(k) for k, _ in keys if k is not None]
+    if not settings:
+        return []
+    setting = () if () in settings else max(set(settings), key=settings.count)
+    rnd = _random_runs(rows)
+    runs = _Runs([r for r in rows if r["run"] not in rnd], setting)
+    found = _comparisons(runs, rnd) + _controls(rows, setting, rnd)
+    f1 = {r["run"]: r["mean_f1"] for r in rows}
+    texts = dict(CLAIMS)
+    order = {k: i for i, (k, _) in enumerate(CLAIMS)}
+    out = [{"claim": c, "text": texts[c], "a": a, "b": b, "f1_a": f1[a], "f1_b": f1[b],
+            "holds": bool(f1[a] > f1[b])} for c, a, b in found]
+    return sorted(out, key=lambda d: order[d["claim"]])
+
+
+def claims_lines(rows, *, left_out=None):
+    """The report's section: a table of :func:`check_claims`, what does not hold, what is missing.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Succeeded summary rows (see :func:`check_claims`).
+    left_out : dict, optional
+        ``{network: why}`` that the last ``featbench run`` left out (its ``run_plan.json``).
+    """
+    found = check_claims(rows)
+    lines = ["## The paper's claims on this data", "",
+             "Each claim of Lim et al. compared on this data set's own runs (mean F1 over AUs, %; "
+             "random-init runs only in the last claim). *holds* means the run the paper says "
+             "is better scores higher here.", ""]
+    if found:
+        lines += ["| the paper's claim | compared here | F1 % | holds here? |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {c['text']} | `{c['a']}` vs `{c['b']}` | {c['f1_a'] * 100:.1f} vs "
+                  f"{c['f1_b'] * 100:.1f} | {'yes' if c['holds'] else '**no**'} "
+                  f"({(c['f1_a'] - c['f1_b']) * 100:+.1f}) |" for c in found]
+        lines.append("")
+    lines += _verdict_lines(found)
+    if left_out:
+        lines += [f"Left out of the last `featbench run`: {', '.join(f'`{m}`' for m in left_out)} "
+                  f"({'; '.join(left_out.values())}). They would add {LEFT_OUT_ADDS}; "
+                  "`featbench weights fetch NAME` (or `import PATH`) and a rerun add them, "
+                  "`featbench run --controls` runs them from random weights as controls.", ""]
+    return lines
+
+
+def _verdict_lines(found):
+    """Plain sentences: which claims do not hold here, and which could not be checked."""
+    texts = dict(CLAIMS)
+    failed = {c["claim"] for c in found if not c["holds"]}
+    mixed = {c["claim"] for c in found if c["holds"]} & failed
+    checked = {c["claim"] for c in found}
+    lines = []
+    if failed:
+        lines.append("**Do not hold on this data**: " + "; ".join(
+            texts[k] + (" (in some comparisons)" if k in mixed else "")
+            for k, _ in CLAIMS if k in failed) + ".")
+    elif found:
+        lines.append("Every claim compared here holds on this data.")
+    unchecked = [texts[k] for k, _ in CLAIMS if k not in checked]
+    if unchecked:
+        lines.append("Not compared (no pair of runs for it): " + "; ".join(unchecked) + ".")
+    return lines + [""] if lines else []
+
