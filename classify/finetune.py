@@ -71,7 +71,7 @@ from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows, draw_augmentation
 from featbench.core.identity import RunKey
 from featbench.core.modelfile import open_model
-from featbench.core.workspace import Workspace
+from featbench.core.workspace import Workspace, run_lock
 
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.learn.facekind import face_kind
@@ -415,14 +415,16 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
             "protocol": config.protocol, "dataset": dataset,
             "tune_threshold": bool(config.tune_threshold), "seed": config.seed}
-    with recording_failure(workspace, dataset, run, meta):
-        info = check_network(config)
-        meta["weights"] = info["weights"]
-        aligned_path = aligned_path or ensure_aligned(table, workspace, progress=progress)
-    meta.update(input_size=info["input_size"], epochs=config.epochs)
-    return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
-                    aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
-                    progress=progress, t0=t0)
+    # the run folder's lock first: a second identical run is refused now, not recorded
+    with run_lock(workspace.models_dir(dataset, run)):
+        with recording_failure(workspace, dataset, run, meta):
+            info = check_network(config)
+            meta["weights"] = info["weights"]
+            aligned_path = aligned_path or ensure_aligned(table, workspace, progress=progress)
+        meta.update(input_size=info["input_size"], epochs=config.epochs)
+        return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
+                        aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
+                        progress=progress, t0=t0)
 
 
 def check_network(config):

@@ -180,9 +180,21 @@ def _cls():
     return _CLASS
 
 
+#: the largest ``--input-size`` featbench trains at (faces are aligned at 224 pixels)
+MAX_INPUT_SIZE = 1024
+
+
+def check_input_size(size):
+    """Refuse an ``--input-size`` outside 16-:data:`MAX_INPUT_SIZE` pixels (one line)."""
+    if size is not None and not 16 <= int(size) <= MAX_INPUT_SIZE:
+        raise UsageError(f"--input-size {size}: must be 16-{MAX_INPUT_SIZE} pixels (faces are "
+                         "aligned at 224)")
+
+
 def _probe_fc6_input(net, size):
     """Return the flattened size that reaches fc6 of an AlexNet-shaped net for ``size`` inputs."""
     torch, _ = _torch_nn()
+    check_input_size(size)
     try:
         with torch.no_grad():
             z = net.avgpool(net.features(torch.zeros(1, 3, size, size)))

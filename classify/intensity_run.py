@@ -42,7 +42,7 @@ from featbench.core.identity import RunKey
 from featbench.core.metrics import PRESENT_AT, intensity_decisions, intensity_metrics, nanmean
 from featbench.core.results import run_table, write_predictions, write_run
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
 
 from classify.estimators import balance_indices
 from classify.intensity import get_regressor, fit_intensity
@@ -194,18 +194,19 @@ def intensity_run(workspace, dataset, *, model, clf="ridge", region="full", prot
         extra="bal" if balance else None, label_threshold=table.label_threshold,
         calibrate=method) or ()))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
-    path = check_features(workspace, dataset, model, regions)
+    path = check_features(workspace, dataset, model, regions, table)
     meta = {"model": model, "region": region, "clf": clf, "task": "intensity", "weights": "",
             "protocol": protocol, "dataset": dataset, "balance": bool(balance), "seed": seed,
             "calibrate": method, "label_threshold": table.label_threshold or PRESENT_AT}
-    try:
-        meta["weights"] = str(store_info(path)["attrs"].get("weights", ""))
-        keys, codes, attrs = load_codes(workspace, dataset, model, regions)
-        return _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta,
-                    progress=progress, t0=t0)
-    except FeatbenchError as exc:
-        record_run_failure(workspace, dataset, run, exc, meta)
-        raise
+    with run_lock(workspace.models_dir(dataset, run)):  # one process makes a run at a time
+        try:
+            meta["weights"] = str(store_info(path)["attrs"].get("weights", ""))
+            keys, codes, attrs = load_codes(workspace, dataset, model, regions)
+            return _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta,
+                        progress=progress, t0=t0)
+        except FeatbenchError as exc:
+            record_run_failure(workspace, dataset, run, exc, meta)
+            raise
 
 
 def _run(workspace, dataset, run, spec, table, au_list, keys, codes, attrs, meta, *, progress, t0):
@@ -276,8 +277,7 @@ def _write_models(workspace, dataset, run, spec, au_list, splits, fold_fits, fol
     from classify.intensity_model import save_intensity_model
 
     final = workspace.models_dir(dataset, run)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(final)  # unique; a dead writer's leftovers are removed
     tmp.mkdir(parents=True)
     try:
         save_intensity_model(tmp, run=run, spec=spec, au_list=au_list, splits=splits,

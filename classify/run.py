@@ -48,7 +48,7 @@ from featbench.core.errors import MissingRunError, StoreError, UsageError, did_y
 from featbench.core.frames import KEY_DTYPE
 from featbench.core.identity import RunKey
 from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
 
 from classify.estimators import balance_indices, with_threshold
 from classify.learn.writer import (fold_record, record_run_failure, recording_failure,  # noqa: F401
@@ -56,7 +56,7 @@ from classify.learn.writer import (fold_record, record_run_failure, recording_fa
 from classify.kinds import classifier_kind, get_kind
 from classify.scale import (H5Codes, codes_bytes, liblinear_bytes, memory_budget_bytes, peak_rss_mb,
                             run_on_dask, scheduler_address, score)
-from extract.store import read_codes, store_info
+from extract.store import check_source, read_codes, store_info
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -128,9 +128,15 @@ def _feature_info(path):
         raise StoreError(f"{path}: not a readable HDF5 feature file ({exc})") from None
 
 
-def check_features(workspace, dataset, model, regions=("full",)):
-    """Return the feature file of ``model``; MissingRunError naming the extract command if absent."""
+def check_features(workspace, dataset, model, regions=("full",), table=None):
+    """Return the feature file of ``model``; MissingRunError naming the extract command if absent.
+
+    With ``table``, codes made from other aligned faces than its inputs give now are refused
+    (:func:`extract.store.check_source`), as ``extract`` refuses to reuse them.
+    """
     path = workspace.features_path(dataset, model)
+    if table is not None and path.exists():
+        check_source(path, table, workspace.aligned_path(dataset))
     if not path.exists():
         from extract.registry import get_spec
 
@@ -424,11 +430,12 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     run = str(classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
                                options=options, **settings))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
-    path = check_features(workspace, dataset, model, regions)
+    path = check_features(workspace, dataset, model, regions, table)
     meta = _run_meta(spec, options, table, model=model, region=region, clf=clf, dataset=dataset,
                      **settings)
+    # one process makes a run at a time (the lock first: a busy run is not this run's failure);
     # from here on a failure is this run's: it becomes the run's row in summary.csv
-    with recording_failure(workspace, dataset, run, meta):
+    with run_lock(workspace.models_dir(dataset, run)), recording_failure(workspace, dataset, run, meta):
         meta["weights"] = str(_feature_info(path)["attrs"].get("weights", ""))
         keys, codes, attrs, budget = _read_run_codes(spec, workspace, dataset, model, regions, path, method)
         return _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,

@@ -24,11 +24,12 @@ Bounded memory (``FEATBENCH_MEMORY_GB``, default: half of this machine's RAM)
 """
 
 import os
+import re
 import threading
 
 import numpy as np
 
-from featbench.core.errors import StoreError, UsageError
+from featbench.core.errors import StoreError, UsageError, describe_os_error
 from featbench.core.frames import KEY_DTYPE
 
 from classify.estimators import AUFit, _val_f1, settle_threshold
@@ -262,6 +263,76 @@ def scheduler_address(scheduler=None):
     return scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
 
 
+#: ``--scheduler`` forms the probe checks (others, ucx:// or inproc://, go to Dask as given)
+_ADDRESS_RE = re.compile(r"^(?:(?P<scheme>tcp|tls)://)?(?P<host>\[[^\]]+\]|[^:/\s\[\]]+):"
+                         r"(?P<port>\d{1,5})/?$")
+
+
+def probe_scheduler(address, timeout=None):
+    """Check in seconds that a Dask scheduler answers at ``address``, before any work goes there.
+
+    Dask's own client waits (and retries) for as long as its timeout on a host that is not a
+    Dask scheduler: an HTTP server or a silent listener held ``classify`` for minutes. Here a
+    scheduler's handshake (which it sends first, on connection: msgpack naming its
+    ``compression``, ``python`` and ``pickle-protocol``) must arrive within ``timeout``
+    seconds (default ``FEATBENCH_CONNECT_TIMEOUT``, 10). A ``tls://`` address is only
+    connected to (its handshake is encrypted).
+
+    Raises
+    ------
+    UsageError
+        Not an address, nothing listening, or something else than a Dask scheduler: one line.
+    """
+    import socket
+
+    from extract.download import connect_timeout
+
+    if address is None or "://" in address and not address.startswith(("tcp://", "tls://")):
+        return
+    m = _ADDRESS_RE.match(address.strip())
+    if not m or not 0 < int(m["port"]) < 65536:
+        raise UsageError(f"--scheduler {address}: not a Dask scheduler address (give "
+                         "tcp://HOST:PORT, e.g. tcp://10.0.0.5:8786)")
+    timeout = connect_timeout() if timeout is None else timeout
+    host = m["host"].strip("[]")
+    try:
+        with socket.create_connection((host, int(m["port"])), timeout=timeout) as sock:
+            if m["scheme"] == "tls":
+                return
+            greeting = _read_greeting(sock, timeout)
+    except OSError as exc:
+        raise UsageError(f"--scheduler {address}: no Dask scheduler answers there "
+                         f"({describe_os_error(exc) if exc.errno else exc or 'timed out'})") from None
+    if b"pickle-protocol" not in greeting:
+        said = "nothing" if not greeting else f"{len(greeting)} bytes that are not Dask's"
+        raise UsageError(f"--scheduler {address}: something listens there but it is not a Dask "
+                         f"scheduler (it said {said} within {timeout:g} s; a Dask scheduler "
+                         "greets at once)")
+
+
+def _read_greeting(sock, timeout):
+    """Return the first bytes a server sends within ``timeout`` s (at most one Dask frame)."""
+    import socket
+    import struct
+    import time
+
+    deadline, data = time.monotonic() + timeout, b""
+    while len(data) < 8 + (struct.unpack("<Q", data[:8])[0] if len(data) >= 8 else 0) \
+            and len(data) < 4096:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            block = sock.recv(4096)
+        except socket.timeout:
+            break
+        if not block:
+            break
+        data += block
+    return data
+
+
 def _locked(task, job, kw):
     with _FIT_LOCK:
         return task(job, **kw)
@@ -269,6 +340,7 @@ def _locked(task, job, kw):
 
 def run_on_dask(task, jobs, address, progress, **kw):
     """Run ``task(job, **kw)`` for every job on the Dask cluster at ``address``, in job order."""
+    probe_scheduler(address)
     try:
         from dask.distributed import Client
     except ImportError:
@@ -288,4 +360,4 @@ def run_on_dask(task, jobs, address, progress, **kw):
 
 __all__ = ["H5Codes", "memory_budget_bytes", "peak_rss_mb", "codes_bytes", "lazy_codes",
            "keys_and_attrs", "score", "liblinear_bytes",
-           "fit_streamed", "scheduler_address", "run_on_dask"]
+           "fit_streamed", "scheduler_address", "probe_scheduler", "run_on_dask"]

@@ -48,7 +48,7 @@ import numpy as np
 
 from featbench.core.errors import UsageError
 from featbench.core.threads import reader_threads, use_torch_threads
-from featbench.core.workspace import atomic_path
+from featbench.core.workspace import atomic_path, temp_sibling
 
 from extract.encoders import autocast_dtype, resolve_device, to_device
 
@@ -147,7 +147,7 @@ def _save(path, state):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_sibling(path)
     plain = {k: v for k, v in state.items() if k in _JSON_PARTS}
     state = {**state, **json.loads(json.dumps(plain, default=_json_value))}
     try:

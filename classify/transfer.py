@@ -61,7 +61,7 @@ from featbench.core.identity import RunKey, WeightsId
 from featbench.core.metrics import au_metrics, nanmean
 from featbench.core.modelfile import open_model
 from featbench.core.splits import make_splits
-from featbench.core.workspace import atomic_write_text
+from featbench.core.workspace import atomic_write_text, run_lock
 
 from classify.estimators import decide
 from classify.learn import store
@@ -654,14 +654,18 @@ def transfer_run(workspace, *, expr_table=None, au_table=None, settings=Transfer
         raise UsageError(f"--stage must be 1, 2 or both, got {stage!r}")
     out = {}
     if stage in ("1", "both"):
-        out["stage1"] = run_stage1(workspace, expr_table, settings, progress=progress)
+        with run_lock(workspace.models_dir(expr_table.dataset, str(stage1_run(settings)))):
+            out["stage1"] = run_stage1(workspace, expr_table, settings, progress=progress)
     if stage in ("2", "both"):
         s1 = out.get("stage1") or load_stage1(workspace, expr_table.dataset, settings)
-        out["stage2"] = run_stage2(workspace, au_table, settings, stage1=s1, aus=aus,
-                                   protocol=protocol, progress=progress)
+        with run_lock(workspace.models_dir(au_table.dataset, str(stage2_run(settings)))):
+            out["stage2"] = run_stage2(workspace, au_table, settings, stage1=s1, aus=aus,
+                                       protocol=protocol, progress=progress)
         if control:
-            out["control"] = run_stage2(workspace, au_table, settings, stage1=None, aus=aus,
-                                        protocol=protocol, progress=progress)
+            with run_lock(workspace.models_dir(au_table.dataset,
+                                               str(stage2_run(settings, control=True)))):
+                out["control"] = run_stage2(workspace, au_table, settings, stage1=None, aus=aus,
+                                            protocol=protocol, progress=progress)
     return out
 
 
@@ -712,6 +716,37 @@ def _check_torch(spec):
 __all__ = ["TransferSettings", "TransferMethod", "run_stage1", "run_stage2", "transfer_run",
            "format_result", "load_model", "expression_folds", "stage2_rows", "full_state_dict",
            "build_net"]
+
+
+def check_start(settings):
+    """Build the backbone with its start weights once and pass one face through it at
+    ``settings.input_size``: weights that do not load or fit, and an input size the network
+    cannot take (CNN-F's fc6 needs 224-pixel faces), fail here in seconds, before any data
+    is read or made.
+
+    Raises
+    ------
+    UsageError, WeightsError
+        One line each.
+    """
+    import torch
+
+    from classify.ft_net import check_input_size
+
+    spec = get_spec(settings.backbone)
+    _check_torch(spec)
+    check_input_size(settings.input_size)
+    weights = settings.weights if settings.weights not in (None, "", "auto") else "random:0"
+    net, _ = build_net(spec, StartWeights(spec, weights), (1,), input_size=settings.input_size)
+    size = int(settings.input_size or spec.input_size)
+    try:
+        with torch.inference_mode():
+            net.eval()(torch.zeros((1, size, size, 3), dtype=torch.uint8))
+    except RuntimeError as exc:  # a shape error of the first linear layer, or an empty pool
+        raise UsageError(f"--input-size {size}: {spec.name} cannot take {size}-pixel faces "
+                         f"({str(exc).splitlines()[0][:120]}); use --input-size "
+                         f"{spec.input_size}, or a backbone that takes any size "
+                         "(resnet50, tv:resnet18...)") from None
 
 
 #: the ``transfer`` run kind (the registry's entry, :mod:`classify.kinds`): stage 2's network on

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featbench.core.errors import WeightsError
+from featbench.core.workspace import remove_stale_temps
 
 from extract.catalog import entry_for, recognise, recognised_files, registered_entries
 from extract.download import fetch, file_digest, mirrored
+from extract.pins import incomplete, pin, pinned, replaced
 from extract.registry import get_spec
 from extract.weights import checkpoints_dir, load_network, pretrained_path
 
@@ -118,7 +120,15 @@ def fetch_weights(names, tag=None, *, progress=True):
 
 
 def verify_cache(names=(), tag=None):
-    """Hash-check cached files (``names``' files, or every recognised file in the cache)."""
+    """Check cached files (``names``' files, or every recognised file in the cache).
+
+    A file with a published hash is checked against it; one without, against the sha256 pinned
+    on its first use here and for completeness (:mod:`extract.pins`). The temporary files of
+    downloads that were killed are removed (outcome ``removed``).
+    """
+    folder = checkpoints_dir()
+    out = [Outcome(p.name, "removed", None, p, note="leftover of an interrupted download")
+           for p in remove_stale_temps(folder)] if folder.is_dir() else []
     if names:
         targets = []
         for name in names:
@@ -126,27 +136,43 @@ def verify_cache(names=(), tag=None):
             path, _ = where(name, tag)
             targets.append((entry, Path(path)))
     else:
-        known, folder = recognised_files(), checkpoints_dir()
+        known = recognised_files()
         files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
         targets = [(known.get(p.name), p) for p in files if not p.name.startswith(".")]
-    out = []
     for entry, path in targets:
         if entry is None:
             out.append(Outcome(path.name, "unknown", None, path, note="not in the registry"))
         elif not path.is_file():
             out.append(Outcome(entry.filename, "missing", entry, path))
         else:
-            digest = file_digest(path)
-            bad = entry.check(digest)
-            status = "mismatch" if bad else ("ok" if entry.pinned else "unpinned")
-            out.append(Outcome(entry.filename, status, entry, path, digest,
-                               bad or ("" if entry.pinned else "no published hash to check")))
+            out.append(_verify_one(entry, path))
     return out
 
 
+def _verify_one(entry, path):
+    digest = file_digest(path)
+    bad = entry.check(digest)
+    if bad or entry.pinned:
+        return Outcome(entry.filename, "mismatch" if bad else "ok", entry, path, digest, bad or "")
+    bad = replaced(path.parent, entry.filename, digest)
+    if bad:
+        return Outcome(entry.filename, "mismatch", entry, path, digest, bad)
+    cut = incomplete(path)
+    if cut:
+        return Outcome(entry.filename, "incomplete", entry, path, digest, cut)
+    if pinned(path.parent, entry.filename):
+        return Outcome(entry.filename, "ok", entry, path, digest,
+                       "no published hash: matches the sha256 pinned on first use here")
+    return Outcome(entry.filename, "unpinned", entry, path, digest,
+                   "no published hash, not used yet: complete; pinned on first use")
+
+
 # --- import -----------------------------------------------------------------------------------
-def import_weights(paths, *, progress=True):
+def import_weights(paths, *, progress=True, force=False):
     """Copy the recognised, hash-verified weight files found in ``paths`` into the cache.
+
+    A file without a published hash must be complete, and must be the file pinned here on
+    first use, if one was: another is refused unless ``force`` (which pins it instead).
 
     Returns
     -------
@@ -168,7 +194,7 @@ def import_weights(paths, *, progress=True):
             raise WeightsError(f"{path}: holds no weight file ({', '.join(WEIGHT_SUFFIXES)}), "
                                "nothing imported")
         for name, opener, size in found:
-            out.append(_import_one(name, opener, size, progress))
+            out.append(_import_one(name, opener, size, progress, force))
     return out
 
 
@@ -199,7 +225,7 @@ def _zip_opener(archive, member):
     return opener
 
 
-def _import_one(name, opener, size, progress):
+def _import_one(name, opener, size, progress, force=False):
     from extract.download import FetchFailed, store_verified, where
 
     entry = recognise(name)
@@ -207,11 +233,20 @@ def _import_one(name, opener, size, progress):
         return Outcome(name, "refused", note="its name is no weights file featbench's registry "
                                              "knows (featbench weights list)")
     target = where(entry)
+
+    def check(digest):
+        if entry.pinned:
+            return entry.check(digest)
+        bad = None if force else replaced(target.parent, entry.filename, digest)
+        return bad and f"{bad} (featbench weights import --force pins this one instead)"
+
     try:
         with opener() as fh:
-            digest = store_verified(fh, target, check=entry.check, progress=progress, total=size)
+            digest = store_verified(fh, target, check=check, progress=progress, total=size,
+                                    validate=None if entry.pinned else incomplete)
     except FetchFailed as exc:
         return Outcome(name, "refused", entry, note=str(exc))
+    if not entry.pinned:
+        pin(target.parent, entry.filename, digest, f"imported from {name}")
     return Outcome(name, "imported", entry, target, digest,
-                   "" if entry.pinned else "no published hash: kept on first use")
-
+                   "" if entry.pinned else "no published hash: pinned here")

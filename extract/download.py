@@ -14,7 +14,9 @@ Environment
     read from ``http://host/prefix/models/x-1234abcd.pth``. Same hash checks.
 ``FEATBENCH_CONNECT_TIMEOUT=SECONDS``
     Socket timeout for connecting and for each read (default 10): an unreachable host fails in
-    seconds, never hangs.
+    seconds, never hangs. A transfer slower than 1 KB/s over such a window is given up too.
+``FEATBENCH_DOWNLOAD_TIMEOUT=SECONDS``
+    The most a whole download may take, headers included (default 1800).
 
 A download streams into a part file beside the target (``atomic_path``), hashing as it goes; the
 part file is renamed onto the target only when all the announced bytes arrived and the hash
@@ -25,7 +27,10 @@ connection, an HTTP error, Ctrl-C), so a file in the cache is always a complete,
 import hashlib
 import http.client
 import os
+import socket
 import sys
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,6 +39,8 @@ from pathlib import Path
 from featbench import __version__
 from featbench.core.errors import WeightsError
 from featbench.core.workspace import atomic_path
+
+from extract.pins import incomplete, pin, pinned, replaced
 
 _TRUE = ("1", "true", "yes", "on")
 _BLOCK = 1 << 20
@@ -118,23 +125,29 @@ def missing_message(entry, path, why):
 def fetch(entry, folder=None, *, progress=True):
     """Return ``(path, sha256, downloaded)`` of ``entry``'s file, downloading it when missing.
 
-    A file already in the cache is used as it is, as torchvision does (its digest, computed
-    once per process, goes into the identity); one whose digest contradicts the registry gets a
-    warning on stderr (``featbench weights verify`` checks the whole cache).
+    A file already in the cache is used when it is the published file: its digest (computed
+    once per process) must match the registry's hash, or, for a file without a published hash,
+    the sha256 pinned here on its first use (:mod:`extract.pins`); a first use also checks the
+    file is complete. Anything else is refused: a file that is not what it claims is never
+    labelled with the published weights' name.
 
     Raises
     ------
     WeightsError
-        Offline and missing; or every URL failed (refused, timed out, HTTP error, truncated,
-        wrong hash). One line naming file, folder and URL.
+        A cached file that is not the published (or pinned) one, or cut short; offline and
+        missing; or every URL failed (refused, timed out, HTTP error, truncated, wrong hash).
+        One line naming file, folder and URL.
     """
     path = where(entry, folder)
     if path.is_file():
         digest = file_digest(path)
-        bad = entry.check(digest)
+        bad = entry.check(digest) or (None if entry.pinned else _unpinned_problem(path, entry,
+                                                                                 digest))
         if bad:
-            print(f"featbench: warning: {path} is not {entry.label}'s published file ({bad}); "
-                  "its codes carry its own sha256", file=sys.stderr)
+            raise WeightsError(f"{path}: not {entry.label}'s published file ({bad}); featbench "
+                               f"will not label it {entry.identity_name!r}. Delete it to download "
+                               "the published one (featbench weights fetch), or pass it as "
+                               "--weights PATH: then it is named by its own sha256")
         return path, digest, False
     if is_offline():
         raise WeightsError(missing_message(entry, path, "featbench is offline (--offline, "
@@ -145,48 +158,161 @@ def fetch(entry, folder=None, *, progress=True):
     for url in entry.urls:
         url = mirrored(url)
         try:
-            digest = download(url, path, check=entry.check, progress=progress)
+            digest = download(url, path, check=entry.check, progress=progress,
+                              validate=None if entry.pinned else incomplete)
         except FetchFailed as exc:
             errors.append(f"{url}: {exc}")
             continue
         if not entry.pinned:
-            print(f"featbench: note: {entry.filename} has no pinned sha256 in featbench's "
-                  f"registry; kept on first use with sha256 {digest}", file=sys.stderr)
+            pin(path.parent, entry.filename, digest, f"downloaded from {url}")
+            print(f"featbench: note: {entry.filename} has no published sha256; pinned on first "
+                  f"use with sha256 {digest}", file=sys.stderr)
         return path, digest, True
     raise WeightsError(f"{entry.filename}: download failed ({'; '.join(errors)}); nothing was "
                        f"written to {path.parent}. Fetch it on a connected machine and bring it "
                        "in with 'featbench weights import FILE', or use --weights random:0")
 
 
+def _unpinned_problem(path, entry, digest):
+    """Why a cached file without a published hash cannot be used, or None (then it is pinned
+    here if it was not yet: trust on first use, said once)."""
+    why = replaced(path.parent, entry.filename, digest)
+    if why or pinned(path.parent, entry.filename):
+        return why
+    why = incomplete(path)
+    if why:
+        return why
+    pin(path.parent, entry.filename, digest, "found in the cache")
+    print(f"featbench: note: {entry.filename} has no published sha256; pinned on first use with "
+          f"sha256 {digest}", file=sys.stderr)
+    return None
+
+
 class FetchFailed(Exception):
     """One URL did not deliver the file (the reason is the message)."""
 
 
-def download(url, path, *, check=None, progress=True):
+def download(url, path, *, check=None, progress=True, validate=None):
     """Download ``url`` to ``path`` through a part file; return the file's sha256.
 
-    ``check(digest)`` returns a reason when the bytes are not the expected file. Raises
-    :class:`FetchFailed` (connection, HTTP status, truncation, hash) with the part file removed.
+    ``check(digest)`` returns a reason when the bytes are not the expected file, ``validate(part
+    file)`` when they are not a complete file. Raises :class:`FetchFailed` (connection, HTTP
+    status, truncation, hash, too slow) with the part file removed.
+
+    Bounded in total time, not only per read: a watchdog shuts the connection's sockets when
+    :func:`download_timeout` seconds have passed (headers included), and a transfer slower than
+    :data:`MIN_RATE` bytes/s over a :func:`connect_timeout` window is given up (a server that
+    trickles a byte a second never times out a read).
     """
     request = urllib.request.Request(url, headers={"User-Agent": f"featbench/{__version__}"})
+    sockets, expired = [], threading.Event()
+    limit = download_timeout()
+    watchdog = threading.Timer(limit, _expire, (sockets, expired))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        with urllib.request.urlopen(request, timeout=connect_timeout()) as resp:
+        with _opener(sockets).open(request, timeout=connect_timeout()) as resp:
             length = resp.headers.get("Content-Length")
-            return store_verified(resp, path, check=check, progress=progress,
-                                  total=int(length) if length and length.isdigit() else None)
+            return store_verified(resp, path, check=check, progress=progress, validate=validate,
+                                  total=int(length) if length and length.isdigit() else None,
+                                  stop=expired)
+    except FetchFailed:
+        raise
     except urllib.error.HTTPError as exc:
         raise FetchFailed(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise FetchFailed(f"cannot connect ({exc.reason})") from None
-    except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, IncompleteRead
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise FetchFailed(_too_long(limit)) from None
+        if isinstance(exc, urllib.error.URLError):
+            raise FetchFailed(f"cannot connect ({exc.reason})") from None
         raise FetchFailed(f"connection broken ({type(exc).__name__}: {exc})") from None
+    finally:
+        watchdog.cancel()
 
 
-def store_verified(stream, path, *, check=None, progress=True, total=None):
+#: a transfer slower than this (bytes per second, over a connect-timeout window) is given up
+MIN_RATE = 1024
+
+
+def download_timeout():
+    """Seconds a whole download may take (``FEATBENCH_DOWNLOAD_TIMEOUT``, default 1800)."""
+    try:
+        return max(0.1, float(os.environ.get("FEATBENCH_DOWNLOAD_TIMEOUT", "1800")))
+    except ValueError:
+        return 1800.0
+
+
+def _too_long(limit):
+    return (f"not finished within {limit:g} s (FEATBENCH_DOWNLOAD_TIMEOUT): a server too slow "
+            "or stuck")
+
+
+def _expire(sockets, expired):
+    """The watchdog: mark the download expired and shut its sockets (a blocked read returns)."""
+    expired.set()
+    for sock in list(sockets):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _opener(sockets):
+    """A urllib opener whose HTTP(S) connections append their sockets to ``sockets``."""
+    def watched(base):
+        def connection(host, **kw):
+            conn = base(host, **kw)
+            create = conn._create_connection
+
+            def create_watched(*a, **k):
+                sock = create(*a, **k)
+                sockets.append(sock)
+                return sock
+
+            conn._create_connection = create_watched
+            return conn
+        return connection
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context)
+
+    return urllib.request.build_opener(Http(), Https())
+
+
+def _blocks(stream, window=None):
+    """Yield the blocks of a binary ``stream`` as they arrive (``read1``: whatever one read
+    gives), failing a network stream that delivers less than :data:`MIN_RATE` bytes/s over a
+    ``window`` (default :func:`connect_timeout`) seconds."""
+    read = getattr(stream, "read1", None) or stream.read
+    window = window or connect_timeout()
+    start, got = time.monotonic(), 0
+    while True:
+        block = read(_BLOCK)
+        if not block:
+            return
+        yield block
+        got += len(block)
+        now = time.monotonic()
+        if now - start >= window:
+            if got < MIN_RATE * (now - start):
+                raise FetchFailed(f"stalled: {got} bytes in {now - start:.0f} s (less than "
+                                  f"{MIN_RATE} bytes/s)")
+            start, got = now, 0
+
+
+def store_verified(stream, path, *, check=None, progress=True, total=None, validate=None,
+                   stop=None):
     """Copy the binary ``stream`` to ``path`` through a part file, hashing; return the sha256.
 
-    The part file becomes ``path`` only when ``total`` bytes (when given) arrived and
-    ``check(digest)`` finds nothing wrong; otherwise it is removed and :class:`FetchFailed` says why.
+    The part file becomes ``path`` only when ``total`` bytes (when given) arrived,
+    ``check(digest)`` and ``validate(part file)`` find nothing wrong and the ``stop`` event
+    (the download's watchdog) is not set; otherwise it is removed and :class:`FetchFailed`
+    says why.
     """
     from tqdm import tqdm
 
@@ -195,16 +321,18 @@ def store_verified(stream, path, *, check=None, progress=True, total=None):
         with open(part, "wb") as out, tqdm(total=total, desc=Path(path).name, unit="B",
                                            unit_scale=True, unit_divisor=1024, leave=False,
                                            disable=not progress, file=sys.stderr) as bar:
-            for block in iter(lambda: stream.read(_BLOCK), b""):
+            for block in _blocks(stream):
                 out.write(block)
                 h.update(block)
                 got += len(block)
                 bar.update(len(block))
+        if stop is not None and stop.is_set():
+            raise FetchFailed(_too_long(download_timeout()))
         if total is not None and got != total:
             raise FetchFailed(f"truncated: {got} of {total} bytes arrived")
         if got == 0:
             raise FetchFailed("empty file")
-        bad = check(h.hexdigest()) if check else None
+        bad = (check(h.hexdigest()) if check else None) or (validate(part) if validate else None)
         if bad:
             raise FetchFailed(f"wrong file: {bad}")
     return h.hexdigest()

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
-from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, describe_os_error
-from featbench.core.workspace import atomic_path, file_lock
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, describe_os_error, h5_errno
+from featbench.core.workspace import atomic_path, check_free_space, file_lock
 
 FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
@@ -93,6 +93,8 @@ class FeatureWriter:
             # index, so a run killed between two flushes leaves the file's metadata intact
             dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
             dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            check_free_space(self.path, self.n * self.dims * self.dtype.itemsize,
+                             f"writing the {region} codes")
             with self._os_errors(f"creating the {region} codes"):
                 try:
                     g = self.f.create_group(region)
@@ -252,7 +254,9 @@ def _os_errors(path, doing, *, resume):
     """Turn an OS error while ``doing`` something to ``path`` into one :class:`StoreError` line."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # h5py says a failed write all three ways
+        if not isinstance(exc, OSError) and h5_errno(exc) is None:
+            raise
         then = "; free space and rerun: it resumes where it stopped" if resume else ""
         raise StoreError(f"{path}: {describe_os_error(exc)} while {doing}{then}") from None
 
@@ -414,6 +418,43 @@ def _reading(path):
         raise StoreError(f"{path}: damaged feature file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}); "
                          "re-extract with --overwrite") from None
+
+
+def check_source(path, table, aligned):
+    """Refuse codes made from other aligned faces than the data set's cache gives now.
+
+    What :func:`open_store` checks when ``extract`` reuses a file, for the readers of codes
+    (``classify``): the feature file records the fingerprint of the aligned-face cache its
+    codes came from. When ``aligned`` (the workspace's cache) has been rebuilt since (a video
+    replaced and realigned), or still has that fingerprint but ``table``'s input files changed
+    since (a video replaced, not realigned yet), the codes are stale. Codes made from another
+    cache than the workspace's, or from in-memory faces, are not judged.
+
+    Raises
+    ------
+    StoreError
+        One line naming the feature file, what changed and the command that renews it.
+    """
+    from featbench.core.align import cache_fingerprint, read_cache_info
+    from featbench.core.frames import differences
+
+    attrs = store_info(path)["attrs"]
+    have = str(attrs.get("source_fingerprint") or "")
+    info = read_cache_info(aligned) if have and Path(aligned).exists() else None
+    if info is None or attrs.get("frames_sha256") != keys_sha256(table.keys()):
+        return  # no source recorded, no cache to judge by, or another frame list
+    if info.get("fingerprint") != have:  # realigned since: the cache says why
+        changed = list(json.loads(info.get("rebuilt_because") or "[]"))
+    else:  # made from this cache: have its inputs changed since?
+        digests = table.input_digests()
+        if cache_fingerprint(table, json.loads(info["settings"]), digests=digests) == have:
+            return
+        changed = differences(json.loads(info.get("inputs") or "null"), digests)
+    what = (f"changed: {', '.join(changed)}" if changed else
+            "a video, image or landmark file of the data set, or the alignment, changed")
+    raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
+                     f"({what}): stale codes; renew them with featbench extract --model "
+                     f"{attrs.get('model')} --dataset {table.dataset} --overwrite")
 
 
 def store_info(path):

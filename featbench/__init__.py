@@ -13,6 +13,8 @@ import os as _os
 __version__ = "0.1.0"
 
 # OpenCV prints its own "[ WARN:0@...]" lines (a video it cannot open, a codec it lacks) before
-# featbench's one-line error; featbench reports every such failure itself. Set before any
-# ``import cv2``; a user's own setting wins.
+# featbench's one-line error, and its FFmpeg backend FFmpeg's ("moov atom not found", "overread
+# 8"); featbench reports every such failure itself (quiet = -8). Set before any ``import cv2``;
+# a user's own setting wins.
 _os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+_os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")

@@ -627,6 +627,35 @@ def test_10_folder_root_may_name_the_manifest(tmp_path):
 
 
 # --- the error contract across the CLI ------------------------------------------------------------
+def _huge_label(tmp_path):
+    root = make_disfa(tmp_path / "DISFA")
+    label = root / "ActionUnit_Labels" / "SN001" / "SN001_au4.txt"
+    label.write_text(label.read_text() + "99999999999999999999,3\n")
+    return root
+
+
+def _looped(tmp_path):
+    root = make_disfa(tmp_path / "DISFA")
+    (root / "ActionUnit_Labels" / "SN005").symlink_to("SN005")
+    return root
+
+
+def _empty_model(tmp_path):
+    import json
+    import struct
+
+    from featbench.core.modelfile import FORMAT, FORMAT_VERSION, META_KEY
+
+    path = tmp_path / "empty.safetensors"  # a valid export header, a manifest without its run
+    header = json.dumps({"__metadata__": {META_KEY: json.dumps(
+        {"format": FORMAT, "format_version": FORMAT_VERSION})}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path
+
+
+_BROKEN_INPUTS = {"{hugelabel}": _huge_label, "{looped}": _looped, "{emptymodel}": _empty_model}
+
+
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -648,11 +677,28 @@ def test_10_folder_root_may_name_the_manifest(tmp_path):
     (["predict", "{missing}", "--run", "x__full__svm"], ""),
     (["export", "x__full__svm", "--out", "{tmp}/m.fbm"], "x__full__svm"),
     (["--workspace", "{file}", "report"], "must be a folder"),
+    # issue 25: outputs over inputs, bounded numbers, a --scheduler that is not Dask, sizes
+    (["predict", "{file}", "--run", "x__full__svm", "--out", "{file}"], "--out is an input"),
+    (["predict", "{file}", "--run", "x__full__svm", "--out", "{tmp}"], "--out is a folder"),
+    (["predict", "{file}", "--run", "x__full__svm", "--out", "{tmp}/a.csv", "--plot",
+      "{tmp}/a.csv"], "the same file"),
+    (["predict", "{file}", "--model", "{emptymodel}", "--out", "{tmp}/o.csv"],
+     "damaged featbench model file"),
+    (["data", "info", "--dataset", "disfa", "--root", "{hugelabel}"], "at most 10,000,000"),
+    (["data", "info", "--dataset", "disfa", "--root", "{looped}"], "symbolic link loop"),
+    (["classify", "--clf", "lda", "--scheduler", "notaurl"], "not a Dask scheduler address"),
+    (["transfer", "--backbone", "cnn_f", "--weights", "random:0", "--input-size", "64"],
+     "cannot take 64-pixel faces"),
+    (["finetune", "--model", "cnn_f", "--weights", "random:0", "--input-size", "100000"],
+     "must be 16-1024"),
 ])
 def test_every_command_with_broken_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     subs = {"{missing}": str(tmp_path / "missing"), "{tmp}": str(tmp_path), "{file}": str(afile)}
+    for key, make in _BROKEN_INPUTS.items():  # made only for the cases that name them
+        if any(key in a for a in argv):
+            subs[key] = str(make(tmp_path))
 
     def sub(text):
         for k, v in subs.items():

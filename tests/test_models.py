@@ -176,13 +176,19 @@ def test_random_weights_are_seeded():
     assert np.array_equal(a, b) and not np.allclose(a, c)
 
 
-def test_imagenet_reads_torchvisions_cache_file_without_network(torch_home):
+def test_a_stand_in_under_torchvisions_file_name_is_not_labelled_imagenet(torch_home):
+    """Random weights saved as ``alexnet-owt-7be5be79.pth``: refused as imagenet (issue 25, 3);
+    the same file given as --weights PATH loads, named by its own sha256."""
     spec = get_spec("alexnet")
     src = load_network(spec, "random:3")
-    torch.save(_full_state(spec, 3), torch_home / "alexnet-owt-7be5be79.pth")
+    path = torch_home / "alexnet-owt-7be5be79.pth"
+    torch.save(_full_state(spec, 3), path)
     assert weights_status(spec) == "cached"
-    net = load_network(spec, "imagenet")
-    assert net.weights_id.startswith("imagenet:IMAGENET1K_V1 sha256:")  # a stand-in: its own digest
+    with pytest.raises(WeightsError, match="not alexnet IMAGENET1K_V1's published file") as err:
+        load_network(spec, "imagenet")
+    assert str(err.value).startswith(str(path)) and "does not start with 7be5be79" in str(err.value)
+    net = load_network(spec, str(path))
+    assert net.weights_id.startswith("file sha256:")
     assert np.array_equal(_codes(net, _faces(1)), _codes(src, _faces(1)))
 
 

@@ -476,6 +476,9 @@ def test_predict_refuses_a_crafted_model_file_without_running_it(toy, tmp_path, 
 
         torch.save({"state_dict": _Payload(marker)}, path)
     out = tmp_path / "out.csv"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")  # an input: inputs and outputs are checked first
     assert main(["--workspace", str(toy["ws"].root), "predict", str(tmp_path), "--model", str(path),
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

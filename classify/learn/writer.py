@@ -28,6 +28,7 @@ import numpy as np
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, describe_os_error
 from featbench.core.metrics import METRICS, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
+from featbench.core.workspace import temp_sibling
 
 from classify.learn.task import OCCURRENCE
 
@@ -129,8 +130,7 @@ def test_scores(task, au_list, by, test_rows):
 
 def replace_folder(final, fill):
     """Fill a temporary folder beside ``final`` with ``fill(tmp)``, then rename it over ``final``."""
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(final)  # unique; a dead writer's leftovers are removed
     tmp.mkdir(parents=True)
     try:
         out = fill(tmp)

@@ -80,6 +80,7 @@ def main(argv=None):
         from extract.download import set_offline
 
         set_offline()
+    previous = _catch_sigterm()
     try:
         _check_workspace(args.workspace)
         status = args.func(args)
@@ -97,10 +98,42 @@ def main(argv=None):
         print(f"featbench: error: {_one_line(os_error(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("featbench: interrupted; what was written so far is kept and a rerun resumes",
-              file=sys.stderr)
+        note = getattr(args, "interrupted", None) or ("finished files are kept, unfinished "
+                                                      "ones removed")
+        print(f"featbench: interrupted; {note}", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("featbench: stopped (SIGTERM); finished files are kept, unfinished ones removed",
+              file=sys.stderr)
+        return 143
+    finally:
+        _restore_sigterm(previous)
     return int(status or 0)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (``kill``, a batch system's time limit), raised so that every ``finally`` runs."""
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`_Terminated` in the main thread: temporary files are removed
+    on the way out, as on Ctrl-C (the default action would end the process where it stands)."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise _Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _restore_sigterm(previous):
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(exc):

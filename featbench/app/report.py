@@ -18,7 +18,7 @@ import numpy as np
 
 from featbench.core.identity import WeightsId, parse_members, weights_of
 from featbench.core.results import read_summary
-from featbench.core.workspace import atomic_write_text
+from featbench.core.workspace import atomic_write_text, save_figure
 
 from classify.ensemble import command_for_run, read_predictions
 from featbench.app.claims import RUN_PLAN, claims_lines
@@ -195,7 +195,7 @@ def plot_mean_f1(ok, path, *, baseline=None):
               loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
@@ -228,7 +228,7 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
     ax.set_title(f"Per-AU F1 (%) of the {len(rows)} best runs")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="F1")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def headline(workspace, dataset, *, n=5):

@@ -43,7 +43,8 @@ from featbench.core import faces as F, footage
 from featbench.core._background import in_background, ordered_map
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
-from featbench.core.workspace import Workspace, atomic_write_text
+from featbench.core.workspace import (Workspace, atomic_write_text, check_outputs, output_lock,
+                                      save_figure, temp_sibling, writing)
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
@@ -303,7 +304,7 @@ def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
 
 def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth", out=None,
             plot=None, detector="hog", all_faces=False, device="auto", batch_size=DEFAULT_BATCH,
-            weights_file=None, window=None, progress=True):
+            weights_file=None, window=None, progress=True, force=False):
     """Apply a trained run to videos and images; return the per-frame table.
 
     Parameters
@@ -336,6 +337,9 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         :data:`classify.lstm.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
     progress : bool
         A progress bar in frames on stderr.
+    force : bool
+        Replace an existing ``out`` / ``plot`` / sidecar that featbench did not write (an
+        input is never replaced: :func:`featbench.core.workspace.check_outputs`).
 
     Returns
     -------
@@ -344,28 +348,32 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         weights, the sidecar's content and the one-line ``summary``.
     """
     t0 = time.perf_counter()
-    model, size = _prepare(run=run, model_file=model_file, workspace=workspace, dataset=dataset,
-                           detector=detector, batch_size=batch_size, window=window)
     sources = footage.list_sources(inputs)
-    encoders = open_encoders(model, device=device, weights_file=weights_file,
-                             workspace=None if model_file else _workspace(workspace))
-    total = footage.count_frames(sources)  # also opens every video: a bad one fails before work
-    writer = _CsvWriter(out, _columns(model.aus)) if out is not None else None
-    try:
-        table, stats = _stream(sources, model, encoders, writer, detector=detector, size=size,
-                               all_faces=all_faces, batch_size=int(batch_size), total=total,
-                               progress=progress)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    seconds = time.perf_counter() - t0
-    sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, __version__)
-    if writer is not None:
-        writer.close()
-        atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
-    if plot is not None:
-        plot_timeline(table, model.aus, plot, title=f"{model.describe()}")
+    check_outputs({"--out": out, "the sidecar": sidecar_path(out) if out is not None else None,
+                   "--plot": plot}, inputs=[p for src in sources for p in src.paths],
+                  force=force, command="predict")
+    with output_lock([out, plot]):
+        model, size = _prepare(run=run, model_file=model_file, workspace=workspace,
+                               dataset=dataset, detector=detector, batch_size=batch_size,
+                               window=window)
+        encoders = open_encoders(model, device=device, weights_file=weights_file,
+                                 workspace=None if model_file else _workspace(workspace))
+        total = footage.count_frames(sources)  # also opens every video: a bad one fails first
+        writer = _CsvWriter(out, _columns(model.aus)) if out is not None else None
+        try:
+            table, stats = _stream(sources, model, encoders, writer, detector=detector,
+                                   size=size, all_faces=all_faces, batch_size=int(batch_size),
+                                   total=total, progress=progress)
+            seconds = time.perf_counter() - t0
+            sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file,
+                               __version__)
+            if writer is not None:
+                writer.close(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+            if plot is not None:
+                plot_timeline(table, model.aus, plot, title=f"{model.describe()}")
+        finally:
+            if writer is not None:
+                writer.abort()
     summary = (f"{stats['frames']} frames ({stats['with_face']} with a face, {stats['faces']} faces) "
                f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
                f"frames/s) with {model.describe()}"
@@ -430,7 +438,9 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
     def detect(frame):
         return _detect(frame, detector=detector, all_faces=all_faces, size=size)
 
-    frames = in_background(footage.iter_frames(sources), maxsize=16, name="featbench-decode")
+    warnings = []
+    frames = in_background(footage.iter_frames(sources, warnings), maxsize=16,
+                           name="featbench-decode")
     items = in_background(ordered_map(detect, frames, threads=2), maxsize=2 * batch_size,
                           name="featbench-detect")
     tracker = _Tracker() if all_faces else None
@@ -450,6 +460,8 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
     finally:
         bar.close()
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_columns(model.aus))
+    if warnings:
+        stats["warnings"] = warnings
     return table, stats
 
 
@@ -513,26 +525,39 @@ def _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, ve
 
 
 class _CsvWriter:
-    """Append batches of rows to ``<out>`` through a temporary file renamed at the end."""
+    """Append batches of rows to a temporary file beside ``<out>``; rename it at the end.
+
+    The temporary name is unique (:func:`featbench.core.workspace.temp_sibling`) and removed on
+    every way out (:meth:`abort` after :meth:`close` does nothing).
+    """
 
     def __init__(self, out, columns):
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.with_name(f".{self.out.name}.partial")
+        self.tmp = temp_sibling(self.out)
         self.fh = open(self.tmp, "w", newline="")
         self.fh.write(",".join(columns) + "\n")
 
     def write(self, df):
-        df.to_csv(self.fh, header=False, index=False, float_format="%.6g", lineterminator="\n")
+        with writing(self.out, "writing the predictions"):
+            df.to_csv(self.fh, header=False, index=False, float_format="%.6g",
+                      lineterminator="\n")
 
-    def close(self):
+    def close(self, sidecar, text):
+        """Finish the CSV, write the sidecar ``text``, then put the CSV in place."""
         import os
 
-        self.fh.close()
+        with writing(self.out, "writing the predictions"):
+            self.fh.close()
+        with writing(sidecar, "writing the sidecar"):
+            atomic_write_text(sidecar, text)
         os.replace(self.tmp, self.out)
 
     def abort(self):
-        self.fh.close()
+        import contextlib
+
+        with contextlib.suppress(OSError):  # a full disk fails the flush again: nothing to keep
+            self.fh.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -578,5 +603,5 @@ def plot_timeline(table, aus, out, *, title=""):
     title = "\n".join(textwrap.wrap(str(title), 150))  # a vote of several networks is long
     ax.set_title(f"{title}\norange: AU present (decision); blue: score; grey: no face", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    save_figure(fig, out, dpi=90)
     return out

@@ -47,9 +47,10 @@ import numpy as np
 from featbench.core import faces
 from featbench.core._background import in_background, ordered_map
 from featbench.core.aus import REGIONS
-from featbench.core.errors import StoreError, UsageError, did_you_mean
+from featbench.core.errors import (StoreError, UsageError, describe_os_error, did_you_mean,
+                                   h5_errno)
 from featbench.core.frames import differences
-from featbench.core.workspace import file_lock
+from featbench.core.workspace import check_free_space, file_lock
 
 FORMAT_VERSION = 1
 _OPEN_LOCK = threading.Lock()  # one AlignedFaces handle opened at a time
@@ -165,7 +166,9 @@ def read_cache_info(path, *, keys=None):
             attrs = dict(f.attrs)
             if keys is not None and not np.array_equal(f["frames"][:], keys):
                 return None
-    except (OSError, KeyError, TypeError, ValueError):
+        for name in ("settings", "skipped"):  # damaged text is a damaged cache: rebuilt
+            json.loads(attrs.get(name, "{}"))
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError):  # h5py: damage, any way
         return None
     return attrs if attrs.get("complete") else None
 
@@ -226,7 +229,13 @@ def align_dataset(table, path, *, progress=True, force=False, size=None, compres
         report = None if force else _up_to_date(table, path, fingerprint, t0)
         if report is not None:
             return report
-        return _rebuild(table, path, settings, fingerprint, digests, t0, progress=progress)
+        try:
+            return _rebuild(table, path, settings, fingerprint, digests, t0, progress=progress)
+        except (OSError, ValueError, RuntimeError) as exc:  # h5py's text runs to lines
+            if not isinstance(exc, OSError) and h5_errno(exc) is None:
+                raise
+            raise StoreError(f"{path}: {describe_os_error(exc)} while aligning faces into it; "
+                             "the frames written so far are kept and a rerun resumes") from None
 
 
 def _up_to_date(table, path, fingerprint, t0):
@@ -312,6 +321,9 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
     template_boxes = faces.region_boxes(faces.template(size), image_size=size).astype(np.int16)
     with _open_partial(table, partial, settings, fingerprint, inputs) as f:
         todo = np.flatnonzero(~f["done"][:])
+        if settings["compression"] is None:  # the whole cache's pixels, before hours of work
+            check_free_space(partial.with_suffix(""), len(todo) * size * size * 3,
+                             f"aligning {len(todo)} frames")
         landmarks = None
         if not table.pre_aligned and table.landmark_points > 0:
             from featbench.core import datasets
@@ -322,12 +334,19 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
         block = _Block(f, size, template_boxes)
         frames = _frames_to_align(table, todo, landmarks)
         detect = not table.pre_aligned and landmarks is None
-        for row, result in _map_frames(frames, table.pre_aligned, size, threads=2 if detect else 1):
-            block.add(row, result)
-            if len(block) >= BLOCK_ROWS:
-                bar.update(block.write())
-        bar.update(block.write())
-        bar.close()
+        aligned = _map_frames(frames, table.pre_aligned, size, threads=2 if detect else 1)
+        try:
+            for row, result in aligned:
+                block.add(row, result)
+                if len(block) >= BLOCK_ROWS:
+                    check_free_space(partial.with_suffix(""), BLOCK_ROWS * size * size * 3,
+                                     "aligning faces")
+                    bar.update(block.write())
+            bar.update(block.write())
+        finally:  # on any error the decode and detection threads stop before the file closes
+            aligned.close()
+            frames.close()
+            bar.close()
     return len(todo)
 
 
@@ -379,7 +398,10 @@ def _align_one(image, reason, lm, pre_aligned, size, faces):
         lm = faces.detect_landmarks(image)
         if lm is None:
             return None, None, None, _NO_FACE
-    face, M = faces.align_face(image, lm, size=size)
+    try:
+        face, M = faces.align_face(image, lm, size=size)
+    except ValueError:  # degenerate points (coinciding): no similarity to fit, no face
+        return None, None, None, _NO_LANDMARKS
     return face, faces.transform_points(lm, M), M, 0
 
 
@@ -474,15 +496,18 @@ class AlignedFaces:
                 self.keys = f["frames"][:]
                 self.valid = f["valid"][:]
                 self.boxes = f["boxes"][:].astype(np.int64)
+            self.size = int(attrs["size"])
+            self.settings = json.loads(attrs.get("settings", "{}"))
+            self.skipped = json.loads(attrs.get("skipped", "{}"))
         except OSError as exc:  # permission, a lock, or damage: said as what it is
             from featbench.core.errors import describe_os_error
 
             raise StoreError(f"{self.path}: cannot read the aligned-face cache: "
                              f"{describe_os_error(exc)} (rerun featbench align --force to "
                              "rebuild it if it is damaged)") from None
-        self.size = int(attrs["size"])
-        self.settings = json.loads(attrs.get("settings", "{}"))
-        self.skipped = json.loads(attrs.get("skipped", "{}"))
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # h5py's text on damage
+            raise StoreError(f"{self.path}: damaged aligned-face cache ({type(exc).__name__}); "
+                             "rerun featbench align --force to rebuild it") from None
         self.fingerprint = attrs.get("fingerprint")
         self.rebuilt_because = _json(attrs.get("rebuilt_because")) or []
         self._file, self._pid = None, None

@@ -52,12 +52,8 @@ def describe_os_error(exc):
     read-only file systems and the rest read the same wherever featbench meets them.
     """
     import errno
-    import re
 
-    code = getattr(exc, "errno", None)
-    if code is None:  # h5py puts the errno inside its text: "..., errno = 28, error message ..."
-        m = re.search(r"errno = (\d+)", str(exc))
-        code = int(m.group(1)) if m else None
+    code = h5_errno(exc)  # h5py puts the errno inside its text: "..., errno = 28, ..."
     words = {
         errno.ENOSPC: "disk full (no space left on device)",
         errno.EDQUOT: "disk quota exceeded",
@@ -76,6 +72,20 @@ def describe_os_error(exc):
         return words[code]
     text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [""])[0]
     return (text or type(exc).__name__)[:160]
+
+
+def h5_errno(exc):
+    """The OS error number inside an h5py exception's text (``..., errno = 28, ...``), or None.
+
+    h5py raises ``ValueError`` or ``RuntimeError`` as well as ``OSError`` for a failed write.
+    """
+    import re
+
+    code = getattr(exc, "errno", None)
+    if code is not None:
+        return code
+    m = re.search(r"errno = (\d+)", str(exc))
+    return int(m.group(1)) if m and int(m.group(1)) else None
 
 
 def os_error(exc, path=None, cls=None):

@@ -18,6 +18,7 @@ and becomes a row with ``success = 0``.
 
 import glob
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +132,12 @@ def read_image(path):
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    # featbench bounds the pixels itself (MAX_IMAGE_PIXELS, one line): PIL's multi-line warning
+    # for images between its two thresholds would only come before it
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         with Image.open(path) as im:
+            _check_pixels(path, *im.size)
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)
@@ -147,8 +152,27 @@ def read_image(path):
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: image file does not exist") from None
+    except Image.DecompressionBombError as exc:  # PIL's own limit, met as it opens the file
+        import re
+
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(n.group(1)) / 1e6:.0f} megapixels" if n else "its size"
+        raise DataError(f"{path}: {size} is more than featbench decodes "
+                        f"({MAX_IMAGE_PIXELS / 1e6:.0f} megapixels): scale it down first") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+#: the most pixels featbench decodes from one image (PIL's own refusal threshold: 2 x
+#: ``Image.MAX_IMAGE_PIXELS``, about 179 megapixels); larger images are refused by their header
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+
+def _check_pixels(path, width, height):
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: {width} x {height} pixels ({width * height / 1e6:.0f} megapixels) "
+                        f"is more than featbench decodes ({MAX_IMAGE_PIXELS / 1e6:.0f} "
+                        "megapixels): scale it down first")
 
 
 def video_info(path):
@@ -167,9 +191,10 @@ def video_info(path):
 _MAX_BAD_READS = 8
 
 
-def _video_frames(path):
+def _video_frames(path, warnings=None):
     import cv2
 
+    before = _identity(path)
     cap = open_video(path)
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -196,13 +221,53 @@ def _video_frames(path):
             yield Frame(path, k, stamp(k), None)
     finally:
         cap.release()
+    _check_read(path, good, declared, before, warnings)
 
 
-def iter_frames(sources):
-    """Yield every :class:`Frame` of ``sources`` (from :func:`list_sources`), in order."""
+#: frames a container's declared count may exceed the decodable ones by without a warning
+#: (estimated counts of some containers are off by a frame or two)
+_COUNT_SLACK = 2
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_read(path, decoded, declared, before, warnings):
+    """Warn when fewer frames decoded than the container declares, or the file changed meanwhile.
+
+    A video cut short (a copy in progress, a full disk) or replaced while it is read gives a
+    short table that looks like a whole one; the warning is printed and kept in ``warnings``
+    (predict's sidecar).
+    """
+    import sys
+
+    notes = []
+    if declared > 0 and decoded < declared - _COUNT_SLACK:
+        notes.append(f"{path}: only {decoded} of the {declared} frames its container declares "
+                     "could be read (cut short, damaged, or still being copied?)")
+    if before is not None and _identity(path) != before:
+        notes.append(f"{path}: the file changed while it was read (replaced or still being "
+                     "written): its rows may mix two versions")
+    for note in notes:
+        print(f"featbench: warning: {note}", file=sys.stderr, flush=True)
+        if warnings is not None:
+            warnings.append(note)
+
+
+def iter_frames(sources, warnings=None):
+    """Yield every :class:`Frame` of ``sources`` (from :func:`list_sources`), in order.
+
+    ``warnings``: a list that collects what went wrong without stopping (a video that ended
+    before the frame count its container declares, one that changed while read).
+    """
     for src in sources:
         if src.kind == "video":
-            yield from _video_frames(src.paths[0])
+            yield from _video_frames(src.paths[0], warnings)
         else:
             for k, p in enumerate(src.paths, start=1):
                 yield Frame(p, k, 0.0, read_image(p), src.name)

@@ -32,6 +32,11 @@ from featbench.core.errors import UsageError
 #: dtype of the frame keys stored in HDF5 ``/frames`` (DESIGN.md: subject, frame index)
 KEY_DTYPE = np.dtype([("subject", "S32"), ("video", "S64"), ("frame", "<i4")])
 
+#: the largest frame number a reader accepts from a file (10 million: four days at 30 fps; DISFA's
+#: videos have 4,845 frames): a damaged line must not overflow the keys' 32-bit frame numbers,
+#: nor make a reader loop up to its number
+MAX_FRAME = 10_000_000
+
 BASE_COLUMNS = ("subject", "video", "frame", "source", "source_index", "landmark_file", "split")
 
 

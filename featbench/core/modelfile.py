@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
-from featbench.core.errors import StoreError
+from featbench.core.errors import MissingRunError, StoreError
 from featbench.core.workspace import atomic_path, atomic_write_text
 
 FORMAT = "featbench-model"
@@ -206,6 +206,10 @@ def _check_manifest(manifest, where):
         raise ModelFormatError(
             f"{where}: model format {have} (featbench {made}); this featbench {__version__} reads "
             f"format {FORMAT_VERSION}: " + ("upgrade featbench" if newer else REEXPORT))
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:  # a valid header over an empty or cut run
+        raise ModelFormatError(f"{where}: damaged featbench model file: its manifest lacks "
+                               f"{', '.join(missing)}; {REEXPORT}")
     return manifest
 
 
@@ -348,7 +352,13 @@ class ModelFile:
                 out.append(ModelFile(self.path, _check_manifest(m, f"{self.path} member {i}"),
                                      export=True))
             else:
-                out.append(open_model(self.path.parent / m["run"]))
+                folder = self.path.parent / m["run"]
+                if not folder.is_dir():  # said as the ensemble's, not as a file the user never named
+                    raise MissingRunError(
+                        f"ensemble {self.manifest.get('run')} votes with {m['run']}, whose model "
+                        f"folder is no longer in {self.path.parent}: run it again, or featbench "
+                        "ensemble with the runs there are")
+                out.append(open_model(folder))
         return out
 
     def carried(self, key):

@@ -15,9 +15,15 @@ Every path featbench uses is built here, so that the layout is stated once.
 """
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
+import secrets
+import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,21 +83,160 @@ class Workspace:
         return self.results_dir(dataset) / "report.md"
 
 
+#: a temporary file or folder of featbench's beside its target: ``.<name>.tmp<pid>-<host>-<token>``
+#: (``.<name>.tmp<pid>`` before featbench 0.9; those count as this host's)
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9_]*)-[0-9a-f]+)?$")
+#: a temporary file of another host (a shared file system) is stale after this many seconds
+_FOREIGN_TEMP_AGE = 24 * 3600
+
+
+def _host():
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:24]
+
+
+def temp_sibling(path):
+    """Return a new temporary path beside ``path``, unique to this call.
+
+    ``.<name>.tmp<pid>-<host>-<token>``: two processes (or two threads) writing the same target
+    never share a temporary file, and the name says whose it is, so that the leftovers of a
+    process that died (``kill -9``, a power cut) are found and removed here, by the next
+    process that writes the same target (:func:`remove_stale_temps`).
+    """
+    path = Path(path)
+    remove_stale_temps(path.parent, path.name)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{_host()}-{secrets.token_hex(4)}")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def stale_temps(folder, name=None):
+    """Return featbench's temporary files and folders in ``folder`` whose writer is gone.
+
+    ``name``: only those of that target. A temporary of this host is stale when its process
+    no longer runs; one of another host (a shared file system) when untouched for a day.
+    """
+    folder = Path(folder)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    out, host = [], _host()
+    for p in entries:
+        m = _TEMP_RE.match(p.name)
+        if not m or (name is not None and m.group("name") != name):
+            continue
+        if m.group("host") in (None, host):
+            stale = int(m.group("pid")) != os.getpid() and not _alive(int(m.group("pid")))
+        else:
+            try:
+                stale = time.time() - p.lstat().st_mtime > _FOREIGN_TEMP_AGE
+            except OSError:
+                stale = False
+        if stale:
+            out.append(p)
+    return out
+
+
+def _remove(path):
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def remove_stale_temps(folder, name=None):
+    """Remove :func:`stale_temps` of ``folder`` (of target ``name``); return what was removed."""
+    gone = stale_temps(folder, name)
+    for p in gone:
+        _remove(p)
+    return gone
+
+
+#: OS errors of writing a file, reported against the file written (not its temporary)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EISDIR, errno.ENOTDIR, errno.EIO}
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
 
-    A crash or error inside the block removes the temporary file and leaves any previous
-    ``path`` as it was, so a reader never sees half a file.
+    The temporary name is unique (:func:`temp_sibling`). A crash, an error or Ctrl-C inside the
+    block removes the temporary file (or folder) and leaves any previous ``path`` as it was,
+    so a reader never sees half a file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_sibling(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS and getattr(exc, "filename", None) in (None, str(tmp), tmp):
+            # the OS names no file, or the temporary one: say the file the user knows
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+@contextlib.contextmanager
+def writing(path, what="writing it"):
+    """Turn an ``OSError`` of the block (a full disk, a read-only folder) into one
+    :class:`~featbench.core.errors.StoreError` line that names ``path``.
+
+    For blocks that only write ``path`` (through :func:`atomic_path`: the previous file, if
+    any, is kept): the OS's own error names no file, or the temporary one.
+    """
+    from featbench.core.errors import StoreError, describe_os_error
+
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"{path}: {describe_os_error(exc)} while {what}; nothing was written "
+                         "(a previous file is unchanged)") from None
+
+
+#: kept free beyond what a write needs: HDF5's chunk cache and metadata are written at close
+FREE_MARGIN_BYTES = 8 << 20
+
+
+def check_free_space(path, need, doing):
+    """Refuse (one :class:`StoreError` line) to write ``need`` bytes into ``path``'s folder
+    when its file system has less free (plus :data:`FREE_MARGIN_BYTES`).
+
+    Checked before HDF5 writes: an HDF5 file whose write fails for space cannot be closed, and
+    the library then crashes the process on cleanup (exit 139). The check cannot see another
+    process filling the disk at the same moment; the writers' own error handling covers that.
+    """
+    from featbench.core.errors import StoreError
+
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < int(need) + FREE_MARGIN_BYTES:
+        raise StoreError(f"{path}: disk full: {doing} needs {_mb(need + FREE_MARGIN_BYTES)} free, "
+                         f"{_mb(free)} left on its file system; free space and rerun (nothing "
+                         "written so far is lost)")
+
+
+def _mb(n):
+    return f"{n / (1 << 20):.1f} MB" if n < 1 << 30 else f"{n / (1 << 30):.2f} GB"
 
 
 def atomic_write_text(path, text):
@@ -100,29 +245,217 @@ def atomic_write_text(path, text):
         tmp.write_text(text)
 
 
+def save_figure(fig, path, **kw):
+    """Save a matplotlib figure as PNG through a temporary file, marked as featbench's.
+
+    The PNG's ``Software`` text says ``featbench <version>``: :func:`made_by_featbench`
+    recognises it, so a rerun may replace it while a user's own picture is never replaced.
+    """
+    from featbench import __version__
+
+    with writing(path, "saving the chart"), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": f"featbench {__version__}"}, **kw)
+    return Path(path)
+
+
+# --- outputs a user names ---------------------------------------------------------------------------
+def _png_software(path):
+    """The ``Software`` text of a PNG file, or None (reads only the chunks before the pixels)."""
+    import struct
+
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        for _ in range(64):
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            n, kind = struct.unpack(">I4s", head)
+            if kind == b"IDAT" or n > 1 << 20:
+                return None
+            data = fh.read(n)
+            fh.seek(4, 1)
+            if kind == b"tEXt" and data.startswith(b"Software\0"):
+                return data[9:].decode("latin-1")
+    return None
+
+
+def made_by_featbench(path):
+    """Whether the existing file ``path`` is one featbench wrote (so a rerun may replace it).
+
+    Recognised by content: a PNG whose ``Software`` text starts with ``featbench``
+    (:func:`save_figure`), a JSON object with a ``featbench_version`` (predict's sidecar), a
+    CSV whose header is predict's (``frame,face_id,timestamp,confidence,success,...``), a
+    model file that names its format (``featbench-model``) in its first bytes (export).
+    """
+    import json
+
+    path = Path(path)
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".png":
+            return (_png_software(path) or "").startswith("featbench")
+        if path.stat().st_size > 64 << 20 and suffix == ".json":
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        if head.startswith(PREDICTIONS_HEADER.encode()) or _names_model_format(path, head):
+            return True
+        if suffix == ".json" or head.lstrip().startswith(b"{"):
+            obj = json.loads(path.read_text())
+            return isinstance(obj, dict) and "featbench_version" in obj
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return False
+
+
+def _names_model_format(path, head):
+    """Whether a file names featbench's model-file format (``featbench export``) where that
+    format keeps it: in a safetensors header's metadata (read up to 16 MB), or near the start
+    of a joblib file (raw or zlib-compressed, featbench before 0.2)."""
+    import struct
+    import zlib
+
+    if MODEL_FORMAT_NAME in head:
+        return True
+    if len(head) > 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, JSON header
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= 16 << 20:
+            with open(path, "rb") as fh:
+                fh.seek(8)
+                return MODEL_FORMAT_NAME in fh.read(n)
+    try:
+        return MODEL_FORMAT_NAME in zlib.decompressobj().decompress(head, 1 << 16)
+    except zlib.error:
+        return False
+
+
+#: the format name every featbench model file carries near its start
+MODEL_FORMAT_NAME = b"featbench-model"
+#: how a predictions CSV of featbench begins (OpenFace's first columns)
+PREDICTIONS_HEADER = "frame,face_id,timestamp,confidence,success,"
+
+
+def _real(path):
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return Path(os.path.abspath(path))
+
+
+def _same_file(a, b):
+    if _real(a) == _real(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs, *, inputs=(), force=False, ours=made_by_featbench, command="featbench"):
+    """Refuse outputs that would replace an input or a file featbench did not write.
+
+    Parameters
+    ----------
+    outputs : dict of str -> path
+        What each output is (``--out``, ``--plot``, ``the sidecar``) -> where it goes.
+    inputs : iterable of path
+        Every file the command reads (each image of a folder, the video): no output may
+        resolve to one of them, whatever ``force`` says.
+    force : bool
+        Replace an existing file that ``ours`` does not recognise (``--force``).
+    ours : callable
+        ``ours(path)`` is true for a file featbench made (:func:`made_by_featbench`).
+
+    Raises
+    ------
+    UsageError
+        One line naming the output and what is wrong; nothing has been written.
+    """
+    from featbench.core.errors import UsageError
+
+    seen = {}
+    items = [(what, Path(p)) for what, p in outputs.items() if p is not None]
+    inputs = [Path(p) for p in inputs]
+    for what, path in items:
+        if path.is_dir():
+            raise UsageError(f"{path}: {what} is a folder; give a file name")
+        for other_what, other in seen.items():
+            if _same_file(path, other):
+                raise UsageError(f"{path}: {what} and {other_what} are the same file; give "
+                                 "each its own name")
+        seen[what] = path
+        hit = next((p for p in inputs if _same_file(path, p)), None)
+        if hit is not None:
+            raise UsageError(f"{path}: {what} is an input of this {command} ({hit}); featbench "
+                             "never writes over its input: give another file name")
+        if (path.exists() or path.is_symlink()) and not force and not ours(path):
+            raise UsageError(f"{path}: {what} exists and was not written by featbench; not "
+                             "replaced (give another name, or --force to replace it)")
+
+
 @contextlib.contextmanager
-def file_lock(path, *, wait=True, what="writing"):
+def output_lock(paths, *, what="writing"):
+    """Hold :func:`file_lock` on each of ``paths`` without waiting, and remove the lock files after.
+
+    Two commands that write the same file (``predict --out same.csv`` twice) never interleave:
+    the second stops at once with :class:`~featbench.core.errors.BusyError`. The lock files sit
+    beside the outputs, in the user's folder, so they are removed when released.
+    """
+    with contextlib.ExitStack() as stack:
+        for p in paths:
+            if p is not None:
+                stack.enter_context(file_lock(p, wait=False, what=what, keep=False))
+        yield
+
+
+def run_lock(folder):
+    """Hold the lock of a run folder (``results/<ds>/models/<run>/``) from a run's start to its end.
+
+    A second command making the same run is refused at once (:class:`BusyError`), before it
+    trains anything, instead of failing later on the first one's temporary files.
+    """
+    return file_lock(folder, wait=False, what="making the run")
+
+
+@contextlib.contextmanager
+def file_lock(path, *, wait=True, what="writing", keep=True):
     """Hold an exclusive lock on ``path`` for the block (a ``.<name>.lock`` file beside it).
 
     Every featbench process that writes a shared file (the aligned-face cache, a feature file,
-    ``summary.csv``) takes this lock first, so that two commands started together never write
-    one file at once: the second waits (saying so once on stderr) and then finds the first's
-    result, or, with ``wait=False``, stops with :class:`~featbench.core.errors.BusyError`. The lock
-    is ``flock``'s: the kernel releases it when its holder exits, even after ``kill -9``.
+    ``summary.csv``, a run folder) takes this lock first, so that two commands started together
+    never write one file at once: the second waits (saying so once on stderr) and then finds the
+    first's result, or, with ``wait=False``, stops with :class:`~featbench.core.errors.BusyError`.
+    The lock is ``flock``'s: the kernel releases it when its holder exits, even after ``kill -9``.
+    ``keep=False`` removes the lock file on release (outputs in a user's folder); a process that
+    then finds its locked file unlinked takes the new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path.with_name(f".{path.name}.lock"), "a")
-    try:
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        fh = open(lock, "a")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
+                fh.close()
                 raise BusyError(f"{path}: another featbench process is {what} it (wait for it "
                                 "to finish, or stop it)") from None
             print(f"featbench: waiting for another featbench process {what} {path}",
                   file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()  # its holder removed the file as we took it: lock the new one
+    try:
         yield
     finally:
+        if not keep:
+            with contextlib.suppress(OSError):
+                lock.unlink()
         fh.close()  # closing the descriptor releases the lock

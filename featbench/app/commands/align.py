@@ -25,7 +25,7 @@ def add_parser(subparsers):
                    help="where --show writes (default: results/<dataset>/align_sheet.png)")
     p.add_argument("--n", type=int, default=8, metavar="N",
                    help="--show: how many frames, spread over the data set, 1-64 (default: 8)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def _run(args):

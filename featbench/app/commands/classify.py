@@ -118,6 +118,10 @@ def _run(args):
     if check_task(args.task) == "intensity":
         return _run_intensity(args)
     classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    if args.scheduler:
+        from classify.scale import probe_scheduler
+
+        probe_scheduler(args.scheduler)  # seconds, not minutes, for an address that is no Dask
     if args.jobs is not None and args.jobs < 1 and args.jobs != -1:
         from featbench.core.errors import UsageError
 

@@ -28,15 +28,21 @@ def add_parser(subparsers):
                         "may flip its decision (thresholds stay exact)")
     p.add_argument("--dataset", default="synth", metavar="NAME",
                    help="the data set the run was trained on (default: synth)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out file that is not a featbench model file")
     p.set_defaults(func=_run)
 
 
 def _run(args):
     from featbench.apply.runmodel import export_run, load_run
+    from featbench.core.workspace import check_outputs, output_lock, writing
 
     ws = workspace_of(args)
     model = load_run(ws, args.dataset, args.run)
-    path = export_run(model, args.out, workspace=ws, half=args.half)
+    inputs = [p for p in ws.results_dir(args.dataset).rglob("*") if p.is_file()]
+    check_outputs({"--out": args.out}, inputs=inputs, force=args.force, command="export")
+    with output_lock([args.out]), writing(args.out, "exporting the run"):
+        path = export_run(model, args.out, workspace=ws, half=args.half)
     size = path.stat().st_size / 1e6
     data = model.info.get("training_data") or {}
     trained = (f", trained on {data['dataset']} ({'synthetic' if data.get('synthetic') else 'real'})"

@@ -49,7 +49,7 @@ def add_parser(subparsers):
                    help="storage type of the codes; --dtype float16 = --float16 (default: "
                         "float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def _run(args):

@@ -59,7 +59,7 @@ def add_parser(subparsers):
                    help="an extra run-name tag (letters and digits), to keep runs apart")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dataset_args(p)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def _run(args):

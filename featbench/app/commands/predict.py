@@ -53,16 +53,31 @@ def add_parser(subparsers):
                         "scores each face's track within them as whole sequences; a longer video "
                         "is cut at the window's edges (the frames near a cut see less context "
                         "than in the run's own test). Other runs stream and ignore it")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out / --plot / sidecar file that featbench did "
+                        "not write (an input is never replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="nothing was kept (the unfinished CSV was removed)")
 
 
 def default_out(inputs):
-    """``<first input's name>_aus.csv`` in the current folder."""
+    """``<first input's name>_aus.csv`` in the current folder.
+
+    A glob is named after its fixed part (``'shots/face*.jpg'`` -> ``face_aus.csv``), or its
+    folder when it starts with a wildcard (``'shots/*.jpg'`` -> ``shots_aus.csv``).
+    """
+    import re
     from pathlib import Path
 
-    first = Path(str(inputs[0]).rstrip("/*?"))
-    return Path(f"{first.stem or 'predict'}_aus.csv")
+    text = str(inputs[0]).rstrip("/")
+    fixed = re.split(r"[*?\[]", text, maxsplit=1)[0]
+    if fixed == text:
+        name = Path(text).stem
+    elif fixed.endswith("/") or not fixed:
+        name = Path(fixed.rstrip("/")).name
+    else:
+        name = re.sub(r"[^A-Za-z0-9]+$", "", Path(fixed).name) or Path(fixed).parent.name
+    return Path(f"{name or 'predict'}_aus.csv")
 
 
 def _run(args):
@@ -73,7 +88,7 @@ def _run(args):
                  out=args.out or default_out(args.inputs), plot=args.plot,
                  detector=args.detector, all_faces=args.all_faces, device=args.device,
                  batch_size=args.batch_size, weights_file=args.weights_file,
-                 window=args.window, progress=not args.quiet)
+                 window=args.window, progress=not args.quiet, force=args.force)
     if df.attrs.get("warning"):
         import sys
 

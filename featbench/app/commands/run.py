@@ -50,7 +50,7 @@ def add_parser(subparsers):
                         "here from random:0, and the fine-tuned network from random:0 (flagged "
                         "as random init; never ensemble members)")
     p.add_argument("--quiet", action="store_true", help="no stage headers or progress bars")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def _run(args):

@@ -90,7 +90,7 @@ def add_parser(subparsers):
                    help="where to train (default: auto = cuda when present; AMP there)")
     p.add_argument("--aus", default=None, metavar="AU01,AU02", help="only these AUs (default: all labelled)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 #: the paper's backbone, and the pretrained one every machine has (shipped with featbench)
@@ -132,7 +132,8 @@ def _run(args):
     import sys
 
     from classify.run import resolve_aus
-    from classify.transfer import TransferSettings, format_result, parse_sizes, transfer_run
+    from classify.transfer import (TransferSettings, check_start, format_result, parse_sizes,
+                                   transfer_run)
     from featbench.core.datasets import load_dataset
     from featbench.core.datasets.expression import guess_layout, load_expression_set
 
@@ -143,6 +144,7 @@ def _run(args):
         hidden=parse_sizes(args.hidden, flag="--hidden"), pos_weight=args.pos_weight,
         epochs=parse_sizes(args.epochs, flag="--epochs", count=2), lr=args.lr,
         batch_size=args.batch_size, patience=args.patience, seed=args.seed, device=args.device)
+    check_start(settings)  # weights and input size, before data is read or synthesised
     expr_name = args.expr_dataset or (guess_layout(args.expr_root) if args.expr_root else "synth-expression")
     expr = load_expression_set(expr_name, root=args.expr_root, workspace=ws,
                                subject_rule=args.subject_rule,

@@ -10,7 +10,8 @@ by its published hash; these commands do it ahead of time or without a network.
   list            every network's file: cached or not, size, source URL, hash, licence note
   where NAME      the path --model NAME --weights W reads
   fetch NAME...   download now (e.g. on a login node); --all: every registered network
-  verify [NAME]   hash-check cached files against the registry (default: the whole cache)
+  verify [NAME]   hash-check cached files against the registry, or a file without a published
+                  hash against the sha256 pinned on its first use (default: the whole cache)
   import PATH...  bring files in from a file, folder or zip/wheel archive (air-gapped clusters):
                   each is recognised by name, hash-checked, copied into the cache
 
@@ -37,6 +38,9 @@ def add_parser(subparsers):
     p.add_argument("--all", action="store_true",
                    help="fetch: every registered network's file (what --preset paper needs)")
     p.add_argument("--json", action="store_true", help="list: print a JSON list instead of the table")
+    p.add_argument("--force", action="store_true",
+                   help="import: take a file without a published hash although another one was "
+                        "pinned here on first use (the new one is pinned instead)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -101,11 +105,13 @@ def _verify(args):
     outcomes = verify_cache(args.items, args.weights)
     for o in outcomes:
         print(o.line())
-    bad = [o for o in outcomes if o.status in ("mismatch", "missing")]
+    bad = [o for o in outcomes if o.status in ("mismatch", "missing", "incomplete")]
     if bad:
         raise WeightsError(f"{len(bad)} of {len(outcomes)} files failed: "
                            + "; ".join(f"{o.path or o.name}: {o.status} {o.note}".strip() for o in bad))
-    print(f"featbench weights verify: {len(outcomes)} files checked, none failed")
+    removed = sum(o.status == "removed" for o in outcomes)
+    print(f"featbench weights verify: {len(outcomes) - removed} files checked, none failed"
+          + (f"; {removed} leftover temporary files removed" if removed else ""))
     return 0
 
 
@@ -113,7 +119,7 @@ def _import(args):
     from extract.cache import import_weights
     from featbench.core.errors import WeightsError
 
-    outcomes = import_weights(args.items, progress=not args.quiet)
+    outcomes = import_weights(args.items, progress=not args.quiet, force=args.force)
     for o in outcomes:
         print(o.line())
     refused = [o for o in outcomes if o.status == "refused"]

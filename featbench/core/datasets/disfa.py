@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from featbench.core.aus import DISFA_AUS, au_name
-from featbench.core.errors import LabelFileError, LayoutError
-from featbench.core.frames import FrameTable, build_frames
+from featbench.core.errors import LabelFileError, LayoutError, os_error
+from featbench.core.frames import MAX_FRAME, FrameTable, build_frames
 from featbench.core.datasets._paths import children_by_lower_name, find_child
 from featbench.core.datasets._text import read_lines
 
@@ -58,6 +58,9 @@ def read_label_file(path):
             raise LabelFileError(f"{path}:{lineno}: non-numeric value in {line!r}") from None
         if frame < 1:
             raise LabelFileError(f"{path}:{lineno}: frame {frame} < 1 (DISFA frames are 1-based)")
+        if frame > MAX_FRAME:
+            raise LabelFileError(f"{path}:{lineno}: frame {frame} is past any video featbench "
+                                 f"reads (at most {MAX_FRAME:,} frames): a damaged line?")
         if not 0 <= value <= 5:
             raise LabelFileError(f"{path}:{lineno}: intensity {value} outside 0-5")
         if out.get(frame, value) != value:
@@ -144,8 +147,14 @@ def _disfa_layout(root, cameras):
     if labels_dir is None or not labels_dir.is_dir():
         raise LayoutError(f"{root}: not a DISFA folder: no ActionUnit_Labels/ "
                           "(expected ActionUnit_Labels/SN001/SN001_au1.txt ...)")
-    subjects = sorted((p for p in labels_dir.iterdir() if p.is_dir() and _SUBJECT_RE.match(p.name)),
-                      key=lambda p: p.name.upper())
+    named = sorted(p for p in labels_dir.iterdir() if _SUBJECT_RE.match(p.name))
+    for p in named:  # a subject folder the OS cannot open is said, never silently dropped
+        if not p.exists():
+            try:
+                p.stat()
+            except OSError as exc:
+                raise os_error(exc, p, LayoutError) from None
+    subjects = sorted((p for p in named if p.is_dir()), key=lambda p: p.name.upper())
     if not subjects:
         raise LayoutError(f"{labels_dir}: no subject folders (expected SN001, SN002, ...)")
     cam_dirs = {}
@@ -188,15 +197,14 @@ def _video_rows(subject, video, n_frames, per_au, *, lms, threshold, skipped):
     """
     n_video = _video_frame_count(video)
     labelled = set().union(*per_au.values())
+    if n_video is not None and n_frames > n_video:
+        # counted only where a label file has the frame: one stray line far past the end is
+        # one frame, not every number up to it (and the loop stops at the video's end)
+        skipped["label frames past the end of the video"] += sum(f > n_video for f in labelled)
+        n_frames = n_video
     rows = []
     for frame1 in range(1, n_frames + 1):
         index = frame1 - 1
-        if n_video is not None and index >= n_video:
-            # counted only where a label file has the frame: one stray line far past
-            # the end is one frame, not every number up to it
-            if frame1 in labelled:
-                skipped["label frames past the end of the video"] += 1
-            continue
         row = {"subject": subject, "video": video.stem, "frame": index,
                "source": str(video.resolve()), "source_index": index, "split": ""}
         lm = lms.get(index) if lms is not None else None

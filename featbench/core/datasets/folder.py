@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featbench.core.aus import au_name
 from featbench.core.errors import LabelFileError, LayoutError, UsageError
-from featbench.core.frames import BASE_COLUMNS, FrameTable, build_frames
+from featbench.core.frames import BASE_COLUMNS, MAX_FRAME, FrameTable, build_frames
 from featbench.core.datasets._text import parse_label, read_lines
 
 MANIFEST = "manifest.csv"
@@ -99,6 +99,8 @@ def read_folder(root, *, threshold=2):
             row["frame"] = int(frame) if frame not in (None, "") else counters[video]
         except ValueError:
             raise LabelFileError(f"{manifest}:{lineno}: non-numeric frame {frame!r}") from None
+        if not 0 <= row["frame"] <= MAX_FRAME:  # the frame table keeps them as 32-bit numbers
+            raise LabelFileError(f"{manifest}:{lineno}: frame {frame} outside 0-{MAX_FRAME:,}")
         counters[video] += 1
         row.update(_row_labels(rec, au_cols, int_cols, threshold, f"{manifest}:{lineno}"))
         row.update({c: rec[c] for c in extra})

@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.workspace import temp_sibling
 from featbench.core.synth import _layouts as L
 from featbench.core.synth._layouts import MAX_SUBJECTS
 from featbench.core.synth._sheet import contact_sheet as _cs
@@ -99,18 +100,9 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root}: exists and is not a folder")
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{root}: already exists (pass --force to replace it, or another --root)")
-        # only a folder this generator made carries its info file: a user's own data set with
-        # the same layout (a manifest, DISFA's folders) is never deleted
-        if not (root / INFO_FILE).is_file():
-            raise UsageError(f"{root}: not made by featbench data synth (no {INFO_FILE}); "
-                             "--force replaces only folders it made: pass another --root")
+    _check_replaceable(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temp_sibling(root)  # unique; what a killed generator left is removed
     tmp.mkdir()
     try:
         info = _generate(tmp, layout, subjects, frames, seed, float(difficulty), right_camera,
@@ -118,7 +110,7 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         old = None
         if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            old = temp_sibling(root)
             root.rename(old)
         tmp.rename(root)
         if old is not None:
@@ -127,6 +119,50 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _check_replaceable(root, overwrite):
+    """Refuse to replace a non-empty ``root`` unless ``overwrite``, and then only a folder this
+    generator made, holding nothing a user added or changed since."""
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{root}: already exists (pass --force to replace it, or another --root)")
+        # only a folder this generator made carries its info file: a user's own data set with
+        # the same layout (a manifest, DISFA's folders) is never deleted
+        if not (root / INFO_FILE).is_file():
+            raise UsageError(f"{root}: not made by featbench data synth (no {INFO_FILE}); "
+                             "--force replaces only folders it made: pass another --root")
+        added = files_added_since(root)
+        if added:
+            more = f" and {len(added) - 3} more" if len(added) > 3 else ""
+            raise UsageError(f"{root}: holds {len(added)} file(s) added or changed after featbench "
+                             f"data synth made it ({', '.join(map(str, added[:3]))}{more}); "
+                             "--force replaces only what featbench made: move them out first")
+
+
+#: featbench's own caches inside a data set's folder (``featbench align``): never a user's
+_OWN_SUBFOLDERS = ("aligned",)
+
+
+def files_added_since(root):
+    """Return the files of a synthetic ``root`` created or changed after it was generated.
+
+    Every generated file exists before :data:`INFO_FILE` is written, so a later change time
+    (``st_ctime``: a copy, even one that keeps the original's modification time, an edit, a
+    new file) means a user's hand; featbench's own caches (``aligned/``) do not count.
+    """
+    root = Path(root)
+    made = (root / INFO_FILE).stat().st_ctime_ns
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        if rel == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in _OWN_SUBFOLDERS]
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.name != INFO_FILE and p.lstat().st_ctime_ns > made:
+                out.append(p.relative_to(root))
+    return sorted(out)
 
 
 def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, progress, workers):
