@@ -19,8 +19,8 @@ import numpy as np
 from featbench.core.errors import UsageError
 from featbench.core.identity import WeightsId
 
+from classify.learn.task import get_task
 from classify.vote import majority_vote
-from classify.lstm import network_of
 
 
 @dataclass
@@ -55,6 +55,9 @@ class RunModel:
     source : ModelFile, optional
         The model file it was loaded from (an export carries the fine-tuned weights files whose
         codes a classify run reads: :meth:`weights_blob`).
+    task : str
+        The task its networks learned (:func:`classify.learn.task.get_task`): it turns scores
+        into decisions.
     """
 
     run: str
@@ -70,6 +73,7 @@ class RunModel:
     scales: object = None
     info: dict = field(default_factory=dict)
     source: object = None
+    task: str = "occurrence"
 
     @classmethod
     def from_model_file(cls, model_file, folds, *, info=None):
@@ -89,6 +93,7 @@ class RunModel:
                    model=str(prep.get("model", "")), weights=str(m["weights"]), aus=list(m["aus"]),
                    au_regions=dict(prep.get("regions") or {}), folds=folds,
                    alignment=dict(prep.get("alignment") or {}), source=model_file,
+                   task=m.get("task") or "occurrence",
                    info={"input_size": prep.get("input_size"), "layer": prep.get("layer"),
                          "created": m.get("created"), "featbench_version": m.get("featbench_version"),
                          "training_data": m["training_data"], **(info or {})})
@@ -198,7 +203,8 @@ class RunModel:
         scores : ndarray (n, k) float32
             Decision-function scores (nan where the run has no classifier for an AU).
         decisions : ndarray (n, k) int8
-            1 present, 0 absent: ``scores > threshold``, as the run decided its test frames.
+            1 present, 0 absent: the run's task's decision (occurrence: ``scores >
+            threshold``), as the run decided its test frames.
         thresholds : ndarray (k,) float
         """
         if self.members:
@@ -210,6 +216,7 @@ class RunModel:
             dec, sc = majority_vote(d, s, t, scales=self.scales)
             return sc, dec, np.zeros(len(self.aus))
         n = len(next(iter(codes.values()))) if codes else 0
+        task = get_task(self.task)  # how a score becomes a decision (classify.learn.task)
         per_fold = []
         for fold in self.folds:
             s = np.full((n, len(self.aus)), np.nan, np.float32)
@@ -227,8 +234,7 @@ class RunModel:
                 else:
                     raw = np.asarray(clf.decision_function(X))
                 s[:, a], t[a] = raw.astype(np.float32), thr
-                with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
-                    d[:, a] = (raw > thr).astype(np.int8)
+                d[:, a] = task.decide(raw, thr)  # decided unrounded, as the run decided
             per_fold.append((s, d, t))
         if len(per_fold) == 1:
             return per_fold[0]
@@ -238,85 +244,3 @@ class RunModel:
                                 np.stack([np.nan_to_num(p[2]) for p in per_fold]),
                                 scales=np.ones((len(per_fold), len(self.aus))))
         return sc, dec, np.zeros(len(self.aus))
-
-
-#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
-#: as whole sequences within a window, cut at its edges
-BIDIRECTIONAL_WINDOW = 512
-
-
-class LSTMScorer:
-    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
-
-    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
-    the next while its frame numbers follow each other (a frame without the face ends the
-    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
-    batch gives what scoring each whole sequence at once gives.
-
-    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
-    of consecutive frames of each track as one whole sequence, as the run scored its test
-    sequences; predict calls it once per window of ``window`` frames (``--window``, default
-    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
-    edges (frames near a cut see less context than in the run's test) and the window's aligned
-    faces are held in memory (about 150 KB a face at 224 px).
-
-    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
-
-    Parameters
-    ----------
-    entry : dict
-        The unit's settings (``dims``, ``n_out``, ``hidden``, ``bidirectional``).
-    tensors : mapping of str -> array
-        Its state dict, read when the network is first used (a model file's lazy group).
-    output : int
-        The AU's output of the network.
-    """
-
-    def __init__(self, entry, tensors, output=0):
-        self.entry, self.tensors, self.output = entry, tensors, int(output)
-        self.window = BIDIRECTIONAL_WINDOW if entry.get("bidirectional") else None
-        self._net, self._state = None, {}
-
-    def _network(self):
-        if self._net is None:
-            import torch
-
-            self._net = network_of(self.entry, {k: torch.from_numpy(np.array(v))
-                                                for k, v in self.tensors.items()})
-        return self._net
-
-    def reset(self):
-        self._state = {}
-
-    def score_tracks(self, X, tracks):
-        """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks`` (see RunModel.score)."""
-        import torch
-        from torch.nn.utils.rnn import pack_sequence
-
-        net = self._network()
-        out = np.full(len(X), np.nan, np.float32)
-        with torch.inference_mode():
-            for key, idx, first in _segments(tracks):
-                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
-                prev = None if self.window else self._state.get(key)
-                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
-                logits, hx = net(x, hx, state=True)
-                out[idx] = logits[:, self.output].float().numpy()
-                if not self.window:
-                    self._state[key] = (hx, first + len(idx) - 1)
-        return out
-
-
-def _segments(tracks):
-    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
-    by_track = {}
-    for i, (key, frame) in enumerate(tracks):
-        by_track.setdefault(key, []).append((i, int(frame)))
-    for key, rows in by_track.items():
-        start = 0
-        while start < len(rows):
-            end = start + 1
-            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
-                end += 1
-            yield key, [i for i, _ in rows[start:end]], rows[start][1]
-            start = end

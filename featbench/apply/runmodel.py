@@ -27,8 +27,10 @@ from featbench.core.results import read_summary
 from featbench.core.workspace import Workspace
 
 from classify.kinds import load_scorer
+from classify.learn.task import list_tasks
 from extract.download import file_sha256
-from classify.scorer import BIDIRECTIONAL_WINDOW, RunModel  # noqa: F401 - what predict applies
+from classify.lstm import BIDIRECTIONAL_WINDOW  # noqa: F401 - what predict applies
+from classify.scorer import RunModel  # noqa: F401
 
 __all__ = ["RunModel", "BIDIRECTIONAL_WINDOW", "resolve_run", "load_run", "load_model_file",
            "export_run", "finetuned_file"]
@@ -100,12 +102,13 @@ def load_model_file(path):
 
 
 def _applicable(model_file):
-    """``model_file`` if predict can apply its run: an occurrence run, not person-calibrated."""
+    """``model_file`` if predict can apply its run: a run of a task of the task registry
+    (:mod:`classify.learn.task`: scores -> 0/1 decisions per AU), not person-calibrated."""
     m = model_file.manifest
-    run = m["run"]
-    if m.get("task", "occurrence") != "occurrence":
-        raise UsageError(f"{model_file.path}: run {run} predicts AU {m['task']}; featbench predict "
-                         "applies occurrence runs only so far")
+    run, task = m["run"], m.get("task", "occurrence")
+    if task not in list_tasks():
+        raise UsageError(f"{model_file.path}: run {run} predicts AU {task}; featbench predict "
+                         f"applies runs of the tasks {', '.join(list_tasks())} so far")
     if set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags):  # never uncalibrated
         raise UsageError(f"run {run}: predict cannot apply person-calibrated runs yet "
                          "(use a run trained with --calibrate none)")
