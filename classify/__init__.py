@@ -6,8 +6,11 @@ module                       what it holds
 :mod:`classify.kinds`        the one registry of run kinds (lda, svm, lstm, ft, transfer,
                              vote): how each trains, saves (manifest + safetensors,
                              :mod:`featbench.core.modelfile`) and loads into one scorer;
-                             the kinds: :mod:`classify.basekinds`, :mod:`classify.netkinds`
+                             the kinds: :mod:`classify.basekinds`, and the learned ones in
+                             their method modules (lstm, finetune, transfer)
 :mod:`classify.scorer`       :class:`~classify.scorer.RunModel`, the one scorer of a run
+:mod:`classify.learn`        the learning framework of the learned methods: task, method
+                             contract, fold x unit loop, the one run writer
 :mod:`classify.estimators`   the per-AU estimators (``lda``, ``svm``: a ``Pipeline`` of
                              ``StandardScaler`` and the classifier), balancing, the search on
                              the validation subjects, the threshold kept inside the model,

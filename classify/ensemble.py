@@ -37,8 +37,6 @@ and says so in the ensemble's notes. Name it in ``--members`` to vote it anyway.
 
 import hashlib
 import json
-import os
-import shutil
 
 import numpy as np
 
@@ -52,6 +50,7 @@ from featbench.core.results import write_predictions, write_run
 from featbench.core.workspace import safe_name
 
 from classify.kinds import member_fingerprint, save_run
+from classify.learn.writer import replace_folder
 from classify.vote import majority_vote, score_scales
 
 PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
@@ -428,17 +427,11 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, 
     manifests = [_member_manifest(workspace, dataset, m) for m in members]
     alignment = next(((m.get("preprocessing") or {}).get("alignment") for m in manifests if m), {})
     final = workspace.models_dir(dataset, run)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_run(tmp, "vote", {"members": members, "scales": np.asarray(scales, np.float64),
-                               "fingerprints": [member_fingerprint(m) for m in manifests]},
-                 run=run, aus=aus, weights=weights, dataset=dataset, task=task,
-                 preprocessing={"model": "", "regions": {}, "alignment": alignment or {}})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    replace_folder(final, lambda tmp: save_run(
+        tmp, "vote", {"members": members, "scales": np.asarray(scales, np.float64),
+                      "fingerprints": [member_fingerprint(m) for m in manifests]},
+        run=run, aus=aus, weights=weights, dataset=dataset, task=task,
+        preprocessing={"model": "", "regions": {}, "alignment": alignment or {}}))
     return final
 
 

@@ -74,6 +74,7 @@ from featbench.core.modelfile import open_model
 from featbench.core.workspace import Workspace, run_lock
 
 from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
+from classify.learn.facekind import face_kind
 from classify.learn.facerun import face_run
 from classify.learn.loop import unit_state
 from classify.learn.method import Method, Unit, UnitData, counts, score_batches, trainable
@@ -292,7 +293,15 @@ class FinetuneMethod(Method):
 
     def to_scores(self, logits):
         """An AU's score: ``logit(present) - logit(absent)`` (per-au), else its logit."""
-        return logits[:, 1:2] - logits[:, 0:1] if self.config.head == "per-au" else logits
+        return logit_difference(logits) if self.config.head == "per-au" else logits
+
+    @classmethod
+    def network(cls, settings, unit, state):
+        return unit_network(settings, unit, state)
+
+    @classmethod
+    def to_scores_of(cls, settings):
+        return logit_difference if settings["config"]["head"] == "per-au" else None
 
     def scores(self, net, job, data, part):
         if part == "validation":
@@ -352,6 +361,11 @@ class FinetuneMethod(Method):
 
 def _network(info):
     return {k: v for k, v in info.items() if k != "frozen"}
+
+
+def logit_difference(logits):
+    """A 2-way (absent, present) head's score: ``logit(present) - logit(absent)``, (n, 1)."""
+    return logits[:, 1:2] - logits[:, 0:1]
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -469,3 +483,10 @@ def format_result(result):
 
 def _n_train(result):
     return int(max((r["n_train"] for r in result["rows"]), default=0))
+
+
+#: the ``ft`` run kind (the registry's entry, :mod:`classify.kinds`): how a fine-tuning run is
+#: trained, saved and loaded into one scorer (:mod:`classify.learn.facekind`)
+KIND = face_kind("ft", FinetuneMethod, train="classify.finetune:finetune_run",
+                 command="featbench finetune",
+                 help="a CNN fine-tuned for AU occurrence (per-AU or multilabel heads)")

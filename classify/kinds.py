@@ -28,8 +28,10 @@ A per-AU classifier on codes is even shorter: its :class:`~classify.estimators.C
 and ``register_kind(estimator_kind(spec))`` (:func:`classify.basekinds.estimator_kind`).
 
 The kinds themselves live beside their methods: ``lda``, ``svm`` (and :func:`estimator_kind`
-for any per-AU estimator) and ``vote`` in :mod:`classify.basekinds`; the network kinds
-(``lstm``, ``ft``, ``transfer``) in :mod:`classify.netkinds`. This module imports none of
+for any per-AU estimator) and ``vote`` in :mod:`classify.basekinds`; the learned kinds in their
+method modules (``lstm``: :data:`classify.lstm.KIND`; ``ft`` and ``transfer``, methods over
+faces: :data:`classify.finetune.KIND`, :data:`classify.transfer.KIND`, made by
+:func:`classify.learn.facekind.face_kind`). This module imports none of
 them (it is what their trainers write through, and what ``featbench --help`` lists).
 """
 
@@ -120,9 +122,9 @@ def _resolve(target):
 _ENTRIES = {
     "lda": "classify.basekinds:LDA",
     "svm": "classify.basekinds:SVM",
-    "lstm": "classify.netkinds:LSTM",
-    "ft": "classify.netkinds:FT",
-    "transfer": "classify.netkinds:TRANSFER",
+    "lstm": "classify.lstm:KIND",
+    "ft": "classify.finetune:KIND",
+    "transfer": "classify.transfer:KIND",
     "vote": "classify.basekinds:VOTE",
     "ridge": "classify.intensity_model:RIDGE",
     "svr": "classify.intensity_model:SVR",

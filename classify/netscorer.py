@@ -5,7 +5,7 @@ them; a ``featbench finetune`` or ``featbench transfer`` run maps aligned faces 
 per-AU scores. Both fit :class:`classify.scorer.RunModel`: the trained network stands where
 the encoder stood (:class:`NetworkScores`: crops -> its scores) and each AU's "classifier" is
 one column of those scores (:class:`NetworkOutput`), read through the classifier's
-``codes_key`` = ``(network, weights, region)``. Their run kinds (:mod:`classify.netkinds`)
+``codes_key`` = ``(network, weights, region)``. Their run kinds (:mod:`classify.learn.facekind`)
 build them from a model file (a run folder or an export).
 
 What is reproduced, from what each run did to its own test faces, all read from the run's
@@ -51,13 +51,14 @@ class NetworkScores:
         What the network reads of the aligned faces.
     start_weights : str
         The weights training started from (random ones are flagged in predict's outputs).
-    per_au : bool
-        Per-AU heads: the score is ``logit(present) - logit(absent)``.
+    to_scores : callable, optional
+        The method's map from the network's outputs to its scores (fine-tuning's per-AU heads:
+        ``logit(present) - logit(absent)``); None: the outputs.
     """
 
-    def __init__(self, tensors, *, sha256, build, face_input, start_weights="", per_au=False):
+    def __init__(self, tensors, *, sha256, build, face_input, start_weights="", to_scores=None):
         self.tensors, self.sha256, self.build, self.input = tensors, sha256, build, face_input
-        self.start_weights, self.per_au = str(start_weights or ""), bool(per_au)
+        self.start_weights, self.to_scores = str(start_weights or ""), to_scores
         self._net, self.device, self._dtype = None, "cpu", None
 
     @property
@@ -85,8 +86,7 @@ class NetworkScores:
         if self._net is None:
             self.open("cpu")
         return score_batches(self._net, [torch.from_numpy(np.ascontiguousarray(crops))],
-                             device=self.device, dtype=self._dtype,
-                             to_scores=(lambda o: o[:, 1:2] - o[:, 0:1]) if self.per_au else None)
+                             device=self.device, dtype=self._dtype, to_scores=self.to_scores)
 
 
 class NetworkOutput:

@@ -27,10 +27,9 @@ import numpy as np
 from featbench.core.calibrate import MIN_REFERENCE_FRAMES, CalibrationError, calibrate
 from featbench.core.errors import UsageError
 from featbench.core.identity import WeightsId
-from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN
 
+from classify.learn.task import get_task
 from classify.vote import majority_vote
-from classify.lstm import network_of
 
 
 @dataclass
@@ -65,7 +64,9 @@ class RunModel:
     source : ModelFile, optional
         The model file it was loaded from (an export carries the fine-tuned weights files whose
         codes a classify run reads: :meth:`weights_blob`).
-    task : {"occurrence", "intensity"}
+    task : str
+        The task its networks learned (:func:`classify.learn.task.get_task`): it turns scores
+        into decisions (and, for intensity, clips them to 0-5).
     calibrate : {"none", "median", "neutral"}
         How the run's codes were calibrated per person (applied per face track here).
     """
@@ -219,7 +220,8 @@ class RunModel:
         scores : ndarray (n, k) float32
             Decision-function scores (nan where the run has no classifier for an AU).
         decisions : ndarray (n, k) int8
-            1 present, 0 absent: ``scores > threshold``, as the run decided its test frames.
+            1 present, 0 absent: the run's task's decision (occurrence: ``scores >
+            threshold``), as the run decided its test frames.
         thresholds : ndarray (k,) float
         """
         if self.members:
@@ -247,6 +249,7 @@ class RunModel:
 
     def _score_fold(self, fold, codes, tracks):
         """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`)."""
+        task = get_task(self.task)  # how a score becomes a decision (classify.learn.task)
         n = len(next(iter(codes.values()))) if codes else 0
         s = np.full((n, len(self.aus)), np.nan, np.float32)
         d = np.zeros((n, len(self.aus)), np.int8)
@@ -262,11 +265,10 @@ class RunModel:
                 raw = np.asarray(clf.score_tracks(X, tracks))
             else:
                 raw = np.asarray(clf.decision_function(X))
-            if self.task == "intensity":  # the predicted intensity is clipped to the scale
-                raw = np.clip(raw.astype(np.float64), INTENSITY_MIN, INTENSITY_MAX)
+            raw = task.output(raw)  # intensity: clipped to the scale
             s[:, a], t[a] = raw.astype(np.float32), thr
             with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
-                d[:, a] = (raw > thr).astype(np.int8)
+                d[:, a] = task.decide(raw, thr)
         return s, d, t
 
     def _calibrated(self, codes, tracks):
@@ -301,85 +303,3 @@ def _mean_intensity(scores, thresholds):
         mean = (np.where(have, scores, 0).sum(axis=0) / have.sum(axis=0)).astype(np.float32)
         dec = (mean > np.asarray(thresholds)).astype(np.int8)
     return mean, dec, np.asarray(thresholds, dtype=float)
-
-
-#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
-#: as whole sequences within a window, cut at its edges
-BIDIRECTIONAL_WINDOW = 512
-
-
-class LSTMScorer:
-    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
-
-    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
-    the next while its frame numbers follow each other (a frame without the face ends the
-    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
-    batch gives what scoring each whole sequence at once gives.
-
-    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
-    of consecutive frames of each track as one whole sequence, as the run scored its test
-    sequences; predict calls it once per window of ``window`` frames (``--window``, default
-    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
-    edges (frames near a cut see less context than in the run's test) and the window's aligned
-    faces are held in memory (about 150 KB a face at 224 px).
-
-    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
-
-    Parameters
-    ----------
-    entry : dict
-        The unit's settings (``dims``, ``n_out``, ``hidden``, ``bidirectional``).
-    tensors : mapping of str -> array
-        Its state dict, read when the network is first used (a model file's lazy group).
-    output : int
-        The AU's output of the network.
-    """
-
-    def __init__(self, entry, tensors, output=0):
-        self.entry, self.tensors, self.output = entry, tensors, int(output)
-        self.window = BIDIRECTIONAL_WINDOW if entry.get("bidirectional") else None
-        self._net, self._state = None, {}
-
-    def _network(self):
-        if self._net is None:
-            import torch
-
-            self._net = network_of(self.entry, {k: torch.from_numpy(np.array(v))
-                                                for k, v in self.tensors.items()})
-        return self._net
-
-    def reset(self):
-        self._state = {}
-
-    def score_tracks(self, X, tracks):
-        """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks`` (see RunModel.score)."""
-        import torch
-        from torch.nn.utils.rnn import pack_sequence
-
-        net = self._network()
-        out = np.full(len(X), np.nan, np.float32)
-        with torch.inference_mode():
-            for key, idx, first in _segments(tracks):
-                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
-                prev = None if self.window else self._state.get(key)
-                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
-                logits, hx = net(x, hx, state=True)
-                out[idx] = logits[:, self.output].float().numpy()
-                if not self.window:
-                    self._state[key] = (hx, first + len(idx) - 1)
-        return out
-
-
-def _segments(tracks):
-    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
-    by_track = {}
-    for i, (key, frame) in enumerate(tracks):
-        by_track.setdefault(key, []).append((i, int(frame)))
-    for key, rows in by_track.items():
-        start = 0
-        while start < len(rows):
-            end = start + 1
-            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
-                end += 1
-            yield key, [i for i, _ in rows[start:end]], rows[start][1]
-            start = end

@@ -65,6 +65,7 @@ from featbench.core.workspace import atomic_write_text, run_lock
 
 from classify.estimators import decide
 from classify.learn import store
+from classify.learn.facekind import face_kind
 from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
 from classify.learn.intensity import check_task, task_named
@@ -252,6 +253,7 @@ class TransferMethod(Method):
 
     kind = CLF
     tune = True
+    probabilities = True
 
     def __init__(self, settings, faces_path, start, head, task=OCCURRENCE):
         super().__init__(task)
@@ -306,10 +308,9 @@ class TransferMethod(Method):
                           width=self.head[-1])
         return (None if part == "test" else job.y[rows]), s
 
-    def predict(self, net, rows):
-        """The logits of table ``rows`` (in order)."""
-        return self.scores(net, Job(0, "", Unit("model", ()), {"test": rows}, None, ""), None,
-                           "test")[1]
+    @classmethod
+    def network(cls, settings, unit, state):
+        return network_of(settings, state)
 
 
 # --- stage 1 -------------------------------------------------------------------------------------
@@ -600,7 +601,7 @@ def _fill_stage2(tmp, method, run, split, results, info):
                                "alignment": method.source.faces.settings},
                 backbone=settings.backbone, input_size=settings.input_size,
                 hidden=list(settings.hidden), dropout=settings.dropout,
-                face_input=method.source.input.to_json(), start_weights=info["weights"],
+                face_input={"model": method.source.input.to_json()}, start_weights=info["weights"],
                 trained_weights=info["trained_weights"], logit_thresholds=thr,
                 thresholds=[_sigmoid(t) for t in thr] if method.task is OCCURRENCE else thr)
     store.write_json(tmp / "settings.json", info)
@@ -766,3 +767,10 @@ def check_start(settings):
                          f"({str(exc).splitlines()[0][:120]}); use --input-size "
                          f"{spec.input_size}, or a backbone that takes any size "
                          "(resnet50, tv:resnet18...)") from None
+
+
+#: the ``transfer`` run kind (the registry's entry, :mod:`classify.kinds`): stage 2's network on
+#: full faces, scores and thresholds as probabilities (:mod:`classify.learn.facekind`)
+KIND = face_kind("transfer", TransferMethod, train="classify.transfer:transfer_run",
+                 command="featbench transfer",
+                 help="an expression-pretrained network fine-tuned for AUs")

@@ -557,6 +557,10 @@ def test_transfer_stage2_intensity_from_a_folder_manifest_with_intensities(tmp_p
         assert f.attrs["task"] == "intensity" and "scores_are" not in f.attrs
     assert s.min() >= 0 and s.max() <= 5 and set(np.unique(ints)) <= set(range(6))
     assert "mean ICC" in format_result({"control": out})
+    scorer = load_scorer(open_model(Workspace(tmp_path / "ws").models_dir(table.dataset, out["run"])))
+    fold = scorer.folds[0]
+    assert scorer.task == "intensity" and fold["AU12"][1] == 1.5  # not a probability threshold
+    assert not fold["AU12"][0].probability and "scores" not in scorer.info
 
 
 def test_lstm_regresses_an_intensity_only_its_memory_can_see(tmp_path):

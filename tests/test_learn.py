@@ -19,6 +19,7 @@ from featbench.core.metrics import au_metrics, nanmean  # noqa: E402
 from featbench.core.modelfile import open_model  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 from test_finetune import FAST, SIZE, make_table, one_thread, write_cache  # noqa: E402,F401
+from test_predict_nets import photo  # noqa: E402,F401
 
 AUS = ["AU01", "AU12"]
 
@@ -125,15 +126,18 @@ class Thumbnail(Method):
         return UnitData(trainable(c), c)
 
     @staticmethod
-    def network(side, outputs, state=None):
-        net = torch.nn.Sequential(_Thumb(side), torch.nn.Linear(3 * side * side, outputs))
-        if state is not None:
-            net.load_state_dict(state)
+    def thumbnail_net(side, outputs):
+        return torch.nn.Sequential(_Thumb(side), torch.nn.Linear(3 * side * side, outputs))
+
+    @classmethod
+    def network(cls, settings, unit, state):
+        net = cls.thumbnail_net(settings["side"], len(settings["units"][unit]["aus"]))
+        net.load_state_dict(state)
         return net
 
     def build(self, job, data):
         torch.manual_seed(0)
-        return self.network(self.side, len(job.unit.aus)), {"weights": "random:0"}
+        return self.thumbnail_net(self.side, len(job.unit.aus)), {"weights": "random:0"}
 
     def train_config(self, job):
         return TrainConfig(epochs=self.epochs, lr=0.05, optimizer="adam", patience=None, device="cpu")
@@ -188,7 +192,7 @@ def test_a_toy_method_trains_through_the_shared_loop_and_its_model_reproduces_th
     # the saved model alone (modelfile: manifest + one tensor group) gives the run's decisions
     model = open_model(res["models_dir"])
     settings = model.manifest["settings"]
-    net = Thumbnail.network(settings["side"], len(AUS), unit_state(model, "model"))
+    net = Thumbnail.network(settings, "model", unit_state(model, "model"))
     pred = read_predictions(res["predictions"])
     where = {k: i for i, k in enumerate(table.keys().tolist())}
     rows = np.array([where[k] for k in pred["frames"].tolist()])
@@ -197,3 +201,76 @@ def test_a_toy_method_trains_through_the_shared_loop_and_its_model_reproduces_th
     thr = np.array([model.manifest["folds"][0]["thresholds"][au] for au in AUS])
     np.testing.assert_array_equal((s > thr).astype(np.int8), pred["decisions"])
     np.testing.assert_allclose(s, pred["scores"], rtol=1e-5, atol=1e-5)
+
+
+# --- applied by featbench predict ------------------------------------------------------------
+def _predict_cli(ws, run, photo_path, out):
+    """``featbench predict PHOTO --run RUN`` as a user types it; return its CSV's one row."""
+    import pandas as pd
+
+    from featbench.app.cli import main
+
+    assert main(["--workspace", str(ws.root), "predict", str(photo_path), "--run", run, "--out",
+                 str(out), "--device", "cpu", "--quiet"]) == 0
+    row = pd.read_csv(out)
+    assert len(row) == 1 and row["success"].iloc[0] == 1
+    return row.iloc[0]
+
+
+def _aligned_photo(img, size):
+    from featbench.core import faces as F
+
+    lm = F.detect_landmarks(img)
+    face, M = F.align_face(img, lm, size=size)
+    return face[None], F.region_boxes(F.transform_points(lm, M), image_size=size)[None]
+
+
+def test_featbench_predict_applies_the_toy_method_as_its_run_decided(faces, photo, tmp_path):
+    from classify.kinds import register_kind, unregister_kind
+    from classify.learn.facekind import face_kind
+    from classify.learn.facerun import face_run
+    from classify.learn.loop import unit_state
+
+    table, cache = faces
+    ws = Workspace(tmp_path / "ws")
+    meta = {"model": "thumb", "region": "full", "clf": "thumb", "weights": "random:0",
+            "protocol": "paper", "dataset": "synth"}
+    run = face_run(Thumbnail(cache, epochs=5), ws, "synth", table, run="thumb__full__thumb",
+                   aus=AUS, protocol="paper", seed=0, meta=meta, progress=False)["run"]
+    register_kind(face_kind("thumb", Thumbnail))  # the method's registry line
+    try:
+        row = _predict_cli(ws, run, photo[0], tmp_path / "p.csv")
+    finally:
+        unregister_kind("thumb")
+    model = open_model(ws.models_dir("synth", run))
+    settings = model.manifest["settings"]
+    images, boxes = _aligned_photo(photo[1], SIZE)  # the run's faces were aligned at 48 px
+    crops = FaceInput.from_json(settings["face_input"]["model"]).crops(images, boxes)
+    net = Thumbnail.network(settings, "model", unit_state(model, "model"))
+    s = score_batches(net, [torch.from_numpy(crops)], device="cpu")[0]
+    for j, au in enumerate(AUS):
+        thr = model.manifest["folds"][0]["thresholds"][au]
+        assert row[f"{au}_p"] == pytest.approx(float(s[j]), rel=1e-5, abs=1e-6)
+        assert row[f"{au}_c"] == int(s[j] > thr)
+
+
+def test_featbench_predict_applies_a_toy_task_run_with_its_own_thresholds(faces, margin, photo,
+                                                                         tmp_path):
+    from classify.finetune import FinetuneConfig, finetune_run, load_unit
+    from featbench.apply.runmodel import load_run
+
+    table, cache = faces
+    ws = Workspace(tmp_path / "ws")
+    run = finetune_run(ws, "synth", FinetuneConfig(**{**FAST, "head": "multilabel", "epochs": 1}),
+                       table=table, aligned_path=cache, progress=False, task="margin")["run"]
+    assert load_run(ws, "synth", run).task == "margin"  # predict decides with the run's task
+    row = _predict_cli(ws, run, photo[0], tmp_path / "p.csv")
+    net, settings = load_unit(ws.models_dir("synth", run))
+    images, boxes = _aligned_photo(photo[1], SIZE)
+    crops = FaceInput.from_json(settings["face_input"]["model"]).crops(images, boxes)
+    s = score_batches(net, [torch.from_numpy(crops)], device="cpu")[0]
+    thresholds = open_model(ws.models_dir("synth", run)).manifest["folds"][0]["thresholds"]
+    decided = margin.decide(s, np.array([thresholds[a] for a in AUS]))
+    for j, au in enumerate(AUS):
+        assert row[f"{au}_p"] == pytest.approx(float(s[j]), rel=1e-5, abs=1e-6)
+        assert row[f"{au}_c"] == decided[j]

@@ -442,6 +442,30 @@ def test_toy_run_and_its_export_reproduce_the_runs_test_decisions(toy, which, tm
     np.testing.assert_array_equal(again[1], decisions)
 
 
+def test_export_half_stores_float16_and_scores_within_its_precision(toy, tmp_path, capsys):
+    """``featbench export --half``: float16 tensors, about half the file, thresholds exact, scores
+    within float16's precision of the full-precision export's."""
+    from featbench.apply.runmodel import load_model_file
+    from featbench.core.modelfile import open_model
+
+    run, ws = "toy__full__lda__au1+2+4+12", str(toy["ws"].root)
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    assert main(["--workspace", ws, "export", run, "--out", str(full)]) == 0
+    assert main(["--workspace", ws, "export", run, "--out", str(half), "--half"]) == 0
+    assert "float16" in capsys.readouterr().out
+    mf = open_model(half)
+    assert {str(mf.tensors(g)["clf.coef_"].dtype) for g in mf.groups} == {"float16"}
+    assert mf.manifest["folds"] == open_model(full).manifest["folds"]
+    def data_bytes(path):  # the tensors: the file less its 8-byte length and JSON header
+        return path.stat().st_size - 8 - struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+    assert data_bytes(half) < 0.5 * data_bytes(full)  # float64 / float32 arrays -> float16
+    codes = {("toy", "random:0", "full"): toy["codes"]}
+    a, b = load_model_file(full).score(codes), load_model_file(half).score(codes)
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-2, atol=1e-2)
+    assert (a[1] != b[1]).mean() < 0.05  # only scores within float16's precision of a threshold
+
+
 def test_model_file_checks(toy, tmp_path):
     from safetensors.numpy import load_file, save_file
 

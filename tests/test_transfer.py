@@ -253,7 +253,7 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     faces = AlignedFaces(w.aligned_path("affwild2"))
     where = {bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode(): i for i, k in enumerate(faces.keys)}
     rows = [where[bytes(k["subject"]) + b"/" + str(int(k["frame"])).encode()] for k in pred["frames"]]
-    source = FaceSource(faces, FaceInput.from_json(state["face_input"]))
+    source = FaceSource(faces, FaceInput.from_json(state["face_input"]["model"]))
     logits = score_batches(net, (torch.from_numpy(f) for _, _, f in source.batches(rows, 64)),
                            device="cpu")
     np.testing.assert_array_equal((logits > np.asarray(state["logit_thresholds"])).astype(np.int8),

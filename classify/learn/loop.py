@@ -58,10 +58,12 @@ class UnitResult:
     error: str = ""
     identity: dict = field(default_factory=dict)
     n_test: int = 0
+    base: str = ""
 
     def record(self):
         """JSON-ready: what the run's settings keep of the unit."""
-        return {"unit": self.name, "aus": list(self.aus), "region": self.region,
+        return {"unit": self.name, "base": self.base or self.name, "fold": self.fold,
+                "aus": list(self.aus), "region": self.region,
                 "trainable": [self.aus[j] for j in self.trainable], **self.fit,
                 "thresholds": self.thresholds, **({"error": self.error} if self.error else {})}
 
@@ -81,7 +83,8 @@ def train_unit(method, job, *, work, done=None, progress=False):
     """
     data = method.unit_data(job)
     res = UnitResult(job.name, job.fold, list(job.unit.aus), job.unit.region, data.counts,
-                     trainable=list(data.trainable), n_test=int(job.rows["test"].size))
+                     trainable=list(data.trainable), n_test=int(job.rows["test"].size),
+                     base=job.unit.name)
     if not data.trainable:
         res.error = "no positive (or no negative) frame in training: no network"
         return res

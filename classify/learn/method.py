@@ -88,6 +88,8 @@ class Method:
     workers = 1
     #: the summary columns a predictions file records (:mod:`classify.learn.facerun`)
     prediction_attrs = ("model", "region", "clf", "weights", "protocol", "dataset")
+    #: scores and thresholds are reported as probabilities (:mod:`classify.learn.facekind`)
+    probabilities = False
 
     def __init__(self, task=OCCURRENCE):
         self.task = task
@@ -119,6 +121,17 @@ class Method:
     def load_state(self, net, state):
         net.load_state_dict(state)
         return net
+
+    # --- a trained unit from its model (classify.learn.facekind) ------------------------------
+    @classmethod
+    def network(cls, settings, unit, state):
+        """The network of ``unit`` rebuilt from a run model's ``settings``, ``state`` loaded."""
+        raise NotImplementedError
+
+    @classmethod
+    def to_scores_of(cls, settings):
+        """How a run's networks' outputs become its scores (None: they are the scores)."""
+        return None
 
     # --- a run over faces (classify.learn.facerun) ---------------------------------------------
     def settings_json(self):

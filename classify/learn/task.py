@@ -250,6 +250,11 @@ def unregister_task(name):
         _TASKS.pop(name, None)
 
 
+def list_tasks():
+    """The names of the registered tasks."""
+    return list(_TASKS)
+
+
 def get_task(name):
     """Return the task called ``name`` (a :class:`Task` is returned as it is).
 

@@ -13,7 +13,7 @@ Streaming: decoding runs in one background thread, detection in two more (dlib a
 release the GIL), and the main thread encodes and classifies batches of faces while the next
 frames are being decoded and detected. Every queue is bounded, so a long video runs in constant
 memory; rows are appended to the CSV batch by batch. A bidirectional LSTM looks ahead: its
-batches are windows of ``window`` frames (:class:`classify.scorer.LSTMScorer`).
+batches are windows of ``window`` frames (:class:`classify.lstm.LSTMScorer`).
 
 Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
 
@@ -395,7 +395,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         The weights file of a run trained on a user's state dict.
     window : int, optional
         Frames a bidirectional LSTM sees at once (default
-        :data:`classify.scorer.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
+        :data:`classify.lstm.BIDIRECTIONAL_WINDOW`); other runs stream and ignore it.
     progress : bool
         A progress bar in frames on stderr.
     force : bool

@@ -27,8 +27,10 @@ from featbench.core.results import read_summary
 from featbench.core.workspace import Workspace
 
 from classify.kinds import load_scorer
+from classify.learn.task import list_tasks
 from extract.download import file_sha256
-from classify.scorer import BIDIRECTIONAL_WINDOW, RunModel  # noqa: F401 - what predict applies
+from classify.lstm import BIDIRECTIONAL_WINDOW  # noqa: F401 - what predict applies
+from classify.scorer import RunModel  # noqa: F401
 
 __all__ = ["RunModel", "BIDIRECTIONAL_WINDOW", "resolve_run", "load_run", "load_model_file",
            "export_run", "finetuned_file"]
@@ -100,10 +102,14 @@ def load_model_file(path):
 
 
 def _applicable(model_file):
-    """``model_file`` if predict can apply its run as it was trained: a person-calibrated run
-    must say how it calibrated (runs saved before the manifest held it are refused)."""
+    """``model_file`` if predict can apply its run: a run of a task of the task registry
+    (:mod:`classify.learn.task`: scores -> 0/1 decisions per AU); a person-calibrated run must
+    say how it calibrated (runs saved before the manifest held it are refused)."""
     m = model_file.manifest
-    run = m["run"]
+    run, task = m["run"], m.get("task", "occurrence")
+    if task not in list_tasks():
+        raise UsageError(f"{model_file.path}: run {run} predicts AU {task}; featbench predict "
+                         f"applies runs of the tasks {', '.join(list_tasks())} so far")
     calibrated = set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags)
     if calibrated and (m.get("preprocessing") or {}).get("calibrate") in (None, "", "none"):
         raise UsageError(f"{model_file.path}: run {run} was trained on person-calibrated codes "

@@ -1,0 +1,81 @@
+"""The run kind of any method over aligned faces, from its method class: one registry line.
+
+:func:`face_kind` makes the :class:`classify.kinds.RunKind` of a method whose networks map
+aligned faces to per-AU scores (``ft``, ``transfer``, a test's toy method). Its ``load`` builds
+the run's :class:`classify.scorer.RunModel` from the model file alone (a run folder or its
+export), through what the method class says at class level:
+
+``network(settings, unit, state)``
+    The unit's network rebuilt from the model's settings, with its trained ``state`` loaded.
+``to_scores(settings)`` (None: the outputs)
+    How the network's outputs become the scores (fine-tuning's per-AU heads: the logit
+    difference).
+``probabilities`` (False)
+    The run reports its scores and thresholds as probabilities (transfer).
+
+Per fold, each unit (``settings["units"]``: its fold, AUs, region, trainable AUs, base name;
+its :class:`~featbench.core.facesource.FaceInput` in ``settings["face_input"][base]``) becomes one
+:class:`classify.netscorer.NetworkScores`, read lazily from the unit's tensor group, and each of
+its AUs one column of it (:class:`classify.netscorer.NetworkOutput`) with the fold's threshold.
+The weights identity of a unit is ``finetuned:<run>/<unit> sha256:<its file's>``.
+"""
+
+import math
+from functools import partial
+
+from featbench.core.errors import StoreError
+from featbench.core.facesource import FaceInput
+from featbench.core.identity import WeightsId
+
+from classify.kinds import RunKind
+from classify.netscorer import NetworkOutput, NetworkScores
+from classify.scorer import RunModel
+
+
+def face_kind(name, method, *, train="", command="", help=""):
+    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces."""
+    return RunKind(name=name, load=partial(load_face_run, method=method),
+                   writer="classify.learn.loop:write_model", train=train, command=command,
+                   inputs="faces", help=help)
+
+
+def load_face_run(model_file, *, method):
+    """Each unit: its network on what its face input reads; each AU: one column of its scores."""
+    m = model_file.manifest
+    settings = {**m["settings"], "aus": list(m["aus"]), "weights": m["weights"]}
+    model = (m.get("preprocessing") or {}).get("model", m["kind"])
+    to_scores = method.to_scores_of(settings)
+    # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
+    prob = method.probabilities and m.get("task", "occurrence") == "occurrence"
+    folds = []
+    for fi, fold in enumerate(m["folds"]):
+        outputs = {}
+        for name, e in settings["units"].items():
+            if e.get("fold", 0) != fi or name not in model_file.groups:
+                continue  # another fold's unit, or one the run trained no network for
+            net = NetworkScores(partial(model_file.tensors, name),
+                                sha256=m["tensors"][name].get("sha256", ""),
+                                build=partial(method.network, settings, name),
+                                face_input=_face_input(settings, e), to_scores=to_scores,
+                                start_weights=settings.get("start_weights") or m["weights"])
+            wid = str(WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256))
+            for j, au in enumerate(e["aus"]):
+                if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
+                    thr = float(fold["thresholds"][au])
+                    outputs[au] = (NetworkOutput(net, model, wid, e["region"], j, probability=prob),
+                                   _sigmoid(thr) if prob else thr)
+        folds.append(outputs)
+    if not any(folds):
+        raise StoreError(f"{model_file.path}: run {m['run']} has no trained network for any AU")
+    return RunModel.from_model_file(model_file, folds, info={
+        "head": (settings.get("config") or {}).get("head"),
+        **({"scores": "probabilities"} if prob else {})})
+
+
+def _face_input(settings, entry):
+    """What the unit's network reads (the model's ``face_input`` of the unit's base name)."""
+    return FaceInput.from_json(settings["face_input"][entry["base"]])
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
