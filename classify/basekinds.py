@@ -115,7 +115,8 @@ def load_vote(model_file):
                     weights=m["weights"], aus=list(m["aus"]), members=loaded,
                     scales=model_file.tensors("vote")["scales"].astype("float64"),
                     alignment=loaded[0].alignment, source=model_file,
-                    info={"protocol": m["settings"].get("protocol")})
+                    info={"protocol": m["settings"].get("protocol")},
+                    task=str(m.get("task") or "occurrence"))
 
 
 #: the ``vote`` kind: a majority vote of other runs (``featbench ensemble``)

@@ -43,8 +43,8 @@ import numpy as np
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
 from featbench.core.identity import RunKey, format_members
-from featbench.core.metrics import (PRESENT_AT, au_metrics, intensity_decisions,
-                                    intensity_metrics, nanmean)
+from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold,
+                                    intensity_decisions, intensity_metrics, nanmean)
 from featbench.core.modelfile import read_manifest
 from featbench.core.results import write_predictions, write_run
 from featbench.core.workspace import safe_name
@@ -417,7 +417,7 @@ def _member_manifest(workspace, dataset, run):
         return None
 
 
-def write_vote_model(workspace, dataset, run, members, aus, weights, scales):
+def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, task="occurrence"):
     """Write the ``vote`` run's model folder: its members, their score scales, fingerprints.
 
     The scales are the members' on the frames the ensemble voted on, so that predict breaks a
@@ -430,7 +430,7 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales):
     replace_folder(final, lambda tmp: save_run(
         tmp, "vote", {"members": members, "scales": np.asarray(scales, np.float64),
                       "fingerprints": [member_fingerprint(m) for m in manifests]},
-        run=run, aus=aus, weights=weights, dataset=dataset,
+        run=run, aus=aus, weights=weights, dataset=dataset, task=task,
         preprocessing={"model": "", "regions": {}, "alignment": alignment or {}}))
     return final
 
@@ -489,7 +489,8 @@ def _combine(preds, members):
 def _ensemble_rows(task, first, decisions, scores, aus, threshold):
     """Return the ensemble's per-AU rows and the threshold reported per AU."""
     if task == "intensity":
-        return _intensity_rows(first, scores, aus, threshold), np.full(len(aus), threshold - 0.5)
+        return (_intensity_rows(first, scores, aus, threshold),
+                np.full(len(aus), decision_threshold(threshold)))
     return _per_au_rows(first["labels"], decisions, scores, first["fold"], aus), np.zeros(len(aus))
 
 
@@ -573,10 +574,8 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                       intensities=aligned[0].get("intensities"), run=run,
                       **{k: v for k, v in meta.items() if k != "members"}, members=members)
     csv = write_run(workspace, dataset, run, rows, meta=meta)
-    models_dir = None  # an intensity ensemble is not applied by predict yet: no model
-    if task == "occurrence":
-        models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
-                                      score_scales(np.stack([p["scores"] for p in aligned])))
+    models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
+                                  score_scales(np.stack([p["scores"] for p in aligned])), task=task)
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
             "models_dir": models_dir,
             "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),

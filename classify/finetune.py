@@ -257,7 +257,7 @@ class FinetuneMethod(Method):
         y_val = np.full((len(val_rows), y.shape[1]), -1, y.dtype)
         for j, b in enumerate(bal):
             y_val[np.searchsorted(val_rows, b), j] = y[b, j]
-        c = counts(y, rows)
+        c = counts(y, rows, self.task)
         return UnitData(trainable(c), c, {"train": labelled["train"], "val_all": va_all,
                                           "val_rows": val_rows, "y_val": y_val})
 
@@ -345,9 +345,11 @@ class FinetuneMethod(Method):
                 "std": prep.get("std"), "regions": {a: u.region for u in self.units(aus) for a in u.aus}}
 
     def row_extra(self, rec):
-        """ft's own columns of the run's table: the first fold's epoch and validation F1, the head."""
+        """ft's own columns of the run's table: the first fold's epoch and validation score (F1;
+        an intensity run's ICC), the head."""
         fit = rec["unit"].fit
-        return {"best_epoch": fit.get("best_epoch", ""), "val_f1": fit.get("val_score", float("nan")),
+        metric = "val_icc" if self.task.name == "intensity" else "val_f1"
+        return {"best_epoch": fit.get("best_epoch", ""), metric: fit.get("val_score", float("nan")),
                 "head": self.config.head}
 
     def record(self, info):

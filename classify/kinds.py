@@ -126,6 +126,8 @@ _ENTRIES = {
     "ft": "classify.finetune:KIND",
     "transfer": "classify.transfer:KIND",
     "vote": "classify.basekinds:VOTE",
+    "ridge": "classify.intensity_model:RIDGE",
+    "svr": "classify.intensity_model:SVR",
 }
 _LOADED = {}
 

@@ -56,6 +56,7 @@ from featbench.core.modelfile import open_model
 from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
 from classify.kinds import RunKind
+from classify.learn.intensity import task_named
 from classify.learn.task import OCCURRENCE
 from classify.scorer import RunModel
 from classify.training import TrainConfig
@@ -418,17 +419,18 @@ class LSTMMethod(Method):
     def unit_data(self, job):
         """Cut the fold's training and validation rows into sequences (the trainable AUs' labels),
         the whole test sequences, the z-scoring and the positive weight of the training frames."""
-        c = counts(job.y, job.rows)
+        c = counts(job.y, job.rows, self.task)
         cols = trainable(c)
         data = UnitData(cols, c, {"Y": job.y[:, cols]})
         if not cols:
             return data
         Y, o = data.extra["Y"], self.options
         mode = "train" if self.balance else "whole"
-        cut = {p: cut_sequences(job.rows[p], self.group, self.frame, Y, mode=mode, context=o.context,
+        act = np.where(Y >= 0, self.task.positive(Y), -1)  # cut around what the task calls present
+        cut = {p: cut_sequences(job.rows[p], self.group, self.frame, act, mode=mode, context=o.context,
                                 drop_gap=o.drop_gap) for p in ("train", "validation")}
-        cut["threshold"] = cut_sequences(job.rows["validation"], self.group, self.frame, Y, mode="test")
-        cut["test"] = cut_sequences(job.rows["test"], self.group, self.frame, Y, mode="test")
+        cut["threshold"] = cut_sequences(job.rows["validation"], self.group, self.frame, act, mode="test")
+        cut["test"] = cut_sequences(job.rows["test"], self.group, self.frame, act, mode="test")
         if not cut["train"].sequences:
             raise UsageError("no training sequence (no training frame with codes and labels)")
         X, train_rows = self.X(job.unit.region), np.concatenate(cut["train"].sequences)
@@ -521,7 +523,7 @@ def lstm_jobs(jobs, splits, labels, *, multilabel, identity):
 
 
 def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_threshold, balance,
-             class_weight, checkpoint_root=None, n_jobs=None, progress=True):
+             class_weight, checkpoint_root=None, n_jobs=None, progress=True, task=OCCURRENCE):
     """Train every (fold, AU) job of a classify run with LSTMs; return run.py's result dicts.
 
     Per-AU networks (the paper) train in parallel worker processes on CPU; ``--multilabel``
@@ -533,7 +535,8 @@ def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_thr
              ).factorize()[0].astype(np.int64)
     frame = table.frames["frame"].to_numpy(dtype=np.int64)
     identity = {"options": asdict(options), "seed": seed, "balance": balance,
-                "class_weight": class_weight, "subjects": table.fingerprint()}
+                "class_weight": class_weight, "subjects": table.fingerprint(),
+                **({"task": task.name} if task is not OCCURRENCE else {})}
     units = lstm_jobs(jobs, splits, labels, multilabel=options.multilabel, identity=identity)
     cores = os.cpu_count() or 1
     workers = 1 if str(resolve_device(options.device)).startswith("cuda") else max(
@@ -542,7 +545,8 @@ def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_thr
         if workers > 1:  # the workers read the codes memory-mapped instead of pickled copies
             codes = {r: str(_save_npy(tmp, r, c)) for r, c in codes.items()}
         method = LSTMMethod(options, codes, pos, group, frame, seed=seed, workers=workers,
-                            tune_threshold=tune_threshold, balance=balance, class_weight=class_weight)
+                            tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
+                            task=task)
         results = run_units(method, units, work=Path(checkpoint_root or tmp), progress=progress)
     return list(per_au(results, [j[2] for j in jobs]).values())
 
@@ -553,7 +557,7 @@ def _save_npy(folder, region, codes):
     return path
 
 
-def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset):
+def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset, task="occurrence"):
     """The ``lstm`` kind's ``save`` (:data:`KIND`): each trained network of a run
     once into ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`);
     return ``{(fold, au): settings entry}``. ``trained``: ``classify_run``'s ``{"splits",
@@ -565,7 +569,8 @@ def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset):
              for res in results}
     if any(res.net is not None for res in results):
         first = next(res for res in results if res.net is not None)
-        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None)
+        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None,
+                            task=task_named(task))
         write_model(folder, method, run, aus, splits, results, units, weights=weights,
                     preprocessing=preprocessing, dataset=dataset)
     entries = fold_entries(by, splits, au_list)

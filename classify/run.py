@@ -47,10 +47,13 @@ from featbench.core.datasets import load_dataset
 from featbench.core.errors import MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.core.frames import KEY_DTYPE
 from featbench.core.identity import RunKey
-from featbench.core.splits import make_splits
-from featbench.core.workspace import Workspace, atomic_write_text, run_lock, temp_sibling
+from featbench.core.metrics import PRESENT_AT
+from featbench.core.splits import make_splits, scored_mask
+from featbench.core.workspace import Workspace, atomic_write_text, run_lock
 
 from classify.estimators import balance_indices, with_threshold
+from classify.learn.intensity import check_task, task_named
+from classify.learn.task import OCCURRENCE
 from classify.learn.writer import (fold_record, record_run_failure, recording_failure,  # noqa: F401
                                    versions, write_outputs)
 from classify.kinds import classifier_kind, get_kind
@@ -88,14 +91,17 @@ DEFAULT_LABEL_THRESHOLD = 2
 
 
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,
-            aus=None, default_aus=None, extra=None, label_threshold=None, calibrate="none"):
+            aus=None, default_aus=None, extra=None, label_threshold=None, calibrate="none",
+            task="occurrence"):
     """Return the run-name tag of the non-default settings (None for the defaults).
 
     ``literature``, ``kfold5``, ``own``; ``i3`` (labels from another intensity threshold than
     the protocol's 2: ``--threshold 3``); ``thr`` (tuned thresholds); ``nobal``; ``cw``
     (balanced class weights); ``s<seed>``; ``au1+2`` for a subset of AUs; ``extra`` (the
     classifier's own non-default settings, e.g. the LSTM's ``ml``); ``calmed`` / ``calneu``
-    (person calibration, ``featbench.core.calibrate``); joined with ``-``.
+    (person calibration, ``featbench.core.calibrate``); the task's name when it is not
+    occurrence (``intensity``: the LSTM's intensity runs, as fine-tuning names them); joined
+    with ``-``.
     """
     parts = []
     if protocol != "paper":
@@ -116,6 +122,8 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
         parts.append(extra)
     if calibration_tag(calibrate):
         parts.append(calibration_tag(calibrate))
+    if task != "occurrence":
+        parts.append(task)
     return "-".join(parts) or None
 
 
@@ -331,7 +339,7 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
 # --- the run -----------------------------------------------------------------------------------
 def classify_run_key(table, *, model, region, clf, protocol="paper", tune_threshold=False,
                      balance=True, class_weight=None, seed=0, aus=None, options=None,
-                     calibrate="none"):
+                     calibrate="none", task="occurrence"):
     """Return the :class:`~featbench.core.identity.RunKey` of a classify run with these settings.
 
     The one place a classify run's name is computed: :func:`classify_run` names its outputs
@@ -343,17 +351,19 @@ def classify_run_key(table, *, model, region, clf, protocol="paper", tune_thresh
     kind = classifier_kind(clf)
     options = kind.options(options) if kind.options is not None else None
     tag = run_tag(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-                  class_weight=class_weight, seed=seed, calibrate=calibrate,
+                  class_weight=class_weight, seed=seed, calibrate=calibrate, task=task,
                   aus=resolve_aus(table, protocol, aus), default_aus=resolve_aus(table, protocol),
                   extra=options.tag() if options else None, label_threshold=table.label_threshold)
     return RunKey(model, region, clf, tag or ())
 
 
-def _check_args(clf, region, class_weight, options, calibrate="none"):
+def _check_args(clf, region, class_weight, options, calibrate="none", task="occurrence"):
     """Return the run kind of ``clf``, its own settings and the calibration; UsageError for
     bad arguments."""
     spec = classifier_kind(clf)
     calibrate = check_calibration(calibrate)
+    if check_task(task) == "intensity" and spec.fit_jobs is None:
+        raise UsageError(f"--task intensity takes --clf ridge, svr or lstm, not {clf}")
     if region not in REGION_CHOICES:
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
@@ -367,7 +377,8 @@ def _check_args(clf, region, class_weight, options, calibrate="none"):
 
 def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
                  tune_threshold=False, balance=True, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none"):
+                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none",
+                 task="occurrence"):
     """Train and score one per-AU classifier run; write its tables, predictions and models.
 
     Parameters
@@ -405,8 +416,9 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     scheduler : str, optional
         LDA / SVM: a Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local
         workers); see :mod:`classify.scale`, also for ``FEATBENCH_MEMORY_GB``.
-    calibrate : {"none", "median", "neutral"}
-        Person-specific calibration of the codes (:mod:`featbench.core.calibrate`).
+    calibrate, task : str
+        Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`); task
+        ``occurrence`` or, ``clf="lstm"`` only, ``intensity`` (:mod:`classify.learn.intensity`).
 
     Returns
     -------
@@ -421,12 +433,12 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
         found, a failure is also recorded as the run's row in ``summary.csv``.
     """
     t0 = time.time()
-    spec, options, method = _check_args(clf, region, class_weight, lstm, calibrate)
+    spec, options, method = _check_args(clf, region, class_weight, lstm, calibrate, task)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     table = table if table is not None else _load_table(workspace, dataset, progress)
     au_list = resolve_aus(table, protocol, aus)
     settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-                    class_weight=class_weight, seed=seed, calibrate=method)
+                    class_weight=class_weight, seed=seed, calibrate=method, task=task)
     run = str(classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
                                options=options, **settings))
     regions = sorted({AU_REGION[a] for a in au_list}) if region == "auto" else [region]
@@ -443,14 +455,14 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
 
 
 def _run_meta(spec, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
-              balance, class_weight, seed, calibrate="none"):
+              balance, class_weight, seed, calibrate="none", task="occurrence"):
     """Return the run's settings as its summary row and settings.json record them."""
     return {"model": model, "region": region, "clf": clf, "weights": "",
             "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
             "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
             # which intensity made a label positive: runs on other thresholds never mix
             "label_threshold": "" if table.label_threshold is None else table.label_threshold,
-            "calibrate": calibrate,
+            "calibrate": calibrate, "task": task,
             **({spec.name: asdict(options)} if options else {})}
 
 
@@ -460,12 +472,12 @@ def _load_table(workspace, dataset, progress):
 
 def _read_run_codes(kind, workspace, dataset, model, regions, path, calibrate="none"):
     """Return ``(keys, codes, attrs, memory budget)``; codes over the budget stay on disk,
-    unless calibrated (``featbench.core.calibrate``: every row is rewritten, in memory)."""
+    unless calibrated (``featbench.core.calibrate``: every row is rewritten, in memory, by
+    :func:`_classify`)."""
     budget = memory_budget_bytes()
     lazy = (not kind.needs_sequences and calibrate == "none"
             and codes_bytes(path, regions) > budget)
-    keys, codes, attrs = load_codes(workspace, dataset, model, regions, lazy=lazy)
-    return keys, calibrate_codes(codes, keys, calibrate), attrs, budget
+    return (*load_codes(workspace, dataset, model, regions, lazy=lazy), budget)
 
 
 def _make_jobs(table, splits, au_list, region, has_code, labelled):
@@ -485,14 +497,15 @@ def _make_jobs(table, splits, au_list, region, has_code, labelled):
 
 
 def _train(kind, jobs, meta, *, workspace, dataset, run, table, splits, codes, labels, pos, n_jobs,
-           progress, budget, scheduler):
+           progress, budget, scheduler, task=OCCURRENCE):
     """Run every job: the kind's own trainer (sequences) or one fit of its estimator per job."""
     common = dict(codes=codes, labels=labels, pos=pos, seed=meta["seed"], balance=meta["balance"],
                   class_weight=meta["class_weight"] or None, tune_threshold=meta["tune_threshold"])
     if kind.fit_jobs is not None:  # sequences of frames, not rows: the kind's own trainer
         ckpt = workspace.models_dir(dataset, run).with_name(f".{run}.train")
         return kind.fit_jobs(jobs, table=table, splits=splits, options=kind.options(meta[kind.name]),
-                             n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, **common), None
+                             n_jobs=n_jobs, checkpoint_root=ckpt, progress=progress, task=task,
+                             **common), None
     return _parallel(jobs, n_jobs, progress, spec=kind.estimator, budget=budget, scheduler=scheduler,
                      **common), scheduler
 
@@ -503,16 +516,19 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
     spec, scheduler = get_kind(meta["clf"]), scheduler_address(scheduler)
     pos = join_codes(table, keys)
     has_code = pos >= 0
-    labels = table.labels(au_list)
+    task = task_named(meta.get("task"), threshold=table.label_threshold or PRESENT_AT)
+    labels = task.targets(table, au_list)
     labelled = (labels >= 0).any(axis=1)
     splits = make_splits(table, meta["protocol"], seed=meta["seed"])
+    codes = calibrate_codes(codes, keys, meta["calibrate"],  # every person scored has a reference
+                            require=table.keys()[labelled & scored_mask(table, splits)])
     jobs, test_rows, missing = _make_jobs(table, splits, au_list, meta["region"], has_code, labelled)
     if not any(r.size for r in test_rows):
         raise MissingRunError(f"no test frame of {dataset} has codes of {meta['model']} "
                               f"(the feature file's frames do not match the data set's)")
     results, scheduler = _train(spec, jobs, meta, workspace=workspace, dataset=dataset, run=run,
                                 table=table, splits=splits, codes=codes, labels=labels, pos=pos,
-                                n_jobs=n_jobs,
+                                n_jobs=n_jobs, task=task,
                                 progress=progress, budget=budget, scheduler=scheduler)
     by = {(r["fold"], r["au"]): r for r in results}
     scale = {"codes_in_memory": not any(isinstance(c, H5Codes) for c in codes.values()),
@@ -532,7 +548,7 @@ def _classify(workspace, dataset, run, table, au_list, keys, codes, attrs, meta,
 
     out = write_outputs(workspace, dataset, run, table=table, au_list=au_list, splits=splits,
                         test_rows=test_rows, by=by, labels=labels, meta=meta, fill_models=fill,
-                        params=tuple(_search_space(spec)), attrs=PREDICTION_ATTRS, t0=t0)
+                        params=tuple(_search_space(spec)), attrs=PREDICTION_ATTRS, t0=t0, task=task)
     out["notes"] += [f"{n} labelled {part} frames have no codes in the feature file and were left out"
                      for part, n in missing.items() if n]
     out["missing_codes"] = missing
@@ -577,7 +593,8 @@ def model_preprocessing(meta, attrs, au_list):
             "input_size": _plain(attrs.get("input_size")),
             "regions": {a: AU_REGION[a] if region == "auto" else region for a in au_list},
             **{k: _plain(prep[k]) for k in ("mean", "std", "pixel_scale") if k in prep},
-            "alignment": prep.get("aligned_settings") or {}}
+            "alignment": prep.get("aligned_settings") or {},
+            "calibrate": meta.get("calibrate") or "none"}  # per person, as predict must too
 
 
 def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs, missing, n_train,
@@ -588,7 +605,9 @@ def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs,
     kind = get_kind(meta["clf"])
     saved = kind.save(tmp, {"splits": splits, "aus": au_list, "fits": by}, run=run, aus=au_list,
                       weights=str(attrs.get("weights", "")) or meta["weights"], dataset=dataset,
-                      preprocessing=model_preprocessing(meta, attrs, au_list)) or {}
+                      preprocessing=model_preprocessing(meta, attrs, au_list),
+                      **({"task": meta["task"]} if meta.get("task", "occurrence") != "occurrence"
+                         else {})) or {}
     folds = [fold_record(split, {au: saved.get((fi, au)) or _fit_record(by[(fi, au)])
                                  for au in au_list},
                          n_train_frames=n_train[fi], n_test_frames=int(test_rows[fi].size))
@@ -609,23 +628,33 @@ def _fill_models(tmp, workspace, dataset, run, au_list, splits, by, meta, attrs,
 
 
 def format_result(result):
-    """Return the one-screen text of a run: per-AU table, mean, notes and the CSV path."""
-    cols = ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold")
-    head = f"{'au':<6}" + "".join(f"{c:>10}" for c in cols)
-    lines = [f"{result['run']} on {result['dataset']} ({result['meta']['protocol']} protocol, "
-             f"{result['meta']['n_train']} training / {result['meta']['n_test']} test frames)", head]
+    """Return the one-screen text of a run: per-AU table, mean, notes and the CSV path.
+
+    An intensity run (``result["task"]``) shows ICC, r, MAE and the F1 of rounded intensity >= 2.
+    """
+    meta, mean = result["meta"], result["mean"]
+    intensity = result.get("task", meta.get("task")) == "intensity"
+    cols = (("icc", "pearson", "mae", "f1", "support") if intensity else
+            ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold"))
+    cal = meta.get("calibrate", "none")
+    lines = [f"{result['run']} on {result['dataset']} ({'intensity, ' if intensity else ''}"
+             f"{meta['protocol']} protocol{'' if cal in (None, 'none') else f', calibration {cal}'}, "
+             f"{meta['n_train']} training / {meta['n_test']} test frames)",
+             f"{'au':<6}" + "".join(f"{c:>10}" for c in cols)]
 
     def cell(v):
         if isinstance(v, (int, np.integer)):
             return f"{v:>10d}"
         return f"{'nan':>10}" if v is None or not np.isfinite(v) else f"{v:>10.3f}"
 
-    for r in result["rows"] + [{**result["mean"], "threshold": float("nan")}]:
+    for r in result["rows"] + [{**mean, "threshold": float("nan")}]:
         lines.append(f"{r['au']:<6}" + "".join(cell(r.get(c, float('nan'))) for c in cols))
     lines += [f"note: {n}" for n in result["notes"]]
     defined = sum(np.isfinite(float(r["f1"])) for r in result["rows"] if r.get("f1") is not None)
     undefined = len(result["rows"]) - defined  # nan F1 (no test positives) is not averaged
-    lines.append(f"mean F1 {result['mean']['f1']:.3f} over {defined} AUs"
+    head = (f"mean ICC {mean['icc']:.3f}, r {mean['pearson']:.3f}, MAE {mean['mae']:.3f}, F1 of "
+            f"rounded intensity >= {meta.get('label_threshold') or 2} " if intensity else "mean F1 ")
+    lines.append(f"{head}{mean['f1']:.3f} over {defined} AUs"
                  f"{f' ({undefined} nan, left out)' if undefined else ''} in "
                  f"{result['seconds']:.0f} s -> {result['csv']}")
     return "\n".join(lines)

@@ -10,12 +10,21 @@ runs: :mod:`classify.netscorer`), which stands where a frozen encoder would.
 
 A multi-fold run (``--protocol literature``/``kfold:K``) holds one classifier per fold and AU;
 its folds vote like an ensemble's members.
+
+An intensity run (``task`` = ``intensity``: ridge / SVR, or a learned method's Intensity task)
+scores the predicted intensity clipped to 0-5, and its decision is that intensity rounded >= 2
+(``score > 1.5``); its folds, and an intensity ensemble's members, are averaged, not voted. A
+run trained on person-calibrated codes (``calibrate`` = ``median`` / ``neutral``,
+:mod:`featbench.core.calibrate`) calibrates the codes of each face track the same way before
+scoring: the batch must hold whole tracks (:meth:`RunModel.whole_tracks`); faces of a track too
+short for a reference get nan scores.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from featbench.core.calibrate import MIN_REFERENCE_FRAMES, CalibrationError, calibrate
 from featbench.core.errors import UsageError
 from featbench.core.identity import WeightsId
 
@@ -57,7 +66,9 @@ class RunModel:
         codes a classify run reads: :meth:`weights_blob`).
     task : str
         The task its networks learned (:func:`classify.learn.task.get_task`): it turns scores
-        into decisions.
+        into decisions (and, for intensity, clips them to 0-5).
+    calibrate : {"none", "median", "neutral"}
+        How the run's codes were calibrated per person (applied per face track here).
     """
 
     run: str
@@ -74,6 +85,7 @@ class RunModel:
     info: dict = field(default_factory=dict)
     source: object = None
     task: str = "occurrence"
+    calibrate: str = "none"
 
     @classmethod
     def from_model_file(cls, model_file, folds, *, info=None):
@@ -93,10 +105,11 @@ class RunModel:
                    model=str(prep.get("model", "")), weights=str(m["weights"]), aus=list(m["aus"]),
                    au_regions=dict(prep.get("regions") or {}), folds=folds,
                    alignment=dict(prep.get("alignment") or {}), source=model_file,
-                   task=m.get("task") or "occurrence",
                    info={"input_size": prep.get("input_size"), "layer": prep.get("layer"),
                          "created": m.get("created"), "featbench_version": m.get("featbench_version"),
-                         "training_data": m["training_data"], **(info or {})})
+                         "training_data": m["training_data"], **(info or {})},
+                   task=str(m.get("task") or "occurrence"),
+                   calibrate=str(prep.get("calibrate") or "none"))
 
     # what it needs --------------------------------------------------------------------------
     def networks(self):
@@ -143,6 +156,10 @@ class RunModel:
         if not self.members:
             return self.info.get("input_size") if (self.model, self.weights) == tuple(key) else None
         return next((s for s in (m.input_size_for(key) for m in self.members) if s), None)
+
+    def whole_tracks(self):
+        """True when the run (or a member) calibrates per face track: score whole tracks at once."""
+        return self.calibrate != "none" or any(m.whole_tracks() for m in self.members)
 
     def window(self):
         """Frames a bidirectional sequence model must see at once (None: the run streams)."""
@@ -195,8 +212,8 @@ class RunModel:
             The codes of the batch's faces, for every key :meth:`networks` names.
         tracks : list of (track key, frame number), optional
             Per face, what it belongs to, in time order: a sequence model (LSTM) carries its
-            state along a track from batch to batch while frame numbers follow each other.
-            Needed by LSTM runs only.
+            state along a track from batch to batch while frame numbers follow each other;
+            a calibrated run calibrates each track's codes. Needed by LSTM and calibrated runs.
 
         Returns
         -------
@@ -213,34 +230,76 @@ class RunModel:
             s = np.stack([p[0][:, c] for p, c in zip(parts, cols)])
             d = np.stack([p[1][:, c] for p, c in zip(parts, cols)])
             t = np.stack([p[2][c] for p, c in zip(parts, cols)])
+            if self.task == "intensity":  # the mean of the members' intensities
+                return _mean_intensity(s, np.fmax.reduce(t))
             dec, sc = majority_vote(d, s, t, scales=self.scales)
             return sc, dec, np.zeros(len(self.aus))
-        n = len(next(iter(codes.values()))) if codes else 0
-        task = get_task(self.task)  # how a score becomes a decision (classify.learn.task)
-        per_fold = []
-        for fold in self.folds:
-            s = np.full((n, len(self.aus)), np.nan, np.float32)
-            d = np.zeros((n, len(self.aus)), np.int8)
-            t = np.full(len(self.aus), np.nan)
-            for a, au in enumerate(self.aus):
-                if au not in fold or not n:
-                    continue
-                clf, thr = fold[au]
-                X = codes[getattr(clf, "codes_key", None) or (self.model, self.weights, self.au_regions[au])]
-                if hasattr(clf, "score_tracks"):
-                    if tracks is None:
-                        raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
-                    raw = np.asarray(clf.score_tracks(X, tracks))
-                else:
-                    raw = np.asarray(clf.decision_function(X))
-                s[:, a], t[a] = raw.astype(np.float32), thr
-                d[:, a] = task.decide(raw, thr)  # decided unrounded, as the run decided
-            per_fold.append((s, d, t))
+        codes = self._calibrated(codes, tracks)
+        per_fold = [self._score_fold(fold, codes, tracks) for fold in self.folds]
         if len(per_fold) == 1:
             return per_fold[0]
+        if self.task == "intensity":  # several folds: their intensities averaged
+            return _mean_intensity(np.stack([p[0] for p in per_fold]), per_fold[0][2])
         # several folds: each fold's classifier votes, as the members of an ensemble
         dec, sc = majority_vote(np.stack([p[1] for p in per_fold]),
                                 np.stack([p[0] for p in per_fold]),
                                 np.stack([np.nan_to_num(p[2]) for p in per_fold]),
                                 scales=np.ones((len(per_fold), len(self.aus))))
         return sc, dec, np.zeros(len(self.aus))
+
+    def _score_fold(self, fold, codes, tracks):
+        """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`)."""
+        task = get_task(self.task)  # how a score becomes a decision (classify.learn.task)
+        n = len(next(iter(codes.values()))) if codes else 0
+        s = np.full((n, len(self.aus)), np.nan, np.float32)
+        d = np.zeros((n, len(self.aus)), np.int8)
+        t = np.full(len(self.aus), np.nan)
+        for a, au in enumerate(self.aus):
+            if au not in fold or not n:
+                continue
+            clf, thr = fold[au]
+            X = codes[getattr(clf, "codes_key", None) or (self.model, self.weights, self.au_regions[au])]
+            if hasattr(clf, "score_tracks"):
+                if tracks is None:
+                    raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
+                raw = np.asarray(clf.score_tracks(X, tracks))
+            else:
+                raw = np.asarray(clf.decision_function(X))
+            raw = task.output(raw)  # intensity: clipped to the scale
+            s[:, a], t[a] = raw.astype(np.float32), thr
+            with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
+                d[:, a] = task.decide(raw, thr)
+        return s, d, t
+
+    def _calibrated(self, codes, tracks):
+        """``codes`` calibrated per face track as the run's codes were per person (nan for the
+        faces of a track too short for a reference); unchanged for an uncalibrated run."""
+        if self.calibrate == "none" or not codes:
+            return codes
+        if tracks is None:
+            raise UsageError(f"run {self.run} calibrates each face track ({self.calibrate}): "
+                             "pass the faces' tracks")
+        persons = np.array([repr(t[0]) for t in tracks])
+        names, counts = np.unique(persons, return_counts=True)
+        keep = np.isin(persons, names[counts >= MIN_REFERENCE_FRAMES])
+        if not keep.any():
+            raise CalibrationError(
+                f"run {self.run} calibrates each face track ({self.calibrate}), which needs at "
+                f"least {MIN_REFERENCE_FRAMES} frames of the face: a photo, or a face seen in one "
+                "frame, cannot be calibrated (use a video, or a run trained with --calibrate none)")
+        out = {}
+        for key, c in codes.items():
+            x = np.full(np.shape(c), np.nan, np.float32)
+            x[keep] = calibrate(np.asarray(c)[keep], persons[keep], self.calibrate)
+            out[key] = x
+        return out
+
+
+def _mean_intensity(scores, thresholds):
+    """``(intensity, decisions, thresholds)`` of stacked (m, n, k) intensities: their mean over
+    the members (or folds) that score an AU, decided ``> threshold``."""
+    have = np.isfinite(scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (np.where(have, scores, 0).sum(axis=0) / have.sum(axis=0)).astype(np.float32)
+        dec = (mean > np.asarray(thresholds)).astype(np.int8)
+    return mean, dec, np.asarray(thresholds, dtype=float)

@@ -68,6 +68,7 @@ from classify.learn import store
 from classify.learn.facekind import face_kind
 from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
+from classify.learn.intensity import check_task, task_named
 from classify.learn.task import EXPRESSION, OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
 from classify.training import TrainConfig, fit, plot_history
@@ -100,6 +101,8 @@ class TransferSettings:
     epochs : (int, int)
         At most this many epochs in stage 1 and stage 2.
     lr, batch_size, patience, seed, device, flip, dropout
+    task : {"occurrence", "intensity"}
+        What stage 2 learns (:mod:`classify.learn.intensity`: the head regresses 0-5).
     """
 
     backbone: str = "resnet50"
@@ -116,8 +119,10 @@ class TransferSettings:
     device: str = "auto"
     flip: bool = True
     dropout: float = 0.3
+    task: str = "occurrence"
 
     def __post_init__(self):
+        check_task(self.task)
         if self.pos_weight not in ("auto", "none"):
             raise UsageError(f"--pos-weight must be auto or none, got {self.pos_weight!r}")
         if int(self.folds) < 2:
@@ -138,6 +143,8 @@ class TransferSettings:
     def to_json(self):
         d = asdict(self)
         d["hidden"], d["epochs"] = list(self.hidden), list(self.epochs)
+        if d["task"] == "occurrence":  # occurrence runs' identities as before the task existed
+            del d["task"]
         return d
 
 
@@ -261,7 +268,7 @@ class TransferMethod(Method):
         return int(self.settings.input_size or self.spec.input_size)
 
     def unit_data(self, job):
-        c = counts(job.y, job.rows)
+        c = counts(job.y, job.rows, self.task)
         pw = self.pos_weight(job.y[job.rows["train"]]) if self.settings.pos_weight == "auto" else None
         return UnitData(trainable(c), c, {"pos_weight": pw})
 
@@ -272,7 +279,7 @@ class TransferMethod(Method):
         return net, {"weights": weights_id}
 
     def train_config(self, job):
-        return self.settings.train_config(2 if self.task is OCCURRENCE else 1)
+        return self.settings.train_config(1 if self.task is EXPRESSION else 2)
 
     def train_batches(self, job, data=None):
         """Shuffled batches of the training rows (a last batch of one face is dropped: batch
@@ -456,10 +463,11 @@ def load_stage1(workspace, expr_dataset, settings):
 def stage2_run(settings, *, control=False):
     """The RunKey of a stage-2 run: ``<backbone>__full__transfer[__<tags>]``.
 
-    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``.
+    Tags: ``nostage1`` (the control), ``pwnone`` (unweighted BCE), ``s<seed>``, then the task
+    when it is not occurrence (``intensity``).
     """
     tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
-    tags += _tags(settings)
+    tags += _tags(settings) + ((settings.task,) if settings.task != "occurrence" else ())
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
@@ -519,11 +527,12 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
             "protocol": protocol, "dataset": table.dataset}
     with recording_failure(workspace, table.dataset, run, meta):
         method = TransferMethod(settings, faces.path, _stage2_start(spec, settings, stage1),
-                                tuple(settings.hidden) + (len(aus),))
+                                tuple(settings.hidden) + (len(aus),),
+                                task=task_named(settings.task, threshold=table.label_threshold))
         identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
                     "aus": aus, "protocol": protocol, "start": method.start.identity()}
         job = Job(0, split.name, Unit("model", tuple(aus)), rows,
-                  table.labels(aus).astype(np.float32), "model", identity)
+                  method.task.targets(table, aus).astype(np.float32), "model", identity)
         results = run_units(method, [job], work=workspace.models_dir(table.dataset, run).with_name(
             f".{run}.partial"), done=workspace.models_dir(table.dataset, run), progress=progress)
         return _stage2_outputs(workspace, table, method, job, split, faces, results, meta, stage1, t0)
@@ -535,10 +544,11 @@ def _stage2_outputs(workspace, table, method, job, split, faces, results, meta, 
 
     settings, aus, res, rows = method.settings, list(job.unit.aus), results[0], job.rows
     run = str(stage2_run(settings, control=stage1 is None))
-    labels = table.labels(aus)
+    occurrence = method.task is OCCURRENCE  # intensity: no probabilities, no F1 at 0.5
+    labels = method.task.targets(table, aus)
     by = per_au(results, aus)
     f1_05 = {au: au_metrics(labels[rows["test"], j], decide(by[(0, au)]["scores"], 0.0))["f1"]
-             if by[(0, au)]["fit"] else float("nan") for j, au in enumerate(aus)}
+             if by[(0, au)]["fit"] and occurrence else float("nan") for j, au in enumerate(aus)}
     weights_id = res.info.get("weights", meta["weights"])
     meta.update(_stage2_meta(settings, weights_id, meta["protocol"], stage1,
                              mean_f1_05=nanmean(f1_05.values()), best_epoch=res.fit.get("best_epoch", 0)))
@@ -548,7 +558,7 @@ def _stage2_outputs(workspace, table, method, job, split, faces, results, meta, 
             "pos_weight": _pos_weight_record(method, job),
             "best_epoch": res.fit.get("best_epoch", 0), "resumed_from": res.fit.get("resumed_from", 0),
             "history": res.fit.get("history", []),
-            "thresholds": dict(zip(aus, (_sigmoid(t) for t in res.thresholds))),
+            "thresholds": dict(zip(aus, (_sigmoid(t) if occurrence else t for t in res.thresholds))),
             "weights": str(weights_id), "trained_weights": str(trained_id),
             "stage1": None if stage1 is None else {k: stage1[k] for k in (
                 "run", "mean_accuracy", "std_accuracy", "backbone_sha256")},
@@ -560,10 +570,13 @@ def _stage2_outputs(workspace, table, method, job, split, faces, results, meta, 
 
     out = write_outputs(workspace, table.dataset, run, table=table, au_list=aus, splits=[split],
                         test_rows=[rows["test"]], by=by, labels=labels, meta=meta,
-                        fill_models=fill, extra=lambda au: {"f1_05": f1_05[au]}, present=_sigmoids,
+                        fill_models=fill, task=method.task,
+                        extra=(lambda au: {"f1_05": f1_05[au]}) if occurrence else None,
+                        present=_sigmoids if occurrence else None,
                         attrs=("model", "region", "clf", "weights", "protocol", "dataset"))
     info.update(f1=nanmean(r["f1"] for r in out["rows"]), f1_05=meta["mean_f1_05"],
-                seconds=round(time.time() - t0, 1))
+                seconds=round(time.time() - t0, 1), task=method.task.name,
+                **({} if occurrence else {"icc": out["mean"]["icc"]}))
     store.write_json(out["models_dir"] / "settings.json", info)
     return {**info, "csv": out["csv"], "predictions": out["predictions"], "per_au": out["rows"]}
 
@@ -589,7 +602,8 @@ def _fill_stage2(tmp, method, run, split, results, info):
                 backbone=settings.backbone, input_size=settings.input_size,
                 hidden=list(settings.hidden), dropout=settings.dropout,
                 face_input={"model": method.source.input.to_json()}, start_weights=info["weights"],
-                trained_weights=info["trained_weights"], logit_thresholds=thr, thresholds=[_sigmoid(t) for t in thr])
+                trained_weights=info["trained_weights"], logit_thresholds=thr,
+                thresholds=[_sigmoid(t) for t in thr] if method.task is OCCURRENCE else thr)
     store.write_json(tmp / "settings.json", info)
 
 
@@ -683,10 +697,16 @@ def format_result(out):
     for key, label in (("stage2", "stage 2"), ("control", "control (no stage 1)")):
         r = out.get(key)
         if r:
+            score = (f"mean ICC {r['icc']:.3f}, F1 of rounded intensity >= 2 {r['f1']:.3f}"
+                     if r.get("task") == "intensity" else
+                     f"mean F1 {r['f1_05']:.3f} at 0.5, {r['f1']:.3f} tuned")
             lines.append(f"{label} {r['run']} on {r['dataset']} ({r['protocol']}; start "
-                         f"{WeightsId.parse(r['weights']).describe()}): mean F1 {r['f1_05']:.3f} at 0.5, "
-                         f"{r['f1']:.3f} tuned; epoch {r['best_epoch']} ({r['seconds']:.0f} s) -> {r['csv']}")
-    if out.get("stage2") and out.get("control"):
+                         f"{WeightsId.parse(r['weights']).describe()}): {score}; epoch "
+                         f"{r['best_epoch']} ({r['seconds']:.0f} s) -> {r['csv']}")
+    if out.get("stage2") and out.get("control") and out["stage2"].get("task") == "intensity":
+        d = out["stage2"]["icc"] - out["control"]["icc"]
+        lines.append(f"stage 2 - control: {d:+.3f} mean ICC")
+    elif out.get("stage2") and out.get("control"):
         d = out["stage2"]["f1"] - out["control"]["f1"]
         d05 = out["stage2"]["f1_05"] - out["control"]["f1_05"]
         verdict = ("helps" if d > 0 and d05 > 0 else "does not help" if d <= 0 and d05 <= 0

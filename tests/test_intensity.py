@@ -1,5 +1,6 @@
 """AU intensity: the labels the readers keep, the metrics (hand-computed), calibration."""
 
+import json
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_icc_r_mae_hand_computed():
     """Y = [[0,0],[1,2],[2,2],[3,4],[4,3]]: row means 0,1.5,2,3.5,3.5; grand mean 2.1;
     BMS = 2 * 8.7 / 4 = 4.35; residuals +-.1,.4,.1,.4,.6 -> SSE 1.4, EMS = 0.35;
     ICC(3,1) = 4.0 / 4.7. r = 8 / sqrt(10 * 8.8). MAE = 3 / 5. Rounded predictions >= 2
-    (>= 1.5): 0 1 1 1 1 against 0 0 1 1 1 -> TP 3, FP 1, FN 0, F1 = 6 / 7."""
+    (> 1.5): 0 1 1 1 1 against 0 0 1 1 1 -> TP 3, FP 1, FN 0, F1 = 6 / 7."""
     m = intensity_metrics(TRUE, PRED)
     assert m["icc"] == pytest.approx(4.0 / 4.7, abs=1e-12)
     assert m["pearson"] == pytest.approx(8.0 / math.sqrt(88.0), abs=1e-12)
@@ -76,7 +77,7 @@ def test_f1_scored_against_given_occurrence_labels():
     m = intensity_metrics(TRUE, PRED, occ)
     # decisions 0 1 1 1 (1): TP 3, FP 0, FN 0
     assert m["f1"] == 1.0 and m["support"] == 3
-    assert intensity_decisions([1.49, 1.5, np.nan, 4.0]).tolist() == [0, 1, 0, 1]
+    assert intensity_decisions([1.49, 1.5, 1.51, np.nan, 4.0]).tolist() == [0, 0, 1, 0, 1]
 
 
 # readers keep the intensities ------------------------------------------------------------
@@ -183,7 +184,8 @@ from featbench.core.results import read_summary  # noqa: E402
 from featbench.core.splits import PAPER_SPLIT  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 
-from classify.intensity_model import load_intensity_model  # noqa: E402
+from classify.kinds import load_scorer  # noqa: E402
+from featbench.core.modelfile import open_model  # noqa: E402
 from classify.intensity_run import intensity_run  # noqa: E402
 from test_classify import SUBJECTS, make_table, write_features  # noqa: E402
 
@@ -259,27 +261,36 @@ def test_intensity_run_outputs_and_calibration_helps(int_setup):
     np.testing.assert_array_equal(ints, table.intensities()[_test_rows(table)])
 
 
+def regressors(out):
+    """``{au: (weight, bias)}`` of an intensity run's saved model (one fold)."""
+    model = open_model(out["models_dir"])
+    return {au: (model.tensors(g)["weight"], model.tensors(g)["bias"][0])
+            for au, g in model.manifest["settings"]["units"][0].items()}
+
+
 @pytest.mark.parametrize("method", ["none", "median", "neutral"])
 def test_saved_model_reproduces_the_test_predictions(int_setup, method):
+    """The run's model alone, through the scorer predict uses (each test subject's frames one
+    face track, calibrated as the run calibrated them), gives the run's test predictions."""
     import h5py
-
-    from featbench.core.calibrate import persons_of
 
     ws, table, codes = int_setup
     out = irun(ws, table, clf="svr", calibrate=method)
-    model = load_intensity_model(out["models_dir"])
+    model = load_scorer(open_model(out["models_dir"]))
     test = _test_rows(table)
     keys = table.keys()[test]
-    got = model.predict({"full": codes[test]}, persons_of(keys))
+    tracks = [((k["subject"], k["video"]), int(k["frame"])) for k in keys]
+    got, dec, thr = model.score({("toy", "random:0", "full"): codes[test]}, tracks)
     with h5py.File(out["predictions"], "r") as f:
         np.testing.assert_array_equal(got, f["scores"][:])
-        np.testing.assert_array_equal(model.decide(got), f["decisions"][:])
-    assert model.calibrate == method and model.manifest["task"] == "intensity"
+        np.testing.assert_array_equal(dec, f["decisions"][:])
+    assert model.calibrate == method and model.task == "intensity" and set(thr) == {1.5}
     if method == "median":  # an export is the same model in one file
         from featbench.core.modelfile import export_model
 
-        exported = load_intensity_model(export_model(out["models_dir"], ws.root / "int.safetensors"))
-        np.testing.assert_array_equal(exported.predict({"full": codes[test]}, persons_of(keys)), got)
+        exported = load_scorer(open_model(export_model(out["models_dir"], ws.root / "i.safetensors")))
+        np.testing.assert_array_equal(exported.score({("toy", "random:0", "full"): codes[test]},
+                                                     tracks)[0], got)
 
 
 @pytest.mark.parametrize("method", ["median", "neutral"])
@@ -303,9 +314,9 @@ def test_calibration_never_reads_a_test_label(int_setup, tmp_path, method):
     with h5py.File(clean["predictions"], "r") as a, h5py.File(dirty["predictions"], "r") as b:
         np.testing.assert_array_equal(a["scores"][:], b["scores"][:])
         assert not np.array_equal(a["intensities"][:], b["intensities"][:])  # the labels did change
-    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    ma, mb = regressors(clean), regressors(dirty)
     for au in DISFA_AUS:
-        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
+        np.testing.assert_array_equal(ma[au][0], mb[au][0])
     assert clean["mean"]["icc"] != dirty["mean"]["icc"]
 
 
@@ -318,10 +329,10 @@ def test_test_codes_never_reach_the_fit_even_calibrated(int_setup, tmp_path):
     ws2 = Workspace(tmp_path / "poisoned")
     write_features(ws2, table, poisoned)
     dirty = irun(ws2, table, calibrate="median")
-    ma, mb = (load_intensity_model(r["models_dir"]).models["paper"] for r in (clean, dirty))
+    ma, mb = regressors(clean), regressors(dirty)
     for au in DISFA_AUS:
-        np.testing.assert_array_equal(ma[au].weight, mb[au].weight)
-        assert ma[au].bias == mb[au].bias
+        np.testing.assert_array_equal(ma[au][0], mb[au][0])
+        assert ma[au][1] == mb[au][1]
     assert [r["alpha"] for r in clean["rows"]] == [r["alpha"] for r in dirty["rows"]]
 
 
@@ -395,7 +406,7 @@ def test_intensity_ensemble_is_the_mean_of_the_members(int_setup):
             h5py.File(out["predictions"], "r") as fe:
         mean = ((fa["scores"][:].astype(np.float64) + fb["scores"][:]) / 2).astype(np.float32)
         np.testing.assert_array_equal(fe["scores"][:], mean)
-        np.testing.assert_array_equal(fe["decisions"][:], (mean >= 1.5).astype(np.int8))
+        np.testing.assert_array_equal(fe["decisions"][:], (mean > 1.5).astype(np.int8))
         np.testing.assert_array_equal(fe["intensities"][:], fa["intensities"][:])
     row = read_summary(ws, "synth").set_index("run").loc["ivote__full__vote"]
     assert row["task"] == "intensity" and np.isfinite(row["mean_icc"])
@@ -430,3 +441,251 @@ def test_report_has_its_intensity_section_and_chart(int_setup):
     assert section.index("toy__full__ridge__calmed") < section.index("toy__full__ridge`")
     assert "| median |" in section and "Per-AU ICC" in section
     assert CHART_INTENSITY in section and (ws.results_dir("synth") / CHART_INTENSITY).stat().st_size > 0
+
+
+@pytest.mark.parametrize("drop", ["all", "all but one"])
+def test_calibration_without_frames_of_a_person_is_one_line(int_setup, tmp_path, capsys, monkeypatch, drop):
+    """A subject the protocol scores whose frames have no codes (or one frame only) cannot be
+    calibrated: one line naming it, exit 2; --calibrate none runs as before."""
+    ws, table, codes = int_setup
+    keep = table.frames["subject"].to_numpy() != "SN005"
+    if drop == "all but one":
+        keep[np.flatnonzero(~keep)[0]] = True
+    write_features(ws, table, codes[keep], keys=table.keys()[keep])
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    for task in (["--task", "intensity", "--clf", "ridge"], ["--clf", "lda"]):
+        msg = _bad(capsys, "--workspace", str(ws.root), "classify", *task, "--calibrate", "median",
+                   "--quiet")
+        assert "SN005" in msg and ("no frames with codes" in msg or "fewer than 2 frames" in msg)
+    assert main(["--workspace", str(ws.root), "classify", "--task", "intensity", "--clf", "ridge",
+                 "--quiet"]) == 0
+
+
+# learned methods: the Intensity task ---------------------------------------------------------
+def graded_cache(path, table, seed=0):
+    """test_finetune's aligned-face cache, its faces redrawn: the upper block brightens with
+    AU01's intensity and the lower block darkens with AU12's (0-5); noise elsewhere."""
+    import h5py
+
+    from test_finetune import write_cache
+
+    write_cache(path, table, seed=seed)
+    with h5py.File(path, "r+") as f:
+        imgs = f["faces"][:]
+        a1, a12 = (table.frames[c].to_numpy().astype(int) for c in ("AU01_int", "AU12_int"))
+        imgs[:, 5:13, 12:36] = (128 + 24 * a1)[:, None, None, None]
+        imgs[:, 36:43, 12:36] = (128 - 24 * a12)[:, None, None, None]
+        f["faces"][...] = imgs
+    return path
+
+
+FT_FAST = dict(model="timm:test_efficientnet", weights="random:0", input_size=48, epochs=3,
+               batch_size=16, lr=3e-3, optimizer="adam", aus="AU01,AU12", device="cpu",
+               head="multilabel")
+
+
+def test_finetune_intensity_regresses_and_writes_the_intensity_contracts(tmp_path):
+    import h5py
+    import torch
+
+    from classify.finetune import FinetuneConfig, finetune_run, load_unit
+    from classify.learn.method import score_batches
+    from featbench.core.facesource import FaceInput, FaceSource
+
+    torch.set_num_threads(1)
+    table = intensity_table(n_frames=8)
+    cache = graded_cache(tmp_path / "faces.h5", table)
+    ws = Workspace(tmp_path / "ws")
+    res = finetune_run(ws, "synth", FinetuneConfig(**FT_FAST), table=table, aligned_path=cache,
+                       progress=False, task="intensity")
+    assert res["run"] == "timm-test_efficientnet__full__ft__ml-au1+12-intensity"
+    icc = {r["au"]: r["icc"] for r in res["rows"]}
+    assert icc["AU01"] > 0.5 and icc["AU12"] > 0.5, icc
+    row = read_summary(ws, "synth").set_index("run").loc[res["run"]]
+    assert row["task"] == "intensity" and np.isfinite(row["mean_icc"])
+    assert list(pd.read_csv(res["csv"]).columns[:4]) == ["au", "icc", "pearson", "mae"]
+    test = np.flatnonzero(_test_rows(table))
+    with h5py.File(res["predictions"], "r") as f:
+        scores, labels, ints = f["scores"][:], f["labels"][:], f["intensities"][:]
+        assert f.attrs["task"] == "intensity"
+    assert scores.min() >= 0 and scores.max() <= 5
+    np.testing.assert_array_equal(ints, table.intensities(["AU01", "AU12"])[test])
+    np.testing.assert_array_equal(labels, table.labels(["AU01", "AU12"])[test])
+    net, _ = load_unit(res["models_dir"])  # the saved network reproduces the clipped predictions
+    with FaceSource(cache, FaceInput("full", 48, resize_full=True)) as source:
+        s = score_batches(net, (torch.from_numpy(f) for _, _, f in source.batches(test, 32)),
+                          device="cpu")
+    np.testing.assert_allclose(np.clip(s, 0, 5), scores, rtol=1e-4, atol=1e-4)
+    manifest = json.loads((res["models_dir"] / "manifest.json").read_text())
+    assert manifest["task"] == "intensity" and manifest["settings"]["task"]["threshold"] == 2
+
+
+@pytest.mark.slow
+def test_transfer_stage2_intensity_from_a_folder_manifest_with_intensities(tmp_path):
+    """Transfer's stage 2 regresses AU12's intensity (a block that brightens with it) from a
+    folder manifest's AU12_int column; the run writes the intensity contracts."""
+    from dataclasses import replace
+
+    import cv2
+    import h5py
+    import torch
+
+    from classify.transfer import format_result, run_stage2
+    from featbench.core.datasets.folder import read_folder
+    from test_transfer import SETTINGS
+
+    torch.set_num_threads(1)
+    root = tmp_path / "faces"
+    root.mkdir()
+    rows, rng = ["image,subject,AU12_int"], np.random.default_rng(0)
+    for s in range(8):
+        for f in range(10):
+            v = int(rng.integers(0, 6))
+            im = rng.integers(0, 50, (32, 32, 3), dtype=np.uint8)
+            im[:10] = 30 + 40 * v
+            cv2.imwrite(str(root / f"S{s}_{f}.png"), im)
+            rows.append(f"S{s}_{f}.png,S{s},{v}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    table = read_folder(root)
+    table.pre_aligned = True
+    settings = replace(SETTINGS, task="intensity", epochs=(2, 8))
+    out = run_stage2(Workspace(tmp_path / "ws"), table, settings, stage1=None, progress=False)
+    assert out["run"].endswith("__transfer__nostage1-intensity") and out["task"] == "intensity"
+    assert out["icc"] > 0.5, out["icc"]
+    with h5py.File(out["predictions"], "r") as f:
+        s, ints = f["scores"][:], f["intensities"][:]
+        assert f.attrs["task"] == "intensity" and "scores_are" not in f.attrs
+    assert s.min() >= 0 and s.max() <= 5 and set(np.unique(ints)) <= set(range(6))
+    assert "mean ICC" in format_result({"control": out})
+    scorer = load_scorer(open_model(Workspace(tmp_path / "ws").models_dir(table.dataset, out["run"])))
+    fold = scorer.folds[0]
+    assert scorer.task == "intensity" and fold["AU12"][1] == 1.5  # not a probability threshold
+    assert not fold["AU12"][0].probability and "scores" not in scorer.info
+
+
+def test_lstm_regresses_an_intensity_only_its_memory_can_see(tmp_path):
+    """AU01's intensity is the size of a one-frame cue, held for the next frames, whose codes are
+    noise: the LSTM (``--clf lstm --task intensity``) recalls it; predictions are clipped."""
+    import torch
+
+    from classify.ensemble import read_predictions
+    from classify.run import classify_run
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    frames, X = make_table(60, 0).frames, []
+    frames["AU01_int"] = np.int8(0)
+    for s in SUBJECTS:
+        rows = np.flatnonzero(frames["subject"].to_numpy() == s)
+        x, y, t = rng.normal(size=(60, 6)).astype(np.float32), np.zeros(60, np.int8), 2
+        while t < 55:
+            v = int(rng.integers(1, 6))
+            x[t, 0] += 2.0 * v
+            y[t + 1:t + 5] = v
+            t += 5 + int(rng.integers(3, 10))
+        frames.loc[rows, "AU01_int"], frames.loc[rows, "AU01"] = y, (y >= 2).astype(np.int8)
+        X.append(x)
+    for au in DISFA_AUS[1:]:
+        frames[f"{au}_int"] = frames[au]
+    table = FrameTable("synth", "/nonexistent", DISFA_AUS, frames, has_intensity=True,
+                       label_threshold=2)
+    ws = Workspace(tmp_path)
+    write_features(ws, table, np.concatenate(X), regions=("full",))
+    out = classify_run(ws, "synth", model="toy", clf="lstm", table=table, progress=False, n_jobs=1,
+                       aus=["AU01"], task="intensity",
+                       lstm=dict(hidden=12, lr=0.005, weight_noise=0.0, epochs=10, batch=8,
+                                 patience=None, device="cpu"))
+    assert out["run"].startswith("toy__full__lstm__au1-") and out["run"].endswith("-intensity")
+    assert out["task"] == "intensity"
+    assert out["rows"][0]["icc"] > 0.6, out["rows"][0]["icc"]
+    ridge = intensity_run(ws, "synth", model="toy", table=table, aus=["AU01"], progress=False)
+    assert ridge["rows"][0]["icc"] < 0.3  # per frame, the held intensity is noise
+    pred = read_predictions(out["predictions"])
+    assert pred["task"] == "intensity" and pred["scores"].min() >= 0 and pred["scores"].max() <= 5
+    test = _test_rows(table)
+    np.testing.assert_array_equal(pred["intensities"][:, 0], table.intensities(["AU01"])[test, 0])
+    np.testing.assert_array_equal(pred["labels"][:, 0], table.labels(["AU01"])[test, 0])
+
+
+# featbench predict: AUxx_r ------------------------------------------------------------------------
+def test_predict_columns_of_an_intensity_run_and_of_a_pair(int_setup):
+    from classify.run import classify_run
+    from featbench.apply.predict import _intensity_sidecar, outputs_of
+    from featbench.apply.runmodel import load_run
+
+    ws, table, _ = int_setup
+    irun(ws, table)
+    classify_run(ws, "synth", model="toy", clf="lda", table=table, progress=False, n_jobs=1)
+    occ, inten = load_run(ws, "synth", "toy__full__lda"), load_run(ws, "synth", "toy__full__ridge")
+    alone = outputs_of(inten)
+    assert alone.columns()[5:7] == ["AU01_c", "AU02_c"] and "AU01_p" not in alone.columns()
+    assert alone.columns()[-13:-11] == ["AU01_r", "AU02_r"]
+    pair = outputs_of(occ, inten)
+    cols = pair.columns()
+    assert cols.index("AU26_c") < cols.index("AU01_p") < cols.index("AU26_p") < cols.index("AU01_r")
+    with pytest.raises(UsageError, match="give the occurrence run as --run"):
+        outputs_of(inten, inten)
+    with pytest.raises(UsageError, match="is an occurrence run"):
+        outputs_of(occ, occ)
+    df = pd.DataFrame({"AU01_c": pd.array([1, 1, 0, 0, None], dtype="Int8"),
+                       "AU01_r": [2.0, 1.0, 3.0, 0.2, np.nan]})
+    pair = outputs_of(occ, inten)
+    pair.occurrence.aus, pair.intensity.aus = ["AU01"], ["AU01"]
+    side = _intensity_sidecar(pair, df)
+    assert side["disagreements"] == {"AU01": 2} and "never forced to agree" in side["rule"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibrate", ["none", "median"])
+def test_predict_r_columns_equal_the_runs_test_predictions_on_an_embedded_video(tmp_path, calibrate):
+    """A tiny embedded set aligned the way predict aligns (dlib on every frame: its landmark
+    files removed), HOG codes, a ridge run; ``featbench predict`` on the test subject's video
+    gives the run's own test predictions in AUxx_r and its decisions in AUxx_c (calibrated per
+    face track as the run calibrated per subject)."""
+    import shutil
+
+    from classify.ensemble import read_predictions
+    from featbench.apply.predict import predict
+    from featbench.core.synth import generate_dataset
+
+    ws = Workspace(tmp_path)
+    root = generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, right_camera=False,
+                            progress=False)
+    shutil.rmtree(root / "Landmark_Points")  # training faces aligned from dlib's fit, as predict's
+    assert main(["--workspace", str(tmp_path), "extract", "--model", "hog", "--quiet"]) == 0
+    assert main(["--workspace", str(tmp_path), "classify", "--task", "intensity", "--clf", "ridge",
+                 "--model", "hog", "--calibrate", calibrate, "--quiet"]) == 0
+    run = "hog__full__ridge" + ("__calmed" if calibrate == "median" else "")
+    pred = read_predictions(ws.predictions_path("synth", run))
+    (test,) = {k.decode() for k in pred["frames"]["subject"]}
+    order = np.argsort(pred["frames"]["frame"])
+    df = predict([root / "Videos_LeftCamera" / f"LeftVideo{test}_comp.avi"], run=run, workspace=ws,
+                 progress=False)
+    assert len(df) == len(order) and (df["success"] == 1).all()
+    r = df[[f"{a}_r" for a in pred["aus"]]].to_numpy(dtype=np.float32, na_value=np.nan)
+    np.testing.assert_array_equal(r, pred["scores"][order])
+    c = df[[f"{a}_c" for a in pred["aus"]]].to_numpy(dtype=float, na_value=np.nan)
+    have = np.isfinite(r)
+    np.testing.assert_array_equal(c[have], pred["decisions"][order][have])
+    assert np.isnan(c[~have]).all() and have.any()
+
+
+def test_a_calibrated_run_scores_whole_tracks_and_refuses_a_photo(int_setup):
+    """Per face track, as in training per subject: a track of one frame (a photo) has no
+    reference; beside longer tracks it is left empty (nan), alone it is one clear error."""
+    from featbench.core.calibrate import CalibrationError
+
+    ws, table, codes = int_setup
+    out = irun(ws, table, calibrate="median")
+    model = load_scorer(open_model(out["models_dir"]))
+    key = ("toy", "random:0", "full")
+    X = codes[_test_rows(table)][:21]
+    tracks = [(("clip", 0), f) for f in range(20)] + [(("clip", 1), 0)]
+    s, d, _ = model.score({key: X}, tracks)
+    assert np.isfinite(s[:20]).all() and np.isnan(s[20]).all()
+    alone, _, _ = model.score({key: X[:20]}, tracks[:20])
+    np.testing.assert_array_equal(alone, s[:20])  # another face's frames change nothing
+    with pytest.raises(CalibrationError, match="a photo, or a face seen in one frame"):
+        model.score({key: X[20:]}, tracks[20:])
+    with pytest.raises(UsageError, match="pass the faces' tracks"):
+        model.score({key: X[:20]})

@@ -123,7 +123,7 @@ def test_every_kind_is_one_entry_and_unknown_names_say_what_to_do():
     assert get_kind("lstm").needs_sequences and get_kind("svm").estimator.search_space
     assert get_kind("ft").inputs == "faces" and get_kind("vote").inputs == "runs"
     with pytest.raises(UsageError, match="did you mean 'svm'"):
-        get_kind("svn")
+        get_kind("svmm")
     with pytest.raises(UsageError, match="not trained by featbench classify"):
         classifier_kind("vote")
     with pytest.raises(ValueError, match="already registered"):

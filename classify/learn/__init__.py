@@ -26,3 +26,5 @@ tensors on disk            :mod:`classify.learn.store`: safetensors + manifest, 
 A new task (AU intensity) is one :class:`~classify.learn.task.Task` subclass; a new method is
 one :class:`~classify.learn.method.Method` subclass (and one line in the registry of run kinds).
 """
+
+from classify.learn import intensity  # noqa: E402,F401 - registers the Intensity task (get_task)

@@ -45,6 +45,8 @@ def load_face_run(model_file, *, method):
     settings = {**m["settings"], "aus": list(m["aus"]), "weights": m["weights"]}
     model = (m.get("preprocessing") or {}).get("model", m["kind"])
     to_scores = method.to_scores_of(settings)
+    # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
+    prob = method.probabilities and m.get("task", "occurrence") == "occurrence"
     folds = []
     for fi, fold in enumerate(m["folds"]):
         outputs = {}
@@ -60,15 +62,14 @@ def load_face_run(model_file, *, method):
             for j, au in enumerate(e["aus"]):
                 if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
                     thr = float(fold["thresholds"][au])
-                    outputs[au] = (NetworkOutput(net, model, wid, e["region"], j,
-                                                 probability=method.probabilities),
-                                   _sigmoid(thr) if method.probabilities else thr)
+                    outputs[au] = (NetworkOutput(net, model, wid, e["region"], j, probability=prob),
+                                   _sigmoid(thr) if prob else thr)
         folds.append(outputs)
     if not any(folds):
         raise StoreError(f"{model_file.path}: run {m['run']} has no trained network for any AU")
     return RunModel.from_model_file(model_file, folds, info={
         "head": (settings.get("config") or {}).get("head"),
-        **({"scores": "probabilities"} if method.probabilities else {})})
+        **({"scores": "probabilities"} if prob else {})})
 
 
 def _face_input(settings, entry):

@@ -99,7 +99,7 @@ def train_unit(method, job, *, work, done=None, progress=False):
         atomic_write_text(work / f"{job.name}.json", json.dumps(res.saved(), default=_plain))
         shutil.rmtree(work / job.name, ignore_errors=True)  # last.pt: no longer needed
     res.net = net
-    res.test_scores = method.scores(net, job, data, "test")[1]
+    res.test_scores = method.task.output(method.scores(net, job, data, "test")[1])
     res.fit.update(data.info)
     res.notes = list(dict.fromkeys(res.notes + data.notes))
     return res

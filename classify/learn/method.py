@@ -176,14 +176,15 @@ class Method:
         return step_loss
 
 
-def counts(y, rows):
-    """Per column of ``y``: ``(n_train, n_train_pos, n_val, n_val_pos)`` over labelled rows."""
+def counts(y, rows, task=OCCURRENCE):
+    """Per column of ``y``: ``(n_train, n_train_pos, n_val, n_val_pos)`` over labelled rows
+    (positives: what ``task`` counts as present)."""
     out = []
     for j in range(y.shape[1]):
         c = []
         for part in ("train", "validation"):
             v = y[rows[part], j]
-            c += [int((v >= 0).sum()), int((v == 1).sum())]
+            c += [int((v >= 0).sum()), int(task.positive(v).sum())]
         out.append(tuple(c))
     return out
 

@@ -29,14 +29,20 @@ gradient, no metric. ``scores`` is the (n, k) array the network gives for the sa
 ``metrics(y, decisions, scores) -> dict``
     One column's test metrics (the per-AU row of the run's table; ``METRICS`` names the ones
     averaged over folds, the first being the headline).
+``positive(y) -> bool``
+    Which targets count as *present* (the counts a unit reports; whether it can train).
+``output(scores) -> scores``
+    A network's scores as the run reports and stores them (intensity: clipped to 0-5).
+``stored(y) -> {"labels": ..., ...}``
+    What a predictions file keeps of the targets (``labels`` are always occurrence 1 / 0 / -1).
 
 A task is known by its ``name`` (recorded in every run's manifest): :func:`register_task` adds
 one, :func:`get_task` finds it (``featbench finetune --task NAME``).
 
 :class:`Occurrence` is the task of every run so far (masked BCE, F1 at a threshold settled by
 :func:`classify.estimators.settle_threshold`); :class:`Expression` is transfer's stage 1
-(cross-entropy over expression classes, accuracy). An intensity task (regression on 0-5, ICC)
-subclasses :class:`Task` the same way.
+(cross-entropy over expression classes, accuracy); :class:`classify.learn.intensity.Intensity`
+is AU intensity (regression on 0-5, ICC).
 """
 
 from dataclasses import dataclass, field
@@ -80,6 +86,15 @@ class Task:
     def balance(self, y, rng):
         """All rows (a task without a notion of balance)."""
         return np.arange(len(y))
+
+    def positive(self, y):
+        return np.asarray(y) == 1
+
+    def output(self, scores):
+        return scores
+
+    def stored(self, y):
+        return {"labels": y}
 
     def pos_weight(self, y):
         return None

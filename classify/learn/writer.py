@@ -65,7 +65,7 @@ def au_row(task, ai, au, by, labels, test_rows, splits, thresholds, *, params=()
         tag = f" ({splits[fi].name})" if n_folds > 1 else ""
         if r["fit"] is None:
             au_notes.append(r["error"] + tag)
-            m = {key: float("nan") for key in METRICS}
+            m = {key: float("nan") for key in (*METRICS, *task.METRICS)}
             m["support"], m["frames"] = int((y == 1).sum()), int((y >= 0).sum())
         else:
             thresholds[fi, ai] = r["fit"].threshold
@@ -164,7 +164,9 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
     ----------
     table : FrameTable
     au_list, splits, test_rows, by, labels
-        The run's AUs, folds, each fold's test rows, per-(fold, AU) records, labels by table row.
+        The run's AUs, folds, each fold's test rows, per-(fold, AU) records, the task's targets
+        by table row (occurrence labels; intensities: ``task.stored`` keeps both in the
+        predictions file).
     meta : dict
         The summary row's columns (``model``, ``region``, ``clf``, ``weights``...).
     fill_models : callable
@@ -180,6 +182,7 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
     """
     rows_out, notes, thresholds = run_rows(task, au_list, by, labels, test_rows, splits,
                                            params=params, extra=extra)
+    meta = {**meta, "task": task.name}
     if present is not None:
         for r in rows_out:
             r["threshold"] = float(present(r["threshold"]))
@@ -198,7 +201,8 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
         where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
         raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
                          f"{run} (none of them kept; rerun when fixed)") from None
-    return {"run": run, "dataset": dataset, "rows": rows_out, "mean": run_table(rows_out)[0][-1],
+    return {"run": run, "dataset": dataset, "rows": rows_out,
+            "mean": run_table(rows_out, task=task.name)[0][-1], "task": task.name,
             "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
             "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds")}
 
@@ -215,10 +219,10 @@ def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, l
         scores, thresholds = present(scores), present(thresholds)
         kw["scores_are"] = "probabilities"
     return write_predictions(
-        workspace.predictions_path(dataset, run), frames=table.keys()[rows], labels=labels[rows],
+        workspace.predictions_path(dataset, run), frames=table.keys()[rows], **task.stored(labels[rows]),
         scores=scores, decisions=decisions, fold=fold, aus=au_list,
         thresholds=[r["threshold"] for r in rows_out],
         fold_thresholds=thresholds,  # (folds, k): the threshold each fold used
         run=run, folds=[s.name for s in splits],
         failed_aus=[r["au"] for r in rows_out if not np.isfinite(r["threshold"])],
-        **{key: meta[key] for key in attrs}, **kw)
+        task=task.name, **{key: meta[key] for key in attrs}, **kw)

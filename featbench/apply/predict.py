@@ -17,7 +17,19 @@ batches are windows of ``window`` frames (:class:`classify.lstm.LSTMScorer`).
 
 Output (DESIGN.md contract), one row per frame and face, OpenFace's column names::
 
-    frame, face_id, timestamp, confidence, success, AU01_c ... AU26_c, AU01_p ... AU26_p, input
+    frame, face_id, timestamp, confidence, success, AU01_c ... AU26_c, AU01_p ... AU26_p,
+    [AU01_r ... AU26_r,] input
+
+Intensity: an intensity run (``featbench classify --task intensity``, or a learned method's
+``--task intensity``) as ``--run`` writes ``AUxx_c`` (its predicted intensity rounded >= 2,
+``AUxx_r > 1.5``) and ``AUxx_r`` (the predicted intensity, 0-5); ``--run OCC --intensity-run
+INT`` writes ``AUxx_c`` / ``AUxx_p`` from OCC and ``AUxx_r`` from INT. The rule when they
+disagree (:data:`DISAGREEMENT_RULE`): each column is its own run's answer, never forced to
+agree; the sidecar counts the disagreeing faces per AU. A person-calibrated run (``--calibrate
+median|neutral``) calibrates each face track with all of its frames, as its training calibrated
+each subject's video: an input (a video, or a folder of images) is scored whole, and a face seen
+in one frame only cannot be calibrated (its row's AU columns stay empty; an input of such faces
+only, a photo, is an error).
 
 ``frame`` is 1-based within its input, ``timestamp`` in seconds, ``confidence`` the face
 detector's score (0 without a face), ``success`` 1 when a face was found and classified.
@@ -49,7 +61,7 @@ from featbench.core.workspace import (Workspace, atomic_write_text, check_output
 from extract.encoders import create_encoder
 from extract.registry import get_spec
 from extract.weights import WeightsChoice, file_sha256, pretrained_path
-from featbench.apply.runmodel import finetuned_file, load_model_file, load_run
+from featbench.apply.runmodel import RunModel, finetuned_file, load_model_file, load_run
 
 #: faces encoded and classified together
 DEFAULT_BATCH = 32
@@ -189,8 +201,51 @@ class _Tracker:
 
 
 # --- the run -------------------------------------------------------------------------------------
-def _columns(aus):
-    return (list(COLUMNS_HEAD) + [f"{a}_c" for a in aus] + [f"{a}_p" for a in aus] + ["input"])
+@dataclass
+class Outputs:
+    """Which run fills which of OpenFace's columns (see the module docstring).
+
+    ``occurrence`` fills ``AUxx_c`` and ``AUxx_p``; ``intensity`` fills ``AUxx_r`` (and, when it
+    is the only run, ``AUxx_c``: its rounded intensity >= 2).
+    """
+
+    occurrence: object = None
+    intensity: object = None
+
+    @property
+    def runs(self):
+        return [m for m in (self.occurrence, self.intensity) if m is not None]
+
+    @property
+    def c_run(self):
+        return self.occurrence or self.intensity
+
+    def columns(self):
+        c = self.c_run.aus
+        p = self.occurrence.aus if self.occurrence is not None else []
+        r = self.intensity.aus if self.intensity is not None else []
+        return (list(COLUMNS_HEAD) + [f"{a}_c" for a in c] + [f"{a}_p" for a in p]
+                + [f"{a}_r" for a in r] + ["input"])
+
+
+def outputs_of(model, intensity=None):
+    """Return the :class:`Outputs` of ``--run`` (``model``) and ``--intensity-run``.
+
+    Raises
+    ------
+    UsageError
+        An intensity run as ``--run`` beside ``--intensity-run``, or an occurrence run as
+        ``--intensity-run``.
+    """
+    if intensity is None:
+        return Outputs(intensity=model) if model.task == "intensity" else Outputs(occurrence=model)
+    if model.task == "intensity":
+        raise UsageError(f"--run {model.run} is an intensity run: give the occurrence run as --run "
+                         f"and the intensity run as --intensity-run")
+    if intensity.task != "intensity":
+        raise UsageError(f"--intensity-run {intensity.run} is an occurrence run (train one with "
+                         "featbench classify --task intensity)")
+    return Outputs(occurrence=model, intensity=intensity)
 
 
 def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
@@ -244,16 +299,17 @@ def score_faces(model, encoders, images, boxes, tracks=None, *, batch_size=DEFAU
     return scores, decisions
 
 
-def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
+def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH, have=None):
     """Return ``{(network, weights, region): codes}`` of aligned faces, as the run's codes were made.
 
     Each encoder gets the crops its run was trained on, by the one rule of the face source
     (:meth:`featbench.core.facesource.FaceInput.crops` of the encoder's ``face_input``).
+    ``have``: codes computed already (another run's), kept and not computed again.
     """
-    codes = {}
+    codes = dict(have or {})
     for (net, weights), regions in model.networks().items():
         enc = encoders[(net, weights)]
-        for region in sorted(regions):
+        for region in sorted(r for r in regions if (net, weights, r) not in codes):
             face_input = enc.face_input(region)
             parts = [np.asarray(enc(face_input.crops(images[a:a + batch_size], boxes[a:a + batch_size])),
                                 dtype=np.float32) for a in range(0, len(images), batch_size)]
@@ -261,35 +317,40 @@ def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH):
     return codes
 
 
-def _batch_table(items, model, encoders, aus, batch_size=DEFAULT_BATCH):
-    """Encode and classify the faces of ``items``; return their rows as a DataFrame."""
+def _batch_table(items, outputs, encoders, batch_size=DEFAULT_BATCH):
+    """Encode and score the faces of ``items`` with every run of ``outputs``; return their rows."""
     import pandas as pd
 
     faces = [f for it in items for f in it.faces]
-    k = len(aus)
+    scored = {}
     if faces:
         tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
-        scores, decisions = score_faces(model, encoders, np.stack([f.image for f in faces]),
-                                        np.stack([f.boxes for f in faces]), tracks,
-                                        batch_size=batch_size)
-    else:
-        scores, decisions = np.zeros((0, k), np.float32), np.zeros((0, k), np.int8)
+        images, boxes = np.stack([f.image for f in faces]), np.stack([f.boxes for f in faces])
+        codes = {}
+        for m in outputs.runs:  # a network two runs read is encoded once
+            codes = encode_faces(m, encoders, images, boxes, batch_size=batch_size, have=codes)
+            scored[id(m)] = m.score(codes, tracks=tracks)[:2]
+    cols = outputs.columns()
+    c_run, p_run, r_run = outputs.c_run, outputs.occurrence, outputs.intensity
     rows, j = [], 0
     for it in items:
         fr = it.frame
         if not it.faces:
-            rows.append((fr.frame, 0, fr.timestamp, 0.0, 0) + (None,) * (2 * k) + (fr.source,))
+            rows.append((fr.frame, 0, fr.timestamp, 0.0, 0) + (None,) * (len(cols) - 6) + (fr.source,))
             continue
         for f in it.faces:
-            rows.append((fr.frame, f.face_id, fr.timestamp, f.confidence, 1)
-                        + tuple(int(v) for v in decisions[j])
-                        + tuple(None if np.isnan(v) else float(v) for v in scores[j])
-                        + (fr.source,))
+            s_c, d_c = scored[id(c_run)]
+            row = [fr.frame, f.face_id, fr.timestamp, f.confidence, 1]
+            row += [None if np.isnan(v) else int(d) for v, d in zip(s_c[j], d_c[j])]
+            if p_run is not None:
+                row += [None if np.isnan(v) else float(v) for v in scored[id(p_run)][0][j]]
+            if r_run is not None:
+                row += [None if np.isnan(v) else float(v) for v in scored[id(r_run)][0][j]]
+            rows.append(tuple(row) + (fr.source,))
             j += 1
-    df = pd.DataFrame(rows, columns=_columns(aus))
-    for a in aus:
-        df[f"{a}_c"] = df[f"{a}_c"].astype("Int8")
-        df[f"{a}_p"] = df[f"{a}_p"].astype("float64")
+    df = pd.DataFrame(rows, columns=cols)
+    for c in cols[len(COLUMNS_HEAD):-1]:
+        df[c] = df[c].astype("Int8" if c.endswith("_c") else "float64")
     return df
 
 
@@ -304,7 +365,7 @@ def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
 
 def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth", out=None,
             plot=None, detector="hog", all_faces=False, device="auto", batch_size=DEFAULT_BATCH,
-            weights_file=None, window=None, progress=True, force=False):
+            weights_file=None, window=None, progress=True, force=False, intensity_run=None):
     """Apply a trained run to videos and images; return the per-frame table.
 
     Parameters
@@ -340,6 +401,9 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     force : bool
         Replace an existing ``out`` / ``plot`` / sidecar that featbench did not write (an
         input is never replaced: :func:`featbench.core.workspace.check_outputs`).
+    intensity_run : str, optional
+        An intensity run of ``workspace`` whose predicted intensities fill ``AUxx_r`` beside
+        ``run``'s occurrence columns (see the module docstring for when they disagree).
 
     Returns
     -------
@@ -353,34 +417,55 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
                    "--plot": plot}, inputs=[p for src in sources for p in src.paths],
                   force=force, command="predict")
     with output_lock([out, plot]):
-        model, size = _prepare(run=run, model_file=model_file, workspace=workspace,
-                               dataset=dataset, detector=detector, batch_size=batch_size,
-                               window=window)
-        encoders = open_encoders(model, device=device, weights_file=weights_file,
-                                 workspace=None if model_file else _workspace(workspace))
+        outputs, size = _load_outputs(run, model_file, intensity_run, workspace=workspace,
+                                      dataset=dataset, detector=detector, batch_size=batch_size,
+                                      window=window)
+        model = outputs.c_run  # --run's (or --model's)
+        encoders = _open_all(outputs, device, weights_file, None if model_file else workspace)
         total = footage.count_frames(sources)  # also opens every video: a bad one fails first
-        writer = _CsvWriter(out, _columns(model.aus)) if out is not None else None
+        writer = _CsvWriter(out, outputs.columns()) if out is not None else None
         try:
-            table, stats = _stream(sources, model, encoders, writer, detector=detector,
+            table, stats = _stream(sources, outputs, encoders, writer, detector=detector,
                                    size=size, all_faces=all_faces, batch_size=int(batch_size),
                                    total=total, progress=progress)
             seconds = time.perf_counter() - t0
-            sidecar = _sidecar(model, sources, detector, all_faces, stats, seconds, model_file,
-                               __version__)
+            sidecar = {**_sidecar(model, sources, detector, all_faces, stats, seconds, model_file,
+                                  __version__), **_intensity_sidecar(outputs, table)}
             if writer is not None:
                 writer.close(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
             if plot is not None:
-                plot_timeline(table, model.aus, plot, title=f"{model.describe()}")
+                plot_timeline(table, model.aus, plot,
+                              title="; ".join(map(RunModel.describe, outputs.runs)))
         finally:
             if writer is not None:
                 writer.abort()
-    summary = (f"{stats['frames']} frames ({stats['with_face']} with a face, {stats['faces']} faces) "
-               f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
-               f"frames/s) with {model.describe()}"
-               + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else ""))
-    table.attrs.update({"run": model.run, "summary": summary, "sidecar": sidecar,
-                        "warning": synthetic_warning(model)})
+    table.attrs.update({"run": model.run, "sidecar": sidecar, "warning": synthetic_warning(model),
+                        "summary": _summary(stats, sources, seconds, outputs, out, plot)})
     return table
+
+
+def _open_all(outputs, device, weights_file, workspace):
+    """The encoders of every network the runs of ``outputs`` read (one per network)."""
+    return {k: e for m in outputs.runs for k, e in open_encoders(
+        m, device=device, weights_file=weights_file,
+        workspace=None if workspace is None else _workspace(workspace)).items()}
+
+
+def _load_outputs(run, model_file, intensity_run, **kw):
+    """Load ``--run`` (or ``--model``) and ``--intensity-run``: their :class:`Outputs` and the
+    side faces are aligned at."""
+    model, size = _prepare(run=run, model_file=model_file, **kw)
+    other = (None if intensity_run is None else
+             _prepare(run=intensity_run, model_file=None, size=size, **kw)[0])
+    return outputs_of(model, other), size
+
+
+def _summary(stats, sources, seconds, outputs, out, plot):
+    """The one line ``featbench predict`` prints at the end."""
+    return (f"{stats['frames']} frames ({stats['with_face']} with a face, {stats['faces']} faces) "
+            f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
+            f"frames/s) with {'; '.join(m.describe() for m in outputs.runs)}"
+            + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else ""))
 
 
 def trained_on(model):
@@ -409,8 +494,9 @@ def _workspace(workspace):
     return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
 
 
-def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window):
-    """Check the settings, load the run; return it and the side faces are aligned at."""
+def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window, size=None):
+    """Check the settings, load the run; return it and the side faces are aligned at (``size``:
+    the first run's, which a second run must share)."""
     if detector not in F.DETECTORS:
         raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS)})")
     if int(batch_size) < 1:
@@ -421,12 +507,15 @@ def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, windo
     model.reset()  # a sequence model starts every call afresh
     if window is not None:
         model.set_window(window)
-    size = int(model.alignment.get("size") or F.CANONICAL_SIZE)
-    _check_alignment(model, size)
-    return model, size
+    own = int(model.alignment.get("size") or F.CANONICAL_SIZE)
+    if size is not None and own != size:
+        raise UsageError(f"run {model.run} reads faces aligned at {own} px, the other run at "
+                         f"{size} px: give runs trained on one aligned-face cache")
+    _check_alignment(model, own)
+    return model, own
 
 
-def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batch_size, total,
+def _stream(sources, outputs, encoders, writer, *, detector, size, all_faces, batch_size, total,
             progress):
     """Decode, detect and align in background threads; encode and classify batch by batch.
 
@@ -448,8 +537,11 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
     bar = tqdm(total=total or None, desc="predict", unit="frame", disable=not progress or None,
                dynamic_ncols=True)
     try:
-        for batch in batches(items, batch_size=batch_size, window=model.window(), tracker=tracker):
-            df = _batch_table(batch, model, encoders, model.aus, batch_size)
+        windows = [m.window() for m in outputs.runs if m.window()]
+        whole = any(m.whole_tracks() for m in outputs.runs)
+        for batch in batches(items, batch_size=batch_size, window=min(windows) if windows else None,
+                             tracker=tracker, whole=whole):
+            df = _batch_table(batch, outputs, encoders, batch_size)
             stats["frames"] += len(batch)
             stats["with_face"] += sum(1 for it in batch if it.faces)
             stats["faces"] += sum(len(it.faces) for it in batch)
@@ -459,25 +551,32 @@ def _stream(sources, model, encoders, writer, *, detector, size, all_faces, batc
             bar.update(len(batch))
     finally:
         bar.close()
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=_columns(model.aus))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=outputs.columns())
     if warnings:
         stats["warnings"] = warnings
     return table, stats
 
 
-def batches(items, *, batch_size, window=None, tracker=None):
+def batches(items, *, batch_size, window=None, tracker=None, whole=False):
     """Group detected frames into the batches that are encoded and classified together.
 
     A batch closes once it holds ``batch_size`` faces, or, with ``window`` (a bidirectional
     sequence model), once it holds ``window`` frames; the last one at the end of the frames.
+    With ``whole`` (a person-calibrated run: each face track is calibrated with all of its
+    frames), a batch is one whole input (video, or folder of images), however long.
     ``tracker`` (``--all-faces``) gives each face its ``face_id`` first.
     """
     batch, n_faces = [], 0
     for item in items:
         if tracker is not None:
             tracker.assign(item)
+        if whole and batch and item.frame.sequence != batch[-1].frame.sequence:
+            yield batch
+            batch, n_faces = [], 0
         batch.append(item)
         n_faces += len(item.faces)
+        if whole:
+            continue
         if (len(batch) >= window) if window else (n_faces >= batch_size):
             yield batch
             batch, n_faces = [], 0
@@ -522,6 +621,36 @@ def _sidecar(model, sources, detector, all_faces, stats, seconds, model_file, ve
         "note": "the run's faces were aligned from "
                 f"{model.alignment.get('landmarks', 'unknown')} landmarks; here from dlib's 68-point fit",
     }
+
+
+#: how ``AUxx_c`` and ``AUxx_r`` relate when they come from two runs (the sidecar says it too)
+DISAGREEMENT_RULE = (
+    "AUxx_c and AUxx_p come from the occurrence run (--run), AUxx_r from the intensity run "
+    "(--intensity-run), each exactly as its run decides; they are never forced to agree. Where "
+    "they disagree (AUxx_c = 1 with AUxx_r < 1.5, or AUxx_c = 0 with AUxx_r > 1.5: rounded "
+    "intensity >= 2 is the occurrence labels' definition), each column keeps its own run's "
+    "answer and 'disagreements' counts those faces per AU: gate one by the other if your "
+    "analysis needs them consistent.")
+
+
+def _intensity_sidecar(outputs, table):
+    """The sidecar's entries about ``AUxx_r``: the intensity run, its rule, the disagreements."""
+    r = outputs.intensity
+    if r is None:
+        return {}
+    out = {"intensity_run": r.run, "intensity_calibration": r.calibrate,
+           "intensity_columns": "AUxx_r: predicted intensity 0-5 (clipped)"}
+    if outputs.occurrence is None:
+        out["decision"] = "AUxx_c = AUxx_r > 1.5 (the predicted intensity rounds to >= 2)"
+        return out
+    out["rule"] = DISAGREEMENT_RULE
+    out["disagreements"] = {}
+    for au in (a for a in outputs.occurrence.aus if a in r.aus):
+        c = table[f"{au}_c"].to_numpy(dtype=float, na_value=np.nan)
+        v = table[f"{au}_r"].to_numpy(dtype=float, na_value=np.nan)
+        both = np.isfinite(c) & np.isfinite(v)
+        out["disagreements"][au] = int(np.sum(both & ((c == 1) != (v > 1.5))))
+    return out
 
 
 class _CsvWriter:
@@ -584,7 +713,8 @@ def plot_timeline(table, aus, out, *, title=""):
     nofaces = (t["success"] == 0).to_numpy() if len(t) else np.zeros(0, bool)
     for i, au in enumerate(aus):
         base = len(aus) - 1 - i
-        p = t[f"{au}_p"].to_numpy(dtype=float) if len(t) else np.zeros(0)
+        score = f"{au}_p" if f"{au}_p" in t else f"{au}_r"  # an intensity run alone: its intensity
+        p = t[score].to_numpy(dtype=float) if len(t) else np.zeros(0)
         c = t[f"{au}_c"].to_numpy(dtype=float, na_value=np.nan) if len(t) else np.zeros(0)
         finite = p[np.isfinite(p)]
         span = np.abs(finite).max() if finite.size and np.abs(finite).max() > 0 else 1.0

@@ -103,15 +103,18 @@ def load_model_file(path):
 
 def _applicable(model_file):
     """``model_file`` if predict can apply its run: a run of a task of the task registry
-    (:mod:`classify.learn.task`: scores -> 0/1 decisions per AU), not person-calibrated."""
+    (:mod:`classify.learn.task`: scores -> 0/1 decisions per AU); a person-calibrated run must
+    say how it calibrated (runs saved before the manifest held it are refused)."""
     m = model_file.manifest
     run, task = m["run"], m.get("task", "occurrence")
     if task not in list_tasks():
         raise UsageError(f"{model_file.path}: run {run} predicts AU {task}; featbench predict "
                          f"applies runs of the tasks {', '.join(list_tasks())} so far")
-    if set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags):  # never uncalibrated
-        raise UsageError(f"run {run}: predict cannot apply person-calibrated runs yet "
-                         "(use a run trained with --calibrate none)")
+    calibrated = set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags)
+    if calibrated and (m.get("preprocessing") or {}).get("calibrate") in (None, "", "none"):
+        raise UsageError(f"{model_file.path}: run {run} was trained on person-calibrated codes "
+                         "but its model does not say how (saved by an older featbench): train "
+                         "it again")
     return model_file
 
 

@@ -31,6 +31,9 @@ import numpy as np
 from featbench.core.errors import UsageError, did_you_mean
 
 CALIBRATIONS = ("none", "median", "neutral")
+#: frames of a person a reference needs: from one frame it would be the frame itself (a photo
+#: calibrated against itself is all zeros)
+MIN_REFERENCE_FRAMES = 2
 #: the run-name part of each calibration (``none``: no part)
 CALIBRATION_TAGS = {"none": None, "median": "calmed", "neutral": "calneu"}
 
@@ -86,7 +89,7 @@ def neutral_frame(codes, median=None):
 
 
 def person_references(codes, groups, method, *, require=()):
-    """Return ``{person: reference code}`` of every person in ``groups`` (and ``require``).
+    """Return ``{person: reference code}`` of every person in ``groups``.
 
     Parameters
     ----------
@@ -95,22 +98,31 @@ def person_references(codes, groups, method, *, require=()):
         The person (subject, face track) of each row.
     method : {"median", "neutral"}
     require : iterable
-        Persons that must get a reference even if no row of ``groups`` is theirs.
+        Persons that must have frames among ``groups`` (those a run scores).
 
     Raises
     ------
     CalibrationError
-        A person of ``require`` has no frame: the message names the person.
+        A person of ``require`` without a frame, or a person with fewer than
+        :data:`MIN_REFERENCE_FRAMES`: the message names them.
     """
     groups = np.asarray(groups)
-    present = set(groups.tolist())
-    missing = [p for p in require if p not in present]
-    if missing:
+    people, counts = np.unique(groups, return_counts=True)
+    present = dict(zip(people.tolist(), counts.tolist()))
+    missing = [p for p in dict.fromkeys(require) if p not in present]
+    few = [f"{p} ({n} frame)" for p, n in present.items() if n < MIN_REFERENCE_FRAMES]
+    if missing or few:
+        what = (f"no frames with codes for {_some(missing)}" if missing else
+                f"fewer than {MIN_REFERENCE_FRAMES} frames with codes for {_some(few)}")
         raise CalibrationError(
-            f"--calibrate {method}: no frames with codes for {', '.join(map(str, missing[:5]))}"
-            f"{' ...' if len(missing) > 5 else ''} (a reference code needs the person's frames; "
-            "extract codes for them, leave them out, or use --calibrate none)")
+            f"--calibrate {method}: {what} (a person's reference code comes from the person's "
+            "own frames; extract codes for them, leave them out, or use --calibrate none)")
     return {p: reference_code(codes[groups == p], method) for p in sorted(present)}
+
+
+def _some(names, n=5):
+    names = [str(x) for x in names]
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def calibrate(codes, groups, method, *, require=()):
@@ -149,7 +161,7 @@ def persons_of(keys):
     return np.char.add(np.char.add(subject, "/"), video)
 
 
-def calibrate_codes(codes, keys, method):
+def calibrate_codes(codes, keys, method, *, require=()):
     """Return ``{region: codes}`` calibrated per person (:func:`persons_of`); ``none``: unchanged.
 
     Parameters
@@ -158,8 +170,11 @@ def calibrate_codes(codes, keys, method):
         Every row of a feature file (or of one input at predict time), one per frame key.
     keys : structured array of shape (n,)
     method : {"none", "median", "neutral"}
+    require : structured array of frame keys, optional
+        Frames to be scored: each one's person must have frames to calibrate with.
     """
     if check_calibration(method) == "none":
         return codes
     persons = persons_of(keys)
-    return {r: calibrate(c, persons, method) for r, c in codes.items()}
+    need = np.unique(persons_of(require)).tolist() if len(require) else ()
+    return {r: calibrate(c, persons, method, require=need) for r, c in codes.items()}

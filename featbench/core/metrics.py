@@ -21,9 +21,11 @@ intensity is known (``-1`` = unknown, left out), as the DISFA intensity literatu
   constant prediction, an AU never active in test) or there are fewer than 2 frames;
 - MAE is the mean absolute difference (``nan`` only without frames);
 - F1 at intensity >= 2: a frame is called present when its prediction, *rounded to the label
-  scale*, is at least the label threshold (``prediction >= threshold - 0.5``: the labels are
-  integers, so label 2 covers [1.5, 2.5)), scored against the occurrence labels with
-  :func:`au_metrics`; so an intensity run's F1 compares with an occurrence run's.
+  scale*, is at least the label threshold: ``prediction > threshold - 0.5``
+  (:func:`decision_threshold`; the labels are integers, so label 2 stands for (1.5, 2.5]; the
+  strict ``>`` is featbench's one decision rule, ``score > threshold``), scored against the
+  occurrence labels with :func:`au_metrics`; so an intensity run's F1 compares with an
+  occurrence run's.
 """
 
 import warnings
@@ -135,13 +137,16 @@ def pearson(y_true, y_pred):
     return float(np.clip(np.sum(a * b) / den, -1.0, 1.0))
 
 
-def intensity_decisions(y_pred, threshold=PRESENT_AT):
-    """Return int8 decisions (1 present) of intensity predictions: rounded >= ``threshold``.
+def decision_threshold(threshold=PRESENT_AT):
+    """Return the score threshold of intensity decisions: ``threshold - 0.5`` (module docstring)."""
+    return float(threshold) - 0.5
 
-    ``nan`` predictions give 0.
-    """
+
+def intensity_decisions(y_pred, threshold=PRESENT_AT):
+    """Return int8 decisions (1 present) of intensity predictions: rounded >= ``threshold``,
+    i.e. ``y_pred > threshold - 0.5``; ``nan`` predictions give 0."""
     with np.errstate(invalid="ignore"):
-        return (np.asarray(y_pred, dtype=np.float64) >= threshold - 0.5).astype(np.int8)
+        return (np.asarray(y_pred, dtype=np.float64) > decision_threshold(threshold)).astype(np.int8)
 
 
 def intensity_metrics(y_int, y_pred, y_occ=None, *, threshold=PRESENT_AT):
@@ -163,7 +168,8 @@ def intensity_metrics(y_int, y_pred, y_occ=None, *, threshold=PRESENT_AT):
     dict
         ``icc``, ``pearson``, ``mae`` (floats, maybe nan), ``frames`` (frames with a known
         intensity), and :func:`au_metrics`' ``f1``, ``accuracy``, ``precision``, ``recall``,
-        ``auc``, ``support`` of ``prediction >= threshold`` (rounded) against ``y_occ``.
+        ``support`` of the rounded prediction ``>= threshold`` against ``y_occ``, and ``auc``,
+        the ROC-AUC of the predicted intensity against ``y_occ``.
     """
     y_int = np.asarray(y_int).ravel()
     y_pred = np.asarray(y_pred, dtype=np.float64).ravel()

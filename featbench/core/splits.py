@@ -59,6 +59,13 @@ class Split:
         return table.frames["subject"].isin(getattr(self, part)).to_numpy()
 
 
+def scored_mask(table, splits):
+    """Return a bool mask over ``table``'s rows of the subjects some fold trains, validates or tests."""
+    subjects = {s for split in splits for part in (split.train, split.validation, split.test)
+                for s in part}
+    return table.frames["subject"].isin(subjects).to_numpy()
+
+
 def _hold_out(subjects, fraction, rng):
     """Split ``subjects`` into (kept, held out) with ``fraction`` (at least one) held out."""
     subjects = sorted(subjects)

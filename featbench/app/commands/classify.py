@@ -20,7 +20,8 @@ def add_parser(subparsers):
                    help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
                         "(an LSTM over each subject's code sequence, epoch chosen on validation); "
                         "the run kinds of classify/kinds.py. --task intensity: ridge (alpha "
-                        "chosen by ICC on validation) or svr (linear SVR, C chosen so)")
+                        "chosen by ICC on validation), svr (linear SVR, C chosen so) or lstm "
+                        "(a regression output, epoch chosen by validation ICC; tag intensity)")
     p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
                    help="occurrence (present / absent, F1) or intensity (regression of the 0-5 "
                         "intensities: ICC(3,1), Pearson r, MAE, and F1 of rounded intensity >= 2; "
@@ -109,13 +110,14 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
-    from classify.intensity_run import check_task
     from classify.kinds import classifier_kind
+    from classify.learn.intensity import check_task
     from classify.run import check_features, classify_run, default_model, format_result
     from featbench.core.calibrate import check_calibration
 
     check_calibration(args.calibrate)
-    if check_task(args.task) == "intensity":
+    task = check_task(args.task)
+    if task == "intensity" and args.clf != "lstm":  # the LSTM learns either task
         return _run_intensity(args)
     classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
     if args.scheduler:
@@ -141,12 +143,15 @@ def _run(args):
     ws = workspace_of(args)
     model = args.model or default_model(ws, args.dataset)
     check_features(ws, args.dataset, model)
+    table = load_table(args)
+    if task == "intensity":
+        table.require_intensity()
     result = classify_run(ws, args.dataset, model=model, clf=args.clf, region=args.region,
                           protocol=args.protocol, tune_threshold=args.tune_threshold,
                           balance=args.balance is not False, class_weight=args.class_weight,
-                          seed=args.seed, n_jobs=args.jobs, table=load_table(args), aus=args.aus,
+                          seed=args.seed, n_jobs=args.jobs, table=table, aus=args.aus,
                           progress=not args.quiet, lstm=lstm, scheduler=args.scheduler,
-                          calibrate=args.calibrate)
+                          calibrate=args.calibrate, task=task)
     print(format_result(result))
     return 0
 
@@ -154,8 +159,8 @@ def _run(args):
 def _run_intensity(args):
     """``--task intensity``: per-AU ridge / SVR (classify.intensity_run)."""
     from classify.intensity import get_regressor
-    from classify.intensity_run import format_intensity_result, intensity_run
-    from classify.run import check_features, default_model
+    from classify.intensity_run import intensity_run
+    from classify.run import check_features, default_model, format_result
     from featbench.core.errors import UsageError
 
     get_regressor(args.clf)
@@ -175,5 +180,5 @@ def _run_intensity(args):
                            protocol=args.protocol, balance=bool(args.balance), seed=args.seed,
                            table=table, aus=args.aus, calibrate=args.calibrate,
                            progress=not args.quiet)
-    print(format_intensity_result(result))
+    print(format_result(result))
     return 0

@@ -55,6 +55,10 @@ def add_parser(subparsers):
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where it trains (default: auto = cuda when present; AMP there)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seeds everything (default: 0)")
+    p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
+                   help="occurrence (present / absent: BCE, F1) or intensity (a regression head on "
+                        "the 0-5 intensities: MSE, the epoch chosen by validation ICC, outputs "
+                        "clipped to 0-5; run-name tag intensity) (default: occurrence)")
     p.add_argument("--tag", default=None, metavar="TEXT",
                    help="an extra run-name tag (letters and digits), to keep runs apart")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -64,6 +68,7 @@ def add_parser(subparsers):
 
 def _run(args):
     from classify.finetune import FinetuneConfig, check_network, finetune_run, format_result
+    from classify.learn.intensity import check_task, task_named
 
     config = FinetuneConfig(
         model=args.model, weights=args.weights, reinit=args.reinit, train_from=args.train_from,
@@ -72,9 +77,13 @@ def _run(args):
         optimizer=args.optimizer,
         input_size=args.input_size, augment=not args.no_augment,
         tune_threshold=args.tune_threshold, device=args.device, seed=args.seed, tag=args.tag)
+    check_task(args.task)
     check_network(config)  # weights, layers and sizes fail before any data is read
     table = load_table(args)
+    if args.task == "intensity":
+        table.require_intensity()
     result = finetune_run(workspace_of(args), args.dataset, config, table=table,
-                          progress=not args.quiet)
+                          progress=not args.quiet,
+                          task=task_named(args.task, threshold=table.label_threshold))
     print(format_result(result))
     return 0

@@ -10,7 +10,8 @@ def add_parser(subparsers):
         description="Detect faces (dlib), align them as the run's training faces were aligned, "
                     "encode them with the run's network and weights and apply its classifiers and "
                     "thresholds. Writes one CSV row per frame and face with OpenFace's columns "
-                    "(frame, face_id, timestamp, confidence, success, AUxx_c, AUxx_p, input); a "
+                    "(frame, face_id, timestamp, confidence, success, AUxx_c, AUxx_p, AUxx_r for "
+                    "an intensity run, input); a "
                     "frame without a face is a row with success=0 and empty AU columns. A JSON "
                     "beside the CSV names the run, the weights and the featbench version.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -25,6 +26,15 @@ def add_parser(subparsers):
     src.add_argument("--model", dest="model_file", metavar="FILE",
                      help="a model file written by featbench export (instead of --run); a "
                           "pickle, joblib or torch file is refused without being opened")
+    p.add_argument("--intensity-run", default=None, metavar="RUN",
+                   help="an intensity run (featbench classify --task intensity) whose predicted "
+                        "intensities 0-5 fill OpenFace's AUxx_r columns beside --run's AUxx_c / "
+                        "AUxx_p. Each column is its own run's answer, never forced to agree; the "
+                        "sidecar counts the faces where AUxx_c and the rounded AUxx_r disagree. "
+                        "An intensity run given as --run alone writes AUxx_c (rounded intensity "
+                        ">= 2) and AUxx_r. A person-calibrated run (--calibrate) calibrates each "
+                        "face track with all of its frames: an input is scored whole, and a face "
+                        "seen in one frame only (a photo) cannot be calibrated")
     p.add_argument("--dataset", default="synth", metavar="NAME",
                    help="the data set the run was trained on (default: synth)")
     p.add_argument("--out", default=None, metavar="FILE.csv",
@@ -88,7 +98,8 @@ def _run(args):
                  out=args.out or default_out(args.inputs), plot=args.plot,
                  detector=args.detector, all_faces=args.all_faces, device=args.device,
                  batch_size=args.batch_size, weights_file=args.weights_file,
-                 window=args.window, progress=not args.quiet, force=args.force)
+                 window=args.window, progress=not args.quiet, force=args.force,
+                 intensity_run=args.intensity_run)
     if df.attrs.get("warning"):
         import sys
 

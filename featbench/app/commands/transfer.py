@@ -89,6 +89,11 @@ def add_parser(subparsers):
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where to train (default: auto = cuda when present; AMP there)")
     p.add_argument("--aus", default=None, metavar="AU01,AU02", help="only these AUs (default: all labelled)")
+    p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
+                   help="what stage 2 learns: occurrence (BCE, F1) or intensity (the head regresses "
+                        "the 0-5 intensities: MSE, epoch by validation ICC, outputs clipped to 0-5; "
+                        "needs an AU data set with intensities, e.g. --dataset synth; run-name tag "
+                        "intensity) (default: occurrence)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
@@ -143,7 +148,8 @@ def _run(args):
         backbone=backbone, weights=weights, input_size=args.input_size, folds=args.folds,
         hidden=parse_sizes(args.hidden, flag="--hidden"), pos_weight=args.pos_weight,
         epochs=parse_sizes(args.epochs, flag="--epochs", count=2), lr=args.lr,
-        batch_size=args.batch_size, patience=args.patience, seed=args.seed, device=args.device)
+        batch_size=args.batch_size, patience=args.patience, seed=args.seed, device=args.device,
+        task=args.task)
     check_start(settings)  # weights and input size, before data is read or synthesised
     expr_name = args.expr_dataset or (guess_layout(args.expr_root) if args.expr_root else "synth-expression")
     expr = load_expression_set(expr_name, root=args.expr_root, workspace=ws,
@@ -155,6 +161,8 @@ def _run(args):
         au_table = load_dataset(args.dataset, root=args.root, workspace=ws, generate=True,
                                 progress=not args.quiet)
         aus = resolve_aus(au_table, "own", args.aus)
+        if settings.task == "intensity":
+            au_table.require_intensity()
     if note:  # said before any training, after every input was checked
         print(f"{backbone} starts from {weights}: {note}", file=sys.stderr)
     out = transfer_run(ws, expr_table=expr, au_table=au_table, settings=settings, stage=args.stage,

@@ -1,0 +1,125 @@
+"""AU intensity as a learned task: regression on DISFA's 0-5 scale, judged by ICC(3,1).
+
+:class:`Intensity` is the second :class:`~classify.learn.task.Task` (the first is occurrence):
+fine-tuning, transfer's stage 2 and the LSTM train it through the same loop, writer and model
+format, with ``--task intensity``.
+
+- **targets**: the data set's intensities 0-5 (``FrameTable.intensities``), -1 unknown: no
+  loss, no gradient, no metric;
+- **present** (what counts and balances, as occurrence's positives): intensity >= the label
+  threshold (2), so training batches and validation rows are balanced as the protocol balances
+  occurrence, every frame of an active AU and as many others;
+- **loss**: the mean squared error of the network's output over known targets (no positive
+  weight: the balancing carries the rare high intensities);
+- **validation**: the mean over AUs of ICC(3,1) of the clipped outputs (higher is better),
+  which chooses the epoch;
+- **output**: the network's score clipped to 0-5 is the run's predicted intensity (test
+  predictions, ``featbench predict``'s ``_r``);
+- **decision**: present when the prediction rounds to >= 2 (``score > 1.5``, featbench's one
+  rule ``score > threshold``), never tuned; test metrics are
+  :func:`featbench.core.metrics.intensity_metrics` (ICC, r, MAE and the F1 family of that decision).
+"""
+
+import numpy as np
+
+from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.metrics import (PRESENT_AT, decision_threshold, icc31, intensity_metrics,
+                                    nanmean)
+
+from classify.estimators import balance_indices, decide
+from classify.intensity import clip_intensity
+from classify.learn.task import OCCURRENCE, Settled, Task, register_task
+
+
+class Intensity(Task):
+    """AU intensity: per-AU regression on 0-5 (see the module docstring).
+
+    Parameters
+    ----------
+    threshold : int
+        The label threshold: intensity >= ``threshold`` is *present* (protocol: 2).
+    """
+
+    name = "intensity"
+    METRICS = ("icc", "pearson", "mae", "f1", "accuracy", "precision", "recall")
+
+    def __init__(self, threshold=PRESENT_AT):
+        self.threshold = int(threshold)
+        self.decision = (f"present when the predicted intensity rounds to >= {self.threshold} "
+                         f"(score > {decision_threshold(self.threshold):g}); score clipped to 0-5")
+
+    def targets(self, table, aus):
+        return table.intensities(aus)
+
+    def positive(self, y):
+        return np.asarray(y) >= self.threshold
+
+    def balance(self, y, rng):
+        return balance_indices(self.positive(y).astype(np.int8), rng)
+
+    def loss(self, scores, y, weight=None, *, reduction="mean"):
+        mask = (y >= 0).float()
+        err = (scores.float() - y.float().clamp(min=0)) ** 2 * mask
+        total = err.sum()
+        return total if reduction == "sum" else total / mask.sum().clamp(min=1)
+
+    def output(self, scores):
+        return None if scores is None else clip_intensity(scores)
+
+    def _icc(self, y, scores):
+        y, s = np.asarray(y), self.output(np.asarray(scores, dtype=np.float64))
+        out = []
+        for j in range(y.shape[1]):
+            k = (y[:, j] >= 0) & np.isfinite(s[:, j])
+            out.append(icc31(y[k, j], s[k, j]) if k.sum() > 1 else float("nan"))
+        return out
+
+    def validate(self, y, scores):
+        y, s = np.asarray(y), np.asarray(scores, dtype=np.float64)
+        known = y >= 0
+        mse = float(np.mean((s[known] - y[known]) ** 2)) if known.any() else float("nan")
+        return {"val_score": nanmean(self._icc(y, s)), "val_loss": mse}
+
+    def settle(self, y, scores, *, tune):
+        y = np.asarray(y)
+        k = y.shape[1] if y.ndim == 2 else 0
+        values = self._icc(y, scores) if scores is not None and len(y) else [float("nan")] * k
+        return Settled([decision_threshold(self.threshold)] * k, values)
+
+    def decide(self, scores, thresholds):
+        return decide(scores, thresholds)
+
+    def metrics(self, y, decisions, scores=None):
+        return intensity_metrics(y, self.output(scores), threshold=self.threshold)
+
+    def stored(self, y):
+        y = np.asarray(y)
+        occ = np.where(y >= 0, (y >= self.threshold).astype(np.int8), -1).astype(np.int8)
+        return {"labels": occ, "intensities": y.astype(np.int8)}
+
+    def to_json(self):
+        return {**super().to_json(), "threshold": self.threshold}
+
+
+#: the intensity task at the protocol's threshold (``get_task("intensity")``)
+INTENSITY = register_task(Intensity())
+
+
+#: the ``--task`` values
+TASKS = ("occurrence", "intensity")
+
+
+def check_task(task):
+    """Return ``task`` (None -> occurrence); UsageError listing the tasks if unknown."""
+    task = task or "occurrence"
+    if task not in TASKS:
+        raise UsageError(did_you_mean(str(task), TASKS, what="task"))
+    return task
+
+
+def task_named(name, *, threshold=PRESENT_AT):
+    """Return the learned task of ``--task`` ``name`` (``occurrence`` or ``intensity``);
+    intensity at the data set's label ``threshold``."""
+    if check_task(name) == "occurrence":
+        return OCCURRENCE
+    return INTENSITY if int(threshold or PRESENT_AT) == PRESENT_AT else Intensity(threshold)
