@@ -81,7 +81,7 @@ def plot_predicted_vs_true(preds, path):
         ax.set_xlabel("true intensity (test frames, all AUs)")
         ax.set_ylabel("predicted intensity")
         ax.set_title(run, fontsize=8)
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="lower right", fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
