@@ -42,9 +42,9 @@ import numpy as np
 
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
-from featbench.core.identity import RunKey, format_members
-from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold,
-                                    intensity_decisions, intensity_metrics, nanmean)
+from featbench.core.identity import RunKey, WeightsId, format_members, weights_of
+from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold, intensity_decisions,
+                                    intensity_metrics, nanmean)
 from featbench.core.modelfile import read_manifest
 from featbench.core.results import write_predictions, write_run
 from featbench.core.workspace import safe_name
@@ -243,8 +243,6 @@ def is_random_init(workspace, dataset, run, _seen=None):
     ``finetuned:<run>`` weights (codes of a fine-tuned network) are followed to the run that
     trained it: codes of a network fine-tuned from ``random:0`` are a control too.
     """
-    from featbench.core.identity import WeightsId, weights_of
-
     seen = set() if _seen is None else _seen
     if run in seen:
         return False
@@ -505,6 +503,21 @@ def _checked_members(workspace, dataset, members):
                 f"member run {run!r} has no predictions "
                 f"({workspace.predictions_path(dataset, run)}); make it with: {command_for_run(run)}")
     return members
+
+
+def preset_run_name(workspace, dataset, preset, *, tag=None):
+    """Return the name :func:`ensemble_run` gives ``preset``'s ensemble (``ensemble-fe__full__vote``).
+
+    The region is the members' one when they share it, else ``mixed`` — also when the members
+    cannot be resolved (a failed ensemble's row is written under the name it would have had).
+    """
+    try:
+        regions = {_key(r).region if _key(r) else "" for r in
+                   resolve_preset(workspace, dataset, preset, tag=tag)}
+    except FeatbenchError:
+        regions = set()
+    region = regions.pop() if len(regions) == 1 else "mixed"
+    return str(RunKey(safe_name(f"ensemble-{preset}"), region or "mixed", "vote", tag or ()))
 
 
 def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, tag=None):

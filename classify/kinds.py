@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from featbench.core.align import read_cache_info
-from featbench.core.datasets import SYNTH_LAYOUTS
+from featbench.core.datasets import training_data as describe_training_data
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, did_you_mean
 from featbench.core.modelfile import create_manifest, write_model
 
@@ -210,8 +210,9 @@ def cache_alignment(workspace, dataset):
 
 
 def training_data(dataset):
-    """The manifest's ``training_data`` of a run trained on ``dataset``."""
-    return {"dataset": str(dataset), "synthetic": str(dataset) in SYNTH_LAYOUTS}
+    """The manifest's ``training_data`` of a run trained on ``dataset`` (one rule for every kind:
+    :func:`featbench.core.datasets.training_data`)."""
+    return describe_training_data(str(dataset))
 
 
 def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights, preprocessing,

@@ -32,7 +32,8 @@ import numpy as np
 from featbench.core.errors import StoreError, UsageError, describe_os_error
 from featbench.core.frames import KEY_DTYPE
 
-from classify.estimators import AUFit, _val_f1, settle_threshold
+from classify.estimators import AUFit, settle_threshold, _val_f1
+from extract.download import connect_timeout
 from extract.store import read_codes
 
 #: rows are read from HDF5 in contiguous blocks of about this many bytes
@@ -284,8 +285,6 @@ def probe_scheduler(address, timeout=None):
         Not an address, nothing listening, or something else than a Dask scheduler: one line.
     """
     import socket
-
-    from extract.download import connect_timeout
 
     if address is None or "://" in address and not address.startswith(("tcp://", "tls://")):
         return

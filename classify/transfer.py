@@ -64,11 +64,12 @@ from featbench.core.splits import make_splits
 from featbench.core.workspace import atomic_write_text, run_lock
 
 from classify.estimators import decide
+from classify.ft_net import check_input_size
 from classify.learn import store
 from classify.learn.facekind import face_kind
+from classify.learn.intensity import check_task, task_named
 from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
-from classify.learn.intensity import check_task, task_named
 from classify.learn.task import EXPRESSION, OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
 from classify.training import TrainConfig, fit, plot_history
@@ -242,7 +243,6 @@ def _faces(table, workspace, progress):
     if len(faces) != len(table):
         raise UsageError(f"{faces.path}: {len(faces)} rows for {len(table)} frames; rerun featbench align")
     return faces
-
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -492,8 +492,6 @@ def default_protocol(table):
     return "own" if (table.frames["split"] != "").any() else "paper"
 
 
-
-
 def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=None, progress=True):
     """Fine-tune for AU occurrence from stage 1's backbone (or, ``stage1=None``, the control).
 
@@ -607,7 +605,6 @@ def _fill_stage2(tmp, method, run, split, results, info):
     store.write_json(tmp / "settings.json", info)
 
 
-
 def _stage2_start(spec, settings, stage1):
     """Return the StartWeights of stage 2: stage 1's backbone, or (``stage1=None``, the control)
     ``settings.weights``."""
@@ -634,8 +631,6 @@ def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epo
             "stage1": "" if control else stage1["run"],
             "stage1_accuracy": float("nan") if control else stage1["mean_accuracy"],
             "best_epoch": best_epoch}
-
-
 
 
 def load_model(path, *, device="cpu"):
@@ -750,8 +745,6 @@ def check_start(settings):
         One line each.
     """
     import torch
-
-    from classify.ft_net import check_input_size
 
     spec = get_spec(settings.backbone)
     _check_torch(spec)

@@ -32,7 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
-from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, describe_os_error, h5_errno
+from featbench.core.align import cache_fingerprint, read_cache_info
+from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, describe_os_error,
+                                   h5_errno)
+from featbench.core.frames import differences
 from featbench.core.workspace import atomic_path, check_free_space, file_lock
 
 FORMAT_VERSION = 1
@@ -435,9 +438,6 @@ def check_source(path, table, aligned):
     StoreError
         One line naming the feature file, what changed and the command that renews it.
     """
-    from featbench.core.align import cache_fingerprint, read_cache_info
-    from featbench.core.frames import differences
-
     attrs = store_info(path)["attrs"]
     have = str(attrs.get("source_fingerprint") or "")
     info = read_cache_info(aligned) if have and Path(aligned).exists() else None

@@ -267,3 +267,14 @@ def test_fine_tuned_member_replaces_the_weakest_by_validation_f1(members):
     assert set(ft) < set(region)
     out = ensemble_run(ws, "synth", preset="fe+ft")
     assert out["members"] == ft and np.isfinite(out["mean_f1"])
+
+
+def test_a_failed_preset_ensemble_is_recorded_under_the_name_it_would_have(members, tmp_path):
+    """featbench run writes a failed ensemble's row under the name ensemble_run gives it (the
+    members' shared region), and under ``mixed`` when its members cannot be found."""
+    from classify.ensemble import preset_run_name
+
+    ws, _ = members
+    expected = preset_run_name(ws, "synth", "fe")
+    assert expected == ensemble_run(ws, "synth", preset="fe")["run"] == "ensemble-fe__full__vote"
+    assert preset_run_name(Workspace(tmp_path / "empty"), "synth", "fe") == "ensemble-fe__mixed__vote"

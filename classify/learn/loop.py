@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featbench.core import modelfile
+from featbench.core.datasets import training_data
 from featbench.core.errors import FeatbenchError
 from featbench.core.threads import set_torch_threads
 from featbench.core.workspace import atomic_write_text
@@ -276,7 +277,7 @@ def write_model(folder, method, run, aus, splits, results, units, *, weights, pr
     manifest = modelfile.create_manifest(
         run=run, kind=method.kind, task=method.task.name, aus=list(aus), folds=folds,
         weights=weights, preprocessing=preprocessing,
-        training_data={"dataset": dataset, "synthetic": str(dataset).startswith("synth")},
+        training_data=training_data(dataset),
         settings=json.loads(json.dumps({**settings, "task": method.task.to_json(),
                                         "units": {n: {k: v for k, v in e.items() if k != "history"}
                                                   for n, e in units.items()}}, default=_plain)))

@@ -54,7 +54,7 @@ from featbench.core.identity import RunKey, WeightsId
 from featbench.core.results import read_summary_rows, record_failure
 from featbench.core.workspace import atomic_write_text
 
-from classify.ensemble import ensemble_run
+from classify.ensemble import ensemble_run, preset_run_name
 from classify.finetune import FinetuneConfig, finetune_run, finetune_run_name
 from classify.run import classify_run, classify_run_key, run_tag
 from extract.catalog import entry_for
@@ -316,8 +316,9 @@ class Step:
         ``run()`` does the work and returns the one-line outcome to print (or None).
     fresh : callable
         ``fresh()`` is True when the step's output is already there and up to date (kept).
-    records : tuple of (run name, meta)
-        The runs whose ``summary.csv`` row a failure of this step writes (with its error).
+    records : tuple of (run name, meta), or a callable returning one
+        The runs whose ``summary.csv`` row a failure of this step writes (with its error); a
+        callable is asked at the failure (an ensemble's name depends on the members it found).
     produces : tuple of str
         The runs that exist once the step succeeded or was fresh; a step is skipped when one
         of them already failed (e.g. a classifier run whose features could not be extracted).
@@ -333,7 +334,7 @@ class Step:
     name: str
     run: Callable
     fresh: Callable = _never
-    records: tuple = ()
+    records: object = ()
     produces: tuple = ()
     fatal: bool = False
     announce: str = ""
@@ -517,10 +518,13 @@ def _ensemble_steps(ctx):
             return (f"{notes}{out['run']} = vote of {', '.join(out['members'])}: "
                     f"mean F1 {out['mean_f1']:.3f}")
 
-        name = str(RunKey(f"ensemble-{ens}", "mixed", "vote", ctx.tag or ()))
-        meta = {"model": f"ensemble-{ens}", "region": "mixed", "clf": "vote",
-                "protocol": ctx.protocol, "dataset": ctx.dataset}
-        steps.append(Step(f"ensemble {ens}", run, records=((name, meta),)))
+        def records(ens=ens):  # named as ensemble_run would have named it
+            name = preset_run_name(ctx.workspace, ctx.dataset, ens, tag=ctx.tag)
+            meta = {"model": f"ensemble-{ens}", "region": RunKey.parse(name).region, "clf": "vote",
+                    "protocol": ctx.protocol, "dataset": ctx.dataset}
+            return ((name, meta),)
+
+        steps.append(Step(f"ensemble {ens}", run, records=records))
     return ", ".join(ctx.preset.ensembles), steps
 
 
@@ -542,7 +546,7 @@ def _record_failure(ctx, step, exc):
     # kept with its type so the report's failed-runs table says what to fix
     msg = str(exc) if isinstance(exc, FeatbenchError) else f"{type(exc).__name__}: {exc}"
     ctx.say(f"  failed: {msg}" if step.announce else f"- {step.name}: failed: {msg}")
-    for run, meta in step.records:
+    for run, meta in (step.records() if callable(step.records) else step.records):
         record_failure(ctx.workspace, ctx.dataset, run, f"{step.error_prefix}{msg}", meta=meta)
         ctx.failed.append((run, msg))
 

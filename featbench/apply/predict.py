@@ -51,8 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
+from featbench.apply.runmodel import RunModel, finetuned_file, load_model_file, load_run
 from featbench.core import faces as F, footage
 from featbench.core._background import in_background, ordered_map
+from featbench.core.datasets import training_data
 from featbench.core.errors import UsageError, WeightsError
 from featbench.core.identity import WeightsId
 from featbench.core.workspace import (Workspace, atomic_write_text, check_outputs, output_lock,
@@ -61,7 +63,6 @@ from featbench.core.workspace import (Workspace, atomic_write_text, check_output
 from extract.encoders import create_encoder
 from extract.registry import get_spec
 from extract.weights import WeightsChoice, file_sha256, pretrained_path
-from featbench.apply.runmodel import RunModel, finetuned_file, load_model_file, load_run
 
 #: faces encoded and classified together
 DEFAULT_BATCH = 32
@@ -474,8 +475,6 @@ def trained_on(model):
     Recorded when the run was loaded from its workspace (and so carried by an export); an
     older export without it is judged by the data set's name.
     """
-    from featbench.core.datasets import training_data
-
     data = dict(model.info.get("training_data") or training_data(model.dataset))
     return {**data, "kind": "synthetic" if data.get("synthetic") else "real"}
 

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from featbench.core.errors import BusyError
+from featbench import __version__
+from featbench.core.errors import BusyError, StoreError, UsageError, describe_os_error
 
 
 def safe_name(name):
@@ -199,8 +200,6 @@ def writing(path, what="writing it"):
     For blocks that only write ``path`` (through :func:`atomic_path`: the previous file, if
     any, is kept): the OS's own error names no file, or the temporary one.
     """
-    from featbench.core.errors import StoreError, describe_os_error
-
     try:
         yield
     except OSError as exc:
@@ -220,8 +219,6 @@ def check_free_space(path, need, doing):
     the library then crashes the process on cleanup (exit 139). The check cannot see another
     process filling the disk at the same moment; the writers' own error handling covers that.
     """
-    from featbench.core.errors import StoreError
-
     folder = Path(path).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -251,8 +248,6 @@ def save_figure(fig, path, **kw):
     The PNG's ``Software`` text says ``featbench <version>``: :func:`made_by_featbench`
     recognises it, so a rerun may replace it while a user's own picture is never replaced.
     """
-    from featbench import __version__
-
     with writing(path, "saving the chart"), atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": f"featbench {__version__}"}, **kw)
     return Path(path)
@@ -372,8 +367,6 @@ def check_outputs(outputs, *, inputs=(), force=False, ours=made_by_featbench, co
     UsageError
         One line naming the output and what is wrong; nothing has been written.
     """
-    from featbench.core.errors import UsageError
-
     seen = {}
     items = [(what, Path(p)) for what, p in outputs.items() if p is not None]
     inputs = [Path(p) for p in inputs]
