@@ -42,7 +42,7 @@ import numpy as np
 
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
-from featbench.core.identity import RunKey, WeightsId, format_members, weights_of
+from featbench.core.identity import RunKey, format_members, weights_of
 from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold, intensity_decisions,
                                     intensity_metrics, nanmean)
 from featbench.core.modelfile import read_manifest

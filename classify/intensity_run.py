@@ -46,9 +46,9 @@ from classify.intensity import get_regressor, fit_intensity
 from classify.learn.intensity import TASKS, check_task
 from classify.intensity_model import save_intensity_model
 from classify.learn.intensity import Intensity
-from classify.learn.writer import fold_record, versions, write_outputs
+from classify.learn.writer import fold_record, record_run_failure, versions, write_outputs
 from classify.run import (PREDICTION_ATTRS, REGION_CHOICES, check_features, join_codes,
-                          load_codes, model_preprocessing, record_run_failure, resolve_aus, run_tag)
+                          load_codes, model_preprocessing, resolve_aus, run_tag)
 from extract.store import store_info
 
 def _fold_rows(table, split, has_code, ints):

@@ -54,8 +54,7 @@ from featbench.core.workspace import Workspace, atomic_write_text, run_lock
 from classify.estimators import balance_indices, with_threshold
 from classify.learn.intensity import check_task, task_named
 from classify.learn.task import OCCURRENCE
-from classify.learn.writer import (fold_record, record_run_failure, recording_failure,  # noqa: F401
-                                   versions, write_outputs)
+from classify.learn.writer import fold_record, recording_failure, versions, write_outputs
 from classify.kinds import classifier_kind, get_kind
 from classify.scale import (H5Codes, codes_bytes, liblinear_bytes, memory_budget_bytes, peak_rss_mb,
                             run_on_dask, scheduler_address, score)

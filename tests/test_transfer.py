@@ -317,7 +317,7 @@ def test_end_to_end_on_the_embedded_sets(tmp_path):
     assert "random init, not pretrained" in r.stderr + r.stdout
     assert "mean F1" in r.stdout
     r = fb("extract", "--model", "tv:mobilenet_v3_small", "--dataset", "synth-affwild2", "--weights",
-           str(Path(ws) / "results/synth-affwild2/models/tv-mobilenet_v3_small__full__transfer/backbone.pt"))
+           str(Path(ws) / "results/synth-affwild2/models/tv-mobilenet_v3_small__full__transfer/backbone.safetensors"))
     assert r.returncode == 0, r.stderr
 
 
