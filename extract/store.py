@@ -439,22 +439,40 @@ def check_source(path, table, aligned):
         One line naming the feature file, what changed and the command that renews it.
     """
     attrs = store_info(path)["attrs"]
+    what = _source_change(attrs, table, aligned)
+    if what:
+        raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
+                         f"({what}): stale codes; renew them with featbench extract --model "
+                         f"{attrs.get('model')} --dataset {table.dataset} --overwrite")
+
+
+def _source_change(attrs, table, aligned):
+    """What changed since a feature file's codes were made (see :func:`check_source`), or None."""
     have = str(attrs.get("source_fingerprint") or "")
     info = read_cache_info(aligned) if have and Path(aligned).exists() else None
     if info is None or attrs.get("frames_sha256") != keys_sha256(table.keys()):
-        return  # no source recorded, no cache to judge by, or another frame list
+        return None  # no source recorded, no cache to judge by, or another frame list
     if info.get("fingerprint") != have:  # realigned since: the cache says why
         changed = list(json.loads(info.get("rebuilt_because") or "[]"))
     else:  # made from this cache: have its inputs changed since?
         digests = table.input_digests()
         if cache_fingerprint(table, json.loads(info["settings"]), digests=digests) == have:
-            return
+            return None
         changed = differences(json.loads(info.get("inputs") or "null"), digests)
-    what = (f"changed: {', '.join(changed)}" if changed else
+    return (f"changed: {', '.join(changed)}" if changed else
             "a video, image or landmark file of the data set, or the alignment, changed")
-    raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
-                     f"({what}): stale codes; renew them with featbench extract --model "
-                     f"{attrs.get('model')} --dataset {table.dataset} --overwrite")
+
+
+def stale_codes(path, table, aligned):
+    """Return why the codes of ``path`` are stale for ``table`` (another frame list, or other
+    aligned faces than the cache ``aligned`` holds now), or None when they are not (or there
+    is no file). What ``featbench run`` asks before it renews derived codes itself."""
+    if not Path(path).exists():
+        return None
+    attrs = store_info(path)["attrs"]
+    if attrs.get("frames_sha256") != keys_sha256(table.keys()):
+        return "made from another frame list"
+    return _source_change(attrs, table, aligned)
 
 
 def store_info(path):

@@ -268,3 +268,27 @@ def test_a_host_that_failed_is_not_tried_again_for_the_next_file(no_cache, monke
         srv.server_close()
     assert set(left_out(plan)) == {"alexnet", "tv:mobilenet_v2"}
     assert len({h.rsplit("/", 1)[-1] for h in hits}) == 1  # one file tried, the other not
+
+
+def test_a_rerun_after_realignment_extracts_the_stale_codes_again(tmp_path, capsys):
+    """featbench run on a workspace whose faces were realigned since its codes were made (a
+    landmark file changed) renews those codes and says so, instead of failing the runs."""
+    import dataclasses
+    import os
+
+    from featbench.core.synth import generate_dataset
+
+    ws = Workspace(tmp_path)
+    generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
+                     right_camera=False)
+    tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog",), region_models=(),
+                               clfs=("lda",), region_clfs=(), finetunes=(), control_finetunes=(),
+                               ensembles=())
+    assert run_pipeline(ws, preset=tiny, protocol="kfold:2", progress=False)["failed"] == []
+    lm = next((ws.data_dir("synth") / "Landmark_Points").rglob("*.mat"))
+    os.utime(lm, ns=(lm.stat().st_atime_ns, lm.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    out = run_pipeline(ws, preset=tiny, protocol="kfold:2", progress=True)
+    assert out["failed"] == []
+    said = capsys.readouterr().out
+    assert "stale" in said and "extracting them again" in said

@@ -61,6 +61,7 @@ from extract.catalog import entry_for
 from extract.download import fetch, is_offline, mirrored, where
 from extract.extractor import extract_features
 from extract.registry import get_spec
+from extract.store import stale_codes
 
 
 #: what a preset does with a CNN whose pretrained file cannot be had (not cached, no download)
@@ -404,8 +405,13 @@ def _extract_steps(ctx):
                         for m, r, c in plan_runs(spec, ctx.wplan) if m == model)
 
         def run(model=model, region=region, w=w):
+            # codes are derived from this workspace's aligned faces: realigned faces renew them
+            why = stale_codes(ctx.workspace.features_path(ctx.dataset, model), ctx.table,
+                              ctx.workspace.aligned_path(ctx.dataset))
+            if why:
+                ctx.say(f"  {model}: stale codes ({why}): extracting them again")
             extract_features(ctx.table, ctx.workspace, model, region=region, weights=w,
-                             progress=ctx.progress)
+                             overwrite=bool(why), progress=ctx.progress)
 
         steps.append(Step(model, run, records=records, error_prefix=f"extract {model}: ",
                           announce=f"weights {w}{'; ' + note if note else ''}; regions {region}"))
