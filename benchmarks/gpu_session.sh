@@ -61,7 +61,7 @@ for w in $SOURCES; do
   step "frozen_$tag" 300 bash -c "$FBW extract --model tv:mobilenet_v2 --weights $w --name mnv2-$tag --device $DEVICE --quiet && $FBW classify --model mnv2-$tag --clf svm --quiet"
   step "finetune_$tag" 240 $FBW finetune --model tv:mobilenet_v2 --weights "$w" --head multilabel --epochs "$EPOCHS" --input-size "$INPUT" --batch-size 64 --device "$DEVICE" --tag "$tag" --quiet
   model=$(ls -d "$WS"/results/synth/models/tv-mobilenet_v2__full__ft*"$tag"*/ 2>/dev/null | head -n 1)
-  step "ftcodes_$tag" 300 bash -c "$FBW extract --model tv:mobilenet_v2 --weights '${model}model.pt' --name mnv2-ft-$tag --device $DEVICE --quiet && $FBW classify --model mnv2-ft-$tag --clf svm --quiet"
+  step "ftcodes_$tag" 300 bash -c "$FBW extract --model tv:mobilenet_v2 --weights '${model}model.safetensors' --name mnv2-ft-$tag --device $DEVICE --quiet && $FBW classify --model mnv2-ft-$tag --clf svm --quiet"
 done
 [ -f "$WS/results/synth/summary.csv" ] && python - "$WS" "$OUT" <<'EOF'
 import sys, pandas as pd

@@ -270,12 +270,28 @@ def create_finetune_net(spec, weights=None, *, outputs, reinit="fc", train_from=
     mean = None if mean is None else effective_mean(sized, mean)
     model = _cls()(create_preprocess(sized, mean=mean), net, extra_head, spec=sized, mean=mean)
     frozen = _freeze(model, net, fcs, train_from, out_q)
+    _probe_forward(model, spec, size)
     info = {"weights": weights_identity(spec, choice), "reinit_layers": reinit_names,
             "preprocessing": weights_source(sized).preprocessing(mean),
             "output_layer": out_q, "frozen": frozen, "input_size": size,
             "trained": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
             "layers": list(layer_names(net, fcs))}
     return model, info
+
+
+def _probe_forward(model, spec, size):
+    """Refuse, in one line, an input size whose faces the network's layers cannot take (a
+    pooling output that would be empty): one face of zeros through it, before any data is read."""
+    torch, _ = _torch_nn()
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, size, size, 3, dtype=torch.uint8))
+    except RuntimeError:
+        raise UsageError(f"--input-size {size} is too small for {spec.name}'s layers (its own "
+                         f"input size is {spec.input_size})") from None
+    finally:
+        model.train(was_training)
 
 
 def _fit_fc6_to_size(net, spec, size, fcs, reinit_mods):

@@ -29,3 +29,12 @@ def test_the_new_layer_on_dlibs_face_code_standardises_it_and_round_trips():
     # other networks whose output is their code keep a plain linear layer
     tiny, _ = create_finetune_net(get_spec("timm:test_efficientnet"), "random:0", outputs=2)
     assert isinstance(tiny.extra_head, torch.nn.Linear)
+
+
+def test_an_input_size_too_small_for_dlibs_layers_is_one_clear_error():
+    """dlib's ResNet pools four times: 64-pixel faces leave nothing for a 3 x 3 kernel. That is
+    said before any data is read, naming the size and the network's own, not a torch error."""
+    from featbench.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--input-size 64 is too small for dlib_face.*150"):
+        create_finetune_net(get_spec("dlib_face"), outputs=12, reinit="head", input_size=64)

@@ -372,9 +372,13 @@ def test_corrupt_video_unknown_run_and_missing_weights_exit_2(trained, tmp_path,
     out.write_text("precious\n")
     assert main(["--workspace", ws, "predict", str(bad), "--run", "hog__full__svm",
                  "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # a file featbench did not write: kept
+    assert len(err) == 1 and str(out) in err[0] and "--force" in err[0]
+    assert main(["--workspace", ws, "predict", str(bad), "--run", "hog__full__svm",
+                 "--out", str(out), "--force", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0]
-    assert out.read_text() == "precious\n"  # nothing already written is lost
+    assert out.read_text() == "precious\n"  # a failed run replaces nothing, even with --force
 
     assert main(["--workspace", ws, "predict", str(bad), "--run", "hog__full__svn"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

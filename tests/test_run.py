@@ -130,16 +130,18 @@ def test_featbench_run_with_a_fine_tuned_member(tmp_path, monkeypatch):
     from classify.ensemble import read_predictions, validation_f1
     from featbench.core.synth import generate_dataset
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: random:0
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # only what ships: dlib's network
     ws = Workspace(tmp_path)
     generate_dataset(ws.data_dir("synth"), subjects=4, frames=12, progress=False,
                      right_camera=False)
-    ft = Finetune("timm:test_efficientnet", {"head": "multilabel", "input_size": 48, "epochs": 1,
-                                             "batch_size": 8}, code_clfs=("svm",))
+    ft = Finetune("dlib_face", {"head": "multilabel", "reinit": "head", "train_from": "fc",
+                                "input_size": 112, "epochs": 1, "batch_size": 8}, code_clfs=("svm",))
     tiny = dataclasses.replace(PRESETS["quick"], name="tiny", models=("hog",), region_models=("hog",),
                                clfs=("svm",), region_clfs=("svm",), finetunes=(ft,))
     out = run_pipeline(ws, preset=tiny, progress=False)
-    ft_runs = {"timm-test_efficientnet__full__ft__ml", "timm-test_efficientnet-ft__full__svm"}
+    ft_run = next((r for r in out["runs"] if r.startswith("dlib_face__full__ft__ml")), None)
+    assert ft_run is not None, out["failed"]
+    ft_runs = {ft_run, "dlib_face-ft__full__svm"}
     assert ft_runs <= set(out["runs"]), out["failed"]
     assert {"ensemble-fe+ft__full__vote", "ensemble-fe+ft+region__mixed__vote"} <= set(out["runs"])
     pred = read_predictions(ws.predictions_path("synth", "ensemble-fe+ft__full__vote"))
@@ -150,8 +152,7 @@ def test_featbench_run_with_a_fine_tuned_member(tmp_path, monkeypatch):
     pred = read_predictions(ws.predictions_path("synth", "ensemble-fe+ft+region__mixed__vote"))
     assert set(json.loads(pred["members"])) == ft_runs | frozen | {"hog__auto__svm"}
     summary = {r["run"]: r for r in read_summary_rows(ws.summary_csv("synth"))}
-    assert summary["timm-test_efficientnet-ft__full__svm"]["weights"].startswith(
-        "finetuned:timm-test_efficientnet__full__ft__ml sha256:")
+    assert summary["dlib_face-ft__full__svm"]["weights"].startswith(f"finetuned:{ft_run} sha256:")
     kept = {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in ft_runs}
     run_pipeline(ws, preset=tiny, progress=False)
     assert {r: ws.run_csv("synth", r).stat().st_mtime_ns for r in ft_runs} == kept
@@ -159,7 +160,7 @@ def test_featbench_run_with_a_fine_tuned_member(tmp_path, monkeypatch):
     other = dataclasses.replace(ft, settings={**ft.settings, "lr": 0.02})
     out = run_pipeline(ws, preset=dataclasses.replace(tiny, finetunes=(other,)), progress=False)
     assert all(ws.run_csv("synth", r).stat().st_mtime_ns != kept[r] for r in ft_runs), (out["failed"], {r: ws.run_csv("synth", r).stat().st_mtime_ns - kept[r] for r in ft_runs})
-    settings = json.loads((ws.models_dir("synth", "timm-test_efficientnet__full__ft__ml")
+    settings = json.loads((ws.models_dir("synth", ft_run)
                            / "settings.json").read_text())
     assert settings["config"]["lr"] == 0.02
 
