@@ -636,12 +636,14 @@ def test_predict_columns_of_an_intensity_run_and_of_a_pair(int_setup):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("calibrate", ["none", "median"])
-def test_predict_r_columns_equal_the_runs_test_predictions_on_an_embedded_video(tmp_path, calibrate):
+@pytest.mark.parametrize("calibrate,batch_size", [("none", 32), ("median", 32), ("median", 5)])
+def test_predict_r_columns_equal_the_runs_test_predictions_on_an_embedded_video(tmp_path, calibrate,
+                                                                             batch_size):
     """A tiny embedded set aligned the way predict aligns (dlib on every frame: its landmark
     files removed), HOG codes, a ridge run; ``featbench predict`` on the test subject's video
     gives the run's own test predictions in AUxx_r and its decisions in AUxx_c (calibrated per
-    face track as the run calibrated per subject)."""
+    face track as the run calibrated per subject; in batches of 5 faces too, the track's codes
+    held across batches until its video ends)."""
     import shutil
 
     from classify.ensemble import read_predictions
@@ -660,7 +662,7 @@ def test_predict_r_columns_equal_the_runs_test_predictions_on_an_embedded_video(
     (test,) = {k.decode() for k in pred["frames"]["subject"]}
     order = np.argsort(pred["frames"]["frame"])
     df = predict([root / "Videos_LeftCamera" / f"LeftVideo{test}_comp.avi"], run=run, workspace=ws,
-                 progress=False)
+                 progress=False, batch_size=batch_size)
     assert len(df) == len(order) and (df["success"] == 1).all()
     r = df[[f"{a}_r" for a in pred["aus"]]].to_numpy(dtype=np.float32, na_value=np.nan)
     np.testing.assert_array_equal(r, pred["scores"][order])

@@ -27,9 +27,10 @@ INT`` writes ``AUxx_c`` / ``AUxx_p`` from OCC and ``AUxx_r`` from INT. The rule 
 disagree (:data:`DISAGREEMENT_RULE`): each column is its own run's answer, never forced to
 agree; the sidecar counts the disagreeing faces per AU. A person-calibrated run (``--calibrate
 median|neutral``) calibrates each face track with all of its frames, as its training calibrated
-each subject's video: an input (a video, or a folder of images) is scored whole, and a face seen
-in one frame only cannot be calibrated (its row's AU columns stay empty; an input of such faces
-only, a photo, is an error).
+each subject's video: an input (a video, or a folder of images) is scored whole once it ends
+(encoded batch by batch as it streams, only the faces' codes held until then, so memory grows
+with the code size, not the face images), and a face seen in one frame only cannot be
+calibrated (its row's AU columns stay empty; an input of such faces only, a photo, is an error).
 
 ``frame`` is 1-based within its input, ``timestamp`` in seconds, ``confidence`` the face
 detector's score (0 without a face), ``success`` 1 when a face was found and classified.
@@ -45,7 +46,7 @@ with a ``face_id`` that follows it from frame to frame (boxes matched by overlap
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -318,18 +319,37 @@ def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH, ha
     return codes
 
 
-def _batch_table(items, outputs, encoders, batch_size=DEFAULT_BATCH):
-    """Encode and score the faces of ``items`` with every run of ``outputs``; return their rows."""
+def _encode_batch(items, outputs, encoders, batch_size=DEFAULT_BATCH):
+    """The codes of the faces of ``items`` for every run of ``outputs`` (a network two runs read
+    is encoded once): ``{(network, weights, region): codes}``, empty without faces."""
+    faces = [f for it in items for f in it.faces]
+    codes = {}
+    if faces:
+        images, boxes = np.stack([f.image for f in faces]), np.stack([f.boxes for f in faces])
+        for m in outputs.runs:
+            codes = encode_faces(m, encoders, images, boxes, batch_size=batch_size, have=codes)
+    return codes
+
+
+def _join_codes(parts):
+    """Codes of consecutive batches as one: ``{key: concatenated codes}`` (faceless ones skipped)."""
+    parts = [c for c in parts if c]
+    return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]} if parts else {}
+
+
+def _batch_table(items, outputs, encoders, batch_size=DEFAULT_BATCH, codes=None):
+    """Score the faces of ``items`` with every run of ``outputs``; return their rows.
+
+    ``codes``: the faces' codes already computed (:func:`_encode_batch`), else encoded here.
+    """
     import pandas as pd
 
-    faces = [f for it in items for f in it.faces]
+    if codes is None:
+        codes = _encode_batch(items, outputs, encoders, batch_size)
     scored = {}
-    if faces:
+    if codes:
         tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
-        images, boxes = np.stack([f.image for f in faces]), np.stack([f.boxes for f in faces])
-        codes = {}
-        for m in outputs.runs:  # a network two runs read is encoded once
-            codes = encode_faces(m, encoders, images, boxes, batch_size=batch_size, have=codes)
+        for m in outputs.runs:
             scored[id(m)] = m.score(codes, tracks=tracks)[:2]
     cols = outputs.columns()
     c_run, p_run, r_run = outputs.c_run, outputs.occurrence, outputs.intensity
@@ -538,16 +558,36 @@ def _stream(sources, outputs, encoders, writer, *, detector, size, all_faces, ba
     try:
         windows = [m.window() for m in outputs.runs if m.window()]
         whole = any(m.whole_tracks() for m in outputs.runs)
-        for batch in batches(items, batch_size=batch_size, window=min(windows) if windows else None,
-                             tracker=tracker, whole=whole):
-            df = _batch_table(batch, outputs, encoders, batch_size)
+
+        def emit(batch, codes=None):
+            df = _batch_table(batch, outputs, encoders, batch_size, codes=codes)
             stats["frames"] += len(batch)
             stats["with_face"] += sum(1 for it in batch if it.faces)
             stats["faces"] += sum(len(it.faces) for it in batch)
             if writer is not None:
                 writer.write(df)
             tables.append(df)
+
+        held, held_codes = [], []  # a calibrated run: the input so far, as codes (faces dropped)
+        for batch in batches(items, batch_size=batch_size, window=min(windows) if windows else None,
+                             tracker=tracker, whole=whole):
+            if not whole:
+                emit(batch)
+            else:
+                if held and batch[0].frame.sequence != held[-1].frame.sequence:
+                    codes = _join_codes(held_codes)
+                    held_codes.clear()  # the parts go before scoring: one copy of the codes
+                    emit(held, codes)
+                    held = []
+                held_codes.append(_encode_batch(batch, outputs, encoders, batch_size))
+                for it in batch:
+                    it.faces = [replace(f, image=None) for f in it.faces]
+                held += batch
             bar.update(len(batch))
+        if held:
+            codes = _join_codes(held_codes)
+            held_codes.clear()
+            emit(held, codes)
     finally:
         bar.close()
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=outputs.columns())
@@ -562,7 +602,8 @@ def batches(items, *, batch_size, window=None, tracker=None, whole=False):
     A batch closes once it holds ``batch_size`` faces, or, with ``window`` (a bidirectional
     sequence model), once it holds ``window`` frames; the last one at the end of the frames.
     With ``whole`` (a person-calibrated run: each face track is calibrated with all of its
-    frames), a batch is one whole input (video, or folder of images), however long.
+    frames), a batch never spans two inputs and ``window`` is ignored: the caller encodes each
+    batch and keeps its codes until the input ends.
     ``tracker`` (``--all-faces``) gives each face its ``face_id`` first.
     """
     batch, n_faces = [], 0
@@ -574,9 +615,7 @@ def batches(items, *, batch_size, window=None, tracker=None, whole=False):
             batch, n_faces = [], 0
         batch.append(item)
         n_faces += len(item.faces)
-        if whole:
-            continue
-        if (len(batch) >= window) if window else (n_faces >= batch_size):
+        if (len(batch) >= window) if (window and not whole) else (n_faces >= batch_size):
             yield batch
             batch, n_faces = [], 0
     if batch:
