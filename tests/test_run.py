@@ -24,7 +24,7 @@ def test_quick_covers_every_stage_kind():
     models = {m for m, _, _ in runs}
     assert {"hog", "dlib_face"} <= models
     assert {c for _, _, c in runs} == {"svm", "lda"}
-    assert ("hog", "auto", "svm") in runs
+    assert ("hog", "auto", "svm") in runs and ("dlib_face", "auto", "svm") in runs  # regions help
     assert PRESETS["quick"].ensembles == ("fe", "fe+region", "fe+ft", "fe+ft+region")
     (ft,) = PRESETS["quick"].finetunes  # one fine-tuned member: a network every machine has
     assert ft.model == "dlib_face" and ft.code_clfs == ("svm",) and ft.weights is None

@@ -15,10 +15,10 @@ Stages, each skipped when its output is already there:
 Presets
 -------
 ``quick`` (default; at most 300 calibration units, about 10 minutes on a slow 2-core machine)
-    what every machine has: ``hog`` (full faces and each AU's region) and ``dlib_face``, dlib's
-    face-recognition ResNet, pretrained on faces and shipped with featbench: its frozen codes
-    (SVM and LDA) and the network fine-tuned for the AUs (:data:`QUICK_FINETUNE`), with an SVM
-    on the fine-tuned network's codes; ensembles ``fe``, ``fe+region``, ``fe+ft`` and
+    what every machine has: ``hog`` and ``dlib_face``, dlib's face-recognition ResNet,
+    pretrained on faces and shipped with featbench, each on full faces and on each AU's region:
+    their frozen codes (SVM and LDA), and dlib's network fine-tuned for the AUs
+    (:data:`QUICK_FINETUNE`), with an SVM on the fine-tuned network's codes; ensembles ``fe``, ``fe+region``, ``fe+ft`` and
     ``fe+ft+region`` (the fine-tuned members in place of the weakest frozen one). ImageNet
     CNNs (``alexnet``, ``tv:mobilenet_v2``) join when their files are cached or can be
     downloaded (verified); otherwise the run leaves them out and says so in one line, and the
@@ -176,7 +176,7 @@ PRESETS = {
     # ImageNet CNNs (alexnet: the paper's; tv:mobilenet_v2: a 14 MB file) run when their files
     # are cached or downloadable, and are left out otherwise (--controls: random:0 controls)
     "quick": Preset("quick", models=("hog", "dlib_face", "alexnet", "tv:mobilenet_v2"),
-                    region_models=("hog",), missing_weights="leave-out",
+                    region_models=("hog", "dlib_face"), missing_weights="leave-out",
                     ensembles=("fe", "fe+region", "fe+ft", "fe+ft+region"),
                     finetunes=(QUICK_FINETUNE,), control_finetunes=(QUICK_FT_CONTROL,)),
     "paper": Preset("paper", models=("alexnet", "zfnet", "cnn_f", "cnn_m", "cnn_s", "vgg16",

@@ -7,9 +7,9 @@ Run Method A's frozen-feature protocol end to end, skipping what is already done
 data set, aligned-face cache, complete feature file, or a classifier run newer than its features).
 
 presets:
-  quick  (default; about 10 min on a slow 2-core machine) what every machine has: hog (full
-         faces and regions), dlib_face (dlib's face ResNet, pretrained on faces, shipped): its
-         frozen codes, the network fine-tuned for the AUs, an SVM on the fine-tuned codes;
+  quick  (default; about 10 min on a slow 2-core machine) what every machine has: hog and
+         dlib_face (dlib's face ResNet, pretrained on faces, shipped), each on full faces and
+         each AU's region; dlib's network fine-tuned for the AUs, an SVM on its codes;
          svm + lda; ensembles fe, fe+region, fe+ft, fe+ft+region; the report. ImageNet CNNs
          (alexnet, tv:mobilenet_v2) join when their files are cached or downloadable, else
          they are left out (said in one line and in the report).
