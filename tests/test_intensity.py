@@ -367,6 +367,7 @@ def test_occurrence_run_calibrated(tmp_path):
     (["--task", "intensty", "--clf", "ridge"], "unknown task 'intensty'; did you mean 'intensity'?"),
     (["--task", "intensity", "--clf", "lda"], "unknown intensity regressor 'lda'"),
     (["--task", "intensity", "--clf", "ridge", "--tune-threshold"], "--tune-threshold: not for --task intensity"),
+    (["--task", "intensity", "--clf", "lstm", "--tune-threshold"], "--tune-threshold: not for --task intensity"),
     (["--task", "intensity", "--clf", "ridge", "--calibrate", "medain"],
      "unknown calibration 'medain'; did you mean 'median'?"),
     (["--clf", "svm", "--calibrate", "neutrl"], "unknown calibration 'neutrl'"),

@@ -119,6 +119,11 @@ def _run(args):
     task = check_task(args.task)
     if task == "intensity" and args.clf != "lstm":  # the LSTM learns either task
         return _run_intensity(args)
+    if task == "intensity" and args.tune_threshold:
+        from featbench.core.errors import UsageError
+
+        raise UsageError("--tune-threshold: not for --task intensity (the LSTM regresses "
+                         "intensities; --threshold sets its F1's cut)")
     classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
     if args.scheduler:
         from classify.scale import probe_scheduler
