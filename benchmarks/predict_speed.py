@@ -143,7 +143,7 @@ def main(argv=None):
     ws = Workspace(args.workspace)
     args.run = resolve_run(ws, args.dataset, args.run)
     model = load_model(run=args.run, workspace=ws, dataset=args.dataset)
-    encoders = open_encoders(model, device=args.device)
+    encoders = open_encoders(model, device=args.device, workspace=ws)
     with tempfile.TemporaryDirectory() as tmp:
         video, origin = write_video(Path(tmp) / "bench.avi", args.frames, args.workspace, args.dataset)
         rounds = [one_round(video, args, model, encoders) for _ in range(max(1, args.repeat))]

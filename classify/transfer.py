@@ -36,7 +36,8 @@ stored, with the predictions file's scores, as probabilities.
 Outputs::
 
     results/<expr-ds>/models/<backbone>__full__expr/   stage 1: folds.csv, confusion.csv,
-        backbone.safetensors, stage1.json, per-fold logs and curves, checkpoints/
+        backbone.safetensors, stage1.json, per-fold logs and curves (checkpoints/ until it
+        finishes: a finished stage 1 is reused by a rerun with the same identity)
     results/<ds>/<backbone>__full__transfer[__nostage1].csv, summary.csv row (clf transfer),
     results/<ds>/predictions/<run>.h5, results/<ds>/models/<run>/ model.safetensors,
         backbone.safetensors, manifest.json, settings.json, model.log.csv, model.png
@@ -47,9 +48,11 @@ it loads with ``featbench extract --model <backbone> --weights backbone.safetens
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from torch import nn  # this module is imported by the command function only: --help stays fast
@@ -372,6 +375,13 @@ def run_stage1(workspace, table, settings, *, progress=True):
                             task=EXPRESSION)
     ident = {"stage": 1, "settings": settings.to_json(), "data": table.fingerprint(),
              "classes": classes}
+    start_sha256 = _start_file_sha256(settings.weights)
+    done = _finished_stage1(out_dir, ident, start_sha256)
+    if done is not None:
+        if progress:
+            print(f"stage 1 {run}: done already with these settings and data "
+                  f"({out_dir / 'stage1.json'}); its backbone is reused", file=sys.stderr)
+        return done
     splits = expression_folds(table, settings.folds, seed=settings.seed)
     folds, confusion, res = _stage1_folds(method, splits, table, y, usable, ident, out_dir, progress)
     # the backbone for stage 2: every subject, the folds' median epoch count
@@ -391,12 +401,44 @@ def run_stage1(workspace, table, settings, *, progress=True):
               "images": int(usable.sum()), "subjects": len(table.subjects),
               "backbone_file": str(backbone_path), "backbone_sha256": file_sha256(backbone_path),
               "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
-              "device": str(res.device), "torch": torch.__version__}
+              "device": str(res.device), "torch": torch.__version__, "identity": _plain_json(ident),
+              "start_sha256": start_sha256}
     _write_stage1_tables(out_dir, result)
     store.write_json(out_dir / "stage1.json", result)
     # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
     store.write_json(out_dir / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result})
+    # the folds' and the final fit's last.pt (network + optimiser, per fold) only served a
+    # resume: a finished stage 1 is reused whole (_finished_stage1)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return result
+
+
+def _plain_json(obj):
+    """``obj`` as it reads back from JSON (tuples as lists, keys as strings)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _start_file_sha256(weights):
+    """The sha256 of a starting-weights file (``--weights PATH``), else None (a named source)."""
+    path = Path(str(weights))
+    return file_sha256(path) if path.is_file() else None
+
+
+def _finished_stage1(out_dir, ident, start_sha256):
+    """Stage 1's saved result in ``out_dir`` when it was made with identity ``ident`` from the
+    same starting file, and its backbone file is the one it wrote (same sha256); else None
+    (trained again)."""
+    try:
+        info = json.loads((out_dir / "stage1.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(info, dict) or info.get("identity") != _plain_json(ident)
+            or info.get("start_sha256") != start_sha256):
+        return None
+    backbone = out_dir / "backbone.safetensors"  # where it is now, should the workspace move
+    if not backbone.is_file() or file_sha256(backbone) != info.get("backbone_sha256"):
+        return None
+    return {**info, "backbone_file": str(backbone)}
 
 
 def _stage1_folds(method, splits, table, y, usable, ident, out_dir, progress):

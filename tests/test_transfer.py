@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from classify.learn.task import OCCURRENCE  # noqa: E402
 from classify.transfer import (StartWeights, TransferSettings, build_net, expression_folds,  # noqa: E402
                                run_stage1, run_stage2, stage2_rows)
+from extract.weights import file_sha256  # noqa: E402
 from featbench.app.cli import main  # noqa: E402
 from featbench.core.datasets.expression import load_expression_set  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
@@ -157,6 +158,30 @@ def test_stage2_starts_from_the_stage1_backbone_with_a_fresh_mlp(expr_tree, tmp_
     enc = create_encoder(SPEC, weights=s1["backbone_file"])
     assert enc.weights_id.startswith(f"finetuned:{TINY}__full__expr sha256:")
     assert enc(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 16)
+
+
+def test_a_finished_stage1_keeps_no_checkpoints_and_is_reused_until_its_data_changes(expr_tree, tmp_path):
+    """Stage 1's per-fold last.pt (network + optimiser) served only a resume: gone once stage1.json
+    is written. A rerun with the same settings and data reuses the result and backbone as they
+    are; a changed backbone file, or other data, trains again."""
+    ws = Workspace(tmp_path / "ws")
+    table = _expr(expr_tree, ws)
+    first = run_stage1(ws, table, SETTINGS, progress=False)
+    out = Path(first["backbone_file"]).parent
+    assert (out / "stage1.json").is_file() and not (out / "checkpoints").exists()
+    stamp = (out / "backbone.safetensors").stat().st_mtime_ns
+    again = run_stage1(ws, table, SETTINGS, progress=False)
+    assert (out / "backbone.safetensors").stat().st_mtime_ns == stamp  # not trained again
+    assert again["folds"] == first["folds"] and again["backbone_sha256"] == first["backbone_sha256"]
+    with open(out / "backbone.safetensors", "ab") as f:  # not the file stage 1 wrote
+        f.write(b"\0")
+    third = run_stage1(ws, table, SETTINGS, progress=False)
+    assert (out / "backbone.safetensors").stat().st_mtime_ns != stamp
+    assert third["backbone_sha256"] == file_sha256(out / "backbone.safetensors")
+    for cls, name in enumerate(("happy", "sad", "surprise")):  # a seventh subject
+        _write_png(expr_tree / name / f"P06_{name}_0.png", _img(cls, 60))
+    fourth = run_stage1(ws, _expr(expr_tree, ws), SETTINGS, progress=False)
+    assert fourth["images"] == first["images"] + 3
 
 
 # --- stage 2 ---------------------------------------------------------------------------------------
