@@ -80,7 +80,8 @@ def _clock(fn):
 def one_round(video, args, model, encoders):
     from featbench.core import footage
     from featbench.core._background import ordered_map
-    from featbench.apply.predict import _detect, predict
+    from featbench.apply.predict import DETECT_THREADS, _detect, predict
+    from featbench.core.threads import use_torch_threads
 
     size = int(model.alignment.get("size") or 224)
     sources = footage.list_sources([video])
@@ -89,7 +90,7 @@ def one_round(video, args, model, encoders):
 
     def detect_all():
         return list(ordered_map(lambda f: _detect(f, detector=args.detector, all_faces=False,
-                                                  size=size), frames, threads=2))
+                                                  size=size), frames, threads=DETECT_THREADS))
 
     t_detect, items = _clock(detect_all)
     faces = [f for it in items for f in it.faces]
@@ -102,6 +103,8 @@ def one_round(video, args, model, encoders):
 
     def encode():
         return encode_faces(model, encoders, imgs, boxes, batch_size=args.batch_size)
+
+    use_torch_threads()  # the networks alone: the tool's choice for nothing else running
 
     t_encode, codes = _clock(encode)
 

@@ -52,6 +52,44 @@ def test_the_user_and_a_worker_keep_the_last_word(restore, monkeypatch):
     assert threads.use_torch_threads(helpers=3) == 2 and torch.get_num_threads() == 2
 
 
+def test_cores_our_own_busy_threads_hold_are_not_given_to_torch(restore, monkeypatch):
+    """predict's two face-detection threads keep two cores busy: torch gets the others (one at
+    least); the user's FEATBENCH_THREADS still wins."""
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda *a, **k: 0.0)
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 2)
+    assert threads.use_torch_threads(reserved=2) == 1 and torch.get_num_threads() == 1
+    assert threads.use_torch_threads() == 2 and torch.get_num_threads() == 2
+    monkeypatch.setattr(threads, "cpu_cores", lambda: 16)
+    assert threads.use_torch_threads(helpers=1, reserved=2) == 14
+    monkeypatch.setenv("FEATBENCH_THREADS", "3")
+    assert threads.use_torch_threads(reserved=2) == 3
+
+
+def test_predict_gives_torch_the_cores_its_detection_threads_leave(restore, monkeypatch, tmp_path):
+    """What predict asks for, seen through the choice it makes (no network needed: a photo
+    without a face still starts the detection threads and the choice)."""
+    import numpy as np
+    from PIL import Image
+
+    from featbench.apply import predict as P
+
+    seen = []
+    monkeypatch.setattr(P, "use_torch_threads", lambda **kw: seen.append(kw) or 1)
+    photo = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
+    P._stream(P.footage.list_sources([photo]), _NoRuns(), {}, None, detector="hog", size=112,
+              all_faces=False, batch_size=4, total=1, progress=False)
+    assert seen == [{"helpers": 1, "reserved": P.DETECT_THREADS}]
+
+
+class _NoRuns:
+    """Just enough of predict's outputs for a stream without faces."""
+    runs, c_run, occurrence, intensity = (), None, None, None
+
+    def columns(self):
+        return ["frame", "face_id", "timestamp", "confidence", "success", "input"]
+
+
 def test_the_training_loop_applies_the_choice_each_epoch(restore, monkeypatch):
     from classify.training import TrainConfig, fit
 
@@ -66,6 +104,7 @@ def test_the_training_loop_applies_the_choice_each_epoch(restore, monkeypatch):
         step_loss=lambda m, b: torch.nn.functional.binary_cross_entropy_with_logits(m(b[0])[:, 0], b[1]),
         evaluate=lambda m: {"val_score": 0.5}, config=TrainConfig(epochs=3, patience=None, device="cpu"),
         progress=False)
-    assert len(calls) == 3 and all(kw == {"helpers": threads.reader_threads()} for kw in calls)
+    assert len(calls) == 3
+    assert all(kw == {"helpers": threads.reader_threads(), "cores": threads.cpu_cores()} for kw in calls)
     assert torch.get_num_threads() == 1
     assert real(cores=2, others=0.0) == 2

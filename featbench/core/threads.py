@@ -12,8 +12,10 @@ process's own use taken out; the 1-minute load average where there is no ``/proc
 featbench's own reader threads need (:func:`reader_threads`, each counted as a quarter of a core:
 they decode and augment faces between waits), and rounds: a core is used when at least half of
 it is free, and never fewer than one. :func:`use_torch_threads` applies the choice to torch;
-the training loop calls it at each epoch (the machine changes while a run trains) and
-extraction before each feature file.
+the training loop calls it at each epoch (the machine changes while a run trains),
+extraction before each feature file, and predict once its face-detection threads run (their
+cores are reserved: beside two busy detection threads on 2 cores torch's default of two
+threads made predict 1.2x slower than one).
 
 The user keeps the last word without having to know any of this: ``FEATBENCH_THREADS=N`` (or
 ``OMP_NUM_THREADS``, which torch reads at start-up) fixes the number, and a worker that was
@@ -126,11 +128,13 @@ def set_torch_threads(n):
     return _pinned
 
 
-def use_torch_threads(*, helpers=0):
+def use_torch_threads(*, helpers=0, reserved=0):
     """Set torch's intra-op threads to the tool's choice (or the user's / a worker's); return it.
 
-    The machine is sampled at most every :data:`REUSE_S` seconds; in between the last choice
-    is reused, so calling this once per epoch or per file costs nothing.
+    ``reserved``: cores featbench's own CPU-bound threads hold beside the network (predict's
+    face-detection threads), taken out of the cores before choosing. The machine is sampled at
+    most every :data:`REUSE_S` seconds; in between the last choice is reused, so calling this
+    once per epoch or per file costs nothing.
     """
     import torch
 
@@ -139,10 +143,11 @@ def use_torch_threads(*, helpers=0):
         if torch.get_num_threads() != fixed:
             torch.set_num_threads(fixed)
         return fixed
-    key = (int(helpers), cpu_cores())
+    cores = max(1, cpu_cores() - max(0, int(reserved)))
+    key = (int(helpers), cores)
     when, n = _last.get(key, (None, None))
     if when is None or time.monotonic() - when > REUSE_S:
-        n = choose_threads(helpers=helpers)
+        n = choose_threads(helpers=helpers, cores=cores)
         _last[key] = (time.monotonic(), n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
