@@ -52,7 +52,6 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from torch import nn  # this module is imported by the command function only: --help stays fast
@@ -78,7 +77,7 @@ from classify.learn.writer import recording_failure, write_outputs
 from classify.training import TrainConfig, fit, plot_history
 from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec
-from extract.weights import file_sha256, load_network
+from extract.weights import file_sha256, load_network, parse_weights, weights_identity
 
 EXPR_CLF = "expr"
 CLF = "transfer"
@@ -375,8 +374,7 @@ def run_stage1(workspace, table, settings, *, progress=True):
                             task=EXPRESSION)
     ident = {"stage": 1, "settings": settings.to_json(), "data": table.fingerprint(),
              "classes": classes}
-    start_sha256 = _start_file_sha256(settings.weights)
-    done = _finished_stage1(out_dir, ident, start_sha256)
+    done = _finished_stage1(out_dir, ident, spec, settings.weights)
     if done is not None:
         if progress:
             print(f"stage 1 {run}: done already with these settings and data "
@@ -401,8 +399,7 @@ def run_stage1(workspace, table, settings, *, progress=True):
               "images": int(usable.sum()), "subjects": len(table.subjects),
               "backbone_file": str(backbone_path), "backbone_sha256": file_sha256(backbone_path),
               "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
-              "device": str(res.device), "torch": torch.__version__, "identity": _plain_json(ident),
-              "start_sha256": start_sha256}
+              "device": str(res.device), "torch": torch.__version__, "identity": _plain_json(ident)}
     _write_stage1_tables(out_dir, result)
     store.write_json(out_dir / "stage1.json", result)
     # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
@@ -418,22 +415,17 @@ def _plain_json(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _start_file_sha256(weights):
-    """The sha256 of a starting-weights file (``--weights PATH``), else None (a named source)."""
-    path = Path(str(weights))
-    return file_sha256(path) if path.is_file() else None
-
-
-def _finished_stage1(out_dir, ident, start_sha256):
+def _finished_stage1(out_dir, ident, spec, weights):
     """Stage 1's saved result in ``out_dir`` when it was made with identity ``ident`` from the
-    same starting file, and its backbone file is the one it wrote (same sha256); else None
-    (trained again)."""
+    same starting weights (their identity, a file's sha256 in it, as the result records it), and
+    its backbone file is the one it wrote (same sha256); else None (trained again)."""
     try:
         info = json.loads((out_dir / "stage1.json").read_text())
     except (OSError, ValueError):
         return None
-    if (not isinstance(info, dict) or info.get("identity") != _plain_json(ident)
-            or info.get("start_sha256") != start_sha256):
+    if not isinstance(info, dict) or info.get("identity") != _plain_json(ident):
+        return None
+    if info.get("weights") != weights_identity(spec, parse_weights(weights, spec)):
         return None
     backbone = out_dir / "backbone.safetensors"  # where it is now, should the workspace move
     if not backbone.is_file() or file_sha256(backbone) != info.get("backbone_sha256"):

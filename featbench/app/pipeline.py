@@ -18,11 +18,11 @@ Presets
     what every machine has: ``hog`` and ``dlib_face``, dlib's face-recognition ResNet,
     pretrained on faces and shipped with featbench, each on full faces and on each AU's region:
     their frozen codes (SVM and LDA), and dlib's network fine-tuned for the AUs
-    (:data:`QUICK_FINETUNE`), with an SVM on the fine-tuned network's codes; ensembles ``fe``, ``fe+region``, ``fe+ft`` and
-    ``fe+ft+region`` (the fine-tuned members in place of the weakest frozen one). ImageNet
-    CNNs (``alexnet``, ``tv:mobilenet_v2``) join when their files are cached or can be
-    downloaded (verified); otherwise the run leaves them out and says so in one line, and the
-    report says what they would add. ``--controls`` runs them from ``random:0`` instead, and
+    (:data:`QUICK_FINETUNE`), with an SVM on the fine-tuned network's codes; ensembles ``fe``,
+    ``fe+region``, ``fe+ft`` and ``fe+ft+region`` (the fine-tuned members in place of the
+    weakest frozen one). ImageNet CNNs (``alexnet``, ``tv:mobilenet_v2``) join when their
+    files are cached or can be downloaded (verified); otherwise the run leaves them out and
+    says so in one line, and the report says what they would add. ``--controls`` runs them from ``random:0`` instead, and
     ``dlib_face`` fine-tuned from ``random:0`` (:data:`QUICK_FT_CONTROL`): controls, flagged
     as random init everywhere, never ensemble members.
 ``paper``

@@ -46,7 +46,7 @@ with a ``face_id`` that follows it from frame to frame (boxes matched by overlap
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -575,25 +575,27 @@ def _stream(sources, outputs, encoders, writer, *, detector, size, all_faces, ba
             tables.append(df)
 
         held, held_codes = [], []  # a calibrated run: the input so far, as codes (faces dropped)
+
+        def flush():
+            codes = _join_codes(held_codes)
+            held_codes.clear()  # the parts go before scoring: one copy of the codes
+            emit(held, codes)
+            held.clear()
+
         for batch in batches(items, batch_size=batch_size, window=min(windows) if windows else None,
                              tracker=tracker, whole=whole):
             if not whole:
                 emit(batch)
             else:
                 if held and batch[0].frame.sequence != held[-1].frame.sequence:
-                    codes = _join_codes(held_codes)
-                    held_codes.clear()  # the parts go before scoring: one copy of the codes
-                    emit(held, codes)
-                    held = []
+                    flush()
                 held_codes.append(_encode_batch(batch, outputs, encoders, batch_size))
-                for it in batch:
-                    it.faces = [replace(f, image=None) for f in it.faces]
+                for f in (f for it in batch for f in it.faces):
+                    f.image = None
                 held += batch
             bar.update(len(batch))
         if held:
-            codes = _join_codes(held_codes)
-            held_codes.clear()
-            emit(held, codes)
+            flush()
     finally:
         bar.close()
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=outputs.columns())

@@ -119,11 +119,8 @@ def _run(args):
     task = check_task(args.task)
     if task == "intensity" and args.clf != "lstm":  # the LSTM learns either task
         return _run_intensity(args)
-    if task == "intensity" and args.tune_threshold:
-        from featbench.core.errors import UsageError
-
-        raise UsageError("--tune-threshold: not for --task intensity (the LSTM regresses "
-                         "intensities; --threshold sets its F1's cut)")
+    if task == "intensity":
+        _refuse_occurrence_flags(args, [("--tune-threshold", args.tune_threshold)])
     classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
     if args.scheduler:
         from classify.scale import probe_scheduler
@@ -161,21 +158,27 @@ def _run(args):
     return 0
 
 
+def _refuse_occurrence_flags(args, flags):
+    """One line, exit 2, for the ``(flag, given)`` pairs given that only occurrence runs take."""
+    from featbench.core.errors import UsageError
+
+    given = [flag for flag, on in flags if on]
+    if given:
+        raise UsageError(f"{', '.join(given)}: not for --task intensity "
+                         f"(--clf {args.clf} regresses intensities; --threshold sets its F1's cut)")
+
+
 def _run_intensity(args):
     """``--task intensity``: per-AU ridge / SVR (classify.intensity_run)."""
     from classify.intensity import get_regressor
     from classify.intensity_run import intensity_run
     from classify.run import check_features, default_model, format_result
-    from featbench.core.errors import UsageError
 
     get_regressor(args.clf)
-    occurrence_only = [flag for flag, on in (
+    _refuse_occurrence_flags(args, [
         ("--tune-threshold", args.tune_threshold), ("--class-weight", args.class_weight),
         ("--scheduler", args.scheduler),
-        *((f"--{k.replace('_', '-')}", getattr(args, k) is not None) for k in LSTM_FLAGS)) if on]
-    if occurrence_only:
-        raise UsageError(f"{', '.join(occurrence_only)}: not for --task intensity "
-                         f"(--clf {args.clf} regresses intensities; --threshold sets its F1's cut)")
+        *((f"--{k.replace('_', '-')}", getattr(args, k) is not None) for k in LSTM_FLAGS)])
     table = load_table(args)
     table.require_intensity()  # before the codes: a data set without intensities says so first
     ws = workspace_of(args)
