@@ -41,6 +41,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from featbench.core import interrupt
 from featbench.core.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
 from featbench.core.calibrate import calibrate_codes, calibration_tag, check_calibration
 from featbench.core.datasets import load_dataset
@@ -321,7 +322,7 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
     bar = dict(total=len(jobs), desc="classify", unit="AU", file=sys.stderr, disable=not progress,
                leave=False)
     if workers == 1:
-        return [_au_task(j, codes=codes, **kw) for j in tqdm(jobs, **bar)]
+        return [_au_task(j, codes=codes, **kw) for j in interrupt.between(tqdm(jobs, **bar))]
     with tempfile.TemporaryDirectory(prefix="featbench-codes-") as tmp:
         files = {}
         for region, c in codes.items():
@@ -332,7 +333,7 @@ def _parallel(jobs, n_jobs, progress, *, codes, scheduler=None, **kw):
             np.save(files[region], c)
         gen = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(
             delayed(_au_task)(j, codes=files, threads=max(1, cores // workers), **kw) for j in jobs)
-        return list(tqdm(gen, **bar))
+        return list(tqdm(interrupt.between(gen), **bar))  # Ctrl-C: at the next AU's result
 
 
 # --- the run -----------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def test_2_a_second_identical_finetune_is_refused_at_the_start(tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
-    assert_one_line_error(proc, name, "another featbench process is making the run")
+    assert_one_line_error(proc, name, "another featbench process is making it")
     assert seconds < 30 and not (ws / "data" / "disfa").exists()  # nothing aligned, nothing trained
     assert sorted(p.name for p in run_dir.iterdir()) == [f".{name}.lock"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featbench.core import modelfile
+from featbench.core import interrupt, modelfile
 from featbench.core.datasets import training_data
 from featbench.core.errors import FeatbenchError
 from featbench.core.threads import set_torch_threads
@@ -191,7 +191,7 @@ def run_units(method, jobs, *, work, done=None, progress=True, say=None):
     workers = max(1, min(int(method.workers), len(jobs)))
     if workers == 1:
         out = []
-        for job in jobs:
+        for job in interrupt.between(jobs):  # Ctrl-C: at the next unit (fit stops at a batch)
             if say is not None:
                 say(job)
             out.append(train_unit(method, job, work=work, done=done, progress=progress))
@@ -202,8 +202,8 @@ def run_units(method, jobs, *, work, done=None, progress=True, say=None):
     threads = max(1, (os.cpu_count() or 1) // workers)
     gen = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
         delayed(_in_worker)(method, job, work, done, threads) for job in jobs)
-    return list(tqdm(gen, total=len(jobs), desc=method.kind, unit="net", file=sys.stderr,
-                     disable=not progress, leave=False))
+    return list(tqdm(interrupt.between(gen), total=len(jobs), desc=method.kind, unit="net",
+                     file=sys.stderr, disable=not progress, leave=False))
 
 
 def _in_worker(method, job, work, done, threads):

@@ -1,7 +1,8 @@
 """``featbench classify``: per-AU LDA / linear SVM / LSTM on a network's codes, scored by the
 protocol; with ``--task intensity``, per-AU ridge / linear SVR regression of the 0-5 intensities."""
 
-from featbench.app.commands._common import add_dataset_args, load_table, workspace_of
+from featbench.app.commands._common import (add_dataset_args, load_table, refuse_occurrence_flags,
+                                           workspace_of)
 
 
 def add_parser(subparsers):
@@ -44,10 +45,11 @@ def add_parser(subparsers):
                         "kfold:K, or own (the data set's split) (default: paper)")
     p.add_argument("--tune-threshold", action="store_true",
                    help="choose each AU's threshold by F1 on the validation subjects (default: 0)")
-    p.add_argument("--no-balance", dest="balance", action="store_false", default=None,
+    balance = p.add_mutually_exclusive_group()  # both at once: one line, exit 2
+    balance.add_argument("--no-balance", dest="balance", action="store_false", default=None,
                    help="train on every frame instead of all positives + as many random negatives "
                         "(the default of --task intensity)")
-    p.add_argument("--balance", dest="balance", action="store_true", default=None,
+    balance.add_argument("--balance", dest="balance", action="store_true", default=None,
                    help="--task intensity: train on all frames with intensity >= --threshold and "
                         "as many random others (default there: every frame)")
     p.add_argument("--class-weight", default=None, choices=("balanced",),
@@ -160,12 +162,7 @@ def _run(args):
 
 def _refuse_occurrence_flags(args, flags):
     """One line, exit 2, for the ``(flag, given)`` pairs given that only occurrence runs take."""
-    from featbench.core.errors import UsageError
-
-    given = [flag for flag, on in flags if on]
-    if given:
-        raise UsageError(f"{', '.join(given)}: not for --task intensity "
-                         f"(--clf {args.clf} regresses intensities; --threshold sets its F1's cut)")
+    refuse_occurrence_flags(flags, f"--clf {args.clf}")
 
 
 def _run_intensity(args):

@@ -65,8 +65,11 @@ def _info(args):
     from featbench.core.errors import UsageError
     from featbench.core.splits import make_splits
 
+    from featbench.core.datasets import damaged_landmark_files
+
     table = load_table(args)
     info = table.summary()
+    info["damaged_landmark_files"] = damaged_landmark_files(table)
     try:
         split = make_splits(table, "own" if table.frames["split"].ne("").any() else "paper")[0]
         labelled = table.labelled_mask()
@@ -95,6 +98,9 @@ def _info(args):
             print(f"  skipped    {n:>7}  {reason}")
     else:
         print("  skipped    nothing")
+    for path in info["damaged_landmark_files"]:
+        print(f"  damaged    {path}: not a readable landmark file (its frame counts as without "
+              "landmarks)")
     return 0
 
 
