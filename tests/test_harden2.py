@@ -6,6 +6,7 @@ One section per numbered defect of the issue; each test reproduces it through th
 failed on the code before the fix.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -573,9 +574,16 @@ def test_6_empty_garbage_and_all_zero_landmark_files_are_counted_skips(tmp_path,
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of 1 MB mounted for the test (root only); yields its folder, unmounted after."""
-    where = tmp_path / "small"
+    with tmpfs(tmp_path / "small", "1m") as where:
+        yield where
+
+
+@contextlib.contextmanager
+def tmpfs(where, size):
+    """Mount a tmpfs of ``size`` (``1m``, ``128m``) at ``where`` for the block (root only; the
+    test is skipped where it cannot be mounted)."""
     where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                          capture_output=True, text=True)
     if res.returncode:
         pytest.skip(f"cannot mount a small file system here ({res.stderr.strip()})")

@@ -14,7 +14,7 @@ import pytest
 import numpy as np
 
 from test_harden import assert_one_line_error, make_disfa
-from test_harden2 import cli
+from test_harden2 import cli, tmpfs
 from conftest import write_video
 
 
@@ -224,13 +224,7 @@ def test_6_a_disk_filled_while_align_writes_is_one_line_not_a_segfault(tmp_path,
 
     from test_harden import featbench, start_featbench
 
-    where = tmp_path / "small"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(where)],
-                         capture_output=True, text=True)
-    if res.returncode:
-        pytest.skip(f"cannot mount a small file system here ({res.stderr.strip()})")
-    try:
+    with tmpfs(tmp_path / "small", "128m") as where:
         root = make_disfa(tmp_path / "DISFA", subjects=("SN001", "SN002"), frames=300,
                           size=(320, 240))
         ws = where / "ws"
@@ -251,8 +245,6 @@ def test_6_a_disk_filled_while_align_writes_is_one_line_not_a_segfault(tmp_path,
         (where / "filler2").unlink()
         featbench(*args, check=0)  # space freed: the rerun resumes and finishes
         assert not partial.exists() and (ws / "data" / "disfa" / "aligned" / "faces.h5").exists()
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def test_6_damaged_landmark_files_are_named_by_data_info_and_align(tmp_path, capsys):
