@@ -74,6 +74,7 @@ from classify.learn.loop import per_au, run_units, save_units, unit_state, write
 from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
 from classify.learn.task import EXPRESSION, OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
+from classify.modelcheck import network_spec
 from classify.training import TrainConfig, fit, plot_history
 from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec
@@ -800,4 +801,5 @@ def check_start(settings):
 #: full faces, scores and thresholds as probabilities (:mod:`classify.learn.facekind`)
 KIND = face_kind("transfer", TransferMethod, train="classify.transfer:transfer_run",
                  command="featbench transfer",
+                 spec=network_spec(TransferMethod, "transfer", extra_groups=("backbone",)),
                  help="an expression-pretrained network fine-tuned for AUs")
