@@ -21,7 +21,7 @@ from classify.kinds import (RunKind, fold_results, load_scorer, member_fingerpri
                             write_run_model)
 from classify.modelcheck import VOTE_SPEC, estimator_spec
 from classify.scale import fit_streamed
-from classify.scorer import RunModel
+from classify.infer import RunModel
 
 
 # --- per-AU classifiers on codes --------------------------------------------------------------
