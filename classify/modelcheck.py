@@ -254,8 +254,7 @@ def _step_tensors(model_file, group, step, allowed, arrays, d, bound):
     if cls is None:
         raise ModelFormatError(f"{where}: {what}: a saved step of class {step.cls!r}, which this "
                                f"kind does not load (it loads {', '.join(sorted(allowed))})")
-    known = set(cls().get_params(deep=False))
-    unknown = sorted(set(step.params) - known)
+    unknown = sorted(set(step.params) - _init_params(cls))
     if unknown:
         raise ModelFormatError(f"{where}: invalid model manifest: {what}.params: {cls.__name__} "
                                f"has no parameter {unknown[0]!r}")
@@ -277,6 +276,14 @@ def _step_tensors(model_file, group, step, allowed, arrays, d, bound):
             required = step.params.get(required, True) is True
         want[f"{step.step}.{attr}"] = Tensor(shape, NUMBERS, required=required)
     return want
+
+
+def _init_params(cls):
+    """The names ``cls(...)`` takes (scikit-learn's parameters), read without making one."""
+    import inspect
+
+    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def _not_shadowing(where, what, cls, key):

@@ -260,6 +260,22 @@ def test_an_export_without_data_digests_still_loads(zoo, tmp_path):
     np.testing.assert_array_equal(scores, Z.score(load_model_file(zoo["exports"]["lda"]))[0])
 
 
+def test_what_a_manifest_may_leave_out_takes_its_default(zoo, tmp_path):
+    """No ``task``: an occurrence run (as before tasks existed), loaded and scored; no
+    ``settings`` on a kind that needs them: one line, not a KeyError."""
+    from featbench.apply.runmodel import load_model_file
+    from featbench.core.errors import FeatbenchError
+
+    path = Z.edited(zoo["exports"]["svm"], tmp_path / "m.safetensors",
+                    lambda t, m: m.pop("task"))
+    model = load_model_file(path)
+    assert model.task == "occurrence" and Z.score(model)[0].shape == (12, 2)
+    path = Z.edited(zoo["exports"]["svm"], tmp_path / "n.safetensors",
+                    lambda t, m: m.pop("settings"))
+    with pytest.raises(FeatbenchError, match="settings.models: Field required"):
+        load_model_file(path)
+
+
 def test_a_refused_file_exits_2_from_the_real_command(zoo, tmp_path):
     """The console command itself (a new process): exit 2, one line, no traceback."""
     data = zoo["exports"]["ft"].read_bytes()

@@ -83,7 +83,8 @@ def validate(model, value, where, what):
 
 # --- the manifest -----------------------------------------------------------------------------
 def check_manifest(manifest, where, *, fmt, version, made_by, required=()):
-    """Return ``manifest`` once it is a valid manifest of format ``fmt``, version ``version``.
+    """Return ``manifest`` once it is a valid manifest of format ``fmt``, version ``version``
+    (``task`` and ``settings`` filled in with their defaults where absent).
 
     Parameters
     ----------
@@ -123,6 +124,8 @@ def check_manifest(manifest, where, *, fmt, version, made_by, required=()):
         raise ModelFormatError(f"{where}: damaged featbench model file: its manifest lacks "
                                f"{', '.join(missing)}; {REEXPORT}")
     validate("Manifest", manifest, where, "invalid model manifest")
+    manifest.setdefault("task", "occurrence")  # what the schema's defaults mean, for readers
+    manifest.setdefault("settings", {})
     return manifest
 
 
