@@ -261,15 +261,17 @@ def _cli(zoo, scratch, n, limit_gb=6, **kw):
     from PIL import Image
 
     files = []
+    for family in FAMILIES:  # n / 6 cases of each family of damage
 
-    @settings(max_examples=n, deadline=None, database=None, **kw,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(data=st.data())
-    def collect(data):
-        kind, what, make = data.draw(damage(FAMILIES[len(files) % len(FAMILIES)]))
-        files.append(make(zoo["exports"][kind], scratch / f"cli-{len(files)}-{kind}-{what}.safetensors"))
+        @settings(max_examples=max(1, n // len(FAMILIES)), deadline=None, database=None, **kw,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @given(data=st.data())
+        def collect(data):
+            kind, what, make = data.draw(damage(family))
+            files.append(make(zoo["exports"][kind],
+                              scratch / f"cli-{len(files)}-{kind}-{what}.safetensors"))
 
-    collect()
+        collect()
     image = scratch / "blank.png"
     Image.new("RGB", (64, 48), (90, 90, 90)).save(image)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
