@@ -111,7 +111,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         finally:
             if writer is not None:
                 writer.abort()
-    table.attrs.update({"run": model.run, "sidecar": sidecar, "warning": synthetic_warning(model),
+    table.attrs.update({"run": str(model.run), "sidecar": sidecar, "warning": synthetic_warning(model),
                         "summary": summary_line(stats, sources, seconds, outputs, out, plot)})
     return table
 
