@@ -696,3 +696,21 @@ def test_a_calibrated_run_scores_whole_tracks_and_refuses_a_photo(int_setup):
         model.score({key: X[20:]}, tracks[20:])
     with pytest.raises(UsageError, match="pass the faces' tracks"):
         model.score({key: X[:20]})
+
+
+def test_a_calibrated_run_whose_model_does_not_say_how_is_refused(int_setup):
+    """A run named as person-calibrated (its key's calibration tag) whose manifest lacks the
+    calibration (saved before the manifest held it) cannot be applied: one line, the file named."""
+    from featbench.apply.runmodel import load_model_file, load_run
+    from featbench.core.modelfile import MANIFEST
+
+    ws, table, _ = int_setup
+    out = irun(ws, table, calibrate="median")
+    assert load_run(ws, "synth", out["run"]).calibrate == "median"
+    path = out["models_dir"] / MANIFEST
+    manifest = json.loads(path.read_text())
+    del manifest["preprocessing"]["calibrate"]
+    path.write_text(json.dumps(manifest))
+    for load in (lambda: load_run(ws, "synth", out["run"]), lambda: load_model_file(out["models_dir"])):
+        with pytest.raises(UsageError, match=f"{out['run']} was trained on person-calibrated codes"):
+            load()
