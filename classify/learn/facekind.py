@@ -31,11 +31,12 @@ from classify.kinds import RunKind
 from classify.infer import NetworkOutput, NetworkScores, RunModel
 
 
-def face_kind(name, method, *, train="", command="", help=""):
-    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces."""
+def face_kind(name, method, *, train="", command="", help="", spec=None):
+    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces
+    (``spec``: what its model files hold, :func:`classify.modelcheck.network_spec`)."""
     return RunKind(name=name, load=partial(load_face_run, method=method),
                    writer="classify.learn.loop:write_model", train=train, command=command,
-                   inputs="faces", help=help)
+                   inputs="faces", help=help, spec=spec)
 
 
 def load_face_run(model_file, *, method):

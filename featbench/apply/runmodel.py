@@ -12,6 +12,12 @@ safetensors tensors under ``results/<ds>/models/<run>/``) and loads into one sco
     other file is refused from its first bytes, never opened by pickle, with one line that says
     how to re-export.
 
+Both load paths run the one validation of a model file (:func:`open_checked`) before any value
+of it is used and before predict decodes any input: the manifest's schema and the safetensors
+headers when the file is opened (:mod:`featbench.core.manifest`), then what the run's kind
+needs of its tensors, their sha256 and a vote's members (:func:`classify.modelcheck.check_model`).
+Every failure is one line naming the file (exit status 2).
+
 ``featbench export --half`` stores floating tensors as float16. A classify run on the codes of a
 fine-tuned network carries that network's weights file in the export (found in the workspace
 by its hash), since the network cannot be named.
@@ -27,6 +33,7 @@ from featbench.core.workspace import Workspace
 
 from classify.kinds import load_scorer
 from classify.learn.task import list_tasks
+from classify.modelcheck import check_model
 from extract.download import file_sha256
 from classify.infer import BIDIRECTIONAL_WINDOW, RunModel  # noqa: F401 - what predict applies
 
@@ -82,7 +89,18 @@ def load_run(workspace, dataset, run):
     folder = workspace.models_dir(dataset, run)
     if not folder.is_dir():
         raise MissingRunError(f"{folder}: run {run} has no saved model (run it again)")
-    return _applicable(load_scorer(_predictable(open_model(folder))))
+    return _applicable(load_scorer(_predictable(open_checked(folder))))
+
+
+def open_checked(path):
+    """Open a run folder or an export and validate it fully (see the module docstring).
+
+    Raises
+    ------
+    ModelFormatError, StoreError, UsageError, MissingRunError
+        One line naming the file and what is wrong with it.
+    """
+    return check_model(open_model(path))
 
 
 def load_model_file(path):
@@ -92,11 +110,12 @@ def load_model_file(path):
     ------
     ModelFormatError
         Not a featbench model file: a pickle, a joblib or torch file, another format version
-        (one line naming the file and how to re-export; nothing in the file is run).
+        (one line naming the file and how to re-export; nothing in the file is run), a damaged
+        file, or one whose content does not hold together (:func:`open_checked`).
     StoreError
         The file does not exist.
     """
-    return _applicable(load_scorer(_predictable(open_model(path))))
+    return _applicable(load_scorer(_predictable(open_checked(path))))
 
 
 def _predictable(model_file):
