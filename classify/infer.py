@@ -6,9 +6,14 @@ Everything that turns a saved run into scores lives here, apart from training
 :func:`score_batches`
     The one inference path of every learned network (training's validation and test scores,
     and predict's): batches through :func:`extract.encoders.run_network`.
-:class:`RunModel`
-    The one scorer of a trained run: codes (or faces, through the networks it carries) ->
-    scores + decisions.
+:class:`Scorer`, :class:`RunModel`
+    What predict needs of a trained run, declared (a ``typing.Protocol``, with
+    :class:`AUClassifier`, :class:`TrackClassifier` and :class:`NetworkClassifier` for the
+    per-AU pieces of a fold), and the one scorer every run kind loads into: codes (or faces,
+    through the networks it carries) -> scores + decisions. Its identities are objects
+    (:class:`~featbench.core.identity.RunKey`, :class:`~featbench.core.identity.WeightsId`,
+    the :class:`~classify.learn.task.Task`, the :class:`~classify.kinds.RunKind`), parsed once
+    from the manifest.
 :class:`NetworkScores`, :class:`NetworkOutput`
     Runs whose trained network *is* the classifier (fine-tuned CNNs, transfer runs).
 :class:`LSTMScorer`

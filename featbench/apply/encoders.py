@@ -18,6 +18,7 @@ import numpy as np
 from featbench.apply.runmodel import finetuned_file
 from featbench.core.errors import WeightsError
 from featbench.core.identity import WeightsId
+from featbench.core.workspace import Workspace
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
@@ -140,14 +141,14 @@ def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH, ha
     return codes
 
 
-def encode_batch(items, outputs, encoders, batch_size=DEFAULT_BATCH):
-    """The codes of the faces of ``items`` for every run of ``outputs`` (a network two runs read
+def encode_batch(items, runs, encoders, batch_size=DEFAULT_BATCH):
+    """The codes of the faces of ``items`` for every one of ``runs`` (a network two runs read
     is encoded once): ``{(network, weights, region): codes}``, empty without faces."""
     faces = [f for it in items for f in it.faces]
     codes = {}
     if faces:
         images, boxes = np.stack([f.image for f in faces]), np.stack([f.boxes for f in faces])
-        for m in outputs.runs:
+        for m in runs:
             codes = encode_faces(m, encoders, images, boxes, batch_size=batch_size, have=codes)
     return codes
 
@@ -158,9 +159,11 @@ def join_codes(parts):
     return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]} if parts else {}
 
 
-def open_all(outputs, device, weights_file, workspace):
-    """The encoders of every network the runs of ``outputs`` read (one per network);
-    ``workspace``: a :class:`~featbench.core.workspace.Workspace` or None (a model file)."""
-    return {k: e for m in outputs.runs for k, e in open_encoders(
-        m, device=device, weights_file=weights_file,
-        workspace=workspace).items()}
+def open_all(runs, device, weights_file, workspace):
+    """The encoders of every network ``runs`` read (one per network); ``workspace`` (a folder or
+    :class:`~featbench.core.workspace.Workspace`; None for a model file) holds fine-tuned
+    networks' files."""
+    if workspace is not None and not isinstance(workspace, Workspace):
+        workspace = Workspace(workspace)
+    return {k: e for m in runs for k, e in open_encoders(
+        m, device=device, weights_file=weights_file, workspace=workspace).items()}
