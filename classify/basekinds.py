@@ -130,12 +130,7 @@ def load_vote(model_file):
     if missing:
         raise StoreError(f"{model_file.path}: member {missing[0][0]} has no {missing[0][1]}: "
                          "run featbench ensemble again")
-    return RunModel(run=m["run"], dataset=m["training_data"]["dataset"], clf="vote", model="",
-                    weights=m["weights"], aus=list(m["aus"]), members=loaded,
-                    scales=model_file.tensors("vote")["scales"].astype("float64"),
-                    alignment=loaded[0].alignment, source=model_file,
-                    info={"protocol": m["settings"].get("protocol")},
-                    task=str(m.get("task") or "occurrence"))
+    return RunModel.vote_of(model_file, loaded, model_file.tensors("vote")["scales"].astype("float64"))
 
 
 #: the ``vote`` kind: a majority vote of other runs (``featbench ensemble``)

@@ -47,6 +47,7 @@ def load_face_run(model_file, *, method):
     to_scores = method.to_scores_of(settings)
     # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
     prob = method.probabilities and m.get("task", "occurrence") == "occurrence"
+    start = WeightsId.parse(settings.get("start_weights") or m["weights"])  # the manifest's string
     folds = []
     for fi, fold in enumerate(m["folds"]):
         outputs = {}
@@ -57,8 +58,8 @@ def load_face_run(model_file, *, method):
                                 sha256=m["tensors"][name].get("sha256", ""),
                                 build=partial(method.network, settings, name),
                                 face_input=_face_input(settings, e), to_scores=to_scores,
-                                start_weights=settings.get("start_weights") or m["weights"])
-            wid = str(WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256))
+                                start_weights=start)
+            wid = WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256)
             for j, au in enumerate(e["aus"]):
                 if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
                     thr = float(fold["thresholds"][au])
