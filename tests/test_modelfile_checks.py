@@ -269,7 +269,7 @@ def test_what_a_manifest_may_leave_out_takes_its_default(zoo, tmp_path):
     path = Z.edited(zoo["exports"]["svm"], tmp_path / "m.safetensors",
                     lambda t, m: m.pop("task"))
     model = load_model_file(path)
-    assert model.task == "occurrence" and Z.score(model)[0].shape == (12, 2)
+    assert model.task.name == "occurrence" and Z.score(model)[0].shape == (12, 2)
     path = Z.edited(zoo["exports"]["svm"], tmp_path / "n.safetensors",
                     lambda t, m: m.pop("settings"))
     with pytest.raises(FeatbenchError, match="settings.models: Field required"):
