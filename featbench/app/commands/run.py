@@ -44,7 +44,7 @@ def add_parser(subparsers):
                         "paper needs imagenet)")
     p.add_argument("--protocol", default=None, metavar="P",
                    help="split protocol of the classifiers: paper (12/6/9, default), literature, "
-                        "kfold:K")
+                        "kfold:K; on BP4D paper and literature are its 3 subject folds")
     p.add_argument("--controls", action="store_true",
                    help="also run the random-init controls: CNNs whose pretrained file is not "
                         "here from random:0, and the fine-tuned network from random:0 (flagged "
