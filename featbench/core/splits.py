@@ -27,6 +27,13 @@ BP4D (a table whose subjects are all BP4D-Spontaneous ids, F001-F023 / M001-M018
 ``kfold:K``
     Subjects shuffled with ``seed`` and dealt into K folds; 20% of each fold's training
     subjects (at least one) are held out as validation.
+``cross`` and ``within`` (a joined data set ``X+Y``, :mod:`featbench.core.datasets.joined`)
+    ``cross``: train on X's subjects, 20 % of them (at least one, drawn with ``seed``) held
+    out as validation, so every choice comes from X; test on the test subjects of each fold of
+    Y's own default protocol (:func:`default_protocol`: its split, BP4D's 3 folds, DISFA's
+    12/6/9). ``within``: Y's own default protocol itself. Both score exactly the same test
+    frames, so their F1 side by side is the drop a change of data set costs. Other protocols
+    are refused on a joined set (they would mix its sets' subjects at random).
 ``own``
     The data set's own split (Aff-Wild2: Train_Set / Validation_Set): test = its validation
     set, as the ABAW literature reports; 20% of its training subjects are held out as
@@ -60,7 +67,7 @@ BP4D_PARTS = (
      "M015", "F014"),
 )
 BP4D_SUBJECTS = frozenset(s for part in BP4D_PARTS for s in part)
-PROTOCOLS = ("paper", "literature", "kfold:K", "own")
+PROTOCOLS = ("paper", "literature", "kfold:K", "own", "cross", "within")
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,13 @@ def make_splits(table, protocol="paper", *, seed=0):
         An unknown protocol, or one that does not fit the data set.
     """
     subjects = table.subjects
+    from featbench.core.datasets.joined import joined_parts
+
+    if joined_parts(table):
+        return _joined_splits(table, protocol, seed)
+    if protocol in ("cross", "within"):
+        raise UsageError(f"--protocol {protocol} scores a joined data set, --dataset X+Y "
+                         f"(train on X, test on Y); {table.dataset} is one set")
     if protocol in ("paper", "literature") and is_bp4d(table):
         return _bp4d_folds(table, seed)
     if protocol == "paper":
@@ -151,6 +165,42 @@ def make_splits(table, protocol="paper", *, seed=0):
         kept, val = _hold_out(train, 0.2, np.random.RandomState(seed))
         return [Split("own", kept, val, tuple(test))]
     raise UsageError(f"unknown protocol {protocol!r} (choices: {', '.join(PROTOCOLS)})")
+
+
+def default_protocol(table):
+    """The protocol a data set is scored by when none is named: ``cross`` for a joined set,
+    ``own`` for one with a split of its own (Aff-Wild2), else ``paper`` (BP4D: its 3 folds)."""
+    from featbench.core.datasets.joined import joined_parts
+
+    if joined_parts(table):
+        return "cross"
+    return "own" if (table.frames["split"] != "").any() else "paper"
+
+
+def _joined_splits(table, protocol, seed):
+    """``cross`` / ``within`` on a joined table X+Y (module docstring)."""
+    from featbench.core.datasets.joined import SUBJECT_SEP, component, joined_parts
+
+    if protocol not in ("cross", "within"):
+        raise UsageError(f"{table.dataset} is a joined data set: score it with --protocol cross "
+                         "(train on the first set, test on the second) or within (the second "
+                         f"set's own protocol), not {protocol}")
+    xn, yn = joined_parts(table)
+    y = component(table, yn)
+    if not len(y):
+        raise UsageError(f"{table.dataset}: no frames of {yn} left to test on")
+    prefix = lambda names: tuple(f"{yn}{SUBJECT_SEP}{s}" for s in names)  # noqa: E731
+    y_splits = make_splits(y, default_protocol(y), seed=seed)
+    if protocol == "within":
+        return [Split(f"within-{sp.name}", prefix(sp.train), prefix(sp.validation), prefix(sp.test))
+                for sp in y_splits]
+    x_subjects = component(table, xn).subjects
+    if len(x_subjects) < 2:
+        raise UsageError(f"{table.dataset}: the cross protocol needs at least 2 subjects of {xn} "
+                         f"(training and validation), it has {len(x_subjects)}")
+    kept, val = _hold_out(x_subjects, 0.2, np.random.RandomState(seed))
+    kept, val = (tuple(f"{xn}{SUBJECT_SEP}{s}" for s in part) for part in (kept, val))
+    return [Split(f"cross-{sp.name}", kept, val, prefix(sp.test)) for sp in y_splits]
 
 
 def is_bp4d(table):

@@ -82,12 +82,12 @@ def _synth(args):
 
 def _info(args):
     from featbench.core.errors import UsageError
-    from featbench.core.splits import make_splits
+    from featbench.core.splits import default_protocol, make_splits
 
     table = load_table(args)
     info = table.summary()
     try:
-        splits = make_splits(table, "own" if table.frames["split"].ne("").any() else "paper")
+        splits = make_splits(table, default_protocol(table))
         labelled = table.labelled_mask()
         # one split (DISFA's 12/6/9, an own split), or each fold of BP4D's 3-fold default
         folds = [{part: {"subjects": len(getattr(split, part)),

@@ -14,6 +14,8 @@ name                      layout
 ``synth-b``               the embedded DISFA-layout set rendered in the second domain (another
                           studio, camera and pool of people: ``featbench.core.synth._domain``)
 ``synth-bp4d-b``          the embedded BP4D-layout set in the second domain
+``X+Y``                   two of the above joined, for cross-data-set evaluation
+                          (:mod:`featbench.core.datasets.joined`): ``disfa+bp4d``, ``synth+synth-b``
 ========================= ================================================================
 """
 
@@ -41,8 +43,14 @@ def synth_name(layout, domain="a"):
 
 
 def check_dataset_name(name):
-    """Raise :class:`UsageError` listing the choices if ``name`` is not a known data set."""
-    if name not in DATASETS:
+    """Raise :class:`UsageError` listing the choices if ``name`` is not a known data set
+    (or a joined ``X+Y`` of two known ones)."""
+    from featbench.core.datasets.joined import split_name
+
+    parts = split_name(name)
+    for part in parts or ():
+        check_dataset_name(part)
+    if parts is None and name not in DATASETS:
         raise UsageError(did_you_mean(name, DATASETS, what="data set",
                                       hint="choices: " + ", ".join(DATASETS)))
 
@@ -84,6 +92,14 @@ def load_dataset(name, *, root=None, workspace=None, camera="left", threshold=2,
         Missing root, wrong layout, malformed label file (the message names the file).
     """
     check_dataset_name(name)
+    from featbench.core.datasets.joined import join_tables, split_name, split_root
+
+    parts = split_name(name)
+    if parts:
+        tables = [load_dataset(part, root=r, workspace=workspace, camera=camera,
+                               threshold=threshold, generate=generate, progress=progress)
+                  for part, r in zip(parts, split_root(root))]
+        return join_tables(name, *tables)
     root = resolve_root(name, root, workspace=workspace)
     if name in SYNTH_SETS:
         layout, domain = SYNTH_SETS[name]
@@ -135,6 +151,14 @@ def training_data(name, *, root=None, workspace=None):
     faces checks the pipeline; it is not a detector for real footage (``featbench predict``
     says so, and its sidecar and ``featbench export`` carry this description).
     """
+    from featbench.core.datasets.joined import split_name, split_root
+
+    parts = split_name(name)
+    if parts:  # a joined set is synthetic when both of its sets are
+        synthetic = all(training_data(p, root=r, workspace=workspace)["synthetic"]
+                        for p, r in zip(parts, split_root(root)))
+        return {"dataset": str(name), "synthetic": synthetic,
+                "kind": "synthetic" if synthetic else "real"}
     synthetic = name in SYNTH_LAYOUTS
     if not synthetic and name in DATASETS:
         try:
