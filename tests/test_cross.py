@@ -166,3 +166,24 @@ def test_cross_fine_tuned_network(domains, capsys):
             "tv-mobilenet_v3_small__full__ft__cross-au4+25"} <= runs
     report = (res / "report.md").read_text()
     assert "| `tv:mobilenet_v3_small` | full | ft |" in report
+
+
+def test_run_on_a_joined_set_does_within_then_cross(monkeypatch, tmp_path):
+    """``featbench run --dataset X+Y`` runs the preset under within, then cross (the report
+    pairs them); a named protocol runs alone. (The pipeline itself is tested elsewhere.)"""
+    import featbench.app.pipeline as pipeline
+
+    calls = []
+
+    def record(workspace, **kw):
+        calls.append((kw["dataset"], kw["protocol"]))
+        return {"runs": [], "failed": [], "elapsed": 0.0, "report": "r.md"}
+
+    monkeypatch.setattr(pipeline, "run_pipeline", record)
+    assert main(["--workspace", str(tmp_path), "run", "--dataset", "synth+synth-b", "--quiet"]) == 0
+    assert calls == [("synth+synth-b", "within"), ("synth+synth-b", "cross")]
+    calls.clear()
+    assert main(["--workspace", str(tmp_path), "run", "--dataset", "synth+synth-b", "--protocol",
+                 "cross", "--quiet"]) == 0
+    assert main(["--workspace", str(tmp_path), "run", "--dataset", "synth", "--quiet"]) == 0
+    assert calls == [("synth+synth-b", "cross"), ("synth", None)]
