@@ -42,14 +42,14 @@ from dataclasses import asdict
 import numpy as np
 
 from featbench.core import interrupt
-from featbench.core.aus import AU_REGION, DISFA_AUS, LITERATURE_AUS, REGIONS, au_name
+from featbench.core.aus import AU_REGION, REGIONS, au_name
 from featbench.core.calibrate import calibrate_codes, calibration_tag, check_calibration
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import MissingRunError, StoreError, UsageError, did_you_mean
 from featbench.core.frames import KEY_DTYPE
 from featbench.core.identity import RunKey
 from featbench.core.metrics import PRESENT_AT
-from featbench.core.splits import make_splits, scored_mask
+from featbench.core.splits import make_splits, protocol_aus, scored_mask
 from featbench.core.workspace import Workspace, atomic_write_text, run_lock
 
 from classify.estimators import balance_indices, with_threshold
@@ -68,8 +68,9 @@ REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 def resolve_aus(table, protocol, aus=None):
     """Return the AUs a run scores: ``aus`` if given, else the protocol's AUs the table labels.
 
-    ``paper`` -> the table's AUs among DISFA's 12; ``literature`` -> among the 8 of the 3-fold
-    literature; other protocols -> all of the table's AUs.
+    Default: :func:`featbench.core.splits.protocol_aus` (``paper`` -> the table's AUs among
+    DISFA's 12, BP4D's 12 on BP4D; ``literature`` -> among the 8 of the 3-fold DISFA
+    literature, BP4D's 12 on BP4D; other protocols -> all of the table's AUs).
     """
     if aus:
         names = [au_name(a) for a in (aus.split(",") if isinstance(aus, str) else aus) if str(a).strip()]
@@ -78,12 +79,7 @@ def resolve_aus(table, protocol, aus=None):
             raise UsageError(f"{table.dataset} does not label {', '.join(unknown)} "
                              f"(it labels {', '.join(table.aus)})")
         return list(dict.fromkeys(names))
-    wanted = {"paper": DISFA_AUS, "literature": LITERATURE_AUS}.get(protocol)
-    out = [a for a in (wanted or table.aus) if a in table.aus]
-    if not out:
-        raise UsageError(f"{table.dataset} labels none of the AUs of the {protocol} protocol "
-                         f"({', '.join(wanted)}); use --protocol kfold:K or own")
-    return out
+    return protocol_aus(table, protocol)
 
 
 #: the protocol's intensity threshold (PROTOCOL.md: present when intensity >= 2)

@@ -1,7 +1,7 @@
 """predict / export with runs whose trained network is the classifier: fine-tuned and transfer.
 
 Tiny runs trained here (test_finetune's 48-px cued faces, test_transfer's tiny ABAW tree), then
-applied through predict's own path (:func:`featbench.apply.predict.score_faces`: crops, the run's
+applied through predict's own path (:func:`featbench.apply.pipeline.score_faces`: crops, the run's
 network, its thresholds) to the faces each run scored as test frames: the decisions must be the
 run's stored ones, the scores its stored scores; an exported file must give the same bit for bit.
 """
@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 from featbench.core.align import AlignedFaces  # noqa: E402
 from classify.ensemble import read_predictions  # noqa: E402
-from featbench.apply.predict import open_encoders, score_faces  # noqa: E402
+from featbench.apply.encoders import open_encoders  # noqa: E402
+from featbench.apply.pipeline import score_faces  # noqa: E402
 from featbench.apply.runmodel import export_run, load_model_file, load_run  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 from test_finetune import FAST, make_table, one_thread, write_cache  # noqa: E402,F401
@@ -75,7 +76,7 @@ def test_finetuned_runs_reproduce_their_own_test_decisions(ft, which):
     _check_reproduces(model, ft["ws"], "synth", ft["table"], ft["cache"])
     if which == "regions":  # one network per AU, each on its region's crops
         assert sorted(r for rs in model.networks().values() for r in rs) == ["lower", "upper"]
-        assert all(w.startswith(f"finetuned:{run}/AU") for _, w in model.networks())
+        assert all(w.kind == "finetuned" and w.name.startswith(f"{run}/AU") for _, w in model.networks())
 
 
 @pytest.mark.slow
@@ -124,7 +125,8 @@ def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_the
                        aus=["AU01", "AU12"], progress=False, n_jobs=1)["run"]
     model = load_run(ws, "synth", run)
     [(net, wid)] = model.networks()
-    assert wid.startswith(f"finetuned:{ft['runs']['ml']} sha256:") and model.input_size_for((net, wid)) == 40
+    assert (wid.kind, wid.name) == ("finetuned", ft["runs"]["ml"]) and wid.sha256
+    assert model.input_size_for((net, wid)) == 40
     _check_reproduces(model, ws, "synth", ft["table"], ft["cache"])
     with pytest.raises(WeightsError, match="not in this workspace"):
         open_encoders(model, device="cpu")  # without the workspace, the file is not found

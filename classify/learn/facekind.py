@@ -2,7 +2,7 @@
 
 :func:`face_kind` makes the :class:`classify.kinds.RunKind` of a method whose networks map
 aligned faces to per-AU scores (``ft``, ``transfer``, a test's toy method). Its ``load`` builds
-the run's :class:`classify.scorer.RunModel` from the model file alone (a run folder or its
+the run's :class:`classify.infer.RunModel` from the model file alone (a run folder or its
 export), through what the method class says at class level:
 
 ``network(settings, unit, state)``
@@ -15,8 +15,8 @@ export), through what the method class says at class level:
 
 Per fold, each unit (``settings["units"]``: its fold, AUs, region, trainable AUs, base name;
 its :class:`~featbench.core.facesource.FaceInput` in ``settings["face_input"][base]``) becomes one
-:class:`classify.netscorer.NetworkScores`, read lazily from the unit's tensor group, and each of
-its AUs one column of it (:class:`classify.netscorer.NetworkOutput`) with the fold's threshold.
+:class:`classify.infer.NetworkScores`, read lazily from the unit's tensor group, and each of
+its AUs one column of it (:class:`classify.infer.NetworkOutput`) with the fold's threshold.
 The weights identity of a unit is ``finetuned:<run>/<unit> sha256:<its file's>``.
 """
 
@@ -28,15 +28,15 @@ from featbench.core.facesource import FaceInput
 from featbench.core.identity import WeightsId
 
 from classify.kinds import RunKind
-from classify.netscorer import NetworkOutput, NetworkScores
-from classify.scorer import RunModel
+from classify.infer import NetworkOutput, NetworkScores, RunModel
 
 
-def face_kind(name, method, *, train="", command="", help=""):
-    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces."""
+def face_kind(name, method, *, train="", command="", help="", spec=None):
+    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces
+    (``spec``: what its model files hold, :func:`classify.modelcheck.network_spec`)."""
     return RunKind(name=name, load=partial(load_face_run, method=method),
                    writer="classify.learn.loop:write_model", train=train, command=command,
-                   inputs="faces", help=help)
+                   inputs="faces", help=help, spec=spec)
 
 
 def load_face_run(model_file, *, method):
@@ -47,6 +47,7 @@ def load_face_run(model_file, *, method):
     to_scores = method.to_scores_of(settings)
     # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
     prob = method.probabilities and m.get("task", "occurrence") == "occurrence"
+    start = WeightsId.parse(settings.get("start_weights") or m["weights"])  # the manifest's string
     folds = []
     for fi, fold in enumerate(m["folds"]):
         outputs = {}
@@ -57,8 +58,8 @@ def load_face_run(model_file, *, method):
                                 sha256=m["tensors"][name].get("sha256", ""),
                                 build=partial(method.network, settings, name),
                                 face_input=_face_input(settings, e), to_scores=to_scores,
-                                start_weights=settings.get("start_weights") or m["weights"])
-            wid = str(WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256))
+                                start_weights=start)
+            wid = WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256)
             for j, au in enumerate(e["aus"]):
                 if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
                     thr = float(fold["thresholds"][au])

@@ -52,6 +52,7 @@ from featbench.core.datasets import load_dataset
 from featbench.core.errors import FeatbenchError, UsageError, WeightsError, did_you_mean
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.results import read_summary_rows, record_failure
+from featbench.core.splits import make_splits
 from featbench.core.workspace import atomic_write_text
 
 from classify.ensemble import ensemble_run, preset_run_name
@@ -468,6 +469,11 @@ def _finetune_steps(ctx, ft):
                 f"weights {w}{'; ' + note if note else ''}")
     step = Step(name, run, fresh=fresh, produces=(name,), records=((name, meta),),
                 announce=announce)
+    if ft.code_clfs and len(make_splits(ctx.table, ctx.protocol)) > 1:
+        # one network per fold: codes of any one of them would score frames it trained on
+        ctx.say(f"note: {', '.join(ft.code_clfs)} on the fine-tuned network's codes left out: "
+                f"the {ctx.protocol} protocol of {ctx.dataset} has several folds")
+        return [step]
     return [step] + [_ft_codes_step(ctx, ft, name, clf) for clf in ft.code_clfs]
 
 

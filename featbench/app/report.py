@@ -23,6 +23,8 @@ from featbench.core.workspace import atomic_write_text, save_figure
 from classify.ensemble import command_for_run, read_predictions
 from featbench.app.claims import RUN_PLAN, claims_lines
 from featbench.app.report_intensity import intensity_lines, is_intensity
+from featbench.app.report_cross import cross_lines
+from featbench.app.report_probe import probe_lines
 
 #: the PNG charts, beside report.md
 CHART_MEAN = "report_mean_f1.png"
@@ -298,6 +300,7 @@ def make_report(workspace, dataset):
              + _ensemble_lines(ok) + _claims_lines(workspace, dataset, ok)
              + training_curves(workspace, dataset, ok)
              + intensity_lines(workspace, dataset, ok_intensity, describe_weights)
+             + probe_lines(workspace, dataset, ok) + cross_lines(dataset, ok)
              + _failed_lines(failed))
     if len(ok):
         out_dir = workspace.results_dir(dataset)

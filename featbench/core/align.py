@@ -138,6 +138,8 @@ def alignment_settings(table, *, size=None, compression=None):
         source = "pre_aligned"
     elif table.landmark_points > 0:
         source = f"landmarks{table.landmark_points}"
+        if _unlandmarked(table).any():  # (a cache that skipped those frames is rebuilt)
+            source += "+dlib68"
     else:
         source = "dlib68"
     return {
@@ -364,7 +366,7 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
                    disable=not progress or None, dynamic_ncols=True)
         block = _Block(f, size, template_boxes)
         frames = _frames_to_align(table, todo, landmarks)
-        detect = not table.pre_aligned and landmarks is None
+        detect = not table.pre_aligned and (landmarks is None or _unlandmarked(table).any())
         aligned = _map_frames(frames, table.pre_aligned, size, threads=2 if detect else 1)
         try:
             for row, result in aligned:
@@ -388,15 +390,28 @@ def _frames_to_align(table, rows, landmarks):
     """
     if landmarks is not None:
         stable = np.isfinite(landmarks[:, faces.STABLE_POINTS]).all(axis=(1, 2))
-        for row in rows[~stable[rows]]:
+        detect = ~stable & _unlandmarked(table)
+        skip = ~stable & ~detect
+        for row in rows[skip[rows]]:
             yield int(row), None, _NO_LANDMARKS, None  # no need to decode these
-        rows = rows[stable[rows]]
+        rows = rows[~skip[rows]]
     for row, image in in_background(faces.iter_frames(table, rows, missing="none"),
                                     name="featbench-decode"):
         if image is None:
             yield row, None, _UNREADABLE, None
         else:
-            yield row, image, 0, None if landmarks is None else landmarks[row]
+            yield row, image, 0, None if landmarks is None or detect[row] else landmarks[row]
+
+
+def _unlandmarked(table):
+    """Rows of videos that come without any landmark file, whose faces are detected: DISFA's
+    right camera, or one data set's frames in a table joined with a landmarked one. A frame
+    lacking its file in a landmarked video stays "no landmarks" (a tracking gap)."""
+    df = table.frames
+    has_file = df["landmark_file"].to_numpy() != ""
+    video = (df["subject"].astype(str) + "\0" + df["video"].astype(str)).to_numpy()
+    landmarked = set(video[has_file])
+    return ~has_file & ~np.isin(video, list(landmarked))
 
 
 def _map_frames(frames, pre_aligned, size, *, threads):

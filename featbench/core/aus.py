@@ -16,19 +16,26 @@ LITERATURE_AUS = ("AU01", "AU02", "AU04", "AU06", "AU09", "AU12", "AU25", "AU26"
 #: the 12 AUs of the ABAW3 AU track (Aff-Wild2), Method B
 AFFWILD2_AUS = ("AU01", "AU02", "AU04", "AU06", "AU07", "AU10",
                 "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-#: every AU featbench knows: the union of DISFA's and Aff-Wild2's
-ALL_AUS = tuple(sorted(set(DISFA_AUS) | set(AFFWILD2_AUS)))
+#: the 12 AUs of BP4D-Spontaneous's protocol (every paper's 3-fold BP4D table)
+BP4D_AUS = ("AU01", "AU02", "AU04", "AU06", "AU07", "AU10",
+            "AU12", "AU14", "AU15", "AU17", "AU23", "AU24")
+#: the AUs BP4D codes with an intensity 0-5 (FERA 2015's intensity files)
+BP4D_INTENSITY_AUS = ("AU06", "AU10", "AU12", "AU14", "AU17")
+#: every AU featbench knows: the union of DISFA's, Aff-Wild2's and BP4D's
+ALL_AUS = tuple(sorted(set(DISFA_AUS) | set(AFFWILD2_AUS) | set(BP4D_AUS)))
 
 #: face regions, cut from the aligned landmarks (PROTOCOL.md): upper half, middle, lower half
 REGIONS = ("upper", "middle", "lower")
 #: the region in which each AU shows (FACS). The paper's map for its 12 AUs is
 #: upper = 1, 2, 4, 5, 6; middle = 9; lower = 12, 15, 17, 20, 25, 26. Aff-Wild2's extra AUs
-#: follow FACS: AU07 (lids) upper, AU10 (upper lip raiser) and AU23 / AU24 (lips) lower.
+#: follow FACS: AU07 (lids) upper, AU10 (upper lip raiser) and AU23 / AU24 (lips) lower;
+#: BP4D's AU14 (dimpler, at the lip corners) lower.
 AU_REGION = {
     "AU01": "upper", "AU02": "upper", "AU04": "upper", "AU05": "upper", "AU06": "upper",
     "AU07": "upper",
     "AU09": "middle",
-    "AU10": "lower", "AU12": "lower", "AU15": "lower", "AU17": "lower", "AU20": "lower",
+    "AU10": "lower", "AU12": "lower", "AU14": "lower", "AU15": "lower", "AU17": "lower",
+    "AU20": "lower",
     "AU23": "lower", "AU24": "lower", "AU25": "lower", "AU26": "lower",
 }
 

@@ -1,4 +1,4 @@
-"""Subject-independent splits: the protocol's 12/6/9, the literature's 3 DISFA folds, k-fold, own.
+"""Subject-independent splits: the protocol's 12/6/9, the literature's 3 DISFA or BP4D folds, k-fold, own.
 
 Every split keeps each subject wholly in one of train, validation or test, so no face seen in
 training is scored in test. A protocol gives one :class:`Split` per fold.
@@ -16,9 +16,24 @@ training is scored in test. A protocol gives one :class:`Split` per fold.
 ``literature``
     3-fold DISFA (ME-GraphAU, LibreFace...): train on two folds, test on the third; three
     subjects of the training folds (drawn with ``seed``) are held out as validation.
+BP4D (a table whose subjects are all BP4D-Spontaneous ids, F001-F023 / M001-M018)
+    ``paper`` and ``literature`` are both the literature's 3-fold subject-exclusive
+    cross-validation, the only protocol BP4D papers report (Method A has no BP4D split), so
+    it is what the default ``paper`` runs: train on two of the fixed subject parts
+    (:data:`BP4D_PARTS`, ME-GraphAU's ``tool/BP4D_image_label_process.py``), test on the third
+    (fold 1 tests part 3, fold 2 part 2, fold 3 part 1, as ME-GraphAU numbers them); 3 of the
+    27 training subjects (drawn with ``seed``, at least one) are held out as validation. A
+    copy lacking some subjects keeps the others in their parts; a part left empty is an error.
 ``kfold:K``
     Subjects shuffled with ``seed`` and dealt into K folds; 20% of each fold's training
     subjects (at least one) are held out as validation.
+``cross`` and ``within`` (a joined data set ``X+Y``, :mod:`featbench.core.datasets.joined`)
+    ``cross``: train on X's subjects, 20 % of them (at least one, drawn with ``seed``) held
+    out as validation, so every choice comes from X; test on the test subjects of each fold of
+    Y's own default protocol (:func:`default_protocol`: its split, BP4D's 3 folds, DISFA's
+    12/6/9). ``within``: Y's own default protocol itself. Both score exactly the same test
+    frames, so their F1 side by side is the drop a change of data set costs. Other protocols
+    are refused on a joined set (they would mix its sets' subjects at random).
 ``own``
     The data set's own split (Aff-Wild2: Train_Set / Validation_Set): test = its validation
     set, as the ABAW literature reports; 20% of its training subjects are held out as
@@ -42,7 +57,17 @@ LITERATURE_FOLDS = (
     ("SN006", "SN011", "SN012", "SN013", "SN018", "SN021", "SN024", "SN028", "SN031"),
     ("SN003", "SN004", "SN005", "SN007", "SN008", "SN017", "SN023", "SN025", "SN029"),
 )
-PROTOCOLS = ("paper", "literature", "kfold:K", "own")
+#: BP4D-Spontaneous's three subject parts, in the order every paper lists them (PROTOCOL.md)
+BP4D_PARTS = (
+    ("F001", "M007", "F018", "F008", "F002", "M004", "F010", "F009", "M012", "M001", "F016",
+     "M014", "F023", "M008"),
+    ("M011", "F003", "M010", "M002", "F005", "F022", "M018", "M017", "F013", "M016", "F020",
+     "F011", "M013", "M005"),
+    ("F007", "F015", "F006", "F019", "M006", "M009", "F012", "M003", "F004", "F021", "F017",
+     "M015", "F014"),
+)
+BP4D_SUBJECTS = frozenset(s for part in BP4D_PARTS for s in part)
+PROTOCOLS = ("paper", "literature", "kfold:K", "own", "cross", "within")
 
 
 @dataclass(frozen=True)
@@ -93,6 +118,15 @@ def make_splits(table, protocol="paper", *, seed=0):
         An unknown protocol, or one that does not fit the data set.
     """
     subjects = table.subjects
+    from featbench.core.datasets.joined import joined_parts
+
+    if joined_parts(table):
+        return _joined_splits(table, protocol, seed)
+    if protocol in ("cross", "within"):
+        raise UsageError(f"--protocol {protocol} scores a joined data set, --dataset X+Y "
+                         f"(train on X, test on Y); {table.dataset} is one set")
+    if protocol in ("paper", "literature") and is_bp4d(table):
+        return _bp4d_folds(table, seed)
     if protocol == "paper":
         if set(subjects) == {s for part in PAPER_SPLIT.values() for s in part}:
             return [Split("paper", *(PAPER_SPLIT[k] for k in ("train", "validation", "test")))]
@@ -131,6 +165,85 @@ def make_splits(table, protocol="paper", *, seed=0):
         kept, val = _hold_out(train, 0.2, np.random.RandomState(seed))
         return [Split("own", kept, val, tuple(test))]
     raise UsageError(f"unknown protocol {protocol!r} (choices: {', '.join(PROTOCOLS)})")
+
+
+def default_protocol(table):
+    """The protocol a data set is scored by when none is named: ``cross`` for a joined set,
+    ``own`` for one with a split of its own (Aff-Wild2), else ``paper`` (BP4D: its 3 folds)."""
+    from featbench.core.datasets.joined import joined_parts
+
+    if joined_parts(table):
+        return "cross"
+    return "own" if (table.frames["split"] != "").any() else "paper"
+
+
+def _joined_splits(table, protocol, seed):
+    """``cross`` / ``within`` on a joined table X+Y (module docstring)."""
+    from featbench.core.datasets.joined import SUBJECT_SEP, component, joined_parts
+
+    if protocol not in ("cross", "within"):
+        raise UsageError(f"{table.dataset} is a joined data set: score it with --protocol cross "
+                         "(train on the first set, test on the second) or within (the second "
+                         f"set's own protocol), not {protocol}")
+    xn, yn = joined_parts(table)
+    y = component(table, yn)
+    if not len(y):
+        raise UsageError(f"{table.dataset}: no frames of {yn} left to test on")
+    prefix = lambda names: tuple(f"{yn}{SUBJECT_SEP}{s}" for s in names)  # noqa: E731
+    y_splits = make_splits(y, default_protocol(y), seed=seed)
+    if protocol == "within":
+        return [Split(f"within-{sp.name}", prefix(sp.train), prefix(sp.validation), prefix(sp.test))
+                for sp in y_splits]
+    x_subjects = component(table, xn).subjects
+    if len(x_subjects) < 2:
+        raise UsageError(f"{table.dataset}: the cross protocol needs at least 2 subjects of {xn} "
+                         f"(training and validation), it has {len(x_subjects)}")
+    kept, val = _hold_out(x_subjects, 0.2, np.random.RandomState(seed))
+    kept, val = (tuple(f"{xn}{SUBJECT_SEP}{s}" for s in part) for part in (kept, val))
+    return [Split(f"cross-{sp.name}", kept, val, prefix(sp.test)) for sp in y_splits]
+
+
+def is_bp4d(table):
+    """Whether every subject of ``table`` is a BP4D-Spontaneous id (its protocol applies)."""
+    subjects = set(table.frames["subject"].unique())
+    return bool(subjects) and subjects <= BP4D_SUBJECTS
+
+
+def protocol_aus(table, protocol):
+    """Return the AUs ``protocol`` scores on ``table``: its default AUs, those the table labels.
+
+    ``paper`` -> DISFA's 12 (BP4D: its 12); ``literature`` -> the 8 of the 3-fold DISFA
+    literature (BP4D: its 12); other protocols -> every AU of the table.
+
+    Raises
+    ------
+    UsageError
+        The table labels none of them.
+    """
+    from featbench.core.aus import BP4D_AUS, DISFA_AUS, LITERATURE_AUS
+
+    wanted = {"paper": DISFA_AUS, "literature": LITERATURE_AUS}.get(protocol)
+    if wanted is not None and is_bp4d(table):
+        wanted = BP4D_AUS
+    out = [a for a in (wanted or table.aus) if a in table.aus]
+    if not out:
+        raise UsageError(f"{table.dataset} labels none of the AUs of the {protocol} protocol "
+                         f"({', '.join(wanted)}); use --protocol kfold:K or own")
+    return out
+
+
+def _bp4d_folds(table, seed):
+    """BP4D's 3 folds (module docstring) over the parts' subjects that ``table`` has."""
+    present = set(table.subjects)
+    parts = [tuple(sorted(s for s in part if s in present)) for part in BP4D_PARTS]
+    for k, part in enumerate(parts):
+        if not part:
+            raise UsageError(f"the BP4D 3-fold protocol needs subjects of each of its parts; "
+                             f"{table.dataset} has none of part {k + 1} "
+                             f"({', '.join(BP4D_PARTS[k][:4])} ...): use --protocol kfold:K")
+    # ME-GraphAU's numbering: fold 1 tests part 3, fold 2 part 2, fold 3 part 1
+    splits = _folds(parts[::-1], seed, fraction=3 / 27, prefix="bp4d")
+    return splits
 
 
 def _folds(folds, seed, *, fraction, prefix):

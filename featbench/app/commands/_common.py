@@ -6,8 +6,9 @@ from featbench.core.workspace import Workspace
 def add_dataset_args(p, *, root_help=None):
     """Add ``--dataset``, ``--root``, ``--camera`` and ``--threshold`` to parser ``p``."""
     p.add_argument("--dataset", default="synth", metavar="NAME",
-                   help="data set: synth (embedded, made on first use), disfa, affwild2, folder, "
-                        "synth-affwild2 (default: synth)")
+                   help="data set: synth (embedded, made on first use), disfa, affwild2, bp4d, "
+                        "folder, synth-affwild2, synth-bp4d, synth-b (the second domain) "
+                        "(default: synth)")
     p.add_argument("--root", default=None, metavar="DIR",
                    help=root_help or "the data set's folder (default: data/<dataset> in the workspace)")
     p.add_argument("--camera", choices=("left", "right", "both"), default="left",

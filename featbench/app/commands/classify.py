@@ -42,7 +42,8 @@ def add_parser(subparsers):
     add_dataset_args(p)
     p.add_argument("--protocol", default="paper", metavar="P",
                    help="paper (12/6/9 subjects, 12 AUs), literature (DISFA 3 folds, 8 AUs), "
-                        "kfold:K, or own (the data set's split) (default: paper)")
+                        "kfold:K, or own (the data set's split); on BP4D paper and literature "
+                        "are its 3 subject folds and 12 AUs (default: paper)")
     p.add_argument("--tune-threshold", action="store_true",
                    help="choose each AU's threshold by F1 on the validation subjects (default: 0)")
     balance = p.add_mutually_exclusive_group()  # both at once: one line, exit 2

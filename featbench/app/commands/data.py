@@ -14,14 +14,23 @@ def add_parser(sub):
                         description="Generate a synthetic face-video data set with known AU labels, "
                                     "deterministic for a seed (same seed, same bytes).")
     s.add_argument("--root", default=None, metavar="DIR",
-                   help="where to write it (default: data/synth, data/synth-affwild2 or "
-                        "data/synth-expression in the workspace, by layout)")
-    s.add_argument("--subjects", type=int, default=27, metavar="N", help="subjects (default: 27, as DISFA)")
+                   help="where to write it (default: data/<name> in the workspace, the built-in "
+                        "name of the layout and domain: synth, synth-affwild2, synth-expression, "
+                        "synth-bp4d, synth-b, synth-bp4d-b)")
+    s.add_argument("--subjects", type=int, default=None, metavar="N",
+                   help="subjects (default: 27 as DISFA; bp4d: 41 as BP4D)")
     s.add_argument("--frames", type=int, default=None, metavar="N",
-                   help="frames per subject or video (default: the layout's default)")
+                   help="frames per subject, video or (bp4d) task (default: the layout's: disfa "
+                        "240, affwild2 120, bp4d 20 per task)")
     s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
-    s.add_argument("--layout", choices=("disfa", "affwild2", "expression"), default="disfa",
-                   help="on-disk layout: DISFA's (default), ABAW3's AU track, or a posed-expression set")
+    s.add_argument("--layout", choices=("disfa", "affwild2", "expression", "bp4d"), default="disfa",
+                   help="on-disk layout: DISFA's (default), ABAW3's AU track, a posed-expression "
+                        "set, or BP4D-Spontaneous's (8 tasks per subject, AU_OCC / AU_INT files)")
+    s.add_argument("--domain", default="a", metavar="D",
+                   help="the renderer's domain: a (default; every built-in set) or b, another "
+                        "studio, camera and pool of people (side light, camera off to a side, "
+                        "smaller and softer faces, other identities): train on one, test on "
+                        "the other to see a cross-domain drop")
     s.add_argument("--force", action="store_true", help="replace an existing data set at --root")
     s.set_defaults(func=_synth)
 
@@ -43,27 +52,37 @@ def add_parser(sub):
 
 
 def _synth(args):
+    import json
     import time
 
-    from featbench.core.datasets import SYNTH_LAYOUTS
-    from featbench.core.synth import generate_dataset
+    from featbench.core.synth import INFO_FILE
 
-    name = {v: k for k, v in SYNTH_LAYOUTS.items()}[args.layout]
-    root = args.root or workspace_of(args).data_dir(name)
     from pathlib import Path
 
-    root = Path(root)
+    from featbench.core.datasets import synth_name
+    from featbench.core.errors import UsageError
+    from featbench.core.synth import generate_dataset, get_domain
+
+    get_domain(args.domain)
+    name = synth_name(args.layout, args.domain)
+    if args.root is None and name is None:
+        raise UsageError(f"--layout {args.layout} --domain {args.domain} has no built-in name: "
+                         "pass --root DIR")
+    root = Path(args.root or workspace_of(args).data_dir(name))
     t0 = time.perf_counter()
     # --force replaces only a folder the generator made, and only once the new set is complete
     generate_dataset(root, layout=args.layout, subjects=args.subjects, frames=args.frames,
-                     seed=args.seed, overwrite=args.force)
-    print(f"wrote {args.layout}-layout synthetic data set ({args.subjects} subjects, seed {args.seed}) "
-          f"to {root} in {time.perf_counter() - t0:.1f} s")
+                     seed=args.seed, overwrite=args.force, domain=args.domain)
+    info = json.loads((root / INFO_FILE).read_text())
+    print(f"wrote {args.layout}-layout synthetic data set ({info['subjects']} subjects, domain "
+          f"{args.domain}, seed {args.seed}) to {root} in {time.perf_counter() - t0:.1f} s"
+          + (f"; read it with --dataset {name}" + (f" --root {root}" if args.root else "")
+             if name else f"; read it with --dataset {args.layout} --root {root}"))
 
 
 def _info(args):
     from featbench.core.errors import UsageError
-    from featbench.core.splits import make_splits
+    from featbench.core.splits import default_protocol, make_splits
 
     from featbench.core.datasets import damaged_landmark_files
 
@@ -71,11 +90,15 @@ def _info(args):
     info = table.summary()
     info["damaged_landmark_files"] = damaged_landmark_files(table)
     try:
-        split = make_splits(table, "own" if table.frames["split"].ne("").any() else "paper")[0]
+        splits = make_splits(table, default_protocol(table))
         labelled = table.labelled_mask()
-        info["split"] = {part: {"subjects": len(getattr(split, part)),
-                                "frames": int((split.mask(table, part) & labelled).sum())}
-                         for part in ("train", "validation", "test")}
+        # one split (DISFA's 12/6/9, an own split), or each fold of BP4D's 3-fold default
+        folds = [{part: {"subjects": len(getattr(split, part)),
+                         "frames": int((split.mask(table, part) & labelled).sum())}
+                  for part in ("train", "validation", "test")} for split in splits]
+        info["split"] = folds[0]
+        if len(folds) > 1:
+            info["folds"] = {split.name: fold for split, fold in zip(splits, folds)}
     except UsageError:
         pass
     if args.json:
@@ -86,9 +109,10 @@ def _info(args):
           f"{' ...' if len(info['subjects']) > 12 else ''}")
     print(f"  frames     {info['frames']} with labels ({info['frames_total']} in the table, "
           f"{info['videos']} videos)")
-    if "split" in info:
-        print("  split      " + ", ".join(f"{k} {v['subjects']} subjects / {v['frames']} frames"
-                                         for k, v in info["split"].items()))
+    for name, fold in (info.get("folds") or {"split": info.get("split")}).items():
+        if fold:
+            print(f"  {name:<10} " + ", ".join(f"{k} {v['subjects']} subjects / {v['frames']} frames"
+                                              for k, v in fold.items()))
     if info["positives"]:
         print("  positives  " + "  ".join(f"{au} {n}" for au, n in info["positives"].items()))
     for note, value in table.notes.items():

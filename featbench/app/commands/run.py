@@ -44,7 +44,9 @@ def add_parser(subparsers):
                         "paper needs imagenet)")
     p.add_argument("--protocol", default=None, metavar="P",
                    help="split protocol of the classifiers: paper (12/6/9, default), literature, "
-                        "kfold:K")
+                        "kfold:K; on BP4D paper and literature are its 3 subject folds; a joined "
+                        "--dataset X+Y runs within, then cross (train on X, test on Y), unless "
+                        "one is named")
     p.add_argument("--controls", action="store_true",
                    help="also run the random-init controls: CNNs whose pretrained file is not "
                         "here from random:0, and the fine-tuned network from random:0 (flagged "
@@ -55,11 +57,16 @@ def add_parser(subparsers):
 
 def _run(args):
     from featbench.app.pipeline import run_pipeline
+    from featbench.core.datasets.joined import split_name
 
-    out = run_pipeline(workspace_of(args), preset=args.preset, dataset=args.dataset,
-                       root=args.root, weights=args.weights, protocol=args.protocol,
-                       controls=args.controls, progress=not args.quiet)
-    if args.quiet:
-        print(f"featbench run --preset {args.preset}: {len(out['runs'])} runs, "
-              f"{len(out['failed'])} failed, {out['elapsed'] / 60:.1f} min; report: {out['report']}")
+    # a joined set X+Y: the within runs, then the cross ones, so the report pairs them
+    protocols = [args.protocol] if args.protocol or not split_name(args.dataset) else ["within", "cross"]
+    for protocol in protocols:
+        out = run_pipeline(workspace_of(args), preset=args.preset, dataset=args.dataset,
+                           root=args.root, weights=args.weights, protocol=protocol,
+                           controls=args.controls, progress=not args.quiet)
+        if args.quiet:
+            print(f"featbench run --preset {args.preset}{' --protocol ' + protocol if protocol else ''}: "
+                  f"{len(out['runs'])} runs, {len(out['failed'])} failed, "
+                  f"{out['elapsed'] / 60:.1f} min; report: {out['report']}")
     return 0

@@ -1,8 +1,9 @@
 """The embedded synthetic data sets: face videos with known AU labels, in real data sets' layouts.
 
 :func:`generate_dataset` renders subjects (identity, AU episodes, head motion, light, blur,
-noise, occlusion; see ``_face``, ``_timeline``, ``_render``) and writes them in one of three
-on-disk layouts, so that featbench reads them through the very readers real data goes through:
+noise, occlusion; see ``_face``, ``_timeline``, ``_render``) in one of the renderer's domains
+(``_domain``: studio, camera and pool of people) and writes them in one of four on-disk
+layouts, so that featbench reads them through the very readers real data goes through:
 
 ============== ==================================================================================
 layout         what is written under ``root``
@@ -14,6 +15,11 @@ layout         what is written under ``root``
                ``cropped_aligned/<video>/00001.jpg`` (112 x 112 aligned faces)
 ``expression`` posed expressions from 5 views: ``images/<subject>/<subject>_<expr>_<view>.png``
                and ``manifest.csv`` (``image,subject,view,expression``)
+``bp4d``       BP4D-Spontaneous as distributed: ``AUCoding/AU_OCC/F001_T1.csv`` (header, frame,
+               one column per AU: 0 / 1 / 9 not coded), ``AUCoding/AU_INT/AU06/F001_T1_AU06.csv``
+               (FERA 2015 intensities of AU06, 10, 12, 14, 17) and ``2D+3D/F001/T1/0004.jpg``;
+               8 tasks per subject, each eliciting its own actions (``_timeline.BP4D_TASK_RATES``),
+               subject ids dealt from the protocol's three folds in turn
 ============== ==================================================================================
 
 Same seed, same bytes: every random draw comes from a per-subject seed sequence, and the files
@@ -29,21 +35,24 @@ from pathlib import Path
 from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.workspace import temp_sibling
 from featbench.core.synth import _layouts as L
+from featbench.core.synth._domain import DOMAINS, get_domain
 from featbench.core.synth._layouts import MAX_SUBJECTS
 from featbench.core.synth._sheet import contact_sheet as _cs
 
-LAYOUTS = ("disfa", "affwild2", "expression")
+LAYOUTS = ("disfa", "affwild2", "expression", "bp4d")
 #: frames per subject (``disfa``), per video (``affwild2``), takes per expression and view
 #: (``expression``) when ``frames`` is None
-DEFAULT_FRAMES = {"disfa": 240, "affwild2": 120, "expression": 1}
+DEFAULT_FRAMES = {"disfa": 240, "affwild2": 120, "expression": 1, "bp4d": 20}
 DEFAULT_SUBJECTS = 27
+#: subjects when ``subjects`` is None: DISFA's 27, BP4D's 41
+LAYOUT_SUBJECTS = {"bp4d": 41}
 MIN_SUBJECTS = 3  # train / validation / test need a subject each
 AFFWILD2_CROP = 112
 EXPRESSION_CROP = 128
 FORMAT_VERSION = 1
 INFO_FILE = "featbench_synth.json"
 
-__all__ = ["generate_dataset", "contact_sheet", "LAYOUTS", "DEFAULT_FRAMES"]
+__all__ = ["generate_dataset", "contact_sheet", "get_domain", "LAYOUTS", "DEFAULT_FRAMES", "DOMAINS"]
 
 
 def _check_int(name, value, lo, hi):
@@ -53,8 +62,9 @@ def _check_int(name, value, lo, hi):
         raise UsageError(f"--{name} {value}: must be between {lo} and {hi}")
 
 
-def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=None, seed=0,
-                     progress=True, overwrite=False, right_camera=True, difficulty=1.0, workers=None):
+def generate_dataset(root, *, layout="disfa", subjects=None, frames=None, seed=0,
+                     progress=True, overwrite=False, right_camera=True, difficulty=1.0, workers=None,
+                     domain="a"):
     """Generate a synthetic data set at ``root``; return ``root`` as a Path.
 
     The set is written into a temporary sibling folder and renamed into place at the end, so
@@ -64,12 +74,14 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
     ----------
     root : str or Path
         Folder to create (must not exist, or be empty, unless ``overwrite``).
-    layout : {"disfa", "affwild2", "expression"}
-    subjects : int
-        People, 3-64. ``disfa`` uses DISFA's 27 ids (SN001 ... SN032 with its gaps), then SN033...
+    layout : {"disfa", "affwild2", "expression", "bp4d"}
+    subjects : int, optional
+        People, 3-64 (``bp4d``: 3-41). ``disfa`` uses DISFA's 27 ids (SN001 ... SN032 with its
+        gaps), then SN033...; ``bp4d`` BP4D's 41 ids. Default: 41 for ``bp4d``, else 27.
     frames : int, optional
-        Frames per subject (``disfa``) or video (``affwild2``); takes per expression and view
-        (``expression``). Default :data:`DEFAULT_FRAMES` of the layout.
+        Frames per subject (``disfa``), video (``affwild2``) or task (``bp4d``, coded frames);
+        takes per expression and view (``expression``). Default :data:`DEFAULT_FRAMES` of the
+        layout.
     seed : int
         Same seed, same bytes in every file.
     progress : bool
@@ -83,6 +95,9 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
         Scales every nuisance (pose, light, blur, noise, occlusion); 1 is the calibrated default.
     workers : int, optional
         Processes rendering subjects in parallel (default: up to 2, one per CPU).
+    domain : str
+        The renderer's domain (:data:`DOMAINS`: ``a`` the default studio, ``b`` another
+        studio, camera and pool of people); not for ``expression``.
 
     Raises
     ------
@@ -91,7 +106,12 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
     """
     if layout not in LAYOUTS:
         raise UsageError(did_you_mean(str(layout), LAYOUTS, what="layout"))
-    _check_int("subjects", subjects, MIN_SUBJECTS, MAX_SUBJECTS)
+    get_domain(domain)
+    if layout == "expression" and domain != "a":
+        raise UsageError("--domain applies to the video layouts (disfa, affwild2, bp4d), "
+                         "not to the posed-expression set")
+    subjects = LAYOUT_SUBJECTS.get(layout, DEFAULT_SUBJECTS) if subjects is None else subjects
+    _check_int("subjects", subjects, MIN_SUBJECTS, MAX_SUBJECTS if layout != "bp4d" else 41)
     frames = DEFAULT_FRAMES[layout] if frames is None else frames
     _check_int("frames", frames, 1 if layout == "expression" else 4, 100 if layout == "expression" else 100000)
     _check_int("seed", seed, 0, 2 ** 63 - 1)
@@ -106,7 +126,7 @@ def generate_dataset(root, *, layout="disfa", subjects=DEFAULT_SUBJECTS, frames=
     tmp.mkdir()
     try:
         info = _generate(tmp, layout, subjects, frames, seed, float(difficulty), right_camera,
-                         progress, workers)
+                         progress, workers, domain)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         old = None
         if root.exists():
@@ -165,17 +185,22 @@ def files_added_since(root):
     return sorted(out)
 
 
-def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, progress, workers):
+def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, progress, workers,
+              domain="a"):
     if layout == "disfa":
         ids = L.subject_ids(subjects)
         for sub in ("Videos_LeftCamera",) + (("Video_RightCamera",) if right_camera else ()):
             (tmp / sub).mkdir()
-        jobs = [(L.write_disfa_subject, (tmp, seed, i, s, frames, difficulty, right_camera))
+        jobs = [(L.write_disfa_subject, (tmp, seed, i, s, frames, difficulty, right_camera, domain))
                 for i, s in enumerate(ids)]
     elif layout == "affwild2":
         ids = L.affwild2_videos(subjects)
-        jobs = [(L.write_affwild2_video, (tmp, seed, i, v, frames, difficulty, AFFWILD2_CROP))
+        jobs = [(L.write_affwild2_video, (tmp, seed, i, v, frames, difficulty, AFFWILD2_CROP, domain))
                 for i, v in enumerate(ids)]
+    elif layout == "bp4d":
+        ids = L.bp4d_subject_ids(subjects)
+        jobs = [(L.write_bp4d_subject, (tmp, seed, i, s, frames, difficulty, domain))
+                for i, s in enumerate(ids)]
     else:
         ids = [f"S{i + 1:03d}" for i in range(subjects)]
         jobs = [(L.write_expression_subject, (tmp, seed, i, s, frames, difficulty, EXPRESSION_CROP))
@@ -191,7 +216,7 @@ def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, pro
                 w.writerows(res["rows"])
     return {"generator": "featbench.core.synth", "format_version": FORMAT_VERSION, "layout": layout,
             "subjects": len(ids), "ids": ids, "frames": frames, "seed": seed, "difficulty": difficulty,
-            "right_camera": bool(right_camera) if layout == "disfa" else None}
+            "right_camera": bool(right_camera) if layout == "disfa" else None, "domain": domain}
 
 
 def _call(job):

@@ -190,11 +190,13 @@ def _place_nose(P, idt, a):
 
 def _place_mouth(P, idt, a, drop):
     """Set the mouth P[48:68]; return what texture drawing needs (opening, lip sizes, corners)."""
-    # Mouth. Corners: 12 up and out, 15 down, 20 out, 23 in; lips: 10 raises the upper,
+    # Mouth. Corners: 12 up and out, 14 in and a little up, 15 down, 20 out, 23 in; lips: 10 raises the upper,
     # 17 pushes the lower up, 24 presses both, 23/20 thin the red; 25 parts, 26 drops the jaw.
     my, mw = idt.mouth_y, idt.mouth_w
     mw_ = mw + 0.04 * a["AU12"] + 0.07 * a["AU20"] - 0.035 * a["AU23"] - 0.012 * a["AU24"]
+    mw_ = mw_ - 0.015 * a["AU14"]   # dimpler: corners tightened and drawn in (BP4D)
     cy = my - 0.045 * a["AU12"] + 0.07 * a["AU15"] + 0.01 * a["AU20"] + 0.01 * a["AU17"] - 0.005 * a["AU10"]
+    cy = cy - 0.008 * a["AU14"]
     thin = 1 - 0.45 * a["AU23"] - 0.5 * a["AU24"] - 0.4 * a["AU20"] - 0.2 * a["AU12"]
     lu, ll = idt.lip_up * max(thin, 0.25), idt.lip_lo * max(thin, 0.25)
     lift = 0.04 * a["AU10"] + 0.012 * a["AU09"]          # upper-lip raiser

@@ -1,4 +1,4 @@
-"""Writers of the three on-disk layouts, one subject (or video) per call.
+"""Writers of the four on-disk layouts, one subject (or video) per call.
 
 Each writer is a plain function of picklable arguments, run in a process pool; it writes only
 below the temporary root it is given and returns a small dict of counts.
@@ -8,12 +8,12 @@ import io
 
 import numpy as np
 
-from featbench.core.aus import AFFWILD2_AUS, DISFA_AUS
+from featbench.core.aus import AFFWILD2_AUS, BP4D_INTENSITY_AUS, DISFA_AUS
 from featbench.core.landmarks import ibug68_to_66
 from featbench.core.synth._face import AU_INDEX, sample_identity, strength
 from featbench.core.synth._render import FRAME_SIZE, Pose, Scene, render_frame
 from featbench.core.synth._subject import SubjectVideo, align_crop, subject_rng
-from featbench.core.synth._timeline import intensity_labels
+from featbench.core.synth._timeline import BP4D_EVENTS, BP4D_TASK_RATES, intensity_labels
 
 #: DISFA's 27 subject ids; further synthetic subjects continue as SN033, SN034, ...
 DISFA_SUBJECTS = ("SN001 SN002 SN003 SN004 SN005 SN006 SN007 SN008 SN009 SN010 SN011 SN012 SN013 "
@@ -59,11 +59,12 @@ def _video_writer(path, size):
     return vw
 
 
-def write_disfa_subject(tmp_root, seed, index, subject, n_frames, difficulty, right_camera):
+def write_disfa_subject(tmp_root, seed, index, subject, n_frames, difficulty, right_camera,
+                        domain="a"):
     """Write one subject of the DISFA layout: 12 label files, video(s), landmark files."""
     if subject == SHORT_SUBJECT:
         n_frames -= 1
-    video = SubjectVideo(seed, index, n_frames, difficulty=difficulty)
+    video = SubjectVideo(seed, index, n_frames, difficulty=difficulty, domain=domain)
     labels = intensity_labels(video.intensity)
     ldir = tmp_root / "ActionUnit_Labels" / subject
     ldir.mkdir(parents=True)
@@ -108,11 +109,11 @@ def affwild2_videos(n_subjects):
     return names
 
 
-def write_affwild2_video(tmp_root, seed, index, video_name, n_frames, difficulty, crop):
+def write_affwild2_video(tmp_root, seed, index, video_name, n_frames, difficulty, crop, domain="a"):
     """Write one video of the ABAW3 AU layout: label file and aligned crops (some missing)."""
     import cv2
 
-    video = SubjectVideo(seed, index, n_frames, difficulty=difficulty)
+    video = SubjectVideo(seed, index, n_frames, difficulty=difficulty, domain=domain)
     occ = (intensity_labels(video.intensity)[:, [AU_INDEX[a] for a in AFFWILD2_AUS]] >= 2).astype(int)
     r = subject_rng(seed, index, 9)
     values = occ.astype(np.int64)
@@ -185,3 +186,82 @@ def write_expression_subject(tmp_root, seed, index, subject, takes, difficulty, 
                 (idir / name).write_bytes(buf.tobytes())
                 rows.append((f"images/{subject}/{name}", subject, view, expr))
     return {"rows": rows}
+
+
+# --- BP4D ----------------------------------------------------------------------------------
+#: AU_OCC's columns as BP4D distributes them (after the frame column, headed "0")
+BP4D_OCC_COLUMNS = (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23,
+                    24, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39)
+BP4D_TASKS = 8
+#: images before coding starts and after it ends in each task (BP4D codes a segment)
+BP4D_LEAD, BP4D_TAIL = 2, 1
+#: BP4D's quirks, reproduced: a task whose folder lacks some labelled frames' images
+MISSING_IMAGES = ("M011", 2)
+
+
+def bp4d_subject_ids(n):
+    """The ids of ``n`` synthetic BP4D subjects, dealt from the three parts of its protocol in
+    turn (F001, M011, F007, M007, F003, ...), so that any number of at least 3 fills all folds."""
+    from featbench.core.splits import BP4D_PARTS
+
+    order = [part[i] for i in range(max(map(len, BP4D_PARTS))) for part in BP4D_PARTS
+             if i < len(part)]
+    return order[:n]
+
+
+def _bp4d_occ_text(intensity, uncoded):
+    """The AU_OCC file of one task: header, then ``frame,labels`` from frame 1 + lead."""
+    labels = intensity_labels(intensity)
+    lines = [",".join(["0"] + [str(k) for k in BP4D_OCC_COLUMNS])]
+    for i, row in enumerate(labels):
+        cells = []
+        for k in BP4D_OCC_COLUMNS:
+            au = f"AU{k:02d}"
+            if uncoded[i] or k >= 27:
+                cells.append("9")   # not coded (and BP4D's AU27+ columns are all 9)
+            else:
+                cells.append(str(int(row[AU_INDEX[au]] >= 2)) if au in AU_INDEX else "0")
+        lines.append(",".join([str(i + 1 + BP4D_LEAD)] + cells))
+    return "\n".join(lines) + "\n"
+
+
+def write_bp4d_subject(tmp_root, seed, index, subject, n_frames, difficulty, domain="a"):
+    """Write one subject of the BP4D layout: per task, AU_OCC and AU_INT files and the images.
+
+    Each task renders ``n_frames`` coded frames plus a few uncoded ones before and after (BP4D
+    codes a segment of each task); some tasks have a stretch of frames not coded (9).
+    """
+    import cv2
+
+    occ_dir = tmp_root / "AUCoding" / "AU_OCC"
+    occ_dir.mkdir(parents=True, exist_ok=True)
+    r = subject_rng(seed, index, 9)
+    coded = 0
+    for task in range(1, BP4D_TASKS + 1):
+        n_total = BP4D_LEAD + n_frames + BP4D_TAIL
+        video = SubjectVideo(seed, index, n_total, difficulty=difficulty, domain=domain, task=task,
+                             rates=BP4D_TASK_RATES[task], extra=BP4D_EVENTS)
+        inten = video.intensity[BP4D_LEAD:BP4D_LEAD + n_frames]
+        uncoded = np.zeros(n_frames, bool)
+        if r.random() < 0.3:  # a stretch the coders skipped
+            length = max(1, int(n_frames * r.uniform(0.05, 0.2)))
+            start = int(r.integers(0, max(1, n_frames - length)))
+            uncoded[start:start + length] = True
+        coded += int((~uncoded).sum())
+        name = f"{subject}_T{task}"
+        (occ_dir / f"{name}.csv").write_text(_bp4d_occ_text(inten, uncoded))
+        for au in BP4D_INTENSITY_AUS:
+            idir = tmp_root / "AUCoding" / "AU_INT" / au
+            idir.mkdir(parents=True, exist_ok=True)
+            values = intensity_labels(inten[:, AU_INDEX[au]])
+            (idir / f"{name}_{au}.csv").write_text("".join(
+                f"{i + 1 + BP4D_LEAD},{9 if uncoded[i] else int(v)}\n" for i, v in enumerate(values)))
+        fdir = tmp_root / "2D+3D" / subject / f"T{task}"
+        fdir.mkdir(parents=True)
+        gone = {BP4D_LEAD + 1, BP4D_LEAD + 2} if (subject, task) == MISSING_IMAGES else set()
+        for f, img, _ in video.frames():
+            if f in gone:
+                continue
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            (fdir / f"{f + 1:04d}.jpg").write_bytes(buf.tobytes())
+    return {"frames": BP4D_TASKS * n_frames, "coded": coded}

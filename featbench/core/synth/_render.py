@@ -274,7 +274,8 @@ def _draw_upper_marks(cv, idt, P, a):
 
 def _draw_lower_marks(cv, idt, P, a):
     """Soft-layer marks of the lower face: nasolabial furrows (AU12, AU10, AU9, AU6, AU20),
-    AU15 marionette lines, AU20 / AU23 stretch lines, AU24 and AU10 bulges, AU17 chin."""
+    AU15 marionette lines, AU20 / AU23 stretch lines, AU14 dimples, AU24 and AU10 bulges,
+    AU17 chin."""
     age = idt.age
     # Nasolabial furrows: AU12 (curved out), AU10 and AU9 (deep, straighter), AU6 a little.
     nl_v = 0.25 * age + 1.0 * max(a["AU12"], a["AU10"], 0.8 * a["AU09"], 0.35 * a["AU06"], 0.4 * a["AU20"])
@@ -288,6 +289,11 @@ def _draw_lower_marks(cv, idt, P, a):
         cv.soft("dark", 1.5 * a["AU15"], [[c_[0], c_[1] + 0.02, 0.27], [c_[0] + sx * 0.025, c_[1] + 0.12, 0.2]], 0.014)
         cv.soft("dark", 1.4 * a["AU20"] + 0.4 * a["AU23"],
                 [[c_[0] + sx * 0.015, c_[1] - 0.025, 0.27], [c_[0] + sx * 0.02, c_[1] + 0.025, 0.27]], 0.009)
+        # AU14 (dimpler): a dimple and a short crescent just beyond each tightened corner
+        cv.blob("dark", 1.1 * a["AU14"], (c_[0] + sx * 0.035, c_[1] + 0.005), (0.012, 0.02))
+        cv.soft("dark", 0.9 * a["AU14"],
+                [[c_[0] + sx * 0.02, c_[1] - 0.03, 0.27], [c_[0] + sx * 0.045, c_[1], 0.26],
+                 [c_[0] + sx * 0.025, c_[1] + 0.03, 0.27]], 0.008)
     cv.blob("light", 0.7 * a["AU24"] + 0.2 * a["AU23"], (0, P[51, 1] - 0.045), (0.1, 0.02))
     cv.blob("dark", 0.5 * a["AU10"] + 0.2 * a["AU09"], (0, P[33, 1] + 0.03), (0.03, 0.015))
     # AU17: chin boss raised (highlight), dimpled skin, a deeper furrow under the lower lip.

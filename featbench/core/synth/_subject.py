@@ -7,12 +7,13 @@ process that renders it, or the order in which subjects are made.
 
 import numpy as np
 
+from featbench.core.synth._domain import get_domain
 from featbench.core.synth._face import canonical_shape, sample_identity, strength
 from featbench.core.synth._render import FRAME_SIZE, Pose, Scene, render_frame
 from featbench.core.synth._timeline import au_timeline, event_phases, smooth_noise
 
 # random streams of a subject
-_IDENTITY, _TIMELINE, _SCENE, _NOISE, _RIGHT = range(5)
+_IDENTITY, _TIMELINE, _SCENE, _NOISE, _RIGHT, _DOMAIN, _EXTRA = range(7)
 _DATASET = 1 << 20  # the "subject" index of draws shared by the whole data set
 #: yaw (degrees) and horizontal shift (pixels) of the right camera relative to the left
 RIGHT_CAMERA = (-22.0, -28.0)
@@ -33,15 +34,29 @@ class SubjectVideo:
     n_frames : int
     difficulty : float
         Scales every nuisance (pose range, light, blur, noise, occlusion); 1 is the default.
+    domain : str
+        The renderer's domain (``_domain.DOMAINS``): studio, camera and pool of people.
+    task : int, optional
+        One of a subject's recordings (BP4D's tasks 1-8): the same person (identity stream),
+        its own actions, pose and light (the other streams are drawn per task).
+    rates, extra
+        Passed to :func:`~featbench.core.synth._timeline.au_timeline`: per-kind multipliers of
+        the event rates, and further event kinds (drawn from their own stream).
     """
 
-    def __init__(self, seed, index, n_frames, *, difficulty=1.0):
-        self.identity = sample_identity(subject_rng(seed, index, _IDENTITY))
-        self.intensity = au_timeline(subject_rng(seed, index, _TIMELINE), n_frames, index=index,
-                                     phase=event_phases(subject_rng(seed, _DATASET, _TIMELINE)))
+    def __init__(self, seed, index, n_frames, *, difficulty=1.0, domain="a", task=None,
+                 rates=None, extra=None):
+        dom = get_domain(domain)
+        self.identity = dom.identity(
+            sample_identity(subject_rng(seed, index + dom.identity_offset, _IDENTITY)),
+            subject_rng(seed, index, _DOMAIN))
+        self.seed, self.index, self.task = seed, index, task
+        self.intensity = au_timeline(self._rng(_TIMELINE), n_frames, index=index,
+                                     phase=event_phases(subject_rng(seed, _DATASET, _TIMELINE)),
+                                     rates=rates,
+                                     extra=(self._rng(_EXTRA), extra) if extra else None)
         self.n_frames = n_frames
-        self.seed, self.index = seed, index
-        r = subject_rng(seed, index, _SCENE)
+        r = self._rng(_SCENE)
         d = difficulty
         u = r.uniform
         sn = lambda amp, per=(25, 140): amp * smooth_noise(r, n_frames, period=per)  # noqa: E731
@@ -70,6 +85,14 @@ class SubjectVideo:
                             (u(-0.2, 0.2), u(0.3, 0.7), u(0.25, 0.45))][spot]
             for f in range(start, min(n_frames, start + length)):
                 self.occluder[f] = (kind, ox, oy, size)
+        dom.scene(self, self._rng(_DOMAIN))
+
+    def _rng(self, stream):
+        """The Generator of one random stream of this subject (and task: BP4D's T1-T8)."""
+        if self.task is None:
+            return subject_rng(self.seed, self.index, stream)
+        return np.random.default_rng(np.random.SeedSequence(
+            [int(self.seed), int(self.index), int(stream), 100 + int(self.task)]))
 
     def render(self, f, rng, *, camera="left"):
         """Render frame ``f`` (0-based); return (BGR image, (68, 2) landmarks)."""
@@ -82,7 +105,7 @@ class SubjectVideo:
 
     def frames(self, *, camera="left"):
         """Yield (frame, BGR image, landmarks) for every frame, with the camera's own noise."""
-        rng = subject_rng(self.seed, self.index, _NOISE if camera == "left" else _RIGHT)
+        rng = self._rng(_NOISE if camera == "left" else _RIGHT)
         for f in range(self.n_frames):
             img, lm = self.render(f, rng, camera=camera)
             yield f, img, lm

@@ -45,7 +45,26 @@ EVENTS = {
 }
 
 
-def _events(rng, n_frames, expressive, index, phase):
+#: BP4D's extra kind of action: the dimpler (AU14), frequent in its tasks (embarrassment,
+#: suppressed smiles), with the lip pressor and a weak smile
+BP4D_EVENTS = {
+    "dimple":    (0.5, {"AU14": (1.0, 1.0), "AU12": (0.5, 0.3), "AU24": (0.5, 0.25),
+                        "AU17": (0.5, 0.2)}, (6, 30)),
+}
+#: what BP4D's eight tasks elicit (Zhang et al. 2014): multipliers of the event rates
+BP4D_TASK_RATES = {
+    1: {"smile": 2.0, "laugh": 3.0, "talk": 1.5},                       # interview, a joke
+    2: {"sad": 4.0, "chin": 2.0},                                       # a sad film
+    3: {"brows_up": 3.0, "fear": 2.0, "lid_up": 2.0},                   # a startle
+    4: {"smile": 1.5, "press": 2.0, "dimple": 2.5},                     # embarrassment
+    5: {"fear": 4.0, "brows_up": 1.5, "stretch": 2.0},                  # a threat
+    6: {"frown": 2.0, "squint": 3.0, "tight": 2.0},                     # pain (cold water)
+    7: {"frown": 2.5, "press": 2.0, "tight": 2.0},                      # anger (an insult)
+    8: {"disgust": 4.0},                                                # a smell
+}
+
+
+def _events(rng, n_frames, expressive, index, phase, *, kinds=EVENTS, rates=None):
     """Yield (start, onset, apex, offset, {au: peak}) for subject ``index``.
 
     Three quarters of each kind's events are spread evenly over the subjects (subject ``i``
@@ -57,7 +76,9 @@ def _events(rng, n_frames, expressive, index, phase):
     # Short videos get shorter, more frequent actions at the same base rates: more subjects
     # then show each AU (a 120-frame video would otherwise hold one or two events in all).
     squeeze = float(np.clip(n_frames / 400.0, 0.3, 1.0))
-    for kind, (rate, members, (a0, a1)) in EVENTS.items():
+    for kind, (rate, members, (a0, a1)) in kinds.items():
+        if rates:
+            rate = rate * rates.get(kind, 1.0)
         b0, b1 = max(1, int(round(a0 * squeeze))), max(1, int(round(a1 * squeeze)))
         more = (5.0 + 0.5 * (a0 + a1)) / (5.0 + 0.5 * (b0 + b1))  # ramps ~ 5 frames of the event
         a0, a1 = b0, b1
@@ -92,17 +113,32 @@ def event_phases(rng):
     return {k: (float(rng.random()), rng.permutation(SPREAD_SLOTS)) for k in EVENTS}
 
 
-def au_timeline(rng, n_frames, *, index=0, phase=None):
-    """Return continuous AU intensities, shape (n_frames, 16), float32 in 0-5.
+def au_timeline(rng, n_frames, *, index=0, phase=None, rates=None, extra=None):
+    """Return continuous AU intensities, shape (n_frames, len(AU_INDEX)), float32 in 0-5.
 
     ``index`` is the subject's position and ``phase`` the data set's :func:`event_phases`.
+    ``rates`` multiplies the rate of some kinds of event (``{"smile": 2.0}``: a task that
+    elicits smiles). ``extra`` = ``(rng, kinds)`` adds event kinds shaped as :data:`EVENTS`
+    (BP4D's AU14: :data:`BP4D_EVENTS`), drawn from their own ``rng`` so that the other
+    events are drawn exactly as without them.
     """
     out = np.zeros((n_frames, len(AU_INDEX)), np.float32)
     phase = phase or {k: (0.5, np.arange(SPREAD_SLOTS)) for k in EVENTS}
     # Subjects differ in how much they show of each kind of action (DISFA: some never smile).
     expressive = {k: float(rng.lognormal(0.0, 0.6)) for k in EVENTS}
-    t = np.arange(n_frames, dtype=np.float32)
-    for start, onset, apex, offset, aus in _events(rng, n_frames, expressive, index, phase):
+    _add_events(out, _events(rng, n_frames, expressive, index, phase, rates=rates))
+    if extra:
+        xrng, kinds = extra
+        expressive = {k: float(xrng.lognormal(0.0, 0.6)) for k in kinds}
+        phase = {k: (0.5, np.arange(SPREAD_SLOTS)) for k in kinds}
+        _add_events(out, _events(xrng, n_frames, expressive, index, phase, kinds=kinds, rates=rates))
+    return out
+
+
+def _add_events(out, events):
+    """Add each event's AU envelopes to ``out`` (frames, AUs), combining overlaps by maximum."""
+    t = np.arange(len(out), dtype=np.float32)
+    for start, onset, apex, offset, aus in events:
         up = np.clip((t - start) / onset, 0, 1)
         down = np.clip((start + onset + apex + offset - t) / offset, 0, 1)
         env = np.minimum(up, down)
@@ -112,7 +148,6 @@ def au_timeline(rng, n_frames, *, index=0, phase=None):
         for au, peak in aus.items():
             j = AU_INDEX[au]
             np.maximum(out[:, j], peak * env, out=out[:, j])
-    return out
 
 
 def intensity_labels(intensity):
