@@ -33,21 +33,27 @@ def hog_run(tmp_path_factory):
     ``predict`` applies it to any footage: faces are detected, aligned and HOG-encoded for
     real; without a face a frame is a ``success = 0`` row. Returns ``(workspace root, run)``.
     """
-    from classify.run import classify_run
-    from extract.store import open_store
     from featbench.core.workspace import Workspace
-    from test_classify import make_table
 
     ws = Workspace(tmp_path_factory.mktemp("hog-ws"))
+    return ws.root, hog_lda_run(ws)
+
+
+def hog_lda_run(ws, **kw):
+    """Train a ``hog`` LDA run (AU01, AU02) in ``ws`` on random HOG-sized codes where AU01
+    shifts one dimension; ``kw`` goes to classify_run (``calibrate=...``). Returns its name."""
+    from classify.run import classify_run
+    from extract.store import open_store
+    from test_classify import make_table
+
     table = make_table(n_frames=4)
     X = np.random.default_rng(0).random((len(table), 6084)).astype(np.float32)
     X[:, 0] += 3 * table.frames["AU01"].to_numpy()
     with open_store(ws.features_path("synth", "hog"), keys=table.keys(), model="hog", layer="HOG",
                     weights="none", input_size=112, dims=6084, overwrite=True) as w:
         w.write("full", 0, X)
-    res = classify_run(ws, "synth", table=table, model="hog", clf="lda", progress=False, n_jobs=1,
-                       aus="AU01,AU02")
-    return ws.root, res["run"]
+    return classify_run(ws, "synth", table=table, model="hog", clf="lda", progress=False,
+                        n_jobs=1, aus="AU01,AU02", **kw)["run"]
 
 
 def write_png(path, size=(80, 60), seed=0):

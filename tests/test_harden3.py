@@ -104,6 +104,46 @@ def test_1_a_finished_workspace_reruns_featbench_run_without_extracting(tmp_path
     assert features.stat().st_mtime_ns == before  # not rewritten
 
 
+# --- 2. a person-calibrated run, a second face in one frame ---------------------------------------
+def test_2_a_face_track_too_short_to_calibrate_is_written_empty_and_said(tmp_path, capsys):
+    """predict --all-faces with a calibrated run: the second face, seen in one frame, has a track
+    too short for a reference; LDA crashed on its nan codes (traceback, exit 1). Now its row has
+    a face and empty AU columns, and the summary and sidecar say so."""
+    import json
+
+    import cv2
+    import pandas as pd
+    from skimage import data
+
+    from featbench.core.workspace import Workspace
+    from test_harden2 import hog_lda_run
+    from test_predict import write_video as write_rgb_video
+
+    ws = Workspace(tmp_path / "ws")
+    run = hog_lda_run(ws, calibrate="median")
+    face = cv2.resize(data.astronaut(), (300, 300), interpolation=cv2.INTER_AREA)
+    frames = []
+    for k in range(4):
+        canvas = np.full((320, 760, 3), 90, np.uint8)
+        canvas[10:310, 20 + 6 * k:320 + 6 * k] = face
+        if k == 2:  # a passer-by, in one frame
+            canvas[10:310, 440:740] = face
+        frames.append(canvas)
+    clip = write_rgb_video(tmp_path / "clip.avi", frames)
+    out = tmp_path / "clip.csv"
+    proc = cli(capsys, "--workspace", ws.root, "predict", clip, "--run", run, "--all-faces",
+               "--out", out, "--quiet")
+    assert proc.returncode == 0, proc
+    df = pd.read_csv(out)
+    assert len(df) == 5 and (df["success"] == 1).all()
+    short = df[df["face_id"] == df["face_id"].max()]
+    assert len(short) == 1 and short[["AU01_c", "AU01_p", "AU02_c"]].isna().all(axis=None)
+    assert df[df["face_id"] == 0][["AU01_c", "AU01_p"]].notna().all(axis=None)
+    assert "1 face track(s) too short to calibrate (1 face(s))" in proc.stdout, proc.stdout
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["uncalibrated_faces"] == 1 and len(sidecar["uncalibrated_tracks"]) == 1
+
+
 # --- 5. Ctrl-C honoured at the next batch, every time ---------------------------------------------
 def _sigint_when(proc, ready, timeout=180):
     """Wait until ``ready()`` (the work has started: a file grew), send SIGINT (as Ctrl-C, or
