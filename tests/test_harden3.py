@@ -252,6 +252,27 @@ def test_5_ctrl_c_stops_extract_and_finetune_at_a_batch_and_their_reruns_resume(
     assert '"resumed_from": 0' not in json.dumps(settings), settings  # it went on, not over
 
 
+@pytest.mark.slow
+def test_5_ctrl_c_stops_predict_at_the_next_batch_and_removes_its_unfinished_csv(tmp_path):
+    import time
+
+    from test_harden import start_featbench
+    from test_harden2 import hog_lda_run
+    from featbench.core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    run = hog_lda_run(ws)
+    clip = tmp_path / "long.avi"
+    write_video(clip, 600, size=(320, 240), seed=3)
+    out = tmp_path / "long.csv"
+    proc = start_featbench("--workspace", ws.root, "predict", clip, "--run", run, "--out", out)
+    t0 = time.monotonic()
+    err, seconds = _sigint_when(proc, lambda: time.monotonic() - t0 > 8)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "featbench: interrupted; nothing was kept (the unfinished CSV was removed)" in err, err
+    assert seconds < 60 and not out.exists() and not out.with_suffix(".json").exists()
+
+
 # --- 6. crashes and messages ------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("after", [0.05, 0.3])

@@ -23,7 +23,7 @@ import numpy as np
 from featbench.apply.encoders import DEFAULT_BATCH, encode_batch, encode_faces, join_codes
 from featbench.apply.faces import Tracker, detect_frame
 from featbench.apply.output import COLUMNS_HEAD, uncalibrated_stats
-from featbench.core import footage
+from featbench.core import footage, interrupt
 from featbench.core._background import in_background, ordered_map
 from featbench.core.threads import use_torch_threads
 
@@ -136,8 +136,9 @@ def stream(sources, outputs, encoders, writer, *, detector, size, all_faces, bat
             emit(held, codes)
             held.clear()
 
-        for batch in batches(items, batch_size=batch_size, window=min(windows) if windows else None,
-                             tracker=tracker, whole=whole):
+        for batch in interrupt.between(  # Ctrl-C: stops at the next batch
+                batches(items, batch_size=batch_size, window=min(windows) if windows else None,
+                        tracker=tracker, whole=whole)):
             if not whole:
                 emit(batch)
             else:
