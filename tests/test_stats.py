@@ -180,3 +180,12 @@ def test_rank_stability_of_a_hand_worked_case():
 def test_bad_settings_name_their_flag(level, resamples, flag):
     with pytest.raises(UsageError, match=flag):
         stats.check_settings(level, resamples)
+
+
+def test_one_subject_has_no_interval_and_no_test():
+    p = simulated(subjects=1)
+    value, lo, hi = stats.run_intervals(stats.subject_table(p))["f1"]
+    assert np.isfinite(value[-1]) and np.isnan(lo).all() and np.isnan(hi).all()
+    c = stats.compare_tables(*stats.paired_tables(p, p)[:2])
+    assert c["diff"][-1] == 0 and np.isnan(c["p"]).all()
+    assert stats.verdict(0.3, float("nan"), 0.05) == "not decided"

@@ -233,13 +233,29 @@ def claims_lines(rows, *, left_out=None, comparer=None):
                   f"{_pct(c['hi'], True)}] | {_p(c['p_adj'])} | {VERDICT_CELL[c['verdict']]} |"
                   for c in found]
         lines.append("")
-    lines += _verdict_lines(found)
+    lines += _verdict_lines(found) + power_lines(tested, settings)
     if left_out:
         lines += [f"Left out of the last `featbench run`: {', '.join(f'`{m}`' for m in left_out)} "
                   f"({'; '.join(left_out.values())}). They would add {LEFT_OUT_ADDS}; "
                   "`featbench weights fetch NAME` (or `import PATH`) and a rerun add them, "
                   "`featbench run --controls` runs them from random weights as controls.", ""]
     return lines
+
+
+def power_lines(tested, settings):
+    """A sentence when the table cannot decide anything: with S subjects an exact paired test's
+    smallest two-sided p is 2 / 2^S, and Holm multiplies the smallest p by the comparisons."""
+    subjects = max((c["subjects"] for c in tested), default=0)
+    if not subjects or 2 ** subjects > settings.resamples:
+        return []
+    floor, m = 2.0 / 2 ** subjects, len(tested)
+    if floor * m < settings.alpha:
+        return []
+    return [f"With {subjects} test subjects an exact paired test cannot give p below 2/2^"
+            f"{subjects} = {floor:.2g}, and Holm over {m} comparisons multiplies the smallest p by "
+            f"{m} ({floor * m:.2g} >= {settings.alpha:.2g}): no comparison in this table can be "
+            "decided on this split, whatever its effect. A protocol that tests every subject "
+            "(`--protocol kfold:3`) has the power to.", ""]
 
 
 def _verdict_lines(found):

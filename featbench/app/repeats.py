@@ -76,7 +76,8 @@ def repeats_markdown(base, found, stab):
              f"Each run trained and tested {n} times, the subjects dealt into folds anew each "
              f"time (`{base}:r1` ... `{base}:r{found['repeats'][-1]}`; balancing and solver seeds "
              "unchanged). Mean F1 over AUs, %: mean ± sd over the repeats; first: the share of "
-             "repeats in which the run ranks first.", "",
+             "repeats in which the run ranks first (a tie counts for each); mean rank: 1 = best.",
+             "",
              "| run | mean F1 ± sd | min - max | first | mean rank |" + "".join(
                  f" r{r} |" for r in found["repeats"]),
              "| --- | --- | --- | --- | --- |" + " --- |" * n]
@@ -88,7 +89,7 @@ def repeats_markdown(base, found, stab):
                      + "".join(f" {v:.1f} |" if math.isfinite(v) else " — |" for v in s))
     if stab["pairs"]:
         lines += ["", f"Rank correlation of the runs' mean F1 between two repeats (over the "
-                      f"{stab['pairs']} pairs of repeats): Spearman ρ mean {stab['spearman']:.2f} "
+                      f"{stab['pairs']} pair{'s' if stab['pairs'] > 1 else ''} of repeats): Spearman ρ mean {stab['spearman']:.2f} "
                       f"(min {stab['spearman_min']:.2f}), Kendall τ mean {stab['kendall']:.2f} "
                       f"(min {stab['kendall_min']:.2f}).", ""]
     else:

@@ -37,7 +37,7 @@ from featbench.core.splits import repeat_of
 from featbench.core.workspace import atomic_write_text, save_figure
 
 from classify.ensemble import command_for_run
-from featbench.app.claims import RUN_PLAN, claims_lines
+from featbench.app.claims import RUN_PLAN, claims_lines, power_lines
 from featbench.app.comparisons import Comparer, is_tied, ties_with_top
 from featbench.app.repeats import write_repeats
 from featbench.app.report_intensity import intensity_lines, is_intensity
@@ -524,6 +524,7 @@ def _runs_lines(ok, base, aus, ev):
         lines += [f"*vs top*: the paired test of each run against `{top}` (Holm over the "
                   f"{len(ev.ties)} comparisons); ≈ top: not distinguishable from it on this data "
                   f"({len(tied)} run{'s' if len(tied) != 1 else ''}).", ""]
+        lines += power_lines(list(ev.ties.values()), ev.settings)
     base_mean = _mean_of(base.get("f1", {}), aus)
     if not math.isnan(base_mean):
         lines += [f"(all-positive baseline: mean F1 {base_mean * 100:.1f}; random at the base "

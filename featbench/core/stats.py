@@ -526,6 +526,8 @@ def permutation_pvalues(a, b, metric, settings):
     from scipy.stats import permutation_test
 
     n = len(a.subjects)
+    if n < 2:  # one subject: nothing to swap, no test
+        return np.full(len(a.aus) + 1, np.nan), False
     slot_a, slot_b = _stacked(a, b, a.group), _stacked(a, b, b.group)
 
     none = np.zeros(0, np.int64)
@@ -568,7 +570,9 @@ def compare_tables(a, b, *, metric="f1", settings=None):
     lo, hi = (np.full(va.shape, np.nan),) * 2 if dist is None else percentile_interval(dist, settings.level)
     p, exact = permutation_pvalues(a, b, metric, settings)
     n = len(a.subjects)
-    test = (f"{TEST} ({'exact, all ' + str(2 ** n) + ' swaps' if exact else str(settings.resamples) + ' random swaps'})")
+    how = (f"exact, all {2 ** n} swaps" if exact else f"{settings.resamples} random swaps"
+           if n > 1 else "not possible with one subject")
+    test = f"{TEST} ({how})"
     return {"metric": metric, "aus": list(a.aus), "a": va, "b": vb, "diff": va - vb, "lo": lo,
             "hi": hi, "p": p, "subjects": n, "frames": a.frames, "exact": exact,
             "interval": f"{settings.level * 100:g}% paired {METHOD} ({settings.resamples} "
