@@ -20,7 +20,7 @@ from classify.estimators import (C_GRID, DEFAULT_C, ClassifierSpec, ShrinkageLDA
 from classify.kinds import (RunKind, fold_results, load_scorer, member_fingerprint, unit_group,
                             write_run_model)
 from classify.scale import fit_streamed
-from classify.scorer import RunModel
+from classify.infer import RunModel
 
 
 # --- per-AU classifiers on codes --------------------------------------------------------------

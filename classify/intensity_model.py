@@ -6,7 +6,7 @@ format (a JSON manifest beside safetensors tensors): one tensor group per AU (``
 manifest's ``task`` is ``intensity``, its ``preprocessing`` names the network, the region each
 AU reads and the calibration (``calibrate``: none / median / neutral, per person = one face
 track), its thresholds are the ``_c`` decisions' (``score > 1.5``: rounded intensity >= 2).
-:func:`load_intensity` gives the :class:`~classify.scorer.RunModel` that ``featbench predict``
+:func:`load_intensity` gives the :class:`~classify.infer.RunModel` that ``featbench predict``
 applies; it reproduces the run's test predictions from the same codes.
 """
 
@@ -18,7 +18,7 @@ from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, decision_thresh
 
 from classify.intensity import LinearIntensity
 from classify.kinds import RunKind, unit_group, write_run_model
-from classify.scorer import RunModel
+from classify.infer import RunModel
 
 
 def save_intensity_model(folder, trained, *, run, aus, weights, preprocessing, dataset,
@@ -53,7 +53,7 @@ def save_intensity_model(folder, trained, *, run, aus, weights, preprocessing, d
 
 
 def load_intensity(model_file):
-    """The ``load`` of ``ridge`` / ``svr``: a :class:`~classify.scorer.RunModel` whose AUs are
+    """The ``load`` of ``ridge`` / ``svr``: a :class:`~classify.infer.RunModel` whose AUs are
     :class:`~classify.intensity.LinearIntensity` (clipped intensities; decisions ``> 1.5``)."""
     m = model_file.manifest
     if m.get("task") != "intensity":

@@ -71,7 +71,8 @@ from classify.learn import store
 from classify.learn.facekind import face_kind
 from classify.learn.intensity import check_task, task_named
 from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
-from classify.learn.method import Job, Method, Unit, UnitData, counts, score_batches, trainable
+from classify.infer import score_batches
+from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
 from classify.learn.task import EXPRESSION, OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
 from classify.training import TrainConfig, fit, plot_history
