@@ -15,8 +15,9 @@ Conventions, stated once
   resample is a weight per subject (how often it was drawn) times a (subjects x AUs x counts)
   table: a resample costs a matrix product, never a pass over frames. ROC-AUC pools pairs of a
   positive and a negative frame; the (AU, subject, subject) table of pairs ranked correctly
-  (ties half) makes it a quadratic form in the same weights. Memory: resamples x (subjects +
-  reported values), independent of the number of frames.
+  (ties half) makes it a quadratic form in the same weights. Memory: the bootstrap
+  distribution (reported values x resamples) and, per batch of :data:`BATCH` resamples, the
+  draws (batch x subjects) and their products (batch x subjects x AUs); never frames.
 - **Intervals** are percentile intervals (Efron & Tibshirani 1993, ch. 13) of
   :data:`DEFAULT_RESAMPLES` resamples drawn by :func:`scipy.stats.bootstrap` (seeded). Not BCa:
   its acceleration is a jackknife over the subjects, nine of them in the paper protocol, which
@@ -69,6 +70,9 @@ MIN_RESAMPLES = 100
 OCCURRENCE_METRICS = ("f1", "accuracy", "precision", "recall", "auc")
 #: and those an intensity run adds
 INTENSITY_METRICS = ("icc", "pearson", "mae")
+#: resamples evaluated at once: bounds the working memory (resamples x subjects x AUs per
+#: batch); only the bootstrap distribution itself (reported values x resamples) grows with them
+BATCH = 250
 #: the interval type, as tables and reports name it
 METHOD = "percentile bootstrap over test subjects"
 TEST = "paired permutation test over subjects"
@@ -412,7 +416,7 @@ def bootstrap_distribution(statistic, groups, n_subjects, settings):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy's own percentile of nan resamples: taken below
         res = bootstrap(tuple(strata), stat, n_resamples=settings.resamples, vectorized=True,
-                        method="percentile", confidence_level=settings.level,
+                        method="percentile", confidence_level=settings.level, batch=BATCH,
                         rng=np.random.default_rng(settings.seed))
     return np.asarray(res.bootstrap_distribution)
 
@@ -543,7 +547,7 @@ def permutation_pvalues(a, b, metric, settings):
         warnings.simplefilter("ignore", RuntimeWarning)
         res = permutation_test((idx, idx + n), diff, permutation_type="samples", vectorized=True,
                                n_resamples=settings.resamples, alternative="two-sided",
-                               rng=np.random.default_rng(settings.seed))
+                               batch=BATCH, rng=np.random.default_rng(settings.seed))
     p = np.asarray(res.pvalue, dtype=float)
     obs = np.asarray(res.statistic, dtype=float)
     return np.where(np.isfinite(obs), p, np.nan), bool(2 ** n <= settings.resamples)
