@@ -216,3 +216,37 @@ def test_run_repeats_every_frozen_code_run_and_its_votes_not_the_fine_tuned():
         assert {f"{f}__{tag}" for f in frozen} <= set(names)
     assert names.count("ensemble fe") == names.count("ensemble fe+region") == 2
     assert not any("ft" in n.split("__")[0] or n.endswith("+ft") or "ft+" in n for n in names)
+
+
+def test_intensity_runs_get_icc_intervals_and_compare_by_icc(tmp_path, capsys):
+    from featbench.core.metrics import intensity_metrics
+
+    ws = Workspace(tmp_path)
+    base = simulated(intensity=True)
+    for name, noise in (("hog__full__ridge", 0.5), ("dlib_face__full__ridge", 1.5)):
+        rng = np.random.default_rng(len(name))
+        pred = np.clip(base["intensities"] + rng.normal(0, noise, base["scores"].shape), 0, 5)
+        path = ws.predictions_path("synth", name)
+        write_predictions(path, frames=base["frames"], labels=base["labels"], scores=pred,
+                          decisions=(pred > 1.5).astype(np.int8), fold=base["fold"],
+                          aus=base["aus"], thresholds=np.full(4, 1.5), intensities=base["intensities"],
+                          run=name, task="intensity")
+        rows = [{"au": au, **intensity_metrics(base["intensities"][:, a], pred[:, a],
+                                               base["labels"][:, a]), "threshold": 1.5}
+                for a, au in enumerate(base["aus"])]
+        model, region, clf = name.split("__")
+        write_run(ws, "synth", name, rows, predictions=path,
+                  meta={"model": model, "region": region, "clf": clf, "task": "intensity"})
+    rows = {r["run"]: r for r in read_summary_rows(ws.summary_csv("synth"))}
+    good = rows["hog__full__ridge"]
+    assert float(good["mean_icc_lo"]) < float(good["mean_icc"]) < float(good["mean_icc_hi"])
+    assert float(good["mean_mae_lo"]) < float(good["mean_mae"]) < float(good["mean_mae_hi"])
+    text = make_report(ws, "synth").read_text().split("## Intensity runs by mean ICC(3,1)")[1]
+    assert f"{float(good['mean_icc']):.3f} [{float(good['mean_icc_lo']):.3f}, " in text
+    assert "| top |" in text and "| below |" in text
+    assert main(["--workspace", str(tmp_path), "compare", "hog__full__ridge",
+                 "dlib_face__full__ridge", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metric"] == "icc" and out["mean"]["verdict"] == "holds"
+    assert out["mean"]["diff"] == pytest.approx(float(good["mean_icc"]) - float(
+        rows["dlib_face__full__ridge"]["mean_icc"]), abs=1e-4)
