@@ -248,9 +248,10 @@ def _error_bar(ax, x, y, row):
     return max(y, hi)
 
 
-def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS, intervals=None):
-    """Heatmap of per-AU F1 of the ``top`` best runs, with the all-positive baseline as last row;
-    each cell's interval (``intervals``: {run: {AU: (lo, hi)}}) under its value."""
+def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS, intervals=None, chance=None):
+    """Heatmap of per-AU F1 of the ``top`` best runs, with the all-positive baseline (and the F1
+    of guessing at the base rate, ``chance``) as last rows; each cell's interval (``intervals``:
+    {run: {AU: (lo, hi)}}) under its value."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     aus = _au_columns(ok)
@@ -258,9 +259,11 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS, intervals=None):
     names = [r["run"] + ((" (random-init members)" if r["clf"] == "vote" else " (random init)")
                          if is_random(r.get("weights")) else "") for _, r in rows.iterrows()]
     grid = [[_float(r.get(f"f1_{au}")) for au in aus] for _, r in rows.iterrows()]
-    if baseline:
-        names.append("all-positive baseline")
-        grid.append([baseline.get(au, float("nan")) for au in aus])
+    floors = [(name, per_au) for name, per_au in (("all-positive baseline", baseline),
+                                                   ("random at the base rate", chance)) if per_au]
+    for name, per_au in floors:
+        names.append(name)
+        grid.append([per_au.get(au, float("nan")) for au in aus])
     grid = np.array(grid, dtype=float).reshape(len(names), len(aus))
     spans = [(intervals or {}).get(run, {}) for run in rows["run"]]
     fig = Figure(figsize=(max(6.0, 0.75 * len(aus) + 4), 0.55 * len(names) + 1.6))
@@ -279,8 +282,8 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS, intervals=None):
     ax.set_xticklabels(aus, fontsize=8)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
-    if baseline:
-        ax.axhline(len(names) - 1.5, color="w", lw=2)
+    if floors:
+        ax.axhline(len(names) - len(floors) - 0.5, color="w", lw=2)
     ax.set_title(f"Per-AU F1 (%) of the {len(rows)} best runs"
                  + (" (under each: its interval)" if any(spans) else ""))
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="F1")
@@ -416,7 +419,7 @@ def make_report(workspace, dataset, *, settings=None, latex=False):
         out_dir = workspace.results_dir(dataset)
         plot_mean_f1(ok, out_dir / CHART_MEAN, baseline=_mean_of(base.get("f1", {}), aus))
         plot_per_au(ok, out_dir / CHART_PER_AU, baseline=base.get("f1") or None,
-                    intervals=ev.per_au)
+                    intervals=ev.per_au, chance=base.get("chance") or None)
         if latex:
             atomic_write_text(out_dir / LATEX_TABLE, latex_table(ok, ev))
     path = workspace.report_path(dataset)
