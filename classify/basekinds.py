@@ -19,6 +19,7 @@ from classify.estimators import (C_GRID, DEFAULT_C, ClassifierSpec, ShrinkageLDA
                                  estimator_from_arrays, make_lda, make_svm)
 from classify.kinds import (RunKind, fold_results, load_scorer, member_fingerprint, unit_group,
                             write_run_model)
+from classify.modelcheck import VOTE_SPEC, estimator_spec
 from classify.scale import fit_streamed
 from classify.infer import RunModel
 
@@ -50,6 +51,24 @@ def load_estimators(model_file, classes):
     return RunModel.from_model_file(model_file, folds)
 
 
+#: the fitted arrays a saved pipeline step of each class holds: attribute -> (shape, required);
+#: ``"d"`` is the code dimension, other strings free sides; required: True, False, or the
+#: parameter that makes it needed (a scaler's ``with_mean``). Checked before a run loads
+#: (:func:`classify.modelcheck.estimator_spec`); a class not listed: any fitted-named arrays.
+_COEF = {"coef_": ((1, "d"), True), "intercept_": ((1,), True), "classes_": ((2,), False)}
+FITTED_ARRAYS = {
+    "StandardScaler": {"mean_": (("d",), "with_mean"), "scale_": (("d",), "with_std"),
+                       "var_": (("d",), False)},
+    "LinearSVC": _COEF,
+    "SGDClassifier": _COEF,
+    "ShrinkageLDA": {**_COEF, "means_": ((2, "d"), False), "priors_": ((2,), False),
+                     "shrinkage_": ((2,), False)},
+    "LinearDiscriminantAnalysis": {**_COEF, "means_": ((2, "d"), False), "priors_": ((2,), False),
+                                   "xbar_": (("d",), False), "scalings_": (("d", "r"), False),
+                                   "explained_variance_ratio_": (("r",), False)},
+}
+
+
 def estimator_kind(spec, **kw):
     """Return the :class:`RunKind` of a per-AU estimator ``spec`` (trained by ``classify_run``)."""
     def load(model_file):
@@ -60,7 +79,7 @@ def estimator_kind(spec, **kw):
 
     return RunKind(name=spec.name, load=load, save=save, train="classify.run:classify_run",
                    command=f"featbench classify --clf {spec.name}", estimator=spec,
-                   help=spec.help, **kw)
+                   help=spec.help, spec=estimator_spec(spec.classes, FITTED_ARRAYS), **kw)
 
 
 def _svm_classes():
@@ -111,15 +130,10 @@ def load_vote(model_file):
     if missing:
         raise StoreError(f"{model_file.path}: member {missing[0][0]} has no {missing[0][1]}: "
                          "run featbench ensemble again")
-    return RunModel(run=m["run"], dataset=m["training_data"]["dataset"], clf="vote", model="",
-                    weights=m["weights"], aus=list(m["aus"]), members=loaded,
-                    scales=model_file.tensors("vote")["scales"].astype("float64"),
-                    alignment=loaded[0].alignment, source=model_file,
-                    info={"protocol": m["settings"].get("protocol")},
-                    task=str(m.get("task") or "occurrence"))
+    return RunModel.vote_of(model_file, loaded, model_file.tensors("vote")["scales"].astype("float64"))
 
 
 #: the ``vote`` kind: a majority vote of other runs (``featbench ensemble``)
 VOTE = RunKind(name="vote", load=load_vote, save=save_vote, train="classify.ensemble:ensemble_run",
-               command="featbench ensemble", inputs="runs",
+               command="featbench ensemble", inputs="runs", spec=VOTE_SPEC,
                help="majority vote of member runs, ties broken by scaled scores")

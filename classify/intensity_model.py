@@ -19,6 +19,7 @@ from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, decision_thresh
 from classify.intensity import LinearIntensity
 from classify.kinds import RunKind, unit_group, write_run_model
 from classify.infer import RunModel
+from classify.modelcheck import INTENSITY_SPEC
 
 
 def save_intensity_model(folder, trained, *, run, aus, weights, preprocessing, dataset,
@@ -72,7 +73,8 @@ def load_intensity(model_file):
 def _kind(name, help):
     return RunKind(name=name, load=load_intensity, save=save_intensity_model,
                    train="classify.intensity_run:intensity_run",
-                   command=f"featbench classify --task intensity --clf {name}", help=help)
+                   command=f"featbench classify --task intensity --clf {name}", help=help,
+                   spec=INTENSITY_SPEC)
 
 
 #: the ``ridge`` kind: per-AU ridge regression of intensities on codes

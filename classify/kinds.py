@@ -84,6 +84,9 @@ class RunKind:
         other runs (a vote).
     help : str
         One line for ``--help`` and error messages.
+    spec : classify.modelcheck.KindSpec, optional
+        What its model file must hold (tensors, settings, tasks), checked before it loads
+        (:func:`classify.modelcheck.check_model`); None: the manifest's schema only.
     """
 
     name: str
@@ -97,6 +100,7 @@ class RunKind:
     options: Optional[Callable] = None
     inputs: str = "codes"
     help: str = ""
+    spec: Any = None
 
     def trainer(self):
         """Return the function that trains a run of this kind (imported now)."""

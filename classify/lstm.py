@@ -56,6 +56,7 @@ from featbench.core.modelfile import open_model
 
 from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
+from classify.modelcheck import LSTM_SPEC
 from classify.kinds import RunKind
 from classify.learn.intensity import task_named
 from classify.learn.task import OCCURRENCE
@@ -624,4 +625,5 @@ def load_lstm(model_file):
 #: subject's sequence of codes (``featbench classify --clf lstm``)
 KIND = RunKind(name="lstm", load=load_lstm, save=save_fits, train="classify.run:classify_run",
                command="featbench classify --clf lstm", fit_jobs=run_jobs, options=options_from,
+               spec=LSTM_SPEC,
                help="LSTM over each subject's code sequence, epoch chosen on validation")

@@ -75,6 +75,7 @@ from classify.infer import score_batches
 from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
 from classify.learn.task import EXPRESSION, OCCURRENCE
 from classify.learn.writer import recording_failure, write_outputs
+from classify.modelcheck import network_spec
 from classify.training import TrainConfig, fit, plot_history
 from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec
@@ -801,4 +802,5 @@ def check_start(settings):
 #: full faces, scores and thresholds as probabilities (:mod:`classify.learn.facekind`)
 KIND = face_kind("transfer", TransferMethod, train="classify.transfer:transfer_run",
                  command="featbench transfer",
+                 spec=network_spec(TransferMethod, "transfer", extra_groups=("backbone",)),
                  help="an expression-pretrained network fine-tuned for AUs")

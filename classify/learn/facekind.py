@@ -31,11 +31,12 @@ from classify.kinds import RunKind
 from classify.infer import NetworkOutput, NetworkScores, RunModel
 
 
-def face_kind(name, method, *, train="", command="", help=""):
-    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces."""
+def face_kind(name, method, *, train="", command="", help="", spec=None):
+    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces
+    (``spec``: what its model files hold, :func:`classify.modelcheck.network_spec`)."""
     return RunKind(name=name, load=partial(load_face_run, method=method),
                    writer="classify.learn.loop:write_model", train=train, command=command,
-                   inputs="faces", help=help)
+                   inputs="faces", help=help, spec=spec)
 
 
 def load_face_run(model_file, *, method):
@@ -46,6 +47,7 @@ def load_face_run(model_file, *, method):
     to_scores = method.to_scores_of(settings)
     # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
     prob = method.probabilities and m.get("task", "occurrence") == "occurrence"
+    start = WeightsId.parse(settings.get("start_weights") or m["weights"])  # the manifest's string
     folds = []
     for fi, fold in enumerate(m["folds"]):
         outputs = {}
@@ -56,8 +58,8 @@ def load_face_run(model_file, *, method):
                                 sha256=m["tensors"][name].get("sha256", ""),
                                 build=partial(method.network, settings, name),
                                 face_input=_face_input(settings, e), to_scores=to_scores,
-                                start_weights=settings.get("start_weights") or m["weights"])
-            wid = str(WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256))
+                                start_weights=start)
+            wid = WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256)
             for j, au in enumerate(e["aus"]):
                 if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
                     thr = float(fold["thresholds"][au])
