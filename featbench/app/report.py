@@ -606,7 +606,8 @@ def latex_table(ok, ev):
             f1 = rf"\textbf{{{f1}}}"
         elif r["run"] in ev.ties and is_tied(ev.ties[r["run"]], ev.settings.alpha):
             f1 = f1 + r"$^\dagger$"
-        weights = _tex(describe_weights(r.get("weights")).replace("**", ""))
+        # a table in a paper names the weights, not their file's digest
+        weights = _tex(describe_weights(r.get("weights")).replace("**", "").split(" sha256:")[0])
         lines.append(rf"\texttt{{{_tex(r['run'])}}} & {weights} & {f1} & "
                      rf"{_tex(_mean_ci(r, 'accuracy'))} \\")
     lines += [r"\bottomrule", r"\end{tabular}",
