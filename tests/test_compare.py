@@ -195,10 +195,12 @@ def test_repeated_runs_get_a_stability_table_and_their_own_report_section(tmp_pa
     assert "## Repeated splits" in text and "kfold3r2" not in text.split("## Repeated")[0]
 
 
-def test_repeats_need_a_kfold_protocol(tmp_path):
-    status, _, err = cli("--workspace", str(tmp_path), "run", "--repeats", "3")
-    assert status == 2 and "--repeats needs a k-fold protocol" in err
-    assert len(err.strip().splitlines()) == 1
+def test_repeats_need_a_kfold_protocol(tmp_path, capsys):
+    for argv in (["run", "--repeats", "3"], ["run", "--protocol", "kfold:3", "--repeats", "1"]):
+        assert main(["--workspace", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert "--repeats" in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_run_repeats_every_frozen_code_run_and_its_votes_not_the_fine_tuned():

@@ -67,12 +67,17 @@ def add_parser(subparsers):
 
 
 def _run(args):
+    settings = ci_settings_of(args)
+    if args.repeats is not None:  # refused before the pipeline's heavy imports
+        from featbench.core.splits import repeat_protocols
+
+        repeat_protocols(args.protocol or "paper", args.repeats)
     from featbench.app.pipeline import run_pipeline
 
     out = run_pipeline(workspace_of(args), preset=args.preset, dataset=args.dataset,
                        root=args.root, weights=args.weights, protocol=args.protocol,
                        controls=args.controls, progress=not args.quiet, repeats=args.repeats,
-                       ci=ci_settings_of(args))
+                       ci=settings)
     if args.quiet:
         print(f"featbench run --preset {args.preset}: {len(out['runs'])} runs, "
               f"{len(out['failed'])} failed, {out['elapsed'] / 60:.1f} min; report: {out['report']}")
