@@ -190,18 +190,27 @@ def load_checkpoint(checkpoint_dir, identity):
 
 # --- the loop --------------------------------------------------------------------------------
 class _Noise:
-    """Gaussian weight noise: added before a batch's forward pass, removed before the step."""
+    """Gaussian weight noise: added before a batch's forward pass, removed before the step.
 
-    def __init__(self, params, std, generator):
-        self.params, self.std, self.gen, self.noise = params, std, generator, []
+    A network may scale it per parameter (``model.noise_scales``: ``{parameter name: factor}``;
+    the LSTM's input weights, so that a wide code gets the noise per gate that a layer of the
+    paper's width gets).
+    """
+
+    def __init__(self, params, std, generator, model=None):
+        scales = getattr(model, "noise_scales", None) or {}
+        by_id = {id(p): float(scales.get(name, 1.0)) for name, p in
+                 (model.named_parameters() if model is not None else ())}
+        self.params, self.gen, self.noise = params, generator, []
+        self.std = [std * by_id.get(id(p), 1.0) for p in params]
 
     def add(self):
         import torch
 
         self.noise = []
         with torch.no_grad():
-            for p in self.params:
-                n = torch.randn(p.shape, generator=self.gen, device="cpu").to(p.device, p.dtype) * self.std
+            for p, std in zip(self.params, self.std):
+                n = torch.randn(p.shape, generator=self.gen, device="cpu").to(p.device, p.dtype) * std
                 p.add_(n)
                 self.noise.append(n)
 
@@ -280,7 +289,7 @@ def _run_epoch(epoch, model, params, train_batches, step_loss, evaluate, optimiz
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    noise = _Noise(params, float(config.weight_noise), gen) if config.weight_noise else None
+    noise = _Noise(params, float(config.weight_noise), gen, model) if config.weight_noise else None
     train_loss = _train_epoch(model, train_batches(epoch, np.random.default_rng(seed)), step_loss,
                               optimizer, scaler, config, device, dtype, noise)
     model.eval()

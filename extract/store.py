@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
-from featbench.core.align import cache_fingerprint, read_cache_info
+from featbench.core.align import cache_fingerprint, cached_faces, read_cache_info
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, describe_os_error,
                                    h5_errno)
 from featbench.core.frames import differences
@@ -438,20 +438,28 @@ def check_source(path, table, aligned):
     StoreError
         One line naming the feature file, what changed and the command that renews it.
     """
-    attrs = store_info(path)["attrs"]
-    what = _source_change(attrs, table, aligned)
+    attrs, encoded = _attrs_and_frames(path)
+    what = _source_change(attrs, table, aligned, encoded)
     if what:
         raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
                          f"({what}): stale codes; renew them with featbench extract --model "
                          f"{attrs.get('model')} --dataset {table.dataset} --overwrite")
 
 
-def _source_change(attrs, table, aligned):
-    """What changed since a feature file's codes were made (see :func:`check_source`), or None."""
+def _source_change(attrs, table, aligned, encoded):
+    """What changed since a feature file's codes were made (see :func:`check_source`), or None.
+
+    ``encoded``: the file's /frames. The file is judged when every
+    frame it encoded is a frame of ``table`` -- not when its frame list equals the table's: a
+    frame without a face (no landmarks, none detected) is a frame of the table that is never
+    encoded, and must not make complete codes look stale.
+    """
     have = str(attrs.get("source_fingerprint") or "")
     info = read_cache_info(aligned) if have and Path(aligned).exists() else None
-    if info is None or attrs.get("frames_sha256") != keys_sha256(table.keys()):
-        return None  # no source recorded, no cache to judge by, or another frame list
+    if info is None:
+        return None  # no source recorded, or no cache to judge by
+    if not _frames_of(table, encoded):
+        return None  # another data set's codes: not this check's to judge
     if info.get("fingerprint") != have:  # realigned since: the cache says why
         changed = list(json.loads(info.get("rebuilt_because") or "[]"))
     else:  # made from this cache: have its inputs changed since?
@@ -463,16 +471,47 @@ def _source_change(attrs, table, aligned):
             "a video, image or landmark file of the data set, or the alignment, changed")
 
 
+def _attrs_and_frames(path):
+    """A feature file's attributes and /frames (the keys of the frames it encoded)."""
+    with _reading(path) as f:
+        if "frames" not in f:
+            raise StoreError(f"{path}: damaged feature file: no /frames (re-extract with "
+                             "--overwrite)")
+        return dict(f.attrs), f["frames"][:]
+
+
+def _frames_of(table, keys):
+    """Whether every key of ``keys`` is a frame of ``table`` (compared frame by frame)."""
+    want = table.keys()
+    if keys.dtype != want.dtype:
+        keys = keys.astype(want.dtype)
+    void = np.dtype((np.void, want.dtype.itemsize))
+    return bool(np.isin(np.ascontiguousarray(keys).view(void),
+                        np.ascontiguousarray(want).view(void)).all())
+
+
 def stale_codes(path, table, aligned):
-    """Return why the codes of ``path`` are stale for ``table`` (another frame list, or other
-    aligned faces than the cache ``aligned`` holds now), or None when they are not (or there
-    is no file). What ``featbench run`` asks before it renews derived codes itself."""
+    """Return why the codes of ``path`` are stale for ``table``, or None when they are not (or
+    there is no file). What ``featbench run`` asks before it renews derived codes itself.
+
+    Stale: the file encoded a frame that is not one of ``table``'s (another frame list); its
+    faces were realigned, or their input files changed, since (:func:`check_source`); or the
+    frames it encoded are not, frame by frame, the frames with a face in the cache ``aligned``
+    now (what ``extract`` would encode). Frames of ``table`` without a face are in neither.
+    """
     if not Path(path).exists():
         return None
-    attrs = store_info(path)["attrs"]
-    if attrs.get("frames_sha256") != keys_sha256(table.keys()):
+    attrs, encoded = _attrs_and_frames(path)
+    if not _frames_of(table, encoded):
         return "made from another frame list"
-    return _source_change(attrs, table, aligned)
+    why = _source_change(attrs, table, aligned, encoded)
+    if why:
+        return why
+    now = cached_faces(aligned) if Path(aligned).exists() else None
+    if now is not None and not np.array_equal(encoded.astype(now.dtype), now):
+        return (f"made from another frame list ({len(encoded)} frames encoded, the aligned "
+                f"faces have {len(now)})")
+    return None
 
 
 def store_info(path):

@@ -9,8 +9,13 @@ format, with ``--task intensity``.
 - **present** (what counts and balances, as occurrence's positives): intensity >= the label
   threshold (2), so training batches and validation rows are balanced as the protocol balances
   occurrence, every frame of an active AU and as many others;
-- **loss**: the mean squared error of the network's output over known targets (no positive
-  weight: the balancing carries the rare high intensities);
+- **loss**: the mean squared error of the network's output over known targets, in units of
+  the scale's range (the error divided by 5), and no positive weight (the balancing carries the
+  rare high intensities). In raw 0-5 units a frame's gradient is up to 10 and the loss's
+  curvature 2, against at most 1 and 1/4 for occurrence's BCE, so the learning rates chosen for
+  occurrence overshoot: fine-tuning dlib_face for intensity at its default SGD rate blew its
+  activations up to 1e21 and clipped every prediction to 5 or 0 (ICC 0). In range units the
+  same rates train both tasks;
 - **validation**: the mean over AUs of ICC(3,1) of the clipped outputs (higher is better),
   which chooses the epoch;
 - **output**: the network's score clipped to 0-5 is the run's predicted intensity (test
@@ -23,12 +28,16 @@ format, with ``--task intensity``.
 import numpy as np
 
 from featbench.core.errors import UsageError, did_you_mean
-from featbench.core.metrics import (PRESENT_AT, decision_threshold, icc31, intensity_metrics,
-                                    nanmean)
+from featbench.core.metrics import (INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, decision_threshold,
+                                    icc31, intensity_metrics, nanmean)
 
 from classify.estimators import balance_indices, decide
 from classify.intensity import clip_intensity
 from classify.learn.task import OCCURRENCE, Settled, Task, register_task
+
+
+#: the width of the intensity scale: the regression loss's unit
+INTENSITY_RANGE = float(INTENSITY_MAX - INTENSITY_MIN)
 
 
 class Intensity(Task):
@@ -59,7 +68,8 @@ class Intensity(Task):
 
     def loss(self, scores, y, weight=None, *, reduction="mean"):
         mask = (y >= 0).float()
-        err = (scores.float() - y.float().clamp(min=0)) ** 2 * mask
+        # in units of the scale's range: see the module docstring
+        err = ((scores.float() - y.float().clamp(min=0)) / INTENSITY_RANGE) ** 2 * mask
         total = err.sum()
         return total if reduction == "sum" else total / mask.sum().clamp(min=1)
 

@@ -423,8 +423,9 @@ def _extract_steps(ctx):
                               ctx.workspace.aligned_path(ctx.dataset))
             if why:
                 ctx.say(f"  {model}: stale codes ({why}): extracting them again")
-            extract_features(ctx.table, ctx.workspace, model, region=region, weights=w,
-                             overwrite=bool(why), progress=ctx.progress)
+            rep = extract_features(ctx.table, ctx.workspace, model, region=region, weights=w,
+                                   overwrite=bool(why), progress=ctx.progress, report=True)
+            return rep.summary()  # "already extracted" when a rerun found the codes complete
 
         steps.append(Step(model, run, records=records, error_prefix=f"extract {model}: ",
                           announce=f"weights {w}{'; ' + note if note else ''}; regions {region}"))

@@ -173,6 +173,21 @@ def read_cache_info(path, *, keys=None):
     return attrs if attrs.get("complete") else None
 
 
+def cached_faces(path):
+    """Return the keys of the frames with a face in the complete cache ``path`` (what
+    ``extract`` encodes from it, in row order), or None when it is absent, incomplete or
+    unreadable."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete"):
+                return None
+            return f["frames"][:][f["valid"][:].astype(bool)]
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError):  # h5py: damage, any way
+        return None
+
+
 def ensure_aligned(table, workspace, *, progress=True):
     """Build the data set's aligned-face cache unless an up-to-date one exists.
 
