@@ -46,7 +46,8 @@ from featbench.core.identity import RunKey, format_members, weights_of
 from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold, intensity_decisions,
                                     intensity_metrics, nanmean)
 from featbench.core.modelfile import read_manifest
-from featbench.core.results import write_predictions, write_run
+# the predictions reader lives beside its writer (the statistics read it too); kept importable here
+from featbench.core.results import read_predictions, write_predictions, write_run  # noqa: F401
 from featbench.core.workspace import safe_name
 
 from classify.kinds import member_fingerprint, save_run
@@ -65,51 +66,6 @@ PRESET_CLF = "svm"
 #: the sequence classifier whose runs join every preset as extra members where they exist (the
 #: paper's first ensemble mixes SVM and LSTM members)
 SEQUENCE_CLF = "lstm"
-
-
-# predictions files -----------------------------------------------------------------------------
-PREDICTION_FIELDS = ("frames", "labels", "scores", "decisions", "fold")
-
-
-def read_predictions(path):
-    """Read a predictions file (team contract 3) into a dict of arrays and attrs.
-
-    Returns
-    -------
-    dict
-        ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
-        ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
-        (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
-        ``protocol``, ``dataset``, ``task``) as str; ``fold_thresholds`` (folds, k) when the
-        file has the per-fold thresholds dataset; ``intensities`` (n, k) int8 for an intensity
-        run (whose ``scores`` are predicted intensities).
-    """
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
-            if "thresholds" in f:  # (folds, k): the threshold each fold used
-                out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
-            if "intensities" in f:  # an intensity run's true 0-5 intensities
-                out["intensities"] = f["intensities"][()]
-            attrs = dict(f.attrs)
-    except OSError as exc:  # permission, a lock, or damage: said as what it is
-        from featbench.core.errors import describe_os_error
-
-        raise StoreError(f"{path}: cannot read the predictions file: "
-                         f"{describe_os_error(exc)}") from None
-    missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
-    if missing or "aus" not in attrs:
-        raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
-                         "rerun the classifier run that made it")
-    out.setdefault("fold", np.zeros(len(out["frames"]), dtype=np.int8))
-    aus = attrs.pop("aus")
-    out["aus"] = list(json.loads(aus) if isinstance(aus, (str, bytes)) else aus)
-    out["thresholds"] = np.asarray(attrs.pop("thresholds", np.zeros(len(out["aus"]))), dtype=float)
-    for key, value in attrs.items():
-        out[key] = value.decode() if isinstance(value, bytes) else value
-    return out
 
 
 # members ---------------------------------------------------------------------------------------
@@ -586,7 +542,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                       decisions=decisions, fold=fold, aus=aus, thresholds=thr,
                       intensities=aligned[0].get("intensities"), run=run,
                       **{k: v for k, v in meta.items() if k != "members"}, members=members)
-    csv = write_run(workspace, dataset, run, rows, meta=meta)
+    csv = write_run(workspace, dataset, run, rows, meta=meta, predictions=pred_path)
     models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
                                   score_scales(np.stack([p["scores"] for p in aligned])), task=task)
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,

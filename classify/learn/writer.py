@@ -194,7 +194,7 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
         folds = replace_folder(models_dir, lambda tmp: fill_models(tmp, rows_out, thresholds))
         if t0 is not None:
             meta["seconds"] = round(time.time() - t0, 1)
-        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+        csv = write_run(workspace, dataset, run, rows_out, meta=meta, predictions=pred_path)
     except OSError as exc:  # disk full, permissions: no predictions without their run
         if pred_path is not None:
             pred_path.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """``featbench classify``: per-AU LDA / linear SVM / LSTM on a network's codes, scored by the
 protocol; with ``--task intensity``, per-AU ridge / linear SVR regression of the 0-5 intensities."""
 
-from featbench.app.commands._common import add_dataset_args, load_table, workspace_of
+from featbench.app.commands._common import (add_ci_args, add_dataset_args, ci_settings_of,
+                                            load_table, workspace_of)
 
 
 def add_parser(subparsers):
@@ -68,6 +69,13 @@ def add_parser(subparsers):
                         "are read from HDF5 in blocks and too-large training sets are fitted "
                         "out of core (SGD linear SVM)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="with --protocol kfold:K: run N times, the subjects dealt into the K folds "
+                        "anew each time (protocols kfold:K:r1 ... kfold:K:rN, each split seeded "
+                        "by its number; --seed still seeds balancing and the solver), then print "
+                        "mean F1 mean ± sd over the repeats and write the repeats table "
+                        "(results/<ds>/repeats_kfoldK.csv / .md, also in featbench report)")
+    add_ci_args(p)
     _add_lstm_args(p)
     p.set_defaults(func=_run)
 
@@ -111,6 +119,45 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
+    from featbench.core.stats import using_settings
+
+    settings = ci_settings_of(args)  # bad --ci-* values fail before any data is read
+    protocols = [args.protocol]
+    if args.repeats is not None:
+        from featbench.core.errors import UsageError
+        from featbench.core.splits import repeat_protocols
+
+        protocols = repeat_protocols(args.protocol, args.repeats)
+        if args.task == "intensity":
+            raise UsageError("--repeats: occurrence runs only (the repeats table ranks by F1)")
+    results = []
+    with using_settings(settings):  # every run written here stores its intervals so
+        for protocol in protocols:
+            args.protocol = protocol
+            results.append(_run_one(args))
+    if args.repeats is not None:
+        _print_repeats(args, results)
+    return 0
+
+
+def _print_repeats(args, results):
+    """Mean F1 mean ± sd of this run over the repeats, and the workspace's repeats tables."""
+    import numpy as np
+
+    from featbench.app.repeats import write_repeats
+    from featbench.core.results import read_summary_rows
+
+    f1 = np.array([r["mean"]["f1"] for r in results], dtype=float)
+    print(f"{len(results)} repeated splits: mean F1 {np.nanmean(f1):.3f} ± "
+          f"{np.nanstd(f1, ddof=1):.3f} (sd over repeats; min {np.nanmin(f1):.3f}, max "
+          f"{np.nanmax(f1):.3f})")
+    ws = workspace_of(args)
+    if write_repeats(ws, args.dataset, read_summary_rows(ws.summary_csv(args.dataset))):
+        print(f"repeats tables: {ws.results_dir(args.dataset)}/repeats_*.md (and .csv)")
+
+
+def _run_one(args):
+    """One classify run of ``args`` (its protocol set); returns its result."""
     from classify.kinds import classifier_kind
     from classify.learn.intensity import check_task
     from classify.run import check_features, classify_run, default_model, format_result
@@ -156,7 +203,7 @@ def _run(args):
                           progress=not args.quiet, lstm=lstm, scheduler=args.scheduler,
                           calibrate=args.calibrate, task=task)
     print(format_result(result))
-    return 0
+    return result
 
 
 def _refuse_occurrence_flags(args, flags):
@@ -190,4 +237,4 @@ def _run_intensity(args):
                            table=table, aus=args.aus, calibrate=args.calibrate,
                            progress=not args.quiet)
     print(format_result(result))
-    return 0
+    return result
