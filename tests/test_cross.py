@@ -144,7 +144,9 @@ def test_cross_run_on_two_domains_side_by_side(domains, capsys):
     assert "## Across data sets: trained on synth, tested on synth-b" in report
     row = next(line for line in report.splitlines() if line.startswith("| `hog` | full | svm"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3] == f"{f1['within'] * 100:.1f}" and cells[4] == f"{f1['cross'] * 100:.1f}"
+    # each cell is the point estimate, then its subject-bootstrap interval (the statistics)
+    assert cells[3].split(" [")[0] == f"{f1['within'] * 100:.1f}" and " [" in cells[3]
+    assert cells[4].split(" [")[0] == f"{f1['cross'] * 100:.1f}" and " [" in cells[4]
     assert cells[5] == f"{(f1['cross'] - f1['within']) * 100:.1f}"
 
 
