@@ -73,15 +73,24 @@ class RunKind:
     estimator : classify.estimators.ClassifierSpec, optional
         Kinds whose runs fit one classifier per AU on frame codes (fitted by
         :func:`classify.run.classify_run`).
-    fit_jobs : callable, optional
-        Kinds trained by ``classify_run`` on sequences of codes: trains every (fold, AU) job of
-        the run itself (the LSTM: :func:`classify.lstm.run_jobs`).
+    method : callable, optional
+        ``method(plan, inputs)`` -> the :class:`~classify.learn.method.Method` that trains a
+        run of this kind on codes (:class:`classify.driver.CodeInputs`) through the one loop;
+        the kinds ``featbench classify`` trains have one.
     options : callable, optional
         ``options(value)`` -> the kind's own settings (a dataclass with ``tag()``) from None, a
         dict or itself; stored under the kind's name in settings.json.
     inputs : {"codes", "faces", "runs"}
         What its scorer reads: codes of a named network, faces (it carries its network), or
         other runs (a vote).
+    task : str
+        The task a run of this kind learns unless told otherwise (its name is then no tag).
+    tasks : tuple of str, optional
+        The tasks it can learn (None: any registered task: the learned methods).
+    balance : bool
+        Whether its training rows are balanced by default (``--balance`` / ``--no-balance``).
+    streams : bool
+        It fits codes read from the feature file in blocks when they exceed the memory budget.
     help : str
         One line for ``--help`` and error messages.
     """
@@ -93,9 +102,13 @@ class RunKind:
     train: str = ""
     command: str = ""
     estimator: Any = None
-    fit_jobs: Optional[Callable] = None
+    method: Optional[Callable] = None
     options: Optional[Callable] = None
     inputs: str = "codes"
+    task: str = "occurrence"
+    tasks: Optional[tuple] = None
+    balance: bool = True
+    streams: bool = False
     help: str = ""
 
     def trainer(self):
@@ -106,10 +119,13 @@ class RunKind:
         """Return the function that writes a run of this kind (``save``, else :attr:`writer`)."""
         return self.save if self.save is not None else _resolve(self.writer)
 
-    @property
-    def needs_sequences(self):
-        """True when ``classify_run`` must keep the codes as sequences (the kind fits its jobs)."""
-        return self.fit_jobs is not None
+    def learns(self, task):
+        """True when a run of this kind can learn ``task`` (a :class:`Task`)."""
+        return self.tasks is None or task.name in self.tasks
+
+    def task_tag(self, task):
+        """The run-name tag of ``task``: its name, unless it is the kind's own task."""
+        return None if task.name == self.task else task.name
 
 
 def _resolve(target):
@@ -126,8 +142,8 @@ _ENTRIES = {
     "ft": "classify.finetune:KIND",
     "transfer": "classify.transfer:KIND",
     "vote": "classify.basekinds:VOTE",
-    "ridge": "classify.intensity_model:RIDGE",
-    "svr": "classify.intensity_model:SVR",
+    "ridge": "classify.basekinds:RIDGE",
+    "svr": "classify.basekinds:SVR",
 }
 _LOADED = {}
 
@@ -154,13 +170,13 @@ def list_kinds(*, trained_by=None):
     """
     names = list(dict.fromkeys(list(_ENTRIES) + list(_LOADED)))
     if trained_by == "classify":
-        builtin = {"lda", "svm", "lstm"}
+        builtin = {"lda", "svm", "lstm", "ridge", "svr"}
         names = [n for n in names if n in builtin or (n in _LOADED and _classifies(_LOADED[n]))]
     return names
 
 
 def _classifies(kind):
-    return kind.estimator is not None or kind.fit_jobs is not None
+    return kind.method is not None
 
 
 def get_kind(name):
@@ -225,10 +241,12 @@ def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights
     return write_model(folder, manifest, tensors)
 
 
-def save_run(folder, kind, trained, **fields):
-    """Write the model of a run of ``kind`` into ``folder`` (its kind's ``save``); return the
-    per-(fold, AU) settings entries it gives (or None)."""
-    return get_kind(kind).save(folder, trained, **fields)
+def record_fields(record):
+    """The manifest's fields of a trained run (:class:`classify.learn.writer.RunRecord`): its
+    name, AUs, weights identity, the inputs' preprocessing, training data set and task."""
+    return {"run": record.run, "aus": record.aus, "weights": record.meta["weights"],
+            "preprocessing": record.inputs.preprocessing(record.plan),
+            "dataset": record.plan.dataset, "task": record.plan.task.name}
 
 
 def load_scorer(model_file):
@@ -257,16 +275,16 @@ def load_scorer(model_file):
 
 
 # --- helpers of the kinds' save ------------------------------------------------------------
-def fold_results(trained):
-    """Yield ``(fold index, fold name, au, fit)`` of a classify run's fits (``fit`` not None).
+def fold_results(record):
+    """Yield ``(fold index, fold name, au, fit)`` of a trained run's fitted AUs (``fit`` not None).
 
-    ``trained`` is what :func:`classify.run.classify_run` hands to a kind's ``save``:
-    ``{"splits": [Split], "aus": [...], "fits": {(fold index, au): result dict}}``, each
-    result's ``"fit"`` an :class:`~classify.estimators.AUFit` (or None: no classifier).
+    ``record`` is the run's :class:`classify.learn.writer.RunRecord` (a kind's ``save`` gets
+    it): its ``by[(fold index, au)]["fit"]`` is an :class:`~classify.estimators.AUFit` (an
+    estimator's; an intensity regressor's ``IntensityFit``) or None (no model for the AU).
     """
-    for fi, fname in enumerate(s.name for s in trained["splits"]):
-        for au in trained["aus"]:
-            fit = trained["fits"][(fi, au)]["fit"]
+    for fi, fname in enumerate(s.name for s in record.splits):
+        for au in record.aus:
+            fit = record.by[(fi, au)]["fit"]
             if fit is not None:
                 yield fi, fname, au, fit
 

@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from featbench.core.metrics import METRICS, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.workspace import temp_sibling
 
+from classify.learn import store
+from classify.learn.method import Method
 from classify.learn.task import OCCURRENCE
 
 
@@ -155,6 +158,93 @@ def versions(**more):
             "python": sys.version.split()[0]}
 
 
+@dataclass
+class RunRecord:
+    """What the one loop made of a run (:func:`classify.driver.execute`): the plan, the method,
+    the opened inputs, the jobs and their results, the task's targets by table row, each fold's
+    test rows, the labelled frames without an input (per part) and the start time."""
+
+    plan: object
+    method: object
+    inputs: object
+    jobs: list
+    results: list
+    labels: np.ndarray
+    test_rows: list
+    missing: dict
+    t0: float
+    by: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    #: each unit's record once the kind's ``save`` moved its files into the run's folder
+    units: dict = field(default_factory=dict)
+    #: the run's per-AU table rows, once computed by the writer
+    rows: list = field(default_factory=list)
+
+    def __post_init__(self):
+        from classify.learn.loop import per_au
+
+        self.by = per_au(self.results, list(self.plan.aus))
+        self.meta = {**self.plan.meta, **self.inputs.meta(self.plan, self.labels, self.test_rows,
+                                                          self.missing)}
+        self.meta.update(self.method.result_meta(self))
+
+    @property
+    def aus(self):
+        return list(self.plan.aus)
+
+    @property
+    def splits(self):
+        return list(self.plan.splits)
+
+    @property
+    def run(self):
+        return self.plan.run
+
+    def fold_entries(self, saved):
+        """Per fold, settings.json's record: subjects, counts, per AU what the kind's ``save``
+        said (``saved[(fold, au)]``) or the method's entry (:meth:`Method.fold_entry`)."""
+        plan = self.plan
+        return [fold_record(split, {au: saved.get((fi, au)) or self.method.fold_entry(self.by[(fi, au)])
+                                    for au in self.aus},
+                            **self.inputs.fold_counts(plan, self.labels, fi, self.test_rows))
+                for fi, split in enumerate(plan.splits)]
+
+    def settings(self, saved, folds):
+        """The run's settings.json: its summary columns, the method's own record, the inputs',
+        the folds, versions and date."""
+        return {"run": self.run, **{k: v for k, v in self.meta.items() if k != "seconds"},
+                "aus": self.aus, **self.method.record_settings(self),
+                **self.inputs.record(self.plan, self.missing), "folds": folds,
+                "versions": versions(**self.method.versions()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def write_record(record):
+    """Write a run's predictions, models folder (the kind's model and settings.json, swapped in
+    whole), table and summary row; return the run's dict (:func:`write_outputs`'s)."""
+    plan, method, task = record.plan, record.method, record.plan.task
+
+    def fill(tmp, rows_out, thresholds):
+        record.rows = rows_out
+        saved = plan.kind.save(tmp, record) or {}
+        folds = record.fold_entries(saved)
+        record.meta["seconds"] = round(time.time() - record.t0, 1)
+        store.write_json(tmp / "settings.json", record.settings(saved, folds))
+        return folds
+
+    extra = None
+    if type(method).row_extra is not Method.row_extra:
+        extra = lambda au: method.row_extra(record, au)  # noqa: E731
+    out = write_outputs(plan.workspace, plan.dataset, plan.run, table=plan.table, au_list=record.aus,
+                        splits=record.splits, test_rows=record.test_rows, by=record.by,
+                        labels=record.labels, meta=record.meta, fill_models=fill, task=task,
+                        params=method.params, extra=extra, t0=record.t0,
+                        present=task.probability if method.probabilities else None,
+                        attrs=method.prediction_attrs)
+    out["record"] = record
+    return out
+
+
 def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows, by, labels, meta,
                   fill_models, task=OCCURRENCE, params=(), extra=None, present=None,
                   attrs=(), t0=None):
@@ -182,7 +272,7 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
     """
     rows_out, notes, thresholds = run_rows(task, au_list, by, labels, test_rows, splits,
                                            params=params, extra=extra)
-    meta = {**meta, "task": task.name}
+    meta.update(task=task.name)
     if present is not None:
         for r in rows_out:
             r["threshold"] = float(present(r["threshold"]))
@@ -194,7 +284,8 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
         folds = replace_folder(models_dir, lambda tmp: fill_models(tmp, rows_out, thresholds))
         if t0 is not None:
             meta["seconds"] = round(time.time() - t0, 1)
-        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+        csv = write_run(workspace, dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
+                        fields=task.summary_fields)
     except OSError as exc:  # disk full, permissions: no predictions without their run
         if pred_path is not None:
             pred_path.unlink(missing_ok=True)
@@ -202,7 +293,7 @@ def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows,
         raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
                          f"{run} (none of them kept; rerun when fixed)") from None
     return {"run": run, "dataset": dataset, "rows": rows_out,
-            "mean": run_table(rows_out, task=task.name)[0][-1], "task": task.name,
+            "mean": run_table(rows_out, columns=task.COLUMNS)[0][-1], "task": task.name,
             "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
             "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds")}
 
