@@ -80,7 +80,9 @@ def _clock(fn):
 def one_round(video, args, model, encoders):
     from featbench.core import footage
     from featbench.core._background import ordered_map
-    from featbench.apply.predict import DETECT_THREADS, _detect, predict
+    from featbench.apply.faces import detect_frame
+    from featbench.apply.pipeline import DETECT_THREADS
+    from featbench.apply.predict import predict
     from featbench.core.threads import use_torch_threads
 
     size = int(model.alignment.get("size") or 224)
@@ -89,8 +91,8 @@ def one_round(video, args, model, encoders):
     n = len(frames)
 
     def detect_all():
-        return list(ordered_map(lambda f: _detect(f, detector=args.detector, all_faces=False,
-                                                  size=size), frames, threads=DETECT_THREADS))
+        return list(ordered_map(lambda f: detect_frame(f, detector=args.detector, all_faces=False,
+                                                       size=size), frames, threads=DETECT_THREADS))
 
     t_detect, items = _clock(detect_all)
     faces = [f for it in items for f in it.faces]
@@ -99,7 +101,7 @@ def one_round(video, args, model, encoders):
     imgs = np.stack([f.image for f in faces])
     boxes = np.stack([f.boxes for f in faces])
 
-    from featbench.apply.predict import encode_faces
+    from featbench.apply.encoders import encode_faces
 
     def encode():
         return encode_faces(model, encoders, imgs, boxes, batch_size=args.batch_size)
@@ -139,7 +141,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
 
-    from featbench.apply.predict import load_model, open_encoders
+    from featbench.apply.encoders import open_encoders
+    from featbench.apply.predict import load_model
     from featbench.apply.runmodel import resolve_run
     from featbench.core.workspace import Workspace
 

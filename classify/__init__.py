@@ -8,9 +8,12 @@ module                       what it holds
                              :mod:`featbench.core.modelfile`) and loads into one scorer;
                              the kinds: :mod:`classify.basekinds`, and the learned ones in
                              their method modules (lstm, finetune, transfer)
-:mod:`classify.scorer`       :class:`~classify.scorer.RunModel`, the one scorer of a run
-:mod:`classify.learn`        the learning framework of the learned methods: task, method
-                             contract, fold x unit loop, the one run writer
+:mod:`classify.infer`        inference, apart from training: :class:`~classify.infer.RunModel`,
+                             the one scorer of a run, the scorers of trained networks and
+                             LSTMs, and the one way a network scores
+                             (:func:`~classify.infer.score_batches`)
+:mod:`classify.learn`        the learning framework of the learned methods (training only):
+                             task, method contract, fold x unit loop, the one run writer
 :mod:`classify.estimators`   the per-AU estimators (``lda``, ``svm``: a ``Pipeline`` of
                              ``StandardScaler`` and the classifier), balancing, the search on
                              the validation subjects, the threshold kept inside the model,

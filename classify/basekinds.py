@@ -25,7 +25,7 @@ from classify.kinds import (RunKind, fold_results, get_kind, load_scorer, member
                             record_fields, unit_group, write_run_model)
 from classify.intensity import RIDGE_ALPHAS, SVR_CS, RegressorSpec, ridge_path, svr_path
 from classify.scale import fit_streamed
-from classify.scorer import RunModel
+from classify.infer import RunModel
 
 
 # --- per-AU classifiers on codes --------------------------------------------------------------
@@ -135,7 +135,7 @@ def save_regressors(folder, record):
 
 
 def load_regressors(model_file):
-    """The ``load`` of ``ridge`` / ``svr``: a :class:`~classify.scorer.RunModel` whose AUs are
+    """The ``load`` of ``ridge`` / ``svr``: a :class:`~classify.infer.RunModel` whose AUs are
     :class:`~classify.intensity.LinearIntensity` (clipped intensities; decisions ``> 1.5``)."""
     from classify.intensity import LinearIntensity
 

@@ -76,7 +76,8 @@ from classify.ft_net import HEADS, REINITS, check_choice, create_finetune_net
 from classify.learn.facekind import face_kind
 from classify.learn.facerun import face_run
 from classify.learn.loop import unit_state
-from classify.learn.method import Method, Unit, UnitData, counts, score_batches, trainable
+from classify.infer import score_batches
+from classify.learn.method import Method, Unit, UnitData, counts, trainable
 from classify.learn.task import OCCURRENCE, get_task
 from classify.learn.writer import recording_failure
 from classify.plan import resolve_aus, run_key

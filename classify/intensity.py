@@ -69,7 +69,7 @@ class LinearIntensity:
         return clip_intensity(np.asarray(X, dtype=np.float64) @ self.weight + self.bias)
 
     def decision_function(self, X):
-        """The scorer's name for :meth:`predict` (:class:`classify.scorer.RunModel`)."""
+        """The scorer's name for :meth:`predict` (:class:`classify.infer.RunModel`)."""
         return self.predict(X)
 
 

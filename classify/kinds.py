@@ -17,7 +17,7 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
     never a pickle; :func:`write_run_model`) from what its trainer ``trained``; it returns the
     per-(fold, AU) entries the run's settings.json records (or None).
 ``load``
-    ``load(model_file)`` -> a :class:`classify.scorer.RunModel`: codes (or faces, through the
+    ``load(model_file)`` -> a :class:`classify.infer.RunModel`: codes (or faces, through the
     network it carries) -> scores + decisions, exactly as the run decided its test frames.
     :func:`load_scorer` dispatches on the manifest's ``kind``.
 
@@ -49,7 +49,7 @@ from featbench.core.modelfile import create_manifest, write_model
 
 @dataclass(frozen=True)
 class RunKind:
-    """One kind of run: how it trains, saves and loads into a :class:`~classify.scorer.RunModel`.
+    """One kind of run: how it trains, saves and loads into a :class:`~classify.infer.RunModel`.
 
     Attributes
     ----------
@@ -250,7 +250,7 @@ def record_fields(record):
 
 
 def load_scorer(model_file):
-    """Return the :class:`~classify.scorer.RunModel` of an opened model file, by its kind.
+    """Return the :class:`~classify.infer.RunModel` of an opened model file, by its kind.
 
     Raises
     ------

@@ -45,6 +45,7 @@ on CUDA they train one after another on the device.
 """
 
 import os
+from functools import partial
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -59,7 +60,7 @@ from classify.kinds import RunKind, record_fields
 from classify.learn.loop import unit_state, write_model
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
 from classify.learn.task import OCCURRENCE
-from classify.scorer import RunModel
+from classify.infer import LSTMScorer, RunModel
 from classify.training import TrainConfig
 from extract.encoders import resolve_device, run_network
 
@@ -568,92 +569,9 @@ def network_of(entry, state):
 
 
 # --- applying a saved LSTM: the kind's scorer ------------------------------------------------
-#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
-#: as whole sequences within a window, cut at its edges
-BIDIRECTIONAL_WINDOW = 512
-
-
-class LSTMScorer:
-    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
-
-    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
-    the next while its frame numbers follow each other (a frame without the face ends the
-    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
-    batch gives what scoring each whole sequence at once gives.
-
-    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
-    of consecutive frames of each track as one whole sequence, as the run scored its test
-    sequences; predict calls it once per window of ``window`` frames (``--window``, default
-    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
-    edges (frames near a cut see less context than in the run's test) and the window's aligned
-    faces are held in memory (about 150 KB a face at 224 px).
-
-    The network's own forward (:class:`SequenceLSTM`, with its state) scores.
-
-    Parameters
-    ----------
-    entry : dict
-        The unit's settings (``dims``, ``n_out``, ``hidden``, ``bidirectional``).
-    tensors : mapping of str -> array
-        Its state dict, read when the network is first used (a model file's lazy group).
-    output : int
-        The AU's output of the network.
-    """
-
-    def __init__(self, entry, tensors, output=0):
-        self.entry, self.tensors, self.output = entry, tensors, int(output)
-        self.window = BIDIRECTIONAL_WINDOW if entry.get("bidirectional") else None
-        self._net, self._state = None, {}
-
-    def _network(self):
-        if self._net is None:
-            import torch
-
-            self._net = network_of(self.entry, {k: torch.from_numpy(np.array(v))
-                                                for k, v in self.tensors.items()})
-        return self._net
-
-    def reset(self):
-        self._state = {}
-
-    def score_tracks(self, X, tracks):
-        """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks``
-        (:meth:`classify.scorer.RunModel.score`)."""
-        import torch
-        from torch.nn.utils.rnn import pack_sequence
-
-        net = self._network()
-        out = np.full(len(X), np.nan, np.float32)
-        with torch.inference_mode():
-            for key, idx, first in _segments(tracks):
-                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
-                prev = None if self.window else self._state.get(key)
-                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
-                logits, hx = net(x, hx, state=True)
-                out[idx] = logits[:, self.output].float().numpy()
-                if not self.window:
-                    self._state[key] = (hx, first + len(idx) - 1)
-        return out
-
-
-def _segments(tracks):
-    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
-    by_track = {}
-    for i, (key, frame) in enumerate(tracks):
-        by_track.setdefault(key, []).append((i, int(frame)))
-    for key, rows in by_track.items():
-        start = 0
-        while start < len(rows):
-            end = start + 1
-            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
-                end += 1
-            yield key, [i for i, _ in rows[start:end]], rows[start][1]
-            start = end
-
-
 def load_lstm(model_file):
     """The ``lstm`` kind's ``load``: each AU one output of its unit's network, carried along face
-    tracks (:class:`LSTMScorer`); a :class:`classify.scorer.RunModel`."""
+    tracks (:class:`classify.infer.LSTMScorer`); a :class:`classify.infer.RunModel`."""
     m = model_file.manifest
     units, folds = m["settings"]["units"], []
     for fi, fold in enumerate(m["folds"]):
@@ -663,7 +581,9 @@ def load_lstm(model_file):
                 continue
             for j, au in enumerate(e["aus"]):
                 if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
-                    scorers[au] = (LSTMScorer(e, model_file.tensors(name), j),
+                    scorers[au] = (LSTMScorer(model_file.tensors(name), j,
+                                              build=partial(network_of, e),
+                                              bidirectional=bool(e.get("bidirectional"))),
                                    float(fold["thresholds"][au]))
         folds.append(scorers)
     if not any(folds):

@@ -70,11 +70,12 @@ from classify.estimators import decide
 from classify.ft_net import check_input_size
 from classify.learn import store
 from classify.learn.facekind import face_kind
+from classify.infer import score_batches
 from classify.learn.loop import save_units, unit_state, write_model
+from classify.learn.method import Job, Method, Unit, UnitData
 from classify.learn.pool import run_local, run_units
-from classify.learn.method import Job, Method, Unit, UnitData, score_batches
-from classify.learn.writer import replace_folder
 from classify.learn.task import EXPRESSION, OCCURRENCE, get_task
+from classify.learn.writer import replace_folder
 from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec

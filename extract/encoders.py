@@ -51,7 +51,7 @@ def run_network(module, x, *, dtype=None, device=None):
 
     Every network of featbench scores through here: the encoders' codes
     (:meth:`TorchEncoder.forward_tensor`) and the learned networks' scores
-    (:func:`classify.learn.method.score_batches`). ``x`` is a tensor (or a ``PackedSequence``)
+    (:func:`classify.infer.score_batches`). ``x`` is a tensor (or a ``PackedSequence``)
     on the module's device, or moved to ``device`` first (:func:`to_device`).
     """
     import torch

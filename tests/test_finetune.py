@@ -120,7 +120,7 @@ def test_multilabel_learns_the_cued_aus_and_writes_the_contracts(data, tmp_path)
     assert (res["models_dir"] / "model.png").stat().st_size > 1000
     assert not res["models_dir"].with_name(f".{res['run']}.partial").exists()
     # the saved unit reproduces the run's test scores when loaded alone
-    from classify.learn.method import score_batches
+    from classify.infer import score_batches
     from featbench.core.facesource import FaceInput, FaceSource
 
     net, _ = load_unit(res["models_dir"])

@@ -496,7 +496,7 @@ def test_finetune_intensity_regresses_and_writes_the_intensity_contracts(tmp_pat
     import torch
 
     from classify.finetune import FinetuneConfig, finetune_run, load_unit
-    from classify.learn.method import score_batches
+    from classify.infer import score_batches
     from featbench.core.facesource import FaceInput, FaceSource
 
     torch.set_num_threads(1)
@@ -617,7 +617,7 @@ def test_lstm_regresses_an_intensity_only_its_memory_can_see(tmp_path):
 # featbench predict: AUxx_r ------------------------------------------------------------------------
 def test_predict_columns_of_an_intensity_run_and_of_a_pair(int_setup):
     from classify.run import classify_run
-    from featbench.apply.predict import _intensity_sidecar, outputs_of
+    from featbench.apply.output import intensity_sidecar, outputs_of
     from featbench.apply.runmodel import load_run
 
     ws, table, _ = int_setup
@@ -638,7 +638,7 @@ def test_predict_columns_of_an_intensity_run_and_of_a_pair(int_setup):
                        "AU01_r": [2.0, 1.0, 3.0, 0.2, np.nan]})
     pair = outputs_of(occ, inten)
     pair.occurrence.aus, pair.intensity.aus = ["AU01"], ["AU01"]
-    side = _intensity_sidecar(pair, df)
+    side = intensity_sidecar(pair, df)
     assert side["disagreements"] == {"AU01": 2} and "never forced to agree" in side["rule"]
 
 

@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from classify.estimators import balance_indices, decide  # noqa: E402
-from classify.learn.method import Method, Unit, UnitData, counts, score_batches, trainable  # noqa: E402
+from classify.infer import score_batches  # noqa: E402
+from classify.learn.method import Method, Unit, UnitData, counts, trainable  # noqa: E402
 from classify.learn.task import OCCURRENCE, Settled, Task, register_task, unregister_task  # noqa: E402
 from classify.training import TrainConfig  # noqa: E402
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows  # noqa: E402

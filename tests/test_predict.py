@@ -549,20 +549,20 @@ def test_vote_with_fixed_scales_equals_the_vote_on_the_frames_they_came_from():
 
 def test_tracker_keeps_ids_on_moving_boxes():
     from featbench.core.footage import Frame
-    from featbench.apply.predict import _Face, _Item, _Tracker
+    from featbench.apply.faces import Face, FrameFaces, Tracker
 
-    tr = _Tracker()
+    tr = Tracker()
     ids = []
     for k in range(4):
         left, right = (10 + 5 * k, 10, 110 + 5 * k, 110), (300 - 5 * k, 10, 400 - 5 * k, 110)
-        faces = [_Face(right, 1.0, None, None), _Face(left, 1.0, None, None)]
+        faces = [Face(right, 1.0, None, None), Face(left, 1.0, None, None)]
         if k % 2:
             faces.reverse()  # the detector's order changes; the ids must not
-        item = _Item(Frame("v.avi", k + 1, 0.0, None), faces)
+        item = FrameFaces(Frame("v.avi", k + 1, 0.0, None), faces)
         tr.assign(item)
         ids.append({f.box[0] < 200: f.face_id for f in item.faces})
     assert all(i == ids[0] for i in ids) and sorted(ids[0].values()) == [0, 1]
-    item = _Item(Frame("other.avi", 1, 0.0, None), [_Face((0, 0, 5, 5), 1.0, None, None)])
+    item = FrameFaces(Frame("other.avi", 1, 0.0, None), [Face((0, 0, 5, 5), 1.0, None, None)])
     tr.assign(item)
     assert item.faces[0].face_id == 0  # a new video starts over
 
@@ -693,7 +693,7 @@ def test_a_bidirectional_lstm_scores_whole_tracks_within_its_window(tmp_path):
 def test_batches_close_every_window_frames_for_a_bidirectional_run_else_every_batch_of_faces():
     from types import SimpleNamespace
 
-    from featbench.apply.predict import batches
+    from featbench.apply.pipeline import batches
 
     items = [SimpleNamespace(faces=[0] * (k % 2)) for k in range(7)]  # faces on odd frames
     assert [len(b) for b in batches(iter(items), batch_size=2, window=3)] == [3, 3, 1]

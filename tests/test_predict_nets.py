@@ -1,7 +1,7 @@
 """predict / export with runs whose trained network is the classifier: fine-tuned and transfer.
 
 Tiny runs trained here (test_finetune's 48-px cued faces, test_transfer's tiny ABAW tree), then
-applied through predict's own path (:func:`featbench.apply.predict.score_faces`: crops, the run's
+applied through predict's own path (:func:`featbench.apply.pipeline.score_faces`: crops, the run's
 network, its thresholds) to the faces each run scored as test frames: the decisions must be the
 run's stored ones, the scores its stored scores; an exported file must give the same bit for bit.
 """
@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 from featbench.core.align import AlignedFaces  # noqa: E402
 from classify.ensemble import read_predictions  # noqa: E402
-from featbench.apply.predict import open_encoders, score_faces  # noqa: E402
+from featbench.apply.encoders import open_encoders  # noqa: E402
+from featbench.apply.pipeline import score_faces  # noqa: E402
 from featbench.apply.runmodel import export_run, load_model_file, load_run  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 from test_finetune import FAST, make_table, one_thread, write_cache  # noqa: E402,F401

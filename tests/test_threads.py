@@ -71,13 +71,13 @@ def test_predict_gives_torch_the_cores_its_detection_threads_leave(restore, monk
     import numpy as np
     from PIL import Image
 
-    from featbench.apply import predict as P
+    from featbench.apply import pipeline as P
 
     seen = []
     monkeypatch.setattr(P, "use_torch_threads", lambda **kw: seen.append(kw) or 1)
     photo = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(photo)
-    P._stream(P.footage.list_sources([photo]), _NoRuns(), {}, None, detector="hog", size=112,
+    P.stream(P.footage.list_sources([photo]), _NoRuns(), {}, None, detector="hog", size=112,
               all_faces=False, batch_size=4, total=1, progress=False)
     assert seen == [{"helpers": 1, "reserved": P.DETECT_THREADS}]
 

@@ -268,7 +268,7 @@ def test_cli_outputs_follow_the_contracts(expr_tree, tmp_path, capsys):
     assert {"folds.csv", "confusion.csv", "backbone.safetensors", "stage1.json", "fold1.log.csv"} <= {
         p.name for p in s1dir.iterdir()}
     # the model file alone reproduces the test decisions
-    from classify.learn.method import score_batches
+    from classify.infer import score_batches
     from classify.transfer import load_model
     from featbench.core.align import AlignedFaces
     from featbench.core.facesource import FaceInput, FaceSource

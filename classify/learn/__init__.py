@@ -12,7 +12,7 @@ faces                      :mod:`featbench.core.facesource`: region, input-size 
 the task                   :mod:`classify.learn.task`: targets, masking of unlabelled values,
                            loss, positive weight, validation metric, score -> decision
 the method contract        :mod:`classify.learn.method`: build the network, batches, score
-                           (and the one inference path, :func:`~classify.learn.method.score_batches`)
+                           (through the one inference path, :func:`classify.infer.score_batches`)
 the training loop          :func:`classify.training.fit`: epochs chosen on validation,
                            checkpoints, resume, AMP + channels-last on CUDA
 the fold x unit loop       :mod:`classify.learn.loop`: every unit of every fold, finished

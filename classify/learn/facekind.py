@@ -2,7 +2,7 @@
 
 :func:`face_kind` makes the :class:`classify.kinds.RunKind` of a method whose networks map
 aligned faces to per-AU scores (``ft``, ``transfer``, a test's toy method). Its ``load`` builds
-the run's :class:`classify.scorer.RunModel` from the model file alone (a run folder or its
+the run's :class:`classify.infer.RunModel` from the model file alone (a run folder or its
 export), through what the method class says at class level:
 
 ``network(settings, unit, state)``
@@ -15,8 +15,8 @@ export), through what the method class says at class level:
 
 Per fold, each unit (``settings["units"]``: its fold, AUs, region, trainable AUs, base name;
 its :class:`~featbench.core.facesource.FaceInput` in ``settings["face_input"][base]``) becomes one
-:class:`classify.netscorer.NetworkScores`, read lazily from the unit's tensor group, and each of
-its AUs one column of it (:class:`classify.netscorer.NetworkOutput`) with the fold's threshold.
+:class:`classify.infer.NetworkScores`, read lazily from the unit's tensor group, and each of
+its AUs one column of it (:class:`classify.infer.NetworkOutput`) with the fold's threshold.
 The weights identity of a unit is ``finetuned:<run>/<unit> sha256:<its file's>``.
 """
 
@@ -28,10 +28,9 @@ from featbench.core.facesource import FaceInput
 from featbench.core.identity import WeightsId
 
 from classify.kinds import RunKind
-from classify.learn.task import get_task
+from classify.infer import NetworkOutput, NetworkScores, RunModel
 from classify.learn.loop import save_units, write_model
-from classify.netscorer import NetworkOutput, NetworkScores
-from classify.scorer import RunModel
+from classify.learn.task import get_task
 
 
 def face_kind(name, method, *, train="", command="", help="", save=None):

@@ -1,4 +1,4 @@
-"""The method contract: what a learned method says, and the one way a network scores.
+"""The method contract: what a learned method says (it scores through :mod:`classify.infer`).
 
 A method (fine-tuning: :class:`classify.finetune.FinetuneMethod`, transfer's stage 2:
 :class:`classify.transfer.TransferMethod`, the LSTM: :class:`classify.lstm.LSTMMethod`) is one
@@ -21,7 +21,8 @@ decisions, and :mod:`classify.learn.writer` writes the run. A method never write
 ``scores(network, job, data, part) -> (y, scores)``
     Inference on ``part`` (``"validation"``: the epoch choice; ``"threshold"``: the validation
     rows the task settles its decision rule on, tuned or not as the task decides; ``"test"``:
-    scores in the order of ``job.rows["test"]``, y None), through :func:`score_batches`.
+    scores in the order of ``job.rows["test"]``, y None), through
+    :func:`classify.infer.score_batches`.
 ``state(network) -> {name: tensor}`` / ``load_state(network, state)``
     What is saved of a trained network (safetensors) and how it is put back.
 
@@ -247,24 +248,3 @@ class Method:
             return self.task.loss(self.forward(net, x), y, w, reduction=self.reduction)
 
         return step_loss
-
-
-def score_batches(net, batches, *, device, dtype=None, to_scores=None, width=0):
-    """Return the (n, k) float32 scores of ``batches`` (inputs), the one way networks score.
-
-    Each batch goes to ``device`` and through :func:`extract.encoders.run_network` (inference
-    mode, autocast to ``dtype``); ``to_scores`` maps the network's outputs to scores (default:
-    the outputs). ``width``: k of an empty result.
-    """
-    from extract.encoders import run_network
-
-    was = net.training
-    if was:
-        net.eval()
-    out = []
-    for x in batches:
-        y = run_network(net, x, dtype=dtype, device=device)
-        out.append((to_scores(y) if to_scores is not None else y).cpu().numpy())
-    if was:
-        net.train()
-    return np.concatenate(out) if out else np.zeros((0, width), np.float32)

@@ -2,7 +2,7 @@
 
 Every run kind saves one format (:mod:`featbench.core.modelfile`: ``manifest.json`` +
 safetensors tensors under ``results/<ds>/models/<run>/``) and loads into one scorer,
-:class:`classify.scorer.RunModel`, through the registry of run kinds (:mod:`classify.kinds`):
+:class:`classify.infer.RunModel`, through the registry of run kinds (:mod:`classify.kinds`):
 
 :func:`load_run`
     a run of the workspace (or ``best``, the highest mean F1 of summary.csv);
@@ -29,8 +29,7 @@ from featbench.core.workspace import Workspace
 from classify.kinds import load_scorer
 from classify.learn.task import list_tasks
 from extract.download import file_sha256
-from classify.lstm import BIDIRECTIONAL_WINDOW  # noqa: F401 - what predict applies
-from classify.scorer import RunModel  # noqa: F401
+from classify.infer import BIDIRECTIONAL_WINDOW, RunModel  # noqa: F401 - what predict applies
 
 __all__ = ["RunModel", "BIDIRECTIONAL_WINDOW", "resolve_run", "load_run", "load_model_file",
            "export_run", "finetuned_file"]

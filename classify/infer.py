@@ -1,12 +1,28 @@
-"""The one scorer of a trained run: codes (or faces, through the networks it carries) -> scores + decisions.
+"""Inference: a trained run applied to new faces, and the one way a network scores.
 
+Everything that turns a saved run into scores lives here, apart from training
+(:mod:`classify.learn` trains; this module only applies):
+
+:func:`score_batches`
+    The one inference path of every learned network (training's validation and test scores,
+    and predict's): batches through :func:`extract.encoders.run_network`.
+:class:`RunModel`
+    The one scorer of a trained run: codes (or faces, through the networks it carries) ->
+    scores + decisions.
+:class:`NetworkScores`, :class:`NetworkOutput`
+    Runs whose trained network *is* the classifier (fine-tuned CNNs, transfer runs).
+:class:`LSTMScorer`
+    One output of a saved LSTM carried along face tracks.
+
+The run model
+-------------
 Every run kind (:mod:`classify.kinds`) loads into a :class:`RunModel`: per fold, per AU, an
 object with ``decision_function(X)`` (or ``score_tracks(X, tracks)``, a sequence model) and the
 threshold its run's decisions used; a vote holds its members. :meth:`RunModel.score` maps the
 codes of a batch of faces to scores, 0/1 decisions and thresholds exactly as the run decided its
 own test frames; :meth:`RunModel.networks` says which codes it needs, and
 :meth:`RunModel.network_for` returns a network the run carries itself (fine-tuned and transfer
-runs: :mod:`classify.netscorer`), which stands where a frozen encoder would.
+runs: :class:`NetworkScores`), which stands where a frozen encoder would.
 
 A multi-fold run (``--protocol literature``/``kfold:K``) holds one classifier per fold and AU;
 its folds vote like an ensemble's members.
@@ -18,6 +34,37 @@ run trained on person-calibrated codes (``calibrate`` = ``median`` / ``neutral``
 :mod:`featbench.core.calibrate`) calibrates the codes of each face track the same way before
 scoring: the batch must hold whole tracks (:meth:`RunModel.whole_tracks`); faces of a track too
 short for a reference get nan scores.
+
+Runs whose network is the classifier
+------------------------------------
+A ``featbench classify`` run reads codes of a frozen network and applies per-AU classifiers to
+them; a ``featbench finetune`` or ``featbench transfer`` run maps aligned faces straight to
+per-AU scores. Both fit :class:`RunModel`: the trained network stands where
+the encoder stood (:class:`NetworkScores`: crops -> its scores) and each AU's "classifier" is
+one column of those scores (:class:`NetworkOutput`), read through the classifier's
+``codes_key`` = ``(network, weights, region)``. Their run kinds (:mod:`classify.learn.facekind`)
+build them from a model file (a run folder or an export).
+
+What is reproduced, from what each run did to its own test faces, all read from the run's
+``manifest.json`` and its safetensors files:
+
+``ft`` (:mod:`classify.finetune`)
+    each unit (``model``, ``<AU>`` or ``<region>``; ``<unit>-<fold>`` per fold) rebuilt by
+    :func:`classify.finetune.unit_network`; its faces are what the unit's
+    :class:`~featbench.core.facesource.FaceInput` (in the manifest) says, as the run's face
+    source gave them; the score is the method's (``logit(present) - logit(absent)`` per-au, the
+    AU's logit multilabel), the decision ``score > threshold`` with the unit's threshold.
+``transfer`` (:mod:`classify.transfer`)
+    stage 2's network rebuilt by :func:`classify.transfer.load_model`; full faces as the cache
+    stores them (the network's first layer resizes them); the score is the AU's probability
+    (sigmoid of the logit, as the run's predictions file stores it), the decision
+    ``probability > threshold`` (the thresholds tuned on validation, as probabilities).
+
+Every network scores through the one inference path of training
+(:func:`score_batches`). The trained weights are read from the model
+file when the network is opened, one unit at a time; the sha256 of the unit's safetensors file
+(recorded in the manifest, kept by an export) is the weights identity
+``finetuned:<run>[/<unit>] sha256:...``.
 """
 
 from dataclasses import dataclass, field
@@ -29,8 +76,30 @@ from featbench.core.errors import UsageError
 from featbench.core.identity import WeightsId
 
 from classify.learn.task import get_task
+from extract.encoders import autocast_dtype, resolve_device, run_network
 
 
+# --- the one way a network scores ----------------------------------------------------------
+def score_batches(net, batches, *, device, dtype=None, to_scores=None, width=0):
+    """Return the (n, k) float32 scores of ``batches`` (inputs), the one way networks score.
+
+    Each batch goes to ``device`` and through :func:`extract.encoders.run_network` (inference
+    mode, autocast to ``dtype``); ``to_scores`` maps the network's outputs to scores (default:
+    the outputs). ``width``: k of an empty result.
+    """
+    was = net.training
+    if was:
+        net.eval()
+    out = []
+    for x in batches:
+        y = run_network(net, x, dtype=dtype, device=device)
+        out.append((to_scores(y) if to_scores is not None else y).cpu().numpy())
+    if was:
+        net.train()
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+# --- the scorer of a run ------------------------------------------------------------------------
 @dataclass
 class RunModel:
     """Everything :func:`featbench.apply.predict.predict` needs from one run.
@@ -130,8 +199,8 @@ class RunModel:
     def network_for(self, key):
         """Return the trained network a run carries for ``key`` = (model, weights), or None.
 
-        Fine-tuned and transfer runs carry their network (:mod:`classify.netscorer`); a
-        classify run names one that :func:`featbench.apply.predict.open_encoder` builds.
+        Fine-tuned and transfer runs carry their network (:class:`NetworkScores`); a
+        classify run names one that :func:`featbench.apply.encoders.open_encoder` builds.
         """
         for m in self.members:
             net = m.network_for(key)
@@ -289,3 +358,160 @@ class RunModel:
             x[keep] = calibrate(np.asarray(c)[keep], persons[keep], self.calibrate)
             out[key] = x
         return out
+
+
+# --- runs whose trained network is the classifier ---------------------------------------------
+class NetworkScores:
+    """A trained network as predict's encoder: aligned uint8 faces -> its (n, outputs) scores.
+
+    Parameters
+    ----------
+    tensors : callable
+        ``tensors()`` -> the network's state (name -> array), read when the network is opened.
+    sha256 : str
+        The digest of the unit's safetensors file (the trained weights' identity).
+    build : callable
+        ``build(state)`` -> the network with ``state`` (name -> tensor) loaded.
+    face_input : FaceInput
+        What the network reads of the aligned faces.
+    start_weights : str
+        The weights training started from (random ones are flagged in predict's outputs).
+    to_scores : callable, optional
+        The method's map from the network's outputs to its scores (fine-tuning's per-AU heads:
+        ``logit(present) - logit(absent)``); None: the outputs.
+    """
+
+    def __init__(self, tensors, *, sha256, build, face_input, start_weights="", to_scores=None):
+        self.tensors, self.sha256, self.build, self.input = tensors, sha256, build, face_input
+        self.start_weights, self.to_scores = str(start_weights or ""), to_scores
+        self._net, self.device, self._dtype = None, "cpu", None
+
+    @property
+    def input_size(self):
+        return self.input.size
+
+    def face_input(self, region):
+        """What the network reads (:class:`FaceInput`; its unit's region)."""
+        return self.input
+
+    def open(self, device="auto"):
+        """Build the network on ``device`` (``auto``: CUDA when present); return self."""
+        import torch
+
+        self.device = resolve_device(device)
+        state = {k: torch.from_numpy(np.array(v)) for k, v in self.tensors().items()}
+        self._net = self.build(state).to(self.device).eval()
+        self._dtype = autocast_dtype(self.device)  # AMP on CUDA, as the run scored its test faces
+        return self
+
+    def __call__(self, crops):
+        """Return the (n, outputs) float32 scores of ``crops`` (n, S, S, 3) uint8."""
+        import torch
+
+        if self._net is None:
+            self.open("cpu")
+        return score_batches(self._net, [torch.from_numpy(np.ascontiguousarray(crops))],
+                             device=self.device, dtype=self._dtype, to_scores=self.to_scores)
+
+
+class NetworkOutput:
+    """One AU's column of a :class:`NetworkScores`' output, as a classifier.
+
+    ``codes_key`` names the output it reads in :meth:`RunModel.score`'s
+    ``codes``; ``decision_function`` returns the column (``probability``: its sigmoid).
+    """
+
+    def __init__(self, network, model, weights, region, column, *, probability=False):
+        self.network = network
+        self.codes_key = (str(model), str(weights), str(region))
+        self.column, self.probability = int(column), bool(probability)
+
+    def decision_function(self, X):
+        x = np.asarray(X, np.float64)[:, self.column]
+        return 1.0 / (1.0 + np.exp(-x)) if self.probability else x
+
+
+# --- a saved LSTM along face tracks -----------------------------------------------------------
+#: frames a bidirectional LSTM sees at once in predict (``--window``): each track is scored
+#: as whole sequences within a window, cut at its edges
+BIDIRECTIONAL_WINDOW = 512
+
+
+class LSTMScorer:
+    """One output of a saved LSTM (:mod:`classify.lstm`) applied to tracks of faces.
+
+    Unidirectional: streams. The LSTM's state is carried along each track from one batch to
+    the next while its frame numbers follow each other (a frame without the face ends the
+    sequence, as a frame without codes ends one in the run's test), so scoring a video batch by
+    batch gives what scoring each whole sequence at once gives.
+
+    Bidirectional: looks ahead, so it cannot stream frame by frame. Each call scores every run
+    of consecutive frames of each track as one whole sequence, as the run scored its test
+    sequences; predict calls it once per window of ``window`` frames (``--window``, default
+    :data:`BIDIRECTIONAL_WINDOW`), so a track longer than the window is cut at the window's
+    edges (frames near a cut see less context than in the run's test) and the window's aligned
+    faces are held in memory (about 150 KB a face at 224 px).
+
+    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
+
+    Parameters
+    ----------
+    tensors : mapping of str -> array
+        Its state dict, read when the network is first used (a model file's lazy group).
+    output : int
+        The AU's output of the network.
+    build : callable
+        ``build(state)`` -> the network with ``state`` (name -> tensor) loaded, in eval mode
+        (:func:`classify.lstm.network_of` of the unit's settings).
+    bidirectional : bool
+        The network looks ahead: scored in windows (see above).
+    """
+
+    def __init__(self, tensors, output=0, *, build, bidirectional=False):
+        self.tensors, self.output, self.build = tensors, int(output), build
+        self.window = BIDIRECTIONAL_WINDOW if bidirectional else None
+        self._net, self._state = None, {}
+
+    def _network(self):
+        if self._net is None:
+            import torch
+
+            self._net = self.build({k: torch.from_numpy(np.array(v)) for k, v in self.tensors.items()})
+        return self._net
+
+    def reset(self):
+        self._state = {}
+
+    def score_tracks(self, X, tracks):
+        """Return (n,) logits of the faces ``X`` (n, dims) along ``tracks``
+        (:meth:`RunModel.score`)."""
+        import torch
+        from torch.nn.utils.rnn import pack_sequence
+
+        net = self._network()
+        out = np.full(len(X), np.nan, np.float32)
+        with torch.inference_mode():
+            for key, idx, first in _segments(tracks):
+                x = pack_sequence([torch.as_tensor(np.asarray(X[idx], np.float32))])
+                prev = None if self.window else self._state.get(key)
+                hx = prev[0] if prev is not None and prev[1] == first - 1 else None
+                logits, hx = net(x, hx, state=True)
+                out[idx] = logits[:, self.output].float().numpy()
+                if not self.window:
+                    self._state[key] = (hx, first + len(idx) - 1)
+        return out
+
+
+def _segments(tracks):
+    """Yield ``(track key, row indices, first frame)`` of each run of consecutive frames of a track."""
+    by_track = {}
+    for i, (key, frame) in enumerate(tracks):
+        by_track.setdefault(key, []).append((i, int(frame)))
+    for key, rows in by_track.items():
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and rows[end][1] == rows[end - 1][1] + 1:
+                end += 1
+            yield key, [i for i, _ in rows[start:end]], rows[start][1]
+            start = end
