@@ -73,10 +73,10 @@ def estimator_kind(spec, **kw):
     def load(model_file):
         return load_estimators(model_file, spec.classes)
 
-    return RunKind(name=spec.name, load=load, save=save_estimators, train="classify.run:classify_run",
-                   command=f"featbench classify --clf {spec.name}", estimator=spec,
-                   method=classifier_method, tasks=("occurrence",), streams=True, help=spec.help,
-                   **kw)
+    fields = dict(name=spec.name, load=load, save=save_estimators, train="classify.run:classify_run",
+                  command=f"featbench classify --clf {spec.name}", estimator=spec,
+                  method=classifier_method, tasks=("occurrence",), streams=True, help=spec.help)
+    return RunKind(**{**fields, **kw})
 
 
 def _svm_classes():

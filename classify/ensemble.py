@@ -48,7 +48,6 @@ from featbench.core.modelfile import read_manifest
 from featbench.core.results import run_table, write_predictions, write_run
 from featbench.core.workspace import safe_name
 
-from classify.basekinds import save_vote
 from classify.kinds import member_fingerprint
 from classify.learn.task import get_task
 from classify.learn.writer import replace_folder
@@ -398,6 +397,8 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, 
     tie on new frames as the ensemble broke it there; a member's fingerprint (date and tensor
     digests) lets loading refuse a member trained again since.
     """
+    from classify.basekinds import save_vote  # the kinds' module: scorers, torch, loaded here only
+
     manifests = [_member_manifest(workspace, dataset, m) for m in members]
     alignment = next(((m.get("preprocessing") or {}).get("alignment") for m in manifests if m), {})
     final = workspace.models_dir(dataset, run)

@@ -23,7 +23,7 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
 
 Entries are imported on first use (``"module:attribute"``), so ``featbench --help`` or an
 ``lda`` run never imports torch for an LSTM. Adding a kind is one module (its class and
-save/load) plus one line in :data:`_ENTRIES` (or one :func:`register_kind` call for a plug-in).
+save/load) plus one lazy entry in :data:`KINDS` (or one :func:`register_kind` call for a plug-in).
 A per-AU classifier on codes is even shorter: its :class:`~classify.estimators.ClassifierSpec`
 and ``register_kind(estimator_kind(spec))`` (:func:`classify.basekinds.estimator_kind`).
 
@@ -44,6 +44,7 @@ from featbench.core.align import read_cache_info
 from featbench.core.datasets import training_data as describe_training_data
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, did_you_mean
 from featbench.core.modelfile import create_manifest, write_model
+from featbench.core.registry import Registry
 
 
 
@@ -134,32 +135,24 @@ def _resolve(target):
 
 
 # --- the registry ---------------------------------------------------------------------------
-#: name -> "module:attribute" of its RunKind, imported on first use
-_ENTRIES = {
-    "lda": "classify.basekinds:LDA",
-    "svm": "classify.basekinds:SVM",
-    "lstm": "classify.lstm:KIND",
-    "ft": "classify.finetune:KIND",
-    "transfer": "classify.transfer:KIND",
-    "vote": "classify.basekinds:VOTE",
-    "ridge": "classify.basekinds:RIDGE",
-    "svr": "classify.basekinds:SVR",
-}
-_LOADED = {}
+#: name -> RunKind (:class:`featbench.core.registry.Registry`); the built-ins are lazy
+#: ``"module:attribute"`` entries, imported on first use
+KINDS = Registry("run kind")
+for _name, _target in (("lda", "classify.basekinds:LDA"), ("svm", "classify.basekinds:SVM"),
+                       ("lstm", "classify.lstm:KIND"), ("ft", "classify.finetune:KIND"),
+                       ("transfer", "classify.transfer:KIND"), ("vote", "classify.basekinds:VOTE"),
+                       ("ridge", "classify.basekinds:RIDGE"), ("svr", "classify.basekinds:SVR")):
+    KINDS.lazy(_name, _target)
 
 
 def register_kind(kind, *, replace=False):
     """Add ``kind`` to the registry; a name already taken raises unless ``replace``."""
-    if not replace and (kind.name in _ENTRIES or kind.name in _LOADED):
-        raise ValueError(f"run kind {kind.name!r} is already registered")
-    _LOADED[kind.name] = kind
-    return kind
+    return KINDS.add(kind.name, kind, replace=replace)
 
 
 def unregister_kind(name):
     """Remove a kind added by :func:`register_kind` (tests, plug-ins)."""
-    if name not in _ENTRIES:
-        _LOADED.pop(name, None)
+    KINDS.remove(name)
 
 
 def list_kinds(*, trained_by=None):
@@ -168,11 +161,15 @@ def list_kinds(*, trained_by=None):
     ``trained_by="classify"``: only the kinds ``featbench classify --clf`` trains (names only,
     no entry is imported for the built-ins).
     """
-    names = list(dict.fromkeys(list(_ENTRIES) + list(_LOADED)))
+    names = KINDS.names()
     if trained_by == "classify":
         builtin = {"lda", "svm", "lstm", "ridge", "svr"}
-        names = [n for n in names if n in builtin or (n in _LOADED and _classifies(_LOADED[n]))]
+        names = [n for n in names if n in builtin
+                 or (KINDS.loaded(n) is not None and n not in _BUILTIN and _classifies(KINDS.loaded(n)))]
     return names
+
+
+_BUILTIN = {"lda", "svm", "lstm", "ft", "transfer", "vote", "ridge", "svr"}
 
 
 def _classifies(kind):
@@ -189,14 +186,10 @@ def get_kind(name):
     """
     if isinstance(name, RunKind):
         return name
-    if name in _LOADED:
-        return _LOADED[name]
-    if name in _ENTRIES:
-        kind = _resolve(_ENTRIES[name])
-        if kind.name != name:
-            raise ValueError(f"registry entry {name!r} points at the kind {kind.name!r}")
-        return _LOADED.setdefault(name, kind)
-    raise UsageError(did_you_mean(str(name), tuple(list_kinds()), what="run kind"))
+    kind = KINDS.get(name)
+    if kind.name != name:
+        raise ValueError(f"registry entry {name!r} points at the kind {kind.name!r}")
+    return kind
 
 
 def classifier_kind(name):

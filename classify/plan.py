@@ -106,16 +106,29 @@ class PlanData:
     """The frames a run trains and tests on, and the protocol's folds over them.
 
     ``table`` is the one frame table of today's protocols; a cross-data-set protocol adds a
-    ``test`` table beside it (the folds then name the parts of each).
+    ``test`` table beside it (the folds then name the parts of each). The folds are ``splits``
+    when given, else made once from ``protocol`` and ``seed`` when first asked for (after the
+    inputs are checked: a damaged feature file is named before a protocol the data cannot take).
     """
 
     table: Any
-    splits: tuple
+    given_splits: Optional[tuple] = None
+    protocol: str = "paper"
+    seed: int = 0
     test: Any = None
 
     @property
     def dataset(self):
         return self.table.dataset
+
+    @property
+    def splits(self):
+        if self.given_splits is None:
+            from featbench.core.splits import make_splits
+
+            object.__setattr__(self, "given_splits",
+                               tuple(make_splits(self.table, self.protocol, seed=self.seed)))
+        return self.given_splits
 
 
 @dataclass(frozen=True)

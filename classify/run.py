@@ -193,8 +193,6 @@ def plan_codes_run(workspace, dataset, *, model, clf, region="full", protocol="p
                    calibrate="none", task=None):
     """Return the :class:`~classify.plan.RunPlan` of a run on codes (:func:`classify_run`'s
     arguments); UsageError for bad ones, before any data is read."""
-    from featbench.core.splits import make_splits
-
     from classify.plan import PlanData, RunPlan
 
     kind, options, method, task = check_args(clf, region, class_weight, options, calibrate, task,
@@ -211,7 +209,7 @@ def plan_codes_run(workspace, dataset, *, model, clf, region="full", protocol="p
                            options=options, task=task, **settings)
     meta = _run_meta(kind, options, table, model=model, region=region, clf=clf, dataset=dataset,
                      task=task, **settings)
-    return RunPlan(workspace=workspace, data=PlanData(table, tuple(make_splits(table, protocol, seed=seed))),
+    return RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
                    kind=kind, task=task, model=model, region=region, protocol=protocol,
                    aus=tuple(au_list), seed=seed, key=key, meta=meta, options=options,
                    common={**settings, "n_jobs": n_jobs}, progress=progress, scheduler=scheduler)

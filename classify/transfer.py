@@ -629,7 +629,7 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     key = stage2_run(settings, control=stage1 is None)
     meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(settings.weights),
             "protocol": protocol, "dataset": table.dataset}
-    plan = RunPlan(workspace=workspace, data=PlanData(table, (split,)), kind=KIND, task=task,
+    plan = RunPlan(workspace=workspace, data=PlanData(table, (split,), protocol=protocol), kind=KIND, task=task,
                    model=settings.backbone, region="full", protocol=protocol, aus=tuple(aus),
                    seed=settings.seed, key=key, meta=meta, inputs="faces", options=settings,
                    common={"labelled_only": True}, progress=progress, scheduler=scheduler)

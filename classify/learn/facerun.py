@@ -56,7 +56,6 @@ def face_run(method, workspace, dataset, table, *, run, aus, protocol, seed, met
         :func:`classify.learn.writer.write_record`'s, plus ``units`` (each unit's record).
     """
     from featbench.core.identity import RunKey
-    from featbench.core.splits import make_splits
 
     from classify.driver import FaceInputs, execute
     from classify.learn.facekind import face_kind
@@ -64,7 +63,7 @@ def face_run(method, workspace, dataset, table, *, run, aus, protocol, seed, met
 
     method.info = info or {}
     key = run if isinstance(run, RunKey) else RunKey.parse(run)
-    plan = RunPlan(workspace=workspace, data=PlanData(table, tuple(make_splits(table, protocol, seed=seed))),
+    plan = RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
                    kind=kind or face_kind(method.kind, type(method)), task=method.task,
                    model=meta.get("model", ""), region=meta.get("region", "full"), protocol=protocol,
                    aus=tuple(aus), seed=seed, key=key, meta=meta, inputs="faces",

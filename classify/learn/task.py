@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.registry import Registry
 from featbench.core.metrics import au_metrics, nanmean
 
 from classify.estimators import DEFAULT_THRESHOLD, balance_indices, decide, settle_threshold
@@ -370,26 +370,24 @@ EXPRESSION = Expression()
 
 
 # --- the registry of tasks ---------------------------------------------------------------------
-_TASKS = {}
+#: name -> Task (:class:`featbench.core.registry.Registry`); ``featbench classify / finetune /
+#: transfer --task NAME`` take any name here
+TASKS = Registry("task")
 
 
 def register_task(task, *, replace=False):
     """Add ``task`` (an instance) under ``task.name``; a name already taken raises unless ``replace``."""
-    if not replace and task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
-    _TASKS[task.name] = task
-    return task
+    return TASKS.add(task.name, task, replace=replace)
 
 
 def unregister_task(name):
     """Remove a task added by :func:`register_task` (tests, plug-ins); the built-ins stay."""
-    if name not in ("occurrence", "expression"):
-        _TASKS.pop(name, None)
+    TASKS.remove(name)
 
 
 def list_tasks():
     """The names of the registered tasks."""
-    return list(_TASKS)
+    return TASKS.names()
 
 
 def get_task(name):
@@ -402,11 +400,8 @@ def get_task(name):
     """
     if isinstance(name, Task):
         return name
-    task = _TASKS.get(name or "occurrence")
-    if task is None:
-        raise UsageError(did_you_mean(str(name), tuple(_TASKS), what="task"))
-    return task
+    return TASKS.get(name or "occurrence")
 
 
-register_task(OCCURRENCE)
-register_task(EXPRESSION)
+TASKS.add(OCCURRENCE.name, OCCURRENCE, builtin=True)
+TASKS.add(EXPRESSION.name, EXPRESSION, builtin=True)
