@@ -45,8 +45,8 @@ def compare_h5(a, b, out):
         for key in sorted(set(fa.attrs) | set(fb.attrs)):
             if key in IGNORED:
                 continue
-            va, vb = fa.attrs.get(key), fb.attrs.get(key)
-            if not np.array_equal(np.asarray(va), np.asarray(vb)):
+            va, vb = np.asarray(fa.attrs.get(key)), np.asarray(fb.attrs.get(key))
+            if not np.array_equal(va, vb, equal_nan=va.dtype.kind == "f" and vb.dtype.kind == "f"):
                 out.append(f"{b}: attribute {key}: {va!r} -> {vb!r}")
         names = set()
         fa.visit(names.add)

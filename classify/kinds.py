@@ -11,11 +11,14 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
     classify codes per AU hold their estimator (:attr:`RunKind.estimator`, a
     :class:`classify.estimators.ClassifierSpec`) and train through
     :func:`classify.run.classify_run`.
+``method``
+    ``method(plan, inputs)`` -> the :class:`~classify.learn.method.Method` the one driver
+    (:func:`classify.driver.execute`) trains a run of this kind on codes with.
 ``save``
-    ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` writes the run's
-    model into ``folder`` through :mod:`featbench.core.modelfile` (a manifest + safetensors,
-    never a pickle; :func:`write_run_model`) from what its trainer ``trained``; it returns the
-    per-(fold, AU) entries the run's settings.json records (or None).
+    ``save(folder, record)`` writes the run's model into ``folder`` through
+    :mod:`featbench.core.modelfile` (a manifest + safetensors, never a pickle;
+    :func:`write_run_model`) from the run's :class:`~classify.learn.writer.RunRecord` (the
+    writer calls it inside the run folder's atomic swap, then writes settings.json there).
 ``load``
     ``load(model_file)`` -> a :class:`classify.infer.RunModel`: codes (or faces, through the
     network it carries) -> scores + decisions, exactly as the run decided its test frames.
@@ -59,10 +62,8 @@ class RunKind:
     load : callable
         ``load(model_file)`` -> RunModel (:class:`featbench.core.modelfile.ModelFile` in).
     save : callable, optional
-        ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` -> per-(fold,
-        AU) settings entries or None; what ``trained`` is belongs to the kind (its trainer
-        hands it over: ``classify_run``'s ``{"splits", "aus", "fits"}`` for the kinds it trains).
-        None: the kind's trainer writes its model itself, through :attr:`writer`.
+        ``save(folder, record)`` (a :class:`~classify.learn.writer.RunRecord`) -> per-(fold,
+        AU) settings entries or None (the vote's: ``save(folder, trained, **fields)``).
     writer : str
         ``"module:function"`` that writes the kind's model when its trainer does it itself (the
         learned methods: :func:`classify.learn.loop.write_model`); else the module of ``save``.

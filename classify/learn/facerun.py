@@ -1,12 +1,12 @@
-"""A run of a method over aligned faces, from the data set to the written run.
+"""A run of a method over aligned faces: its plan, handed to the one driver.
 
-:func:`face_run` is what ``featbench finetune`` (and any method over faces: a test's toy
-method) runs once its method is built: the aligned-face cache checked against the frame table,
-the protocol's folds (``featbench.core.splits``), one job per (fold, unit), every unit trained by
-the shared loop (:func:`classify.learn.pool.run_units`), the run written by the one writer
-(:func:`classify.learn.writer.write_outputs`) and its model through
-:mod:`featbench.core.modelfile` (:func:`classify.learn.loop.write_model`), a failure recorded as
-the run's summary row.
+:func:`face_run` is what ``featbench finetune`` (and any method over faces: a test's toy method)
+calls once its method is built: it makes the run's :class:`~classify.plan.RunPlan` (faces as
+inputs, the protocol's folds) and hands it to :func:`classify.driver.execute`, which checks the
+aligned-face cache against the frame table, builds one job per (fold, unit), trains them through
+the one loop (:func:`classify.learn.pool.run_units`) and writes the run through the one writer
+(:func:`classify.learn.writer.write_record`; the model by the kind's ``save``,
+:func:`classify.learn.facekind.save_face_run`), a failure recorded as the run's summary row.
 
 What a method adds to :class:`~classify.learn.method.Method` for it (defaults in parentheses):
 
@@ -17,8 +17,8 @@ What a method adds to :class:`~classify.learn.method.Method` for it (defaults in
     (its ``face_input`` per unit: :meth:`featbench.core.facesource.FaceInput.to_json`).
 ``preprocessing(aus, info)``
     The manifest's preprocessing (model, regions, input size, mean / std); alignment is added.
-``row_extra(record)`` (none)
-    The method's own per-AU columns of the run's table (``record``: the first fold's).
+``row_extra(record, au)`` (none)
+    The method's own columns of an AU's row of the run's table.
 ``record(info)`` (none)
     More of settings.json.
 ``prediction_attrs`` (model, region, clf, weights, protocol, dataset)

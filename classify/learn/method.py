@@ -1,8 +1,8 @@
 """The method contract: what a learned method says (it scores through :mod:`classify.infer`).
 
-A method (fine-tuning: :class:`classify.finetune.FinetuneMethod`, transfer's stage 2:
-:class:`classify.transfer.TransferMethod`, the LSTM: :class:`classify.lstm.LSTMMethod`) is one
-class with the hooks below; :mod:`classify.learn.loop` trains its units fold by fold through
+A method (fine-tuning: :class:`classify.finetune.FinetuneMethod`, transfer's two stages:
+:class:`classify.transfer.TransferMethod`, the LSTM: :class:`classify.lstm.LSTMMethod`; the
+per-AU estimators: :mod:`classify.codemethods`) is one class with the hooks below; :mod:`classify.learn.loop` trains its units fold by fold through
 :func:`classify.training.fit`, the task (:mod:`classify.learn.task`) supplies loss, metric and
 decisions, and :mod:`classify.learn.writer` writes the run. A method never writes files.
 
@@ -25,6 +25,16 @@ decisions, and :mod:`classify.learn.writer` writes the run. A method never write
     :func:`classify.infer.score_batches`.
 ``state(network) -> {name: tensor}`` / ``load_state(network, state)``
     What is saved of a trained network (safetensors) and how it is put back.
+``fit_unit(job, data, res, *, work, done, progress)`` (optional)
+    Train the unit into ``res`` without :func:`classify.training.fit`: the estimator methods of
+    :mod:`classify.codemethods` (scikit-learn fits); networks leave it out and train through
+    :func:`classify.learn.loop.fit_network`.
+``row_extra(record, au)``, ``result_meta(record)``, ``record_settings(record)``, ``fold_entry(rec)``
+    What the one writer (:mod:`classify.learn.writer`) records of the method beside the common
+    parts: per-AU columns, summary columns, settings.json's own part and per-(fold, AU) entries.
+``limited_threads(n)``, ``for_pool(workers, folder)``, ``shared()`` / ``attach(shared)``
+    How the method runs in a worker (:mod:`classify.learn.pool`): its threads, its inputs
+    memory-mapped, its large inputs sent once to a cluster's workers.
 
 Attributes: ``kind`` (the run kind, ``RunKey.clf``), ``task``, ``reduction`` (the loss over a
 batch: ``"mean"``, or ``"sum"`` for the paper's LSTM), ``tune`` (thresholds tuned on

@@ -123,7 +123,7 @@ def run_dask(method, jobs, address, *, work=None, done=None, progress=True):
 
     probe_scheduler(address)
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client
     except ImportError:
         raise UsageError("--scheduler needs Dask's distributed scheduler: pip install "
                          "'featbench[dask]'") from None
@@ -139,12 +139,8 @@ def run_dask(method, jobs, address, *, work=None, done=None, progress=True):
         data = client.scatter(shared, broadcast=True) if shared is not None else None
         futures = [client.submit(_on_dask_worker, light, data, job, work, done, pure=False)
                    for job in jobs]
-        index = {f.key: i for i, f in enumerate(futures)}
-        out = [None] * len(jobs)
         bar = dict(_bar(method, jobs, progress), desc=f"{method.kind} (dask)")
-        for fut in tqdm(as_completed(futures), **bar):
-            out[index[fut.key]] = fut.result()
-    return out
+        return [fut.result() for fut in tqdm(futures, **bar)]  # in job order
 
 
 # --- torchrun -----------------------------------------------------------------------------------
@@ -159,6 +155,10 @@ def run_ranks(method, jobs, *, work=None, done=None, progress=True, say=None):
         dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
     mine = run_local(method, jobs[rank::world], work=work, done=done,
                      progress=progress and rank == 0, say=say if rank == 0 else None)
+    if method.resumable:  # networks travel as their tensors (a network class may be local)
+        for res in mine:
+            if res.net is not None:
+                res.net = _State(method.state(res.net))
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
@@ -166,7 +166,18 @@ def run_ranks(method, jobs, *, work=None, done=None, progress=True, say=None):
     out = [None] * len(jobs)
     for r, part in enumerate(gathered):
         out[r::world] = part
+    for job, res in zip(jobs, out):
+        if isinstance(res.net, _State):  # the same network, rebuilt here with its tensors
+            net, _ = method.build(job, method.unit_data(job))
+            res.net = method.load_state(net, res.net.tensors) or net
     return out
+
+
+class _State:
+    """A trained network's tensors on their way from a rank to rank 0."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
 
 
 def barrier():
