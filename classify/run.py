@@ -207,23 +207,25 @@ def plan_codes_run(workspace, dataset, *, model, clf, region="full", protocol="p
                     class_weight=class_weight, seed=seed, calibrate=method)
     key = classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
                            options=options, task=task, **settings)
-    meta = _run_meta(kind, options, table, model=model, region=region, clf=clf, dataset=dataset,
-                     task=task, **settings)
+    meta = _run_meta(kind, options, table, task, dict(model=model, region=region, clf=clf,
+                                                      dataset=dataset), settings)
     return RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
                    kind=kind, task=task, model=model, region=region, protocol=protocol,
                    aus=tuple(au_list), seed=seed, key=key, meta=meta, options=options,
                    common={**settings, "n_jobs": n_jobs}, progress=progress, scheduler=scheduler)
 
 
-def _run_meta(kind, options, table, *, model, region, clf, dataset, protocol, tune_threshold,
-              balance, class_weight, seed, calibrate="none", task=None):
-    """Return the run's settings as its summary row and settings.json record them."""
+def _run_meta(kind, options, table, task, what, settings):
+    """Return the run's settings as its summary row and settings.json record them (``what``:
+    its model, region, clf and data set; ``settings``: the shared settings)."""
     threshold = table.label_threshold if table.label_threshold is not None else getattr(task, "threshold", "")
-    return {"model": model, "region": region, "clf": clf, "weights": "",
-            "protocol": protocol, "dataset": dataset, "tune_threshold": bool(tune_threshold),
-            "balance": bool(balance), "class_weight": class_weight or "", "seed": seed,
+    s = settings
+    return {**{k: what[k] for k in ("model", "region", "clf")}, "weights": "",
+            "protocol": s["protocol"], "dataset": what["dataset"],
+            "tune_threshold": bool(s["tune_threshold"]), "balance": bool(s["balance"]),
+            "class_weight": s["class_weight"] or "", "seed": s["seed"],
             # which intensity made a label positive: runs on other thresholds never mix
-            "label_threshold": threshold, "calibrate": calibrate, "task": task.name,
+            "label_threshold": threshold, "calibrate": s["calibrate"], "task": task.name,
             **({kind.name: asdict(options)} if options else {})}
 
 

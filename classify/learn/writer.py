@@ -1,14 +1,16 @@
 """The one run writer: what every classifier run leaves behind, written once.
 
-``featbench classify`` (LDA, SVM, LSTM), ``featbench finetune`` and ``featbench transfer``
-all end here, with per-(fold, AU) records (``by[(fold, au)]``: ``n_train``, ``n_train_pos``,
-``n_val``, ``n_val_pos``, ``scores`` of the fold's test rows, ``fit`` with its ``threshold``,
-``val_f1`` and ``notes``, or None and an ``error``). :func:`write_outputs` writes, in this
-order and only once everything is computed::
+Every run of the one driver (:func:`classify.driver.execute`: ``featbench classify`` for every
+kind on codes, ``featbench finetune``, ``featbench transfer``'s stage 2) ends here with one
+:class:`RunRecord`: the plan, the method, the inputs, the units' results and, per (fold, AU),
+a record (``by[(fold, au)]``: ``n_train``, ``n_train_pos``, ``n_val``, ``n_val_pos``,
+``scores`` of the fold's test rows, ``fit`` with its ``threshold``, ``val_f1`` and ``notes``,
+or None and an ``error``). :func:`write_record` writes, in this order and only once
+everything is computed::
 
     results/<ds>/predictions/<run>.h5   test frames' scores and decisions (every frame once)
-    results/<ds>/models/<run>/          the models and settings.json (the method fills a temp
-                                        folder, renamed over the old one when complete)
+    results/<ds>/models/<run>/          the model (the kind's ``save``) and settings.json, in a
+                                        temp folder renamed over the old one when complete
     results/<ds>/<run>.csv              per-AU metrics averaged over folds + the mean row
     results/<ds>/summary.csv            the run's row (other runs' rows are kept)
 
@@ -33,7 +35,6 @@ from featbench.core.workspace import temp_sibling
 
 from classify.learn import store
 from classify.learn.method import Method
-from classify.learn.task import OCCURRENCE
 
 
 @contextmanager
@@ -220,100 +221,80 @@ class RunRecord:
 
 
 def write_record(record):
-    """Write a run's predictions, models folder (the kind's model and settings.json, swapped in
-    whole), table and summary row; return the run's dict (:func:`write_outputs`'s)."""
+    """Write a run's predictions, models folder, table and summary row; return the run's dict.
+
+    In this order, once everything is computed: the test frames' predictions; the models folder
+    (the kind's ``save`` and settings.json into a temporary folder, renamed over the old one
+    when complete); the per-AU table and the summary row. A disk error removes the predictions
+    it left. The table's columns, how scores become decisions (and, for a method that reports
+    them so, probabilities) and the summary's own fields are the task's.
+
+    Returns
+    -------
+    dict
+        ``run``, ``dataset``, ``rows``, ``mean``, ``task``, ``notes``, ``meta``, ``csv``,
+        ``predictions``, ``models_dir``, ``folds``, ``seconds``, ``record``.
+    """
     plan, method, task = record.plan, record.method, record.plan.task
-
-    def fill(tmp, rows_out, thresholds):
-        record.rows = rows_out
-        saved = plan.kind.save(tmp, record) or {}
-        folds = record.fold_entries(saved)
-        record.meta["seconds"] = round(time.time() - record.t0, 1)
-        store.write_json(tmp / "settings.json", record.settings(saved, folds))
-        return folds
-
+    ws, dataset, run = plan.workspace, plan.dataset, plan.run
     extra = None
     if type(method).row_extra is not Method.row_extra:
         extra = lambda au: method.row_extra(record, au)  # noqa: E731
-    out = write_outputs(plan.workspace, plan.dataset, plan.run, table=plan.table, au_list=record.aus,
-                        splits=record.splits, test_rows=record.test_rows, by=record.by,
-                        labels=record.labels, meta=record.meta, fill_models=fill, task=task,
-                        params=method.params, extra=extra, t0=record.t0,
-                        present=task.probability if method.probabilities else None,
-                        attrs=method.prediction_attrs)
-    out["record"] = record
-    return out
-
-
-def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows, by, labels, meta,
-                  fill_models, task=OCCURRENCE, params=(), extra=None, present=None,
-                  attrs=(), t0=None):
-    """Write a run's predictions, models folder, table and summary row; return the run's dict.
-
-    Parameters
-    ----------
-    table : FrameTable
-    au_list, splits, test_rows, by, labels
-        The run's AUs, folds, each fold's test rows, per-(fold, AU) records, the task's targets
-        by table row (occurrence labels; intensities: ``task.stored`` keeps both in the
-        predictions file).
-    meta : dict
-        The summary row's columns (``model``, ``region``, ``clf``, ``weights``...).
-    fill_models : callable
-        ``fill_models(tmp_folder, rows, thresholds) -> anything``: writes the models and
-        settings.json (returned as ``folds`` in the result).
-    task : Task
-    params, extra
-        As :func:`run_rows`.
-    present : callable, optional
-        How scores and thresholds are stored (transfer: probabilities); metrics use the raw.
-    attrs : tuple of str
-        The ``meta`` keys the predictions file records.
-    """
-    rows_out, notes, thresholds = run_rows(task, au_list, by, labels, test_rows, splits,
-                                           params=params, extra=extra)
+    rows_out, notes, thresholds = run_rows(task, record.aus, record.by, record.labels,
+                                           record.test_rows, record.splits, params=method.params,
+                                           extra=extra)
+    record.rows, meta = rows_out, record.meta
     meta.update(task=task.name)
+    present = task.probability if method.probabilities else None
     if present is not None:
         for r in rows_out:
             r["threshold"] = float(present(r["threshold"]))
     pred_path = None
     try:
-        pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
-                                       thresholds, rows_out, meta, splits, task, present, attrs)
-        models_dir = workspace.models_dir(dataset, run)
-        folds = replace_folder(models_dir, lambda tmp: fill_models(tmp, rows_out, thresholds))
-        if t0 is not None:
-            meta["seconds"] = round(time.time() - t0, 1)
-        csv = write_run(workspace, dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
+        pred_path = _write_predictions(record, thresholds, present)
+        models_dir = ws.models_dir(dataset, run)
+        folds = replace_folder(models_dir, lambda tmp: _fill(tmp, record))
+        meta["seconds"] = round(time.time() - record.t0, 1)
+        csv = write_run(ws, dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
                         fields=task.summary_fields)
     except OSError as exc:  # disk full, permissions: no predictions without their run
         if pred_path is not None:
             pred_path.unlink(missing_ok=True)
-        where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
+        where = getattr(exc, "filename", None) or ws.results_dir(dataset)
         raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
                          f"{run} (none of them kept; rerun when fixed)") from None
     return {"run": run, "dataset": dataset, "rows": rows_out,
             "mean": run_table(rows_out, columns=task.COLUMNS)[0][-1], "task": task.name,
             "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
-            "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds")}
+            "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds"),
+            "record": record}
 
 
-def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels, thresholds,
-                       rows_out, meta, splits, task, present, attrs):
+def _fill(tmp, record):
+    """The run's folder: the kind's model, then settings.json (inside the swap)."""
+    saved = record.plan.kind.save(tmp, record) or {}
+    folds = record.fold_entries(saved)
+    record.meta["seconds"] = round(time.time() - record.t0, 1)
+    store.write_json(tmp / "settings.json", record.settings(saved, folds))
+    return folds
+
+
+def _write_predictions(record, thresholds, present):
     """Write the test frames' scores and decisions (team contract 3), atomically."""
-    rows = np.concatenate(test_rows)
+    plan, task, rows_out = record.plan, record.plan.task, record.rows
+    rows = np.concatenate(record.test_rows)
     if np.unique(rows).size != rows.size:
-        raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
-    scores, decisions, fold = test_scores(task, au_list, by, test_rows)
+        raise UsageError(f"protocol {plan.protocol} tests some frames in two folds")
+    scores, decisions, fold = test_scores(task, record.aus, record.by, record.test_rows)
     kw = {}
     if present is not None:
         scores, thresholds = present(scores), present(thresholds)
         kw["scores_are"] = "probabilities"
     return write_predictions(
-        workspace.predictions_path(dataset, run), frames=table.keys()[rows], **task.stored(labels[rows]),
-        scores=scores, decisions=decisions, fold=fold, aus=au_list,
-        thresholds=[r["threshold"] for r in rows_out],
+        plan.workspace.predictions_path(plan.dataset, plan.run), frames=plan.table.keys()[rows],
+        **task.stored(record.labels[rows]), scores=scores, decisions=decisions, fold=fold,
+        aus=record.aus, thresholds=[r["threshold"] for r in rows_out],
         fold_thresholds=thresholds,  # (folds, k): the threshold each fold used
-        run=run, folds=[s.name for s in splits],
+        run=plan.run, folds=[s.name for s in record.splits],
         failed_aus=[r["au"] for r in rows_out if not np.isfinite(r["threshold"])],
-        task=task.name, **{key: meta[key] for key in attrs}, **kw)
+        task=task.name, **{key: record.meta[key] for key in record.method.prediction_attrs}, **kw)
