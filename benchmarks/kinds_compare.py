@@ -5,7 +5,8 @@
 For each data set (default: every one under BASE/results): ``summary.csv`` row by row (the
 ``created`` and ``seconds`` columns are left out: they are when and how long), each run's CSV,
 each predictions file (every dataset and attribute, arrays compared exactly) and, under
-``WORKSPACE/predict/``, each ``featbench predict`` CSV byte by byte. Prints one line per
+``WORKSPACE/predict/``, each ``featbench predict`` CSV byte by byte (the workspace's own path
+in its ``input`` column aside). Prints one line per
 difference and ``identical`` or the count at the end; exit status 1 when anything differs.
 Made for ``benchmarks/kinds_check.sh`` (one run of every kind) and ``featbench run``'s quick
 preset (issue 32: the one driver changes no result).
@@ -79,9 +80,10 @@ def compare(base, new, datasets, out):
                 out.append(f"{g}: missing")
             else:
                 compare_h5(f, g, out)
-    for f in sorted((base / "predict").glob("*.csv")):
+    for f in sorted((base / "predict").glob("*.csv")):  # the input column names each workspace
         g = new / "predict" / f.name
-        if not g.exists() or f.read_bytes() != g.read_bytes():
+        if not g.exists() or (f.read_bytes().replace(str(base.resolve()).encode(), b"WS")
+                              != g.read_bytes().replace(str(new.resolve()).encode(), b"WS")):
             out.append(f"{g}: {'missing' if not g.exists() else 'differs'}")
 
 
