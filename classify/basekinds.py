@@ -46,14 +46,20 @@ def save_estimators(folder, record):
 
 def load_estimators(model_file, classes):
     """The ``load`` of estimator kinds: each AU's pipeline rebuilt from the classes allowed."""
+    models = model_file.manifest["settings"]["models"]
+    return load_per_au(model_file, "classifier", lambda g, thr: estimator_from_arrays(
+        models[g], model_file.tensors(g), thr, classes))
+
+
+def load_per_au(model_file, noun, build):
+    """The :class:`~classify.infer.RunModel` of a run with one model per fold and AU (the
+    estimator kinds): per fold, each AU's ``build(tensor group, threshold)`` and threshold."""
     m = model_file.manifest
-    folds = []
-    for fold, units in zip(m["folds"], m["settings"]["units"]):
-        folds.append({au: (estimator_from_arrays(m["settings"]["models"][g], model_file.tensors(g),
-                                                 fold["thresholds"][au], classes),
-                           float(fold["thresholds"][au])) for au, g in units.items()})
+    folds = [{au: (build(g, float(fold["thresholds"][au])), float(fold["thresholds"][au]))
+              for au, g in units.items()}
+             for fold, units in zip(m["folds"], m["settings"]["units"])]
     if not any(folds):
-        raise StoreError(f"{model_file.path}: run {m['run']} has no fitted classifier for any AU")
+        raise StoreError(f"{model_file.path}: run {m['run']} has no fitted {noun} for any AU")
     return RunModel.from_model_file(model_file, folds)
 
 
@@ -143,14 +149,8 @@ def load_regressors(model_file):
     if m.get("task") not in (get_kind(m["kind"]).tasks or ()):
         raise StoreError(f"{model_file.path}: run {m.get('run')} of kind {m.get('kind')} is not "
                          "an intensity run")
-    folds = []
-    for fold, units in zip(m["folds"], m["settings"]["units"]):
-        folds.append({au: (LinearIntensity(np.asarray(model_file.tensors(g)["weight"]),
-                                           float(model_file.tensors(g)["bias"][0])),
-                           float(fold["thresholds"][au])) for au, g in units.items()})
-    if not any(folds):
-        raise StoreError(f"{model_file.path}: run {m['run']} has no fitted regressor for any AU")
-    return RunModel.from_model_file(model_file, folds)
+    return load_per_au(model_file, "regressor", lambda g, thr: LinearIntensity(
+        np.asarray(model_file.tensors(g)["weight"]), float(model_file.tensors(g)["bias"][0])))
 
 
 def regressor_method(plan, inputs):

@@ -27,7 +27,7 @@ from featbench.core.results import read_summary  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 from test_finetune import FAST, make_table, one_thread, write_cache  # noqa: E402,F401
 from test_kinds import _centroid_spec, _hog_workspace  # noqa: E402
-from test_learn import AUS, Margin, _aligned_photo  # noqa: E402
+from test_learn import AUS, Margin, _aligned_photo, _predict_cli as _predict  # noqa: E402
 from test_predict_nets import photo  # noqa: E402,F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,14 +41,6 @@ def toys():
     yield task
     unregister_kind("centroid")
     unregister_task(task.name)
-
-
-def _predict(ws, run, photo_path, out):
-    assert main(["--workspace", str(ws.root), "predict", str(photo_path), "--run", run, "--out",
-                 str(out), "--device", "cpu", "--quiet"]) == 0
-    df = pd.read_csv(out)
-    assert len(df) == 1 and df["success"].iloc[0] == 1
-    return df.iloc[0]
 
 
 def test_a_toy_task_and_kind_train_from_classify_and_predict_decides_with_them(toys, photo, tmp_path,
