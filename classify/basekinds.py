@@ -24,6 +24,7 @@ from classify.estimators import (C_GRID, DEFAULT_C, ClassifierSpec, ShrinkageLDA
 from classify.kinds import (RunKind, fold_results, get_kind, load_scorer, member_fingerprint,
                             record_fields, unit_group, write_run_model)
 from classify.intensity import RIDGE_ALPHAS, SVR_CS, RegressorSpec, ridge_path, svr_path
+from classify.modelcheck import INTENSITY_SPEC, VOTE_SPEC, estimator_spec
 from classify.scale import fit_streamed
 from classify.infer import RunModel
 
@@ -63,6 +64,24 @@ def load_per_au(model_file, noun, build):
     return RunModel.from_model_file(model_file, folds)
 
 
+#: the fitted arrays a saved pipeline step of each class holds: attribute -> (shape, required);
+#: ``"d"`` is the code dimension, other strings free sides; required: True, False, or the
+#: parameter that makes it needed (a scaler's ``with_mean``). Checked before a run loads
+#: (:func:`classify.modelcheck.estimator_spec`); a class not listed: any fitted-named arrays.
+_COEF = {"coef_": ((1, "d"), True), "intercept_": ((1,), True), "classes_": ((2,), False)}
+FITTED_ARRAYS = {
+    "StandardScaler": {"mean_": (("d",), "with_mean"), "scale_": (("d",), "with_std"),
+                       "var_": (("d",), False)},
+    "LinearSVC": _COEF,
+    "SGDClassifier": _COEF,
+    "ShrinkageLDA": {**_COEF, "means_": ((2, "d"), False), "priors_": ((2,), False),
+                     "shrinkage_": ((2,), False)},
+    "LinearDiscriminantAnalysis": {**_COEF, "means_": ((2, "d"), False), "priors_": ((2,), False),
+                                   "xbar_": (("d",), False), "scalings_": (("d", "r"), False),
+                                   "explained_variance_ratio_": (("r",), False)},
+}
+
+
 def classifier_method(plan, inputs):
     """The method of a per-AU classifier kind on opened codes (:mod:`classify.codemethods`)."""
     from classify.codemethods import ClassifierMethod
@@ -81,7 +100,8 @@ def estimator_kind(spec, **kw):
 
     fields = dict(name=spec.name, load=load, save=save_estimators, train="classify.run:classify_run",
                   command=f"featbench classify --clf {spec.name}", estimator=spec,
-                  method=classifier_method, tasks=("occurrence",), streams=True, help=spec.help)
+                  method=classifier_method, tasks=("occurrence",), streams=True, help=spec.help,
+                  spec=estimator_spec(spec.classes, FITTED_ARRAYS))
     return RunKind(**{**fields, **kw})
 
 
@@ -166,7 +186,8 @@ def regressor_kind(spec):
     return RunKind(name=spec.name, load=load_regressors, save=save_regressors,
                    train="classify.run:classify_run", estimator=spec, method=regressor_method,
                    command=f"featbench classify --task intensity --clf {spec.name}",
-                   task="intensity", tasks=("intensity",), balance=False, help=spec.help)
+                   task="intensity", tasks=("intensity",), balance=False, help=spec.help,
+                   spec=INTENSITY_SPEC)
 
 
 #: the ``ridge`` kind: per-AU ridge regression of intensities on codes
@@ -200,15 +221,10 @@ def load_vote(model_file):
     if missing:
         raise StoreError(f"{model_file.path}: member {missing[0][0]} has no {missing[0][1]}: "
                          "run featbench ensemble again")
-    return RunModel(run=m["run"], dataset=m["training_data"]["dataset"], clf="vote", model="",
-                    weights=m["weights"], aus=list(m["aus"]), members=loaded,
-                    scales=model_file.tensors("vote")["scales"].astype("float64"),
-                    alignment=loaded[0].alignment, source=model_file,
-                    info={"protocol": m["settings"].get("protocol")},
-                    task=str(m.get("task") or "occurrence"))
+    return RunModel.vote_of(model_file, loaded, model_file.tensors("vote")["scales"].astype("float64"))
 
 
 #: the ``vote`` kind: a majority vote of other runs (``featbench ensemble``)
 VOTE = RunKind(name="vote", load=load_vote, save=save_vote, train="classify.ensemble:ensemble_run",
-               command="featbench ensemble", inputs="runs",
+               command="featbench ensemble", inputs="runs", spec=VOTE_SPEC,
                help="majority vote of member runs, ties broken by scaled scores")

@@ -80,12 +80,13 @@ from classify.infer import score_batches
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
 from classify.learn.task import OCCURRENCE, get_task
 from classify.learn.writer import recording_failure
+from classify.modelcheck import network_spec
 from classify.plan import resolve_aus, run_key
 from classify.run import format_result as classify_format
 from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, resolve_device
 from extract.registry import get_spec
-from extract.weights import parse_weights
+from extract.weights import MEAN_KEY, parse_weights
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -490,4 +491,5 @@ def _n_train(result):
 #: trained, saved and loaded into one scorer (:mod:`classify.learn.facekind`)
 KIND = face_kind("ft", FinetuneMethod, train="classify.finetune:finetune_run",
                  command="featbench finetune",
+                 spec=network_spec(FinetuneMethod, "ft", values=(MEAN_KEY,)),
                  help="a CNN fine-tuned for AU occurrence (per-AU or multilabel heads)")

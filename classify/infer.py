@@ -6,9 +6,14 @@ Everything that turns a saved run into scores lives here, apart from training
 :func:`score_batches`
     The one inference path of every learned network (training's validation and test scores,
     and predict's): batches through :func:`extract.encoders.run_network`.
-:class:`RunModel`
-    The one scorer of a trained run: codes (or faces, through the networks it carries) ->
-    scores + decisions.
+:class:`Scorer`, :class:`RunModel`
+    What predict needs of a trained run, declared (a ``typing.Protocol``, with
+    :class:`AUClassifier`, :class:`TrackClassifier` and :class:`NetworkClassifier` for the
+    per-AU pieces of a fold), and the one scorer every run kind loads into: codes (or faces,
+    through the networks it carries) -> scores + decisions. Its identities are objects
+    (:class:`~featbench.core.identity.RunKey`, :class:`~featbench.core.identity.WeightsId`,
+    the :class:`~classify.learn.task.Task`, the :class:`~classify.kinds.RunKind`), parsed once
+    from the manifest.
 :class:`NetworkScores`, :class:`NetworkOutput`
     Runs whose trained network *is* the classifier (fine-tuned CNNs, transfer runs).
 :class:`LSTMScorer`
@@ -68,14 +73,16 @@ file when the network is opened, one unit at a time; the sha256 of the unit's sa
 """
 
 from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from featbench.core.calibrate import MIN_REFERENCE_FRAMES, CalibrationError, calibrate
 from featbench.core.errors import UsageError
-from featbench.core.identity import WeightsId
+from featbench.core.identity import RunKey, WeightsId
 
-from classify.learn.task import get_task
+from classify.kinds import RunKind, get_kind
+from classify.learn.task import OCCURRENCE, Task, get_task
 from extract.encoders import autocast_dtype, resolve_device, run_network
 
 
@@ -99,28 +106,128 @@ def score_batches(net, batches, *, device, dtype=None, to_scores=None, width=0):
     return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
 
+# --- what a run's scorer is -------------------------------------------------------------------
+@runtime_checkable
+class AUClassifier(Protocol):
+    """One AU's classifier of one fold, on the codes of single faces (LDA, SVM, ridge...):
+    ``decision_function(X)`` -> (n,) raw scores of ``X`` (n, dims)."""
+
+    def decision_function(self, X): ...
+
+
+@runtime_checkable
+class TrackClassifier(Protocol):
+    """One AU's classifier of one fold on sequences of codes along face tracks (an LSTM,
+    :class:`LSTMScorer`): it carries state from batch to batch (:meth:`reset` forgets it);
+    ``window`` is the frames a bidirectional one must see at once (None: it streams)."""
+
+    window: Optional[int]
+
+    def score_tracks(self, X, tracks): ...
+
+    def reset(self): ...
+
+
+@runtime_checkable
+class NetworkClassifier(Protocol):
+    """One AU's classifier that is one output of a network the run carries (a fine-tuned or
+    transfer run, :class:`NetworkOutput`): ``codes_key`` = ``(model, WeightsId, region)`` names
+    the output in :meth:`RunModel.score`'s ``codes``, ``network`` the carried network
+    (:class:`NetworkScores`) that stands where an encoder would."""
+
+    codes_key: tuple
+    network: Any
+
+    def decision_function(self, X): ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What ``featbench predict`` (:mod:`featbench.apply`) needs of a trained run; every run
+    kind loads into one (:class:`RunModel`, through :func:`classify.kinds.load_scorer`).
+
+    Identities are objects, strings only in the files (the manifest, the CSV, the sidecar):
+    ``run`` a :class:`~featbench.core.identity.RunKey`, the networks' weights
+    :class:`~featbench.core.identity.WeightsId` s, ``task`` the
+    :class:`~classify.learn.task.Task` that turns scores into decisions, ``kind`` the
+    :class:`~classify.kinds.RunKind` of the registry.
+    """
+
+    run: RunKey
+    dataset: str
+    kind: RunKind
+    task: Task
+    aus: list
+    alignment: dict
+    calibrate: str
+    members: list
+    info: dict
+    source: Any
+
+    @property
+    def clf(self) -> str: ...
+
+    def networks(self) -> dict: ...
+
+    def network_for(self, key): ...
+
+    def weights_blob(self, weights): ...
+
+    def input_size_for(self, key): ...
+
+    def whole_tracks(self) -> bool: ...
+
+    def window(self): ...
+
+    def set_window(self, frames): ...
+
+    def weights_text(self, key) -> str: ...
+
+    def random_init(self, key) -> bool: ...
+
+    def describe(self) -> str: ...
+
+    def reset(self): ...
+
+    def score(self, codes, tracks=None): ...
+
+
+def _identity(manifest):
+    """The typed identity fields of a run, from its manifest's strings (the one place they
+    become objects): ``run``, ``dataset``, ``kind``, ``task``."""
+    return {"run": RunKey.parse(manifest["run"]), "dataset": manifest["training_data"]["dataset"],
+            "kind": get_kind(manifest["kind"]), "task": get_task(manifest.get("task") or "occurrence")}
+
+
 # --- the scorer of a run ------------------------------------------------------------------------
 @dataclass
 class RunModel:
-    """Everything :func:`featbench.apply.predict.predict` needs from one run.
+    """The one :class:`Scorer`: everything :func:`featbench.apply.predict.predict` needs from one run.
 
     Attributes
     ----------
-    run : str
-        The run's name.
+    run : RunKey
+        The run's identity (its name is ``str(run)``).
     dataset : str
         The data set it was trained on.
-    clf : str
-        ``lda``, ``svm``, ``vote``...
+    kind : RunKind
+        Its kind in the registry (:mod:`classify.kinds`); :attr:`clf` is its name (``lda``,
+        ``svm``, ``vote``...).
+    task : Task
+        The task its networks learned (:func:`classify.learn.task.get_task`): it turns scores
+        into decisions (and, for intensity, clips them to 0-5).
     model : str
         The network's registry name (``hog``, ``alexnet``, ``timm:...``); ``""`` for a vote.
-    weights : str
-        The identity of the network's weights (``WeightsId`` string form) the codes came from.
+    weights : WeightsId or None
+        The identity of the network's weights the codes came from (None: a vote, whose members
+        read the networks).
     aus : list of str
     au_regions : dict of str -> str
         The region each AU's classifier reads (``full``, ``upper``, ``middle``, ``lower``).
     folds : list of dict
-        Per fold, ``{au: (pipeline, threshold)}``; an AU without a classifier is absent.
+        Per fold, ``{au: (classifier, threshold)}`` (an :class:`AUClassifier`,
+        :class:`TrackClassifier` or :class:`NetworkClassifier`); an AU without a classifier is
+        absent.
     alignment : dict
         The alignment settings of the faces the codes came from (``featbench.core.align``).
     members : list of RunModel
@@ -132,18 +239,15 @@ class RunModel:
     source : ModelFile, optional
         The model file it was loaded from (an export carries the fine-tuned weights files whose
         codes a classify run reads: :meth:`weights_blob`).
-    task : str
-        The task its networks learned (:func:`classify.learn.task.get_task`): it turns scores
-        into decisions (and, for intensity, clips them to 0-5).
     calibrate : {"none", "median", "neutral"}
         How the run's codes were calibrated per person (applied per face track here).
     """
 
-    run: str
+    run: RunKey
     dataset: str
-    clf: str
+    kind: RunKind
     model: str
-    weights: str
+    weights: Optional[WeightsId]
     aus: list
     au_regions: dict = field(default_factory=dict)
     folds: list = field(default_factory=list)
@@ -152,8 +256,13 @@ class RunModel:
     scales: object = None
     info: dict = field(default_factory=dict)
     source: object = None
-    task: str = "occurrence"
+    task: Task = OCCURRENCE
     calibrate: str = "none"
+
+    @property
+    def clf(self):
+        """The kind's name: the ``clf`` of the run's key and of its tables."""
+        return self.kind.name
 
     @classmethod
     def from_model_file(cls, model_file, folds, *, info=None):
@@ -169,15 +278,22 @@ class RunModel:
         """
         m = model_file.manifest
         prep = m.get("preprocessing") or {}
-        return cls(run=m["run"], dataset=m["training_data"]["dataset"], clf=m["kind"],
-                   model=str(prep.get("model", "")), weights=str(m["weights"]), aus=list(m["aus"]),
+        return cls(**_identity(m), model=str(prep.get("model", "")),
+                   weights=WeightsId.parse(m["weights"]), aus=list(m["aus"]),
                    au_regions=dict(prep.get("regions") or {}), folds=folds,
                    alignment=dict(prep.get("alignment") or {}), source=model_file,
                    info={"input_size": prep.get("input_size"), "layer": prep.get("layer"),
                          "created": m.get("created"), "featbench_version": m.get("featbench_version"),
                          "training_data": m["training_data"], **(info or {})},
-                   task=str(m.get("task") or "occurrence"),
                    calibrate=str(prep.get("calibrate") or "none"))
+
+    @classmethod
+    def vote_of(cls, model_file, members, scales):
+        """A vote of the loaded ``members`` with their score ``scales``, from its model file."""
+        m = model_file.manifest
+        return cls(**_identity(m), model="", weights=None, aus=list(m["aus"]),
+                   members=list(members), scales=scales, alignment=members[0].alignment,
+                   source=model_file, info={"protocol": m["settings"].get("protocol")})
 
     # what it needs --------------------------------------------------------------------------
     def networks(self):
@@ -191,9 +307,8 @@ class RunModel:
         own = {}
         for fold in self.folds:
             for clf, _ in fold.values():
-                key = getattr(clf, "codes_key", None)
-                if key is not None:
-                    own.setdefault(key[:2], set()).add(key[2])
+                if isinstance(clf, NetworkClassifier):
+                    own.setdefault(clf.codes_key[:2], set()).add(clf.codes_key[2])
         return own or {(self.model, self.weights): set(self.au_regions.values())}
 
     def network_for(self, key):
@@ -208,7 +323,7 @@ class RunModel:
                 return net
         for fold in self.folds:
             for clf, _ in fold.values():
-                if getattr(clf, "codes_key", (None, None))[:2] == tuple(key):
+                if isinstance(clf, NetworkClassifier) and clf.codes_key[:2] == tuple(key):
                     return clf.network
         return None
 
@@ -232,7 +347,8 @@ class RunModel:
     def window(self):
         """Frames a bidirectional sequence model must see at once (None: the run streams)."""
         wins = [m.window() for m in self.members]
-        wins += [getattr(clf, "window", None) for fold in self.folds for clf, _ in fold.values()]
+        wins += [clf.window for fold in self.folds for clf, _ in fold.values()
+                 if isinstance(clf, TrackClassifier)]
         wins = [w for w in wins if w]
         return min(wins) if wins else None
 
@@ -242,19 +358,19 @@ class RunModel:
             m.set_window(frames)
         for fold in self.folds:
             for clf, _ in fold.values():
-                if getattr(clf, "window", None):
+                if isinstance(clf, TrackClassifier) and clf.window:
                     clf.window = int(frames)
 
     def weights_text(self, key):
         """``key``'s weights for people: random ones flagged, a trained network's start named."""
-        text = WeightsId.parse(key[1]).describe()
-        start = getattr(self.network_for(key), "start_weights", "")
-        return f"{text}, from {WeightsId.parse(start).describe()}" if start else text
+        text = key[1].describe()
+        start = getattr(self.network_for(key), "start_weights", None)
+        return f"{text}, from {start.describe()}" if start is not None else text
 
     def random_init(self, key):
         """True when ``key``'s weights are seeded-random or were trained from random ones."""
-        start = getattr(self.network_for(key), "start_weights", "")
-        return WeightsId.parse(key[1]).is_random or bool(start and WeightsId.parse(start).is_random)
+        start = getattr(self.network_for(key), "start_weights", None)
+        return key[1].is_random or (start is not None and start.is_random)
 
     def describe(self):
         """One line: the run, its network(s) and weights (random weights flagged)."""
@@ -268,7 +384,7 @@ class RunModel:
             m.reset()
         for fold in self.folds:
             for clf, _ in fold.values():
-                if hasattr(clf, "reset"):
+                if isinstance(clf, TrackClassifier):
                     clf.reset()
 
     def score(self, codes, tracks=None):
@@ -276,7 +392,7 @@ class RunModel:
 
         Parameters
         ----------
-        codes : dict of (model, weights, region) -> ndarray (n, dims)
+        codes : dict of (model, WeightsId, region) -> ndarray (n, dims)
             The codes of the batch's faces, for every key :meth:`networks` names.
         tracks : list of (track key, frame number), optional
             Per face, what it belongs to, in time order: a sequence model (LSTM) carries its
@@ -314,7 +430,7 @@ class RunModel:
 
     def _score_fold(self, fold, codes, tracks):
         """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`)."""
-        task = get_task(self.task)  # how a score becomes a decision (classify.learn.task)
+        task = self.task  # how a score becomes a decision (classify.learn.task)
         n = len(next(iter(codes.values()))) if codes else 0
         s = np.full((n, len(self.aus)), np.nan, np.float32)
         d = np.zeros((n, len(self.aus)), np.int8)
@@ -323,8 +439,9 @@ class RunModel:
             if au not in fold or not n:
                 continue
             clf, thr = fold[au]
-            X = codes[getattr(clf, "codes_key", None) or (self.model, self.weights, self.au_regions[au])]
-            if hasattr(clf, "score_tracks"):
+            X = codes[clf.codes_key if isinstance(clf, NetworkClassifier)
+                      else (self.model, self.weights, self.au_regions[au])]
+            if isinstance(clf, TrackClassifier):
                 if tracks is None:
                     raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
                 raw = np.asarray(clf.score_tracks(X, tracks))
@@ -374,16 +491,16 @@ class NetworkScores:
         ``build(state)`` -> the network with ``state`` (name -> tensor) loaded.
     face_input : FaceInput
         What the network reads of the aligned faces.
-    start_weights : str
+    start_weights : WeightsId, optional
         The weights training started from (random ones are flagged in predict's outputs).
     to_scores : callable, optional
         The method's map from the network's outputs to its scores (fine-tuning's per-AU heads:
         ``logit(present) - logit(absent)``); None: the outputs.
     """
 
-    def __init__(self, tensors, *, sha256, build, face_input, start_weights="", to_scores=None):
+    def __init__(self, tensors, *, sha256, build, face_input, start_weights=None, to_scores=None):
         self.tensors, self.sha256, self.build, self.input = tensors, sha256, build, face_input
-        self.start_weights, self.to_scores = str(start_weights or ""), to_scores
+        self.start_weights, self.to_scores = start_weights, to_scores
         self._net, self.device, self._dtype = None, "cpu", None
 
     @property
@@ -415,15 +532,17 @@ class NetworkScores:
 
 
 class NetworkOutput:
-    """One AU's column of a :class:`NetworkScores`' output, as a classifier.
+    """One AU's column of a :class:`NetworkScores`' output, as a classifier (a
+    :class:`NetworkClassifier`).
 
-    ``codes_key`` names the output it reads in :meth:`RunModel.score`'s
-    ``codes``; ``decision_function`` returns the column (``probability``: its sigmoid).
+    ``codes_key`` = ``(model, weights, region)`` (``weights`` a :class:`WeightsId`) names the
+    output it reads in :meth:`RunModel.score`'s ``codes``; ``decision_function`` returns the
+    column (``probability``: its sigmoid).
     """
 
     def __init__(self, network, model, weights, region, column, *, probability=False):
         self.network = network
-        self.codes_key = (str(model), str(weights), str(region))
+        self.codes_key = (str(model), weights, str(region))
         self.column, self.probability = int(column), bool(probability)
 
     def decision_function(self, X):

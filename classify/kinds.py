@@ -95,6 +95,9 @@ class RunKind:
         It fits codes read from the feature file in blocks when they exceed the memory budget.
     help : str
         One line for ``--help`` and error messages.
+    spec : classify.modelcheck.KindSpec, optional
+        What its model file must hold (tensors, settings, tasks), checked before it loads
+        (:func:`classify.modelcheck.check_model`); None: the manifest's schema only.
     """
 
     name: str
@@ -112,6 +115,7 @@ class RunKind:
     balance: bool = True
     streams: bool = False
     help: str = ""
+    spec: Any = None
 
     def trainer(self):
         """Return the function that trains a run of this kind (imported now)."""

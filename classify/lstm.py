@@ -59,6 +59,7 @@ from classify.codemethods import CodesInput
 from classify.kinds import RunKind, record_fields
 from classify.learn.loop import unit_state, write_model
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
+from classify.modelcheck import LSTM_SPEC
 from classify.learn.task import OCCURRENCE
 from classify.infer import LSTMScorer, RunModel
 from classify.training import TrainConfig
@@ -595,4 +596,5 @@ def load_lstm(model_file):
 #: subject's sequence of codes (``featbench classify --clf lstm``)
 KIND = RunKind(name="lstm", load=load_lstm, save=save_fits, train="classify.run:classify_run",
                command="featbench classify --clf lstm", method=lstm_method, options=options_from,
+               spec=LSTM_SPEC,
                help="LSTM over each subject's code sequence, epoch chosen on validation")

@@ -76,6 +76,7 @@ from classify.learn.method import Job, Method, Unit, UnitData
 from classify.learn.pool import run_local, run_units
 from classify.learn.task import EXPRESSION, OCCURRENCE, get_task
 from classify.learn.writer import replace_folder
+from classify.modelcheck import network_spec
 from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec
@@ -823,4 +824,5 @@ def check_start(settings):
 #: full faces, scores and thresholds as probabilities (:mod:`classify.learn.facekind`)
 KIND = face_kind("transfer", TransferMethod, train="classify.transfer:transfer_run",
                  command="featbench transfer", save=save_stage2,
+                 spec=network_spec(TransferMethod, "transfer", extra_groups=("backbone",)),
                  help="an expression-pretrained network fine-tuned for AUs")

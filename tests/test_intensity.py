@@ -12,7 +12,11 @@ from featbench.core.calibrate import (CalibrationError, calibrate, check_calibra
                                       neutral_frame, person_references)
 from featbench.core.datasets import load_dataset
 from featbench.core.errors import UsageError
+from featbench.core.identity import WeightsId
 from featbench.core.metrics import icc31, intensity_decisions, intensity_metrics, pearson
+
+#: the toy network's seeded-random weights: the identity in the codes keys of its runs
+RANDOM0 = WeightsId.random(0)
 
 
 def _bad(capsys, *argv):
@@ -286,16 +290,16 @@ def test_saved_model_reproduces_the_test_predictions(int_setup, method):
     test = _test_rows(table)
     keys = table.keys()[test]
     tracks = [((k["subject"], k["video"]), int(k["frame"])) for k in keys]
-    got, dec, thr = model.score({("toy", "random:0", "full"): codes[test]}, tracks)
+    got, dec, thr = model.score({("toy", RANDOM0, "full"): codes[test]}, tracks)
     with h5py.File(out["predictions"], "r") as f:
         np.testing.assert_array_equal(got, f["scores"][:])
         np.testing.assert_array_equal(dec, f["decisions"][:])
-    assert model.calibrate == method and model.task == "intensity" and set(thr) == {1.5}
+    assert model.calibrate == method and model.task.name == "intensity" and set(thr) == {1.5}
     if method == "median":  # an export is the same model in one file
         from featbench.core.modelfile import export_model
 
         exported = load_scorer(open_model(export_model(out["models_dir"], ws.root / "i.safetensors")))
-        np.testing.assert_array_equal(exported.score({("toy", "random:0", "full"): codes[test]},
+        np.testing.assert_array_equal(exported.score({("toy", RANDOM0, "full"): codes[test]},
                                                      tracks)[0], got)
 
 
@@ -566,7 +570,7 @@ def test_transfer_stage2_intensity_from_a_folder_manifest_with_intensities(tmp_p
     assert "mean ICC" in format_result({"control": out})
     scorer = load_scorer(open_model(Workspace(tmp_path / "ws").models_dir(table.dataset, out["run"])))
     fold = scorer.folds[0]
-    assert scorer.task == "intensity" and fold["AU12"][1] == 1.5  # not a probability threshold
+    assert scorer.task.name == "intensity" and fold["AU12"][1] == 1.5  # not a probability threshold
     assert not fold["AU12"][0].probability and "scores" not in scorer.info
 
 
@@ -687,7 +691,7 @@ def test_a_calibrated_run_scores_whole_tracks_and_refuses_a_photo(int_setup):
     ws, table, codes = int_setup
     out = irun(ws, table, calibrate="median")
     model = load_scorer(open_model(out["models_dir"]))
-    key = ("toy", "random:0", "full")
+    key = ("toy", RANDOM0, "full")
     X = codes[_test_rows(table)][:21]
     tracks = [(("clip", 0), f) for f in range(20)] + [(("clip", 1), 0)]
     s, d, _ = model.score({key: X}, tracks)
@@ -698,3 +702,21 @@ def test_a_calibrated_run_scores_whole_tracks_and_refuses_a_photo(int_setup):
         model.score({key: X[20:]}, tracks[20:])
     with pytest.raises(UsageError, match="pass the faces' tracks"):
         model.score({key: X[:20]})
+
+
+def test_a_calibrated_run_whose_model_does_not_say_how_is_refused(int_setup):
+    """A run named as person-calibrated (its key's calibration tag) whose manifest lacks the
+    calibration (saved before the manifest held it) cannot be applied: one line, the file named."""
+    from featbench.apply.runmodel import load_model_file, load_run
+    from featbench.core.modelfile import MANIFEST
+
+    ws, table, _ = int_setup
+    out = irun(ws, table, calibrate="median")
+    assert load_run(ws, "synth", out["run"]).calibrate == "median"
+    path = out["models_dir"] / MANIFEST
+    manifest = json.loads(path.read_text())
+    del manifest["preprocessing"]["calibrate"]
+    path.write_text(json.dumps(manifest))
+    for load in (lambda: load_run(ws, "synth", out["run"]), lambda: load_model_file(out["models_dir"])):
+        with pytest.raises(UsageError, match=f"{out['run']} was trained on person-calibrated codes"):
+            load()

@@ -15,10 +15,14 @@ from classify.kinds import (classifier_kind, get_kind, list_kinds, load_scorer, 
                             unregister_kind)
 from classify.run import classify_run
 from featbench.core.errors import MissingRunError, UsageError
+from featbench.core.identity import WeightsId
 from featbench.core.modelfile import ModelFormatError, open_model
 from featbench.core.workspace import Workspace
 
 from test_classify import make_codes, make_table, write_features
+
+#: the toy network's seeded-random weights: the identity in the codes keys of its runs
+RANDOM0 = WeightsId.random(0)
 
 
 def _test_codes(out, table, codes):
@@ -47,7 +51,7 @@ def test_a_saved_model_loaded_alone_reproduces_the_runs_decisions(tmp_path, clf)
     assert man["training_data"] == {"dataset": "synth", "synthetic": True}
     assert man["preprocessing"]["model"] == "toy" and man["preprocessing"]["input_size"] == 224
     model = load_scorer(mf)
-    s, d, _ = model.score({("toy", "random:0", "full"): X})
+    s, d, _ = model.score({("toy", RANDOM0, "full"): X})
     np.testing.assert_array_equal(d, decisions)
     np.testing.assert_array_equal(s, scores)
     moved = 0
@@ -182,7 +186,7 @@ def test_a_new_kind_trains_through_classify_and_reloads(tmp_path, toy_kind):
     assert set(pd.read_csv(out["csv"])["shrink"].dropna()) <= {0.0, 0.5}  # its search space, chosen
     X, decisions, scores = _test_codes(out, table, codes)
     model = load_scorer(open_model(out["models_dir"]))
-    s, d, _ = model.score({("toy", "random:0", "full"): X})
+    s, d, _ = model.score({("toy", RANDOM0, "full"): X})
     np.testing.assert_array_equal(d, decisions)
     np.testing.assert_array_equal(s, scores)
 

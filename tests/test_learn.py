@@ -264,7 +264,7 @@ def test_featbench_predict_applies_a_toy_task_run_with_its_own_thresholds(faces,
     ws = Workspace(tmp_path / "ws")
     run = finetune_run(ws, "synth", FinetuneConfig(**{**FAST, "head": "multilabel", "epochs": 1}),
                        table=table, aligned_path=cache, progress=False, task="margin")["run"]
-    assert load_run(ws, "synth", run).task == "margin"  # predict decides with the run's task
+    assert load_run(ws, "synth", run).task is margin  # predict decides with the run's task
     row = _predict_cli(ws, run, photo[0], tmp_path / "p.csv")
     net, settings = load_unit(ws.models_dir("synth", run))
     images, boxes = _aligned_photo(photo[1], SIZE)

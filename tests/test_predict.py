@@ -16,9 +16,13 @@ import pandas as pd
 import pytest
 
 from featbench.app.cli import main
+from featbench.core.identity import WeightsId
 from featbench.core.workspace import Workspace
 
 from test_classify import saved_model
+
+#: the toy network's seeded-random weights: the identity in the codes keys of its runs
+RANDOM0 = WeightsId.random(0)
 
 AUS = ("AU01", "AU02", "AU04", "AU06", "AU12", "AU25")
 
@@ -146,7 +150,7 @@ def test_loaded_run_reproduces_its_own_test_decisions(trained, run):
     pred = read_predictions(ws.predictions_path("synth", run))
     where = {k: i for i, k in enumerate(table.keys().tolist())}
     rows = np.array([where[k] for k in pred["frames"].tolist()])
-    scores, decisions, _ = model.score({("hog", "none", "full"): trained["codes"][rows]})
+    scores, decisions, _ = model.score({("hog", WeightsId("none"), "full"): trained["codes"][rows]})
     cols = [model.aus.index(a) for a in pred["aus"]]
     np.testing.assert_array_equal(decisions[:, cols], pred["decisions"])
     np.testing.assert_allclose(scores[:, cols], pred["scores"], rtol=1e-6, atol=1e-6)
@@ -437,7 +441,7 @@ def test_toy_run_and_its_export_reproduce_the_runs_test_decisions(toy, which, tm
     pred = read_predictions(ws.predictions_path("synth", run))
     where = {k: i for i, k in enumerate(table.keys().tolist())}
     rows = np.array([where[k] for k in pred["frames"].tolist()])
-    codes = {("toy", "random:0", "full"): toy["codes"][rows]}
+    codes = {("toy", RANDOM0, "full"): toy["codes"][rows]}
     scores, decisions, _ = model.score(codes)
     np.testing.assert_array_equal(decisions, pred["decisions"])
     np.testing.assert_allclose(scores, pred["scores"], rtol=1e-6, atol=1e-6)
@@ -464,10 +468,50 @@ def test_export_half_stores_float16_and_scores_within_its_precision(toy, tmp_pat
         return path.stat().st_size - 8 - struct.unpack("<Q", path.read_bytes()[:8])[0]
 
     assert data_bytes(half) < 0.5 * data_bytes(full)  # float64 / float32 arrays -> float16
-    codes = {("toy", "random:0", "full"): toy["codes"]}
+    codes = {("toy", RANDOM0, "full"): toy["codes"]}
     a, b = load_model_file(full).score(codes), load_model_file(half).score(codes)
     np.testing.assert_allclose(b[0], a[0], rtol=1e-2, atol=1e-2)
     assert (a[1] != b[1]).mean() < 0.05  # only scores within float16's precision of a threshold
+
+
+def test_a_loaded_run_is_a_scorer_whose_identities_stay_objects(toy, tmp_path):
+    """Every kind loads into the declared Scorer; its run, weights, task and kind are the typed
+    objects (parsed once from the manifest), strings again only in the files predict writes."""
+    from classify.infer import AUClassifier, Scorer
+    from classify.kinds import get_kind
+    from classify.learn.task import get_task
+    from featbench.apply.runmodel import export_run, load_model_file, load_run
+    from featbench.core.identity import RunKey
+
+    svm = "toy__full__svm__au1+2+4+12"
+    for name in (svm, toy["ensemble"]):
+        model = load_run(toy["ws"], "synth", name)
+        for m in (model, load_model_file(export_run(model, tmp_path / f"{name}.fb"))):
+            assert isinstance(m, Scorer)
+            assert m.run == RunKey.parse(name) and str(m.run) == name
+            assert m.kind is get_kind(m.run.clf) and m.clf == m.run.clf
+            assert m.task is get_task("occurrence")
+            assert list(m.networks()) == [("toy", RANDOM0)]  # the identity, not its string
+            assert all(isinstance(clf, AUClassifier) for s in [m] + m.members
+                       for fold in s.folds for clf, _ in fold.values())
+    vote = load_run(toy["ws"], "synth", toy["ensemble"])
+    assert vote.weights is None and [str(m.run) for m in vote.members] == [
+        svm, "toy__full__lda__au1+2+4+12"]
+    assert load_run(toy["ws"], "synth", svm).weights == RANDOM0
+
+
+def test_weights_identity_carries_its_tag():
+    """What predict asks of a pretrained identity: its tag, and the identity without it (an
+    identity stored before tags were recorded matches the file loaded now)."""
+    tagged = WeightsId.parse("imagenet:IMAGENET1K_V2 sha256:ab12")
+    assert (tagged.base, tagged.tag) == ("imagenet", "IMAGENET1K_V2")
+    assert tagged.untagged() == WeightsId.parse("imagenet sha256:ab12") != tagged
+    assert str(tagged.untagged()) == "imagenet sha256:ab12" and str(tagged) == "imagenet:IMAGENET1K_V2 sha256:ab12"
+    assert WeightsId.parse("imagenet").tag == ""
+    assert WeightsId.parse("timm:resnet50.a1_in1k").tag == "resnet50.a1_in1k"
+    for other in ("random:3", "none", "file sha256:ab", "finetuned:cnn_f__full__ft sha256:ab"):
+        wid = WeightsId.parse(other)
+        assert wid.tag == "" and wid.untagged() == wid
 
 
 def test_model_file_checks(toy, tmp_path):
@@ -642,17 +686,17 @@ def test_lstm_run_streamed_in_batches_equals_its_whole_sequence_test_scores(tmp_
     for model in (load_run(ws, "synth", res["run"]),
                   load_model_file(export_run(load_run(ws, "synth", res["run"]), tmp_path / "l.fb"))):
         model.reset()
-        got = [model.score({("toy", "random:0", "full"): X[rows[a:a + 7]]}, tracks=tracks[a:a + 7])
+        got = [model.score({("toy", RANDOM0, "full"): X[rows[a:a + 7]]}, tracks=tracks[a:a + 7])
                for a in range(0, len(rows), 7)]  # 7 frames a batch: sequences span batches
         scores = np.concatenate([g[0] for g in got])
         np.testing.assert_allclose(scores, pred["scores"], atol=1e-5)
         np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), pred["decisions"])
     # a gap in the frame numbers starts a new sequence: the state is not carried over it
     model.reset()
-    first = model.score({("toy", "random:0", "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
+    first = model.score({("toy", RANDOM0, "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
     model.reset()
-    model.score({("toy", "random:0", "full"): X[rows[:5]]}, tracks=[(("a", "v"), k) for k in range(5)])
-    again = model.score({("toy", "random:0", "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
+    model.score({("toy", RANDOM0, "full"): X[rows[:5]]}, tracks=[(("a", "v"), k) for k in range(5)])
+    again = model.score({("toy", RANDOM0, "full"): X[rows[5:6]]}, tracks=[(("a", "v"), 50)])[0]
     np.testing.assert_array_equal(first, again)
 
 
@@ -675,7 +719,7 @@ def test_a_bidirectional_lstm_scores_whole_tracks_within_its_window(tmp_path):
     where = {k: i for i, k in enumerate(table.keys().tolist())}
     rows = np.array([where[k] for k in pred["frames"].tolist()])
     tracks = [((s, "v"), int(f)) for s, f in zip(pred["frames"]["subject"], pred["frames"]["frame"])]
-    key = ("toy", "random:0", "full")
+    key = ("toy", RANDOM0, "full")
     model = load_run(ws, "synth", res["run"])
     assert model.window() == BIDIRECTIONAL_WINDOW
     for m in (model, load_model_file(export_run(model, tmp_path / "b.fb"))):

@@ -76,7 +76,7 @@ def test_finetuned_runs_reproduce_their_own_test_decisions(ft, which):
     _check_reproduces(model, ft["ws"], "synth", ft["table"], ft["cache"])
     if which == "regions":  # one network per AU, each on its region's crops
         assert sorted(r for rs in model.networks().values() for r in rs) == ["lower", "upper"]
-        assert all(w.startswith(f"finetuned:{run}/AU") for _, w in model.networks())
+        assert all(w.kind == "finetuned" and w.name.startswith(f"{run}/AU") for _, w in model.networks())
 
 
 @pytest.mark.slow
@@ -125,7 +125,8 @@ def test_an_svm_on_a_fine_tuned_networks_codes_finds_its_weights_and_exports_the
                        aus=["AU01", "AU12"], progress=False, n_jobs=1)["run"]
     model = load_run(ws, "synth", run)
     [(net, wid)] = model.networks()
-    assert wid.startswith(f"finetuned:{ft['runs']['ml']} sha256:") and model.input_size_for((net, wid)) == 40
+    assert (wid.kind, wid.name) == ("finetuned", ft["runs"]["ml"]) and wid.sha256
+    assert model.input_size_for((net, wid)) == 40
     _check_reproduces(model, ws, "synth", ft["table"], ft["cache"])
     with pytest.raises(WeightsError, match="not in this workspace"):
         open_encoders(model, device="cpu")  # without the workspace, the file is not found

@@ -11,6 +11,7 @@ from featbench.core.workspace import Workspace
 from test_classify import SUBJECTS, make_codes, make_table, write_features
 
 AUS = "AU01,AU02,AU04,AU12"
+HOG_DIMS = 6084  # extract.registry: hog
 
 
 def _folder_set(root, n_frames=6):
@@ -34,6 +35,9 @@ def _hog_run(ws, dataset, table):
 
     codes = make_codes(table) if dataset == "synth" else np.random.default_rng(1).normal(
         size=(len(table), 12)).astype(np.float32)
+    # HOG's 6084 dimensions (a run of other codes is refused as not HOG's), the rest noise
+    noise = np.random.default_rng(2).normal(size=(len(table), HOG_DIMS - codes.shape[1]))
+    codes = np.hstack([codes, noise.astype(np.float32)])
     table.dataset = dataset
     write_features(ws, table, codes, model="hog", regions=("full",), weights="none")
     ws_path = ws.features_path(dataset, "hog")

@@ -33,11 +33,12 @@ from classify.learn.loop import save_units, write_model
 from classify.learn.task import get_task
 
 
-def face_kind(name, method, *, train="", command="", help="", save=None):
+def face_kind(name, method, *, train="", command="", help="", save=None, spec=None):
     """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces (``save``:
-    how its run folder's model is written; default :func:`save_face_run`)."""
+    how its run folder's model is written, default :func:`save_face_run`; ``spec``: what its
+    model files hold, :func:`classify.modelcheck.network_spec`)."""
     return RunKind(name=name, load=partial(load_face_run, method=method), save=save or save_face_run,
-                   train=train, command=command, inputs="faces", help=help)
+                   train=train, command=command, inputs="faces", help=help, spec=spec)
 
 
 def load_face_run(model_file, *, method):
@@ -48,6 +49,7 @@ def load_face_run(model_file, *, method):
     to_scores = method.to_scores_of(settings)
     # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
     prob = method.probabilities and get_task(m.get("task") or "occurrence").probability is not None
+    start = WeightsId.parse(settings.get("start_weights") or m["weights"])  # the manifest's string
     folds = []
     for fi, fold in enumerate(m["folds"]):
         outputs = {}
@@ -58,8 +60,8 @@ def load_face_run(model_file, *, method):
                                 sha256=m["tensors"][name].get("sha256", ""),
                                 build=partial(method.network, settings, name),
                                 face_input=_face_input(settings, e), to_scores=to_scores,
-                                start_weights=settings.get("start_weights") or m["weights"])
-            wid = str(WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256))
+                                start_weights=start)
+            wid = WeightsId.finetuned(f"{m['run']}/{name}", sha256=net.sha256)
             for j, au in enumerate(e["aus"]):
                 if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
                     thr = float(fold["thresholds"][au])

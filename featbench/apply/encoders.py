@@ -18,6 +18,7 @@ import numpy as np
 from featbench.apply.runmodel import finetuned_file
 from featbench.core.errors import WeightsError
 from featbench.core.identity import WeightsId
+from featbench.core.workspace import Workspace
 
 from extract.encoders import create_encoder
 from extract.registry import get_spec
@@ -34,10 +35,10 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None, input
     ----------
     model : str
         The network's registry name.
-    weights : str
-        The identity stored with the run's codes (``WeightsId`` string form).
-    run : str
-        The run's name (for messages).
+    weights : WeightsId
+        The identity stored with the run's codes.
+    run : RunKey or str
+        The run (for messages).
     device : str
     weights_file : str, optional
         The state dict, for a run whose codes came from a user's weights file (identity
@@ -52,16 +53,16 @@ def open_encoder(model, weights, *, run, device="auto", weights_file=None, input
         The weights cannot be found or are not the ones the run's codes came from; the message
         names the run and the weights.
     """
-    wid = WeightsId.parse(weights)
+    wid = weights
     what = f"run {run} was trained on codes of {model} with weights {str(wid)!r}"
     choice = _weights_choice(wid, get_spec(model), what, weights_file)
     try:
         encoder = create_encoder(model, weights=choice, device=device, input_size=input_size)
     except WeightsError as exc:
         raise WeightsError(f"{what}, which cannot be loaded here: {exc}") from None
-    got = WeightsId.parse(encoder.weights_id)
-    if ":" not in wid.name:  # stored before identities carried the tag (imagenet): the same file
-        got = WeightsId(got.kind, got.name.partition(":")[0], got.seed, got.sha256)
+    got = WeightsId.parse(encoder.weights_id)  # the extract layer's string form
+    if not wid.tag:  # stored before identities carried the tag (imagenet): the same file
+        got = got.untagged()
     if wid.kind == "finetuned" and got.kind in ("file", "finetuned"):
         same = got.sha256 == wid.sha256 or not wid.sha256  # the same file, wherever it lies
     else:
@@ -78,7 +79,7 @@ def _weights_choice(wid, spec, what, weights_file):
     if wid.kind == "random":
         return WeightsChoice("random", seed=int(wid.seed))
     if wid.kind == "pretrained":
-        tag = wid.name.partition(":")[2]  # imagenet:IMAGENET1K_V2 -> the IMAGENET1K_V2 tag
+        tag = wid.tag  # imagenet:IMAGENET1K_V2 -> IMAGENET1K_V2
         path, cached = pretrained_path(spec, tag or None)
         if wid.sha256 and cached and file_sha256(path) != wid.sha256:
             raise WeightsError(f"{what}, but {path} has another sha256: they cannot be reproduced here")
@@ -111,7 +112,7 @@ def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
         carried = model.weights_blob(key[1])
         kw = dict(run=model.run, device=device, input_size=model.input_size_for(key))
         if carried is None:
-            found = finetuned_file(workspace, WeightsId.parse(key[1]))
+            found = finetuned_file(workspace, key[1])
             out[key] = open_encoder(*key, weights_file=found or weights_file, **kw)
             continue
         with tempfile.TemporaryDirectory(prefix="featbench-weights-") as tmp:
@@ -140,14 +141,14 @@ def encode_faces(model, encoders, images, boxes, *, batch_size=DEFAULT_BATCH, ha
     return codes
 
 
-def encode_batch(items, outputs, encoders, batch_size=DEFAULT_BATCH):
-    """The codes of the faces of ``items`` for every run of ``outputs`` (a network two runs read
+def encode_batch(items, runs, encoders, batch_size=DEFAULT_BATCH):
+    """The codes of the faces of ``items`` for every one of ``runs`` (a network two runs read
     is encoded once): ``{(network, weights, region): codes}``, empty without faces."""
     faces = [f for it in items for f in it.faces]
     codes = {}
     if faces:
         images, boxes = np.stack([f.image for f in faces]), np.stack([f.boxes for f in faces])
-        for m in outputs.runs:
+        for m in runs:
             codes = encode_faces(m, encoders, images, boxes, batch_size=batch_size, have=codes)
     return codes
 
@@ -158,9 +159,11 @@ def join_codes(parts):
     return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]} if parts else {}
 
 
-def open_all(outputs, device, weights_file, workspace):
-    """The encoders of every network the runs of ``outputs`` read (one per network);
-    ``workspace``: a :class:`~featbench.core.workspace.Workspace` or None (a model file)."""
-    return {k: e for m in outputs.runs for k, e in open_encoders(
-        m, device=device, weights_file=weights_file,
-        workspace=workspace).items()}
+def open_all(runs, device, weights_file, workspace):
+    """The encoders of every network ``runs`` read (one per network); ``workspace`` (a folder or
+    :class:`~featbench.core.workspace.Workspace`; None for a model file) holds fine-tuned
+    networks' files."""
+    if workspace is not None and not isinstance(workspace, Workspace):
+        workspace = Workspace(workspace)
+    return {k: e for m in runs for k, e in open_encoders(
+        m, device=device, weights_file=weights_file, workspace=workspace).items()}

@@ -72,11 +72,11 @@ def outputs_of(model, intensity=None):
         ``--intensity-run``.
     """
     if intensity is None:
-        return Outputs(intensity=model) if model.task == "intensity" else Outputs(occurrence=model)
-    if model.task == "intensity":
+        return Outputs(intensity=model) if model.task.name == "intensity" else Outputs(occurrence=model)
+    if model.task.name == "intensity":
         raise UsageError(f"--run {model.run} is an intensity run: give the occurrence run as --run "
                          f"and the intensity run as --intensity-run")
-    if intensity.task != "intensity":
+    if intensity.task.name != "intensity":
         raise UsageError(f"--intensity-run {intensity.run} is an occurrence run (train one with "
                          "featbench classify --task intensity)")
     return Outputs(occurrence=model, intensity=intensity)
@@ -121,14 +121,14 @@ def sidecar_of(model, sources, detector, all_faces, stats, seconds, model_file, 
     thresholds = None
     if not model.members and len(model.folds) == 1:
         thresholds = {a: model.folds[0][a][1] for a in model.aus if a in model.folds[0]}
-    nets = [{"model": m, "weights": w, "weights_described": model.weights_text((m, w)),
+    nets = [{"model": m, "weights": str(w), "weights_described": model.weights_text((m, w)),
              "random_init": model.random_init((m, w)), "regions": sorted(r),
-             "start_weights": getattr(model.network_for((m, w)), "start_weights", None)}
+             "start_weights": _text(getattr(model.network_for((m, w)), "start_weights", None))}
             for (m, w), r in model.networks().items()]
     return {
-        "run": model.run, "dataset": model.dataset, "training_data": trained_on(model),
+        "run": str(model.run), "dataset": model.dataset, "training_data": trained_on(model),
         "clf": model.clf, "networks": nets,
-        "members": [m.run for m in model.members], "aus": model.aus,
+        "members": [str(m.run) for m in model.members], "aus": model.aus,
         "thresholds": thresholds, "decision": "AUxx_c = AUxx_p > threshold"
         if thresholds is not None else "AUxx_c: majority vote of the members' decisions",
         "model_file": str(model_file) if model_file else None,
@@ -138,6 +138,11 @@ def sidecar_of(model, sources, detector, all_faces, stats, seconds, model_file, 
         "note": "the run's faces were aligned from "
                 f"{model.alignment.get('landmarks', 'unknown')} landmarks; here from dlib's 68-point fit",
     }
+
+
+def _text(identity):
+    """An identity's one string form for the JSON (None stays None)."""
+    return None if identity is None else str(identity)
 
 
 #: how ``AUxx_c`` and ``AUxx_r`` relate when they come from two runs (the sidecar says it too)
@@ -155,7 +160,7 @@ def intensity_sidecar(outputs, table):
     r = outputs.intensity
     if r is None:
         return {}
-    out = {"intensity_run": r.run, "intensity_calibration": r.calibrate,
+    out = {"intensity_run": str(r.run), "intensity_calibration": r.calibrate,
            "intensity_columns": "AUxx_r: predicted intensity 0-5 (clipped)"}
     if outputs.occurrence is None:
         out["decision"] = "AUxx_c = AUxx_r > 1.5 (the predicted intensity rounds to >= 2)"

@@ -59,7 +59,7 @@ def batch_table(items, outputs, encoders, batch_size=DEFAULT_BATCH, codes=None):
     import pandas as pd
 
     if codes is None:
-        codes = encode_batch(items, outputs, encoders, batch_size)
+        codes = encode_batch(items, outputs.runs, encoders, batch_size)
     scored = {}
     if codes:
         tracks = [((it.frame.sequence, f.face_id), it.frame.frame) for it in items for f in it.faces]
@@ -141,7 +141,7 @@ def stream(sources, outputs, encoders, writer, *, detector, size, all_faces, bat
             else:
                 if held and batch[0].frame.sequence != held[-1].frame.sequence:
                     flush()
-                held_codes.append(encode_batch(batch, outputs, encoders, batch_size))
+                held_codes.append(encode_batch(batch, outputs.runs, encoders, batch_size))
                 for f in (f for it in batch for f in it.faces):
                     f.image = None
                 held += batch

@@ -24,7 +24,7 @@ from featbench.apply.pipeline import stream
 from featbench.apply.runmodel import load_model_file, load_run
 from featbench.core import faces as F, footage
 from featbench.core.errors import UsageError
-from featbench.core.workspace import Workspace, check_outputs, output_lock
+from featbench.core.workspace import check_outputs, output_lock
 
 def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
     """Return the :class:`~classify.infer.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
@@ -93,7 +93,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
                                       dataset=dataset, detector=detector, batch_size=batch_size,
                                       window=window)
         model = outputs.c_run  # --run's (or --model's)
-        encoders = open_all(outputs, device, weights_file, None if model_file else _workspace(workspace))
+        encoders = open_all(outputs.runs, device, weights_file, None if model_file else workspace)
         total = footage.count_frames(sources)  # also opens every video: a bad one fails first
         writer = CsvWriter(out, outputs.columns()) if out is not None else None
         try:
@@ -111,7 +111,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
         finally:
             if writer is not None:
                 writer.abort()
-    table.attrs.update({"run": model.run, "sidecar": sidecar, "warning": synthetic_warning(model),
+    table.attrs.update({"run": str(model.run), "sidecar": sidecar, "warning": synthetic_warning(model),
                         "summary": summary_line(stats, sources, seconds, outputs, out, plot)})
     return table
 
@@ -123,10 +123,6 @@ def _load_outputs(run, model_file, intensity_run, **kw):
     other = (None if intensity_run is None else
              _prepare(run=intensity_run, model_file=None, size=size, **kw)[0])
     return outputs_of(model, other), size
-
-
-def _workspace(workspace):
-    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
 
 
 def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, window, size=None):

@@ -12,6 +12,12 @@ safetensors tensors under ``results/<ds>/models/<run>/``) and loads into one sco
     other file is refused from its first bytes, never opened by pickle, with one line that says
     how to re-export.
 
+Both load paths run the one validation of a model file (:func:`open_checked`) before any value
+of it is used and before predict decodes any input: the manifest's schema and the safetensors
+headers when the file is opened (:mod:`featbench.core.manifest`), then what the run's kind
+needs of its tensors, their sha256 and a vote's members (:func:`classify.modelcheck.check_model`).
+Every failure is one line naming the file (exit status 2).
+
 ``featbench export --half`` stores floating tensors as float16. A classify run on the codes of a
 fine-tuned network carries that network's weights file in the export (found in the workspace
 by its hash), since the network cannot be named.
@@ -21,13 +27,13 @@ from pathlib import Path
 
 from featbench.core.errors import MissingRunError, UsageError, WeightsError, did_you_mean
 from featbench.core.calibrate import CALIBRATION_TAGS
-from featbench.core.identity import RunKey, WeightsId
 from featbench.core.modelfile import MANIFEST, export_model, open_model
 from featbench.core.results import read_summary
 from featbench.core.workspace import Workspace
 
 from classify.kinds import load_scorer
 from classify.learn.task import list_tasks
+from classify.modelcheck import check_model
 from extract.download import file_sha256
 from classify.infer import BIDIRECTIONAL_WINDOW, RunModel  # noqa: F401 - what predict applies
 
@@ -83,7 +89,18 @@ def load_run(workspace, dataset, run):
     folder = workspace.models_dir(dataset, run)
     if not folder.is_dir():
         raise MissingRunError(f"{folder}: run {run} has no saved model (run it again)")
-    return load_scorer(_applicable(open_model(folder)))
+    return _applicable(load_scorer(_predictable(open_checked(folder))))
+
+
+def open_checked(path):
+    """Open a run folder or an export and validate it fully (see the module docstring).
+
+    Raises
+    ------
+    ModelFormatError, StoreError, UsageError, MissingRunError
+        One line naming the file and what is wrong with it.
+    """
+    return check_model(open_model(path))
 
 
 def load_model_file(path):
@@ -93,28 +110,35 @@ def load_model_file(path):
     ------
     ModelFormatError
         Not a featbench model file: a pickle, a joblib or torch file, another format version
-        (one line naming the file and how to re-export; nothing in the file is run).
+        (one line naming the file and how to re-export; nothing in the file is run), a damaged
+        file, or one whose content does not hold together (:func:`open_checked`).
     StoreError
         The file does not exist.
     """
-    return load_scorer(_applicable(open_model(path)))
+    return _applicable(load_scorer(_predictable(open_checked(path))))
 
 
-def _applicable(model_file):
-    """``model_file`` if predict can apply its run: a run of a task of the task registry
-    (:mod:`classify.learn.task`: scores -> 0/1 decisions per AU); a person-calibrated run must
-    say how it calibrated (runs saved before the manifest held it are refused)."""
+def _predictable(model_file):
+    """``model_file`` if its run is of a task of the task registry (:mod:`classify.learn.task`:
+    scores -> 0/1 decisions per AU), which predict can apply."""
     m = model_file.manifest
-    run, task = m["run"], m.get("task", "occurrence")
+    task = m.get("task", "occurrence")
     if task not in list_tasks():
-        raise UsageError(f"{model_file.path}: run {run} predicts AU {task}; featbench predict "
+        raise UsageError(f"{model_file.path}: run {m['run']} predicts AU {task}; featbench predict "
                          f"applies runs of the tasks {', '.join(list_tasks())} so far")
-    calibrated = set(CALIBRATION_TAGS.values()) & set(RunKey.parse(run).tags)
-    if calibrated and (m.get("preprocessing") or {}).get("calibrate") in (None, "", "none"):
-        raise UsageError(f"{model_file.path}: run {run} was trained on person-calibrated codes "
-                         "but its model does not say how (saved by an older featbench): train "
-                         "it again")
     return model_file
+
+
+def _applicable(model):
+    """``model`` if predict can apply it: a person-calibrated run must say how it calibrated
+    (runs saved before the manifest held it are refused)."""
+    calibrated = set(CALIBRATION_TAGS.values()) & set(model.run.tags)
+    said = (model.source.manifest.get("preprocessing") or {}).get("calibrate")
+    if calibrated and said in (None, "", "none"):
+        raise UsageError(f"{model.source.path}: run {model.run} was trained on person-calibrated "
+                         "codes but its model does not say how (saved by an older featbench): "
+                         "train it again")
+    return model
 
 
 def finetuned_file(workspace, wid):
@@ -123,7 +147,6 @@ def finetuned_file(workspace, wid):
     A fine-tuned network's codes (``featbench extract --weights results/<ds>/models/<run>/
     model.safetensors``) name the run that trained it; its files are searched for the hash.
     """
-    wid = wid if isinstance(wid, WeightsId) else WeightsId.parse(wid)
     if workspace is None or wid.kind != "finetuned":
         return None
     folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
@@ -133,17 +156,17 @@ def finetuned_file(workspace, wid):
 
 
 def _carried_files(model, workspace):
-    """``{weights identity: file}`` of the fine-tuned networks whose codes ``model`` reads."""
+    """``{weights identity (string form, the model file's key): file}`` of the fine-tuned
+    networks whose codes ``model`` reads."""
     carry = {}
-    for m, w in model.networks():
-        wid = WeightsId.parse(w)
-        if wid.kind != "finetuned" or model.network_for((m, w)) is not None:
+    for m, wid in model.networks():
+        if wid.kind != "finetuned" or model.network_for((m, wid)) is not None:
             continue
         path = finetuned_file(workspace, wid)
         if path is None:
             raise WeightsError(f"run {model.run} reads codes of {m} fine-tuned by {wid.name}, "
                                "whose weights file is not in this workspace: it cannot be exported")
-        carry[w] = path
+        carry[str(wid)] = path
     return carry
 
 

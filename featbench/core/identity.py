@@ -164,6 +164,22 @@ class WeightsId:
 
     # what readers ask ------------------------------------------------------------------
     @property
+    def tag(self):
+        """The published weights' tag: ``imagenet:IMAGENET1K_V2`` -> ``IMAGENET1K_V2`` ("" when
+        the identity names none: ``imagenet``, or weights that are not published ones)."""
+        return self.name.partition(":")[2] if self.kind == "pretrained" else ""
+
+    @property
+    def base(self):
+        """The name without its tag: ``imagenet:IMAGENET1K_V2`` -> ``imagenet``."""
+        return self.name.partition(":")[0]
+
+    def untagged(self):
+        """This identity without its tag (what an identity stored before tags were recorded,
+        ``imagenet``, matches)."""
+        return WeightsId(self.kind, self.base, self.seed, self.sha256, self.source)
+
+    @property
     def is_random(self):
         return self.kind == "random"
 
@@ -182,7 +198,7 @@ class WeightsId:
         if self.kind == "finetuned":
             return f"fine-tuned by featbench ({self.name})"
         label = {"vggface": "pretrained on faces", "dlib": "pretrained on faces, shipped"}.get(
-            self.name.partition(":")[0], "pretrained")
+            self.base, "pretrained")
         return f"{self.name} ({label})"
 
 

@@ -63,7 +63,10 @@ from pathlib import Path
 import numpy as np
 
 from featbench import __version__
+from featbench.core import manifest as schema
 from featbench.core.errors import MissingRunError, StoreError
+from featbench.core.manifest import REEXPORT, ModelFormatError
+from featbench.core.modellimits import MAX_DEPTH, MAX_HEADER
 from featbench.core.workspace import atomic_path, atomic_write_text
 
 FORMAT = "featbench-model"
@@ -73,20 +76,18 @@ MANIFEST = "manifest.json"
 #: the key of an export's safetensors ``__metadata__`` that holds the manifest
 META_KEY = "featbench.manifest"
 SUFFIX = ".safetensors"
-REEXPORT = ("re-export the run with this featbench (featbench export RUN --out FILE.safetensors; "
-            "a run saved by featbench 0.1 must be trained again first)")
 
 _REQUIRED = ("run", "kind", "aus", "folds", "weights", "preprocessing", "training_data")
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16,
            "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
-#: the largest safetensors header :func:`sniff` reads (the library's own limit)
-_MAX_HEADER = 100_000_000
+#: bytes hashed at a time (a network's file is never held whole to hash it)
+_CHUNK = 1 << 22
 
-
-class ModelFormatError(StoreError):
-    """A file that is not a featbench model (a pickle, a torch checkpoint, another format)."""
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "META_KEY", "REEXPORT", "ModelFormatError",
+           "ModelFile", "create_manifest", "write_model", "read_manifest", "open_model",
+           "export_model", "sniff"]
 
 
 # --- the manifest ---------------------------------------------------------------------------
@@ -180,13 +181,13 @@ def write_model(folder, manifest, tensors):
 
 
 def read_manifest(path):
-    """Return the manifest of a run folder or an export file (checked; no tensor is read).
+    """Return the manifest of a run folder or an export file (validated; no tensor is read).
 
     Raises
     ------
     ModelFormatError
-        Not a featbench model (a pickle, a torch checkpoint...), or one of another format
-        version: the message says how to re-export.
+        Not a featbench model (a pickle, a torch checkpoint...), one of another format
+        version (the message says how to re-export), or a manifest that fails its schema.
     """
     return open_model(path).manifest
 
@@ -196,20 +197,13 @@ def _check_group(group):
         raise ValueError(f"tensor group {group!r}: a plain name is needed (no '/', no leading '.')")
 
 
-def _check_manifest(manifest, where):
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelFormatError(f"{where}: not a featbench model manifest; {REEXPORT}")
-    have = manifest.get("format_version")
-    if have != FORMAT_VERSION:
-        made = manifest.get("featbench_version", "?")
-        newer = isinstance(have, int) and have > FORMAT_VERSION
-        raise ModelFormatError(
-            f"{where}: model format {have} (featbench {made}); this featbench {__version__} reads "
-            f"format {FORMAT_VERSION}: " + ("upgrade featbench" if newer else REEXPORT))
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:  # a valid header over an empty or cut run
-        raise ModelFormatError(f"{where}: damaged featbench model file: its manifest lacks "
-                               f"{', '.join(missing)}; {REEXPORT}")
+def _check_manifest(manifest, where, *, export, prefix=""):
+    """The manifest once it passes its schema (:mod:`featbench.core.manifest`) and names only
+    its own tensors; else one ModelFormatError line naming ``where``."""
+    schema.check_manifest(manifest, where, fmt=FORMAT, version=FORMAT_VERSION,
+                          made_by=__version__, required=_REQUIRED)
+    schema.check_groups(manifest, where, export=export, prefix=prefix)
+    schema.check_members(manifest, where, export=export)
     return manifest
 
 
@@ -223,12 +217,16 @@ def sniff(path):
     ------
     ModelFormatError
         A pickle (featbench 0.1's joblib export or any pickle), a compressed joblib file, a
-        PyTorch zip checkpoint, or any other file: one line naming what it looks like and how
-        to re-export.
+        PyTorch zip checkpoint, a damaged safetensors file (cut short, offsets past its end,
+        an unknown dtype), or any other file: one line naming what it is and how to re-export.
     StoreError
         ``path`` does not exist.
     """
-    path = Path(path)
+    return _sniff(Path(path))[0]
+
+
+def _sniff(path):
+    """``("folder", None)`` or ``("export", (entries, metadata))`` (see :func:`sniff`)."""
     if path.is_dir():
         if not (path / MANIFEST).is_file():
             old = any(path.glob("*.joblib")) or any(path.glob("*.pt"))
@@ -236,13 +234,21 @@ def sniff(path):
                 f"{path}: no {MANIFEST}" + (" (a run saved by featbench 0.1 as pickles, which "
                                            "featbench does not load: train the run again)" if old
                                            else ": not a featbench run folder"))
-        return "folder"
+        return "folder", None
     if not path.is_file():
         raise StoreError(f"{path}: model file does not exist")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        if _export_header(fh, head, path.stat().st_size) is not None:
-            return "export"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            if len(head) >= 9 and head[8:9] == b"{":  # safetensors: a length, then its JSON header
+                entries, meta = schema.read_header(fh, path.stat().st_size, path)
+                if META_KEY in meta:
+                    return "export", (entries, meta)
+                raise ModelFormatError(
+                    f"{path}: a safetensors file without a featbench manifest (network weights?), "
+                    f"not a featbench model file; {REEXPORT}")
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
     raise ModelFormatError(f"{path}: {_what_it_is(head)}, not a featbench model file; featbench "
                            f"never unpickles a model (it could run code): {REEXPORT}")
 
@@ -257,49 +263,54 @@ def _what_it_is(head):
         return "a compressed file (a joblib export of featbench 0.1?)"
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         return "an HDF5 file (a feature or predictions file?)"
+    if not head:
+        return "an empty file"
+    if len(head) < 9:
+        return f"a file of {len(head)} bytes (cut short?)"
     return "a file of unknown format"
 
 
-def _export_header(fh, head, size):
-    """Return the parsed safetensors header of an export, or None when it is not one."""
-    if len(head) < 9:
-        return None
-    n = struct.unpack("<Q", head[:8])[0]
-    if not 2 <= n <= min(_MAX_HEADER, size - 8) or head[8:9] != b"{":
-        return None
-    fh.seek(8)
+def _json(text, where):
     try:
-        header = json.loads(fh.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return header if isinstance(meta, dict) and META_KEY in meta else None
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ModelFormatError(f"{where}: its manifest is not valid JSON ({type(exc).__name__}): "
+                               f"damaged; {REEXPORT}") from None
 
 
 def open_model(path):
     """Open a run folder or an export file; return a :class:`ModelFile` (tensors read lazily).
 
+    The manifest passes its schema and each group's safetensors header is checked (see
+    :mod:`featbench.core.manifest`) before anything else reads them; a tensor's bytes are
+    checked against the manifest's sha256 before its first value is read.
+
     Raises
     ------
     ModelFormatError
         See :func:`sniff` and :func:`read_manifest`.
+    StoreError
+        The path does not exist, or its manifest cannot be read.
     """
-    path = Path(path)
-    if sniff(path) == "folder":
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path / MANIFEST}: unreadable manifest ({exc})") from None
-        return ModelFile(path, _check_manifest(manifest, path / MANIFEST))
-    from safetensors import safe_open
+    return _open(Path(path), 0)
 
-    with safe_open(str(path), framework="numpy") as f:
-        text = f.metadata()[META_KEY]
-    try:
-        manifest = json.loads(text)
-    except ValueError as exc:
-        raise ModelFormatError(f"{path}: its manifest is not valid JSON ({exc})") from None
-    return ModelFile(path, _check_manifest(manifest, path), export=True)
+
+def _open(path, depth):
+    kind, header = _sniff(path)
+    if kind == "folder":
+        where = path / MANIFEST
+        try:
+            if where.stat().st_size > MAX_HEADER:
+                raise ModelFormatError(f"{where}: {where.stat().st_size} bytes, far larger than "
+                                       "a model manifest: not one")
+            text = where.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{where}: unreadable manifest ({exc.strerror or exc})") from None
+        manifest = _check_manifest(_json(text, where), where, export=False)
+        return ModelFile(path, manifest, where=where, depth=depth)
+    entries, meta = header
+    manifest = _check_manifest(_json(meta[META_KEY], path), path, export=True)
+    return ModelFile(path, manifest, export=True, entries=entries, depth=depth)
 
 
 class ModelFile:
@@ -310,11 +321,20 @@ class ModelFile:
     path : Path
         The run folder or the export file.
     manifest : dict
+        Validated by :func:`open_model`.
     is_export : bool
+    where : str
+        What messages name: the export file (and the member), or the run folder.
     """
 
-    def __init__(self, path, manifest, *, export=False):
+    def __init__(self, path, manifest, *, export=False, entries=None, prefix="", where=None,
+                 depth=0):
         self.path, self.manifest, self.is_export = Path(path), manifest, bool(export)
+        self.where, self.prefix, self.depth = str(where or path), prefix, depth
+        self._headers, self._verified, self._members = {}, set(), None
+        self._entries = entries or {}
+        if self.is_export:
+            self._headers = _export_groups(self, entries)
 
     def __repr__(self):
         return f"ModelFile({str(self.path)!r}, run={self.manifest.get('run')!r})"
@@ -324,85 +344,204 @@ class ModelFile:
         """The names of the tensor groups."""
         return list(self.manifest.get("tensors", {}))
 
-    def tensors(self, group):
-        """Return the group's tensors as a lazy read-only mapping name -> ndarray.
+    def _file(self, group):
+        return self.path if self.is_export else self.path / f"{group}{SUFFIX}"
+
+    def headers(self, group):
+        """``{name: Entry}`` of the group's tensors (dtype, shape, offsets); no data is read.
 
         Raises
         ------
         StoreError
             No such group, or its file is missing.
+        ModelFormatError
+            Its file is damaged or lies outside the run folder.
         """
-        entry = self.manifest.get("tensors", {}).get(group)
-        if entry is None:
-            raise StoreError(f"{self.path}: model {self.manifest.get('run')} has no tensors "
+        if group not in self.manifest.get("tensors", {}):
+            raise StoreError(f"{self.where}: model {self.manifest.get('run')} has no tensors "
                              f"{group!r} (it has {', '.join(self.groups) or 'none'})")
-        if self.is_export:
-            return LazyTensors(self.path, entry["prefix"])
-        path = self.path / entry["file"]
-        if not path.is_file():
-            raise StoreError(f"{path}: tensor file of run {self.manifest.get('run')} is missing "
-                             "(train the run again)")
-        return LazyTensors(path, "")
+        if group not in self._headers:
+            self._headers[group] = _folder_group(self, group)
+        return self._headers[group]
+
+    def verify(self, group=None):
+        """Check the bytes of ``group`` (None: every group) against the manifest's sha256.
+
+        A run folder's file must have the digest its manifest records; an export's group
+        the digest of its tensors' bytes (``data_sha256``, written by :func:`export_model`;
+        older exports lack it and are checked by their headers only).
+
+        Raises
+        ------
+        ModelFormatError
+            A file changed or damaged since it was written.
+        """
+        for g in self.groups if group is None else [group]:
+            if g in self._verified:
+                continue
+            entries, entry = self.headers(g), self.manifest["tensors"][g]
+            if not self.is_export:
+                _check_digest(self._file(g), [(0, None)], entry["sha256"],
+                              f"{self._file(g)}: its sha256 is not the one the run's manifest "
+                              "records: changed or damaged since the run was saved (train the "
+                              "run again)")
+            elif entry.get("data_sha256"):
+                spans = sorted((e.start, e.end) for e in entries.values())
+                _check_digest(self.path, spans, entry["data_sha256"],
+                              f"{self.where}: the tensors of group {g} do not match their "
+                              "sha256 in the manifest: a damaged file (copy it again, or "
+                              "re-export the run)")
+            self._verified.add(g)
+
+    def tensors(self, group):
+        """Return the group's tensors as a lazy read-only mapping name -> ndarray (checked
+        against the manifest's sha256 on first use).
+
+        Raises
+        ------
+        StoreError
+            No such group, or its file is missing.
+        ModelFormatError
+            Its bytes are not the ones the manifest records.
+        """
+        entries = self.headers(group)
+        self.verify(group)
+        return LazyTensors(self._file(group), entries, self.where)
 
     def members(self):
         """A vote's members as ModelFiles (sibling run folders, or embedded in an export)."""
-        out = []
-        for i, m in enumerate(self.manifest.get("members", [])):
-            if self.is_export:
-                out.append(ModelFile(self.path, _check_manifest(m, f"{self.path} member {i}"),
-                                     export=True))
-            else:
-                folder = self.path.parent / m["run"]
-                if not folder.is_dir():  # said as the ensemble's, not as a file the user never named
-                    raise MissingRunError(
-                        f"ensemble {self.manifest.get('run')} votes with {m['run']}, whose model "
-                        f"folder is no longer in {self.path.parent}: run it again, or featbench "
-                        "ensemble with the runs there are")
-                out.append(open_model(folder))
-        return out
+        if self._members is None:
+            self._members = [self._member(i, m) for i, m in enumerate(self.manifest.get("members") or [])]
+        return self._members
+
+    def _member(self, i, m):
+        if self.depth >= MAX_DEPTH:
+            raise ModelFormatError(f"{self.where}: votes nested deeper than {MAX_DEPTH}")
+        if self.is_export:
+            where = f"{self.path} (member {i})"
+            prefix = f"{self.prefix}members.{i}/"
+            return ModelFile(self.path, _check_manifest(m, where, export=True, prefix=prefix),
+                             export=True, entries=self._entries, prefix=prefix, where=where,
+                             depth=self.depth + 1)
+        folder = self.path.parent / m["run"]
+        if not folder.is_dir():  # said as the ensemble's, not as a file the user never named
+            raise MissingRunError(
+                f"{self.path}: ensemble {self.manifest.get('run')} votes with {m['run']}, whose "
+                f"model folder is no longer in {self.path.parent}: run it again, or featbench "
+                "ensemble with the runs there are")
+        return _open(folder, self.depth + 1)
 
     def carried(self, key):
         """``(file name, bytes)`` of a file an export carries under ``key`` (None when not carried)."""
-        entry = self.manifest.get("carried", {}).get(str(key))
+        entry = (self.manifest.get("carried") or {}).get(str(key))
         if entry is None:
             return None
-        return entry["name"], LazyTensors(self.path, entry["prefix"])["bytes"].tobytes()
+        name = entry["prefix"] + "bytes"
+        return entry["name"], LazyTensors(self.path, {name: self._entries[name]}, self.where)[name].tobytes()
+
+
+def _export_groups(model, entries):
+    """Each group's entries of an export (names without the group's prefix); a tensor under
+    the model's prefix that belongs to none of its groups, members or carried files is refused."""
+    prefix, out, seen = model.prefix, {}, set()
+    for group in model.groups:
+        start = f"{prefix}{group}/"
+        out[group] = {k[len(start):]: e for k, e in entries.items()
+                      if k.startswith(start) and "/" not in k[len(start):]}
+        seen.update(start + k for k in out[group])
+    for key, c in (model.manifest.get("carried") or {}).items():
+        e = entries.get(c["prefix"] + "bytes")
+        if e is None or e.dtype != "U8" or len(e.shape) != 1:
+            raise ModelFormatError(f"{model.where}: the carried file {c['name']!r} has no bytes "
+                                   f"(no U8 tensor {c['prefix']}bytes): damaged; {REEXPORT}")
+        seen.add(c["prefix"] + "bytes")
+    members = [f"{prefix}members.{i}/" for i in range(len(model.manifest.get("members") or []))]
+    stray = [k for k in entries if k.startswith(prefix) and k not in seen
+             and not any(k.startswith(m) for m in members)]
+    if stray:
+        raise ModelFormatError(f"{model.where}: tensor {stray[0][:80]!r} belongs to no group of "
+                               f"the manifest: damaged; {REEXPORT}")
+    return out
+
+
+def _folder_group(model, group):
+    """The checked header of a run folder's ``<group>.safetensors`` (inside the folder)."""
+    path = model.path / f"{group}{SUFFIX}"
+    if path.is_symlink() and path.resolve().parent != model.path.resolve():
+        raise ModelFormatError(f"{path}: a link out of the run folder; a run's files stay in it")
+    if not path.is_file():
+        raise StoreError(f"{path}: tensor file of run {model.manifest.get('run')} is missing "
+                         "(train the run again)")
+    try:
+        with open(path, "rb") as fh:
+            entries, _ = schema.read_header(fh, path.stat().st_size, path)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    bad = [k for k in entries if "/" in k or not k]
+    if bad:
+        raise ModelFormatError(f"{path}: tensor name {bad[0][:80]!r}: a group's names hold no '/'")
+    return entries
+
+
+def _check_digest(path, spans, want, message):
+    """sha256 of the byte ranges ``spans`` ((start, end); end None: to the file's end) of
+    ``path``, read in chunks; ModelFormatError(``message``) unless it is ``want``."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for start, end in spans:
+                fh.seek(start)
+                left = None if end is None else end - start
+                while left is None or left > 0:
+                    chunk = fh.read(_CHUNK if left is None else min(_CHUNK, left))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    left = None if left is None else left - len(chunk)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if digest.hexdigest() != want:
+        raise ModelFormatError(message)
 
 
 class LazyTensors:
-    """A read-only mapping of one tensor group; each ``[name]`` reads that tensor only."""
+    """A read-only mapping of one tensor group; each ``[name]`` reads that tensor only.
 
-    def __init__(self, path, prefix):
-        self.path, self.prefix = Path(path), prefix
+    Parameters
+    ----------
+    path : Path
+        The safetensors file.
+    entries : dict of str -> Entry
+        The group's checked header entries (name -> dtype, shape, absolute offsets).
+    where : str
+        What messages name.
+    """
 
-    def _open(self):
-        from safetensors import safe_open
-
-        try:
-            return safe_open(str(self.path), framework="numpy")
-        except Exception as exc:  # noqa: BLE001 - safetensors' own error types: a bad tensor file
-            with open(self.path, "rb") as fh:
-                what = _what_it_is(fh.read(16))
-            raise ModelFormatError(f"{self.path}: not a safetensors tensor file ({what}; "
-                                   f"{type(exc).__name__}): {REEXPORT}") from None
+    def __init__(self, path, entries, where=None):
+        self.path, self.entries, self.where = Path(path), entries, str(where or path)
 
     def keys(self):
-        with self._open() as f:
-            return [k[len(self.prefix):] for k in f.keys() if k.startswith(self.prefix)
-                    and "/" not in k[len(self.prefix):]]
+        return sorted(self.entries)
 
     def __iter__(self):
         return iter(self.keys())
 
     def __contains__(self, name):
-        return name in self.keys()
+        return name in self.entries
+
+    def __len__(self):
+        return len(self.entries)
 
     def __getitem__(self, name):
-        with self._open() as f:
-            try:
-                return f.get_tensor(self.prefix + name)
-            except Exception:  # noqa: BLE001 - safetensors raises its own error types
-                raise KeyError(name) from None
+        e = self.entries[name]  # KeyError: no such tensor
+        dtype = np.dtype(_DTYPES[e.dtype]).newbyteorder("<")
+        count = int(np.prod(e.shape, dtype=np.int64))
+        try:
+            arr = np.fromfile(self.path, dtype=dtype, count=count, offset=e.start)
+            return arr.reshape(e.shape).astype(dtype.newbyteorder("="), copy=False)
+        except (OSError, ValueError) as exc:  # the file changed since its header was checked
+            raise ModelFormatError(f"{self.where}: tensor {name!r} cannot be read "
+                                   f"({type(exc).__name__}): cut short since it was opened?") from None
 
     def items(self):
         return [(k, self[k]) for k in self.keys()]
@@ -417,7 +556,9 @@ def export_model(model, out, *, half=False, carry=None):
     """Write ``model`` (a run folder, or its :class:`ModelFile`) to ONE export file ``out``.
 
     Tensors are copied one at a time (memory stays at the largest tensor); the file is written
-    through a temporary name and renamed, so a crash never leaves half a file.
+    through a temporary name and renamed, so a crash never leaves half a file. Each group's
+    entry records the sha256 of its tensors' bytes as written (``data_sha256``), which
+    :meth:`ModelFile.verify` checks on the receiving side.
 
     Parameters
     ----------
@@ -445,7 +586,7 @@ def export_model(model, out, *, half=False, carry=None):
     manifest["exported"] = {"featbench_version": __version__, "half": bool(half),
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with atomic_path(out) as tmp:
-        _write_safetensors(tmp, refs, {META_KEY: json.dumps(manifest)})
+        _write_safetensors(tmp, refs, lambda: {META_KEY: json.dumps(manifest)})
     return Path(out)
 
 
@@ -453,10 +594,13 @@ def _embed(src, prefix, refs, half):
     """Return ``src``'s manifest for an export, its tensors appended to ``refs`` under ``prefix``."""
     manifest = dict(src.manifest, tensors={})
     for group in src.groups:
-        lazy = src.tensors(group)
+        lazy = src.tensors(group)  # checked against its sha256: a damaged run is not exported
         g = f"{prefix}{group}/"
-        manifest["tensors"][group] = {"prefix": g, "sha256": src.manifest["tensors"][group].get("sha256", "")}
-        refs.extend(_Ref.lazy(lazy, name, g + name, half) for name in lazy.keys())
+        entry = {"prefix": g, "sha256": src.manifest["tensors"][group]["sha256"],
+                 "data_sha256": "0" * 64}  # filled once the group's bytes are written
+        manifest["tensors"][group] = entry
+        sink = (entry, hashlib.sha256())
+        refs.extend(_Ref.lazy(lazy, name, g + name, half, sink) for name in lazy.keys())
     if "members" in src.manifest:
         manifest["members"] = [_embed(m, f"{prefix}members.{i}/", refs, half)
                                for i, m in enumerate(src.members())]
@@ -464,10 +608,12 @@ def _embed(src, prefix, refs, half):
 
 
 class _Ref:
-    """A tensor to write: its name, safetensors dtype code, shape and how to read its bytes."""
+    """A tensor to write: its name, safetensors dtype code, shape, how to read its bytes and
+    the (manifest entry, hasher) whose ``data_sha256`` its bytes go into (an export's)."""
 
-    def __init__(self, name, code, shape, load):
+    def __init__(self, name, code, shape, load, sink=None):
         self.name, self.code, self.shape, self.load = name, code, [int(s) for s in shape], load
+        self.sink = sink
 
     @property
     def nbytes(self):
@@ -483,31 +629,31 @@ class _Ref:
         return cls(name, _CODES[arr.dtype], arr.shape, lambda: arr)
 
     @classmethod
-    def lazy(cls, tensors, key, name, half):
-        with tensors._open() as f:
-            sl = f.get_slice(tensors.prefix + key)
-            code, shape = sl.get_dtype(), sl.get_shape()
-        to16 = half and code in ("F32", "F64")
+    def lazy(cls, tensors, key, name, half, sink=None):
+        e = tensors.entries[key]
+        to16 = half and e.dtype in ("F32", "F64")
 
         def load():
             arr = tensors[key]
             return arr.astype(np.float16) if to16 else arr
 
-        return cls(name, "F16" if to16 else code, shape, load)
+        return cls(name, "F16" if to16 else e.dtype, e.shape, load, sink)
 
 
 def _write_safetensors(path, refs, metadata=None):
-    """Write ``refs`` as one safetensors file, tensor by tensor; return its sha256."""
+    """Write ``refs`` as one safetensors file, tensor by tensor; return its sha256.
+
+    ``metadata``: a dict, or a callable returning it, called again once the data is written
+    when refs feed ``data_sha256`` digests into it: the header is then rewritten in place
+    (hex digests replace placeholders of the same length).
+    """
     header, offset = {}, 0
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for r in refs:
         if r.name in header:
             raise ValueError(f"tensor {r.name!r} twice")
         header[r.name] = {"dtype": r.code, "shape": r.shape, "data_offsets": [offset, offset + r.nbytes]}
         offset += r.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    text = _header_bytes(header, metadata)
     digest = hashlib.sha256()
     with open(path, "wb") as fh:
         for chunk in (struct.pack("<Q", len(text)), text):
@@ -521,4 +667,23 @@ def _write_safetensors(path, refs, metadata=None):
             data = memoryview(flat).cast("B") if flat.size else b""
             fh.write(data)
             digest.update(data)
+            if r.sink is not None:
+                r.sink[1].update(data)
+        sinks = {id(r.sink): r.sink for r in refs if r.sink is not None}
+        if sinks:
+            for entry, hasher in sinks.values():
+                entry["data_sha256"] = hasher.hexdigest()
+            again = _header_bytes(header, metadata)
+            if len(again) != len(text):  # cannot happen: digests replace same-length placeholders
+                raise ValueError("the header changed length when its digests were filled in")
+            fh.seek(8)
+            fh.write(again)
     return digest.hexdigest()
+
+
+def _header_bytes(header, metadata):
+    meta = metadata() if callable(metadata) else metadata
+    if meta:
+        header = {"__metadata__": {str(k): str(v) for k, v in meta.items()}, **header}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return text + b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it

@@ -304,6 +304,31 @@ def made_by_featbench(path):
     return False
 
 
+def featbench_data_file(path):
+    """What an HDF5 file featbench wrote is, in words (a feature file, a predictions file, an
+    aligned-face cache), or None for any other file; told by the attributes each one carries."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return None
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            attrs = {k: f.attrs[k] for k in ("featbench_version", "layer", "model", "run",
+                                               "thresholds", "fingerprint", "settings")
+                     if k in f.attrs}
+    except (OSError, ValueError):
+        return None
+    text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
+    if "featbench_version" in text and "layer" in text:
+        return f"a featbench feature file (codes of {text.get('model', '?')})"
+    if "run" in text and "thresholds" in text:
+        return f"a featbench predictions file (run {text['run']})"
+    if "fingerprint" in text and "settings" in text:
+        return "a featbench aligned-face cache"
+    return None
+
+
 def _names_model_format(path, head):
     """Whether a file names featbench's model-file format (``featbench export``) where that
     format keeps it: in a safetensors header's metadata (read up to 16 MB), or near the start
@@ -383,6 +408,10 @@ def check_outputs(outputs, *, inputs=(), force=False, ours=made_by_featbench, co
             raise UsageError(f"{path}: {what} is an input of this {command} ({hit}); featbench "
                              "never writes over its input: give another file name")
         if (path.exists() or path.is_symlink()) and not force and not ours(path):
+            made = featbench_data_file(path)
+            if made:  # featbench's own, but not an output of this command: say what it is
+                raise UsageError(f"{path}: {what} exists and is {made}, not a {command} output; "
+                                 "not replaced (give another name, or --force to replace it)")
             raise UsageError(f"{path}: {what} exists and was not written by featbench; not "
                              "replaced (give another name, or --force to replace it)")
 
