@@ -103,6 +103,7 @@ class Intensity(Task):
     COLUMNS = ("au", "icc", "pearson", "mae", "f1", "support", "frames")
     SHOWN = ("icc", "pearson", "mae", "f1", "support")
     classes = False  # regression: a fixed decision rule, no class weights
+    predict_column = "r"  # predict's AUxx_r: the intensity 0-5
 
     def at_threshold(self, threshold):
         threshold = int(threshold or PRESENT_AT)

@@ -135,6 +135,9 @@ class Task:
     SHOWN = ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold")
     #: binary decisions with a threshold of their own: ``--tune-threshold`` and class weights apply
     classes = True
+    #: the OpenFace column ``featbench predict`` writes the scores in: ``AUxx_p`` (scores) or
+    #: ``AUxx_r`` (an intensity 0-5)
+    predict_column = "p"
 
     def at_threshold(self, threshold):
         """This task for a data set whose labels are present at intensity >= ``threshold``."""
