@@ -115,11 +115,7 @@ def did_you_mean(name, choices, *, what, hint=None):
     import difflib
 
     choices = sorted(choices)
-    # the closest; of equally close ones, the first in alphabetical order (difflib's own pick is
-    # the last: 'svn' would say 'svr' before 'svm')
-    ranked = difflib.get_close_matches(name, choices, n=max(1, len(choices)), cutoff=0.5)
-    ratio = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in ranked}
-    close = sorted(ranked, key=lambda c: (-ratio[c], c))[:1]
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     msg = f"unknown {what} {name!r}"
     if close:
         msg += f"; did you mean {close[0]!r}?"
