@@ -82,6 +82,7 @@ def check_model(model_file):
     except UsageError:
         raise UsageError(f"{where}: a run of kind {m['kind']!r}, which this featbench does "
                          f"not know (it knows {', '.join(list_kinds())})") from None
+    _check_identity(model_file, kind)
     spec = getattr(kind, "spec", None)
     bound = {}
     if spec is not None:
@@ -108,6 +109,27 @@ def check_model(model_file):
     for member in model_file.members():
         check_model(member)
     return model_file
+
+
+def _check_identity(model_file, kind):
+    """The run's name is a run name, and the weights identity of a run that reads a network is
+    one predict can resolve (a random seed a whole number, a digest 64 hex digits)."""
+    import re
+
+    from featbench.core.identity import RunKey, WeightsId
+
+    m, where = model_file.manifest, model_file.where
+    try:
+        RunKey.parse(m["run"])
+    except UsageError as exc:
+        raise ModelFormatError(f"{where}: invalid model manifest: run: {exc}") from None
+    if kind.inputs == "runs":
+        return  # a vote's weights column lists its members' (each checked as its own run)
+    wid = WeightsId.parse(m["weights"])
+    if (wid.kind == "random" and not (isinstance(wid.seed, int) and 0 <= wid.seed < 2 ** 63)) \
+            or (wid.sha256 and not re.fullmatch(r"[0-9a-f]{64}", wid.sha256)):
+        raise ModelFormatError(f"{where}: invalid model manifest: weights {m['weights'][:80]!r} is "
+                               "not a weights identity (random:<seed>, <name> sha256:<64 hex>...)")
 
 
 def _check_code_dims(model_file, bound):
@@ -170,12 +192,18 @@ def _per_au_groups(model_file, units):
                 raise ModelFormatError(f"{where}: invalid model manifest: settings.units.{fi}."
                                        f"{au} is {group!r}, not {want!r}: an AU reads only its "
                                        "own tensors")
+            _region(model_file, au)
             out[group] = (fi, au)
     return out
 
 
 def _region(model_file, au):
-    return (model_file.manifest["preprocessing"].get("regions") or {}).get(au, "full")
+    """The region whose codes ``au``'s classifier reads (the manifest must say)."""
+    regions = model_file.manifest["preprocessing"].get("regions") or {}
+    if au not in regions:
+        raise ModelFormatError(f"{model_file.where}: invalid model manifest: "
+                               f"preprocessing.regions does not say which codes {au} reads")
+    return regions[au]
 
 
 def _intensity_tensors(model_file, settings, bound):
@@ -227,8 +255,7 @@ def _step_tensors(model_file, group, step, allowed, arrays, d, bound):
     if cls is None:
         raise ModelFormatError(f"{where}: {what}: a saved step of class {step.cls!r}, which this "
                                f"kind does not load (it loads {', '.join(sorted(allowed))})")
-    known = set(cls().get_params(deep=False))
-    unknown = sorted(set(step.params) - known)
+    unknown = sorted(set(step.params) - _init_params(cls))
     if unknown:
         raise ModelFormatError(f"{where}: invalid model manifest: {what}.params: {cls.__name__} "
                                f"has no parameter {unknown[0]!r}")
@@ -250,6 +277,14 @@ def _step_tensors(model_file, group, step, allowed, arrays, d, bound):
             required = step.params.get(required, True) is True
         want[f"{step.step}.{attr}"] = Tensor(shape, NUMBERS, required=required)
     return want
+
+
+def _init_params(cls):
+    """The names ``cls(...)`` takes (scikit-learn's parameters), read without making one."""
+    import inspect
+
+    return {name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def _not_shadowing(where, what, cls, key):
@@ -330,6 +365,11 @@ def _lstm_tensors(model_file, settings, bound):
         if u.n_out != len(u.aus):
             raise ModelFormatError(f"{where}: invalid model manifest: settings.units.{name}: "
                                    f"n_out {u.n_out} for {len(u.aus)} AUs")
+        wrong = [a for a in u.trainable or u.aus if _region(model_file, a) != u.region]
+        if wrong:
+            raise ModelFormatError(f"{where}: invalid model manifest: {wrong[0]} reads "
+                                   f"{_region(model_file, wrong[0])} codes, its unit {name} was "
+                                   f"trained on {u.region} codes")
         d = check_symbol(where, f"d:{u.region}", u.dims, bound, what=f"settings.units.{name}.dims",
                          limit=MAX_DIMS)
         h, dirs = u.hidden, 2 if u.bidirectional else 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from featbench.apply.runmodel import finetuned_file
-from featbench.core.errors import WeightsError
+from featbench.core.errors import FeatbenchError, WeightsError
 from featbench.core.identity import WeightsId
 from featbench.core.workspace import Workspace
 
@@ -99,8 +99,20 @@ def open_encoders(model, *, device="auto", weights_file=None, workspace=None):
 
     A fine-tuned or transfer run carries its trained network (:class:`classify.infer.NetworkScores`);
     a classify run's network is built from its name and weights identity (:func:`open_encoder`),
-    a fine-tuned network's file found in ``workspace`` or carried by an exported model.
+    a fine-tuned network's file found in ``workspace`` or carried by an exported model. A
+    failure names the model file the run came from (its weights identity, its network's name
+    are that file's).
     """
+    try:
+        return _open_encoders(model, device=device, weights_file=weights_file, workspace=workspace)
+    except FeatbenchError as exc:
+        where = getattr(model.source, "where", None)
+        if where is None or where in str(exc):
+            raise
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+def _open_encoders(model, *, device, weights_file, workspace):
     import tempfile
 
     out = {}

@@ -3,15 +3,15 @@
 One validation of a model file (:mod:`featbench.core.modelfile` runs it on every run folder
 and export it opens, before any value of it is used): a pydantic schema of the manifest
 (types, ranges, lengths: :func:`check_manifest`), a schema of each safetensors header (dtype,
-shape, offsets that lie inside the file, back to back: :func:`check_header`), and what a run
+shape, offsets that lie inside the file, back to back: :func:`read_header`), and what a run
 kind says its tensors must be (:class:`Tensor` specs, matched by :func:`match_tensors`:
 names, dtypes, shapes whose symbols, such as the code dimensions ``d``, must agree across the
 run). Every failure is one :class:`ModelFormatError` line that names the file.
 
-Sizes a manifest gives are bounded, because each one decides an allocation somewhere: a face
-side (``alignment.size``, ``input_size``: :data:`~featbench.core.modellimits.MIN_SIDE` - ``MAX_SIDE`` pixels, as
-``featbench finetune --input-size`` allows), code dimensions (``MAX_DIMS``), counts of
-AUs, folds, units and members. A tensor's bytes are bounded by the file that holds them: its
+Sizes a manifest gives are bounded (:mod:`featbench.core.modellimits`), because each one
+decides an allocation somewhere: a face side (``alignment.size``, ``input_size``: 16 - 1024
+pixels, as ``featbench finetune --input-size`` allows), code dimensions, counts of AUs, folds,
+units and members. A tensor's bytes are bounded by the file that holds them: its
 shape must account for exactly the bytes between its offsets, and the offsets must lie in the
 file, so no tensor allocates more than the file's size.
 
@@ -83,7 +83,8 @@ def validate(model, value, where, what):
 
 # --- the manifest -----------------------------------------------------------------------------
 def check_manifest(manifest, where, *, fmt, version, made_by, required=()):
-    """Return ``manifest`` once it is a valid manifest of format ``fmt``, version ``version``.
+    """Return ``manifest`` once it is a valid manifest of format ``fmt``, version ``version``
+    (``task`` and ``settings`` filled in with their defaults where absent).
 
     Parameters
     ----------
@@ -123,6 +124,8 @@ def check_manifest(manifest, where, *, fmt, version, made_by, required=()):
         raise ModelFormatError(f"{where}: damaged featbench model file: its manifest lacks "
                                f"{', '.join(missing)}; {REEXPORT}")
     validate("Manifest", manifest, where, "invalid model manifest")
+    manifest.setdefault("task", "occurrence")  # what the schema's defaults mean, for readers
+    manifest.setdefault("settings", {})
     return manifest
 
 

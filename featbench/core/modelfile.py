@@ -37,8 +37,10 @@ The manifest (JSON; :func:`create_manifest` fills and checks it)::
     training_data               {"dataset": name, "synthetic": bool}
     settings                    the kind's own JSON (architecture, score rule...)
     tensors                     {group: {"file": "<group>.safetensors", "sha256": hex}} in a
-                                folder; {group: {"prefix": "<g>/", "sha256": hex}} in an export
-                                (the digest of the run folder's file: the trained weights' identity)
+                                folder; {group: {"prefix": "<g>/", "sha256": hex, "data_sha256":
+                                hex}} in an export ("sha256": the digest of the run folder's file,
+                                the trained weights' identity; "data_sha256": of the group's
+                                tensors' bytes as the export stores them, checked on reading)
     members                     a vote's members: [{"run": name}] in a folder (sibling folders),
                                 their whole manifests in an export
     carried                     an export's carried files: {key: {"prefix": "carried.<i>/", "name"}}
@@ -46,6 +48,13 @@ The manifest (JSON; :func:`create_manifest` fills and checks it)::
 Anything else (a pickle, a joblib file, a torch zip checkpoint, an unknown file) is refused by
 :func:`sniff` from its first bytes, before any loader sees it, with one line that says how to
 re-export (:class:`ModelFormatError`, exit status 2).
+
+Reading validates before anything is used (:mod:`featbench.core.manifest`): the manifest against
+its schema, every safetensors header (dtype, shape, offsets inside the file), a run folder's
+files inside the folder, a group's bytes against the manifest's sha256 before its first tensor
+is read. Tensors are read by this module's own reader at those checked offsets, so a damaged
+file is one line, never a safetensors traceback. What each run kind needs of its tensors is
+checked in :func:`classify.modelcheck.check_model`.
 
 API: :func:`create_manifest`, :func:`write_model`, :func:`read_manifest`, :func:`open_model`
 (-> :class:`ModelFile`: ``manifest``, ``tensors(group)`` lazy, ``members()``, ``carried(key)`` ->
