@@ -540,10 +540,12 @@ def save_fits(folder, record):
     """The ``lstm`` kind's ``save`` (:data:`KIND`): each trained network of a run once into
     ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
     results = record.results
+    # the manifest lists the units that have a network (what rebuilds it: dims, hidden...); an
+    # AU without one is said in settings.json (its error), as every kind says it
     units = {res.name: {**res.record(), **res.info, **res.saved(),
-                        **({"model_file": f"{res.name}.safetensors"} if res.net is not None else {})}
-             for res in results}
-    if any(res.net is not None for res in results):
+                        "model_file": f"{res.name}.safetensors"}
+             for res in results if res.net is not None}
+    if units:
         fields = record_fields(record)
         write_model(folder, record.method, record.run, record.aus, record.splits, results, units,
                     weights=fields["weights"], preprocessing=fields["preprocessing"],
