@@ -221,8 +221,10 @@ def test_run_repeats_every_frozen_code_run_and_its_votes_not_the_fine_tuned():
 
 
 def test_intensity_runs_get_icc_intervals_and_compare_by_icc(tmp_path, capsys):
+    from classify.learn.task import get_task
     from featbench.core.metrics import intensity_metrics
 
+    task = get_task("intensity")  # the intensity task says its columns and summary fields
     ws = Workspace(tmp_path)
     base = simulated(intensity=True)
     for name, noise in (("hog__full__ridge", 0.5), ("dlib_face__full__ridge", 1.5)):
@@ -237,7 +239,8 @@ def test_intensity_runs_get_icc_intervals_and_compare_by_icc(tmp_path, capsys):
                                                base["labels"][:, a]), "threshold": 1.5}
                 for a, au in enumerate(base["aus"])]
         model, region, clf = name.split("__")
-        write_run(ws, "synth", name, rows, predictions=path,
+        write_run(ws, "synth", name, rows, predictions=path, columns=task.COLUMNS,
+                  fields=task.summary_fields,
                   meta={"model": model, "region": region, "clf": clf, "task": "intensity"})
     rows = {r["run"]: r for r in read_summary_rows(ws.summary_csv("synth"))}
     good = rows["hog__full__ridge"]

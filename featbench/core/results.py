@@ -10,8 +10,8 @@
     ``mean_auc``, ``created``, ``error``...). Writing a run replaces that run's row and keeps
     every other row; a failed run is a row with its ``error``, never silently dropped.
 
-Intensity runs (``task`` = ``intensity``, :mod:`classify.intensity_run`) write the same two
-files: their per-run CSV starts ``au,icc,pearson,mae,f1,support,frames`` (F1 and the rest of
+Intensity runs (``task`` = ``intensity``: the task passes its columns and summary fields) write
+the same two files: their per-run CSV starts ``au,icc,pearson,mae,f1,support,frames`` (F1 and the rest of
 its family score rounded intensity >= 2 against the occurrence labels, so the tasks compare);
 their summary row has ``mean_f1`` / ``mean_accuracy`` of those decisions, ``f1_AUnn``, and
 ``mean_icc``, ``mean_pearson``, ``mean_mae`` and ``icc_AUnn``. Every row has a ``task`` column
@@ -74,17 +74,18 @@ def _csv_text(columns, rows):
     return buf.getvalue()
 
 
-def run_table(rows, *, task="occurrence"):
+def run_table(rows, *, columns=RUN_COLUMNS):
     """Return the per-AU rows followed by the ``mean`` row, and the column order.
 
     Parameters
     ----------
     rows : list of dict
-        One per AU with at least ``au`` and the metrics of :data:`RUN_COLUMNS`
-        (:data:`INTENSITY_COLUMNS` for ``task="intensity"``).
-    task : {"occurrence", "intensity"}
+        One per AU with at least ``au`` and the metrics of ``columns``.
+    columns : tuple of str
+        The table's first columns, the task's (``Task.COLUMNS``: :data:`RUN_COLUMNS` for
+        occurrence, :data:`INTENSITY_COLUMNS` for intensity); the rows' other keys follow.
     """
-    first = INTENSITY_COLUMNS if task == "intensity" else RUN_COLUMNS
+    first = tuple(columns)
     extras = []
     for r in rows:
         extras += [k for k in r if k not in first and k not in extras]
@@ -145,7 +146,8 @@ def _interval_columns(columns, table, found):
     return [c for c in columns if c not in names] + names
 
 
-def write_run(workspace, dataset, run, rows, *, meta, predictions=None):
+def write_run(workspace, dataset, run, rows, *, meta, columns=RUN_COLUMNS, fields=None,
+              predictions=None):
     """Write ``results/<dataset>/<run>.csv`` and upsert the run's row in ``summary.csv``.
 
     Parameters
@@ -160,6 +162,11 @@ def write_run(workspace, dataset, run, rows, *, meta, predictions=None):
     meta : dict
         ``model``, ``region``, ``clf`` (required), ``task`` (default ``occurrence``), and
         provenance such as ``weights``, ``protocol``: written to the summary row.
+    columns : tuple of str
+        The first columns of the run's CSV (its task's, as :func:`run_table`).
+    fields : callable, optional
+        ``fields(mean, rows) -> dict``: the task's own summary columns after ``task``
+        (intensity: ``mean_icc``... and ``icc_AUnn``).
     predictions : Path, optional
         The run's predictions file: its intervals are computed from it and stored (module
         docstring), at :func:`featbench.core.stats.current_settings`.
@@ -170,7 +177,7 @@ def write_run(workspace, dataset, run, rows, *, meta, predictions=None):
         The per-run CSV.
     """
     task = meta.get("task") or "occurrence"
-    table, columns = run_table(rows, task=task)
+    table, columns = run_table(rows, columns=columns)
     ci = {}
     if predictions is not None:
         found, ci = run_intervals(predictions, clf=meta.get("clf"), aus=[r["au"] for r in rows])
@@ -185,9 +192,8 @@ def write_run(workspace, dataset, run, rows, *, meta, predictions=None):
         row[f"f1_{r['au']}"] = r["f1"]
     row["mean_auc"] = mean.get("auc", float("nan"))
     row["task"] = task
-    if task == "intensity":
-        row.update({f"mean_{k}": mean[k] for k in ("icc", "pearson", "mae")})
-        row.update({f"icc_{r['au']}": r["icc"] for r in rows})
+    if fields is not None:
+        row.update(fields(mean, rows))
     if ci:
         row.update(_summary_intervals(mean, row))
         row.update(ci)
