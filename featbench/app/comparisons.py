@@ -9,7 +9,7 @@ interval, the test and the correction.
 import numpy as np
 
 from featbench.core import stats
-from featbench.core.errors import MissingRunError, did_you_mean
+from featbench.core.errors import FeatbenchError, MissingRunError, did_you_mean
 from featbench.core.results import read_predictions, read_summary_rows
 
 
@@ -62,6 +62,18 @@ class Comparer:
     def task(self, run):
         return str(self.predictions(run).get("task") or "occurrence")
 
+    def headline(self, run):
+        """The metric two runs of ``run``'s task are compared by: the task's headline (the
+        first of its ``METRICS``: ICC for intensity) when the statistics resample it, else the
+        F1 of the decisions (every task decides)."""
+        from classify.learn.task import get_task
+
+        try:
+            first = get_task(self.task(run)).METRICS[0]
+        except (FeatbenchError, IndexError):  # a task this featbench does not know
+            return "f1"
+        return first if first in stats.OCCURRENCE_METRICS + stats.INTENSITY_METRICS else "f1"
+
     def compare(self, a, b, *, metric=None):
         """Return :func:`featbench.core.stats.compare_tables`' dict for runs ``a`` and ``b``, with
         ``run_a``, ``run_b``, ``notes`` and ``p_holm`` (the per-AU p-values Holm-adjusted over
@@ -69,7 +81,7 @@ class Comparer:
         self.check(a)
         self.check(b)
         if metric is None:
-            metric = "icc" if self.task(a) == self.task(b) == "intensity" else "f1"
+            metric = self.headline(a) if self.task(a) == self.task(b) else "f1"
         ta, tb, notes = stats.paired_tables(
             self.predictions(a), self.predictions(b), pooled_a=stats.pools_folds(self.clf(a)),
             pooled_b=stats.pools_folds(self.clf(b)), names=(a, b))
