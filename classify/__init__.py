@@ -19,8 +19,14 @@ module                       what it holds
                              the validation subjects, the threshold kept inside the model,
                              their :class:`~classify.estimators.ClassifierSpec` and saving
                              without pickle
-:mod:`classify.run`          :func:`~classify.run.classify_run`: one run of the protocol
-                             (codes + frame table -> metrics, predictions, models, settings)
+:mod:`classify.plan`         :class:`~classify.plan.RunPlan`: what one run trains, and the one
+                             rule that names runs (:func:`~classify.plan.run_key`)
+:mod:`classify.driver`       the one driver of every run: inputs (codes or faces), the fold x
+                             unit jobs, the one loop, the one writer
+:mod:`classify.codemethods`  the per-AU estimators (lda, svm, ridge, svr) as methods of the
+                             one loop, as the learned methods are
+:mod:`classify.run`          :func:`~classify.run.classify_run`: the plan of a run on codes
+                             (every kind featbench classify trains)
 ============================ ===========================================================
 
 The command-line modules import this package only inside their ``_run`` functions, so

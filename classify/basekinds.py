@@ -13,41 +13,54 @@
     broke it there; each member's fingerprint refuses a member trained again since.
 """
 
+import numpy as np
+
+from featbench.core.calibrate import check_calibration
 from featbench.core.errors import StoreError
+from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, decision_threshold
 
 from classify.estimators import (C_GRID, DEFAULT_C, ClassifierSpec, ShrinkageLDA, estimator_arrays,
                                  estimator_from_arrays, make_lda, make_svm)
-from classify.kinds import (RunKind, fold_results, load_scorer, member_fingerprint, unit_group,
-                            write_run_model)
-from classify.modelcheck import VOTE_SPEC, estimator_spec
+from classify.kinds import (RunKind, fold_results, get_kind, load_scorer, member_fingerprint,
+                            record_fields, unit_group, write_run_model)
+from classify.intensity import RIDGE_ALPHAS, SVR_CS, RegressorSpec, ridge_path, svr_path
+from classify.modelcheck import INTENSITY_SPEC, VOTE_SPEC, estimator_spec
 from classify.scale import fit_streamed
 from classify.infer import RunModel
 
 
 # --- per-AU classifiers on codes --------------------------------------------------------------
-def save_estimators(folder, trained, *, kind, **fields):
+def save_estimators(folder, record):
     """The ``save`` of estimator kinds: one tensor group per AU (and fold), arrays of its pipeline."""
-    folds = [{"name": sp.name, "thresholds": {}} for sp in trained["splits"]]
-    units = [{} for _ in trained["splits"]]
+    splits = record.splits
+    folds = [{"name": sp.name, "thresholds": {}} for sp in splits]
+    units = [{} for _ in splits]
     models, tensors = {}, {}
-    for fi, fname, au, fit in fold_results(trained):
+    for fi, fname, au, fit in fold_results(record):
         group = unit_group(au, fname, len(folds))
         models[group], tensors[group] = estimator_arrays(fit.model)
         folds[fi]["thresholds"][au] = float(fit.threshold)
         units[fi][au] = group
-    write_run_model(folder, kind, folds, {"models": models, "units": units}, tensors, **fields)
+    write_run_model(folder, record.plan.kind.name, folds, {"models": models, "units": units},
+                    tensors, **record_fields(record))
 
 
 def load_estimators(model_file, classes):
     """The ``load`` of estimator kinds: each AU's pipeline rebuilt from the classes allowed."""
+    models = model_file.manifest["settings"]["models"]
+    return load_per_au(model_file, "classifier", lambda g, thr: estimator_from_arrays(
+        models[g], model_file.tensors(g), thr, classes))
+
+
+def load_per_au(model_file, noun, build):
+    """The :class:`~classify.infer.RunModel` of a run with one model per fold and AU (the
+    estimator kinds): per fold, each AU's ``build(tensor group, threshold)`` and threshold."""
     m = model_file.manifest
-    folds = []
-    for fold, units in zip(m["folds"], m["settings"]["units"]):
-        folds.append({au: (estimator_from_arrays(m["settings"]["models"][g], model_file.tensors(g),
-                                                 fold["thresholds"][au], classes),
-                           float(fold["thresholds"][au])) for au, g in units.items()})
+    folds = [{au: (build(g, float(fold["thresholds"][au])), float(fold["thresholds"][au]))
+              for au, g in units.items()}
+             for fold, units in zip(m["folds"], m["settings"]["units"])]
     if not any(folds):
-        raise StoreError(f"{model_file.path}: run {m['run']} has no fitted classifier for any AU")
+        raise StoreError(f"{model_file.path}: run {m['run']} has no fitted {noun} for any AU")
     return RunModel.from_model_file(model_file, folds)
 
 
@@ -69,17 +82,27 @@ FITTED_ARRAYS = {
 }
 
 
+def classifier_method(plan, inputs):
+    """The method of a per-AU classifier kind on opened codes (:mod:`classify.codemethods`)."""
+    from classify.codemethods import ClassifierMethod
+
+    return ClassifierMethod(plan.kind.estimator, inputs.codes, inputs.pos, region=plan.region,
+                            seed=plan.seed, balance=plan.setting("balance", True),
+                            class_weight=plan.setting("class_weight"),
+                            tune_threshold=plan.setting("tune_threshold", False),
+                            budget=inputs.budget, n_jobs=plan.setting("n_jobs"), task=plan.task)
+
+
 def estimator_kind(spec, **kw):
     """Return the :class:`RunKind` of a per-AU estimator ``spec`` (trained by ``classify_run``)."""
     def load(model_file):
         return load_estimators(model_file, spec.classes)
 
-    def save(folder, trained, **fields):
-        return save_estimators(folder, trained, kind=spec.name, **fields)
-
-    return RunKind(name=spec.name, load=load, save=save, train="classify.run:classify_run",
-                   command=f"featbench classify --clf {spec.name}", estimator=spec,
-                   help=spec.help, spec=estimator_spec(spec.classes, FITTED_ARRAYS), **kw)
+    fields = dict(name=spec.name, load=load, save=save_estimators, train="classify.run:classify_run",
+                  command=f"featbench classify --clf {spec.name}", estimator=spec,
+                  method=classifier_method, tasks=("occurrence",), streams=True, help=spec.help,
+                  spec=estimator_spec(spec.classes, FITTED_ARRAYS))
+    return RunKind(**{**fields, **kw})
 
 
 def _svm_classes():
@@ -107,6 +130,74 @@ SVM = estimator_kind(ClassifierSpec(
     streamed_solver="sgd-hinge (out of core)",
     convergence_note="liblinear did not fully converge for some C (max_iter=2000)",
     help="linear SVM, C chosen on the validation subjects"))
+
+
+# --- per-AU intensity regressors on codes ----------------------------------------------------
+def save_regressors(folder, record):
+    """The ``save`` of ``ridge`` / ``svr``: per fold (and AU) a weight vector and a bias.
+
+    One tensor group per AU (``AU01``; ``AU01-<fold>`` per fold) holding ``weight`` (dims,)
+    float64 and ``bias`` (1,) float64; the manifest's ``task`` is ``intensity``, its
+    ``preprocessing`` names the network, the region each AU reads and the calibration
+    (``calibrate``: none / median / neutral, per person = one face track), its thresholds are
+    the ``_c`` decisions' (``score > 1.5``: rounded intensity >= 2).
+    """
+    splits, task = record.splits, record.plan.task
+    thr = decision_threshold(task.threshold)
+    folds = [{"name": sp.name, "thresholds": {}} for sp in splits]
+    units, tensors = [{} for _ in splits], {}
+    for fi, fname, au, fit in fold_results(record):
+        group = unit_group(au, fname, len(splits))
+        tensors[group] = {"weight": np.asarray(fit.model.weight, dtype=np.float64),
+                          "bias": np.array([fit.model.bias], dtype=np.float64)}
+        folds[fi]["thresholds"][au] = thr
+        units[fi][au] = group
+    fields = record_fields(record)
+    settings = {"units": units, "param": record.plan.kind.estimator.param,
+                "clip": [INTENSITY_MIN, INTENSITY_MAX], "label_threshold": task.threshold,
+                "calibrate": check_calibration(fields["preprocessing"].get("calibrate")),
+                "person": "one face track (a subject's video in training)"}
+    write_run_model(folder, record.plan.kind.name, folds, settings, tensors, **fields)
+
+
+def load_regressors(model_file):
+    """The ``load`` of ``ridge`` / ``svr``: a :class:`~classify.infer.RunModel` whose AUs are
+    :class:`~classify.intensity.LinearIntensity` (clipped intensities; decisions ``> 1.5``)."""
+    from classify.intensity import LinearIntensity
+
+    m = model_file.manifest
+    if m.get("task") not in (get_kind(m["kind"]).tasks or ()):
+        raise StoreError(f"{model_file.path}: run {m.get('run')} of kind {m.get('kind')} is not "
+                         "an intensity run")
+    return load_per_au(model_file, "regressor", lambda g, thr: LinearIntensity(
+        np.asarray(model_file.tensors(g)["weight"]), float(model_file.tensors(g)["bias"][0])))
+
+
+def regressor_method(plan, inputs):
+    """The method of an intensity regressor kind on opened codes (:mod:`classify.codemethods`)."""
+    from classify.codemethods import RegressorMethod
+
+    return RegressorMethod(plan.kind.estimator, inputs.codes, inputs.pos, region=plan.region,
+                           seed=plan.seed, balance=plan.setting("balance", False), task=plan.task)
+
+
+def regressor_kind(spec):
+    """Return the :class:`RunKind` of a per-AU intensity regressor ``spec``."""
+    return RunKind(name=spec.name, load=load_regressors, save=save_regressors,
+                   train="classify.run:classify_run", estimator=spec, method=regressor_method,
+                   command=f"featbench classify --task intensity --clf {spec.name}",
+                   task="intensity", tasks=("intensity",), balance=False, help=spec.help,
+                   spec=INTENSITY_SPEC)
+
+
+#: the ``ridge`` kind: per-AU ridge regression of intensities on codes
+RIDGE = regressor_kind(RegressorSpec("ridge", "alpha", RIDGE_ALPHAS, 1e3,
+                                     lambda Xs, Y, grid, seed: ridge_path(Xs, Y, grid),
+                                     "ridge regression of AU intensity, alpha chosen by validation ICC"))
+#: the ``svr`` kind: per-AU linear SVR of intensities on codes
+SVR = regressor_kind(RegressorSpec("svr", "C", SVR_CS, 1e-3,
+                                   lambda Xs, Y, grid, seed: svr_path(Xs, Y, grid, seed=seed),
+                                   "linear SVR of AU intensity, C chosen by validation ICC"))
 
 
 # --- votes ------------------------------------------------------------------------------------

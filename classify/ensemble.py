@@ -43,15 +43,16 @@ import numpy as np
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, UsageError,
                                    did_you_mean)
 from featbench.core.identity import RunKey, format_members, weights_of
-from featbench.core.metrics import (PRESENT_AT, au_metrics, decision_threshold, intensity_decisions,
-                                    intensity_metrics, nanmean)
+from featbench.core.metrics import PRESENT_AT
 from featbench.core.modelfile import read_manifest
-from featbench.core.results import write_predictions, write_run
+# the predictions reader lives beside its writer (the statistics read it too); kept importable here
+from featbench.core.results import read_predictions, run_table, write_predictions, write_run  # noqa: F401
 from featbench.core.workspace import safe_name
 
-from classify.kinds import member_fingerprint, save_run
+from classify.kinds import member_fingerprint
+from classify.learn.task import get_task
 from classify.learn.writer import replace_folder
-from classify.vote import majority_vote, score_scales
+from classify.vote import score_scales
 
 PRESETS = ("fe", "fe+region", "fe+ft", "fe+ft+region")
 
@@ -65,51 +66,6 @@ PRESET_CLF = "svm"
 #: the sequence classifier whose runs join every preset as extra members where they exist (the
 #: paper's first ensemble mixes SVM and LSTM members)
 SEQUENCE_CLF = "lstm"
-
-
-# predictions files -----------------------------------------------------------------------------
-PREDICTION_FIELDS = ("frames", "labels", "scores", "decisions", "fold")
-
-
-def read_predictions(path):
-    """Read a predictions file (team contract 3) into a dict of arrays and attrs.
-
-    Returns
-    -------
-    dict
-        ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
-        ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
-        (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
-        ``protocol``, ``dataset``, ``task``) as str; ``fold_thresholds`` (folds, k) when the
-        file has the per-fold thresholds dataset; ``intensities`` (n, k) int8 for an intensity
-        run (whose ``scores`` are predicted intensities).
-    """
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
-            if "thresholds" in f:  # (folds, k): the threshold each fold used
-                out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
-            if "intensities" in f:  # an intensity run's true 0-5 intensities
-                out["intensities"] = f["intensities"][()]
-            attrs = dict(f.attrs)
-    except OSError as exc:  # permission, a lock, or damage: said as what it is
-        from featbench.core.errors import describe_os_error
-
-        raise StoreError(f"{path}: cannot read the predictions file: "
-                         f"{describe_os_error(exc)}") from None
-    missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
-    if missing or "aus" not in attrs:
-        raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
-                         "rerun the classifier run that made it")
-    out.setdefault("fold", np.zeros(len(out["frames"]), dtype=np.int8))
-    aus = attrs.pop("aus")
-    out["aus"] = list(json.loads(aus) if isinstance(aus, (str, bytes)) else aus)
-    out["thresholds"] = np.asarray(attrs.pop("thresholds", np.zeros(len(out["aus"]))), dtype=float)
-    for key, value in attrs.items():
-        out[key] = value.decode() if isinstance(value, bytes) else value
-    return out
 
 
 # members ---------------------------------------------------------------------------------------
@@ -377,31 +333,6 @@ def align_members(preds, names):
     return out, aus, notes
 
 
-def _per_au_rows(labels, decisions, scores, fold, aus):
-    """Per-AU metric rows for write_run, with the spread of F1 over folds when there are several."""
-    folds = np.unique(fold)
-    rows = []
-    for a, au in enumerate(aus):
-        if np.isnan(scores[:, a]).all():  # no member has a classifier for this AU
-            nan = float("nan")
-            rows.append({"au": au, "f1": nan, "accuracy": nan, "precision": nan, "recall": nan,
-                         "support": int((labels[:, a] == 1).sum()), "threshold": nan, "auc": nan,
-                         "frames": int((labels[:, a] >= 0).sum()),
-                         "note": "no member has a classifier for this AU"})
-            continue
-        sa = scores[:, a]
-        if np.isnan(sa).any():  # frames no member voted on rank lowest for the AUC
-            sa = np.where(np.isnan(sa), np.nanmin(sa) - 1, sa)
-        m = au_metrics(labels[:, a], decisions[:, a], sa)
-        row = {"au": au, **{k: m[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
-               "threshold": 0.0, "auc": m["auc"], "frames": m["frames"]}
-        if folds.size > 1:
-            f1s = [au_metrics(labels[fold == k, a], decisions[fold == k, a])["f1"] for k in folds]
-            row["f1_std"] = float(np.nanstd(f1s)) if not np.all(np.isnan(f1s)) else float("nan")
-        rows.append(row)
-    return rows
-
-
 def _control_runs(workspace, dataset):
     """The random-init classifier runs of the workspace (what a preset left out), votes aside."""
     runs = random_init_runs(workspace, dataset, _existing_runs(workspace, dataset))
@@ -422,12 +353,14 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, 
     tie on new frames as the ensemble broke it there; a member's fingerprint (date and tensor
     digests) lets loading refuse a member trained again since.
     """
+    from classify.basekinds import save_vote  # the kinds' module: scorers, torch, loaded here only
+
     manifests = [_member_manifest(workspace, dataset, m) for m in members]
     alignment = next(((m.get("preprocessing") or {}).get("alignment") for m in manifests if m), {})
     final = workspace.models_dir(dataset, run)
-    replace_folder(final, lambda tmp: save_run(
-        tmp, "vote", {"members": members, "scales": np.asarray(scales, np.float64),
-                      "fingerprints": [member_fingerprint(m) for m in manifests]},
+    replace_folder(final, lambda tmp: save_vote(
+        tmp, {"members": members, "scales": np.asarray(scales, np.float64),
+              "fingerprints": [member_fingerprint(m) for m in manifests]},
         run=run, aus=aus, weights=weights, dataset=dataset, task=task,
         preprocessing={"model": "", "regions": {}, "alignment": alignment or {}}))
     return final
@@ -443,53 +376,17 @@ def members_task(preds, names):
     return tasks.pop()
 
 
-def mean_intensity(scores, threshold=PRESENT_AT):
-    """Return ``(decisions, intensity)`` of members' predicted intensities, shape (m, n, k).
-
-    The ensemble's intensity is the mean over the members that have a model for the AU (a
-    member's nan abstains); its decision, rounded intensity >= ``threshold``, as a run's.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    have = np.isfinite(scores)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(have, scores, 0).sum(axis=0) / have.sum(axis=0)
-    mean = mean.astype(np.float32)
-    return intensity_decisions(mean, threshold), mean
-
-
-def _intensity_rows(aligned, scores, aus, threshold):
-    """Per-AU rows of an intensity ensemble (the intensity run's columns)."""
-    rows = []
-    for a, au in enumerate(aus):
-        m = intensity_metrics(aligned["intensities"][:, a], scores[:, a], aligned["labels"][:, a],
-                              threshold=threshold)
-        rows.append({"au": au, **{k: m[k] for k in ("icc", "pearson", "mae", "f1", "support",
-                                                    "frames", "accuracy", "precision", "recall",
-                                                    "auc")}})
-    return rows
-
-
 def _combine(preds, members):
-    """Align the members and combine them as their task asks: the vote (occurrence) or the mean
-    intensity; return ``(task, aligned, aus, notes, decisions, scores, label threshold)``."""
-    task = members_task(preds, members)
-    aligned, aus, notes = align_members(preds, members)
+    """Align the members and combine them as their task asks (:meth:`Task.combine`: the vote of
+    occurrence runs, the mean of intensity runs); return ``(task, aligned, aus, notes,
+    decisions, scores, thresholds)``."""
     threshold = int(preds[0].get("label_threshold") or PRESENT_AT)
-    if task == "intensity":
-        decisions, scores = mean_intensity(np.stack([p["scores"] for p in aligned]), threshold)
-    else:
-        decisions, scores = majority_vote(np.stack([p["decisions"] for p in aligned]),
-                                          np.stack([p["scores"] for p in aligned]),
-                                          np.stack([p["thresholds"] for p in aligned]))
-    return task, aligned, aus, notes, decisions, scores, threshold
-
-
-def _ensemble_rows(task, first, decisions, scores, aus, threshold):
-    """Return the ensemble's per-AU rows and the threshold reported per AU."""
-    if task == "intensity":
-        return (_intensity_rows(first, scores, aus, threshold),
-                np.full(len(aus), decision_threshold(threshold)))
-    return _per_au_rows(first["labels"], decisions, scores, first["fold"], aus), np.zeros(len(aus))
+    task = get_task(members_task(preds, members)).at_threshold(threshold)
+    aligned, aus, notes = align_members(preds, members)
+    decisions, scores, thresholds = task.combine(np.stack([p["decisions"] for p in aligned]),
+                                                 np.stack([p["scores"] for p in aligned]),
+                                                 np.stack([p["thresholds"] for p in aligned]))
+    return task, aligned, aus, notes, decisions, scores, thresholds
 
 
 def _checked_members(workspace, dataset, members):
@@ -560,7 +457,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
         controls = _control_runs(workspace, dataset)
     members = _checked_members(workspace, dataset, members)
     preds = [read_predictions(workspace.predictions_path(dataset, r)) for r in members]
-    task, aligned, aus, notes, decisions, scores, threshold = _combine(preds, members)
+    task, aligned, aus, notes, decisions, scores, thr = _combine(preds, members)
     if controls:
         notes.insert(0, f"random-init runs are controls, not members (name them in --members to "
                         f"vote them): {', '.join(controls)}")
@@ -577,20 +474,20 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
     protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
     meta = {"model": name, "region": region, "clf": "vote", "weights": weights,
             "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members),
-            "task": task}
-    if task == "intensity":
-        meta["label_threshold"] = threshold
-    rows, thr = _ensemble_rows(task, aligned[0], decisions, scores, aus, threshold)
+            "task": task.name, **task.vote_meta()}
+    rows = task.vote_rows(aligned[0], decisions, scores, aus)
     pred_path = workspace.predictions_path(dataset, run)
     write_predictions(pred_path, frames=aligned[0]["frames"], labels=labels, scores=scores,
                       decisions=decisions, fold=fold, aus=aus, thresholds=thr,
                       intensities=aligned[0].get("intensities"), run=run,
                       **{k: v for k, v in meta.items() if k != "members"}, members=members)
-    csv = write_run(workspace, dataset, run, rows, meta=meta)
+    csv = write_run(workspace, dataset, run, rows, meta=meta, columns=task.COLUMNS,
+                    fields=task.summary_fields, predictions=pred_path)
     models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
-                                  score_scales(np.stack([p["scores"] for p in aligned])), task=task)
+                                  score_scales(np.stack([p["scores"] for p in aligned])),
+                                  task=task.name)
+    mean = run_table(rows, columns=task.COLUMNS)[0][-1]
     return {"run": run, "csv": csv, "predictions": pred_path, "members": members, "aus": aus,
-            "models_dir": models_dir,
-            "frames": int(len(labels)), "mean_f1": nanmean(r["f1"] for r in rows),
-            "mean_accuracy": nanmean(r["accuracy"] for r in rows), "notes": notes, "task": task,
-            **({"mean_icc": nanmean(r["icc"] for r in rows)} if task == "intensity" else {})}
+            "models_dir": models_dir, "frames": int(len(labels)), "mean_f1": mean["f1"],
+            "mean_accuracy": mean["accuracy"], "notes": notes, "task": task.name,
+            **{k: v for k, v in task.summary_fields(mean, rows).items() if k.startswith("mean_")}}

@@ -69,7 +69,6 @@ from featbench.core.align import ensure_aligned
 from featbench.core.aus import AU_REGION, REGIONS
 from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows, draw_augmentation
-from featbench.core.identity import RunKey
 from featbench.core.modelfile import open_model
 from featbench.core.workspace import Workspace, run_lock
 
@@ -82,7 +81,8 @@ from classify.learn.method import Method, Unit, UnitData, counts, trainable
 from classify.learn.task import OCCURRENCE, get_task
 from classify.learn.writer import recording_failure
 from classify.modelcheck import network_spec
-from classify.run import format_result as classify_format, resolve_aus, run_tag
+from classify.plan import resolve_aus, run_key
+from classify.run import format_result as classify_format
 from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, resolve_device
 from extract.registry import get_spec
@@ -183,31 +183,27 @@ def is_variant_tag(tag):
 
 def finetune_run_name(config, table, *, task=OCCURRENCE):
     """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]`` (a task
-    other than occurrence adds its name)."""
+    other than occurrence adds its name), through the one naming rule
+    (:func:`classify.plan.run_key`)."""
     default_aus = resolve_aus(table, config.protocol)
     aus = resolve_aus(table, config.protocol, config.aus)
-    tags = finetune_tags(config, aus=aus, default_aus=default_aus)
     task = get_task(task)
-    tags += (task.name,) if task is not OCCURRENCE else ()
-    return str(RunKey(get_spec(config.model).name, config.region, "ft", tags))
+    return str(run_key(get_spec(config.model).name, config.region, "ft",
+                       variant=variant_tags(config), protocol=config.protocol,
+                       tune_threshold=config.tune_threshold, seed=config.seed, aus=aus,
+                       default_aus=default_aus, after=(config.tag,) if config.tag else (),
+                       task_tag=KIND.task_tag(task)))
 
 
-def finetune_tags(config, *, aus, default_aus):
-    """Return the run-name tags of ``config``'s non-default settings (a tuple)."""
+def variant_tags(config):
+    """The run-name tags that say how ``config``'s network is fine-tuned (a tuple)."""
     tags = []
     if config.head == "multilabel":
         tags.append("ml")
     tags += {"fc6-fc7": ["fc67"], "head": ["headonly"]}.get(config.reinit, [])
     if config.train_from:
         tags.append("from" + "".join(ch for ch in str(config.train_from) if ch.isalnum()))
-    common = run_tag(protocol=config.protocol, tune_threshold=config.tune_threshold,
-                     seed=config.seed, aus=aus, default_aus=default_aus)
-    tags += common.split("-") if common else []
-    if config.tag:
-        tags.append(str(config.tag))
     return tuple(tags)
-
-
 
 
 # --- the method ----------------------------------------------------------------------------------
@@ -347,12 +343,12 @@ class FinetuneMethod(Method):
         return {"model": self.spec.name, "input_size": info["input_size"], "mean": prep.get("mean"),
                 "std": prep.get("std"), "regions": {a: u.region for u in self.units(aus) for a in u.aus}}
 
-    def row_extra(self, rec):
-        """ft's own columns of the run's table: the first fold's epoch and validation score (F1;
-        an intensity run's ICC), the head."""
-        fit = rec["unit"].fit
-        metric = "val_icc" if self.task.name == "intensity" else "val_f1"
-        return {"best_epoch": fit.get("best_epoch", ""), metric: fit.get("val_score", float("nan")),
+    def row_extra(self, record, au):
+        """ft's own columns of the run's table: the first fold's epoch and validation score (the
+        task's headline metric: F1, an intensity run's ICC), the head."""
+        fit = record.by[(0, au)]["unit"].fit
+        return {"best_epoch": fit.get("best_epoch", ""),
+                f"val_{self.task.METRICS[0]}": fit.get("val_score", float("nan")),
                 "head": self.config.head}
 
     def record(self, info):
@@ -373,7 +369,7 @@ def logit_difference(logits):
 
 # --- the run -------------------------------------------------------------------------------------
 def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=None, progress=True,
-                 task=OCCURRENCE, **kwargs):
+                 task=OCCURRENCE, scheduler=None, **kwargs):
     """Fine-tune ``config.model`` for the AUs of ``dataset``; write the run's outputs.
 
     Parameters
@@ -389,8 +385,11 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         reused by ``featbench.core.align.ensure_aligned``).
     progress : bool
     task : Task or str
-        What the networks learn (:mod:`classify.learn.task`; default: AU occurrence). Another
-        task's name is a run-name tag.
+        What the networks learn (:mod:`classify.learn.task`; default: AU occurrence; any
+        registered task). Another task's name is a run-name tag.
+    scheduler : str, optional
+        Train the networks on the Dask cluster at this address (``DASK_SCHEDULER_ADDRESS``
+        by default; :mod:`classify.learn.pool`); under torchrun each rank takes a share.
 
     Returns
     -------
@@ -414,7 +413,8 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
     au_list = resolve_aus(table, config.protocol, config.aus)
-    task = get_task(task)
+    task = get_task(task).at_threshold(table.label_threshold)
+    task.check_table(table)
     run = finetune_run_name(config, table, task=task)
     meta = {"model": spec.name, "region": config.region, "clf": "ft", "weights": "",
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",
@@ -429,7 +429,7 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         meta.update(input_size=info["input_size"], epochs=config.epochs)
         return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
                         aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
-                        progress=progress, t0=t0)
+                        progress=progress, t0=t0, kind=KIND, scheduler=scheduler)
 
 
 def check_network(config):

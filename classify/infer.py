@@ -83,7 +83,6 @@ from featbench.core.identity import RunKey, WeightsId
 
 from classify.kinds import RunKind, get_kind
 from classify.learn.task import OCCURRENCE, Task, get_task
-from classify.vote import majority_vote
 from extract.encoders import autocast_dtype, resolve_device, run_network
 
 
@@ -412,28 +411,25 @@ class RunModel:
             threshold``), as the run decided its test frames.
         thresholds : ndarray (k,) float
         """
+        task = get_task(self.task)  # how members and folds combine: the task's rule
         if self.members:
             parts = [m.score(codes, tracks) for m in self.members]
             cols = [[m.aus.index(a) for a in self.aus] for m in self.members]
             s = np.stack([p[0][:, c] for p, c in zip(parts, cols)])
             d = np.stack([p[1][:, c] for p, c in zip(parts, cols)])
             t = np.stack([p[2][c] for p, c in zip(parts, cols)])
-            if self.task.name == "intensity":  # the mean of the members' intensities
-                return _mean_intensity(s, np.fmax.reduce(t))
-            dec, sc = majority_vote(d, s, t, scales=self.scales)
-            return sc, dec, np.zeros(len(self.aus))
+            dec, sc, thr = task.combine(d, s, t, scales=self.scales)
+            return sc, dec, thr
         codes = self._calibrated(codes, tracks)
         per_fold = [self._score_fold(fold, codes, tracks) for fold in self.folds]
         if len(per_fold) == 1:
             return per_fold[0]
-        if self.task.name == "intensity":  # several folds: their intensities averaged
-            return _mean_intensity(np.stack([p[0] for p in per_fold]), per_fold[0][2])
-        # several folds: each fold's classifier votes, as the members of an ensemble
-        dec, sc = majority_vote(np.stack([p[1] for p in per_fold]),
-                                np.stack([p[0] for p in per_fold]),
-                                np.stack([np.nan_to_num(p[2]) for p in per_fold]),
-                                scales=np.ones((len(per_fold), len(self.aus))))
-        return sc, dec, np.zeros(len(self.aus))
+        # several folds: combined as an ensemble's members are (occurrence: each fold votes)
+        dec, sc, thr = task.combine(np.stack([p[1] for p in per_fold]),
+                                    np.stack([p[0] for p in per_fold]),
+                                    np.stack([np.nan_to_num(p[2]) for p in per_fold]),
+                                    scales=np.ones((len(per_fold), len(self.aus))))
+        return sc, dec, thr
 
     def _score_fold(self, fold, codes, tracks):
         """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`)."""
@@ -488,16 +484,6 @@ class RunModel:
             x[keep] = calibrate(np.asarray(c)[keep], persons[keep], self.calibrate)
             out[key] = x
         return out
-
-
-def _mean_intensity(scores, thresholds):
-    """``(intensity, decisions, thresholds)`` of stacked (m, n, k) intensities: their mean over
-    the members (or folds) that score an AU, decided ``> threshold``."""
-    have = np.isfinite(scores)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (np.where(have, scores, 0).sum(axis=0) / have.sum(axis=0)).astype(np.float32)
-        dec = (mean > np.asarray(thresholds)).astype(np.int8)
-    return mean, dec, np.asarray(thresholds, dtype=float)
 
 
 # --- runs whose trained network is the classifier ---------------------------------------------

@@ -21,7 +21,9 @@ Conventions, stated once: intensities are DISFA's 0-5; predictions are clipped t
 scale's bounds) before any metric or decision; a frame is called present when its prediction
 rounds to at least the label threshold (:func:`featbench.core.metrics.intensity_decisions`).
 A fitted AU is a :class:`LinearIntensity`: the scaler folded into one weight vector and a bias,
-so the numbers a run reports are the ones its saved arrays reproduce.
+so the numbers a run reports are the ones its saved arrays reproduce. The ``ridge`` and ``svr``
+run kinds hold their :class:`RegressorSpec` (:mod:`classify.basekinds`), and are trained per AU
+through the one loop (:class:`classify.codemethods.RegressorMethod`).
 """
 
 import warnings
@@ -29,7 +31,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, decision_threshold, icc31
 
 #: ridge penalties on z-scored codes, most regularised first
@@ -159,33 +160,13 @@ class RegressorSpec:
             raise ValueError(f"regressor {self.name}: default {self.default} not in its grid")
 
 
-REGRESSORS = {
-    "ridge": RegressorSpec("ridge", "alpha", RIDGE_ALPHAS, 1e3,
-                           lambda Xs, Y, grid, seed: ridge_path(Xs, Y, grid),
-                           "ridge regression, alpha chosen by ICC on the validation subjects"),
-    "svr": RegressorSpec("svr", "C", SVR_CS, 1e-3,
-                         lambda Xs, Y, grid, seed: svr_path(Xs, Y, grid, seed=seed),
-                         "linear SVR (epsilon-insensitive), C chosen by ICC on the validation subjects"),
-}
-
-
-def get_regressor(name):
-    """Return the :class:`RegressorSpec` called ``name`` (UsageError with the choices if unknown)."""
-    if isinstance(name, RegressorSpec):
-        return name
-    if name not in REGRESSORS:
-        raise UsageError(did_you_mean(str(name), REGRESSORS, what="intensity regressor",
-                                      hint="--task intensity takes --clf " + " or ".join(REGRESSORS)))
-    return REGRESSORS[name]
-
-
 def fit_intensity(spec, X_train, Y_train, X_val, Y_val, *, seed=0):
     """Fit one regressor per column of ``Y_train`` on shared training rows; choose each one's
     hyper-parameter by validation ICC.
 
     Parameters
     ----------
-    spec : RegressorSpec or str
+    spec : RegressorSpec
     X_train : array of shape (n, dims)
     Y_train : array of shape (n, k)
         Known intensities 0-5 of every row (the caller keeps rows whose k AUs are all known).
@@ -199,7 +180,6 @@ def fit_intensity(spec, X_train, Y_train, X_val, Y_val, *, seed=0):
     -------
     list of k IntensityFit
     """
-    spec = get_regressor(spec)
     mean, scale = zscore_stats(X_train)
     Xs = (np.asarray(X_train, dtype=np.float64) - mean) / scale
     path = spec.path(Xs, np.asarray(Y_train, dtype=np.float64), spec.grid, seed)

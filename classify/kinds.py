@@ -11,11 +11,14 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
     classify codes per AU hold their estimator (:attr:`RunKind.estimator`, a
     :class:`classify.estimators.ClassifierSpec`) and train through
     :func:`classify.run.classify_run`.
+``method``
+    ``method(plan, inputs)`` -> the :class:`~classify.learn.method.Method` the one driver
+    (:func:`classify.driver.execute`) trains a run of this kind on codes with.
 ``save``
-    ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` writes the run's
-    model into ``folder`` through :mod:`featbench.core.modelfile` (a manifest + safetensors,
-    never a pickle; :func:`write_run_model`) from what its trainer ``trained``; it returns the
-    per-(fold, AU) entries the run's settings.json records (or None).
+    ``save(folder, record)`` writes the run's model into ``folder`` through
+    :mod:`featbench.core.modelfile` (a manifest + safetensors, never a pickle;
+    :func:`write_run_model`) from the run's :class:`~classify.learn.writer.RunRecord` (the
+    writer calls it inside the run folder's atomic swap, then writes settings.json there).
 ``load``
     ``load(model_file)`` -> a :class:`classify.infer.RunModel`: codes (or faces, through the
     network it carries) -> scores + decisions, exactly as the run decided its test frames.
@@ -23,7 +26,7 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
 
 Entries are imported on first use (``"module:attribute"``), so ``featbench --help`` or an
 ``lda`` run never imports torch for an LSTM. Adding a kind is one module (its class and
-save/load) plus one line in :data:`_ENTRIES` (or one :func:`register_kind` call for a plug-in).
+save/load) plus one lazy entry in :data:`KINDS` (or one :func:`register_kind` call for a plug-in).
 A per-AU classifier on codes is even shorter: its :class:`~classify.estimators.ClassifierSpec`
 and ``register_kind(estimator_kind(spec))`` (:func:`classify.basekinds.estimator_kind`).
 
@@ -44,6 +47,7 @@ from featbench.core.align import read_cache_info
 from featbench.core.datasets import training_data as describe_training_data
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, did_you_mean
 from featbench.core.modelfile import create_manifest, write_model
+from featbench.core.registry import Registry
 
 
 
@@ -58,10 +62,8 @@ class RunKind:
     load : callable
         ``load(model_file)`` -> RunModel (:class:`featbench.core.modelfile.ModelFile` in).
     save : callable, optional
-        ``save(folder, trained, *, run, aus, weights, preprocessing, dataset)`` -> per-(fold,
-        AU) settings entries or None; what ``trained`` is belongs to the kind (its trainer
-        hands it over: ``classify_run``'s ``{"splits", "aus", "fits"}`` for the kinds it trains).
-        None: the kind's trainer writes its model itself, through :attr:`writer`.
+        ``save(folder, record)`` (a :class:`~classify.learn.writer.RunRecord`) -> per-(fold,
+        AU) settings entries or None (the vote's: ``save(folder, trained, **fields)``).
     writer : str
         ``"module:function"`` that writes the kind's model when its trainer does it itself (the
         learned methods: :func:`classify.learn.loop.write_model`); else the module of ``save``.
@@ -73,15 +75,24 @@ class RunKind:
     estimator : classify.estimators.ClassifierSpec, optional
         Kinds whose runs fit one classifier per AU on frame codes (fitted by
         :func:`classify.run.classify_run`).
-    fit_jobs : callable, optional
-        Kinds trained by ``classify_run`` on sequences of codes: trains every (fold, AU) job of
-        the run itself (the LSTM: :func:`classify.lstm.run_jobs`).
+    method : callable, optional
+        ``method(plan, inputs)`` -> the :class:`~classify.learn.method.Method` that trains a
+        run of this kind on codes (:class:`classify.driver.CodeInputs`) through the one loop;
+        the kinds ``featbench classify`` trains have one.
     options : callable, optional
         ``options(value)`` -> the kind's own settings (a dataclass with ``tag()``) from None, a
         dict or itself; stored under the kind's name in settings.json.
     inputs : {"codes", "faces", "runs"}
         What its scorer reads: codes of a named network, faces (it carries its network), or
         other runs (a vote).
+    task : str
+        The task a run of this kind learns unless told otherwise (its name is then no tag).
+    tasks : tuple of str, optional
+        The tasks it can learn (None: any registered task: the learned methods).
+    balance : bool
+        Whether its training rows are balanced by default (``--balance`` / ``--no-balance``).
+    streams : bool
+        It fits codes read from the feature file in blocks when they exceed the memory budget.
     help : str
         One line for ``--help`` and error messages.
     spec : classify.modelcheck.KindSpec, optional
@@ -96,9 +107,13 @@ class RunKind:
     train: str = ""
     command: str = ""
     estimator: Any = None
-    fit_jobs: Optional[Callable] = None
+    method: Optional[Callable] = None
     options: Optional[Callable] = None
     inputs: str = "codes"
+    task: str = "occurrence"
+    tasks: Optional[tuple] = None
+    balance: bool = True
+    streams: bool = False
     help: str = ""
     spec: Any = None
 
@@ -110,10 +125,13 @@ class RunKind:
         """Return the function that writes a run of this kind (``save``, else :attr:`writer`)."""
         return self.save if self.save is not None else _resolve(self.writer)
 
-    @property
-    def needs_sequences(self):
-        """True when ``classify_run`` must keep the codes as sequences (the kind fits its jobs)."""
-        return self.fit_jobs is not None
+    def learns(self, task):
+        """True when a run of this kind can learn ``task`` (a :class:`Task`)."""
+        return self.tasks is None or task.name in self.tasks
+
+    def task_tag(self, task):
+        """The run-name tag of ``task``: its name, unless it is the kind's own task."""
+        return None if task.name == self.task else task.name
 
 
 def _resolve(target):
@@ -122,32 +140,24 @@ def _resolve(target):
 
 
 # --- the registry ---------------------------------------------------------------------------
-#: name -> "module:attribute" of its RunKind, imported on first use
-_ENTRIES = {
-    "lda": "classify.basekinds:LDA",
-    "svm": "classify.basekinds:SVM",
-    "lstm": "classify.lstm:KIND",
-    "ft": "classify.finetune:KIND",
-    "transfer": "classify.transfer:KIND",
-    "vote": "classify.basekinds:VOTE",
-    "ridge": "classify.intensity_model:RIDGE",
-    "svr": "classify.intensity_model:SVR",
-}
-_LOADED = {}
+#: name -> RunKind (:class:`featbench.core.registry.Registry`); the built-ins are lazy
+#: ``"module:attribute"`` entries, imported on first use
+KINDS = Registry("run kind")
+for _name, _target in (("lda", "classify.basekinds:LDA"), ("svm", "classify.basekinds:SVM"),
+                       ("lstm", "classify.lstm:KIND"), ("ft", "classify.finetune:KIND"),
+                       ("transfer", "classify.transfer:KIND"), ("vote", "classify.basekinds:VOTE"),
+                       ("ridge", "classify.basekinds:RIDGE"), ("svr", "classify.basekinds:SVR")):
+    KINDS.lazy(_name, _target)
 
 
 def register_kind(kind, *, replace=False):
     """Add ``kind`` to the registry; a name already taken raises unless ``replace``."""
-    if not replace and (kind.name in _ENTRIES or kind.name in _LOADED):
-        raise ValueError(f"run kind {kind.name!r} is already registered")
-    _LOADED[kind.name] = kind
-    return kind
+    return KINDS.add(kind.name, kind, replace=replace)
 
 
 def unregister_kind(name):
     """Remove a kind added by :func:`register_kind` (tests, plug-ins)."""
-    if name not in _ENTRIES:
-        _LOADED.pop(name, None)
+    KINDS.remove(name)
 
 
 def list_kinds(*, trained_by=None):
@@ -156,15 +166,19 @@ def list_kinds(*, trained_by=None):
     ``trained_by="classify"``: only the kinds ``featbench classify --clf`` trains (names only,
     no entry is imported for the built-ins).
     """
-    names = list(dict.fromkeys(list(_ENTRIES) + list(_LOADED)))
+    names = KINDS.names()
     if trained_by == "classify":
-        builtin = {"lda", "svm", "lstm"}
-        names = [n for n in names if n in builtin or (n in _LOADED and _classifies(_LOADED[n]))]
+        builtin = {"lda", "svm", "lstm", "ridge", "svr"}
+        names = [n for n in names if n in builtin
+                 or (KINDS.loaded(n) is not None and n not in _BUILTIN and _classifies(KINDS.loaded(n)))]
     return names
 
 
+_BUILTIN = {"lda", "svm", "lstm", "ft", "transfer", "vote", "ridge", "svr"}
+
+
 def _classifies(kind):
-    return kind.estimator is not None or kind.fit_jobs is not None
+    return kind.method is not None
 
 
 def get_kind(name):
@@ -177,14 +191,10 @@ def get_kind(name):
     """
     if isinstance(name, RunKind):
         return name
-    if name in _LOADED:
-        return _LOADED[name]
-    if name in _ENTRIES:
-        kind = _resolve(_ENTRIES[name])
-        if kind.name != name:
-            raise ValueError(f"registry entry {name!r} points at the kind {kind.name!r}")
-        return _LOADED.setdefault(name, kind)
-    raise UsageError(did_you_mean(str(name), tuple(list_kinds()), what="run kind"))
+    kind = KINDS.get(name)
+    if kind.name != name:
+        raise ValueError(f"registry entry {name!r} points at the kind {kind.name!r}")
+    return kind
 
 
 def classifier_kind(name):
@@ -229,10 +239,12 @@ def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights
     return write_model(folder, manifest, tensors)
 
 
-def save_run(folder, kind, trained, **fields):
-    """Write the model of a run of ``kind`` into ``folder`` (its kind's ``save``); return the
-    per-(fold, AU) settings entries it gives (or None)."""
-    return get_kind(kind).save(folder, trained, **fields)
+def record_fields(record):
+    """The manifest's fields of a trained run (:class:`classify.learn.writer.RunRecord`): its
+    name, AUs, weights identity, the inputs' preprocessing, training data set and task."""
+    return {"run": record.run, "aus": record.aus, "weights": record.meta["weights"],
+            "preprocessing": record.inputs.preprocessing(record.plan),
+            "dataset": record.plan.trained_on, "task": record.plan.task.name}
 
 
 def load_scorer(model_file):
@@ -261,16 +273,16 @@ def load_scorer(model_file):
 
 
 # --- helpers of the kinds' save ------------------------------------------------------------
-def fold_results(trained):
-    """Yield ``(fold index, fold name, au, fit)`` of a classify run's fits (``fit`` not None).
+def fold_results(record):
+    """Yield ``(fold index, fold name, au, fit)`` of a trained run's fitted AUs (``fit`` not None).
 
-    ``trained`` is what :func:`classify.run.classify_run` hands to a kind's ``save``:
-    ``{"splits": [Split], "aus": [...], "fits": {(fold index, au): result dict}}``, each
-    result's ``"fit"`` an :class:`~classify.estimators.AUFit` (or None: no classifier).
+    ``record`` is the run's :class:`classify.learn.writer.RunRecord` (a kind's ``save`` gets
+    it): its ``by[(fold index, au)]["fit"]`` is an :class:`~classify.estimators.AUFit` (an
+    estimator's; an intensity regressor's ``IntensityFit``) or None (no model for the AU).
     """
-    for fi, fname in enumerate(s.name for s in trained["splits"]):
-        for au in trained["aus"]:
-            fit = trained["fits"][(fi, au)]["fit"]
+    for fi, fname in enumerate(s.name for s in record.splits):
+        for au in record.aus:
+            fit = record.by[(fi, au)]["fit"]
             if fit is not None:
                 yield fi, fname, au, fit
 

@@ -60,18 +60,19 @@ on CUDA they train one after another on the device.
 import os
 from functools import partial
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from featbench.core.errors import StoreError, UsageError
 from featbench.core.modelfile import open_model
 
-from classify.learn.loop import fold_entries, per_au, run_units, unit_state, write_model
-from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
+from featbench.core.aus import AU_REGION
+
+from classify.codemethods import CodesInput
+from classify.kinds import RunKind, record_fields
+from classify.learn.loop import unit_state, write_model
+from classify.learn.method import Method, Unit, UnitData, counts, trainable
 from classify.modelcheck import LSTM_SPEC
-from classify.kinds import RunKind
-from classify.learn.intensity import task_named
 from classify.learn.task import OCCURRENCE
 from classify.infer import LSTMScorer, RunModel
 from classify.training import TrainConfig
@@ -410,7 +411,7 @@ def score_sequences(model, X, pos, sequences, *, device="cpu", batch_frames=2000
 
 
 # --- the method --------------------------------------------------------------------------------
-class LSTMMethod(Method):
+class LSTMMethod(CodesInput, Method):
     """The LSTM as a :class:`classify.learn.method.Method` (see the module docstring).
 
     Parameters
@@ -430,15 +431,27 @@ class LSTMMethod(Method):
     reduction = "sum"  # summed over the frames of a batch, as CURRENNT sums over time steps
 
     def __init__(self, options, codes, pos, group, frame, *, seed=0, tune_threshold=False,
-                 balance=True, class_weight=None, workers=1, task=OCCURRENCE):
+                 balance=True, class_weight=None, workers=1, task=OCCURRENCE, region="full",
+                 subjects=""):
         super().__init__(task)
         self.options, self.codes, self.pos, self.group, self.frame = options, codes, pos, group, frame
         self.seed, self.tune, self.balance, self.class_weight = seed, tune_threshold, balance, class_weight
         self.workers, self.device = workers, resolve_device(options.device)
+        self.region, self.subjects = region, subjects
 
-    def X(self, region):
-        c = self.codes[region]
-        return np.load(c, mmap_mode="r") if isinstance(c, str) else c
+    def units(self, aus):
+        """One network per AU (the paper), or with ``multilabel`` one per region over its AUs."""
+        region_of = {a: AU_REGION[a] if self.region == "auto" else self.region for a in aus}
+        if not self.options.multilabel:
+            return [Unit(au, (au,), region_of[au]) for au in aus]
+        regions = list(dict.fromkeys(region_of.values()))
+        return [Unit("multilabel" if len(regions) == 1 else f"multilabel_{r}",
+                     tuple(a for a in aus if region_of[a] == r), r) for r in regions]
+
+    def identity(self):
+        return {"options": asdict(self.options), "seed": self.seed, "balance": self.balance,
+                "class_weight": self.class_weight, "subjects": self.subjects,
+                **self.task.identity()}
 
     def unit_data(self, job):
         """Cut the fold's training and validation rows into sequences (the trainable AUs' labels),
@@ -527,78 +540,38 @@ def _length_bucketed_batches(train_data, batch, rng):
         yield x, y.data
 
 
-# --- the run's hook: every (fold, AU) job, per-AU networks or one multilabel network per fold --
-def lstm_jobs(jobs, splits, labels, *, multilabel, identity):
-    """Turn classify's (fold, AU) jobs into the units the LSTM trains: one per AU, or with
-    ``multilabel`` one per fold and region over the fold's AUs."""
-    groups = {}
-    for fi, ai, au, region, rows in jobs:
-        key = (fi, region) if multilabel else (fi, au)
-        groups.setdefault(key, (fi, region, rows, []))[3].append((ai, au))
-    regions = {region for _, region, _, _ in groups.values()}
-    out = []
-    for fi, region, rows, members in groups.values():
-        cols, aus = [a for a, _ in members], tuple(u for _, u in members)
-        stem = aus[0] if not multilabel else "multilabel" if len(regions) == 1 else f"multilabel_{region}"
-        name = stem if len(splits) == 1 else f"{stem}-{splits[fi].name}"
-        out.append(Job(fi, splits[fi].name, Unit(stem, aus, region), rows, labels[:, cols], name,
-                       identity))
-    return out
-
-
-def run_jobs(jobs, *, table, splits, codes, labels, pos, options, seed, tune_threshold, balance,
-             class_weight, checkpoint_root=None, n_jobs=None, progress=True, task=OCCURRENCE):
-    """Train every (fold, AU) job of a classify run with LSTMs; return run.py's result dicts.
-
-    Per-AU networks (the paper) train in parallel worker processes on CPU; ``--multilabel``
-    trains one network per fold over the fold's AUs.
-    """
-    import tempfile
-
+# --- the kind: the method of a run on codes, its model ----------------------------------------
+def lstm_method(plan, inputs):
+    """The ``lstm`` kind's method over a run's opened codes (:class:`classify.driver.CodeInputs`):
+    per-AU networks (the paper) train in parallel worker processes on CPU, one after another on
+    CUDA; ``--multilabel`` trains one network per fold and region over its AUs."""
+    table, options, n_jobs = plan.table, plan.options, plan.setting("n_jobs")
     group = (table.frames["subject"].astype(str) + "\x00" + table.frames["video"].astype(str)
              ).factorize()[0].astype(np.int64)
     frame = table.frames["frame"].to_numpy(dtype=np.int64)
-    identity = {"options": asdict(options), "seed": seed, "balance": balance,
-                "class_weight": class_weight, "subjects": table.fingerprint(),
-                **({"task": task.name} if task is not OCCURRENCE else {})}
-    units = lstm_jobs(jobs, splits, labels, multilabel=options.multilabel, identity=identity)
     cores = os.cpu_count() or 1
-    workers = 1 if str(resolve_device(options.device)).startswith("cuda") else max(
-        1, min(len(units), cores if n_jobs in (None, -1) else int(n_jobs)))
-    with tempfile.TemporaryDirectory(prefix="featbench-codes-") as tmp:
-        if workers > 1:  # the workers read the codes memory-mapped instead of pickled copies
-            codes = {r: str(_save_npy(tmp, r, c)) for r, c in codes.items()}
-        method = LSTMMethod(options, codes, pos, group, frame, seed=seed, workers=workers,
-                            tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
-                            task=task)
-        results = run_units(method, units, work=Path(checkpoint_root or tmp), progress=progress)
-    return list(per_au(results, [j[2] for j in jobs]).values())
+    workers = 1 if str(resolve_device(options.device)).startswith("cuda") else (
+        cores if n_jobs in (None, -1) else int(n_jobs))
+    return LSTMMethod(options, inputs.codes, inputs.pos, group, frame, seed=plan.seed,
+                      workers=workers, tune_threshold=plan.setting("tune_threshold", False),
+                      balance=plan.setting("balance", True), class_weight=plan.setting("class_weight"),
+                      task=plan.task, region=plan.region, subjects=table.fingerprint())
 
 
-def _save_npy(folder, region, codes):
-    path = Path(folder) / f"{region}.npy"
-    np.save(path, codes)
-    return path
-
-
-def save_fits(folder, trained, *, run, aus, weights, preprocessing, dataset, task="occurrence"):
-    """The ``lstm`` kind's ``save`` (:data:`KIND`): each trained network of a run
-    once into ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`);
-    return ``{(fold, au): settings entry}``. ``trained``: ``classify_run``'s ``{"splits",
-    "aus", "fits"}``."""
-    splits, by, au_list = trained["splits"], trained["fits"], trained["aus"]
-    results = list({id(r["unit"]): r["unit"] for r in by.values()}.values())
+def save_fits(folder, record):
+    """The ``lstm`` kind's ``save`` (:data:`KIND`): each trained network of a run once into
+    ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
+    results = record.results
+    # the manifest lists the units that have a network (what rebuilds it: dims, hidden...); an
+    # AU without one is said in settings.json (its error), as every kind says it
     units = {res.name: {**res.record(), **res.info, **res.saved(),
-                        **({"model_file": f"{res.name}.safetensors"} if res.net is not None else {})}
-             for res in results}
-    if any(res.net is not None for res in results):
-        first = next(res for res in results if res.net is not None)
-        method = LSTMMethod(LSTMOptions(**first.identity["settings"]["options"]), {}, None, None, None,
-                            task=task_named(task))
-        write_model(folder, method, run, aus, splits, results, units, weights=weights,
-                    preprocessing=preprocessing, dataset=dataset)
-    entries = fold_entries(by, splits, au_list)
-    return {(fi, au): e for fi, per in enumerate(entries) for au, e in per.items() if "error" not in e}
+                        "model_file": f"{res.name}.safetensors"}
+             for res in results if res.net is not None}
+    if units:
+        fields = record_fields(record)
+        write_model(folder, record.method, record.run, record.aus, record.splits, results, units,
+                    weights=fields["weights"], preprocessing=fields["preprocessing"],
+                    dataset=fields["dataset"])
 
 
 def load_model(path, unit):
@@ -646,6 +619,6 @@ def load_lstm(model_file):
 #: the ``lstm`` run kind (the registry's entry, :mod:`classify.kinds`): an LSTM over each
 #: subject's sequence of codes (``featbench classify --clf lstm``)
 KIND = RunKind(name="lstm", load=load_lstm, save=save_fits, train="classify.run:classify_run",
-               command="featbench classify --clf lstm", fit_jobs=run_jobs, options=options_from,
+               command="featbench classify --clf lstm", method=lstm_method, options=options_from,
                spec=LSTM_SPEC,
                help="LSTM over each subject's code sequence, epoch chosen on validation")

@@ -86,10 +86,11 @@ def check_model(model_file):
     spec = getattr(kind, "spec", None)
     bound = {}
     if spec is not None:
-        if spec.tasks and m["task"] not in spec.tasks:
+        # the tasks a kind learns are the kind's to say (RunKind.tasks; None: any task)
+        if kind.tasks is not None and m["task"] not in kind.tasks:
             raise ModelFormatError(f"{where}: invalid model manifest: task {m['task']!r} on a run "
                                    f"of kind {kind.name}, whose runs are of task "
-                                   f"{' or '.join(spec.tasks)}")
+                                   f"{' or '.join(kind.tasks)}")
         settings = _validate(spec.schema, m["settings"], where)
         want = spec.tensors(model_file, settings, bound)
         extra = [g for g in model_file.groups if g not in want and g not in spec.extra_groups]

@@ -62,6 +62,7 @@ from featbench.core.facesource import FaceInput, FaceSource, draw_augmentation
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.metrics import au_metrics, nanmean
 from featbench.core.modelfile import open_model
+from featbench.core.results import run_table
 from featbench.core.splits import make_splits
 from featbench.core.workspace import atomic_write_text, run_lock
 
@@ -69,14 +70,14 @@ from classify.estimators import decide
 from classify.ft_net import check_input_size
 from classify.learn import store
 from classify.learn.facekind import face_kind
-from classify.learn.intensity import check_task, task_named
-from classify.learn.loop import per_au, run_units, save_units, unit_state, write_model
 from classify.infer import score_batches
-from classify.learn.method import Job, Method, Unit, UnitData, counts, trainable
-from classify.learn.task import EXPRESSION, OCCURRENCE
-from classify.learn.writer import recording_failure, write_outputs
+from classify.learn.loop import save_units, unit_state, write_model
+from classify.learn.method import Job, Method, Unit, UnitData
+from classify.learn.pool import run_local, run_units
+from classify.learn.task import EXPRESSION, OCCURRENCE, get_task
+from classify.learn.writer import replace_folder
 from classify.modelcheck import network_spec
-from classify.training import TrainConfig, fit, plot_history
+from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, create_preprocess, resolve_device
 from extract.registry import get_spec
 from extract.weights import file_sha256, load_network, parse_weights, weights_identity
@@ -127,7 +128,7 @@ class TransferSettings:
     task: str = "occurrence"
 
     def __post_init__(self):
-        check_task(self.task)
+        get_task(self.task)  # an unknown task's name says so now
         if self.pos_weight not in ("auto", "none"):
             raise UsageError(f"--pos-weight must be auto or none, got {self.pos_weight!r}")
         if int(self.folds) < 2:
@@ -148,7 +149,7 @@ class TransferSettings:
     def to_json(self):
         d = asdict(self)
         d["hidden"], d["epochs"] = list(self.hidden), list(self.epochs)
-        if d["task"] == "occurrence":  # occurrence runs' identities as before the task existed
+        if not get_task(d["task"]).identity():  # occurrence runs' identities as before tasks
             del d["task"]
         return d
 
@@ -258,9 +259,12 @@ class TransferMethod(Method):
     kind = CLF
     tune = True
     probabilities = True
+    #: the targets' dtype in a batch (stage 1: class indices; stage 2: float per AU)
+    targets_dtype = np.float32
 
-    def __init__(self, settings, faces_path, start, head, task=OCCURRENCE):
+    def __init__(self, settings, faces_path, start, head, task=OCCURRENCE, *, stage=2):
         super().__init__(task)
+        self.stage = stage
         self.settings, self.start, self.head = settings, start, tuple(head)
         self.spec = start.spec
         self.source = FaceSource(faces_path, FaceInput("full", self.input_size, resize_full=False))
@@ -272,9 +276,9 @@ class TransferMethod(Method):
         return int(self.settings.input_size or self.spec.input_size)
 
     def unit_data(self, job):
-        c = counts(job.y, job.rows, self.task)
+        c, cols = self.task.unit_counts(job.y, job.rows)
         pw = self.pos_weight(job.y[job.rows["train"]]) if self.settings.pos_weight == "auto" else None
-        return UnitData(trainable(c), c, {"pos_weight": pw})
+        return UnitData(cols, c, {"pos_weight": pw})
 
     def build(self, job, data=None):
         net, weights_id = build_net(self.spec, self.start, self.head, seed=self.settings.seed,
@@ -283,7 +287,8 @@ class TransferMethod(Method):
         return net, {"weights": weights_id}
 
     def train_config(self, job):
-        return self.settings.train_config(1 if self.task is EXPRESSION else 2)
+        config = self.settings.train_config(self.stage)
+        return replace(config, **job.config) if job.config else config
 
     def train_batches(self, job, data=None):
         """Shuffled batches of the training rows (a last batch of one face is dropped: batch
@@ -298,7 +303,8 @@ class TransferMethod(Method):
             aug = (draw_augmentation(rng, len(order), self.input_size, flip_only=True)
                    if self.settings.flip else None)
             for _, idx, imgs in self.source.batches(order, bs, aug=aug, min_size=2):
-                yield torch.from_numpy(imgs), torch.from_numpy(np.ascontiguousarray(y[idx])), pw
+                yield (torch.from_numpy(imgs),
+                       torch.from_numpy(np.ascontiguousarray(y[idx], dtype=self.targets_dtype)), pw)
 
         return batches
 
@@ -315,6 +321,66 @@ class TransferMethod(Method):
     @classmethod
     def network(cls, settings, unit, state):
         return network_of(settings, state)
+
+    # --- stage 2's records (the one writer) -----------------------------------------------------
+    stage1 = None
+
+    def f1_05(self, record):
+        """Per AU the test F1 at logit 0 (probability 0.5), for a task whose scores are logits
+        (occurrence); None otherwise."""
+        if self.task.probability is None:
+            return None
+        test = record.test_rows[0]
+        return {au: au_metrics(record.labels[test, j], decide(record.by[(0, au)]["scores"], 0.0))["f1"]
+                if record.by[(0, au)]["fit"] else float("nan") for j, au in enumerate(record.aus)}
+
+    def row_extra(self, record, au):
+        f1 = self.f1_05(record)
+        return {} if f1 is None else {"f1_05": f1[au]}
+
+    def result_meta(self, record):
+        """Stage 2's columns of summary.csv: the start weights' identity, F1 at 0.5, stage 1
+        (the control: none), the chosen epoch."""
+        res, control = record.results[0], self.stage1 is None
+        f1 = self.f1_05(record)
+        return {"weights": str(res.info.get("weights", record.plan.meta["weights"])),
+                "mean_f1_05": nanmean(f1.values()) if f1 else float("nan"),
+                "stage1": "" if control else self.stage1["run"],
+                "stage1_accuracy": float("nan") if control else self.stage1["mean_accuracy"],
+                "best_epoch": res.fit.get("best_epoch", 0)}
+
+    def record_settings(self, record):
+        return self.stage2_info(record)
+
+    def stage2_info(self, record):
+        """What stage 2's settings.json and result say: data, split, positive weights, epochs,
+        thresholds (as probabilities for logits), weights, stage 1, device, F1 (or ICC)."""
+        import torch
+
+        res, job, plan = record.results[0], record.jobs[0], record.plan
+        table, split, rows, aus = plan.table, plan.splits[0], job.rows, record.aus
+        prob, mean = self.task.probability, run_table(record.rows, columns=self.task.COLUMNS)[0][-1]
+        pw = self.unit_data(job).extra["pos_weight"]
+        return {"run": record.run, "clf": CLF, "dataset": table.dataset, "control": self.stage1 is None,
+                "aus": aus, "protocol": plan.protocol,
+                "split": {"train": list(split.train), "validation": list(split.validation),
+                          "test": list(split.test)},
+                "frames": {k: int(len(v)) for k, v in rows.items()},
+                "skipped": {**{k: int(v) for k, v in table.skipped.items()},
+                            "frames without a face": int((~np.asarray(record.inputs.has_input, bool)).sum())},
+                "pos_weight": None if pw is None else dict(zip(aus, pw.tolist())),
+                "best_epoch": res.fit.get("best_epoch", 0), "resumed_from": res.fit.get("resumed_from", 0),
+                "history": res.fit.get("history", []),
+                "thresholds": dict(zip(aus, (float(prob(t)) if prob is not None else t
+                                             for t in res.thresholds))),
+                "weights": record.meta["weights"], "trained_weights": str(WeightsId.finetuned(record.run)),
+                "stage1": None if self.stage1 is None else {k: self.stage1[k] for k in (
+                    "run", "mean_accuracy", "std_accuracy", "backbone_sha256")},
+                "settings": self.settings.to_json(), "device": res.fit.get("device"),
+                "precision": res.fit.get("precision"), "torch": torch.__version__,
+                "f1": mean["f1"], "f1_05": record.meta.get("mean_f1_05"),
+                "seconds": record.meta.get("seconds"), "task": self.task.name,
+                **{k: mean[k] for k in ("icc",) if k in self.task.COLUMNS}}
 
 
 # --- stage 1 -------------------------------------------------------------------------------------
@@ -334,23 +400,7 @@ def _tags(settings):
     return (f"s{settings.seed}",) if settings.seed else ()
 
 
-def _stage1_fit(method, model, job, settings, ckpt, log, identity, progress, epochs=None):
-    """Train one stage-1 network through the shared loop; return its FitResult."""
-    config = settings.train_config(1)
-    if epochs is not None:  # the final fit on every subject: a fixed epoch count
-        config = replace(config, epochs=int(epochs), patience=None)
-
-    def evaluate(net):
-        return method.task.validate(*method.scores(net, job, None, "validation"))
-
-    result = fit(model, train_batches=method.train_batches(job), step_loss=method.step_loss(job, None),
-                 evaluate=evaluate, config=config, checkpoint_dir=ckpt, identity=identity,
-                 log_path=log, progress=progress)
-    plot_history(result.history, log.with_suffix(".png"), title=log.stem)
-    return result
-
-
-def run_stage1(workspace, table, settings, *, progress=True):
+def run_stage1(workspace, table, settings, *, progress=True, scheduler=None):
     """Cross-validate and train stage 1 on the expression set ``table``; save the backbone.
 
     Returns
@@ -373,7 +423,7 @@ def run_stage1(workspace, table, settings, *, progress=True):
     out_dir = workspace.models_dir(table.dataset, str(run))
     out_dir.mkdir(parents=True, exist_ok=True)
     method = TransferMethod(settings, faces.path, StartWeights(spec, settings.weights), (len(classes),),
-                            task=EXPRESSION)
+                            task=EXPRESSION, stage=1)
     ident = {"stage": 1, "settings": settings.to_json(), "data": table.fingerprint(),
              "classes": classes}
     done = _finished_stage1(out_dir, ident, spec, settings.weights)
@@ -383,33 +433,45 @@ def run_stage1(workspace, table, settings, *, progress=True):
                   f"({out_dir / 'stage1.json'}); its backbone is reused", file=sys.stderr)
         return done
     splits = expression_folds(table, settings.folds, seed=settings.seed)
-    folds, confusion, res = _stage1_folds(method, splits, table, y, usable, ident, out_dir, progress)
+    method.targets_dtype = np.int64  # class indices
+    work = out_dir.with_name(f".{run}.partial")
+    folds, confusion, res = _stage1_folds(method, splits, table, y, usable, ident, work, progress,
+                                          scheduler)
+    if res is None:
+        return None  # a torchrun rank other than 0: rank 0 trains the final fit and writes
     # the backbone for stage 2: every subject, the folds' median epoch count
     epochs = max(1, int(np.median([f["best_epoch"] for f in folds])))
-    model, info = method.build(None)
-    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64)}
-    _stage1_fit(method, model, Job(0, "all", Unit("model", ()), every, y, "all"), settings,
-                out_dir / "checkpoints" / "all", out_dir / "all.log.csv",
-                {**ident, "fold": "all", "epochs": epochs}, progress, epochs=epochs)
-    backbone_path = store.write_tensors(out_dir / "backbone.safetensors",
-                                        full_state_dict(spec, model.backbone))
+    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64),
+             "test": np.zeros(0, np.int64)}
+    final = run_local(method, [Job(0, "all", Unit("model", ("expression",)), every, y, "all",
+                                   {**ident, "fold": "all", "epochs": epochs},
+                                   config={"epochs": epochs, "patience": None})],
+                      work=work, progress=progress)[0]  # one network: here, on the writing rank
     accs = np.array([f["accuracy"] for f in folds], dtype=float)
     result = {"run": str(run), "dataset": table.dataset, "backbone": settings.backbone,
-              "weights": str(info["weights"]), "classes": classes, "folds": folds,
+              "weights": str(final.info["weights"]), "classes": classes, "folds": folds,
               "mean_accuracy": float(np.nanmean(accs)), "std_accuracy": float(np.nanstd(accs)),
               "confusion": confusion.tolist(), "final_epochs": epochs,
               "images": int(usable.sum()), "subjects": len(table.subjects),
-              "backbone_file": str(backbone_path), "backbone_sha256": file_sha256(backbone_path),
               "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
-              "device": str(res.device), "torch": torch.__version__, "identity": _plain_json(ident)}
-    _write_stage1_tables(out_dir, result)
-    store.write_json(out_dir / "stage1.json", result)
-    # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
-    store.write_json(out_dir / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result})
-    # the folds' and the final fit's last.pt (network + optimiser, per fold) only served a
-    # resume: a finished stage 1 is reused whole (_finished_stage1)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    return result
+              "device": str(final.fit.get("device")), "torch": torch.__version__,
+              "identity": _plain_json(ident)}
+
+    def fill(tmp):  # the folder swapped in whole: backbone, tables, logs, settings.json
+        save_units(tmp, work, res + [final])
+        path = store.write_tensors(tmp / "backbone.safetensors", full_state_dict(spec, final.net.backbone))
+        result.update(backbone_sha256=file_sha256(path))
+        _write_stage1_tables(tmp, result)
+        store.write_json(tmp / "stage1.json", {**result, "backbone_file": str(out_dir / path.name)})
+        # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
+        store.write_json(tmp / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result,
+                                                 "backbone_file": str(out_dir / path.name)})
+
+    replace_folder(out_dir, fill)
+    # the folds' and the final fit's units (network + checkpoints) only served a resume: a
+    # finished stage 1 is reused whole (_finished_stage1)
+    shutil.rmtree(work, ignore_errors=True)
+    return {**result, "backbone_file": str(out_dir / "backbone.safetensors")}
 
 
 def _plain_json(obj):
@@ -435,31 +497,34 @@ def _finished_stage1(out_dir, ident, spec, weights):
     return {**info, "backbone_file": str(backbone)}
 
 
-def _stage1_folds(method, splits, table, y, usable, ident, out_dir, progress):
-    """Train and test stage 1 on each fold; return the fold rows, the summed confusion matrix
-    and the last FitResult."""
+def _stage1_folds(method, splits, table, y, usable, ident, work, progress, scheduler=None):
+    """Train and test stage 1 on each fold through the one loop; return the fold rows, the
+    summed confusion matrix and the folds' unit results."""
     k = method.head[0]
-    folds, confusion, res = [], np.zeros((k, k), np.int64), None
+    jobs = []
     for i, split in enumerate(splits, 1):
-        tf = time.time()
         rows = {p: np.flatnonzero(split.mask(table, p) & usable) for p in ("train", "validation", "test")}
-        job = Job(i, f"fold{i}", Unit("model", ()), rows, y, f"fold{i}")
-        model, _ = method.build(job)
-        res = _stage1_fit(method, model, job, method.settings, out_dir / "checkpoints" / f"fold{i}",
-                          out_dir / f"fold{i}.log.csv", {**ident, "fold": i}, progress)
-        test = rows["test"]
-        pred = EXPRESSION.decide(method.scores(model, job, None, "test")[1])
+        jobs.append(Job(i, f"fold{i}", Unit("model", ("expression",)), rows, y, f"fold{i}",
+                        {**ident, "fold": i}))
+    results = run_units(method, jobs, work=work, progress=progress, scheduler=scheduler)
+    if results is None:
+        return None, None, None
+    folds, confusion = [], np.zeros((k, k), np.int64)
+    for job, res, split in zip(jobs, results, splits):
+        test = job.rows["test"]
+        pred = EXPRESSION.decide(res.test_scores)
         np.add.at(confusion, (y[test], pred), 1)
         acc = EXPRESSION.metrics(y[test], pred)["accuracy"]
-        folds.append({"fold": i, "accuracy": acc, "test_images": int(len(test)),
-                      "train_images": int(len(rows["train"])), "val_images": int(len(rows["validation"])),
-                      "best_epoch": res.best_epoch, "seconds": round(time.time() - tf, 1),
+        folds.append({"fold": job.fold, "accuracy": acc, "test_images": int(len(test)),
+                      "train_images": int(len(job.rows["train"])),
+                      "val_images": int(len(job.rows["validation"])),
+                      "best_epoch": res.fit.get("best_epoch", 0),
+                      "seconds": res.fit.get("train_seconds", 0.0),
                       "test_subjects": " ".join(split.test)})
         if progress:
-            print(f"stage 1 fold {i}/{len(splits)}: accuracy {acc:.3f} on {len(test)} images "
-                  f"of {len(split.test)} subjects (epoch {res.best_epoch})", file=sys.stderr)
-        del model
-    return folds, confusion, res
+            print(f"stage 1 fold {job.fold}/{len(splits)}: accuracy {acc:.3f} on {len(test)} images "
+                  f"of {len(split.test)} subjects (epoch {res.fit.get('best_epoch', 0)})", file=sys.stderr)
+    return folds, confusion, results
 
 
 def _write_stage1_tables(out_dir, result):
@@ -503,7 +568,8 @@ def stage2_run(settings, *, control=False):
     when it is not occurrence (``intensity``).
     """
     tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
-    tags += _tags(settings) + ((settings.task,) if settings.task != "occurrence" else ())
+    task_tag = KIND.task_tag(get_task(settings.task))
+    tags += _tags(settings) + ((task_tag,) if task_tag else ())
     return RunKey(settings.backbone, "full", CLF, tags)
 
 
@@ -528,7 +594,8 @@ def default_protocol(table):
     return "own" if (table.frames["split"] != "").any() else "paper"
 
 
-def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=None, progress=True):
+def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=None, progress=True,
+               scheduler=None):
     """Fine-tune for AU occurrence from stage 1's backbone (or, ``stage1=None``, the control).
 
     Parameters
@@ -549,96 +616,66 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
         ``run``, ``csv``, ``predictions``, ``f1``, ``f1_05``, ``thresholds``, ``best_epoch``,
         ``weights``, ``seconds``...
     """
-    t0 = time.time()
+    from classify.driver import FaceInputs, execute
+    from classify.plan import PlanData, RunPlan
+
     spec = get_spec(settings.backbone)
     _check_torch(spec)
     aus = list(aus or table.aus)
     protocol = protocol or default_protocol(table)
+    task = get_task(settings.task).at_threshold(table.label_threshold)
+    task.check_table(table)
     faces = _faces(table, workspace, progress)
-    split, rows = stage2_rows(table, faces, aus, protocol, seed=settings.seed)
-    run = str(stage2_run(settings, control=stage1 is None))
+    split, _ = stage2_rows(table, faces, aus, protocol, seed=settings.seed)  # every part has frames
+    key = stage2_run(settings, control=stage1 is None)
     meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(settings.weights),
             "protocol": protocol, "dataset": table.dataset}
-    with recording_failure(workspace, table.dataset, run, meta):
+    plan = RunPlan(workspace=workspace, data=PlanData(table, (split,), protocol=protocol), kind=KIND, task=task,
+                   model=settings.backbone, region="full", protocol=protocol, aus=tuple(aus),
+                   seed=settings.seed, key=key, meta=meta, inputs="faces", options=settings,
+                   common={"labelled_only": True}, progress=progress, scheduler=scheduler)
+
+    def make_method(plan, inputs):
         method = TransferMethod(settings, faces.path, _stage2_start(spec, settings, stage1),
-                                tuple(settings.hidden) + (len(aus),),
-                                task=task_named(settings.task, threshold=table.label_threshold))
-        identity = {"stage": 2, "settings": settings.to_json(), "data": table.fingerprint(),
-                    "aus": aus, "protocol": protocol, "start": method.start.identity()}
-        job = Job(0, split.name, Unit("model", tuple(aus)), rows,
-                  method.task.targets(table, aus).astype(np.float32), "model", identity)
-        results = run_units(method, [job], work=workspace.models_dir(table.dataset, run).with_name(
-            f".{run}.partial"), done=workspace.models_dir(table.dataset, run), progress=progress)
-        return _stage2_outputs(workspace, table, method, job, split, faces, results, meta, stage1, t0)
+                                tuple(settings.hidden) + (len(aus),), task=task)
+        method.stage1 = stage1
+        return method
 
-
-def _stage2_outputs(workspace, table, method, job, split, faces, results, meta, stage1, t0):
-    """Write stage 2's run (the one writer) and return its result dict."""
-    import torch
-
-    settings, aus, res, rows = method.settings, list(job.unit.aus), results[0], job.rows
-    run = str(stage2_run(settings, control=stage1 is None))
-    occurrence = method.task is OCCURRENCE  # intensity: no probabilities, no F1 at 0.5
-    labels = method.task.targets(table, aus)
-    by = per_au(results, aus)
-    f1_05 = {au: au_metrics(labels[rows["test"], j], decide(by[(0, au)]["scores"], 0.0))["f1"]
-             if by[(0, au)]["fit"] and occurrence else float("nan") for j, au in enumerate(aus)}
-    weights_id = res.info.get("weights", meta["weights"])
-    meta.update(_stage2_meta(settings, weights_id, meta["protocol"], stage1,
-                             mean_f1_05=nanmean(f1_05.values()), best_epoch=res.fit.get("best_epoch", 0)))
-    trained_id = WeightsId.finetuned(run)
-    info = {"run": run, "clf": CLF, "dataset": table.dataset, "control": stage1 is None, "aus": aus,
-            "protocol": meta["protocol"], **_stage2_data_info(table, faces, split, rows),
-            "pos_weight": _pos_weight_record(method, job),
-            "best_epoch": res.fit.get("best_epoch", 0), "resumed_from": res.fit.get("resumed_from", 0),
-            "history": res.fit.get("history", []),
-            "thresholds": dict(zip(aus, (_sigmoid(t) if occurrence else t for t in res.thresholds))),
-            "weights": str(weights_id), "trained_weights": str(trained_id),
-            "stage1": None if stage1 is None else {k: stage1[k] for k in (
-                "run", "mean_accuracy", "std_accuracy", "backbone_sha256")},
-            "settings": settings.to_json(), "device": res.fit.get("device"),
-            "precision": res.fit.get("precision"), "torch": torch.__version__}
-
-    def fill(tmp, rows_out, thresholds):
-        return _fill_stage2(tmp, method, run, split, results, info)
-
-    out = write_outputs(workspace, table.dataset, run, table=table, au_list=aus, splits=[split],
-                        test_rows=[rows["test"]], by=by, labels=labels, meta=meta,
-                        fill_models=fill, task=method.task,
-                        extra=(lambda au: {"f1_05": f1_05[au]}) if occurrence else None,
-                        present=_sigmoids if occurrence else None,
-                        attrs=("model", "region", "clf", "weights", "protocol", "dataset"))
-    info.update(f1=nanmean(r["f1"] for r in out["rows"]), f1_05=meta["mean_f1_05"],
-                seconds=round(time.time() - t0, 1), task=method.task.name,
-                **({} if occurrence else {"icc": out["mean"]["icc"]}))
-    store.write_json(out["models_dir"] / "settings.json", info)
+    out = execute(plan, FaceInputs(faces.path), make_method, identity=_stage2_identity)
+    if out is None:
+        return None
+    info = out["record"].method.stage2_info(out["record"])
     return {**info, "csv": out["csv"], "predictions": out["predictions"], "per_au": out["rows"]}
 
 
-def _pos_weight_record(method, job):
-    pw = method.unit_data(job).extra["pos_weight"]
-    return None if pw is None else dict(zip(job.unit.aus, pw.tolist()))
+def _stage2_identity(method, inputs):
+    plan = inputs.plan
+    return {"stage": 2, "settings": method.settings.to_json(), "data": plan.table.fingerprint(),
+            "aus": list(plan.aus), "protocol": plan.protocol, "start": method.start.identity()}
 
 
-def _fill_stage2(tmp, method, run, split, results, info):
-    """The run's folder: the model (the network's group and the backbone's, which ``featbench
-    extract --weights backbone.safetensors`` reads: :mod:`featbench.core.modelfile`),
-    settings.json."""
-    units = save_units(tmp, tmp.with_name(f".{run}.partial"), results)
-    net, settings = results[0].net, method.settings
+def save_stage2(folder, record):
+    """The ``transfer`` kind's ``save``: the network's group and the backbone's (which ``featbench
+    extract --weights backbone.safetensors`` reads: :mod:`featbench.core.modelfile`), each
+    unit's log and curves."""
+    method, plan, results = record.method, record.plan, record.results
+    work = plan.workspace.models_dir(plan.dataset, plan.run).with_name(f".{plan.run}.partial")
+    record.units = save_units(folder, work, results)
+    net, settings, aus = results[0].net, method.settings, record.aus
     backbone = {} if net is None else {"backbone": full_state_dict(method.spec, net.backbone)}
     thr = [float(t) for t in results[0].thresholds]
-    write_model(tmp, method, run, info["aus"], [split], results, units,
-                weights=info["weights"], dataset=info["dataset"], extra=backbone,
+    prob = method.task.probability
+    write_model(folder, method, record.run, aus, record.splits, results, record.units,
+                weights=record.meta["weights"], dataset=plan.trained_on, extra=backbone,
                 preprocessing={"model": settings.backbone, "input_size": method.input_size,
-                               "regions": {a: "full" for a in info["aus"]},
+                               "regions": {a: "full" for a in aus},
                                "alignment": method.source.faces.settings},
                 backbone=settings.backbone, input_size=settings.input_size,
                 hidden=list(settings.hidden), dropout=settings.dropout,
-                face_input={"model": method.source.input.to_json()}, start_weights=info["weights"],
-                trained_weights=info["trained_weights"], logit_thresholds=thr,
-                thresholds=[_sigmoid(t) for t in thr] if method.task is OCCURRENCE else thr)
-    store.write_json(tmp / "settings.json", info)
+                face_input={"model": method.source.input.to_json()},
+                start_weights=record.meta["weights"],
+                trained_weights=str(WeightsId.finetuned(record.run)), logit_thresholds=thr,
+                thresholds=[float(prob(t)) for t in thr] if prob is not None else thr)
 
 
 def _stage2_start(spec, settings, stage1):
@@ -648,25 +685,6 @@ def _stage2_start(spec, settings, stage1):
         return StartWeights(spec, settings.weights)
     return StartWeights(spec, stage1["backbone_file"],
                         identity=str(WeightsId.finetuned(stage1["run"], sha256=stage1["backbone_sha256"])))
-
-
-def _stage2_data_info(table, faces, split, rows):
-    """Return the ``split``, ``frames`` and ``skipped`` entries of stage 2's settings.json."""
-    return {"split": {"train": list(split.train), "validation": list(split.validation),
-                      "test": list(split.test)},
-            "frames": {k: int(len(v)) for k, v in rows.items()},
-            "skipped": {**{k: int(v) for k, v in table.skipped.items()},
-                        "frames without a face": int((~np.asarray(faces.valid, bool)).sum())}}
-
-
-def _stage2_meta(settings, weights_id, protocol, stage1, *, mean_f1_05, best_epoch):
-    """Return the run's columns of summary.csv beside the per-AU table (stage1 None: the control)."""
-    control = stage1 is None
-    return {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(weights_id),
-            "protocol": protocol, "mean_f1_05": mean_f1_05,
-            "stage1": "" if control else stage1["run"],
-            "stage1_accuracy": float("nan") if control else stage1["mean_accuracy"],
-            "best_epoch": best_epoch}
 
 
 def load_model(path, *, device="cpu"):
@@ -693,25 +711,29 @@ def network_of(settings, state):
 
 # --- the whole method ---------------------------------------------------------------------------
 def transfer_run(workspace, *, expr_table=None, au_table=None, settings=TransferSettings(),
-                 stage="both", control=True, aus=None, protocol=None, progress=True):
-    """Run stage 1, stage 2 and the control as asked; return ``{"stage1", "stage2", "control"}``."""
+                 stage="both", control=True, aus=None, protocol=None, progress=True, scheduler=None):
+    """Run stage 1, stage 2 and the control as asked; return ``{"stage1", "stage2", "control"}``
+    (None on a torchrun rank other than 0: rank 0 writes each stage, the others wait for it)."""
+    from classify.learn.pool import barrier, is_writer
+
     if stage not in ("1", "2", "both"):
         raise UsageError(f"--stage must be 1, 2 or both, got {stage!r}")
-    out = {}
+    out, kw = {}, dict(progress=progress, scheduler=scheduler)
     if stage in ("1", "both"):
         with run_lock(workspace.models_dir(expr_table.dataset, str(stage1_run(settings)))):
-            out["stage1"] = run_stage1(workspace, expr_table, settings, progress=progress)
+            out["stage1"] = run_stage1(workspace, expr_table, settings, **kw)
+        barrier()  # stage 2 starts from the backbone rank 0 wrote
     if stage in ("2", "both"):
         s1 = out.get("stage1") or load_stage1(workspace, expr_table.dataset, settings)
         with run_lock(workspace.models_dir(au_table.dataset, str(stage2_run(settings)))):
             out["stage2"] = run_stage2(workspace, au_table, settings, stage1=s1, aus=aus,
-                                       protocol=protocol, progress=progress)
+                                       protocol=protocol, **kw)
         if control:
             with run_lock(workspace.models_dir(au_table.dataset,
                                                str(stage2_run(settings, control=True)))):
                 out["control"] = run_stage2(workspace, au_table, settings, stage1=None, aus=aus,
-                                            protocol=protocol, progress=progress)
-    return out
+                                            protocol=protocol, **kw)
+    return out if is_writer() else None
 
 
 def format_result(out):
@@ -729,12 +751,12 @@ def format_result(out):
         r = out.get(key)
         if r:
             score = (f"mean ICC {r['icc']:.3f}, F1 of rounded intensity >= 2 {r['f1']:.3f}"
-                     if r.get("task") == "intensity" else
+                     if "icc" in r else
                      f"mean F1 {r['f1_05']:.3f} at 0.5, {r['f1']:.3f} tuned")
             lines.append(f"{label} {r['run']} on {r['dataset']} ({r['protocol']}; start "
                          f"{WeightsId.parse(r['weights']).describe()}): {score}; epoch "
                          f"{r['best_epoch']} ({r['seconds']:.0f} s) -> {r['csv']}")
-    if out.get("stage2") and out.get("control") and out["stage2"].get("task") == "intensity":
+    if out.get("stage2") and out.get("control") and "icc" in out["stage2"]:
         d = out["stage2"]["icc"] - out["control"]["icc"]
         lines.append(f"stage 2 - control: {d:+.3f} mean ICC")
     elif out.get("stage2") and out.get("control"):
@@ -801,6 +823,6 @@ def check_start(settings):
 #: the ``transfer`` run kind (the registry's entry, :mod:`classify.kinds`): stage 2's network on
 #: full faces, scores and thresholds as probabilities (:mod:`classify.learn.facekind`)
 KIND = face_kind("transfer", TransferMethod, train="classify.transfer:transfer_run",
-                 command="featbench transfer",
+                 command="featbench transfer", save=save_stage2,
                  spec=network_spec(TransferMethod, "transfer", extra_groups=("backbone",)),
                  help="an expression-pretrained network fine-tuned for AUs")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.registry import Registry
 
 from extract.dlib_net import DLIB_MEAN, DlibFaceResNet
 from extract.nets import build_convnet, build_vgg_face, code_module
@@ -126,7 +127,8 @@ class BackboneSpec:
                 "default_weights": self.default_weights, "notes": self.notes}
 
 
-_REGISTRY = {}
+#: name -> BackboneSpec (:class:`featbench.core.registry.Registry`)
+MODELS = Registry("model", hint="featbench models lists all")
 
 
 def register(spec):
@@ -137,15 +139,12 @@ def register(spec):
     UsageError
         A spec of that name is already registered (names are never silently replaced).
     """
-    if spec.name in _REGISTRY:
-        raise UsageError(f"model {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return MODELS.add(spec.name, spec)
 
 
 def list_specs():
     """Return every registered spec, in registration order (the paper's networks first)."""
-    return list(_REGISTRY.values())
+    return MODELS.values()
 
 
 def get_spec(name):
@@ -156,15 +155,12 @@ def get_spec(name):
     UsageError
         Unknown name, with the closest match and where to see all of them.
     """
-    if name in _REGISTRY:
-        return _REGISTRY[name]
     prefix, _, rest = str(name).partition(":")
-    if rest and prefix == "timm":
+    if rest and prefix == "timm" and name not in MODELS:
         return _timm_spec(rest)
-    if rest and prefix == "tv":
+    if rest and prefix == "tv" and name not in MODELS:
         return _tv_spec(rest)
-    raise UsageError(did_you_mean(name, list(_REGISTRY), what="model",
-                                  hint="featbench models lists all"))
+    return MODELS.get(name)
 
 
 # --- constructors and truncations -----------------------------------------------------------

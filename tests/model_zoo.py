@@ -36,7 +36,6 @@ def _hog_codes(table, base, seed):
 
 def _codes_runs(root):
     from classify.ensemble import ensemble_run
-    from classify.intensity_run import intensity_run
     from classify.run import classify_run
     from featbench.core.workspace import Workspace
     from test_classify import make_codes, make_table, write_features
@@ -58,8 +57,8 @@ def _codes_runs(root):
     write_features(ws2, t2, _hog_codes(t2, intensity_codes(t2), 2), model="hog",
                    regions=("full",), weights="none")
     for clf in ("ridge", "svr"):
-        run = intensity_run(ws2, "synth", table=t2, model="hog", clf=clf, progress=False,
-                            aus="AU01,AU02")["run"]
+        run = classify_run(ws2, "synth", table=t2, model="hog", clf=clf, progress=False,
+                           aus="AU01,AU02")["run"]  # ridge / svr: the intensity task, their own
         folders[clf] = ws2.models_dir("synth", run)
     return folders
 

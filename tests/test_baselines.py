@@ -116,11 +116,11 @@ def test_a_classifier_on_codes_beats_the_all_positive_baseline(embedded, clf):
 
 @pytest.mark.parametrize("clf", ["ridge", "svr"])
 def test_an_intensity_regressor_on_codes_has_icc_above_zero(embedded, clf):
-    from classify.intensity_run import intensity_run
+    from classify.run import classify_run
 
     ws, table = embedded
-    out = intensity_run(ws, "synth", model="hog", clf=clf, table=table, aus=list(AUS),
-                        progress=False)
+    out = classify_run(ws, "synth", model="hog", clf=clf, task="intensity", table=table,
+                       aus=list(AUS), progress=False)
     assert_icc_above_zero(out["predictions"])
 
 

@@ -274,7 +274,7 @@ def test_run_tag_names_only_non_defaults():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["classify", "--clf", "svn", "--model", "toy"], "unknown classifier 'svn'; did you mean 'svm'?"),
+    (["classify", "--clf", "svmm", "--model", "toy"], "unknown classifier 'svmm'; did you mean 'svm'?"),
     (["classify", "--clf", "lstm", "--model", "hog"], "featbench extract --model hog"),
     (["classify", "--clf", "svm", "--model", "hog"], "featbench extract --model hog"),
     (["classify", "--clf", "svm", "--model", "hgo"], "unknown model 'hgo'; did you mean 'hog'?"),

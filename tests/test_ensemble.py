@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from featbench.app.cli import main
-from classify.ensemble import (ensemble_run, majority_vote, read_predictions, resolve_preset,
+from classify.vote import majority_vote  # noqa: E402
+from classify.ensemble import (ensemble_run, read_predictions, resolve_preset,
                                 write_predictions)
 from featbench.core.errors import FeatbenchError, MissingRunError
 from featbench.core.frames import KEY_DTYPE

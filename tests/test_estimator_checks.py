@@ -14,8 +14,12 @@ from classify.kinds import get_kind, list_kinds
 
 
 def _frame_entries():
-    """The run kinds with a per-frame estimator (sequence classifiers are torch networks)."""
-    return [n for n in list_kinds(trained_by="classify") if get_kind(n).estimator is not None]
+    """The run kinds with a per-frame classifier (sequence classifiers are torch networks; the
+    intensity regressors fold their scaler into a weight vector)."""
+    from classify.estimators import ClassifierSpec
+
+    return [n for n in list_kinds(trained_by="classify")
+            if isinstance(get_kind(n).estimator, ClassifierSpec)]
 
 
 ESTIMATORS = [

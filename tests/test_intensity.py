@@ -190,7 +190,13 @@ from featbench.core.workspace import Workspace  # noqa: E402
 
 from classify.kinds import load_scorer  # noqa: E402
 from featbench.core.modelfile import open_model  # noqa: E402
-from classify.intensity_run import intensity_run  # noqa: E402
+from classify.run import classify_run  # noqa: E402
+
+
+def intensity_run(ws, dataset, **kw):
+    """An intensity run on codes (``featbench classify --task intensity``), ridge by default."""
+    kw.setdefault("clf", "ridge")
+    return classify_run(ws, dataset, task="intensity", **kw)
 from test_classify import SUBJECTS, make_table, write_features  # noqa: E402
 
 DIMS = 16
@@ -369,7 +375,7 @@ def test_occurrence_run_calibrated(tmp_path):
 # the CLI: bad input is one line, exit 2; a good run prints its table ---------------------------
 @pytest.mark.parametrize("argv, needle", [
     (["--task", "intensty", "--clf", "ridge"], "unknown task 'intensty'; did you mean 'intensity'?"),
-    (["--task", "intensity", "--clf", "lda"], "unknown intensity regressor 'lda'"),
+    (["--task", "intensity", "--clf", "lda"], "--task intensity takes --clf lstm, ridge, svr, not lda"),
     (["--task", "intensity", "--clf", "ridge", "--tune-threshold"], "--tune-threshold: not for --task intensity"),
     (["--task", "intensity", "--clf", "lstm", "--tune-threshold"], "--tune-threshold: not for --task intensity"),
     (["--task", "intensity", "--clf", "ridge", "--calibrate", "medain"],

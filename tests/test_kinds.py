@@ -119,12 +119,12 @@ def test_thresholded_classifier_follows_the_estimator_contract():
 
 def test_every_kind_is_one_entry_and_unknown_names_say_what_to_do():
     assert list_kinds()[:6] == ["lda", "svm", "lstm", "ft", "transfer", "vote"]
-    assert list_kinds(trained_by="classify") == ["lda", "svm", "lstm"]
+    assert list_kinds(trained_by="classify") == ["lda", "svm", "lstm", "ridge", "svr"]
     for name in list_kinds():
         kind = get_kind(name)
         assert kind.name == name and callable(kind.load) and callable(kind.saver())
         assert callable(kind.trainer())  # how it trains: the function its command calls
-    assert get_kind("lstm").needs_sequences and get_kind("svm").estimator.search_space
+    assert get_kind("lstm").method is not None and get_kind("svm").estimator.search_space
     assert get_kind("ft").inputs == "faces" and get_kind("vote").inputs == "runs"
     with pytest.raises(UsageError, match="did you mean 'svm'"):
         get_kind("svmm")

@@ -578,7 +578,7 @@ def test_best_is_the_highest_mean_f1(toy):
 
 
 def test_vote_with_fixed_scales_equals_the_vote_on_the_frames_they_came_from():
-    from classify.ensemble import majority_vote, score_scales
+    from classify.vote import majority_vote, score_scales
 
     rng = np.random.default_rng(0)
     s = rng.normal(size=(4, 50, 3)) * np.array([1.0, 5.0, 0.2, 2.0])[:, None, None]

@@ -57,8 +57,10 @@ def test_report_lists_every_run_and_flags_random_weights(ws):
     assert table.index("vgg_face__auto__svm") < table.index("ensemble-fe") < table.index(
         "hog__full__svm") < table.index("alexnet__full__svm")
     assert len(order) == len(RUNS)
-    # all-positive baseline: p = 0.25, 0.5, 0.5 -> 2p/(1+p) = 40.0, 66.7, 66.7
-    assert "all-positive baseline" in text and "66.7" in text
+    # all-positive baseline: p = 0.25, 0.5, 0.5 -> 2p/(1+p) = 40.0, 66.7, 66.7 (mean 57.8);
+    # saying present at random at the base rate: F1 = p = 25, 50, 50 (mean 41.7)
+    assert "| *all-positive baseline* | 40 | 67 | 67 | 57.8 |" in text
+    assert "| *random at the base rate* | 25 | 50 | 50 | 41.7 |" in text
     for chart in (CHART_MEAN, CHART_PER_AU):
         png = path.parent / chart
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -95,5 +97,5 @@ def test_report_takes_a_run_of_a_subset_of_aus(ws):
               meta={"model": "hog", "region": "full", "clf": "lda", "weights": "none"})
     text = make_report(ws, "synth").read_text()
     line = next(t for t in text.splitlines() if t.startswith("| `hog__full__lda__au1`"))
-    assert line.split("|")[2:5] == [" 55.0 ", " — ", " — "]
+    assert line.split("|")[2:5] == [" 55 ", " — ", " — "]  # per-AU cells in whole points
     assert (ws.results_dir("synth") / CHART_PER_AU).stat().st_size > 5000

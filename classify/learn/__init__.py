@@ -16,10 +16,13 @@ the method contract        :mod:`classify.learn.method`: build the network, batc
 the training loop          :func:`classify.training.fit`: epochs chosen on validation,
                            checkpoints, resume, AMP + channels-last on CUDA
 the fold x unit loop       :mod:`classify.learn.loop`: every unit of every fold, finished
-                           units skipped on a rerun, thresholds settled on validation
-the run writer             :mod:`classify.learn.writer`: predictions, models folder, per-AU
-                           table, summary row, failures recorded once (``featbench classify``
-                           writes through it too)
+                           units skipped on a rerun, thresholds settled on validation;
+                           :mod:`classify.learn.pool`: where the jobs run (this process,
+                           local workers, a Dask cluster, torchrun ranks)
+the run writer             :mod:`classify.learn.writer`: the :class:`RunRecord`, predictions,
+                           models folder (settings.json inside its swap), per-AU table,
+                           summary row, failures recorded once (every kind writes through it:
+                           :mod:`classify.driver`)
 tensors on disk            :mod:`classify.learn.store`: safetensors + manifest, never a pickle
 ========================== =====================================================================
 

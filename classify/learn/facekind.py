@@ -29,14 +29,16 @@ from featbench.core.identity import WeightsId
 
 from classify.kinds import RunKind
 from classify.infer import NetworkOutput, NetworkScores, RunModel
+from classify.learn.loop import save_units, write_model
+from classify.learn.task import get_task
 
 
-def face_kind(name, method, *, train="", command="", help="", spec=None):
-    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces
-    (``spec``: what its model files hold, :func:`classify.modelcheck.network_spec`)."""
-    return RunKind(name=name, load=partial(load_face_run, method=method),
-                   writer="classify.learn.loop:write_model", train=train, command=command,
-                   inputs="faces", help=help, spec=spec)
+def face_kind(name, method, *, train="", command="", help="", save=None, spec=None):
+    """Return the :class:`RunKind` of runs of ``method`` (a Method class) over faces (``save``:
+    how its run folder's model is written, default :func:`save_face_run`; ``spec``: what its
+    model files hold, :func:`classify.modelcheck.network_spec`)."""
+    return RunKind(name=name, load=partial(load_face_run, method=method), save=save or save_face_run,
+                   train=train, command=command, inputs="faces", help=help, spec=spec)
 
 
 def load_face_run(model_file, *, method):
@@ -46,7 +48,7 @@ def load_face_run(model_file, *, method):
     model = (m.get("preprocessing") or {}).get("model", m["kind"])
     to_scores = method.to_scores_of(settings)
     # logits as probabilities: an occurrence run's; an intensity run's scores are intensities
-    prob = method.probabilities and m.get("task", "occurrence") == "occurrence"
+    prob = method.probabilities and get_task(m.get("task") or "occurrence").probability is not None
     start = WeightsId.parse(settings.get("start_weights") or m["weights"])  # the manifest's string
     folds = []
     for fi, fold in enumerate(m["folds"]):
@@ -80,3 +82,18 @@ def _face_input(settings, entry):
 
 def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def save_face_run(folder, record):
+    """The ``save`` of a kind over faces: each unit's log and curves moved in from the work
+    folder, and the model (one tensor group per unit, :func:`classify.learn.loop.write_model`)."""
+    method, plan = record.method, record.plan
+    work = plan.workspace.models_dir(plan.dataset, plan.run).with_name(f".{plan.run}.partial")
+    record.units = save_units(folder, work, record.results)
+    faces, splits = record.inputs.faces, record.splits
+    write_model(folder, method, record.run, record.aus, splits, record.results, record.units,
+                weights=record.meta["weights"], dataset=plan.trained_on,
+                preprocessing={**method.preprocessing(record.aus, method.info),
+                               "alignment": faces["settings"]},
+                faces=faces["fingerprint"], folds=[s.name for s in splits] if len(splits) > 1 else [],
+                **method.model_settings(record.aus, splits, method.info))

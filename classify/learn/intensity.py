@@ -27,13 +27,12 @@ format, with ``--task intensity``.
 
 import numpy as np
 
-from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.metrics import (INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, decision_threshold,
                                     icc31, intensity_metrics, nanmean)
 
 from classify.estimators import balance_indices, decide
 from classify.intensity import clip_intensity
-from classify.learn.task import OCCURRENCE, Settled, Task, register_task
+from classify.learn.task import Settled, Task, register_task
 
 
 #: the width of the intensity scale: the regression loss's unit
@@ -110,26 +109,56 @@ class Intensity(Task):
     def to_json(self):
         return {**super().to_json(), "threshold": self.threshold}
 
+    # --- what an intensity run reports, and how intensity runs combine ---------------------------
+    COLUMNS = ("au", "icc", "pearson", "mae", "f1", "support", "frames")
+    SHOWN = ("icc", "pearson", "mae", "f1", "support")
+    classes = False  # regression: a fixed decision rule, no class weights
+    predict_column = "r"  # predict's AUxx_r: the intensity 0-5
+
+    def at_threshold(self, threshold):
+        threshold = int(threshold or PRESENT_AT)
+        return self if threshold == self.threshold else Intensity(threshold)
+
+    needs_table = True
+
+    def check_table(self, table):
+        table.require_intensity()
+
+    def summary_fields(self, mean, rows):
+        return {**{f"mean_{k}": mean[k] for k in ("icc", "pearson", "mae")},
+                **{f"icc_{r['au']}": r["icc"] for r in rows}}
+
+    def combine(self, decisions, scores, thresholds, *, scales=None):
+        """The mean of the members' (or folds') intensities, over those that score an AU (a nan
+        abstains), decided as a run decides: rounded >= the label threshold."""
+        scores = np.asarray(scores, dtype=np.float64)
+        have = np.isfinite(scores)
+        # members' thresholds per AU (k,) or per frame and AU (n, k): the largest that is known
+        thr = np.fmax.reduce(np.asarray(thresholds, dtype=float), axis=0)
+        thr = np.where(np.isfinite(thr), thr, decision_threshold(self.threshold))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (np.where(have, scores, 0).sum(axis=0) / have.sum(axis=0)).astype(np.float32)
+            dec = (mean > thr).astype(np.int8)
+        return dec, mean, (np.fmax.reduce(thr, axis=0) if thr.ndim > 1 else thr)
+
+    def vote_rows(self, first, decisions, scores, aus):
+        """Per-AU rows of an intensity ensemble (the intensity run's columns)."""
+        rows = []
+        for a, au in enumerate(aus):
+            m = intensity_metrics(first["intensities"][:, a], scores[:, a], first["labels"][:, a],
+                                  threshold=self.threshold)
+            rows.append({"au": au, **{k: m[k] for k in ("icc", "pearson", "mae", "f1", "support",
+                                                        "frames", "accuracy", "precision", "recall",
+                                                        "auc")}})
+        return rows
+
+    def vote_meta(self):
+        return {"label_threshold": self.threshold}
+
+    def describe(self, mean, meta, defined):
+        return (f"mean ICC {mean['icc']:.3f}, r {mean['pearson']:.3f}, MAE {mean['mae']:.3f}, F1 of "
+                f"rounded intensity >= {meta.get('label_threshold') or self.threshold} ")
+
 
 #: the intensity task at the protocol's threshold (``get_task("intensity")``)
 INTENSITY = register_task(Intensity())
-
-
-#: the ``--task`` values
-TASKS = ("occurrence", "intensity")
-
-
-def check_task(task):
-    """Return ``task`` (None -> occurrence); UsageError listing the tasks if unknown."""
-    task = task or "occurrence"
-    if task not in TASKS:
-        raise UsageError(did_you_mean(str(task), TASKS, what="task"))
-    return task
-
-
-def task_named(name, *, threshold=PRESENT_AT):
-    """Return the learned task of ``--task`` ``name`` (``occurrence`` or ``intensity``);
-    intensity at the data set's label ``threshold``."""
-    if check_task(name) == "occurrence":
-        return OCCURRENCE
-    return INTENSITY if int(threshold or PRESENT_AT) == PRESENT_AT else Intensity(threshold)

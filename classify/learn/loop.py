@@ -1,7 +1,8 @@
 """The one fold x unit loop of every learned method.
 
-:func:`run_units` trains every :class:`~classify.learn.method.Job` (one unit of one fold) of a
-run through :func:`train_unit`:
+:func:`classify.learn.pool.run_units` trains every :class:`~classify.learn.method.Job` (one
+unit of one fold) of a run through :func:`train_unit` (here, in local workers, on Dask or on
+torchrun's ranks):
 
 1. the method's rows and targets (:meth:`Method.unit_data`); a unit none of whose AUs has
    positives and negatives in training gets no network, and says so;
@@ -13,30 +14,28 @@ run through :func:`train_unit`:
 4. the finished unit saved in ``<work>`` (``<unit>.safetensors`` + ``<unit>.json``), so a rerun
    with the same settings skips it; then its test scores.
 
-Units train one after another, or with ``method.workers > 1`` in that many worker processes
-(torch threads = cores // workers). :func:`per_au` turns the units' results into the per-(fold,
+Units train one after another, in ``method.workers`` local processes (compute threads = cores
+// workers), on a Dask cluster or on torchrun's ranks (:mod:`classify.learn.pool`). :func:`per_au` turns the units' results into the per-(fold,
 AU) records the run writer (:mod:`classify.learn.writer`) takes, as ``featbench classify``'s
 per-AU fits are.
 """
 
 import json
 import os
+from functools import partial
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from featbench.core import interrupt, modelfile
+from featbench.core import modelfile
 from featbench.core.datasets import training_data
 from featbench.core.errors import FeatbenchError
-from featbench.core.threads import set_torch_threads
 from featbench.core.workspace import atomic_write_text
 
 from classify.estimators import AUFit
 from classify.learn import store
-from classify.training import fit, plot_history
 
 
 @dataclass
@@ -60,6 +59,11 @@ class UnitResult:
     identity: dict = field(default_factory=dict)
     n_test: int = 0
     base: str = ""
+    #: per AU index, the method's own fit record (an estimator's AUFit with its chosen parameters)
+    aufits: dict = field(default_factory=dict)
+    #: per AU index, why it got no model (the method's words)
+    errors: dict = field(default_factory=dict)
+    noun: str = "network"
 
     def record(self):
         """JSON-ready: what the run's settings keep of the unit."""
@@ -77,7 +81,7 @@ class UnitResult:
 
 def train_unit(method, job, *, work, done=None, progress=False):
     """Train (or load, when finished before with the same identity) one unit; see the module
-    docstring. Returns a :class:`UnitResult` with the network and its test scores.
+    docstring. Returns a :class:`UnitResult` with the model and its test scores.
 
     ``done``: the run's folder of an earlier run, whose manifest's units are taken when their
     identity is this one's (a rerun of a finished run trains nothing).
@@ -85,10 +89,23 @@ def train_unit(method, job, *, work, done=None, progress=False):
     data = method.unit_data(job)
     res = UnitResult(job.name, job.fold, list(job.unit.aus), job.unit.region, data.counts,
                      trainable=list(data.trainable), n_test=int(job.rows["test"].size),
-                     base=job.unit.name)
+                     base=job.unit.name, errors=dict(data.errors), noun=method.model_noun)
     if not data.trainable:
-        res.error = "no positive (or no negative) frame in training: no network"
+        res.error = (data.errors.get(0) if len(job.unit.aus) == 1 and data.errors else
+                     f"no positive (or no negative) frame in training: no {method.model_noun}")
         return res
+    fit_unit = getattr(method, "fit_unit", None) or partial(fit_network, method)
+    fit_unit(job, data, res, work=work, done=done, progress=progress)
+    res.test_scores = method.task.output(method.scores(res.net, job, data, "test")[1])
+    res.fit.update(data.info)
+    res.notes = list(dict.fromkeys(res.notes + data.notes))
+    return res
+
+
+def fit_network(method, job, data, res, *, work, done=None, progress=False):
+    """A network method's :meth:`~classify.learn.method.Method.fit_unit`: a fresh network
+    (:meth:`Method.build`) trained by :func:`_fit`, or the finished unit an earlier run left
+    with the same identity; the finished unit is saved in ``work`` for a rerun."""
     net, info = method.build(job, data)
     res.info = info
     res.identity = json.loads(json.dumps({"settings": job.identity, "unit": job.name,
@@ -100,20 +117,17 @@ def train_unit(method, job, *, work, done=None, progress=False):
         atomic_write_text(work / f"{job.name}.json", json.dumps(res.saved(), default=_plain))
         shutil.rmtree(work / job.name, ignore_errors=True)  # last.pt: no longer needed
     res.net = net
-    res.test_scores = method.task.output(method.scores(net, job, data, "test")[1])
-    res.fit.update(data.info)
-    res.notes = list(dict.fromkeys(res.notes + data.notes))
-    return res
 
 
 def _fit(method, job, data, net, res, work, identity, progress):
     """Train ``net`` through :func:`classify.training.fit`; settle its decision rule."""
+    from classify.training import fit, plot_history  # torch: only when a network trains
+
     task, cols = method.task, list(data.trainable)
     t0 = time.time()
 
     def evaluate(m):
-        y, s = method.scores(m, job, data, "validation")
-        return task.validate(y[:, cols], s[:, cols])
+        return task.validate(*task.select(*method.scores(m, job, data, "validation"), cols))
 
     fr = fit(net, train_batches=method.train_batches(job, data), step_loss=method.step_loss(job, data),
              evaluate=evaluate, config=method.train_config(job), checkpoint_dir=work / job.name,
@@ -121,8 +135,8 @@ def _fit(method, job, data, net, res, work, identity, progress):
     if fr.history:
         plot_history(fr.history, work / f"{job.name}.png",
                      title=f"{job.name} ({method.kind}, {identity['weights']})")
-    y, s = method.scores(net, job, data, "threshold")
-    settled = task.settle(y[:, cols], s[:, cols], tune=method.tune)
+    settled = task.settle(*task.select(*method.scores(net, job, data, "threshold"), cols),
+                          tune=method.tune)
     res.thresholds = [float("nan")] * len(job.unit.aus)
     res.values = [float("nan")] * len(job.unit.aus)
     for c, j in enumerate(cols):
@@ -181,40 +195,6 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else str(v)
 
 
-def run_units(method, jobs, *, work, done=None, progress=True, say=None):
-    """Train every job (in order, or in ``method.workers`` processes); return their results.
-
-    ``done``: as :func:`train_unit`; ``say(job)`` is called before each job trains in this
-    process (a progress line).
-    """
-    work.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(int(method.workers), len(jobs)))
-    if workers == 1:
-        out = []
-        for job in interrupt.between(jobs):  # Ctrl-C: at the next unit (fit stops at a batch)
-            if say is not None:
-                say(job)
-            out.append(train_unit(method, job, work=work, done=done, progress=progress))
-        return out
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    gen = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
-        delayed(_in_worker)(method, job, work, done, threads) for job in jobs)
-    return list(tqdm(interrupt.between(gen), total=len(jobs), desc=method.kind, unit="net",
-                     file=sys.stderr, disable=not progress, leave=False))
-
-
-def _in_worker(method, job, work, done, threads):
-    set_torch_threads(threads)  # this worker's share of the cores: fit's choice leaves it alone
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = train_unit(method, job, work=work, done=done)
-    res.fit.update(seconds=round(time.perf_counter() - t0, 2),
-                   cpu_seconds=round(time.process_time() - c0, 2))
-    return res
-
-
 def per_au(results, au_list):
     """Return ``{(fold, au): record}``: the per-AU view of the units' results.
 
@@ -233,12 +213,13 @@ def per_au(results, au_list):
                    "n_val_pos": p_va, "unit": res, "fit": None,
                    "scores": np.full(res.n_test, np.nan, np.float32)}
             if j in res.trainable:
-                rec["fit"] = AUFit(model=res.net, threshold=res.thresholds[j],
-                                   val_f1=res.values[j], notes=list(res.notes))
+                rec["fit"] = res.aufits.get(j) or AUFit(model=res.net, threshold=res.thresholds[j],
+                                                        val_f1=res.values[j], notes=list(res.notes))
                 rec["scores"] = res.test_scores[:, j]
             else:
                 what = "positive" if p_tr == 0 else "negative"
-                rec["error"] = res.error or f"no {what} frame in training: no network"
+                rec["error"] = (res.errors.get(j) or res.error
+                                or f"no {what} frame in training: no {res.noun}")
             by[(res.fold, au)] = rec
     return by
 
@@ -290,29 +271,3 @@ def unit_state(model, unit):
     import torch
 
     return {k: torch.from_numpy(np.array(v)) for k, v in model.tensors(unit).items()}
-
-
-#: what a learned run's settings.json keeps per AU of its unit's training
-RECORDED = ("best_epoch", "history", "sequences", "seconds", "cpu_seconds")
-
-
-def fold_entries(by, splits, au_list):
-    """Per fold, ``{au: entry}`` of a learned run's settings.json: counts, then the unit's file,
-    output, threshold, validation metric and notes, or the AU's error."""
-    folds = []
-    for fi in range(len(splits)):
-        per = {}
-        for au in au_list:
-            r = by[(fi, au)]
-            e = {k: r[k] for k in ("n_train", "n_train_pos", "n_val", "n_val_pos")}
-            if r["fit"] is None:
-                e["error"] = r["error"]
-            else:
-                unit = r["unit"]
-                e.update(unit=unit.name, model_file=f"{unit.name}.safetensors",
-                         output=unit.aus.index(au), threshold=r["fit"].threshold,
-                         val_f1=r["fit"].val_f1, notes=r["fit"].notes,
-                         **{k: unit.fit[k] for k in RECORDED if k in unit.fit})
-            per[au] = e
-        folds.append(per)
-    return folds

@@ -1,8 +1,8 @@
 """The method contract: what a learned method says (it scores through :mod:`classify.infer`).
 
-A method (fine-tuning: :class:`classify.finetune.FinetuneMethod`, transfer's stage 2:
-:class:`classify.transfer.TransferMethod`, the LSTM: :class:`classify.lstm.LSTMMethod`) is one
-class with the hooks below; :mod:`classify.learn.loop` trains its units fold by fold through
+A method (fine-tuning: :class:`classify.finetune.FinetuneMethod`, transfer's two stages:
+:class:`classify.transfer.TransferMethod`, the LSTM: :class:`classify.lstm.LSTMMethod`; the
+per-AU estimators: :mod:`classify.codemethods`) is one class with the hooks below; :mod:`classify.learn.loop` trains its units fold by fold through
 :func:`classify.training.fit`, the task (:mod:`classify.learn.task`) supplies loss, metric and
 decisions, and :mod:`classify.learn.writer` writes the run. A method never writes files.
 
@@ -25,6 +25,16 @@ decisions, and :mod:`classify.learn.writer` writes the run. A method never write
     :func:`classify.infer.score_batches`.
 ``state(network) -> {name: tensor}`` / ``load_state(network, state)``
     What is saved of a trained network (safetensors) and how it is put back.
+``fit_unit(job, data, res, *, work, done, progress)`` (optional)
+    Train the unit into ``res`` without :func:`classify.training.fit`: the estimator methods of
+    :mod:`classify.codemethods` (scikit-learn fits); networks leave it out and train through
+    :func:`classify.learn.loop.fit_network`.
+``row_extra(record, au)``, ``result_meta(record)``, ``record_settings(record)``, ``fold_entry(rec)``
+    What the one writer (:mod:`classify.learn.writer`) records of the method beside the common
+    parts: per-AU columns, summary columns, settings.json's own part and per-(fold, AU) entries.
+``limited_threads(n)``, ``for_pool(workers, folder)``, ``shared()`` / ``attach(shared)``
+    How the method runs in a worker (:mod:`classify.learn.pool`): its threads, its inputs
+    memory-mapped, its large inputs sent once to a cluster's workers.
 
 Attributes: ``kind`` (the run kind, ``RunKey.clf``), ``task``, ``reduction`` (the loss over a
 batch: ``"mean"``, or ``"sum"`` for the paper's LSTM), ``tune`` (thresholds tuned on
@@ -35,8 +45,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from classify.learn.task import OCCURRENCE
-from classify.training import TrainConfig
+from classify.learn.task import OCCURRENCE, counts, trainable  # noqa: F401 - methods' helpers
+
+#: what a learned run's settings.json keeps per AU of its unit's training
+RECORDED = ("best_epoch", "history", "sequences", "seconds", "cpu_seconds")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,9 @@ class Job:
     y: np.ndarray
     name: str
     identity: dict = field(default_factory=dict)
+    #: the unit's own training settings over the method's (transfer's final stage-1 fit: a
+    #: fixed epoch count)
+    config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -77,19 +92,29 @@ class UnitData:
     extra: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    #: why an AU of the unit gets no model (by its index), when the method says more than the
+    #: loop's "no positive (or no negative) frame in training"
+    errors: dict = field(default_factory=dict)
 
 
 class Method:
-    """The base of every learned method (see the module docstring)."""
+    """The base of every method of the one loop (see the module docstring): the learned methods
+    train networks; :mod:`classify.codemethods` wraps scikit-learn estimators the same way."""
 
     kind = ""
     reduction = "mean"
     tune = False
     workers = 1
-    #: the summary columns a predictions file records (:mod:`classify.learn.facerun`)
+    #: the summary columns a predictions file records (:mod:`classify.learn.writer`)
     prediction_attrs = ("model", "region", "clf", "weights", "protocol", "dataset")
-    #: scores and thresholds are reported as probabilities (:mod:`classify.learn.facekind`)
+    #: scores and thresholds are reported as probabilities (the task's, :meth:`Task.probability`)
     probabilities = False
+    #: a finished unit is saved in the run's work folder and reused by a rerun (networks)
+    resumable = True
+    #: what a unit trains, in messages ("no positive frame in training: no network")
+    model_noun = "network"
+    #: the chosen parameters reported per AU in the run's table (the SVM's ``C``)
+    params = ()
 
     def __init__(self, task=OCCURRENCE):
         self.task = task
@@ -104,6 +129,8 @@ class Method:
         raise NotImplementedError
 
     def train_config(self, job):
+        from classify.training import TrainConfig  # torch: only for the methods that train networks
+
         return TrainConfig()
 
     def train_batches(self, job, data):
@@ -111,6 +138,29 @@ class Method:
 
     def forward(self, net, x):
         return net(x)
+
+    # --- where the unit trains (classify.learn.pool) -------------------------------------------
+    def limited_threads(self, threads):
+        """A context holding this process's compute threads to ``threads`` (a worker's share)."""
+        from contextlib import nullcontext
+
+        from featbench.core.threads import set_torch_threads
+
+        set_torch_threads(threads)  # this worker's share of the cores: fit's choice leaves it alone
+        return nullcontext()
+
+    def for_pool(self, workers, folder):
+        """This method as worker processes get it (``folder``: a temporary folder to share
+        large inputs through, e.g. memory-mapped codes)."""
+        return self
+
+    def shared(self):
+        """The large inputs a cluster receives once per worker (None: none)."""
+        return None
+
+    def attach(self, shared):
+        """This method with :meth:`shared`'s inputs put back (on a cluster's worker)."""
+        return self
 
     def scores(self, net, job, data, part):
         raise NotImplementedError
@@ -146,9 +196,43 @@ class Method:
         """The manifest's preprocessing: model, regions, input size, mean / std."""
         return {}
 
-    def row_extra(self, record):
-        """The method's own per-AU columns of the run's table."""
+    def row_extra(self, record, au):
+        """The method's own columns of ``au``'s row of the run's table (``record``: the
+        :class:`~classify.learn.writer.RunRecord`)."""
         return {}
+
+    def identity(self):
+        """The method's settings as part of every unit's identity (a finished unit with the same
+        identity is reused by a rerun)."""
+        return {}
+
+    def result_meta(self, record):
+        """The method's own columns of the run's summary row, known once it trained."""
+        return {}
+
+    def record_settings(self, record):
+        """The method's own part of the run's settings.json (networks: :meth:`record` of the
+        network's info, each unit's record, the default threshold)."""
+        out = {**self.record(getattr(self, "info", None) or {})}
+        if record.units:
+            out["units"] = record.units
+        out["default_threshold"] = 0.0
+        return out
+
+    def fold_entry(self, rec):
+        """settings.json's entry of one (fold, AU) record (:func:`classify.learn.loop.per_au`):
+        counts, then its unit's file, output, threshold, validation metric and notes, or the
+        AU's error."""
+        e = {k: rec[k] for k in ("n_train", "n_train_pos", "n_val", "n_val_pos")}
+        if rec["fit"] is None:
+            e["error"] = rec["error"]
+            return e
+        unit = rec["unit"]
+        e.update(unit=unit.name, model_file=f"{unit.name}.safetensors",
+                 output=unit.aus.index(rec["au"]), threshold=rec["fit"].threshold,
+                 val_f1=rec["fit"].val_f1, notes=rec["fit"].notes,
+                 **{k: unit.fit[k] for k in RECORDED if k in unit.fit})
+        return e
 
     def record(self, info):
         """More of the run's settings.json."""
@@ -174,21 +258,3 @@ class Method:
             return self.task.loss(self.forward(net, x), y, w, reduction=self.reduction)
 
         return step_loss
-
-
-def counts(y, rows, task=OCCURRENCE):
-    """Per column of ``y``: ``(n_train, n_train_pos, n_val, n_val_pos)`` over labelled rows
-    (positives: what ``task`` counts as present)."""
-    out = []
-    for j in range(y.shape[1]):
-        c = []
-        for part in ("train", "validation"):
-            v = y[rows[part], j]
-            c += [int((v >= 0).sum()), int(task.positive(v).sum())]
-        out.append(tuple(c))
-    return out
-
-
-def trainable(counts_):
-    """Indices of the columns with positives and negatives among the training rows."""
-    return [j for j, (n, p, _, _) in enumerate(counts_) if 0 < p < n]

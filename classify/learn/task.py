@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featbench.core.errors import UsageError, did_you_mean
+from featbench.core.registry import Registry
 from featbench.core.metrics import au_metrics, nanmean
 
 from classify.estimators import DEFAULT_THRESHOLD, balance_indices, decide, settle_threshold
@@ -79,6 +79,16 @@ class Task:
     def labelled(self, y):
         """Boolean mask of the labelled entries of ``y``."""
         return np.asarray(y) >= 0
+
+    def select(self, y, scores, cols):
+        """The targets and scores of a unit's trainable columns ``cols`` (per-AU tasks)."""
+        return np.asarray(y)[:, cols], np.asarray(scores)[:, cols]
+
+    def unit_counts(self, y, rows):
+        """Per column of ``y``: ``(n_train, n_train_pos, n_val, n_val_pos)``, and the columns a
+        unit can train (positives and negatives in training)."""
+        c = counts(y, rows, self)
+        return c, trainable(c)
 
     def targets(self, table, aus):
         raise NotImplementedError
@@ -117,6 +127,61 @@ class Task:
     def to_json(self):
         """What a manifest records of the task."""
         return {"name": self.name, "decision": self.decision}
+
+    # --- what a run reports and how runs combine (the driver, the writer, votes, predict) ------
+    #: the first columns of a run's per-AU table (:func:`featbench.core.results.run_table`)
+    COLUMNS = ("au", "f1", "accuracy", "precision", "recall", "support", "threshold")
+    #: the columns ``featbench classify`` prints per AU
+    SHOWN = ("f1", "accuracy", "precision", "recall", "auc", "support", "threshold")
+    #: binary decisions with a threshold of their own: ``--tune-threshold`` and class weights apply
+    classes = True
+    #: the OpenFace column ``featbench predict`` writes the scores in: ``AUxx_p`` (scores) or
+    #: ``AUxx_r`` (an intensity 0-5)
+    predict_column = "p"
+
+    def at_threshold(self, threshold):
+        """This task for a data set whose labels are present at intensity >= ``threshold``."""
+        return self
+
+    #: the task asks more of a data set than AU labels (:meth:`check_table`)
+    needs_table = False
+
+    def check_table(self, table):
+        """Raise when ``table`` cannot give this task's targets (a UsageError naming what lacks)."""
+
+    def summary_fields(self, mean, rows):
+        """The task's own columns of a run's ``summary.csv`` row, beside ``mean_f1``..."""
+        return {}
+
+    def identity(self):
+        """What the task adds to a trained unit's identity (nothing for occurrence: the
+        identities of runs made before tasks existed stay valid)."""
+        return {"task": self.name}
+
+    #: ``probability(scores)``: logits as probabilities (None: the task's scores are not logits)
+    probability = None
+
+    def combine(self, decisions, scores, thresholds, *, scales=None):
+        """Combine stacked ``(members, n, k)`` decisions and scores of several runs (a vote's
+        members, a run's folds) into ``(decisions, scores, thresholds)``."""
+        raise NotImplementedError
+
+    def vote_rows(self, first, decisions, scores, aus):
+        """The per-AU rows of an ensemble's table from its combined ``decisions`` and ``scores``
+        (n, k) (``first``: the first member's aligned predictions: labels, folds...)."""
+        raise NotImplementedError
+
+    def vote_meta(self):
+        """The task's own columns of an ensemble's summary row."""
+        return {}
+
+    def describe(self, mean, meta, defined):
+        """The head of the one-line summary of a run's mean row (``featbench classify``)."""
+        return "mean F1 "
+
+    def title(self):
+        """How the task is named in a run's one-screen text (empty for occurrence)."""
+        return f"{self.name}, "
 
 
 class Occurrence(Task):
@@ -183,6 +248,48 @@ class Occurrence(Task):
     def metrics(self, y, decisions, scores=None):
         return au_metrics(y, decisions, scores)
 
+    def identity(self):
+        return {}
+
+    def probability(self, scores):
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+
+    def combine(self, decisions, scores, thresholds, *, scales=None):
+        """The majority vote, ties broken by scaled scores (:func:`classify.vote.majority_vote`)."""
+        from classify.vote import majority_vote
+
+        dec, sc = majority_vote(decisions, scores, thresholds, scales=scales)
+        return dec, sc, np.zeros(np.shape(decisions)[-1])
+
+    def title(self):
+        return ""
+
+    def vote_rows(self, first, decisions, scores, aus):
+        """Per-AU metric rows, with the spread of F1 over folds when there are several."""
+        labels, fold = first["labels"], first["fold"]
+        folds = np.unique(fold)
+        rows = []
+        for a, au in enumerate(aus):
+            if np.isnan(scores[:, a]).all():  # no member has a classifier for this AU
+                nan = float("nan")
+                rows.append({"au": au, "f1": nan, "accuracy": nan, "precision": nan, "recall": nan,
+                             "support": int((labels[:, a] == 1).sum()), "threshold": nan, "auc": nan,
+                             "frames": int((labels[:, a] >= 0).sum()),
+                             "note": "no member has a classifier for this AU"})
+                continue
+            sa = scores[:, a]
+            if np.isnan(sa).any():  # frames no member voted on rank lowest for the AUC
+                sa = np.where(np.isnan(sa), np.nanmin(sa) - 1, sa)
+            m = au_metrics(labels[:, a], decisions[:, a], sa)
+            row = {"au": au, **{k: m[k] for k in ("f1", "accuracy", "precision", "recall", "support")},
+                   "threshold": 0.0, "auc": m["auc"], "frames": m["frames"]}
+            if folds.size > 1:
+                f1s = [au_metrics(labels[fold == k, a], decisions[fold == k, a])["f1"] for k in folds]
+                row["f1_std"] = float(np.nanstd(f1s)) if not np.all(np.isnan(f1s)) else float("nan")
+            rows.append(row)
+        return rows
+
 
 class Expression(Task):
     """Expression classes (transfer's stage 1): one class index per frame, cross-entropy,
@@ -213,9 +320,42 @@ class Expression(Task):
     def decide(self, scores, thresholds=None):
         return np.asarray(scores).argmax(1)
 
+    def select(self, y, scores, cols):
+        return y, scores  # one column of class indices: the scores are all classes'
+
+    def unit_counts(self, y, rows):
+        """One "column": labelled training and validation frames; trainable with two classes."""
+        y = np.asarray(y)
+        tr, va = y[rows["train"]], y[rows["validation"]]
+        c = [(int((tr >= 0).sum()), 0, int((va >= 0).sum()), 0)]
+        return c, [0] if np.unique(tr[tr >= 0]).size > 1 else []
+
+    def settle(self, y, scores, *, tune):
+        """No decision rule to settle (the largest score's class); the validation accuracy."""
+        return Settled([float("nan")], [self.validate(y, scores).get("val_score", float("nan"))])
+
     def metrics(self, y, decisions, scores=None):
         return {"accuracy": float(np.mean(np.asarray(decisions) == np.asarray(y))) if len(y)
                 else float("nan")}
+
+
+def counts(y, rows, task=None):
+    """Per column of ``y``: ``(n_train, n_train_pos, n_val, n_val_pos)`` over labelled rows
+    (positives: what ``task`` counts as present)."""
+    task = OCCURRENCE if task is None else task
+    out = []
+    for j in range(y.shape[1]):
+        c = []
+        for part in ("train", "validation"):
+            v = y[rows[part], j]
+            c += [int((v >= 0).sum()), int(task.positive(v).sum())]
+        out.append(tuple(c))
+    return out
+
+
+def trainable(counts_):
+    """Indices of the columns with positives and negatives among the training rows."""
+    return [j for j, (n, p, _, _) in enumerate(counts_) if 0 < p < n]
 
 
 class _Column:
@@ -233,26 +373,24 @@ EXPRESSION = Expression()
 
 
 # --- the registry of tasks ---------------------------------------------------------------------
-_TASKS = {}
+#: name -> Task (:class:`featbench.core.registry.Registry`); ``featbench classify / finetune /
+#: transfer --task NAME`` take any name here
+TASKS = Registry("task")
 
 
 def register_task(task, *, replace=False):
     """Add ``task`` (an instance) under ``task.name``; a name already taken raises unless ``replace``."""
-    if not replace and task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
-    _TASKS[task.name] = task
-    return task
+    return TASKS.add(task.name, task, replace=replace)
 
 
 def unregister_task(name):
     """Remove a task added by :func:`register_task` (tests, plug-ins); the built-ins stay."""
-    if name not in ("occurrence", "expression"):
-        _TASKS.pop(name, None)
+    TASKS.remove(name)
 
 
 def list_tasks():
     """The names of the registered tasks."""
-    return list(_TASKS)
+    return TASKS.names()
 
 
 def get_task(name):
@@ -265,11 +403,8 @@ def get_task(name):
     """
     if isinstance(name, Task):
         return name
-    task = _TASKS.get(name or "occurrence")
-    if task is None:
-        raise UsageError(did_you_mean(str(name), tuple(_TASKS), what="task"))
-    return task
+    return TASKS.get(name or "occurrence")
 
 
-register_task(OCCURRENCE)
-register_task(EXPRESSION)
+TASKS.add(OCCURRENCE.name, OCCURRENCE, builtin=True)
+TASKS.add(EXPRESSION.name, EXPRESSION, builtin=True)

@@ -1,14 +1,16 @@
 """The one run writer: what every classifier run leaves behind, written once.
 
-``featbench classify`` (LDA, SVM, LSTM), ``featbench finetune`` and ``featbench transfer``
-all end here, with per-(fold, AU) records (``by[(fold, au)]``: ``n_train``, ``n_train_pos``,
-``n_val``, ``n_val_pos``, ``scores`` of the fold's test rows, ``fit`` with its ``threshold``,
-``val_f1`` and ``notes``, or None and an ``error``). :func:`write_outputs` writes, in this
-order and only once everything is computed::
+Every run of the one driver (:func:`classify.driver.execute`: ``featbench classify`` for every
+kind on codes, ``featbench finetune``, ``featbench transfer``'s stage 2) ends here with one
+:class:`RunRecord`: the plan, the method, the inputs, the units' results and, per (fold, AU),
+a record (``by[(fold, au)]``: ``n_train``, ``n_train_pos``, ``n_val``, ``n_val_pos``,
+``scores`` of the fold's test rows, ``fit`` with its ``threshold``, ``val_f1`` and ``notes``,
+or None and an ``error``). :func:`write_record` writes, in this order and only once
+everything is computed::
 
     results/<ds>/predictions/<run>.h5   test frames' scores and decisions (every frame once)
-    results/<ds>/models/<run>/          the models and settings.json (the method fills a temp
-                                        folder, renamed over the old one when complete)
+    results/<ds>/models/<run>/          the model (the kind's ``save``) and settings.json, in a
+                                        temp folder renamed over the old one when complete
     results/<ds>/<run>.csv              per-AU metrics averaged over folds + the mean row
     results/<ds>/summary.csv            the run's row (other runs' rows are kept)
 
@@ -22,6 +24,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +33,8 @@ from featbench.core.metrics import METRICS, nanmean
 from featbench.core.results import record_failure, run_table, write_predictions, write_run
 from featbench.core.workspace import temp_sibling
 
-from classify.learn.task import OCCURRENCE
+from classify.learn import store
+from classify.learn.method import Method
 
 
 @contextmanager
@@ -155,74 +159,142 @@ def versions(**more):
             "python": sys.version.split()[0]}
 
 
-def write_outputs(workspace, dataset, run, *, table, au_list, splits, test_rows, by, labels, meta,
-                  fill_models, task=OCCURRENCE, params=(), extra=None, present=None,
-                  attrs=(), t0=None):
+@dataclass
+class RunRecord:
+    """What the one loop made of a run (:func:`classify.driver.execute`): the plan, the method,
+    the opened inputs, the jobs and their results, the task's targets by table row, each fold's
+    test rows, the labelled frames without an input (per part) and the start time."""
+
+    plan: object
+    method: object
+    inputs: object
+    jobs: list
+    results: list
+    labels: np.ndarray
+    test_rows: list
+    missing: dict
+    t0: float
+    by: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    #: each unit's record once the kind's ``save`` moved its files into the run's folder
+    units: dict = field(default_factory=dict)
+    #: the run's per-AU table rows, once computed by the writer
+    rows: list = field(default_factory=list)
+
+    def __post_init__(self):
+        from classify.learn.loop import per_au
+
+        self.by = per_au(self.results, list(self.plan.aus))
+        self.meta = {**self.plan.meta, **self.inputs.meta(self.plan, self.labels, self.test_rows,
+                                                          self.missing)}
+        self.meta.update(self.method.result_meta(self))
+
+    @property
+    def aus(self):
+        return list(self.plan.aus)
+
+    @property
+    def splits(self):
+        return list(self.plan.splits)
+
+    @property
+    def run(self):
+        return self.plan.run
+
+    def fold_entries(self, saved):
+        """Per fold, settings.json's record: subjects, counts, per AU what the kind's ``save``
+        said (``saved[(fold, au)]``) or the method's entry (:meth:`Method.fold_entry`)."""
+        plan = self.plan
+        return [fold_record(split, {au: saved.get((fi, au)) or self.method.fold_entry(self.by[(fi, au)])
+                                    for au in self.aus},
+                            **self.inputs.fold_counts(plan, self.labels, fi, self.test_rows))
+                for fi, split in enumerate(plan.splits)]
+
+    def settings(self, saved, folds):
+        """The run's settings.json: its summary columns, the method's own record, the inputs',
+        the folds, versions and date."""
+        return {"run": self.run, **{k: v for k, v in self.meta.items() if k != "seconds"},
+                "aus": self.aus, **self.method.record_settings(self),
+                **self.inputs.record(self.plan, self.missing), "folds": folds,
+                "versions": versions(**self.method.versions()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def write_record(record):
     """Write a run's predictions, models folder, table and summary row; return the run's dict.
 
-    Parameters
-    ----------
-    table : FrameTable
-    au_list, splits, test_rows, by, labels
-        The run's AUs, folds, each fold's test rows, per-(fold, AU) records, the task's targets
-        by table row (occurrence labels; intensities: ``task.stored`` keeps both in the
-        predictions file).
-    meta : dict
-        The summary row's columns (``model``, ``region``, ``clf``, ``weights``...).
-    fill_models : callable
-        ``fill_models(tmp_folder, rows, thresholds) -> anything``: writes the models and
-        settings.json (returned as ``folds`` in the result).
-    task : Task
-    params, extra
-        As :func:`run_rows`.
-    present : callable, optional
-        How scores and thresholds are stored (transfer: probabilities); metrics use the raw.
-    attrs : tuple of str
-        The ``meta`` keys the predictions file records.
+    In this order, once everything is computed: the test frames' predictions; the models folder
+    (the kind's ``save`` and settings.json into a temporary folder, renamed over the old one
+    when complete); the per-AU table and the summary row. A disk error removes the predictions
+    it left. The table's columns, how scores become decisions (and, for a method that reports
+    them so, probabilities) and the summary's own fields are the task's.
+
+    Returns
+    -------
+    dict
+        ``run``, ``dataset``, ``rows``, ``mean``, ``task``, ``notes``, ``meta``, ``csv``,
+        ``predictions``, ``models_dir``, ``folds``, ``seconds``, ``record``.
     """
-    rows_out, notes, thresholds = run_rows(task, au_list, by, labels, test_rows, splits,
-                                           params=params, extra=extra)
-    meta = {**meta, "task": task.name}
+    plan, method, task = record.plan, record.method, record.plan.task
+    ws, dataset, run = plan.workspace, plan.dataset, plan.run
+    extra = None
+    if type(method).row_extra is not Method.row_extra:
+        extra = lambda au: method.row_extra(record, au)  # noqa: E731
+    rows_out, notes, thresholds = run_rows(task, record.aus, record.by, record.labels,
+                                           record.test_rows, record.splits, params=method.params,
+                                           extra=extra)
+    record.rows, meta = rows_out, record.meta
+    meta.update(task=task.name)
+    present = task.probability if method.probabilities else None
     if present is not None:
         for r in rows_out:
             r["threshold"] = float(present(r["threshold"]))
     pred_path = None
     try:
-        pred_path = _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels,
-                                       thresholds, rows_out, meta, splits, task, present, attrs)
-        models_dir = workspace.models_dir(dataset, run)
-        folds = replace_folder(models_dir, lambda tmp: fill_models(tmp, rows_out, thresholds))
-        if t0 is not None:
-            meta["seconds"] = round(time.time() - t0, 1)
-        csv = write_run(workspace, dataset, run, rows_out, meta=meta)
+        pred_path = _write_predictions(record, thresholds, present)
+        models_dir = ws.models_dir(dataset, run)
+        folds = replace_folder(models_dir, lambda tmp: _fill(tmp, record))
+        meta["seconds"] = round(time.time() - record.t0, 1)
+        csv = write_run(ws, dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
+                        fields=task.summary_fields, predictions=pred_path)
     except OSError as exc:  # disk full, permissions: no predictions without their run
         if pred_path is not None:
             pred_path.unlink(missing_ok=True)
-        where = getattr(exc, "filename", None) or workspace.results_dir(dataset)
+        where = getattr(exc, "filename", None) or ws.results_dir(dataset)
         raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
                          f"{run} (none of them kept; rerun when fixed)") from None
     return {"run": run, "dataset": dataset, "rows": rows_out,
-            "mean": run_table(rows_out, task=task.name)[0][-1], "task": task.name,
+            "mean": run_table(rows_out, columns=task.COLUMNS)[0][-1], "task": task.name,
             "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
-            "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds")}
+            "models_dir": models_dir, "folds": folds, "seconds": meta.get("seconds"),
+            "record": record}
 
 
-def _write_predictions(workspace, dataset, run, table, au_list, test_rows, by, labels, thresholds,
-                       rows_out, meta, splits, task, present, attrs):
+def _fill(tmp, record):
+    """The run's folder: the kind's model, then settings.json (inside the swap)."""
+    saved = record.plan.kind.save(tmp, record) or {}
+    folds = record.fold_entries(saved)
+    record.meta["seconds"] = round(time.time() - record.t0, 1)
+    store.write_json(tmp / "settings.json", record.settings(saved, folds))
+    return folds
+
+
+def _write_predictions(record, thresholds, present):
     """Write the test frames' scores and decisions (team contract 3), atomically."""
-    rows = np.concatenate(test_rows)
+    plan, task, rows_out = record.plan, record.plan.task, record.rows
+    rows = np.concatenate(record.test_rows)
     if np.unique(rows).size != rows.size:
-        raise UsageError(f"protocol {meta['protocol']} tests some frames in two folds")
-    scores, decisions, fold = test_scores(task, au_list, by, test_rows)
+        raise UsageError(f"protocol {plan.protocol} tests some frames in two folds")
+    scores, decisions, fold = test_scores(task, record.aus, record.by, record.test_rows)
     kw = {}
     if present is not None:
         scores, thresholds = present(scores), present(thresholds)
         kw["scores_are"] = "probabilities"
     return write_predictions(
-        workspace.predictions_path(dataset, run), frames=table.keys()[rows], **task.stored(labels[rows]),
-        scores=scores, decisions=decisions, fold=fold, aus=au_list,
-        thresholds=[r["threshold"] for r in rows_out],
+        plan.workspace.predictions_path(plan.dataset, plan.run), frames=plan.table.keys()[rows],
+        **task.stored(record.labels[rows]), scores=scores, decisions=decisions, fold=fold,
+        aus=record.aus, thresholds=[r["threshold"] for r in rows_out],
         fold_thresholds=thresholds,  # (folds, k): the threshold each fold used
-        run=run, folds=[s.name for s in splits],
+        run=plan.run, folds=[s.name for s in record.splits],
         failed_aus=[r["au"] for r in rows_out if not np.isfinite(r["threshold"])],
-        task=task.name, **{key: meta[key] for key in attrs}, **kw)
+        task=task.name, **{key: record.meta[key] for key in record.method.prediction_attrs}, **kw)

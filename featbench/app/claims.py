@@ -7,15 +7,21 @@ fine-tuned members (``fe+ft``) beats the frozen one (``fe``); each AU's region b
 face; each ensemble beats its best member. Plus two that the paper states for every network:
 SVM above LDA, and (with ``--controls``) pretrained weights above a random initialisation.
 
-Every comparison is made here from ``summary.csv`` (:func:`check_claims`): runs of one setting
+Every comparison is found here from ``summary.csv`` (:func:`check_claims`): runs of one setting
 (protocol, seed...) only, random-init runs only in the pretraining comparison. A claim with no
-pair of runs to compare says so; none is ever filled in by hand. :func:`claims_lines` writes the
-table, a plain sentence naming the claims that do not hold here, and the networks that the last
+pair of runs to compare says so; none is ever filled in by hand. Each comparison is decided by
+a paired test over the test subjects both runs scored (:mod:`featbench.core.stats`): the
+difference of mean F1 with its interval, the p-value Holm-adjusted over the comparisons of the
+table, and a verdict — *holds* (significant in the claimed direction), *reversed* (significant
+against it) or *not decided* (at this sample size); a pair without predictions files is *not
+tested*, never judged by its point estimates. :func:`claims_lines` writes the table, plain
+sentences naming what is reversed and what is not decided, and the networks that the last
 ``featbench run`` left out with what they would add.
 """
 
 import math
 
+from featbench.core import stats
 from featbench.core.identity import RunKey, weights_of
 from featbench.core.errors import UsageError
 
@@ -128,21 +134,28 @@ def _controls(rows, setting, rnd):
     return [p for p in pairs if p[1]]
 
 
-def check_claims(rows):
+def check_claims(rows, *, comparer=None, alpha=None):
     """Return the comparisons of the paper's claims among ``rows`` (succeeded summary rows).
 
     Parameters
     ----------
     rows : list of dict
         ``run``, ``mean_f1`` (a float), ``weights``, ``members`` (ensembles) of each run.
+    comparer : featbench.app.comparisons.Comparer, optional
+        Decides each comparison by the paired test; without it (or without a run's predictions
+        file) a comparison is *not tested*.
+    alpha : float, optional
+        The tests' level (default: the comparer's, 1 - the interval level).
 
     Returns
     -------
     list of dict
         One per comparison, in :data:`CLAIMS` order: ``claim`` (key), ``text``, ``a`` (the run
-        the paper says is better), ``b``, ``f1_a``, ``f1_b``, ``holds`` (``f1_a > f1_b``).
-        Runs of the default setting (no protocol / seed tags) when there are any, else of the
-        commonest setting.
+        the paper says is better), ``b``, ``f1_a``, ``f1_b``, and from the test ``diff``,
+        ``lo``, ``hi`` (A - B of mean F1 and its interval), ``p``, ``p_adj`` (Holm over the
+        comparisons tested), ``subjects``, and ``verdict``: ``holds``, ``reversed``, ``not
+        decided`` or ``not tested``. Runs of the default setting (no protocol / seed tags) when
+        there are any, else of the commonest setting.
     """
     keys = [(_key(r["run"]), r) for r in rows]
     settings = [_setting(k) for k, _ in keys if k is not None]
@@ -155,12 +168,40 @@ def check_claims(rows):
     f1 = {r["run"]: r["mean_f1"] for r in rows}
     texts = dict(CLAIMS)
     order = {k: i for i, (k, _) in enumerate(CLAIMS)}
-    out = [{"claim": c, "text": texts[c], "a": a, "b": b, "f1_a": f1[a], "f1_b": f1[b],
-            "holds": bool(f1[a] > f1[b])} for c, a, b in found]
-    return sorted(out, key=lambda d: order[d["claim"]])
+    found = sorted(found, key=lambda c: order[c[0]])
+    tests = (comparer.compare_many([(a, b) for _, a, b in found]) if comparer is not None
+             else [None] * len(found))
+    if alpha is None:
+        alpha = comparer.settings.alpha if comparer is not None else 1 - stats.DEFAULT_LEVEL
+    return [{"claim": c, "text": texts[c], "a": a, "b": b, "f1_a": f1[a], "f1_b": f1[b],
+             **_decided(t, alpha)} for (c, a, b), t in zip(found, tests)]
 
 
-def claims_lines(rows, *, left_out=None):
+def _decided(test, alpha):
+    """The test's numbers of one comparison (mean F1, A - B) and its verdict."""
+    nan = float("nan")
+    if test is None:
+        return {"diff": nan, "lo": nan, "hi": nan, "p": nan, "p_adj": nan, "subjects": 0,
+                "verdict": "not tested"}
+    out = {k: float(test[k][-1]) for k in ("diff", "lo", "hi", "p")}
+    out.update(p_adj=test["p_adj"], subjects=test["subjects"],
+               verdict=stats.verdict(out["diff"], test["p_adj"], alpha))
+    return out
+
+
+def _pct(v, sign=False):
+    return "—" if not math.isfinite(v) else f"{v * 100:{'+' if sign else ''}.1f}"
+
+
+def _p(v):
+    return "—" if not math.isfinite(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
+
+
+VERDICT_CELL = {"holds": "**holds**", "reversed": "**reversed**",
+                "not decided": "not decided", "not tested": "not tested (no predictions file)"}
+
+
+def claims_lines(rows, *, left_out=None, comparer=None):
     """The report's section: a table of :func:`check_claims`, what does not hold, what is missing.
 
     Parameters
@@ -169,20 +210,30 @@ def claims_lines(rows, *, left_out=None):
         Succeeded summary rows (see :func:`check_claims`).
     left_out : dict, optional
         ``{network: why}`` that the last ``featbench run`` left out (its ``run_plan.json``).
+    comparer : featbench.app.comparisons.Comparer, optional
+        Decides each comparison (:func:`check_claims`).
     """
-    found = check_claims(rows)
+    found = check_claims(rows, comparer=comparer)
+    settings = comparer.settings if comparer is not None else stats.CISettings()
+    tested = [c for c in found if c["verdict"] != "not tested"]
     lines = ["## The paper's claims on this data", "",
              "Each claim of Lim et al. compared on this data set's own runs (mean F1 over AUs, %; "
-             "random-init runs only in the last claim). *holds* means the run the paper says "
-             "is better scores higher here.", ""]
+             "random-init runs only in the last claim): A is the run the paper says is better, "
+             "B the other, compared on the test frames both scored, paired over the test subjects "
+             f"({max((c['subjects'] for c in tested), default=0)} here). Difference A - B with its "
+             f"{settings.level * 100:g}% interval ({stats.METHOD}); p from a {stats.TEST}, "
+             f"Holm-adjusted over the {len(tested)} comparisons of the table. *holds*: adjusted p < "
+             f"{settings.alpha:.2g} and A > B; *reversed*: adjusted p < {settings.alpha:.2g} and "
+             "A < B; *not decided*: the data cannot tell them apart at this sample size.", ""]
     if found:
-        lines += ["| the paper's claim | compared here | F1 % | holds here? |",
-                  "| --- | --- | --- | --- |"]
+        lines += ["| the paper's claim | A vs B | F1 % A vs B | A - B [interval] | p (Holm) | "
+                  "verdict |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {c['text']} | `{c['a']}` vs `{c['b']}` | {c['f1_a'] * 100:.1f} vs "
-                  f"{c['f1_b'] * 100:.1f} | {'yes' if c['holds'] else '**no**'} "
-                  f"({(c['f1_a'] - c['f1_b']) * 100:+.1f}) |" for c in found]
+                  f"{c['f1_b'] * 100:.1f} | {_pct(c['diff'], True)} [{_pct(c['lo'], True)}, "
+                  f"{_pct(c['hi'], True)}] | {_p(c['p_adj'])} | {VERDICT_CELL[c['verdict']]} |"
+                  for c in found]
         lines.append("")
-    lines += _verdict_lines(found)
+    lines += _verdict_lines(found) + power_lines(tested, settings)
     if left_out:
         lines += [f"Left out of the last `featbench run`: {', '.join(f'`{m}`' for m in left_out)} "
                   f"({'; '.join(left_out.values())}). They would add {LEFT_OUT_ADDS}; "
@@ -191,21 +242,41 @@ def claims_lines(rows, *, left_out=None):
     return lines
 
 
+def power_lines(tested, settings):
+    """A sentence when the table cannot decide anything: with S subjects an exact paired test's
+    smallest two-sided p is 2 / 2^S, and Holm multiplies the smallest p by the comparisons."""
+    subjects = max((c["subjects"] for c in tested), default=0)
+    if not subjects or 2 ** subjects > settings.resamples:
+        return []
+    floor, m = 2.0 / 2 ** subjects, len(tested)
+    if floor * m < settings.alpha:
+        return []
+    return [f"With {subjects} test subjects an exact paired test cannot give p below 2/2^"
+            f"{subjects} = {floor:.2g}, and Holm over {m} comparisons multiplies the smallest p by "
+            f"{m} ({floor * m:.2g} >= {settings.alpha:.2g}): no comparison in this table can be "
+            "decided on this split, whatever its effect. A protocol that tests every subject "
+            "(`--protocol kfold:3`) has the power to.", ""]
+
+
 def _verdict_lines(found):
-    """Plain sentences: which claims do not hold here, and which could not be checked."""
+    """Plain sentences: which claims hold, are reversed, are not decided, could not be checked."""
     texts = dict(CLAIMS)
-    failed = {c["claim"] for c in found if not c["holds"]}
-    mixed = {c["claim"] for c in found if c["holds"]} & failed
-    checked = {c["claim"] for c in found}
+    by = {}
+    for c in found:
+        by.setdefault(c["verdict"], set()).add(c["claim"])
     lines = []
-    if failed:
-        lines.append("**Do not hold on this data**: " + "; ".join(
-            texts[k] + (" (in some comparisons)" if k in mixed else "")
-            for k, _ in CLAIMS if k in failed) + ".")
-    elif found:
-        lines.append("Every claim compared here holds on this data.")
+    for verdict, head in (("holds", "Hold on this data"),
+                          ("reversed", "**Reversed on this data** (significantly against the claim)"),
+                          ("not decided", "**Not decided at this sample size**"),
+                          ("not tested", "Not tested (a run has no predictions file)")):
+        keys = by.get(verdict, set())
+        if keys:
+            lines.append(head + ": " + "; ".join(
+                texts[k] + (" (in some comparisons)" if any(k in v for w, v in by.items()
+                                                            if w != verdict) else "")
+                for k, _ in CLAIMS if k in keys) + ".")
+    checked = {c["claim"] for c in found}
     unchecked = [texts[k] for k, _ in CLAIMS if k not in checked]
     if unchecked:
         lines.append("Not compared (no pair of runs for it): " + "; ".join(unchecked) + ".")
     return lines + [""] if lines else []
-

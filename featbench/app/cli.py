@@ -18,7 +18,7 @@ from featbench.core.errors import FeatbenchError
 
 #: subcommand modules under featbench.app.commands, in --help order
 COMMANDS = ("data", "models", "weights", "align", "extract", "bench", "classify", "finetune",
-            "transfer", "ensemble", "report", "run", "predict", "export", "probe")
+            "transfer", "ensemble", "report", "compare", "run", "predict", "export", "probe")
 
 EPILOG = """\
 typical session on the embedded synthetic data (made on first use):

@@ -10,7 +10,16 @@ Stages, each skipped when its output is already there:
              preset's fine-tuning runs (``featbench finetune``; kept while newer than the
              aligned faces) and the classifiers on a fine-tuned network's codes
 5. ensemble  the paper's majority-vote presets
-6. report    ``results/<dataset>/report.md`` and its charts
+   repeats   with ``repeats`` (a ``kfold:K`` protocol): every frozen-code classifier run and the
+             votes built from them only (``fe``, ``fe+region``) again on N new assignments of
+             the subjects to folds (``kfold:K:r1`` ...); the fine-tuned networks, the classifiers
+             on their codes and the votes with them are not repeated (one fine-tuning per fold
+             and repeat would cost more than the rest of the run, and codes of a network
+             fine-tuned on one split leak test subjects into another's training)
+6. report    ``results/<dataset>/report.md`` and its charts (with the repeats table)
+
+Every run written stores its intervals (:mod:`featbench.core.stats`) at the settings given as
+``ci`` (``--ci-level``, ``--ci-resamples``).
 
 Presets
 -------
@@ -52,7 +61,8 @@ from featbench.core.datasets import load_dataset
 from featbench.core.errors import FeatbenchError, UsageError, WeightsError, did_you_mean
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.results import read_summary_rows, record_failure
-from featbench.core.splits import make_splits
+from featbench.core.splits import make_splits, repeat_protocols
+from featbench.core.stats import current_settings, using_settings
 from featbench.core.workspace import atomic_write_text
 
 from classify.ensemble import ensemble_run, preset_run_name
@@ -360,6 +370,8 @@ class _Context:
     seconds: dict = field(default_factory=dict)
     failed: list = field(default_factory=list)
     done: list = field(default_factory=list)
+    repeats: tuple = ()
+    stages: tuple = ()
 
     def say(self, text):
         _say(self.progress, text)
@@ -541,6 +553,19 @@ def _ensemble_steps(ctx):
     return ", ".join(ctx.preset.ensembles), steps
 
 
+def _repeat_steps(ctx):
+    """The repeated splits' runs: frozen-code classifiers and their votes (module docstring)."""
+    spec = dataclasses.replace(ctx.preset, finetunes=(),
+                               ensembles=tuple(e for e in ctx.preset.ensembles if "ft" not in e))
+    steps = []
+    for protocol in ctx.repeats:
+        sub = dataclasses.replace(ctx, preset=spec, protocol=protocol,
+                                  tag=run_tag(protocol=protocol))
+        steps += _classify_steps(sub)[1] + _ensemble_steps(sub)[1]
+    return (f"{len(ctx.repeats)} new splits of {ctx.protocol} ({ctx.repeats[0]} ...): "
+            f"{len(steps)} runs; fine-tuned networks not repeated"), steps
+
+
 def _report_steps(ctx):
     def run():
         ctx.report = make_report(ctx.workspace, ctx.dataset)
@@ -591,7 +616,7 @@ def _run_step(ctx, stage, step):
 def _run_stage(ctx, i, stage, plan):
     t = time.perf_counter()
     detail, steps = plan(ctx)
-    ctx.say(f"\n== [{i}/{len(STAGES)}] {stage}{': ' + detail if detail else ''} ==")
+    ctx.say(f"\n== [{i}/{len(ctx.stages)}] {stage}{': ' + detail if detail else ''} ==")
     for step in steps:
         _run_step(ctx, stage, step)
     ctx.seconds[stage] = time.perf_counter() - t
@@ -600,7 +625,7 @@ def _run_stage(ctx, i, stage, plan):
 def _print_summary(ctx, elapsed):
     print("\n" + headline(ctx.workspace, ctx.dataset))
     print(f"\nfeatbench run --preset {ctx.preset.name}: {len(ctx.done)} runs, {len(ctx.failed)} failed, "
-          f"{elapsed / 60:.1f} min (" + ", ".join(f"{k} {ctx.seconds[k]:.0f}s" for k, _ in STAGES) + ")")
+          f"{elapsed / 60:.1f} min (" + ", ".join(f"{k} {ctx.seconds[k]:.0f}s" for k, _ in ctx.stages) + ")")
     random = [m for m, (w, _) in ctx.wplan.items() if w is not None and WeightsId.parse(w).is_random]
     if random:
         print(f"note: {', '.join(random)} ran with random weights (random init, not "
@@ -633,7 +658,7 @@ def _write_run_plan(ctx, controls):
 
 
 def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weights=None,
-                 protocol=None, controls=False, progress=True):
+                 protocol=None, controls=False, progress=True, repeats=None, ci=None):
     """Run data → align → extract → classify → ensemble → report, skipping what is done.
 
     Parameters
@@ -656,6 +681,11 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
         init everywhere; never ensemble members.
     progress : bool
         Print stage headers and progress bars.
+    repeats : int, optional
+        With a ``kfold:K`` protocol: N repeated splits of the frozen-code runs and their votes
+        (module docstring), and the repeats table in the report.
+    ci : CISettings, optional
+        Intervals and tests (default :func:`featbench.core.stats.current_settings`).
 
     Returns
     -------
@@ -681,15 +711,18 @@ def run_pipeline(workspace, *, preset="quick", dataset="synth", root=None, weigh
         spec = spec.with_controls()
     t0 = time.perf_counter()
     protocol = protocol or "paper"
+    planned = tuple(repeat_protocols(protocol, repeats)) if repeats is not None else ()
+    stages = STAGES[:-1] + ((("repeats", _repeat_steps),) if planned else ()) + STAGES[-1:]
     ctx = _Context(workspace, dataset, root, spec, protocol,
                    tag=run_tag(protocol=protocol),  # runs of another protocol carry its tag
                    wplan=resolve_weights(spec, weights, progress=progress),  # files fetched first
-                   progress=progress)
+                   progress=progress, repeats=planned, stages=stages)
     if _left_out_line(ctx.wplan):
         print(_left_out_line(ctx.wplan), flush=True)  # said even with --quiet: it changes the run
     _write_run_plan(ctx, controls)
-    for i, (stage, plan) in enumerate(STAGES, 1):
-        _run_stage(ctx, i, stage, plan)
+    with using_settings(ci or current_settings()):  # every run written stores its intervals so
+        for i, (stage, plan) in enumerate(stages, 1):
+            _run_stage(ctx, i, stage, plan)
     elapsed = time.perf_counter() - t0
     if progress:
         _print_summary(ctx, elapsed)

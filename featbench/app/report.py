@@ -1,27 +1,45 @@
 """The markdown report of a data set's runs: ``results/<dataset>/report.md`` and its PNG charts.
 
-Everything comes from ``summary.csv`` (one row per run, failed runs included with their error) and,
-for the all-positive baseline, from the labels in the runs' predictions files.
+Everything comes from ``summary.csv`` (one row per run, failed runs included with their error),
+the runs' CSVs (per-AU intervals) and, for the baselines and the paired tests, the runs'
+predictions files.
+
+Intervals and tests
+-------------------
+Every mean and per-AU value is shown with its interval, ``63.1 [58.8, 68.4]`` (the subject-level
+bootstrap of :mod:`featbench.core.stats`, stored with each run; a run written before intervals
+existed gets them here, from its predictions file, without retraining). The ranking marks the
+runs that a paired test cannot tell apart from the top run, and the claims are decided by the
+same test (:mod:`featbench.app.claims`). Runs of repeated splits (``--repeats``) have their own
+section (:mod:`featbench.app.repeats`), not rows in the main tables.
 
 The all-positive baseline
 -------------------------
 A detector that says *present* on every frame has, for an AU with a share ``p`` of positive test
 frames, precision ``p`` and recall 1, hence F1 = 2p / (1 + p). It is the floor any run's F1 must
 clear to mean something (F1 moves with ``p``; DISFA's AU25 baseline alone is high), so the report
-shows it per AU beside the runs.
+shows it per AU beside the runs, with the expected F1 of a predictor that says *present* at
+random at the AU's base rate (F1 = p, :func:`featbench.core.stats.chance_f1`): a run must beat
+both to have learnt anything.
 """
 
 import datetime as _dt
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from featbench.core import stats
 from featbench.core.identity import WeightsId, parse_members, weights_of
-from featbench.core.results import read_summary
+from featbench.core.results import (read_au_intervals, read_predictions, read_summary,
+                                    read_summary_rows, store_intervals)
+from featbench.core.splits import repeat_of
 from featbench.core.workspace import atomic_write_text, save_figure
 
-from classify.ensemble import command_for_run, read_predictions
-from featbench.app.claims import RUN_PLAN, claims_lines
+from classify.ensemble import command_for_run
+from featbench.app.claims import RUN_PLAN, claims_lines, power_lines
+from featbench.app.comparisons import Comparer, is_tied, ties_with_top
+from featbench.app.repeats import write_repeats
 from featbench.app.report_intensity import intensity_lines, is_intensity
 from featbench.app.report_cross import cross_lines
 from featbench.app.report_probe import probe_lines
@@ -29,6 +47,8 @@ from featbench.app.report_probe import probe_lines
 #: the PNG charts, beside report.md
 CHART_MEAN = "report_mean_f1.png"
 CHART_PER_AU = "report_per_au_f1.png"
+#: ``featbench report --latex``: the runs table for a paper, beside report.md
+LATEX_TABLE = "report_runs.tex"
 #: runs shown in the per-AU chart
 TOP_RUNS = 10
 
@@ -79,7 +99,8 @@ def all_positive_baseline(workspace, dataset):
     Returns
     -------
     dict
-        ``f1`` {AU: 2p/(1+p)} (nan when an AU has no labelled frame), ``p`` {AU: positive share},
+        ``f1`` {AU: 2p/(1+p)} (nan when an AU has no labelled frame), ``chance`` {AU: p} (the
+        expected F1 of saying present at random at the base rate), ``p`` {AU: positive share},
         ``frames`` (int), ``source`` (the run whose labels were used); empty when no predictions
         file exists.
     """
@@ -99,13 +120,13 @@ def all_positive_baseline(workspace, dataset):
         return {}
     pred = read_predictions(best)
     labels = pred["labels"]
-    f1, share = {}, {}
+    share = {}
     for a, au in enumerate(pred["aus"]):
         known = labels[:, a] >= 0
-        p = float(np.mean(labels[known, a] == 1)) if known.any() else float("nan")
-        share[au] = p
-        f1[au] = 2 * p / (1 + p) if known.any() and p > 0 else float("nan")
-    return {"f1": f1, "p": share, "frames": int(len(labels)), "source": best.stem}
+        share[au] = float(np.mean(labels[known, a] == 1)) if known.any() else float("nan")
+    return {"f1": {au: float(stats.all_positive_f1(p)) for au, p in share.items()},
+            "chance": {au: float(stats.chance_f1(p)) for au, p in share.items()},
+            "p": share, "frames": int(len(labels)), "source": best.stem}
 
 
 def _float(v):
@@ -119,6 +140,20 @@ def _float(v):
 def _num(v, scale=100.0, digits=1):
     v = _float(v)
     return "—" if math.isnan(v) else f"{v * scale:.{digits}f}"
+
+
+def _ci(v, lo, hi, *, scale=100.0, digits=1):
+    """``63.1 [58.8, 68.4]``; the value alone when there is no interval; ``—`` for nan."""
+    text = _num(v, scale, digits)
+    lo, hi = _float(lo), _float(hi)
+    if text == "—" or math.isnan(lo) or math.isnan(hi):
+        return text
+    return f"{text} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+
+
+def _mean_ci(r, metric, **kw):
+    """A summary row's ``mean_<metric>`` with its stored interval."""
+    return _ci(r.get(f"mean_{metric}"), r.get(f"mean_{metric}_lo"), r.get(f"mean_{metric}_hi"), **kw)
 
 
 def _md_table(header, rows):
@@ -173,12 +208,14 @@ def plot_mean_f1(ok, path, *, baseline=None):
                    if ((ok["model"] == model) & (ok["clf"] == cr[0]) & (ok["region"] == cr[1])).any()]
         for slot, (i, (clf, region)) in enumerate(present):
             sel = ok[(ok["model"] == model) & (ok["clf"] == clf) & (ok["region"] == region)]
-            y = float(sel["mean_f1"].max())
+            row = sel.loc[sel["mean_f1"].idxmax()]
+            y = float(row["mean_f1"])
             x = j + (slot - (len(present) - 1) / 2) * width
             label = f"{clf} / {region}" if i not in labelled else None
             labelled.add(i)
             ax.bar(x, y, width, label=label, color=cmap(i % 10))
-            ax.text(x, y + 0.01, f"{y * 100:.0f}", ha="center", va="bottom", fontsize=7)
+            top = _error_bar(ax, x, y, row)
+            ax.text(x, top + 0.01, f"{y * 100:.0f}", ha="center", va="bottom", fontsize=7)
     if baseline is not None and not math.isnan(baseline):
         ax.axhline(baseline, color="k", ls="--", lw=1, label=f"all-positive baseline ({baseline * 100:.1f})")
     labels = []
@@ -189,8 +226,11 @@ def plot_mean_f1(ok, path, *, baseline=None):
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("mean F1 over AUs")
-    ax.set_ylim(0, min(1.0, max([baseline or 0] + list(ok["mean_f1"])) + 0.15))
-    ax.set_title("Mean F1 per network and classifier / region")
+    highs = [_float(v) for v in (ok["mean_f1_hi"] if "mean_f1_hi" in ok else [])]
+    ax.set_ylim(0, min(1.05, max([baseline or 0] + list(ok["mean_f1"])
+                                 + [h for h in highs if not math.isnan(h)]) + 0.15))
+    ax.set_title("Mean F1 per network and classifier / region"
+                 + ("\n(error bars: interval over test subjects)" if highs else ""))
     handles, names = ax.get_legend_handles_labels()
     order = sorted(range(len(names)), key=lambda k: names[k].startswith("all-positive"))
     ax.legend([handles[k] for k in order], [names[k] for k in order], fontsize=7, ncol=2,
@@ -200,8 +240,20 @@ def plot_mean_f1(ok, path, *, baseline=None):
     save_figure(fig, path, dpi=110)
 
 
-def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
-    """Heatmap of per-AU F1 of the ``top`` best runs, with the all-positive baseline as last row."""
+def _error_bar(ax, x, y, row):
+    """Draw ``row``'s mean F1 interval as an error bar at ``x``; return the top of what was drawn."""
+    lo, hi = _float(row.get("mean_f1_lo")), _float(row.get("mean_f1_hi"))
+    if math.isnan(lo) or math.isnan(hi):
+        return y
+    ax.errorbar(x, y, yerr=[[max(y - lo, 0.0)], [max(hi - y, 0.0)]], fmt="none", ecolor="k",
+                elinewidth=0.8, capsize=2)
+    return max(y, hi)
+
+
+def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS, intervals=None, chance=None):
+    """Heatmap of per-AU F1 of the ``top`` best runs, with the all-positive baseline (and the F1
+    of guessing at the base rate, ``chance``) as last rows; each cell's interval (``intervals``:
+    {run: {AU: (lo, hi)}}) under its value."""
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     aus = _au_columns(ok)
@@ -209,37 +261,90 @@ def plot_per_au(ok, path, *, baseline=None, top=TOP_RUNS):
     names = [r["run"] + ((" (random-init members)" if r["clf"] == "vote" else " (random init)")
                          if is_random(r.get("weights")) else "") for _, r in rows.iterrows()]
     grid = [[_float(r.get(f"f1_{au}")) for au in aus] for _, r in rows.iterrows()]
-    if baseline:
-        names.append("all-positive baseline")
-        grid.append([baseline.get(au, float("nan")) for au in aus])
+    floors = [(name, per_au) for name, per_au in (("all-positive baseline", baseline),
+                                                   ("random at the base rate", chance)) if per_au]
+    for name, per_au in floors:
+        names.append(name)
+        grid.append([per_au.get(au, float("nan")) for au in aus])
     grid = np.array(grid, dtype=float).reshape(len(names), len(aus))
-    fig = Figure(figsize=(max(6.0, 0.6 * len(aus) + 4), 0.42 * len(names) + 1.6))
+    spans = [(intervals or {}).get(run, {}) for run in rows["run"]]
+    fig = Figure(figsize=(max(6.0, 0.75 * len(aus) + 4), 0.55 * len(names) + 1.6))
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             v = grid[i, j]
-            ax.text(j, i, "—" if math.isnan(v) else f"{v * 100:.0f}", ha="center", va="center",
-                    fontsize=7, color="white" if not math.isnan(v) and v < 0.6 else "black")
+            lo, hi = spans[i].get(aus[j], (np.nan, np.nan)) if i < len(spans) else (np.nan, np.nan)
+            text = "—" if math.isnan(v) else f"{v * 100:.0f}"
+            if not (math.isnan(v) or math.isnan(lo) or math.isnan(hi)):
+                text += f"\n{lo * 100:.0f}-{hi * 100:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                    color="white" if not math.isnan(v) and v < 0.6 else "black")
     ax.set_xticks(range(len(aus)))
     ax.set_xticklabels(aus, fontsize=8)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
-    if baseline:
-        ax.axhline(len(names) - 1.5, color="w", lw=2)
-    ax.set_title(f"Per-AU F1 (%) of the {len(rows)} best runs")
+    if floors:
+        ax.axhline(len(names) - len(floors) - 0.5, color="w", lw=2)
+    ax.set_title(f"Per-AU F1 (%) of the {len(rows)} best runs"
+                 + (" (under each: its interval)" if any(spans) else ""))
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="F1")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
 
 def headline(workspace, dataset, *, n=5):
-    """Return the top ``n`` runs by mean F1 as a markdown table (what ``featbench report`` prints)."""
+    """Return the top ``n`` runs by mean F1 as a markdown table (what ``featbench report`` prints),
+    each mean with its interval."""
     ok, _ = _split(read_summary(workspace, dataset))
-    ok = ok[~is_intensity(ok)]
-    return _md_table(["run", "weights", "mean F1", "mean acc"],
-                     [[r["run"], describe_weights(r.get("weights")), _num(r["mean_f1"]),
-                       _num(r["mean_accuracy"])] for _, r in ok.head(n).iterrows()])
+    ok = _main_runs(ok[~is_intensity(ok)])
+    return _md_table(["run", "weights", "mean F1 [interval]", "mean acc [interval]"],
+                     [[r["run"], describe_weights(r.get("weights")), _mean_ci(r, "f1"),
+                       _mean_ci(r, "accuracy")] for _, r in ok.head(n).iterrows()])
+
+
+def _main_runs(runs):
+    """The runs of the main tables: every run but the repeats of ``--repeats`` (own section)."""
+    if "protocol" not in runs:
+        return runs
+    return runs[[repeat_of(p) is None for p in runs["protocol"].astype(str)]]
+
+
+def store_missing_intervals(workspace, dataset, settings=None, *, renew=False):
+    """Compute and store the intervals of every succeeded run that has none yet (written before
+    intervals existed), from its predictions file; with ``renew``, also of runs whose stored
+    intervals were made with other settings. Returns the runs updated."""
+    settings = settings or stats.current_settings()
+    path = workspace.summary_csv(dataset)
+    done = []
+    for r in read_summary_rows(path) if path.exists() else []:
+        if r.get("error") or not workspace.predictions_path(dataset, r["run"]).exists():
+            continue
+        stored = (_float(r.get("ci_level")), _float(r.get("ci_resamples")))
+        if math.isnan(stored[0]) or (renew and stored != (settings.level, settings.resamples)):
+            if store_intervals(workspace, dataset, r["run"], clf=r.get("clf"), settings=settings):
+                done.append(r["run"])
+    return done
+
+
+@dataclass
+class _Evidence:
+    """What the report's tables know beyond summary.csv: intervals per AU, ties with the top run."""
+
+    settings: object
+    comparer: object
+    per_au: dict = field(default_factory=dict)
+    ties: dict = field(default_factory=dict)
+    subjects: int = 0
+
+
+def _evidence(workspace, dataset, summary, ok, settings):
+    comparer = Comparer(workspace, dataset, settings)
+    subjects = [_float(v) for v in summary.get("ci_subjects", [])]
+    return _Evidence(settings=settings, comparer=comparer,
+                     per_au={r: read_au_intervals(workspace, dataset, r) for r in ok["run"]},
+                     ties=ties_with_top(comparer, list(ok["run"])),
+                     subjects=int(max([v for v in subjects if not math.isnan(v)], default=0)))
 
 
 def training_curves(workspace, dataset, ok):
@@ -269,13 +374,18 @@ def training_curves(workspace, dataset, ok):
     return (["## Training curves (loss and validation mean F1 per epoch)", ""] + out) if out else []
 
 
-def make_report(workspace, dataset):
+def make_report(workspace, dataset, *, settings=None, latex=False):
     """Write ``results/<dataset>/report.md`` and its two PNG charts from ``summary.csv``.
 
     Parameters
     ----------
     workspace : Workspace
     dataset : str
+    settings : CISettings, optional
+        Intervals and tests (default :func:`featbench.core.stats.current_settings`); given, the
+        stored intervals made with other settings are computed again.
+    latex : bool
+        Also write :data:`LATEX_TABLE` (booktabs).
 
     Returns
     -------
@@ -287,28 +397,44 @@ def make_report(workspace, dataset):
     MissingRunError
         No run recorded for ``dataset`` yet.
     """
+    renew = settings is not None
+    settings = settings or stats.current_settings()
+    read_summary(workspace, dataset)  # no results yet: said before anything is computed
+    store_missing_intervals(workspace, dataset, settings, renew=renew)
     summary = read_summary(workspace, dataset)
     every, failed = _split(summary)
-    ok, ok_intensity = every[~is_intensity(every)], every[is_intensity(every)]  # own tables each
+    main = _main_runs(every)
+    ok, ok_intensity = main[~is_intensity(main)], main[is_intensity(main)]  # own tables each
     aus = _au_columns(summary)
     base = all_positive_baseline(workspace, dataset)
-    base_f1 = base.get("f1", {})
-    base_mean = float(np.nanmean([base_f1[a] for a in aus if a in base_f1])) \
-        if any(a in base_f1 and not math.isnan(base_f1[a]) for a in aus) else float("nan")
-    lines = (_header_lines(dataset, every, failed) + _weights_lines(every) + _baseline_lines(base, base_mean)
-             + _runs_lines(ok, base_mean) + _per_au_lines(ok, aus, base_f1, base_mean)
-             + _ensemble_lines(ok) + _claims_lines(workspace, dataset, ok)
+    ev = _evidence(workspace, dataset, summary, ok, settings)
+    lines = (_header_lines(dataset, every, failed) + _weights_lines(main)
+             + _statistics_lines(ev, ok) + _baseline_lines(base, aus)
+             + _runs_lines(ok, base, aus, ev) + _per_au_lines(ok, aus, base, ev)
+             + _ensemble_lines(ok) + _claims_lines(workspace, dataset, ok, ev)
+             + write_repeats(workspace, dataset, read_summary_rows(workspace.summary_csv(dataset)))
              + training_curves(workspace, dataset, ok)
-             + intensity_lines(workspace, dataset, ok_intensity, describe_weights)
-             + probe_lines(workspace, dataset, ok) + cross_lines(dataset, ok)
+             + intensity_lines(workspace, dataset, ok_intensity, describe_weights,
+                               comparer=ev.comparer)
+             + probe_lines(workspace, dataset, ok) + cross_lines(dataset, ok, ev.comparer)
              + _failed_lines(failed))
     if len(ok):
         out_dir = workspace.results_dir(dataset)
-        plot_mean_f1(ok, out_dir / CHART_MEAN, baseline=base_mean)
-        plot_per_au(ok, out_dir / CHART_PER_AU, baseline=base_f1 or None)
+        plot_mean_f1(ok, out_dir / CHART_MEAN, baseline=_mean_of(base.get("f1", {}), aus))
+        plot_per_au(ok, out_dir / CHART_PER_AU, baseline=base.get("f1") or None,
+                    intervals=ev.per_au, chance=base.get("chance") or None)
+        if latex:
+            atomic_write_text(out_dir / LATEX_TABLE, latex_table(ok, ev))
     path = workspace.report_path(dataset)
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _mean_of(per_au, aus):
+    """The nan-mean of ``per_au`` over ``aus``; nan when none is known."""
+    vals = [per_au[a] for a in aus if a in per_au and not math.isnan(per_au[a])]
+    return float(np.mean(vals)) if vals else float("nan")
+
 
 def _header_lines(dataset, ok, failed):
     """The report's title and what it covers: data set, protocols, date, run counts, how to redo it."""
@@ -341,40 +467,97 @@ def _weights_lines(ok):
                     "hand-crafted descriptor (HOG) or a network shipped with its own weights (dlib).", ""]
 
 
-def _baseline_lines(base, base_mean):
-    """The all-positive baseline's paragraph (none when the test labels are unknown)."""
-    if math.isnan(base_mean):
+def _statistics_lines(ev, ok):
+    """How sure the numbers are: the interval, the test, the correction (none without runs)."""
+    if not len(ok):
         return []
-    return [f"All-positive baseline (says *present* on every frame; F1 = 2p/(1+p) with p the "
-            f"share of positive test frames, from `{base['source']}`'s {base['frames']} test "
-            f"frames): mean F1 **{base_mean * 100:.1f}**. A run below it has learnt nothing "
-            "useful on average.", ""]
-
-
-def _runs_lines(ok, base_mean):
-    """The runs ranked by mean F1, one table row each."""
-    lines = ["## Runs by mean F1", "",
-             _md_table(["#", "run", "model", "region", "clf", "weights", "mean F1", "mean acc",
-                        "mean AUC"],
-                       [[i + 1, f"`{r['run']}`", r["model"], r["region"], r["clf"],
-                         describe_weights(r.get("weights")), _num(r["mean_f1"]),
-                         _num(r["mean_accuracy"]), _num(r.get("mean_auc"))]
-                        for i, (_, r) in enumerate(ok.iterrows())]), ""]
-    if not math.isnan(base_mean):
-        lines += [f"(all-positive baseline: mean F1 {base_mean * 100:.1f})", ""]
+    st = ev.settings
+    missing = [r for r in ok["run"] if not ev.comparer.has(r)]
+    lines = ["## How sure these numbers are", "",
+             f"Each value is shown as `value [low, high]`, its {st.level * 100:g}% interval: a "
+             f"{st.describe(ev.subjects or None)}. Subjects are resampled with all their frames, "
+             "because frames of one person are not independent; with few test subjects the "
+             "interval is wide, and that is the point. Intervals are not adjusted for the number "
+             "of values in a table; the tests are. "
+             "Differences between runs (the ranking's *vs top* column, the claims) are paired over "
+             f"the subjects both runs scored and decided by a {stats.TEST}, the p-values "
+             f"Holm-adjusted over the comparisons of each table (alpha {st.alpha:.2g}). "
+             "`featbench compare RUN_A RUN_B` shows one comparison in full, per AU.", ""]
+    if missing:
+        lines += [f"No interval for {', '.join(f'`{r}`' for r in missing)}: no predictions file "
+                  "(rerun the run to get one).", ""]
     return lines
 
 
-def _per_au_lines(ok, aus, base_f1, base_mean):
-    """The per-AU F1 table (baseline as last row) between the two charts."""
+def _baseline_lines(base, aus):
+    """The baselines' paragraph (none when the test labels are unknown)."""
+    base_mean = _mean_of(base.get("f1", {}), aus)
+    if math.isnan(base_mean):
+        return []
+    chance = _mean_of(base.get("chance", {}), aus)
+    return [f"What learning nothing scores, from `{base['source']}`'s {base['frames']} test "
+            f"frames (p: an AU's share of positive test frames): saying *present* on every frame "
+            f"(all-positive baseline, F1 = 2p/(1+p)) mean F1 **{base_mean * 100:.1f}**; saying "
+            f"*present* at random at the AU's base rate (expected F1 = p) mean F1 "
+            f"**{chance * 100:.1f}**. A run below them has learnt nothing useful on average; "
+            "per AU in the table below.", ""]
+
+
+def _vs_top(run, top, ev):
+    """The ranking's *vs top* cell: ``top``, ``≈ top`` (not told apart) or ``below``, with p."""
+    if run == top:
+        return "top"
+    c = ev.ties.get(run)
+    if c is None:
+        return "—"
+    p = c.get("p_adj", float("nan"))
+    p_text = "<0.001" if p < 0.001 else f"{p:.3f}"
+    return f"≈ top (p {p_text})" if is_tied(c, ev.settings.alpha) else f"below (p {p_text})"
+
+
+def _runs_lines(ok, base, aus, ev):
+    """The runs ranked by mean F1, one table row each, with intervals and ties with the top run."""
+    top = ok["run"].iloc[0] if len(ok) else None
+    tied = [r for r in ok["run"] if r in ev.ties and is_tied(ev.ties[r], ev.settings.alpha)]
+    lines = ["## Runs by mean F1", "",
+             _md_table(["#", "run", "model", "region", "clf", "weights", "mean F1 [interval]",
+                        "vs top", "mean acc [interval]", "mean AUC [interval]"],
+                       [[i + 1, f"`{r['run']}`", r["model"], r["region"], r["clf"],
+                         describe_weights(r.get("weights")), _mean_ci(r, "f1"),
+                         _vs_top(r["run"], top, ev), _mean_ci(r, "accuracy"), _mean_ci(r, "auc")]
+                        for i, (_, r) in enumerate(ok.iterrows())]), ""]
+    if top is not None and ev.ties:
+        lines += [f"*vs top*: the paired test of each run against `{top}` (Holm over the "
+                  f"{len(ev.ties)} comparisons); ≈ top: not distinguishable from it on this data "
+                  f"({len(tied)} run{'s' if len(tied) != 1 else ''}).", ""]
+        lines += power_lines(list(ev.ties.values()), ev.settings)
+    base_mean = _mean_of(base.get("f1", {}), aus)
+    if not math.isnan(base_mean):
+        lines += [f"(all-positive baseline: mean F1 {base_mean * 100:.1f}; random at the base "
+                  f"rate: {_mean_of(base.get('chance', {}), aus) * 100:.1f})", ""]
+    return lines
+
+
+def _au_cell(r, au, ev):
+    lo, hi = ev.per_au.get(r["run"], {}).get(au, (np.nan, np.nan))
+    return _ci(r.get(f"f1_{au}"), lo, hi, digits=0)
+
+
+def _per_au_lines(ok, aus, base, ev):
+    """The per-AU F1 table (the two baselines as last rows) between the two charts."""
+    f1, chance = base.get("f1", {}), base.get("chance", {})
+    rows = [[f"`{r['run']}`" + (" ⚠ random" if is_random(r.get("weights")) else "")]
+            + [_au_cell(r, a, ev) for a in aus] + [_mean_ci(r, "f1")] for _, r in ok.iterrows()]
+    if f1:
+        rows.append(["*all-positive baseline*"] + [_num(f1.get(a), digits=0) for a in aus]
+                    + [_num(_mean_of(f1, aus))])
+        rows.append(["*random at the base rate*"] + [_num(chance.get(a), digits=0) for a in aus]
+                     + [_num(_mean_of(chance, aus))])
     return [f"![mean F1 per network and classifier]({CHART_MEAN})", "",
-            "## Per-AU F1 (%)", "",
-            _md_table(["run"] + aus + ["mean"],
-                      [[f"`{r['run']}`" + (" ⚠ random" if is_random(r.get("weights")) else "")]
-                       + [_num(r.get(f"f1_{a}")) for a in aus] + [_num(r["mean_f1"])]
-                       for _, r in ok.iterrows()]
-                      + ([["*all-positive baseline*"] + [_num(base_f1.get(a)) for a in aus]
-                          + [_num(base_mean)]] if base_f1 else [])), "",
+            "## Per-AU F1 (%)", "", "Each cell: F1 [interval] in whole points (intervals this "
+            "wide make decimals noise; `featbench compare` and the runs' CSVs have them); the "
+            "mean column as in the ranking.",
+            "", _md_table(["run"] + aus + ["mean"], rows), "",
             f"![per-AU F1 of the best runs]({CHART_PER_AU})", ""]
 
 
@@ -387,8 +570,8 @@ def _ensemble_lines(ok):
             + [f"- `{r['run']}`: {r['members']}" for _, r in ensembles.iterrows()] + [""])
 
 
-def _claims_lines(workspace, dataset, ok):
-    """The paper's claims checked on these runs (:mod:`featbench.app.claims`), with the networks
+def _claims_lines(workspace, dataset, ok, ev):
+    """The paper's claims decided on these runs (:mod:`featbench.app.claims`), with the networks
     the last ``featbench run`` left out (its ``run_plan.json``, when there is one)."""
     import json
 
@@ -399,7 +582,44 @@ def _claims_lines(workspace, dataset, ok):
         left = dict(plan.get("left_out") or {})
     except (OSError, ValueError, AttributeError):
         left = {}
-    return claims_lines(rows, left_out=left)
+    return claims_lines(rows, left_out=left, comparer=ev.comparer)
+
+
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text):
+    """``text`` with LaTeX's special characters escaped."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex_table(ok, ev):
+    """The runs by mean F1 as a booktabs table: mean F1 [interval], the best in bold, the runs
+    the paired test cannot tell apart from it marked with a dagger."""
+    level = f"{ev.settings.level * 100:g}"
+    top = ok["run"].iloc[0] if len(ok) else None
+    lines = [r"% featbench report --latex: needs \usepackage{booktabs}",
+             r"\begin{table}[t]", r"\centering",
+             r"\begin{tabular}{llrr}", r"\toprule",
+             rf"Run & Weights & Mean F1 [{level}\,\% CI] & Mean acc. \\", r"\midrule"]
+    for _, r in ok.iterrows():
+        f1 = _tex(_mean_ci(r, "f1"))
+        if r["run"] == top:
+            f1 = rf"\textbf{{{f1}}}"
+        elif r["run"] in ev.ties and is_tied(ev.ties[r["run"]], ev.settings.alpha):
+            f1 = f1 + r"$^\dagger$"
+        # a table in a paper names the weights, not their file's digest
+        weights = _tex(describe_weights(r.get("weights")).replace("**", "").split(" sha256:")[0])
+        lines.append(rf"\texttt{{{_tex(r['run'])}}} & {weights} & {f1} & "
+                     rf"{_tex(_mean_ci(r, 'accuracy'))} \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              rf"\caption{{Mean F1 over AUs (\%) with its {level}\,\% interval: a "
+              rf"{_tex(ev.settings.describe(ev.subjects or None))}. Best in bold; "
+              rf"$^\dagger$: not distinguishable from the best by a {_tex(stats.TEST)} "
+              rf"(Holm-adjusted $p \geq {ev.settings.alpha:.2g}$).}}",
+              r"\label{tab:featbench-runs}", r"\end{table}", ""]
+    return "\n".join(lines)
 
 
 def _failed_lines(failed):

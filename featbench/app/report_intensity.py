@@ -5,14 +5,16 @@ tables (their ``mean_f1`` is the F1 of rounded intensity >= 2, shown here beside
 two tasks can be compared) and get their own section: a table ranked by mean ICC(3,1) with
 Pearson r, MAE and that F1; the per-AU ICC; and a chart of predicted against true intensity on
 the test frames of the best run with and without person calibration (from their predictions
-files).
+files). Each mean and per-AU ICC carries its interval (the subject-level bootstrap stored with
+the run, :mod:`featbench.core.stats`), and the ranking marks the runs a paired test of ICC
+cannot tell apart from the top run.
 """
 
 import math
 
 import numpy as np
 
-from classify.ensemble import read_predictions
+from featbench.core.results import read_au_intervals, read_predictions
 
 #: the predicted-vs-true chart, beside report.md
 CHART_INTENSITY = "report_intensity.png"
@@ -22,7 +24,12 @@ def is_intensity(summary):
     """Return a bool Series: the rows of intensity runs (rows without a ``task`` are occurrence)."""
     if "task" not in summary:
         return summary["run"].astype(str) != summary["run"].astype(str)
-    return summary["task"].fillna("").astype(str) == "intensity"
+    from classify.learn.task import TASKS  # the run's task says what it reports (ICC, r, MAE)
+
+    def reports_intensity(name):
+        return name in TASKS and "icc" in TASKS.get(name).COLUMNS
+
+    return summary["task"].fillna("").astype(str).map(reports_intensity).astype(bool)
 
 
 def _num(v, digits=3):
@@ -31,6 +38,41 @@ def _num(v, digits=3):
     except (TypeError, ValueError):
         return "—"
     return "—" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def _ci(r, key, digits=3, spans=None):
+    """``0.671 [0.602, 0.733]``: a value with its interval (``spans``: lo, hi), else alone."""
+    lo, hi = spans if spans is not None else (r.get(f"{key}_lo"), r.get(f"{key}_hi"))
+    text = _num(r.get(key), digits)
+    if text == "—" or _num(lo) == "—" or _num(hi) == "—":
+        return text
+    return f"{text} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
+def _f1(r):
+    """The F1 of rounded intensity, in %, with its interval."""
+    def pct(v):
+        try:
+            return float(v) * 100
+        except (TypeError, ValueError):
+            return float("nan")
+    return _ci({"v": pct(r["mean_f1"])}, "v", 1, (pct(r.get("mean_f1_lo")), pct(r.get("mean_f1_hi"))))
+
+
+def _ties(comparer, runs):
+    """``{run: "≈ top" | "below"}`` against the top run by ICC (empty without a comparer)."""
+    if comparer is None or not len(runs):
+        return {}
+    from featbench.app.comparisons import is_tied, ties_with_top
+
+    found = ties_with_top(comparer, list(runs["run"]), metric="icc")
+    return {run: "≈ top" if is_tied(c, comparer.settings.alpha) else "below"
+            for run, c in found.items()}
+
+
+def _icc_spans(workspace, dataset, runs):
+    """``{run: {AU: (lo, hi)}}`` of per-AU ICC from the runs' CSVs."""
+    return {run: read_au_intervals(workspace, dataset, run, metric="icc") for run in runs["run"]}
 
 
 def _table(header, rows):
@@ -87,7 +129,7 @@ def plot_predicted_vs_true(preds, path):
     fig.savefig(path, dpi=110)
 
 
-def intensity_lines(workspace, dataset, runs, describe_weights):
+def intensity_lines(workspace, dataset, runs, describe_weights, *, comparer=None):
     """Return the report's intensity section (and draw its chart); none when there is no such run.
 
     Parameters
@@ -96,26 +138,32 @@ def intensity_lines(workspace, dataset, runs, describe_weights):
         The succeeded intensity rows of ``summary.csv``.
     describe_weights : callable
         The report's description of a weights column.
+    comparer : featbench.app.comparisons.Comparer, optional
+        Marks the runs that cannot be told apart from the top run by ICC.
     """
     if not len(runs):
         return []
     runs = runs.sort_values("mean_icc", ascending=False, na_position="last", kind="stable")
     aus = sorted(c[4:] for c in runs.columns if c.startswith("icc_AU"))
+    ties, spans = _ties(comparer, runs), _icc_spans(workspace, dataset, runs)
+    top = runs["run"].iloc[0]
     lines = ["## Intensity runs by mean ICC(3,1)", "",
              "ICC(3,1), Pearson r and MAE of the predicted 0-5 intensity on the test frames, "
-             "averaged over AUs; F1 of rounded predicted intensity >= 2 against the occurrence "
-             "labels (comparable with the occurrence runs' F1, in %).", "",
-             _table(["#", "run", "model", "clf", "calibration", "weights", "mean ICC", "mean r",
-                     "mean MAE", "F1 (>= 2)"],
+             "averaged over AUs, each with its interval; F1 of rounded predicted intensity >= 2 "
+             "against the occurrence labels (comparable with the occurrence runs' F1, in %). "
+             "*vs top*: a paired test of mean ICC against the top run (Holm-adjusted).", "",
+             _table(["#", "run", "model", "clf", "calibration", "weights", "mean ICC", "vs top",
+                     "mean r", "mean MAE", "F1 (>= 2)"],
                     [[i + 1, f"`{r['run']}`", r["model"], r["clf"], _calibration(r),
-                      describe_weights(r.get("weights")), _num(r["mean_icc"]),
-                      _num(r.get("mean_pearson")), _num(r.get("mean_mae")),
-                      _num(float(r["mean_f1"]) * 100, 1) if _num(r["mean_f1"]) != "—" else "—"]
+                      describe_weights(r.get("weights")), _ci(r, "mean_icc"),
+                      "top" if r["run"] == top else ties.get(r["run"], "—"),
+                      _ci(r, "mean_pearson"), _ci(r, "mean_mae"), _f1(r)]
                      for i, (_, r) in enumerate(runs.iterrows())]), "",
-             "### Per-AU ICC(3,1)", "",
+             "### Per-AU ICC(3,1) [interval]", "",
              _table(["run"] + aus + ["mean"],
-                    [[f"`{r['run']}`"] + [_num(r.get(f"icc_{a}"), 2) for a in aus]
-                     + [_num(r["mean_icc"], 2)] for _, r in runs.iterrows()]), ""]
+                    [[f"`{r['run']}`"] + [_ci(r, f"icc_{a}", 2, spans.get(r["run"], {}).get(a))
+                                          for a in aus]
+                     + [_ci(r, "mean_icc", 2)] for _, r in runs.iterrows()]), ""]
     shown = []
     for run in chart_runs(runs):
         path = workspace.predictions_path(dataset, run)

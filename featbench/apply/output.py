@@ -71,12 +71,13 @@ def outputs_of(model, intensity=None):
         An intensity run as ``--run`` beside ``--intensity-run``, or an occurrence run as
         ``--intensity-run``.
     """
-    if intensity is None:
-        return Outputs(intensity=model) if model.task.name == "intensity" else Outputs(occurrence=model)
-    if model.task.name == "intensity":
+    if intensity is None:  # a run's task says which column its scores fill (Task.predict_column)
+        return (Outputs(intensity=model) if model.task.predict_column == "r"
+                else Outputs(occurrence=model))
+    if model.task.predict_column == "r":
         raise UsageError(f"--run {model.run} is an intensity run: give the occurrence run as --run "
                          f"and the intensity run as --intensity-run")
-    if intensity.task.name != "intensity":
+    if intensity.task.predict_column != "r":
         raise UsageError(f"--intensity-run {intensity.run} is an occurrence run (train one with "
                          "featbench classify --task intensity)")
     return Outputs(occurrence=model, intensity=intensity)

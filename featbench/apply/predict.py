@@ -129,7 +129,7 @@ def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, windo
     """Check the settings, load the run; return it and the side faces are aligned at (``size``:
     the first run's, which a second run must share)."""
     if detector not in F.DETECTORS:
-        raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS)})")
+        raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(F.DETECTORS.names())})")
     if int(batch_size) < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     if window is not None and int(window) < 1:

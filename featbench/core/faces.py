@@ -33,6 +33,7 @@ import threading
 import numpy as np
 
 from featbench.core.errors import DataError
+from featbench.core.registry import Registry
 from featbench.core.landmarks import INNER_MOUTH, JAW, LEFT_BROW, LEFT_EYE, NOSE, OUTER_MOUTH, RIGHT_BROW, RIGHT_EYE
 
 #: side of the square aligned face, in pixels; networks resize it to their own input
@@ -362,8 +363,22 @@ def _dlib_models():
         return m.hog, m.predictor
 
 
-#: face detectors :func:`detect_faces` takes
-DETECTORS = ("hog", "cnn")
+#: face detectors :func:`detect_faces` takes, by name: ``find(models, image, upsample) ->
+#: [(dlib rectangle, score)]`` (a new detector is one registered function)
+DETECTORS = Registry("face detector")
+
+
+@DETECTORS.register("hog")
+def _hog_faces(models, image, upsample):
+    """dlib's frontal HOG + linear SVM detector (score: the SVM margin)."""
+    rects, scores, _ = models.hog.run(image, upsample, 0.0)
+    return list(zip(rects, scores))
+
+
+@DETECTORS.register("cnn")
+def _cnn_faces(models, image, upsample):
+    """dlib's MMOD CNN detector (score: its confidence)."""
+    return [(d.rect, d.confidence) for d in models.cnn(image, upsample)]
 
 
 def detect_faces(image_rgb, *, detector="hog", all_faces=True):
@@ -388,20 +403,13 @@ def detect_faces(image_rgb, *, detector="hog", all_faces=True):
         An image larger than :data:`DETECT_MAX_SIDE` is searched at that size (boxes are
         given in the full image's pixels, landmarks fitted on it).
     """
-    if detector not in DETECTORS:
-        from featbench.core.errors import UsageError
-
-        raise UsageError(f"unknown face detector {detector!r} (choices: {', '.join(DETECTORS)})")
+    find = DETECTORS.get(detector)  # an unknown name: one line with the choices
     img = np.ascontiguousarray(image_rgb, dtype=np.uint8)
     small, scale = _detection_copy(img)
     with _borrow_dlib() as models:
         found = []
         for upsample in (0, 1):
-            if detector == "hog":
-                rects, scores, _ = models.hog.run(small, upsample, 0.0)
-                found = list(zip(rects, scores))
-            else:
-                found = [(d.rect, d.confidence) for d in models.cnn(small, upsample)]
+            found = find(models, small, upsample)
             if found or max(small.shape[:2]) >= 800:
                 break
         found.sort(key=lambda rs: -rs[0].width() * rs[0].height())

@@ -10,12 +10,21 @@
     ``mean_auc``, ``created``, ``error``...). Writing a run replaces that run's row and keeps
     every other row; a failed run is a row with its ``error``, never silently dropped.
 
-Intensity runs (``task`` = ``intensity``, :mod:`classify.intensity_run`) write the same two
-files: their per-run CSV starts ``au,icc,pearson,mae,f1,support,frames`` (F1 and the rest of
+Intensity runs (``task`` = ``intensity``: the task passes its columns and summary fields) write
+the same two files: their per-run CSV starts ``au,icc,pearson,mae,f1,support,frames`` (F1 and the rest of
 its family score rounded intensity >= 2 against the occurrence labels, so the tasks compare);
 their summary row has ``mean_f1`` / ``mean_accuracy`` of those decisions, ``f1_AUnn``, and
 ``mean_icc``, ``mean_pearson``, ``mean_mae`` and ``icc_AUnn``. Every row has a ``task`` column
 (a row written before it existed is an occurrence run).
+
+Intervals (:mod:`featbench.core.stats`): a run written with its predictions file
+(``write_run(..., predictions=path)``) gets, beside each metric, ``<metric>_lo`` and
+``<metric>_hi`` in its CSV (every AU row and the mean row: the subject-level bootstrap interval at
+the current :func:`featbench.core.stats.current_settings`), and in its summary row
+``mean_f1_lo``, ``mean_f1_hi`` (likewise ``mean_accuracy``, ``mean_auc``, and an intensity
+run's ``mean_icc``, ``mean_pearson``, ``mean_mae``) with ``ci_level``, ``ci_resamples`` and
+``ci_subjects``. :func:`store_intervals` adds them to a run written without (an older
+workspace), from its predictions file, without retraining.
 
 Both files are written through a temporary file and renamed, and the summary is updated under
 a lock, so parallel runs never lose each other's rows.
@@ -39,8 +48,12 @@ SUMMARY_COLUMNS = ("run", "model", "region", "clf", "mean_f1", "mean_accuracy")
 _MEANED = ("f1", "accuracy", "precision", "recall", "auc", "f1_std", "f1_05", "icc", "pearson",
            "mae")
 #: summary columns that hold numbers (checked by :func:`read_summary_rows`)
-_NUMERIC = ("mean_f1", "mean_accuracy", "mean_auc", "mean_icc", "mean_pearson", "mean_mae")
+_NUMERIC = ("mean_f1", "mean_accuracy", "mean_auc", "mean_icc", "mean_pearson", "mean_mae",
+            "ci_level", "ci_resamples", "ci_subjects")
 _NUMERIC_PREFIXES = ("f1_AU", "icc_AU")
+_NUMERIC_SUFFIXES = ("_lo", "_hi")
+#: the summary's means that carry an interval (``mean_<metric>_lo`` / ``_hi``)
+SUMMARY_INTERVALS = ("f1", "accuracy", "auc", "icc", "pearson", "mae")
 
 
 def _fmt(v):
@@ -61,17 +74,18 @@ def _csv_text(columns, rows):
     return buf.getvalue()
 
 
-def run_table(rows, *, task="occurrence"):
+def run_table(rows, *, columns=RUN_COLUMNS):
     """Return the per-AU rows followed by the ``mean`` row, and the column order.
 
     Parameters
     ----------
     rows : list of dict
-        One per AU with at least ``au`` and the metrics of :data:`RUN_COLUMNS`
-        (:data:`INTENSITY_COLUMNS` for ``task="intensity"``).
-    task : {"occurrence", "intensity"}
+        One per AU with at least ``au`` and the metrics of ``columns``.
+    columns : tuple of str
+        The table's first columns, the task's (``Task.COLUMNS``: :data:`RUN_COLUMNS` for
+        occurrence, :data:`INTENSITY_COLUMNS` for intensity); the rows' other keys follow.
     """
-    first = INTENSITY_COLUMNS if task == "intensity" else RUN_COLUMNS
+    first = tuple(columns)
     extras = []
     for r in rows:
         extras += [k for k in r if k not in first and k not in extras]
@@ -85,7 +99,55 @@ def run_table(rows, *, task="occurrence"):
     return list(rows) + [mean], list(first) + extras
 
 
-def write_run(workspace, dataset, run, rows, *, meta):
+def run_intervals(predictions, *, clf, aus=None, settings=None):
+    """Return the intervals of a run from its predictions file.
+
+    Parameters
+    ----------
+    predictions : Path
+        The run's ``results/<ds>/predictions/<run>.h5``.
+    clf : str
+        The run's classifier (ensembles pool their folds: :func:`featbench.core.stats.pools_folds`).
+    aus : list of str, optional
+        Only these AUs (default: the file's).
+    settings : CISettings, optional
+        Default :func:`featbench.core.stats.current_settings`.
+
+    Returns
+    -------
+    per_au : dict
+        ``{AU: {"f1_lo": .., "f1_hi": .., ...}}``, and ``"mean"``: the mean row's.
+    record : dict
+        ``ci_level``, ``ci_resamples``, ``ci_subjects``: stored with the run.
+    """
+    from featbench.core import stats
+
+    settings = settings or stats.current_settings()
+    pred = read_predictions(predictions)
+    aus = [a for a in (aus or pred["aus"]) if a in pred["aus"]]
+    table = stats.subject_table(pred, pooled=stats.pools_folds(clf), aus=aus)
+    found = stats.run_intervals(table, settings)
+    out = {}
+    for i, au in enumerate(table.aus + ["mean"]):
+        out[au] = {}
+        for metric, (_, lo, hi) in found.items():
+            out[au][f"{metric}_lo"], out[au][f"{metric}_hi"] = float(lo[i]), float(hi[i])
+    return out, settings.record(len(table.subjects))
+
+
+def _interval_columns(columns, table, found):
+    """Put the ``<metric>_lo`` / ``_hi`` of ``found`` (:func:`run_intervals`) into the rows of
+    ``table`` (AUs and mean), after the other columns, for the metrics the table has."""
+    names = [f"{m}{end}" for m in columns if any(f"{m}_lo" in v for v in found.values())
+             for end in ("_lo", "_hi")]
+    nan = float("nan")
+    for r in table:
+        r.update({c: found.get(r["au"], {}).get(c, nan) for c in names})
+    return [c for c in columns if c not in names] + names
+
+
+def write_run(workspace, dataset, run, rows, *, meta, columns=RUN_COLUMNS, fields=None,
+              predictions=None):
     """Write ``results/<dataset>/<run>.csv`` and upsert the run's row in ``summary.csv``.
 
     Parameters
@@ -100,6 +162,14 @@ def write_run(workspace, dataset, run, rows, *, meta):
     meta : dict
         ``model``, ``region``, ``clf`` (required), ``task`` (default ``occurrence``), and
         provenance such as ``weights``, ``protocol``: written to the summary row.
+    columns : tuple of str
+        The first columns of the run's CSV (its task's, as :func:`run_table`).
+    fields : callable, optional
+        ``fields(mean, rows) -> dict``: the task's own summary columns after ``task``
+        (intensity: ``mean_icc``... and ``icc_AUnn``).
+    predictions : Path, optional
+        The run's predictions file: its intervals are computed from it and stored (module
+        docstring), at :func:`featbench.core.stats.current_settings`.
 
     Returns
     -------
@@ -107,7 +177,12 @@ def write_run(workspace, dataset, run, rows, *, meta):
         The per-run CSV.
     """
     task = meta.get("task") or "occurrence"
-    table, columns = run_table(rows, task=task)
+    table, columns = run_table(rows, columns=columns)
+    ci = {}
+    if predictions is not None:
+        found, ci = run_intervals(predictions, clf=meta.get("clf"), aus=[r["au"] for r in rows])
+        table = [dict(r) for r in table]
+        columns = _interval_columns(columns, table, found)
     path = workspace.run_csv(dataset, run)
     atomic_write_text(path, _csv_text(columns, table))
     mean = table[-1]
@@ -117,15 +192,54 @@ def write_run(workspace, dataset, run, rows, *, meta):
         row[f"f1_{r['au']}"] = r["f1"]
     row["mean_auc"] = mean.get("auc", float("nan"))
     row["task"] = task
-    if task == "intensity":
-        row.update({f"mean_{k}": mean[k] for k in ("icc", "pearson", "mae")})
-        row.update({f"icc_{r['au']}": r["icc"] for r in rows})
+    if fields is not None:
+        row.update(fields(mean, rows))
+    if ci:
+        row.update(_summary_intervals(mean, row))
+        row.update(ci)
     row.update({k: v for k, v in meta.items() if k not in row})
     row.setdefault("dataset", dataset)
     row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
     row["error"] = ""
     upsert_summary(workspace, dataset, row)
     return path
+
+
+def _summary_intervals(mean, row):
+    """The summary's ``mean_<metric>_lo`` / ``_hi`` of the run's mean row, for the means it has."""
+    return {f"mean_{m}{end}": mean.get(f"{m}{end}", float("nan"))
+            for m in SUMMARY_INTERVALS if f"mean_{m}" in row for end in ("_lo", "_hi")}
+
+
+def store_intervals(workspace, dataset, run, *, clf, settings=None):
+    """Add (or renew) a finished run's intervals in its CSV and summary row, from its predictions
+    file: what an existing workspace gets on ``featbench report``, without retraining.
+
+    Returns
+    -------
+    bool
+        False when the run has no CSV or no predictions file (nothing to compute them from).
+    """
+    import csv as _csv
+
+    pred, path = workspace.predictions_path(dataset, run), workspace.run_csv(dataset, run)
+    if not (pred.exists() and path.exists()):
+        return False
+    with open(path, newline="", encoding="utf-8") as fh:
+        lines = list(_csv.DictReader(fh))
+    table = [r for r in lines if r.get("au")]
+    found, ci = run_intervals(pred, clf=clf, aus=[r["au"] for r in table if r["au"] != "mean"],
+                              settings=settings)
+    columns = _interval_columns(list(lines[0].keys()) if lines else [], table, found)
+    atomic_write_text(path, _csv_text(columns, table))
+    mean = found.get("mean", {})
+
+    def update(row):
+        row.update({k: _fmt(v) for k, v in _summary_intervals(mean, row).items()})
+        row.update({k: _fmt(v) for k, v in ci.items()})
+
+    update_summary_row(workspace, dataset, run, update)
+    return True
 
 
 def record_failure(workspace, dataset, run, error, *, meta):
@@ -148,12 +262,31 @@ def upsert_summary(workspace, dataset, row):
     with file_lock(path, what="updating"):
         rows = [r for r in read_summary_rows(path) if r["run"] != row["run"]] if path.exists() else []
         rows.append({k: v for k, v in row.items()})
-        f1_cols = sorted({k for r in rows for k in r if k.startswith("f1_AU")})
-        extra = []
-        for r in rows:
-            extra += [k for k in r if k not in SUMMARY_COLUMNS and k not in f1_cols and k not in extra]
-        rows.sort(key=lambda r: r["run"])
-        atomic_write_text(path, _csv_text(list(SUMMARY_COLUMNS) + f1_cols + extra, rows))
+        _write_summary_rows(path, rows)
+
+
+def update_summary_row(workspace, dataset, run, update):
+    """Call ``update(row)`` on ``run``'s summary row (a dict of strings) and write it back, under
+    the summary's lock; no-op when the run has no row."""
+    path = workspace.summary_csv(dataset)
+    if not path.exists():
+        return
+    with file_lock(path, what="updating"):
+        rows = read_summary_rows(path)
+        mine = [r for r in rows if r["run"] == run]
+        if mine:
+            update(mine[0])
+            _write_summary_rows(path, rows)
+
+
+def _write_summary_rows(path, rows):
+    """Write ``summary.csv``: the contract's columns, the ``f1_AU`` ones, then every other."""
+    f1_cols = sorted({k for r in rows for k in r if k.startswith("f1_AU")})
+    extra = []
+    for r in rows:
+        extra += [k for k in r if k not in SUMMARY_COLUMNS and k not in f1_cols and k not in extra]
+    rows.sort(key=lambda r: r["run"])
+    atomic_write_text(path, _csv_text(list(SUMMARY_COLUMNS) + f1_cols + extra, rows))
 
 
 def read_summary(workspace, dataset):
@@ -208,7 +341,7 @@ def read_summary_rows(path, *, header=False):
                          f"{got!r} {fix}")
     head = lines[0]
     numeric = [i for i, c in enumerate(head)
-               if c in _NUMERIC or c.startswith(_NUMERIC_PREFIXES)]
+               if c in _NUMERIC or c.startswith(_NUMERIC_PREFIXES) or c.endswith(_NUMERIC_SUFFIXES)]
     rows, seen = [], set()
     for lineno, fields in enumerate(lines[1:], 2):
         if not fields:
@@ -241,6 +374,28 @@ def read_run(workspace, dataset, run):
     if not os.path.exists(path):
         raise MissingRunError(f"{path}: run {run!r} not found (make it with featbench classify)")
     return pd.read_csv(path, na_values=["nan"])
+
+
+def read_au_intervals(workspace, dataset, run, *, metric="f1"):
+    """``{AU: (lo, hi)}`` of ``metric`` from ``run``'s CSV (the ``mean`` row too); empty when the
+    run has no CSV or no intervals stored."""
+    import csv
+
+    path = workspace.run_csv(dataset, run)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    return {r["au"]: (num(r[f"{metric}_lo"]), num(r[f"{metric}_hi"])) for r in rows
+            if r.get("au") and f"{metric}_lo" in r and f"{metric}_hi" in r}
 
 
 def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thresholds,
@@ -292,3 +447,51 @@ def write_predictions(path, *, frames, labels, scores, decisions, fold, aus, thr
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
     return path
+
+
+#: the datasets of a predictions file every reader expects
+PREDICTION_FIELDS = ("frames", "labels", "scores", "decisions", "fold")
+
+
+def read_predictions(path):
+    """Read a predictions file (:func:`write_predictions`) into a dict of arrays and attrs.
+
+    Returns
+    -------
+    dict
+        ``frames`` (n,) KEY_DTYPE, ``labels`` (n, k) int8, ``scores`` (n, k) float32,
+        ``decisions`` (n, k) int8, ``fold`` (n,) int8, ``aus`` list of k str, ``thresholds``
+        (k,) float, and the other attrs (``run``, ``model``, ``region``, ``clf``, ``weights``,
+        ``protocol``, ``dataset``, ``task``) as str; ``fold_thresholds`` (folds, k) when the
+        file has the per-fold thresholds dataset; ``intensities`` (n, k) int8 for an intensity
+        run (whose ``scores`` are predicted intensities).
+    """
+    import json
+
+    import h5py
+    import numpy as np
+
+    try:
+        with h5py.File(path, "r") as f:
+            out = {key: f[key][()] for key in PREDICTION_FIELDS if key in f}
+            if "thresholds" in f:  # (folds, k): the threshold each fold used
+                out["fold_thresholds"] = np.asarray(f["thresholds"][()], dtype=float)
+            if "intensities" in f:  # an intensity run's true 0-5 intensities
+                out["intensities"] = f["intensities"][()]
+            attrs = dict(f.attrs)
+    except OSError as exc:  # permission, a lock, or damage: said as what it is
+        from featbench.core.errors import describe_os_error
+
+        raise StoreError(f"{path}: cannot read the predictions file: "
+                         f"{describe_os_error(exc)}") from None
+    missing = [k for k in ("frames", "labels", "scores", "decisions") if k not in out]
+    if missing or "aus" not in attrs:
+        raise StoreError(f"{path}: predictions file lacks {', '.join(missing or ['attr aus'])}; "
+                         "rerun the classifier run that made it")
+    out.setdefault("fold", np.zeros(len(out["frames"]), dtype=np.int8))
+    aus = attrs.pop("aus")
+    out["aus"] = list(json.loads(aus) if isinstance(aus, (str, bytes)) else aus)
+    out["thresholds"] = np.asarray(attrs.pop("thresholds", np.zeros(len(out["aus"]))), dtype=float)
+    for key, value in attrs.items():
+        out[key] = value.decode() if isinstance(value, bytes) else value
+    return out

@@ -34,6 +34,10 @@ BP4D (a table whose subjects are all BP4D-Spontaneous ids, F001-F023 / M001-M018
     12/6/9). ``within``: Y's own default protocol itself. Both score exactly the same test
     frames, so their F1 side by side is the drop a change of data set costs. Other protocols
     are refused on a joined set (they would mix its sets' subjects at random).
+``kfold:K:rN``
+    Repeat N of ``kfold:K`` (``--repeats``): the same, with the subjects shuffled and the
+    validation subjects drawn with the split's own seed N instead of ``seed``, so that repeats
+    reassign subjects to folds while every other seeded choice (balancing, the solver) stays.
 ``own``
     The data set's own split (Aff-Wild2: Train_Set / Validation_Set): test = its validation
     set, as the ABAW literature reports; 20% of its training subjects are held out as
@@ -145,12 +149,11 @@ def make_splits(table, protocol="paper", *, seed=0):
                              f"{', '.join(missing[:5])}{'...' if len(missing) > 5 else ''} (use --protocol kfold:3)")
         return _folds(LITERATURE_FOLDS, seed, fraction=3 / 18, prefix="literature")
     if protocol.startswith("kfold:"):
-        try:
-            k = int(protocol.split(":", 1)[1])
-        except ValueError:
-            k = 0
+        k, repeat = _kfold_parts(protocol)
+        seed = seed if repeat is None else repeat  # a repeat's split has its own seed
         if k < 2:
-            raise UsageError(f"bad protocol {protocol!r}: use kfold:K with an integer K >= 2")
+            raise UsageError(f"bad protocol {protocol!r}: use kfold:K with an integer K >= 2 "
+                             "(kfold:K:rN for repeat N)")
         if k > len(subjects):
             raise UsageError(f"kfold:{k} needs at least {k} subjects, {table.dataset} has {len(subjects)}")
         perm = np.random.RandomState(seed).permutation(sorted(subjects))
@@ -244,6 +247,44 @@ def _bp4d_folds(table, seed):
     # ME-GraphAU's numbering: fold 1 tests part 3, fold 2 part 2, fold 3 part 1
     splits = _folds(parts[::-1], seed, fraction=3 / 27, prefix="bp4d")
     return splits
+
+
+def _kfold_parts(protocol):
+    """``(K, N)`` of ``kfold:K`` (N None) or ``kfold:K:rN``; K = 0 when malformed."""
+    parts = protocol.split(":")
+    try:
+        k = int(parts[1])
+        repeat = int(parts[2][1:]) if len(parts) == 3 and parts[2][:1] == "r" else None
+    except (ValueError, IndexError):
+        return 0, None
+    if len(parts) > 3 or (len(parts) == 3 and (repeat is None or repeat < 0)):
+        return 0, None
+    return k, repeat
+
+
+def repeat_protocols(protocol, repeats):
+    """The protocols of ``repeats`` repeated splits of ``protocol`` (``kfold:K``): ``kfold:K:r1``
+    ... ``kfold:K:rN``.
+
+    Raises
+    ------
+    UsageError
+        ``protocol`` is not a plain ``kfold:K``, or ``repeats`` < 2.
+    """
+    k, repeat = _kfold_parts(protocol) if protocol.startswith("kfold:") else (0, None)
+    if k < 2 or repeat is not None:
+        raise UsageError(f"--repeats needs a k-fold protocol (--protocol kfold:K, e.g. kfold:3), "
+                         f"got {protocol!r}: only k-fold splits can be drawn again")
+    if int(repeats) < 2:
+        raise UsageError(f"--repeats {repeats}: at least 2 (one split is the run itself)")
+    return [f"kfold:{k}:r{i}" for i in range(1, int(repeats) + 1)]
+
+
+def repeat_of(protocol):
+    """``(base protocol, N)`` of a repeat's protocol ``kfold:K:rN``, else None."""
+    protocol = str(protocol or "")
+    k, repeat = _kfold_parts(protocol) if protocol.startswith("kfold:") else (0, None)
+    return (f"kfold:{k}", repeat) if k >= 2 and repeat is not None else None
 
 
 def _folds(folds, seed, *, fraction, prefix):

@@ -470,13 +470,36 @@ def output_lock(paths, *, what="writing"):
         yield
 
 
+_HELD_RUNS = set()
+
+
+def _torchrun_rank():
+    """This process's rank under torchrun (``RANK`` of a ``WORLD_SIZE`` > 1), else 0."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
+@contextlib.contextmanager
 def run_lock(folder):
     """Hold the lock of a run folder (``results/<ds>/models/<run>/``) from a run's start to its end.
 
     A second command making the same run is refused at once (:class:`BusyError`), before it
-    trains anything, instead of failing later on the first one's temporary files.
+    trains anything, instead of failing later on the first one's temporary files. Within one
+    process the lock is re-entrant: a command that holds it while it prepares (fine-tuning's
+    network check, transfer's stages) keeps it through the driver's own hold.
     """
-    return file_lock(folder, wait=False, what="making")
+    key = str(Path(folder).resolve())
+    if key in _HELD_RUNS or _torchrun_rank() > 0:  # torchrun: rank 0 holds it for every rank
+        yield
+        return
+    with file_lock(folder, wait=False, what="making"):
+        _HELD_RUNS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_RUNS.discard(key)
 
 
 @contextlib.contextmanager

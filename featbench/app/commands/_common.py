@@ -48,3 +48,23 @@ def print_json(obj):
     import json
 
     print(json.dumps(obj, indent=None, sort_keys=False, default=str))
+
+
+def add_ci_args(p):
+    """Add ``--ci-resamples`` and ``--ci-level`` (also used by classify, run and report)."""
+    from featbench.core.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, MIN_RESAMPLES
+
+    p.add_argument("--ci-resamples", type=int, default=None, metavar="N",
+                   help=f"bootstrap resamples of the test subjects for every interval, and "
+                        f"permutations of the paired test (default: {DEFAULT_RESAMPLES}; at "
+                        f"least {MIN_RESAMPLES})")
+    p.add_argument("--ci-level", type=float, default=None, metavar="L",
+                   help=f"confidence level of the intervals; tests use alpha = 1 - L "
+                        f"(default: {DEFAULT_LEVEL})")
+
+
+def ci_settings_of(args):
+    """The :class:`featbench.core.stats.CISettings` of ``args``' ``--ci-*`` flags (checked)."""
+    from featbench.core.stats import check_settings
+
+    return check_settings(getattr(args, "ci_level", None), getattr(args, "ci_resamples", None))

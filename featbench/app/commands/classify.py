@@ -1,8 +1,8 @@
 """``featbench classify``: per-AU LDA / linear SVM / LSTM on a network's codes, scored by the
 protocol; with ``--task intensity``, per-AU ridge / linear SVR regression of the 0-5 intensities."""
 
-from featbench.app.commands._common import (add_dataset_args, load_table, refuse_occurrence_flags,
-                                           workspace_of)
+from featbench.app.commands._common import (add_ci_args, add_dataset_args, ci_settings_of,
+                                            load_table, workspace_of)
 
 
 def add_parser(subparsers):
@@ -17,17 +17,19 @@ def add_parser(subparsers):
     from classify.kinds import list_kinds  # names only: no estimator is imported
 
     p.add_argument("--clf", required=True,
-                   metavar="|".join(list_kinds(trained_by="classify") + ["ridge", "svr"]),
+                   metavar="|".join(list_kinds(trained_by="classify")),
                    help="lda (shrinkage LDA), svm (linear SVM, C chosen on validation) or lstm "
                         "(an LSTM over each subject's code sequence, epoch chosen on validation); "
                         "the run kinds of classify/kinds.py. --task intensity: ridge (alpha "
                         "chosen by ICC on validation), svr (linear SVR, C chosen so) or lstm "
                         "(a regression output, epoch chosen by validation ICC; tag intensity)")
-    p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
+    p.add_argument("--task", default=None, metavar="occurrence|intensity",
                    help="occurrence (present / absent, F1) or intensity (regression of the 0-5 "
                         "intensities: ICC(3,1), Pearson r, MAE, and F1 of rounded intensity >= 2; "
                         "needs a data set with intensities: disfa, synth, a folder manifest with "
-                        "AUnn_int columns) (default: occurrence)")
+                        "AUnn_int columns), or any task registered in Python "
+                        "(classify.learn.task.register_task) (default: the --clf's own: "
+                        "occurrence; intensity for ridge and svr)")
     p.add_argument("--calibrate", default="none", metavar="none|median|neutral",
                    help="person-specific calibration: subtract from each person's codes (one "
                         "subject's video; at predict time one face track) their median code, or "
@@ -70,6 +72,13 @@ def add_parser(subparsers):
                         "are read from HDF5 in blocks and too-large training sets are fitted "
                         "out of core (SGD linear SVM)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="with --protocol kfold:K: run N times, the subjects dealt into the K folds "
+                        "anew each time (protocols kfold:K:r1 ... kfold:K:rN, each split seeded "
+                        "by its number; --seed still seeds balancing and the solver), then print "
+                        "mean F1 mean ± sd over the repeats and write the repeats table "
+                        "(results/<ds>/repeats_kfoldK.csv / .md, also in featbench report)")
+    add_ci_args(p)
     _add_lstm_args(p)
     p.set_defaults(func=_run)
 
@@ -113,78 +122,87 @@ LSTM_FLAGS = ("hidden", "epochs", "patience", "lr", "weight_noise", "bidirection
 
 
 def _run(args):
+    from featbench.core.stats import using_settings
+
+    settings = ci_settings_of(args)  # bad --ci-* values fail before any data is read
+    protocols = [args.protocol]
+    if args.repeats is not None:
+        from featbench.core.splits import repeat_protocols
+
+        protocols = repeat_protocols(args.protocol, args.repeats)
+    results = []
+    with using_settings(settings):  # every run written here stores its intervals so
+        for protocol in protocols:
+            args.protocol = protocol
+            results.append(_run_one(args))
+    if args.repeats is not None and results[0] is not None:  # None: not torchrun's rank 0
+        _print_repeats(args, results)
+    return 0
+
+
+def _print_repeats(args, results):
+    """Mean F1 mean ± sd of this run over the repeats, and the workspace's repeats tables."""
+    import numpy as np
+
+    from featbench.app.repeats import write_repeats
+    from featbench.core.results import read_summary_rows
+
+    f1 = np.array([r["mean"]["f1"] for r in results], dtype=float)
+    print(f"{len(results)} repeated splits: mean F1 {np.nanmean(f1):.3f} ± "
+          f"{np.nanstd(f1, ddof=1):.3f} (sd over repeats; min {np.nanmin(f1):.3f}, max "
+          f"{np.nanmax(f1):.3f})")
+    ws = workspace_of(args)
+    if write_repeats(ws, args.dataset, read_summary_rows(ws.summary_csv(args.dataset))):
+        print(f"repeats tables: {ws.results_dir(args.dataset)}/repeats_*.md (and .csv)")
+
+
+def _run_one(args):
+    """One classify run of ``args`` (its protocol set); returns its result (None on a torchrun
+    rank other than 0)."""
     from classify.kinds import classifier_kind
-    from classify.learn.intensity import check_task
-    from classify.run import check_features, classify_run, default_model, format_result
+    from classify.learn.task import get_task
+    from classify.run import check_args, check_features, classify_run, default_model, format_result
     from featbench.core.calibrate import check_calibration
+    from featbench.core.errors import MissingRunError, UsageError
 
     check_calibration(args.calibrate)
-    task = check_task(args.task)
-    if task == "intensity" and args.clf != "lstm":  # the LSTM learns either task
-        return _run_intensity(args)
-    if task == "intensity":
-        _refuse_occurrence_flags(args, [("--tune-threshold", args.tune_threshold)])
-    classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    kind = classifier_kind(args.clf)  # bad names, bad flags and missing codes fail before any data is read
+    task = get_task(args.task or kind.task)  # a registered task's name works here
+    if args.repeats is not None and not task.classes:
+        raise UsageError(f"--repeats: runs of binary decisions only (the repeats table ranks by "
+                         f"F1; --task {task.name} regresses)")
+    lstm = {k: getattr(args, k) for k in LSTM_FLAGS if getattr(args, k) is not None}
+    if kind.options is not None:
+        lstm = kind.options(lstm)
+    elif lstm:
+        flags = ", ".join("--" + k.replace("_", "-") for k in lstm)
+        raise UsageError(f"{flags}: only for --clf lstm")
+    else:
+        lstm = None
     if args.scheduler:
         from classify.scale import probe_scheduler
 
         probe_scheduler(args.scheduler)  # seconds, not minutes, for an address that is no Dask
     if args.jobs is not None and args.jobs < 1 and args.jobs != -1:
-        from featbench.core.errors import UsageError
-
         raise UsageError(f"--jobs {args.jobs}: must be at least 1 (or -1: every core)")
-    lstm = {k: getattr(args, k) for k in LSTM_FLAGS if getattr(args, k) is not None}
-    if args.clf == "lstm":
-        from classify.lstm import options_from
-
-        lstm = options_from(lstm)
-    elif lstm:
-        from featbench.core.errors import UsageError
-
-        flags = ", ".join("--" + k.replace("_", "-") for k in lstm)
-        raise UsageError(f"{flags}: only for --clf lstm")
-    else:
-        lstm = None
+    check_args(args.clf, args.region, args.class_weight, lstm, args.calibrate, task,
+               args.tune_threshold)
     ws = workspace_of(args)
-    model = args.model or default_model(ws, args.dataset)
-    check_features(ws, args.dataset, model)
+    try:
+        model = args.model or default_model(ws, args.dataset)
+        check_features(ws, args.dataset, model)
+    except MissingRunError:
+        if task.needs_table:  # a data set the task cannot use says so first (no intensities)
+            task.check_table(load_table(args))
+        raise
     table = load_table(args)
-    if task == "intensity":
-        table.require_intensity()
+    task.check_table(table)
     result = classify_run(ws, args.dataset, model=model, clf=args.clf, region=args.region,
                           protocol=args.protocol, tune_threshold=args.tune_threshold,
-                          balance=args.balance is not False, class_weight=args.class_weight,
+                          balance=args.balance, class_weight=args.class_weight,
                           seed=args.seed, n_jobs=args.jobs, table=table, aus=args.aus,
                           progress=not args.quiet, lstm=lstm, scheduler=args.scheduler,
                           calibrate=args.calibrate, task=task)
-    print(format_result(result))
-    return 0
-
-
-def _refuse_occurrence_flags(args, flags):
-    """One line, exit 2, for the ``(flag, given)`` pairs given that only occurrence runs take."""
-    refuse_occurrence_flags(flags, f"--clf {args.clf}")
-
-
-def _run_intensity(args):
-    """``--task intensity``: per-AU ridge / SVR (classify.intensity_run)."""
-    from classify.intensity import get_regressor
-    from classify.intensity_run import intensity_run
-    from classify.run import check_features, default_model, format_result
-
-    get_regressor(args.clf)
-    _refuse_occurrence_flags(args, [
-        ("--tune-threshold", args.tune_threshold), ("--class-weight", args.class_weight),
-        ("--scheduler", args.scheduler),
-        *((f"--{k.replace('_', '-')}", getattr(args, k) is not None) for k in LSTM_FLAGS)])
-    table = load_table(args)
-    table.require_intensity()  # before the codes: a data set without intensities says so first
-    ws = workspace_of(args)
-    model = args.model or default_model(ws, args.dataset)
-    check_features(ws, args.dataset, model)
-    result = intensity_run(ws, args.dataset, model=model, clf=args.clf, region=args.region,
-                           protocol=args.protocol, balance=bool(args.balance), seed=args.seed,
-                           table=table, aus=args.aus, calibrate=args.calibrate,
-                           progress=not args.quiet)
-    print(format_result(result))
-    return 0
+    if result is not None:  # None: a torchrun rank other than 0 (rank 0 writes and prints)
+        print(format_result(result))
+    return result

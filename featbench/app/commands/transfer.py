@@ -93,7 +93,11 @@ def add_parser(subparsers):
                    help="what stage 2 learns: occurrence (BCE, F1) or intensity (the head regresses "
                         "the 0-5 intensities: MSE, epoch by validation ICC, outputs clipped to 0-5; "
                         "needs an AU data set with intensities, e.g. --dataset synth; run-name tag "
-                        "intensity) (default: occurrence)")
+                        "intensity; or a task registered in Python) (default: occurrence)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR",
+                   help="train the networks (stage 1's folds, stage 2) on the Dask cluster at ADDR "
+                        "(tcp://HOST:PORT, pip install 'featbench[dask]'; the workspace on a shared "
+                        "file system); under torchrun each rank trains a share, rank 0 writes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run, interrupted="what was written so far is kept and a rerun resumes")
 
@@ -137,6 +141,7 @@ def _run(args):
     import sys
 
     from classify.run import resolve_aus
+    from classify.learn.task import get_task
     from classify.transfer import (TransferSettings, check_start, format_result, parse_sizes,
                                    transfer_run)
     from featbench.core.datasets import load_dataset
@@ -161,11 +166,12 @@ def _run(args):
         au_table = load_dataset(args.dataset, root=args.root, workspace=ws, generate=True,
                                 progress=not args.quiet)
         aus = resolve_aus(au_table, "own", args.aus)
-        if settings.task == "intensity":
-            au_table.require_intensity()
+        get_task(settings.task).check_table(au_table)  # a task the data set cannot give says so
     if note:  # said before any training, after every input was checked
         print(f"{backbone} starts from {weights}: {note}", file=sys.stderr)
     out = transfer_run(ws, expr_table=expr, au_table=au_table, settings=settings, stage=args.stage,
-                       control=args.control, aus=aus, protocol=args.protocol, progress=not args.quiet)
-    print(format_result(out))
+                       control=args.control, aus=aus, protocol=args.protocol, progress=not args.quiet,
+                       scheduler=args.scheduler)
+    if out is not None:  # None: a torchrun rank other than 0 (rank 0 writes and prints)
+        print(format_result(out))
     return 0
