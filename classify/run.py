@@ -72,8 +72,8 @@ def classify_run_key(table, *, model, region, clf, protocol="paper", tune_thresh
     extra = [options.tag() if options else None, "bal" if balance and not kind.balance else None]
     return run_key(model, region, clf, protocol=protocol, tune_threshold=tune_threshold,
                    balance=balance or not kind.balance, class_weight=class_weight, seed=seed,
-                   calibrate=calibrate, aus=resolve_aus(table, protocol, aus),
-                   default_aus=resolve_aus(table, protocol),
+                   calibrate=calibrate, aus=resolve_aus(table, protocol, aus, task=task),
+                   default_aus=resolve_aus(table, protocol, task=task),
                    extra="-".join(e for e in extra if e) or None,
                    label_threshold=table.label_threshold, task_tag=kind.task_tag(task))
 
@@ -202,7 +202,7 @@ def plan_codes_run(workspace, dataset, *, model, clf, region="full", protocol="p
     table = table if table is not None else _load_table(workspace, dataset, progress)
     task.check_table(table)
     task = task.at_threshold(table.label_threshold)
-    au_list = resolve_aus(table, protocol, aus)
+    au_list = resolve_aus(table, protocol, aus, task=task)
     settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
                     class_weight=class_weight, seed=seed, calibrate=method)
     key = classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
