@@ -766,3 +766,23 @@ def test_predict_never_writes_over_a_model_file(toy, tmp_path, capsys):
         assert len(err) == 1 and says in err[0], err
     assert model.read_bytes() == before and other.read_bytes() == before
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_a_fine_tuned_networks_file_is_found_by_its_hash_or_as_the_only_candidate(tmp_path):
+    import hashlib
+
+    from featbench.apply.runmodel import finetuned_file
+    from featbench.core.identity import WeightsId
+
+    ws = Workspace(tmp_path)
+    folder = tmp_path / "results" / "synth" / "models" / "cnn__full__ft"
+    folder.mkdir(parents=True)
+    a, b = folder / "model.safetensors", folder / "fold2.safetensors"
+    a.write_bytes(b"network a")
+    digest = hashlib.sha256(b"network a").hexdigest()
+    assert finetuned_file(ws, WeightsId.parse(f"finetuned:cnn__full__ft sha256:{digest}")) == a
+    assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__full__ft")) == a  # the one file
+    assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__*")) is None  # a name, no pattern
+    b.write_bytes(b"network b")
+    assert finetuned_file(ws, WeightsId.parse(f"finetuned:cnn__full__ft sha256:{digest}")) == a
+    assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__full__ft")) is None  # which one?
