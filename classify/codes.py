@@ -51,6 +51,47 @@ def check_features(workspace, dataset, model, regions=("full",), table=None):
     return path
 
 
+def check_finetuned_codes(workspace, dataset, path, splits):
+    """Refuse codes of a network fine-tuned on subjects that ``splits`` test (or say it cannot tell).
+
+    A feature file whose weights are ``finetuned:<run>`` holds codes of the network the
+    fine-tuning run ``<run>`` trained; the folds its settings.json records
+    (``results/<dataset>/models/<run>/settings.json``) say which subjects it trained and
+    validated on. A classifier tested on one of them would score faces the network learned, so
+    this is refused before anything is trained or written. A network whose record is not in the
+    workspace (imported, or fine-tuned on another data set) cannot be checked: a warning on
+    stderr says so, and the run goes on.
+
+    Raises
+    ------
+    UsageError
+        Some subject that trained or validated the network is a test subject of ``splits``.
+    """
+    import sys
+
+    from featbench.core.identity import WeightsId
+    from featbench.core.splits import trained_test_subjects
+
+    weights = WeightsId.parse(feature_info(path)["attrs"].get("weights", ""))
+    if weights.kind != "finetuned":
+        return
+    record = workspace.models_dir(dataset, weights.name) / "settings.json"
+    try:
+        folds = json.loads(record.read_text())["folds"]
+        shared = trained_test_subjects(folds, splits)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        print(f"featbench: warning: {path}: codes of a network fine-tuned by {weights.name}, whose "
+              f"record ({record}) is not here: which subjects trained it is not checked",
+              file=sys.stderr)
+        return
+    if shared:
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        raise UsageError(
+            f"{path}: codes of the network fine-tuned by {weights.name}, which trained on "
+            f"{len(shared)} of this protocol's test subjects ({', '.join(shared[:3])}{more}): "
+            "classify them with the protocol it was fine-tuned under")
+
+
 def load_codes(workspace, dataset, model, regions, *, lazy=False):
     """Return ``(keys, {region: codes}, attrs)`` of the feature file of ``model``.
 

@@ -316,3 +316,49 @@ def test_shrinkage_lda_equals_sklearns_lsqr_auto(n, d):
         np.testing.assert_allclose(fast.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(fast.intercept_, ref.intercept_, rtol=1e-8)
         np.testing.assert_allclose(fast.decision_function(X), ref.decision_function(X), rtol=1e-7, atol=1e-9)
+
+
+def _finetuned_codes(ws, table, run="toy__full__ft__ml"):
+    """Codes ``toy-ft`` of the network the fine-tuning run ``run`` trained under the paper
+    protocol: its record holds its folds as the one writer records them."""
+    from classify.learn.writer import fold_record
+    from featbench.core.splits import make_splits
+
+    folder = ws.models_dir("synth", run)
+    folder.mkdir(parents=True)
+    folds = [fold_record(s, {}) for s in make_splits(table, "paper")]
+    (folder / "settings.json").write_text(json.dumps({"run": run, "clf": "ft", "folds": folds}))
+    write_features(ws, table, make_codes(table), model="toy-ft",
+                   weights=f"finetuned:{run} sha256:{'ab' * 32}")
+    return folder / "settings.json"
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("protocol", ["kfold:3", "literature"])
+def test_codes_of_a_network_fine_tuned_on_test_subjects_are_refused(tmp_path, capsys, monkeypatch,
+                                                                    protocol):
+    ws, table = Workspace(tmp_path), make_table(n_frames=8)
+    record = _finetuned_codes(ws, table)
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    argv = ["--workspace", str(ws.root), "classify", "--clf", "lda", "--model", "toy-ft",
+            "--quiet", "--jobs", "1", "--protocol"]
+    before = _listing(ws.root)
+    assert main(argv + [protocol]) == 2
+    err = capsys.readouterr().err
+    # the paper's 18 training + validation subjects: each is tested by some fold of the others
+    trained = sorted(PAPER_SPLIT["train"] + PAPER_SPLIT["validation"])
+    assert err.count("\n") == 1 and "toy__full__ft__ml" in err
+    assert f"trained on {len(trained)} of this protocol's test subjects ({', '.join(trained[:3])} " in err
+    assert _listing(ws.root) == before  # refused before the lock, the fit or a failure row
+    # the protocol it was fine-tuned under tests only subjects it never saw: the run is made
+    assert main(argv + ["paper"]) == 0
+    assert ws.predictions_path("synth", "toy-ft__full__lda").exists()
+    capsys.readouterr()
+    # a network whose record is not in the workspace cannot be checked: said, not refused
+    record.unlink()
+    assert main(argv + [protocol]) == 0
+    err = capsys.readouterr().err
+    assert "featbench: warning: " in err and "toy__full__ft__ml" in err and "not checked" in err
