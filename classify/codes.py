@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from featbench.core.aus import AU_REGION
-from featbench.core.errors import MissingRunError, StoreError, UsageError
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError
 from featbench.core.frames import KEY_DTYPE
 
 from classify.plan import REGION_CHOICES
@@ -62,6 +62,12 @@ def check_finetuned_codes(workspace, dataset, path, splits):
     workspace (imported, or fine-tuned on another data set) cannot be checked: a warning on
     stderr says so, and the run goes on.
 
+    Parameters
+    ----------
+    splits : sequence of Split, or a callable that returns them
+        The new run's folds; a callable is called only for codes of a fine-tuned network, so
+        that a protocol that does not fit the data set is said after the file's own problems.
+
     Raises
     ------
     UsageError
@@ -72,9 +78,13 @@ def check_finetuned_codes(workspace, dataset, path, splits):
     from featbench.core.identity import WeightsId
     from featbench.core.splits import trained_test_subjects
 
-    weights = WeightsId.parse(feature_info(path)["attrs"].get("weights", ""))
+    try:
+        weights = WeightsId.parse(feature_info(path)["attrs"].get("weights", ""))
+    except FeatbenchError:
+        return  # a damaged file: said by the run's reading of it, as its failure
     if weights.kind != "finetuned":
         return
+    splits = splits() if callable(splits) else splits
     record = workspace.models_dir(dataset, weights.name) / "settings.json"
     try:
         folds = json.loads(record.read_text())["folds"]

@@ -59,7 +59,7 @@ class CodeInputs:
 
         path = plan.workspace.features_path(plan.dataset, plan.model)
         if path.exists():  # absent: open() names the extract command, as the run's failure
-            check_finetuned_codes(plan.workspace, plan.dataset, path, plan.splits)
+            check_finetuned_codes(plan.workspace, plan.dataset, path, lambda: plan.splits)
 
     def open(self, plan, labels):
         from featbench.core.aus import AU_REGION
