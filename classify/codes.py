@@ -52,7 +52,7 @@ def check_features(workspace, dataset, model, regions=("full",), table=None):
 
 
 def check_finetuned_codes(workspace, dataset, path, splits):
-    """Refuse codes of a network fine-tuned on subjects that ``splits`` test (or say it cannot tell).
+    """Refuse codes of a network fine-tuned on subjects that ``splits`` test (or say it cannot).
 
     A feature file whose weights are ``finetuned:<run>`` holds codes of the network the
     fine-tuning run ``<run>`` trained; the folds its settings.json records

@@ -362,3 +362,54 @@ def test_codes_of_a_network_fine_tuned_on_test_subjects_are_refused(tmp_path, ca
     assert main(argv + [protocol]) == 0
     err = capsys.readouterr().err
     assert "featbench: warning: " in err and "toy__full__ft__ml" in err and "not checked" in err
+
+
+def _contents(root):
+    """Every file under ``root``: its path and bytes (temporary siblings included, by name)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_that_fails_while_writing_leaves_the_previous_run_whole(setup, capsys, monkeypatch):
+    import dataclasses
+
+    from classify.kinds import get_kind, register_kind
+    from featbench.core.errors import StoreError
+
+    ws, table, _ = setup
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    argv = ["--workspace", str(ws.root), "classify", "--clf", "lda", "--model", "toy", "--quiet",
+            "--jobs", "1"]
+    assert main(argv) == 0
+    results, run = ws.results_dir("synth"), "toy__full__lda"
+    before = _contents(results)
+    assert {f"predictions/{run}.h5", f"{run}.csv", "summary.csv"} <= set(before)
+    assert any(k.startswith(f"models/{run}/") for k in before)
+    # other codes: a rerun that got as far as writing would change every output
+    write_features(ws, table, make_codes(table, seed=2))
+    lda = get_kind("lda")
+
+    def save_then_fail(folder, record):
+        lda.save(folder, record)  # the model files are written, then the disk gives out
+        raise StoreError(f"{folder}: quota exceeded")
+
+    register_kind(dataclasses.replace(lda, save=save_then_fail), replace=True)
+    try:
+        assert main(argv) == 2
+    finally:
+        register_kind(lda, replace=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "quota exceeded" in err
+    assert _contents(results) == before  # the old predictions, models, table, row; no temp file
+    # the summary row goes in last: when it cannot, the three files already swapped in go back
+    summary = ws.summary_csv("synth")
+    summary.write_text(summary.read_text() + "damaged\n")
+    damaged = _contents(results)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "summary.csv:3: 1 fields" in err
+    assert _contents(results) == damaged
+    summary.write_bytes(before["summary.csv"])
+    assert main(argv) == 0  # once fixed, the rerun replaces all of them
+    after = _contents(results)
+    assert after[f"predictions/{run}.h5"] != before[f"predictions/{run}.h5"]
+    assert after[f"{run}.csv"] != before[f"{run}.csv"] and set(after) == set(before)
