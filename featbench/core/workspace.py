@@ -385,12 +385,16 @@ def made_by_featbench(path):
 
 
 def featbench_data_file(path):
-    """What an HDF5 file featbench wrote is, in words (a feature file, a predictions file, an
-    aligned-face cache), or None for any other file; told by the attributes each one carries."""
+    """What a data file featbench wrote is, in words (a feature file, a predictions file, an
+    aligned-face cache, a model file), or None for any other file; told by the attributes each
+    HDF5 file carries, and a model file by the format name it keeps."""
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
-                return None
+            head = fh.read(4096)
+        if head[:8] != b"\x89HDF\r\n\x1a\n":
+            text = head.lstrip().startswith(b"{") or head.startswith(PREDICTIONS_HEADER.encode())
+            return ("a featbench model file" if not text and _names_model_format(path, head)
+                    else None)
         import h5py
 
         with h5py.File(path, "r") as f:
