@@ -29,10 +29,20 @@ def featbench(*args, check=None, timeout=120, **kw):
     return proc
 
 
+def _sigint_as_a_terminal_gives_it():
+    """In the child: SIGINT back to its default. pytest started as a background job of a
+    non-interactive shell (`pytest &`, CI runners) inherits SIGINT ignored, and the Ctrl-C
+    tests would then send a signal the child never sees."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_featbench(*args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "featbench", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_a_terminal_gives_it)
 
 
 def assert_one_line_error(proc, *needles, status=2):
