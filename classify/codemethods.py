@@ -32,7 +32,7 @@ from featbench.core.aus import AU_REGION
 
 from classify.estimators import balance_indices, with_threshold
 from classify.learn.method import Method, Unit, UnitData
-from classify.learn.task import OCCURRENCE
+from classify.task import OCCURRENCE
 
 
 class CodesInput:
@@ -314,4 +314,21 @@ class RegressorMethod(CodesMethod):
         return None, s
 
 
-__all__ = ["ClassifierMethod", "RegressorMethod"]
+# --- the kinds' methods (RunKind.method: classify.basekinds names them) ----------------------
+def classifier_method(plan, inputs):
+    """The method of a per-AU classifier kind (``lda``, ``svm``...) on opened codes
+    (:class:`classify.driver.CodeInputs`)."""
+    return ClassifierMethod(plan.kind.estimator, inputs.codes, inputs.pos, region=plan.region,
+                            seed=plan.seed, balance=plan.setting("balance", True),
+                            class_weight=plan.setting("class_weight"),
+                            tune_threshold=plan.setting("tune_threshold", False),
+                            budget=inputs.budget, n_jobs=plan.setting("n_jobs"), task=plan.task)
+
+
+def regressor_method(plan, inputs):
+    """The method of an intensity regressor kind (``ridge``, ``svr``) on opened codes."""
+    return RegressorMethod(plan.kind.estimator, inputs.codes, inputs.pos, region=plan.region,
+                           seed=plan.seed, balance=plan.setting("balance", False), task=plan.task)
+
+
+__all__ = ["ClassifierMethod", "RegressorMethod", "classifier_method", "regressor_method"]

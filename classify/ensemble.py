@@ -50,7 +50,7 @@ from featbench.core.results import read_predictions, run_table, write_prediction
 from featbench.core.workspace import safe_name
 
 from classify.kinds import member_fingerprint
-from classify.learn.task import get_task
+from classify.task import get_task
 from classify.learn.writer import replace_folder
 from classify.vote import score_scales
 

@@ -58,7 +58,6 @@ on CUDA they train one after another on the device.
 """
 
 import os
-from functools import partial
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -69,12 +68,11 @@ from featbench.core.modelfile import open_model
 from featbench.core.aus import AU_REGION
 
 from classify.codemethods import CodesInput
-from classify.kinds import RunKind, record_fields
+from classify.kinds import record_fields
 from classify.learn.loop import unit_state, write_model
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
-from classify.modelcheck import LSTM_SPEC
-from classify.learn.task import OCCURRENCE
-from classify.infer import LSTMScorer, RunModel
+from classify.task import OCCURRENCE
+from classify.lstm_net import build_model, network_of
 from classify.training import TrainConfig
 from extract.encoders import resolve_device, run_network
 
@@ -300,62 +298,6 @@ def _torch():
     return torch
 
 
-def build_model(dims, n_out=1, *, hidden=200, bidirectional=False, mean=None, std=None):
-    """Return a :class:`SequenceLSTM` (made here so that torch loads only when needed)."""
-    return _model_class()(dims, n_out, hidden=hidden, bidirectional=bidirectional, mean=mean, std=std)
-
-
-_CLASS = None
-
-
-def _model_class():
-    global _CLASS
-    if _CLASS is not None:
-        return _CLASS
-    torch = _torch()
-    from torch import nn
-    from torch.nn.utils.rnn import PackedSequence
-
-    class SequenceLSTM(nn.Module):
-        """z-score -> LSTM (one layer) -> linear, one logit per AU and frame.
-
-        ``forward`` takes a PackedSequence of raw codes and returns the logits of its frames,
-        shape (total frames, n_out), in the packed order (``packed.data``'s); training, the
-        run's scoring and predict's streaming (``hx``, ``state``) all go through it.
-        """
-
-        def __init__(self, dims, n_out=1, *, hidden=200, bidirectional=False, mean=None, std=None):
-            super().__init__()
-            self.dims, self.n_out, self.hidden, self.bidirectional = dims, n_out, hidden, bidirectional
-            mean = torch.zeros(dims) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-            std = torch.ones(dims) if std is None else torch.as_tensor(std, dtype=torch.float32)
-            self.register_buffer("mean", mean.clone())
-            self.register_buffer("std", std.clone())
-            self.lstm = nn.LSTM(dims, hidden, batch_first=False, bidirectional=bidirectional)
-            # the input weights start at zero and their weight noise is scaled to the code's
-            # width: see "The input weights" in the module docstring
-            self.noise_scales = {}
-            if dims > hidden:  # a code wider than the state (PyTorch's init is made for less)
-                with torch.no_grad():
-                    for name, w in self.lstm.named_parameters():
-                        if name.startswith("weight_ih"):
-                            w.zero_()
-                            self.noise_scales[f"lstm.{name}"] = (hidden / dims) ** 0.5
-            self.head = nn.Linear(hidden * (2 if bidirectional else 1), n_out)
-
-        def forward(self, packed, hx=None, *, state=False):
-            """Logits of the packed frames; with ``state``, ``(logits, (h, c))`` that a next
-            stretch of the same sequences continues from (``hx``)."""
-            x = (packed.data.float() - self.mean) / self.std
-            out, hx = self.lstm(PackedSequence(x, packed.batch_sizes, packed.sorted_indices,
-                                               packed.unsorted_indices), hx)
-            logits = self.head(out.data)
-            return (logits, hx) if state else logits
-
-    _CLASS = SequenceLSTM
-    return _CLASS
-
-
 def fit_scaler(X):
     """Return (mean, std) of the rows ``X`` (std 1 where a feature is constant)."""
     X = np.asarray(X, dtype=np.float64)
@@ -559,7 +501,7 @@ def lstm_method(plan, inputs):
 
 
 def save_fits(folder, record):
-    """The ``lstm`` kind's ``save`` (:data:`KIND`): each trained network of a run once into
+    """The ``lstm`` kind's ``save`` (:data:`classify.netkinds.LSTM`): each trained network of a run once into
     ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
     results = record.results
     # the manifest lists the units that have a network (what rebuilds it: dims, hidden...); an
@@ -583,42 +525,3 @@ def load_model(path, unit):
     if entry is None or unit not in model.groups:
         raise StoreError(f"{path}: no LSTM unit {unit!r} (it has {', '.join(model.groups)})")
     return network_of(entry, unit_state(model, unit)), entry
-
-
-def network_of(entry, state):
-    """The :class:`SequenceLSTM` of a unit ``entry`` with ``state`` loaded, in eval mode."""
-    model = build_model(entry["dims"], entry["n_out"], hidden=entry["hidden"],
-                        bidirectional=entry["bidirectional"])
-    model.load_state_dict(state)
-    return model.eval()
-
-
-# --- applying a saved LSTM: the kind's scorer ------------------------------------------------
-def load_lstm(model_file):
-    """The ``lstm`` kind's ``load``: each AU one output of its unit's network, carried along face
-    tracks (:class:`classify.infer.LSTMScorer`); a :class:`classify.infer.RunModel`."""
-    m = model_file.manifest
-    units, folds = m["settings"]["units"], []
-    for fi, fold in enumerate(m["folds"]):
-        scorers = {}
-        for name, e in units.items():
-            if e.get("fold", 0) != fi or name not in model_file.groups:
-                continue
-            for j, au in enumerate(e["aus"]):
-                if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
-                    scorers[au] = (LSTMScorer(model_file.tensors(name), j,
-                                              build=partial(network_of, e),
-                                              bidirectional=bool(e.get("bidirectional"))),
-                                   float(fold["thresholds"][au]))
-        folds.append(scorers)
-    if not any(folds):
-        raise StoreError(f"{model_file.path}: run {m['run']} has no trained network for any AU")
-    return RunModel.from_model_file(model_file, folds)
-
-
-#: the ``lstm`` run kind (the registry's entry, :mod:`classify.kinds`): an LSTM over each
-#: subject's sequence of codes (``featbench classify --clf lstm``)
-KIND = RunKind(name="lstm", load=load_lstm, save=save_fits, train="classify.run:classify_run",
-               command="featbench classify --clf lstm", method=lstm_method, options=options_from,
-               spec=LSTM_SPEC,
-               help="LSTM over each subject's code sequence, epoch chosen on validation")

@@ -46,7 +46,7 @@ from featbench.core.workspace import Workspace
 from classify.codes import (check_features, default_model, feature_info, join_codes,  # noqa: F401
                             load_codes, model_preprocessing, plain, read_run_codes)
 from classify.kinds import classifier_kind, get_kind, list_kinds
-from classify.learn.task import get_task
+from classify.task import get_task
 from classify.plan import (DEFAULT_LABEL_THRESHOLD, REGION_CHOICES, resolve_aus,  # noqa: F401
                            run_key, run_tag)
 
@@ -153,7 +153,7 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     calibrate : str
         Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`).
     task : str or Task, optional
-        A registered task (:func:`classify.learn.task.get_task`; default: the kind's own,
+        A registered task (:func:`classify.task.get_task`; default: the kind's own,
         ``occurrence``, or ``intensity`` for ``ridge`` / ``svr``).
 
     Returns

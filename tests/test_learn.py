@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from classify.estimators import balance_indices, decide  # noqa: E402
 from classify.infer import score_batches  # noqa: E402
 from classify.learn.method import Method, Unit, UnitData, counts, trainable  # noqa: E402
-from classify.learn.task import OCCURRENCE, Settled, Task, register_task, unregister_task  # noqa: E402
+from classify.task import OCCURRENCE, Settled, Task, register_task, unregister_task  # noqa: E402
 from classify.training import TrainConfig  # noqa: E402
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows  # noqa: E402
 from featbench.core.metrics import au_metrics, nanmean  # noqa: E402
