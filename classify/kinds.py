@@ -234,7 +234,7 @@ def record_fields(record):
     name, AUs, weights identity, the inputs' preprocessing, training data set and task."""
     return {"run": record.run, "aus": record.aus, "weights": record.meta["weights"],
             "preprocessing": record.inputs.preprocessing(record.plan),
-            "dataset": record.plan.dataset, "task": record.plan.task.name}
+            "dataset": record.plan.trained_on, "task": record.plan.task.name}
 
 
 def load_scorer(model_file):

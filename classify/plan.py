@@ -119,6 +119,14 @@ class PlanData:
         return self.table.dataset
 
     @property
+    def trained_on(self):
+        """The data set the folds train on: ``X`` of a joined ``X+Y`` under ``cross``
+        (:func:`featbench.core.datasets.joined.trained_on`), else :attr:`dataset`."""
+        from featbench.core.datasets.joined import trained_on
+
+        return trained_on(self.dataset, self.splits)
+
+    @property
     def splits(self):
         if self.given_splits is None:
             from featbench.core.splits import make_splits
@@ -156,6 +164,11 @@ class RunPlan:
     @property
     def dataset(self):
         return self.data.dataset
+
+    @property
+    def trained_on(self):
+        """The data set the run's manifest names as its training data (:class:`PlanData`)."""
+        return self.data.trained_on
 
     @property
     def run(self):

@@ -136,6 +136,10 @@ def test_cross_run_on_two_domains_side_by_side(domains, capsys):
     settings = json.loads((res / "models" / "hog__full__svm__cross" / "settings.json").read_text())
     fold = settings["folds"][0]
     assert all(s.startswith("synth/") for s in fold["train"] + fold["validation"])
+    for protocol, trained in (("cross", "synth"), ("within", "synth-b")):  # never the joined set
+        manifest = json.loads((res / "models" / f"hog__full__svm__{protocol}" / "manifest.json")
+                              .read_text())
+        assert manifest["training_data"]["dataset"] == trained
     summary = pd.read_csv(res / "summary.csv").set_index("run")
     assert summary.loc["hog__full__svm__cross", "protocol"] == "cross"
     for protocol in ("within", "cross"):
@@ -147,7 +151,15 @@ def test_cross_run_on_two_domains_side_by_side(domains, capsys):
     # each cell is the point estimate, then its subject-bootstrap interval (the statistics)
     assert cells[3].split(" [")[0] == f"{f1['within'] * 100:.1f}" and " [" in cells[3]
     assert cells[4].split(" [")[0] == f"{f1['cross'] * 100:.1f}" and " [" in cells[4]
-    assert cells[5] == f"{(f1['cross'] - f1['within']) * 100:.1f}"
+    # cross - within, paired over synth-b's test subjects: the point estimate is the difference
+    # of the two runs' F1, inside its interval; the verdict follows the Holm-adjusted p
+    diff, interval = cells[5].split(" [")
+    assert diff == f"{(f1['cross'] - f1['within']) * 100:.1f}"
+    lo, hi = (float(v) for v in interval.rstrip("]").split(", "))
+    assert lo <= float(diff) <= hi
+    p = float(cells[6])
+    assert 0 < p <= 1
+    assert cells[7] == ("not decided" if p >= 0.05 else "drop" if float(diff) < 0 else "gain")
 
 
 def test_cross_fine_tuned_network(domains, capsys):

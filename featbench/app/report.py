@@ -416,7 +416,7 @@ def make_report(workspace, dataset, *, settings=None, latex=False):
              + training_curves(workspace, dataset, ok)
              + intensity_lines(workspace, dataset, ok_intensity, describe_weights,
                                comparer=ev.comparer)
-             + probe_lines(workspace, dataset, ok) + cross_lines(dataset, ok)
+             + probe_lines(workspace, dataset, ok) + cross_lines(dataset, ok, ev.comparer)
              + _failed_lines(failed))
     if len(ok):
         out_dir = workspace.results_dir(dataset)

@@ -47,9 +47,41 @@ def cross_pairs(ok):
             for _, r in ok.iterrows() if str(r.get("protocol")) == CROSS]
 
 
-def cross_lines(dataset, ok):
+def _drops(pairs, comparer):
+    """Per pair, the paired comparison cross - within over Y's test subjects (None where a
+    side has no predictions file or no twin), Holm-adjusted over the table's pairs."""
+    twins = [i for i, (_, w) in enumerate(pairs) if w is not None]
+    out = [None] * len(pairs)
+    if comparer is None or not twins:
+        return out
+    found = comparer.compare_many([(str(pairs[i][0]["run"]), str(pairs[i][1]["run"]))
+                                   for i in twins], metric="f1")
+    for i, f in zip(twins, found):
+        out[i] = f
+    return out
+
+
+def _drop_cells(cross, within, found, pct, alpha):
+    """The table's drop, its interval and the test's verdict for one pair."""
+    from featbench.core.stats import verdict
+
+    if within is None:
+        return ["", "", ""]
+    if found is None:  # no predictions to pair: the difference of the two point estimates
+        return [pct(float(cross["mean_f1"]) - float(within["mean_f1"])), "—", "not tested"]
+    diff, lo, hi = found["diff"][-1], found["lo"][-1], found["hi"][-1]
+    # the claim tested: training on the other set costs F1 (within - cross > 0)
+    said = verdict(-diff, found.get("p_adj", float("nan")), alpha)
+    word = {"holds": "drop", "reversed": "gain"}.get(said, "not decided")
+    return [f"{pct(diff)} [{pct(lo)}, {pct(hi)}]", f"{found.get('p_adj', float('nan')):.3f}",
+            word]
+
+
+def cross_lines(dataset, ok, comparer=None):
     """Return the report's cross-data-set lines ([] unless ``dataset`` is joined and has
-    ``cross`` runs): mean F1 within and across, the drop, then per AU."""
+    ``cross`` runs): mean F1 within and across, the drop with its paired interval and test
+    (``comparer``: :class:`featbench.app.comparisons.Comparer`; both runs score the same test
+    frames, so the drop is paired over Y's test subjects), then per AU."""
     from featbench.app.report_probe import _num as pct
     from featbench.app.report_intensity import _table
     from featbench.core.datasets.joined import split_name
@@ -61,12 +93,11 @@ def cross_lines(dataset, ok):
     xn, yn = parts
     aus = sorted(c[3:] for c in ok.columns if c.startswith("f1_AU"))
     rows, per_au = [], []
-    for cross, within in pairs:
-        drop = (float("nan") if within is None
-                else float(cross["mean_f1"]) - float(within["mean_f1"]))
+    alpha = 0.05 if comparer is None else comparer.settings.alpha
+    for (cross, within), found in zip(pairs, _drops(pairs, comparer)):
         rows.append([f"`{cross['model']}`", cross["region"], cross["clf"],
                      "— (run it with --protocol within)" if within is None else _f1(within, pct),
-                     _f1(cross, pct), pct(drop)])
+                     _f1(cross, pct), *_drop_cells(cross, within, found, pct, alpha)])
         for name, r in (("within", within), ("cross", cross)):
             if r is not None:
                 per_au.append([f"`{r['run']}` ({name})"] + [pct(r.get(f"f1_{a}")) for a in aus])
@@ -74,8 +105,12 @@ def cross_lines(dataset, ok):
             f"Each row: one network, region and classifier trained on {yn} (within, {yn}'s own "
             f"protocol) and on {xn} (cross: every choice, C and thresholds included, made on "
             f"{xn}'s subjects), both scored on the same test frames of {yn}; on the AUs both "
-            f"sets label. Mean F1 in %; drop = cross - within.", "",
+            f"sets label. Mean F1 in %; cross - within with its paired interval over {yn}'s "
+            f"test subjects, and the paired permutation test's p, Holm-adjusted over the "
+            f"rows: *drop* (or *gain*) when the change of data set decides it, else *not "
+            f"decided* at this sample size.", "",
             _table(["network", "region", "clf", f"trained on {yn}, tested on {yn}",
-                    f"trained on {xn}, tested on {yn}", "drop"], rows), "",
+                    f"trained on {xn}, tested on {yn}", "cross - within", "p (Holm)",
+                    "verdict"], rows), "",
             "Per AU (F1 %):", "",
             _table(["run"] + aus, per_au), ""]

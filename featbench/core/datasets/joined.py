@@ -115,3 +115,19 @@ def component(table, name):
     return FrameTable(name, table.root, table.aus, df.reset_index(drop=True),
                       has_intensity=table.has_intensity, pre_aligned=table.pre_aligned,
                       landmark_points=table.landmark_points, label_threshold=table.label_threshold)
+
+
+def trained_on(dataset, splits):
+    """Return the name of the data set whose subjects ``splits`` train and validate on.
+
+    For a joined set ``X+Y`` that is ``X`` under ``cross`` and ``Y`` under ``within``: what a
+    run's manifest and ``featbench predict``'s sidecar must name as its training data (a cross
+    run never saw Y). A plain name, or folds that train on subjects of both sets, give
+    ``dataset`` itself.
+    """
+    parts = split_name(dataset)
+    if not parts:
+        return str(dataset)
+    seen = {str(s).split(SUBJECT_SEP, 1)[0] for split in splits
+            for s in tuple(split.train) + tuple(split.validation)}
+    return seen.pop() if len(seen) == 1 and seen <= set(parts) else str(dataset)
