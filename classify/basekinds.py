@@ -13,6 +13,8 @@
     broke it there; each member's fingerprint refuses a member trained again since.
 """
 
+from dataclasses import replace
+
 import numpy as np
 
 from featbench.core.calibrate import check_calibration
@@ -43,7 +45,7 @@ def save_estimators(folder, record):
         folds[fi]["thresholds"][au] = float(fit.threshold)
         units[fi][au] = group
     write_run_model(folder, record.plan.kind.name, folds, {"models": models, "units": units},
-                    tensors, **record_fields(record))
+                    tensors, record_fields(record))
 
 
 def load_estimators(model_file, classes):
@@ -133,9 +135,9 @@ def save_regressors(folder, record):
     fields = record_fields(record)
     settings = {"units": units, "param": record.plan.kind.estimator.param,
                 "clip": [INTENSITY_MIN, INTENSITY_MAX], "label_threshold": task.threshold,
-                "calibrate": check_calibration(fields["preprocessing"].get("calibrate")),
+                "calibrate": check_calibration(fields.preprocessing.get("calibrate")),
                 "person": "one face track (a subject's video in training)"}
-    write_run_model(folder, record.plan.kind.name, folds, settings, tensors, **fields)
+    write_run_model(folder, record.plan.kind.name, folds, settings, tensors, fields)
 
 
 def load_regressors(model_file):
@@ -169,11 +171,13 @@ SVR = regressor_kind(RegressorSpec("svr", "C", SVR_CS, 1e-3,
 
 
 # --- votes ------------------------------------------------------------------------------------
-def save_vote(folder, trained, **fields):
-    """The ``save`` of ``vote``: ``trained`` = ``{"members", "scales" (members, aus), "fingerprints"}``."""
+def save_vote(folder, trained, fields):
+    """The ``save`` of ``vote``: ``trained`` = ``{"members", "scales" (members, aus),
+    "fingerprints"}``; ``fields``: its :class:`~classify.kinds.ModelFields` (members added)."""
     write_run_model(folder, "vote", [], {"members": list(trained["members"]),
                                          "fingerprints": trained["fingerprints"]},
-                    {"vote": {"scales": trained["scales"]}}, members=trained["members"], **fields)
+                    {"vote": {"scales": trained["scales"]}},
+                    replace(fields, members=list(trained["members"])))
 
 
 def load_vote(model_file):

@@ -354,15 +354,16 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, 
     digests) lets loading refuse a member trained again since.
     """
     from classify.basekinds import save_vote  # the kinds' module: scorers, torch, loaded here only
+    from classify.kinds import ModelFields
 
     manifests = [_member_manifest(workspace, dataset, m) for m in members]
     alignment = next(((m.get("preprocessing") or {}).get("alignment") for m in manifests if m), {})
     final = workspace.models_dir(dataset, run)
+    fields = ModelFields(run=run, aus=aus, weights=weights, dataset=dataset, task=task,
+                         preprocessing={"model": "", "regions": {}, "alignment": alignment or {}})
     replace_folder(final, lambda tmp: save_vote(
         tmp, {"members": members, "scales": np.asarray(scales, np.float64),
-              "fingerprints": [member_fingerprint(m) for m in manifests]},
-        run=run, aus=aus, weights=weights, dataset=dataset, task=task,
-        preprocessing={"model": "", "regions": {}, "alignment": alignment or {}}))
+              "fingerprints": [member_fingerprint(m) for m in manifests]}, fields))
     return final
 
 

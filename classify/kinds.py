@@ -66,7 +66,7 @@ class RunKind:
         ``load(model_file)`` -> RunModel (:class:`featbench.core.modelfile.ModelFile` in).
     save : callable, optional
         ``save(folder, record)`` (a :class:`~classify.learn.writer.RunRecord`) -> per-(fold,
-        AU) settings entries or None (the vote's: ``save(folder, trained, **fields)``).
+        AU) settings entries or None (the vote's: ``save(folder, trained, fields)``).
     train : str
         ``"module:function"`` of the function that trains a run of this kind
         (:meth:`trainer`).
@@ -219,22 +219,40 @@ def training_data(dataset):
     return describe_training_data(str(dataset))
 
 
-def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights, preprocessing,
-                    dataset, task="occurrence", members=None):
-    """Write a run's model folder: the manifest (:func:`~featbench.core.modelfile.create_manifest`)
-    and its tensor groups (``{group: {name: array}}``); what a kind's ``save`` calls."""
-    manifest = create_manifest(run=run, kind=kind, aus=aus, folds=folds, weights=weights,
-                               preprocessing=preprocessing, training_data=training_data(dataset),
-                               task=task, settings=settings, members=members)
+@dataclass(frozen=True)
+class ModelFields:
+    """What a run's manifest says of it beside its kind's own settings and tensors: its name,
+    AUs, the weights identity of the network it reads, the inputs' preprocessing, the data set
+    it was trained on (of a joined ``X+Y`` cross run: ``X``), its task (a vote: its members)."""
+
+    run: Any
+    aus: list
+    weights: Any
+    preprocessing: dict
+    dataset: str
+    task: str = "occurrence"
+    members: Optional[list] = None
+
+
+def write_run_model(folder, kind, folds, settings, tensors, fields):
+    """Write a run's model folder: the manifest (:func:`~featbench.core.modelfile.create_manifest`
+    of ``fields``, a :class:`ModelFields`) and its tensor groups (``{group: {name: array}}``);
+    what a kind's ``save`` calls."""
+    manifest = create_manifest(run=fields.run, kind=kind, aus=fields.aus, folds=folds,
+                               weights=fields.weights, preprocessing=fields.preprocessing,
+                               training_data=training_data(fields.dataset), task=fields.task,
+                               settings=settings, members=fields.members)
     return write_model(folder, manifest, tensors)
 
 
-def record_fields(record):
-    """The manifest's fields of a trained run (:class:`classify.learn.writer.RunRecord`): its
-    name, AUs, weights identity, the inputs' preprocessing, training data set and task."""
-    return {"run": record.run, "aus": record.aus, "weights": record.meta["weights"],
-            "preprocessing": record.inputs.preprocessing(record.plan),
-            "dataset": record.plan.trained_on, "task": record.plan.task.name}
+def record_fields(record, *, preprocessing=None):
+    """The :class:`ModelFields` of a trained run (:class:`classify.learn.writer.RunRecord`): its
+    name, AUs, weights identity, the inputs' preprocessing (unless the kind says its own),
+    training data set and task."""
+    return ModelFields(run=record.run, aus=record.aus, weights=record.meta["weights"],
+                       preprocessing=(record.inputs.preprocessing(record.plan) if preprocessing is None
+                                      else preprocessing),
+                       dataset=record.plan.trained_on, task=record.plan.task.name)
 
 
 def load_scorer(model_file):

@@ -67,11 +67,9 @@ from featbench.core.modelfile import open_model
 
 from featbench.core.aus import AU_REGION
 
-from classify.codemethods import CodesInput
-from classify.kinds import record_fields
+from classify.codemethods import CodesInput, FitSettings
 from classify.learn.loop import unit_state, write_model
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
-from classify.task import OCCURRENCE
 from classify.lstm_net import build_model, network_of
 from classify.training import TrainConfig
 from extract.encoders import resolve_device, run_network
@@ -362,24 +360,24 @@ class LSTMMethod(CodesInput, Method):
     codes : dict of region -> array (n_codes, dims) or the path of a ``.npy`` of it
     pos, group, frame : arrays by table row
         The row of a frame's codes (-1: none), its video's id, its frame number.
-    seed : int
-    tune_threshold, balance : bool
-    class_weight : {None, "balanced"}
+    fit : classify.codemethods.FitSettings
+        Region, seed, task; ``tune_threshold``, ``balance``, ``class_weight`` (``balanced``:
+        positive frames weighted) as ``featbench classify``'s flags.
     workers : int
         Networks trained at once (worker processes; CPU only).
+    subjects : str
+        The table's fingerprint (part of every unit's identity).
     """
 
     kind = "lstm"
     reduction = "sum"  # summed over the frames of a batch, as CURRENNT sums over time steps
 
-    def __init__(self, options, codes, pos, group, frame, *, seed=0, tune_threshold=False,
-                 balance=True, class_weight=None, workers=1, task=OCCURRENCE, region="full",
-                 subjects=""):
-        super().__init__(task)
+    def __init__(self, options, codes, pos, group, frame, fit, *, workers=1, subjects=""):
+        super().__init__(fit.task)
         self.options, self.codes, self.pos, self.group, self.frame = options, codes, pos, group, frame
-        self.seed, self.tune, self.balance, self.class_weight = seed, tune_threshold, balance, class_weight
+        self.seed, self.tune, self.balance = fit.seed, fit.tune_threshold, fit.balance
+        self.class_weight, self.region, self.subjects = fit.class_weight, fit.region, subjects
         self.workers, self.device = workers, resolve_device(options.device)
-        self.region, self.subjects = region, subjects
 
     def units(self, aus):
         """One network per AU (the paper), or with ``multilabel`` one per region over its AUs."""
@@ -494,15 +492,13 @@ def lstm_method(plan, inputs):
     cores = os.cpu_count() or 1
     workers = 1 if str(resolve_device(options.device)).startswith("cuda") else (
         cores if n_jobs in (None, -1) else int(n_jobs))
-    return LSTMMethod(options, inputs.codes, inputs.pos, group, frame, seed=plan.seed,
-                      workers=workers, tune_threshold=plan.setting("tune_threshold", False),
-                      balance=plan.setting("balance", True), class_weight=plan.setting("class_weight"),
-                      task=plan.task, region=plan.region, subjects=table.fingerprint())
+    return LSTMMethod(options, inputs.codes, inputs.pos, group, frame, FitSettings.of(plan),
+                      workers=workers, subjects=table.fingerprint())
 
 
 def save_fits(folder, record):
-    """The ``lstm`` kind's ``save`` (:data:`classify.netkinds.LSTM`): each trained network of a run once into
-    ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
+    """The ``lstm`` kind's ``save`` (:data:`classify.netkinds.LSTM`): each trained network of a
+    run once into ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
     results = record.results
     # the manifest lists the units that have a network (what rebuilds it: dims, hidden...); an
     # AU without one is said in settings.json (its error), as every kind says it
@@ -510,10 +506,8 @@ def save_fits(folder, record):
                         "model_file": f"{res.name}.safetensors"}
              for res in results if res.net is not None}
     if units:
-        fields = record_fields(record)
-        write_model(folder, record.method, record.run, record.aus, record.splits, results, units,
-                    weights=fields["weights"], preprocessing=fields["preprocessing"],
-                    dataset=fields["dataset"])
+        write_model(folder, record, preprocessing=record.inputs.preprocessing(record.plan),
+                    units=units)
 
 
 def load_model(path, unit):

@@ -599,8 +599,7 @@ def save_stage2(folder, record):
     backbone = {} if net is None else {"backbone": full_state_dict(method.spec, net.backbone)}
     thr = [float(t) for t in results[0].thresholds]
     prob = method.task.probability
-    write_model(folder, method, record.run, aus, record.splits, results, record.units,
-                weights=record.meta["weights"], dataset=plan.trained_on, extra=backbone,
+    write_model(folder, record, extra=backbone,
                 preprocessing={"model": settings.backbone, "input_size": method.input_size,
                                "regions": {a: "full" for a in aus},
                                "alignment": method.source.faces.settings},

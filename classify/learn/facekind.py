@@ -38,9 +38,7 @@ def save_face_run(folder, record):
     work = plan.workspace.models_dir(plan.dataset, plan.run).with_name(f".{plan.run}.partial")
     record.units = save_units(folder, work, record.results)
     faces, splits = record.inputs.faces, record.splits
-    write_model(folder, method, record.run, record.aus, splits, record.results, record.units,
-                weights=record.meta["weights"], dataset=plan.trained_on,
-                preprocessing={**method.preprocessing(record.aus, method.info),
-                               "alignment": faces["settings"]},
+    write_model(folder, record, preprocessing={**method.preprocessing(record.aus, method.info),
+                                               "alignment": faces["settings"]},
                 faces=faces["fingerprint"], folds=[s.name for s in splits] if len(splits) > 1 else [],
                 **method.model_settings(record.aus, splits, method.info))
