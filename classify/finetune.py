@@ -60,7 +60,6 @@ the fine-tuned network's codes into ``data/features/<ds>/<M>-ft.h5`` (weights id
 ``finetuned:<run> sha256:...``), for ``featbench classify --model <M>-ft``.
 """
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -74,7 +73,7 @@ from featbench.core.workspace import Workspace, run_lock
 
 from classify.ft_net import (HEADS, REINITS, check_choice, create_finetune_net, logit_difference,
                              scores_of, unit_network)
-from classify.learn.facerun import face_run
+from classify.learn.facerun import face_plan, face_run
 from classify.learn.loop import unit_state
 from classify.infer import score_batches
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
@@ -397,7 +396,6 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         Bad settings, weights of another architecture, a region without crops... Once the
         run's name is known, a failure is also recorded as its row in ``summary.csv``.
     """
-    t0 = time.time()
     config = config or FinetuneConfig(**kwargs)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     spec = get_spec(config.model)
@@ -421,9 +419,10 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
             meta["weights"] = info["weights"]
             aligned_path = aligned_path or ensure_aligned(table, workspace, progress=progress)
         meta.update(input_size=info["input_size"], epochs=config.epochs)
-        return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
-                        aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
-                        progress=progress, t0=t0, kind=FT, scheduler=scheduler)
+        method = FinetuneMethod(config, aligned_path, task)
+        return face_run(method, face_plan(method, workspace, table, run=run, aus=au_list, meta=meta,
+                                          protocol=config.protocol, seed=config.seed, kind=FT,
+                                          progress=progress, scheduler=scheduler), info=info)
 
 
 def check_network(config):
