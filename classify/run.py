@@ -34,7 +34,8 @@ Multi-fold protocols average each metric over folds (``f1_std`` is the spread of
 folds, ``support`` the summed test positives) and store every test frame once.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Optional
 
 import numpy as np
 
@@ -52,30 +53,59 @@ from classify.plan import (DEFAULT_LABEL_THRESHOLD, REGION_CHOICES, resolve_aus,
 
 
 # --- the run -----------------------------------------------------------------------------------
-def classify_run_key(table, *, model, region, clf, protocol="paper", tune_threshold=False,
-                     balance=None, class_weight=None, seed=0, aus=None, options=None,
-                     calibrate="none", task=None):
-    """Return the :class:`~featbench.core.identity.RunKey` of a classify run with these settings.
+@dataclass(frozen=True)
+class CodesRun:
+    """What one run on codes is: :func:`classify_run`'s settings as one object, which names the
+    run (:meth:`key`) and is planned by :func:`plan_codes_run`.
 
-    The one place a classify run's name is computed (through :func:`classify.plan.run_key`):
-    :func:`classify_run` names its outputs with it and ``featbench run``
-    (:mod:`featbench.app.pipeline`) plans and finds runs with it. The tags are the non-default
-    settings only (``aus`` other than the protocol's, the table's label threshold, the kind's
-    own ``options.tag()``, a task that is not the kind's own; ``options`` None: the kind's
-    defaults). A kind balanced by default tags ``nobal`` when it is not; one that is not
-    (``ridge``, ``svr``) tags ``bal`` when it is.
+    Fields as :func:`classify_run`'s arguments (``options``: its ``lstm``, the kind's own).
     """
-    kind = classifier_kind(clf)
-    task = get_task(task or kind.task)
-    options = kind.options(options) if kind.options is not None else None
-    balance = kind.balance if balance is None else bool(balance)
-    extra = [options.tag() if options else None, "bal" if balance and not kind.balance else None]
-    return run_key(model, region, clf, protocol=protocol, tune_threshold=tune_threshold,
-                   balance=balance or not kind.balance, class_weight=class_weight, seed=seed,
-                   calibrate=calibrate, aus=resolve_aus(table, protocol, aus),
-                   default_aus=resolve_aus(table, protocol),
-                   extra="-".join(e for e in extra if e) or None,
-                   label_threshold=table.label_threshold, task_tag=kind.task_tag(task))
+
+    model: str
+    clf: str
+    region: str = "full"
+    protocol: str = "paper"
+    tune_threshold: bool = False
+    balance: Optional[bool] = None
+    class_weight: Optional[str] = None
+    seed: int = 0
+    aus: Any = None
+    options: Any = None
+    calibrate: str = "none"
+    task: Any = None
+    n_jobs: Optional[int] = None
+    scheduler: Optional[str] = None
+    progress: bool = True
+
+    def key(self, table):
+        """The :class:`~featbench.core.identity.RunKey` of this run on ``table``: the one place a
+        classify run's name is computed (through :func:`classify.plan.run_key`).
+
+        The tags are the non-default settings only (``aus`` other than the protocol's, the
+        table's label threshold, the kind's own ``options.tag()``, a task that is not the kind's
+        own; ``options`` None: the kind's defaults). A kind balanced by default tags ``nobal``
+        when it is not; one that is not (``ridge``, ``svr``) tags ``bal`` when it is.
+        """
+        kind = classifier_kind(self.clf)
+        task = get_task(self.task or kind.task)
+        options = kind.options(self.options) if kind.options is not None else None
+        balance = kind.balance if self.balance is None else bool(self.balance)
+        extra = [options.tag() if options else None, "bal" if balance and not kind.balance else None]
+        return run_key(self.model, self.region, self.clf, protocol=self.protocol,
+                       tune_threshold=self.tune_threshold, balance=balance or not kind.balance,
+                       class_weight=self.class_weight, seed=self.seed, calibrate=self.calibrate,
+                       aus=resolve_aus(table, self.protocol, self.aus),
+                       default_aus=resolve_aus(table, self.protocol),
+                       extra="-".join(e for e in extra if e) or None,
+                       label_threshold=table.label_threshold, task_tag=kind.task_tag(task))
+
+
+def classify_run_key(table, **settings):
+    """Return the :class:`~featbench.core.identity.RunKey` of a classify run with these settings
+    (:class:`CodesRun`'s fields: ``model``, ``clf``, ``region``, ``protocol``...; see
+    :meth:`CodesRun.key`): :func:`classify_run` names its outputs so and ``featbench run``
+    (:mod:`featbench.app.pipeline`) plans and finds runs with it."""
+    return CodesRun(**settings).key(table)
 
 
 def check_args(clf, region, class_weight, options, calibrate="none", task=None,
@@ -170,10 +200,11 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     """
     from classify.driver import CodeInputs, execute
 
-    plan = plan_codes_run(workspace, dataset, model=model, clf=clf, region=region, protocol=protocol,
-                          tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
-                          seed=seed, n_jobs=n_jobs, table=table, aus=aus, progress=progress,
-                          options=lstm, scheduler=scheduler, calibrate=calibrate, task=task)
+    plan = plan_codes_run(workspace, dataset, CodesRun(
+        model=model, clf=clf, region=region, protocol=protocol, tune_threshold=tune_threshold,
+        balance=balance, class_weight=class_weight, seed=seed, aus=aus, options=lstm,
+        calibrate=calibrate, task=task, n_jobs=n_jobs, scheduler=scheduler, progress=progress),
+        table=table)
     out = execute(plan, CodeInputs(streams=plan.kind.streams), plan.kind.method,
                   identity=_identity, talk=False)
     if out is not None:
@@ -187,32 +218,30 @@ def _identity(method, inputs):
                                               for k in ("created", "weights", "model")}}
 
 
-def plan_codes_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
-                   tune_threshold=False, balance=None, class_weight=None, seed=0, n_jobs=None,
-                   table=None, aus=None, progress=True, options=None, scheduler=None,
-                   calibrate="none", task=None):
-    """Return the :class:`~classify.plan.RunPlan` of a run on codes (:func:`classify_run`'s
-    arguments); UsageError for bad ones, before any data is read."""
+def plan_codes_run(workspace, dataset, settings, *, table=None):
+    """Return the :class:`~classify.plan.RunPlan` of a run on codes (``settings``: its
+    :class:`CodesRun`; ``table``: default, the data set loaded); UsageError for bad settings,
+    before any data is read."""
     from classify.plan import PlanData, RunPlan
 
-    kind, options, method, task = check_args(clf, region, class_weight, options, calibrate, task,
-                                              tune_threshold)
-    balance = kind.balance if balance is None else bool(balance)
+    s = settings
+    kind, options, calibrate, task = check_args(s.clf, s.region, s.class_weight, s.options,
+                                                s.calibrate, s.task, s.tune_threshold)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
-    table = table if table is not None else _load_table(workspace, dataset, progress)
+    table = table if table is not None else _load_table(workspace, dataset, s.progress)
     task.check_table(table)
     task = task.at_threshold(table.label_threshold)
-    au_list = resolve_aus(table, protocol, aus)
-    settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-                    class_weight=class_weight, seed=seed, calibrate=method)
-    key = classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
-                           options=options, task=task, **settings)
-    meta = _run_meta(kind, options, table, task, dict(model=model, region=region, clf=clf,
-                                                      dataset=dataset), settings)
-    return RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
-                   kind=kind, task=task, model=model, region=region, protocol=protocol,
-                   aus=tuple(au_list), seed=seed, key=key, meta=meta, options=options,
-                   common={**settings, "n_jobs": n_jobs}, progress=progress, scheduler=scheduler)
+    # the settings as checked: what names the run and what its row and settings.json record
+    s = replace(s, balance=kind.balance if s.balance is None else bool(s.balance), options=options,
+                calibrate=calibrate, task=task, aus=resolve_aus(table, s.protocol, s.aus))
+    shared = dict(protocol=s.protocol, tune_threshold=s.tune_threshold, balance=s.balance,
+                  class_weight=s.class_weight, seed=s.seed, calibrate=s.calibrate)
+    meta = _run_meta(kind, options, table, task, dict(model=s.model, region=s.region, clf=s.clf,
+                                                      dataset=dataset), shared)
+    return RunPlan(workspace=workspace, data=PlanData(table, protocol=s.protocol, seed=s.seed),
+                   kind=kind, task=task, model=s.model, region=s.region, protocol=s.protocol,
+                   aus=tuple(s.aus), seed=s.seed, key=s.key(table), meta=meta, options=options,
+                   common={**shared, "n_jobs": s.n_jobs}, progress=s.progress, scheduler=s.scheduler)
 
 
 def _run_meta(kind, options, table, task, what, settings):
