@@ -71,8 +71,8 @@ from featbench.core.facesource import FaceInput, FaceSource, balanced_rows, draw
 from featbench.core.modelfile import open_model
 from featbench.core.workspace import Workspace, run_lock
 
-from classify.ft_net import (HEADS, REINITS, check_choice, create_finetune_net, logit_difference,
-                             scores_of, unit_network)
+from classify.ft_net import (HEADS, REINITS, check_choice, check_input_size, create_finetune_net,
+                             logit_difference, scores_of, unit_network)
 from classify.learn.facerun import face_plan, face_run
 from classify.learn.loop import unit_state
 from classify.infer import score_batches
@@ -156,6 +156,7 @@ class FinetuneConfig:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
         if int(self.batch_size) < 2:
             raise UsageError(f"--batch-size must be at least 2, got {self.batch_size}")
+        check_input_size(self.input_size)  # a huge one is refused as such, not tried ("too small")
         if self.tag is not None and (not str(self.tag).isalnum()):
             raise UsageError(f"--tag must be letters and digits only, got {self.tag!r}")
 

@@ -258,6 +258,9 @@ class RunModel:
     source: object = None
     task: Task = OCCURRENCE
     calibrate: str = "none"
+    #: a calibrated run's face tracks too short to calibrate so far: ``{track: faces}`` (their
+    #: rows' AU columns are empty; predict's summary and sidecar say how many)
+    uncalibrated: dict = field(default_factory=dict)
 
     @property
     def clf(self):
@@ -441,13 +444,16 @@ class RunModel:
             clf, thr = fold[au]
             X = codes[clf.codes_key if isinstance(clf, NetworkClassifier)
                       else (self.model, self.weights, self.au_regions[au])]
+            ok = np.isfinite(X).all(axis=1)  # nan: a track too short to calibrate, no score
             if isinstance(clf, TrackClassifier):
                 if tracks is None:
                     raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
                 raw = np.asarray(clf.score_tracks(X, tracks))
             else:
-                raw = np.asarray(clf.decision_function(X))
-            raw = task.output(raw)  # intensity: clipped to the scale
+                raw = np.full(n, np.nan)
+                if ok.any():
+                    raw[ok] = np.asarray(clf.decision_function(X[ok]))
+            raw = np.where(ok, task.output(raw), np.nan)  # intensity: clipped to the scale
             s[:, a], t[a] = raw.astype(np.float32), thr
             with np.errstate(invalid="ignore"):  # decided unrounded, as the run decided
                 d[:, a] = task.decide(raw, thr)
@@ -464,6 +470,9 @@ class RunModel:
         persons = np.array([repr(t[0]) for t in tracks])
         names, counts = np.unique(persons, return_counts=True)
         keep = np.isin(persons, names[counts >= MIN_REFERENCE_FRAMES])
+        for name, n in zip(names, counts):  # per track: too short, its rows stay empty
+            if n < MIN_REFERENCE_FRAMES:
+                self.uncalibrated[str(name)] = int(n)
         if not keep.any():
             raise CalibrationError(
                 f"run {self.run} calibrates each face track ({self.calibrate}), which needs at "

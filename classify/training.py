@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featbench.core import interrupt
 from featbench.core.errors import UsageError
 from featbench.core.threads import reader_threads, use_torch_threads
 from featbench.core.workspace import atomic_path, temp_sibling
@@ -228,7 +229,7 @@ def _train_epoch(model, batches, step_loss, optimizer, scaler, config, device, d
 
     model.train()
     total, count = None, 0
-    for batch in batches:
+    for batch in interrupt.between(batches):  # Ctrl-C: stop here; the last epoch's checkpoint stays
         batch = to_device(batch, device, channels_last=config.channels_last)
         if noise is not None:
             noise.add()

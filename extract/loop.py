@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from featbench.core import interrupt
 from featbench.core.align import AlignedFaces
 from featbench.core.facesource import FaceInput, FaceSource
+
 from extract.store import is_complete, open_store
 
 
@@ -124,6 +127,7 @@ def _encode_region(faces, rows, start, region, encoder, store, *, batch_size, wo
                                          depth=workers):
             codes = encoder(imgs)
             store.write(region, start + a, codes)
+            interrupt.check()  # Ctrl-C: stop here, the rows written are kept (rows_done)
             bar.update(len(codes))
             if on_batch is not None:
                 on_batch(region, start + a + len(codes))

@@ -36,7 +36,8 @@ from featbench.core.align import cache_fingerprint, cached_faces, read_cache_inf
 from featbench.core.errors import (FeatbenchError, MissingRunError, StoreError, describe_os_error,
                                    h5_errno)
 from featbench.core.frames import differences
-from featbench.core.workspace import atomic_path, check_free_space, file_lock
+from featbench.core.workspace import (atomic_path, check_free_space, file_lock, reserve_space,
+                                     trim_h5)
 
 FORMAT_VERSION = 1
 #: bytes per chunk of /<region>/codes: a few dozen rows of a 4096-d code
@@ -132,6 +133,8 @@ class FeatureWriter:
         ds = self.codes(region)
         end = start + len(codes)
         with self._os_errors(f"writing {region} codes"):
+            reserve_space(self.f, codes.shape[0] * codes.shape[1] * np.dtype(self.dtype).itemsize,
+                          f"writing {region} codes")  # HDF5 never meets a full disk
             ds[start:end] = codes.astype(self.dtype, copy=False)
             # the mark moves only after the rows are in the file: a crash between the two
             # rewrites those rows on resume, never skips them
@@ -150,6 +153,7 @@ class FeatureWriter:
                             raise
                         raise StoreError(f"{self.path}: damaged feature file ({exc}); pass "
                                          "--overwrite to replace it") from None
+                    trim_h5(self.path)  # the space reserved for rows and not used
         finally:
             if self._lock is not None:
                 self._lock.__exit__(None, None, None)

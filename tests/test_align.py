@@ -146,7 +146,7 @@ def test_frames_missing_from_a_video_are_counted(tmp_path):
     table = _table([_row(k, path, index=k) for k in range(5)], tmp_path, landmark_points=68)
     lms = np.stack([_moved(k) for k in range(5)])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("featbench.core.datasets.load_landmarks", lambda t: lms)
+        mp.setattr("featbench.core.datasets.load_landmarks", lambda t, **kw: lms)
         report = align_dataset(table, tmp_path / "faces.h5", progress=False)
     assert report.aligned == 3 and report.skipped["frame unreadable"] == 2
 

@@ -6,6 +6,7 @@ One section per numbered defect of the issue; each test reproduces it through th
 failed on the code before the fix.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -32,21 +33,27 @@ def hog_run(tmp_path_factory):
     ``predict`` applies it to any footage: faces are detected, aligned and HOG-encoded for
     real; without a face a frame is a ``success = 0`` row. Returns ``(workspace root, run)``.
     """
-    from classify.run import classify_run
-    from extract.store import open_store
     from featbench.core.workspace import Workspace
-    from test_classify import make_table
 
     ws = Workspace(tmp_path_factory.mktemp("hog-ws"))
+    return ws.root, hog_lda_run(ws)
+
+
+def hog_lda_run(ws, **kw):
+    """Train a ``hog`` LDA run (AU01, AU02) in ``ws`` on random HOG-sized codes where AU01
+    shifts one dimension; ``kw`` goes to classify_run (``calibrate=...``). Returns its name."""
+    from classify.run import classify_run
+    from extract.store import open_store
+    from test_classify import make_table
+
     table = make_table(n_frames=4)
     X = np.random.default_rng(0).random((len(table), 6084)).astype(np.float32)
     X[:, 0] += 3 * table.frames["AU01"].to_numpy()
     with open_store(ws.features_path("synth", "hog"), keys=table.keys(), model="hog", layer="HOG",
                     weights="none", input_size=112, dims=6084, overwrite=True) as w:
         w.write("full", 0, X)
-    res = classify_run(ws, "synth", table=table, model="hog", clf="lda", progress=False, n_jobs=1,
-                       aus="AU01,AU02")
-    return ws.root, res["run"]
+    return classify_run(ws, "synth", table=table, model="hog", clf="lda", progress=False,
+                        n_jobs=1, aus="AU01,AU02", **kw)["run"]
 
 
 def write_png(path, size=(80, 60), seed=0):
@@ -210,7 +217,7 @@ def test_2_a_second_identical_finetune_is_refused_at_the_start(tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
-    assert_one_line_error(proc, name, "another featbench process is making the run")
+    assert_one_line_error(proc, name, "another featbench process is making it")
     assert seconds < 30 and not (ws / "data" / "disfa").exists()  # nothing aligned, nothing trained
     assert sorted(p.name for p in run_dir.iterdir()) == [f".{name}.lock"]
 
@@ -573,9 +580,16 @@ def test_6_empty_garbage_and_all_zero_landmark_files_are_counted_skips(tmp_path,
 @pytest.fixture
 def small_disk(tmp_path):
     """A tmpfs of 1 MB mounted for the test (root only); yields its folder, unmounted after."""
-    where = tmp_path / "small"
+    with tmpfs(tmp_path / "small", "1m") as where:
+        yield where
+
+
+@contextlib.contextmanager
+def tmpfs(where, size):
+    """Mount a tmpfs of ``size`` (``1m``, ``128m``) at ``where`` for the block (root only; the
+    test is skipped where it cannot be mounted)."""
     where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                          capture_output=True, text=True)
     if res.returncode:
         pytest.skip(f"cannot mount a small file system here ({res.stderr.strip()})")

@@ -34,6 +34,8 @@ import sys
 import threading
 import time
 
+from featbench.core import interrupt
+
 #: one unit at a time per worker process: liblinear and torch draw from process-global state
 _FIT_LOCK = threading.Lock()
 
@@ -76,7 +78,9 @@ def run_local(method, jobs, *, work=None, done=None, progress=True, say=None):
     workers = max(1, min(int(method.workers), len(jobs)))
     if workers == 1:
         out = []
-        for job in (jobs if say is not None else tqdm(jobs, **_bar(method, jobs, progress))):
+        # Ctrl-C: at the next unit (the training loop itself stops at the next batch)
+        for job in interrupt.between(jobs if say is not None
+                                     else tqdm(jobs, **_bar(method, jobs, progress))):
             if say is not None:
                 say(job)
             out.append(train_unit(method, job, work=work, done=done, progress=progress))
@@ -88,7 +92,7 @@ def run_local(method, jobs, *, work=None, done=None, progress=True, say=None):
         pooled = method.for_pool(workers, tmp)
         gen = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
             delayed(_in_worker)(pooled, job, work, done, threads) for job in jobs)
-        return list(tqdm(gen, **_bar(method, jobs, progress)))
+        return list(tqdm(interrupt.between(gen), **_bar(method, jobs, progress)))
 
 
 def _in_worker(method, job, work, done, threads):

@@ -54,11 +54,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"featbench {__version__}")
-    parser.add_argument("--workspace", default=".", metavar="DIR",
-                        help="folder holding data/ and results/ (default: the current directory)")
-    parser.add_argument("--offline", action="store_true",
-                        help="never touch the network: pretrained weights come from the cache only "
-                             "(also FEATBENCH_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+    _add_global_flags(parser, default=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -69,7 +65,29 @@ def build_parser():
                 raise
             continue  # a command not built yet
         module.add_parser(sub)
+    _global_flags_everywhere(parser)
     return parser
+
+
+def _add_global_flags(parser, *, default):
+    """``--workspace`` and ``--offline``: featbench's own flags, which users also type after
+    the subcommand (``featbench run --workspace W``). Below the top level their default is
+    argparse.SUPPRESS, so a value given before the subcommand stands unless given again."""
+    keep = {} if default else {"default": argparse.SUPPRESS}
+    parser.add_argument("--workspace", metavar="DIR", **({"default": "."} if default else keep),
+                        help="folder holding data/ and results/ (default: the current directory)")
+    parser.add_argument("--offline", action="store_true", **keep,
+                        help="never touch the network: pretrained weights come from the cache only "
+                             "(also FEATBENCH_OFFLINE=1 or HF_HUB_OFFLINE=1)")
+
+
+def _global_flags_everywhere(parser):
+    """Give every subcommand (and sub-subcommand: ``data synth``) the global flags."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases: one parser, once
+                _add_global_flags(sub, default=False)
+                _global_flags_everywhere(sub)
 
 
 def main(argv=None):
@@ -83,7 +101,10 @@ def main(argv=None):
     previous = _catch_sigterm()
     try:
         _check_workspace(args.workspace)
-        status = args.func(args)
+        from featbench.core.interrupt import stop_at_next_batch
+
+        with stop_at_next_batch():  # Ctrl-C stops at the next batch, never half-swallowed
+            status = args.func(args)
     except FeatbenchError as exc:
         print(f"featbench: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code

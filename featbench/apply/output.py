@@ -85,10 +85,28 @@ def outputs_of(model, intensity=None):
 
 def summary_line(stats, sources, seconds, outputs, out, plot):
     """The one line ``featbench predict`` prints at the end."""
+    short = stats.get("uncalibrated_tracks")
     return (f"{stats['frames']} frames ({stats['with_face']} with a face, {stats['faces']} faces) "
             f"of {len(sources)} input(s) in {seconds:.1f} s ({stats['frames'] / max(seconds, 1e-9):.1f} "
             f"frames/s) with {'; '.join(m.describe() for m in outputs.runs)}"
-            + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else ""))
+            + (f" -> {out}" if out is not None else "") + (f", {plot}" if plot is not None else "")
+            + (f"; {len(short)} face track(s) too short to calibrate ({stats['uncalibrated_faces']} "
+               "face(s)): their AU columns are empty" if short else ""))
+
+
+def uncalibrated_stats(runs):
+    """What a person-calibrated run could not calibrate (its per-track rule): the tracks seen in
+    fewer frames than a reference needs and their faces, for the summary and the sidecar;
+    ``{}`` when every track was calibrated (or no run calibrates)."""
+    short = {}
+    for m in runs:
+        for r in (m, *m.members):
+            short.update(r.uncalibrated)
+    if not short:
+        return {}
+    return {"uncalibrated_tracks": sorted(short), "uncalibrated_faces": int(sum(short.values())),
+            "uncalibrated_rule": "a face track seen in fewer frames than calibration needs is "
+                                 "not calibrated: its rows have a face and empty AU columns"}
 
 
 def trained_on(model):

@@ -12,16 +12,18 @@ A bidirectional LSTM looks ahead: its batches are windows of ``window`` frames
 calibrates each face track with all of its frames, as its training calibrated each subject's
 video: an input (a video, or a folder of images) is scored whole once it ends (encoded batch by
 batch as it streams, only the faces' codes held until then, so memory grows with the code size,
-not the face images), and a face seen in one frame only cannot be calibrated (its row's AU
-columns stay empty; an input of such faces only, a photo, is an error).
+not the face images), and a face track seen in one frame only cannot be calibrated: the rule
+is per track, so with ``--all-faces`` a passer-by in one frame gets a row with a face and empty
+AU columns, the other tracks are scored, and the summary and the sidecar count such tracks
+(``uncalibrated_tracks``); an input of such faces only, a photo, is an error.
 """
 
 import numpy as np
 
 from featbench.apply.encoders import DEFAULT_BATCH, encode_batch, encode_faces, join_codes
 from featbench.apply.faces import Tracker, detect_frame
-from featbench.apply.output import COLUMNS_HEAD
-from featbench.core import footage
+from featbench.apply.output import COLUMNS_HEAD, uncalibrated_stats
+from featbench.core import footage, interrupt
 from featbench.core._background import in_background, ordered_map
 from featbench.core.threads import use_torch_threads
 
@@ -134,8 +136,9 @@ def stream(sources, outputs, encoders, writer, *, detector, size, all_faces, bat
             emit(held, codes)
             held.clear()
 
-        for batch in batches(items, batch_size=batch_size, window=min(windows) if windows else None,
-                             tracker=tracker, whole=whole):
+        for batch in interrupt.between(  # Ctrl-C: stops at the next batch
+                batches(items, batch_size=batch_size, window=min(windows) if windows else None,
+                        tracker=tracker, whole=whole)):
             if not whole:
                 emit(batch)
             else:
@@ -153,6 +156,7 @@ def stream(sources, outputs, encoders, writer, *, detector, size, all_faces, bat
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=outputs.columns())
     if warnings:
         stats["warnings"] = warnings
+    stats.update(uncalibrated_stats(outputs.runs))  # the per-track rule: said, never a crash
     return table, stats
 
 

@@ -44,13 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featbench.core import faces
+from featbench.core import faces, interrupt
 from featbench.core._background import in_background, ordered_map
 from featbench.core.aus import REGIONS
 from featbench.core.errors import (StoreError, UsageError, describe_os_error, did_you_mean,
                                    h5_errno)
 from featbench.core.frames import differences
-from featbench.core.workspace import check_free_space, file_lock
+from featbench.core.workspace import check_free_space, file_lock, reserve_space, trim_h5
 
 FORMAT_VERSION = 1
 _OPEN_LOCK = threading.Lock()  # one AlignedFaces handle opened at a time
@@ -93,6 +93,9 @@ class AlignReport:
         Time this call spent.
     changed : list of str
         Why a previous cache was rebuilt: ``["SN001 pixels", "SN002 landmarks"]``.
+    damaged : list of str
+        Landmark files that could not be read (empty, garbage, cut short): their frames are
+        counted as without landmarks, and the files named.
     """
 
     path: Path
@@ -103,17 +106,25 @@ class AlignReport:
     skipped: dict = field(default_factory=dict)
     seconds: float = 0.0
     changed: list = field(default_factory=list)
+    damaged: list = field(default_factory=list)
 
     def summary(self):
         """Return the one-line summary the CLI prints."""
         if not self.built:
             return (f"cache up to date: {self.path} ({self.aligned} of {self.frames} frames "
-                    f"with a face)")
+                    f"with a face{self._damaged()})")
         skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
         rate = self.processed / self.seconds if self.seconds > 0 else float("nan")
         why = f"; rebuilt, changed: {', '.join(self.changed)}" if self.changed else ""
-        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}{why}) -> "
-                f"{self.path} in {self.seconds:.1f} s ({rate:.0f} frames/s)")
+        return (f"aligned {self.aligned} of {self.frames} frames (skipped: {skipped}{why}"
+                f"{self._damaged()}) -> {self.path} in {self.seconds:.1f} s ({rate:.0f} frames/s)")
+
+    def _damaged(self):
+        if not self.damaged:
+            return ""
+        names = ", ".join(self.damaged[:3]) + (", ..." if len(self.damaged) > 3 else "")
+        return (f"; {len(self.damaged)} landmark files unreadable, counted as no landmarks: "
+                f"{names}")
 
 
 def alignment_settings(table, *, size=None, compression=None):
@@ -262,7 +273,7 @@ def _up_to_date(table, path, fingerprint, t0):
         return None
     skipped = json.loads(info.get("skipped", "{}"))
     return AlignReport(path, False, len(table), int(info.get("aligned", 0)), 0, skipped,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, damaged=_json(info.get("damaged_landmarks")) or [])
 
 
 def _rebuild(table, path, settings, fingerprint, digests, t0, *, progress):
@@ -284,9 +295,12 @@ def _rebuild(table, path, settings, fingerprint, digests, t0, *, progress):
         seconds = time.perf_counter() - t0
         f.attrs.update({"skipped": json.dumps(skipped), "aligned": aligned, "seconds": seconds,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True})
+        damaged = _json(f.attrs.get("damaged_landmarks")) or []
         del f["done"]
+    trim_h5(partial)  # the space reserved for blocks and not used
     os.replace(partial, path)
-    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds, changed)
+    return AlignReport(path, True, len(table), aligned, processed, skipped, seconds, changed,
+                       damaged)
 
 
 def _json(text):
@@ -345,7 +359,9 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
         if not table.pre_aligned and table.landmark_points > 0:
             from featbench.core import datasets
 
-            landmarks = datasets.load_landmarks(table)
+            damaged = []
+            landmarks = datasets.load_landmarks(table, damaged=damaged)
+            f.attrs["damaged_landmarks"] = json.dumps(damaged)  # named in the report
         bar = tqdm(total=len(todo), desc=f"align {table.dataset}", unit="frame",
                    disable=not progress or None, dynamic_ncols=True)
         block = _Block(f, size, template_boxes)
@@ -356,9 +372,8 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
             for row, result in aligned:
                 block.add(row, result)
                 if len(block) >= BLOCK_ROWS:
-                    check_free_space(partial.with_suffix(""), BLOCK_ROWS * size * size * 3,
-                                     "aligning faces")
                     bar.update(block.write())
+                    interrupt.check()  # Ctrl-C: stop here, the blocks written are kept
             bar.update(block.write())
         finally:  # on any error the decode and detection threads stop before the file closes
             aligned.close()
@@ -453,6 +468,9 @@ class _Block:
         k = len(self.rows)
         if not k:
             return 0
+        # the block's bytes on disk first: HDF5 never meets a full disk (reserve_space)
+        reserve_space(self.f, k * (self.size * self.size * 3 + 512), "aligning faces",
+                      name=Path(self.f.filename).with_suffix(""))
         order = np.argsort(self.rows, kind="stable")
         rows = np.asarray(self.rows)[order]
         s = self.size

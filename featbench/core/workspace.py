@@ -232,6 +232,45 @@ def check_free_space(path, need, doing):
                          "written so far is lost)")
 
 
+def reserve_space(h5file, need, doing, *, name=None):
+    """Allocate on disk the bytes the next ``need`` bytes of writes into the open HDF5 file
+    ``h5file`` will take, before HDF5 writes them; a full disk is one :class:`StoreError` line.
+
+    A write that fails for space inside HDF5 leaves the library unable to close the file, and
+    it crashes the process on its way out (exit 139, whatever the error handling did before).
+    :func:`check_free_space` cannot see another process filling the disk at the same moment;
+    blocks allocated here (``posix_fallocate`` up to HDF5's end of allocated space plus
+    ``need`` and a margin) are the file's whatever happens next, so HDF5's own writes never
+    meet a full disk. The file may end with up to that many unused bytes (:func:`trim_h5`).
+    ``name``: the file the message names (default the HDF5 file's).
+    """
+    path = h5file.filename
+    want = int(h5file.id.get_filesize()) + int(need) + FREE_MARGIN_BYTES
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size < want:
+            os.posix_fallocate(fd, 0, want)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it
+                return check_free_space(path, need, doing)
+            raise
+        raise StoreError(f"{name or path}: disk full: {doing} needs "
+                         f"{_mb(need + FREE_MARGIN_BYTES)} free; free space and rerun (nothing written so far is lost)") from None
+    finally:
+        os.close(fd)
+
+
+def trim_h5(path):
+    """Cut the unused bytes :func:`reserve_space` left at the end of a closed HDF5 file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        end = int(f.id.get_filesize())
+    if os.path.getsize(path) > end:
+        os.truncate(path, end)
+
+
 def _mb(n):
     return f"{n / (1 << 20):.1f} MB" if n < 1 << 30 else f"{n / (1 << 30):.2f} GB"
 
@@ -455,7 +494,7 @@ def run_lock(folder):
     if key in _HELD_RUNS or _torchrun_rank() > 0:  # torchrun: rank 0 holds it for every rank
         yield
         return
-    with file_lock(folder, wait=False, what="making the run"):
+    with file_lock(folder, wait=False, what="making"):
         _HELD_RUNS.add(key)
         try:
             yield
@@ -464,7 +503,7 @@ def run_lock(folder):
 
 
 @contextlib.contextmanager
-def file_lock(path, *, wait=True, what="writing", keep=True):
+def file_lock(path, *, wait=True, what="writing", keep=False):
     """Hold an exclusive lock on ``path`` for the block (a ``.<name>.lock`` file beside it).
 
     Every featbench process that writes a shared file (the aligned-face cache, a feature file,
@@ -472,8 +511,10 @@ def file_lock(path, *, wait=True, what="writing", keep=True):
     never write one file at once: the second waits (saying so once on stderr) and then finds the
     first's result, or, with ``wait=False``, stops with :class:`~featbench.core.errors.BusyError`.
     The lock is ``flock``'s: the kernel releases it when its holder exits, even after ``kill -9``.
-    ``keep=False`` removes the lock file on release (outputs in a user's folder); a process that
-    then finds its locked file unlinked takes the new one.
+    The lock file is removed on release, so no empty ``.lock`` file stays in ``results/`` or
+    ``data/`` (``keep=True`` leaves it); a process that then finds the file it locked unlinked
+    takes the new one, so only one process ever holds the lock of the file at ``path``'s name.
+    ``what`` completes "another featbench process is <what> it".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

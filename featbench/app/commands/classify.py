@@ -48,10 +48,11 @@ def add_parser(subparsers):
                         "are its 3 subject folds and 12 AUs (default: paper)")
     p.add_argument("--tune-threshold", action="store_true",
                    help="choose each AU's threshold by F1 on the validation subjects (default: 0)")
-    p.add_argument("--no-balance", dest="balance", action="store_false", default=None,
+    balance = p.add_mutually_exclusive_group()  # both at once: one line, exit 2
+    balance.add_argument("--no-balance", dest="balance", action="store_false", default=None,
                    help="train on every frame instead of all positives + as many random negatives "
                         "(the default of --task intensity)")
-    p.add_argument("--balance", dest="balance", action="store_true", default=None,
+    balance.add_argument("--balance", dest="balance", action="store_true", default=None,
                    help="--task intensity: train on all frames with intensity >= --threshold and "
                         "as many random others (default there: every frame)")
     p.add_argument("--class-weight", default=None, choices=("balanced",),

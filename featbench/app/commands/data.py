@@ -84,8 +84,11 @@ def _info(args):
     from featbench.core.errors import UsageError
     from featbench.core.splits import default_protocol, make_splits
 
+    from featbench.core.datasets import damaged_landmark_files
+
     table = load_table(args)
     info = table.summary()
+    info["damaged_landmark_files"] = damaged_landmark_files(table)
     try:
         splits = make_splits(table, default_protocol(table))
         labelled = table.labelled_mask()
@@ -119,6 +122,9 @@ def _info(args):
             print(f"  skipped    {n:>7}  {reason}")
     else:
         print("  skipped    nothing")
+    for path in info["damaged_landmark_files"]:
+        print(f"  damaged    {path}: not a readable landmark file (its frame counts as without "
+              "landmarks)")
     return 0
 
 

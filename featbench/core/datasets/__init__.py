@@ -21,7 +21,7 @@ name                      layout
 
 from pathlib import Path
 
-from featbench.core.datasets._landmarks import read_landmark_files
+from featbench.core.datasets._landmarks import damaged_landmark_files, read_landmark_files
 from featbench.core.errors import DataError, UsageError, did_you_mean
 from featbench.core.synth import INFO_FILE
 from featbench.core.workspace import Workspace
@@ -169,9 +169,10 @@ def training_data(name, *, root=None, workspace=None):
             "kind": "synthetic" if synthetic else "real"}
 
 
-def load_landmarks(table):
+def load_landmarks(table, *, damaged=None):
     """Return the frames' landmarks in iBUG 68 points, shape (frames, 68, 2), float32.
 
-    Frames without a landmark file (or with an unreadable one) are NaN.
+    Frames without a landmark file (or with an unreadable one) are NaN; ``damaged``: a list
+    the unreadable files' paths are appended to.
     """
-    return read_landmark_files(table)
+    return read_landmark_files(table, damaged=damaged)
