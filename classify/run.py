@@ -58,7 +58,43 @@ class CodesRun:
     """What one run on codes is: :func:`classify_run`'s settings as one object, which names the
     run (:meth:`key`) and is planned by :func:`plan_codes_run`.
 
-    Fields as :func:`classify_run`'s arguments (``options``: its ``lstm``, the kind's own).
+    Parameters
+    ----------
+    model : str
+        The network whose codes are classified.
+    clf : str
+        A run kind of :mod:`classify.kinds` that classifies codes (``lda``, ``svm``, ``lstm``;
+        ``ridge``, ``svr`` for intensity).
+    region : {"full", "upper", "middle", "lower", "auto"}
+        ``auto``: each AU uses the codes of its own region (``featbench.core.aus.AU_REGION``).
+    protocol : str
+        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.core.splits``).
+    tune_threshold : bool
+        Choose each AU's threshold on the validation subjects (default: 0).
+    balance : bool, optional
+        Balance training and validation per AU (all positives + as many random negatives);
+        default: the kind's (``ridge`` / ``svr``: every frame).
+    class_weight : {None, "balanced"}
+        SVM class weights (LDA: equal priors); meant for ``balance=False``.
+    seed : int
+        Seeds splits, balancing and liblinear.
+    n_jobs : int, optional
+        Worker processes (default: all cores).
+    aus : list of str or "AU01,AU02", optional
+        Default: the protocol's AUs (:func:`resolve_aus`).
+    progress : bool
+        A tqdm bar on stderr.
+    options : classify.lstm.LSTMOptions or dict, optional
+        The kind's own settings (``clf="lstm"``: the network's, :func:`classify_run`'s ``lstm``;
+        default: the paper's).
+    scheduler : str, optional
+        A Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local workers);
+        see :mod:`classify.learn.pool`, and :mod:`classify.scale` for ``FEATBENCH_MEMORY_GB``.
+    calibrate : str
+        Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`).
+    task : str or Task, optional
+        A registered task (:func:`classify.task.get_task`; default: the kind's own,
+        ``occurrence``, or ``intensity`` for ``ridge`` / ``svr``).
     """
 
     model: str
@@ -133,10 +169,7 @@ def check_args(clf, region, class_weight, options, calibrate="none", task=None,
     return spec, options, calibrate, task
 
 
-def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
-                 tune_threshold=False, balance=None, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none",
-                 task=None):
+def classify_run(workspace, dataset, settings=None, *, table=None, lstm=None, **fields):
     """Train and score one per-AU run on codes; write its tables, predictions and models.
 
     Every kind ``featbench classify`` trains (``lda``, ``svm``, ``lstm``, ``ridge``, ``svr``, a
@@ -148,43 +181,16 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     workspace : Workspace or path
     dataset : str
         The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
-    model : str
-        The network whose codes are classified.
-    clf : str
-        A run kind of :mod:`classify.kinds` that classifies codes (``lda``, ``svm``, ``lstm``;
-        ``ridge``, ``svr`` for intensity).
-    region : {"full", "upper", "middle", "lower", "auto"}
-        ``auto``: each AU uses the codes of its own region (``featbench.core.aus.AU_REGION``).
-    protocol : str
-        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.core.splits``).
-    tune_threshold : bool
-        Choose each AU's threshold on the validation subjects (default: 0).
-    balance : bool, optional
-        Balance training and validation per AU (all positives + as many random negatives);
-        default: the kind's (``ridge`` / ``svr``: every frame).
-    class_weight : {None, "balanced"}
-        SVM class weights (LDA: equal priors); meant for ``balance=False``.
-    seed : int
-        Seeds splits, balancing and liblinear.
-    n_jobs : int, optional
-        Worker processes (default: all cores).
+    settings : CodesRun, optional
+        The run's settings; default ``CodesRun(**fields)`` (``model``, ``clf``, ``region``,
+        ``protocol``, ``tune_threshold``, ``balance``, ``class_weight``, ``seed``, ``n_jobs``,
+        ``aus``, ``progress``, ``scheduler``, ``calibrate``, ``task``: see :class:`CodesRun`).
     table : FrameTable, optional
         Default: ``featbench.core.datasets.load_dataset(dataset)`` (never generated here).
-    aus : list of str or "AU01,AU02", optional
-        Default: the protocol's AUs (:func:`resolve_aus`).
-    progress : bool
-        A tqdm bar on stderr.
     lstm : classify.lstm.LSTMOptions or dict, optional
-        ``clf="lstm"`` only: the network's settings (default: the paper's). Balancing means the
-        protocol's sequence cutting; ``class_weight="balanced"`` weights positive frames.
-    scheduler : str, optional
-        A Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local workers);
-        see :mod:`classify.learn.pool`, and :mod:`classify.scale` for ``FEATBENCH_MEMORY_GB``.
-    calibrate : str
-        Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`).
-    task : str or Task, optional
-        A registered task (:func:`classify.task.get_task`; default: the kind's own,
-        ``occurrence``, or ``intensity`` for ``ridge`` / ``svr``).
+        ``clf="lstm"`` only: the network's settings (:attr:`CodesRun.options`; default: the
+        paper's). Balancing means the protocol's sequence cutting; ``class_weight="balanced"``
+        weights positive frames.
 
     Returns
     -------
@@ -200,11 +206,8 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     """
     from classify.driver import CodeInputs, execute
 
-    plan = plan_codes_run(workspace, dataset, CodesRun(
-        model=model, clf=clf, region=region, protocol=protocol, tune_threshold=tune_threshold,
-        balance=balance, class_weight=class_weight, seed=seed, aus=aus, options=lstm,
-        calibrate=calibrate, task=task, n_jobs=n_jobs, scheduler=scheduler, progress=progress),
-        table=table)
+    settings = settings if settings is not None else CodesRun(options=lstm, **fields)
+    plan = plan_codes_run(workspace, dataset, settings, table=table)
     out = execute(plan, CodeInputs(streams=plan.kind.streams), plan.kind.method,
                   identity=_identity, talk=False)
     if out is not None:
