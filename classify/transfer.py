@@ -362,14 +362,7 @@ def run_stage1(workspace, table, settings, *, progress=True, scheduler=None):
                                           scheduler)
     if res is None:
         return None  # a torchrun rank other than 0: rank 0 trains the final fit and writes
-    # the backbone for stage 2: every subject, the folds' median epoch count
-    epochs = max(1, int(np.median([f["best_epoch"] for f in folds])))
-    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64),
-             "test": np.zeros(0, np.int64)}
-    final = run_local(method, [Job(0, "all", Unit("model", ("expression",)), every, y, "all",
-                                   {**ident, "fold": "all", "epochs": epochs},
-                                   config={"epochs": epochs, "patience": None})],
-                      work=work, progress=progress)[0]  # one network: here, on the writing rank
+    final, epochs = _stage1_final(method, folds, y, usable, ident, work, progress)
     accs = np.array([f["accuracy"] for f in folds], dtype=float)
     result = {"run": str(run), "dataset": table.dataset, "backbone": settings.backbone,
               "weights": str(final.info["weights"]), "classes": classes, "folds": folds,
@@ -379,15 +372,35 @@ def run_stage1(workspace, table, settings, *, progress=True, scheduler=None):
               "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
               "device": str(final.fit.get("device")), "torch": torch.__version__,
               "identity": _plain_json(ident)}
+    return _write_stage1(out_dir, work, spec, res + [final], result)
 
-    def fill(tmp):  # the folder swapped in whole: backbone, tables, logs, settings.json
-        save_units(tmp, work, res + [final])
+
+def _stage1_final(method, folds, y, usable, ident, work, progress):
+    """Train the backbone stage 2 starts from, on every subject for the folds' median epoch
+    count; return ``(its unit's result, the epochs)``."""
+    epochs = max(1, int(np.median([f["best_epoch"] for f in folds])))
+    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64),
+             "test": np.zeros(0, np.int64)}
+    final = run_local(method, [Job(0, "all", Unit("model", ("expression",)), every, y, "all",
+                                   {**ident, "fold": "all", "epochs": epochs},
+                                   config={"epochs": epochs, "patience": None})],
+                      work=work, progress=progress)[0]  # one network: here, on the writing rank
+    return final, epochs
+
+
+def _write_stage1(out_dir, work, spec, results, result):
+    """Swap stage 1's folder in whole (``results``: the folds' units and the final fit's, last):
+    backbone, tables, logs, settings.json; return ``result`` with the backbone's file and sha256."""
+    final = results[-1]
+
+    def fill(tmp):
+        save_units(tmp, work, results)
         path = store.write_tensors(tmp / "backbone.safetensors", full_state_dict(spec, final.net.backbone))
         result.update(backbone_sha256=file_sha256(path))
         _write_stage1_tables(tmp, result)
         store.write_json(tmp / "stage1.json", {**result, "backbone_file": str(out_dir / path.name)})
         # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
-        store.write_json(tmp / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result,
+        store.write_json(tmp / "settings.json", {"run": result["run"], "clf": EXPR_CLF, **result,
                                                  "backbone_file": str(out_dir / path.name)})
 
     replace_folder(out_dir, fill)
