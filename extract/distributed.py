@@ -33,7 +33,7 @@ import numpy as np
 from featbench.core.align import AlignedFaces, ensure_aligned
 from extract.encoders import create_encoder
 from extract.loop import extract_aligned, ExtractReport
-from extract.store import is_complete, open_store
+from extract.store import StoreIdentity, is_complete, open_store
 from featbench.core.errors import StoreError
 
 #: how long a rank waits for the others at the join (extraction of a large set takes hours)
@@ -109,9 +109,10 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         keys = faces.keys[np.flatnonzero(faces.valid)]
         source = faces.fingerprint  # what the codes are made from (stale codes are refused)
     out = Path(workspace.features_path(table.dataset, model))
-    ident = dict(keys=keys, model=spec.name, layer=spec.code_layer, weights=encoder.weights_id,
-                 input_size=spec.input_size, dims=spec.dims, dtype=dtype, source=source)
-    if not overwrite and is_complete(out, regions, **ident):
+    ident = StoreIdentity(keys=keys, model=spec.name, layer=spec.code_layer,
+                          weights=encoder.weights_id, input_size=spec.input_size, dims=spec.dims,
+                          dtype=dtype, source=source)
+    if not overwrite and is_complete(out, regions, ident):
         dist.barrier()
         return ExtractReport(out, spec.name, encoder.weights_id, spec.dims, len(keys),
                              {reg: 0 for reg in regions})
@@ -129,8 +130,8 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         dist.barrier()
         return rep
     try:
-        join_shards(out, [shard_path(out, r, world) for r in range(world)], regions,
-                    overwrite=overwrite, **ident)
+        join_shards(out, [shard_path(out, r, world) for r in range(world)], regions, ident,
+                    overwrite=overwrite)
     finally:
         dist.barrier()
     total = ExtractReport(out, spec.name, encoder.weights_id, spec.dims, len(keys))
@@ -140,12 +141,12 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
     return total
 
 
-def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size, dims,
-                dtype="float32", overwrite=False, source=""):
+def join_shards(out, shards, regions, identity, *, overwrite=False):
     """Write the feature file ``out`` whose region codes are virtual datasets over ``shards``.
 
-    Each shard must be a complete feature file of the same identity whose frames, in shard
-    order, are ``keys``. Regions already complete in ``out`` are kept.
+    Each shard must be a complete feature file of ``identity`` (a
+    :class:`~extract.store.StoreIdentity`) whose frames, in shard order, are its ``keys``.
+    Regions already complete in ``out`` are kept.
 
     Raises
     ------
@@ -156,6 +157,7 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
 
 
     out = Path(out)
+    keys, dims, dtype = identity.keys, identity.dims, identity.dtype
     parts, at = [], 0
     for path in shards:
         if not path.is_file():
@@ -174,10 +176,8 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
     if at != len(keys):
         raise StoreError(f"{out}: the shards hold {at} rows, the frame list {len(keys)}")
     n = len(keys)
-    with open_store(out, keys=keys, model=model, layer=layer, weights=weights,
-                    input_size=input_size, dims=dims, dtype=dtype, overwrite=overwrite,
-                    source=source, extra_attrs={"shards": ",".join(os.path.relpath(p, out.parent)
-                                                    for p, _, _ in parts)}) as store:
+    shards_attr = ",".join(os.path.relpath(p, out.parent) for p, _, _ in parts)
+    with open_store(out, identity, overwrite=overwrite, extra_attrs={"shards": shards_attr}) as store:
         f = store.f
         for reg in regions:
             if store.rows_done(reg) == n:

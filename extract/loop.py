@@ -22,7 +22,7 @@ from featbench.core import interrupt
 from featbench.core.align import AlignedFaces
 from featbench.core.facesource import FaceInput, FaceSource
 
-from extract.store import is_complete, open_store
+from extract.store import StoreIdentity, is_complete, open_store
 
 
 @dataclass
@@ -89,18 +89,13 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     prep = {**encoder.preprocessing,  # the mean a weights file brought, not the spec's
             "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
     rep = ExtractReport(Path(out_path), spec.name, encoder.weights_id, spec.dims, len(rows))
-    if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,
-                                     layer=spec.code_layer, weights=encoder.weights_id,
-                                     input_size=spec.input_size, dims=spec.dims,
-                                     dtype="float16" if float16 else "float32",
-                                     source=faces.fingerprint):
+    ident = StoreIdentity(keys, spec.name, spec.code_layer, encoder.weights_id, spec.input_size,
+                          spec.dims, "float16" if float16 else "float32", faces.fingerprint)
+    if not overwrite and is_complete(out_path, regions, ident):
         faces.close()
         rep.computed = {reg: 0 for reg in regions}
         return rep
-    with faces, open_store(out_path, keys=keys, model=spec.name, layer=spec.code_layer,
-                           weights=encoder.weights_id, input_size=spec.input_size,
-                           dims=spec.dims, dtype="float16" if float16 else "float32",
-                           overwrite=overwrite, source=faces.fingerprint,
+    with faces, open_store(out_path, ident, overwrite=overwrite,
                            source_changes=faces.rebuilt_because,
                            extra_attrs={"dataset": dataset, "preprocessing": json.dumps(prep),
                                         "family": spec.family, **(extra_attrs or {})}) as store:
