@@ -26,6 +26,7 @@ others read them.
 """
 
 import os
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,10 +78,11 @@ def _device_for(device, local_rank):
     return "cpu" if device in (None, "auto") else device
 
 
-def extract_distributed(table, workspace, model, *, regions, weights=None, device="auto",
-                        batch_size=64, workers=1, overwrite=False, float16=False, progress=True,
-                        on_batch=None):
+def extract_distributed(table, workspace, model, options, *, weights=None, device="auto"):
     """This rank's part of a torchrun extraction, then (rank 0) the join; see the module doc.
+
+    ``options``: how the codes are written (:class:`~extract.loop.EncodeOptions`; its progress
+    bar on rank 0 only).
 
     Returns
     -------
@@ -99,9 +101,10 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     encoder = create_encoder(model, weights=weights, device=dev)
     spec = encoder.spec
-    dtype = "float16" if float16 else "float32"
+    regions, overwrite = options.regions, options.overwrite
+    dtype = "float16" if options.float16 else "float32"
     if rank == 0:
-        aligned = ensure_aligned(table, workspace, progress=progress)
+        aligned = ensure_aligned(table, workspace, progress=options.progress)
     dist.barrier()
     if rank != 0:
         aligned = ensure_aligned(table, workspace, progress=False)
@@ -118,9 +121,8 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
                              {reg: 0 for reg in regions})
     part = shard_slice(len(keys), rank, world)
     shard = shard_path(out, rank, world)
-    rep = extract_aligned(aligned, shard, encoder, regions=regions, batch_size=batch_size,
-                          workers=workers, overwrite=overwrite, float16=float16,
-                          progress=progress and rank == 0, on_batch=on_batch,
+    rep = extract_aligned(aligned, shard, encoder,
+                          replace(options, progress=options.progress and rank == 0),
                           dataset=table.dataset, part=part,
                           extra_attrs={"shard_rank": rank, "shard_world_size": world,
                                        "shard_rows": f"{part.start}:{part.stop}"})
