@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from featbench.core.aus import AU_REGION
-from featbench.core.errors import MissingRunError, StoreError, UsageError
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, UsageError
 from featbench.core.frames import KEY_DTYPE
 
 from classify.plan import REGION_CHOICES
@@ -49,6 +49,57 @@ def check_features(workspace, dataset, model, regions=("full",), table=None):
             f"{' --region all' if len(regions) > 1 or regions[0] != 'full' else ''})"
             + (f"; codes exist for: {', '.join(have)}" if have else ""))
     return path
+
+
+def check_finetuned_codes(workspace, dataset, path, splits):
+    """Refuse codes of a network fine-tuned on subjects that ``splits`` test (or say it cannot).
+
+    A feature file whose weights are ``finetuned:<run>`` holds codes of the network the
+    fine-tuning run ``<run>`` trained; the folds its settings.json records
+    (``results/<dataset>/models/<run>/settings.json``) say which subjects it trained and
+    validated on. A classifier tested on one of them would score faces the network learned, so
+    this is refused before anything is trained or written. A network whose record is not in the
+    workspace (imported, or fine-tuned on another data set) cannot be checked: a warning on
+    stderr says so, and the run goes on.
+
+    Parameters
+    ----------
+    splits : sequence of Split, or a callable that returns them
+        The new run's folds; a callable is called only for codes of a fine-tuned network, so
+        that a protocol that does not fit the data set is said after the file's own problems.
+
+    Raises
+    ------
+    UsageError
+        Some subject that trained or validated the network is a test subject of ``splits``.
+    """
+    import sys
+
+    from featbench.core.identity import WeightsId
+    from featbench.core.splits import trained_test_subjects
+
+    try:
+        weights = WeightsId.parse(feature_info(path)["attrs"].get("weights", ""))
+    except FeatbenchError:
+        return  # a damaged file: said by the run's reading of it, as its failure
+    if weights.kind != "finetuned":
+        return
+    splits = splits() if callable(splits) else splits
+    record = workspace.models_dir(dataset, weights.name) / "settings.json"
+    try:
+        folds = json.loads(record.read_text())["folds"]
+        shared = trained_test_subjects(folds, splits)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        print(f"featbench: warning: {path}: codes of a network fine-tuned by {weights.name}, whose "
+              f"record ({record}) is not here: which subjects trained it is not checked",
+              file=sys.stderr)
+        return
+    if shared:
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        raise UsageError(
+            f"{path}: codes of the network fine-tuned by {weights.name}, which trained on "
+            f"{len(shared)} of this protocol's test subjects ({', '.join(shared[:3])}{more}): "
+            "classify them with the protocol it was fine-tuned under")
 
 
 def load_codes(workspace, dataset, model, regions, *, lazy=False):

@@ -52,6 +52,15 @@ class CodeInputs:
         self.codes = self.keys = self.attrs = self.pos = self.budget = None
         self.path = None
 
+    def check(self, plan):
+        """Refuse, before the run's lock and anything written, codes of a network fine-tuned
+        on subjects this run tests (:func:`classify.codes.check_finetuned_codes`)."""
+        from classify.codes import check_finetuned_codes
+
+        path = plan.workspace.features_path(plan.dataset, plan.model)
+        if path.exists():  # absent: open() names the extract command, as the run's failure
+            check_finetuned_codes(plan.workspace, plan.dataset, path, lambda: plan.splits)
+
     def open(self, plan, labels):
         from featbench.core.aus import AU_REGION
         from featbench.core.calibrate import calibrate_codes
@@ -119,6 +128,9 @@ class FaceInputs:
 
     def __init__(self, path):
         self.path, self.faces = path, None
+
+    def check(self, plan):
+        """Nothing to check before the run's lock: faces carry no network's training."""
 
     def open(self, plan, labels):
         self.plan = plan
@@ -220,6 +232,7 @@ def execute(plan, inputs, make_method, *, identity=None, talk=False):
     t0 = time.time()
     ws, ds, run = plan.workspace, plan.dataset, plan.run
     models_dir = ws.models_dir(ds, run)
+    inputs.check(plan)  # a refusal of the inputs themselves is no run's failure: nothing written
     # one process makes a run at a time (the lock first: a busy run is not this run's failure);
     # from here on a failure is this run's: it becomes the run's row in summary.csv
     with run_lock(models_dir), recording_failure(ws, ds, run, plan.meta):

@@ -184,9 +184,9 @@ def finetune_run_name(config, table, *, task=OCCURRENCE):
     """Return the run name of ``config`` on ``table``: ``<model>__<region>__ft[__tags]`` (a task
     other than occurrence adds its name), through the one naming rule
     (:func:`classify.plan.run_key`)."""
-    default_aus = resolve_aus(table, config.protocol)
-    aus = resolve_aus(table, config.protocol, config.aus)
     task = get_task(task)
+    default_aus = resolve_aus(table, config.protocol, task=task)
+    aus = resolve_aus(table, config.protocol, config.aus, task=task)
     return str(run_key(get_spec(config.model).name, config.region, "ft",
                        variant=variant_tags(config), protocol=config.protocol,
                        tune_threshold=config.tune_threshold, seed=config.seed, aus=aus,
@@ -405,9 +405,9 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         from featbench.core.datasets import load_dataset
 
         table = load_dataset(dataset, workspace=workspace, progress=progress)
-    au_list = resolve_aus(table, config.protocol, config.aus)
     task = get_task(task).at_threshold(table.label_threshold)
     task.check_table(table)
+    au_list = resolve_aus(table, config.protocol, config.aus, task=task)
     run = finetune_run_name(config, table, task=task)
     meta = {"model": spec.name, "region": config.region, "clf": "ft", "weights": "",
             "head": config.head, "reinit": config.reinit, "train_from": config.train_from or "",

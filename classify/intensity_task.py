@@ -124,6 +124,16 @@ class Intensity(Task):
     def check_table(self, table):
         table.require_intensity()
 
+    def labelled_aus(self, table, aus):
+        """Those of ``aus`` with a known intensity on some frame: BP4D codes intensity for 5 of
+        its 12 AUs, so a run there scores those 5, not 7 empty rows beside them. A table with no
+        intensity at all keeps ``aus``: :meth:`check_table` is what refuses it, in its words."""
+        if not table.has_intensity:
+            return list(aus)
+        frames = table.frames
+        return [au for au in aus
+                if f"{au}_int" in frames.columns and (frames[f"{au}_int"] >= 0).any()]
+
     def summary_fields(self, mean, rows):
         return {**{f"mean_{k}": mean[k] for k in ("icc", "pearson", "mae")},
                 **{f"icc_{r['au']}": r["icc"] for r in rows}}

@@ -39,12 +39,19 @@ REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 DEFAULT_LABEL_THRESHOLD = 2
 
 
-def resolve_aus(table, protocol, aus=None):
+def resolve_aus(table, protocol, aus=None, *, task=None):
     """Return the AUs a run scores: ``aus`` if given, else the protocol's AUs the table labels.
 
     Default: :func:`featbench.core.splits.protocol_aus` (``paper`` -> the table's AUs among
     DISFA's 12, BP4D's 12 on BP4D; ``literature`` -> among the 8 of the 3-fold DISFA
-    literature, BP4D's 12 on BP4D; other protocols -> all of the table's AUs).
+    literature, BP4D's 12 on BP4D; other protocols -> all of the table's AUs), then those that
+    ``task`` (a :class:`~classify.learn.task.Task`; None: occurrence) has targets for — an
+    intensity run on BP4D scores the 5 AUs its intensity files code.
+
+    Raises
+    ------
+    UsageError
+        ``aus`` names an AU the table does not label, or one the task has no targets for.
     """
     if aus:
         names = [au_name(a) for a in (aus.split(",") if isinstance(aus, str) else aus) if str(a).strip()]
@@ -52,8 +59,18 @@ def resolve_aus(table, protocol, aus=None):
         if unknown:
             raise UsageError(f"{table.dataset} does not label {', '.join(unknown)} "
                              f"(it labels {', '.join(table.aus)})")
-        return list(dict.fromkeys(names))
-    return protocol_aus(table, protocol)
+        names = list(dict.fromkeys(names))
+    else:
+        names = protocol_aus(table, protocol)
+    if task is None:
+        return names
+    kept = task.labelled_aus(table, names)
+    if len(kept) < len(names) and (aus or not kept):
+        have = task.labelled_aus(table, table.aus)
+        missing = [a for a in names if a not in kept]
+        raise UsageError(f"{table.dataset} gives no {task.name} labels for {', '.join(missing)} "
+                         f"(it has them for {', '.join(have) or 'no AU'}): choose --aus among those")
+    return kept
 
 
 def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weight=None, seed=0,

@@ -130,8 +130,8 @@ class CodesRun:
         return run_key(self.model, self.region, self.clf, protocol=self.protocol,
                        tune_threshold=self.tune_threshold, balance=balance or not kind.balance,
                        class_weight=self.class_weight, seed=self.seed, calibrate=self.calibrate,
-                       aus=resolve_aus(table, self.protocol, self.aus),
-                       default_aus=resolve_aus(table, self.protocol),
+                       aus=resolve_aus(table, self.protocol, self.aus, task=task),
+                       default_aus=resolve_aus(table, self.protocol, task=task),
                        extra="-".join(e for e in extra if e) or None,
                        label_threshold=table.label_threshold, task_tag=kind.task_tag(task))
 
@@ -236,7 +236,8 @@ def plan_codes_run(workspace, dataset, settings, *, table=None):
     task = task.at_threshold(table.label_threshold)
     # the settings as checked: what names the run and what its row and settings.json record
     s = replace(s, balance=kind.balance if s.balance is None else bool(s.balance), options=options,
-                calibrate=calibrate, task=task, aus=resolve_aus(table, s.protocol, s.aus))
+                calibrate=calibrate, task=task,
+                aus=resolve_aus(table, s.protocol, s.aus, task=task))
     shared = dict(protocol=s.protocol, tune_threshold=s.tune_threshold, balance=s.balance,
                   class_weight=s.class_weight, seed=s.seed, calibrate=s.calibrate)
     meta = _run_meta(kind, options, table, task, dict(model=s.model, region=s.region, clf=s.clf,

@@ -149,6 +149,10 @@ class Task:
     def check_table(self, table):
         """Raise when ``table`` cannot give this task's targets (a UsageError naming what lacks)."""
 
+    def labelled_aus(self, table, aus):
+        """The AUs of ``aus`` that ``table`` gives this task's targets for (occurrence: all)."""
+        return list(aus)
+
     def summary_fields(self, mean, rows):
         """The task's own columns of a run's ``summary.csv`` row, beside ``mean_f1``..."""
         return {}

@@ -256,6 +256,22 @@ def test_synth_bp4d_read_back_through_the_reader(synth_bp4d):
     assert set(t.frames.loc[t.frames.AU06_int >= 2, "AU06"]) <= {1}
 
 
+def test_intensity_runs_score_the_aus_bp4d_codes_intensity_for(synth_bp4d):
+    from classify.learn.task import get_task
+    from classify.plan import resolve_aus
+
+    t = load_dataset("bp4d", root=synth_bp4d)
+    intensity = get_task("intensity")
+    # the 5 AUs with FERA 2015 intensity files, found in the table, not taken from a constant
+    coded = [au for au in t.aus if (t.frames[f"{au}_int"] >= 0).any()]
+    assert coded == list(BP4D_INTENSITY_AUS)
+    assert resolve_aus(t, "paper", task=intensity) == coded
+    assert resolve_aus(t, "paper") == list(BP4D_AUS)            # occurrence keeps all 12
+    assert resolve_aus(t, "paper", "AU12,AU06", task=intensity) == ["AU12", "AU06"]
+    with pytest.raises(UsageError, match=r"no intensity labels for AU01 \(it has them for AU06"):
+        resolve_aus(t, "paper", "AU01,AU06", task=intensity)
+
+
 def test_synth_bp4d_cli_default_root_and_name(tmp_path, capsys):
     rc, out, _ = cli(capsys, "--workspace", tmp_path, "data", "synth", "--layout", "bp4d",
                      "--subjects", "3", "--frames", "4")

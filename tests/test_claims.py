@@ -43,6 +43,16 @@ def test_each_claim_is_compared_on_the_runs_that_test_it():
     # the random-init fine-tuned run is no "ft" candidate, though it shares the slot
 
 
+def test_every_fine_tuning_variant_is_a_comparison_not_the_one_best_on_the_test_set():
+    # two variants of one slot: picking the better by test F1 and then testing it on the same
+    # test frames would be a choice made on the test set; each enters the Holm family instead
+    rows = ROWS + [_row("dlib_face__full__ft__fc67", 0.40)]
+    ft = sorted((c["a"], c["b"]) for c in check_claims(rows) if c["claim"] == "ft")
+    assert ft == [("dlib_face__full__ft__fc67", "dlib_face__full__svm"),
+                  ("dlib_face__full__ft__ml-headonly", "dlib_face__full__svm")]
+    assert len(check_claims(rows)) == len(check_claims(ROWS)) + 1
+
+
 def test_without_predictions_no_claim_is_judged_by_its_point_estimates():
     text = "\n".join(claims_lines(ROWS, left_out={"alexnet": "alexnet-owt-7be5be79.pth not cached"}))
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "`" in ln]

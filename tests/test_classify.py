@@ -316,3 +316,100 @@ def test_shrinkage_lda_equals_sklearns_lsqr_auto(n, d):
         np.testing.assert_allclose(fast.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(fast.intercept_, ref.intercept_, rtol=1e-8)
         np.testing.assert_allclose(fast.decision_function(X), ref.decision_function(X), rtol=1e-7, atol=1e-9)
+
+
+def _finetuned_codes(ws, table, run="toy__full__ft__ml"):
+    """Codes ``toy-ft`` of the network the fine-tuning run ``run`` trained under the paper
+    protocol: its record holds its folds as the one writer records them."""
+    from classify.learn.writer import fold_record
+    from featbench.core.splits import make_splits
+
+    folder = ws.models_dir("synth", run)
+    folder.mkdir(parents=True)
+    folds = [fold_record(s, {}) for s in make_splits(table, "paper")]
+    (folder / "settings.json").write_text(json.dumps({"run": run, "clf": "ft", "folds": folds}))
+    write_features(ws, table, make_codes(table), model="toy-ft",
+                   weights=f"finetuned:{run} sha256:{'ab' * 32}")
+    return folder / "settings.json"
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("protocol", ["kfold:3", "literature"])
+def test_codes_of_a_network_fine_tuned_on_test_subjects_are_refused(tmp_path, capsys, monkeypatch,
+                                                                    protocol):
+    ws, table = Workspace(tmp_path), make_table(n_frames=8)
+    record = _finetuned_codes(ws, table)
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    argv = ["--workspace", str(ws.root), "classify", "--clf", "lda", "--model", "toy-ft",
+            "--quiet", "--jobs", "1", "--protocol"]
+    before = _listing(ws.root)
+    assert main(argv + [protocol]) == 2
+    err = capsys.readouterr().err
+    # the paper's 18 training + validation subjects: each is tested by some fold of the others
+    trained = sorted(PAPER_SPLIT["train"] + PAPER_SPLIT["validation"])
+    assert err.count("\n") == 1 and "toy__full__ft__ml" in err
+    assert f"trained on {len(trained)} of this protocol's test subjects ({', '.join(trained[:3])} " in err
+    assert _listing(ws.root) == before  # refused before the lock, the fit or a failure row
+    # the protocol it was fine-tuned under tests only subjects it never saw: the run is made
+    assert main(argv + ["paper"]) == 0
+    assert ws.predictions_path("synth", "toy-ft__full__lda").exists()
+    capsys.readouterr()
+    # a network whose record is not in the workspace cannot be checked: said, not refused
+    record.unlink()
+    assert main(argv + [protocol]) == 0
+    err = capsys.readouterr().err
+    assert "featbench: warning: " in err and "toy__full__ft__ml" in err and "not checked" in err
+
+
+def _contents(root):
+    """Every file under ``root``: its path and bytes (temporary siblings included, by name)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_that_fails_while_writing_leaves_the_previous_run_whole(setup, capsys, monkeypatch):
+    import dataclasses
+
+    from classify.kinds import get_kind, register_kind
+    from featbench.core.errors import StoreError
+
+    ws, table, _ = setup
+    monkeypatch.setattr("featbench.app.commands.classify.load_table", lambda args, **kw: table)
+    argv = ["--workspace", str(ws.root), "classify", "--clf", "lda", "--model", "toy", "--quiet",
+            "--jobs", "1"]
+    assert main(argv) == 0
+    results, run = ws.results_dir("synth"), "toy__full__lda"
+    before = _contents(results)
+    assert {f"predictions/{run}.h5", f"{run}.csv", "summary.csv"} <= set(before)
+    assert any(k.startswith(f"models/{run}/") for k in before)
+    # other codes: a rerun that got as far as writing would change every output
+    write_features(ws, table, make_codes(table, seed=2))
+    lda = get_kind("lda")
+
+    def save_then_fail(folder, record):
+        lda.save(folder, record)  # the model files are written, then the disk gives out
+        raise StoreError(f"{folder}: quota exceeded")
+
+    register_kind(dataclasses.replace(lda, save=save_then_fail), replace=True)
+    try:
+        assert main(argv) == 2
+    finally:
+        register_kind(lda, replace=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "quota exceeded" in err
+    assert _contents(results) == before  # the old predictions, models, table, row; no temp file
+    # the summary row goes in last: when it cannot, the three files already swapped in go back
+    summary = ws.summary_csv("synth")
+    summary.write_text(summary.read_text() + "damaged\n")
+    damaged = _contents(results)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "summary.csv:3: 1 fields" in err
+    assert _contents(results) == damaged
+    summary.write_bytes(before["summary.csv"])
+    assert main(argv) == 0  # once fixed, the rerun replaces all of them
+    after = _contents(results)
+    assert after[f"predictions/{run}.h5"] != before[f"predictions/{run}.h5"]
+    assert after[f"{run}.csv"] != before[f"{run}.csv"] and set(after) == set(before)

@@ -26,13 +26,15 @@ RUNS = {"hog__auto__svm": 3.0, "hog__full__svm": 1.2, "hog__full__lda": 1.15,
         "dlib_face__full__svm": 0.8}
 
 
-def write_simulated(ws, runs=RUNS, *, intervals=True):
+def write_simulated(ws, runs=RUNS, *, intervals=True, own_labels=()):
     """Write each simulated run's predictions file, CSV and summary row through the real writers
     (per-AU metrics by metrics.py from the frames); ``intervals=False``: as featbench wrote runs
-    before intervals existed."""
+    before intervals existed; runs in ``own_labels`` get labels of their own (as a run at another
+    ``--threshold`` has)."""
     first = simulated(seed=0)
     for i, (name, skill) in enumerate(runs.items()):
-        p = simulated(seed=10 + i, skill=skill, labels=first["labels"])
+        p = simulated(seed=10 + i, skill=skill,
+                      labels=None if name in own_labels else first["labels"])
         path = ws.predictions_path("synth", name)
         write_predictions(path, frames=p["frames"], labels=p["labels"], scores=p["scores"],
                           decisions=p["decisions"], fold=p["fold"], aus=p["aus"],
@@ -255,3 +257,38 @@ def test_intensity_runs_get_icc_intervals_and_compare_by_icc(tmp_path, capsys):
     assert out["metric"] == "icc" and out["mean"]["verdict"] == "holds"
     assert out["mean"]["diff"] == pytest.approx(float(good["mean_icc"]) - float(
         rows["dlib_face__full__ridge"]["mean_icc"]), abs=1e-4)
+
+
+def test_a_run_the_paired_test_cannot_pair_is_said_not_compared_and_the_report_goes_on(tmp_path):
+    # a run on other labels (another --threshold, say) beside the others: before, the report
+    # ended in "featbench: error: ... have other labels", exit 2, no report at all
+    runs = {**RUNS, "dlib_face__auto__svm": 1.0}
+    write_simulated(Workspace(tmp_path), runs, own_labels={"dlib_face__auto__svm"})
+    assert main(["--workspace", str(tmp_path), "report"]) == 0
+    ranking = (tmp_path / "results" / "synth" / "report.md").read_text().split(
+        "## Runs by mean F1")[1].split("## ")[0]
+    row = next(ln for ln in ranking.splitlines() if "`dlib_face__auto__svm`" in ln)
+    assert "| not comparable |" in row
+    assert "Not compared" in ranking and "other labels" in ranking
+    assert ranking.count("below (p") + ranking.count("≈ top (p") == len(RUNS) - 1
+    # the command that compares two runs still refuses them, in one line
+    rc, _, err = cli("--workspace", str(tmp_path), "compare", "hog__auto__svm",
+                     "dlib_face__auto__svm")
+    assert rc == 2 and "other labels" in err and "Traceback" not in err
+
+
+def test_vs_top_says_above_when_the_test_decides_for_the_lower_ranked_run():
+    from featbench.app.comparisons import Comparer
+    from featbench.app.report import _Evidence, _vs_top
+
+    comparer = Comparer.__new__(Comparer)
+    comparer.refused = {("top", "gone"): "top and gone share no AU"}
+    ev = _Evidence(settings=stats.CISettings(), comparer=comparer, ties={
+        "worse": {"diff": np.array([0.2, 0.1]), "p_adj": 0.01},     # diff = top - run
+        "better": {"diff": np.array([-0.2, -0.1]), "p_adj": 0.01},
+        "tied": {"diff": np.array([-0.2, -0.1]), "p_adj": 0.30}})
+    assert _vs_top("worse", "top", ev) == "below (p 0.010)"
+    assert _vs_top("better", "top", ev) == "above (p 0.010)"
+    assert _vs_top("tied", "top", ev) == "≈ top (p 0.300)"
+    assert _vs_top("gone", "top", ev) == "not comparable"
+    assert _vs_top("absent", "top", ev) == "—"

@@ -743,3 +743,46 @@ def test_batches_close_every_window_frames_for_a_bidirectional_run_else_every_ba
     assert [len(b) for b in batches(iter(items), batch_size=2, window=3)] == [3, 3, 1]
     assert [len(b) for b in batches(iter(items), batch_size=2)] == [4, 3]
     assert [len(b) for b in batches(iter([]), batch_size=2)] == []
+
+
+def test_predict_never_writes_over_a_model_file(toy, tmp_path, capsys):
+    """``--out`` onto the model file being read is an input (refused even with --force); onto
+    another exported model it is featbench's file but no predict output (refused without
+    --force). Before, both were replaced by a CSV without a word."""
+    from PIL import Image
+
+    ws = str(toy["ws"].root)
+    model, other = tmp_path / "m.featbench", tmp_path / "other.featbench"
+    for path in (model, other):
+        assert main(["--workspace", ws, "export", "toy__full__svm__au1+2+4+12", "--out", str(path)]) == 0
+    before = model.read_bytes()
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    for argv, says in ((["--out", str(model), "--force"], "is an input of this predict"),
+                       (["--out", str(other)], "is a featbench model file, not a predict output"),
+                       (["--out", str(tmp_path / "a.csv"), "--plot", str(other)], "--plot")):
+        assert main(["--workspace", ws, "predict", str(tmp_path / "a.png"), "--model", str(model),
+                     *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert model.read_bytes() == before and other.read_bytes() == before
+    assert not (tmp_path / "a.csv").exists()
+
+
+def test_a_fine_tuned_networks_file_is_found_by_its_hash_or_as_the_only_candidate(tmp_path):
+    import hashlib
+
+    from featbench.apply.runmodel import finetuned_file
+    from featbench.core.identity import WeightsId
+
+    ws = Workspace(tmp_path)
+    folder = tmp_path / "results" / "synth" / "models" / "cnn__full__ft"
+    folder.mkdir(parents=True)
+    a, b = folder / "model.safetensors", folder / "fold2.safetensors"
+    a.write_bytes(b"network a")
+    digest = hashlib.sha256(b"network a").hexdigest()
+    assert finetuned_file(ws, WeightsId.parse(f"finetuned:cnn__full__ft sha256:{digest}")) == a
+    assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__full__ft")) == a  # the one file
+    assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__*")) is None  # a name, no pattern
+    b.write_bytes(b"network b")
+    assert finetuned_file(ws, WeightsId.parse(f"finetuned:cnn__full__ft sha256:{digest}")) == a
+    assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__full__ft")) is None  # which one?

@@ -77,13 +77,50 @@ def test_cluster_bootstrap_agrees_with_a_plain_loop():
             scores.append([au_metrics(p["labels"][rows, a], p["decisions"][rows, a])["f1"]
                            for a in range(len(AUS))])
         f1 = np.nanmean(np.array(scores, dtype=float), axis=0)
-        means.append(np.nanmean(f1))
+        means.append(np.mean(f1))  # nan when an AU has no positive in the draw: left out below
         au0.append(f1[0])
+    means = [m for m in means if not np.isnan(m)]
     for loop, i in ((means, -1), (au0, 0)):
         lo, hi = np.percentile(loop, [2.5, 97.5])
         assert found["f1"][1][i] == pytest.approx(lo, abs=0.015)
         assert found["f1"][2][i] == pytest.approx(hi, abs=0.015)
         assert lo < found["f1"][0][i] < hi
+
+
+def test_the_mean_over_aus_is_only_taken_over_resamples_that_define_every_au():
+    """An AU whose positives are all in one of 9 subjects is undefined in about 35 % of
+    resamples: the mean's interval must be the percentiles of means over both AUs (a plain loop),
+    not of means over whichever AUs a resample happens to define (before: the upper bound was
+    AU01's F1 alone, 0.93 against a mean of 0.75)."""
+    rng = np.random.default_rng(0)
+    subjects, frames = 9, 100
+    keys = np.zeros(subjects * frames, KEY_DTYPE)
+    keys["subject"] = np.repeat([f"SN{i:03d}".encode() for i in range(subjects)], frames)
+    keys["video"], keys["frame"] = b"v", np.tile(np.arange(frames), subjects)
+    y = np.zeros((subjects * frames, 2), np.int8)
+    y[:, 0] = rng.random(len(y)) < 0.4
+    y[:frames // 2, 1] = 1                     # AU02: positive in the first subject only
+    d = y.copy()
+    flip = rng.random(len(y)) < 0.05
+    d[flip, 0] = 1 - d[flip, 0]
+    d[:, 1] = 0
+    d[:frames // 5, 1] = 1                     # 20 of its 50 positives found
+    p = {"frames": keys, "labels": y, "scores": d.astype(np.float32), "decisions": d,
+         "fold": np.zeros(len(y), np.int8), "aus": ["AU01", "AU02"]}
+    value, lo, hi = stats.run_intervals(stats.subject_table(p, auc=False),
+                                        stats.CISettings(resamples=2000))["f1"]
+    loop_rng, subj, means = np.random.default_rng(5), keys["subject"], []
+    for _ in range(2000):
+        rows = np.concatenate([np.flatnonzero(subj == s)
+                               for s in loop_rng.choice(np.unique(subj), subjects)])
+        f1 = [au_metrics(y[rows, a], d[rows, a])["f1"] for a in range(2)]
+        if not np.isnan(f1).any():
+            means.append(np.mean(f1))
+    assert 0.5 < len(means) / 2000 < 0.8       # AU02 undefined in (8/9)^9 = 35 % of draws
+    want = np.percentile(means, [2.5, 97.5])
+    assert value[-1] == pytest.approx(np.mean([value[0], value[1]]))
+    assert lo[-1] == pytest.approx(want[0], abs=0.02) and hi[-1] == pytest.approx(want[1], abs=0.02)
+    assert hi[-1] < 0.85                       # not AU01's F1 alone
 
 
 def test_decisions_equal_to_the_labels_give_f1_one_with_a_zero_width_interval():

@@ -9,14 +9,16 @@ or None and an ``error``). :func:`write_record` writes, in this order and only o
 everything is computed::
 
     results/<ds>/predictions/<run>.h5   test frames' scores and decisions (every frame once)
-    results/<ds>/models/<run>/          the model (the kind's ``save``) and settings.json, in a
-                                        temp folder renamed over the old one when complete
+    results/<ds>/models/<run>/          the model (the kind's ``save``) and settings.json
     results/<ds>/<run>.csv              per-AU metrics averaged over folds + the mean row
-    results/<ds>/summary.csv            the run's row (other runs' rows are kept)
+                                        (these three written as temporary siblings first,
+                                        then renamed in together)
+    results/<ds>/summary.csv            the run's row (other runs' rows are kept), last
 
 A failure once the run's name is known becomes the run's row in ``summary.csv``
-(:func:`recording_failure`), and a disk error while writing removes the predictions file it
-left, so no run is half-written.
+(:func:`recording_failure`); a failure while writing leaves the previous outputs of the run
+whole (predictions, models folder, table and summary row are replaced together), so no run is
+half-written.
 """
 
 import os
@@ -30,8 +32,9 @@ import numpy as np
 
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, describe_os_error
 from featbench.core.metrics import METRICS, nanmean
-from featbench.core.results import record_failure, run_table, write_predictions, write_run
-from featbench.core.workspace import temp_sibling
+from featbench.core.results import (record_failure, run_outputs, run_table, upsert_summary,
+                                    write_predictions)
+from featbench.core.workspace import replace_together, temp_sibling
 
 from classify.learn import store
 from classify.learn.method import Method
@@ -43,7 +46,8 @@ def recording_failure(workspace, dataset, run, meta):
     try:
         yield
     except FeatbenchError as exc:
-        record_run_failure(workspace, dataset, run, exc, meta)
+        if not getattr(exc, "previous_kept", False):  # the writer's: the last results stand
+            record_run_failure(workspace, dataset, run, exc, meta)
         raise
 
 
@@ -140,13 +144,13 @@ def test_scores(record):
 
 
 def replace_folder(final, fill):
-    """Fill a temporary folder beside ``final`` with ``fill(tmp)``, then rename it over ``final``."""
+    """Fill a temporary folder beside ``final`` with ``fill(tmp)``, then rename it over ``final``
+    (the old one renamed aside first, deleted once the new one is in)."""
     tmp = temp_sibling(final)  # unique; a dead writer's leftovers are removed
     tmp.mkdir(parents=True)
     try:
         out = fill(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_together([(tmp, final)])
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # renamed onto final, or half-written: gone
@@ -230,11 +234,15 @@ class RunRecord:
 def write_record(record):
     """Write a run's predictions, models folder, table and summary row; return the run's dict.
 
-    In this order, once everything is computed: the test frames' predictions; the models folder
-    (the kind's ``save`` and settings.json into a temporary folder, renamed over the old one
-    when complete); the per-AU table and the summary row. A disk error removes the predictions
-    it left. The table's columns, how scores become decisions (and, for a method that reports
-    them so, probabilities) and the summary's own fields are the task's.
+    As one unit: the test frames' predictions, the models folder (the kind's ``save`` and
+    settings.json) and the per-AU table are written into temporary siblings, the intervals
+    computed from the new predictions, and only then are the three renamed in together
+    (:func:`featbench.core.workspace.replace_together`: the old ones set aside, deleted once the
+    new ones and the summary row are in). Any failure (a disk error, a kind's ``save``) leaves
+    an earlier run of this name whole, its summary row included (the error says so and is not
+    recorded over it), and no temporary file. The table's columns, how scores become decisions
+    (and, for a method that reports them so, probabilities) and the summary's own fields are
+    the task's.
 
     Returns
     -------
@@ -254,20 +262,37 @@ def write_record(record):
     if present is not None:
         for r in rows_out:
             r["threshold"] = float(present(r["threshold"]))
-    pred_path = None
+    pred_path, models_dir = ws.predictions_path(dataset, run), ws.models_dir(dataset, run)
+    csv = ws.run_csv(dataset, run)
+    previous = csv.exists()  # a finished earlier run of this name: kept whole if this one fails
+    temps = []
     try:
-        pred_path = _write_predictions(record, thresholds, present)
-        models_dir = ws.models_dir(dataset, run)
-        folds = replace_folder(models_dir, lambda tmp: _fill(tmp, record))
-        meta["seconds"] = round(time.time() - record.t0, 1)
-        csv = write_run(ws, dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
-                        fields=task.summary_fields, predictions=pred_path)
-    except OSError as exc:  # disk full, permissions: no predictions without their run
-        if pred_path is not None:
-            pred_path.unlink(missing_ok=True)
+        folds = _write_temps(record, thresholds, present, temps)
+        text, row = run_outputs(dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
+                                fields=task.summary_fields, predictions=temps[0])
+        temps.append(temp_sibling(csv))
+        temps[-1].write_text(text)
+        # all computed: now swapped in together, the summary row last (any failure: undone)
+        replace_together(list(zip(temps, (pred_path, models_dir, csv))),
+                         then=lambda: upsert_summary(ws, dataset, row))
+    except OSError as exc:  # disk full, permissions: the earlier results stay, none of these
+        finals = dict(zip(map(str, temps), (pred_path, models_dir, csv)))
         where = getattr(exc, "filename", None) or ws.results_dir(dataset)
-        raise StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
-                         f"{run} (none of them kept; rerun when fixed)") from None
+        where = finals.get(str(where), where)  # the file the user knows, not its temporary one
+        kept = f"the previous results of {run} kept" if previous else "none of them kept"
+        err = StoreError(f"{where}: {describe_os_error(exc)} while writing the results of "
+                         f"{run} ({kept}; rerun when fixed)")
+        err.previous_kept = previous
+        raise err from None
+    except FeatbenchError as exc:  # a kind's save, the intervals: as a disk error
+        exc.previous_kept = previous
+        raise
+    finally:
+        for tmp in temps:  # renamed in, or half-written: gone
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
     return {"run": run, "dataset": dataset, "rows": rows_out,
             "mean": run_table(rows_out, columns=task.COLUMNS)[0][-1], "task": task.name,
             "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
@@ -284,8 +309,23 @@ def _fill(tmp, record):
     return folds
 
 
-def _write_predictions(record, thresholds, present):
-    """Write the test frames' scores and decisions (team contract 3), atomically."""
+def _write_temps(record, thresholds, present, temps):
+    """Write the run's predictions and models folder into temporary siblings of theirs, appended
+    to ``temps`` (removed by the caller unless swapped in); return the folds' records."""
+    plan = record.plan
+    pred_path = plan.workspace.predictions_path(plan.dataset, plan.run)
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    temps.append(temp_sibling(pred_path))
+    _write_predictions(record, thresholds, present, temps[-1])
+    models_dir = plan.workspace.models_dir(plan.dataset, plan.run)
+    models_dir.parent.mkdir(parents=True, exist_ok=True)
+    temps.append(temp_sibling(models_dir))
+    temps[-1].mkdir()
+    return _fill(temps[-1], record)
+
+
+def _write_predictions(record, thresholds, present, path):
+    """Write the test frames' scores and decisions (team contract 3) to ``path``, atomically."""
     plan, task, rows_out = record.plan, record.plan.task, record.rows
     rows = np.concatenate(record.test_rows)
     if np.unique(rows).size != rows.size:
@@ -296,7 +336,7 @@ def _write_predictions(record, thresholds, present):
         scores, thresholds = present(scores), present(thresholds)
         kw["scores_are"] = "probabilities"
     return write_predictions(
-        plan.workspace.predictions_path(plan.dataset, plan.run), frames=plan.table.keys()[rows],
+        path, frames=plan.table.keys()[rows],
         **task.stored(record.labels[rows]), scores=scores, decisions=decisions, fold=fold,
         aus=record.aus, thresholds=[r["threshold"] for r in rows_out],
         fold_thresholds=thresholds,  # (folds, k): the threshold each fold used

@@ -9,7 +9,7 @@ interval, the test and the correction.
 import numpy as np
 
 from featbench.core import stats
-from featbench.core.errors import FeatbenchError, MissingRunError, did_you_mean
+from featbench.core.errors import FeatbenchError, MissingRunError, StoreError, did_you_mean
 from featbench.core.results import read_predictions, read_summary_rows
 
 
@@ -31,6 +31,9 @@ class Comparer:
         rows = read_summary_rows(path) if path.exists() else []
         self.rows = {r["run"]: r for r in rows}
         self._preds = {}
+        #: ``{(a, b): why}``: pairs :meth:`compare_many` could not compare (no common AU or frame,
+        #: other labels): said beside the table, never the end of the whole report
+        self.refused = {}
 
     def has(self, run):
         """Whether ``run``'s predictions file exists (a run without one cannot be compared)."""
@@ -96,13 +99,33 @@ class Comparer:
     def compare_many(self, pairs, *, metric=None):
         """Compare each ``(a, b)`` of ``pairs`` (None where a run has no predictions file) and
         Holm-adjust the mean's p-values over the pairs compared: ``p_adj`` in each dict."""
-        found = [self.compare(a, b, metric=metric) if self.has(a) and self.has(b) else None
+        found = [self._compare_or_none(a, b, metric) if self.has(a) and self.has(b) else None
                  for a, b in pairs]
         adjusted = stats.holm([c["p"][-1] if c else np.nan for c in found])
         for c, p in zip(found, adjusted):
             if c is not None:
                 c["p_adj"] = float(p)
         return found
+
+
+    def _compare_or_none(self, a, b, metric):
+        """:meth:`compare`, or None (the reason kept in :attr:`refused`) for a pair the test
+        cannot pair: a run on other AUs (``--aus``) or other labels (``--threshold``) beside the
+        others is not compared, and the rest of the table still is."""
+        try:
+            return self.compare(a, b, metric=metric)
+        except StoreError as e:
+            self.refused[(a, b)] = str(e)
+            return None
+
+
+def refused_lines(comparer, pairs=None):
+    """Report lines naming the pairs ``comparer`` could not compare (of ``pairs``; None: all)."""
+    found = [(ab, why) for ab, why in comparer.refused.items() if pairs is None or ab in pairs]
+    if not found:
+        return []
+    return ["Not compared (the paired test needs the same AUs and labels on common frames): "
+            + "; ".join(why for _, why in found) + ".", ""]
 
 
 def ties_with_top(comparer, runs, *, metric=None):

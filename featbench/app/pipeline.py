@@ -61,7 +61,7 @@ from featbench.core.datasets import load_dataset
 from featbench.core.errors import FeatbenchError, UsageError, WeightsError, did_you_mean
 from featbench.core.identity import RunKey, WeightsId
 from featbench.core.results import read_summary_rows, record_failure
-from featbench.core.splits import make_splits, repeat_protocols
+from featbench.core.splits import make_splits, repeat_protocols, trained_test_subjects
 from featbench.core.stats import current_settings, using_settings
 from featbench.core.workspace import atomic_write_text
 
@@ -481,8 +481,10 @@ def _finetune_steps(ctx, ft):
                 f"weights {w}{'; ' + note if note else ''}")
     step = Step(name, run, fresh=fresh, produces=(name,), records=((name, meta),),
                 announce=announce)
-    if ft.code_clfs and len(make_splits(ctx.table, ctx.protocol)) > 1:
-        # one network per fold: codes of any one of them would score frames it trained on
+    splits = make_splits(ctx.table, ctx.protocol)
+    if ft.code_clfs and trained_test_subjects(splits, splits):
+        # one network per fold: codes of any one of them would score frames it trained on (the
+        # check classify makes of the run's record, made here before the run exists)
         ctx.say(f"note: {', '.join(ft.code_clfs)} on the fine-tuned network's codes left out: "
                 f"the {ctx.protocol} protocol of {ctx.dataset} has several folds")
         return [step]

@@ -38,7 +38,7 @@ from featbench.core.workspace import atomic_write_text, save_figure
 
 from classify.ensemble import command_for_run
 from featbench.app.claims import RUN_PLAN, claims_lines, power_lines
-from featbench.app.comparisons import Comparer, is_tied, ties_with_top
+from featbench.app.comparisons import Comparer, is_tied, refused_lines, ties_with_top
 from featbench.app.repeats import write_repeats
 from featbench.app.report_intensity import intensity_lines, is_intensity
 from featbench.app.report_cross import cross_lines
@@ -504,15 +504,21 @@ def _baseline_lines(base, aus):
 
 
 def _vs_top(run, top, ev):
-    """The ranking's *vs top* cell: ``top``, ``≈ top`` (not told apart) or ``below``, with p."""
+    """The ranking's *vs top* cell: ``top``, ``≈ top`` (not told apart), ``below`` or ``above``
+    (the paired test decides it; above: better than the top run on the frames and AUs both
+    scored, though ranked lower by its own mean), with p; ``not comparable`` (said below the
+    table) or ``—`` (no predictions file)."""
     if run == top:
         return "top"
     c = ev.ties.get(run)
     if c is None:
-        return "—"
+        return "not comparable" if (top, run) in ev.comparer.refused else "—"
     p = c.get("p_adj", float("nan"))
     p_text = "<0.001" if p < 0.001 else f"{p:.3f}"
-    return f"≈ top (p {p_text})" if is_tied(c, ev.settings.alpha) else f"below (p {p_text})"
+    if is_tied(c, ev.settings.alpha):
+        return f"≈ top (p {p_text})"
+    # diff is top - run: a decided negative difference puts the run above the top one there
+    return f"{'above' if c['diff'][-1] < 0 else 'below'} (p {p_text})"
 
 
 def _runs_lines(ok, base, aus, ev):
@@ -531,6 +537,8 @@ def _runs_lines(ok, base, aus, ev):
                   f"{len(ev.ties)} comparisons); ≈ top: not distinguishable from it on this data "
                   f"({len(tied)} run{'s' if len(tied) != 1 else ''}).", ""]
         lines += power_lines(list(ev.ties.values()), ev.settings)
+    if top is not None:
+        lines += refused_lines(ev.comparer, {(top, r) for r in ok["run"]})
     base_mean = _mean_of(base.get("f1", {}), aus)
     if not math.isnan(base_mean):
         lines += [f"(all-positive baseline: mean F1 {base_mean * 100:.1f}; random at the base "

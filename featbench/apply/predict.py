@@ -24,7 +24,8 @@ from featbench.apply.pipeline import stream
 from featbench.apply.runmodel import load_model_file, load_run
 from featbench.core import faces as F, footage
 from featbench.core.errors import UsageError
-from featbench.core.workspace import check_outputs, output_lock
+from featbench.core.workspace import (check_outputs, featbench_data_file, made_by_featbench,
+                                      output_lock)
 
 def load_model(*, run=None, model_file=None, workspace=".", dataset="synth"):
     """Return the :class:`~classify.infer.RunModel` of ``run`` (or ``best``) or of ``model_file``."""
@@ -85,9 +86,7 @@ def predict(inputs, *, run=None, model_file=None, workspace=".", dataset="synth"
     """
     t0 = time.perf_counter()
     sources = footage.list_sources(inputs)
-    check_outputs({"--out": out, "the sidecar": sidecar_path(out) if out is not None else None,
-                   "--plot": plot}, inputs=[p for src in sources for p in src.paths],
-                  force=force, command="predict")
+    _check_outputs(out, plot, sources, (model_file, weights_file), force)
     with output_lock([out, plot]):
         outputs, size = _load_outputs(run, model_file, intensity_run, workspace=workspace,
                                       dataset=dataset, detector=detector, batch_size=batch_size,
@@ -144,3 +143,18 @@ def _prepare(*, run, model_file, workspace, dataset, detector, batch_size, windo
                          f"{size} px: give runs trained on one aligned-face cache")
     check_alignment(model, own)
     return model, own
+
+
+def _check_outputs(out, plot, sources, files, force):
+    """Refuse outputs that would replace an input (the footage, the model or weights ``files``
+    read) or a file that is not a predict output (one line, exit 2, nothing written)."""
+    check_outputs({"--out": out, "the sidecar": sidecar_path(out) if out is not None else None,
+                   "--plot": plot}, inputs=[p for src in sources for p in src.paths]
+                  + [p for p in files if p], force=force, ours=_made_by_predict, command="predict")
+
+
+def _made_by_predict(path):
+    """Whether an existing output path holds what predict writes (its CSV, sidecar, timeline), so
+    a rerun may replace it: featbench's other files (an exported model, codes, predictions) are
+    never a predict output, whoever wrote them."""
+    return made_by_featbench(path) and featbench_data_file(path) is None

@@ -149,10 +149,16 @@ def finetuned_file(workspace, wid):
     """
     if workspace is None or wid.kind != "finetuned":
         return None
-    folders = sorted(Path(workspace.root, "results").glob(f"*/models/{wid.name}"))
-    files = sorted(p for f in folders for p in f.iterdir()
+    import glob
+
+    # the run's name is matched as it is (a name is no pattern); without a hash only a file
+    # that is the one candidate is taken, never the first of several
+    folders = sorted(Path(workspace.root, "results").glob(f"*/models/{glob.escape(wid.name)}"))
+    files = sorted(p for f in folders if f.is_dir() for p in f.iterdir()
                    if p.suffix in (".safetensors", ".pt") and p.name != MANIFEST)
-    return next((p for p in files if not wid.sha256 or file_sha256(p) == wid.sha256), None)
+    if not wid.sha256:
+        return files[0] if len(files) == 1 else None
+    return next((p for p in files if file_sha256(p) == wid.sha256), None)
 
 
 def _carried_files(model, workspace):

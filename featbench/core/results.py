@@ -176,6 +176,18 @@ def write_run(workspace, dataset, run, rows, *, meta, columns=RUN_COLUMNS, field
     Path
         The per-run CSV.
     """
+    text, row = run_outputs(dataset, run, rows, meta=meta, columns=columns, fields=fields,
+                            predictions=predictions)
+    path = workspace.run_csv(dataset, run)
+    atomic_write_text(path, text)
+    upsert_summary(workspace, dataset, row)
+    return path
+
+
+def run_outputs(dataset, run, rows, *, meta, columns=RUN_COLUMNS, fields=None, predictions=None):
+    """Return ``(csv text, summary row)`` of a run, written by nothing: :func:`write_run`'s
+    parameters and contents (the intervals computed from ``predictions``), for a writer that
+    swaps the run's files in together before it upserts the row."""
     task = meta.get("task") or "occurrence"
     table, columns = run_table(rows, columns=columns)
     ci = {}
@@ -183,8 +195,6 @@ def write_run(workspace, dataset, run, rows, *, meta, columns=RUN_COLUMNS, field
         found, ci = run_intervals(predictions, clf=meta.get("clf"), aus=[r["au"] for r in rows])
         table = [dict(r) for r in table]
         columns = _interval_columns(columns, table, found)
-    path = workspace.run_csv(dataset, run)
-    atomic_write_text(path, _csv_text(columns, table))
     mean = table[-1]
     row = {"run": run, **{k: meta.get(k) for k in ("model", "region", "clf")},
            "mean_f1": mean["f1"], "mean_accuracy": mean["accuracy"]}
@@ -201,8 +211,7 @@ def write_run(workspace, dataset, run, rows, *, meta, columns=RUN_COLUMNS, field
     row.setdefault("dataset", dataset)
     row["created"] = _dt.datetime.now().isoformat(timespec="seconds")
     row["error"] = ""
-    upsert_summary(workspace, dataset, row)
-    return path
+    return _csv_text(columns, table), row
 
 
 def _summary_intervals(mean, row):

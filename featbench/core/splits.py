@@ -95,6 +95,28 @@ def scored_mask(table, splits):
     return table.frames["subject"].isin(subjects).to_numpy()
 
 
+def _part(fold, part):
+    """A fold's subjects of ``part``: a :class:`Split` or its settings.json record (a dict)."""
+    return tuple(fold.get(part) or ()) if isinstance(fold, dict) else tuple(getattr(fold, part))
+
+
+def trained_test_subjects(trained, tested):
+    """Return the sorted subjects that some fold of ``trained`` fits on (its train or validation
+    subjects) and some fold of ``tested`` tests: scores of a network ``trained`` made would be
+    read on faces it learned from.
+
+    Parameters
+    ----------
+    trained, tested : sequence of Split or of settings.json fold records
+        ``trained``: the folds of the run that made a network (fine-tuning); ``tested``: the
+        folds of a run on its codes. One protocol's several folds give each other's test
+        subjects to train on, so ``trained_test_subjects(splits, splits)`` is empty only for a
+        protocol that never trains on a subject it tests.
+    """
+    fitted = {s for fold in trained for part in ("train", "validation") for s in _part(fold, part)}
+    return sorted(fitted & {s for fold in tested for s in _part(fold, "test")})
+
+
 def _hold_out(subjects, fraction, rng):
     """Split ``subjects`` into (kept, held out) with ``fraction`` (at least one) held out."""
     subjects = sorted(subjects)

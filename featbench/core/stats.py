@@ -26,7 +26,9 @@ Conventions, stated once
   With fewer than about 10 subjects a percentile cluster bootstrap is somewhat too narrow: read
   the intervals as the least uncertainty there is. A resample in which an AU has no positive
   frame leaves that AU's F1 undefined; the interval is taken over the resamples where it is
-  defined, and is ``nan`` when fewer than half are.
+  defined, and is ``nan`` when fewer than half are. The mean over AUs is undefined in such a
+  resample too (not a mean over the AUs left), so its interval is one of means over the same
+  AUs as the run's own.
 - **The point estimate is the run's own**: per fold, then averaged over folds, as classifier
   runs compute it (:mod:`classify.learn.writer`), or over all test frames at once for
   ensembles (:func:`pools_folds`), so the interval surrounds the number in the table.
@@ -194,9 +196,15 @@ class SubjectTable:
         """The metrics this run reports with an interval."""
         return OCCURRENCE_METRICS + (INTENSITY_METRICS if self.moments is not None else ())
 
-    def values(self, weights, metrics=None):
-        """Return ``{metric: (B, k + 1)}``: per AU and (last column) their nan-mean, for each
-        row of ``weights`` (B, S), how often each subject is drawn."""
+    def values(self, weights, metrics=None, *, strict_mean=True):
+        """Return ``{metric: (B, k + 1)}``: per AU and (last column) their mean, for each row of
+        ``weights`` (B, S), how often each subject is drawn.
+
+        The mean is over the AUs the run itself defines (its own nan-mean); a row in which one
+        of them is undefined (a resample without a positive frame of a rare AU) has an undefined
+        mean (``strict_mean``), rather than a mean over fewer AUs mixed into the distribution
+        of means over all of them (which drew the interval toward the easy AUs).
+        """
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         metrics = self.metrics if metrics is None else metrics
         per_group = {m: [] for m in metrics}
@@ -210,8 +218,20 @@ class SubjectTable:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices: nan, as the run's
             for m in metrics:
                 per_au = np.nanmean(np.stack(per_group[m]), axis=0)
-                out[m] = np.concatenate([per_au, np.nanmean(per_au, axis=1, keepdims=True)], axis=1)
+                mean = np.nanmean(per_au, axis=1, keepdims=True)
+                if strict_mean:
+                    lost = np.isnan(per_au[:, self._defined(m)]).any(axis=1, keepdims=True)
+                    mean = np.where(lost, np.nan, mean)
+                out[m] = np.concatenate([per_au, mean], axis=1)
         return out
+
+    def _defined(self, metric):
+        """(k,) bool: the AUs whose ``metric`` the run itself (every subject once) defines."""
+        cache = self.__dict__.setdefault("_defined_cache", {})
+        if metric not in cache:
+            own = self.values(np.ones((1, len(self.subjects))), (metric,), strict_mean=False)
+            cache[metric] = np.isfinite(own[metric][0, :-1])
+        return cache[metric]
 
     def observed(self, metrics=None):
         """The run's own values (every subject once): ``{metric: (k + 1,)}``."""

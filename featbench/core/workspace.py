@@ -281,6 +281,47 @@ def atomic_write_text(path, text):
         tmp.write_text(text)
 
 
+def replace_together(pairs, then=None):
+    """Rename each ``(new, final)`` of ``pairs`` onto ``final``, all of them or none.
+
+    Each ``final`` that exists (a file or a folder) is first renamed aside, to a temporary
+    sibling, never deleted before its replacement is in place; ``then()`` (the summary row) runs
+    once every new one is in. When a rename or ``then`` fails, the new ones are removed and the
+    old ones renamed back, so ``final`` is as it was; the old ones are deleted only at the end.
+    A crash in between leaves an old one as a temporary sibling, removed by the next writer
+    (:func:`remove_stale_temps`).
+
+    Parameters
+    ----------
+    pairs : sequence of (Path, Path)
+        Every ``new`` beside its ``final`` (same file system: a rename).
+    then : callable, optional
+        The last step of the swap; its exception undoes the swap, then rises.
+    """
+    done = []  # (new, final, aside or None), in order
+    try:
+        for new, final in pairs:
+            final = Path(final)
+            aside = None
+            if final.exists() or final.is_symlink():
+                aside = temp_sibling(final)
+                os.replace(final, aside)
+            done.append((new, final, aside))
+            os.replace(new, final)
+        if then is not None:
+            then()
+    except BaseException:
+        for new, final, aside in reversed(done):
+            if (final.exists() or final.is_symlink()) and not Path(new).exists():
+                _remove(final)  # the new one, renamed in
+            if aside is not None:
+                os.replace(aside, final)
+        raise
+    for _, _, aside in done:
+        if aside is not None:
+            _remove(aside)
+
+
 def save_figure(fig, path, **kw):
     """Save a matplotlib figure as PNG through a temporary file, marked as featbench's.
 
@@ -344,12 +385,16 @@ def made_by_featbench(path):
 
 
 def featbench_data_file(path):
-    """What an HDF5 file featbench wrote is, in words (a feature file, a predictions file, an
-    aligned-face cache), or None for any other file; told by the attributes each one carries."""
+    """What a data file featbench wrote is, in words (a feature file, a predictions file, an
+    aligned-face cache, a model file), or None for any other file; told by the attributes each
+    HDF5 file carries, and a model file by the format name it keeps."""
     try:
         with open(path, "rb") as fh:
-            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
-                return None
+            head = fh.read(4096)
+        if head[:8] != b"\x89HDF\r\n\x1a\n":
+            text = head.lstrip().startswith(b"{") or head.startswith(PREDICTIONS_HEADER.encode())
+            return ("a featbench model file" if not text and _names_model_format(path, head)
+                    else None)
         import h5py
 
         with h5py.File(path, "r") as f:
