@@ -45,7 +45,7 @@ def resolve_aus(table, protocol, aus=None, *, task=None):
     Default: :func:`featbench.core.splits.protocol_aus` (``paper`` -> the table's AUs among
     DISFA's 12, BP4D's 12 on BP4D; ``literature`` -> among the 8 of the 3-fold DISFA
     literature, BP4D's 12 on BP4D; other protocols -> all of the table's AUs), then those that
-    ``task`` (a :class:`~classify.learn.task.Task`; None: occurrence) has targets for — an
+    ``task`` (a :class:`~classify.task.Task`; None: occurrence) has targets for — an
     intensity run on BP4D scores the 5 AUs its intensity files code.
 
     Raises
