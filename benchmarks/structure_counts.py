@@ -5,7 +5,7 @@
 - **task-name branches outside task classes**: comparisons of a task's name with a literal
   (``== "intensity"``, ``!= "occurrence"``, ``in ("occurrence", ...)``) and identity tests
   against a task object (``is OCCURRENCE``) in ``featbench/``, ``extract/``, ``classify/``,
-  outside the task modules themselves (``classify/learn/task.py``, ``classify/learn/intensity.py``);
+  outside the task modules themselves (``classify/task.py``, ``classify/intensity_task.py``);
 - **wide functions**: functions (and methods) with 10 or more parameters, every kind counted
   (``self``, positional, keyword-only, ``*args``, ``**kwargs``);
 - **long functions**: functions of 70-79 lines (just under tests/test_function_length.py's 80).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("featbench", "extract", "classify")
-TASK_MODULES = {"classify/learn/task.py", "classify/learn/intensity.py"}
+TASK_MODULES = {"classify/task.py", "classify/intensity_task.py"}
 #: a task's name compared with a literal, or a task object's identity tested
 BRANCH = re.compile(r"""(==|!=)\s*["'](intensity|occurrence)["']"""
                     r"""|\bin\s*\(\s*["'](occurrence|intensity)["']"""

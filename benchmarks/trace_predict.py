@@ -19,6 +19,9 @@ path of control through the project's files. It prints one JSON object:
 ``distinct_edges``
     the distinct (from file, to file) pairs among the switches (a loop over AUs repeats its
     switches; this counts each once);
+``learn_or_training_files``
+    the visited files that train and only train (``classify/learn/``, :data:`TRAINING_FILES`):
+    none, since loading a run's model is the inference side's (``classify/loaders.py``);
 ``path``
     the main thread's path, consecutive visits of one file collapsed.
 
@@ -39,6 +42,11 @@ def _project_root():
 
     return Path(featbench.__file__).resolve().parents[1]
 
+
+#: what trains and only trains (besides ``classify/learn/``), as tests/test_layers.py says
+TRAINING_FILES = ("classify/finetune.py", "classify/training.py", "classify/lstm.py",
+                  "classify/transfer.py", "classify/codemethods.py", "classify/driver.py",
+                  "classify/run.py", "classify/plan.py", "classify/scale.py")
 
 #: where the path starts: the predict command's function (argument parsing before it is left out)
 START = ("featbench/app/commands/predict.py", "_run")
@@ -109,8 +117,7 @@ def summary(tracer):
             "switches": max(len(main_path) - 1, 0), "returns": returns,
             "distinct_edges": len(set(zip(main_path, main_path[1:]))),
             "learn_or_training_files": sorted(f for f in tracer.first if f.startswith("classify/learn/")
-                                              or f in ("classify/finetune.py", "classify/training.py",
-                                                       "classify/lstm.py", "classify/transfer.py")),
+                                              or f in TRAINING_FILES),
             "path": main_path}
 
 

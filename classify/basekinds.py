@@ -13,20 +13,23 @@
     broke it there; each member's fingerprint refuses a member trained again since.
 """
 
+from dataclasses import replace
+
 import numpy as np
 
 from featbench.core.calibrate import check_calibration
 from featbench.core.errors import StoreError
 from featbench.core.metrics import INTENSITY_MAX, INTENSITY_MIN, decision_threshold
+from featbench.core.registry import lazy
 
 from classify.estimators import (C_GRID, DEFAULT_C, ClassifierSpec, ShrinkageLDA, estimator_arrays,
-                                 estimator_from_arrays, make_lda, make_svm)
+                                 make_lda, make_svm)
 from classify.kinds import (RunKind, fold_results, get_kind, load_scorer, member_fingerprint,
                             record_fields, unit_group, write_run_model)
 from classify.intensity import RIDGE_ALPHAS, SVR_CS, RegressorSpec, ridge_path, svr_path
 from classify.modelcheck import INTENSITY_SPEC, VOTE_SPEC, estimator_spec
-from classify.scale import fit_streamed
 from classify.infer import RunModel
+from classify.loaders import estimator_scorer, load_units, regressor_scorer
 
 
 # --- per-AU classifiers on codes --------------------------------------------------------------
@@ -42,26 +45,13 @@ def save_estimators(folder, record):
         folds[fi]["thresholds"][au] = float(fit.threshold)
         units[fi][au] = group
     write_run_model(folder, record.plan.kind.name, folds, {"models": models, "units": units},
-                    tensors, **record_fields(record))
+                    tensors, record_fields(record))
 
 
 def load_estimators(model_file, classes):
-    """The ``load`` of estimator kinds: each AU's pipeline rebuilt from the classes allowed."""
-    models = model_file.manifest["settings"]["models"]
-    return load_per_au(model_file, "classifier", lambda g, thr: estimator_from_arrays(
-        models[g], model_file.tensors(g), thr, classes))
-
-
-def load_per_au(model_file, noun, build):
-    """The :class:`~classify.infer.RunModel` of a run with one model per fold and AU (the
-    estimator kinds): per fold, each AU's ``build(tensor group, threshold)`` and threshold."""
-    m = model_file.manifest
-    folds = [{au: (build(g, float(fold["thresholds"][au])), float(fold["thresholds"][au]))
-              for au, g in units.items()}
-             for fold, units in zip(m["folds"], m["settings"]["units"])]
-    if not any(folds):
-        raise StoreError(f"{model_file.path}: run {m['run']} has no fitted {noun} for any AU")
-    return RunModel.from_model_file(model_file, folds)
+    """The ``load`` of estimator kinds: each AU's pipeline rebuilt from the classes allowed
+    (the one loader, :func:`classify.loaders.load_units`)."""
+    return load_units(model_file, estimator_scorer(model_file, classes), noun="fitted classifier")
 
 
 #: the fitted arrays a saved pipeline step of each class holds: attribute -> (shape, required);
@@ -82,25 +72,15 @@ FITTED_ARRAYS = {
 }
 
 
-def classifier_method(plan, inputs):
-    """The method of a per-AU classifier kind on opened codes (:mod:`classify.codemethods`)."""
-    from classify.codemethods import ClassifierMethod
-
-    return ClassifierMethod(plan.kind.estimator, inputs.codes, inputs.pos, region=plan.region,
-                            seed=plan.seed, balance=plan.setting("balance", True),
-                            class_weight=plan.setting("class_weight"),
-                            tune_threshold=plan.setting("tune_threshold", False),
-                            budget=inputs.budget, n_jobs=plan.setting("n_jobs"), task=plan.task)
-
-
 def estimator_kind(spec, **kw):
     """Return the :class:`RunKind` of a per-AU estimator ``spec`` (trained by ``classify_run``)."""
     def load(model_file):
         return load_estimators(model_file, spec.classes)
 
     fields = dict(name=spec.name, load=load, save=save_estimators, train="classify.run:classify_run",
-                  command=f"featbench classify --clf {spec.name}", estimator=spec,
-                  method=classifier_method, tasks=("occurrence",), streams=True, help=spec.help,
+                  trained_by="classify", command=f"featbench classify --clf {spec.name}", estimator=spec,
+                  method=lazy("classify.codemethods:classifier_method"), tasks=("occurrence",),
+                  streams=True, help=spec.help,
                   spec=estimator_spec(spec.classes, FITTED_ARRAYS))
     return RunKind(**{**fields, **kw})
 
@@ -126,7 +106,7 @@ LDA = estimator_kind(ClassifierSpec(name="lda", make=make_lda, classes=_lda_clas
 #: the ``svm`` kind: linear SVM per AU, C chosen on validation (out of core when codes are large)
 SVM = estimator_kind(ClassifierSpec(
     name="svm", make=make_svm, classes=_svm_classes(), search_space={"C": C_GRID},
-    default_params={"C": DEFAULT_C}, fit_streamed=fit_streamed, solver="liblinear",
+    default_params={"C": DEFAULT_C}, fit_streamed=lazy("classify.scale:fit_streamed"), solver="liblinear",
     streamed_solver="sgd-hinge (out of core)",
     convergence_note="liblinear did not fully converge for some C (max_iter=2000)",
     help="linear SVM, C chosen on the validation subjects"))
@@ -155,36 +135,26 @@ def save_regressors(folder, record):
     fields = record_fields(record)
     settings = {"units": units, "param": record.plan.kind.estimator.param,
                 "clip": [INTENSITY_MIN, INTENSITY_MAX], "label_threshold": task.threshold,
-                "calibrate": check_calibration(fields["preprocessing"].get("calibrate")),
+                "calibrate": check_calibration(fields.preprocessing.get("calibrate")),
                 "person": "one face track (a subject's video in training)"}
-    write_run_model(folder, record.plan.kind.name, folds, settings, tensors, **fields)
+    write_run_model(folder, record.plan.kind.name, folds, settings, tensors, fields)
 
 
 def load_regressors(model_file):
     """The ``load`` of ``ridge`` / ``svr``: a :class:`~classify.infer.RunModel` whose AUs are
     :class:`~classify.intensity.LinearIntensity` (clipped intensities; decisions ``> 1.5``)."""
-    from classify.intensity import LinearIntensity
-
     m = model_file.manifest
     if m.get("task") not in (get_kind(m["kind"]).tasks or ()):
         raise StoreError(f"{model_file.path}: run {m.get('run')} of kind {m.get('kind')} is not "
                          "an intensity run")
-    return load_per_au(model_file, "regressor", lambda g, thr: LinearIntensity(
-        np.asarray(model_file.tensors(g)["weight"]), float(model_file.tensors(g)["bias"][0])))
-
-
-def regressor_method(plan, inputs):
-    """The method of an intensity regressor kind on opened codes (:mod:`classify.codemethods`)."""
-    from classify.codemethods import RegressorMethod
-
-    return RegressorMethod(plan.kind.estimator, inputs.codes, inputs.pos, region=plan.region,
-                           seed=plan.seed, balance=plan.setting("balance", False), task=plan.task)
+    return load_units(model_file, regressor_scorer(model_file), noun="fitted regressor")
 
 
 def regressor_kind(spec):
     """Return the :class:`RunKind` of a per-AU intensity regressor ``spec``."""
     return RunKind(name=spec.name, load=load_regressors, save=save_regressors,
-                   train="classify.run:classify_run", estimator=spec, method=regressor_method,
+                   train="classify.run:classify_run", trained_by="classify", estimator=spec,
+                   method=lazy("classify.codemethods:regressor_method"),
                    command=f"featbench classify --task intensity --clf {spec.name}",
                    task="intensity", tasks=("intensity",), balance=False, help=spec.help,
                    spec=INTENSITY_SPEC)
@@ -201,11 +171,13 @@ SVR = regressor_kind(RegressorSpec("svr", "C", SVR_CS, 1e-3,
 
 
 # --- votes ------------------------------------------------------------------------------------
-def save_vote(folder, trained, **fields):
-    """The ``save`` of ``vote``: ``trained`` = ``{"members", "scales" (members, aus), "fingerprints"}``."""
+def save_vote(folder, trained, fields):
+    """The ``save`` of ``vote``: ``trained`` = ``{"members", "scales" (members, aus),
+    "fingerprints"}``; ``fields``: its :class:`~classify.kinds.ModelFields` (members added)."""
     write_run_model(folder, "vote", [], {"members": list(trained["members"]),
                                          "fingerprints": trained["fingerprints"]},
-                    {"vote": {"scales": trained["scales"]}}, members=trained["members"], **fields)
+                    {"vote": {"scales": trained["scales"]}},
+                    replace(fields, members=list(trained["members"])))
 
 
 def load_vote(model_file):
@@ -226,5 +198,5 @@ def load_vote(model_file):
 
 #: the ``vote`` kind: a majority vote of other runs (``featbench ensemble``)
 VOTE = RunKind(name="vote", load=load_vote, save=save_vote, train="classify.ensemble:ensemble_run",
-               command="featbench ensemble", inputs="runs", spec=VOTE_SPEC,
+               trained_by="ensemble", command="featbench ensemble", inputs="runs", spec=VOTE_SPEC,
                help="majority vote of member runs, ties broken by scaled scores")

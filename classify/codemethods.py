@@ -25,6 +25,8 @@ Both read the codes through :attr:`codes` (``{region: array, H5Codes or .npy pat
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
@@ -32,7 +34,31 @@ from featbench.core.aus import AU_REGION
 
 from classify.estimators import balance_indices, with_threshold
 from classify.learn.method import Method, Unit, UnitData
-from classify.learn.task import OCCURRENCE
+from classify.task import OCCURRENCE
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a run on codes fits its units, from its plan (:meth:`of`): the region whose codes
+    they read (``auto``: each AU its own), the seed, balancing, class weights, threshold tuning,
+    worker processes (``n_jobs``; None: every core) and the task."""
+
+    region: str = "full"
+    seed: int = 0
+    balance: bool = True
+    class_weight: Optional[str] = None
+    tune_threshold: bool = False
+    n_jobs: Optional[int] = None
+    task: Any = OCCURRENCE
+
+    @classmethod
+    def of(cls, plan, *, balance=True):
+        """The settings of ``plan`` (a :class:`~classify.plan.RunPlan`); ``balance``: the kind's
+        default when the plan does not say."""
+        return cls(region=plan.region, seed=plan.seed, balance=plan.setting("balance", balance),
+                   class_weight=plan.setting("class_weight"),
+                   tune_threshold=plan.setting("tune_threshold", False),
+                   n_jobs=plan.setting("n_jobs"), task=plan.task)
 
 
 class CodesInput:
@@ -75,12 +101,12 @@ class CodesMethod(CodesInput, Method):
     resumable = False  # seconds per unit: refitted on a rerun, never checkpointed
     model_noun = "classifier"
 
-    def __init__(self, spec, codes, pos, *, region="full", seed=0, n_jobs=None, task=OCCURRENCE):
-        super().__init__(task)
-        self.spec, self.codes, self.pos, self.region, self.seed = spec, codes, pos, region, seed
+    def __init__(self, spec, codes, pos, fit):
+        super().__init__(fit.task)
+        self.spec, self.codes, self.pos, self.region, self.seed = spec, codes, pos, fit.region, fit.seed
         self.kind = spec.name
         cores = os.cpu_count() or 1
-        self.workers = cores if n_jobs in (None, -1) else int(n_jobs)
+        self.workers = cores if fit.n_jobs in (None, -1) else int(fit.n_jobs)
 
     def region_of(self, au):
         return AU_REGION[au] if self.region == "auto" else self.region
@@ -106,16 +132,16 @@ class ClassifierMethod(CodesMethod):
     codes : dict of region -> codes
     pos : array by table row
         The row of a frame's codes.
-    balance, class_weight, tune_threshold
-        As ``featbench classify``'s flags.
+    fit : FitSettings
+        Region, seed, task, workers; ``balance``, ``class_weight``, ``tune_threshold`` as
+        ``featbench classify``'s flags.
     budget : int, optional
         Bytes a fit may hold: above it, codes read from HDF5 are fitted out of core.
     """
 
-    def __init__(self, spec, codes, pos, *, region="full", seed=0, balance=True, class_weight=None,
-                 tune_threshold=False, budget=None, n_jobs=None, task=OCCURRENCE):
-        super().__init__(spec, codes, pos, region=region, seed=seed, n_jobs=n_jobs, task=task)
-        self.balance, self.class_weight, self.tune = balance, class_weight, tune_threshold
+    def __init__(self, spec, codes, pos, fit, *, budget=None):
+        super().__init__(spec, codes, pos, fit)
+        self.balance, self.class_weight, self.tune = fit.balance, fit.class_weight, fit.tune_threshold
         self.budget = budget
         self.params = tuple(spec.search_space)
 
@@ -228,18 +254,17 @@ class RegressorMethod(CodesMethod):
     spec : RegressorSpec
     codes, pos
         As :class:`ClassifierMethod`.
-    balance : bool
-        Train on the frames with intensity >= the label threshold and as many others.
-    task : Intensity
+    fit : FitSettings
+        Region, seed, the task (:class:`~classify.intensity_task.Intensity`); ``balance``: train
+        on the frames with intensity >= the label threshold and as many others. One process.
     """
 
     model_noun = "regressor"
     prediction_attrs = Method.prediction_attrs + ("calibrate", "label_threshold")
 
-    def __init__(self, spec, codes, pos, *, region="full", seed=0, balance=False, task=None,
-                 n_jobs=None):
-        super().__init__(spec, codes, pos, region=region, seed=seed, n_jobs=n_jobs, task=task)
-        self.balance, self.params = balance, (spec.param,)
+    def __init__(self, spec, codes, pos, fit):
+        super().__init__(spec, codes, pos, fit)
+        self.balance, self.params = fit.balance, (spec.param,)
         # one process: a ridge path is BLAS, whose results follow its thread count
         self.workers = 1
 
@@ -314,4 +339,19 @@ class RegressorMethod(CodesMethod):
         return None, s
 
 
-__all__ = ["ClassifierMethod", "RegressorMethod"]
+# --- the kinds' methods (RunKind.method: classify.basekinds names them) ----------------------
+def classifier_method(plan, inputs):
+    """The method of a per-AU classifier kind (``lda``, ``svm``...) on opened codes
+    (:class:`classify.driver.CodeInputs`)."""
+    return ClassifierMethod(plan.kind.estimator, inputs.codes, inputs.pos, FitSettings.of(plan),
+                            budget=inputs.budget)
+
+
+def regressor_method(plan, inputs):
+    """The method of an intensity regressor kind (``ridge``, ``svr``) on opened codes."""
+    return RegressorMethod(plan.kind.estimator, inputs.codes, inputs.pos,
+                           FitSettings.of(plan, balance=False))
+
+
+__all__ = ["FitSettings", "ClassifierMethod", "RegressorMethod", "classifier_method",
+           "regressor_method"]

@@ -50,7 +50,7 @@ from featbench.core.results import read_predictions, run_table, write_prediction
 from featbench.core.workspace import safe_name
 
 from classify.kinds import member_fingerprint
-from classify.learn.task import get_task
+from classify.task import get_task
 from classify.learn.writer import replace_folder
 from classify.vote import score_scales
 
@@ -354,15 +354,16 @@ def write_vote_model(workspace, dataset, run, members, aus, weights, scales, *, 
     digests) lets loading refuse a member trained again since.
     """
     from classify.basekinds import save_vote  # the kinds' module: scorers, torch, loaded here only
+    from classify.kinds import ModelFields
 
     manifests = [_member_manifest(workspace, dataset, m) for m in members]
     alignment = next(((m.get("preprocessing") or {}).get("alignment") for m in manifests if m), {})
     final = workspace.models_dir(dataset, run)
+    fields = ModelFields(run=run, aus=aus, weights=weights, dataset=dataset, task=task,
+                         preprocessing={"model": "", "regions": {}, "alignment": alignment or {}})
     replace_folder(final, lambda tmp: save_vote(
         tmp, {"members": members, "scales": np.asarray(scales, np.float64),
-              "fingerprints": [member_fingerprint(m) for m in manifests]},
-        run=run, aus=aus, weights=weights, dataset=dataset, task=task,
-        preprocessing={"model": "", "regions": {}, "alignment": alignment or {}}))
+              "fingerprints": [member_fingerprint(m) for m in manifests]}, fields))
     return final
 
 
@@ -417,6 +418,24 @@ def preset_run_name(workspace, dataset, preset, *, tag=None):
     return str(RunKey(safe_name(f"ensemble-{preset}"), region or "mixed", "vote", tag or ()))
 
 
+def _vote_meta(preds, members, dataset, task, *, name, preset, tag):
+    """Return the vote run's name and its summary row's columns (``model``: the ensemble's
+    name, :func:`ensemble_run`'s default; ``region``: the members' when they share it, else
+    ``mixed``; ``weights``: each member's)."""
+    regions = {p.get("region", _key(r).region if _key(r) else "") for p, r in zip(preds, members)}
+    region = regions.pop() if len(regions) == 1 else "mixed"
+    if name is None:
+        name = (f"ensemble-{preset}" if preset else
+                "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
+    run = str(RunKey(safe_name(name), region or "mixed", "vote", tag or ()))
+    weights = format_members([(p.get("model", _key(r).model if _key(r) else r), p.get("weights", "?"))
+                              for p, r in zip(preds, members)])
+    protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
+    return run, {"model": name, "region": region, "clf": "vote", "weights": weights,
+                 "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members),
+                 "task": task.name, **task.vote_meta()}
+
+
 def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, tag=None):
     """Vote the members' decisions and write the ensemble like a classifier run (``clf = vote``).
 
@@ -462,19 +481,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
         notes.insert(0, f"random-init runs are controls, not members (name them in --members to "
                         f"vote them): {', '.join(controls)}")
     labels, fold = aligned[0]["labels"], aligned[0]["fold"]
-
-    regions = {p.get("region", _key(r).region if _key(r) else "") for p, r in zip(preds, members)}
-    region = regions.pop() if len(regions) == 1 else "mixed"
-    if name is None:
-        name = (f"ensemble-{preset}" if preset else
-                "vote-" + hashlib.sha256(",".join(sorted(members)).encode()).hexdigest()[:8])
-    run = str(RunKey(safe_name(name), region or "mixed", "vote", tag or ()))
-    weights = format_members([(p.get("model", _key(r).model if _key(r) else r), p.get("weights", "?"))
-                              for p, r in zip(preds, members)])
-    protocols = sorted({str(p.get("protocol", "")) for p in preds} - {""})
-    meta = {"model": name, "region": region, "clf": "vote", "weights": weights,
-            "protocol": ",".join(protocols), "dataset": dataset, "members": ",".join(members),
-            "task": task.name, **task.vote_meta()}
+    run, meta = _vote_meta(preds, members, dataset, task, name=name, preset=preset, tag=tag)
     rows = task.vote_rows(aligned[0], decisions, scores, aus)
     pred_path = workspace.predictions_path(dataset, run)
     write_predictions(pred_path, frames=aligned[0]["frames"], labels=labels, scores=scores,
@@ -483,7 +490,7 @@ def ensemble_run(workspace, dataset, *, members=None, preset=None, name=None, ta
                       **{k: v for k, v in meta.items() if k != "members"}, members=members)
     csv = write_run(workspace, dataset, run, rows, meta=meta, columns=task.COLUMNS,
                     fields=task.summary_fields, predictions=pred_path)
-    models_dir = write_vote_model(workspace, dataset, run, members, aus, weights,
+    models_dir = write_vote_model(workspace, dataset, run, members, aus, meta["weights"],
                                   score_scales(np.stack([p["scores"] for p in aligned])),
                                   task=task.name)
     mean = run_table(rows, columns=task.COLUMNS)[0][-1]

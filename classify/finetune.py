@@ -5,7 +5,7 @@
 connected layers re-initialised, a new output layer, layers below ``--train-from`` frozen), fed
 aligned faces by the face source (:mod:`featbench.core.facesource`) and trained by the shared
 fold x unit loop (:mod:`classify.learn.loop`) through :func:`classify.training.fit`, with the
-occurrence task's loss, metric and thresholds (:mod:`classify.learn.task`).
+occurrence task's loss, metric and thresholds (:mod:`classify.task`).
 :func:`finetune_run` writes the run through the one run writer (:mod:`classify.learn.writer`).
 
 What is trained
@@ -60,7 +60,6 @@ the fine-tuned network's codes into ``data/features/<ds>/<M>-ft.h5`` (weights id
 ``finetuned:<run> sha256:...``), for ``featbench classify --model <M>-ft``.
 """
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -72,21 +71,21 @@ from featbench.core.facesource import FaceInput, FaceSource, balanced_rows, draw
 from featbench.core.modelfile import open_model
 from featbench.core.workspace import Workspace, run_lock
 
-from classify.ft_net import HEADS, REINITS, check_choice, check_input_size, create_finetune_net
-from classify.learn.facekind import face_kind
-from classify.learn.facerun import face_run
+from classify.ft_net import (HEADS, REINITS, check_choice, check_input_size, create_finetune_net,
+                             logit_difference, scores_of, unit_network)
+from classify.learn.facerun import face_plan, face_run
 from classify.learn.loop import unit_state
 from classify.infer import score_batches
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
-from classify.learn.task import OCCURRENCE, get_task
+from classify.task import OCCURRENCE, get_task
 from classify.learn.writer import recording_failure
-from classify.modelcheck import network_spec
+from classify.netkinds import FT
 from classify.plan import resolve_aus, run_key
 from classify.run import format_result as classify_format
 from classify.training import TrainConfig
 from extract.encoders import autocast_dtype, resolve_device
 from extract.registry import get_spec
-from extract.weights import MEAN_KEY, parse_weights
+from extract.weights import parse_weights
 
 REGION_CHOICES = ("full",) + REGIONS + ("auto",)
 
@@ -192,7 +191,7 @@ def finetune_run_name(config, table, *, task=OCCURRENCE):
                        variant=variant_tags(config), protocol=config.protocol,
                        tune_threshold=config.tune_threshold, seed=config.seed, aus=aus,
                        default_aus=default_aus, after=(config.tag,) if config.tag else (),
-                       task_tag=KIND.task_tag(task)))
+                       task_tag=FT.task_tag(task)))
 
 
 def variant_tags(config):
@@ -300,7 +299,7 @@ class FinetuneMethod(Method):
 
     @classmethod
     def to_scores_of(cls, settings):
-        return logit_difference if settings["config"]["head"] == "per-au" else None
+        return scores_of(settings)
 
     def scores(self, net, job, data, part):
         if part == "validation":
@@ -362,11 +361,6 @@ def _network(info):
     return {k: v for k, v in info.items() if k != "frozen"}
 
 
-def logit_difference(logits):
-    """A 2-way (absent, present) head's score: ``logit(present) - logit(absent)``, (n, 1)."""
-    return logits[:, 1:2] - logits[:, 0:1]
-
-
 # --- the run -------------------------------------------------------------------------------------
 def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=None, progress=True,
                  task=OCCURRENCE, scheduler=None, **kwargs):
@@ -385,7 +379,7 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         reused by ``featbench.core.align.ensure_aligned``).
     progress : bool
     task : Task or str
-        What the networks learn (:mod:`classify.learn.task`; default: AU occurrence; any
+        What the networks learn (:mod:`classify.task`; default: AU occurrence; any
         registered task). Another task's name is a run-name tag.
     scheduler : str, optional
         Train the networks on the Dask cluster at this address (``DASK_SCHEDULER_ADDRESS``
@@ -403,7 +397,6 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
         Bad settings, weights of another architecture, a region without crops... Once the
         run's name is known, a failure is also recorded as its row in ``summary.csv``.
     """
-    t0 = time.time()
     config = config or FinetuneConfig(**kwargs)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
     spec = get_spec(config.model)
@@ -427,9 +420,10 @@ def finetune_run(workspace, dataset, config=None, *, table=None, aligned_path=No
             meta["weights"] = info["weights"]
             aligned_path = aligned_path or ensure_aligned(table, workspace, progress=progress)
         meta.update(input_size=info["input_size"], epochs=config.epochs)
-        return face_run(FinetuneMethod(config, aligned_path, task), workspace, dataset, table, run=run,
-                        aus=au_list, protocol=config.protocol, seed=config.seed, meta=meta, info=info,
-                        progress=progress, t0=t0, kind=KIND, scheduler=scheduler)
+        method = FinetuneMethod(config, aligned_path, task)
+        return face_run(method, face_plan(method, workspace, table, run=run, aus=au_list, meta=meta,
+                                          protocol=config.protocol, seed=config.seed, kind=FT,
+                                          progress=progress, scheduler=scheduler), info=info)
 
 
 def check_network(config):
@@ -462,19 +456,6 @@ def load_unit(models_dir, unit="model", *, device="cpu"):
     return unit_network(settings, unit, unit_state(model, unit)).to(device).eval(), settings
 
 
-def unit_network(settings, unit, state):
-    """Return the network of ``unit`` of a run's model ``settings`` with ``state`` loaded.
-
-    ``featbench predict`` and ``featbench export`` rebuild units through here, as
-    :func:`load_unit` does.
-    """
-    cfg, entry = settings["config"], settings["units"][unit]
-    outputs = 2 if cfg["head"] == "per-au" else len(entry["aus"])
-    net, _ = create_finetune_net(get_spec(cfg["model"]), "random:0", outputs=outputs,
-                                 reinit=cfg["reinit"], input_size=settings["network"]["input_size"])
-    return net.load_exported(state)
-
-
 def format_result(result):
     """Return the one-screen text of a finetune run (classify's table) and its summary line."""
     meta = result["meta"]
@@ -486,11 +467,3 @@ def format_result(result):
 
 def _n_train(result):
     return int(max((r["n_train"] for r in result["rows"]), default=0))
-
-
-#: the ``ft`` run kind (the registry's entry, :mod:`classify.kinds`): how a fine-tuning run is
-#: trained, saved and loaded into one scorer (:mod:`classify.learn.facekind`)
-KIND = face_kind("ft", FinetuneMethod, train="classify.finetune:finetune_run",
-                 command="featbench finetune",
-                 spec=network_spec(FinetuneMethod, "ft", values=(MEAN_KEY,)),
-                 help="a CNN fine-tuned for AU occurrence (per-AU or multilabel heads)")

@@ -44,6 +44,7 @@ import dataclasses
 from featbench.core.errors import UsageError, did_you_mean
 
 from extract.encoders import create_preprocess
+from extract.registry import get_spec
 from extract.weights import (MEAN_KEY, WeightsChoice, build_network, effective_mean, parse_weights,
                              weights_identity, weights_source)
 
@@ -368,3 +369,29 @@ def _freeze(model, net, fcs, train_from, out_q):
             if own and all(id(p) in frozen_ids for p in own):
                 model.frozen_norms.append(m)
     return frozen
+
+
+# --- a trained unit, rebuilt from its run's model (training, predict, export, the model check) ---
+def unit_network(settings, unit, state):
+    """Return the network of ``unit`` of a fine-tuning run's model ``settings`` (the manifest's
+    ``settings``) with ``state`` loaded.
+
+    ``featbench predict`` and ``featbench export`` rebuild units through here
+    (:mod:`classify.loaders`), as :func:`classify.finetune.load_unit` does.
+    """
+    cfg, entry = settings["config"], settings["units"][unit]
+    outputs = 2 if cfg["head"] == "per-au" else len(entry["aus"])
+    net, _ = create_finetune_net(get_spec(cfg["model"]), "random:0", outputs=outputs,
+                                 reinit=cfg["reinit"], input_size=settings["network"]["input_size"])
+    return net.load_exported(state)
+
+
+def logit_difference(logits):
+    """A 2-way (absent, present) head's score: ``logit(present) - logit(absent)``, (n, 1)."""
+    return logits[:, 1:2] - logits[:, 0:1]
+
+
+def scores_of(settings):
+    """How a fine-tuning run's network outputs become its scores (``settings``: the manifest's):
+    per-au heads give :func:`logit_difference`, a multilabel head its logits (None)."""
+    return logit_difference if settings["config"]["head"] == "per-au" else None

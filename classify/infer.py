@@ -12,7 +12,7 @@ Everything that turns a saved run into scores lives here, apart from training
     per-AU pieces of a fold), and the one scorer every run kind loads into: codes (or faces,
     through the networks it carries) -> scores + decisions. Its identities are objects
     (:class:`~featbench.core.identity.RunKey`, :class:`~featbench.core.identity.WeightsId`,
-    the :class:`~classify.learn.task.Task`, the :class:`~classify.kinds.RunKind`), parsed once
+    the :class:`~classify.task.Task`, the :class:`~classify.kinds.RunKind`), parsed once
     from the manifest.
 :class:`NetworkScores`, :class:`NetworkOutput`
     Runs whose trained network *is* the classifier (fine-tuned CNNs, transfer runs).
@@ -47,7 +47,7 @@ them; a ``featbench finetune`` or ``featbench transfer`` run maps aligned faces 
 per-AU scores. Both fit :class:`RunModel`: the trained network stands where
 the encoder stood (:class:`NetworkScores`: crops -> its scores) and each AU's "classifier" is
 one column of those scores (:class:`NetworkOutput`), read through the classifier's
-``codes_key`` = ``(network, weights, region)``. Their run kinds (:mod:`classify.learn.facekind`)
+``codes_key`` = ``(network, weights, region)``. Their run kinds (:mod:`classify.netkinds`)
 build them from a model file (a run folder or an export).
 
 What is reproduced, from what each run did to its own test faces, all read from the run's
@@ -55,12 +55,12 @@ What is reproduced, from what each run did to its own test faces, all read from 
 
 ``ft`` (:mod:`classify.finetune`)
     each unit (``model``, ``<AU>`` or ``<region>``; ``<unit>-<fold>`` per fold) rebuilt by
-    :func:`classify.finetune.unit_network`; its faces are what the unit's
+    :func:`classify.ft_net.unit_network`; its faces are what the unit's
     :class:`~featbench.core.facesource.FaceInput` (in the manifest) says, as the run's face
     source gave them; the score is the method's (``logit(present) - logit(absent)`` per-au, the
     AU's logit multilabel), the decision ``score > threshold`` with the unit's threshold.
 ``transfer`` (:mod:`classify.transfer`)
-    stage 2's network rebuilt by :func:`classify.transfer.load_model`; full faces as the cache
+    stage 2's network rebuilt by :func:`classify.transfer_net.network_of`; full faces as the cache
     stores them (the network's first layer resizes them); the score is the AU's probability
     (sigmoid of the logit, as the run's predictions file stores it), the decision
     ``probability > threshold`` (the thresholds tuned on validation, as probabilities).
@@ -82,7 +82,7 @@ from featbench.core.errors import UsageError
 from featbench.core.identity import RunKey, WeightsId
 
 from classify.kinds import RunKind, get_kind
-from classify.learn.task import OCCURRENCE, Task, get_task
+from classify.task import OCCURRENCE, Task, get_task
 from extract.encoders import autocast_dtype, resolve_device, run_network
 
 
@@ -149,7 +149,7 @@ class Scorer(Protocol):
     Identities are objects, strings only in the files (the manifest, the CSV, the sidecar):
     ``run`` a :class:`~featbench.core.identity.RunKey`, the networks' weights
     :class:`~featbench.core.identity.WeightsId` s, ``task`` the
-    :class:`~classify.learn.task.Task` that turns scores into decisions, ``kind`` the
+    :class:`~classify.task.Task` that turns scores into decisions, ``kind`` the
     :class:`~classify.kinds.RunKind` of the registry.
     """
 
@@ -214,7 +214,7 @@ class RunModel:
         Its kind in the registry (:mod:`classify.kinds`); :attr:`clf` is its name (``lda``,
         ``svm``, ``vote``...).
     task : Task
-        The task its networks learned (:func:`classify.learn.task.get_task`): it turns scores
+        The task its networks learned (:func:`classify.task.get_task`): it turns scores
         into decisions (and, for intensity, clips them to 0-5).
     model : str
         The network's registry name (``hog``, ``alexnet``, ``timm:...``); ``""`` for a vote.
@@ -433,7 +433,7 @@ class RunModel:
 
     def _score_fold(self, fold, codes, tracks):
         """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`)."""
-        task = self.task  # how a score becomes a decision (classify.learn.task)
+        task = self.task  # how a score becomes a decision (classify.task)
         n = len(next(iter(codes.values()))) if codes else 0
         s = np.full((n, len(self.aus)), np.nan, np.float32)
         d = np.zeros((n, len(self.aus)), np.int8)
@@ -580,7 +580,7 @@ class LSTMScorer:
     edges (frames near a cut see less context than in the run's test) and the window's aligned
     faces are held in memory (about 150 KB a face at 224 px).
 
-    The network's own forward (:class:`classify.lstm.SequenceLSTM`, with its state) scores.
+    The network's own forward (:class:`classify.lstm_net.SequenceLSTM`, with its state) scores.
 
     Parameters
     ----------
@@ -590,7 +590,7 @@ class LSTMScorer:
         The AU's output of the network.
     build : callable
         ``build(state)`` -> the network with ``state`` (name -> tensor) loaded, in eval mode
-        (:func:`classify.lstm.network_of` of the unit's settings).
+        (:func:`classify.lstm_net.network_of` of the unit's settings).
     bidirectional : bool
         The network looks ahead: scored in windows (see above).
     """

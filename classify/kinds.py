@@ -6,11 +6,10 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
 ``train``
     ``"module:function"`` of ``function(workspace, dataset, ...)`` -> the run's result dict
     (``run``, ``models_dir``...): what ``featbench classify`` / ``finetune`` / ``transfer`` /
-    ``ensemble`` call (:meth:`RunKind.trainer` imports it; named, not imported here, because
-    the trainers write their runs through this module). Kinds that
-    classify codes per AU hold their estimator (:attr:`RunKind.estimator`, a
-    :class:`classify.estimators.ClassifierSpec`) and train through
-    :func:`classify.run.classify_run`.
+    ``ensemble`` call (:meth:`RunKind.trainer` imports it). ``trained_by`` names the command.
+    Kinds that classify codes per AU hold their estimator (:attr:`RunKind.estimator`, a
+    :class:`classify.estimators.ClassifierSpec` or :class:`classify.intensity.RegressorSpec`)
+    and train through :func:`classify.run.classify_run`.
 ``method``
     ``method(plan, inputs)`` -> the :class:`~classify.learn.method.Method` the one driver
     (:func:`classify.driver.execute`) trains a run of this kind on codes with.
@@ -21,24 +20,29 @@ A run kind (``lda``, ``svm``, ``lstm``, ``ft``, ``transfer``, ``vote``...) is a 
     writer calls it inside the run folder's atomic swap, then writes settings.json there).
 ``load``
     ``load(model_file)`` -> a :class:`classify.infer.RunModel`: codes (or faces, through the
-    network it carries) -> scores + decisions, exactly as the run decided its test frames.
-    :func:`load_scorer` dispatches on the manifest's ``kind``.
+    network it carries) -> scores + decisions, exactly as the run decided its test frames,
+    through the one loader (:func:`classify.loaders.load_units`). :func:`load_scorer`
+    dispatches on the manifest's ``kind``.
 
 Entries are imported on first use (``"module:attribute"``), so ``featbench --help`` or an
-``lda`` run never imports torch for an LSTM. Adding a kind is one module (its class and
-save/load) plus one lazy entry in :data:`KINDS` (or one :func:`register_kind` call for a plug-in).
-A per-AU classifier on codes is even shorter: its :class:`~classify.estimators.ClassifierSpec`
-and ``register_kind(estimator_kind(spec))`` (:func:`classify.basekinds.estimator_kind`).
+``lda`` run never imports torch for an LSTM; a kind's training parts may be named the same way
+(:class:`featbench.core.registry.Lazy`), so that loading a run imports no training module.
 
-The kinds themselves live beside their methods: ``lda``, ``svm`` (and :func:`estimator_kind`
-for any per-AU estimator) and ``vote`` in :mod:`classify.basekinds`; the learned kinds in their
-method modules (``lstm``: :data:`classify.lstm.KIND`; ``ft`` and ``transfer``, methods over
-faces: :data:`classify.finetune.KIND`, :data:`classify.transfer.KIND`, made by
-:func:`classify.learn.facekind.face_kind`). This module imports none of
-them (it is what their trainers write through, and what ``featbench --help`` lists).
+The one registry suffices for classifiers and regressors too: a per-AU classifier or regressor
+*is* a run kind (its :class:`~classify.estimators.ClassifierSpec` or
+:class:`~classify.intensity.RegressorSpec` is the kind's ``estimator``), and ``featbench classify
+--clf`` takes the kinds whose ``trained_by`` is ``classify``. Adding one is
+``register_kind(estimator_kind(spec))`` (or ``regressor_kind(spec)``,
+:mod:`classify.basekinds`); a new learned method is one module (its method and save) plus its
+kind (:mod:`classify.netkinds`: its loading on the inference side) and one lazy entry in
+:data:`KINDS` (or one :func:`register_kind` call for a plug-in).
+
+The built-in kinds: ``lda``, ``svm``, ``ridge``, ``svr`` and ``vote`` in
+:mod:`classify.basekinds`; ``lstm``, ``ft`` and ``transfer`` in :mod:`classify.netkinds`. This
+module imports none of them (it is what their trainers write through, and what ``featbench
+--help`` lists).
 """
 
-import importlib
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -47,8 +51,7 @@ from featbench.core.align import read_cache_info
 from featbench.core.datasets import training_data as describe_training_data
 from featbench.core.errors import FeatbenchError, StoreError, UsageError, did_you_mean
 from featbench.core.modelfile import create_manifest, write_model
-from featbench.core.registry import Registry
-
+from featbench.core.registry import Registry, resolve
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,13 @@ class RunKind:
         ``load(model_file)`` -> RunModel (:class:`featbench.core.modelfile.ModelFile` in).
     save : callable, optional
         ``save(folder, record)`` (a :class:`~classify.learn.writer.RunRecord`) -> per-(fold,
-        AU) settings entries or None (the vote's: ``save(folder, trained, **fields)``).
-    writer : str
-        ``"module:function"`` that writes the kind's model when its trainer does it itself (the
-        learned methods: :func:`classify.learn.loop.write_model`); else the module of ``save``.
+        AU) settings entries or None (the vote's: ``save(folder, trained, fields)``).
     train : str
         ``"module:function"`` of the function that trains a run of this kind
         (:meth:`trainer`).
+    trained_by : str
+        The featbench command that trains it (``classify``, ``finetune``, ``transfer``,
+        ``ensemble``): ``featbench classify --clf`` takes the ``classify`` kinds.
     command : str
         The command that trains it, for messages (``featbench classify --clf svm``).
     estimator : classify.estimators.ClassifierSpec, optional
@@ -103,8 +106,8 @@ class RunKind:
     name: str
     load: Callable
     save: Optional[Callable] = None
-    writer: str = ""
     train: str = ""
+    trained_by: str = ""
     command: str = ""
     estimator: Any = None
     method: Optional[Callable] = None
@@ -119,11 +122,11 @@ class RunKind:
 
     def trainer(self):
         """Return the function that trains a run of this kind (imported now)."""
-        return _resolve(self.train)
+        return resolve(self.train)
 
     def saver(self):
-        """Return the function that writes a run of this kind (``save``, else :attr:`writer`)."""
-        return self.save if self.save is not None else _resolve(self.writer)
+        """Return the function that writes a run of this kind."""
+        return self.save
 
     def learns(self, task):
         """True when a run of this kind can learn ``task`` (a :class:`Task`)."""
@@ -134,20 +137,19 @@ class RunKind:
         return None if task.name == self.task else task.name
 
 
-def _resolve(target):
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 # --- the registry ---------------------------------------------------------------------------
 #: name -> RunKind (:class:`featbench.core.registry.Registry`); the built-ins are lazy
-#: ``"module:attribute"`` entries, imported on first use
+#: ``"module:attribute"`` entries, imported on first use, with the command that trains them
 KINDS = Registry("run kind")
-for _name, _target in (("lda", "classify.basekinds:LDA"), ("svm", "classify.basekinds:SVM"),
-                       ("lstm", "classify.lstm:KIND"), ("ft", "classify.finetune:KIND"),
-                       ("transfer", "classify.transfer:KIND"), ("vote", "classify.basekinds:VOTE"),
-                       ("ridge", "classify.basekinds:RIDGE"), ("svr", "classify.basekinds:SVR")):
-    KINDS.lazy(_name, _target)
+for _name, _target, _by in (("lda", "classify.basekinds:LDA", "classify"),
+                            ("svm", "classify.basekinds:SVM", "classify"),
+                            ("lstm", "classify.netkinds:LSTM", "classify"),
+                            ("ft", "classify.netkinds:FT", "finetune"),
+                            ("transfer", "classify.netkinds:TRANSFER", "transfer"),
+                            ("vote", "classify.basekinds:VOTE", "ensemble"),
+                            ("ridge", "classify.basekinds:RIDGE", "classify"),
+                            ("svr", "classify.basekinds:SVR", "classify")):
+    KINDS.lazy(_name, _target, trained_by=_by)
 
 
 def register_kind(kind, *, replace=False):
@@ -163,22 +165,10 @@ def unregister_kind(name):
 def list_kinds(*, trained_by=None):
     """Return the registered names, built-in entries first.
 
-    ``trained_by="classify"``: only the kinds ``featbench classify --clf`` trains (names only,
-    no entry is imported for the built-ins).
+    ``trained_by="classify"``: only the kinds that command trains (``featbench classify
+    --clf``'s choices; names only, no entry is imported for the built-ins).
     """
-    names = KINDS.names()
-    if trained_by == "classify":
-        builtin = {"lda", "svm", "lstm", "ridge", "svr"}
-        names = [n for n in names if n in builtin
-                 or (KINDS.loaded(n) is not None and n not in _BUILTIN and _classifies(KINDS.loaded(n)))]
-    return names
-
-
-_BUILTIN = {"lda", "svm", "lstm", "ft", "transfer", "vote", "ridge", "svr"}
-
-
-def _classifies(kind):
-    return kind.method is not None
+    return KINDS.names(trained_by=trained_by) if trained_by else KINDS.names()
 
 
 def get_kind(name):
@@ -203,7 +193,7 @@ def classifier_kind(name):
         raise UsageError(did_you_mean(str(name), tuple(list_kinds(trained_by="classify")),
                                       what="classifier"))
     kind = get_kind(name)
-    if not _classifies(kind):
+    if kind.trained_by != "classify" or kind.method is None:
         raise UsageError(f"{name!r} runs are not trained by featbench classify ({kind.command or 'see --help'}); "
                          f"--clf takes {', '.join(list_kinds(trained_by='classify'))}")
     return kind
@@ -229,22 +219,40 @@ def training_data(dataset):
     return describe_training_data(str(dataset))
 
 
-def write_run_model(folder, kind, folds, settings, tensors, *, run, aus, weights, preprocessing,
-                    dataset, task="occurrence", members=None):
-    """Write a run's model folder: the manifest (:func:`~featbench.core.modelfile.create_manifest`)
-    and its tensor groups (``{group: {name: array}}``); what a kind's ``save`` calls."""
-    manifest = create_manifest(run=run, kind=kind, aus=aus, folds=folds, weights=weights,
-                               preprocessing=preprocessing, training_data=training_data(dataset),
-                               task=task, settings=settings, members=members)
+@dataclass(frozen=True)
+class ModelFields:
+    """What a run's manifest says of it beside its kind's own settings and tensors: its name,
+    AUs, the weights identity of the network it reads, the inputs' preprocessing, the data set
+    it was trained on (of a joined ``X+Y`` cross run: ``X``), its task (a vote: its members)."""
+
+    run: Any
+    aus: list
+    weights: Any
+    preprocessing: dict
+    dataset: str
+    task: str = "occurrence"
+    members: Optional[list] = None
+
+
+def write_run_model(folder, kind, folds, settings, tensors, fields):
+    """Write a run's model folder: the manifest (:func:`~featbench.core.modelfile.create_manifest`
+    of ``fields``, a :class:`ModelFields`) and its tensor groups (``{group: {name: array}}``);
+    what a kind's ``save`` calls."""
+    manifest = create_manifest(run=fields.run, kind=kind, aus=fields.aus, folds=folds,
+                               weights=fields.weights, preprocessing=fields.preprocessing,
+                               training_data=training_data(fields.dataset), task=fields.task,
+                               settings=settings, members=fields.members)
     return write_model(folder, manifest, tensors)
 
 
-def record_fields(record):
-    """The manifest's fields of a trained run (:class:`classify.learn.writer.RunRecord`): its
-    name, AUs, weights identity, the inputs' preprocessing, training data set and task."""
-    return {"run": record.run, "aus": record.aus, "weights": record.meta["weights"],
-            "preprocessing": record.inputs.preprocessing(record.plan),
-            "dataset": record.plan.trained_on, "task": record.plan.task.name}
+def record_fields(record, *, preprocessing=None):
+    """The :class:`ModelFields` of a trained run (:class:`classify.learn.writer.RunRecord`): its
+    name, AUs, weights identity, the inputs' preprocessing (unless the kind says its own),
+    training data set and task."""
+    return ModelFields(run=record.run, aus=record.aus, weights=record.meta["weights"],
+                       preprocessing=(record.inputs.preprocessing(record.plan) if preprocessing is None
+                                      else preprocessing),
+                       dataset=record.plan.trained_on, task=record.plan.task.name)
 
 
 def load_scorer(model_file):

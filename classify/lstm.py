@@ -58,7 +58,6 @@ on CUDA they train one after another on the device.
 """
 
 import os
-from functools import partial
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -68,13 +67,10 @@ from featbench.core.modelfile import open_model
 
 from featbench.core.aus import AU_REGION
 
-from classify.codemethods import CodesInput
-from classify.kinds import RunKind, record_fields
+from classify.codemethods import CodesInput, FitSettings
 from classify.learn.loop import unit_state, write_model
 from classify.learn.method import Method, Unit, UnitData, counts, trainable
-from classify.modelcheck import LSTM_SPEC
-from classify.learn.task import OCCURRENCE
-from classify.infer import LSTMScorer, RunModel
+from classify.lstm_net import build_model, network_of
 from classify.training import TrainConfig
 from extract.encoders import resolve_device, run_network
 
@@ -300,62 +296,6 @@ def _torch():
     return torch
 
 
-def build_model(dims, n_out=1, *, hidden=200, bidirectional=False, mean=None, std=None):
-    """Return a :class:`SequenceLSTM` (made here so that torch loads only when needed)."""
-    return _model_class()(dims, n_out, hidden=hidden, bidirectional=bidirectional, mean=mean, std=std)
-
-
-_CLASS = None
-
-
-def _model_class():
-    global _CLASS
-    if _CLASS is not None:
-        return _CLASS
-    torch = _torch()
-    from torch import nn
-    from torch.nn.utils.rnn import PackedSequence
-
-    class SequenceLSTM(nn.Module):
-        """z-score -> LSTM (one layer) -> linear, one logit per AU and frame.
-
-        ``forward`` takes a PackedSequence of raw codes and returns the logits of its frames,
-        shape (total frames, n_out), in the packed order (``packed.data``'s); training, the
-        run's scoring and predict's streaming (``hx``, ``state``) all go through it.
-        """
-
-        def __init__(self, dims, n_out=1, *, hidden=200, bidirectional=False, mean=None, std=None):
-            super().__init__()
-            self.dims, self.n_out, self.hidden, self.bidirectional = dims, n_out, hidden, bidirectional
-            mean = torch.zeros(dims) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-            std = torch.ones(dims) if std is None else torch.as_tensor(std, dtype=torch.float32)
-            self.register_buffer("mean", mean.clone())
-            self.register_buffer("std", std.clone())
-            self.lstm = nn.LSTM(dims, hidden, batch_first=False, bidirectional=bidirectional)
-            # the input weights start at zero and their weight noise is scaled to the code's
-            # width: see "The input weights" in the module docstring
-            self.noise_scales = {}
-            if dims > hidden:  # a code wider than the state (PyTorch's init is made for less)
-                with torch.no_grad():
-                    for name, w in self.lstm.named_parameters():
-                        if name.startswith("weight_ih"):
-                            w.zero_()
-                            self.noise_scales[f"lstm.{name}"] = (hidden / dims) ** 0.5
-            self.head = nn.Linear(hidden * (2 if bidirectional else 1), n_out)
-
-        def forward(self, packed, hx=None, *, state=False):
-            """Logits of the packed frames; with ``state``, ``(logits, (h, c))`` that a next
-            stretch of the same sequences continues from (``hx``)."""
-            x = (packed.data.float() - self.mean) / self.std
-            out, hx = self.lstm(PackedSequence(x, packed.batch_sizes, packed.sorted_indices,
-                                               packed.unsorted_indices), hx)
-            logits = self.head(out.data)
-            return (logits, hx) if state else logits
-
-    _CLASS = SequenceLSTM
-    return _CLASS
-
-
 def fit_scaler(X):
     """Return (mean, std) of the rows ``X`` (std 1 where a feature is constant)."""
     X = np.asarray(X, dtype=np.float64)
@@ -420,24 +360,24 @@ class LSTMMethod(CodesInput, Method):
     codes : dict of region -> array (n_codes, dims) or the path of a ``.npy`` of it
     pos, group, frame : arrays by table row
         The row of a frame's codes (-1: none), its video's id, its frame number.
-    seed : int
-    tune_threshold, balance : bool
-    class_weight : {None, "balanced"}
+    fit : classify.codemethods.FitSettings
+        Region, seed, task; ``tune_threshold``, ``balance``, ``class_weight`` (``balanced``:
+        positive frames weighted) as ``featbench classify``'s flags.
     workers : int
         Networks trained at once (worker processes; CPU only).
+    subjects : str
+        The table's fingerprint (part of every unit's identity).
     """
 
     kind = "lstm"
     reduction = "sum"  # summed over the frames of a batch, as CURRENNT sums over time steps
 
-    def __init__(self, options, codes, pos, group, frame, *, seed=0, tune_threshold=False,
-                 balance=True, class_weight=None, workers=1, task=OCCURRENCE, region="full",
-                 subjects=""):
-        super().__init__(task)
+    def __init__(self, options, codes, pos, group, frame, fit, *, workers=1, subjects=""):
+        super().__init__(fit.task)
         self.options, self.codes, self.pos, self.group, self.frame = options, codes, pos, group, frame
-        self.seed, self.tune, self.balance, self.class_weight = seed, tune_threshold, balance, class_weight
+        self.seed, self.tune, self.balance = fit.seed, fit.tune_threshold, fit.balance
+        self.class_weight, self.region, self.subjects = fit.class_weight, fit.region, subjects
         self.workers, self.device = workers, resolve_device(options.device)
-        self.region, self.subjects = region, subjects
 
     def units(self, aus):
         """One network per AU (the paper), or with ``multilabel`` one per region over its AUs."""
@@ -552,15 +492,13 @@ def lstm_method(plan, inputs):
     cores = os.cpu_count() or 1
     workers = 1 if str(resolve_device(options.device)).startswith("cuda") else (
         cores if n_jobs in (None, -1) else int(n_jobs))
-    return LSTMMethod(options, inputs.codes, inputs.pos, group, frame, seed=plan.seed,
-                      workers=workers, tune_threshold=plan.setting("tune_threshold", False),
-                      balance=plan.setting("balance", True), class_weight=plan.setting("class_weight"),
-                      task=plan.task, region=plan.region, subjects=table.fingerprint())
+    return LSTMMethod(options, inputs.codes, inputs.pos, group, frame, FitSettings.of(plan),
+                      workers=workers, subjects=table.fingerprint())
 
 
 def save_fits(folder, record):
-    """The ``lstm`` kind's ``save`` (:data:`KIND`): each trained network of a run once into
-    ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
+    """The ``lstm`` kind's ``save`` (:data:`classify.netkinds.LSTM`): each trained network of a
+    run once into ``folder`` (one tensor group per network, :mod:`featbench.core.modelfile`)."""
     results = record.results
     # the manifest lists the units that have a network (what rebuilds it: dims, hidden...); an
     # AU without one is said in settings.json (its error), as every kind says it
@@ -568,10 +506,8 @@ def save_fits(folder, record):
                         "model_file": f"{res.name}.safetensors"}
              for res in results if res.net is not None}
     if units:
-        fields = record_fields(record)
-        write_model(folder, record.method, record.run, record.aus, record.splits, results, units,
-                    weights=fields["weights"], preprocessing=fields["preprocessing"],
-                    dataset=fields["dataset"])
+        write_model(folder, record, preprocessing=record.inputs.preprocessing(record.plan),
+                    units=units)
 
 
 def load_model(path, unit):
@@ -583,42 +519,3 @@ def load_model(path, unit):
     if entry is None or unit not in model.groups:
         raise StoreError(f"{path}: no LSTM unit {unit!r} (it has {', '.join(model.groups)})")
     return network_of(entry, unit_state(model, unit)), entry
-
-
-def network_of(entry, state):
-    """The :class:`SequenceLSTM` of a unit ``entry`` with ``state`` loaded, in eval mode."""
-    model = build_model(entry["dims"], entry["n_out"], hidden=entry["hidden"],
-                        bidirectional=entry["bidirectional"])
-    model.load_state_dict(state)
-    return model.eval()
-
-
-# --- applying a saved LSTM: the kind's scorer ------------------------------------------------
-def load_lstm(model_file):
-    """The ``lstm`` kind's ``load``: each AU one output of its unit's network, carried along face
-    tracks (:class:`classify.infer.LSTMScorer`); a :class:`classify.infer.RunModel`."""
-    m = model_file.manifest
-    units, folds = m["settings"]["units"], []
-    for fi, fold in enumerate(m["folds"]):
-        scorers = {}
-        for name, e in units.items():
-            if e.get("fold", 0) != fi or name not in model_file.groups:
-                continue
-            for j, au in enumerate(e["aus"]):
-                if au in e.get("trainable", e["aus"]) and au in fold["thresholds"]:
-                    scorers[au] = (LSTMScorer(model_file.tensors(name), j,
-                                              build=partial(network_of, e),
-                                              bidirectional=bool(e.get("bidirectional"))),
-                                   float(fold["thresholds"][au]))
-        folds.append(scorers)
-    if not any(folds):
-        raise StoreError(f"{model_file.path}: run {m['run']} has no trained network for any AU")
-    return RunModel.from_model_file(model_file, folds)
-
-
-#: the ``lstm`` run kind (the registry's entry, :mod:`classify.kinds`): an LSTM over each
-#: subject's sequence of codes (``featbench classify --clf lstm``)
-KIND = RunKind(name="lstm", load=load_lstm, save=save_fits, train="classify.run:classify_run",
-               command="featbench classify --clf lstm", method=lstm_method, options=options_from,
-               spec=LSTM_SPEC,
-               help="LSTM over each subject's code sequence, epoch chosen on validation")

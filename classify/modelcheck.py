@@ -388,12 +388,13 @@ def _lstm_tensors(model_file, settings, bound):
 LSTM_SPEC = KindSpec(tensors=_lstm_tensors, schema="lstm")
 
 
-def network_spec(method, schema, *, values=(), extra_groups=()):
-    """The :class:`KindSpec` of a method over faces: each unit's network (``method.network(
-    settings, unit, state)``) rebuilt on PyTorch's meta device with the file's tensors as its
-    state, so every name and shape is compared with the network the manifest describes
-    without allocating it; ``values``: tensors the build reads (given as zeros)."""
-    return KindSpec(tensors=lambda mf, s, b: _network_tensors(mf, s, method, values),
+def network_spec(network, schema, *, values=(), extra_groups=()):
+    """The :class:`KindSpec` of a method over faces: each unit's network (``network(settings,
+    unit, state)``: the kind's builder, :mod:`classify.netkinds`) rebuilt on PyTorch's meta
+    device with the file's tensors as its state, so every name and shape is compared with the
+    network the manifest describes without allocating it; ``values``: tensors the build reads
+    (given as zeros)."""
+    return KindSpec(tensors=lambda mf, s, b: _network_tensors(mf, s, network, values),
                     schema=schema, extra_groups=tuple(extra_groups))
 
 
@@ -401,7 +402,7 @@ def network_spec(method, schema, *, values=(), extra_groups=()):
 _INT_BUFFER = "num_batches_tracked"
 
 
-def _network_tensors(model_file, settings, method, values):
+def _network_tensors(model_file, settings, network, values):
     m, where = model_file.manifest, model_file.where
     units = _learned_units(model_file, settings.units)
     plain = {**m["settings"], "aus": list(m["aus"]), "weights": m["weights"]}
@@ -413,8 +414,7 @@ def _network_tensors(model_file, settings, method, values):
         entries = model_file.headers(name)
         out[name] = {k: Tensor(None, frozenset({"I64", "I32"}) if k.endswith(_INT_BUFFER)
                                else FLOATS) for k in entries}
-        _build_on_meta(where, name, entries, lambda state: method.network(plain, name, state),
-                       values)
+        _build_on_meta(where, name, entries, lambda state: network(plain, name, state), values)
     return out
 
 

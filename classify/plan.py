@@ -11,7 +11,7 @@ data           the frame table(s) trained and tested on (:class:`PlanData`: one 
                ``train`` and ``test`` may be two, for a cross-data-set protocol)
 inputs         what the method reads: ``codes`` of a network's feature file or aligned ``faces``
 model, region  the network (whose codes, or which is trained) and the face region
-task           the :class:`~classify.learn.task.Task` (targets, loss, metric, decision, columns)
+task           the :class:`~classify.task.Task` (targets, loss, metric, decision, columns)
 protocol       the split protocol and its folds (``splits``, made once from the data)
 kind           the :class:`~classify.kinds.RunKind`, and its ``options`` (the kind's own settings)
 key            the run's :class:`~featbench.core.identity.RunKey`, from :func:`run_key` only
@@ -45,7 +45,7 @@ def resolve_aus(table, protocol, aus=None, *, task=None):
     Default: :func:`featbench.core.splits.protocol_aus` (``paper`` -> the table's AUs among
     DISFA's 12, BP4D's 12 on BP4D; ``literature`` -> among the 8 of the 3-fold DISFA
     literature, BP4D's 12 on BP4D; other protocols -> all of the table's AUs), then those that
-    ``task`` (a :class:`~classify.learn.task.Task`; None: occurrence) has targets for — an
+    ``task`` (a :class:`~classify.task.Task`; None: occurrence) has targets for — an
     intensity run on BP4D scores the 5 AUs its intensity files code.
 
     Raises
@@ -108,7 +108,7 @@ def run_tag(*, protocol="paper", tune_threshold=False, balance=True, class_weigh
 def run_key(model, region, clf, *, variant=(), after=(), task_tag=None, **settings):
     """Return the :class:`RunKey` of a run: ``variant`` tags first (how a network was trained:
     ``ml``, ``fc67``, ``nostage1``...), then :func:`run_tag`'s, then ``after`` (``--tag``), then
-    the task's tag when the task is not the kind's own (:attr:`classify.learn.task.Task.tag`)."""
+    the task's tag when the task is not the kind's own (:attr:`classify.task.Task.tag`)."""
     tag = run_tag(**settings)
     tags = (tuple(variant) + (tuple(tag.split("-")) if tag else ()) + tuple(a for a in after if a)
             + ((task_tag,) if task_tag else ()))

@@ -34,7 +34,8 @@ Multi-fold protocols average each metric over folds (``f1_std`` is the spread of
 folds, ``support`` the summed test positives) and store every test frame once.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Optional
 
 import numpy as np
 
@@ -46,36 +47,101 @@ from featbench.core.workspace import Workspace
 from classify.codes import (check_features, default_model, feature_info, join_codes,  # noqa: F401
                             load_codes, model_preprocessing, plain, read_run_codes)
 from classify.kinds import classifier_kind, get_kind, list_kinds
-from classify.learn.task import get_task
+from classify.task import get_task
 from classify.plan import (DEFAULT_LABEL_THRESHOLD, REGION_CHOICES, resolve_aus,  # noqa: F401
                            run_key, run_tag)
 
 
 # --- the run -----------------------------------------------------------------------------------
-def classify_run_key(table, *, model, region, clf, protocol="paper", tune_threshold=False,
-                     balance=None, class_weight=None, seed=0, aus=None, options=None,
-                     calibrate="none", task=None):
-    """Return the :class:`~featbench.core.identity.RunKey` of a classify run with these settings.
+@dataclass(frozen=True)
+class CodesRun:
+    """What one run on codes is: :func:`classify_run`'s settings as one object, which names the
+    run (:meth:`key`) and is planned by :func:`plan_codes_run`.
 
-    The one place a classify run's name is computed (through :func:`classify.plan.run_key`):
-    :func:`classify_run` names its outputs with it and ``featbench run``
-    (:mod:`featbench.app.pipeline`) plans and finds runs with it. The tags are the non-default
-    settings only (``aus`` other than the protocol's, the table's label threshold, the kind's
-    own ``options.tag()``, a task that is not the kind's own; ``options`` None: the kind's
-    defaults). A kind balanced by default tags ``nobal`` when it is not; one that is not
-    (``ridge``, ``svr``) tags ``bal`` when it is.
+    Parameters
+    ----------
+    model : str
+        The network whose codes are classified.
+    clf : str
+        A run kind of :mod:`classify.kinds` that classifies codes (``lda``, ``svm``, ``lstm``;
+        ``ridge``, ``svr`` for intensity).
+    region : {"full", "upper", "middle", "lower", "auto"}
+        ``auto``: each AU uses the codes of its own region (``featbench.core.aus.AU_REGION``).
+    protocol : str
+        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.core.splits``).
+    tune_threshold : bool
+        Choose each AU's threshold on the validation subjects (default: 0).
+    balance : bool, optional
+        Balance training and validation per AU (all positives + as many random negatives);
+        default: the kind's (``ridge`` / ``svr``: every frame).
+    class_weight : {None, "balanced"}
+        SVM class weights (LDA: equal priors); meant for ``balance=False``.
+    seed : int
+        Seeds splits, balancing and liblinear.
+    n_jobs : int, optional
+        Worker processes (default: all cores).
+    aus : list of str or "AU01,AU02", optional
+        Default: the protocol's AUs (:func:`resolve_aus`).
+    progress : bool
+        A tqdm bar on stderr.
+    options : classify.lstm.LSTMOptions or dict, optional
+        The kind's own settings (``clf="lstm"``: the network's, :func:`classify_run`'s ``lstm``;
+        default: the paper's).
+    scheduler : str, optional
+        A Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local workers);
+        see :mod:`classify.learn.pool`, and :mod:`classify.scale` for ``FEATBENCH_MEMORY_GB``.
+    calibrate : str
+        Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`).
+    task : str or Task, optional
+        A registered task (:func:`classify.task.get_task`; default: the kind's own,
+        ``occurrence``, or ``intensity`` for ``ridge`` / ``svr``).
     """
-    kind = classifier_kind(clf)
-    task = get_task(task or kind.task)
-    options = kind.options(options) if kind.options is not None else None
-    balance = kind.balance if balance is None else bool(balance)
-    extra = [options.tag() if options else None, "bal" if balance and not kind.balance else None]
-    return run_key(model, region, clf, protocol=protocol, tune_threshold=tune_threshold,
-                   balance=balance or not kind.balance, class_weight=class_weight, seed=seed,
-                   calibrate=calibrate, aus=resolve_aus(table, protocol, aus, task=task),
-                   default_aus=resolve_aus(table, protocol, task=task),
-                   extra="-".join(e for e in extra if e) or None,
-                   label_threshold=table.label_threshold, task_tag=kind.task_tag(task))
+
+    model: str
+    clf: str
+    region: str = "full"
+    protocol: str = "paper"
+    tune_threshold: bool = False
+    balance: Optional[bool] = None
+    class_weight: Optional[str] = None
+    seed: int = 0
+    aus: Any = None
+    options: Any = None
+    calibrate: str = "none"
+    task: Any = None
+    n_jobs: Optional[int] = None
+    scheduler: Optional[str] = None
+    progress: bool = True
+
+    def key(self, table):
+        """The :class:`~featbench.core.identity.RunKey` of this run on ``table``: the one place a
+        classify run's name is computed (through :func:`classify.plan.run_key`).
+
+        The tags are the non-default settings only (``aus`` other than the protocol's, the
+        table's label threshold, the kind's own ``options.tag()``, a task that is not the kind's
+        own; ``options`` None: the kind's defaults). A kind balanced by default tags ``nobal``
+        when it is not; one that is not (``ridge``, ``svr``) tags ``bal`` when it is.
+        """
+        kind = classifier_kind(self.clf)
+        task = get_task(self.task or kind.task)
+        options = kind.options(self.options) if kind.options is not None else None
+        balance = kind.balance if self.balance is None else bool(self.balance)
+        extra = [options.tag() if options else None, "bal" if balance and not kind.balance else None]
+        return run_key(self.model, self.region, self.clf, protocol=self.protocol,
+                       tune_threshold=self.tune_threshold, balance=balance or not kind.balance,
+                       class_weight=self.class_weight, seed=self.seed, calibrate=self.calibrate,
+                       aus=resolve_aus(table, self.protocol, self.aus, task=task),
+                       default_aus=resolve_aus(table, self.protocol, task=task),
+                       extra="-".join(e for e in extra if e) or None,
+                       label_threshold=table.label_threshold, task_tag=kind.task_tag(task))
+
+
+def classify_run_key(table, **settings):
+    """Return the :class:`~featbench.core.identity.RunKey` of a classify run with these settings
+    (:class:`CodesRun`'s fields: ``model``, ``clf``, ``region``, ``protocol``...; see
+    :meth:`CodesRun.key`): :func:`classify_run` names its outputs so and ``featbench run``
+    (:mod:`featbench.app.pipeline`) plans and finds runs with it."""
+    return CodesRun(**settings).key(table)
 
 
 def check_args(clf, region, class_weight, options, calibrate="none", task=None,
@@ -103,10 +169,7 @@ def check_args(clf, region, class_weight, options, calibrate="none", task=None,
     return spec, options, calibrate, task
 
 
-def classify_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
-                 tune_threshold=False, balance=None, class_weight=None, seed=0, n_jobs=None,
-                 table=None, aus=None, progress=True, lstm=None, scheduler=None, calibrate="none",
-                 task=None):
+def classify_run(workspace, dataset, settings=None, *, table=None, lstm=None, **fields):
     """Train and score one per-AU run on codes; write its tables, predictions and models.
 
     Every kind ``featbench classify`` trains (``lda``, ``svm``, ``lstm``, ``ridge``, ``svr``, a
@@ -118,43 +181,16 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     workspace : Workspace or path
     dataset : str
         The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
-    model : str
-        The network whose codes are classified.
-    clf : str
-        A run kind of :mod:`classify.kinds` that classifies codes (``lda``, ``svm``, ``lstm``;
-        ``ridge``, ``svr`` for intensity).
-    region : {"full", "upper", "middle", "lower", "auto"}
-        ``auto``: each AU uses the codes of its own region (``featbench.core.aus.AU_REGION``).
-    protocol : str
-        ``paper``, ``literature``, ``kfold:K`` or ``own`` (``featbench.core.splits``).
-    tune_threshold : bool
-        Choose each AU's threshold on the validation subjects (default: 0).
-    balance : bool, optional
-        Balance training and validation per AU (all positives + as many random negatives);
-        default: the kind's (``ridge`` / ``svr``: every frame).
-    class_weight : {None, "balanced"}
-        SVM class weights (LDA: equal priors); meant for ``balance=False``.
-    seed : int
-        Seeds splits, balancing and liblinear.
-    n_jobs : int, optional
-        Worker processes (default: all cores).
+    settings : CodesRun, optional
+        The run's settings; default ``CodesRun(**fields)`` (``model``, ``clf``, ``region``,
+        ``protocol``, ``tune_threshold``, ``balance``, ``class_weight``, ``seed``, ``n_jobs``,
+        ``aus``, ``progress``, ``scheduler``, ``calibrate``, ``task``: see :class:`CodesRun`).
     table : FrameTable, optional
         Default: ``featbench.core.datasets.load_dataset(dataset)`` (never generated here).
-    aus : list of str or "AU01,AU02", optional
-        Default: the protocol's AUs (:func:`resolve_aus`).
-    progress : bool
-        A tqdm bar on stderr.
     lstm : classify.lstm.LSTMOptions or dict, optional
-        ``clf="lstm"`` only: the network's settings (default: the paper's). Balancing means the
-        protocol's sequence cutting; ``class_weight="balanced"`` weights positive frames.
-    scheduler : str, optional
-        A Dask scheduler address (default: ``DASK_SCHEDULER_ADDRESS``; none: local workers);
-        see :mod:`classify.learn.pool`, and :mod:`classify.scale` for ``FEATBENCH_MEMORY_GB``.
-    calibrate : str
-        Person calibration ``none|median|neutral`` (:mod:`featbench.core.calibrate`).
-    task : str or Task, optional
-        A registered task (:func:`classify.learn.task.get_task`; default: the kind's own,
-        ``occurrence``, or ``intensity`` for ``ridge`` / ``svr``).
+        ``clf="lstm"`` only: the network's settings (:attr:`CodesRun.options`; default: the
+        paper's). Balancing means the protocol's sequence cutting; ``class_weight="balanced"``
+        weights positive frames.
 
     Returns
     -------
@@ -170,10 +206,8 @@ def classify_run(workspace, dataset, *, model, clf, region="full", protocol="pap
     """
     from classify.driver import CodeInputs, execute
 
-    plan = plan_codes_run(workspace, dataset, model=model, clf=clf, region=region, protocol=protocol,
-                          tune_threshold=tune_threshold, balance=balance, class_weight=class_weight,
-                          seed=seed, n_jobs=n_jobs, table=table, aus=aus, progress=progress,
-                          options=lstm, scheduler=scheduler, calibrate=calibrate, task=task)
+    settings = settings if settings is not None else CodesRun(options=lstm, **fields)
+    plan = plan_codes_run(workspace, dataset, settings, table=table)
     out = execute(plan, CodeInputs(streams=plan.kind.streams), plan.kind.method,
                   identity=_identity, talk=False)
     if out is not None:
@@ -187,32 +221,31 @@ def _identity(method, inputs):
                                               for k in ("created", "weights", "model")}}
 
 
-def plan_codes_run(workspace, dataset, *, model, clf, region="full", protocol="paper",
-                   tune_threshold=False, balance=None, class_weight=None, seed=0, n_jobs=None,
-                   table=None, aus=None, progress=True, options=None, scheduler=None,
-                   calibrate="none", task=None):
-    """Return the :class:`~classify.plan.RunPlan` of a run on codes (:func:`classify_run`'s
-    arguments); UsageError for bad ones, before any data is read."""
+def plan_codes_run(workspace, dataset, settings, *, table=None):
+    """Return the :class:`~classify.plan.RunPlan` of a run on codes (``settings``: its
+    :class:`CodesRun`; ``table``: default, the data set loaded); UsageError for bad settings,
+    before any data is read."""
     from classify.plan import PlanData, RunPlan
 
-    kind, options, method, task = check_args(clf, region, class_weight, options, calibrate, task,
-                                              tune_threshold)
-    balance = kind.balance if balance is None else bool(balance)
+    s = settings
+    kind, options, calibrate, task = check_args(s.clf, s.region, s.class_weight, s.options,
+                                                s.calibrate, s.task, s.tune_threshold)
     workspace = Workspace(workspace) if not isinstance(workspace, Workspace) else workspace
-    table = table if table is not None else _load_table(workspace, dataset, progress)
+    table = table if table is not None else _load_table(workspace, dataset, s.progress)
     task.check_table(table)
     task = task.at_threshold(table.label_threshold)
-    au_list = resolve_aus(table, protocol, aus, task=task)
-    settings = dict(protocol=protocol, tune_threshold=tune_threshold, balance=balance,
-                    class_weight=class_weight, seed=seed, calibrate=method)
-    key = classify_run_key(table, model=model, region=region, clf=clf, aus=au_list,
-                           options=options, task=task, **settings)
-    meta = _run_meta(kind, options, table, task, dict(model=model, region=region, clf=clf,
-                                                      dataset=dataset), settings)
-    return RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
-                   kind=kind, task=task, model=model, region=region, protocol=protocol,
-                   aus=tuple(au_list), seed=seed, key=key, meta=meta, options=options,
-                   common={**settings, "n_jobs": n_jobs}, progress=progress, scheduler=scheduler)
+    # the settings as checked: what names the run and what its row and settings.json record
+    s = replace(s, balance=kind.balance if s.balance is None else bool(s.balance), options=options,
+                calibrate=calibrate, task=task,
+                aus=resolve_aus(table, s.protocol, s.aus, task=task))
+    shared = dict(protocol=s.protocol, tune_threshold=s.tune_threshold, balance=s.balance,
+                  class_weight=s.class_weight, seed=s.seed, calibrate=s.calibrate)
+    meta = _run_meta(kind, options, table, task, dict(model=s.model, region=s.region, clf=s.clf,
+                                                      dataset=dataset), shared)
+    return RunPlan(workspace=workspace, data=PlanData(table, protocol=s.protocol, seed=s.seed),
+                   kind=kind, task=task, model=s.model, region=s.region, protocol=s.protocol,
+                   aus=tuple(s.aus), seed=s.seed, key=s.key(table), meta=meta, options=options,
+                   common={**shared, "n_jobs": s.n_jobs}, progress=s.progress, scheduler=s.scheduler)
 
 
 def _run_meta(kind, options, table, task, what, settings):

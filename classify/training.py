@@ -224,9 +224,50 @@ class _Noise:
         self.noise = []
 
 
-def _train_epoch(model, batches, step_loss, optimizer, scaler, config, device, dtype, noise):
+@dataclass
+class _Training:
+    """One :func:`fit`'s moving parts, as every epoch uses them: the network, the loss of a
+    batch, the optimiser, the fp16 gradient scaler (or None), the config, the device and the
+    autocast dtype (None: full precision)."""
+
+    model: object
+    step_loss: object
+    optimizer: object
+    scaler: object
+    config: object
+    device: object
+    dtype: object
+
+    @classmethod
+    def start(cls, model, step_loss, config):
+        """Put ``model`` on the config's device (channels-last if asked) and make its optimiser
+        (over the parameters that train, seeded) and scaler; return ``(training, those params)``."""
+        import torch
+
+        device = resolve_device(config.device)
+        dtype = autocast_dtype(device, config.amp)
+        model.to(device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise UsageError("nothing to train: every parameter of the network is frozen")
+        torch.manual_seed(config.seed)
+        optimizer = _make_optimizer(params, config)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return cls(model, step_loss, optimizer, scaler, config, device, dtype), params
+
+    def state(self):
+        """What a checkpoint keeps of it: the network's, optimiser's and scaler's states."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+
+
+def _train_epoch(t, batches, noise):
     import torch
 
+    model, optimizer, scaler, config, device, dtype = (t.model, t.optimizer, t.scaler, t.config,
+                                                       t.device, t.dtype)
     model.train()
     total, count = None, 0
     for batch in interrupt.between(batches):  # Ctrl-C: stop here; the last epoch's checkpoint stays
@@ -234,7 +275,7 @@ def _train_epoch(model, batches, step_loss, optimizer, scaler, config, device, d
         if noise is not None:
             noise.add()
         with torch.autocast(device_type=str(device).split(":")[0], dtype=dtype, enabled=dtype is not None):
-            loss = step_loss(model, batch)
+            loss = t.step_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -264,41 +305,41 @@ def _better(config, value, best):
     return value > best if config.monitor == "val_score" else value < best
 
 
-def _resume(checkpoint_dir, identity, model, optimizer, scaler, result, config):
+def _resume(checkpoint_dir, identity, t, result):
     """Load ``last.pt`` into the model, optimiser and result; return where training goes on."""
     state = load_checkpoint(checkpoint_dir, identity) if checkpoint_dir else None
     if state is None:
         return 1, None, None, None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
     result.history, result.best_epoch, result.best = state["history"], state["best_epoch"], state["best"]
     result.resumed_from = state["epoch"]
-    start = config.epochs + 1 if state.get("stopped") else state["epoch"] + 1  # stopped: done
+    start = t.config.epochs + 1 if state.get("stopped") else state["epoch"] + 1  # stopped: done
     return start, state["best_value"], state["best_state"], state
 
 
-def _run_epoch(epoch, model, params, train_batches, step_loss, evaluate, optimizer, scaler,
-               config, device, dtype):
-    """Train one epoch and score validation; every draw seeded by ``(seed, epoch)``."""
+def _run_epoch(epoch, t, params, train_batches, evaluate):
+    """Train one epoch of ``t`` (:class:`_Training`) and score validation; every draw seeded by
+    ``(seed, epoch)``."""
     import torch
 
+    model, config = t.model, t.config
     t0 = time.time()
-    if str(device) == "cpu":  # the machine changes while a run trains: chosen again per epoch
+    if str(t.device) == "cpu":  # the machine changes while a run trains: chosen again per epoch
         use_torch_threads(helpers=reader_threads())
     seed = _epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     noise = _Noise(params, float(config.weight_noise), gen, model) if config.weight_noise else None
-    train_loss = _train_epoch(model, train_batches(epoch, np.random.default_rng(seed)), step_loss,
-                              optimizer, scaler, config, device, dtype, noise)
+    train_loss = _train_epoch(t, train_batches(epoch, np.random.default_rng(seed)), noise)
     model.eval()
     with torch.inference_mode():
         metrics = dict(evaluate(model))
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": metrics.get("val_loss", float("nan")),
            "val_score": metrics.get("val_score", float("nan")), "seconds": round(time.time() - t0, 2),
-           "lr": optimizer.param_groups[0]["lr"]}
+           "lr": t.optimizer.param_groups[0]["lr"]}
     return row, metrics
 
 
@@ -325,31 +366,18 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
     """
     import sys
 
-    import torch
     from tqdm import tqdm
 
-    device = resolve_device(config.device)
-    dtype = autocast_dtype(device, config.amp)
     identity = identity if identity is not None else asdict(config)
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise UsageError("nothing to train: every parameter of the network is frozen")
-    torch.manual_seed(config.seed)
-    optimizer = _make_optimizer(params, config)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    result = FitResult(best_epoch=0, best={}, device=device,
-                       precision=str(dtype).replace("torch.", "") if dtype else "float32")
-    start, best_value, best_state, state = _resume(checkpoint_dir, identity, model, optimizer,
-                                                   scaler, result, config)
+    t, params = _Training.start(model, step_loss, config)
+    result = FitResult(best_epoch=0, best={}, device=t.device,
+                       precision=str(t.dtype).replace("torch.", "") if t.dtype else "float32")
+    start, best_value, best_state, state = _resume(checkpoint_dir, identity, t, result)
     bar = tqdm(range(start, config.epochs + 1), desc="train", unit="epoch", file=sys.stderr,
                disable=not progress, leave=False, initial=start - 1, total=config.epochs)
     stopped = False
     for epoch in bar:
-        row, metrics = _run_epoch(epoch, model, params, train_batches, step_loss, evaluate,
-                                  optimizer, scaler, config, device, dtype)
+        row, metrics = _run_epoch(epoch, t, params, train_batches, evaluate)
         result.history.append(row)
         value = metrics.get(config.monitor)
         if _better(config, value, best_value):
@@ -362,10 +390,9 @@ def fit(model, *, train_batches, step_loss, evaluate, config=TrainConfig(), chec
             write_log(log_path, result.history)
         if checkpoint_dir:
             _save(Path(checkpoint_dir) / CHECKPOINT, {
-                "identity": identity, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "history": result.history, "best_epoch": result.best_epoch, "best": result.best,
-                "best_value": best_value, "best_state": best_state, "stopped": bool(stopped)})
+                "identity": identity, "epoch": epoch, **t.state(), "history": result.history,
+                "best_epoch": result.best_epoch, "best": result.best, "best_value": best_value,
+                "best_state": best_state, "stopped": bool(stopped)})
         if stopped:
             break
     bar.close()

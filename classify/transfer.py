@@ -23,7 +23,7 @@ Control
 Both stages are one method, :class:`TransferMethod` (:mod:`classify.learn.method`): the
 network, full aligned faces from the face source (:mod:`featbench.core.facesource`: the
 network's first layer resizes them; flipped at random in training), scores through the one
-inference path. Stage 1 trains with the :class:`~classify.learn.task.Expression` task, stage 2
+inference path. Stage 1 trains with the :class:`~classify.task.Expression` task, stage 2
 with the occurrence task (masked BCE, the one positive-weight rule, F1, thresholds settled on
 validation) through the shared fold x unit loop (:mod:`classify.learn.loop`) and the one run
 writer (:mod:`classify.learn.writer`). Every network trains through
@@ -54,7 +54,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-from torch import nn  # this module is imported by the command function only: --help stays fast
 
 from featbench.core.align import AlignedFaces, ensure_aligned
 from featbench.core.errors import MissingRunError, UsageError
@@ -69,18 +68,18 @@ from featbench.core.workspace import atomic_write_text, run_lock
 from classify.estimators import decide
 from classify.ft_net import check_input_size
 from classify.learn import store
-from classify.learn.facekind import face_kind
 from classify.infer import score_batches
 from classify.learn.loop import save_units, unit_state, write_model
 from classify.learn.method import Job, Method, Unit, UnitData
 from classify.learn.pool import run_local, run_units
-from classify.learn.task import EXPRESSION, OCCURRENCE, get_task
+from classify.task import EXPRESSION, OCCURRENCE, get_task
 from classify.learn.writer import replace_folder
-from classify.modelcheck import network_spec
+from classify.netkinds import TRANSFER
 from classify.training import TrainConfig
-from extract.encoders import autocast_dtype, create_preprocess, resolve_device
+from classify.transfer_net import StartWeights, build_net, full_state_dict, network_of
+from extract.encoders import autocast_dtype, resolve_device
 from extract.registry import get_spec
-from extract.weights import file_sha256, load_network, parse_weights, weights_identity
+from extract.weights import file_sha256, parse_weights, weights_identity
 
 EXPR_CLF = "expr"
 CLF = "transfer"
@@ -108,7 +107,7 @@ class TransferSettings:
         At most this many epochs in stage 1 and stage 2.
     lr, batch_size, patience, seed, device, flip, dropout
     task : {"occurrence", "intensity"}
-        What stage 2 learns (:mod:`classify.learn.intensity`: the head regresses 0-5).
+        What stage 2 learns (:mod:`classify.intensity_task`: the head regresses 0-5).
     """
 
     backbone: str = "resnet50"
@@ -165,82 +164,6 @@ def parse_sizes(text, *, flag, count=None):
     if not vals or (count and len(vals) != count):
         raise UsageError(f"{flag} takes {count or 'one or more'} comma-separated integers, got {text!r}")
     return vals
-
-
-# --- networks ----------------------------------------------------------------------------------
-class StartWeights:
-    """A backbone's starting point: its registry spec, the weights to load and their identity."""
-
-    def __init__(self, spec, weights, identity=None):
-        self.spec, self.weights = spec, weights
-        self._identity = identity
-
-    def identity(self):
-        """The starting weights' identity as far as known before loading them."""
-        return self._identity or str(self.weights)
-
-    def load(self):
-        """Return ``(module, preprocess_mean, identity)``: the trainable truncated backbone."""
-        net = load_network(self.spec, self.weights)
-        for p in net.module.parameters():
-            p.requires_grad_(True)
-        return net.module, net.mean, self._identity or net.weights_id
-
-
-def build_net(spec, start, head_sizes, *, input_size=None, dropout=0.0, seed=0):
-    """Return ``(TransferNet, weights identity)``: preprocess + backbone + a fresh head.
-
-    ``head_sizes`` are the head's layer sizes after the backbone's code: ``(classes,)`` is
-    stage 1's one linear layer, ``(512, 256, aus)`` stage 2's two-hidden-layer MLP.
-    """
-    import torch
-
-    backbone, mean, identity = start.load()
-    spec_in = replace(spec, input_size=int(input_size)) if input_size else spec
-    layers, width = [], spec.dims
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed) + 7919)  # the head's init: seeded, the same for every start
-        for i, size in enumerate(head_sizes):
-            if i:
-                layers += [nn.ReLU(inplace=True)] + ([nn.Dropout(dropout)] if dropout else [])
-            layers.append(nn.Linear(width, int(size)))
-            width = int(size)
-    net = TransferNet(create_preprocess(spec_in, mean=mean), backbone, nn.Sequential(*layers))
-    return net, str(WeightsId.parse(identity))  # the one string form (file sha256:...)
-
-
-class TransferNet(nn.Module):
-    """uint8 NHWC faces -> logits: preprocess, backbone (to its code), head."""
-
-    def __init__(self, preprocess, backbone, head):
-        super().__init__()
-        self.preprocess, self.backbone, self.head = preprocess, backbone, head
-
-    def forward(self, x):
-        return self.head(self.backbone(self.preprocess(x)))
-
-
-def full_state_dict(spec, backbone):
-    """Return ``backbone``'s weights keyed as the registry's whole network names them.
-
-    The truncated backbone of an fc6 network is a new ``Sequential`` whose keys (``0.0.weight``)
-    are not the network's (``features.0.weight``); a file ``featbench extract --weights PATH``
-    reads needs the latter. The mapping is found on a probe network, by tensor identity.
-    """
-    import torch
-
-    with torch.device("meta"):
-        probe = spec.constructor()
-    full = {id(t): k for k, t in list(probe.named_parameters()) + list(probe.named_buffers())}
-    code = spec.truncate(probe)
-    names = {k: full.get(id(t)) for k, t in list(code.named_parameters()) + list(code.named_buffers())}
-    out = {}
-    for key, value in backbone.state_dict().items():
-        name = names.get(key)
-        if name is None:
-            raise RuntimeError(f"{spec.name}: backbone key {key!r} has no name in the full network")
-        out[name] = value.detach().to("cpu", copy=True)
-    return out
 
 
 def _faces(table, workspace, progress):
@@ -439,14 +362,7 @@ def run_stage1(workspace, table, settings, *, progress=True, scheduler=None):
                                           scheduler)
     if res is None:
         return None  # a torchrun rank other than 0: rank 0 trains the final fit and writes
-    # the backbone for stage 2: every subject, the folds' median epoch count
-    epochs = max(1, int(np.median([f["best_epoch"] for f in folds])))
-    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64),
-             "test": np.zeros(0, np.int64)}
-    final = run_local(method, [Job(0, "all", Unit("model", ("expression",)), every, y, "all",
-                                   {**ident, "fold": "all", "epochs": epochs},
-                                   config={"epochs": epochs, "patience": None})],
-                      work=work, progress=progress)[0]  # one network: here, on the writing rank
+    final, epochs = _stage1_final(method, folds, y, usable, ident, work, progress)
     accs = np.array([f["accuracy"] for f in folds], dtype=float)
     result = {"run": str(run), "dataset": table.dataset, "backbone": settings.backbone,
               "weights": str(final.info["weights"]), "classes": classes, "folds": folds,
@@ -456,15 +372,35 @@ def run_stage1(workspace, table, settings, *, progress=True, scheduler=None):
               "settings": settings.to_json(), "seconds": round(time.time() - t0, 1),
               "device": str(final.fit.get("device")), "torch": torch.__version__,
               "identity": _plain_json(ident)}
+    return _write_stage1(out_dir, work, spec, res + [final], result)
 
-    def fill(tmp):  # the folder swapped in whole: backbone, tables, logs, settings.json
-        save_units(tmp, work, res + [final])
+
+def _stage1_final(method, folds, y, usable, ident, work, progress):
+    """Train the backbone stage 2 starts from, on every subject for the folds' median epoch
+    count; return ``(its unit's result, the epochs)``."""
+    epochs = max(1, int(np.median([f["best_epoch"] for f in folds])))
+    every = {"train": np.flatnonzero(usable), "validation": np.zeros(0, np.int64),
+             "test": np.zeros(0, np.int64)}
+    final = run_local(method, [Job(0, "all", Unit("model", ("expression",)), every, y, "all",
+                                   {**ident, "fold": "all", "epochs": epochs},
+                                   config={"epochs": epochs, "patience": None})],
+                      work=work, progress=progress)[0]  # one network: here, on the writing rank
+    return final, epochs
+
+
+def _write_stage1(out_dir, work, spec, results, result):
+    """Swap stage 1's folder in whole (``results``: the folds' units and the final fit's, last):
+    backbone, tables, logs, settings.json; return ``result`` with the backbone's file and sha256."""
+    final = results[-1]
+
+    def fill(tmp):
+        save_units(tmp, work, results)
         path = store.write_tensors(tmp / "backbone.safetensors", full_state_dict(spec, final.net.backbone))
         result.update(backbone_sha256=file_sha256(path))
         _write_stage1_tables(tmp, result)
         store.write_json(tmp / "stage1.json", {**result, "backbone_file": str(out_dir / path.name)})
         # beside backbone.safetensors: codes extracted with it are stored as finetuned:<run> sha256:...
-        store.write_json(tmp / "settings.json", {"run": str(run), "clf": EXPR_CLF, **result,
+        store.write_json(tmp / "settings.json", {"run": result["run"], "clf": EXPR_CLF, **result,
                                                  "backbone_file": str(out_dir / path.name)})
 
     replace_folder(out_dir, fill)
@@ -499,7 +435,18 @@ def _finished_stage1(out_dir, ident, spec, weights):
 
 def _stage1_folds(method, splits, table, y, usable, ident, work, progress, scheduler=None):
     """Train and test stage 1 on each fold through the one loop; return the fold rows, the
-    summed confusion matrix and the folds' unit results."""
+    summed confusion matrix and the folds' unit results.
+
+    The jobs run where every run's do (:func:`classify.learn.pool.run_units`: this process,
+    Dask, torchrun's ranks), but are built here and the folder is written by :func:`run_stage1`,
+    not by the driver's job builder and writer, because stage 1 is not a run of AUs: its
+    target is one column of expression classes (the job builder slices per-unit AU columns of
+    a frames x AUs label array), its units are named ``fold1``... in the identities a finished
+    stage 1 is reused by, and what it keeps is per-fold accuracy, a confusion matrix and a
+    backbone for stage 2 -- no per-AU predictions, table, summary row or run model, which is
+    what the one writer writes. Its folder is swapped in whole (the writer's
+    :func:`~classify.learn.writer.replace_folder`), settings.json inside the swap.
+    """
     k = method.head[0]
     jobs = []
     for i, split in enumerate(splits, 1):
@@ -568,7 +515,7 @@ def stage2_run(settings, *, control=False):
     when it is not occurrence (``intensity``).
     """
     tags = ((CONTROL_TAG,) if control else ()) + (("pwnone",) if settings.pos_weight == "none" else ())
-    task_tag = KIND.task_tag(get_task(settings.task))
+    task_tag = TRANSFER.task_tag(get_task(settings.task))
     tags += _tags(settings) + ((task_tag,) if task_tag else ())
     return RunKey(settings.backbone, "full", CLF, tags)
 
@@ -630,7 +577,7 @@ def run_stage2(workspace, table, settings, *, stage1=None, aus=None, protocol=No
     key = stage2_run(settings, control=stage1 is None)
     meta = {"model": settings.backbone, "region": "full", "clf": CLF, "weights": str(settings.weights),
             "protocol": protocol, "dataset": table.dataset}
-    plan = RunPlan(workspace=workspace, data=PlanData(table, (split,), protocol=protocol), kind=KIND, task=task,
+    plan = RunPlan(workspace=workspace, data=PlanData(table, (split,), protocol=protocol), kind=TRANSFER, task=task,
                    model=settings.backbone, region="full", protocol=protocol, aus=tuple(aus),
                    seed=settings.seed, key=key, meta=meta, inputs="faces", options=settings,
                    common={"labelled_only": True}, progress=progress, scheduler=scheduler)
@@ -665,8 +612,7 @@ def save_stage2(folder, record):
     backbone = {} if net is None else {"backbone": full_state_dict(method.spec, net.backbone)}
     thr = [float(t) for t in results[0].thresholds]
     prob = method.task.probability
-    write_model(folder, method, record.run, aus, record.splits, results, record.units,
-                weights=record.meta["weights"], dataset=plan.trained_on, extra=backbone,
+    write_model(folder, record, extra=backbone,
                 preprocessing={"model": settings.backbone, "input_size": method.input_size,
                                "regions": {a: "full" for a in aus},
                                "alignment": method.source.faces.settings},
@@ -697,16 +643,6 @@ def load_model(path, *, device="cpu"):
     model = open_model(path)
     settings = {**model.manifest["settings"], "aus": model.manifest["aus"]}
     return network_of(settings, unit_state(model, "model")).to(device).eval(), settings
-
-
-def network_of(settings, state):
-    """Stage 2's network of a run's model ``settings`` (with ``aus``) with ``state`` loaded."""
-    spec = get_spec(settings["backbone"])
-    net, _ = build_net(spec, StartWeights(spec, "random:0"),
-                       tuple(settings["hidden"]) + (len(settings["aus"]),),
-                       input_size=settings["input_size"], dropout=settings.get("dropout", 0.0))
-    net.load_state_dict(state)
-    return net
 
 
 # --- the whole method ---------------------------------------------------------------------------
@@ -818,11 +754,3 @@ def check_start(settings):
                          f"({str(exc).splitlines()[0][:120]}); use --input-size "
                          f"{spec.input_size}, or a backbone that takes any size "
                          "(resnet50, tv:resnet18...)") from None
-
-
-#: the ``transfer`` run kind (the registry's entry, :mod:`classify.kinds`): stage 2's network on
-#: full faces, scores and thresholds as probabilities (:mod:`classify.learn.facekind`)
-KIND = face_kind("transfer", TransferMethod, train="classify.transfer:transfer_run",
-                 command="featbench transfer", save=save_stage2,
-                 spec=network_spec(TransferMethod, "transfer", extra_groups=("backbone",)),
-                 help="an expression-pretrained network fine-tuned for AUs")

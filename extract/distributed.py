@@ -26,6 +26,7 @@ others read them.
 """
 
 import os
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import numpy as np
 from featbench.core.align import AlignedFaces, ensure_aligned
 from extract.encoders import create_encoder
 from extract.loop import extract_aligned, ExtractReport
-from extract.store import is_complete, open_store
+from extract.store import StoreIdentity, is_complete, open_store
 from featbench.core.errors import StoreError
 
 #: how long a rank waits for the others at the join (extraction of a large set takes hours)
@@ -77,10 +78,11 @@ def _device_for(device, local_rank):
     return "cpu" if device in (None, "auto") else device
 
 
-def extract_distributed(table, workspace, model, *, regions, weights=None, device="auto",
-                        batch_size=64, workers=1, overwrite=False, float16=False, progress=True,
-                        on_batch=None):
+def extract_distributed(table, workspace, model, options, *, weights=None, device="auto"):
     """This rank's part of a torchrun extraction, then (rank 0) the join; see the module doc.
+
+    ``options``: how the codes are written (:class:`~extract.loop.EncodeOptions`; its progress
+    bar on rank 0 only).
 
     Returns
     -------
@@ -99,9 +101,10 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     encoder = create_encoder(model, weights=weights, device=dev)
     spec = encoder.spec
-    dtype = "float16" if float16 else "float32"
+    regions, overwrite = options.regions, options.overwrite
+    dtype = "float16" if options.float16 else "float32"
     if rank == 0:
-        aligned = ensure_aligned(table, workspace, progress=progress)
+        aligned = ensure_aligned(table, workspace, progress=options.progress)
     dist.barrier()
     if rank != 0:
         aligned = ensure_aligned(table, workspace, progress=False)
@@ -109,17 +112,17 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         keys = faces.keys[np.flatnonzero(faces.valid)]
         source = faces.fingerprint  # what the codes are made from (stale codes are refused)
     out = Path(workspace.features_path(table.dataset, model))
-    ident = dict(keys=keys, model=spec.name, layer=spec.code_layer, weights=encoder.weights_id,
-                 input_size=spec.input_size, dims=spec.dims, dtype=dtype, source=source)
-    if not overwrite and is_complete(out, regions, **ident):
+    ident = StoreIdentity(keys=keys, model=spec.name, layer=spec.code_layer,
+                          weights=encoder.weights_id, input_size=spec.input_size, dims=spec.dims,
+                          dtype=dtype, source=source)
+    if not overwrite and is_complete(out, regions, ident):
         dist.barrier()
         return ExtractReport(out, spec.name, encoder.weights_id, spec.dims, len(keys),
                              {reg: 0 for reg in regions})
     part = shard_slice(len(keys), rank, world)
     shard = shard_path(out, rank, world)
-    rep = extract_aligned(aligned, shard, encoder, regions=regions, batch_size=batch_size,
-                          workers=workers, overwrite=overwrite, float16=float16,
-                          progress=progress and rank == 0, on_batch=on_batch,
+    rep = extract_aligned(aligned, shard, encoder,
+                          replace(options, progress=options.progress and rank == 0),
                           dataset=table.dataset, part=part,
                           extra_attrs={"shard_rank": rank, "shard_world_size": world,
                                        "shard_rows": f"{part.start}:{part.stop}"})
@@ -129,8 +132,8 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
         dist.barrier()
         return rep
     try:
-        join_shards(out, [shard_path(out, r, world) for r in range(world)], regions,
-                    overwrite=overwrite, **ident)
+        join_shards(out, [shard_path(out, r, world) for r in range(world)], regions, ident,
+                    overwrite=overwrite)
     finally:
         dist.barrier()
     total = ExtractReport(out, spec.name, encoder.weights_id, spec.dims, len(keys))
@@ -140,12 +143,12 @@ def extract_distributed(table, workspace, model, *, regions, weights=None, devic
     return total
 
 
-def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size, dims,
-                dtype="float32", overwrite=False, source=""):
+def join_shards(out, shards, regions, identity, *, overwrite=False):
     """Write the feature file ``out`` whose region codes are virtual datasets over ``shards``.
 
-    Each shard must be a complete feature file of the same identity whose frames, in shard
-    order, are ``keys``. Regions already complete in ``out`` are kept.
+    Each shard must be a complete feature file of ``identity`` (a
+    :class:`~extract.store.StoreIdentity`) whose frames, in shard order, are its ``keys``.
+    Regions already complete in ``out`` are kept.
 
     Raises
     ------
@@ -156,6 +159,7 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
 
 
     out = Path(out)
+    keys, dims, dtype = identity.keys, identity.dims, identity.dtype
     parts, at = [], 0
     for path in shards:
         if not path.is_file():
@@ -174,10 +178,8 @@ def join_shards(out, shards, regions, *, keys, model, layer, weights, input_size
     if at != len(keys):
         raise StoreError(f"{out}: the shards hold {at} rows, the frame list {len(keys)}")
     n = len(keys)
-    with open_store(out, keys=keys, model=model, layer=layer, weights=weights,
-                    input_size=input_size, dims=dims, dtype=dtype, overwrite=overwrite,
-                    source=source, extra_attrs={"shards": ",".join(os.path.relpath(p, out.parent)
-                                                    for p, _, _ in parts)}) as store:
+    shards_attr = ",".join(os.path.relpath(p, out.parent) for p, _, _ in parts)
+    with open_store(out, identity, overwrite=overwrite, extra_attrs={"shards": shards_attr}) as store:
         f = store.f
         for reg in regions:
             if store.rows_done(reg) == n:

@@ -10,7 +10,7 @@ from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.identity import WeightsId
 
 from extract.distributed import extract_distributed, torchrun_env
-from extract.loop import ExtractReport, extract_aligned
+from extract.loop import EncodeOptions, ExtractReport, extract_aligned
 from featbench.core.align import ensure_aligned
 from extract.encoders import TorchEncoder, create_encoder
 from featbench.core.threads import use_torch_threads
@@ -89,11 +89,10 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
     regions = parse_regions(region)
     batch_size = _positive(batch_size, "--batch-size")
     workers = default_workers() if workers is None else int(workers)
+    opt = EncodeOptions(regions=regions, batch_size=batch_size, workers=workers,
+                        overwrite=overwrite, float16=float16, progress=progress, on_batch=on_batch)
     if torchrun_env() is not None:  # launched by torchrun: this rank's shard, rank 0 joins
-        rep = extract_distributed(table, workspace, model, regions=regions, weights=weights,
-                                  device=device, batch_size=batch_size, workers=workers,
-                                  overwrite=overwrite, float16=float16, progress=progress,
-                                  on_batch=on_batch)
+        rep = extract_distributed(table, workspace, model, opt, weights=weights, device=device)
         return rep if report else rep.path
     encoder = create_encoder(model, weights=weights, device=device, input_size=input_size)
     if isinstance(encoder, TorchEncoder) and encoder.device == "cpu":
@@ -102,9 +101,7 @@ def extract_features(table, workspace, model, *, region="full", weights=None, de
     if name is None and WeightsId.parse(encoder.weights_id).kind == "finetuned":
         name = f"{model}-ft"
     out = workspace.features_path(table.dataset, name or model)
-    rep = extract_aligned(aligned_path, out, encoder, regions=regions, batch_size=batch_size,
-                          workers=workers, overwrite=overwrite, float16=float16,
-                          progress=progress, on_batch=on_batch, dataset=table.dataset)
+    rep = extract_aligned(aligned_path, out, encoder, opt, dataset=table.dataset)
     return rep if report else rep.path
 
 

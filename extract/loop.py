@@ -22,7 +22,7 @@ from featbench.core import interrupt
 from featbench.core.align import AlignedFaces
 from featbench.core.facesource import FaceInput, FaceSource
 
-from extract.store import is_complete, open_store
+from extract.store import StoreIdentity, is_complete, open_store
 
 
 @dataclass
@@ -67,19 +67,37 @@ class ExtractReport:
                 f"[{regions}], {n} computed at {self.fps:.1f} frames/s -> {self.path}")
 
 
-def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch_size=64,
-                    workers=1, overwrite=False, float16=False, progress=True, on_batch=None,
-                    dataset="", part=None, extra_attrs=None):
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How an extraction writes its codes: the regions, faces per forward pass, reader threads
+    (``workers`` batches read ahead; 0: inline), replace a file of another identity
+    (``overwrite``), store float16, a progress bar, and ``on_batch(region, rows_done)`` after
+    each written batch (as :func:`~extract.extractor.extract_features`'s flags)."""
+
+    regions: tuple = ("full",)
+    batch_size: int = 64
+    workers: int = 1
+    overwrite: bool = False
+    float16: bool = False
+    progress: bool = True
+    on_batch: object = None
+
+
+def extract_aligned(aligned_path, out_path, encoder, options=None, *, dataset="", part=None,
+                    extra_attrs=None, **fields):
     """Encode the valid faces of an aligned-face cache into the feature file ``out_path``.
 
     The part of :func:`extract_features` after alignment, for callers that hold an encoder
-    already (the bench, a torchrun rank). Parameters as there, plus ``part`` (a slice of the
-    valid faces: a torchrun rank's shard) and ``extra_attrs`` (more attributes of a new file);
-    returns an :class:`ExtractReport`.
+    already (the bench, a torchrun rank). ``options``: an :class:`EncodeOptions` (default: one
+    of ``fields``: ``regions``, ``batch_size``, ``workers``, ``overwrite``, ``float16``,
+    ``progress``, ``on_batch``), plus ``part`` (a slice of the valid faces: a torchrun rank's
+    shard) and ``extra_attrs`` (more attributes of a new file); returns an
+    :class:`ExtractReport`.
     """
     import json
 
-
+    opt = options if options is not None else EncodeOptions(**fields)
+    regions, overwrite = opt.regions, opt.overwrite
     spec = encoder.spec
     faces = AlignedFaces(aligned_path)
     rows = np.flatnonzero(faces.valid)
@@ -89,18 +107,13 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
     prep = {**encoder.preprocessing,  # the mean a weights file brought, not the spec's
             "resize": "bilinear, antialiased", "aligned_settings": faces.settings}
     rep = ExtractReport(Path(out_path), spec.name, encoder.weights_id, spec.dims, len(rows))
-    if not overwrite and is_complete(out_path, regions, keys=keys, model=spec.name,
-                                     layer=spec.code_layer, weights=encoder.weights_id,
-                                     input_size=spec.input_size, dims=spec.dims,
-                                     dtype="float16" if float16 else "float32",
-                                     source=faces.fingerprint):
+    ident = StoreIdentity(keys, spec.name, spec.code_layer, encoder.weights_id, spec.input_size,
+                          spec.dims, "float16" if opt.float16 else "float32", faces.fingerprint)
+    if not overwrite and is_complete(out_path, regions, ident):
         faces.close()
         rep.computed = {reg: 0 for reg in regions}
         return rep
-    with faces, open_store(out_path, keys=keys, model=spec.name, layer=spec.code_layer,
-                           weights=encoder.weights_id, input_size=spec.input_size,
-                           dims=spec.dims, dtype="float16" if float16 else "float32",
-                           overwrite=overwrite, source=faces.fingerprint,
+    with faces, open_store(out_path, ident, overwrite=overwrite,
                            source_changes=faces.rebuilt_because,
                            extra_attrs={"dataset": dataset, "preprocessing": json.dumps(prep),
                                         "family": spec.family, **(extra_attrs or {})}) as store:
@@ -109,19 +122,18 @@ def extract_aligned(aligned_path, out_path, encoder, *, regions=("full",), batch
             store.codes(reg)  # an empty region still gets its dataset
             rep.computed[reg] = len(rows) - start
             t0 = time.perf_counter()
-            _encode_region(faces, rows, start, reg, encoder, store, batch_size=batch_size,
-                           workers=workers, progress=progress, on_batch=on_batch)
+            _encode_region(faces, rows, start, reg, encoder, store, opt)
             rep.seconds += time.perf_counter() - t0
     return rep
 
 
-def _encode_region(faces, rows, start, region, encoder, store, *, batch_size, workers,
-                   progress, on_batch):
+def _encode_region(faces, rows, start, region, encoder, store, opt):
     from tqdm import tqdm
 
+    batch_size, workers, on_batch = opt.batch_size, opt.workers, opt.on_batch
     source = FaceSource(faces, FaceInput(region, encoder.input_size, resize_full=False))
     bar = tqdm(total=len(rows), initial=start, desc=f"{encoder.spec.name} {region}", unit="frame",
-               disable=not progress or None, dynamic_ncols=True, smoothing=0.1)
+               disable=not opt.progress or None, dynamic_ncols=True, smoothing=0.1)
     try:  # the next batches are read in a thread while the network runs (``workers`` ahead)
         for a, _, imgs in source.batches(rows[start:], batch_size, threads=min(1, workers),
                                          depth=workers):

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -166,27 +167,56 @@ class FeatureWriter:
         self.close()
 
 
-def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="float32",
-               overwrite=False, extra_attrs=None, source="", source_changes=()):
-    """Open the feature file ``path`` for writing: new, resumed, or refused.
+@dataclass(frozen=True, eq=False)
+class StoreIdentity:
+    """What a feature file is made of and from: a file of another identity is refused (or,
+    with ``overwrite``, replaced), never mixed.
 
     Parameters
     ----------
-    path : str or Path
     keys : ndarray of KEY_DTYPE
         The frames (rows) of the file.
     model, layer, weights : str
         Registry name, code layer, weights identity.
     input_size, dims : int
     dtype : {"float32", "float16"}
-    overwrite : bool
-        Replace an existing file that does not match instead of refusing.
-    extra_attrs : dict, optional
-        More attributes stored on a new file (dataset, preprocessing).
     source : str
         The identity of the pixels the codes are computed from (the aligned-face cache's
         fingerprint: frame keys, input files, alignment settings); a file made from other
         pixels is refused like one made with other weights.
+    """
+
+    keys: np.ndarray
+    model: str
+    layer: str
+    weights: str
+    input_size: int
+    dims: int
+    dtype: str = "float32"
+    source: str = ""
+
+    def attrs(self):
+        """The file's identity attributes (what a reader compares)."""
+        return {"model": self.model, "layer": self.layer, "weights": self.weights,
+                "input_size": int(self.input_size), "dims": int(self.dims),
+                "dtype": str(np.dtype(self.dtype)), "frames_sha256": keys_sha256(self.keys),
+                "source_fingerprint": self.source or ""}
+
+
+def open_store(path, identity=None, *, overwrite=False, extra_attrs=None, source_changes=(),
+               **fields):
+    """Open the feature file ``path`` for writing: new, resumed, or refused.
+
+    Parameters
+    ----------
+    path : str or Path
+    identity : StoreIdentity, optional
+        What the file is; default ``StoreIdentity(**fields)`` (``keys``, ``model``, ``layer``,
+        ``weights``, ``input_size``, ``dims``, ``dtype``, ``source``).
+    overwrite : bool
+        Replace an existing file that does not match instead of refusing.
+    extra_attrs : dict, optional
+        More attributes stored on a new file (dataset, preprocessing).
     source_changes : sequence of str
         What changed in those pixels' inputs (``AlignedFaces.rebuilt_because``), for the message.
 
@@ -201,23 +231,21 @@ def open_store(path, *, keys, model, layer, weights, input_size, dims, dtype="fl
         a readable feature file.
     """
     path = Path(path)
+    identity = identity if identity is not None else StoreIdentity(**fields)
     # one writer per feature file: a second extract of the same network waits, then resumes
     # (or finds complete) what the first wrote
     lock = file_lock(path, what="writing codes into")
     lock.__enter__()
     try:
-        return _open_store(path, lock, keys=keys, model=model, layer=layer, weights=weights,
-                           input_size=input_size, dims=dims, dtype=dtype, overwrite=overwrite,
-                           extra_attrs=extra_attrs, source=source,
+        return _open_store(path, lock, identity, overwrite=overwrite, extra_attrs=extra_attrs,
                            source_changes=source_changes)
     except BaseException:
         lock.__exit__(None, None, None)
         raise
 
 
-def _open_store(path, lock, *, keys, model, layer, weights, input_size, dims, dtype, overwrite,
-                extra_attrs, source, source_changes):
-    want = _identity(keys, model, layer, weights, input_size, dims, dtype, source)
+def _open_store(path, lock, identity, *, overwrite, extra_attrs, source_changes):
+    want, keys = identity.attrs(), identity.keys
     if path.exists() and not overwrite:
         f = _open_existing(path)
         try:
@@ -268,15 +296,9 @@ def _os_errors(path, doing, *, resume):
         raise StoreError(f"{path}: {describe_os_error(exc)} while {doing}{then}") from None
 
 
-def _identity(keys, model, layer, weights, input_size, dims, dtype, source=""):
-    return {"model": model, "layer": layer, "weights": weights, "input_size": int(input_size),
-            "dims": int(dims), "dtype": str(np.dtype(dtype)), "frames_sha256": keys_sha256(keys),
-            "source_fingerprint": source or ""}
-
-
-def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims, dtype="float32",
-                source=""):
-    """Whether ``path`` already holds every row of ``regions`` for exactly this identity.
+def is_complete(path, regions, identity):
+    """Whether ``path`` already holds every row of ``regions`` for exactly ``identity`` (a
+    :class:`StoreIdentity`).
 
     Checked read-only, so a finished file is not touched (its modification time is what tells
     later stages that their results are newer than the codes).
@@ -290,8 +312,8 @@ def is_complete(path, regions, *, keys, model, layer, weights, input_size, dims,
         return False
     try:
         with f:
-            want = _identity(keys, model, layer, weights, input_size, dims, dtype, source)
-            if "frames" not in f or _difference(f, want, keys) is not None:
+            want = identity.attrs()
+            if "frames" not in f or _difference(f, want, identity.keys) is not None:
                 return False
             n = int(f["frames"].shape[0])
             return all(r in f and "codes" in f[r] and f[r]["codes"].shape == (n, want["dims"])

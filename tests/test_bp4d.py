@@ -257,7 +257,7 @@ def test_synth_bp4d_read_back_through_the_reader(synth_bp4d):
 
 
 def test_intensity_runs_score_the_aus_bp4d_codes_intensity_for(synth_bp4d):
-    from classify.learn.task import get_task
+    from classify.task import get_task
     from classify.plan import resolve_aus
 
     t = load_dataset("bp4d", root=synth_bp4d)

@@ -223,7 +223,7 @@ def test_run_repeats_every_frozen_code_run_and_its_votes_not_the_fine_tuned():
 
 
 def test_intensity_runs_get_icc_intervals_and_compare_by_icc(tmp_path, capsys):
-    from classify.learn.task import get_task
+    from classify.task import get_task
     from featbench.core.metrics import intensity_metrics
 
     task = get_task("intensity")  # the intensity task says its columns and summary fields

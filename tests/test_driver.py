@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from classify.basekinds import estimator_kind  # noqa: E402
 from classify.kinds import register_kind, unregister_kind  # noqa: E402
-from classify.learn.task import register_task, unregister_task  # noqa: E402
+from classify.task import register_task, unregister_task  # noqa: E402
 from featbench.app.cli import main  # noqa: E402
 from featbench.core.modelfile import open_model  # noqa: E402
 from featbench.core.results import read_summary  # noqa: E402

@@ -132,6 +132,26 @@ def test_every_kind_is_one_entry_and_unknown_names_say_what_to_do():
         classifier_kind("vote")
     with pytest.raises(ValueError, match="already registered"):
         register_kind(get_kind("svm"))
+    assert [list_kinds(trained_by=c) for c in ("finetune", "transfer", "ensemble")] == [
+        ["ft"], ["transfer"], ["vote"]]  # what each command trains, said by the kinds
+
+
+def test_a_registry_selects_by_what_its_entries_say_and_names_functions_lazily():
+    import pickle
+
+    from featbench.core.registry import Registry, lazy
+
+    reg = Registry("thing")
+    reg.lazy("a", "no_such_module_anywhere:A", family="x")
+    reg.lazy("b", "featbench.core.aus:REGIONS", family="y")
+    reg.add("c", type("Thing", (), {"family": "x"})())
+    assert reg.names() == ["a", "b", "c"]
+    assert reg.names(family="x") == ["a", "c"]  # "a" is never imported: its module does not exist
+    with pytest.raises(ValueError, match="does not have"):
+        reg.get("b")  # the entry says what its object is not
+    f = lazy("featbench.core.aus:au_name")
+    assert f(1) == "AU01" and f == lazy("featbench.core.aus:au_name")
+    assert pickle.loads(pickle.dumps(f))(2) == "AU02"
 
 
 # --- a new kind: one class (below) + one registry line -----------------------------------------

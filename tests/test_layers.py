@@ -131,8 +131,34 @@ def test_imports_point_down_only():
 
 def test_registry_entries_are_seen_as_imports():
     _, graph = import_graph(ROOT, entries=True)
-    assert "classify.lstm" in graph["classify.kinds"]  # "classify.lstm:KIND", a lazy entry
-    assert "classify.lstm" not in import_graph(ROOT)[1].get("classify.kinds", {})
+    assert "classify.netkinds" in graph["classify.kinds"]  # "classify.netkinds:LSTM", a lazy entry
+    assert "classify.lstm" in graph["classify.netkinds"]  # lazy("classify.lstm:lstm_method")
+    assert "classify.netkinds" not in import_graph(ROOT)[1].get("classify.kinds", {})
+    assert "classify.lstm" not in import_graph(ROOT)[1].get("classify.netkinds", {})
+
+
+#: what trains and only trains: the inference side (predict, export, the model check, loading a
+#: run of any kind) must not import it
+TRAINING = ("classify.learn", "classify.training", "classify.finetune", "classify.transfer",
+            "classify.lstm", "classify.codemethods", "classify.driver", "classify.run",
+            "classify.plan", "classify.scale")
+
+
+def test_the_inference_side_imports_no_training_module():
+    """Every module the apply layer and the kinds' loading reach through imports (module-level
+    and local; a kind's lazily named training parts are not imports) is outside training."""
+    mods, graph = import_graph(ROOT)
+    seen, todo = set(), [m for m in mods if m.startswith("featbench.apply.")]
+    todo += ["classify.kinds", "classify.basekinds", "classify.netkinds", "classify.loaders",
+             "classify.modelcheck"]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    assert "classify.loaders" in seen and "classify.ft_net" not in seen  # a unit's net: lazily
+    inside = tuple(t + "." for t in TRAINING)  # a package's modules (lstm_net is not lstm's)
+    assert sorted(m for m in seen if m in TRAINING or m.startswith(inside)) == []
 
 
 def test_no_import_cycles():

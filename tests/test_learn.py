@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from classify.estimators import balance_indices, decide  # noqa: E402
 from classify.infer import score_batches  # noqa: E402
 from classify.learn.method import Method, Unit, UnitData, counts, trainable  # noqa: E402
-from classify.learn.task import OCCURRENCE, Settled, Task, register_task, unregister_task  # noqa: E402
+from classify.task import OCCURRENCE, Settled, Task, register_task, unregister_task  # noqa: E402
 from classify.training import TrainConfig  # noqa: E402
 from featbench.core.facesource import FaceInput, FaceSource, balanced_rows  # noqa: E402
 from featbench.core.metrics import au_metrics, nanmean  # noqa: E402
@@ -179,15 +179,16 @@ class _Thumb(torch.nn.Module):
 
 def test_a_toy_method_trains_through_the_shared_loop_and_its_model_reproduces_the_run(faces, tmp_path):
     from classify.ensemble import read_predictions
-    from classify.learn.facerun import face_run
+    from classify.learn.facerun import face_plan, face_run
     from classify.learn.loop import unit_state
 
     table, cache = faces
     ws = Workspace(tmp_path)
     meta = {"model": "thumb", "region": "full", "clf": "thumb", "weights": "random:0",
             "protocol": "paper", "dataset": "synth"}
-    res = face_run(Thumbnail(cache), ws, "synth", table, run="thumb__full__thumb", aus=AUS,
-                   protocol="paper", seed=0, meta=meta, progress=False)
+    method = Thumbnail(cache)
+    res = face_run(method, face_plan(method, ws, table, run="thumb__full__thumb", aus=AUS, meta=meta,
+                                     progress=False))
     f1 = {r["au"]: r["f1"] for r in res["rows"]}
     assert f1["AU01"] >= 0.9 and f1["AU12"] >= 0.9, f1
     # the saved model alone (modelfile: manifest + one tensor group) gives the run's decisions
@@ -229,15 +230,16 @@ def _aligned_photo(img, size):
 def test_featbench_predict_applies_the_toy_method_as_its_run_decided(faces, photo, tmp_path):
     from classify.kinds import register_kind, unregister_kind
     from classify.learn.facekind import face_kind
-    from classify.learn.facerun import face_run
+    from classify.learn.facerun import face_plan, face_run
     from classify.learn.loop import unit_state
 
     table, cache = faces
     ws = Workspace(tmp_path / "ws")
     meta = {"model": "thumb", "region": "full", "clf": "thumb", "weights": "random:0",
             "protocol": "paper", "dataset": "synth"}
-    run = face_run(Thumbnail(cache, epochs=5), ws, "synth", table, run="thumb__full__thumb",
-                   aus=AUS, protocol="paper", seed=0, meta=meta, progress=False)["run"]
+    method = Thumbnail(cache, epochs=5)
+    run = face_run(method, face_plan(method, ws, table, run="thumb__full__thumb", aus=AUS, meta=meta,
+                                     progress=False))["run"]
     register_kind(face_kind("thumb", Thumbnail))  # the method's registry line
     try:
         row = _predict_cli(ws, run, photo[0], tmp_path / "p.csv")

@@ -479,7 +479,7 @@ def test_a_loaded_run_is_a_scorer_whose_identities_stay_objects(toy, tmp_path):
     objects (parsed once from the manifest), strings again only in the files predict writes."""
     from classify.infer import AUClassifier, Scorer
     from classify.kinds import get_kind
-    from classify.learn.task import get_task
+    from classify.task import get_task
     from featbench.apply.runmodel import export_run, load_model_file, load_run
     from featbench.core.identity import RunKey
 

@@ -190,6 +190,37 @@ def test_predict_applies_an_ft_run_to_a_photo_and_its_export_gives_the_same_csv(
     pd.testing.assert_frame_equal(a.drop(columns="input"), b.drop(columns="input"))
 
 
+APPLY_ALONE = """
+import sys
+import numpy as np
+from featbench.apply.encoders import open_encoders
+from featbench.apply.pipeline import score_faces
+from featbench.apply.runmodel import load_run
+from featbench.core.align import AlignedFaces
+from featbench.core.workspace import Workspace
+model = load_run(Workspace({ws!r}), "synth", {run!r})
+with AlignedFaces({cache!r}) as faces:
+    scores, _ = score_faces(model, open_encoders(model, device="cpu"), faces.read_faces(np.arange(4)),
+                            faces.boxes[:4])
+assert np.isfinite(scores).all()
+training = ("classify.learn", "classify.training", "classify.finetune", "classify.transfer",
+            "classify.lstm", "classify.codemethods", "classify.driver", "classify.run")
+print(sorted(m for m in sys.modules if m in training or m.startswith(tuple(t + "." for t in training))))
+"""
+
+
+def test_applying_a_finetuned_run_imports_no_training_module(ft):
+    """Loading an ft run (the model check, its networks rebuilt) and scoring faces with it runs
+    on the inference side alone (classify/loaders.py, classify/ft_net.py), in a fresh process."""
+    import subprocess
+    import sys
+
+    code = APPLY_ALONE.format(ws=str(ft["ws"].root), run=ft["runs"]["regions"], cache=str(ft["cache"]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 # --- transfer ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def transfer(tmp_path_factory):

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from classify.learn.task import OCCURRENCE  # noqa: E402
+from classify.task import OCCURRENCE  # noqa: E402
 from classify.transfer import (StartWeights, TransferSettings, build_net, expression_folds,  # noqa: E402
                                run_stage1, run_stage2, stage2_rows)
 from extract.weights import file_sha256  # noqa: E402

@@ -9,8 +9,9 @@ part                       where
 faces                      :mod:`featbench.core.facesource`: region, input-size rule,
                            balancing, augmentation, read-ahead (extraction and predict read
                            faces through it too)
-the task                   :mod:`classify.learn.task`: targets, masking of unlabelled values,
-                           loss, positive weight, validation metric, score -> decision
+the task                   :mod:`classify.task` (outside this package: predict decides
+                           with it too): targets, masking of unlabelled values, loss,
+                           positive weight, validation metric, score -> decision
 the method contract        :mod:`classify.learn.method`: build the network, batches, score
                            (through the one inference path, :func:`classify.infer.score_batches`)
 the training loop          :func:`classify.training.fit`: epochs chosen on validation,
@@ -26,8 +27,7 @@ the run writer             :mod:`classify.learn.writer`: the :class:`RunRecord`,
 tensors on disk            :mod:`classify.learn.store`: safetensors + manifest, never a pickle
 ========================== =====================================================================
 
-A new task (AU intensity) is one :class:`~classify.learn.task.Task` subclass; a new method is
+A new task (AU intensity) is one :class:`~classify.task.Task` subclass; a new method is
 one :class:`~classify.learn.method.Method` subclass (and one line in the registry of run kinds).
 """
 
-from classify.learn import intensity  # noqa: E402,F401 - registers the Intensity task (get_task)

@@ -1,9 +1,9 @@
 """A run of a method over aligned faces: its plan, handed to the one driver.
 
 :func:`face_run` is what ``featbench finetune`` (and any method over faces: a test's toy method)
-calls once its method is built: it makes the run's :class:`~classify.plan.RunPlan` (faces as
-inputs, the protocol's folds) and hands it to :func:`classify.driver.execute`, which checks the
-aligned-face cache against the frame table, builds one job per (fold, unit), trains them through
+calls once its method is built, with the run's :class:`~classify.plan.RunPlan` (:func:`face_plan`:
+faces as inputs, the protocol's folds): it hands both to :func:`classify.driver.execute`, which
+checks the aligned-face cache against the frame table, builds one job per (fold, unit), trains them through
 the one loop (:func:`classify.learn.pool.run_units`) and writes the run through the one writer
 (:func:`classify.learn.writer.write_record`; the model by the kind's ``save``,
 :func:`classify.learn.facekind.save_face_run`), a failure recorded as the run's summary row.
@@ -28,46 +28,50 @@ What a method adds to :class:`~classify.learn.method.Method` for it (defaults in
 from classify.driver import check_cache  # noqa: F401 - its home before the one driver
 
 
-def face_run(method, workspace, dataset, table, *, run, aus, protocol, seed, meta, info=None,
-             progress=True, t0=None, kind=None, scheduler=None):
-    """Train ``method`` on the aligned faces of ``table`` and write run ``run``; return its dict.
+def face_plan(method, workspace, table, *, run, aus, meta, protocol="paper", seed=0, **fields):
+    """Return the :class:`~classify.plan.RunPlan` of a run of ``method`` over the aligned faces
+    of ``table`` (``run``: its name or RunKey; ``meta``: its summary row's columns, ``model`` and
+    ``region`` among them; the protocol's folds made from ``protocol`` and ``seed``).
 
-    Builds the run's :class:`~classify.plan.RunPlan` and hands it to the one driver
-    (:func:`classify.driver.execute`).
+    ``fields``: the plan's others (``progress``, ``scheduler``; ``kind``: default, one made for
+    the method's class, :func:`classify.learn.facekind.face_kind`).
+    """
+    from featbench.core.identity import RunKey
+
+    from classify.learn.facekind import face_kind
+    from classify.plan import PlanData, RunPlan
+
+    fields.setdefault("kind", face_kind(method.kind, type(method)))
+    return RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
+                   task=method.task, model=meta.get("model", ""), region=meta.get("region", "full"),
+                   protocol=protocol, aus=tuple(aus), seed=seed,
+                   key=run if isinstance(run, RunKey) else RunKey.parse(run), meta=meta,
+                   inputs="faces", **fields)
+
+
+def face_run(method, plan, *, info=None):
+    """Train ``method`` on the aligned faces of ``plan`` (:func:`face_plan`) and write the run;
+    return its dict (None on a torchrun rank but 0).
+
+    Hands the plan to the one driver (:func:`classify.driver.execute`).
 
     Parameters
     ----------
     method : Method
         Built on ``aligned_path`` (``method.aligned_path``).
-    run : str or RunKey
-    meta : dict
-        The summary row's columns (``model``, ``region``, ``clf``, ``weights``...); a failure
-        from here on becomes the run's row.
+    plan : RunPlan
+        The run's; a failure from the driver on becomes the run's row in summary.csv.
     info : dict, optional
         What the method's network says of itself (:meth:`model_settings` gets it).
-    kind : RunKind, optional
-        The run's kind (default: one made for the method's class, :func:`face_kind`).
-    scheduler : str, optional
-        A Dask scheduler address (:mod:`classify.learn.pool`).
 
     Returns
     -------
     dict
         :func:`classify.learn.writer.write_record`'s, plus ``units`` (each unit's record).
     """
-    from featbench.core.identity import RunKey
-
     from classify.driver import FaceInputs, execute
-    from classify.learn.facekind import face_kind
-    from classify.plan import PlanData, RunPlan
 
     method.info = info or {}
-    key = run if isinstance(run, RunKey) else RunKey.parse(run)
-    plan = RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
-                   kind=kind or face_kind(method.kind, type(method)), task=method.task,
-                   model=meta.get("model", ""), region=meta.get("region", "full"), protocol=protocol,
-                   aus=tuple(aus), seed=seed, key=key, meta=meta, inputs="faces",
-                   progress=progress, scheduler=scheduler)
     out = execute(plan, FaceInputs(method.aligned_path), lambda plan, inputs: method,
                   identity=_identity, talk=True)
     if out is not None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featbench.core import modelfile
-from featbench.core.datasets import training_data
 from featbench.core.errors import FeatbenchError
 from featbench.core.workspace import atomic_write_text
 
@@ -244,25 +243,27 @@ def save_units(folder, work, results):
     return units
 
 
-def write_model(folder, method, run, aus, splits, results, units, *, weights, preprocessing,
-                dataset, extra=None, **settings):
-    """Write a learned run's model through :mod:`featbench.core.modelfile`: one tensor group per
-    unit (``AU01``, ``model``, ``AU01-<fold>``...) plus ``extra`` groups, and the manifest
-    (per-fold thresholds; ``settings``: the kind's own JSON with ``units`` and the task)."""
+def write_model(folder, record, *, preprocessing, units=None, extra=None, **settings):
+    """Write a learned run's model (``record``: its :class:`~classify.learn.writer.RunRecord`)
+    through :func:`classify.kinds.write_run_model`: one tensor group per unit that has a network
+    (``AU01``, ``model``, ``AU01-<fold>``...) plus ``extra`` groups, the manifest (per-fold
+    thresholds, the kind's ``preprocessing``; ``settings``: the kind's own JSON with the task
+    and each unit's entry, ``units`` or else ``record.units``)."""
+    from classify.kinds import record_fields, write_run_model
+
+    method, results, aus = record.method, record.results, record.aus
     folds = []
-    for fi, split in enumerate(splits):
+    for fi, split in enumerate(record.splits):
         thr = {au: float(r.thresholds[j]) for r in results if r.fold == fi and r.net is not None
                for j, au in enumerate(r.aus) if j in r.trainable and au in aus}
         folds.append({"name": split.name, "thresholds": thr})
     groups = {r.name: method.state(r.net) for r in results if r.net is not None}
-    manifest = modelfile.create_manifest(
-        run=run, kind=method.kind, task=method.task.name, aus=list(aus), folds=folds,
-        weights=weights, preprocessing=preprocessing,
-        training_data=training_data(dataset),
-        settings=json.loads(json.dumps({**settings, "task": method.task.to_json(),
-                                        "units": {n: {k: v for k, v in e.items() if k != "history"}
-                                                  for n, e in units.items()}}, default=_plain)))
-    return modelfile.write_model(folder, manifest, {**groups, **(extra or {})})
+    units = {n: {k: v for k, v in e.items() if k != "history"}
+             for n, e in (record.units if units is None else units).items()}
+    settings = json.loads(json.dumps({**settings, "task": method.task.to_json(), "units": units},
+                                     default=_plain))
+    return write_run_model(folder, method.kind, folds, settings, {**groups, **(extra or {})},
+                           record_fields(record, preprocessing=preprocessing))
 
 
 def unit_state(model, unit):

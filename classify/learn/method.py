@@ -3,7 +3,7 @@
 A method (fine-tuning: :class:`classify.finetune.FinetuneMethod`, transfer's two stages:
 :class:`classify.transfer.TransferMethod`, the LSTM: :class:`classify.lstm.LSTMMethod`; the
 per-AU estimators: :mod:`classify.codemethods`) is one class with the hooks below; :mod:`classify.learn.loop` trains its units fold by fold through
-:func:`classify.training.fit`, the task (:mod:`classify.learn.task`) supplies loss, metric and
+:func:`classify.training.fit`, the task (:mod:`classify.task`) supplies loss, metric and
 decisions, and :mod:`classify.learn.writer` writes the run. A method never writes files.
 
 ``units(aus) -> [Unit]``
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from classify.learn.task import OCCURRENCE, counts, trainable  # noqa: F401 - methods' helpers
+from classify.task import OCCURRENCE, counts, trainable  # noqa: F401 - methods' helpers
 
 #: what a learned run's settings.json keeps per AU of its unit's training
 RECORDED = ("best_epoch", "history", "sequences", "seconds", "cpu_seconds")

@@ -59,12 +59,15 @@ def record_run_failure(workspace, dataset, run, exc, meta):
         pass  # a full disk or a damaged summary cannot take the row: the error is said anyway
 
 
-def au_row(task, ai, au, by, labels, test_rows, splits, thresholds, *, params=()):
+def au_row(record, ai, au, thresholds, *, params=()):
     """Return one AU's row of the run's table (metrics averaged over folds) and its notes.
 
-    Fills ``thresholds[fold, ai]``; ``params``: per-AU chosen values to report (median over
-    folds), such as the SVM's ``C``.
+    ``record``: the run's :class:`RunRecord` (its task, per-(fold, AU) results, targets, test
+    rows and folds). Fills ``thresholds[fold, ai]``; ``params``: per-AU chosen values to report
+    (median over folds), such as the SVM's ``C``.
     """
+    task, by, labels, test_rows, splits = (record.plan.task, record.by, record.labels,
+                                           record.test_rows, record.splits)
     n_folds = len(splits)
     per_fold, au_notes = [], []
     for fi in range(n_folds):
@@ -101,15 +104,17 @@ def au_row(task, ai, au, by, labels, test_rows, splits, thresholds, *, params=()
     return row, au_notes
 
 
-def run_rows(task, au_list, by, labels, test_rows, splits, *, params=(), extra=None):
-    """Return ``(rows, notes, thresholds (folds, k))`` of the run's table.
+def run_rows(record, *, params=(), extra=None):
+    """Return ``(rows, notes, thresholds (folds, k))`` of the table of the run ``record``
+    (a :class:`RunRecord`).
 
     ``extra(au) -> dict``: a method's own per-AU columns, placed before ``n_train``.
     """
-    thresholds = np.full((len(splits), len(au_list)), np.nan)
+    au_list = record.aus
+    thresholds = np.full((len(record.splits), len(au_list)), np.nan)
     rows, notes = [], []
     for ai, au in enumerate(au_list):
-        row, au_notes = au_row(task, ai, au, by, labels, test_rows, splits, thresholds, params=params)
+        row, au_notes = au_row(record, ai, au, thresholds, params=params)
         if extra is not None:
             tail = {k: row.pop(k) for k in ("n_train", "note")}
             row.update(extra(au), **tail)
@@ -118,8 +123,10 @@ def run_rows(task, au_list, by, labels, test_rows, splits, *, params=(), extra=N
     return rows, notes, thresholds
 
 
-def test_scores(task, au_list, by, test_rows):
-    """Return the stacked test ``(scores, decisions, fold)`` of every fold, in test-row order."""
+def test_scores(record):
+    """Return the stacked test ``(scores, decisions, fold)`` of every fold of the run ``record``
+    (a :class:`RunRecord`), in test-row order."""
+    task, au_list, by, test_rows = record.plan.task, record.aus, record.by, record.test_rows
     rows = np.concatenate(test_rows)
     k = len(au_list)
     scores = np.full((rows.size, k), np.nan, dtype=np.float32)
@@ -248,9 +255,7 @@ def write_record(record):
     extra = None
     if type(method).row_extra is not Method.row_extra:
         extra = lambda au: method.row_extra(record, au)  # noqa: E731
-    rows_out, notes, thresholds = run_rows(task, record.aus, record.by, record.labels,
-                                           record.test_rows, record.splits, params=method.params,
-                                           extra=extra)
+    rows_out, notes, thresholds = run_rows(record, params=method.params, extra=extra)
     record.rows, meta = rows_out, record.meta
     meta.update(task=task.name)
     present = task.probability if method.probabilities else None
@@ -325,7 +330,7 @@ def _write_predictions(record, thresholds, present, path):
     rows = np.concatenate(record.test_rows)
     if np.unique(rows).size != rows.size:
         raise UsageError(f"protocol {plan.protocol} tests some frames in two folds")
-    scores, decisions, fold = test_scores(task, record.aus, record.by, record.test_rows)
+    scores, decisions, fold = test_scores(record)
     kw = {}
     if present is not None:
         scores, thresholds = present(scores), present(thresholds)

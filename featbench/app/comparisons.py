@@ -69,7 +69,7 @@ class Comparer:
         """The metric two runs of ``run``'s task are compared by: the task's headline (the
         first of its ``METRICS``: ICC for intensity) when the statistics resample it, else the
         F1 of the decisions (every task decides)."""
-        from classify.learn.task import get_task
+        from classify.task import get_task
 
         try:
             first = get_task(self.task(run)).METRICS[0]

@@ -24,7 +24,7 @@ def is_intensity(summary):
     """Return a bool Series: the rows of intensity runs (rows without a ``task`` are occurrence)."""
     if "task" not in summary:
         return summary["run"].astype(str) != summary["run"].astype(str)
-    from classify.learn.task import TASKS  # the run's task says what it reports (ICC, r, MAE)
+    from classify.task import TASKS  # the run's task says what it reports (ICC, r, MAE)
 
     def reports_intensity(name):
         return name in TASKS and "icc" in TASKS.get(name).COLUMNS

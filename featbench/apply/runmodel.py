@@ -32,7 +32,7 @@ from featbench.core.results import read_summary
 from featbench.core.workspace import Workspace
 
 from classify.kinds import load_scorer
-from classify.learn.task import list_tasks
+from classify.task import list_tasks
 from classify.modelcheck import check_model
 from extract.download import file_sha256
 from classify.infer import BIDIRECTIONAL_WINDOW, RunModel  # noqa: F401 - what predict applies
@@ -119,7 +119,7 @@ def load_model_file(path):
 
 
 def _predictable(model_file):
-    """``model_file`` if its run is of a task of the task registry (:mod:`classify.learn.task`:
+    """``model_file`` if its run is of a task of the task registry (:mod:`classify.task`:
     scores -> 0/1 decisions per AU), which predict can apply."""
     m = model_file.manifest
     task = m.get("task", "occurrence")

@@ -16,7 +16,7 @@ was trained, which its :class:`FaceInput` records.
 
 **Balancing** (:func:`balanced_rows`): one epoch of training takes, per AU, every positive frame
 and as many negatives drawn afresh (the task says what balanced means:
-``classify.learn.task.Task.balance``); a network that learns several AUs takes the union.
+``classify.task.Task.balance``); a network that learns several AUs takes the union.
 
 **Augmentation** (:func:`draw_augmentation`, :func:`augment`), for training only, in ways that
 keep every AU visible: a horizontal flip (DISFA's AUs are scored on both sides together), a

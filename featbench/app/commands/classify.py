@@ -28,7 +28,7 @@ def add_parser(subparsers):
                         "intensities: ICC(3,1), Pearson r, MAE, and F1 of rounded intensity >= 2; "
                         "needs a data set with intensities: disfa, synth, a folder manifest with "
                         "AUnn_int columns), or any task registered in Python "
-                        "(classify.learn.task.register_task) (default: the --clf's own: "
+                        "(classify.task.register_task) (default: the --clf's own: "
                         "occurrence; intensity for ridge and svr)")
     p.add_argument("--calibrate", default="none", metavar="none|median|neutral",
                    help="person-specific calibration: subtract from each person's codes (one "
@@ -160,7 +160,7 @@ def _run_one(args):
     """One classify run of ``args`` (its protocol set); returns its result (None on a torchrun
     rank other than 0)."""
     from classify.kinds import classifier_kind
-    from classify.learn.task import get_task
+    from classify.task import get_task
     from classify.run import check_args, check_features, classify_run, default_model, format_result
     from featbench.core.calibrate import check_calibration
     from featbench.core.errors import MissingRunError, UsageError

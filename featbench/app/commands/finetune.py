@@ -61,7 +61,7 @@ def add_parser(subparsers):
                    help="occurrence (present / absent: BCE, F1) or intensity (a regression head on "
                         "the 0-5 intensities: MSE, the epoch chosen by validation ICC, outputs "
                         "clipped to 0-5; run-name tag intensity), or any task registered in Python "
-                        "(classify.learn.task.register_task) (default: occurrence)")
+                        "(classify.task.register_task) (default: occurrence)")
     p.add_argument("--scheduler", default=None, metavar="ADDR",
                    help="train the networks (one per AU and fold) on the Dask cluster at ADDR "
                         "(tcp://HOST:PORT; default: $DASK_SCHEDULER_ADDRESS, else this machine); "
@@ -77,7 +77,7 @@ def add_parser(subparsers):
 
 def _run(args):
     from classify.finetune import FinetuneConfig, check_network, finetune_run, format_result
-    from classify.learn.task import get_task
+    from classify.task import get_task
 
     config = FinetuneConfig(
         model=args.model, weights=args.weights, reinit=args.reinit, train_from=args.train_from,

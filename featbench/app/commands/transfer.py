@@ -141,7 +141,7 @@ def _run(args):
     import sys
 
     from classify.run import resolve_aus
-    from classify.learn.task import get_task
+    from classify.task import get_task
     from classify.transfer import (TransferSettings, check_start, format_result, parse_sizes,
                                    transfer_run)
     from featbench.core.datasets import load_dataset

@@ -30,7 +30,9 @@ instant).
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from featbench.core.errors import UsageError, did_you_mean
 from featbench.core.workspace import temp_sibling
@@ -60,6 +62,46 @@ def _check_int(name, value, lo, hi):
         raise UsageError(f"--{name} must be an integer, got {value!r}")
     if not lo <= value <= hi:
         raise UsageError(f"--{name} {value}: must be between {lo} and {hi}")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What a synthetic set is (:func:`generate_dataset`'s arguments of the same names, which
+    document them): checked when made, ``subjects`` and ``frames`` filled with the layout's
+    defaults, ``difficulty`` a float.
+
+    Raises
+    ------
+    UsageError
+        Unknown layout or domain, a domain for ``expression``, out-of-range numbers.
+    """
+
+    layout: str = "disfa"
+    subjects: Optional[int] = None
+    frames: Optional[int] = None
+    seed: int = 0
+    difficulty: float = 1.0
+    right_camera: bool = True
+    domain: str = "a"
+
+    def __post_init__(self):
+        layout, domain = self.layout, self.domain
+        if layout not in LAYOUTS:
+            raise UsageError(did_you_mean(str(layout), LAYOUTS, what="layout"))
+        get_domain(domain)
+        if layout == "expression" and domain != "a":
+            raise UsageError("--domain applies to the video layouts (disfa, affwild2, bp4d), "
+                             "not to the posed-expression set")
+        subjects = LAYOUT_SUBJECTS.get(layout, DEFAULT_SUBJECTS) if self.subjects is None else self.subjects
+        _check_int("subjects", subjects, MIN_SUBJECTS, MAX_SUBJECTS if layout != "bp4d" else 41)
+        frames = DEFAULT_FRAMES[layout] if self.frames is None else self.frames
+        _check_int("frames", frames, 1 if layout == "expression" else 4, 100 if layout == "expression" else 100000)
+        _check_int("seed", self.seed, 0, 2 ** 63 - 1)
+        if not 0.0 <= float(self.difficulty) <= 3.0:
+            raise UsageError(f"difficulty {self.difficulty}: must be between 0 and 3")
+        for name, value in (("subjects", subjects), ("frames", frames),
+                            ("difficulty", float(self.difficulty))):
+            object.__setattr__(self, name, value)
 
 
 def generate_dataset(root, *, layout="disfa", subjects=None, frames=None, seed=0,
@@ -104,19 +146,8 @@ def generate_dataset(root, *, layout="disfa", subjects=None, frames=None, seed=0
     UsageError
         Unknown layout, out-of-range numbers, or ``root`` exists and ``overwrite`` is False.
     """
-    if layout not in LAYOUTS:
-        raise UsageError(did_you_mean(str(layout), LAYOUTS, what="layout"))
-    get_domain(domain)
-    if layout == "expression" and domain != "a":
-        raise UsageError("--domain applies to the video layouts (disfa, affwild2, bp4d), "
-                         "not to the posed-expression set")
-    subjects = LAYOUT_SUBJECTS.get(layout, DEFAULT_SUBJECTS) if subjects is None else subjects
-    _check_int("subjects", subjects, MIN_SUBJECTS, MAX_SUBJECTS if layout != "bp4d" else 41)
-    frames = DEFAULT_FRAMES[layout] if frames is None else frames
-    _check_int("frames", frames, 1 if layout == "expression" else 4, 100 if layout == "expression" else 100000)
-    _check_int("seed", seed, 0, 2 ** 63 - 1)
-    if not 0.0 <= float(difficulty) <= 3.0:
-        raise UsageError(f"difficulty {difficulty}: must be between 0 and 3")
+    spec = SynthSpec(layout=layout, subjects=subjects, frames=frames, seed=seed,
+                     difficulty=difficulty, right_camera=right_camera, domain=domain)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root}: exists and is not a folder")
@@ -125,8 +156,7 @@ def generate_dataset(root, *, layout="disfa", subjects=None, frames=None, seed=0
     tmp = temp_sibling(root)  # unique; what a killed generator left is removed
     tmp.mkdir()
     try:
-        info = _generate(tmp, layout, subjects, frames, seed, float(difficulty), right_camera,
-                         progress, workers, domain)
+        info = _generate(tmp, spec, progress=progress, workers=workers)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         old = None
         if root.exists():
@@ -185,8 +215,9 @@ def files_added_since(root):
     return sorted(out)
 
 
-def _generate(tmp, layout, subjects, frames, seed, difficulty, right_camera, progress, workers,
-              domain="a"):
+def _generate(tmp, spec, *, progress, workers):
+    layout, subjects, frames, seed = spec.layout, spec.subjects, spec.frames, spec.seed
+    difficulty, right_camera, domain = spec.difficulty, spec.right_camera, spec.domain
     if layout == "disfa":
         ids = L.subject_ids(subjects)
         for sub in ("Videos_LeftCamera",) + (("Video_RightCamera",) if right_camera else ()):

@@ -1,6 +1,6 @@
 """AU intensity as a learned task: regression on DISFA's 0-5 scale, judged by ICC(3,1).
 
-:class:`Intensity` is the second :class:`~classify.learn.task.Task` (the first is occurrence):
+:class:`Intensity` is the second :class:`~classify.task.Task` (the first is occurrence):
 fine-tuning, transfer's stage 2 and the LSTM train it through the same loop, writer and model
 format, with ``--task intensity``.
 
@@ -32,7 +32,7 @@ from featbench.core.metrics import (INTENSITY_MAX, INTENSITY_MIN, PRESENT_AT, de
 
 from classify.estimators import balance_indices, decide
 from classify.intensity import clip_intensity
-from classify.learn.task import Settled, Task, register_task
+from classify.task import Settled, Task, register_task
 
 
 #: the width of the intensity scale: the regression loss's unit

@@ -41,7 +41,7 @@ one, :func:`get_task` finds it (``featbench finetune --task NAME``).
 
 :class:`Occurrence` is the task of every run so far (masked BCE, F1 at a threshold settled by
 :func:`classify.estimators.settle_threshold`); :class:`Expression` is transfer's stage 1
-(cross-entropy over expression classes, accuracy); :class:`classify.learn.intensity.Intensity`
+(cross-entropy over expression classes, accuracy); :class:`classify.intensity_task.Intensity`
 is AU intensity (regression on 0-5, ICC).
 """
 
@@ -412,3 +412,4 @@ def get_task(name):
 
 TASKS.add(OCCURRENCE.name, OCCURRENCE, builtin=True)
 TASKS.add(EXPRESSION.name, EXPRESSION, builtin=True)
+TASKS.lazy("intensity", "classify.intensity_task:INTENSITY")
