@@ -1,6 +1,7 @@
 """``featbench data synth|info|show``: make, describe and look at a data set."""
 
-from featbench.app.commands._common import add_dataset_args, load_table, print_json, workspace_of
+from featbench.app.commands._common import (add_dataset_args, check_sheet_out, load_table, print_json,
+                                             workspace_of)
 
 
 def add_parser(sub):
@@ -133,6 +134,7 @@ def _show(args):
 
     table = load_table(args)
     out = args.out or workspace_of(args).results_dir(args.dataset) / "contact_sheet.png"
+    check_sheet_out(out, table, command="data show")
     path = contact_sheet(table, out, n=args.n, seed=args.seed)
     print(f"wrote {path}")
     return 0
