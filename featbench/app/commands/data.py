@@ -22,7 +22,8 @@ def add_parser(sub):
                    help="subjects (default: 27 as DISFA; bp4d: 41 as BP4D)")
     s.add_argument("--frames", type=int, default=None, metavar="N",
                    help="frames per subject, video or (bp4d) task (default: the layout's: disfa "
-                        "240, affwild2 120, bp4d 20 per task)")
+                        "240, affwild2 120, bp4d 20 per task); for the expression layout, takes "
+                        "per expression and view (default 1: each take is about 30 images)")
     s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     s.add_argument("--layout", choices=("disfa", "affwild2", "expression", "bp4d"), default="disfa",
                    help="on-disk layout: DISFA's (default), ABAW3's AU track, a posed-expression "
