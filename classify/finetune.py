@@ -156,6 +156,8 @@ class FinetuneConfig:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
         if int(self.batch_size) < 2:
             raise UsageError(f"--batch-size must be at least 2, got {self.batch_size}")
+        if not float(self.lr) > 0:  # here, not when the first unit starts training
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
         check_input_size(self.input_size)  # a huge one is refused as such, not tried ("too small")
         if self.tag is not None and (not str(self.tag).isalnum()):
             raise UsageError(f"--tag must be letters and digits only, got {self.tag!r}")

@@ -337,3 +337,31 @@ def test_featbench_run_on_synth_bp4d(tmp_path):
     assert {"hog__full__svm", "dlib_face__auto__svm", "ensemble-fe__full__vote"} <= set(summary.run)
     assert set(summary.protocol) == {"paper"}
     assert [c for c in summary.columns if c.startswith("f1_AU")] == [f"f1_{a}" for a in BP4D_AUS]
+
+
+def test_a_picture_never_replaces_a_frame_of_the_data_set(synth_bp4d, tmp_path, capsys):
+    """`data show` and `align --show` on a set of images: --out onto one of its frames is one
+    line and exit 2 with the frame untouched (before: overwritten, exit 0); a name that is no
+    PNG is one line (before: an OpenCV traceback); their own picture is replaced on a rerun and a
+    user's own PNG is not."""
+    from PIL import Image
+
+    frame = next(p for p in sorted(synth_bp4d.rglob("*.jpg")))
+    before = frame.read_bytes()
+    ws = tmp_path / "ws"
+    common = ("--workspace", ws, "--dataset", "bp4d", "--root", synth_bp4d)
+    for cmd in (("data", "show"), ("align", "--show")):
+        for out, says in ((frame, "ending in .png"), (tmp_path / "sheet.txt", "ending in .png")):
+            rc, _, err = cli(capsys, *common[:2], *cmd, *common[2:], "--out", out)
+            assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    png_frame = tmp_path / "frames" / frame.with_suffix(".png").name
+    png_frame.parent.mkdir()
+    Image.open(frame).save(png_frame)
+    mine = png_frame.read_bytes()
+    rc, _, err = cli(capsys, *common[:2], "data", "show", *common[2:], "--out", png_frame)
+    assert rc == 2 and "not written by featbench" in err
+    assert frame.read_bytes() == before and png_frame.read_bytes() == mine
+    for cmd in (("data", "show"), ("align", "--show")):  # twice each: the rerun replaces its own
+        for _ in range(2):
+            rc, _, err = cli(capsys, *common[:2], *cmd, *common[2:], "--n", "2")
+            assert rc == 0, err

@@ -201,3 +201,20 @@ def test_run_on_a_joined_set_does_within_then_cross(monkeypatch, tmp_path):
                  "cross", "--quiet"]) == 0
     assert main(["--workspace", str(tmp_path), "run", "--dataset", "synth", "--quiet"]) == 0
     assert calls == [("synth+synth-b", "cross"), ("synth", None)]
+
+
+def test_a_paired_drop_over_fewer_aus_than_the_columns_says_so():
+    import numpy as np
+
+    from featbench.app.report_cross import _drop_cells
+
+    def pct(v):
+        return f"{v * 100:+.1f}"
+
+    within, cross = {"mean_f1": 0.171}, {"mean_f1": 0.338}
+    over_all = {"diff": np.array([0.2, 0.134, 0.167]), "lo": np.full(3, 0.1),
+                "hi": np.full(3, 0.2), "p_adj": 0.5}
+    over_one = {"diff": np.array([0.141, np.nan, 0.141]), "lo": np.full(3, 0.1),
+                "hi": np.full(3, 0.2), "p_adj": 0.5}
+    assert "AUs both score" not in _drop_cells(cross, within, over_all, pct, 0.05)[0]
+    assert _drop_cells(cross, within, over_one, pct, 0.05)[0].endswith("(over the 1 AUs both score)")

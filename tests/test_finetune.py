@@ -318,3 +318,12 @@ def test_codes_of_a_network_fine_tuned_at_a_small_input_size(tmp_path):
     torch.save(net.export_state(), tmp_path / "other.pt")  # no settings.json beside it
     with pytest.raises(WeightsError, match="classifier.0.weight"):
         create_encoder("cnn_f", weights=str(tmp_path / "other.pt"), device="cpu")
+
+
+@pytest.mark.parametrize("lr", [-1, 0, float("nan")])
+def test_a_learning_rate_that_is_not_positive_is_refused_before_any_unit_trains(lr):
+    from classify.finetune import FinetuneConfig
+    from featbench.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="--lr must be > 0"):
+        FinetuneConfig(model="cnn_f", lr=lr)

@@ -8,12 +8,14 @@ before the fix. Item 3 (model-file validation) lives in tests/test_modelfile_fuz
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 import numpy as np
 
-from test_harden import assert_one_line_error, make_disfa
+from test_harden import REPO, assert_one_line_error, make_disfa
 from test_harden2 import cli, tmpfs
 from conftest import write_video
 
@@ -357,3 +359,14 @@ def test_6_no_empty_lock_file_stays_behind(tmp_path, capsys):
     assert cli(capsys, *common[:2], "classify", "--clf", "lda", "--aus", "AU01", "--quiet",
                *common[2:]).returncode == 0
     assert sorted(p.name for p in ws.rglob("*.lock")) == []
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """`featbench models | head -1`: stdout closed by its reader is the end of the output, not a
+    BrokenPipeError traceback (exit 141, as other pipe writers: 128 + SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "featbench", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # before the command prints: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141 and err == "", err

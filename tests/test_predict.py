@@ -786,3 +786,19 @@ def test_a_fine_tuned_networks_file_is_found_by_its_hash_or_as_the_only_candidat
     b.write_bytes(b"network b")
     assert finetuned_file(ws, WeightsId.parse(f"finetuned:cnn__full__ft sha256:{digest}")) == a
     assert finetuned_file(ws, WeightsId.parse("finetuned:cnn__full__ft")) is None  # which one?
+
+
+def test_best_is_the_top_ranked_run_not_a_repeated_splits_rerun(tmp_path):
+    from featbench.apply.runmodel import resolve_run
+    from featbench.core.results import upsert_summary
+
+    ws = Workspace(tmp_path)
+    for run, f1, protocol in (("hog__full__svm", 0.50, "paper"),
+                              ("hog__full__lda__kfold3", 0.55, "kfold:3"),
+                              ("hog__full__lda__kfold3r2", 0.60, "kfold:3:r2"),
+                              ("hog__full__svm__kfold3r1", 0.70, "kfold:3:r1")):
+        upsert_summary(ws, "synth", {"run": run, "model": "hog", "region": "full",
+                                     "clf": run.split("__")[2], "protocol": protocol,
+                                     "mean_f1": f1})
+    # the repeats are left out of the report's ranking, and so of "best"
+    assert resolve_run(ws, "synth", "best") == "hog__full__lda__kfold3"

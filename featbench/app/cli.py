@@ -11,6 +11,7 @@ Any :class:`~featbench.core.errors.FeatbenchError` ends the command with one lin
 
 import argparse
 import importlib
+import os
 import sys
 
 from featbench import __version__
@@ -108,6 +109,12 @@ def main(argv=None):
     except FeatbenchError as exc:
         print(f"featbench: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `featbench ... --json | head`: the reader has gone; say nothing more (Python would
+        # print a second error flushing stdout at exit), as head's other writers do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as exc:
         # the one place an OS error the code did not expect (a read-only workspace, a file
         # without read permission, a symlink loop, a full disk) becomes one line naming the

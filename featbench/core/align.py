@@ -748,7 +748,9 @@ def render_sheet(table, path, out, *, n=8):
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    from featbench.core.workspace import save_figure
+
+    save_figure(fig, out, dpi=80)  # marked as featbench's: a rerun may replace it
     return out
 
 

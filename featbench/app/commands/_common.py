@@ -68,3 +68,20 @@ def ci_settings_of(args):
     from featbench.core.stats import check_settings
 
     return check_settings(getattr(args, "ci_level", None), getattr(args, "ci_resamples", None))
+
+
+def check_sheet_out(out, table, *, command):
+    """Refuse a picture's ``--out`` before any work: not a ``.png`` (the writers cannot make
+    another format), one of the data set's own files (a frame of ``table``), or an existing file
+    featbench did not write; one line, exit 2, nothing written."""
+    from pathlib import Path
+
+    from featbench.core.errors import UsageError
+    from featbench.core.workspace import check_outputs
+
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{out}: --out is written as a PNG image; give a name ending in .png")
+    # only the sources with the same name can be the same file: no stat of every frame
+    same_name = [s for s in table.frames["source"].unique() if Path(s).name == path.name]
+    check_outputs({"--out": path}, inputs=same_name, command=command)

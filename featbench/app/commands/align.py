@@ -1,6 +1,6 @@
 """``featbench align``: build the aligned-face cache, or draw a sheet to check its geometry."""
 
-from featbench.app.commands._common import add_dataset_args, load_table, workspace_of
+from featbench.app.commands._common import add_dataset_args, check_sheet_out, load_table, workspace_of
 
 
 def add_parser(subparsers):
@@ -36,11 +36,13 @@ def _run(args):
         raise UsageError(f"--n must be 1-{MAX_SHEET_ROWS} (rows of the sheet), got {args.n}")
     table = load_table(args)
     ws = workspace_of(args)
+    if args.show:  # the sheet's --out is checked before the long work
+        out = args.out or ws.results_dir(table.dataset) / "align_sheet.png"
+        check_sheet_out(out, table, command="align")
     report = align_dataset(table, ws.aligned_path(table.dataset), force=args.force,
                            compression="lzf" if args.compress else None)
     if not args.show:
         print(report.summary())
         return 0
-    out = args.out or ws.results_dir(table.dataset) / "align_sheet.png"
     print(render_sheet(table, report.path, out, n=args.n))
     return 0

@@ -45,7 +45,9 @@ def add_parser(subparsers):
     p.add_argument("--protocol", default="paper", metavar="P",
                    help="paper (12/6/9 subjects, 12 AUs), literature (DISFA 3 folds, 8 AUs), "
                         "kfold:K, or own (the data set's split); on BP4D paper and literature "
-                        "are its 3 subject folds and 12 AUs (default: paper)")
+                        "are its 3 subject folds and 12 AUs; on a joined --dataset X+Y, cross "
+                        "(train on X, test on Y) or within (Y's own); --repeats makes "
+                        "kfold:K:rN (default: paper)")
     p.add_argument("--tune-threshold", action="store_true",
                    help="choose each AU's threshold by F1 on the validation subjects (default: 0)")
     balance = p.add_mutually_exclusive_group()  # both at once: one line, exit 2

@@ -1,6 +1,7 @@
 """``featbench data synth|info|show``: make, describe and look at a data set."""
 
-from featbench.app.commands._common import add_dataset_args, load_table, print_json, workspace_of
+from featbench.app.commands._common import (add_dataset_args, check_sheet_out, load_table, print_json,
+                                             workspace_of)
 
 
 def add_parser(sub):
@@ -21,7 +22,8 @@ def add_parser(sub):
                    help="subjects (default: 27 as DISFA; bp4d: 41 as BP4D)")
     s.add_argument("--frames", type=int, default=None, metavar="N",
                    help="frames per subject, video or (bp4d) task (default: the layout's: disfa "
-                        "240, affwild2 120, bp4d 20 per task)")
+                        "240, affwild2 120, bp4d 20 per task); for the expression layout, takes "
+                        "per expression and view (default 1: each take is about 30 images)")
     s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     s.add_argument("--layout", choices=("disfa", "affwild2", "expression", "bp4d"), default="disfa",
                    help="on-disk layout: DISFA's (default), ABAW3's AU track, a posed-expression "
@@ -133,6 +135,7 @@ def _show(args):
 
     table = load_table(args)
     out = args.out or workspace_of(args).results_dir(args.dataset) / "contact_sheet.png"
+    check_sheet_out(out, table, command="data show")
     path = contact_sheet(table, out, n=args.n, seed=args.seed)
     print(f"wrote {path}")
     return 0

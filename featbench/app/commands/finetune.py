@@ -37,7 +37,8 @@ def add_parser(subparsers):
                    help="face region the network sees; auto = each AU its own region (default: full)")
     p.add_argument("--protocol", default="paper", metavar="P",
                    help="paper (12/6/9 subjects), literature (3 folds), kfold:K or own; on BP4D "
-                        "paper and literature are its 3 subject folds (default: paper)")
+                        "paper and literature are its 3 subject folds; on a joined --dataset "
+                        "X+Y, cross (train on X, test on Y) or within (default: paper)")
     p.add_argument("--aus", default=None, metavar="AU01,AU02",
                    help="only these AUs (default: the protocol's)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="at most N epochs (default: 10)")
