@@ -106,6 +106,9 @@ def create_preprocess(spec, *, mean=None):
         mean = effective_mean(spec, mean)
         mean_t = (torch.from_numpy(mean.reshape(1, 3, 1, 1).copy()) if mean.ndim == 1
                   else torch.from_numpy(mean.transpose(2, 0, 1)[None].copy()))
+        # from_numpy is always a CPU tensor; std is on the device a caller's context sets (the
+        # model-file check builds networks under torch.device("meta")), and the two must match
+        mean_t = mean_t.to(std.device)
 
     class Preprocess(nn.Module):
         """``(x * pixel_scale - mean) / std`` as one multiply-add, after an optional resize.

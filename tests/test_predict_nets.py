@@ -88,6 +88,20 @@ def test_a_cnn_f_run_at_a_small_input_reproduces_its_test_decisions(tmp_path):
     _check_reproduces(model, out["ws"], "synth", out["table"], out["cache"])
 
 
+def test_the_quick_presets_fine_tuned_dlib_face_is_applied_and_reproduces_its_test(tmp_path):
+    """dlib_face fine-tuned as the quick preset does (its fc and a new head, from dlib's
+    weights): its saved model carries the mean image its weights brought. The model file's check
+    rebuilt it on PyTorch's meta device with that mean on the CPU, and every `featbench predict`
+    of the quick run's fine-tuned run ended in "does not fit the network its manifest describes"
+    (exit 2). Tiny: 48-px faces resized to 112, one epoch."""
+    from featbench.app.pipeline import QUICK_FT_SETTINGS
+
+    settings = {**QUICK_FT_SETTINGS, "epochs": 1}
+    out = _ft_runs(tmp_path, {"dlib": dict(model="dlib_face", weights="dlib", **settings)})
+    model = load_run(out["ws"], "synth", out["runs"]["dlib"])
+    _check_reproduces(model, out["ws"], "synth", out["table"], out["cache"])
+
+
 def test_an_exported_ft_vote_is_bit_identical_and_carries_its_networks(ft, tmp_path):
     import shutil
 
