@@ -41,6 +41,31 @@ from featbench.core.errors import StoreError
 JOIN_TIMEOUT = timedelta(hours=48)
 
 
+def join_group():
+    """Join torchrun's gloo process group (once per process), and leave it at exit.
+
+    Left to the interpreter's teardown, gloo's worker threads can still hold work when the
+    process exits, and the process then aborts ("terminate called without an active
+    exception", SIGABRT): about one run in four of the two-rank tests here (pytorch/pytorch#190489).
+    ``destroy_process_group`` at exit, while the interpreter is whole, ends them in order.
+    """
+    import atexit
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+    atexit.register(_leave_group)
+
+
+def _leave_group():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def torchrun_env():
     """Return ``(rank, world_size, local_rank, local_world_size)`` under torchrun, else None."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -94,8 +119,7 @@ def extract_distributed(table, workspace, model, options, *, weights=None, devic
 
 
     rank, world, local_rank, local_world = torchrun_env()
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+    join_group()
     dev = _device_for(device, local_rank)
     if dev == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))

@@ -51,6 +51,15 @@ def _same_table(ws_a, ws_b, dataset, run):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_as_torchrun_gives_each_rank(monkeypatch):
+    """One compute thread in the one-process runs too: torchrun starts each rank with
+    OMP_NUM_THREADS=1, while fit picks its count by the machine's load (featbench.core.threads),
+    and another count sums in another order; over a few epochs those roundings grow past any
+    tolerance. On a loaded machine both sides happened to get one thread; quiet, they did not."""
+    monkeypatch.setenv("FEATBENCH_THREADS", "1")
+
+
 def _torchrun(script, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     path = tmp_path / "job.py"

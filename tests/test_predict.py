@@ -388,24 +388,32 @@ def test_corrupt_video_unknown_run_and_missing_weights_exit_2(trained, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hog__full__svn" in err[0] and "hog__full__svm" in err[0]
 
-    # a run whose codes came from pretrained AlexNet, with no AlexNet weights on this machine
-    src = trained["ws"].models_dir("synth", "hog__full__svm")
-    dst = trained["ws"].models_dir("synth", "alexnet__full__svm")
-    dst.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((src / "manifest.json").read_text())
-    manifest["run"], manifest["weights"] = "alexnet__full__svm", "imagenet"
-    manifest["preprocessing"]["model"] = "alexnet"
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    for f in src.glob("*.safetensors"):
-        (dst / f.name).write_bytes(f.read_bytes())
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    # a run whose codes came from pretrained AlexNet, with no AlexNet weights on this machine:
+    # test_a_run_whose_network_weights_are_not_here_is_one_line (a copy of a HOG run with its
+    # manifest edited to say alexnet is now refused earlier, as a damaged or edited manifest)
+
+
+def test_a_run_whose_network_weights_are_not_here_is_one_line(tmp_path, capsys, monkeypatch):
+    """An LDA on 4,096-d codes of ImageNet AlexNet (written as extraction would write them),
+    applied on a machine without AlexNet's file: one line naming the run and the weights, exit
+    2, before any frame is read, nothing written."""
     from PIL import Image
 
+    from classify.run import classify_run
+    from test_classify import make_table, write_features
+
+    ws = Workspace(tmp_path / "ws")
+    table = make_table()
+    codes = np.random.default_rng(0).normal(size=(len(table), 4096)).astype(np.float32)
+    write_features(ws, table, codes, model="alexnet", regions=("full",), weights="imagenet")
+    run = classify_run(ws, "synth", table=table, model="alexnet", clf="lda", n_jobs=1,
+                       progress=False, aus="AU01,AU12")["run"]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     Image.new("RGB", (64, 48)).save(tmp_path / "still.png")
-    assert main(["--workspace", ws, "predict", str(tmp_path / "still.png"), "--run",
-                 "alexnet__full__svm", "--out", str(tmp_path / "x.csv")]) == 2
+    assert main(["--workspace", str(ws.root), "--offline", "predict", str(tmp_path / "still.png"),
+                 "--run", run, "--out", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "alexnet__full__svm" in err[0] and "'imagenet'" in err[0]
+    assert len(err) == 1 and run in err[0] and "'imagenet'" in err[0], err
     assert not (tmp_path / "x.csv").exists()
 
 

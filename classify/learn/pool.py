@@ -152,11 +152,10 @@ def run_ranks(method, jobs, *, work=None, done=None, progress=True, say=None):
     """This rank's share of the jobs; every result on rank 0 (None elsewhere)."""
     import torch.distributed as dist
 
-    from extract.distributed import JOIN_TIMEOUT, torchrun_env
+    from extract.distributed import join_group, torchrun_env
 
     rank, world, _, _ = torchrun_env()
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=JOIN_TIMEOUT)
+    join_group()
     mine = run_local(method, jobs[rank::world], work=work, done=done,
                      progress=progress and rank == 0, say=say if rank == 0 else None)
     if method.resumable:  # networks travel as their tensors (a network class may be local)
