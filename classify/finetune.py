@@ -72,7 +72,7 @@ from featbench.core.modelfile import open_model
 from featbench.core.workspace import Workspace, run_lock
 
 from classify.ft_net import (HEADS, REINITS, check_choice, check_input_size, create_finetune_net,
-                             logit_difference, scores_of, unit_network)
+                             logit_difference, unit_network)
 from classify.learn.facerun import face_plan, face_run
 from classify.learn.loop import unit_state
 from classify.infer import score_batches
@@ -152,15 +152,20 @@ class FinetuneConfig:
         check_choice(self.reinit, REINITS, "--reinit")
         if self.region not in REGION_CHOICES:
             raise UsageError(did_you_mean(str(self.region), REGION_CHOICES, what="region"))
-        if int(self.epochs) < 1:
-            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        self.train_config()  # the fit settings checked by their own rules, before any training
         if int(self.batch_size) < 2:
             raise UsageError(f"--batch-size must be at least 2, got {self.batch_size}")
-        if not float(self.lr) > 0:  # here, not when the first unit starts training
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
         check_input_size(self.input_size)  # a huge one is refused as such, not tried ("too small")
         if self.tag is not None and (not str(self.tag).isalnum()):
             raise UsageError(f"--tag must be letters and digits only, got {self.tag!r}")
+
+
+    def train_config(self, fold=0):
+        """The :class:`~classify.training.TrainConfig` of fold ``fold``'s networks (its seed
+        offset by the fold)."""
+        return TrainConfig(epochs=int(self.epochs), lr=float(self.lr), optimizer=self.optimizer,
+                           momentum=float(self.momentum), weight_decay=float(self.weight_decay),
+                           patience=self.patience, seed=int(self.seed) + fold, device=self.device)
 
 
 def make_units(aus, head, region):
@@ -268,10 +273,7 @@ class FinetuneMethod(Method):
                                    train_from=cfg.train_from, input_size=cfg.input_size, seed=cfg.seed)
 
     def train_config(self, job):
-        cfg = self.config
-        return TrainConfig(epochs=int(cfg.epochs), lr=float(cfg.lr), optimizer=cfg.optimizer,
-                           momentum=float(cfg.momentum), weight_decay=float(cfg.weight_decay),
-                           patience=cfg.patience, seed=int(cfg.seed) + job.fold, device=cfg.device)
+        return self.config.train_config(job.fold)
 
     def train_batches(self, job, data):
         """Per epoch the union of the AUs' balanced draws, shuffled, augmented, read ahead."""
@@ -294,14 +296,6 @@ class FinetuneMethod(Method):
     def to_scores(self, logits):
         """An AU's score: ``logit(present) - logit(absent)`` (per-au), else its logit."""
         return logit_difference(logits) if self.config.head == "per-au" else logits
-
-    @classmethod
-    def network(cls, settings, unit, state):
-        return unit_network(settings, unit, state)
-
-    @classmethod
-    def to_scores_of(cls, settings):
-        return scores_of(settings)
 
     def scores(self, net, job, data, part):
         if part == "validation":

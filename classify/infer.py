@@ -421,7 +421,8 @@ class RunModel:
             dec, sc, thr = task.combine(d, s, t, scales=self.scales)
             return sc, dec, thr
         codes = self._calibrated(codes, tracks)
-        per_fold = [self._score_fold(fold, codes, tracks) for fold in self.folds]
+        finite = {}  # per codes key: its rows with a score (one mask for every AU and fold)
+        per_fold = [self._score_fold(fold, codes, tracks, finite) for fold in self.folds]
         if len(per_fold) == 1:
             return per_fold[0]
         # several folds: combined as an ensemble's members are (occurrence: each fold votes)
@@ -431,8 +432,9 @@ class RunModel:
                                     scales=np.ones((len(per_fold), len(self.aus))))
         return sc, dec, thr
 
-    def _score_fold(self, fold, codes, tracks):
-        """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`)."""
+    def _score_fold(self, fold, codes, tracks, finite):
+        """Scores, decisions and thresholds of one fold's classifiers (see :meth:`score`);
+        ``finite``: ``{codes key: rows without nan}``, filled as keys are met."""
         task = self.task  # how a score becomes a decision (classify.task)
         n = len(next(iter(codes.values()))) if codes else 0
         s = np.full((n, len(self.aus)), np.nan, np.float32)
@@ -442,13 +444,18 @@ class RunModel:
             if au not in fold or not n:
                 continue
             clf, thr = fold[au]
-            X = codes[clf.codes_key if isinstance(clf, NetworkClassifier)
-                      else (self.model, self.weights, self.au_regions[au])]
-            ok = np.isfinite(X).all(axis=1)  # nan: a track too short to calibrate, no score
+            key = (clf.codes_key if isinstance(clf, NetworkClassifier)
+                   else (self.model, self.weights, self.au_regions[au]))
+            X = codes[key]
+            if key not in finite:  # nan: a track too short to calibrate, no score
+                finite[key] = np.isfinite(X).all(axis=1)
+            ok = finite[key]
             if isinstance(clf, TrackClassifier):
                 if tracks is None:
                     raise UsageError(f"run {self.run} scores sequences: pass the faces' tracks")
                 raw = np.asarray(clf.score_tracks(X, tracks))
+            elif ok.all():  # every row scored: no copy of the codes
+                raw = np.asarray(clf.decision_function(X), dtype=np.float64)
             else:
                 raw = np.full(n, np.nan)
                 if ok.any():

@@ -18,14 +18,14 @@ method class, for a plug-in or a test's toy method).
 from functools import partial
 
 from featbench.core.registry import lazy
+from extract.weights import MEAN_KEY
 
 from classify.kinds import RunKind
 from classify.loaders import load_face_run, load_units, lstm_scorer
 from classify.modelcheck import LSTM_SPEC, network_spec
 
-#: the tensor of a fine-tuned unit that its build reads as a value (the ImageNet mean it
-#: subtracts): :data:`extract.weights.MEAN_KEY`, said here because that module imports torch
-FT_MEAN = "ft_preprocess.mean"
+#: the tensor of a fine-tuned unit that its build reads as a value (the mean it subtracts)
+FT_MEAN = MEAN_KEY
 
 #: the ``save`` of a kind over faces, unless it says its own (:mod:`classify.learn.facekind`)
 SAVE_FACE_RUN = lazy("classify.learn.facekind:save_face_run")

@@ -154,10 +154,8 @@ def check_args(clf, region, class_weight, options, calibrate="none", task=None,
     if not spec.learns(task):
         able = [n for n in list_kinds(trained_by="classify") if get_kind(n).learns(task)]
         raise UsageError(f"--task {task.name} takes --clf {', '.join(able)}, not {clf}")
-    if not task.classes and (tune_threshold or class_weight):
-        flags = [f for f, on in (("--tune-threshold", tune_threshold), ("--class-weight", class_weight)) if on]
-        raise UsageError(f"{', '.join(flags)}: not for --task {task.name} (--clf {clf} regresses "
-                         "intensities; --threshold sets its F1's cut)")
+    task.refuse_class_flags((("--tune-threshold", tune_threshold), ("--class-weight", class_weight)),
+                            f"--clf {clf}")
     if region not in REGION_CHOICES:
         raise UsageError(did_you_mean(str(region), REGION_CHOICES, what="region"))
     if class_weight not in (None, "balanced"):
@@ -169,7 +167,7 @@ def check_args(clf, region, class_weight, options, calibrate="none", task=None,
     return spec, options, calibrate, task
 
 
-def classify_run(workspace, dataset, settings=None, *, table=None, lstm=None, **fields):
+def classify_run(workspace, dataset, *, table=None, lstm=None, **fields):
     """Train and score one per-AU run on codes; write its tables, predictions and models.
 
     Every kind ``featbench classify`` trains (``lda``, ``svm``, ``lstm``, ``ridge``, ``svr``, a
@@ -181,16 +179,16 @@ def classify_run(workspace, dataset, settings=None, *, table=None, lstm=None, **
     workspace : Workspace or path
     dataset : str
         The data set's name (features are read from ``data/features/<dataset>/<model>.h5``).
-    settings : CodesRun, optional
-        The run's settings; default ``CodesRun(**fields)`` (``model``, ``clf``, ``region``,
-        ``protocol``, ``tune_threshold``, ``balance``, ``class_weight``, ``seed``, ``n_jobs``,
-        ``aus``, ``progress``, ``scheduler``, ``calibrate``, ``task``: see :class:`CodesRun`).
     table : FrameTable, optional
         Default: ``featbench.core.datasets.load_dataset(dataset)`` (never generated here).
     lstm : classify.lstm.LSTMOptions or dict, optional
         ``clf="lstm"`` only: the network's settings (:attr:`CodesRun.options`; default: the
         paper's). Balancing means the protocol's sequence cutting; ``class_weight="balanced"``
         weights positive frames.
+    **fields
+        The run's settings, :class:`CodesRun`'s fields (``model``, ``clf``, ``region``,
+        ``protocol``, ``tune_threshold``, ``balance``, ``class_weight``, ``seed``, ``n_jobs``,
+        ``aus``, ``progress``, ``scheduler``, ``calibrate``, ``task``).
 
     Returns
     -------
@@ -206,8 +204,7 @@ def classify_run(workspace, dataset, settings=None, *, table=None, lstm=None, **
     """
     from classify.driver import CodeInputs, execute
 
-    settings = settings if settings is not None else CodesRun(options=lstm, **fields)
-    plan = plan_codes_run(workspace, dataset, settings, table=table)
+    plan = plan_codes_run(workspace, dataset, CodesRun(options=lstm, **fields), table=table)
     out = execute(plan, CodeInputs(streams=plan.kind.streams), plan.kind.method,
                   identity=_identity, talk=False)
     if out is not None:

@@ -153,6 +153,17 @@ class Task:
         """The AUs of ``aus`` that ``table`` gives this task's targets for (occurrence: all)."""
         return list(aus)
 
+    def refuse_class_flags(self, flags, learner):
+        """Refuse the ``(flag, given)`` pairs given that only a task with classes takes (a
+        regression settles no threshold and weighs no class); ``learner``: what regresses
+        instead (``--clf svr``, ``the network``). One line, exit 2."""
+        from featbench.core.errors import UsageError
+
+        given = [flag for flag, on in flags if on]
+        if given and not self.classes:
+            raise UsageError(f"{', '.join(given)}: not for --task {self.name} ({learner} "
+                             "regresses intensities; --threshold sets its F1's cut)")
+
     def summary_fields(self, mean, rows):
         """The task's own columns of a run's ``summary.csv`` row, beside ``mean_f1``..."""
         return {}

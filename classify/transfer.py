@@ -241,10 +241,6 @@ class TransferMethod(Method):
                           width=self.head[-1])
         return (None if part == "test" else job.y[rows]), s
 
-    @classmethod
-    def network(cls, settings, unit, state):
-        return network_of(settings, state)
-
     # --- stage 2's records (the one writer) -----------------------------------------------------
     stage1 = None
 

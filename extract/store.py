@@ -465,27 +465,26 @@ def check_source(path, table, aligned):
         One line naming the feature file, what changed and the command that renews it.
     """
     attrs, encoded = _attrs_and_frames(path)
-    what = _source_change(attrs, table, aligned, encoded)
+    # another data set's codes are not this check's to judge
+    what = _source_change(attrs, table, aligned) if _frames_of(table, encoded) else None
     if what:
         raise StoreError(f"{path}: made from other aligned faces than {table.dataset} gives now "
                          f"({what}): stale codes; renew them with featbench extract --model "
                          f"{attrs.get('model')} --dataset {table.dataset} --overwrite")
 
 
-def _source_change(attrs, table, aligned, encoded):
+def _source_change(attrs, table, aligned):
     """What changed since a feature file's codes were made (see :func:`check_source`), or None.
 
-    ``encoded``: the file's /frames. The file is judged when every
-    frame it encoded is a frame of ``table`` -- not when its frame list equals the table's: a
-    frame without a face (no landmarks, none detected) is a frame of the table that is never
-    encoded, and must not make complete codes look stale.
+    For a file every frame of which is a frame of ``table`` (its callers check that) -- not
+    one whose frame list equals the table's: a frame without a face (no landmarks, none
+    detected) is a frame of the table that is never encoded, and must not make complete codes
+    look stale.
     """
     have = str(attrs.get("source_fingerprint") or "")
     info = read_cache_info(aligned) if have and Path(aligned).exists() else None
     if info is None:
         return None  # no source recorded, or no cache to judge by
-    if not _frames_of(table, encoded):
-        return None  # another data set's codes: not this check's to judge
     if info.get("fingerprint") != have:  # realigned since: the cache says why
         changed = list(json.loads(info.get("rebuilt_because") or "[]"))
     else:  # made from this cache: have its inputs changed since?
@@ -530,7 +529,7 @@ def stale_codes(path, table, aligned):
     attrs, encoded = _attrs_and_frames(path)
     if not _frames_of(table, encoded):
         return "made from another frame list"
-    why = _source_change(attrs, table, aligned, encoded)
+    why = _source_change(attrs, table, aligned)
     if why:
         return why
     now = cached_faces(aligned) if Path(aligned).exists() else None

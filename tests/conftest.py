@@ -35,6 +35,15 @@ def _offline(monkeypatch):
     monkeypatch.delenv("FEATBENCH_WEIGHTS_MIRROR", raising=False)
 
 
+
+@pytest.fixture
+def one_thread_as_torchrun(monkeypatch):
+    """One compute thread in a test's one-process runs too, for tests that compare them with
+    torchrun's ranks: torchrun starts each rank with OMP_NUM_THREADS=1, while fit picks its
+    count by the machine's load (featbench.core.threads), and another count sums in another
+    order; over a few epochs those roundings grow past any tolerance."""
+    monkeypatch.setenv("FEATBENCH_THREADS", "1")
+
 @pytest.fixture
 def disfa_tree(tmp_path):
     """A 3-subject DISFA tree with every quirk of the real one.

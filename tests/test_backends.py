@@ -26,7 +26,7 @@ from featbench.core.modelfile import open_model  # noqa: E402
 from featbench.core.workspace import Workspace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_as_torchrun")]
 
 
 def _close(a, b, what):
@@ -49,15 +49,6 @@ def _same_table(ws_a, ws_b, dataset, run):
     """The run's per-AU table (every metric, as the CSV keeps it) is the same."""
     a, b = (pd.read_csv(Workspace(w).run_csv(dataset, run)) for w in (ws_a, ws_b))
     pd.testing.assert_frame_equal(a, b)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_as_torchrun_gives_each_rank(monkeypatch):
-    """One compute thread in the one-process runs too: torchrun starts each rank with
-    OMP_NUM_THREADS=1, while fit picks its count by the machine's load (featbench.core.threads),
-    and another count sums in another order; over a few epochs those roundings grow past any
-    tolerance. On a loaded machine both sides happened to get one thread; quiet, they did not."""
-    monkeypatch.setenv("FEATBENCH_THREADS", "1")
 
 
 def _torchrun(script, tmp_path):

@@ -187,16 +187,8 @@ print("RESULT", "none" if out is None else out["run"])
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_as_torchrun_gives_each_rank(monkeypatch):
-    """One compute thread in the one-process runs too: torchrun starts each rank with
-    OMP_NUM_THREADS=1, while fit picks its count by the machine's load (featbench.core.threads),
-    and another count sums in another order; over a few epochs those roundings grow past any
-    tolerance. On a loaded machine both sides happened to get one thread; quiet, they did not."""
-    monkeypatch.setenv("FEATBENCH_THREADS", "1")
-
-
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread_as_torchrun")
 def test_finetune_on_two_torchrun_ranks_gives_the_one_process_networks(ft_faces, tmp_path):
     from classify.finetune import finetune_run
 

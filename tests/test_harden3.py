@@ -370,3 +370,25 @@ def test_a_reader_that_goes_away_ends_the_output_quietly():
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert proc.returncode == 141 and err == "", err
+
+
+def test_the_space_reserved_for_writes_is_given_back_when_the_file_is_done(tmp_path):
+    """reserve_space allocates blocks ahead of HDF5's writes; trim_h5 gives the unused ones
+    back (it compared HDF5's size of the file with the file's, which are the same, and kept
+    them: every feature file carried about 8 MB of nothing)."""
+    import h5py
+
+    from featbench.core.workspace import FREE_MARGIN_BYTES, reserve_space, trim_h5
+
+    path = tmp_path / "codes.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("x", (0, 1000), maxshape=(None, 1000), dtype="f4", chunks=(8, 1000))
+        for i in range(4):
+            reserve_space(f, 8 * 1000 * 4, "writing codes")
+            d.resize(8 * (i + 1), axis=0)
+            d[8 * i:] = i
+    assert os.path.getsize(path) > FREE_MARGIN_BYTES  # the reservation is the file's
+    trim_h5(path)
+    assert os.path.getsize(path) < 4 * 8 * 1000 * 4 + (64 << 10)  # the data and its metadata
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["x"][::8, 0], [0, 1, 2, 3])

@@ -25,8 +25,6 @@ What a method adds to :class:`~classify.learn.method.Method` for it (defaults in
     The summary columns the predictions file records.
 """
 
-from classify.driver import check_cache  # noqa: F401 - its home before the one driver
-
 
 def face_plan(method, workspace, table, *, run, aus, meta, protocol="paper", seed=0, **fields):
     """Return the :class:`~classify.plan.RunPlan` of a run of ``method`` over the aligned faces
@@ -41,7 +39,8 @@ def face_plan(method, workspace, table, *, run, aus, meta, protocol="paper", see
     from classify.learn.facekind import face_kind
     from classify.plan import PlanData, RunPlan
 
-    fields.setdefault("kind", face_kind(method.kind, type(method)))
+    if "kind" not in fields:  # built only when not given (fine-tuning and transfer give theirs)
+        fields["kind"] = face_kind(method.kind, type(method))
     return RunPlan(workspace=workspace, data=PlanData(table, protocol=protocol, seed=seed),
                    task=method.task, model=meta.get("model", ""), region=meta.get("region", "full"),
                    protocol=protocol, aus=tuple(aus), seed=seed,

@@ -21,8 +21,6 @@ whole (predictions, models folder, table and summary row are replaced together),
 half-written.
 """
 
-import os
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -34,7 +32,7 @@ from featbench.core.errors import FeatbenchError, StoreError, UsageError, descri
 from featbench.core.metrics import METRICS, nanmean
 from featbench.core.results import (record_failure, run_outputs, run_table, upsert_summary,
                                     write_predictions)
-from featbench.core.workspace import replace_together, temp_sibling
+from featbench.core.workspace import remove_path, replace_together, temp_sibling
 
 from classify.learn import store
 from classify.learn.method import Method
@@ -153,7 +151,7 @@ def replace_folder(final, fill):
         replace_together([(tmp, final)])
         return out
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # renamed onto final, or half-written: gone
+        remove_path(tmp)  # renamed onto final, or half-written: gone
 
 
 def fold_record(split, per_au, **more):
@@ -267,7 +265,7 @@ def write_record(record):
     previous = csv.exists()  # a finished earlier run of this name: kept whole if this one fails
     temps = []
     try:
-        folds = _write_temps(record, thresholds, present, temps)
+        folds = _write_temps(record, thresholds, present, temps, pred_path, models_dir)
         text, row = run_outputs(dataset, run, rows_out, meta=meta, columns=task.COLUMNS,
                                 fields=task.summary_fields, predictions=temps[0])
         temps.append(temp_sibling(csv))
@@ -289,10 +287,7 @@ def write_record(record):
         raise
     finally:
         for tmp in temps:  # renamed in, or half-written: gone
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
+            remove_path(tmp)
     return {"run": run, "dataset": dataset, "rows": rows_out,
             "mean": run_table(rows_out, columns=task.COLUMNS)[0][-1], "task": task.name,
             "notes": notes, "meta": meta, "csv": csv, "predictions": pred_path,
@@ -309,15 +304,13 @@ def _fill(tmp, record):
     return folds
 
 
-def _write_temps(record, thresholds, present, temps):
-    """Write the run's predictions and models folder into temporary siblings of theirs, appended
-    to ``temps`` (removed by the caller unless swapped in); return the folds' records."""
-    plan = record.plan
-    pred_path = plan.workspace.predictions_path(plan.dataset, plan.run)
+def _write_temps(record, thresholds, present, temps, pred_path, models_dir):
+    """Write the run's predictions and models folder into temporary siblings of ``pred_path``
+    and ``models_dir``, appended to ``temps`` (removed by the caller unless swapped in); return
+    the folds' records."""
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     temps.append(temp_sibling(pred_path))
     _write_predictions(record, thresholds, present, temps[-1])
-    models_dir = plan.workspace.models_dir(plan.dataset, plan.run)
     models_dir.parent.mkdir(parents=True, exist_ok=True)
     temps.append(temp_sibling(models_dir))
     temps[-1].mkdir()

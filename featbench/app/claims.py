@@ -27,6 +27,8 @@ from featbench.core.errors import UsageError
 
 from classify.finetune import is_variant_tag
 
+from featbench.app.cells import p_value
+
 #: the last ``featbench run``'s plan, beside summary.csv (written by featbench.app.pipeline):
 #: the networks it left out, which the report names with what they would add
 RUN_PLAN = "run_plan.json"
@@ -141,7 +143,7 @@ def _controls(rows, setting, rnd):
     return [p for p in pairs if p[1]]
 
 
-def check_claims(rows, *, comparer=None, alpha=None):
+def check_claims(rows, *, comparer=None):
     """Return the comparisons of the paper's claims among ``rows`` (succeeded summary rows).
 
     Parameters
@@ -150,9 +152,8 @@ def check_claims(rows, *, comparer=None, alpha=None):
         ``run``, ``mean_f1`` (a float), ``weights``, ``members`` (ensembles) of each run.
     comparer : featbench.app.comparisons.Comparer, optional
         Decides each comparison by the paired test; without it (or without a run's predictions
-        file) a comparison is *not tested*.
-    alpha : float, optional
-        The tests' level (default: the comparer's, 1 - the interval level).
+        file) a comparison is *not tested*. The tests' level is its settings' (without it:
+        :func:`featbench.core.stats.current_settings`).
 
     Returns
     -------
@@ -178,8 +179,7 @@ def check_claims(rows, *, comparer=None, alpha=None):
     found = sorted(found, key=lambda c: order[c[0]])
     tests = (comparer.compare_many([(a, b) for _, a, b in found]) if comparer is not None
              else [None] * len(found))
-    if alpha is None:
-        alpha = comparer.settings.alpha if comparer is not None else 1 - stats.DEFAULT_LEVEL
+    alpha = (comparer.settings if comparer is not None else stats.current_settings()).alpha
     return [{"claim": c, "text": texts[c], "a": a, "b": b, "f1_a": f1[a], "f1_b": f1[b],
              **_decided(t, alpha)} for (c, a, b), t in zip(found, tests)]
 
@@ -200,10 +200,6 @@ def _pct(v, sign=False):
     return "—" if not math.isfinite(v) else f"{v * 100:{'+' if sign else ''}.1f}"
 
 
-def _p(v):
-    return "—" if not math.isfinite(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
-
-
 VERDICT_CELL = {"holds": "**holds**", "reversed": "**reversed**",
                 "not decided": "not decided", "not tested": "not tested (no predictions file)"}
 
@@ -221,7 +217,7 @@ def claims_lines(rows, *, left_out=None, comparer=None):
         Decides each comparison (:func:`check_claims`).
     """
     found = check_claims(rows, comparer=comparer)
-    settings = comparer.settings if comparer is not None else stats.CISettings()
+    settings = comparer.settings if comparer is not None else stats.current_settings()
     tested = [c for c in found if c["verdict"] != "not tested"]
     lines = ["## The paper's claims on this data", "",
              "Each claim of Lim et al. compared on this data set's own runs (mean F1 over AUs, %; "
@@ -237,7 +233,7 @@ def claims_lines(rows, *, left_out=None, comparer=None):
                   "verdict |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {c['text']} | `{c['a']}` vs `{c['b']}` | {c['f1_a'] * 100:.1f} vs "
                   f"{c['f1_b'] * 100:.1f} | {_pct(c['diff'], True)} [{_pct(c['lo'], True)}, "
-                  f"{_pct(c['hi'], True)}] | {_p(c['p_adj'])} | {VERDICT_CELL[c['verdict']]} |"
+                  f"{_pct(c['hi'], True)}] | {p_value(c['p_adj'])} | {VERDICT_CELL[c['verdict']]} |"
                   for c in found]
         lines.append("")
     lines += _verdict_lines(found) + power_lines(tested, settings)

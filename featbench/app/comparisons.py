@@ -34,6 +34,7 @@ class Comparer:
         #: ``{(a, b): why}``: pairs :meth:`compare_many` could not compare (no common AU or frame,
         #: other labels): said beside the table, never the end of the whole report
         self.refused = {}
+        self._compared = {}  # (a, b, metric) -> the comparison: a report asks for some twice
 
     def has(self, run):
         """Whether ``run``'s predictions file exists (a run without one cannot be compared)."""
@@ -85,6 +86,11 @@ class Comparer:
         self.check(b)
         if metric is None:
             metric = self.headline(a) if self.task(a) == self.task(b) else "f1"
+        if (a, b, metric) not in self._compared:
+            self._compared[a, b, metric] = self._compare(a, b, metric)
+        return dict(self._compared[a, b, metric])  # each table adds its own p_adj to its copy
+
+    def _compare(self, a, b, metric):
         ta, tb, notes = stats.paired_tables(
             self.predictions(a), self.predictions(b), pooled_a=stats.pools_folds(self.clf(a)),
             pooled_b=stats.pools_folds(self.clf(b)), names=(a, b))

@@ -33,11 +33,13 @@ from featbench.core import stats
 from featbench.core.identity import WeightsId, parse_members, weights_of
 from featbench.core.results import (read_au_intervals, read_predictions, read_summary,
                                     read_summary_rows, store_intervals)
-from featbench.core.splits import repeat_of
+from featbench.core.splits import without_repeats  # the repeats: their own section
 from featbench.core.workspace import atomic_write_text, save_figure
 
 from classify.ensemble import command_for_run
 from featbench.app.claims import RUN_PLAN, claims_lines, power_lines
+from featbench.app.cells import (as_float as _float, ci as _ci, md_table as _md_table,
+                                 mean_ci as _mean_ci, num as _num)
 from featbench.app.comparisons import Comparer, is_tied, refused_lines, ties_with_top
 from featbench.app.repeats import write_repeats
 from featbench.app.report_intensity import intensity_lines, is_intensity
@@ -127,39 +129,6 @@ def all_positive_baseline(workspace, dataset):
     return {"f1": {au: float(stats.all_positive_f1(p)) for au, p in share.items()},
             "chance": {au: float(stats.chance_f1(p)) for au, p in share.items()},
             "p": share, "frames": int(len(labels)), "source": best.stem}
-
-
-def _float(v):
-    """Return ``v`` as a float; nan for what summary.csv leaves empty (an AU the run did not score)."""
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _num(v, scale=100.0, digits=1):
-    v = _float(v)
-    return "—" if math.isnan(v) else f"{v * scale:.{digits}f}"
-
-
-def _ci(v, lo, hi, *, scale=100.0, digits=1):
-    """``63.1 [58.8, 68.4]``; the value alone when there is no interval; ``—`` for nan."""
-    text = _num(v, scale, digits)
-    lo, hi = _float(lo), _float(hi)
-    if text == "—" or math.isnan(lo) or math.isnan(hi):
-        return text
-    return f"{text} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
-
-
-def _mean_ci(r, metric, **kw):
-    """A summary row's ``mean_<metric>`` with its stored interval."""
-    return _ci(r.get(f"mean_{metric}"), r.get(f"mean_{metric}_lo"), r.get(f"mean_{metric}_hi"), **kw)
-
-
-def _md_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _split(summary):
@@ -297,17 +266,10 @@ def headline(workspace, dataset, *, n=5):
     """Return the top ``n`` runs by mean F1 as a markdown table (what ``featbench report`` prints),
     each mean with its interval."""
     ok, _ = _split(read_summary(workspace, dataset))
-    ok = _main_runs(ok[~is_intensity(ok)])
+    ok = without_repeats(ok[~is_intensity(ok)])
     return _md_table(["run", "weights", "mean F1 [interval]", "mean acc [interval]"],
                      [[r["run"], describe_weights(r.get("weights")), _mean_ci(r, "f1"),
                        _mean_ci(r, "accuracy")] for _, r in ok.head(n).iterrows()])
-
-
-def _main_runs(runs):
-    """The runs of the main tables: every run but the repeats of ``--repeats`` (own section)."""
-    if "protocol" not in runs:
-        return runs
-    return runs[[repeat_of(p) is None for p in runs["protocol"].astype(str)]]
 
 
 def store_missing_intervals(workspace, dataset, settings=None, *, renew=False):
@@ -403,7 +365,7 @@ def make_report(workspace, dataset, *, settings=None, latex=False):
     store_missing_intervals(workspace, dataset, settings, renew=renew)
     summary = read_summary(workspace, dataset)
     every, failed = _split(summary)
-    main = _main_runs(every)
+    main = without_repeats(every)
     ok, ok_intensity = main[~is_intensity(main)], main[is_intensity(main)]  # own tables each
     aus = _au_columns(summary)
     base = all_positive_baseline(workspace, dataset)

@@ -9,9 +9,9 @@ test frames of Y, so the difference of their F1 is what the change of data set c
 shown beside each F1.
 """
 
-import math
-
 import numpy as np
+
+from featbench.app.cells import mean_ci, md_table, num as pct
 
 #: the protocol tags of the two sides
 CROSS, WITHIN = "cross", "within"
@@ -26,18 +26,6 @@ def twin_name(run):
     if CROSS not in parts:
         return None
     return f"{head}__{'-'.join(WITHIN if p == CROSS else p for p in parts)}"
-
-
-def _f1(row, pct):
-    """``row``'s mean F1 in %, with its interval when the summary has one."""
-    text = pct(row.get("mean_f1"))
-    lo, hi = row.get("mean_f1_lo"), row.get("mean_f1_hi")
-    try:
-        if not (math.isnan(float(lo)) or math.isnan(float(hi))):
-            text += f" [{pct(lo)}, {pct(hi)}]"
-    except (TypeError, ValueError):
-        pass
-    return text
 
 
 def cross_pairs(ok):
@@ -90,8 +78,6 @@ def cross_lines(dataset, ok, comparer=None):
     ``cross`` runs): mean F1 within and across, the drop with its paired interval and test
     (``comparer``: :class:`featbench.app.comparisons.Comparer`; both runs score the same test
     frames, so the drop is paired over Y's test subjects), then per AU."""
-    from featbench.app.report_probe import _num as pct
-    from featbench.app.report_intensity import _table
     from featbench.core.datasets.joined import split_name
 
     parts = split_name(dataset)
@@ -104,8 +90,8 @@ def cross_lines(dataset, ok, comparer=None):
     alpha = 0.05 if comparer is None else comparer.settings.alpha
     for (cross, within), found in zip(pairs, _drops(pairs, comparer)):
         rows.append([f"`{cross['model']}`", cross["region"], cross["clf"],
-                     "— (run it with --protocol within)" if within is None else _f1(within, pct),
-                     _f1(cross, pct), *_drop_cells(cross, within, found, pct, alpha)])
+                     "— (run it with --protocol within)" if within is None else mean_ci(within, "f1"),
+                     mean_ci(cross, "f1"), *_drop_cells(cross, within, found, pct, alpha)])
         for name, r in (("within", within), ("cross", cross)):
             if r is not None:
                 per_au.append([f"`{r['run']}` ({name})"] + [pct(r.get(f"f1_{a}")) for a in aus])
@@ -117,8 +103,8 @@ def cross_lines(dataset, ok, comparer=None):
             f"test subjects, and the paired permutation test's p, Holm-adjusted over the "
             f"rows: *drop* (or *gain*) when the change of data set decides it, else *not "
             f"decided* at this sample size.", "",
-            _table(["network", "region", "clf", f"trained on {yn}, tested on {yn}",
+            md_table(["network", "region", "clf", f"trained on {yn}, tested on {yn}",
                     f"trained on {xn}, tested on {yn}", "cross - within", "p (Holm)",
                     "verdict"], rows), "",
             "Per AU (F1 %):", "",
-            _table(["run"] + aus, per_au), ""]
+            md_table(["run"] + aus, per_au), ""]

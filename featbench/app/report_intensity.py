@@ -10,11 +10,11 @@ the run, :mod:`featbench.core.stats`), and the ranking marks the runs a paired t
 cannot tell apart from the top run.
 """
 
-import math
-
 import numpy as np
 
 from featbench.core.results import read_au_intervals, read_predictions
+
+from featbench.app.cells import ci, md_table, mean_ci
 
 #: the predicted-vs-true chart, beside report.md
 CHART_INTENSITY = "report_intensity.png"
@@ -32,31 +32,10 @@ def is_intensity(summary):
     return summary["task"].fillna("").astype(str).map(reports_intensity).astype(bool)
 
 
-def _num(v, digits=3):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if math.isnan(v) else f"{v:.{digits}f}"
-
-
 def _ci(r, key, digits=3, spans=None):
     """``0.671 [0.602, 0.733]``: a value with its interval (``spans``: lo, hi), else alone."""
     lo, hi = spans if spans is not None else (r.get(f"{key}_lo"), r.get(f"{key}_hi"))
-    text = _num(r.get(key), digits)
-    if text == "—" or _num(lo) == "—" or _num(hi) == "—":
-        return text
-    return f"{text} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
-
-
-def _f1(r):
-    """The F1 of rounded intensity, in %, with its interval."""
-    def pct(v):
-        try:
-            return float(v) * 100
-        except (TypeError, ValueError):
-            return float("nan")
-    return _ci({"v": pct(r["mean_f1"])}, "v", 1, (pct(r.get("mean_f1_lo")), pct(r.get("mean_f1_hi"))))
+    return ci(r.get(key), lo, hi, scale=1, digits=digits)
 
 
 def _ties(comparer, runs):
@@ -73,11 +52,6 @@ def _ties(comparer, runs):
 def _icc_spans(workspace, dataset, runs):
     """``{run: {AU: (lo, hi)}}`` of per-AU ICC from the runs' CSVs."""
     return {run: read_au_intervals(workspace, dataset, run, metric="icc") for run in runs["run"]}
-
-
-def _table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def _calibration(r):
@@ -152,15 +126,15 @@ def intensity_lines(workspace, dataset, runs, describe_weights, *, comparer=None
              "averaged over AUs, each with its interval; F1 of rounded predicted intensity >= 2 "
              "against the occurrence labels (comparable with the occurrence runs' F1, in %). "
              "*vs top*: a paired test of mean ICC against the top run (Holm-adjusted).", "",
-             _table(["#", "run", "model", "clf", "calibration", "weights", "mean ICC", "vs top",
+             md_table(["#", "run", "model", "clf", "calibration", "weights", "mean ICC", "vs top",
                      "mean r", "mean MAE", "F1 (>= 2)"],
                     [[i + 1, f"`{r['run']}`", r["model"], r["clf"], _calibration(r),
                       describe_weights(r.get("weights")), _ci(r, "mean_icc"),
                       "top" if r["run"] == top else ties.get(r["run"], "—"),
-                      _ci(r, "mean_pearson"), _ci(r, "mean_mae"), _f1(r)]
+                      _ci(r, "mean_pearson"), _ci(r, "mean_mae"), mean_ci(r, "f1")]
                      for i, (_, r) in enumerate(runs.iterrows())]), "",
              "### Per-AU ICC(3,1) [interval]", "",
-             _table(["run"] + aus + ["mean"],
+             md_table(["run"] + aus + ["mean"],
                     [[f"`{r['run']}`"] + [_ci(r, f"icc_{a}", 2, spans.get(r["run"], {}).get(a))
                                           for a in aus]
                      + [_ci(r, "mean_icc", 2)] for _, r in runs.iterrows()]), ""]

@@ -7,17 +7,7 @@ A network whose codes identify people almost perfectly gives per-AU classifiers 
 against how well the same codes detect AUs.
 """
 
-import math
-
-
-def _num(v):
-    """A share as a percentage with one decimal ("—" when unknown)."""
-    from featbench.app.report_intensity import _num as fmt
-
-    try:
-        return fmt(float(v) * 100, digits=1)
-    except (TypeError, ValueError):
-        return "—"
+from featbench.app.cells import ci, md_table, num
 
 
 def _best_run(ok, model, region):
@@ -44,7 +34,6 @@ def probe_lines(workspace, dataset, ok):
     ``ok``: the succeeded occurrence runs of ``summary.csv`` (the report's table).
     """
     from classify.probe import read_probe_rows
-    from featbench.app.report_intensity import _table
     from featbench.core.errors import StoreError
 
     try:
@@ -56,12 +45,11 @@ def probe_lines(workspace, dataset, ok):
     rows = []
     for _, p in probes.iterrows():
         run = _best_run(ok, str(p["model"]), str(p["region"]))
-        interval = ("" if any(math.isnan(float(p.get(k, math.nan))) for k in ("accuracy_lo", "accuracy_hi"))
-                    else f" [{_num(p['accuracy_lo'])}, {_num(p['accuracy_hi'])}]")
-        rows.append([f"`{p['model']}`", p["region"], f"{_num(p['accuracy'])}{interval}",
-                     _num(p.get("balanced_accuracy")), _num(p["chance"]), int(p["subjects"]),
+        rows.append([f"`{p['model']}`", p["region"],
+                     ci(p["accuracy"], p.get("accuracy_lo"), p.get("accuracy_hi")),
+                     num(p.get("balanced_accuracy")), num(p["chance"]), int(p["subjects"]),
                      "—" if run is None else f"`{run['run']}`",
-                     "—" if run is None else _num(run["mean_f1"])])
+                     "—" if run is None else num(run["mean_f1"])])
     return ["## Identity in the codes (featbench probe identity)", "",
             "A linear classifier predicts the subject from each network's codes; every video is "
             "split in time (first frames train, last frames test, a gap between), so the same "
@@ -69,5 +57,5 @@ def probe_lines(workspace, dataset, ok):
             "against chance (1 / subjects); beside it the best AU run on the same codes. High "
             "identity accuracy means the codes carry who the person is: a shortcut per-AU "
             "classifiers can take that does not carry over to new people.", "",
-            _table(["network", "region", "identity accuracy", "balanced accuracy", "chance",
+            md_table(["network", "region", "identity accuracy", "balanced accuracy", "chance",
                        "subjects", "best AU run on these codes", "its mean F1"], rows), ""]

@@ -29,7 +29,7 @@ from featbench.core.errors import MissingRunError, UsageError, WeightsError, did
 from featbench.core.calibrate import CALIBRATION_TAGS
 from featbench.core.modelfile import MANIFEST, export_model, open_model
 from featbench.core.results import read_summary
-from featbench.core.splits import repeat_of
+from featbench.core.splits import without_repeats
 from featbench.core.workspace import Workspace
 
 from classify.kinds import load_scorer
@@ -56,8 +56,7 @@ def resolve_run(workspace, dataset, run):
     df = read_summary(workspace, dataset)
     ok = df[df["mean_f1"].notna() & (df.get("error", "").fillna("") == "")] if "error" in df else \
         df[df["mean_f1"].notna()]
-    if "protocol" in ok:
-        ok = ok[[repeat_of(p) is None for p in ok["protocol"].astype(str)]]
+    ok = without_repeats(ok)
     if ok.empty:
         raise MissingRunError(f"{workspace.summary_csv(dataset)}: no successful run to pick as best")
     return str(ok.sort_values(["mean_f1", "run"], ascending=[False, True]).iloc[0]["run"])

@@ -365,8 +365,9 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
         bar = tqdm(total=len(todo), desc=f"align {table.dataset}", unit="frame",
                    disable=not progress or None, dynamic_ncols=True)
         block = _Block(f, size, template_boxes)
-        frames = _frames_to_align(table, todo, landmarks)
-        detect = not table.pre_aligned and (landmarks is None or _unlandmarked(table).any())
+        unlandmarked = _unlandmarked(table)  # once: the frames that faces are detected in
+        frames = _frames_to_align(table, todo, landmarks, unlandmarked)
+        detect = not table.pre_aligned and (landmarks is None or unlandmarked.any())
         aligned = _map_frames(frames, table.pre_aligned, size, threads=2 if detect else 1)
         try:
             for row, result in aligned:
@@ -382,15 +383,16 @@ def _build(table, partial, settings, fingerprint, inputs, *, progress):
     return len(todo)
 
 
-def _frames_to_align(table, rows, landmarks):
-    """Yield ``(row, image or None, skip reason, landmarks or None)`` in reading order.
+def _frames_to_align(table, rows, landmarks, unlandmarked):
+    """Yield ``(row, image or None, skip reason, landmarks or None)`` in reading order
+    (``unlandmarked``: :func:`_unlandmarked` of ``table``).
 
     Decoding runs in a second thread (OpenCV releases the GIL), so that it overlaps the
     warping and the HDF5 writes of the main thread: the two CPU cores each do half.
     """
     if landmarks is not None:
         stable = np.isfinite(landmarks[:, faces.STABLE_POINTS]).all(axis=(1, 2))
-        detect = ~stable & _unlandmarked(table)
+        detect = ~stable & unlandmarked
         skip = ~stable & ~detect
         for row in rows[skip[rows]]:
             yield int(row), None, _NO_LANDMARKS, None  # no need to decode these

@@ -309,6 +309,14 @@ def repeat_of(protocol):
     return (f"kfold:{k}", repeat) if k >= 2 and repeat is not None else None
 
 
+def without_repeats(runs):
+    """The rows of ``runs`` (summary rows, a DataFrame) that are not a repeated split's rerun
+    (``kfold:K:rN``): what the report ranks and ``best`` picks from."""
+    if "protocol" not in runs:
+        return runs
+    return runs[[repeat_of(p) is None for p in runs["protocol"].astype(str)]]
+
+
 def _folds(folds, seed, *, fraction, prefix):
     """Each fold in turn as test; the others as training, minus held-out validation subjects."""
     out = []

@@ -57,7 +57,7 @@ Conventions, stated once
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -190,6 +190,8 @@ class SubjectTable:
     failed: np.ndarray
     moments: object
     frames: int
+    #: :meth:`_defined`'s answers, per metric (derived once from the table itself)
+    _defined_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def metrics(self):
@@ -227,7 +229,7 @@ class SubjectTable:
 
     def _defined(self, metric):
         """(k,) bool: the AUs whose ``metric`` the run itself (every subject once) defines."""
-        cache = self.__dict__.setdefault("_defined_cache", {})
+        cache = self._defined_cache
         if metric not in cache:
             own = self.values(np.ones((1, len(self.subjects))), (metric,), strict_mean=False)
             cache[metric] = np.isfinite(own[metric][0, :-1])

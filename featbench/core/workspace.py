@@ -146,7 +146,8 @@ def stale_temps(folder, name=None):
     return out
 
 
-def _remove(path):
+def remove_path(path):
+    """Remove a file or a folder (a link itself, never what it points to); quietly, if gone."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -159,7 +160,7 @@ def remove_stale_temps(folder, name=None):
     """Remove :func:`stale_temps` of ``folder`` (of target ``name``); return what was removed."""
     gone = stale_temps(folder, name)
     for p in gone:
-        _remove(p)
+        remove_path(p)
     return gone
 
 
@@ -189,7 +190,7 @@ def atomic_path(path):
         raise
     finally:
         if tmp.exists() or tmp.is_symlink():
-            _remove(tmp)
+            remove_path(tmp)
 
 
 @contextlib.contextmanager
@@ -262,13 +263,17 @@ def reserve_space(h5file, need, doing, *, name=None):
 
 
 def trim_h5(path):
-    """Cut the unused bytes :func:`reserve_space` left at the end of a closed HDF5 file."""
+    """Cut the unused bytes :func:`reserve_space` left at the end of a closed HDF5 file.
+
+    HDF5 cuts a file it has open for writing back to the end of the space it uses when it
+    closes it, but only when it saw the file grow: blocks allocated behind its back stay, and
+    its ``get_filesize`` reports them as the file's (so comparing the two never trimmed).
+    Opening the file for writing again and closing it lets HDF5 cut them; nothing else changes.
+    """
     import h5py
 
-    with h5py.File(path, "r") as f:
-        end = int(f.id.get_filesize())
-    if os.path.getsize(path) > end:
-        os.truncate(path, end)
+    with h5py.File(path, "r+"):
+        pass
 
 
 def _mb(n):
@@ -313,13 +318,17 @@ def replace_together(pairs, then=None):
     except BaseException:
         for new, final, aside in reversed(done):
             if (final.exists() or final.is_symlink()) and not Path(new).exists():
-                _remove(final)  # the new one, renamed in
+                remove_path(final)  # the new one, renamed in
             if aside is not None:
                 os.replace(aside, final)
         raise
     for _, _, aside in done:
         if aside is not None:
-            _remove(aside)
+            remove_path(aside)
+
+
+#: the ``Software`` text of every PNG featbench writes (:func:`made_by_featbench` reads it)
+PNG_SOFTWARE = f"featbench {__version__}"
 
 
 def save_figure(fig, path, **kw):
@@ -329,7 +338,18 @@ def save_figure(fig, path, **kw):
     recognises it, so a rerun may replace it while a user's own picture is never replaced.
     """
     with writing(path, "saving the chart"), atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": f"featbench {__version__}"}, **kw)
+        fig.savefig(tmp, format="png", metadata={"Software": PNG_SOFTWARE}, **kw)
+    return Path(path)
+
+
+def save_png(rgb, path):
+    """Save an (H, W, 3) uint8 RGB array as a PNG marked as featbench's, as :func:`save_figure`."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    with writing(path, "saving the picture"), atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="png", pnginfo=info)
     return Path(path)
 
 

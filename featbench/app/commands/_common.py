@@ -32,17 +32,6 @@ def load_table(args, **kwargs):
                         camera=args.camera, threshold=args.threshold, **kwargs)
 
 
-def refuse_occurrence_flags(flags, learner):
-    """One line, exit 2, for the ``(flag, given)`` pairs given that only occurrence runs take
-    (``--task intensity`` settles no threshold); ``learner`` says what regresses instead."""
-    from featbench.core.errors import UsageError
-
-    given = [flag for flag, on in flags if on]
-    if given:
-        raise UsageError(f"{', '.join(given)}: not for --task intensity "
-                         f"({learner} regresses intensities; --threshold sets its F1's cut)")
-
-
 def print_json(obj):
     """Print ``obj`` as one JSON object on stdout."""
     import json

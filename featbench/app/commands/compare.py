@@ -46,24 +46,21 @@ def _run(args):
 def _pct(v, metric, sign=False):
     import math
 
+    from featbench.core.stats import INTENSITY_METRICS
+
     if v is None or not math.isfinite(v):
         return "—"
-    scale, digits = (1, 3) if metric in ("icc", "pearson", "mae") else (100, 1)
+    scale, digits = (1, 3) if metric in INTENSITY_METRICS else (100, 1)
     return f"{v * scale:{'+' if sign else ''}.{digits}f}"
-
-
-def _p(v):
-    import math
-
-    return "—" if v is None or not math.isfinite(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
 
 
 def format_comparison(c, settings):
     """The comparison as a few lines and a markdown table (mean first, then each AU)."""
-    from featbench.core.stats import verdict
+    from featbench.app.cells import p_value as _p
+    from featbench.core.stats import INTENSITY_METRICS, verdict
 
-    m = c["metric"].upper() if c["metric"] != "f1" else "F1"
-    unit = "" if c["metric"] in ("icc", "pearson", "mae") else " (%)"
+    m = c["metric"].upper()
+    unit = "" if c["metric"] in INTENSITY_METRICS else " (%)"
     rows = [("mean", -1)] + [(au, i) for i, au in enumerate(c["aus"])]
     lines = [f"A = {c['run_a']}  vs  B = {c['run_b']}",
              f"paired over {c['subjects']} test subjects ({c['frames']} frames both scored), "

@@ -1,7 +1,6 @@
 """``featbench finetune``: fine-tune a CNN for the AUs (Method A's fine-tuned networks)."""
 
-from featbench.app.commands._common import (add_dataset_args, load_table, refuse_occurrence_flags,
-                                           workspace_of)
+from featbench.app.commands._common import add_dataset_args, load_table, workspace_of
 
 
 def add_parser(subparsers):
@@ -88,8 +87,7 @@ def _run(args):
         input_size=args.input_size, augment=not args.no_augment,
         tune_threshold=args.tune_threshold, device=args.device, seed=args.seed, tag=args.tag)
     task = get_task(args.task)  # any registered task
-    if not task.classes:  # a regression settles no threshold (classify refuses it too)
-        refuse_occurrence_flags([("--tune-threshold", args.tune_threshold)], "the network")
+    task.refuse_class_flags([("--tune-threshold", args.tune_threshold)], "the network")
     check_network(config)  # weights, layers and sizes fail before any data is read
     if args.scheduler:
         from classify.scale import probe_scheduler

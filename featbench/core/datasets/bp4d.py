@@ -39,7 +39,7 @@ from featbench.core.aus import BP4D_AUS, BP4D_INTENSITY_AUS
 from featbench.core.errors import LabelFileError, LayoutError
 from featbench.core.frames import MAX_FRAME, FrameTable, build_frames
 from featbench.core.datasets._paths import find_child
-from featbench.core.datasets._text import read_lines
+from featbench.core.datasets._text import parse_label, read_lines
 
 #: folders, under the root, that may hold the subject folders of images (else the root)
 IMAGE_FOLDERS = ("2D+3D", "Sequences", "BP4D-Spontaneous", "images", "img")
@@ -50,6 +50,11 @@ _SUBJECT_RE = re.compile(r"^[FM]\d{3}$", re.IGNORECASE)
 _OCC_RE = re.compile(r"^([FM]\d{3})_(T\d{1,2})\.csv$", re.IGNORECASE)
 _INT_RE = re.compile(r"^([FM]\d{3})_(T\d{1,2})_AU(\d{1,2})\.csv$", re.IGNORECASE)
 _AU_HEADER_RE = re.compile(r"^\s*(?:au)?\s*0*(\d{1,2})\s*$", re.IGNORECASE)
+
+
+#: the values of an AU_OCC cell and of a FERA 2015 intensity file (9: not coded)
+_OCC_VALUES = (0, 1, NOT_CODED)
+_INT_VALUES = (0, 1, 2, 3, 4, 5, NOT_CODED)
 
 
 def _int_field(raw, where, what):
@@ -111,10 +116,8 @@ def read_occurrence_file(path):
         frame = _frame_number(parts[0], where, seen)
         labels = {}
         for au, j in columns.items():
-            value = _int_field(parts[j], f"{where}: {au}", "label")
-            if value not in (0, 1, NOT_CODED):
-                raise LabelFileError(f"{where}: {au} must be 0, 1 or 9 (not coded), got "
-                                     f"{parts[j].strip()!r}")
+            value = parse_label(parts[j].strip(), allowed=_OCC_VALUES, where=f"{where}: {au}",
+                                expect="0, 1 or 9 (not coded)")
             labels[au] = -1 if value == NOT_CODED else value
         out[frame] = labels
     return tuple(columns), out
@@ -137,9 +140,8 @@ def read_intensity_file(path):
         if len(parts) != 2:
             raise LabelFileError(f"{where}: expected 'frame,intensity', got {line.strip()!r}")
         frame = _frame_number(parts[0], where, seen)
-        value = _int_field(parts[1], where, "intensity")
-        if not (0 <= value <= 5 or value == NOT_CODED):
-            raise LabelFileError(f"{where}: intensity {value} outside 0-5 (9: not coded)")
+        value = parse_label(parts[1].strip(), allowed=_INT_VALUES, where=f"{where}: intensity",
+                            expect="0-5 or 9 (not coded)")
         out[frame] = -1 if value == NOT_CODED else value
     return out
 

@@ -29,13 +29,12 @@ instant).
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from featbench.core.errors import UsageError, did_you_mean
-from featbench.core.workspace import temp_sibling
+from featbench.core.workspace import remove_path, replace_together, temp_sibling
 from featbench.core.synth import _layouts as L
 from featbench.core.synth._domain import DOMAINS, get_domain
 from featbench.core.synth._layouts import MAX_SUBJECTS
@@ -158,15 +157,9 @@ def generate_dataset(root, *, layout="disfa", subjects=None, frames=None, seed=0
     try:
         info = _generate(tmp, spec, progress=progress, workers=workers)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        old = None
-        if root.exists():
-            old = temp_sibling(root)
-            root.rename(old)
-        tmp.rename(root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_together([(tmp, root)])  # the old set aside, deleted once the new one is in
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         raise
     return root
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from featbench.core.errors import DataError, UsageError
 from featbench.core.faces import iter_frames
+from featbench.core.workspace import save_png
 
 _TILE_W = 200
 _TEXT_H = 30
@@ -75,22 +76,4 @@ def contact_sheet(table, out_png, *, n=24, seed=0):
     grid = np.concatenate([np.concatenate(tiles[r:r + cols], 1) for r in range(0, len(tiles), cols)], 0)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save_png(grid, out)
-    return out
-
-
-def _save_png(rgb, out):
-    """Write ``rgb`` as a PNG marked as featbench's (its ``Software`` text), through a temporary
-    file: a rerun may replace it, a user's own picture is never taken for it."""
-    from PIL import Image, PngImagePlugin
-
-    from featbench import __version__
-    from featbench.core.workspace import atomic_path
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", f"featbench {__version__}")
-    try:
-        with atomic_path(out) as tmp:
-            Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="png", pnginfo=info)
-    except OSError as e:
-        raise DataError(f"{out}: cannot write the PNG ({e.strerror or e})") from None
+    return save_png(np.ascontiguousarray(grid), out)  # marked: a rerun may replace it

@@ -19,9 +19,11 @@ _DATASET = 1 << 20  # the "subject" index of draws shared by the whole data set
 RIGHT_CAMERA = (-22.0, -28.0)
 
 
-def subject_rng(seed, index, stream):
-    """The numpy Generator of one random stream of one subject."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
+def subject_rng(seed, index, stream, *extra):
+    """The numpy Generator of one random stream of one subject (``extra``: more of what it is
+    drawn for, e.g. a BP4D task)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream),
+                                                         *map(int, extra)]))
 
 
 class SubjectVideo:
@@ -89,10 +91,8 @@ class SubjectVideo:
 
     def _rng(self, stream):
         """The Generator of one random stream of this subject (and task: BP4D's T1-T8)."""
-        if self.task is None:
-            return subject_rng(self.seed, self.index, stream)
-        return np.random.default_rng(np.random.SeedSequence(
-            [int(self.seed), int(self.index), int(stream), 100 + int(self.task)]))
+        task = () if self.task is None else (100 + int(self.task),)
+        return subject_rng(self.seed, self.index, stream, *task)
 
     def render(self, f, rng, *, camera="left"):
         """Render frame ``f`` (0-based); return (BGR image, (68, 2) landmarks)."""
